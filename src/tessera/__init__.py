@@ -1,0 +1,3 @@
+"""tessera: distributed network virtualization at the edge."""
+
+__version__ = "0.1.0"

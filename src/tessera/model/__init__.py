@@ -1,0 +1,59 @@
+"""The topology model: every object of the REST contract, validated, frozen.
+
+The model knows nothing of storage or packets; `KINDS` maps each NSDB type name to its
+class so that storage and the API can handle objects generically.
+"""
+
+from tessera.model.base import Ref, StoredObject
+from tessera.model.devices import Bridge, Device, Port, PortType, Router
+from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
+from tessera.model.groups import IpAddrGroup, PortGroup
+from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
+from tessera.model.routing import Route, RouteType
+from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
+from tessera.model.types import PortRange, new_id
+
+KINDS: dict[str, type[StoredObject]] = {
+    cls.kind: cls
+    for cls in (
+        Bridge,
+        Router,
+        Port,
+        Route,
+        Chain,
+        Rule,
+        PortGroup,
+        IpAddrGroup,
+        Host,
+        TunnelZone,
+        DhcpSubnet,
+    )
+}
+
+__all__ = [
+    "KINDS",
+    "Bridge",
+    "Chain",
+    "Conditions",
+    "Device",
+    "DhcpHost",
+    "DhcpSubnet",
+    "Host",
+    "IpAddrGroup",
+    "NatTarget",
+    "Opt121Route",
+    "Port",
+    "PortGroup",
+    "PortRange",
+    "PortType",
+    "Ref",
+    "Route",
+    "RouteType",
+    "Router",
+    "Rule",
+    "RuleType",
+    "StoredObject",
+    "TunnelZone",
+    "TunnelZoneHost",
+    "new_id",
+]

@@ -1,0 +1,124 @@
+"""Bridges, routers and their ports: the virtual devices packets traverse."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tessera.model.base import Ref, StoredObject
+from tessera.model.types import IPv4Addr, MacAddr, Name, PrefixLen, Uuid, VlanId, network_of
+
+_FILTER_REFS = (
+    Ref("inbound_filter_id", ("chains",), "nullify"),
+    Ref("outbound_filter_id", ("chains",), "nullify"),
+)
+
+
+class Device(StoredObject):
+    name: Name = ""
+    tenant_id: Name | None = None
+    admin_state_up: bool = True
+    inbound_filter_id: Uuid | None = None
+    outbound_filter_id: Uuid | None = None
+
+
+class Bridge(Device):
+    """A virtual L2 switch: learns MACs, floods unknown destinations, serves DHCP."""
+
+    kind: ClassVar[str] = "bridges"
+    refs: ClassVar[tuple[Ref, ...]] = _FILTER_REFS
+
+
+class Router(Device):
+    """A virtual L3 router: longest-prefix routing, ARP, ICMP errors."""
+
+    kind: ClassVar[str] = "routers"
+    refs: ClassVar[tuple[Ref, ...]] = _FILTER_REFS
+
+
+PortType = Literal["Bridge", "Router"]
+
+
+class Port(StoredObject):
+    """A port of a bridge or a router.
+
+    An *exterior* port is bound to an interface on a host (`host_id`, `interface_name`);
+    an *interior* port is linked to another port (`peer_id`). `tunnel_key` is the port's
+    cluster-wide number: the VXLAN VNI that carries packets to it across hosts.
+    """
+
+    kind: ClassVar[str] = "ports"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("device_id", ("bridges", "routers"), "cascade"),
+        Ref("peer_id", ("ports",), "nullify"),
+        Ref("host_id", ("hosts",), "nullify"),
+        *_FILTER_REFS,
+    )
+    read_only: ClassVar[tuple[str, ...]] = (
+        "id",
+        "device_id",
+        "type",
+        "peer_id",
+        "tunnel_key",
+        "host_id",
+        "interface_name",
+    )
+
+    device_id: Uuid
+    type: PortType
+    admin_state_up: bool = True
+    inbound_filter_id: Uuid | None = None
+    outbound_filter_id: Uuid | None = None
+    host_id: Uuid | None = None
+    interface_name: str | None = Field(default=None, min_length=1, max_length=15)
+    peer_id: Uuid | None = None
+    tunnel_key: int = Field(default=0, ge=0, lt=1 << 24)
+    # bridge ports
+    vlan_id: VlanId | None = None
+    # router ports
+    port_address: IPv4Addr | None = None
+    network_address: IPv4Addr | None = None
+    network_length: PrefixLen | None = None
+    port_mac: MacAddr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Port:
+        if self.type == "Router":
+            missing = [
+                f
+                for f in ("port_address", "network_address", "network_length")
+                if getattr(self, f) is None
+            ]
+            if missing:
+                raise ValueError(f"a router port needs {', '.join(missing)}")
+            assert self.port_address is not None and self.network_length is not None
+            net = network_of(self.port_address, self.network_length)
+            if network_of(self.network_address or "0.0.0.0", self.network_length) != net:
+                raise ValueError(
+                    f"port_address {self.port_address} is not in "
+                    f"{self.network_address}/{self.network_length}"
+                )
+            if self.vlan_id is not None:
+                raise ValueError("vlan_id applies to bridge ports only")
+        else:
+            extra = [
+                f
+                for f in ("port_address", "network_address", "network_length", "port_mac")
+                if getattr(self, f) is not None
+            ]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply to router ports only")
+        if self.peer_id is not None and self.host_id is not None:
+            raise ValueError("a port is either linked (interior) or bound to a host, not both")
+        if (self.host_id is None) != (self.interface_name is None):
+            raise ValueError("host_id and interface_name are set together (a binding)")
+        return self
+
+    @property
+    def is_interior(self) -> bool:
+        return self.peer_id is not None
+
+    @property
+    def is_exterior(self) -> bool:
+        return self.host_id is not None

@@ -1,0 +1,37 @@
+"""Hypervisor hosts and the tunnel zones that join them."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from tessera.model.base import StoredObject
+from tessera.model.types import IPv4Addr, Name, TesseraModel, Uuid
+
+
+class Host(StoredObject):
+    """A hypervisor, registered by its agent. `alive` mirrors the agent's NSDB session."""
+
+    kind: ClassVar[str] = "hosts"
+    read_only: ClassVar[tuple[str, ...]] = ("id", "name", "alive", "addresses")
+
+    name: Name = ""
+    alive: bool = False
+    addresses: list[IPv4Addr] = Field(default_factory=list)
+
+
+class TunnelZoneHost(TesseraModel):
+    host_id: Uuid
+    ip_address: IPv4Addr
+
+
+class TunnelZone(StoredObject):
+    """Hosts that reach each other through VXLAN over the given underlay addresses."""
+
+    kind: ClassVar[str] = "tunnel_zones"
+    read_only: ClassVar[tuple[str, ...]] = ("id", "hosts")
+
+    name: Name = ""
+    type: Literal["vxlan"] = "vxlan"
+    hosts: list[TunnelZoneHost] = Field(default_factory=list)

@@ -1,0 +1,215 @@
+"""The NSDB interface: one contract, two backends (`memory`, `zookeeper`).
+
+Objects are stored whole with a version that every write bumps; multi-object writes go
+through `commit`, which applies a list of operations atomically and only if every
+version check holds (compare-and-set). Watches deliver added/changed/deleted events with
+versions on one notification thread per client, in commit order. State tables hold
+small string entries (learned MACs, ARP entries, host liveness, leases); an *ephemeral*
+entry belongs to the client session that wrote it and vanishes when that session ends.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from tessera.model import KINDS, StoredObject
+
+T = TypeVar("T", bound=StoredObject)
+Change = Literal["added", "changed", "deleted"]
+
+# --- operations for commit() -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Create:
+    obj: StoredObject
+
+
+@dataclass(frozen=True)
+class Update:
+    """Overwrite `obj`; with `version`, only if the stored version still equals it."""
+
+    obj: StoredObject
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    id: str
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """Assert existence (and with `version`, the exact version) without writing."""
+
+    kind: str
+    id: str
+    version: int | None = None
+
+
+Op = Create | Update | Delete | Check
+
+# --- results and events ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stored(Generic[T]):
+    value: T
+    version: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str
+    id: str
+    change: Change
+    value: StoredObject | None  # None for "deleted"
+    version: int
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    table: str
+    key: str
+    change: Change
+    value: str | None  # None for "deleted"
+
+
+@dataclass
+class Subscription:
+    """Handle of a watch; `cancel()` stops delivery (idempotent)."""
+
+    _cancel: Callable[[], None] = field(repr=False)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._cancel()
+
+
+def kind_class(kind: str) -> type[StoredObject]:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown object kind '{kind}'") from None
+
+
+class Nsdb(abc.ABC):
+    """One client of the network state database (a ZooKeeper session, or a handle on a
+    shared in-memory store). Every method may raise `Unavailable`."""
+
+    # -- objects --
+    @abc.abstractmethod
+    def get(self, kind: str, id: str) -> Stored[StoredObject]:
+        """The object and its version; `NotFound` if absent."""
+
+    @abc.abstractmethod
+    def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:
+        """Every object of a kind (unordered)."""
+
+    @abc.abstractmethod
+    def commit(self, ops: Sequence[Op]) -> builtins.list[int]:
+        """Apply all ops or none. Raises `Conflict` when a version check fails,
+        `NotFound` when an Update/Delete/Check target is missing, `AlreadyExists` for a
+        Create of an existing id. Returns the new version of each op's object (the
+        checked version for Check, -1 for Delete)."""
+
+    def create(self, obj: StoredObject) -> int:
+        return self.commit([Create(obj)])[0]
+
+    def update(self, obj: StoredObject, version: int | None = None) -> int:
+        return self.commit([Update(obj, version)])[0]
+
+    def delete(self, kind: str, id: str, version: int | None = None) -> None:
+        self.commit([Delete(kind, id, version)])
+
+    # -- watches (callbacks run on the client's notification thread; keep them short) --
+    @abc.abstractmethod
+    def watch_kind(self, kind: str, callback: Callable[[WatchEvent], None]) -> Subscription:
+        """Every later change to objects of `kind`. The current objects are first
+        delivered as "added" events, so a watcher never misses what existed."""
+
+    @abc.abstractmethod
+    def watch_object(
+        self, kind: str, id: str, callback: Callable[[WatchEvent], None]
+    ) -> Subscription:
+        """Changes of one object; its current state first ("added") if it exists."""
+
+    # -- state tables --
+    @abc.abstractmethod
+    def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        """Create or overwrite an entry (an ephemeral one is owned by this session)."""
+
+    @abc.abstractmethod
+    def state_delete(self, table: str, key: str) -> None:
+        """Remove an entry; absent entries are ignored."""
+
+    @abc.abstractmethod
+    def state_get(self, table: str) -> dict[str, str]:
+        """The table's entries (an absent table is empty)."""
+
+    @abc.abstractmethod
+    def watch_state(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
+        """Entries added/changed/deleted; current entries first as "added"."""
+
+    # -- misc --
+    @abc.abstractmethod
+    def next_id(self, counter: str) -> int:
+        """The next value (1, 2, ...) of a cluster-wide counter; never repeats."""
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool:
+        """Whether the backend is reachable now (for health and 503s)."""
+
+    @abc.abstractmethod
+    def leader_election(self, name: str, identifier: str) -> LeaderElection:
+        """A participant in the election `name` (one leader among live sessions)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End this client's session: its ephemeral state entries vanish."""
+
+
+class LeaderElection(abc.ABC):
+    """Run `on_elected` while this participant leads. `on_elected` is called on a
+    background thread and should return only when leadership must end (it gets an
+    Event set when the participant should step down)."""
+
+    @abc.abstractmethod
+    def start(self, on_elected: Callable[[object], None]) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def is_leader(self) -> bool: ...
+
+    @abc.abstractmethod
+    def leader(self) -> str | None:
+        """The current leader's identifier, if any."""
+
+
+def open_nsdb(url: str) -> Nsdb:
+    """`memory` (a private in-process store) or `zk://HOST:PORT[,HOST:PORT]/ROOT`."""
+    if url == "memory" or url.startswith("memory:"):
+        from tessera.nsdb.memory import MemoryNsdb, MemoryStore
+
+        return MemoryNsdb(MemoryStore.named(url))
+    if url.startswith("zk://"):
+        from tessera.nsdb.zookeeper import ZookeeperNsdb
+
+        rest = url[len("zk://") :]
+        hosts, _, root = rest.partition("/")
+        if not hosts:
+            raise ValueError(f"'{url}' names no ZooKeeper host (zk://HOST:PORT/ROOT)")
+        return ZookeeperNsdb(hosts, "/" + (root or "tessera"))
+    raise ValueError(f"'{url}' is not an NSDB URL (use 'memory' or 'zk://HOST:PORT/ROOT')")

@@ -1,0 +1,27 @@
+"""NSDB errors: each maps to one HTTP status in the API, so callers never guess."""
+
+from __future__ import annotations
+
+
+class NsdbError(Exception):
+    """Base of every NSDB error; the message is meant for humans."""
+
+
+class NotFound(NsdbError):
+    """The object does not exist (HTTP 404)."""
+
+
+class AlreadyExists(NsdbError):
+    """An object with this id (or unique key) exists (HTTP 409)."""
+
+
+class Conflict(NsdbError):
+    """A compare-and-set lost against a concurrent writer; re-read and retry (HTTP 409)."""
+
+
+class IntegrityError(NsdbError):
+    """A write names an object that does not exist or breaks an invariant (HTTP 400)."""
+
+
+class Unavailable(NsdbError):
+    """The backend cannot be reached (ZooKeeper down); nothing was written (HTTP 503)."""
