@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tessera fast path: the ONE definition of every map key and value.
+ *
+ * The Python mirror is src/tessera/datapath/ebpf/layout.py; a unit test
+ * compiles this header and compares every size and offset (through the BTF
+ * of the object) against it, so change both together.
+ *
+ * Byte order: every numeric field (ports, VLAN id, EtherType, IPv4
+ * addresses, L4 ports, VNI, remote IP) is stored in HOST byte order, so
+ * Python writes plain integers and a prefix mask is a plain integer too.
+ * MAC addresses are byte arrays in wire order.  The program converts when
+ * it parses the packet.
+ *
+ * Every struct is laid out by hand with explicit padding and no holes: the
+ * kernel hashes keys byte by byte, so a hole of uninitialised bytes would
+ * make equal keys unequal.
+ */
+#ifndef TESSERA_FLOW_H
+#define TESSERA_FLOW_H
+
+#include <linux/types.h>
+
+#define FLOW_MAX_MASKS 16   /* tuple-space search: masks scanned per packet */
+#define FLOW_MAX_ACTIONS 12 /* actions per flow, executed in order */
+#define FLOW_MAX_ENTRIES 65536
+#define PORT_MAX_ENTRIES 4096 /* the miss tag carries the port in 12 bits */
+#define VNI_MAX_ENTRIES 4096
+
+/* ip_frag values */
+#define FLOW_FRAG_NONE 0
+#define FLOW_FRAG_FIRST 1
+#define FLOW_FRAG_LATER 2
+
+/*
+ * What the simulation may have read of a packet (its FlowMatch).
+ * For ARP: ip_src/ip_dst are the sender/target protocol addresses and
+ * ip_proto is the low byte of the opcode.  For ICMP: tp_src is the type and
+ * tp_dst the code.  vlan_id 0 means untagged.  36 bytes, 4-byte aligned.
+ */
+struct flow_key {
+	__u32 in_port;    /*  0: host-local port number (<= 4095) */
+	__u8 eth_src[6];  /*  4 */
+	__u8 eth_dst[6];  /* 10 */
+	__u16 vlan_id;    /* 16: 12-bit VID of the tenant tag, 0 = untagged */
+	__u16 eth_type;   /* 18: EtherType after any tenant tag */
+	__u32 ip_src;     /* 20 */
+	__u32 ip_dst;     /* 24 */
+	__u8 ip_proto;    /* 28 */
+	__u8 ip_tos;      /* 29 */
+	__u8 ip_ttl;      /* 30 */
+	__u8 ip_frag;     /* 31: FLOW_FRAG_* */
+	__u16 tp_src;     /* 32 */
+	__u16 tp_dst;     /* 34 */
+};
+
+#define FLOW_KEY_WORDS (sizeof(struct flow_key) / sizeof(__u32))
+
+/* Key of the `flows` hash map: the mask slot and the key masked by it. */
+struct flow_lookup_key {
+	__u32 mask_index;    /*  0 */
+	struct flow_key key; /*  4 */
+};                           /* 40 */
+
+/* Value of the single entry of the `masks` array map. */
+struct mask_list {
+	__u32 count;  /* slots [0, count) are scanned, in order */
+	__u32 active; /* bit i set: slot i holds a mask in use */
+	struct flow_key masks[FLOW_MAX_MASKS];
+};                    /* 8 + 16 * 36 = 584 */
+
+enum flow_action_type {
+	ACT_NONE = 0,
+	ACT_SET_ETH_SRC = 1,  /* mac */
+	ACT_SET_ETH_DST = 2,  /* mac */
+	ACT_DEC_TTL = 3,      /* ttl_dec; a TTL that would reach 0 is a miss */
+	ACT_OUTPUT_LOCAL = 4, /* ifindex, flags & ACT_F_PEER */
+	ACT_OUTPUT_TUNNEL = 5,/* vni, remote_ip; ifindex or config vxlan */
+	ACT_DROP = 6,
+	ACT_TO_USERSPACE = 7, /* handled like a miss */
+};
+
+/* OUTPUT_LOCAL: ifindex is the host side of a veth whose peer lives in
+ * another namespace; deliver straight into the peer with bpf_redirect_peer. */
+#define ACT_F_PEER 0x01
+
+struct flow_action {
+	__u8 type;       /*  0: enum flow_action_type */
+	__u8 flags;      /*  1: ACT_F_* */
+	__u8 ttl_dec;    /*  2: DEC_TTL amount */
+	__u8 _pad0;      /*  3 */
+	__u32 ifindex;   /*  4: OUTPUT_*: target device in the host namespace */
+	__u32 vni;       /*  8: OUTPUT_TUNNEL: 24-bit VXLAN id */
+	__u32 remote_ip; /* 12: OUTPUT_TUNNEL: underlay IPv4, host order */
+	__u8 mac[6];     /* 16: SET_ETH_* */
+	__u16 _pad1;     /* 22 */
+};                       /* 24 */
+
+struct flow_value {
+	__u64 packets;   /*  0: counters updated atomically by the program */
+	__u64 bytes;     /*  8 */
+	__u64 last_used; /* 16: bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 n_actions; /* 24 */
+	__u32 flags;     /* 28: reserved, 0 */
+	struct flow_action actions[FLOW_MAX_ACTIONS]; /* 32 */
+};                       /* 32 + 12 * 24 = 320 */
+
+/* Value of `ports` (key: ifindex of a bound port in the host namespace). */
+struct port_info {
+	__u32 port_no; /* the in_port of flows entering here, 1..4095 */
+	__u32 flags;   /* reserved, 0 */
+};
+
+/* Value of `vni_ports` (key: VNI = the destination port's tunnel key). */
+struct vni_port {
+	__u32 ifindex; /* local port device */
+	__u32 flags;   /* ACT_F_PEER */
+};
+
+/* Value of the single entry of `config`. */
+struct dp_config {
+	__u32 miss_ifindex;  /* misses are tagged and redirected here; 0 = drop */
+	__u32 vxlan_ifindex; /* default device of OUTPUT_TUNNEL */
+	__u32 flags;         /* reserved, 0 */
+	__u32 _pad;
+};
+
+/* Indexes of the per-CPU `stats` array (u64 each). */
+enum dp_stat {
+	STAT_HIT = 0,
+	STAT_MISS = 1,
+	STAT_DROP = 2,          /* DROP action or empty action list */
+	STAT_UNKNOWN_PORT = 3,  /* ingress ifindex not in `ports` */
+	STAT_MISS_FAILED = 4,   /* no miss device or tag push failed */
+	STAT_INJECT_HIT = 5,
+	STAT_INJECT_MISS = 6,   /* reinjected packet still missed: dropped */
+	STAT_INJECT_BAD_TAG = 7,
+	STAT_TUNNEL_RX = 8,
+	STAT_TUNNEL_RX_UNKNOWN = 9,
+	STAT_ACTION_ERROR = 10, /* a helper failed while executing actions */
+	STAT_MAX = 16,
+};
+
+#endif /* TESSERA_FLOW_H */

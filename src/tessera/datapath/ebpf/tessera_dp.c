@@ -1,0 +1,529 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * tessera kernel fast path (tc clsact ingress programs).
+ *
+ *   port_ingress  on every bound port (host side of a VM veth): extract the
+ *                 flow key, tuple-space search over the active masks, run
+ *                 the flow's actions; on a miss tag the frame with the port
+ *                 number and hand it to the agent through the miss device.
+ *   inject        on the datapath end of the miss veth: the agent writes a
+ *                 simulated packet back with its port tag; pop the tag and
+ *                 run the same lookup.  A second miss drops (never loops).
+ *   tunnel_rx     on the VXLAN device (external/collect_md): the VNI names
+ *                 the destination port; deliver it.  No flow lookup: the
+ *                 sending host already simulated the whole path.
+ *
+ * Layouts live in flow.h.  Packet bytes are read with direct packet access
+ * and written only through helpers, so no packet pointer is live across a
+ * helper that may move the data.
+ *
+ * Tenant 802.1Q frames: at tc ingress the kernel has already moved the outer
+ * tag to skb metadata (skb->vlan_tci); its VID goes into flow_key.vlan_id.
+ * On a miss bpf_skb_vlan_push() moves that tenant tag back in band and puts
+ * the port tag in metadata, so the agent always reads the port from the
+ * outer tag (PACKET_AUXDATA) and finds the tenant tag, if any, in the data.
+ * It reinjects with both tags in band, port tag outermost; the inject
+ * program pops the port tag and the kernel moves the tenant tag back to
+ * metadata, so the second lookup sees exactly what the first one saw.
+ * Flows forward tenant tags untouched (no push/pop actions yet).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "flow.h"
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+#define VLAN_HLEN 4
+#define VLAN_VID_MASK 0x0fff
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define L4_PULL_LEN 78 /* Ethernet + one tag + IPv4 with options + 4 bytes of L4 */
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FLOW_MAX_ENTRIES);
+	/* Elements are RCU-freed, so a packet that holds an old value while the
+	 * agent replaces it keeps reading consistent actions. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_lookup_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mask_list);
+} masks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORT_MAX_ENTRIES);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct port_info);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VNI_MAX_ENTRIES);
+	__type(key, __u32); /* VNI */
+	__type(value, struct vni_port);
+} vni_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Where the parser found things; offsets are from the Ethernet header. */
+struct parse_info {
+	__u32 l3_off; /* IPv4 header, 0 when the packet is not IPv4 */
+};
+
+struct vlan_hdr_ {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+struct arp_eth_ {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+enum { MODE_PORT = 0, MODE_INJECT = 1 };
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &idx);
+
+	if (c)
+		*c += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline struct dp_config *get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline __u32 be32_bytes(const __u8 *b)
+{
+	return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
+}
+
+/* Fill *key from the packet.  Never fails: fields of headers that are
+ * absent or truncated stay zero, and the agent sees the same packet. */
+static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
+					struct flow_key *key, struct parse_info *pi)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	pi->l3_off = 0;
+	key->in_port = in_port;
+
+	/* Headers of a paged skb may not be in the linear area yet. */
+	if (skb->data + L4_PULL_LEN > skb->data_end && skb->len > skb->data_end - skb->data)
+		bpf_skb_pull_data(skb, skb->len < L4_PULL_LEN ? skb->len : L4_PULL_LEN);
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return;
+	__builtin_memcpy(key->eth_src, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(key->eth_dst, eth->h_dest, ETH_ALEN);
+
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	__u32 off = sizeof(*eth);
+
+	if (skb->vlan_present) {
+		key->vlan_id = skb->vlan_tci & VLAN_VID_MASK;
+	} else if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+		/* Only reached for a tag the kernel did not move to metadata
+		 * (e.g. BPF_PROG_TEST_RUN); treat it the same way. */
+		struct vlan_hdr_ *vh = data + off;
+
+		if ((void *)(vh + 1) > data_end) {
+			key->eth_type = proto;
+			return;
+		}
+		key->vlan_id = bpf_ntohs(vh->tci) & VLAN_VID_MASK;
+		proto = bpf_ntohs(vh->encap_proto);
+		off += VLAN_HLEN;
+	}
+	key->eth_type = proto;
+
+	if (proto == ETH_P_ARP) {
+		struct arp_eth_ *arp = data + off;
+
+		if ((void *)(arp + 1) > data_end)
+			return;
+		key->ip_proto = bpf_ntohs(arp->op) & 0xff;
+		key->ip_src = be32_bytes(arp->spa);
+		key->ip_dst = be32_bytes(arp->tpa);
+		return;
+	}
+	if (proto != ETH_P_IP)
+		return;
+
+	struct iphdr *ip = data + off;
+
+	if ((void *)(ip + 1) > data_end)
+		return;
+	pi->l3_off = off;
+	key->ip_src = bpf_ntohl(ip->saddr);
+	key->ip_dst = bpf_ntohl(ip->daddr);
+	key->ip_proto = ip->protocol;
+	key->ip_tos = ip->tos;
+	key->ip_ttl = ip->ttl;
+
+	__u16 frag = bpf_ntohs(ip->frag_off);
+
+	if (frag & IP_OFFSET) {
+		key->ip_frag = FLOW_FRAG_LATER;
+		return; /* no L4 header in a later fragment */
+	}
+	if (frag & IP_MF)
+		key->ip_frag = FLOW_FRAG_FIRST;
+
+	__u32 ihl = (__u32)ip->ihl * 4;
+
+	if (ihl < sizeof(*ip))
+		return;
+
+	__u8 *l4 = (__u8 *)ip + ihl;
+
+	switch (ip->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if ((void *)(l4 + 4) > data_end)
+			return;
+		key->tp_src = ((__u16)l4[0] << 8) | l4[1];
+		key->tp_dst = ((__u16)l4[2] << 8) | l4[3];
+		break;
+	case IPPROTO_ICMP:
+		if ((void *)(l4 + 2) > data_end)
+			return;
+		key->tp_src = l4[0]; /* type */
+		key->tp_dst = l4[1]; /* code */
+		break;
+	}
+}
+
+/* Tuple-space search: for each active mask, in slot order, mask the key and
+ * look it up under that slot.  The first hit wins. */
+static __always_inline struct flow_value *flow_lookup(const struct flow_key *key)
+{
+	__u32 zero = 0;
+	struct mask_list *ml = bpf_map_lookup_elem(&masks, &zero);
+
+	if (!ml)
+		return NULL;
+
+	__u32 count = ml->count;
+	__u32 active = ml->active;
+	struct flow_lookup_key lk;
+	const __u32 *k = (const __u32 *)key;
+
+	for (__u32 i = 0; i < FLOW_MAX_MASKS; i++) {
+		if (i >= count)
+			break;
+		if (!(active & (1U << i)))
+			continue;
+
+		const __u32 *m = (const __u32 *)&ml->masks[i];
+		__u32 *o = (__u32 *)&lk.key;
+
+		lk.mask_index = i;
+#pragma unroll
+		for (__u32 w = 0; w < FLOW_KEY_WORDS; w++)
+			o[w] = k[w] & m[w];
+
+		struct flow_value *fv = bpf_map_lookup_elem(&flows, &lk);
+
+		if (fv)
+			return fv;
+	}
+	return NULL;
+}
+
+/* Hand the packet to the agent: port tag outermost, redirect to the miss
+ * device.  The tag is written in band for untagged frames (so the kernel
+ * moves it to metadata on the other end, and BPF_PROG_TEST_RUN can see it);
+ * a tenant tag in metadata is pushed in band by bpf_skb_vlan_push. */
+static __always_inline int send_miss(struct __sk_buff *skb, __u32 in_port)
+{
+	struct dp_config *cfg = get_config();
+	__u32 ifindex = cfg ? cfg->miss_ifindex : 0;
+
+	if (!ifindex || in_port == 0 || in_port > VLAN_VID_MASK)
+		goto fail;
+
+	if (skb->vlan_present) {
+		if (bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), in_port))
+			goto fail;
+	} else {
+		__u8 macs[2 * ETH_ALEN];
+		struct vlan_hdr_ tag = {
+			.tci = bpf_htons(ETH_P_8021Q), /* TPID */
+			.encap_proto = bpf_htons(in_port), /* TCI */
+		};
+
+		if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
+			goto fail;
+		if (bpf_skb_change_head(skb, VLAN_HLEN, 0))
+			goto fail;
+		if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+			goto fail;
+		if (bpf_skb_store_bytes(skb, 2 * ETH_ALEN, &tag, sizeof(tag), 0))
+			goto fail;
+	}
+	stat_inc(STAT_MISS);
+	return bpf_redirect(ifindex, 0);
+fail:
+	stat_inc(STAT_MISS_FAILED);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int miss(struct __sk_buff *skb, __u32 in_port, int mode)
+{
+	if (mode == MODE_INJECT) {
+		stat_inc(STAT_INJECT_MISS);
+		return TC_ACT_SHOT;
+	}
+	return send_miss(skb, in_port);
+}
+
+/* Decrement the IPv4 TTL by n and fix the header checksum.  Returns 1 when
+ * the TTL would reach zero (the simulation must see it), <0 on error. */
+static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
+{
+	__be16 old, new;
+
+	if (!l3_off)
+		return -1;
+	/* TTL and protocol share the 16-bit word at offset 8. */
+	if (bpf_skb_load_bytes(skb, l3_off + 8, &old, sizeof(old)))
+		return -1;
+	__u8 ttl = ((__u8 *)&old)[0];
+
+	if (ttl <= n)
+		return 1;
+	new = old;
+	((__u8 *)&new)[0] = ttl - n;
+	if (bpf_l3_csum_replace(skb, l3_off + 10, old, new, sizeof(new)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, l3_off + 8, &new, sizeof(new), 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int output(struct __sk_buff *skb, __u32 ifindex, __u8 flags, int last)
+{
+	if (last) {
+		if (flags & ACT_F_PEER)
+			return bpf_redirect_peer(ifindex, 0);
+		return bpf_redirect(ifindex, 0);
+	}
+	/* Not the last output: send a copy, keep working on the original. */
+	if (bpf_clone_redirect(skb, ifindex, 0))
+		stat_inc(STAT_ACTION_ERROR);
+	return -1;
+}
+
+static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_action *a)
+{
+	struct bpf_tunnel_key tk = {};
+
+	tk.tunnel_id = a->vni;
+	tk.remote_ipv4 = a->remote_ip; /* the helper wants host order */
+	tk.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
+}
+
+/* Execute the flow's actions in order.  The last action, if an output, is a
+ * plain redirect; earlier outputs clone.  Falling off the end drops the
+ * original (its copies are already on their way). */
+static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value *fv,
+				       const struct parse_info *pi, __u32 in_port, int mode)
+{
+	__u32 n = fv->n_actions;
+
+	for (__u32 i = 0; i < FLOW_MAX_ACTIONS; i++) {
+		if (i >= n)
+			break;
+
+		const struct flow_action *a = &fv->actions[i];
+		int last = i + 1 == n;
+		int rc;
+
+		switch (a->type) {
+		case ACT_SET_ETH_SRC:
+			if (bpf_skb_store_bytes(skb, ETH_ALEN, a->mac, ETH_ALEN, 0))
+				goto error;
+			break;
+		case ACT_SET_ETH_DST:
+			if (bpf_skb_store_bytes(skb, 0, a->mac, ETH_ALEN, 0))
+				goto error;
+			break;
+		case ACT_DEC_TTL:
+			rc = dec_ttl(skb, pi->l3_off, a->ttl_dec);
+			if (rc > 0)
+				return miss(skb, in_port, mode);
+			if (rc < 0)
+				goto error;
+			break;
+		case ACT_OUTPUT_LOCAL:
+			rc = output(skb, a->ifindex, a->flags, last);
+			if (last)
+				return rc;
+			break;
+		case ACT_OUTPUT_TUNNEL: {
+			struct dp_config *cfg = get_config();
+			__u32 ifindex = a->ifindex;
+
+			if (!ifindex && cfg)
+				ifindex = cfg->vxlan_ifindex;
+			if (!ifindex || set_tunnel(skb, a))
+				goto error;
+			rc = output(skb, ifindex, 0, last);
+			if (last)
+				return rc;
+			break;
+		}
+		case ACT_DROP:
+			stat_inc(STAT_DROP);
+			return TC_ACT_SHOT;
+		case ACT_TO_USERSPACE:
+			return miss(skb, in_port, mode);
+		default:
+			break;
+		}
+	}
+	if (n == 0)
+		stat_inc(STAT_DROP);
+	return TC_ACT_SHOT;
+error:
+	stat_inc(STAT_ACTION_ERROR);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mode)
+{
+	struct flow_key key;
+	struct parse_info pi;
+
+	extract_key(skb, in_port, &key, &pi);
+
+	struct flow_value *fv = flow_lookup(&key);
+
+	if (!fv)
+		return miss(skb, in_port, mode);
+
+	__sync_fetch_and_add(&fv->packets, 1);
+	__sync_fetch_and_add(&fv->bytes, skb->len);
+	fv->last_used = bpf_ktime_get_ns();
+	stat_inc(mode == MODE_INJECT ? STAT_INJECT_HIT : STAT_HIT);
+	return run_actions(skb, fv, &pi, in_port, mode);
+}
+
+static __always_inline int do_port_ingress(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct port_info *port = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (!port) {
+		stat_inc(STAT_UNKNOWN_PORT);
+		return TC_ACT_SHOT;
+	}
+	return process(skb, port->port_no, MODE_PORT);
+}
+
+static __always_inline int do_inject(struct __sk_buff *skb)
+{
+	__u32 port;
+
+	if (skb->vlan_present) {
+		port = skb->vlan_tci & VLAN_VID_MASK;
+	} else {
+		struct vlan_hdr_ tag;
+
+		if (bpf_skb_load_bytes(skb, 2 * ETH_ALEN, &tag, sizeof(tag)) ||
+		    tag.tci != bpf_htons(ETH_P_8021Q))
+			goto bad;
+		port = bpf_ntohs(tag.encap_proto) & VLAN_VID_MASK;
+	}
+	if (port == 0 || bpf_skb_vlan_pop(skb))
+		goto bad;
+	return process(skb, port, MODE_INJECT);
+bad:
+	stat_inc(STAT_INJECT_BAD_TAG);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int do_tunnel_rx(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key tk = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0))
+		goto unknown;
+
+	__u32 vni = tk.tunnel_id;
+	struct vni_port *vp = bpf_map_lookup_elem(&vni_ports, &vni);
+
+	if (!vp)
+		goto unknown;
+	stat_inc(STAT_TUNNEL_RX);
+	if (vp->flags & ACT_F_PEER)
+		return bpf_redirect_peer(vp->ifindex, 0);
+	return bpf_redirect(vp->ifindex, 0);
+unknown:
+	stat_inc(STAT_TUNNEL_RX_UNKNOWN);
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int port_ingress(struct __sk_buff *skb)
+{
+	return do_port_ingress(skb);
+}
+
+SEC("tc")
+int inject(struct __sk_buff *skb)
+{
+	return do_inject(skb);
+}
+
+SEC("tc")
+int tunnel_rx(struct __sk_buff *skb)
+{
+	return do_tunnel_rx(skb);
+}
