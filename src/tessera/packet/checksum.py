@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from tessera.packet.errors import PacketError
+
 _PSEUDO = struct.Struct("!IIxBH")
 
 
@@ -30,7 +32,10 @@ def internet_checksum(data: bytes) -> int:
 
 def pseudo_header(src_ip: int, dst_ip: int, proto: int, length: int) -> bytes:
     """The IPv4 pseudo-header that TCP and UDP checksums cover (RFC 793, RFC 768)."""
-    return _PSEUDO.pack(src_ip, dst_ip, proto, length)
+    try:
+        return _PSEUDO.pack(src_ip, dst_ip, proto, length)
+    except struct.error as exc:
+        raise PacketError(f"cannot build pseudo-header: {exc}") from None
 
 
 def l4_checksum(src_ip: int, dst_ip: int, proto: int, segment: bytes) -> int:
