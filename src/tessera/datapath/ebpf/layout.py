@@ -1,0 +1,323 @@
+"""ctypes mirrors of ``flow.h``, field by field.
+
+``flow.h`` is the one definition; this module copies it for Python and
+:func:`layout_mismatches` proves the copy right against the BTF of the
+compiled object (Cilium's alignchecker).  The loader refuses an object whose
+layout disagrees, so a header edit without the matching Python edit fails
+loudly instead of corrupting flows.
+
+Numeric fields are host byte order (see flow.h); MACs are 6 raw bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+__all__ = [
+    "ACT_F_PEER",
+    "FLOW_FRAG_FIRST",
+    "FLOW_FRAG_LATER",
+    "FLOW_FRAG_NONE",
+    "FLOW_MAX_ACTIONS",
+    "FLOW_MAX_ENTRIES",
+    "FLOW_MAX_MASKS",
+    "KEY_FIELDS",
+    "MAX_PORT_NO",
+    "ActionType",
+    "DpConfig",
+    "FlowAction",
+    "FlowKey",
+    "FlowLookupKey",
+    "FlowValue",
+    "MaskList",
+    "PortInfo",
+    "Stat",
+    "VniPort",
+    "STRUCTS",
+    "layout_mismatches",
+    "parse_mac",
+    "format_mac",
+]
+
+FLOW_MAX_MASKS: Final = 16
+FLOW_MAX_ACTIONS: Final = 12
+FLOW_MAX_ENTRIES: Final = 65536
+PORT_MAX_ENTRIES: Final = 4096
+VNI_MAX_ENTRIES: Final = 4096
+MAX_PORT_NO: Final = 4095  # the miss tag carries the port in a 12-bit VID
+
+FLOW_FRAG_NONE: Final = 0
+FLOW_FRAG_FIRST: Final = 1
+FLOW_FRAG_LATER: Final = 2
+
+ACT_F_PEER: Final = 0x01
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+Mac = ctypes.c_uint8 * 6
+
+
+class ActionType(enum.IntEnum):
+    NONE = 0
+    SET_ETH_SRC = 1
+    SET_ETH_DST = 2
+    DEC_TTL = 3
+    OUTPUT_LOCAL = 4
+    OUTPUT_TUNNEL = 5
+    DROP = 6
+    TO_USERSPACE = 7
+
+
+class Stat(enum.IntEnum):
+    """Indexes of the per-CPU ``stats`` map (enum dp_stat)."""
+
+    HIT = 0
+    MISS = 1
+    DROP = 2
+    UNKNOWN_PORT = 3
+    MISS_FAILED = 4
+    INJECT_HIT = 5
+    INJECT_MISS = 6
+    INJECT_BAD_TAG = 7
+    TUNNEL_RX = 8
+    TUNNEL_RX_UNKNOWN = 9
+    ACTION_ERROR = 10
+
+
+STAT_MAX: Final = 16
+
+
+def parse_mac(mac: str | bytes | bytearray) -> bytes:
+    """``'aa:bb:cc:dd:ee:ff'`` or 6 bytes -> 6 bytes."""
+    if isinstance(mac, bytes | bytearray):
+        if len(mac) != 6:
+            raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
+        return bytes(mac)
+    parts = mac.replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise ValueError(f"bad MAC address {mac!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def format_mac(mac: bytes | Iterable[int]) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(mac))
+
+
+def _ip_int(value: int | str | ipaddress.IPv4Address) -> int:
+    if isinstance(value, int):
+        return value
+    return int(ipaddress.IPv4Address(value))
+
+
+class _Struct(ctypes.Structure):
+    """Value semantics for the mirrors: compare and hash by bytes."""
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Any:
+        return cls.from_buffer_copy(raw)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and bytes(self) == bytes(other)  # type: ignore[call-overload]
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))  # type: ignore[call-overload]
+
+
+class FlowKey(_Struct):
+    """``struct flow_key``: the fields a simulation may read (its FlowMatch).
+
+    The same type is used for masks: all-ones bits in the fields that
+    matter.  Build with :meth:`make`, which takes the friendly forms
+    (``'10.0.0.1'``, ``'aa:bb:..'``) as well as raw integers/bytes.
+    """
+
+    _fields_ = [
+        ("in_port", u32),
+        ("eth_src", Mac),
+        ("eth_dst", Mac),
+        ("vlan_id", u16),
+        ("eth_type", u16),
+        ("ip_src", u32),
+        ("ip_dst", u32),
+        ("ip_proto", u8),
+        ("ip_tos", u8),
+        ("ip_ttl", u8),
+        ("ip_frag", u8),
+        ("tp_src", u16),
+        ("tp_dst", u16),
+    ]
+
+    @classmethod
+    def make(cls, **fields: Any) -> FlowKey:
+        """A key with the given fields set and every other field zero."""
+        key = cls()
+        for name, value in fields.items():
+            key.set(name, value)
+        return key
+
+    @classmethod
+    def mask_of(cls, fields: Iterable[str] | Mapping[str, Any]) -> FlowKey:
+        """A mask: all-ones in the named fields, or explicit partial masks.
+
+        ``mask_of(['in_port', 'eth_dst'])`` matches those fields exactly;
+        ``mask_of({'in_port': ..., 'ip_dst': 0xFFFFFF00})`` gives a /24 (an
+        Ellipsis value means exact).
+        """
+        mask = cls()
+        items = fields.items() if isinstance(fields, Mapping) else ((f, ...) for f in fields)
+        for name, value in items:
+            mask.set(name, _FULL[name] if value is ... else value)
+        return mask
+
+    def set(self, name: str, value: Any) -> None:
+        if name not in _FULL:
+            raise KeyError(f"flow_key has no field {name!r}")
+        if name in ("eth_src", "eth_dst"):
+            setattr(self, name, Mac(*parse_mac(value)))
+        elif name in ("ip_src", "ip_dst"):
+            setattr(self, name, _ip_int(value))
+        else:
+            if not 0 <= int(value) <= _FULL[name]:
+                raise ValueError(f"{name}={value} does not fit the field")
+            setattr(self, name, int(value))
+
+    def masked(self, mask: FlowKey) -> FlowKey:
+        """self & mask, byte by byte (what the program computes)."""
+        n = int.from_bytes(bytes(self), "little") & int.from_bytes(bytes(mask), "little")
+        return FlowKey.from_buffer_copy(n.to_bytes(_KEY_SIZE, "little"))
+
+    def fields(self) -> dict[str, Any]:
+        """Readable view: MACs as strings, IPs as dotted quads."""
+        out: dict[str, Any] = {}
+        for name, *_ in self._fields_:
+            value = getattr(self, name)
+            if name in ("eth_src", "eth_dst"):
+                out[name] = format_mac(value)
+            elif name in ("ip_src", "ip_dst"):
+                out[name] = str(ipaddress.IPv4Address(value))
+            else:
+                out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        nonzero = {
+            k: v for k, v in self.fields().items() if v not in (0, "00:00:00:00:00:00", "0.0.0.0")
+        }
+        return f"FlowKey({nonzero})"
+
+
+_FULL: Final[dict[str, Any]] = {
+    "in_port": 0xFFFFFFFF,
+    "eth_src": b"\xff" * 6,
+    "eth_dst": b"\xff" * 6,
+    "vlan_id": 0xFFFF,
+    "eth_type": 0xFFFF,
+    "ip_src": 0xFFFFFFFF,
+    "ip_dst": 0xFFFFFFFF,
+    "ip_proto": 0xFF,
+    "ip_tos": 0xFF,
+    "ip_ttl": 0xFF,
+    "ip_frag": 0xFF,
+    "tp_src": 0xFFFF,
+    "tp_dst": 0xFFFF,
+}
+
+_KEY_SIZE: Final = ctypes.sizeof(FlowKey)
+
+#: Field names of ``struct flow_key`` in layout order.
+KEY_FIELDS: Final = tuple(f[0] for f in FlowKey._fields_)
+
+
+class FlowLookupKey(_Struct):
+    _fields_ = [("mask_index", u32), ("key", FlowKey)]
+
+
+class MaskList(_Struct):
+    _fields_ = [("count", u32), ("active", u32), ("masks", FlowKey * FLOW_MAX_MASKS)]
+
+
+class FlowAction(_Struct):
+    _fields_ = [
+        ("type", u8),
+        ("flags", u8),
+        ("ttl_dec", u8),
+        ("_pad0", u8),
+        ("ifindex", u32),
+        ("vni", u32),
+        ("remote_ip", u32),
+        ("mac", Mac),
+        ("_pad1", u16),
+    ]
+
+
+class FlowValue(_Struct):
+    _fields_ = [
+        ("packets", u64),
+        ("bytes", u64),
+        ("last_used", u64),
+        ("n_actions", u32),
+        ("flags", u32),
+        ("actions", FlowAction * FLOW_MAX_ACTIONS),
+    ]
+
+
+class PortInfo(_Struct):
+    _fields_ = [("port_no", u32), ("flags", u32)]
+
+
+class VniPort(_Struct):
+    _fields_ = [("ifindex", u32), ("flags", u32)]
+
+
+class DpConfig(_Struct):
+    _fields_ = [
+        ("miss_ifindex", u32),
+        ("vxlan_ifindex", u32),
+        ("flags", u32),
+        ("_pad", u32),
+    ]
+
+
+#: C struct name -> Python mirror; every one is checked against BTF.
+STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
+    "flow_key": FlowKey,
+    "flow_lookup_key": FlowLookupKey,
+    "mask_list": MaskList,
+    "flow_action": FlowAction,
+    "flow_value": FlowValue,
+    "port_info": PortInfo,
+    "vni_port": VniPort,
+    "dp_config": DpConfig,
+}
+
+
+def layout_mismatches(btf: Mapping[str, Any]) -> list[str]:
+    """Compare :data:`STRUCTS` with ``bpftool -j btf dump file X.o`` output.
+
+    Returns human-readable differences (empty when the layouts agree):
+    struct size, member names in order, and member byte offsets.
+    """
+    by_name = {
+        t["name"]: t for t in btf.get("types", []) if t.get("kind") == "STRUCT" and t.get("name")
+    }
+    problems: list[str] = []
+    for cname, pytype in STRUCTS.items():
+        t = by_name.get(cname)
+        if t is None:
+            problems.append(f"struct {cname}: not in the object's BTF")
+            continue
+        if t["size"] != ctypes.sizeof(pytype):
+            problems.append(
+                f"struct {cname}: size {t['size']} in C, {ctypes.sizeof(pytype)} in Python"
+            )
+        c_members = [(m["name"], m["bits_offset"] // 8) for m in t["members"]]
+        py_members = [(name, getattr(pytype, name).offset) for name, *_ in pytype._fields_]
+        if c_members != py_members:
+            problems.append(f"struct {cname}: members C {c_members} != Python {py_members}")
+    return problems

@@ -1,0 +1,192 @@
+"""The agent's end of the miss path: read tagged misses, write them back.
+
+On a miss the program tags the frame with the ingress port number (an
+802.1Q VID) and redirects it to the miss veth.  This module opens an
+AF_PACKET socket on the other end of that veth:
+
+* the port tag arrives out of band (``PACKET_AUXDATA``: the kernel moves the
+  outer tag to metadata on receive), any tenant tag stays in the data;
+* ``PACKET_VNET_HDR`` carries the checksum-offload state with the frame.  A
+  TCP segment from a VM usually still has its checksum left to "hardware"
+  (CHECKSUM_PARTIAL); read and re-sent as plain bytes it would arrive with a
+  wrong checksum and the connection would stall on SYN retransmits.  With the
+  virtio-net header the kernel rebuilds the partial checksum on send.
+
+:meth:`MissChannel.inject` writes the frame back with the port tag in band;
+the ``inject`` program on the datapath end pops it and runs the lookup again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from tessera.datapath.ebpf.layout import MAX_PORT_NO
+from tessera.datapath.ebpf.netns import run_in_netns
+
+__all__ = ["Miss", "MissChannel", "VnetHdr"]
+
+ETH_P_ALL: Final = 0x0003
+ETH_P_8021Q: Final = 0x8100
+SOL_PACKET: Final = 263
+PACKET_AUXDATA: Final = 8
+PACKET_VNET_HDR: Final = 15
+PACKET_IGNORE_OUTGOING: Final = 23
+PACKET_OUTGOING: Final = 4
+TP_STATUS_CSUMNOTREADY: Final = 1 << 3
+TP_STATUS_VLAN_VALID: Final = 1 << 4
+VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 1
+_VNET: Final = struct.Struct("=BBHHHH")
+_MAX_FRAME: Final = 65536 + 64
+
+
+class _TpacketAuxdata(ctypes.Structure):
+    _fields_ = [
+        ("tp_status", ctypes.c_uint32),
+        ("tp_len", ctypes.c_uint32),
+        ("tp_snaplen", ctypes.c_uint32),
+        ("tp_mac", ctypes.c_uint16),
+        ("tp_net", ctypes.c_uint16),
+        ("tp_vlan_tci", ctypes.c_uint16),
+        ("tp_vlan_tpid", ctypes.c_uint16),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class VnetHdr:
+    """struct virtio_net_hdr: offload state of a frame (offsets from its
+    Ethernet header, as read)."""
+
+    flags: int = 0
+    gso_type: int = 0
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        return _VNET.pack(
+            self.flags,
+            self.gso_type,
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        )
+
+    def shifted(self, n: int) -> VnetHdr:
+        """The same header for a frame with ``n`` bytes inserted before L3."""
+        return VnetHdr(
+            self.flags,
+            self.gso_type,
+            self.hdr_len + n if self.hdr_len else 0,
+            self.gso_size,
+            self.csum_start + n if self.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM else self.csum_start,
+            self.csum_offset,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """One missed packet: the port it entered on and the frame as it was."""
+
+    port: int
+    frame: bytes  # without the port tag; a tenant tag, if any, in band
+    vnet: VnetHdr
+    csum_not_ready: bool  # TP_STATUS_CSUMNOTREADY: L4 checksum still partial
+
+
+class MissChannel:
+    """AF_PACKET socket on the agent end of the miss veth (``ifname``)."""
+
+    def __init__(self, ifname: str, netns: str | os.PathLike[str] | None = None) -> None:
+        self.ifname = ifname
+
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            try:
+                s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+                s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                s.bind((ifname, ETH_P_ALL))
+            except BaseException:
+                s.close()
+                raise
+            return s
+
+        self.sock = run_in_netns(netns, make)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, timeout: float | None = None) -> Miss | None:
+        """The next miss, or None after ``timeout`` seconds (None: wait).
+
+        Frames without a port tag (not produced by the program) are skipped.
+        """
+        while True:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return None
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(_MAX_FRAME, socket.CMSG_SPACE(32))
+            except BlockingIOError:
+                continue
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            miss = self._parse(data, anc)
+            if miss is not None:
+                return miss
+
+    @staticmethod
+    def _parse(data: bytes, anc: list[tuple[int, int, bytes]]) -> Miss | None:
+        if len(data) < _VNET.size + 14:
+            return None
+        vnet = VnetHdr(*_VNET.unpack_from(data))
+        frame = data[_VNET.size :]
+        aux = None
+        for level, kind, raw in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                aux = _TpacketAuxdata.from_buffer_copy(
+                    raw.ljust(ctypes.sizeof(_TpacketAuxdata), b"\0")
+                )
+        status = aux.tp_status if aux is not None else 0
+        if aux is not None and status & TP_STATUS_VLAN_VALID:
+            port = aux.tp_vlan_tci & 0x0FFF
+        elif struct.unpack_from("!H", frame, 12)[0] == ETH_P_8021Q:
+            # Tag left in band (vlan offload off): pop it ourselves.
+            port = struct.unpack_from("!H", frame, 14)[0] & 0x0FFF
+            frame = frame[:12] + frame[16:]
+            vnet = vnet.shifted(-4)
+        else:
+            return None
+        if port == 0:
+            return None
+        return Miss(port, frame, vnet, bool(status & TP_STATUS_CSUMNOTREADY))
+
+    def inject(self, port: int, frame: bytes, vnet: VnetHdr | None = None) -> None:
+        """Write ``frame`` back for the ``inject`` program, as if it had
+        entered on ``port`` (tag in band, outermost)."""
+        if not 1 <= port <= MAX_PORT_NO:
+            raise ValueError(f"port {port} out of 1..{MAX_PORT_NO}")
+        tagged = frame[:12] + struct.pack("!HH", ETH_P_8021Q, port) + frame[12:]
+        hdr = (vnet or VnetHdr()).shifted(4)
+        self.sock.send(hdr.pack() + tagged)
+
+    def reinject(self, miss: Miss) -> None:
+        self.inject(miss.port, miss.frame, miss.vnet)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> MissChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,175 @@
+"""Namespaces that always clean up, and ICMP/TCP probes run inside them.
+
+Every namespace is named ``tst-<run id>-<role>`` and deleted by the fixture
+that made it, even on failure; devices live only inside those namespaces
+(created there directly, never in the root namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tessera.datapath.ebpf.netns import run_in_netns
+
+from .frames import csum
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=20, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Netns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh("ip", "netns", "add", name)
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        self.ip("link", "set", "lo", "up")
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def ip(self, *args: str) -> str:
+        return sh("ip", "-n", self.name, *args)
+
+    def run(self, *argv: str, check: bool = True) -> str:
+        return sh("nsenter", f"--net={self.path}", *argv, check=check)
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.run("sysctl", "-qw", f"{key}={value}")
+
+    def ifindex(self, ifname: str) -> int:
+        return run_in_netns(self.path, lambda: socket.if_nametoindex(ifname))
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+class NetnsFactory:
+    def __init__(self) -> None:
+        self.run_id = secrets.token_hex(3)
+        self.made: list[Netns] = []
+
+    def __call__(self, role: str) -> Netns:
+        ns = Netns(f"tst-{self.run_id}-{role}")
+        self.made.append(ns)
+        return ns
+
+    def cleanup(self) -> None:
+        for ns in reversed(self.made):
+            ns.delete()
+        self.made.clear()
+
+
+def veth_to(host: Netns, host_if: str, vm: Netns, vm_if: str, vm_mac: str, vm_cidr: str) -> None:
+    """A VM-style port: ``vm_if`` in ``vm`` (addressed), ``host_if`` in ``host``."""
+    host.ip("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", vm.name)
+    vm.ip("link", "set", vm_if, "address", vm_mac)
+    vm.ip("addr", "add", vm_cidr, "dev", vm_if)
+    vm.ip("link", "set", vm_if, "up")
+    host.ip("link", "set", host_if, "up")
+
+
+def ping(ns: Netns, dst: str, *, timeout: float = 1.0, ident: int | None = None) -> float | None:
+    """One ICMP echo from ``ns``: the RTT in seconds, or None on timeout.
+
+    A raw ICMP socket opened inside the namespace -- the same kernel path as
+    ``ping`` (not installed on every test machine).
+    """
+    sock = run_in_netns(
+        ns.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    )
+    ident = ident if ident is not None else os.getpid() & 0xFFFF
+    seq = secrets.randbelow(0xFFFF)
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"tessera-ping" * 4
+    body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    try:
+        start = time.monotonic()
+        sock.sendto(body, (dst, 0))
+        deadline = start + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, _ = sock.recvfrom(2048)
+            except TimeoutError:
+                break
+            ihl = (data[0] & 0x0F) * 4
+            t, _c, _s, rid, rseq = struct.unpack_from("!BBHHH", data, ihl)
+            if t == 0 and rid == ident and rseq == seq:
+                return time.monotonic() - start
+        return None
+    finally:
+        sock.close()
+
+
+@contextmanager
+def tcp_echo_server(ns: Netns, addr: str, port: int) -> Iterator[None]:
+    """A one-connection-at-a-time TCP echo server inside ``ns``."""
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        s.listen(4)
+        return s
+
+    srv = run_in_netns(ns.path, make)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    while data := conn.recv(65536):
+                        conn.sendall(data)
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=2)
+        srv.close()
+
+
+def tcp_roundtrip(
+    ns: Netns, addr: str, port: int, payload: bytes, timeout: float = 3.0
+) -> tuple[bytes, float]:
+    """Connect from ``ns``, send ``payload``, read it back: (data, connect time)."""
+    sock = run_in_netns(ns.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        sock.settimeout(timeout)
+        start = time.monotonic()
+        sock.connect((addr, port))
+        connect_time = time.monotonic() - start
+        sock.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got, connect_time
+    finally:
+        sock.close()

@@ -1,0 +1,217 @@
+"""Layout check, compile cache, pinning/reuse across restarts, tc attach."""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tessera.datapath.ebpf import bpf
+from tessera.datapath.ebpf.actions import (
+    DecTtl,
+    Drop,
+    OutputLocal,
+    OutputTunnel,
+    SetEthDst,
+    SetEthSrc,
+    ToUserspace,
+    decode_actions,
+    encode_actions,
+)
+from tessera.datapath.ebpf.layout import FlowKey, FlowValue, layout_mismatches
+from tessera.datapath.ebpf.loader import (
+    PROGRAMS,
+    SOURCE_DIR,
+    EbpfFastPath,
+    LoadError,
+    ToolMissing,
+    compile_object,
+    object_btf,
+)
+from tessera.datapath.ebpf.maps import MAP_SPECS
+
+from .nets import NetnsFactory
+
+L2 = FlowKey.mask_of(["in_port", "eth_dst"])
+
+
+# --- no root needed ---------------------------------------------------------------------
+
+
+def test_actions_encode_decode_round_trip() -> None:
+    acts = (
+        SetEthSrc("02:00:00:00:00:01"),
+        SetEthDst(b"\x02\0\0\0\0\x02"),
+        DecTtl(2),
+        OutputLocal(7, peer=True),
+        OutputTunnel(0xABCDEF, "198.18.0.2", ifindex=3),
+        ToUserspace(),
+        Drop(),
+    )
+    v = FlowValue()
+    encode_actions(acts, v)
+    assert decode_actions(v) == acts
+    with pytest.raises(ValueError):
+        encode_actions([Drop()] * 13, v)
+    with pytest.raises(ValueError):
+        OutputTunnel(1 << 24, "198.18.0.2")
+
+
+def test_key_builders() -> None:
+    k = FlowKey.make(in_port=3, eth_dst="02:00:00:00:00:0b", ip_dst="10.0.1.77", tp_dst=53)
+    m = FlowKey.mask_of({"in_port": ..., "ip_dst": 0xFFFFFF00})
+    assert k.masked(m).fields()["ip_dst"] == "10.0.1.0"
+    assert k.masked(m).tp_dst == 0 and k.masked(m).in_port == 3
+    with pytest.raises(KeyError):
+        FlowKey.make(nope=1)
+    with pytest.raises(ValueError):
+        FlowKey.make(vlan_id=1 << 16)
+
+
+def types_of(btf: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(btf["types"])
+
+
+def test_layout_checker_catches_a_moved_field() -> None:
+    # A fake BTF where flow_key.ip_dst moved and flow_value grew.
+    from tessera.datapath.ebpf.layout import STRUCTS
+
+    types: list[dict[str, Any]] = []
+    for name, py in STRUCTS.items():
+        members = [{"name": f[0], "bits_offset": getattr(py, f[0]).offset * 8} for f in py._fields_]
+        types.append(
+            {"kind": "STRUCT", "name": name, "size": ctypes.sizeof(py), "members": members}
+        )
+    good = {"types": types}
+    assert layout_mismatches(good) == []
+    bad = copy.deepcopy(good)
+    for t in types_of(bad):
+        if t["name"] == "flow_key":
+            t["members"][6]["bits_offset"] += 32
+        if t["name"] == "flow_value":
+            t["size"] += 8
+    problems = layout_mismatches(bad)
+    assert len(problems) == 2 and "flow_key" in problems[0] + problems[1]
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing, match=r"clang not found.*apt-get install"):
+        compile_object(SOURCE_DIR, tmp_path)
+
+
+# --- root + toolchain ---------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_c_layout_matches_python(obj_cache: Path) -> None:
+    obj = compile_object(SOURCE_DIR, obj_cache)
+    assert layout_mismatches(object_btf(obj)) == []
+    assert compile_object(SOURCE_DIR, obj_cache) == obj  # cached by source hash
+
+
+@pytest.mark.root
+def test_load_pins_maps_and_programs(pin_dir: Path, obj_cache: Path) -> None:
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        assert sorted(p.name for p in (pin_dir / "maps").iterdir()) == sorted(MAP_SPECS)
+        assert fp.prog_dir is not None
+        assert sorted(p.name for p in fp.prog_dir.iterdir()) == sorted(PROGRAMS)
+        for prog in PROGRAMS:
+            fd = fp.prog_fd(prog)
+            try:
+                info = bpf.prog_info(fd)
+            finally:
+                os.close(fd)
+            assert info.type == bpf.BPF_PROG_TYPE_SCHED_CLS and info.name == prog
+
+
+def _prog_ids(fp: EbpfFastPath) -> dict[str, int]:
+    ids = {}
+    for prog in PROGRAMS:
+        fd = fp.prog_fd(prog)
+        try:
+            ids[prog] = bpf.prog_info(fd).id
+        finally:
+            os.close(fd)
+    return ids
+
+
+def _map_ids(fp: EbpfFastPath) -> dict[str, int]:
+    return {n: bpf.map_info(fp.maps.fd(n)).id for n in MAP_SPECS}
+
+
+@pytest.mark.root
+def test_restart_reuses_everything_and_keeps_flows(pin_dir: Path, obj_cache: Path) -> None:
+    key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        progs, maps = _prog_ids(fp), _map_ids(fp)
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:  # same build: nothing loaded
+        assert _prog_ids(fp) == progs and _map_ids(fp) == maps
+        assert fp.maps.flows.get(key, L2) is not None
+        assert fp.maps.flows.masks.refcount(0) == 1
+
+
+@pytest.mark.root
+def test_new_build_reuses_the_pinned_maps(pin_dir: Path, obj_cache: Path) -> None:
+    key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        progs, maps, old_dir = _prog_ids(fp), _map_ids(fp), fp.prog_dir
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache, cflags=["-DTESSERA_TEST_REBUILD=1"]) as fp:
+        assert fp.prog_dir != old_dir and old_dir is not None and not old_dir.exists()
+        new_progs = _prog_ids(fp)
+        assert all(new_progs[p] != progs[p] for p in PROGRAMS)
+        assert _map_ids(fp) == maps  # same kernel maps: flows survived the reload
+        assert fp.maps.flows.get(key, L2) is not None
+
+
+@pytest.mark.root
+def test_an_incompatible_pinned_map_is_refused_not_recreated(
+    pin_dir: Path, obj_cache: Path
+) -> None:
+    (pin_dir / "maps").mkdir(parents=True)
+    spec = MAP_SPECS["flows"]
+    fd = bpf.map_create(spec.type, spec.key_size, spec.value_size - 8, 16, spec.flags, "flows")
+    try:
+        bpf.obj_pin(fd, pin_dir / "maps" / "flows")
+    finally:
+        os.close(fd)
+    with pytest.raises(LoadError, match=r"map flows: pinned .* refusing to recreate"):
+        EbpfFastPath(pin_dir, cache_dir=obj_cache).load()
+    fd = bpf.obj_get(pin_dir / "maps" / "flows")
+    try:
+        assert bpf.map_info(fd).max_entries == 16  # untouched
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_attach_and_detach_are_idempotent(
+    module_fastpath: EbpfFastPath, netns_factory: NetnsFactory
+) -> None:
+    ns = netns_factory("att")
+    ns.ip("link", "add", "p0", "type", "veth", "peer", "name", "p1")
+    fp = EbpfFastPath(module_fastpath.pin_dir, ns.path, cache_dir=module_fastpath.cache_dir).load()
+    try:
+        assert fp.attached("p0") is None
+        fp.attach("p0")
+        fp.attach("p0")
+        first = fp.attached("p0")
+        assert first is not None and first.prog_name == "port_ingress"
+        fp.attach("p0", "inject")  # replaces, does not stack
+        after = fp.attached("p0")
+        assert after is not None and after.prog_name == "inject"
+        out = ns.run("tc", "filter", "show", "dev", "p0", "ingress")
+        assert out.count("direct-action") == 1
+        assert fp.detach("p0", remove_qdisc=True) is True
+        assert fp.detach("p0") is False
+        assert fp.detach("nonexistent0") is False
+        with pytest.raises(LoadError, match="no device"):
+            fp.bind_port("nonexistent0", 3)
+    finally:
+        fp.close()

@@ -1,0 +1,241 @@
+"""Typed maps, mask slots and the reconciler, on real kernel maps.
+
+The maps are created unpinned with the program's exact specs, so these
+tests need root but no compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tessera.datapath.ebpf import bpf
+from tessera.datapath.ebpf.actions import Action, DecTtl, Drop, OutputLocal, OutputTunnel, SetEthSrc
+from tessera.datapath.ebpf.layout import (
+    FLOW_MAX_MASKS,
+    FlowKey,
+    FlowLookupKey,
+    FlowValue,
+    PortInfo,
+    Stat,
+)
+from tessera.datapath.ebpf.maps import (
+    BpfMap,
+    FastPathMaps,
+    Flow,
+    FlowMap,
+    MaskTable,
+    MaskTableFull,
+)
+
+pytestmark = pytest.mark.root
+
+L2 = FlowKey.mask_of(["in_port", "eth_dst"])
+L3 = FlowKey.mask_of(["in_port", "eth_dst", "ip_dst"])
+
+
+@pytest.fixture
+def maps() -> Iterator[FastPathMaps]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    m = FastPathMaps.create()
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def key(port: int = 1, dst: str = "02:00:00:00:00:0b", ip: str = "10.0.0.2") -> FlowKey:
+    return FlowKey.make(in_port=port, eth_dst=dst, ip_dst=ip, eth_type=0x800)
+
+
+def test_install_get_delete_round_trip(maps: FastPathMaps) -> None:
+    acts: list[Action] = [SetEthSrc("02:00:00:00:ee:01"), DecTtl(2), OutputLocal(9, peer=True)]
+    maps.flows.install(key(), L2, acts)
+    entry = maps.flows.get(key(ip="10.9.9.9"), L2)  # ip_dst is wildcarded by L2
+    assert entry is not None
+    assert entry.actions == tuple(acts) and entry.mask == L2 and entry.mask_index == 0
+    assert entry.key == key().masked(L2)
+    assert maps.flows.delete(key(), L2) is True
+    assert maps.flows.delete(key(), L2) is False
+    assert maps.flows.masks.active() == {}
+
+
+def test_mask_slots_are_refcounted_and_reused(maps: FastPathMaps) -> None:
+    flows, masks = maps.flows, maps.flows.masks
+    flows.install(key(1), L2, [Drop()])
+    flows.install(key(2), L2, [Drop()])
+    flows.install(key(1), L2, [OutputLocal(3)])  # replace: no second reference
+    flows.install(key(1), L3, [Drop()])
+    assert (masks.index_of(L2), masks.index_of(L3)) == (0, 1)
+    assert (masks.refcount(0), masks.refcount(1)) == (2, 1)
+
+    flows.delete(key(1), L2)
+    assert masks.index_of(L2) == 0
+    flows.delete(key(2), L2)
+    assert masks.index_of(L2) is None  # freed with its last flow
+    kernel = maps.flows.masks.map.lookup(ctypes.c_uint32(0))
+    assert kernel is not None and (kernel.count, kernel.active) == (2, 0b10)
+
+    l4 = FlowKey.mask_of(["in_port", "tp_dst"])
+    flows.install(FlowKey.make(in_port=1, tp_dst=53), l4, [Drop()])
+    assert masks.index_of(l4) == 0  # lowest free slot
+    flows.delete(key(1), L3)
+    kernel = maps.flows.masks.map.lookup(ctypes.c_uint32(0))
+    assert kernel is not None and (kernel.count, kernel.active) == (1, 0b1)  # tail trimmed
+
+
+def test_mask_table_full(maps: FastPathMaps) -> None:
+    fields = ["eth_src", "eth_dst", "vlan_id", "eth_type", "ip_src", "ip_dst", "ip_proto",
+              "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst"]  # fmt: skip
+    for i in range(FLOW_MAX_MASKS):
+        chosen = ["in_port"] + [f for b, f in enumerate(fields) if i >> b & 1]
+        maps.flows.install(FlowKey.make(in_port=1), FlowKey.mask_of(chosen), [Drop()])
+    with pytest.raises(MaskTableFull):
+        maps.flows.install(
+            FlowKey.make(in_port=1),
+            FlowKey.mask_of(["in_port", "ip_tos", "tp_dst", "ip_ttl", "eth_src"]),
+            [Drop()],
+        )
+    # A failed install leaves no slot behind.
+    assert len(maps.flows.masks.active()) == FLOW_MAX_MASKS
+
+
+def test_replacing_a_flow_keeps_its_counters(maps: FastPathMaps) -> None:
+    maps.flows.install(key(), L2, [OutputLocal(3)])
+    lk = FlowMap._lookup_key(0, key(), L2)
+    v = maps.flows.map.lookup(lk)
+    assert v is not None
+    v.packets, v.bytes, v.last_used = 5, 500, 123
+    maps.flows.map.update(lk, v)
+    maps.flows.install(key(), L2, [OutputLocal(4)])
+    e = maps.flows.get(key(), L2)
+    assert e is not None and (e.packets, e.bytes, e.last_used_ns) == (5, 500, 123)
+    assert e.actions == (OutputLocal(4),)
+
+
+def test_reconcile_installs_updates_and_prunes(maps: FastPathMaps) -> None:
+    flows = maps.flows
+    flows.install(key(1), L2, [OutputLocal(1)])  # stays as is
+    flows.install(key(2), L2, [OutputLocal(2)])  # changes
+    flows.install(key(3), L3, [OutputLocal(3)])  # goes away, with its mask
+    desired = [
+        Flow(key(1), L2, (OutputLocal(1),)),
+        Flow(key(2), L2, (OutputLocal(22),)),
+        Flow(key(4), L2, (OutputTunnel(7, "198.18.0.9"),)),
+    ]
+    result = flows.reconcile(desired)
+    assert (result.added, result.updated, result.unchanged, result.removed) == (1, 1, 1, 1)
+    got = {(e.key.in_port, e.actions) for e in flows.entries()}
+    assert got == {
+        (1, (OutputLocal(1),)),
+        (2, (OutputLocal(22),)),
+        (4, (OutputTunnel(7, "198.18.0.9"),)),
+    }
+    assert flows.masks.active() == {0: L2}
+    # Reconciling the same desired state again changes nothing.
+    again = flows.reconcile(desired)
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 3)
+
+
+def test_reconcile_prunes_orphans_of_inactive_slots(maps: FastPathMaps) -> None:
+    # A crash between writing a flow and its mask leaves a flow in slot 5.
+    maps.flows.map.update(FlowLookupKey(mask_index=5, key=key()), FlowValue())
+    assert maps.flows.reconcile([]).removed == 1
+    assert len(maps.flows) == 0
+
+
+def test_reopening_rebuilds_refcounts_from_the_kernel(maps: FastPathMaps) -> None:
+    maps.flows.install(key(1), L2, [Drop()])
+    maps.flows.install(key(2), L2, [Drop()])
+    maps.flows.install(key(1), L3, [Drop()])
+    # Like an agent restart: fresh Python objects over the same kernel maps.
+    again = FlowMap(
+        BpfMap(
+            os.dup(maps.fd("flows")), "flows", maps.flows.map.key_type, maps.flows.map.value_type
+        ),
+        MaskTable(
+            BpfMap(
+                os.dup(maps.fd("masks")),
+                "masks",
+                maps.flows.masks.map.key_type,
+                maps.flows.masks.map.value_type,
+            )
+        ),
+    )
+    try:
+        assert again.masks.active() == {0: L2, 1: L3}
+        assert (again.masks.refcount(0), again.masks.refcount(1)) == (2, 1)
+        assert again.delete(key(1), L3) and again.masks.index_of(L3) is None
+    finally:
+        again.map.close()
+        again.masks.map.close()
+
+
+def test_small_maps(maps: FastPathMaps) -> None:
+    maps.ports.set(12, 3)
+    assert maps.ports.get(12) == 3 and maps.ports.items() == {12: 3}
+    with pytest.raises(ValueError):
+        maps.ports.set(13, 4096)  # does not fit the miss tag
+    maps.vni_ports.set(70001, 12, peer=True)
+    assert maps.vni_ports.get(70001) == (12, True)
+    cfg = maps.config.set(miss_ifindex=4)
+    cfg = maps.config.set(vxlan_ifindex=5)
+    assert (cfg.miss_ifindex, cfg.vxlan_ifindex) == (4, 5)
+    assert set(maps.stats.read()) == set(Stat) and not any(maps.stats.read().values())
+
+
+def test_errors_name_the_command_and_errno(maps: FastPathMaps) -> None:
+    with pytest.raises(bpf.BpfError, match=r"BPF_OBJ_GET.*ENOENT"):
+        bpf.obj_get("/sys/fs/bpf/tst-does-not-exist")
+    maps.ports.set(1, 1)
+    with pytest.raises(bpf.BpfError, match=r"BPF_MAP_UPDATE_ELEM\) on ports: EEXIST") as exc:
+        maps.ports.map.update(ctypes.c_uint32(1), PortInfo(port_no=2), bpf.BPF_NOEXIST)
+    assert exc.value.errno == errno.EEXIST
+
+
+def test_walk_collects_keys_before_deleting(maps: FastPathMaps) -> None:
+    for i in range(300):
+        maps.flows.install(key(i + 1), L2, [Drop()])
+    assert len(maps.flows) == 300
+    assert maps.flows.clear() == 300
+    assert len(maps.flows) == 0
+
+
+def test_walk_falls_back_without_batch_lookups(
+    maps: FastPathMaps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(50):
+        maps.flows.install(key(i + 1), L2, [Drop()])
+    batched = sorted(bytes(k) for k in maps.flows.map.collect_keys())
+
+    def no_batch(*_a: object, **_k: object) -> tuple[int, bool]:
+        raise bpf.BpfError(errno.EINVAL, bpf.BPF_MAP_LOOKUP_BATCH)
+
+    monkeypatch.setattr(bpf, "map_lookup_batch", no_batch)
+    assert sorted(bytes(k) for k in maps.flows.map.collect_keys()) == batched
+    assert maps.ports.items() == {}
+
+
+def test_reconcile_cost_grows_linearly(maps: FastPathMaps) -> None:
+    """Relative check (faucet#2809 style): 10x the flows may cost at most
+    25x the time, so an accidental O(n^2) shows up here first."""
+
+    def run(n: int) -> float:
+        maps.flows.clear()
+        desired = [
+            Flow(key(1, ip=f"10.{i >> 8 & 255}.{i & 255}.1"), L3, (Drop(),)) for i in range(n)
+        ]
+        maps.flows.reconcile(desired)
+        start = time.perf_counter()
+        maps.flows.reconcile(desired)  # all unchanged: one walk + compare
+        return time.perf_counter() - start
+
+    small = min(run(200) for _ in range(3))
+    large = min(run(2000) for _ in range(2))
+    assert large < 25 * small, (small, large)
