@@ -2,8 +2,12 @@
 
 Objects are stored whole with a version that every write bumps; multi-object writes go
 through `commit`, which applies a list of operations atomically and only if every
-version check holds (compare-and-set). Watches deliver added/changed/deleted events with
-versions on one notification thread per client, in commit order. State tables hold
+version check holds (compare-and-set). A created object is at version 1; a deleted and
+re-created one starts again at 1. Watches deliver added/changed/deleted events with
+versions on one notification thread per client, in order: an object's version never goes
+backwards and its latest state always arrives. The memory backend reports every commit;
+ZooKeeper re-reads after each notification, so rapid successive writes to one object may
+reach a watcher as one event with the latest version. State tables hold
 small string entries (learned MACs, ARP entries, host liveness, leases); an *ephemeral*
 entry belongs to the client session that wrote it and vanishes when that session ends.
 """
@@ -119,7 +123,7 @@ class Nsdb(abc.ABC):
         """Apply all ops or none. Raises `Conflict` when a version check fails,
         `NotFound` when an Update/Delete/Check target is missing, `AlreadyExists` for a
         Create of an existing id. Returns the new version of each op's object (the
-        checked version for Check, -1 for Delete)."""
+        checked version for a Check with a version, else -1; -1 for Delete)."""
 
     def create(self, obj: StoredObject) -> int:
         return self.commit([Create(obj)])[0]
@@ -180,8 +184,11 @@ class Nsdb(abc.ABC):
 
 class LeaderElection(abc.ABC):
     """Run `on_elected` while this participant leads. `on_elected` is called on a
-    background thread and should return only when leadership must end (it gets an
-    Event set when the participant should step down)."""
+    background thread and should return only when leadership must end (it gets a
+    `threading.Event` set when the participant should step down). Returning on its own
+    resigns: the next participant leads and this one queues again. Participants lead in
+    the order they started; a leader steps down when its session ends or (ZooKeeper)
+    its connection is lost, and leads again if it is still first once reconnected."""
 
     @abc.abstractmethod
     def start(self, on_elected: Callable[[object], None]) -> None: ...

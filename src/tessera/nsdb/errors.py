@@ -24,4 +24,4 @@ class IntegrityError(NsdbError):
 
 
 class Unavailable(NsdbError):
-    """The backend cannot be reached (ZooKeeper down); nothing was written (HTTP 503)."""
+    """The backend cannot be reached (ZooKeeper down); a write's outcome is unknown, re-read (HTTP 503)."""
