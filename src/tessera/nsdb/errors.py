@@ -24,4 +24,5 @@ class IntegrityError(NsdbError):
 
 
 class Unavailable(NsdbError):
-    """The backend cannot be reached (ZooKeeper down); a write's outcome is unknown, re-read (HTTP 503)."""
+    """The backend cannot be reached (ZooKeeper down); a write's outcome is unknown:
+    re-read before retrying (HTTP 503)."""
