@@ -1,0 +1,108 @@
+"""The FastAPI application: REST API v1 under `/api/v1`, `/metrics`, `/docs`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Route
+
+from tessera import __version__
+from tessera.api import errors
+from tessera.api.instrumented import InstrumentedNsdb
+from tessera.api.metrics import ApiMetrics, MetricsMiddleware, RouteTemplates, TopologyCollector
+from tessera.api.resources import (
+    bridges,
+    chains,
+    dhcp,
+    health,
+    hosts,
+    ip_addr_groups,
+    port_groups,
+    ports,
+    routers,
+    routes,
+    rules,
+    tunnel_zones,
+)
+from tessera.cluster.services import ClusterServices
+from tessera.nsdb.base import Nsdb
+from tessera.nsdb.store import TopologyStore
+
+API_PREFIX = "/api/v1"
+_RESOURCES = (
+    bridges,
+    routers,
+    ports,
+    routes,
+    dhcp,
+    chains,
+    rules,
+    port_groups,
+    ip_addr_groups,
+    hosts,
+    tunnel_zones,
+    health,
+)
+
+_DESCRIPTION = """\
+The tessera REST API: virtual bridges, routers, ports, routes, firewall chains and rules,
+DHCP, port and address groups, hosts, bindings and tunnel zones.
+
+Every error is `{"message": "..."}`. A create returns 201 with the full object; update
+is `PUT` of the whole object as `GET` returned it (read-only fields are ignored);
+deletes keep referential integrity (cascading, clearing or removing references).
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def _route_templates(app: FastAPI) -> list[str]:
+    api = [
+        API_PREFIX + r.path
+        for module in _RESOURCES
+        for r in module.router.routes
+        if isinstance(r, APIRoute)
+    ]
+    return [*api, *(r.path for r in app.routes if isinstance(r, Route | APIRoute))]
+
+
+def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
+    """The API over `nsdb`. `services`, when this process takes part in the cluster's
+    leader election, is reported by the health endpoint and `/metrics`."""
+    metrics = ApiMetrics()
+    instrumented = InstrumentedNsdb(nsdb, metrics.nsdb_latency, metrics.nsdb_errors)
+    app = FastAPI(
+        title="tessera",
+        version=__version__,
+        description=_DESCRIPTION,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.nsdb = nsdb
+    app.state.store = TopologyStore(instrumented)
+    app.state.services = services
+    app.state.metrics = metrics
+    errors.install(app)
+
+    api = APIRouter(
+        prefix=API_PREFIX,
+        responses=errors.ERROR_RESPONSES,
+        generate_unique_id_function=_operation_id,
+    )
+    for module in _RESOURCES:
+        api.include_router(module.router)
+    app.include_router(api)
+
+    collector = TopologyCollector(instrumented, (lambda: services.is_leader) if services else None)
+    metrics.registry.register(collector)
+    app.state.topology_collector = collector
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    templates = RouteTemplates(lambda: _route_templates(app))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
+    return app

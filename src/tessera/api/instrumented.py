@@ -1,0 +1,83 @@
+"""An NSDB client that times every call it forwards, for Prometheus."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from tessera.model import StoredObject
+from tessera.nsdb.base import (
+    LeaderElection,
+    Nsdb,
+    Op,
+    StateEvent,
+    Stored,
+    Subscription,
+    WatchEvent,
+)
+from tessera.nsdb.errors import NsdbError
+
+R = TypeVar("R")
+
+
+class InstrumentedNsdb(Nsdb):
+    def __init__(self, inner: Nsdb, latency: Histogram, errors: Counter) -> None:
+        self.inner = inner
+        self._latency = latency
+        self._errors = errors
+
+    def _timed(self, operation: str, call: Callable[[], R]) -> R:
+        start = time.perf_counter()
+        try:
+            return call()
+        except NsdbError as exc:
+            self._errors.labels(operation, type(exc).__name__).inc()
+            raise
+        finally:
+            self._latency.labels(operation).observe(time.perf_counter() - start)
+
+    def get(self, kind: str, id: str) -> Stored[StoredObject]:
+        return self._timed("get", lambda: self.inner.get(kind, id))
+
+    def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:
+        return self._timed("list", lambda: self.inner.list(kind))
+
+    def commit(self, ops: Sequence[Op]) -> builtins.list[int]:
+        return self._timed("commit", lambda: self.inner.commit(ops))
+
+    def watch_kind(self, kind: str, callback: Callable[[WatchEvent], None]) -> Subscription:
+        return self._timed("watch", lambda: self.inner.watch_kind(kind, callback))
+
+    def watch_object(
+        self, kind: str, id: str, callback: Callable[[WatchEvent], None]
+    ) -> Subscription:
+        return self._timed("watch", lambda: self.inner.watch_object(kind, id, callback))
+
+    def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        self._timed("state_set", lambda: self.inner.state_set(table, key, value, ephemeral))
+
+    def state_delete(self, table: str, key: str) -> None:
+        self._timed("state_delete", lambda: self.inner.state_delete(table, key))
+
+    def state_get(self, table: str) -> dict[str, str]:
+        return self._timed("state_get", lambda: self.inner.state_get(table))
+
+    def watch_state(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
+        return self._timed("watch", lambda: self.inner.watch_state(table, callback))
+
+    def next_id(self, counter: str) -> int:
+        return self._timed("next_id", lambda: self.inner.next_id(counter))
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    def leader_election(self, name: str, identifier: str) -> LeaderElection:
+        return self.inner.leader_election(name, identifier)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,205 @@
+"""Request and response bodies that are not topology objects themselves.
+
+Create and update bodies are derived from the model classes, so the REST schema can
+never drift from the model: a create body is the object minus its server-owned fields
+(the id and the parent from the path optional); an update body is the whole object as
+GET returns it, with read-only and fixed-at-creation fields optional (they are ignored,
+or must be sent unchanged). Field-level validation (types, ranges, formats) happens
+here (422); whole-object rules (a router port's address within its network, a jump
+rule's target...) run when the API builds the model object (400).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+
+from pydantic import Field, create_model
+from pydantic.fields import FieldInfo
+
+from tessera.model import (
+    Bridge,
+    Chain,
+    DhcpSubnet,
+    IpAddrGroup,
+    Port,
+    PortGroup,
+    Route,
+    Router,
+    Rule,
+    StoredObject,
+    TunnelZone,
+)
+from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
+from tessera.nsdb.store.integrity import FIXED_FIELDS, PARENT_FIELD, server_owned
+
+
+def _annotation(info: FieldInfo) -> Any:
+    if info.metadata:
+        return Annotated[(info.annotation, *info.metadata)]
+    return info.annotation
+
+
+def _optional(info: FieldInfo) -> tuple[Any, Any]:
+    return (
+        _annotation(info) | None,
+        Field(default=None, description=info.description, examples=info.examples),
+    )
+
+
+def _derive(
+    name: str,
+    cls: type[StoredObject],
+    fields: Iterable[str],
+    optional: Iterable[str],
+    doc: str,
+    overrides: dict[str, tuple[Any, Any]] | None = None,
+) -> type[TesseraModel]:
+    opt = set(optional)
+    overrides = overrides or {}
+    defs: dict[str, Any] = {}
+    for field in fields:
+        info = cls.model_fields[field]
+        if field in overrides:
+            defs[field] = overrides[field]
+        elif field in opt:
+            defs[field] = _optional(info)
+        else:
+            defs[field] = (info.annotation, copy.copy(info))
+    model: type[TesseraModel] = create_model(name, __base__=TesseraModel, __doc__=doc, **defs)
+    return model
+
+
+def create_body(
+    cls: type[StoredObject],
+    name: str | None = None,
+    drop: Iterable[str] = (),
+    overrides: dict[str, tuple[Any, Any]] | None = None,
+) -> type[TesseraModel]:
+    owned = server_owned(cls) | set(drop)
+    fields = [f for f in cls.model_fields if f not in owned]
+    optional = {"id", PARENT_FIELD.get(cls.kind, "")}
+    doc = f"A new {cls.__name__}: `id` is chosen by the server unless given."
+    return _derive(name or f"{cls.__name__}Create", cls, fields, optional, doc, overrides)
+
+
+def update_body(cls: type[StoredObject], name: str | None = None) -> type[TesseraModel]:
+    optional = set(cls.read_only) | FIXED_FIELDS.get(cls.kind, frozenset())
+    doc = (
+        f"A {cls.__name__} as GET returns it, with the changes: read-only fields are "
+        "ignored, fields fixed at creation may only be sent unchanged."
+    )
+    return _derive(name or f"{cls.__name__}Update", cls, cls.model_fields, optional, doc)
+
+
+_ROUTER_PORT_ONLY = ("port_address", "network_address", "network_length", "port_mac")
+
+if TYPE_CHECKING:  # to mypy they are models; at run time, derived ones
+    BridgeCreate: TypeAlias = TesseraModel
+    BridgeUpdate: TypeAlias = TesseraModel
+    RouterCreate: TypeAlias = TesseraModel
+    RouterUpdate: TypeAlias = TesseraModel
+    BridgePortCreate: TypeAlias = TesseraModel
+    RouterPortCreate: TypeAlias = TesseraModel
+    PortUpdate: TypeAlias = TesseraModel
+    RouteCreate: TypeAlias = TesseraModel
+    RouteUpdate: TypeAlias = TesseraModel
+    ChainCreate: TypeAlias = TesseraModel
+    ChainUpdate: TypeAlias = TesseraModel
+    RuleCreate: TypeAlias = TesseraModel
+    RuleUpdate: TypeAlias = TesseraModel
+    DhcpSubnetCreate: TypeAlias = TesseraModel
+    DhcpSubnetUpdate: TypeAlias = TesseraModel
+    PortGroupCreate: TypeAlias = TesseraModel
+    PortGroupUpdate: TypeAlias = TesseraModel
+    IpAddrGroupCreate: TypeAlias = TesseraModel
+    IpAddrGroupUpdate: TypeAlias = TesseraModel
+    TunnelZoneCreate: TypeAlias = TesseraModel
+    TunnelZoneUpdate: TypeAlias = TesseraModel
+else:
+    BridgeCreate, BridgeUpdate = create_body(Bridge), update_body(Bridge)
+    RouterCreate, RouterUpdate = create_body(Router), update_body(Router)
+    BridgePortCreate = create_body(
+        Port,
+        "BridgePortCreate",
+        drop=_ROUTER_PORT_ONLY,
+        overrides={"type": (Literal["Bridge"] | None, None)},
+    )
+    RouterPortCreate = create_body(
+        Port,
+        "RouterPortCreate",
+        drop=("vlan_id",),
+        overrides={
+            "type": (Literal["Router"] | None, None),
+            "port_address": (IPv4Addr, ...),
+            "network_address": (IPv4Addr, ...),
+            "network_length": (PrefixLen, ...),
+        },
+    )
+    PortUpdate = update_body(Port)
+    RouteCreate, RouteUpdate = create_body(Route), update_body(Route)
+    ChainCreate, ChainUpdate = create_body(Chain), update_body(Chain)
+    RuleCreate, RuleUpdate = create_body(Rule), update_body(Rule)
+    DhcpSubnetCreate, DhcpSubnetUpdate = create_body(DhcpSubnet), update_body(DhcpSubnet)
+    PortGroupCreate, PortGroupUpdate = create_body(PortGroup), update_body(PortGroup)
+    IpAddrGroupCreate, IpAddrGroupUpdate = create_body(IpAddrGroup), update_body(IpAddrGroup)
+    TunnelZoneCreate, TunnelZoneUpdate = create_body(TunnelZone), update_body(TunnelZone)
+
+
+class LinkRequest(TesseraModel):
+    """The port to link to (both ports must be unbound and unlinked)."""
+
+    peer_id: Uuid
+
+
+class BindingRequest(TesseraModel):
+    port_id: Uuid
+    interface_name: str = Field(min_length=1, max_length=15, examples=["tap0"])
+
+
+class Binding(TesseraModel):
+    """A port bound to an interface of a host."""
+
+    host_id: str
+    port_id: str
+    interface_name: str
+
+
+class PortGroupPortRequest(TesseraModel):
+    port_id: Uuid
+
+
+class PortGroupPort(TesseraModel):
+    port_group_id: str
+    port_id: str
+
+
+class IpAddrRequest(TesseraModel):
+    addr: IPv4Addr
+
+
+class IpAddrGroupAddr(TesseraModel):
+    ip_addr_group_id: str
+    addr: str
+
+
+class TunnelZoneMember(TesseraModel):
+    tunnel_zone_id: str
+    host_id: str
+    ip_address: str
+
+
+class DhcpHostUpdate(TesseraModel):
+    """A DHCP host as GET returns it; `mac_addr` names it and may only be sent unchanged."""
+
+    mac_addr: MacAddr | None = None
+    ip_addr: IPv4Addr
+    name: str = Field(default="", max_length=255)
+
+
+class Health(TesseraModel):
+    status: Literal["ok"] = "ok"
+    nsdb_connected: bool
+    leader: bool = Field(description="whether this server runs the cluster's singleton services")
+    leader_id: str | None = Field(description="the server that runs them, if known")

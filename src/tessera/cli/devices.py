@@ -1,0 +1,110 @@
+"""What bridges and routers share on the command line: the five CRUD commands over
+`name`, `tenant_id`, `admin_state_up` and the two filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from tessera.cli import crud
+from tessera.cli.client import seg
+from tessera.cli.commands import command
+from tessera.cli.options import (
+    AdminState,
+    IdArg,
+    InboundFilter,
+    Name,
+    NewId,
+    OutboundFilter,
+    TenantId,
+)
+from tessera.cli.output import Column, column, id_column
+from tessera.cli.params import convert, convert_clearable, convert_one, parse_uuid
+from tessera.cli.session import Session
+
+DEVICE_COLUMNS: list[Column] = [
+    id_column(),
+    column("name"),
+    column("tenant_id", "tenant"),
+    column("admin_state_up", "up"),
+    column("inbound_filter_id", "inbound filter"),
+    column("outbound_filter_id", "outbound filter"),
+]
+
+
+def filter_fields(inbound: str | None, outbound: str | None) -> dict[str, Any]:
+    return {
+        "inbound_filter_id": convert_clearable("--inbound-filter-id", inbound, parse_uuid),
+        "outbound_filter_id": convert_clearable("--outbound-filter-id", outbound, parse_uuid),
+    }
+
+
+def new_id(raw: str | None) -> str | None:
+    return convert("--id", raw, parse_uuid)
+
+
+def object_id(raw: str, what: str = "ID") -> str:
+    """A positional id argument, checked so a typo is not sent as a path."""
+    return convert_one(what, raw, parse_uuid)
+
+
+def add_device_commands(app: typer.Typer, singular: str, path: str) -> None:
+    """list/show/create/update/delete for a device kind (`bridge` at `/bridges`)."""
+    plural = singular + "s"
+
+    def list_devices(s: Session) -> None:
+        crud.list_objects(s, path, DEVICE_COLUMNS, empty=f"no {plural}")
+
+    def show_device(s: Session, device_id: IdArg) -> None:
+        crud.show_object(s, f"{path}/{seg(object_id(device_id))}")
+
+    def create_device(
+        s: Session,
+        name: Name = None,
+        tenant_id: TenantId = None,
+        admin_state: AdminState = None,
+        inbound_filter: InboundFilter = None,
+        outbound_filter: OutboundFilter = None,
+        id: NewId = None,
+    ) -> None:
+        fields = crud.body(
+            id=new_id(id),
+            name=name,
+            tenant_id=tenant_id,
+            admin_state_up=admin_state,
+            **filter_fields(inbound_filter, outbound_filter),
+        )
+        crud.create_object(s, path, fields)
+
+    def update_device(
+        s: Session,
+        device_id: IdArg,
+        name: Name = None,
+        tenant_id: TenantId = None,
+        admin_state: AdminState = None,
+        inbound_filter: InboundFilter = None,
+        outbound_filter: OutboundFilter = None,
+    ) -> None:
+        changes = crud.body(
+            name=name,
+            tenant_id=tenant_id,
+            admin_state_up=admin_state,
+            **filter_fields(inbound_filter, outbound_filter),
+        )
+        crud.update_object(s, f"{path}/{seg(object_id(device_id))}", changes)
+
+    def delete_device(s: Session, device_id: IdArg) -> None:
+        did = object_id(device_id)
+        crud.delete_object(s, f"{path}/{seg(did)}", f"{singular} {did}")
+
+    list_devices.__doc__ = f"List {plural}."
+    show_device.__doc__ = f"Show one {singular}."
+    create_device.__doc__ = f"Create a {singular}; prints it (with -q only its id)."
+    update_device.__doc__ = f"Change a {singular}'s name, tenant, state or filters."
+    delete_device.__doc__ = f"Delete a {singular} with its ports (and their links)."
+    command(app, "list")(list_devices)
+    command(app, "show")(show_device)
+    command(app, "create")(create_device)
+    command(app, "update")(update_device)
+    command(app, "delete")(delete_device)

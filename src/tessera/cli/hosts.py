@@ -1,0 +1,127 @@
+"""`tessera host ...` (hypervisors, registered by their agents) and `tessera bind` /
+`tessera unbind` (MidoNet's `mm-ctl --bind-port`): attach a virtual port to a local
+interface of the host the command runs on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tessera.cli import crud
+from tessera.cli.client import seg
+from tessera.cli.commands import command, sub_app
+from tessera.cli.devices import object_id
+from tessera.cli.errors import CliError
+from tessera.cli.options import IdArg
+from tessera.cli.output import Column, column, id_column
+from tessera.cli.params import convert, convert_one, parse_ifname, parse_uuid
+from tessera.cli.session import Session
+
+HOST_ID_FILE = "/var/lib/tessera/host_id"  # as the agent keeps it (tessera.agent.hostid)
+HOST_ID_FILE_ENV = "TESSERA_HOST_ID_FILE"
+
+HOST_COLUMNS: list[Column] = [id_column(), column("name"), column("alive"), column("addresses")]
+BINDING_COLUMNS: list[Column] = [
+    id_column("port_id", "port"),
+    column("interface_name", "interface"),
+]
+
+host_app = sub_app("Hypervisor hosts (registered by their agents) and their bindings.")
+# Registered at the top level by main: `tessera bind`, `tessera unbind`.
+binding_app = typer.Typer()
+BINDING_PANEL = "Hosts and bindings"
+
+BindHost = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        "--host-id",
+        metavar="HOST_ID",
+        help=f"The host (default: this one, from ${HOST_ID_FILE_ENV} or {HOST_ID_FILE}).",
+    ),
+]
+UnbindHost = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        "--host-id",
+        metavar="HOST_ID",
+        help="The host (default: the one the port is bound to).",
+    ),
+]
+PortArg = Annotated[str, typer.Argument(metavar="PORT_ID", show_default=False)]
+
+
+def local_host_id() -> str:
+    """This machine's host id, as its agent wrote it (never created here: an id the
+    agent does not know would bind ports to a host that does not exist)."""
+    from tessera.agent.hostid import host_id_path  # the agent's own rule for the path
+
+    path = host_id_path()
+    hint = "run this on a host with a tessera agent, or pass --host HOST_ID"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise CliError(f"no host id: {path} does not exist ({hint})") from None
+    except OSError as exc:
+        raise CliError(f"cannot read the host id from {path}: {exc.strerror} ({hint})") from None
+    try:
+        return parse_uuid(text)
+    except ValueError:
+        raise CliError(f"{path} does not hold a host id (found '{text[:40]}')") from None
+
+
+@command(host_app, "list")
+def host_list(s: Session) -> None:
+    """List hosts and whether their agent is alive."""
+    crud.list_objects(s, "/hosts", HOST_COLUMNS, empty="no hosts (no agent has registered)")
+
+
+@command(host_app, "show")
+def host_show(s: Session, host_id: IdArg) -> None:
+    """Show one host."""
+    crud.show_object(s, f"/hosts/{seg(object_id(host_id))}")
+
+
+@command(host_app, "delete")
+def host_delete(s: Session, host_id: IdArg) -> None:
+    """Forget a dead host: its ports are unbound, it leaves its tunnel zones."""
+    hid = object_id(host_id)
+    crud.delete_object(s, f"/hosts/{seg(hid)}", f"host {hid}")
+
+
+@command(host_app, "bindings")
+def host_bindings(s: Session, host_id: IdArg) -> None:
+    """List the ports bound to interfaces of a host."""
+    path = f"/hosts/{seg(object_id(host_id))}/ports"
+    crud.list_objects(s, path, BINDING_COLUMNS, empty="no bindings")
+
+
+@command(binding_app, "bind", panel=BINDING_PANEL)
+def bind(
+    s: Session,
+    port_id: PortArg,
+    interface: Annotated[str, typer.Argument(metavar="IFNAME", show_default=False)],
+    host: BindHost = None,
+) -> None:
+    """Bind a virtual port to a local interface (e.g. a VM's tap or veth)."""
+    pid = object_id(port_id, "PORT_ID")
+    ifname = convert_one("IFNAME", interface, parse_ifname)
+    host_id = convert("--host", host, parse_uuid) or local_host_id()
+    answer = s.api.post(f"/hosts/{seg(host_id)}/ports", {"port_id": pid, "interface_name": ifname})
+    s.out.done(f"bound port {pid} to {ifname} on host {host_id}", answer)
+
+
+@command(binding_app, "unbind", panel=BINDING_PANEL)
+def unbind(s: Session, port_id: PortArg, host: UnbindHost = None) -> None:
+    """Undo a port's binding (on the host it is bound to, unless --host says)."""
+    pid = object_id(port_id, "PORT_ID")
+    host_id = convert("--host", host, parse_uuid)
+    if host_id is None:
+        port = s.api.get(f"/ports/{seg(pid)}")
+        host_id = port.get("host_id") if isinstance(port, dict) else None
+        if not host_id:
+            raise CliError(f"port {pid} is not bound to any host")
+    answer = s.api.delete(f"/hosts/{seg(host_id)}/ports/{seg(pid)}")
+    s.out.done(f"unbound port {pid} from host {host_id}", answer)

@@ -1,0 +1,49 @@
+"""`tessera api serve`: start the cluster service (REST API, /metrics, /docs).
+
+The server lives in `tessera.api.server`; it is imported only here, when the command
+runs, so that everyday CLI commands never pay for FastAPI and uvicorn.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tessera.cli.commands import sub_app
+from tessera.cli.errors import CliError
+from tessera.cli.params import convert_one, parse_listen, parse_nsdb_url
+
+DEFAULT_NSDB = "memory"
+DEFAULT_LISTEN = "127.0.0.1:8181"
+NSDB_ENV = "TESSERA_NSDB"
+
+api_app = sub_app("The cluster service: REST API, Prometheus /metrics, OpenAPI /docs.")
+
+
+@api_app.command("serve")
+def serve(
+    nsdb: Annotated[
+        str,
+        typer.Option(
+            "--nsdb",
+            metavar="zk://HOST:PORT/ROOT|memory",
+            envvar=NSDB_ENV,
+            help="The network state database.",
+        ),
+    ] = DEFAULT_NSDB,
+    listen: Annotated[
+        str, typer.Option("--listen", metavar="ADDR:PORT", help="Where to serve HTTP.")
+    ] = DEFAULT_LISTEN,
+) -> None:
+    """Serve the REST API until interrupted."""
+    nsdb_url = convert_one("--nsdb", nsdb, parse_nsdb_url)
+    address = convert_one("--listen", listen, parse_listen)
+    try:
+        from tessera.api.server import ServeError, run
+    except ImportError as exc:
+        raise CliError(f"the API server is unavailable: {exc}") from None
+    try:
+        run(nsdb_url, address)
+    except ServeError as exc:  # cannot start: port taken, NSDB unreachable...
+        raise CliError(str(exc)) from None

@@ -1,0 +1,145 @@
+"""Referential integrity, driven by the `Ref` declarations on the model classes.
+
+Two halves, both working inside one `Transaction` so they commit atomically with the
+write that needs them:
+
+- `check_refs`: every id a new or updated object names must exist; each newly named
+  target is *touched* (rewritten unchanged with a version check). A plain existence
+  check would not do: a concurrent delete of the target lists the target's referrers
+  before our commit and would miss ours; touching bumps the target's version, so one
+  of the two transactions fails its version check and is retried from fresh reads.
+- `cascade_delete`: deleting an object applies every referrer's `on_delete` rule
+  (`cascade`, `nullify`, `remove` with `delete_if_emptied`), recursively, with the same
+  version checks on every referrer touched.
+
+A few references live inside nested values and have no `Ref` (a tunnel zone's member
+hosts); they are handled here by name, next to the generic rules.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from typing import Any
+
+from tessera.model import KINDS, Ref, StoredObject, TunnelZone
+from tessera.nsdb.codec import describe
+from tessera.nsdb.errors import IntegrityError, NotFound
+from tessera.nsdb.store.transaction import Transaction
+
+# The field that names an object's parent: it comes from the REST path, so a missing
+# parent is "not found" (404) rather than a bad reference in the body (400).
+PARENT_FIELD: dict[str, str] = {
+    "ports": "device_id",
+    "routes": "router_id",
+    "rules": "chain_id",
+    "dhcp_subnets": "bridge_id",
+}
+
+# Fields set at creation that an update may not change (sent unchanged is fine).
+# A port's addressing and VLAN define how the simulation forwards to it; the contract
+# lets an update change only its filters and admin state. A DHCP subnet's prefix is
+# its name in REST paths.
+_PORT_MUTABLE = frozenset({"inbound_filter_id", "outbound_filter_id", "admin_state_up"})
+FIXED_FIELDS: dict[str, frozenset[str]] = {
+    "ports": frozenset(f for f in KINDS["ports"].model_fields if f not in _PORT_MUTABLE)
+    - frozenset(KINDS["ports"].read_only),
+    "dhcp_subnets": frozenset({"subnet_prefix", "subnet_length"}),
+    "tunnel_zones": frozenset({"type"}),
+}
+
+# Clearing one field of a pair must clear its partner, or the object is invalid.
+_NULLIFY_TOGETHER: dict[tuple[str, str], tuple[str, ...]] = {
+    ("ports", "host_id"): ("interface_name",),
+}
+
+
+def server_owned(cls: type[StoredObject]) -> frozenset[str]:
+    """Read-only fields the server fills in (not the id, not the parent from the path,
+    not a port's type): ignored from clients at create and at update alike."""
+    keep = {"id", PARENT_FIELD.get(cls.kind, ""), "type" if cls.kind == "ports" else ""}
+    return frozenset(f for f in cls.read_only if f not in keep)
+
+
+def _referrers() -> dict[str, list[tuple[str, Ref]]]:
+    index: dict[str, list[tuple[str, Ref]]] = defaultdict(list)
+    for kind, cls in KINDS.items():
+        for ref in cls.refs:
+            for target in ref.targets:
+                index[target].append((kind, ref))
+    return dict(index)
+
+
+REFERRERS = _referrers()
+
+
+def ref_ids(obj: StoredObject | None, ref: Ref) -> set[str]:
+    if obj is None:
+        return set()
+    value = getattr(obj, ref.field)
+    if value is None:
+        return set()
+    return set(value) if ref.many else {value}
+
+
+def replace(obj: StoredObject, **changes: Any) -> StoredObject:
+    """A copy with `changes`, validated again (model validators included)."""
+    return type(obj).model_validate({**obj.model_dump(), **changes})
+
+
+def _kinds_text(targets: tuple[str, ...]) -> str:
+    return " or ".join(t.removesuffix("s").replace("_", " ") for t in targets)
+
+
+def resolve(tx: Transaction, ref: Ref, id: str, parent: bool = False) -> str:
+    """The kind of the object `id` names through `ref`; NotFound (for a parent) or
+    IntegrityError (for a reference in the body) when there is none."""
+    for target in ref.targets:
+        if tx.find(target, id) is not None:
+            return target
+    if parent:
+        raise NotFound(f"{describe(ref.targets[0], id)} does not exist")
+    raise IntegrityError(f"{ref.field}: no {_kinds_text(ref.targets)} {id} exists")
+
+
+def check_refs(tx: Transaction, new: StoredObject, old: StoredObject | None) -> None:
+    """Every id `new` names exists; the newly named ones are touched (see module doc)."""
+    parent = PARENT_FIELD.get(new.kind)
+    for ref in type(new).refs:
+        for id in sorted(ref_ids(new, ref) - ref_ids(old, ref)):
+            if id == new.id:
+                continue
+            target = resolve(tx, ref, id, parent=ref.field == parent)
+            tx.touch(target, id)
+
+
+def cascade_delete(tx: Transaction, kind: str, id: str) -> None:
+    """Delete the object and apply its referrers' `on_delete` rules, recursively."""
+    queue: deque[tuple[str, str]] = deque([(kind, id)])
+    while queue:
+        k, i = queue.popleft()
+        if tx.is_deleted(k, i) or tx.find(k, i) is None:
+            continue
+        tx.delete(k, i)
+        for rkind, ref in REFERRERS.get(k, []):
+            for referrer in tx.all(rkind):
+                if i not in ref_ids(referrer, ref):
+                    continue
+                if ref.on_delete == "cascade":
+                    queue.append((rkind, referrer.id))
+                elif ref.on_delete == "nullify":
+                    extra = _NULLIFY_TOGETHER.get((rkind, ref.field), ())
+                    tx.put(replace(referrer, **{ref.field: None, **dict.fromkeys(extra)}))
+                else:
+                    remaining = [x for x in getattr(referrer, ref.field) if x != i]
+                    if not remaining and ref.delete_if_emptied:
+                        queue.append((rkind, referrer.id))
+                    else:
+                        tx.put(replace(referrer, **{ref.field: remaining}))
+        if k == "hosts":
+            _remove_host_from_tunnel_zones(tx, i)
+
+
+def _remove_host_from_tunnel_zones(tx: Transaction, host_id: str) -> None:
+    for zone in tx.all_of(TunnelZone):
+        if any(h.host_id == host_id for h in zone.hosts):
+            tx.put(replace(zone, hosts=[h for h in zone.hosts if h.host_id != host_id]))

@@ -1,0 +1,206 @@
+"""Creating and updating topology objects inside a transaction: what each kind adds to
+the generic reference checks (a port's device and tunnel key, a route's next hop, a
+rule's place in its chain, a DHCP subnet's identity)."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from tessera.model import Bridge, Chain, DhcpSubnet, Host, Port, Route, Router, Rule, StoredObject
+from tessera.nsdb.codec import describe
+from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
+from tessera.nsdb.store.integrity import FIXED_FIELDS, check_refs, replace, server_owned
+from tessera.nsdb.store.transaction import Transaction
+
+T = TypeVar("T", bound=StoredObject)
+
+# uuid5 namespace of DHCP subnet ids: a subnet's id is a function of (bridge, prefix), so
+# creating the same subnet twice collides on the id inside the NSDB itself.
+_DHCP_NAMESPACE = uuid.UUID("3b0f8f6e-5d0c-4c3e-9a57-0d1c8a6f2e11")
+# Router port MACs: locally administered unicast, the port's 24-bit tunnel key in the
+# last three bytes, hence unique in the cluster without any lookup.
+_ROUTER_MAC_PREFIX = "02:7e:55"
+_DEVICE_OF_TYPE: dict[str, type[Bridge] | type[Router]] = {"Bridge": Bridge, "Router": Router}
+
+
+def dhcp_subnet_id(bridge_id: str, prefix: str, length: int) -> str:
+    return str(uuid.uuid5(_DHCP_NAMESPACE, f"{bridge_id}/{prefix}/{length}"))
+
+
+def parse_subnet_key(key: str) -> tuple[str, int] | None:
+    """`10.0.0.0_24` → ("10.0.0.0", 24); None if `key` names no subnet."""
+    prefix, sep, length = key.partition("_")
+    if not sep or not length.isdigit():
+        return None
+    try:
+        net = ipaddress.IPv4Network(f"{prefix}/{int(length)}")
+    except ValueError:
+        return None
+    return str(net.network_address), net.prefixlen
+
+
+def router_port_mac(tunnel_key: int) -> str:
+    tail = tunnel_key.to_bytes(3, "big")
+    return f"{_ROUTER_MAC_PREFIX}:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def with_position(rule: Rule, chain: Chain | None) -> Rule:
+    """The rule as clients see it: `position` is its 1-based index in the chain."""
+    position = chain.rule_ids.index(rule.id) + 1 if chain and rule.id in chain.rule_ids else 0
+    return rule.model_copy(update={"position": position})
+
+
+def _defaults(cls: type[StoredObject], fields: frozenset[str]) -> dict[str, Any]:
+    return {f: cls.model_fields[f].get_default(call_default_factory=True) for f in fields}
+
+
+# -- create ---------------------------------------------------------------------------
+
+
+def create(tx: Transaction, obj: StoredObject, tunnel_key: int = 0) -> StoredObject:
+    """Write a new object; returns it as clients see it."""
+    if isinstance(obj, Host):
+        raise IntegrityError("hosts are registered by their agents, not created")
+    given_id = "id" in obj.model_fields_set
+    obj = replace(obj, **_defaults(type(obj), server_owned(type(obj))))
+    presented: StoredObject
+    if isinstance(obj, Port):
+        obj = presented = _new_port(tx, obj, tunnel_key)
+    elif isinstance(obj, Route):
+        _check_next_hop(tx, obj)
+        presented = obj
+    elif isinstance(obj, Rule):
+        presented = _insert_rule(tx, obj)
+        obj = presented.model_copy(update={"position": 0})
+    elif isinstance(obj, DhcpSubnet):
+        obj = presented = _dhcp_identity(tx, obj, given_id)
+    else:
+        presented = obj
+    check_refs(tx, obj, None)
+    tx.create(obj)
+    return presented
+
+
+def _new_port(tx: Transaction, port: Port, tunnel_key: int) -> Port:
+    device = tx.get(_DEVICE_OF_TYPE[port.type], port.device_id)
+    if port.vlan_id is not None:
+        for other in tx.all_of(Port):
+            if other.device_id == device.id and other.vlan_id == port.vlan_id:
+                raise AlreadyExists(
+                    f"bridge {device.id} already has port {other.id} for VLAN {port.vlan_id}"
+                )
+    changes: dict[str, Any] = {"tunnel_key": tunnel_key}
+    if port.type == "Router" and port.port_mac is None:
+        changes["port_mac"] = router_port_mac(tunnel_key)
+    return port.model_copy(update=changes)
+
+
+def _check_next_hop(tx: Transaction, route: Route) -> None:
+    router = tx.get(Router, route.router_id)
+    if route.next_hop_port is None:
+        return
+    port = tx.find("ports", route.next_hop_port)
+    if not isinstance(port, Port):
+        raise IntegrityError(f"next_hop_port: no port {route.next_hop_port} exists")
+    if port.device_id != router.id:
+        raise IntegrityError(
+            f"next_hop_port {port.id} is a port of {port.type.lower()} {port.device_id}, "
+            f"not of router {router.id}"
+        )
+
+
+def _insert_rule(tx: Transaction, rule: Rule) -> Rule:
+    chain = tx.get(Chain, rule.chain_id)
+    ids = list(chain.rule_ids)
+    position = rule.position or len(ids) + 1
+    _check_position(chain, position, len(ids) + 1)
+    ids.insert(position - 1, rule.id)
+    tx.put(chain.model_copy(update={"rule_ids": ids}))
+    return rule.model_copy(update={"position": position})
+
+
+def _check_position(chain: Chain, position: int, last: int) -> None:
+    if position > last:
+        count = len(chain.rule_ids)
+        raise IntegrityError(
+            f"position {position} is beyond the end of chain {chain.id}, which has "
+            f"{count} rule{'s' if count != 1 else ''} (the largest valid position is {last})"
+        )
+
+
+def _dhcp_identity(tx: Transaction, subnet: DhcpSubnet, given_id: bool) -> DhcpSubnet:
+    tx.get(Bridge, subnet.bridge_id)
+    derived = dhcp_subnet_id(subnet.bridge_id, subnet.subnet_prefix, subnet.subnet_length)
+    if given_id and subnet.id != derived:
+        raise IntegrityError(
+            "id: a DHCP subnet's id is derived from its bridge and prefix; leave it out"
+        )
+    if tx.find(DhcpSubnet.kind, derived) is not None:
+        raise AlreadyExists(f"bridge {subnet.bridge_id} already has DHCP subnet {subnet.key}")
+    return subnet.model_copy(update={"id": derived})
+
+
+# -- update ---------------------------------------------------------------------------
+
+
+def update(tx: Transaction, cls: type[T], id: str, fields: Mapping[str, Any]) -> StoredObject:
+    """PUT semantics: `fields` (what the client sent) replace the writable fields, the
+    writable fields not sent go back to their defaults; read-only fields keep their
+    stored values whatever was sent; fields fixed at creation may be sent only
+    unchanged. Returns the object as clients see it."""
+    old = tx.get(cls, id)
+    kind = cls.kind
+    stored = old.model_dump()
+    keep = set(cls.read_only) | FIXED_FIELDS.get(kind, frozenset())
+    data: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        if name in keep:
+            data[name] = stored[name]
+        elif name in fields:
+            data[name] = fields[name]
+        else:
+            data[name] = info.get_default(call_default_factory=True)
+    new = cls.model_validate(data)
+    _check_fixed(cls, old, stored, fields)
+    presented: StoredObject = new
+    if isinstance(new, Route):
+        _check_next_hop(tx, new)
+    elif isinstance(new, Rule):
+        presented = _move_rule(tx, new, fields.get("position") or 0)
+        new = new.model_copy(update={"position": 0})
+    check_refs(tx, new, old)
+    tx.put(new)
+    return presented
+
+
+def _check_fixed(
+    cls: type[StoredObject], old: StoredObject, stored: dict[str, Any], fields: Mapping[str, Any]
+) -> None:
+    sent = {f: fields[f] for f in FIXED_FIELDS.get(cls.kind, frozenset()) if f in fields}
+    if not sent:
+        return
+    candidate = cls.model_validate({**stored, **sent})  # normalises what was sent
+    for name in sorted(sent):
+        if getattr(candidate, name) != getattr(old, name):
+            raise IntegrityError(
+                f"{name} of {describe(cls.kind, old.id)} cannot be changed "
+                f"(it is {getattr(old, name)!r}); delete and re-create it instead"
+            )
+
+
+def _move_rule(tx: Transaction, rule: Rule, wanted: int) -> Rule:
+    chain = tx.get(Chain, rule.chain_id)
+    ids = list(chain.rule_ids)
+    if rule.id not in ids:
+        raise NotFound(f"{describe('rules', rule.id)} is not in chain {chain.id}")
+    current = ids.index(rule.id) + 1
+    if wanted and wanted != current:
+        _check_position(chain, wanted, len(ids))
+        ids.remove(rule.id)
+        ids.insert(wanted - 1, rule.id)
+        tx.put(chain.model_copy(update={"rule_ids": ids}))
+        current = wanted
+    return rule.model_copy(update={"position": current})
