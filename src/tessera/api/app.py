@@ -23,6 +23,7 @@ from tessera.api.resources import (
     routers,
     routes,
     rules,
+    traces,
     tunnel_zones,
 )
 from tessera.cluster.services import ClusterServices
@@ -42,6 +43,7 @@ _RESOURCES = (
     ip_addr_groups,
     hosts,
     tunnel_zones,
+    traces,
     health,
 )
 

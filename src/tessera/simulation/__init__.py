@@ -1,1 +1,65 @@
-"""tessera.simulation."""
+"""tessera.simulation: what the virtual network does with a packet, as a pure function.
+
+`simulate(snapshot, match, frame, now)` walks a packet through ports, bridges, routers
+and their filter chains over a frozen `Snapshot` and returns a `SimulationResult`:
+outputs on virtual ports, drops with reasons, packets to emit, the flow match with the
+mask of what was read, the tags of what the decision depended on, state to learn, and
+on request a trace. No I/O, time passed in (MidoNet's design, see `shared/design.md`).
+
+How an agent uses it, on a missed packet entering virtual port P:
+
+    snap = Snapshot.from_objects(objects, mac_tables, arp_tables, previous=old_snap)
+    try:
+        result = simulate(snap, FlowMatch.from_frame(P, frame), frame, now)
+    except NotYetLoaded as missing:
+        ...load missing.kind/missing.id, rebuild, simulate again (no side effect happened)
+    write result.state_updates; send result.emitted (exterior ports, frames as is);
+    FORWARD: send the packet to result.outputs; DROP: drop it;
+    if result.cacheable: install a flow for result.match (its mask) with those actions,
+        tagged result.tags, idle timeout by result.expiry;
+    HOLD: keep the packet; simulate it again when a tag `arp:...` of result.waits
+        changes, or after a timeout with `arp_failed=[(w.router_id, w.ip) ...]`.
+
+`tessera.simulation.trace` turns a packet description into a traced simulation
+(`trace_packet`) and draws it; `tessera trace` is its command.
+"""
+
+from tessera.simulation.context import MAX_HOPS
+from tessera.simulation.errors import NotYetLoaded, SimulationError
+from tessera.simulation.result import (
+    ArpLearned,
+    ArpWait,
+    EmittedPacket,
+    ExpiryClass,
+    MacLearned,
+    Output,
+    SimulationResult,
+    StateUpdate,
+    TraceNode,
+    Verdict,
+)
+from tessera.simulation.simulator import simulate, simulate_frame
+from tessera.simulation.tags import arp_tag, mac_tag
+from tessera.simulation.topology import Snapshot, load_snapshot
+
+__all__ = [
+    "MAX_HOPS",
+    "ArpLearned",
+    "ArpWait",
+    "EmittedPacket",
+    "ExpiryClass",
+    "MacLearned",
+    "NotYetLoaded",
+    "Output",
+    "SimulationError",
+    "SimulationResult",
+    "Snapshot",
+    "StateUpdate",
+    "TraceNode",
+    "Verdict",
+    "arp_tag",
+    "load_snapshot",
+    "mac_tag",
+    "simulate",
+    "simulate_frame",
+]

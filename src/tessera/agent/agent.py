@@ -1,0 +1,291 @@
+"""The agent: one upcall thread driving cache events, misses and timers.
+
+Everything that changes flows runs on that one thread — misses, invalidations, expiry,
+adoption — so the desired table and the datapath have a single writer and no lock is
+held across a simulation. Other threads only hand it work: NSDB watch callbacks queue
+`CacheUpdate`s (and wake the thread), the loader subscribes, the writer writes learned
+state, the control socket reads copies.
+
+Start-up order matters for a restart: the datapath is opened first (adopting the flows
+and ports a previous agent left), then the host registers and the cache starts; adopted
+flows keep forwarding until each is re-simulated and kept, replaced or removed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tessera.agent import registration
+from tessera.agent.cache import CacheUpdate, TopologyCache
+from tessera.agent.control import ControlServer
+from tessera.agent.flowtable import FlowTable
+from tessera.agent.lifecycle import Adopter, sweep
+from tessera.agent.metrics import AgentMetrics
+from tessera.agent.ports import PortManager
+from tessera.agent.translate import PortLocation
+from tessera.agent.upcall import Simulator, UpcallHandler
+from tessera.agent.writer import StateWriter
+from tessera.datapath.base import Datapath, action_to_json
+from tessera.nsdb.base import Nsdb
+from tessera.nsdb.store.topology import TopologyStore
+
+log = logging.getLogger(__name__)
+
+TICK = 0.2  # timers (held packets, adoption, pending ports) run this often
+SWEEP = 2.0  # expiry and reconciliation against the datapath
+
+
+class Agent:
+    def __init__(
+        self,
+        host_id: str,
+        nsdb: Nsdb,
+        datapath: Datapath,
+        *,
+        name: str = "",
+        underlay_ip: str | None = None,
+        tunnel_zone: str | None = None,
+        simulator: Simulator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        control_dir: Path | None = None,
+        metrics: AgentMetrics | None = None,
+        write_state: bool = True,
+    ) -> None:
+        self.host_id = host_id
+        self.name = name
+        self.nsdb = nsdb
+        self.store = TopologyStore(nsdb)
+        self.dp = datapath
+        self.underlay_ip = underlay_ip
+        self.tunnel_zone = tunnel_zone
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.metrics = metrics or AgentMetrics()
+        self.flows = FlowTable()
+        self.ports = PortManager(datapath)
+        self._events: queue.SimpleQueue[CacheUpdate] = queue.SimpleQueue()
+        self.cache = TopologyCache(nsdb, host_id, self._on_cache)
+        if simulator is None:
+            from tessera.agent.simulate import SnapshotSimulator
+
+            simulator = SnapshotSimulator(self.cache)
+        self.simulator = simulator
+        self.writer = StateWriter(nsdb) if write_state else None
+        self.upcall = UpcallHandler(
+            datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
+            self.locate, clock, wall_clock,
+        )  # fmt: skip
+        self.adopter = Adopter(
+            datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
+            clock,
+        )  # fmt: skip
+        self.control = (
+            ControlServer(
+                host_id, name, {"flows": self.flows_report, "status": self.status}, control_dir
+            )
+            if control_dir is not None
+            else None
+        )
+        self._next_tick = 0.0
+        self._next_sweep = 0.0
+        self._stale_ports_checked = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the datapath, register, start watching. Raises on what cannot work
+        (the message says what)."""
+        self.dp.start()
+        self.ports.adopt()
+        self.adopter.adopt()
+        registration.register(self.store, self.host_id, self.name, self.underlay_ip)
+        if self.tunnel_zone is not None and self.underlay_ip is not None:
+            registration.join_tunnel_zone(
+                self.store, self.tunnel_zone, self.host_id, self.underlay_ip
+            )
+        if self.writer is not None:
+            self.writer.start()
+        self.cache.start()
+        if self.control is not None:
+            self.control.start()
+        self.started = True
+        now = self.clock()
+        self._next_tick = now + TICK
+        self._next_sweep = now + SWEEP
+
+    def run_in_thread(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="agent-upcall", daemon=True)
+        self._thread.start()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once(TICK)
+            except Exception:  # one bad packet or event must not stop forwarding
+                log.exception("agent loop iteration failed")
+
+    def stop(self, unregister: bool = True) -> None:
+        """Stop; kernel flows stay installed for the next agent to adopt."""
+        self._stop.set()
+        self.dp.wakeup()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.control is not None:
+            self.control.stop()
+        self.cache.close()
+        if self.writer is not None:
+            self.writer.stop()
+        if unregister and self.started:
+            registration.unregister(self.store, self.host_id)
+        self.dp.close()
+        self.started = False
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _on_cache(self, update: CacheUpdate) -> None:
+        self._events.put(update)
+        self.dp.wakeup()
+
+    def run_once(self, timeout: float = TICK) -> None:
+        """One iteration: cache events, then misses (waiting up to `timeout`), timers."""
+        self.process_events()
+        misses = self.dp.recv_misses(timeout)
+        if misses:
+            self.upcall.handle(misses)
+        self.process_events()
+        now = self.clock()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            self.upcall.tick()
+            if self.ports.pending():
+                self._sync_ports()
+            if not self.adopter.done:
+                self.adopter.step(self.wall_clock())
+            if not self._stale_ports_checked and self.adopter.done and self.cache.ports_ready():
+                # Bindings are known: datapath ports a previous agent attached and no
+                # binding claims any more can go.
+                self._sync_ports()
+                self.ports.detach_stale()
+                self._stale_ports_checked = True
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP
+            sweep(self.dp, self.flows, now, self.metrics, keep=self.adopter.holds)
+
+    def process_events(self) -> int:
+        """Apply queued cache updates; returns how many there were."""
+        tags: set[str] = set()
+        loaded: set[tuple[str, str]] = set()
+        bindings = False
+        n = 0
+        while True:
+            try:
+                update = self._events.get_nowait()
+            except queue.Empty:
+                break
+            n += 1
+            tags |= update.tags
+            loaded |= update.loaded
+            bindings = bindings or update.bindings_changed
+        if not n:
+            return 0
+        if bindings:
+            tags |= self._sync_ports()
+        if tags:
+            self.upcall.invalidate(tags)
+            self.upcall.on_tags(tags)
+        if loaded:
+            self.upcall.on_loaded(loaded)
+        return n
+
+    def _sync_ports(self) -> set[str]:
+        changed = self.ports.sync(self.cache.bound_ports())
+        self.metrics.ports.set(len(self.ports.attached()))
+        return changed
+
+    def locate(self, port_id: str) -> PortLocation | None:
+        number = self.ports.number_of(port_id)
+        if number is not None:
+            return PortLocation(local=number)
+        port = self.cache.get("ports", port_id)
+        host_id = getattr(port, "host_id", None)
+        if port is None or host_id is None or host_id == self.host_id:
+            return None
+        address = self.cache.host_address(host_id)
+        if address is None:
+            return PortLocation(host_id=host_id)
+        return PortLocation(
+            vni=port.tunnel_key,
+            remote_ip=int(ipaddress.IPv4Address(address)),
+            host_id=host_id,
+        )
+
+    # -- reports (control socket thread) ------------------------------------------------------
+
+    def flows_report(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        installed = self.dp.dump()
+        out = []
+        for d in self.flows.snapshot():
+            inst = installed.get(d.match)
+            stats = inst.stats if inst is not None else None
+            out.append(
+                {
+                    "match": d.match.fields(),
+                    "actions": [action_to_json(a) for a in d.flow.actions],
+                    "packets": stats.packets if stats else 0,
+                    "bytes": stats.bytes if stats else 0,
+                    "last_used": stats.last_used if stats else None,
+                    "installed": inst is not None,
+                    "tags": sorted(d.tags),
+                    "expiry": d.expiry,
+                    "created": d.created,
+                }
+            )
+        for match, inst in installed.items():
+            if self.adopter.holds(match):
+                out.append(
+                    {
+                        "match": match.fields(),
+                        "actions": [action_to_json(a) for a in inst.flow.actions],
+                        "packets": inst.stats.packets,
+                        "bytes": inst.stats.bytes,
+                        "last_used": inst.stats.last_used,
+                        "installed": True,
+                        "tags": [],
+                        "expiry": "adopted",
+                        "created": None,
+                    }
+                )
+        return {
+            "host_id": self.host_id,
+            "name": self.name,
+            "datapath": self.dp.kind,
+            "now": self.clock(),
+            "flows": out,
+        }
+
+    def status(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "name": self.name,
+            "datapath": self.dp.kind,
+            "ports": {
+                a.port_id: {"number": a.number, "interface": a.ifname}
+                for a in self.ports.attached().values()
+            },
+            "pending_ports": self.ports.pending(),
+            "flows": len(self.flows),
+            "misses": int(self.metrics.misses._value.get()),
+            "parked": len(self.upcall.parked),
+            "adopting": len(self.adopter.pending),
+        }

@@ -1,0 +1,178 @@
+"""`tessera agent`: run the per-hypervisor agent in the foreground until SIGTERM/SIGINT.
+
+    tessera agent [--host-id ID] [--nsdb URL] [--datapath ebpf|userspace]
+                  [--underlay-ip ADDR] [--tunnel-zone ID] [--state-dir DIR]
+                  [--name NAME] [--metrics ADDR:PORT] [--log-level LEVEL]
+
+The host id is kept in `<state dir>/host_id` (or `$TESSERA_HOST_ID_FILE`) so that it
+survives restarts; `--host-id` overrides it. The flow table is served on a unix socket
+under `$TESSERA_RUN_DIR` (default /run/tessera) for `tessera flows`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tessera.agent.hostid import DEFAULT_STATE_DIR, HostIdError, resolve
+from tessera.cli.errors import BadArgument, CliError
+
+if TYPE_CHECKING:
+    from tessera.agent.agent import Agent
+    from tessera.nsdb.base import Nsdb
+
+DEFAULT_NSDB = "zk://127.0.0.1:2181/tessera"
+NSDB_ENV = "TESSERA_NSDB"
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def agent(
+    host_id: Annotated[
+        str | None, typer.Option("--host-id", help="This host's id (default: kept on disk).")
+    ] = None,
+    nsdb: Annotated[
+        str,
+        typer.Option(
+            "--nsdb", metavar="zk://HOST:PORT/ROOT", envvar=NSDB_ENV, help="The NSDB to use."
+        ),
+    ] = DEFAULT_NSDB,
+    datapath: Annotated[
+        str, typer.Option("--datapath", metavar="ebpf|userspace", help="Packet path backend.")
+    ] = "ebpf",
+    underlay_ip: Annotated[
+        str | None,
+        typer.Option("--underlay-ip", help="Local tunnel endpoint (default: the only address)."),
+    ] = None,
+    tunnel_zone: Annotated[
+        str | None, typer.Option("--tunnel-zone", help="Tunnel zone id to join.")
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the host id and compiled code live.")
+    ] = DEFAULT_STATE_DIR,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Host name to register (default: hostname).")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics.")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
+) -> None:
+    """Run the agent of this hypervisor: register, watch, forward."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise BadArgument(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not '{log_level}'")
+    # Libraries (kazoo, pyroute2) stay at INFO even when tessera itself says DEBUG.
+    logging.basicConfig(
+        level=max(level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("tessera").setLevel(level)
+    if datapath not in ("ebpf", "userspace"):
+        raise BadArgument(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    try:
+        hid = resolve(host_id, state_dir)
+    except HostIdError as exc:
+        raise CliError(str(exc)) from None
+    run_agent(
+        host_id=hid,
+        nsdb_url=nsdb,
+        datapath=datapath,
+        underlay_ip=underlay_ip,
+        tunnel_zone=tunnel_zone,
+        state_dir=state_dir,
+        name=name or socket.gethostname(),
+        metrics=metrics,
+    )
+
+
+def run_agent(
+    *,
+    host_id: str,
+    nsdb_url: str,
+    datapath: str,
+    underlay_ip: str | None,
+    tunnel_zone: str | None,
+    state_dir: Path,
+    name: str,
+    metrics: str | None,
+) -> None:
+    from tessera.agent.agent import Agent
+    from tessera.agent.control import run_dir
+    from tessera.agent.metrics import AgentMetrics
+    from tessera.agent.registration import RegistrationError
+    from tessera.agent.setup import SetupError, choose_underlay, make_datapath
+    from tessera.datapath.base import DatapathError
+    from tessera.nsdb.base import open_nsdb
+    from tessera.nsdb.errors import NsdbError
+
+    log = logging.getLogger("tessera.agent")
+    try:
+        address, underlay_if = choose_underlay(underlay_ip)
+        dp = make_datapath(datapath, host_id, state_dir, address, underlay_if)
+    except SetupError as exc:
+        raise CliError(str(exc)) from None
+    if address is None:
+        log.warning("no underlay address: this host has no tunnels to other hosts")
+    try:
+        client = open_nsdb(nsdb_url)
+    except (ValueError, NsdbError) as exc:
+        raise CliError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
+    agent_metrics = AgentMetrics()
+    the_agent = Agent(
+        host_id,
+        client,
+        dp,
+        name=name,
+        underlay_ip=address,
+        tunnel_zone=tunnel_zone,
+        control_dir=run_dir(),
+        metrics=agent_metrics,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        the_agent.start()
+    except (DatapathError, RegistrationError, NsdbError, OSError) as exc:
+        _safe_stop(the_agent, client)
+        raise CliError(f"the agent cannot start: {exc}") from None
+    if metrics:
+        try:
+            agent_metrics.serve(metrics)
+        except (OSError, ValueError) as exc:
+            log.warning("metrics not served on %s: %s", metrics, exc)
+    log.info(
+        "agent of host %s (%s) running: datapath %s, underlay %s",
+        host_id, name, datapath, address or "none",
+    )  # fmt: skip
+    the_agent.run_in_thread()
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping")
+    _safe_stop(the_agent, client)
+
+
+def _safe_stop(the_agent: Agent, client: Nsdb) -> None:
+    from tessera.nsdb.errors import NsdbError
+
+    try:
+        the_agent.stop()
+    except (NsdbError, OSError) as exc:
+        logging.getLogger("tessera.agent").warning("stopping: %s", exc)
+    try:
+        client.close()
+    except NsdbError:
+        pass

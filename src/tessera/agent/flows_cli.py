@@ -1,0 +1,93 @@
+"""`tessera flows [--host H] [--json]`: a host's installed flows, from its agent.
+
+Reads the agent's control socket (see `tessera.agent.control`); `--host` takes a host id
+or the name the agent registered (`h1` in the lab). Without it, the only agent running
+on this machine is asked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from tessera.agent.control import AgentEndpoint, list_endpoints, request
+from tessera.cli.errors import BadArgument, CliError
+
+app = typer.Typer(add_completion=False)
+
+
+def find_agent(host: str | None) -> AgentEndpoint:
+    agents = list_endpoints()
+    if not agents:
+        raise CliError("no tessera agent runs on this machine (no agent socket found)")
+    if host is None:
+        if len(agents) > 1:
+            names = ", ".join(a.name or a.host_id for a in agents)
+            raise BadArgument(f"several agents run here ({names}): choose one with --host")
+        return agents[0]
+    for agent in agents:
+        if host == agent.host_id:
+            return agent
+    named = [a for a in agents if a.name == host]
+    if len(named) == 1:
+        return named[0]
+    if named:  # two labs may both have an h1
+        ids = ", ".join(a.host_id for a in named)
+        raise BadArgument(f"several agents are named '{host}' ({ids}): give the host id")
+    names = ", ".join(a.name or a.host_id for a in agents)
+    raise BadArgument(f"no agent of host '{host}' runs here (agents: {names})")
+
+
+def _ago(last_used: float | None, now: float) -> str:
+    if last_used is None:
+        return "never"
+    return f"{max(0.0, now - last_used):.1f}s"
+
+
+def _match_text(match: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in match.items()) or "*"
+
+
+def _action_text(action: dict[str, Any]) -> str:
+    kind = action.get("type", "?")
+    args = ",".join(f"{v}" for k, v in action.items() if k != "type")
+    return f"{kind}({args})" if args else str(kind)
+
+
+@app.command()
+def flows(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Host id or name of the agent to ask.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a host's installed flows: match, actions, counters and tags."""
+    agent = find_agent(host)
+    try:
+        answer = request(agent.socket, "flows")
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
+    if json_output:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    now = float(answer.get("now", time.monotonic()))
+    table = Table(box=box.SIMPLE, title=f"flows of {answer.get('name') or agent.host_id}")
+    for header in ("match", "actions", "packets", "bytes", "idle", "expiry", "tags"):
+        table.add_column(header, overflow="fold")
+    for f in answer.get("flows", []):
+        table.add_row(
+            _match_text(f["match"]),
+            " ".join(_action_text(a) for a in f["actions"]) or "drop",
+            str(f["packets"]),
+            str(f["bytes"]),
+            _ago(f.get("last_used"), now),
+            str(f.get("expiry", "")),
+            " ".join(f.get("tags", [])),
+        )
+    Console(width=200).print(table)

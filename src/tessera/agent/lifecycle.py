@@ -1,0 +1,187 @@
+"""Flows over time: idle expiry, desired-vs-installed repair, and restart adoption.
+
+- Expiry: a flow idle longer than its class allows (`flowtable.IDLE_TIMEOUTS`) is removed;
+  "idle" is judged from the datapath's own last-used counter, so a flow that forwards
+  millions of packets in the kernel without the agent seeing one stays.
+- Reconciliation: every sweep compares the desired table with what the datapath really
+  holds; a missing or different flow is installed again, a flow nobody desires is
+  removed (Cilium's reconciler: keys collected before deleting).
+- Restart: a new agent finds the flows its predecessor left in the kernel and must not
+  flush them (an iperf3 stream must survive). It *adopts* them: each keeps forwarding
+  while it is re-simulated from its own match (`synth.frame_for`); still right → kept
+  as is (counters included), different → replaced, unknowable for too long → removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tessera.agent.cache import TopologyCache
+from tessera.agent.flowtable import DesiredFlow, FlowTable
+from tessera.agent.metrics import AgentMetrics
+from tessera.agent.ports import PortManager
+from tessera.agent.synth import frame_for
+from tessera.agent.upcall import Simulator, UpcallHandler
+from tessera.datapath.base import Datapath, DatapathError, InstalledFlow, Match
+from tessera.simulation.errors import NotYetLoaded
+
+log = logging.getLogger(__name__)
+
+ADOPT_TIMEOUT = 30.0  # an adopted flow not verified by then is removed
+ADOPT_BATCH = 256  # adopted flows re-simulated per tick
+
+
+@dataclass
+class SweepResult:
+    expired: int = 0
+    repaired: int = 0
+    removed: int = 0
+
+
+def sweep(
+    dp: Datapath,
+    flows: FlowTable,
+    now: float,
+    metrics: AgentMetrics,
+    keep: Callable[[Match], bool] = lambda m: False,
+) -> SweepResult:
+    """One pass of expiry and reconciliation against one dump of the datapath."""
+    result = SweepResult()
+    installed = dp.dump()
+    for desired in flows.snapshot():
+        inst = installed.pop(desired.match, None)
+        last = desired.created
+        if inst is not None and inst.stats.last_used is not None:
+            last = max(last, inst.stats.last_used)
+        if now - last > desired.idle_timeout:
+            log.debug("flow %s expired (idle %.1fs)", desired.match, now - last)
+            flows.remove(desired.match)
+            dp.delete(desired.match)
+            result.expired += 1
+            continue
+        if inst is None or inst.flow.actions != desired.flow.actions:
+            log.debug("repairing flow %s (installed: %s)", desired.match, inst)
+            try:
+                dp.install(desired.flow)
+                result.repaired += 1
+            except DatapathError as exc:
+                log.warning("repairing flow %s failed: %s", desired.match, exc)
+    for match in list(installed):  # whatever remains is desired by nobody
+        if not keep(match) and dp.delete(match):
+            log.debug("removed flow %s: desired by nobody", match)
+            result.removed += 1
+    if result.expired:
+        metrics.expired.inc(result.expired)
+    if result.removed:
+        metrics.reconciled_removed.inc(result.removed)
+    metrics.flows.set(len(flows))
+    return result
+
+
+class Adopter:
+    """Flows found installed at start, kept forwarding until verified or given up."""
+
+    def __init__(
+        self,
+        dp: Datapath,
+        flows: FlowTable,
+        ports: PortManager,
+        cache: TopologyCache,
+        simulator: Simulator,
+        upcall: UpcallHandler,
+        metrics: AgentMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.dp = dp
+        self.flows = flows
+        self.ports = ports
+        self.cache = cache
+        self.sim = simulator
+        self.upcall = upcall
+        self.metrics = metrics
+        self.clock = clock
+        self.pending: dict[Match, InstalledFlow] = {}
+        self.deadline = 0.0
+        self.kept = 0
+        self.replaced = 0
+        self.removed = 0
+
+    def adopt(self) -> int:
+        self.pending = self.dp.dump()
+        self.deadline = float("inf")  # counted from when the bindings are known
+        if self.pending:
+            log.info("adopting %d flows left installed by a previous agent", len(self.pending))
+        return len(self.pending)
+
+    def holds(self, match: Match) -> bool:
+        return match in self.pending
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def step(self, wall_now: float) -> None:
+        if not self.pending:
+            return
+        if self.deadline == float("inf"):
+            if not self.cache.ports_ready():
+                return  # the NSDB has not told us our bindings yet: judge nothing
+            self.deadline = self.clock() + ADOPT_TIMEOUT
+        expired = self.clock() >= self.deadline
+        for match, inst in list(self.pending.items())[:ADOPT_BATCH]:
+            verdict = self._verify(match, inst, wall_now)
+            if verdict is None and not expired:
+                continue  # not decidable yet: keep forwarding, try again next tick
+            del self.pending[match]
+            if verdict is None or verdict is False:
+                self.dp.delete(match)
+                self.removed += 1
+        if expired and self.pending:
+            for match in list(self.pending):
+                self.dp.delete(match)
+                self.removed += 1
+            self.pending.clear()
+        if not self.pending:
+            log.info(
+                "adoption done: %d kept, %d replaced, %d removed",
+                self.kept, self.replaced, self.removed,
+            )  # fmt: skip
+
+    def _verify(self, match: Match, inst: InstalledFlow, wall_now: float) -> bool | None:
+        """True: kept; False: remove it; None: cannot tell yet."""
+        port = match.in_port
+        if port is None:
+            return False  # the agent never installs a flow without its ingress port
+        port_id = self.ports.port_of(port)
+        if port_id is None:
+            if self.cache.ports_ready() and not self.ports.pending():
+                return False  # every binding is known and attached: none explains it
+            return None  # its binding may not be loaded (or attached) yet
+        try:
+            result = self.sim.simulate(frame_for(match), port_id, wall_now)
+        except NotYetLoaded as exc:
+            self.cache.want(exc.kind, exc.id)
+            return None
+        except Exception as exc:  # a match the simulation cannot take: not ours to keep
+            log.debug("adopted flow %s does not simulate: %s", match, exc)
+            return False
+        # What the flow's packets taught the bridges and routers is learned again: the
+        # previous agent's learned entries left the NSDB with its session.
+        self.upcall.learn(result)
+        desired = self.upcall.desired_flow(result, port, port_id)
+        if desired is None:
+            return False
+        if desired.match == match and desired.flow.actions == inst.flow.actions:
+            self.flows.add(DesiredFlow(desired.flow, desired.tags, desired.expiry, self.clock()))
+            self.kept += 1
+            return True
+        if desired.match == match:
+            try:
+                self.upcall.install(desired)
+            except DatapathError:
+                return False
+            self.replaced += 1
+            return True
+        return False

@@ -1,0 +1,55 @@
+"""The agent's Prometheus metrics, in a registry of its own.
+
+A registry per agent (not the process-global default) because tests run several agents
+in one process; `serve()` exposes it on `--metrics ADDR:PORT` when asked.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.misses = Counter("tessera_agent_misses", "Missed packets handled", registry=r)
+        self.collapsed = Counter(
+            "tessera_agent_misses_collapsed",
+            "Misses joined to a simulation already pending for their flow",
+            registry=r,
+        )
+        self.simulations = Counter(
+            "tessera_agent_simulations", "Simulations run (re-runs included)", registry=r
+        )
+        self.installed = Counter("tessera_agent_flows_installed", "Flows installed", registry=r)
+        self.invalidated = Counter(
+            "tessera_agent_flows_invalidated", "Flows removed by tag invalidation", registry=r
+        )
+        self.expired = Counter(
+            "tessera_agent_flows_expired", "Flows removed after idling", registry=r
+        )
+        self.reconciled_removed = Counter(
+            "tessera_agent_flows_reconciled_removed",
+            "Installed flows removed because nothing wanted them any more",
+            registry=r,
+        )
+        self.emitted = Counter(
+            "tessera_agent_packets_emitted", "Packets the agent generated and sent", registry=r
+        )
+        self.flows = Gauge("tessera_agent_flows", "Flows currently desired", registry=r)
+        self.ports = Gauge("tessera_agent_ports", "Local ports attached", registry=r)
+        self.held = Gauge(
+            "tessera_agent_packets_held", "Packets waiting for a device or an ARP entry", registry=r
+        )
+        self.sim_seconds = Histogram(
+            "tessera_agent_simulation_seconds",
+            "Time to simulate one packet",
+            buckets=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2),
+            registry=r,
+        )
+
+    def serve(self, address: str) -> None:
+        """Serve /metrics on `ADDR:PORT` (or just `PORT`)."""
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)

@@ -1,0 +1,45 @@
+"""Simulations over the cache: compile a `Snapshot` only when the topology changed.
+
+Compiling is the expensive part (every device, route table and chain); learned MACs and
+ARP entries change far more often and are swapped in with `Snapshot.with_state`, O(1).
+"""
+
+from __future__ import annotations
+
+from tessera.agent.cache import TopologyCache
+from tessera.packet.match import FlowMatch
+from tessera.simulation import simulate
+from tessera.simulation.result import SimulationResult
+from tessera.simulation.topology import Snapshot
+
+
+class SnapshotSimulator:
+    def __init__(self, cache: TopologyCache) -> None:
+        self.cache = cache
+        self._topology_generation = -1
+        self._generation = -1
+        self._base: Snapshot | None = None
+        self._snap: Snapshot | None = None
+        self.compiles = 0
+
+    def snapshot(self) -> Snapshot:
+        view = self.cache.view()
+        if self._base is None or view.topology_generation != self._topology_generation:
+            self._base = Snapshot.from_objects(view.objects)
+            self._topology_generation = view.topology_generation
+            self._generation = -1
+            self.compiles += 1
+        if self._snap is None or view.generation != self._generation:
+            self._snap = self._base.with_state(view.macs, view.arps)
+            self._generation = view.generation
+        return self._snap
+
+    def simulate(
+        self,
+        frame: bytes,
+        in_port_id: str,
+        now: float,
+        arp_failed: frozenset[tuple[str, int]] = frozenset(),
+    ) -> SimulationResult:
+        match = FlowMatch.from_frame(in_port_id, frame)
+        return simulate(self.snapshot(), match, frame, now, arp_failed=arp_failed)

@@ -1,0 +1,95 @@
+"""From a simulation's virtual outputs to datapath actions on this host.
+
+The simulation speaks of virtual port ids with per-output rewrites; the datapath takes
+one ordered action list over local port numbers and tunnels. Here:
+
+- a port bound to this host and attached becomes `Output(local port number)`;
+- a port bound elsewhere becomes `OutputTunnel(its tunnel key, that host's underlay
+  address)`, tagged with the port and the host so that a move or a tunnel zone change
+  invalidates the flow;
+- an unbound port (or one whose host is unreachable) gets nothing, but its tag, so that
+  binding it later invalidates the flow.
+
+Rewrites are per output and relative to the packet as it arrived, while datapath actions
+accumulate. Outputs are therefore ordered by TTL decrement (a decrement cannot be
+undone), and a MAC left unchanged by an output after another output rewrote it is set
+back explicitly — which makes the flow depend on that MAC, so the field joins the mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tessera.agent.tags import host_tag
+from tessera.datapath.base import Action, DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
+from tessera.packet.match import Field, FlowMatch
+from tessera.simulation.result import Output as VirtualOutput
+
+
+@dataclass(frozen=True)
+class PortLocation:
+    """Where a virtual port leaves this host: a local port number or a tunnel."""
+
+    local: int | None = None
+    vni: int | None = None
+    remote_ip: int | None = None
+    host_id: str | None = None
+
+
+@dataclass
+class Translation:
+    actions: list[Action] = field(default_factory=list)
+    tags: set[str] = field(default_factory=set)
+    extra_mask: int = 0  # Field bits to add to the match (restored MACs)
+
+
+Locate = Callable[[str], PortLocation | None]
+
+
+def egress(port_id: str, locate: Locate, tags: set[str]) -> Output | OutputTunnel | None:
+    tags.add(port_id)
+    where = locate(port_id)
+    if where is None:
+        return None
+    if where.host_id is not None:
+        tags.add(host_tag(where.host_id))
+    if where.local is not None:
+        return Output(where.local)
+    if where.vni and where.remote_ip:
+        return OutputTunnel(where.vni, where.remote_ip)
+    return None
+
+
+def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate) -> Translation:
+    out = Translation()
+    original = match.original()
+    cur_src: int | None = None  # None: as the packet arrived
+    cur_dst: int | None = None
+    ttl_done = 0
+    # TTL decrements cannot be undone; within one TTL, unchanged MACs first, so that a
+    # restore is needed only when a decrement forces a rewritten branch earlier.
+    order = sorted(outputs, key=lambda o: (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None))
+    for o in order:
+        target = egress(o.port_id, locate, out.tags)
+        if target is None:
+            continue
+        if o.ttl_dec > ttl_done:
+            out.actions.append(DecTtl(o.ttl_dec - ttl_done))
+            ttl_done = o.ttl_dec
+        want_src = o.eth_src
+        if want_src is None and cur_src is not None:
+            want_src = original["eth_src"]
+            out.extra_mask |= int(Field.ETH_SRC)
+        if want_src is not None and want_src != cur_src:
+            out.actions.append(SetEthSrc(want_src))
+            cur_src = want_src
+        want_dst = o.eth_dst
+        if want_dst is None and cur_dst is not None:
+            want_dst = original["eth_dst"]
+            out.extra_mask |= int(Field.ETH_DST)
+        if want_dst is not None and want_dst != cur_dst:
+            out.actions.append(SetEthDst(want_dst))
+            cur_dst = want_dst
+        out.actions.append(target)
+    return out

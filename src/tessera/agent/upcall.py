@@ -1,0 +1,343 @@
+"""The upcall path: a missed packet becomes a simulation, a flow, and the packet again.
+
+    miss → (already covered by a flow? reinject) → (its flow pending? join it)
+         → simulate → apply: learned state, emitted packets, flow install → reinject
+
+Runs on the agent's single upcall thread and never waits for the NSDB: a simulation that
+meets an object not loaded yet parks its packets until the cache reports it loaded;
+learned MACs/ARPs go to the cache at once (so the next packet sees them) and to the NSDB
+through the writer's queue; a packet waiting for ARP is held and simulated again when
+the entry arrives, or with the entry marked failed when it times out (an ICMP error).
+
+Duplicate misses — packets of one flow arriving while its simulation is parked — join
+the parked group instead of being simulated again, bounded in number and in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tessera.agent.cache import Key, TopologyCache
+from tessera.agent.flowtable import DesiredFlow, FlowTable
+from tessera.agent.metrics import AgentMetrics
+from tessera.agent.ports import PortManager
+from tessera.agent.tags import arp_tag
+from tessera.agent.translate import Locate, egress, translate
+from tessera.agent.writer import StateWriter
+from tessera.datapath.base import (
+    Action,
+    Datapath,
+    DatapathError,
+    Drop,
+    Flow,
+    Match,
+    Miss,
+    PacketKey,
+    packet_key,
+)
+from tessera.datapath.frames import run_actions
+from tessera.nsdb import tables
+from tessera.packet.addr import ip_to_str, mac_to_str
+from tessera.packet.errors import PacketError
+from tessera.packet.match import Field
+from tessera.simulation.errors import NotYetLoaded
+from tessera.simulation.result import (
+    ArpLearned,
+    MacLearned,
+    SimulationResult,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+
+NOT_YET_TIMEOUT = 2.0  # how long packets wait for the cache to load what they need
+NOT_YET_ROUNDS = 32  # re-runs of one simulation for missing objects
+ARP_RETRY = 1.0  # a held packet is simulated again (a new ARP request) this often
+ARP_TIMEOUT = 3.0  # then the address is declared unresolvable (ICMP host unreachable)
+MAX_PARKED = 1024  # distinct flows waiting
+MAX_PACKETS_PER_FLOW = 64  # packets kept per waiting flow; more are dropped
+
+
+class Simulator(Protocol):
+    def simulate(
+        self,
+        frame: bytes,
+        in_port_id: str,
+        now: float,
+        arp_failed: frozenset[tuple[str, int]] = frozenset(),
+    ) -> SimulationResult: ...
+
+
+@dataclass
+class Parked:
+    """Packets of one flow waiting: for objects to load, or for an ARP answer."""
+
+    key: PacketKey
+    port_id: str
+    misses: list[Miss]
+    deadline: float
+    waiting_for: set[Key] = field(default_factory=set)
+    arp: set[tuple[str, int]] = field(default_factory=set)
+    arp_failed: frozenset[tuple[str, int]] = frozenset()
+    hold_deadline: float | None = None  # when waiting for ARP stops
+    retry_at: float = 0.0
+    rounds: int = 0
+    punted: bool = False  # sent up by an installed flow's actions, not by a miss
+
+
+class UpcallHandler:
+    def __init__(
+        self,
+        datapath: Datapath,
+        flows: FlowTable,
+        ports: PortManager,
+        cache: TopologyCache,
+        simulator: Simulator,
+        writer: StateWriter | None,
+        metrics: AgentMetrics,
+        locate: Locate,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dp = datapath
+        self.flows = flows
+        self.ports = ports
+        self.cache = cache
+        self.sim = simulator
+        self.writer = writer
+        self.metrics = metrics
+        self.locate = locate
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.parked: dict[PacketKey, Parked] = {}
+        self.dropped = 0
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def handle(self, misses: Iterable[Miss]) -> None:
+        for miss in misses:
+            if miss.frame:
+                self.handle_one(miss)
+        self.metrics.held.set(sum(len(p.misses) for p in self.parked.values()))
+
+    def handle_one(self, miss: Miss) -> None:
+        self.metrics.misses.inc()
+        port_id = self.ports.port_of(miss.port)
+        if port_id is None:
+            self.dropped += 1  # a port detached while its packet was queued
+            return
+        try:
+            key = packet_key(miss.port, miss.frame)
+        except PacketError:
+            self.dropped += 1
+            return
+        covering = self.flows.lookup(key)
+        if covering is not None:
+            if not run_actions(miss.frame, covering.flow.actions).to_userspace:
+                self.dp.reinject(miss)  # it raced the install of its flow
+                return
+            # The flow itself sent it here (a TTL that would reach 0): simulate this one
+            # packet, and never cache the answer over the flow that serves the others.
+            self._run(Parked(key, port_id, [miss], self.clock() + NOT_YET_TIMEOUT, punted=True))
+            return
+        parked = self.parked.get(key)
+        if parked is not None:
+            self.metrics.collapsed.inc()
+            if len(parked.misses) < MAX_PACKETS_PER_FLOW:
+                parked.misses.append(miss)
+            else:
+                self.dropped += 1
+            return
+        self._run(Parked(key, port_id, [miss], self.clock() + NOT_YET_TIMEOUT))
+
+    def on_loaded(self, keys: Iterable[Key]) -> None:
+        """The cache loaded objects: re-run the simulations that waited for them."""
+        loaded = set(keys)
+        ready = [p for p in self.parked.values() if p.waiting_for & loaded]
+        for p in ready:
+            if self.parked.get(p.key) is not p:
+                continue  # handled meanwhile, by a run this loop started
+            p.waiting_for -= loaded
+            if not p.waiting_for:
+                del self.parked[p.key]
+                self._run(p)
+
+    def on_tags(self, tags: Iterable[str]) -> None:
+        """Learned state changed: re-run packets held for those ARP entries."""
+        tagset = set(tags)
+        ready = [
+            p
+            for p in self.parked.values()
+            if p.arp and any(arp_tag(r, ip_to_str(ip)) in tagset for r, ip in p.arp)
+        ]
+        for p in ready:
+            if self.parked.get(p.key) is not p:
+                continue
+            del self.parked[p.key]
+            p.arp = set()
+            self._run(p)
+
+    def tick(self) -> None:
+        """Timeouts: give up on objects that never load; retry or fail ARP waits."""
+        now = self.clock()
+        for p in list(self.parked.values()):
+            if self.parked.get(p.key) is not p:
+                continue
+            if p.arp:
+                if p.hold_deadline is not None and now >= p.hold_deadline:
+                    del self.parked[p.key]
+                    failed = p.arp_failed | frozenset(p.arp)
+                    self._run(
+                        Parked(p.key, p.port_id, p.misses, now + NOT_YET_TIMEOUT, arp_failed=failed)
+                    )
+                elif now >= p.retry_at:
+                    del self.parked[p.key]
+                    p.retry_at = now + ARP_RETRY
+                    self._run(p)
+            elif now >= p.deadline:
+                del self.parked[p.key]
+                self.dropped += len(p.misses)
+                log.warning(
+                    "dropping %d packet(s) of port %s: %s never loaded",
+                    len(p.misses), p.port_id, ", ".join(f"{k} {i}" for k, i in p.waiting_for),
+                )  # fmt: skip
+
+    # -- simulation -----------------------------------------------------------------------
+
+    def _park(self, p: Parked) -> None:
+        if len(self.parked) >= MAX_PARKED:
+            self.dropped += len(p.misses)
+            return
+        self.parked[p.key] = p
+
+    def _run(self, p: Parked) -> None:
+        first = p.misses[0]
+        self.metrics.simulations.inc()
+        p.rounds += 1
+        started = time.perf_counter()
+        try:
+            result = self.sim.simulate(first.frame, p.port_id, self.wall_clock(), p.arp_failed)
+        except NotYetLoaded as exc:
+            if p.rounds >= NOT_YET_ROUNDS:
+                self.dropped += len(p.misses)
+                log.warning("giving up on a packet of port %s after %d rounds", p.port_id, p.rounds)
+                return
+            key = self.cache.want(exc.kind, exc.id) or (exc.kind, exc.id)
+            if self.cache.is_loaded(key):
+                # Loaded between the simulation's view and now: run again at once.
+                self._run(p)
+                return
+            p.waiting_for.add(key)
+            self._park(p)
+            return
+        except PacketError:
+            self.dropped += len(p.misses)
+            return
+        finally:
+            self.metrics.sim_seconds.observe(time.perf_counter() - started)
+        self.apply(p, result)
+
+    def apply(self, p: Parked, result: SimulationResult) -> None:
+        self.learn(result)
+        for pkt in result.emitted:
+            target = egress(pkt.port_id, self.locate, set())
+            if target is not None:
+                self.dp.execute(pkt.frame, [target])
+                self.metrics.emitted.inc()
+        if result.verdict is Verdict.HOLD:
+            now = self.clock()
+            p.arp = {(w.router_id, w.ip) for w in result.waits}
+            if p.hold_deadline is None:
+                p.hold_deadline = now + ARP_TIMEOUT
+            p.retry_at = now + ARP_RETRY
+            self._park(p)
+            return
+        desired = None if p.punted else self.desired_flow(result, p.misses[0].port, p.port_id)
+        if desired is not None:
+            try:
+                self.install(desired)
+            except DatapathError as exc:
+                log.warning("flow not installed (%s); forwarding from userspace", exc)
+            else:
+                for miss in p.misses:
+                    self.dp.reinject(miss)
+                return
+        actions, _tags = self._actions(result)
+        for miss in p.misses:
+            if actions:
+                self.dp.execute(miss.frame, actions)
+
+    def desired_flow(
+        self, result: SimulationResult, in_port: int, in_port_id: str
+    ) -> DesiredFlow | None:
+        """The flow to install for a result, None if it must not be cached: the
+        simulation said so, or the packet is held, or it made packets of its own (a
+        flow would swallow the next packets' replies)."""
+        if not result.cacheable or result.verdict is Verdict.HOLD or result.emitted:
+            return None
+        actions, extra_tags = self._actions(result)
+        result.match.record(Field.IN_PORT)
+        match = Match.from_flow_match(result.match, in_port)
+        flow = Flow(match, tuple(actions) if actions else (Drop(),))
+        tags = frozenset(result.tags | extra_tags | {in_port_id})
+        return DesiredFlow(flow, tags, str(result.expiry), self.clock())
+
+    def _actions(self, result: SimulationResult) -> tuple[list[Action], set[str]]:
+        if result.verdict is not Verdict.FORWARD:
+            return [], set()
+        t = translate(result.outputs, result.match, self.locate)
+        if t.extra_mask:
+            result.match.record(Field(t.extra_mask))
+        return t.actions, t.tags
+
+    def install(self, desired: DesiredFlow) -> None:
+        """Desired first, then the datapath: a failed install leaves nothing behind."""
+        self.flows.add(desired)
+        try:
+            self.dp.install(desired.flow)
+        except DatapathError:
+            self.flows.remove(desired.match)
+            raise
+        self.metrics.installed.inc()
+        self.metrics.flows.set(len(self.flows))
+
+    def learn(self, result: SimulationResult) -> None:
+        tags: set[str] = set()
+        for update in result.state_updates:
+            if isinstance(update, MacLearned):
+                mac = mac_to_str(update.mac)
+                tags |= self.cache.learn_mac(
+                    update.bridge_id, update.vlan_id, update.mac, update.port_id
+                )
+                if self.writer is not None:
+                    entry = tables.MacEntry(
+                        vlan_id=update.vlan_id, mac_addr=mac, port_id=update.port_id
+                    )
+                    key, value = tables.encode_mac(entry)
+                    self.writer.set(tables.mac_table(update.bridge_id), key, value)
+            elif isinstance(update, ArpLearned):
+                entry_arp = tables.ArpEntry(
+                    ip_addr=ip_to_str(update.ip), mac_addr=mac_to_str(update.mac),
+                    expiry=update.expiry,
+                )  # fmt: skip
+                tags |= self.cache.learn_arp(update.router_id, update.ip, update.mac, update.expiry)
+                if self.writer is not None:
+                    key, value = tables.encode_arp(entry_arp)
+                    self.writer.set(tables.arp_table(update.router_id), key, value)
+        if tags:
+            self.invalidate(tags)
+            self.on_tags(tags)
+
+    def invalidate(self, tags: Iterable[str]) -> int:
+        removed = self.flows.invalidate(tags)
+        for d in removed:
+            self.dp.delete(d.match)
+        if removed:
+            log.debug("invalidated %d flows (%s)", len(removed), " ".join(sorted(tags)[:8]))
+            self.metrics.invalidated.inc(len(removed))
+            self.metrics.flows.set(len(self.flows))
+        return len(removed)

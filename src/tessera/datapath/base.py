@@ -1,0 +1,375 @@
+"""The one datapath interface the agent drives, whatever moves the packets.
+
+A datapath knows local ports (a number 1..4095 on this host, bound to an interface) and
+a table of megaflows; it knows nothing of the virtual topology. The agent turns each
+simulation into a `Flow` over local port numbers and tunnel endpoints, so that the eBPF
+fast path, the AF_PACKET userspace path and the fake used in tests all execute the same
+thing and are interchangeable behind `Datapath`.
+
+A `Match` is a megaflow: the fields the simulation read (a `tessera.packet.Field` mask)
+and their values; a packet hits it iff the packet agrees on every masked field. Values
+outside the mask are always zero, so two matches are equal exactly when they select the
+same packets — which is what lets the agent compare desired and installed tables.
+"""
+
+from __future__ import annotations
+
+import abc
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
+from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch
+
+MAX_PORT_NO = 4095  # the eBPF miss path carries the port in a 12-bit VLAN id
+TUNNEL_PORT = 0  # the "port" a packet arrived on when it came out of a tunnel
+VXLAN_PORT = 4789
+
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
+_IP_FIELDS = frozenset({"ip_src", "ip_dst"})
+_INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
+PacketKey: TypeAlias = tuple[int, ...]
+
+
+def _indexes(mask: int) -> tuple[int, ...]:
+    return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
+
+
+# --- matches ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A megaflow: `mask` (bits of `tessera.packet.Field`) and the 13 field values in
+    `FIELD_NAMES` order, zero wherever the mask is clear. `in_port` is a local port
+    number, not a virtual port id."""
+
+    mask: int
+    values: PacketKey
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(FIELD_NAMES):
+            raise ValueError(f"a match has {len(FIELD_NAMES)} values, got {len(self.values)}")
+        if not 0 <= self.mask <= int(ALL_FIELDS):
+            raise ValueError(f"mask {self.mask:#x} names unknown fields")
+        if any(v and not self.mask >> i & 1 for i, v in enumerate(self.values)):
+            raise ValueError("a match value is set outside its mask")
+
+    @classmethod
+    def of(cls, mask_fields: Iterable[str] | None = None, **fields: Any) -> Match:
+        """`Match.of(in_port=1, eth_dst="02:00:00:00:00:02")`: masks the named fields
+        (plus any in `mask_fields`, matched against value 0)."""
+        values = [0] * len(FIELD_NAMES)
+        mask = 0
+        for name in mask_fields or ():
+            mask |= 1 << _field_index(name)
+        for name, value in fields.items():
+            i = _field_index(name)
+            mask |= 1 << i
+            values[i] = _parse_value(name, value)
+        return cls(mask, tuple(values))
+
+    @classmethod
+    def from_flow_match(cls, fm: FlowMatch, in_port: int) -> Match:
+        """The megaflow a simulation recorded, with its ingress as local port `in_port`."""
+        mask = int(fm.mask)
+        original = fm.masked_key(ALL_FIELDS)
+        values = [0] * len(FIELD_NAMES)
+        for i in _indexes(mask):
+            values[i] = in_port if i == 0 else original[i]
+        return cls(mask, tuple(values))
+
+    @classmethod
+    def from_key(cls, mask: int, key: PacketKey) -> Match:
+        """`key` (a full packet key) restricted to `mask`."""
+        return cls(mask, tuple(v if mask >> i & 1 else 0 for i, v in enumerate(key)))
+
+    def masked(self) -> PacketKey:
+        """The masked values only, in key order: what a per-mask hash table is keyed by."""
+        return tuple(self.values[i] for i in _indexes(self.mask))
+
+    def covers(self, key: PacketKey) -> bool:
+        """Whether a packet with full key `key` hits this flow."""
+        return all(key[i] == self.values[i] for i in _indexes(self.mask))
+
+    @property
+    def in_port(self) -> int | None:
+        return self.values[0] if self.mask & 1 else None
+
+    def fields(self) -> dict[str, int | str]:
+        """The masked fields, readably (MACs and IPs as text), for humans and JSON."""
+        out: dict[str, int | str] = {}
+        for i in _indexes(self.mask):
+            name = FIELD_NAMES[i]
+            value = self.values[i]
+            if name in _MAC_FIELDS:
+                out[name] = mac_to_str(value)
+            elif name in _IP_FIELDS:
+                out[name] = ip_to_str(value)
+            else:
+                out[name] = value
+        return out
+
+    def __str__(self) -> str:
+        text = ",".join(f"{k}={v}" for k, v in self.fields().items())
+        return text or "*"
+
+
+def _field_index(name: str) -> int:
+    try:
+        return _INDEX[name]
+    except KeyError:
+        raise ValueError(f"no match field '{name}'") from None
+
+
+def _parse_value(name: str, value: Any) -> int:
+    if isinstance(value, str):
+        if name in _MAC_FIELDS:
+            return mac_from_str(value)
+        if name in _IP_FIELDS:
+            return ip_from_str(value)
+        raise ValueError(f"{name} takes an integer, not '{value}'")
+    return int(value)
+
+
+def packet_key(in_port: int, frame: bytes) -> PacketKey:
+    """Every match field of a frame, as the kernel program extracts them.
+
+    Raises `tessera.packet.PacketError` for a frame the parser refuses.
+    """
+    key = FlowMatch.from_frame(None, frame).masked_key(ALL_FIELDS)
+    return (in_port, *key[1:])
+
+
+# --- actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetEthSrc:
+    mac: int
+
+    def __str__(self) -> str:
+        return f"set_eth_src({mac_to_str(self.mac)})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetEthDst:
+    mac: int
+
+    def __str__(self) -> str:
+        return f"set_eth_dst({mac_to_str(self.mac)})"
+
+
+@dataclass(frozen=True, slots=True)
+class DecTtl:
+    """Decrement the IPv4 TTL by `n`; a packet whose TTL would reach 0 goes to the agent,
+    which simulates it and answers with ICMP time exceeded."""
+
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= 255:
+            raise ValueError(f"a TTL decrement of {self.n} is out of 1..255")
+
+    def __str__(self) -> str:
+        return f"dec_ttl({self.n})"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Send out of local port `port` (towards the VM bound there)."""
+
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= MAX_PORT_NO:
+            raise ValueError(f"local port number {self.port} is out of 1..{MAX_PORT_NO}")
+
+    def __str__(self) -> str:
+        return f"output({self.port})"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTunnel:
+    """VXLAN to host `remote_ip`; `vni` is the egress virtual port's tunnel key, so the
+    receiving host only delivers."""
+
+    vni: int
+    remote_ip: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.vni < 1 << 24:
+            raise ValueError(f"VNI {self.vni} is out of 1..{(1 << 24) - 1}")
+        if not 0 < self.remote_ip < 1 << 32:
+            raise ValueError(f"remote address {self.remote_ip} is not an IPv4 address")
+
+    def __str__(self) -> str:
+        return f"tunnel(vni={self.vni},remote={ip_to_str(self.remote_ip)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    def __str__(self) -> str:
+        return "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class ToUserspace:
+    """Every packet of the flow goes to the agent, as a miss would."""
+
+    def __str__(self) -> str:
+        return "userspace"
+
+
+Action: TypeAlias = SetEthSrc | SetEthDst | DecTtl | Output | OutputTunnel | Drop | ToUserspace
+
+
+def action_to_json(action: Action) -> dict[str, Any]:
+    if isinstance(action, SetEthSrc | SetEthDst):
+        name = "set_eth_src" if isinstance(action, SetEthSrc) else "set_eth_dst"
+        return {"type": name, "mac": mac_to_str(action.mac)}
+    if isinstance(action, DecTtl):
+        return {"type": "dec_ttl", "n": action.n}
+    if isinstance(action, Output):
+        return {"type": "output", "port": action.port}
+    if isinstance(action, OutputTunnel):
+        return {"type": "tunnel", "vni": action.vni, "remote_ip": ip_to_str(action.remote_ip)}
+    if isinstance(action, Drop):
+        return {"type": "drop"}
+    return {"type": "userspace"}
+
+
+def action_from_json(data: dict[str, Any]) -> Action:
+    kind = data.get("type")
+    if kind == "set_eth_src":
+        return SetEthSrc(mac_from_str(data["mac"]))
+    if kind == "set_eth_dst":
+        return SetEthDst(mac_from_str(data["mac"]))
+    if kind == "dec_ttl":
+        return DecTtl(int(data["n"]))
+    if kind == "output":
+        return Output(int(data["port"]))
+    if kind == "tunnel":
+        return OutputTunnel(int(data["vni"]), int(ipaddress.IPv4Address(data["remote_ip"])))
+    if kind == "drop":
+        return Drop()
+    if kind == "userspace":
+        return ToUserspace()
+    raise ValueError(f"unknown datapath action {kind!r}")
+
+
+# --- flows, counters, misses -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A megaflow and what to do with its packets, in order. No action at all drops."""
+
+    match: Match
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """Counters kept by the datapath itself: `last_used` is `time.monotonic()` seconds of
+    the last hit, None if the flow never carried a packet."""
+
+    packets: int = 0
+    bytes: int = 0
+    last_used: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledFlow:
+    flow: Flow
+    stats: FlowStats
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """A packet no flow matched, with the local port it entered on."""
+
+    port: int
+    frame: bytes
+    received: float = field(default=0.0, compare=False)  # time.monotonic()
+    # What the backend needs to write this very packet back (offload state): opaque.
+    meta: object = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    port: int
+    ifname: str
+    tunnel_key: int | None
+
+
+class DatapathError(Exception):
+    """A datapath operation failed; the message is for humans (one line)."""
+
+
+class Datapath(abc.ABC):
+    """What the agent needs from any backend. Thread-safety: install/delete/stats may be
+    called from the agent's threads concurrently with `recv_misses`."""
+
+    kind: str = "abstract"
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Acquire resources; on a restart, adopt what a previous agent left in place."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this process's resources. Kernel state (flows, ports) that can keep
+        forwarding without the agent is left in place for the next agent to reconcile."""
+
+    # -- ports --
+    @abc.abstractmethod
+    def add_port(self, port: int, ifname: str, tunnel_key: int | None = None) -> None:
+        """Attach to `ifname` as local port `port`; packets tunnelled here with VNI
+        `tunnel_key` are delivered to it. Re-adding an existing port updates it."""
+
+    @abc.abstractmethod
+    def remove_port(self, port: int) -> None:
+        """Detach; an unknown port is ignored."""
+
+    @abc.abstractmethod
+    def ports(self) -> dict[int, PortBinding]:
+        """The ports attached now (after a restart: those a previous agent attached)."""
+
+    # -- flows --
+    @abc.abstractmethod
+    def install(self, flow: Flow) -> None:
+        """Add the flow, or replace the actions of an installed one with the same match
+        (its counters then restart)."""
+
+    @abc.abstractmethod
+    def delete(self, match: Match) -> bool:
+        """Remove a flow; False if it was not installed."""
+
+    @abc.abstractmethod
+    def dump(self) -> dict[Match, InstalledFlow]:
+        """Every installed flow with its counters."""
+
+    @abc.abstractmethod
+    def stats(self, match: Match) -> FlowStats | None:
+        """Counters of one flow, None if not installed."""
+
+    # -- packets --
+    @abc.abstractmethod
+    def recv_misses(self, timeout: float) -> list[Miss]:
+        """Misses that arrived, waiting up to `timeout` seconds for the first one."""
+
+    @abc.abstractmethod
+    def reinject(self, miss: Miss) -> None:
+        """Run a missed packet through the flow table again, as if it had just entered
+        (after the agent installed its flow); a second miss drops it, never loops."""
+
+    @abc.abstractmethod
+    def execute(self, frame: bytes, actions: Sequence[Action]) -> None:
+        """Apply `actions` to one packet without installing anything: how generated
+        packets (ARP/ICMP/DHCP replies) and results not worth caching leave."""
+
+    def wakeup(self) -> None:  # noqa: B027 - optional
+        """Make a pending `recv_misses` return early (for shutdown)."""

@@ -1,0 +1,382 @@
+"""The eBPF datapath behind the common interface: flows live in pinned kernel maps.
+
+`tessera.datapath.ebpf` owns the program, its maps and the miss channel; this module
+translates: local port numbers to ifindexes (the kernel redirects by ifindex), `Match`
+to the `FlowKey`/mask pair, and back again when the agent reads what is installed.
+
+Devices it owns in the host namespace: the miss veth `tsmiss0` (datapath end: misses
+are redirected out of it and the `inject` program runs on its ingress) / `tsmiss1`
+(agent end, read with AF_PACKET), and the VXLAN device it is told about. A restart
+reuses all of them and the pinned maps, so flows keep forwarding while no agent runs.
+
+Packets the agent sends without a flow (`execute`: generated replies) leave from
+userspace: on a local port through AF_PACKET, into a tunnel as a VXLAN datagram to the
+remote host's port 4789 (the receiving kernel's VXLAN device cannot tell the
+difference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from tessera.datapath import links
+from tessera.datapath.afpacket import interface_mtu
+from tessera.datapath.base import (
+    Action,
+    Datapath,
+    DatapathError,
+    DecTtl,
+    Drop,
+    Flow,
+    FlowStats,
+    InstalledFlow,
+    Match,
+    Miss,
+    Output,
+    OutputTunnel,
+    PortBinding,
+    SetEthDst,
+    SetEthSrc,
+    ToUserspace,
+)
+from tessera.datapath.ebpf import actions as ea
+from tessera.datapath.ebpf.bpf import prog_info
+from tessera.datapath.ebpf.layout import FlowKey
+from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
+from tessera.datapath.ebpf.maps import FlowEntry, MaskTableFull
+from tessera.datapath.ebpf.upcall import MissChannel, VnetHdr
+from tessera.datapath.frames import run_actions
+from tessera.datapath.segment import prepare
+from tessera.datapath.vxlan import OVERHEAD, VXLAN_PORT, encap
+from tessera.packet.errors import PacketError
+from tessera.packet.match import FIELD_NAMES
+from tessera.packet.offload import complete_l4_checksum
+
+log = logging.getLogger(__name__)
+
+MISS_DP_END = "tsmiss0"
+MISS_AGENT_END = "tsmiss1"
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tessera")
+_MAC_FIELDS = ("eth_src", "eth_dst")
+
+
+def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
+    """(key, mask) of a match in the kernel's layout."""
+    fields: dict[str, object] = {}
+    names: list[str] = []
+    for i, name in enumerate(FIELD_NAMES):
+        if match.mask >> i & 1:
+            names.append(name)
+            value = match.values[i]
+            fields[name] = value.to_bytes(6, "big") if name in _MAC_FIELDS else value
+    return FlowKey.make(**fields), FlowKey.mask_of(names)
+
+
+def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
+    mask_bits = 0
+    values = [0] * len(FIELD_NAMES)
+    for i, name in enumerate(FIELD_NAMES):
+        m = getattr(mask, name)
+        if name in _MAC_FIELDS:
+            if not any(m):
+                continue
+            values[i] = int.from_bytes(bytes(getattr(key, name)), "big")
+        else:
+            if not m:
+                continue
+            values[i] = int(getattr(key, name))
+        mask_bits |= 1 << i
+    return Match(mask_bits, tuple(values))
+
+
+class EbpfDatapath(Datapath):
+    kind = "ebpf"
+
+    def __init__(
+        self,
+        pin_dir: str | os.PathLike[str],
+        *,
+        cache_dir: str | os.PathLike[str],
+        vxlan_ifname: str | None = "vxlan0",
+        underlay_mtu: int = 1600,
+    ) -> None:
+        self.fastpath = EbpfFastPath(pin_dir, cache_dir=cache_dir)
+        self.vxlan_ifname = vxlan_ifname
+        self.tunnel_mtu = min(1500, underlay_mtu - OVERHEAD)
+        self._lock = threading.Lock()
+        self._ports: dict[int, PortBinding] = {}
+        self._ifindex: dict[int, int] = {}  # port -> ifindex
+        self._port_of_ifindex: dict[int, int] = {}
+        self._peer: dict[int, bool] = {}  # port -> deliver with bpf_redirect_peer
+        self._channel: MissChannel | None = None
+        self._tx: socket.socket | None = None
+        self._udp: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        try:
+            self.fastpath.load()
+            links.ensure_veth(MISS_DP_END, MISS_AGENT_END)
+            self._attach_once(MISS_DP_END, "inject")
+            self.fastpath.maps.config.set(miss_ifindex=self.fastpath.ifindex(MISS_DP_END))
+            if self.vxlan_ifname is not None:
+                self._attach_once(self.vxlan_ifname, "tunnel_rx")
+                self.fastpath.maps.config.set(
+                    vxlan_ifindex=self.fastpath.ifindex(self.vxlan_ifname)
+                )
+            self._channel = MissChannel(MISS_AGENT_END)
+        except (LoadError, OSError) as exc:
+            raise DatapathError(f"eBPF datapath: {exc}") from None
+        self._tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._adopt_ports()
+
+    def _attach_once(self, ifname: str, program: str) -> None:
+        """Attach unless this very program already runs there: replacing a filter
+        would be harmless but costs a tc call per device on every restart."""
+        fd = self.fastpath.prog_fd(program)
+        try:
+            want = prog_info(fd).id
+        finally:
+            os.close(fd)
+        current = self.fastpath.attached(ifname)
+        if current is None or current.prog_id != want:
+            self.fastpath.attach(ifname, program)
+
+    def _adopt_ports(self) -> None:
+        """Rebuild the port table from the kernel maps a previous agent filled."""
+        maps = self.fastpath.maps
+        vni_of: dict[int, int] = {ifx: vni for vni, (ifx, _peer) in maps.vni_ports.items().items()}
+        for ifx, port in maps.ports.items().items():
+            try:
+                ifname = socket.if_indextoname(ifx)
+            except OSError:
+                maps.ports.delete(ifx)  # its device is gone
+                continue
+            with self._lock:
+                self._ports[port] = PortBinding(port, ifname, vni_of.get(ifx))
+                self._ifindex[port] = ifx
+                self._port_of_ifindex[ifx] = port
+                self._peer[port] = links.link_kind(ifname) == "veth"
+
+    def close(self) -> None:
+        for sock in (self._channel, self._tx, self._udp):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._channel = self._tx = self._udp = None
+        self.fastpath.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    # -- ports --
+
+    def add_port(self, port: int, ifname: str, tunnel_key: int | None = None) -> None:
+        try:
+            ifx = self.fastpath.ifindex(ifname)
+            peer = links.link_kind(ifname) == "veth"
+            with self._lock:
+                old = self._ports.get(port)
+            if old is not None and old.ifname != ifname:
+                self.remove_port(port)
+            maps = self.fastpath.maps
+            maps.ports.set(ifx, port)
+            self._attach_once(ifname, "port_ingress")
+            if old is not None and old.tunnel_key and old.tunnel_key != tunnel_key:
+                maps.vni_ports.delete(old.tunnel_key)
+            if tunnel_key:
+                maps.vni_ports.set(tunnel_key, ifx, peer=peer)
+        except (LoadError, OSError, ValueError) as exc:
+            raise DatapathError(f"cannot attach the eBPF datapath to {ifname}: {exc}") from None
+        with self._lock:
+            self._ports[port] = PortBinding(port, ifname, tunnel_key)
+            self._ifindex[port] = ifx
+            self._port_of_ifindex[ifx] = port
+            self._peer[port] = peer
+
+    def remove_port(self, port: int) -> None:
+        with self._lock:
+            binding = self._ports.pop(port, None)
+            ifx = self._ifindex.pop(port, None)
+            self._peer.pop(port, None)
+            if ifx is not None:
+                self._port_of_ifindex.pop(ifx, None)
+        if binding is None:
+            return
+        maps = self.fastpath.maps
+        if ifx is not None:
+            maps.ports.delete(ifx)
+        if binding.tunnel_key:
+            maps.vni_ports.delete(binding.tunnel_key)
+        with contextlib.suppress(LoadError):
+            self.fastpath.detach(binding.ifname)
+
+    def ports(self) -> dict[int, PortBinding]:
+        with self._lock:
+            return dict(self._ports)
+
+    # -- flows --
+
+    def _to_kernel_actions(self, actions: Sequence[Action]) -> list[ea.Action]:
+        out: list[ea.Action] = []
+        for a in actions:
+            if isinstance(a, SetEthSrc):
+                out.append(ea.SetEthSrc(a.mac.to_bytes(6, "big")))
+            elif isinstance(a, SetEthDst):
+                out.append(ea.SetEthDst(a.mac.to_bytes(6, "big")))
+            elif isinstance(a, DecTtl):
+                out.append(ea.DecTtl(a.n))
+            elif isinstance(a, Output):
+                ifx = self._ifindex.get(a.port)
+                if ifx is None:
+                    raise DatapathError(
+                        f"flow outputs to local port {a.port}, which is not attached"
+                    )
+                out.append(ea.OutputLocal(ifx, self._peer.get(a.port, False)))
+            elif isinstance(a, OutputTunnel):
+                out.append(ea.OutputTunnel(a.vni, a.remote_ip))
+            elif isinstance(a, Drop):
+                out.append(ea.Drop())
+            elif isinstance(a, ToUserspace):
+                out.append(ea.ToUserspace())
+        return out
+
+    def _from_kernel_actions(self, actions: Sequence[ea.Action]) -> tuple[Action, ...] | None:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, ea.SetEthSrc):
+                out.append(SetEthSrc(int.from_bytes(a.mac, "big")))
+            elif isinstance(a, ea.SetEthDst):
+                out.append(SetEthDst(int.from_bytes(a.mac, "big")))
+            elif isinstance(a, ea.DecTtl):
+                out.append(DecTtl(a.n))
+            elif isinstance(a, ea.OutputLocal):
+                port = self._port_of_ifindex.get(a.ifindex)
+                if port is None:
+                    return None  # outputs to a device no longer attached: stale
+                out.append(Output(port))
+            elif isinstance(a, ea.OutputTunnel):
+                out.append(OutputTunnel(a.vni, a.remote_ip))
+            elif isinstance(a, ea.Drop):
+                out.append(Drop())
+            elif isinstance(a, ea.ToUserspace):
+                out.append(ToUserspace())
+        return tuple(out)
+
+    def install(self, flow: Flow) -> None:
+        key, mask = to_kernel(flow.match)
+        try:
+            self.fastpath.maps.flows.install(key, mask, self._to_kernel_actions(flow.actions))
+        except MaskTableFull as exc:
+            raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
+        except OSError as exc:
+            raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
+
+    def delete(self, match: Match) -> bool:
+        key, mask = to_kernel(match)
+        return self.fastpath.maps.flows.delete(key, mask)
+
+    def _installed(self, entry: FlowEntry) -> InstalledFlow | None:
+        if entry.mask is None:
+            return None
+        match = from_kernel(entry.key, entry.mask)
+        actions = self._from_kernel_actions(entry.actions)
+        if actions is None:
+            actions = (ToUserspace(),)  # unusable as is: the agent replaces or removes it
+        last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
+        return InstalledFlow(Flow(match, actions), FlowStats(entry.packets, entry.bytes, last))
+
+    def dump(self) -> dict[Match, InstalledFlow]:
+        """Installed flows; an entry whose mask slot is not active (left by a crash in
+        the middle of an update) is unreachable for packets and skipped."""
+        out: dict[Match, InstalledFlow] = {}
+        for entry in self.fastpath.maps.flows.entries():
+            installed = self._installed(entry)
+            if installed is not None:
+                out[installed.flow.match] = installed
+        return out
+
+    def stats(self, match: Match) -> FlowStats | None:
+        key, mask = to_kernel(match)
+        entry = self.fastpath.maps.flows.get(key, mask)
+        if entry is None:
+            return None
+        last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
+        return FlowStats(entry.packets, entry.bytes, last)
+
+    # -- packets --
+
+    def recv_misses(self, timeout: float) -> list[Miss]:
+        channel = self._channel
+        if channel is None:
+            return []
+        try:
+            ready, _, _ = select.select([channel.fileno(), self._wake_r], [], [], timeout)
+        except (OSError, ValueError):
+            return []
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 4096)
+        out: list[Miss] = []
+        for _ in range(256):
+            try:
+                m = channel.recv(0)
+            except OSError:
+                break
+            if m is None:
+                break
+            frame, vnet = m.frame, m.vnet
+            if m.csum_not_ready and not vnet.gso_type:
+                # Finish the checksum now: then the same bytes serve a reinject and a
+                # packet-out from userspace alike.
+                with contextlib.suppress(PacketError):
+                    frame, vnet = complete_l4_checksum(frame), VnetHdr()
+            out.append(Miss(m.port, frame, meta=vnet))
+        return out
+
+    def wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def reinject(self, miss: Miss) -> None:
+        if self._channel is None:
+            return
+        vnet = miss.meta if isinstance(miss.meta, VnetHdr) else None
+        try:
+            self._channel.inject(miss.port, miss.frame, vnet)
+        except (OSError, ValueError) as exc:
+            log.debug("reinject on port %s failed: %s", miss.port, exc)
+
+    def execute(self, frame: bytes, actions: Sequence[Action]) -> None:
+        for action, data in run_actions(frame, actions).outputs:
+            if isinstance(action, Output):
+                with self._lock:
+                    binding = self._ports.get(action.port)
+                if binding is None or self._tx is None:
+                    continue
+                for piece in prepare(data, False, _mtu(binding.ifname)):
+                    with contextlib.suppress(OSError):
+                        self._tx.sendto(piece, (binding.ifname, 0))
+            elif self._udp is not None:
+                remote = socket.inet_ntoa(action.remote_ip.to_bytes(4, "big"))
+                for piece in prepare(data, False, self.tunnel_mtu):
+                    with contextlib.suppress(OSError):
+                        self._udp.sendto(encap(action.vni, piece), (remote, VXLAN_PORT))
+
+
+def _mtu(ifname: str) -> int:
+    try:
+        return interface_mtu(ifname)
+    except OSError:
+        return 1500

@@ -1,0 +1,90 @@
+"""A megaflow table in Python: tuple-space search, as the kernel program does it.
+
+One hash table per distinct mask, scanned in the order the masks first appeared; the
+first hit wins. Lookups take no lock: they read an immutable tuple of (mask, getter,
+table) that writers replace whole, so the forwarding thread of the userspace datapath
+never waits for the agent installing a flow.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tessera.datapath.base import Flow, FlowStats, InstalledFlow, Match, PacketKey
+from tessera.packet.match import FIELD_NAMES
+
+
+@dataclass(slots=True)
+class Entry:
+    flow: Flow
+    packets: int = 0
+    bytes: int = 0
+    last_used: float | None = None
+
+    def hit(self, nbytes: int, now: float) -> None:
+        # Counters are best effort under concurrency, as the kernel's are per CPU.
+        self.packets += 1
+        self.bytes += nbytes
+        self.last_used = now
+
+    def stats(self) -> FlowStats:
+        return FlowStats(self.packets, self.bytes, self.last_used)
+
+
+_Table = tuple[int, Callable[[PacketKey], PacketKey], dict[PacketKey, Entry]]
+
+
+def _getter(mask: int) -> Callable[[PacketKey], PacketKey]:
+    idx = tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
+    return lambda key: tuple([key[i] for i in idx])
+
+
+class MegaflowTable:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flows: dict[Match, Entry] = {}
+        self._tables: tuple[_Table, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def install(self, flow: Flow) -> None:
+        with self._lock:
+            entry = Entry(flow)
+            self._flows[flow.match] = entry
+            for mask, _get, table in self._tables:
+                if mask == flow.match.mask:
+                    table[flow.match.masked()] = entry
+                    return
+            table = {flow.match.masked(): entry}
+            self._tables = (*self._tables, (flow.match.mask, _getter(flow.match.mask), table))
+
+    def delete(self, match: Match) -> bool:
+        with self._lock:
+            if self._flows.pop(match, None) is None:
+                return False
+            for mask, _get, table in self._tables:
+                if mask == match.mask:
+                    table.pop(match.masked(), None)
+                    if not table:
+                        self._tables = tuple(t for t in self._tables if t[0] != mask)
+                    break
+            return True
+
+    def lookup(self, key: PacketKey) -> Entry | None:
+        for _mask, get, table in self._tables:
+            entry = table.get(get(key))
+            if entry is not None:
+                return entry
+        return None
+
+    def stats(self, match: Match) -> FlowStats | None:
+        entry = self._flows.get(match)
+        return entry.stats() if entry is not None else None
+
+    def dump(self) -> dict[Match, InstalledFlow]:
+        with self._lock:
+            entries = list(self._flows.values())
+        return {e.flow.match: InstalledFlow(e.flow, e.stats()) for e in entries}

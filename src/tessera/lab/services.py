@@ -1,0 +1,223 @@
+"""The lab's shared processes in the root namespace: ZooKeeper, the API, the NSDB relay.
+
+Each `ensure_*` is idempotent: it leaves a healthy process alone and (re)starts a missing
+one, so that a second `tessera lab up` repairs what died.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from tessera.lab import api, names, netns, procs
+from tessera.lab.errors import LabError
+from tessera.lab.relay import RelayConfig
+from tessera.lab.state import LabState
+from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
+
+API_PORT = 8181  # preferred: the CLI's default
+API_START_TIMEOUT = 60.0
+RELAY_START_TIMEOUT = 15.0
+
+
+# -- ZooKeeper -----------------------------------------------------------------------
+
+
+def zookeeper(state: LabState) -> ZookeeperServer:
+    return ZookeeperServer(state.dir / "zookeeper")
+
+
+def ensure_zookeeper(state: LabState) -> ZookeeperServer:
+    server = zookeeper(state)
+    # ZookeeperServer starts the process itself: mark it as the lab's through our own
+    # environment, which it inherits (see procs.OWNER_ENV).
+    saved = os.environ.get(procs.OWNER_ENV)
+    os.environ[procs.OWNER_ENV] = str(state.dir)
+    try:
+        server.start(timeout=60.0)
+    except ZookeeperError as exc:
+        raise LabError(f"lab {state.name}: {exc}") from None
+    finally:
+        if saved is None:
+            os.environ.pop(procs.OWNER_ENV, None)
+        else:
+            os.environ[procs.OWNER_ENV] = saved
+    url = server.url("tessera")
+    if state.nsdb_url != url:
+        state.nsdb_url = url
+        state.save()
+    return server
+
+
+def stop_zookeeper(state: LabState) -> None:
+    try:
+        zookeeper(state).stop()
+    except ZookeeperError as exc:
+        raise LabError(f"lab {state.name}: {exc}") from None
+
+
+def zk_upstreams(nsdb_url: str) -> list[tuple[str, int]]:
+    """The (host, port) of every server in `zk://H:P[,H:P...]/ROOT`."""
+    hosts = nsdb_url.removeprefix("zk://").partition("/")[0]
+    out: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = port, "2181"
+        try:
+            out.append((host.strip("[]") or "127.0.0.1", int(port)))
+        except ValueError:
+            raise LabError(f"--nsdb '{nsdb_url}': '{item}' is not HOST:PORT") from None
+    return out
+
+
+def check_reachable(nsdb_url: str, timeout: float = 3.0) -> None:
+    """Fail now, before anything is made, when no server of the NSDB takes a connection
+    (the API would otherwise wait for it, and `up` with it)."""
+    reasons = []
+    for host, port in zk_upstreams(nsdb_url):
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return
+        except OSError as exc:
+            reasons.append(f"{host}:{port}: {exc.strerror or exc}")
+    raise LabError(f"cannot reach the NSDB {nsdb_url} ({'; '.join(reasons)})")
+
+
+def agent_nsdb_url(state: LabState) -> str:
+    """The NSDB as an agent sees it from its host namespace: through the relay."""
+    ports = range(names.ZK_RELAY_PORT, names.ZK_RELAY_PORT + len(zk_upstreams(state.nsdb_url)))
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    return f"zk://{hosts}/{state.nsdb_root}"
+
+
+# -- API -----------------------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
+    """The API process serving, on the lab's recorded port when possible (so that its URL
+    stays the same across repairs), else 8181 if free, else any free port."""
+    pid_file, log_file = state.pid_file("api"), state.log_file("api")
+    if procs.read_pid(pid_file) is not None and state.api_port is not None:
+        _wait_api(state, timeout)
+        return
+    port = (
+        next((p for p in (state.api_port, API_PORT) if p is not None and _port_free(p)), None)
+        or _free_port()
+    )
+    state.api_port = port
+    state.save()
+    argv = [
+        *procs.tessera_command(), "api", "serve",
+        "--nsdb", state.nsdb_url, "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    procs.spawn(argv, pid_file, log_file, owner=state.dir)
+    _wait_api(state, timeout)
+
+
+def _wait_api(state: LabState, timeout: float) -> None:
+    """Until the API answers healthy with an elected leader: the leader runs the
+    liveness janitor, without which no host ever reads as alive."""
+    pid_file, log_file = state.pid_file("api"), state.log_file("api")
+    deadline = time.monotonic() + timeout
+    with api.client(state) as client:
+        while True:
+            if procs.read_pid(pid_file) is None:
+                raise LabError(
+                    f"lab {state.name}: the API exited during start-up "
+                    f"({procs.last_lines(log_file)}); see {log_file}"
+                )
+            answer = api.health(client)
+            if answer is not None and answer.get("leader_id"):
+                return
+            if time.monotonic() >= deadline:
+                raise LabError(
+                    f"lab {state.name}: the API did not become healthy within {timeout:g}s; "
+                    f"see {log_file}"
+                )
+            time.sleep(0.2)
+
+
+def stop_api(state: LabState) -> bool:
+    return procs.stop(state.pid_file("api"))
+
+
+# -- relay ---------------------------------------------------------------------------
+
+
+def relay_config_path(state: LabState) -> Path:
+    return state.dir / "relay.json"
+
+
+def ensure_relay(state: LabState, timeout: float = RELAY_START_TIMEOUT) -> None:
+    """The relay listening in every host namespace: started, or told to re-read its
+    configuration, then probed from inside each namespace."""
+    namespaces = [state.netns(h.name) for h in state.hosts]
+    config = RelayConfig(
+        upstreams=tuple(zk_upstreams(state.nsdb_url)),
+        port=names.ZK_RELAY_PORT,
+        namespaces=tuple(namespaces),
+    )
+    config.write(relay_config_path(state))
+    pid_file, log_file = state.pid_file("relay"), state.log_file("relay")
+    pid = procs.read_pid(pid_file)
+    if pid is None:
+        argv = [procs.python(), "-m", "tessera.lab.relay", str(relay_config_path(state))]
+        procs.spawn(argv, pid_file, log_file, owner=state.dir)
+    else:
+        procs.signal_hup(pid)
+    deadline = time.monotonic() + timeout
+    pending = list(namespaces)
+    while pending:
+        pending = [ns for ns in pending if not _relay_answers(ns, names.ZK_RELAY_PORT)]
+        if not pending:
+            return
+        if procs.read_pid(pid_file) is None:
+            raise LabError(
+                f"lab {state.name}: the NSDB relay exited ({procs.last_lines(log_file)}); "
+                f"see {log_file}"
+            )
+        if time.monotonic() >= deadline:
+            raise LabError(
+                f"lab {state.name}: the NSDB relay does not listen in {', '.join(pending)} "
+                f"after {timeout:g}s; see {log_file}"
+            )
+        time.sleep(0.1)
+
+
+def _relay_answers(namespace: str, port: int) -> bool:
+    """Whether 127.0.0.1:`port` inside `namespace` accepts a connection."""
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    try:
+        return netns.in_netns(namespace, probe)
+    except OSError:
+        return False
+
+
+def stop_relay(state: LabState) -> bool:
+    return procs.stop(state.pid_file("relay"))

@@ -1,0 +1,107 @@
+"""`tessera lab status`: what runs, which hosts are alive, where the VMs are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tessera.cli.errors import ApiError, ApiUnreachable
+from tessera.lab import api, hosts, names, procs, services, vms
+from tessera.lab.state import LabState
+
+
+def gather(lab: LabState) -> dict[str, Any]:
+    """The lab as data (the `--json` output)."""
+    alive: dict[str, bool] | None
+    try:
+        with api.client(lab) as client:
+            alive = api.hosts_alive(client)
+    except (ApiError, ApiUnreachable):
+        alive = None
+    zk_pid = services.zookeeper(lab).pid if lab.own_nsdb else None
+    return {
+        "name": lab.name,
+        "datapath": lab.datapath,
+        "directory": str(lab.dir),
+        "api": {
+            "url": lab.api_url,
+            "pid": procs.read_pid(lab.pid_file("api")),
+            "reachable": alive is not None,
+        },
+        "nsdb": {"url": lab.nsdb_url, "own": lab.own_nsdb, "pid": zk_pid},
+        "relay_pid": procs.read_pid(lab.pid_file("relay")),
+        "underlay": {
+            "namespace": lab.netns(names.UNDERLAY),
+            "network": str(names.underlay_network(lab.index)),
+            "mtu": names.UNDERLAY_MTU,
+        },
+        "tunnel_zone_id": lab.tunnel_zone_id,
+        "hosts": [
+            {
+                "name": h.name,
+                "host_id": h.host_id,
+                "namespace": lab.netns(h.name),
+                "underlay_ip": h.underlay_ip,
+                "agent_pid": hosts.agent_pid(lab, h),
+                "alive": None if alive is None else alive.get(h.host_id, False),
+                "log": str(lab.log_file(hosts.agent_process(h))),
+            }
+            for h in lab.hosts
+        ],
+        "vms": [vms.describe(lab, vm) for vm in sorted(lab.vms.values(), key=lambda v: v.name)],
+    }
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def _pid(value: int | None) -> str:
+    return f"pid {value}" if value is not None else "stopped"
+
+
+def render(data: dict[str, Any]) -> str:
+    """Readable text; every id in full."""
+    lines = [
+        f"lab {data['name']}  datapath {data['datapath']}  state {data['directory']}",
+        f"API     {data['api']['url']}  ({_pid(data['api']['pid'])}"
+        f"{'' if data['api']['reachable'] else ', not answering'})",
+    ]
+    nsdb = data["nsdb"]
+    if nsdb["own"]:
+        lines.append(f"NSDB    {nsdb['url']}  (ZooKeeper {_pid(nsdb['pid'])})")
+    else:
+        lines.append(f"NSDB    {nsdb['url']}  (external)")
+    under = data["underlay"]
+    lines.append(
+        f"underlay {under['network']} MTU {under['mtu']} in {under['namespace']}  "
+        f"(relay {_pid(data['relay_pid'])})"
+    )
+    lines.append("")
+    host_rows = [["HOST", "ALIVE", "AGENT", "UNDERLAY", "HOST ID"]]
+    for h in data["hosts"]:
+        host_rows.append(
+            [h["name"], _yes_no(h["alive"]), _pid(h["agent_pid"]), h["underlay_ip"], h["host_id"]]
+        )
+    lines.extend(_table(host_rows))
+    if data["vms"]:
+        lines.append("")
+        vm_rows = [["VM", "HOST", "PORT", "MAC", "MTU", "ADDRESSES"]]
+        for vm in data["vms"]:
+            addresses = ", ".join(vm["addresses"]) or ("(DHCP)" if vm["dhcp"] else "-")
+            vm_rows.append(
+                [
+                    vm["name"],
+                    vm["host"],
+                    vm["port_id"],
+                    vm["mac"] or "(missing)",
+                    str(vm["mtu"] or "-"),
+                    addresses,
+                ]
+            )
+        lines.extend(_table(vm_rows))
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

@@ -1,0 +1,173 @@
+"""`tessera lab up`: make the lab, or check and repair the one that runs.
+
+Order: state first (so `down` can undo a half-made lab), then ZooKeeper, the API, the
+underlay and host namespaces, the relay that lets agents reach ZooKeeper, the tunnel
+zone, the agents; then it waits until the API reports every host alive. Each step
+leaves a healthy piece alone, so running `up` again repairs exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+
+from tessera.cli.errors import CliError
+from tessera.lab import api, dhcp, hosts, names, services, state, vms
+from tessera.lab.errors import LabError
+from tessera.lab.state import LabState
+
+DATAPATHS = ("ebpf", "userspace")
+DEFAULT_HOSTS = 2
+ALIVE_TIMEOUT = 60.0
+
+Say = Callable[[str], None]
+
+
+def check_machine() -> None:
+    if os.geteuid() != 0:
+        raise LabError("tessera lab needs root (it makes network namespaces and loads eBPF)")
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool) is None:
+            raise LabError(f"tessera lab needs '{tool}' (apt install iproute2 util-linux)")
+
+
+def check_nsdb_url(url: str) -> str:
+    if not url.startswith("zk://") or not url[len("zk://") :].partition("/")[0]:
+        raise LabError(
+            f"--nsdb '{url}': the lab's agents need a shared ZooKeeper, zk://HOST:PORT/ROOT"
+        )
+    services.zk_upstreams(url)  # validates HOST:PORT
+    return url
+
+
+def _existing_or_new(name: str, datapath: str | None, nsdb: str | None) -> LabState:
+    current = state.load(name)
+    if current is None:
+        current = LabState(
+            name=name,
+            index=state.free_index(),
+            datapath=datapath or "ebpf",
+            own_nsdb=nsdb is None,
+            nsdb_url=nsdb or "",
+        )
+        current.save()
+        return current
+    if datapath is not None and datapath != current.datapath:
+        raise LabError(
+            f"lab {name} runs the {current.datapath} datapath: "
+            f"`tessera lab down --name {name}` first to change it"
+        )
+    if nsdb is not None and (current.own_nsdb or nsdb != current.nsdb_url):
+        raise LabError(
+            f"lab {name} uses {'its own ZooKeeper' if current.own_nsdb else current.nsdb_url}: "
+            f"`tessera lab down --name {name}` first to change it"
+        )
+    return current
+
+
+def up(
+    name: str,
+    host_count: int | None,
+    datapath: str | None,
+    nsdb: str | None,
+    say: Say,
+    timeout: float = ALIVE_TIMEOUT,
+) -> LabState:
+    check_machine()
+    names.check_lab_name(name)
+    if datapath is not None and datapath not in DATAPATHS:
+        raise LabError(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    if nsdb is not None:
+        check_nsdb_url(nsdb)
+        services.check_reachable(nsdb)
+    if host_count is not None and not 1 <= host_count <= names.MAX_HOSTS:
+        raise LabError(f"--hosts must be 1..{names.MAX_HOSTS}")
+    with state.locked():
+        lab = _existing_or_new(name, datapath, nsdb)
+        if host_count is not None and host_count < len(lab.hosts):
+            raise LabError(
+                f"lab {name} has {len(lab.hosts)} hosts and cannot shrink: "
+                f"`tessera lab down --name {name}` first"
+            )
+        try:
+            _make(lab, host_count, say, timeout)
+        except CliError as exc:
+            raise LabError(
+                f"{exc.message} (`tessera lab up --name {name}` again repairs the lab, "
+                f"`tessera lab down --name {name}` removes it)"
+            ) from None
+    return lab
+
+
+def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> None:
+    wanted = host_count if host_count is not None else (len(lab.hosts) or DEFAULT_HOSTS)
+    for index in range(len(lab.hosts) + 1, wanted + 1):
+        lab.hosts.append(hosts.host_state(lab, index))
+    lab.save()
+
+    if lab.own_nsdb:
+        zk = services.ensure_zookeeper(lab)
+        say(f"ZooKeeper    {zk.address} (pid {zk.pid})")
+    else:
+        say(f"NSDB         {lab.nsdb_url}")
+    services.ensure_api(lab)
+    say(f"API          {lab.api_url}")
+
+    hosts.ensure_underlay(lab)
+    for host in lab.hosts:
+        hosts.ensure_host(lab, host)
+    net = names.underlay_network(lab.index)
+    say(f"underlay     {net} MTU {names.UNDERLAY_MTU} in {lab.netns(names.UNDERLAY)}")
+    services.ensure_relay(lab)
+
+    with api.client(lab) as client:
+        zone = api.ensure_tunnel_zone(client, lab.tunnel_zone_id, f"lab-{lab.name}")
+    if zone != lab.tunnel_zone_id:
+        for host in lab.hosts:  # they joined a zone that is gone
+            hosts.stop_agent(lab, host)
+        lab.tunnel_zone_id = zone
+        lab.save()
+    say(f"tunnel zone  {zone} (vxlan)")
+
+    started = []
+    for host in lab.hosts:
+        before = hosts.agent_pid(lab, host)
+        pid = hosts.start_agent(lab, host)
+        if before is None:
+            started.append(f"{host.name}={pid}")
+    if started:
+        say(f"agents       started {' '.join(started)} (datapath {lab.datapath})")
+    hosts.wait_agents_alive(lab, lab.hosts, timeout)
+    say("hosts alive  " + ", ".join(f"{h.name} {h.underlay_ip}" for h in lab.hosts))
+    repaired = _repair_vms(lab)
+    if repaired:
+        say(f"VMs repaired {' '.join(repaired)}")
+    say(f"state, logs  {lab.dir}")
+
+
+def _repair_vms(lab: LabState) -> list[str]:
+    """Remake the cables of VMs whose namespace went away (with their DHCP lease), and
+    bind again a port left unbound; a port bound elsewhere since is not taken back, and a
+    VM whose port was deleted is left as it is."""
+    repaired: list[str] = []
+    with api.client(lab) as client:
+        for vm in lab.vms.values():
+            try:
+                port = api.port(client, vm.port_id)
+            except LabError:
+                continue
+            host = lab.host(vm.host)
+            remade = not vms.describe(lab, vm)["present"]
+            if remade:
+                vms.plumb(lab, vm)
+            rebound = not port.get("host_id")
+            if rebound:
+                api.bind(client, host.host_id, vm.port_id, names.vm_link(vm.name))
+            if remade or rebound:
+                repaired.append(vm.name)
+                vms.wait_served(lab, host, vm.port_id)
+            if remade and vm.dhcp:
+                script = dhcp.write_script(lab.dir)
+                dhcp.run_client(lab.netns(vm.name), names.VM_IFNAME, script, vm.name)
+    return repaired

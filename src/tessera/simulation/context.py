@@ -1,0 +1,270 @@
+"""The state of one simulation run: what the devices collect while the packet travels.
+
+Devices never return early with partial answers; each branch of the packet's path ends
+in exactly one of the terminal calls below (`output`, `drop`, `consume`, `hold`), and
+`Simulation.result()` folds them into one `SimulationResult`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from tessera.packet.addr import ip_to_str
+from tessera.packet.errors import PacketError
+from tessera.packet.ethernet import Ethernet
+from tessera.packet.ipv4 import IPv4
+from tessera.packet.match import Field, FlowMatch
+from tessera.simulation.result import (
+    ArpWait,
+    EmitKind,
+    EmittedPacket,
+    ExpiryClass,
+    Output,
+    SimulationResult,
+    StateUpdate,
+    TraceNode,
+    Verdict,
+)
+from tessera.simulation.topology import Snapshot
+
+MAX_HOPS = 12
+"""Devices one branch may cross (MidoNet's limit): beyond, the topology has a loop."""
+MAX_DEVICE_VISITS = 4096
+"""Devices one whole simulation may visit, all branches and generated packets together,
+so that a flood through a badly looped topology cannot take exponential time. Large
+enough for a broadcast on a provider bridge that hundreds of tenant routers hang off."""
+
+_ETH_SRC = int(Field.ETH_SRC)
+_ETH_DST = int(Field.ETH_DST)
+_IP_TTL = int(Field.IP_TTL)
+
+
+Generator = Callable[["Simulation", str, Ethernet, EmitKind, int, "TraceNode | None"], None]
+
+
+class LoopDetected(Exception):
+    """Raised through the whole simulation when a hop or visit limit is exceeded."""
+
+
+class Simulation:
+    """One run. `child()` makes the run of a generated packet (an ICMP error, an ARP
+    request) that shares the snapshot, time, budget and learned-in-this-run ARP entries."""
+
+    __slots__ = (
+        "_packet",
+        "arp_failed",
+        "arp_overlay",
+        "budget",
+        "consumed",
+        "drops",
+        "emitted",
+        "frame",
+        "generator",
+        "mac_overlay",
+        "now",
+        "outputs",
+        "snap",
+        "tags",
+        "uncacheable",
+        "unsupported",
+        "updates",
+        "waits",
+    )
+
+    def __init__(
+        self,
+        snap: Snapshot,
+        now: float,
+        frame: bytes,
+        *,
+        arp_failed: frozenset[tuple[str, int]] = frozenset(),
+        arp_overlay: dict[tuple[str, int], int] | None = None,
+        mac_overlay: dict[tuple[str, int, int], str] | None = None,
+        budget: list[int] | None = None,
+    ) -> None:
+        self.snap = snap
+        self.now = now
+        self.frame = frame
+        self.arp_failed = arp_failed
+        self.arp_overlay: dict[tuple[str, int], int] = {} if arp_overlay is None else arp_overlay
+        # MACs learned earlier in this run (a reply to this packet must find its sender).
+        self.mac_overlay: dict[tuple[str, int, int], str] = (
+            {} if mac_overlay is None else mac_overlay
+        )
+        self.budget = [MAX_DEVICE_VISITS] if budget is None else budget
+        self.tags: set[str] = set()
+        self.outputs: dict[Output, None] = {}  # ordered set: a flood may reach a port twice
+        self.emitted: list[EmittedPacket] = []
+        self.updates: list[StateUpdate] = []
+        self.waits: list[ArpWait] = []
+        self.drops: list[str] = []
+        self.consumed = False
+        self.uncacheable = False
+        self.unsupported: list[str] = []
+        self._packet: Ethernet | None = None
+        # Set by the driver: sends a generated packet out of a port (see `generate`).
+        self.generator: Generator | None = None
+
+    def generate(
+        self, port_id: str, eth: Ethernet, kind: EmitKind, hops: int, node: TraceNode | None
+    ) -> None:
+        """Send a packet the virtual network made (a reply, an error, an ARP request) out
+        of `port_id`: emitted as is from an exterior port, simulated onwards from the
+        peer of an interior one."""
+        assert self.generator is not None, "the driver sets the generator"
+        self.generator(self, port_id, eth, kind, hops, node)
+
+    def child(self, frame: bytes) -> Simulation:
+        sim = Simulation(
+            self.snap,
+            self.now,
+            frame,
+            arp_failed=self.arp_failed,
+            arp_overlay=self.arp_overlay,
+            mac_overlay=self.mac_overlay,
+            budget=self.budget,
+        )
+        sim.generator = self.generator
+        return sim
+
+    def packet(self) -> Ethernet:
+        """The frame fully parsed, on demand: most packets never need more than the match.
+
+        Raises PacketError for a frame the full parser refuses.
+        """
+        if self._packet is None:
+            self._packet = Ethernet.parse(self.frame)
+        return self._packet
+
+    def current_ip(self, m: FlowMatch) -> IPv4 | None:
+        """The IPv4 packet as it is now on this branch (TTL rewritten), for ICMP quotes.
+
+        Only the IP header is parsed: whether an error can be sent must not depend on
+        the rest of the packet parsing (a UDP datagram between the DHCP ports that is
+        not DHCP, say), since the flow match cannot see that.
+        """
+        frame = self.frame
+        offset = 18 if frame[12:14] == b"\x81\x00" else 14
+        try:
+            ip, _ = IPv4.parse_quoted(frame[offset:])
+        except PacketError:
+            return None
+        if int(m.modified) & _IP_TTL:
+            ip = replace(ip, ttl=m.ip_ttl)
+        return ip
+
+    def vlan_id(self) -> int | None:
+        """The frame's 802.1Q VLAN id, from its bytes (for replies, which keep the tag)."""
+        frame = self.frame
+        if frame[12:14] == b"\x81\x00" and len(frame) >= 16:
+            return int.from_bytes(frame[14:16], "big") & 0x0FFF
+        return None
+
+    def visit(self, hops: int) -> None:
+        """Count a device visit; raise LoopDetected past either limit."""
+        if hops > MAX_HOPS:
+            raise LoopDetected(f"loop: more than {MAX_HOPS} devices on the packet's path")
+        budget = self.budget
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise LoopDetected(f"loop: more than {MAX_DEVICE_VISITS} device visits")
+
+    # -- terminal calls: every branch ends in exactly one ---------------------------------
+
+    def output(self, m: FlowMatch, port_id: str) -> None:
+        modified = int(m.modified)
+        eth_src = m.eth_src if modified & _ETH_SRC else None
+        eth_dst = m.eth_dst if modified & _ETH_DST else None
+        ttl_dec = 0
+        if modified & _IP_TTL:
+            ttl_dec = m.original()["ip_ttl"] - m.ip_ttl
+        self.outputs[Output(port_id, eth_src, eth_dst, ttl_dec)] = None
+
+    def drop(self, reason: str, node: TraceNode | None = None) -> None:
+        self.drops.append(reason)
+        if node is not None:
+            node.add("drop", None, reason)
+
+    def consume(self, what: str, node: TraceNode | None = None) -> None:
+        self.consumed = True
+        self.uncacheable = True
+        if node is not None:
+            node.add("consumed", None, what)
+
+    def hold(self, wait: ArpWait, node: TraceNode | None = None) -> None:
+        self.waits.append(wait)
+        if node is not None:
+            text = f"held until the ARP entry for {ip_to_str(wait.ip)} arrives"
+            node.add("hold", wait.router_id, text)
+
+    def emit(self, port_id: str, frame: bytes, kind: EmitKind) -> None:
+        self.emitted.append(EmittedPacket(port_id, frame, kind))
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def absorb(self, child: Simulation, base: Ethernet, kind: EmitKind) -> None:
+        """Fold a generated packet's run into this one: where it left the virtual network
+        becomes an emitted packet, with that branch's rewrites applied to its bytes."""
+        for out in child.outputs:
+            self.emit(out.port_id, _rewritten(base, out), kind)
+        self.emitted.extend(child.emitted)
+        self.updates.extend(u for u in child.updates if u not in self.updates)
+        self.tags |= child.tags
+        self.unsupported.extend(u for u in child.unsupported if u not in self.unsupported)
+
+    def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
+        tags = frozenset(self.tags)
+        unsupported = tuple(self.unsupported)
+        updates = tuple(self.updates)
+        emitted = tuple(self.emitted)
+        if self.waits:
+            if trace is not None and self.outputs:
+                trace.add("note", None, "outputs of other branches wait with the packet")
+            return SimulationResult(
+                Verdict.HOLD,
+                m,
+                emitted=emitted,
+                tags=tags,
+                expiry=ExpiryClass.UNCACHED,
+                state_updates=updates,
+                waits=tuple(self.waits),
+                unsupported=unsupported,
+                trace=trace,
+            )
+        if self.outputs:
+            verdict = Verdict.FORWARD
+            expiry = ExpiryClass.UNCACHED if self.uncacheable else ExpiryClass.NORMAL
+            reason = None
+        elif self.consumed:
+            verdict, expiry, reason = Verdict.CONSUMED, ExpiryClass.UNCACHED, None
+        else:
+            verdict = Verdict.DROP
+            expiry = ExpiryClass.UNCACHED if self.uncacheable else ExpiryClass.ERROR
+            reason = "; ".join(dict.fromkeys(self.drops)) or "no egress port"
+        return SimulationResult(
+            verdict,
+            m,
+            outputs=tuple(self.outputs),
+            emitted=emitted,
+            tags=tags,
+            expiry=expiry,
+            state_updates=updates,
+            drop_reason=reason,
+            unsupported=unsupported,
+            trace=trace,
+        )
+
+
+def _rewritten(base: Ethernet, out: Output) -> bytes:
+    eth = base
+    if out.eth_src is not None or out.eth_dst is not None:
+        eth = replace(
+            eth,
+            src=base.src if out.eth_src is None else out.eth_src,
+            dst=base.dst if out.eth_dst is None else out.eth_dst,
+        )
+    if out.ttl_dec and isinstance(eth.payload, IPv4):
+        ip = eth.payload
+        eth = replace(eth, payload=replace(ip, ttl=max(ip.ttl - out.ttl_dec, 0)))
+    return eth.build()

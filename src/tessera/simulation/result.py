@@ -1,0 +1,212 @@
+"""What a simulation decides, as data: a closed set of types the agent acts on.
+
+Everything is in terms of virtual port ids: which of them are local and which sit
+behind a tunnel is the agent's business. A result is only ever *applied* by the caller
+(install the flow, send the emitted packets, write the state updates), which is what
+makes a simulation free of side effects and safe to re-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from tessera.packet.addr import ip_to_str, mac_to_str
+from tessera.packet.match import FIELD_NAMES, FlowMatch
+
+
+class Verdict(StrEnum):
+    FORWARD = "forward"  # at least one output
+    DROP = "drop"
+    CONSUMED = "consumed"  # answered or absorbed by a device (ARP, DHCP, ping to a router)
+    HOLD = "hold"  # waiting for ARP: keep the packet and simulate it again later
+
+
+class ExpiryClass(StrEnum):
+    """How long a flow built from the result may live (MidoNet's figures, design.md §5)."""
+
+    ERROR = "error"  # drops and ICMP errors: short, so a fix takes effect soon
+    NORMAL = "normal"
+    # Reserved for flows that create connection state; the stateful issue sets it (this
+    # engine does not execute conntrack or NAT yet, see `SimulationResult.unsupported`).
+    STATEFUL = "stateful"
+    # Install nothing: the decision read more than the flow match can express (an ARP or
+    # DHCP body, a ping payload), or the packet is held; every such packet is simulated.
+    UNCACHED = "uncached"
+
+
+EmitKind = Literal["arp_request", "arp_reply", "icmp_echo_reply", "icmp_error", "dhcp_reply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Send the packet out of an exterior port, after these rewrites (None: unchanged)."""
+
+    port_id: str
+    eth_src: int | None = None
+    eth_dst: int | None = None
+    ttl_dec: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"port_id": self.port_id}
+        if self.eth_src is not None:
+            out["set_eth_src"] = mac_to_str(self.eth_src)
+        if self.eth_dst is not None:
+            out["set_eth_dst"] = mac_to_str(self.eth_dst)
+        if self.ttl_dec:
+            out["ttl_dec"] = self.ttl_dec
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EmittedPacket:
+    """A packet the virtual network generated, to send out of an exterior port as is.
+
+    Generated packets that leave through an interior port were already simulated onward
+    by the engine, so `port_id` is always where the frame leaves the virtual network.
+    They are sent once, for this packet only: they are never part of a cached flow.
+    """
+
+    port_id: str
+    frame: bytes
+    kind: EmitKind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"port_id": self.port_id, "kind": self.kind, "frame": self.frame.hex()}
+
+
+@dataclass(frozen=True, slots=True)
+class MacLearned:
+    """Write to the bridge's MAC table: `mac` in `vlan_id` lives behind `port_id`."""
+
+    bridge_id: str
+    vlan_id: int
+    mac: int
+    port_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "mac",
+            "bridge_id": self.bridge_id,
+            "vlan_id": self.vlan_id,
+            "mac_addr": mac_to_str(self.mac),
+            "port_id": self.port_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ArpLearned:
+    """Write to the router's ARP table: `ip` is at `mac` until `expiry` (Unix seconds)."""
+
+    router_id: str
+    ip: int
+    mac: int
+    expiry: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "arp",
+            "router_id": self.router_id,
+            "ip_addr": ip_to_str(self.ip),
+            "mac_addr": mac_to_str(self.mac),
+            "expiry": self.expiry,
+        }
+
+
+StateUpdate = MacLearned | ArpLearned
+
+
+@dataclass(frozen=True, slots=True)
+class ArpWait:
+    """The packet waits for `router_id` to resolve `ip` (an ARP request was emitted out of
+    `port_id`). Simulate it again when tag `arp:<router>:<ip>` changes; if no answer comes
+    in time, simulate it again with `(router_id, ip)` in `arp_failed` to get the ICMP error."""
+
+    router_id: str
+    ip: int
+    port_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"router_id": self.router_id, "ip_addr": ip_to_str(self.ip), "port_id": self.port_id}
+
+
+@dataclass(slots=True)
+class TraceNode:
+    """One step of the trace tree: a port, a device, a chain, a rule, or a note.
+
+    Built only when a trace is asked for; the tree follows the packet, with one child per
+    branch where a bridge floods.
+    """
+
+    kind: str
+    id: str | None
+    text: str
+    children: list[TraceNode] = field(default_factory=list)
+
+    def add(self, kind: str, id: str | None, text: str) -> TraceNode:
+        node = TraceNode(kind, id, text)
+        self.children.append(node)
+        return node
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "id": self.id, "text": self.text}
+        if self.children:
+            out["children"] = [c.to_dict() for c in self.children]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    """The whole decision for one packet.
+
+    `match` carries the mask: every packet that agrees with this one on the masked fields
+    gets the same `verdict`, `outputs` and drop (and the same kinds of emitted packets on
+    the same ports) — that is what lets the agent cache the flow. `tags` name everything
+    the decision depended on; `state_updates` are the MACs and ARP entries to write.
+    `unsupported` lists what the engine met but does not execute yet (connection
+    tracking and NAT), each as "<rule id>: <what>".
+    """
+
+    verdict: Verdict
+    match: FlowMatch
+    outputs: tuple[Output, ...] = ()
+    emitted: tuple[EmittedPacket, ...] = ()
+    tags: frozenset[str] = frozenset()
+    expiry: ExpiryClass = ExpiryClass.NORMAL
+    state_updates: tuple[StateUpdate, ...] = ()
+    waits: tuple[ArpWait, ...] = ()
+    drop_reason: str | None = None
+    unsupported: tuple[str, ...] = ()
+    trace: TraceNode | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.expiry is not ExpiryClass.UNCACHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for `tessera trace --json` and the traces API."""
+        mask = int(self.match.mask)
+        original = self.match.original()
+        masked: dict[str, Any] = {}
+        for i, name in enumerate(FIELD_NAMES):
+            if mask >> i & 1:
+                value = original[name]
+                if name in ("eth_src", "eth_dst"):
+                    value = mac_to_str(value)
+                elif name in ("ip_src", "ip_dst"):
+                    value = ip_to_str(value)
+                masked[name] = value
+        return {
+            "verdict": str(self.verdict),
+            "drop_reason": self.drop_reason,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "emitted": [e.to_dict() for e in self.emitted],
+            "match": masked,
+            "tags": sorted(self.tags),
+            "expiry": str(self.expiry),
+            "state_updates": [u.to_dict() for u in self.state_updates],
+            "waits": [w.to_dict() for w in self.waits],
+            "unsupported": list(self.unsupported),
+            "trace": self.trace.to_dict() if self.trace is not None else None,
+        }

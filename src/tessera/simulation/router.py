@@ -1,0 +1,171 @@
+"""The router: ARP, its own addresses, TTL, longest-prefix routing, next-hop MACs.
+
+In order, as MidoNet's router does:
+1. a router that is down drops; ARP is handled before any filter (`arp.py`); anything
+   but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
+2. the router's inbound filter (a `reject` answers ICMP administratively prohibited);
+3. a packet for one of the router's own addresses is delivered to it: a ping is
+   answered, anything else dropped;
+4. TTL 1 or less: ICMP time exceeded;
+5. route lookup — longest destination prefix, then longest source prefix, then lowest
+   weight (then route id, so the choice is stable) — no route: ICMP net unreachable;
+   BlackHole: silent drop; Reject: ICMP unreachable (administratively prohibited, as in
+   MidoNet);
+6. the router's outbound filter, with the egress port as `out_ports`;
+7. the next hop's MAC (the peer's for a router-to-router link, else ARP; see
+   `arp.resolve`), then the rewrites: source MAC := egress port's, destination MAC :=
+   next hop's, TTL - 1.
+"""
+
+from __future__ import annotations
+
+from tessera.packet import icmp as icmp_codes
+from tessera.packet.addr import ip_to_str
+from tessera.packet.ethernet import ETH_TYPE_ARP, ETH_TYPE_IPV4
+from tessera.packet.ipv4 import PROTO_ICMP
+from tessera.packet.match import FlowMatch
+from tessera.simulation import arp, icmp
+from tessera.simulation.actions import DeviceAction, ToPort
+from tessera.simulation.chain import apply_chain
+from tessera.simulation.context import Simulation
+from tessera.simulation.port import reject
+from tessera.simulation.result import TraceNode
+from tessera.simulation.topology import PortSnap, RouterSnap, RouteSnap, RouteTable
+
+
+def lookup(table: RouteTable, m: FlowMatch) -> RouteSnap | None:
+    """The winning route for the packet, reading the source address only when a
+    candidate route has a source prefix."""
+    dst = m.ip_dst
+    src = -1
+    for mask, buckets in table.levels:
+        candidates = buckets.get(dst & mask)
+        if candidates is None:
+            continue
+        for r in candidates:
+            if not r.src_len:
+                return r
+            if src < 0:
+                src = m.ip_src
+            if src & r.src_mask == r.src:
+                return r
+    return None
+
+
+def process(
+    sim: Simulation,
+    m: FlowMatch,
+    router: RouterSnap,
+    in_port: PortSnap,
+    hops: int,
+    node: TraceNode | None,
+) -> DeviceAction:
+    sim.tags.add(router.id)
+    if not router.admin_up:
+        sim.drop(f"router {router.name or router.id} is down", node)
+        return None
+    eth_type = m.eth_type
+    if eth_type == ETH_TYPE_ARP:
+        arp.router_arp(sim, m, router, in_port, hops, node)
+        return None
+    if eth_type != ETH_TYPE_IPV4:
+        sim.drop(f"EtherType {eth_type:#06x} is not routed", node)
+        return None
+    if m.eth_dst != in_port.mac:
+        sim.drop("frame not addressed to the router port's MAC", node)
+        return None
+    if router.inbound_filter is not None:
+        verdict = apply_chain(
+            sim, router.inbound_filter, m, in_port.id, None, node, "inbound filter"
+        )
+        if verdict != "accept":
+            reject(sim, m, in_port, verdict, hops, node)
+            return None
+
+    dst = m.ip_dst
+    if dst in router.port_by_addr:
+        _deliver_locally(sim, m, in_port, hops, node)
+        return None
+
+    ttl = m.ip_ttl
+    if ttl <= 1:
+        icmp.send_error(
+            sim, m, in_port, icmp_codes.TIME_EXCEEDED, icmp_codes.TTL_EXCEEDED, hops, node
+        )
+        sim.drop("TTL exceeded", node)
+        return None
+
+    route = lookup(router.routes, m)
+    if route is None:
+        icmp.send_error(
+            sim, m, in_port, icmp_codes.DEST_UNREACHABLE, icmp_codes.NET_UNREACHABLE, hops, node
+        )
+        sim.drop(f"no route to {ip_to_str(dst)}", node)
+        return None
+    sim.tags.add(route.id)
+    if node is not None:
+        node.add("route", route.id, _describe(route))
+    if route.type == "BlackHole":
+        sim.drop(f"BlackHole route to {ip_to_str(route.dst)}/{route.dst_len}", node)
+        return None
+    if route.type == "Reject":
+        icmp.send_error(
+            sim, m, in_port, icmp_codes.DEST_UNREACHABLE, icmp_codes.ADMIN_PROHIBITED, hops, node
+        )
+        sim.drop(f"Reject route to {ip_to_str(route.dst)}/{route.dst_len}", node)
+        return None
+
+    assert route.next_hop_port is not None  # the model requires it for Normal routes
+    out_port = sim.snap.port(route.next_hop_port)
+    if out_port.device_id != router.id:
+        sim.drop(f"route {route.id} leads to a port of another device", node)
+        return None
+    sim.tags.add(out_port.id)
+    if not out_port.admin_up:  # before ARP: nothing may be sent out of a down port
+        sim.drop(f"port {out_port.id} is down", node)
+        return None
+    if router.outbound_filter is not None:
+        verdict = apply_chain(
+            sim, router.outbound_filter, m, in_port.id, out_port.id, node, "outbound filter"
+        )
+        if verdict != "accept":
+            reject(sim, m, in_port, verdict, hops, node)
+            return None
+    next_hop = route.gateway if route.gateway is not None else dst
+    mac = arp.resolve(
+        sim, m, router, out_port, next_hop, route.gateway is None, in_port, hops, node
+    )
+    if mac is None:
+        return None
+    m.set_eth_src(out_port.mac)
+    m.set_eth_dst(mac)
+    m.set_ip_ttl(ttl - 1)
+    return ToPort(out_port.id, in_port, m)
+
+
+def _deliver_locally(
+    sim: Simulation, m: FlowMatch, in_port: PortSnap, hops: int, node: TraceNode | None
+) -> None:
+    if (
+        m.ip_proto == PROTO_ICMP
+        and m.tp_src == icmp_codes.ECHO_REQUEST
+        and m.tp_dst == 0
+        and m.ip_frag == 0
+    ):
+        if icmp.send_echo_reply(sim, m, in_port, hops, node):
+            sim.consume("ping answered by the router", node)
+        else:
+            sim.drop("malformed ICMP echo request", node)
+        return
+    sim.drop(f"addressed to the router ({ip_to_str(m.ip_dst)}): only ping is answered", node)
+
+
+def _describe(route: RouteSnap) -> str:
+    text = f"route {ip_to_str(route.dst)}/{route.dst_len}"
+    if route.src_len:
+        text += f" from {ip_to_str(route.src)}/{route.src_len}"
+    text += f" {route.type}"
+    if route.type == "Normal":
+        via = f" via {ip_to_str(route.gateway)}" if route.gateway is not None else ""
+        text += f" to port {route.next_hop_port}{via}"
+    return text + f" (weight {route.weight})"

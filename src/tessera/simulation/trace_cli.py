@@ -1,0 +1,102 @@
+"""`tessera trace`: describe a packet, see what the virtual network does with it.
+
+The description is checked here (one-line errors before any request), sent to the API's
+`POST /traces`, and the answer — `trace_packet`'s JSON — is drawn as a tree, or printed
+as is with `--json`.
+
+    tessera trace --port PORT_ID --src-mac 02:00:00:00:00:01 --dst-mac 02:7e:55:00:00:01 \\
+        --src-ip 10.0.1.5 --dst-ip 10.0.2.5 --protocol tcp --dst-port 22
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from tessera.cli.commands import command
+from tessera.cli.errors import BadArgument
+from tessera.cli.session import Session
+from tessera.simulation.trace import PacketDescription, render_tree
+
+app = typer.Typer(add_completion=False)
+
+
+def _protocol(value: str | None) -> str | int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    if value.lower() in ("tcp", "udp", "icmp", "arp"):
+        return value.lower()
+    raise BadArgument(f"--protocol '{value}' is not tcp, udp, icmp, arp or a number")
+
+
+def describe(fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of `POST /traces`, validated as the API will validate it."""
+    body = {k: v for k, v in fields.items() if v is not None}
+    try:
+        PacketDescription.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        raise BadArgument(f"{where}: {message}" if where else message) from None
+    return body
+
+
+@command(app, "trace")
+def trace(
+    session: Session,
+    port: Annotated[str, typer.Option("--port", help="Ingress port id.")],
+    src_mac: Annotated[str, typer.Option("--src-mac", help="Source MAC.")],
+    dst_mac: Annotated[
+        str | None, typer.Option("--dst-mac", help="Destination MAC (default broadcast).")
+    ] = None,
+    vlan: Annotated[int | None, typer.Option("--vlan", help="802.1Q VLAN id.")] = None,
+    eth_type: Annotated[
+        int | None, typer.Option("--eth-type", help="EtherType of a frame without IP.")
+    ] = None,
+    src_ip: Annotated[str | None, typer.Option("--src-ip")] = None,
+    dst_ip: Annotated[str | None, typer.Option("--dst-ip")] = None,
+    protocol: Annotated[
+        str | None, typer.Option("--protocol", help="tcp, udp, icmp, arp or an IP protocol number.")
+    ] = None,
+    src_port: Annotated[int | None, typer.Option("--src-port")] = None,
+    dst_port: Annotated[int | None, typer.Option("--dst-port")] = None,
+    icmp_type: Annotated[int | None, typer.Option("--icmp-type")] = None,
+    icmp_code: Annotated[int | None, typer.Option("--icmp-code")] = None,
+    arp_op: Annotated[str | None, typer.Option("--arp-op", help="request or reply.")] = None,
+    ttl: Annotated[int | None, typer.Option("--ttl")] = None,
+    fragment: Annotated[
+        str | None, typer.Option("--fragment", help="none, first or later.")
+    ] = None,
+) -> None:
+    """Explain what the virtual network does with a packet: every device, chain and rule."""
+    body = describe(
+        {
+            "port_id": port,
+            "src_mac": src_mac,
+            "dst_mac": dst_mac,
+            "vlan_id": vlan,
+            "eth_type": eth_type,
+            "src_ip": src_ip,
+            "dst_ip": dst_ip,
+            "protocol": _protocol(protocol),
+            "src_port": src_port,
+            "dst_port": dst_port,
+            "icmp_type": icmp_type,
+            "icmp_code": icmp_code,
+            "arp_op": arp_op,
+            "ttl": ttl,
+            "fragment": fragment,
+        }
+    )
+    answer = session.api.post("traces", body)
+    if session.json_output:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    Console(soft_wrap=True).print(render_tree(answer))

@@ -1,0 +1,94 @@
+"""POST /traces: the simulation of a described packet over the stored topology."""
+
+from __future__ import annotations
+
+from api_helpers import Api
+
+VM1 = "02:00:00:00:00:01"
+
+
+def _routed(api: Api) -> tuple[dict, dict, dict]:
+    """bridge A (10.0.1.0/24) -- router -- bridge B (10.0.2.0/24); returns A's VM port,
+    B's VM port and the router port on A."""
+    router = api.router(name="r")
+    rp_a = api.router_port(router, "10.0.1.1")
+    rp_b = api.router_port(router, "10.0.2.1")
+    ports = []
+    for rp in (rp_a, rp_b):
+        bridge = api.bridge()
+        uplink = api.bridge_port(bridge)
+        api.post(f"/ports/{uplink['id']}/link", {"peer_id": rp["id"]}, status=200)
+        ports.append(api.bridge_port(bridge))
+    for rp in (rp_a, rp_b):
+        api.post(
+            f"/routers/{router['id']}/routes",
+            {
+                "dst_network_addr": rp["network_address"],
+                "dst_network_length": 24,
+                "next_hop_port": rp["id"],
+            },
+        )
+    return ports[0], ports[1], rp_a
+
+
+def test_flood_on_a_bridge_is_traced(api: Api) -> None:
+    bridge = api.bridge()
+    p1, p2, p3 = (api.bridge_port(bridge) for _ in range(3))
+    trace = api.post(
+        "/traces",
+        {"port_id": p1["id"], "src_mac": VM1, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2"},
+        status=200,
+    )
+    assert {o["port_id"] for o in trace["outputs"]} == {p2["id"], p3["id"]}
+    assert bridge["id"] in trace["tags"] or any(bridge["id"] in t for t in trace["tags"])
+
+
+def test_router_answers_arp_for_its_port(api: Api) -> None:
+    vm_port, _, _ = _routed(api)
+    trace = api.post(
+        "/traces",
+        {
+            "port_id": vm_port["id"],
+            "src_mac": VM1,
+            "protocol": "arp",
+            "src_ip": "10.0.1.5",
+            "dst_ip": "10.0.1.1",
+        },
+        status=200,
+    )
+    assert trace["outputs"] == []
+    assert [e["port_id"] for e in trace["emitted"]] == [vm_port["id"]]
+
+
+def test_ttl_1_through_the_router_gets_time_exceeded(api: Api) -> None:
+    vm_port, _, rp_a = _routed(api)
+    trace = api.post(
+        "/traces",
+        {
+            "port_id": vm_port["id"],
+            "src_mac": VM1,
+            "dst_mac": rp_a["port_mac"],
+            "src_ip": "10.0.1.5",
+            "dst_ip": "10.0.2.5",
+            "ttl": 1,
+        },
+        status=200,
+    )
+    # TTL 1 through a router: time exceeded comes back to the sender, nothing goes on
+    assert trace["outputs"] == []
+    assert [e["port_id"] for e in trace["emitted"]] == [vm_port["id"]]
+
+
+def test_unknown_ingress_port_is_a_400(api: Api) -> None:
+    body = {"port_id": "6f1e9d2c-9a51-4e2b-8a44-1c2d3e4f5a6b", "src_mac": VM1}
+    message = api.post("/traces", body, status=400)
+    assert "port_id" in message
+
+
+def test_bad_description_is_a_422_with_a_message(api: Api) -> None:
+    bridge = api.bridge()
+    port = api.bridge_port(bridge)
+    message = api.post(
+        "/traces", {"port_id": port["id"], "src_mac": VM1, "protocol": "tcp"}, status=422
+    )
+    assert "src_ip" in message

@@ -1,0 +1,318 @@
+"""A small cloud of namespaces for agent system tests, built and removed by the test.
+
+    tsy-<run>-ctl   br0 198.18.0.254/24 (MTU 1600): the underlay switch, and ZooKeeper
+    tsy-<run>-hK    ul0 198.18.0.K/24: a hypervisor, its agent a real `tessera agent`
+                    process started with `nsenter --net`
+    tsy-<run>-vmN   eth0: a VM, cabled by a veth to its host and bound to a port
+
+ZooKeeper runs inside the ctl namespace, so agents reach it over the underlay and the
+root namespace gets no address or route. The test's own NSDB client is made from inside
+that namespace too (a socket keeps the namespace it was created in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tessera.agent.control import request
+from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.model import Bridge, Port, Route, Router, TunnelZone
+from tessera.nsdb import tables
+from tessera.nsdb.store.topology import TopologyStore
+from tessera.nsdb.zkserver import ZookeeperServer
+from tessera.nsdb.zookeeper import ZookeeperNsdb
+
+T = TypeVar("T")
+TESSERA = str(Path(sys.executable).with_name("tessera"))
+CTL_IP = "198.18.0.254"
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc
+
+
+def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+class Ns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh("ip", "netns", "add", name)
+        self.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        self.run("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+        self.ip("link", "set", "lo", "up")
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def ip(self, *args: str) -> str:
+        return sh("ip", "-n", self.name, *args).stdout
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("nsenter", f"--net={self.path}", *argv, check=check, timeout=timeout)
+
+    def popen(self, *argv: str, **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(["nsenter", f"--net={self.path}", *argv], text=True, **kwargs)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return run_in_netns(self.path, fn)
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+@dataclass
+class Host:
+    name: str
+    host_id: str
+    ns: Ns
+    underlay_ip: str
+    proc: subprocess.Popen[str] | None = None
+    log: Path | None = None
+
+    def flows(self, run_dir: Path) -> list[dict[str, Any]]:
+        report = request(run_dir / "agents" / f"{self.host_id}.sock", "flows")
+        flows: list[dict[str, Any]] = report["flows"]
+        return flows
+
+    def status(self, run_dir: Path) -> dict[str, Any]:
+        answer: dict[str, Any] = request(run_dir / "agents" / f"{self.host_id}.sock", "status")
+        return answer
+
+
+@dataclass
+class Vm:
+    name: str
+    ns: Ns
+    port_id: str
+    mac: str
+    ip: str
+    host: Host
+    ifname: str
+    cidr: str
+    gw: str | None
+
+
+class Cloud:
+    def __init__(self, workdir: Path, datapath: str) -> None:
+        self.workdir = workdir
+        self.datapath = datapath
+        self.run_id = secrets.token_hex(3)
+        self.namespaces: list[Ns] = []
+        self.hosts: dict[str, Host] = {}
+        self.vms: dict[str, Vm] = {}
+        self.run_dir = Path("/tmp") / f"tsy-{self.run_id}"  # short: unix socket paths
+        self.run_dir.mkdir()
+        self.ctl = self._ns("ctl")
+        self.ctl.ip("link", "add", "br0", "mtu", "1600", "type", "bridge")
+        self.ctl.ip("addr", "add", f"{CTL_IP}/24", "dev", "br0")
+        self.ctl.ip("link", "set", "br0", "up")
+        self.zk = ZookeeperServer(workdir / "zookeeper", host=CTL_IP)
+        self.ctl.call(lambda: self.zk.start(timeout=60))
+        self.root = f"/tsy-{self.run_id}"
+        self.nsdb_url = f"zk://{CTL_IP}:{self.zk.port}{self.root}"
+        self.admin = self.ctl.call(lambda: ZookeeperNsdb(f"{CTL_IP}:{self.zk.port}", self.root))
+        self.topo = TopologyStore(self.admin)
+        self.zone = self.topo.create(TunnelZone(name="zone"))
+
+    def _ns(self, role: str) -> Ns:
+        ns = Ns(f"tsy-{self.run_id}-{role}")
+        self.namespaces.append(ns)
+        return ns
+
+    # -- hosts and agents --
+
+    def add_host(self, name: str, index: int) -> Host:
+        ns = self._ns(name)
+        ip = f"198.18.0.{index}"
+        peer = f"ul-{name}"
+        self.ctl.ip("link", "add", peer, "mtu", "1600", "type", "veth", "peer", "name", "ul0",
+                    "netns", ns.name)  # fmt: skip
+        self.ctl.ip("link", "set", peer, "master", "br0", "up")
+        ns.ip("addr", "add", f"{ip}/24", "dev", "ul0")
+        ns.ip("link", "set", "ul0", "mtu", "1600", "up")
+        host = Host(name, str(uuid.uuid4()), ns, ip)
+        self.hosts[name] = host
+        return host
+
+    def start_agent(self, host: Host, *, wait: bool = True) -> None:
+        host.log = self.workdir / f"agent-{host.name}.log"
+        env = {**os.environ, "TESSERA_RUN_DIR": str(self.run_dir)}
+        with open(host.log, "a") as log:
+            host.proc = host.ns.popen(
+                TESSERA, "agent",
+                "--host-id", host.host_id, "--name", host.name, "--nsdb", self.nsdb_url,
+                "--datapath", self.datapath, "--underlay-ip", host.underlay_ip,
+                "--tunnel-zone", self.zone.id, "--state-dir", str(self.workdir / "agent"),
+                "--log-level", "DEBUG",
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        if wait:
+            self.wait_alive(host)
+
+    def wait_alive(self, host: Host, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if host.proc is not None and host.proc.poll() is not None:
+                raise AssertionError(f"agent {host.name} exited:\n{self.agent_log(host)}")
+            alive = host.host_id in self.admin.state_get(tables.HOST_LIVENESS)
+            info = self.run_dir / "agents" / f"{host.host_id}.json"
+            try:
+                serving = json.loads(info.read_text())["pid"] == host.proc.pid  # type: ignore[union-attr]
+            except (OSError, ValueError, KeyError):
+                serving = False
+            return alive and serving
+
+        wait_for(f"agent {host.name} to register", ready, timeout)
+
+    def stop_agent(self, host: Host, sig: int = signal.SIGTERM) -> None:
+        proc = host.proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        host.proc = None
+
+    def agent_log(self, host: Host) -> str:
+        if host.log is None or not host.log.exists():
+            return ""
+        return "\n".join(host.log.read_text(errors="replace").splitlines()[-60:])
+
+    # -- topology --
+
+    def bridge(self, name: str) -> Bridge:
+        return self.topo.create(Bridge(name=name))
+
+    def router(self, name: str) -> Router:
+        return self.topo.create(Router(name=name))
+
+    def router_port(self, router: Router, cidr: str, mac: str, bridge: Bridge) -> Port:
+        address, length = cidr.split("/")
+        rp = self.topo.create(
+            Port(
+                device_id=router.id, type="Router", port_address=address,
+                network_address=address, network_length=int(length), port_mac=mac,
+            )
+        )  # fmt: skip
+        bp = self.topo.create(Port(device_id=bridge.id, type="Bridge"))
+        self.topo.link(rp.id, bp.id)
+        net = ".".join(address.split(".")[:3]) + ".0"
+        self.topo.create(
+            Route(router_id=router.id, dst_network_addr=net, dst_network_length=int(length),
+                  next_hop_port=rp.id)
+        )  # fmt: skip
+        return rp
+
+    def vm(
+        self, name: str, host: Host, bridge: Bridge, mac: str, cidr: str, gw: str | None = None
+    ) -> Vm:
+        ns = self._ns(name)
+        ifname = f"tap-{name}"
+        host.ns.ip("link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+        ns.ip("link", "set", "eth0", "address", mac, "up")
+        ns.ip("addr", "add", cidr, "dev", "eth0")
+        if gw:
+            ns.ip("route", "add", "default", "via", gw)
+        host.ns.ip("link", "set", ifname, "up")
+        port = self.topo.create(Port(device_id=bridge.id, type="Bridge"))
+        self.topo.bind(host.host_id, port.id, ifname)
+        vm = Vm(name, ns, port.id, mac, cidr.split("/")[0], host, ifname, cidr, gw)
+        self.vms[name] = vm
+        self.wait_attached(vm)
+        return vm
+
+    def wait_attached(self, vm: Vm, timeout: float = 20.0) -> None:
+        wait_for(
+            f"{vm.name}'s port to be attached on {vm.host.name}",
+            lambda: vm.port_id in vm.host.status(self.run_dir)["ports"],
+            timeout,
+        )
+
+    def move(self, vm: Vm, to: Host) -> None:
+        """Re-cable the VM to another host and re-bind its port there."""
+        self.topo.unbind(vm.host.host_id, vm.port_id)
+        vm.host.ns.ip("link", "del", vm.ifname)
+        to.ns.ip("link", "add", vm.ifname, "type", "veth", "peer", "name", "eth0",
+                 "netns", vm.ns.name)  # fmt: skip
+        # Deleting the old cable deleted the VM's eth0 with its address: configure anew.
+        vm.ns.ip("link", "set", "eth0", "address", vm.mac, "up")
+        vm.ns.ip("addr", "add", vm.cidr, "dev", "eth0")
+        if vm.gw:
+            vm.ns.ip("route", "add", "default", "via", vm.gw)
+        to.ns.ip("link", "set", vm.ifname, "up")
+        vm.host = to
+        self.topo.bind(to.host_id, vm.port_id, vm.ifname)
+        self.wait_attached(vm)
+
+    # -- traffic --
+
+    def ping(
+        self, vm: Vm, dst: str, count: int = 3, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        return vm.ns.run(
+            "ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", *extra, dst,
+            check=False, timeout=30,
+        )  # fmt: skip
+
+    # -- teardown --
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                self.stop_agent(host)
+        with contextlib.suppress(Exception):
+            self.admin.close()
+        with contextlib.suppress(Exception):
+            self.zk.stop()
+        for ns in reversed(self.namespaces):
+            ns.delete()
+        for host in self.hosts.values():
+            pins = Path("/sys/fs/bpf/tessera") / host.host_id
+            if pins.exists():
+                _rm_pins(pins)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def report(self) -> str:
+        return json.dumps({h.name: self.agent_log(h) for h in self.hosts.values()}, indent=1)
+
+
+def _rm_pins(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            _rm_pins(child)
+        path.rmdir()
+    else:
+        path.unlink()

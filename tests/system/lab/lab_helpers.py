@@ -1,0 +1,231 @@
+"""Driving `tessera lab` as a user does (the `tessera` command, as a process) and
+checking that it leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tessera.lab import names, procs
+from tessera.lab.state import lab_dir
+
+T = TypeVar("T")
+TESSERA = str(Path(sys.executable).with_name("tessera"))
+BPF_PINS = Path("/sys/fs/bpf/tessera")
+
+
+def root_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    return None
+
+
+def require_agent() -> None:
+    """The lab's hosts run `tessera agent`: without it no lab comes up. Fail, loudly,
+    rather than skip: these tests are the lab's acceptance."""
+    if importlib.util.find_spec("tessera.agent.cli") is None:
+        pytest.fail("`tessera agent` (tessera.agent.cli) is not available: the lab needs it")
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out.pop("TESSERA_LAB", None)
+    out.pop("TESSERA_API", None)
+    out["PATH"] = f"{Path(sys.executable).parent}:{out.get('PATH', '/usr/bin:/bin')}"
+    return out
+
+
+def tessera(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [TESSERA, *args], capture_output=True, text=True, timeout=timeout, env=env(), check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"tessera {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+# -- what the machine looks like -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    netns: frozenset[str]
+    root_links: frozenset[str]
+    pins: frozenset[str]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        links = subprocess.run(
+            ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        root_links = frozenset(
+            line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
+        )
+        pins: set[str] = set()
+        if BPF_PINS.is_dir():
+            pins = {str(p) for p in BPF_PINS.rglob("*")}
+        return cls(frozenset(_netns()), root_links, frozenset(pins))
+
+
+def _netns() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except OSError:
+        return []
+
+
+class Lab:
+    """One lab under test, by name; `down()` and `assert_gone()` at the end."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or unique_name()
+        self.api_url: str | None = None
+        self.pids: set[int] = set()
+
+    # -- commands --
+
+    def up(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        proc = tessera("lab", "up", "--name", self.name, *args, timeout=timeout)
+        last = proc.stdout.strip().splitlines()[-1]
+        assert last.startswith("TESSERA_API=http://"), proc.stdout
+        self.api_url = last.removeprefix("TESSERA_API=")
+        return proc
+
+    def cmd(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """`tessera lab SUBCOMMAND --name LAB ARGS...` (options before positionals)."""
+        sub, rest = args[0], args[1:]
+        if sub in ("vm", "agent", "nsdb"):
+            return tessera(
+                "lab", sub, rest[0], "--name", self.name, *rest[1:], check=check, timeout=timeout
+            )
+        return tessera("lab", sub, "--name", self.name, *rest, check=check, timeout=timeout)
+
+    def exec(
+        self, target: str, *argv: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return tessera(
+            "lab", "exec", "--name", self.name, target, "--", *argv, check=check, timeout=timeout
+        )
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.cmd("status", "--json").stdout)
+        return data
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        self.pids |= self.recorded_pids()
+        return tessera("lab", "down", "--name", self.name, timeout=120)
+
+    # -- API --
+
+    def api(self) -> httpx.Client:
+        assert self.api_url is not None
+        return httpx.Client(base_url=self.api_url + "/", timeout=15.0)
+
+    def create(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        with self.api() as client:
+            response = client.post(path.lstrip("/"), json=body or {})
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def get(self, path: str) -> Any:
+        with self.api() as client:
+            response = client.get(path.lstrip("/"))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def health(self) -> int:
+        """The API's /health status code (0: no answer)."""
+        assert self.api_url is not None
+        try:
+            return httpx.get(self.api_url + "/health", timeout=5).status_code
+        except httpx.HTTPError:
+            return 0
+
+    # -- what it made --
+
+    @property
+    def dir(self) -> Path:
+        return lab_dir(self.name)
+
+    def recorded_pids(self) -> set[int]:
+        found: set[int] = set()
+        if self.dir.exists():
+            for pid_file in self.dir.rglob("*.pid"):
+                with contextlib.suppress(ValueError, OSError):
+                    found.add(int(pid_file.read_text().split()[0]))
+        found |= set(procs.owned_by(self.dir))
+        return found
+
+    def namespaces(self) -> set[str]:
+        return {n for n in _netns() if n.startswith(names.netns_prefix(self.name))}
+
+    def host_ids(self, count: int = 8) -> list[str]:
+        return [names.host_id(self.name, k) for k in range(1, count + 1)]
+
+    def assert_gone(self, before: Snapshot) -> None:
+        """Nothing of the lab is left, and the machine looks as it did before it."""
+        after = Snapshot.take()
+        prefix = names.netns_prefix(self.name)
+        assert not [n for n in after.netns if n.startswith(prefix)], after.netns
+        assert after.root_links == before.root_links, "root namespace links changed"
+        for host_id in self.host_ids():
+            assert not (BPF_PINS / host_id).exists(), f"pins of {host_id} left"
+        ours = {p for p in after.pins if any(h in p for h in self.host_ids())}
+        assert not ours, ours
+        assert not self.dir.exists(), f"{self.dir} left"
+        alive = [p for p in self.pids if _is_lab_process(p, self)]
+        assert not alive, f"processes left: {alive}"
+        assert not procs.owned_by(self.dir)
+
+
+def agent_status(host_id: str) -> dict[str, Any]:
+    """The agent's own answer on its control socket (what `tessera flows` reads)."""
+    from tessera.agent.control import agents_dir, request
+
+    answer: dict[str, Any] = request(agents_dir() / f"{host_id}.sock", "status")
+    return answer
+
+
+def _is_lab_process(pid: int, lab: Lab) -> bool:
+    """A recorded pid still running *as the lab's process* (pids get reused)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{procs.OWNER_ENV}={lab.dir}".encode() in environ.split(b"\0")

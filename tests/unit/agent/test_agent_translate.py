@@ -1,0 +1,75 @@
+"""Per-output rewrites become one cumulative action list that gives every output the
+frame its own branch of the simulation produced."""
+
+from __future__ import annotations
+
+from dp_frames_agent import frame_with_ttl
+
+from tessera.agent.tags import host_tag
+from tessera.agent.translate import PortLocation, translate
+from tessera.datapath.base import DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
+from tessera.datapath.frames import run_actions
+from tessera.packet import Ethernet, IPv4
+from tessera.packet.match import Field, FlowMatch
+from tessera.simulation.result import Output as VOut
+
+PLACES = {
+    "a": PortLocation(local=1),
+    "b": PortLocation(local=2),
+    "r": PortLocation(vni=7, remote_ip=0xC6120002, host_id="h2"),
+}
+
+
+def _locate(port_id: str) -> PortLocation | None:
+    return PLACES.get(port_id)
+
+
+def test_each_output_gets_its_own_branch_of_rewrites() -> None:
+    frame = frame_with_ttl(64)
+    m = FlowMatch.from_frame("in", frame)
+    outputs = (
+        VOut("b", eth_src=0xAA, eth_dst=0xBB, ttl_dec=1),  # routed
+        VOut("a"),  # flooded as it arrived
+        VOut("r", eth_dst=0xCC),
+    )
+    t = translate(outputs, m, _locate)
+    result = run_actions(frame, t.actions)
+    seen = {}
+    for action, data in result.outputs:
+        eth = Ethernet.parse(data)
+        assert isinstance(eth.payload, IPv4)
+        key = action.port if isinstance(action, Output) else "tunnel"
+        seen[key] = (eth.src, eth.dst, eth.payload.ttl)
+    original = Ethernet.parse(frame)
+    assert seen[1] == (original.src, original.dst, 64)
+    assert seen[2] == (0xAA, 0xBB, 63)
+    assert seen["tunnel"] == (original.src, 0xCC, 64)
+    assert t.extra_mask == 0  # ordered so that nothing had to be restored
+    assert {"a", "b", "r", host_tag("h2")} <= t.tags
+
+
+def test_a_mac_rewritten_before_a_decrement_is_restored_and_joins_the_mask() -> None:
+    frame = frame_with_ttl(64)
+    m = FlowMatch.from_frame("in", frame)
+    t = translate((VOut("a", eth_src=0xAA), VOut("b", ttl_dec=1)), m, _locate)
+    original = Ethernet.parse(frame)
+    outs = {a.port: Ethernet.parse(d) for a, d in run_actions(frame, t.actions).outputs}  # type: ignore[union-attr]
+    assert outs[1].src == 0xAA
+    assert outs[2].src == original.src and outs[2].payload.ttl == 63  # type: ignore[union-attr]
+    assert t.extra_mask == int(Field.ETH_SRC)
+
+
+def test_ttl_decrements_come_last_and_never_repeat() -> None:
+    frame = frame_with_ttl(10)
+    m = FlowMatch.from_frame("in", frame)
+    t = translate((VOut("a", ttl_dec=1), VOut("b", ttl_dec=1)), m, _locate)
+    assert t.actions == [DecTtl(1), Output(1), Output(2)]
+
+
+def test_an_unlocatable_port_gets_no_action_but_its_tag() -> None:
+    frame = frame_with_ttl(10)
+    t = translate((VOut("nowhere"), VOut("a")), FlowMatch.from_frame("in", frame), _locate)
+    assert t.actions == [Output(1)] and "nowhere" in t.tags
+    t = translate((VOut("r", eth_src=5),), FlowMatch.from_frame("in", frame), _locate)
+    assert t.actions == [SetEthSrc(5), OutputTunnel(7, 0xC6120002)]
+    assert SetEthDst not in {type(a) for a in t.actions}

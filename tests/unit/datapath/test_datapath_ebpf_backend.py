@@ -1,0 +1,244 @@
+"""The eBPF backend behind the common interface, with real traffic between namespaces.
+
+What is checked here is the translation layer (ports ↔ ifindexes, `Match` ↔ kernel key,
+actions both ways), the miss/reinject round trip, restart adoption of pinned state, and
+VXLAN between an eBPF host and another eBPF host or a userspace host. The C program
+itself is tested in tests/unit/datapath_ebpf.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dp_netns import Netns, NetnsFactory, cable_vm, ping, tcp_transfer
+
+from tessera.datapath import links
+from tessera.datapath.base import (
+    Datapath,
+    DecTtl,
+    Flow,
+    Match,
+    Output,
+    OutputTunnel,
+    SetEthDst,
+    SetEthSrc,
+)
+from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
+from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, to_kernel
+from tessera.datapath.userspace import UserspaceDatapath
+from tessera.packet import Ethernet
+from tessera.packet.addr import ip_from_str, mac_from_str
+
+pytestmark = pytest.mark.root
+
+MAC1, MAC2 = "02:00:00:00:01:01", "02:00:00:00:01:02"
+
+
+def _missing() -> str | None:
+    for tool in ("clang", "bpftool", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    return None
+
+
+@pytest.fixture
+def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Netns | None, Datapath]]]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    out: list[tuple[Netns | None, Datapath]] = []
+    yield out
+    for ns, dp in out:
+        if ns is not None:
+            ns.call(dp.close)
+        else:
+            dp.close()
+        if isinstance(dp, EbpfDatapath):
+            dp.fastpath.purge()
+
+
+@pytest.fixture(scope="module")
+def obj_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bpf-cache")
+
+
+def _ebpf(ns: Netns, obj_cache: Path, vxlan: str | None = None) -> EbpfDatapath:
+    ensure_bpffs()
+    dp = EbpfDatapath(
+        BPFFS / f"tsd-{secrets.token_hex(4)}", cache_dir=obj_cache, vxlan_ifname=vxlan
+    )
+    ns.call(dp.start)
+    return dp
+
+
+def _l2(dp: Datapath, a: int, b: int) -> None:
+    for src, dst, mac in ((a, b, MAC2), (b, a, MAC1)):
+        dp.install(Flow(Match.of(in_port=src, eth_dst=mac_from_str(mac)), (Output(dst),)))
+        dp.install(Flow(Match.of(in_port=src, eth_dst=0xFFFF_FFFF_FFFF), (Output(dst),)))
+
+
+def test_key_and_mask_round_trip() -> None:
+    m = Match.of(in_port=3, eth_dst=mac_from_str(MAC2), ip_dst="10.0.0.2", tp_dst=80)
+    assert from_kernel(*to_kernel(m)) == m
+
+
+def test_misses_reinject_flows_counters_and_tcp(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
+    cable_vm(host, "tap1", vm1, MAC1, "10.9.0.1/24")
+    cable_vm(host, "tap2", vm2, MAC2, "10.9.0.2/24")
+    dp = _ebpf(host, obj_cache)
+    made.append((host, dp))
+    host.call(lambda: dp.add_port(1, "tap1", 11))
+    host.call(lambda: dp.add_port(2, "tap2", 12))
+    assert {n: (b.ifname, b.tunnel_key) for n, b in dp.ports().items()} == {
+        1: ("tap1", 11), 2: ("tap2", 12),
+    }  # fmt: skip
+    vm1.ip("neigh", "add", "10.9.0.2", "lladdr", MAC2, "dev", "eth0")
+    vm2.ip("neigh", "add", "10.9.0.1", "lladdr", MAC1, "dev", "eth0")
+
+    proc = vm1.popen("ping", "-c", "1", "-W", "3", "10.9.0.2")
+    misses = []
+    deadline = time.monotonic() + 3
+    while not misses and time.monotonic() < deadline:
+        misses = [m for m in dp.recv_misses(0.2) if m.port == 1]
+    assert misses, "the first packet must reach the agent as a miss from port 1"
+    # Act as the agent: install, then reinject the missed packet.
+    _l2(dp, 1, 2)
+    for m in misses:
+        dp.reinject(m)
+    assert proc.wait(timeout=10) == 0, "the reinjected ping must be answered"
+
+    assert ping(vm1, "10.9.0.2")
+    assert tcp_transfer(vm2, "10.9.0.2", vm1, 3_000_000) == "ok"
+    match = Match.of(in_port=1, eth_dst=mac_from_str(MAC2))
+    stats = dp.stats(match)
+    assert stats is not None and stats.packets > 10 and stats.last_used is not None
+    assert abs(time.monotonic() - stats.last_used) < 5
+    assert dp.dump()[match].flow.actions == (Output(2),)
+    assert dp.delete(match) and dp.stats(match) is None
+
+
+def test_rewrites_and_ttl_in_the_kernel(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
+    cable_vm(host, "tap1", vm1, MAC1, "10.9.1.2/24")
+    cable_vm(host, "tap2", vm2, MAC2, "10.9.2.2/24")
+    vm1.ip("route", "add", "default", "via", "10.9.1.1")
+    vm2.ip("route", "add", "default", "via", "10.9.2.1")
+    gw1, gw2 = "02:7e:00:00:00:01", "02:7e:00:00:00:02"
+    vm1.ip("neigh", "add", "10.9.1.1", "lladdr", gw1, "dev", "eth0")
+    vm2.ip("neigh", "add", "10.9.2.1", "lladdr", gw2, "dev", "eth0")
+    dp = _ebpf(host, obj_cache)
+    made.append((host, dp))
+    host.call(lambda: dp.add_port(1, "tap1"))
+    host.call(lambda: dp.add_port(2, "tap2"))
+    # A router in two flows: MACs rewritten, TTL decremented by the kernel.
+    for src, dst, router_mac, vm_mac in ((1, 2, gw2, MAC2), (2, 1, gw1, MAC1)):
+        actions = (
+            SetEthSrc(mac_from_str(router_mac)), SetEthDst(mac_from_str(vm_mac)), DecTtl(1),
+            Output(dst),
+        )  # fmt: skip
+        dp.install(Flow(Match.of(in_port=src, eth_type=0x0800), actions))
+    out = vm1.run("ping", "-c", "2", "-i", "0.2", "-W", "2", "10.9.2.2", check=False)
+    assert out.returncode == 0, out.stdout
+    assert "ttl=63" in out.stdout
+    assert tcp_transfer(vm2, "10.9.2.2", vm1, 1_000_000) == "ok"
+
+
+def test_a_restart_adopts_ports_and_flows_and_never_stops_forwarding(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
+    cable_vm(host, "tap1", vm1, MAC1, "10.9.0.1/24")
+    cable_vm(host, "tap2", vm2, MAC2, "10.9.0.2/24")
+    dp = _ebpf(host, obj_cache)
+    host.call(lambda: dp.add_port(1, "tap1", 11))
+    host.call(lambda: dp.add_port(2, "tap2", 12))
+    _l2(dp, 1, 2)
+    before = dp.dump()
+    pin_dir = dp.fastpath.pin_dir
+    host.call(dp.close)  # the agent is gone ...
+    assert ping(vm1, "10.9.0.2")  # ... the kernel still forwards
+    again = EbpfDatapath(pin_dir, cache_dir=obj_cache, vxlan_ifname=None)
+    made.append((host, again))
+    host.call(again.start)
+    assert {n: (b.ifname, b.tunnel_key) for n, b in again.ports().items()} == {
+        1: ("tap1", 11), 2: ("tap2", 12),
+    }  # fmt: skip
+    assert {m: i.flow for m, i in again.dump().items()} == {m: i.flow for m, i in before.items()}
+    assert ping(vm1, "10.9.0.2")
+
+
+def _vxlan_host(ns: Netns) -> None:
+    ns.call(lambda: links.ensure_vxlan("vxlan0", "ul0"))
+
+
+def test_vxlan_between_ebpf_hosts_and_with_a_userspace_host(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    h1, h2, h3 = netns("h1"), netns("h2"), netns("h3")
+    vm1, vm2, vm3 = netns("vm1"), netns("vm2"), netns("vm3")
+    h1.ip("link", "add", "br-ul", "type", "bridge")  # one underlay segment for 3 hosts
+    h1.ip("link", "set", "br-ul", "up")
+    for i, h in enumerate((h1, h2, h3), start=1):
+        if h is h1:
+            h1.ip("link", "add", "ul0", "mtu", "1600", "type", "veth", "peer", "name", "ulp1")
+            h1.ip("link", "set", "ulp1", "master", "br-ul", "mtu", "1600", "up")
+        else:
+            h1.ip("link", "add", f"ulp{i}", "mtu", "1600", "type", "veth", "peer", "name", "ul0",
+                  "netns", h.name)  # fmt: skip
+            h1.ip("link", "set", f"ulp{i}", "master", "br-ul", "up")
+        h.ip("addr", "add", f"198.18.0.{i}/24", "dev", "ul0")
+        h.ip("link", "set", "ul0", "mtu", "1600", "up")
+    macs = {1: "02:00:00:00:03:01", 2: "02:00:00:00:03:02", 3: "02:00:00:00:03:03"}
+    for i, (h, vm) in enumerate(((h1, vm1), (h2, vm2), (h3, vm3)), start=1):
+        cable_vm(h, "tap1", vm, macs[i], f"10.9.0.{i}/24")
+        for j in (1, 2, 3):
+            if j != i:
+                vm.ip("neigh", "add", f"10.9.0.{j}", "lladdr", macs[j], "dev", "eth0")
+    _vxlan_host(h1)
+    _vxlan_host(h2)
+    dp1, dp2 = _ebpf(h1, obj_cache, "vxlan0"), _ebpf(h2, obj_cache, "vxlan0")
+    dp3 = UserspaceDatapath("198.18.0.3")
+    h3.call(dp3.start)
+    made += [(h1, dp1), (h2, dp2), (h3, dp3)]
+    for h, dp, vni in ((h1, dp1, 101), (h2, dp2, 102), (h3, dp3, 103)):
+        h.call(lambda dp=dp, vni=vni: dp.add_port(1, "tap1", vni))
+    vnis = {1: 101, 2: 102, 3: 103}
+    for i, dp in ((1, dp1), (2, dp2), (3, dp3)):
+        for j in (1, 2, 3):
+            if j != i:
+                remote = OutputTunnel(vnis[j], ip_from_str(f"198.18.0.{j}"))
+                dp.install(Flow(Match.of(in_port=1, eth_dst=mac_from_str(macs[j])), (remote,)))
+    assert ping(vm1, "10.9.0.2"), "eBPF to eBPF"
+    assert ping(vm1, "10.9.0.3"), "eBPF to userspace"
+    assert ping(vm3, "10.9.0.2"), "userspace to eBPF"
+    assert tcp_transfer(vm2, "10.9.0.2", vm1, 2_000_000) == "ok"
+    assert tcp_transfer(vm3, "10.9.0.3", vm2, 1_000_000) == "ok"
+
+    # A generated packet sent from userspace into the tunnel arrives as well.
+    got = vm2.popen(
+        "timeout",
+        "3",
+        "tcpdump",
+        "-c",
+        "1",
+        "-nn",
+        "-i",
+        "eth0",
+        "ether",
+        "src",
+        "02:aa:00:00:00:01",
+    )
+    time.sleep(0.5)
+    frame = Ethernet(mac_from_str(macs[2]), mac_from_str("02:aa:00:00:00:01"), 0x88B5, b"x" * 46)
+    dp1.execute(frame.build(), [OutputTunnel(102, ip_from_str("198.18.0.2"))])
+    assert got.wait(timeout=10) == 0
