@@ -9,22 +9,18 @@ namespace's links or routes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.lab.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 COMMAND_TIMEOUT = 30.0
 T = TypeVar("T")
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(
@@ -131,28 +127,7 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     with it; this process stays where it is. Sockets `fn` creates belong to `name`
     for good, whichever thread uses them later.
     """
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({name}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=body, name=f"netns:{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    return run_in_netns(path(name), fn)
 
 
 def inode(name: str) -> int | None:
