@@ -10,7 +10,6 @@ and only this run's are removed; every process is started here and stopped by it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -30,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.datapath.ebpf.netns import enter_netns, run_in_netns
 
 
 class BenchError(RuntimeError):
@@ -503,21 +502,6 @@ class Ticker(threading.Thread):
 
 
 # --- services reached through a namespace ----------------------------------------------
-
-
-def enter_netns(path: str) -> None:
-    """Move the calling thread (only it) into the network namespace at ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
 
 class NetnsHttp:

@@ -40,6 +40,18 @@ def nsenter_prefix(netns: str | os.PathLike[str] | None) -> list[str]:
     return [] if path is None else ["nsenter", f"--net={path}"]
 
 
+def enter_netns(path: str | os.PathLike[str]) -> None:
+    """Move the calling thread (only it) into the network namespace at ``path``: for
+    threads that live there for good, e.g. a thread pool's initializer."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def run_in_netns(netns: str | os.PathLike[str] | None, fn: Callable[[], T]) -> T:
     """Call ``fn()`` with the calling thread inside ``netns``; return its result."""
     path = netns_path(netns)
@@ -50,13 +62,7 @@ def run_in_netns(netns: str | os.PathLike[str] | None, fn: Callable[[], T]) -> T
 
     def body() -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter_netns(path)
             result.append(fn())
         except BaseException as e:
             error.append(e)
