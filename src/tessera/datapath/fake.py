@@ -29,11 +29,9 @@ from tessera.datapath.base import (
     Output,
     OutputTunnel,
     PortBinding,
-    packet_key,
 )
 from tessera.datapath.frames import run_actions
 from tessera.datapath.table import MegaflowTable
-from tessera.packet.errors import PacketError
 
 
 @dataclass(frozen=True)
@@ -155,18 +153,11 @@ class FakeDatapath(Datapath):
             return len(self._misses)
 
     def _process(self, port: int, frame: bytes, *, reinjected: bool) -> None:
-        try:
-            key = packet_key(port, frame)
-        except PacketError:
-            entry = None
-        else:
-            entry = self.table.lookup(key)
-        if entry is None:
+        result = self.table.forward(port, frame, self.clock())
+        if result is None:
             if not reinjected:
                 self._queue_miss(port, frame)
             return
-        entry.hit(len(frame), self.clock())
-        result = run_actions(frame, entry.flow.actions)
         self._emit(result.outputs)
         if result.to_userspace and not reinjected:
             self._queue_miss(port, frame)

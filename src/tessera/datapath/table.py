@@ -12,7 +12,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tessera.datapath.base import Flow, FlowStats, InstalledFlow, Match, PacketKey
+from tessera.datapath.base import (
+    Flow,
+    FlowStats,
+    InstalledFlow,
+    Match,
+    PacketKey,
+    packet_key,
+)
+from tessera.datapath.frames import Execution, run_actions
+from tessera.packet.errors import PacketError
 from tessera.packet.match import FIELD_NAMES
 
 
@@ -79,6 +88,18 @@ class MegaflowTable:
             if entry is not None:
                 return entry
         return None
+
+    def forward(self, port: int, frame: bytes, now: float) -> Execution | None:
+        """Run the flow `frame` hits (counting the hit); None on a miss, including a
+        frame too malformed to have a key."""
+        try:
+            entry = self.lookup(packet_key(port, frame))
+        except PacketError:
+            return None
+        if entry is None:
+            return None
+        entry.hit(len(frame), now)
+        return run_actions(frame, entry.flow.actions)
 
     def stats(self, match: Match) -> FlowStats | None:
         entry = self._flows.get(match)

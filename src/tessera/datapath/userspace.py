@@ -40,7 +40,6 @@ from tessera.datapath.base import (
     Output,
     OutputTunnel,
     PortBinding,
-    packet_key,
 )
 from tessera.datapath.frames import run_actions
 from tessera.datapath.segment import prepare
@@ -286,18 +285,11 @@ class UserspaceDatapath(Datapath):
             self._send_port(entry, frame)
 
     def _forward(self, port: int, frame: bytes, *, reinjected: bool, in_mtu: int = 1500) -> None:
-        try:
-            key = packet_key(port, frame)
-        except PacketError:
-            entry = None
-        else:
-            entry = self.table.lookup(key)
-        if entry is None:
+        result = self.table.forward(port, frame, time.monotonic())
+        if result is None:
             if not reinjected:
                 self._queue_miss(port, frame)
             return
-        entry.hit(len(frame), time.monotonic())
-        result = run_actions(frame, entry.flow.actions)
         self._send(result.outputs, in_mtu)
         if result.to_userspace and not reinjected:
             self._queue_miss(port, frame)
