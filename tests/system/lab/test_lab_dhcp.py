@@ -5,6 +5,7 @@ written outside the VM (Debian's default script would rewrite /etc/resolv.conf).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ if (_why := root_missing()) is not None:
     pytest.skip(_why, allow_module_level=True)
 if shutil.which("busybox") is None or shutil.which("udhcpc") is None:
     pytest.fail("busybox (udhcpc, udhcpd) is needed: apt install udhcpc busybox")
+
+
+POOL_START, POOL_END = ipaddress.IPv4Address("10.9.0.50"), ipaddress.IPv4Address("10.9.0.60")
 
 
 class Wire:
@@ -44,8 +48,8 @@ class Wire:
         config.write_text(
             "\n".join(
                 [
-                    "start 10.9.0.50",
-                    "end 10.9.0.60",
+                    f"start {POOL_START}",
+                    f"end {POOL_END}",
                     "interface srv0",
                     f"lease_file {directory / 'leases'}",
                     f"pidfile {directory / 'udhcpd.pid'}",
@@ -106,9 +110,12 @@ def test_a_lease_with_classless_routes_configures_address_mtu_and_routes(
         ],
     )
     summary = dhcp.run_client(wire.vm, "eth0", dhcp.write_script(tmp_path), "vmx")
-    assert summary.startswith("bound 10.9.0.5")
+    # udhcpd picks the address in its pool from the client's MAC, so any of .50-.60.
     (address,) = netns.ipv4_addresses(wire.vm, "eth0")
-    assert address.startswith("10.9.0.5") and address.endswith("/24")
+    assert summary.startswith(f"bound {address} ")
+    interface = ipaddress.IPv4Interface(address)
+    assert interface.network == ipaddress.IPv4Network("10.9.0.0/24")
+    assert POOL_START <= interface.ip <= POOL_END
     assert netns.link_info(wire.vm, "eth0")[1] == 1400
     routes = _routes(wire.vm)
     assert "172.16.0.0/16 via 10.9.0.254 dev eth0 proto dhcp" in routes
