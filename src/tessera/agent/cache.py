@@ -119,6 +119,9 @@ class TopologyCache:
         self._generation = 0
         self._topology_generation = 0
         self._view: View | None = None
+        # The objects of the last view and the topology generation they are of: learned
+        # MACs and ARPs change far more often than the topology and reuse them.
+        self._view_objects: tuple[int, tuple[StoredObject, ...]] | None = None
         self._wanted: set[Key] = set()
         # Devices whose children are subscribed; None while their initial list is due,
         # else the child ids still awaited. A device is complete when its set is empty.
@@ -445,6 +448,18 @@ class TopologyCache:
 
     def _build_view(self) -> View:
         s = self._s
+        if self._view_objects is None or self._view_objects[0] != self._topology_generation:
+            self._view_objects = (self._topology_generation, self._view_topology())
+        return View(
+            self._generation,
+            self._topology_generation,
+            self._view_objects[1],
+            _frozen(s.macs),
+            _frozen(s.arps),
+        )
+
+    def _view_topology(self) -> tuple[StoredObject, ...]:
+        s = self._s
         complete = {d for d, waiting in self._children.items() if waiting == set()}
         objects: list[StoredObject] = []
         for kind in (Bridge.kind, Router.kind):
@@ -469,13 +484,7 @@ class TopologyCache:
         )
         for kind in (Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind):
             objects.extend(s.of(kind).values())
-        return View(
-            self._generation,
-            self._topology_generation,
-            tuple(objects),
-            _frozen(s.macs),
-            _frozen(s.arps),
-        )
+        return tuple(objects)
 
     def get(self, kind: str, id: str) -> Any:
         kind = KIND_ALIASES.get(kind, kind)

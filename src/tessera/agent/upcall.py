@@ -63,6 +63,9 @@ MAX_PACKETS_PER_FLOW = 64  # packets kept per waiting flow; more are dropped
 
 
 class Simulator(Protocol):
+    def prepare(self) -> None:
+        """Do ahead of time what the next simulation needs (called when idle)."""
+
     def simulate(
         self,
         frame: bytes,
