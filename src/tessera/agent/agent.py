@@ -13,6 +13,7 @@ flows keep forwarding until each is re-simulated and kept, replaced or removed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import queue
@@ -44,6 +45,11 @@ SWEEP = 2.0  # expiry and reconciliation against the datapath
 # has come for this long: a burst of changes compiles once, not once per change, and the
 # next miss does not pay for it (a miss that comes first compiles, as it always could).
 SETTLE = 0.001
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_int(address: str) -> int:
+    return int(ipaddress.IPv4Address(address))
 
 
 class Agent:
@@ -235,11 +241,7 @@ class Agent:
         address = self.cache.host_address(host_id)
         if address is None:
             return PortLocation(host_id=host_id)
-        return PortLocation(
-            vni=port.tunnel_key,
-            remote_ip=int(ipaddress.IPv4Address(address)),
-            host_id=host_id,
-        )
+        return PortLocation(vni=port.tunnel_key, remote_ip=_ip_int(address), host_id=host_id)
 
     # -- reports (control socket thread) ------------------------------------------------------
 

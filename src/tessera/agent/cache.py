@@ -122,6 +122,7 @@ class TopologyCache:
         # The objects of the last view and the topology generation they are of: learned
         # MACs and ARPs change far more often than the topology and reuse them.
         self._view_objects: tuple[int, tuple[StoredObject, ...]] | None = None
+        self._addresses: dict[str, str | None] = {}  # host_address answers
         self._wanted: set[Key] = set()
         # Devices whose children are subscribed; None while their initial list is due,
         # else the child ids still awaited. A device is complete when its set is empty.
@@ -344,6 +345,7 @@ class TopologyCache:
                 bindings = was or now
             elif isinstance(current, Host | TunnelZone):
                 tunnels = True
+                self._addresses.clear()
                 tags |= _host_tags(old, new)
             elif isinstance(current, Route | DhcpSubnet):
                 parent = getattr(current, _CHILDREN[current.kind])
@@ -513,7 +515,18 @@ class TopologyCache:
 
     def host_address(self, host_id: str) -> str | None:
         """The underlay address that reaches `host_id`: its address in a tunnel zone this
-        host shares with it, else in any zone, else its registered address."""
+        host shares with it, else in any zone, else its registered address.
+
+        Every flow to a remote port asks, and the answer scans every zone's members:
+        it is kept until a host or tunnel zone changes."""
+        with self._lock:
+            if host_id in self._addresses:
+                return self._addresses[host_id]
+            address = self._host_address(host_id)
+            self._addresses[host_id] = address
+            return address
+
+    def _host_address(self, host_id: str) -> str | None:
         with self._lock:
             zones = [z for z in self._s.of(TunnelZone.kind).values() if isinstance(z, TunnelZone)]
             host = self._s.of(Host.kind).get(host_id)

@@ -33,8 +33,16 @@ _INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
 PacketKey: TypeAlias = tuple[int, ...]
 
 
-def _indexes(mask: int) -> tuple[int, ...]:
-    return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
+class _Indexes(dict[int, tuple[int, ...]]):
+    """The field indexes a mask selects, computed once per mask (there are few masks and
+    the miss path asks for them several times per packet)."""
+
+    def __missing__(self, mask: int) -> tuple[int, ...]:
+        out = self[mask] = tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
+        return out
+
+
+_indexes = _Indexes().__getitem__
 
 
 # --- matches ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ difference).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -48,7 +49,7 @@ from tessera.datapath.base import (
 )
 from tessera.datapath.ebpf import actions as ea
 from tessera.datapath.ebpf.bpf import prog_info
-from tessera.datapath.ebpf.layout import FlowKey
+from tessera.datapath.ebpf.layout import FlowKey, Mac
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
 from tessera.datapath.ebpf.maps import FlowEntry, MaskTableFull
 from tessera.datapath.ebpf.upcall import MissChannel, VnetHdr
@@ -68,15 +69,40 @@ _MAC_FIELDS = ("eth_src", "eth_dst")
 
 
 def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
-    """(key, mask) of a match in the kernel's layout."""
-    fields: dict[str, object] = {}
-    names: list[str] = []
-    for i, name in enumerate(FIELD_NAMES):
-        if match.mask >> i & 1:
-            names.append(name)
-            value = match.values[i]
-            fields[name] = value.to_bytes(6, "big") if name in _MAC_FIELDS else value
-    return FlowKey.make(**fields), FlowKey.mask_of(names)
+    """(key, mask) of a match in the kernel's layout.
+
+    On the miss path, so it skips `FlowKey.make`'s parsing and checks: a `Match` holds
+    integers already (validated where they were parsed), and masks repeat.
+    """
+    key = FlowKey()
+    values = match.values
+    for i, name, is_mac in _KEY_FIELDS[match.mask]:
+        if is_mac:
+            setattr(key, name, Mac.from_buffer_copy(values[i].to_bytes(6, "big")))
+        else:
+            setattr(key, name, values[i])
+    return key, FlowKey.from_buffer_copy(_kernel_mask(match.mask))
+
+
+class _KeyFields(dict[int, tuple[tuple[int, str, bool], ...]]):
+    """Per match mask: (value index, kernel field name, is a MAC) of its fields."""
+
+    def __missing__(self, mask: int) -> tuple[tuple[int, str, bool], ...]:
+        fields = tuple(
+            (i, name, name in _MAC_FIELDS)
+            for i, name in enumerate(FIELD_NAMES)
+            if mask >> i & 1
+        )
+        self[mask] = fields
+        return fields
+
+
+_KEY_FIELDS = _KeyFields()
+
+
+@functools.lru_cache(maxsize=1024)
+def _kernel_mask(mask: int) -> bytes:
+    return bytes(FlowKey.mask_of(name for _i, name, _m in _KEY_FIELDS[mask]))
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:

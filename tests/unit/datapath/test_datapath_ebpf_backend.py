@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from dp_netns import Netns, NetnsFactory, cable_vm, ping, tcp_transfer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tessera.datapath import links
 from tessera.datapath.base import (
@@ -28,11 +30,13 @@ from tessera.datapath.base import (
     SetEthDst,
     SetEthSrc,
 )
+from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, to_kernel
 from tessera.datapath.userspace import UserspaceDatapath
 from tessera.packet import Ethernet
 from tessera.packet.addr import ip_from_str, mac_from_str
+from tessera.packet.match import FIELD_NAMES
 
 pytestmark = pytest.mark.root
 
@@ -85,6 +89,27 @@ def _l2(dp: Datapath, a: int, b: int) -> None:
 def test_key_and_mask_round_trip() -> None:
     m = Match.of(in_port=3, eth_dst=mac_from_str(MAC2), ip_dst="10.0.0.2", tp_dst=80)
     assert from_kernel(*to_kernel(m)) == m
+
+
+_WIDTH = {"eth_src": 48, "eth_dst": 48, "ip_src": 32, "ip_dst": 32, "in_port": 12,
+          "vlan_id": 12, "eth_type": 16, "tp_src": 16, "tp_dst": 16}  # fmt: skip
+
+
+@st.composite
+def _matches(draw: st.DrawFn) -> Match:
+    names = draw(st.sets(st.sampled_from(FIELD_NAMES)))
+    fields = {n: draw(st.integers(0, (1 << _WIDTH.get(n, 8)) - 1)) for n in names}
+    return Match.of(**fields)
+
+
+@given(_matches())
+def test_the_fast_key_builder_equals_the_checked_layout(m: Match) -> None:
+    """`to_kernel` skips `FlowKey.make`'s parsing for speed; it must build the same bytes."""
+    key, mask = to_kernel(m)
+    fields = {n: v for n, v in m.fields().items()}
+    assert bytes(key) == bytes(FlowKey.make(**fields))
+    assert bytes(mask) == bytes(FlowKey.mask_of(list(fields)))
+    assert from_kernel(key, mask) == m
 
 
 def test_misses_reinject_flows_counters_and_tcp(

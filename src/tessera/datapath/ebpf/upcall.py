@@ -131,12 +131,15 @@ class MissChannel:
         Frames without a port tag (not produced by the program) are skipped.
         """
         while True:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
-            if not ready:
-                return None
+            if timeout != 0:  # 0: the socket is non-blocking, no select needed to poll
+                ready, _, _ = select.select([self.sock], [], [], timeout)
+                if not ready:
+                    return None
             try:
                 data, anc, _flags, addr = self.sock.recvmsg(_MAX_FRAME, socket.CMSG_SPACE(32))
             except BlockingIOError:
+                if timeout == 0:
+                    return None
                 continue
             if addr[2] == PACKET_OUTGOING:
                 continue
