@@ -89,9 +89,7 @@ class _KeyFields(dict[int, tuple[tuple[int, str, bool], ...]]):
 
     def __missing__(self, mask: int) -> tuple[tuple[int, str, bool], ...]:
         fields = tuple(
-            (i, name, name in _MAC_FIELDS)
-            for i, name in enumerate(FIELD_NAMES)
-            if mask >> i & 1
+            (i, name, name in _MAC_FIELDS) for i, name in enumerate(FIELD_NAMES) if mask >> i & 1
         )
         self[mask] = fields
         return fields
