@@ -63,11 +63,60 @@ def test_install_get_delete_round_trip(maps: FastPathMaps) -> None:
     assert entry.key == key().masked(L2)
     assert maps.flows.delete(key(), L2) is True
     assert maps.flows.delete(key(), L2) is False
+    maps.flows.masks.gc()
     assert maps.flows.masks.active() == {}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_mask_slot_outlives_its_last_flow_for_the_grace_period(maps: FastPathMaps) -> None:
+    """An invalidation that deletes a mask's last flow, then the next miss that brings
+    the mask back, must not write the mask table twice."""
+    flows, masks = maps.flows, maps.flows.masks
+    clock = masks.clock = Clock()
+    flows.install(key(1), L2, [Drop()])
+    written = bytes(masks.map.lookup(ctypes.c_uint32(0)) or b"")
+    flows.delete(key(1), L2)
+    assert masks.idle() == {0} and masks.index_of(L2) == 0
+    assert bytes(masks.map.lookup(ctypes.c_uint32(0)) or b"") == written  # not rewritten
+    clock.now += masks.grace / 2
+    flows.install(key(2), L2, [Drop()])  # the same mask again: same slot, busy again
+    assert masks.idle() == set() and masks.refcount(0) == 1
+    flows.delete(key(2), L2)
+    clock.now += masks.grace
+    flows.entries()  # the agent's periodic dump releases what waited long enough
+    assert masks.active() == {} and masks.idle() == set()
+    kernel = masks.map.lookup(ctypes.c_uint32(0))
+    assert kernel is not None and (kernel.count, kernel.active) == (0, 0)
+
+
+def test_a_new_mask_takes_an_idle_slot_when_none_is_free(maps: FastPathMaps) -> None:
+    flows, masks = maps.flows, maps.flows.masks
+    masks.clock = Clock()
+    fields = ["eth_src", "eth_dst", "vlan_id", "eth_type", "ip_src", "ip_dst", "ip_proto",
+              "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst"]  # fmt: skip
+    all_masks = [
+        FlowKey.mask_of(["in_port"] + [f for b, f in enumerate(fields) if i >> b & 1])
+        for i in range(FLOW_MAX_MASKS)
+    ]
+    for m in all_masks:
+        flows.install(FlowKey.make(in_port=1), m, [Drop()])
+    flows.delete(FlowKey.make(in_port=1), all_masks[3])
+    assert masks.idle() == {3}
+    extra = FlowKey.mask_of(["in_port", "ip_tos", "tp_dst", "ip_ttl", "eth_src"])
+    flows.install(FlowKey.make(in_port=1), extra, [Drop()])
+    assert masks.index_of(extra) == 3 and masks.index_of(all_masks[3]) is None
 
 
 def test_mask_slots_are_refcounted_and_reused(maps: FastPathMaps) -> None:
     flows, masks = maps.flows, maps.flows.masks
+    masks.grace = 0  # released with the last flow (the grace has its own test)
     flows.install(key(1), L2, [Drop()])
     flows.install(key(2), L2, [Drop()])
     flows.install(key(1), L2, [OutputLocal(3)])  # replace: no second reference
@@ -171,7 +220,9 @@ def test_reopening_rebuilds_refcounts_from_the_kernel(maps: FastPathMaps) -> Non
     try:
         assert again.masks.active() == {0: L2, 1: L3}
         assert (again.masks.refcount(0), again.masks.refcount(1)) == (2, 1)
-        assert again.delete(key(1), L3) and again.masks.index_of(L3) is None
+        assert again.delete(key(1), L3) and again.masks.idle() == {1}
+        again.masks.gc()
+        assert again.masks.index_of(L3) is None
     finally:
         again.map.close()
         again.masks.map.close()

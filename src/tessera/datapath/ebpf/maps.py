@@ -12,7 +12,8 @@ import ctypes
 import errno
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -322,6 +323,10 @@ class StatsMap:
 # --- masks ---------------------------------------------------------------------
 
 
+# How long a mask slot stays allocated after its last flow is deleted (see MaskTable).
+MASK_GRACE = 2.0
+
+
 class MaskTableFull(RuntimeError):
     """All FLOW_MAX_MASKS slots are in use by other masks."""
 
@@ -330,16 +335,29 @@ class MaskTable:
     """The ``masks`` map: up to 16 megaflow masks scanned in slot order.
 
     A slot is allocated when the first flow with its mask is installed and
-    freed when the last one is deleted (refcounts).  New masks take the
+    released ``grace`` seconds after the last one is deleted (refcounts), or
+    at once when a new mask needs the slot.  The grace matters on the miss
+    path: an invalidation often deletes every flow of a mask and the next
+    miss brings the same mask back, which would cost two writes of the table
+    (and a slower first packet) without it; an idle slot meanwhile costs the
+    program one failed lookup per packet that reaches it.  New masks take the
     lowest free slot; ``count`` stays one past the highest used slot so the
     program scans no dead tail.  The whole table is one map value, so one
     lookup per packet fetches every mask.
     """
 
-    def __init__(self, m: BpfMap[ctypes.c_uint32, MaskList]) -> None:
+    def __init__(
+        self,
+        m: BpfMap[ctypes.c_uint32, MaskList],
+        grace: float = MASK_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.map = m
+        self.grace = grace
+        self.clock = clock
         self._list = m.lookup(_u32(0)) or MaskList()
         self._refs = [0] * FLOW_MAX_MASKS
+        self._idle: dict[int, float] = {}  # slot -> when its last flow went
         self._index: dict[bytes, int] = {}
         for i in range(FLOW_MAX_MASKS):
             if self._list.active & (1 << i):
@@ -372,11 +390,11 @@ class MaskTable:
         idx = self._index.get(raw)
         if idx is not None:
             return idx
-        for i in range(FLOW_MAX_MASKS):
-            if not self._list.active & (1 << i):
-                idx = i
-                break
-        else:
+        idx = self._free_slot()
+        if idx is None and self._idle:
+            self.free(min(self._idle, key=self._idle.__getitem__))  # the longest idle
+            idx = self._free_slot()
+        if idx is None:
             raise MaskTableFull(f"all {FLOW_MAX_MASKS} mask slots in use")
         self._list.masks[idx] = FlowKey.from_buffer_copy(raw)
         self._list.active |= 1 << idx
@@ -386,15 +404,39 @@ class MaskTable:
         self._refs[idx] = 0
         return idx
 
+    def _free_slot(self) -> int | None:
+        for i in range(FLOW_MAX_MASKS):
+            if not self._list.active & (1 << i):
+                return i
+        return None
+
     def ref(self, index: int) -> None:
         self._refs[index] += 1
+        self._idle.pop(index, None)
 
     def unref(self, index: int) -> None:
-        """Drop a reference; free the slot when it was the last one."""
+        """Drop a reference; the slot goes idle with its last flow (see `reap`)."""
         if self._refs[index] > 0:
             self._refs[index] -= 1
         if self._refs[index] == 0:
-            self.free(index)
+            if self.grace <= 0:
+                self.free(index)
+            else:
+                self._idle.setdefault(index, self.clock())
+
+    def reap(self) -> list[int]:
+        """Free the slots idle for `grace` seconds or more; returns them."""
+        if not self._idle:
+            return []
+        limit = self.clock() - self.grace
+        done = [i for i, since in self._idle.items() if since <= limit]
+        for i in done:
+            self.free(i)
+        return done
+
+    def idle(self) -> set[int]:
+        """Active slots no flow uses, waiting for their grace to pass."""
+        return set(self._idle)
 
     def free(self, index: int) -> None:
         if not self._list.active & (1 << index):
@@ -410,11 +452,18 @@ class MaskTable:
                 count = i + 1
         self._list.count = count
         self._refs[index] = 0
+        self._idle.pop(index, None)
         self._write()
 
     def set_refcounts(self, refs: Sequence[int]) -> None:
         """After a restart: refcounts recounted from the flows map."""
         self._refs = [int(r) for r in refs]
+        now = self.clock()
+        self._idle = {
+            i: self._idle.get(i, now)
+            for i in range(FLOW_MAX_MASKS)
+            if self._list.active & (1 << i) and self._refs[i] == 0
+        }
 
     def gc(self) -> list[int]:
         """Free active slots that no flow uses; returns the freed slots."""
@@ -428,6 +477,7 @@ class MaskTable:
     def clear(self) -> None:
         self._list = MaskList()
         self._refs = [0] * FLOW_MAX_MASKS
+        self._idle.clear()
         self._index.clear()
         self._write()
 
@@ -506,6 +556,7 @@ class FlowMap:
         value = FlowValue()
         encode_actions(actions, value)
         with self._lock:
+            self.masks.reap()
             idx = self.masks.acquire(mask)
             lk = self._lookup_key(idx, key, mask)
             try:
@@ -534,6 +585,7 @@ class FlowMap:
             if not self.map.delete(self._lookup_key(idx, key, mask)):
                 return False
             self.masks.unref(idx)
+            self.masks.reap()
             return True
 
     def get(self, key: FlowKey, mask: FlowKey) -> FlowEntry | None:
@@ -556,6 +608,10 @@ class FlowMap:
         )
 
     def entries(self) -> list[FlowEntry]:
+        """Every flow; also releases idle mask slots whose grace has passed (the agent
+        dumps the flows every few seconds, so no idle slot lingers much longer)."""
+        with self._lock:
+            self.masks.reap()
         return [self._entry(k, v) for k, v in self.map.items()]
 
     def __iter__(self) -> Iterator[FlowEntry]:
