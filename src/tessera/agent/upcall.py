@@ -262,12 +262,15 @@ class UpcallHandler:
         desired = None if p.punted else self.desired_flow(result, p.misses[0].port, p.port_id)
         if desired is not None:
             try:
-                self.install(desired)
+                self.dp.install(desired.flow)
             except DatapathError as exc:
                 log.warning("flow not installed (%s); forwarding from userspace", exc)
             else:
+                # The packets go first: the first packet's round trip waits for them,
+                # nobody waits for the desired table (this thread is its only writer).
                 for miss in p.misses:
                     self.dp.reinject(miss)
+                self._installed(desired)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
@@ -298,13 +301,12 @@ class UpcallHandler:
         return t.actions, t.tags
 
     def install(self, desired: DesiredFlow) -> None:
-        """Desired first, then the datapath: a failed install leaves nothing behind."""
+        """The datapath, then the desired table: a failed install leaves nothing behind."""
+        self.dp.install(desired.flow)
+        self._installed(desired)
+
+    def _installed(self, desired: DesiredFlow) -> None:
         self.flows.add(desired)
-        try:
-            self.dp.install(desired.flow)
-        except DatapathError:
-            self.flows.remove(desired.match)
-            raise
         self.metrics.installed.inc()
         self.metrics.flows.set(len(self.flows))
 

@@ -18,7 +18,6 @@ the ``inject`` program on the datapath end pops it and runs the lookup again.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import socket
@@ -45,16 +44,9 @@ _VNET: Final = struct.Struct("=BBHHHH")
 _MAX_FRAME: Final = 65536 + 64
 
 
-class _TpacketAuxdata(ctypes.Structure):
-    _fields_ = [
-        ("tp_status", ctypes.c_uint32),
-        ("tp_len", ctypes.c_uint32),
-        ("tp_snaplen", ctypes.c_uint32),
-        ("tp_mac", ctypes.c_uint16),
-        ("tp_net", ctypes.c_uint16),
-        ("tp_vlan_tci", ctypes.c_uint16),
-        ("tp_vlan_tpid", ctypes.c_uint16),
-    ]
+# struct tpacket_auxdata {u32 tp_status, tp_len, tp_snaplen; u16 tp_mac, tp_net,
+# tp_vlan_tci, tp_vlan_tpid}: the status and the VLAN TCI (the port tag) are read.
+_AUX: Final = struct.Struct("=I8x4xH2x")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +145,14 @@ class MissChannel:
             return None
         vnet = VnetHdr(*_VNET.unpack_from(data))
         frame = data[_VNET.size :]
-        aux = None
+        status = tci = 0
+        have_aux = False
         for level, kind, raw in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                aux = _TpacketAuxdata.from_buffer_copy(
-                    raw.ljust(ctypes.sizeof(_TpacketAuxdata), b"\0")
-                )
-        status = aux.tp_status if aux is not None else 0
-        if aux is not None and status & TP_STATUS_VLAN_VALID:
-            port = aux.tp_vlan_tci & 0x0FFF
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(raw) >= _AUX.size:
+                status, tci = _AUX.unpack_from(raw)
+                have_aux = True
+        if have_aux and status & TP_STATUS_VLAN_VALID:
+            port = tci & 0x0FFF
         elif struct.unpack_from("!H", frame, 12)[0] == ETH_P_8021Q:
             # Tag left in band (vlan offload off): pop it ourselves.
             port = struct.unpack_from("!H", frame, 14)[0] & 0x0FFF
