@@ -168,9 +168,11 @@ def _is_click_error(exc: Exception) -> bool:
 def _usage_error(exc: Exception) -> int:
     ctx = getattr(exc, "ctx", None)
     code = int(getattr(exc, "exit_code", 2))
-    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-        # `tessera bridge` alone: the group's help is the most useful answer.
-        text = ctx.get_help()  # typer prints rich help itself and returns ""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `tessera bridges` alone: the group's help is the most useful answer. The error
+        # built it already (click calls ctx.get_help(), which typer's rich formatter
+        # prints and answers with ""): print it only when it was not printed.
+        text = exc.format_message()  # type: ignore[attr-defined]
         if text:
             typer.echo(text)
         return code

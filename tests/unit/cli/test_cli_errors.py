@@ -140,10 +140,12 @@ def test_typer_usage_errors_are_one_line_too(run: Run, args: list[str], fragment
     out.assert_one_line_error(fragment, "--help'", code=2)
 
 
-def test_a_bare_group_shows_its_help(run: Run) -> None:
-    out = run("rule")
+@pytest.mark.parametrize("group", [["rule"], ["bridges"], ["bridge", "port"]])
+def test_a_bare_group_shows_its_help_once(run: Run, group: list[str]) -> None:
+    out = run(*group)
     assert out.exit_code == 2
     assert "create" in out.stdout and "list" in out.stdout
+    assert (out.stdout + out.stderr).count("Usage:") == 1, out.stdout
     assert "Traceback" not in out.stdout + out.stderr
 
 
