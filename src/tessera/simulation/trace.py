@@ -33,6 +33,13 @@ from tessera.simulation.topology import Snapshot
 
 Protocol = Literal["tcp", "udp", "icmp", "arp"]
 _PROTO_NUMBERS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
+# Ether types whose bare frame (zero payload) would not be a valid packet of that type.
+_NEEDS_ADDRESSES = {
+    ETH_TYPE_IPV4: "an IPv4 packet (eth_type 2048) is described by src_ip and dst_ip",
+    ETH_TYPE_ARP: "an ARP packet (eth_type 2054) is described by protocol 'arp' with "
+    "src_ip and dst_ip",
+    0x8100: "a VLAN tag (eth_type 33024) is described by vlan_id",
+}
 
 
 class PacketDescription(TesseraModel):
@@ -71,6 +78,8 @@ class PacketDescription(TesseraModel):
                 raise ValueError("eth_type is for frames without IP addresses")
         if self.protocol in ("tcp", "udp") and self.dst_port is None:
             raise ValueError(f"a {self.protocol} packet needs dst_port")
+        if not has_ip and self.eth_type in _NEEDS_ADDRESSES:
+            raise ValueError(_NEEDS_ADDRESSES[self.eth_type])
         return self
 
     def frame(self) -> bytes:
@@ -115,8 +124,9 @@ def trace_packet(
 ) -> dict[str, Any]:
     """Simulate the described packet with the trace on; JSON-ready.
 
-    Raises pydantic's ValidationError for a bad description, and `NotYetLoaded` when the
-    ingress port (or anything on the path) is not in the snapshot.
+    Raises pydantic's ValidationError for a bad description, `PacketError` for one whose
+    frame does not parse, and `NotYetLoaded` when the ingress port (or anything on the
+    path) is not in the snapshot.
     """
     desc = (
         description

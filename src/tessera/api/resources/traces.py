@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from tessera.nsdb.errors import IntegrityError
+from tessera.packet.errors import PacketError
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.topology import load_snapshot
 from tessera.simulation.trace import PacketDescription, trace_packet
@@ -32,3 +33,5 @@ def create_trace(request: Request, description: PacketDescription) -> dict[str, 
             f"port_id: the packet's path names a missing object ({exc}); "
             "is the ingress port id right?"
         ) from None
+    except PacketError as exc:
+        raise IntegrityError(f"the described packet is not a valid frame: {exc}") from None
