@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tessera.api.deps import BridgeId, Store, build, oid, sent
+from tessera.api.filters import TenantId, of_tenant
 from tessera.api.schemas import BridgeCreate, BridgeUpdate
 from tessera.model import Bridge
 from tessera.nsdb.tables import MacEntry
@@ -13,8 +14,8 @@ router = APIRouter(tags=["bridges"])
 
 
 @router.get("/bridges")
-def list_bridges(store: Store) -> list[Bridge]:
-    return store.list(Bridge)
+def list_bridges(store: Store, tenant_id: TenantId = None) -> list[Bridge]:
+    return of_tenant(store.list(Bridge), tenant_id)
 
 
 @router.post("/bridges", status_code=201)

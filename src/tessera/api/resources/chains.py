@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tessera.api.deps import ChainId, Store, build, oid, sent
+from tessera.api.filters import TenantId, of_tenant
 from tessera.api.schemas import ChainCreate, ChainUpdate
 from tessera.model import Chain
 
@@ -12,8 +13,8 @@ router = APIRouter(tags=["chains"])
 
 
 @router.get("/chains")
-def list_chains(store: Store) -> list[Chain]:
-    return store.list(Chain)
+def list_chains(store: Store, tenant_id: TenantId = None) -> list[Chain]:
+    return of_tenant(store.list(Chain), tenant_id)
 
 
 @router.post("/chains", status_code=201)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tessera.api.deps import PortGroupId, PortId, Store, build, oid, sent
+from tessera.api.filters import TenantId, of_tenant
 from tessera.api.schemas import (
     PortGroupCreate,
     PortGroupPort,
@@ -17,8 +18,8 @@ router = APIRouter(tags=["port groups"])
 
 
 @router.get("/port_groups")
-def list_port_groups(store: Store) -> list[PortGroup]:
-    return store.list(PortGroup)
+def list_port_groups(store: Store, tenant_id: TenantId = None) -> list[PortGroup]:
+    return of_tenant(store.list(PortGroup), tenant_id)
 
 
 @router.post("/port_groups", status_code=201)

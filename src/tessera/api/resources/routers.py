@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tessera.api.deps import RouterId, Store, build, oid, sent
+from tessera.api.filters import TenantId, of_tenant
 from tessera.api.schemas import RouterCreate, RouterUpdate
 from tessera.model import Router
 from tessera.nsdb.tables import ArpEntry
@@ -13,8 +14,8 @@ router = APIRouter(tags=["routers"])
 
 
 @router.get("/routers")
-def list_routers(store: Store) -> list[Router]:
-    return store.list(Router)
+def list_routers(store: Store, tenant_id: TenantId = None) -> list[Router]:
+    return of_tenant(store.list(Router), tenant_id)
 
 
 @router.post("/routers", status_code=201)
