@@ -123,6 +123,9 @@ class TopologyCache:
         # MACs and ARPs change far more often than the topology and reuse them.
         self._view_objects: tuple[int, tuple[StoredObject, ...]] | None = None
         self._addresses: dict[str, str | None] = {}  # host_address answers
+        # Read-only copies of the learned tables for views, per table: a learned MAC
+        # copies its own bridge's table for the next view, not every table there is.
+        self._frozen_tables: dict[tuple[str, str], MappingProxyType[Any, Any]] = {}
         self._wanted: set[Key] = set()
         # Devices whose children are subscribed; None while their initial list is due,
         # else the child ids still awaited. A device is complete when its set is empty.
@@ -306,10 +309,13 @@ class TopologyCache:
 
     # -- events (notification thread) ------------------------------------------------------
 
-    def _changed(self, topology: bool) -> None:
+    def _changed(self, topology: bool = False, table: tuple[str, str] | None = None) -> None:
+        """Something the view shows changed: the topology, or one learned table."""
         self._generation += 1
         if topology:
             self._topology_generation += 1
+        if table is not None:
+            self._frozen_tables.pop(table, None)
         self._view = None
 
     def _on_object(self, ev: WatchEvent) -> None:
@@ -386,7 +392,7 @@ class TopologyCache:
                     return
                 else:
                     table[where] = entry.port_id
-                self._changed(topology=False)
+                self._changed(table=("mac", bridge_id))
             self.notify(CacheUpdate(frozenset({mac_tag(bridge_id, where[0], entry.mac_addr)})))
 
         return callback
@@ -407,7 +413,7 @@ class TopologyCache:
                         return
                 else:
                     table[ip] = (mac, entry.expiry)
-                self._changed(topology=False)
+                self._changed(table=("arp", router_id))
                 if old is not None and entry is not None and old[0] == mac:
                     return  # a refreshed expiry changes no forwarding decision
             self.notify(CacheUpdate(frozenset({arp_tag(router_id, ev.key)})))
@@ -423,7 +429,7 @@ class TopologyCache:
             if table.get((vlan_id, mac)) == port_id:
                 return set()
             table[(vlan_id, mac)] = port_id
-            self._changed(topology=False)
+            self._changed(table=("mac", bridge_id))
         return {mac_tag(bridge_id, vlan_id, mac_to_str(mac))}
 
     def learn_arp(self, router_id: str, ip: int, mac: int, expiry: float) -> set[str]:
@@ -431,7 +437,7 @@ class TopologyCache:
             table = self._s.arps.setdefault(router_id, {})
             old = table.get(ip)
             table[ip] = (mac, expiry)
-            self._changed(topology=False)
+            self._changed(table=("arp", router_id))
             if old is not None and old[0] == mac:
                 return set()
         return {arp_tag(router_id, ip_to_str(ip))}
@@ -456,9 +462,20 @@ class TopologyCache:
             self._generation,
             self._topology_generation,
             self._view_objects[1],
-            _frozen(s.macs),
-            _frozen(s.arps),
+            self._frozen("mac", s.macs),
+            self._frozen("arp", s.arps),
         )
+
+    def _frozen(
+        self, kind: str, tables_: dict[str, dict[Any, Any]]
+    ) -> MappingProxyType[str, MappingProxyType[Any, Any]]:
+        out: dict[str, MappingProxyType[Any, Any]] = {}
+        for owner, table in tables_.items():
+            frozen = self._frozen_tables.get((kind, owner))
+            if frozen is None:
+                frozen = self._frozen_tables[(kind, owner)] = MappingProxyType(dict(table))
+            out[owner] = frozen
+        return MappingProxyType(out)
 
     def _view_topology(self) -> tuple[StoredObject, ...]:
         s = self._s
@@ -553,10 +570,6 @@ class TopologyCache:
     def wanted(self) -> set[Key]:
         with self._lock:
             return set(self._wanted)
-
-
-def _frozen(d: dict[str, dict[Any, Any]]) -> MappingProxyType[str, MappingProxyType[Any, Any]]:
-    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in d.items()})
 
 
 def _host_tags(old: StoredObject | None, new: StoredObject | None) -> set[str]:
