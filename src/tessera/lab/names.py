@@ -10,6 +10,7 @@ several labs coexist without sharing addresses, all within 198.18.0.0/15.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import uuid
@@ -33,7 +34,8 @@ IFNAMSIZ = 15
 ZK_RELAY_PORT = 2181  # where an agent finds the NSDB, inside its host namespace
 
 _LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,23}$")
-_VM_RE = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{IFNAMSIZ - len(VM_LINK_PREFIX) - 1}}}$")
+MAX_VM_NAME = 32  # namespace names may be long; the cable's name is shortened to fit
+_VM_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_VM_NAME - 1}}}$")
 _HOST_RE = re.compile(r"^h([1-9][0-9]*)$")
 # Names uuid5 derives host ids from, so a lab's hosts keep their ids across `up`s.
 _HOST_ID_NAMESPACE = uuid.UUID("6b2f3c1e-8f0e-5a4c-9d57-7465737365ee")
@@ -49,11 +51,11 @@ def check_lab_name(name: str) -> str:
 
 
 def check_vm_name(name: str) -> str:
-    if not _VM_RE.match(name) or _HOST_RE.match(name) or name == UNDERLAY:
-        limit = IFNAMSIZ - len(VM_LINK_PREFIX)
+    # Host names are refused in any case: `lab exec H1` next to host h1 would mislead.
+    if not _VM_RE.match(name) or _HOST_RE.match(name.lower()) or name.lower() == UNDERLAY:
         raise LabError(
-            f"invalid VM name '{name}': use 1-{limit} lowercase letters, digits, '-' or '_' "
-            f"(not h1, h2..., not '{UNDERLAY}')"
+            f"invalid VM name '{name}': use 1-{MAX_VM_NAME} letters, digits, '-' or '_', "
+            f"starting with a letter or digit (not h1, h2..., not '{UNDERLAY}')"
         )
     return name
 
@@ -78,8 +80,16 @@ def netns_prefix(lab: str) -> str:
 
 
 def vm_link(vm: str) -> str:
-    """The host-side end of a VM's cable: the interface bound to the VM's port."""
-    return f"{VM_LINK_PREFIX}{vm}"
+    """The host-side end of a VM's cable: the interface bound to the VM's port.
+
+    `vm-NAME` when that fits the kernel's 15 characters; else the name's start and a
+    hash of the whole name (`vm-databa-1f3c9`), stable and distinct per VM name."""
+    link = f"{VM_LINK_PREFIX}{vm}"
+    if len(link) <= IFNAMSIZ:
+        return link
+    digest = hashlib.sha1(vm.encode()).hexdigest()[:5]
+    keep = IFNAMSIZ - len(VM_LINK_PREFIX) - len(digest) - 1
+    return f"{VM_LINK_PREFIX}{vm[:keep]}-{digest}"
 
 
 def underlay_network(lab_index: int) -> ipaddress.IPv4Network:

@@ -14,9 +14,14 @@ from tessera.lab.vms import check_options
 
 
 def test_interface_names_fit_the_kernel_limit() -> None:
-    longest_vm = "a" * (names.IFNAMSIZ - len(names.VM_LINK_PREFIX))
+    fits = "a" * (names.IFNAMSIZ - len(names.VM_LINK_PREFIX))
+    assert names.vm_link(fits) == f"vm-{fits}"
+    longest_vm = "b" * names.MAX_VM_NAME
     names.check_vm_name(longest_vm)
-    assert len(names.vm_link(longest_vm)) == names.IFNAMSIZ
+    links = {names.vm_link(v) for v in (longest_vm, fits + "a", fits + "b", "Database-Server")}
+    assert len(links) == 4  # distinct VM names, distinct cables
+    assert all(len(link) <= names.IFNAMSIZ for link in links)
+    assert names.vm_link("Database-Server") == names.vm_link("Database-Server")
     with pytest.raises(LabError, match="invalid VM name"):
         names.check_vm_name(longest_vm + "a")
     for fixed in (names.UNDERLAY_BRIDGE, names.HOST_UPLINK, names.VM_IFNAME):
@@ -24,10 +29,17 @@ def test_interface_names_fit_the_kernel_limit() -> None:
     assert len(names.host_name(names.MAX_HOSTS)) <= names.IFNAMSIZ  # underlay-side veth
 
 
-@pytest.mark.parametrize("bad", ["h1", "h12", "underlay", "", "Vm1", "vm 1", "-vm", "vm.1"])
+@pytest.mark.parametrize(
+    "bad", ["h1", "h12", "H3", "underlay", "Underlay", "", "vm 1", "-vm", "vm.1", "vm/1"]
+)
 def test_vm_names_that_would_collide_or_break_are_refused(bad: str) -> None:
     with pytest.raises(LabError):
         names.check_vm_name(bad)
+
+
+@pytest.mark.parametrize("good", ["vm1", "Vm1", "web-server-01", "db_primary", "a"])
+def test_ordinary_vm_names_are_accepted(good: str) -> None:
+    assert names.check_vm_name(good) == good
 
 
 @pytest.mark.parametrize("bad", ["my-lab", "", "Lab", "a" * 25, "lab/x"])
