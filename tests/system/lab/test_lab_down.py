@@ -37,7 +37,10 @@ def test_down_removes_every_process_namespace_link_and_pin() -> None:
     try:
         lab.up("--hosts", "2")
         lab.cmd("vm", "add", "vm1", "--host", "h1", "--port", _port(lab), "--ip", "10.1.0.1/24")
-        lab.cmd("vm", "add", "vm2", "--host", "h2", "--port", _port(lab), "--ip", "10.1.0.2/24")
+        # A long name: its cable's name is shortened with a hash, and must go too.
+        long_name = "Web-Server-Number-2"
+        lab.cmd("vm", "add", long_name, "--host", "h2", "--port", _port(lab), "--ip", "10.1.0.2/24")
+        assert names.netns(lab.name, long_name) in lab.namespaces()
         # A process a user left running in a VM would keep its namespace alive.
         sleeper = subprocess.Popen(
             [TESSERA, "lab", "exec", "--name", lab.name, "vm1", "--", "sleep", "300"], env=env()
