@@ -188,6 +188,7 @@ def describe(state: LabState, vm: VmState) -> dict[str, Any]:
     return {
         "name": vm.name,
         "host": vm.host,
+        "port": vm.port_id,  # the contract's word ("VMs (host, port, addresses)")
         "port_id": vm.port_id,
         "namespace": ns,
         "interface": names.vm_link(vm.name),

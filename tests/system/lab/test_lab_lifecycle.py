@@ -136,6 +136,7 @@ def test_vm_add_cables_addresses_and_binds_then_vm_del_undoes_it(lab: Lab) -> No
     assert port in agent_status(host["host_id"])["ports"]
     (vm,) = [v for v in lab.status()["vms"] if v["name"] == "vma"]
     assert vm["host"] == "h1" and vm["port_id"] == port and vm["addresses"] == ["10.20.0.5/24"]
+    assert vm["port"] == port
 
     lab.cmd("vm", "del", "vma")
     assert lab.get(f"/ports/{port}")["host_id"] is None
