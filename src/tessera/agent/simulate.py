@@ -48,6 +48,8 @@ class SnapshotSimulator:
         in_port_id: str,
         now: float,
         arp_failed: frozenset[tuple[str, int]] = frozenset(),
+        match: FlowMatch | None = None,
     ) -> SimulationResult:
-        match = FlowMatch.from_frame(in_port_id, frame)
+        if match is None:
+            match = FlowMatch.from_frame(in_port_id, frame)
         return simulate(self.snapshot(), match, frame, now, arp_failed=arp_failed)

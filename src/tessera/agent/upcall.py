@@ -37,13 +37,13 @@ from tessera.datapath.base import (
     Match,
     Miss,
     PacketKey,
-    packet_key,
+    key_of,
 )
 from tessera.datapath.frames import run_actions
 from tessera.nsdb import tables
 from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.errors import PacketError
-from tessera.packet.match import Field
+from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.result import (
     ArpLearned,
@@ -72,7 +72,11 @@ class Simulator(Protocol):
         in_port_id: str,
         now: float,
         arp_failed: frozenset[tuple[str, int]] = frozenset(),
-    ) -> SimulationResult: ...
+        match: FlowMatch | None = None,
+    ) -> SimulationResult:
+        """`match`, when given, is `FlowMatch.from_frame(in_port_id, frame)` not yet
+        read by anyone: the miss path parsed the frame already."""
+        ...
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Parked:
     port_id: str
     misses: list[Miss]
     deadline: float
+    match: FlowMatch | None = None  # the first miss parsed, for the first simulation only
     waiting_for: set[Key] = field(default_factory=set)
     arp: set[tuple[str, int]] = field(default_factory=set)
     arp_failed: frozenset[tuple[str, int]] = frozenset()
@@ -134,10 +139,11 @@ class UpcallHandler:
             self.dropped += 1  # a port detached while its packet was queued
             return
         try:
-            key = packet_key(miss.port, miss.frame)
+            match = FlowMatch.from_frame(port_id, miss.frame)
         except PacketError:
             self.dropped += 1
             return
+        key = key_of(miss.port, match)
         covering = self.flows.lookup(key)
         if covering is not None:
             if not run_actions(miss.frame, covering.flow.actions).to_userspace:
@@ -155,7 +161,7 @@ class UpcallHandler:
             else:
                 self.dropped += 1
             return
-        self._run(Parked(key, port_id, [miss], self.clock() + NOT_YET_TIMEOUT))
+        self._run(Parked(key, port_id, [miss], self.clock() + NOT_YET_TIMEOUT, match=match))
 
     def on_loaded(self, keys: Iterable[Key]) -> None:
         """The cache loaded objects: re-run the simulations that waited for them."""
@@ -223,7 +229,10 @@ class UpcallHandler:
         p.rounds += 1
         started = time.perf_counter()
         try:
-            result = self.sim.simulate(first.frame, p.port_id, self.wall_clock(), p.arp_failed)
+            match, p.match = p.match, None  # a match is read by one simulation only
+            result = self.sim.simulate(
+                first.frame, p.port_id, self.wall_clock(), p.arp_failed, match=match
+            )
         except NotYetLoaded as exc:
             if p.rounds >= NOT_YET_ROUNDS:
                 self.dropped += len(p.misses)

@@ -147,8 +147,13 @@ def packet_key(in_port: int, frame: bytes) -> PacketKey:
 
     Raises `tessera.packet.PacketError` for a frame the parser refuses.
     """
-    key = FlowMatch.from_frame(None, frame).masked_key(ALL_FIELDS)
-    return (in_port, *key[1:])
+    return key_of(in_port, FlowMatch.from_frame(None, frame))
+
+
+def key_of(in_port: int, match: FlowMatch) -> PacketKey:
+    """`packet_key` of the frame `match` was parsed from (its ingress as a port number),
+    for a caller that parsed the frame already."""
+    return (in_port, *match.masked_key(ALL_FIELDS)[1:])
 
 
 # --- actions ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from agent_harness import Cloud, Host, Vm
 
 from tessera.agent.upcall import MAX_PACKETS_PER_FLOW, NOT_YET_TIMEOUT
+from tessera.packet.match import FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.result import SimulationResult
 
@@ -26,11 +27,12 @@ class Gate:
         in_port_id: str,
         now: float,
         arp_failed: frozenset[tuple[str, int]] = frozenset(),
+        match: FlowMatch | None = None,
     ) -> SimulationResult:
         self.calls += 1
         if self.closed:
             raise NotYetLoaded("bridge", "00000000-0000-0000-0000-000000000001")
-        return self.inner.simulate(frame, in_port_id, now, arp_failed)  # type: ignore[attr-defined]
+        return self.inner.simulate(frame, in_port_id, now, arp_failed, match)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
