@@ -87,7 +87,12 @@ class Match:
         values = [0] * len(FIELD_NAMES)
         for i in _indexes(mask):
             values[i] = in_port if i == 0 else original[i]
-        return cls(mask, tuple(values))
+        # Valid by construction (values only inside the mask), and on the miss path:
+        # skip the checks of __post_init__.
+        match = object.__new__(cls)
+        object.__setattr__(match, "mask", mask)
+        object.__setattr__(match, "values", tuple(values))
+        return match
 
     @classmethod
     def from_key(cls, mask: int, key: PacketKey) -> Match:
