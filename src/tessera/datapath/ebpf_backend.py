@@ -51,7 +51,7 @@ from tessera.datapath.ebpf import actions as ea
 from tessera.datapath.ebpf.bpf import prog_info
 from tessera.datapath.ebpf.layout import FlowKey, Mac
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
-from tessera.datapath.ebpf.maps import FlowEntry, MaskTableFull
+from tessera.datapath.ebpf.maps import FloodSetsFull, FlowEntry, FlowTooLarge, MaskTableFull
 from tessera.datapath.ebpf.upcall import MissChannel, VnetHdr
 from tessera.datapath.frames import run_actions
 from tessera.datapath.segment import prepare
@@ -296,15 +296,19 @@ class EbpfDatapath(Datapath):
                 out.append(Drop())
             elif isinstance(a, ea.ToUserspace):
                 out.append(ToUserspace())
+            elif isinstance(a, ea.Flood):
+                return None  # names a flood set that is gone: unusable as is
         return tuple(out)
 
     def install(self, flow: Flow) -> None:
+        """Write the flow to the kernel; a flood too wide for the action list goes
+        into a flood set (see `FlowMap`).  Whatever the kernel cannot hold raises
+        DatapathError, never something else: the agent then forwards the packet
+        from userspace instead of losing it."""
         key, mask = to_kernel(flow.match)
         try:
             self.fastpath.maps.flows.install(key, mask, self._to_kernel_actions(flow.actions))
-        except MaskTableFull as exc:
-            raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
-        except OSError as exc:
+        except (MaskTableFull, FloodSetsFull, FlowTooLarge, OSError, TypeError, ValueError) as exc:
             raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
 
     def delete(self, match: Match) -> bool:

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from tessera.datapath import links
 from tessera.datapath.base import (
+    Action,
     Datapath,
+    DatapathError,
     DecTtl,
     Flow,
     Match,
@@ -267,3 +269,61 @@ def test_vxlan_between_ebpf_hosts_and_with_a_userspace_host(
     frame = Ethernet(mac_from_str(macs[2]), mac_from_str("02:aa:00:00:00:01"), 0x88B5, b"x" * 46)
     dp1.execute(frame.build(), [OutputTunnel(102, ip_from_str("198.18.0.2"))])
     assert got.wait(timeout=10) == 0
+
+
+def _flood_host(netns: NetnsFactory, obj_cache: Path, n_local: int) -> tuple[Netns, EbpfDatapath]:
+    host = netns("host")
+    dp = _ebpf(host, obj_cache)
+    for i in range(1, n_local + 1):
+        host.ip("link", "add", f"p{i}", "type", "veth", "peer", "name", f"q{i}")
+        host.ip("link", "set", f"p{i}", "up")
+        host.call(lambda i=i: dp.add_port(i, f"p{i}"))
+    return host, dp
+
+
+def _flood_actions(n_local: int, n_remote: int) -> tuple[Action, ...]:
+    """A bridge flood: a rewrite, every local port, then one tunnel per remote host."""
+    remote = [OutputTunnel(9000 + j, ip_from_str(f"198.18.1.{j + 1}")) for j in range(n_remote)]
+    return (SetEthSrc(mac_from_str(MAC1)), *(Output(i) for i in range(2, n_local + 1)), *remote)
+
+
+def test_a_flood_wider_than_the_action_list_installs_and_dumps_unchanged(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    host, dp = _flood_host(netns, obj_cache, 8)
+    made.append((host, dp))
+    match = Match.of(in_port=1, eth_dst=0xFFFF_FFFF_FFFF)
+    actions = _flood_actions(8, 13)
+    assert len(actions) == 21  # 7 local + 13 tunnels + the rewrite
+    dp.install(Flow(match, actions))
+    assert dp.dump()[match].flow.actions == actions
+    # Another source port with the same outputs shares the kernel's flood set.
+    other = Match.of(in_port=8, eth_dst=0xFFFF_FFFF_FFFF)
+    dp.install(Flow(other, actions))
+    assert len(dp.fastpath.maps.flows.floods) == 1
+
+    # A restarted agent reads the same abstract actions back from the kernel.
+    pin_dir = dp.fastpath.pin_dir
+    host.call(dp.close)
+    made.remove((host, dp))
+    again = EbpfDatapath(pin_dir, cache_dir=obj_cache, vxlan_ifname=None)
+    made.append((host, again))
+    host.call(again.start)
+    dumped = again.dump()
+    assert dumped[match].flow.actions == actions and dumped[other].flow.actions == actions
+    assert again.delete(match) and len(again.fastpath.maps.flows.floods) == 1
+    assert again.delete(other) and len(again.fastpath.maps.flows.floods) == 0
+
+
+def test_what_the_kernel_cannot_hold_raises_datapath_error(
+    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+) -> None:
+    host, dp = _flood_host(netns, obj_cache, 2)
+    made.append((host, dp))
+    match = Match.of(in_port=1, eth_dst=0xFFFF_FFFF_FFFF)
+    with pytest.raises(DatapathError, match="at most 64"):
+        dp.install(Flow(match, _flood_actions(2, 70)))  # more outputs than a flood set holds
+    rewrites = tuple(SetEthSrc(mac_from_str(MAC1)) for _ in range(13))
+    with pytest.raises(DatapathError):
+        dp.install(Flow(match, (*rewrites, Output(2))))  # too many actions before the outputs
+    assert dp.dump() == {} and len(dp.fastpath.maps.flows.floods) == 0

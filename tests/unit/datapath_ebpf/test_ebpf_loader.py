@@ -215,3 +215,25 @@ def test_attach_and_detach_are_idempotent(
             fp.bind_port("nonexistent0", 3)
     finally:
         fp.close()
+
+
+@pytest.mark.root
+def test_a_pin_dir_from_before_flood_sets_gets_the_new_map_and_keeps_its_flows(
+    pin_dir: Path, obj_cache: Path
+) -> None:
+    key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        maps = _map_ids(fp)
+    (pin_dir / "maps" / "flood_sets").unlink()  # what an older build left behind
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        assert (pin_dir / "maps" / "flood_sets").exists()
+        now = _map_ids(fp)
+        assert now["flood_sets"] != maps["flood_sets"]
+        assert {n: i for n, i in now.items() if n != "flood_sets"} == {
+            n: i for n, i in maps.items() if n != "flood_sets"
+        }
+        assert fp.maps.flows.get(key, L2) is not None
+        fp.maps.flows.install(key, L2, [OutputLocal(i) for i in range(1, 21)])
+        entry = fp.maps.flows.get(key, L2)
+        assert entry is not None and entry.flood_set is not None

@@ -15,20 +15,35 @@ from collections.abc import Iterator
 import pytest
 
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import Action, DecTtl, Drop, OutputLocal, OutputTunnel, SetEthSrc
+from tessera.datapath.ebpf.actions import (
+    Action,
+    DecTtl,
+    Drop,
+    Flood,
+    OutputLocal,
+    OutputTunnel,
+    SetEthSrc,
+    decode_actions,
+)
 from tessera.datapath.ebpf.layout import (
+    FLOOD_MAX_OUTPUTS,
+    FLOW_MAX_ACTIONS,
     FLOW_MAX_MASKS,
+    FloodSet,
     FlowKey,
     FlowLookupKey,
     FlowValue,
+    MaskList,
     PortInfo,
     Stat,
 )
 from tessera.datapath.ebpf.maps import (
     BpfMap,
     FastPathMaps,
+    FloodSetTable,
     Flow,
     FlowMap,
+    FlowTooLarge,
     MaskTable,
     MaskTableFull,
 )
@@ -216,6 +231,9 @@ def test_reopening_rebuilds_refcounts_from_the_kernel(maps: FastPathMaps) -> Non
                 maps.flows.masks.map.value_type,
             )
         ),
+        FloodSetTable(
+            BpfMap(os.dup(maps.fd("flood_sets")), "flood_sets", ctypes.c_uint32, FloodSet)
+        ),
     )
     try:
         assert again.masks.active() == {0: L2, 1: L3}
@@ -226,6 +244,7 @@ def test_reopening_rebuilds_refcounts_from_the_kernel(maps: FastPathMaps) -> Non
     finally:
         again.map.close()
         again.masks.map.close()
+        again.floods.map.close()
 
 
 def test_small_maps(maps: FastPathMaps) -> None:
@@ -290,3 +309,138 @@ def test_reconcile_cost_grows_linearly(maps: FastPathMaps) -> None:
     small = min(run(200) for _ in range(3))
     large = min(run(2000) for _ in range(2))
     assert large < 25 * small, (small, large)
+
+
+# --- flood sets ---------------------------------------------------------------------
+
+
+def outs(n: int, base: int = 100) -> list[OutputLocal | OutputTunnel]:
+    """n outputs: local ports, and one tunnel per four so both kinds are exercised."""
+    return [
+        OutputTunnel(5000 + i, f"198.18.0.{i + 1}") if i % 4 == 3 else OutputLocal(base + i)
+        for i in range(n)
+    ]
+
+
+def test_a_wide_flood_goes_into_a_flood_set_and_reads_back_unchanged(maps: FastPathMaps) -> None:
+    flows = maps.flows
+    acts = (SetEthSrc("02:00:00:00:ee:01"), *outs(20))
+    flows.install(key(1), L2, acts)
+    entry = flows.get(key(1), L2)
+    assert entry is not None and entry.actions == acts and entry.flood_set is not None
+    # In the kernel: the rewrite inline, then one FLOOD naming a set with the 20 outputs.
+    raw = flows.map.lookup(FlowLookupKey(mask_index=0, key=key(1).masked(L2)))
+    assert raw is not None
+    assert decode_actions(raw) == (SetEthSrc("02:00:00:00:ee:01"), Flood(entry.flood_set))
+    assert len(flows.floods) == 1 and flows.floods.refcount(entry.flood_set) == 1
+    # Twelve actions still go inline: no set for them.
+    flows.install(key(2), L2, outs(FLOW_MAX_ACTIONS))
+    e2 = flows.get(key(2), L2)
+    assert e2 is not None and e2.flood_set is None and len(flows.floods) == 1
+
+
+def test_flood_sets_are_shared_by_content_and_freed_with_their_last_flow(
+    maps: FastPathMaps,
+) -> None:
+    flows, floods = maps.flows, maps.flows.floods
+    flows.install(key(1), L2, outs(16))
+    flows.install(key(2), L2, [DecTtl(), *outs(16)])  # other rewrites, same outputs
+    flows.install(key(3), L2, outs(17))
+    ids = {i: flows.get(key(i), L2).flood_set for i in (1, 2, 3)}  # type: ignore[union-attr]
+    assert ids[1] == ids[2] != ids[3]
+    assert (floods.refcount(ids[1]), floods.refcount(ids[3])) == (2, 1)
+    assert len(floods.map.collect_keys()) == 2
+
+    flows.install(key(3), L2, [Drop()])  # replaced by an inline flow: its set goes
+    assert ids[3] not in {int(k.value) for k in floods.map.collect_keys()}
+    assert flows.delete(key(1), L2)
+    assert floods.refcount(ids[1]) == 1 and len(floods) == 1
+    flows.install(key(2), L2, outs(16))  # same set again: must not be freed in between
+    assert flows.get(key(2), L2).flood_set == ids[1]  # type: ignore[union-attr]
+    assert flows.delete(key(2), L2)
+    assert len(floods) == 0 and floods.map.collect_keys() == []
+
+    flows.install(key(1), L2, outs(30))
+    assert flows.clear() == 2 and floods.map.collect_keys() == []  # key 3 (Drop) and key 1
+
+
+def test_a_flood_set_id_is_not_reused_at_once(maps: FastPathMaps) -> None:
+    flows = maps.flows
+    flows.install(key(1), L2, outs(13))
+    first = flows.get(key(1), L2).flood_set  # type: ignore[union-attr]
+    flows.delete(key(1), L2)
+    flows.install(key(1), L2, outs(14))
+    assert flows.get(key(1), L2).flood_set != first  # type: ignore[union-attr]
+
+
+def test_what_does_not_fit_raises_flow_too_large_and_leaks_nothing(maps: FastPathMaps) -> None:
+    flows = maps.flows
+    with pytest.raises(FlowTooLarge, match="at most 64"):
+        flows.install(key(1), L2, outs(FLOOD_MAX_OUTPUTS + 1))
+    # Outputs interleaved with rewrites: only the trailing run can go into a set.
+    interleaved: list[Action] = []
+    for o in outs(7):
+        interleaved += [SetEthSrc("02:00:00:00:ee:01"), o]
+    with pytest.raises(FlowTooLarge):
+        flows.install(key(1), L2, interleaved)
+    with pytest.raises(TypeError):
+        flows.install(key(1), L2, [Flood(3)])
+    assert len(flows) == 0 and len(flows.floods) == 0 and flows.floods.map.collect_keys() == []
+    flows.install(key(1), L2, outs(FLOOD_MAX_OUTPUTS))  # the limit itself fits
+    assert flows.get(key(1), L2).actions == tuple(outs(FLOOD_MAX_OUTPUTS))  # type: ignore[union-attr]
+
+
+def test_reconcile_keeps_shares_and_prunes_flood_sets(maps: FastPathMaps) -> None:
+    flows = maps.flows
+    flows.install(key(1), L2, outs(20))
+    flows.install(key(2), L2, outs(21))
+    desired = [
+        Flow(key(1), L2, tuple(outs(20))),  # unchanged: not rewritten
+        Flow(key(3), L2, tuple(outs(20))),  # new, shares key 1's set
+        Flow(key(4), L2, tuple(outs(FLOOD_MAX_OUTPUTS + 1))),  # cannot be installed
+    ]
+    kept = flows.get(key(1), L2).flood_set  # type: ignore[union-attr]
+    result = flows.reconcile(desired)
+    assert (result.unchanged, result.added, result.removed) == (1, 1, 1)
+    assert len(result.errors) == 1 and "at most 64" in result.errors[0]
+    assert flows.get(key(3), L2).flood_set == kept  # type: ignore[union-attr]
+    assert {int(k.value) for k in flows.floods.map.collect_keys()} == {kept}
+    assert flows.floods.refcount(kept) == 2
+    again = flows.reconcile(desired[:2])
+    assert (again.unchanged, again.added, again.removed) == (2, 0, 0)
+    assert flows.reconcile([]).removed == 2 and flows.floods.map.collect_keys() == []
+
+
+def test_reopening_recounts_flood_sets_and_drops_unnamed_ones(maps: FastPathMaps) -> None:
+    maps.flows.install(key(1), L2, outs(20))
+    maps.flows.install(key(2), L2, outs(20))
+    maps.flows.install(key(3), L2, [SetEthSrc("02:00:00:00:ee:01"), *outs(25)])
+    set_id = maps.flows.get(key(1), L2).flood_set  # type: ignore[union-attr]
+    # A set no flow names (a crash between writing the set and the flow).
+    orphan = FloodSet()
+    orphan.n_outputs = 1
+    orphan.outputs[0].type = 4
+    orphan.outputs[0].ifindex = 9
+    maps.flows.floods.map.update(ctypes.c_uint32(4000), orphan)
+    before = {e.key.in_port: e.actions for e in maps.flows.entries()}
+    # Like an agent restart: fresh Python objects over the same kernel maps.
+    again = FlowMap(
+        BpfMap(os.dup(maps.fd("flows")), "flows", FlowLookupKey, FlowValue),
+        MaskTable(BpfMap(os.dup(maps.fd("masks")), "masks", ctypes.c_uint32, MaskList)),
+        FloodSetTable(
+            BpfMap(os.dup(maps.fd("flood_sets")), "flood_sets", ctypes.c_uint32, FloodSet)
+        ),
+    )
+    try:
+        assert {e.key.in_port: e.actions for e in again.entries()} == before
+        assert again.floods.refcount(set_id) == 2 and len(again.floods) == 2
+        assert 4000 not in {int(k.value) for k in again.floods.map.collect_keys()}
+        again.install(key(4), L2, outs(20))  # dedups against the adopted set
+        assert again.get(key(4), L2).flood_set == set_id  # type: ignore[union-attr]
+        for port in (1, 2, 4):
+            assert again.delete(key(port), L2)
+        assert set_id not in {int(k.value) for k in again.floods.map.collect_keys()}
+    finally:
+        again.map.close()
+        again.masks.map.close()
+        again.floods.map.close()

@@ -4,7 +4,7 @@
   every map layout;
 * :mod:`.layout` -- the ctypes mirror of ``flow.h`` (checked against BTF);
 * :mod:`.bpf` -- the raw ``bpf(2)`` syscall (no fork per map operation);
-* :mod:`.maps` -- typed maps, megaflow masks, ``reconcile``;
+* :mod:`.maps` -- typed maps, megaflow masks, flood sets, ``reconcile``;
 * :mod:`.actions` -- flow actions as values;
 * :mod:`.loader` -- compile, load, pin, attach (:class:`EbpfFastPath`);
 * :mod:`.upcall` -- the agent's AF_PACKET end of the miss path.

@@ -15,8 +15,10 @@ from typing import TypeAlias
 
 from tessera.datapath.ebpf.layout import (
     ACT_F_PEER,
+    FLOOD_MAX_OUTPUTS,
     FLOW_MAX_ACTIONS,
     ActionType,
+    FloodSet,
     FlowAction,
     FlowValue,
     format_mac,
@@ -27,13 +29,18 @@ __all__ = [
     "Action",
     "DecTtl",
     "Drop",
+    "Flood",
+    "Output",
     "OutputLocal",
     "OutputTunnel",
     "SetEthDst",
     "SetEthSrc",
     "ToUserspace",
     "decode_actions",
+    "decode_flood_set",
     "encode_actions",
+    "encode_flood_set",
+    "split_flood",
 ]
 
 
@@ -123,7 +130,74 @@ class ToUserspace:
     """Send every packet of the flow to the agent (handled like a miss)."""
 
 
-Action: TypeAlias = SetEthSrc | SetEthDst | DecTtl | OutputLocal | OutputTunnel | Drop | ToUserspace
+@dataclass(frozen=True, slots=True)
+class Flood:
+    """Emit every output of flood set ``set_id`` (the ``flood_sets`` map).
+
+    Only :class:`~tessera.datapath.ebpf.maps.FlowMap` writes it, for a flow
+    whose outputs do not fit the action list; readers of a flow see the
+    outputs of the set, never this action.
+    """
+
+    set_id: int
+
+
+Action: TypeAlias = (
+    SetEthSrc | SetEthDst | DecTtl | OutputLocal | OutputTunnel | Drop | ToUserspace | Flood
+)
+Output: TypeAlias = OutputLocal | OutputTunnel
+
+
+def _encode_one(act: Action, slot: FlowAction) -> None:
+    match act:
+        case SetEthSrc(mac=mac):
+            slot.type = ActionType.SET_ETH_SRC
+            slot.mac[:] = mac
+        case SetEthDst(mac=mac):
+            slot.type = ActionType.SET_ETH_DST
+            slot.mac[:] = mac
+        case DecTtl(n=n):
+            slot.type = ActionType.DEC_TTL
+            slot.ttl_dec = n
+        case OutputLocal(ifindex=ifindex, peer=peer):
+            slot.type = ActionType.OUTPUT_LOCAL
+            slot.ifindex = ifindex
+            slot.flags = ACT_F_PEER if peer else 0
+        case OutputTunnel():
+            slot.type = ActionType.OUTPUT_TUNNEL
+            slot.vni = act.vni
+            slot.remote_ip = act.remote_ip
+            slot.ifindex = act.ifindex
+        case Drop():
+            slot.type = ActionType.DROP
+        case ToUserspace():
+            slot.type = ActionType.TO_USERSPACE
+        case Flood(set_id=set_id):
+            slot.type = ActionType.FLOOD
+            slot.ifindex = set_id
+        case _:
+            raise TypeError(f"not a datapath action: {act!r}")
+
+
+def _decode_one(a: FlowAction, where: str) -> Action:
+    t = a.type
+    if t == ActionType.SET_ETH_SRC:
+        return SetEthSrc(bytes(a.mac))
+    if t == ActionType.SET_ETH_DST:
+        return SetEthDst(bytes(a.mac))
+    if t == ActionType.DEC_TTL:
+        return DecTtl(a.ttl_dec)
+    if t == ActionType.OUTPUT_LOCAL:
+        return OutputLocal(a.ifindex, bool(a.flags & ACT_F_PEER))
+    if t == ActionType.OUTPUT_TUNNEL:
+        return OutputTunnel(a.vni, a.remote_ip, a.ifindex)
+    if t == ActionType.DROP:
+        return Drop()
+    if t == ActionType.TO_USERSPACE:
+        return ToUserspace()
+    if t == ActionType.FLOOD:
+        return Flood(int(a.ifindex))
+    raise ValueError(f"unknown action type {t} in {where}")
 
 
 def encode_actions(actions: Sequence[Action], value: FlowValue) -> None:
@@ -132,54 +206,48 @@ def encode_actions(actions: Sequence[Action], value: FlowValue) -> None:
         raise ValueError(f"{len(actions)} actions, the datapath takes at most {FLOW_MAX_ACTIONS}")
     value.n_actions = len(actions)
     for i, act in enumerate(actions):
-        slot: FlowAction = value.actions[i]
-        match act:
-            case SetEthSrc(mac=mac):
-                slot.type = ActionType.SET_ETH_SRC
-                slot.mac[:] = mac
-            case SetEthDst(mac=mac):
-                slot.type = ActionType.SET_ETH_DST
-                slot.mac[:] = mac
-            case DecTtl(n=n):
-                slot.type = ActionType.DEC_TTL
-                slot.ttl_dec = n
-            case OutputLocal(ifindex=ifindex, peer=peer):
-                slot.type = ActionType.OUTPUT_LOCAL
-                slot.ifindex = ifindex
-                slot.flags = ACT_F_PEER if peer else 0
-            case OutputTunnel():
-                slot.type = ActionType.OUTPUT_TUNNEL
-                slot.vni = act.vni
-                slot.remote_ip = act.remote_ip
-                slot.ifindex = act.ifindex
-            case Drop():
-                slot.type = ActionType.DROP
-            case ToUserspace():
-                slot.type = ActionType.TO_USERSPACE
-            case _:
-                raise TypeError(f"not a datapath action: {act!r}")
+        _encode_one(act, value.actions[i])
 
 
 def decode_actions(value: FlowValue) -> tuple[Action, ...]:
     """The inverse of :func:`encode_actions`."""
-    out: list[Action] = []
-    for i in range(min(value.n_actions, FLOW_MAX_ACTIONS)):
-        a = value.actions[i]
-        t = a.type
-        if t == ActionType.SET_ETH_SRC:
-            out.append(SetEthSrc(bytes(a.mac)))
-        elif t == ActionType.SET_ETH_DST:
-            out.append(SetEthDst(bytes(a.mac)))
-        elif t == ActionType.DEC_TTL:
-            out.append(DecTtl(a.ttl_dec))
-        elif t == ActionType.OUTPUT_LOCAL:
-            out.append(OutputLocal(a.ifindex, bool(a.flags & ACT_F_PEER)))
-        elif t == ActionType.OUTPUT_TUNNEL:
-            out.append(OutputTunnel(a.vni, a.remote_ip, a.ifindex))
-        elif t == ActionType.DROP:
-            out.append(Drop())
-        elif t == ActionType.TO_USERSPACE:
-            out.append(ToUserspace())
-        else:
-            raise ValueError(f"unknown action type {t} in slot {i}")
+    return tuple(
+        _decode_one(value.actions[i], f"slot {i}")
+        for i in range(min(value.n_actions, FLOW_MAX_ACTIONS))
+    )
+
+
+def split_flood(actions: Sequence[Action]) -> tuple[tuple[Action, ...], tuple[Output, ...]]:
+    """(everything before the trailing outputs, the trailing outputs).
+
+    Only the trailing run of outputs can go into a flood set: every output
+    of a set gets the same packet, so an output followed by a rewrite must
+    stay inline where the rewrite can still follow it.
+    """
+    i = len(actions)
+    while i > 0 and isinstance(actions[i - 1], OutputLocal | OutputTunnel):
+        i -= 1
+    outputs = tuple(a for a in actions[i:] if isinstance(a, OutputLocal | OutputTunnel))
+    return tuple(actions[:i]), outputs
+
+
+def encode_flood_set(outputs: Sequence[Output], value: FloodSet) -> None:
+    """Write ``outputs`` into a flood set (OUTPUT_LOCAL/OUTPUT_TUNNEL only)."""
+    if len(outputs) > FLOOD_MAX_OUTPUTS:
+        raise ValueError(f"{len(outputs)} outputs, a flood set holds at most {FLOOD_MAX_OUTPUTS}")
+    value.n_outputs = len(outputs)
+    for i, out in enumerate(outputs):
+        if not isinstance(out, OutputLocal | OutputTunnel):
+            raise TypeError(f"a flood set holds outputs only, not {out!r}")
+        _encode_one(out, value.outputs[i])
+
+
+def decode_flood_set(value: FloodSet) -> tuple[Output, ...]:
+    """The inverse of :func:`encode_flood_set`."""
+    out: list[Output] = []
+    for i in range(min(value.n_outputs, FLOOD_MAX_OUTPUTS)):
+        act = _decode_one(value.outputs[i], f"flood set output {i}")
+        if not isinstance(act, OutputLocal | OutputTunnel):
+            raise ValueError(f"flood set output {i} is not an output: {act!r}")
+        out.append(act)
     return tuple(out)

@@ -26,6 +26,8 @@
 #define FLOW_MAX_ENTRIES 65536
 #define PORT_MAX_ENTRIES 4096 /* the miss tag carries the port in 12 bits */
 #define VNI_MAX_ENTRIES 4096
+#define FLOOD_MAX_OUTPUTS 64  /* outputs of one flood set */
+#define FLOOD_MAX_SETS 4096   /* flood sets alive at once */
 
 /* ip_frag values */
 #define FLOW_FRAG_NONE 0
@@ -78,6 +80,7 @@ enum flow_action_type {
 	ACT_OUTPUT_TUNNEL = 5,/* vni, remote_ip; ifindex or config vxlan */
 	ACT_DROP = 6,
 	ACT_TO_USERSPACE = 7, /* handled like a miss */
+	ACT_FLOOD = 8,        /* ifindex = id of a `flood_sets` entry: emit each output */
 };
 
 /* OUTPUT_LOCAL: ifindex is the host side of a veth whose peer lives in
@@ -89,7 +92,8 @@ struct flow_action {
 	__u8 flags;      /*  1: ACT_F_* */
 	__u8 ttl_dec;    /*  2: DEC_TTL amount */
 	__u8 _pad0;      /*  3 */
-	__u32 ifindex;   /*  4: OUTPUT_*: target device in the host namespace */
+	__u32 ifindex;   /*  4: OUTPUT_*: target device in the host namespace;
+			  *     FLOOD: the flood set id */
 	__u32 vni;       /*  8: OUTPUT_TUNNEL: 24-bit VXLAN id */
 	__u32 remote_ip; /* 12: OUTPUT_TUNNEL: underlay IPv4, host order */
 	__u8 mac[6];     /* 16: SET_ETH_* */
@@ -104,6 +108,20 @@ struct flow_value {
 	__u32 flags;     /* 28: reserved, 0 */
 	struct flow_action actions[FLOW_MAX_ACTIONS]; /* 32 */
 };                       /* 32 + 12 * 24 = 320 */
+
+/*
+ * Value of `flood_sets` (key: __u32 set id): a flood wider than a flow's
+ * action list.  outputs[] holds only OUTPUT_LOCAL/OUTPUT_TUNNEL actions and
+ * each one gets the same packet (rewrites run before the FLOOD action).  A
+ * set is written before the first flow naming it and never changed while
+ * named: the agent shares one set among flows with equal outputs and deletes
+ * it after the last of them.  8 + 64 * 24 = 1544 bytes.
+ */
+struct flood_set {
+	__u32 n_outputs; /* 0: outputs [0, n_outputs) are emitted, in order */
+	__u32 flags;     /* 4: reserved, 0 */
+	struct flow_action outputs[FLOOD_MAX_OUTPUTS]; /* 8 */
+};
 
 /* Value of `ports` (key: ifindex of a bound port in the host namespace). */
 struct port_info {
@@ -138,6 +156,7 @@ enum dp_stat {
 	STAT_TUNNEL_RX = 8,
 	STAT_TUNNEL_RX_UNKNOWN = 9,
 	STAT_ACTION_ERROR = 10, /* a helper failed while executing actions */
+	STAT_FLOOD_MISSING = 11, /* FLOOD named a set that is not in `flood_sets` */
 	STAT_MAX = 16,
 };
 

@@ -22,6 +22,8 @@ __all__ = [
     "FLOW_FRAG_FIRST",
     "FLOW_FRAG_LATER",
     "FLOW_FRAG_NONE",
+    "FLOOD_MAX_OUTPUTS",
+    "FLOOD_MAX_SETS",
     "FLOW_MAX_ACTIONS",
     "FLOW_MAX_ENTRIES",
     "FLOW_MAX_MASKS",
@@ -29,6 +31,7 @@ __all__ = [
     "MAX_PORT_NO",
     "ActionType",
     "DpConfig",
+    "FloodSet",
     "FlowAction",
     "FlowKey",
     "FlowLookupKey",
@@ -48,6 +51,8 @@ FLOW_MAX_ACTIONS: Final = 12
 FLOW_MAX_ENTRIES: Final = 65536
 PORT_MAX_ENTRIES: Final = 4096
 VNI_MAX_ENTRIES: Final = 4096
+FLOOD_MAX_OUTPUTS: Final = 64
+FLOOD_MAX_SETS: Final = 4096
 MAX_PORT_NO: Final = 4095  # the miss tag carries the port in a 12-bit VID
 
 FLOW_FRAG_NONE: Final = 0
@@ -69,6 +74,7 @@ class ActionType(enum.IntEnum):
     OUTPUT_TUNNEL = 5
     DROP = 6
     TO_USERSPACE = 7
+    FLOOD = 8  # ifindex holds the id of a flood_sets entry
 
 
 class Stat(enum.IntEnum):
@@ -85,6 +91,7 @@ class Stat(enum.IntEnum):
     TUNNEL_RX = 8
     TUNNEL_RX_UNKNOWN = 9
     ACTION_ERROR = 10
+    FLOOD_MISSING = 11
 
 
 STAT_MAX: Final = 16
@@ -267,6 +274,14 @@ class FlowValue(_Struct):
     ]
 
 
+class FloodSet(_Struct):
+    _fields_ = [
+        ("n_outputs", u32),
+        ("flags", u32),
+        ("outputs", FlowAction * FLOOD_MAX_OUTPUTS),
+    ]
+
+
 class PortInfo(_Struct):
     _fields_ = [("port_no", u32), ("flags", u32)]
 
@@ -291,6 +306,7 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "mask_list": MaskList,
     "flow_action": FlowAction,
     "flow_value": FlowValue,
+    "flood_set": FloodSet,
     "port_info": PortInfo,
     "vni_port": VniPort,
     "dp_config": DpConfig,

@@ -2,8 +2,8 @@
 
 Layout on bpffs for one host (``pin_dir``, e.g. /sys/fs/bpf/tessera/<host>)::
 
-    maps/{flows,masks,ports,vni_ports,config,stats}   pinned once, reused forever
-    progs-<objhash>/{port_ingress,inject,tunnel_rx}   one dir per object build
+    maps/{flows,masks,flood_sets,ports,vni_ports,config,stats}   pinned once, reused forever
+    progs-<objhash>/{port_ingress,inject,tunnel_rx}              one dir per object build
 
 (bpffs refuses names containing a dot, even for a lookup: EPERM.)
 
@@ -12,6 +12,8 @@ program build) must find them again -- a reload passes every pinned map to
 bpftool (``map name X pinned P``) instead of creating new ones, and a pinned
 map whose shape differs from what the program expects stops the load with
 an error rather than being silently recreated (that would drop every flow).
+A map the pin directory lacks (one added by a newer build, like
+``flood_sets``) is created and pinned beside the reused ones.
 Program pins are per object hash, so a restart with the same build loads
 nothing at all and the running tc filters are never touched.
 

@@ -13,22 +13,36 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import Action, decode_actions, encode_actions
+from tessera.datapath.ebpf.actions import (
+    Action,
+    Flood,
+    Output,
+    decode_actions,
+    decode_flood_set,
+    encode_actions,
+    encode_flood_set,
+    split_flood,
+)
 from tessera.datapath.ebpf.layout import (
     ACT_F_PEER,
+    FLOOD_MAX_OUTPUTS,
+    FLOOD_MAX_SETS,
+    FLOW_MAX_ACTIONS,
     FLOW_MAX_ENTRIES,
     FLOW_MAX_MASKS,
     MAX_PORT_NO,
     PORT_MAX_ENTRIES,
     STAT_MAX,
     VNI_MAX_ENTRIES,
+    ActionType,
     DpConfig,
+    FloodSet,
     FlowKey,
     FlowLookupKey,
     FlowValue,
@@ -43,9 +57,12 @@ __all__ = [
     "BpfMap",
     "ConfigMap",
     "FastPathMaps",
+    "FloodSetTable",
+    "FloodSetsFull",
     "Flow",
     "FlowEntry",
     "FlowMap",
+    "FlowTooLarge",
     "MapSpec",
     "MaskTable",
     "MaskTableFull",
@@ -83,6 +100,14 @@ MAP_SPECS: dict[str, MapSpec] = {
             bpf.BPF_F_NO_PREALLOC,
         ),
         MapSpec("masks", bpf.BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(MaskList), 1),
+        MapSpec(
+            "flood_sets",
+            bpf.BPF_MAP_TYPE_HASH,
+            4,
+            ctypes.sizeof(FloodSet),
+            FLOOD_MAX_SETS,
+            bpf.BPF_F_NO_PREALLOC,
+        ),
         MapSpec("ports", bpf.BPF_MAP_TYPE_HASH, 4, ctypes.sizeof(PortInfo), PORT_MAX_ENTRIES),
         MapSpec("vni_ports", bpf.BPF_MAP_TYPE_HASH, 4, ctypes.sizeof(VniPort), VNI_MAX_ENTRIES),
         MapSpec("config", bpf.BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(DpConfig), 1),
@@ -485,6 +510,130 @@ class MaskTable:
         self.map.update(_u32(0), self._list)
 
 
+# --- flood sets ------------------------------------------------------------------
+
+
+class FloodSetsFull(RuntimeError):
+    """All FLOOD_MAX_SETS flood sets are in use."""
+
+
+class FlowTooLarge(ValueError):
+    """The actions fit neither a flow's action list nor one flood set."""
+
+
+class FloodSetTable:
+    """The ``flood_sets`` map: output lists too long for a flow, shared by content.
+
+    Flows with the same outputs (a bridge floods the same ports for many
+    source MACs) share one set, refcounted by the flows naming it; the set is
+    deleted with the last of them.  A set is never rewritten while named, so
+    the program never sees a half-written flood.  Ids are handed out round
+    robin rather than lowest-free: a packet that read a flow value just
+    before its set was deleted must not find a new, unrelated set under the
+    same id (the map is RCU-freed, but ids are not).  The refcounts live in
+    Python only and :class:`FlowMap` recounts them from the flows map when it
+    opens a pinned one.
+    """
+
+    def __init__(self, m: BpfMap[ctypes.c_uint32, FloodSet]) -> None:
+        self.map = m
+        self._id_of: dict[tuple[Output, ...], int] = {}
+        self._outputs: dict[int, tuple[Output, ...]] = {}
+        self._refs: dict[int, int] = {}
+        self._next = 0
+        for k, v in m.items():
+            set_id = int(k.value)
+            try:
+                outputs = decode_flood_set(v)
+            except ValueError:
+                m.delete(_u32(set_id))  # garbage: no flow written by us names it
+                continue
+            self._outputs[set_id] = outputs
+            self._id_of.setdefault(outputs, set_id)
+            self._refs[set_id] = 0
+            self._next = max(self._next, set_id + 1) % FLOOD_MAX_SETS
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def id_of(self, outputs: tuple[Output, ...]) -> int | None:
+        return self._id_of.get(outputs)
+
+    def outputs(self, set_id: int) -> tuple[Output, ...] | None:
+        return self._outputs.get(set_id)
+
+    def refcount(self, set_id: int) -> int:
+        return self._refs.get(set_id, 0)
+
+    def acquire(self, outputs: tuple[Output, ...]) -> int:
+        """The id of the set holding ``outputs``, writing a new one if needed.
+
+        Takes no reference (call :meth:`ref` once a flow names it, or
+        :meth:`release_if_unused` when that failed).
+        """
+        set_id = self._id_of.get(outputs)
+        if set_id is not None:
+            return set_id
+        if len(outputs) > FLOOD_MAX_OUTPUTS:
+            raise FlowTooLarge(
+                f"{len(outputs)} outputs, a flood set holds at most {FLOOD_MAX_OUTPUTS}"
+            )
+        if len(self._outputs) >= FLOOD_MAX_SETS:
+            raise FloodSetsFull(f"all {FLOOD_MAX_SETS} flood sets in use")
+        set_id = self._next
+        while set_id in self._outputs:
+            set_id = (set_id + 1) % FLOOD_MAX_SETS
+        value = FloodSet()
+        encode_flood_set(outputs, value)
+        self.map.update(_u32(set_id), value)
+        self._next = (set_id + 1) % FLOOD_MAX_SETS
+        self._outputs[set_id] = outputs
+        self._id_of[outputs] = set_id
+        self._refs[set_id] = 0
+        return set_id
+
+    def ref(self, set_id: int) -> None:
+        self._refs[set_id] = self._refs.get(set_id, 0) + 1
+
+    def unref(self, set_id: int) -> None:
+        """Drop a reference; the set goes with its last flow."""
+        if set_id not in self._outputs:
+            return
+        self._refs[set_id] = max(0, self._refs.get(set_id, 0) - 1)
+        self.release_if_unused(set_id)
+
+    def release_if_unused(self, set_id: int) -> None:
+        if set_id in self._outputs and self._refs.get(set_id, 0) == 0:
+            self._free(set_id)
+
+    def _free(self, set_id: int) -> None:
+        outputs = self._outputs.pop(set_id)
+        if self._id_of.get(outputs) == set_id:
+            del self._id_of[outputs]
+        self._refs.pop(set_id, None)
+        self.map.delete(_u32(set_id))
+
+    def set_refcounts(self, refs: Mapping[int, int]) -> None:
+        """Refcounts recounted from the flows map; deletes the sets no flow names."""
+        self._refs = {set_id: int(refs.get(set_id, 0)) for set_id in self._outputs}
+        for set_id in [i for i, n in self._refs.items() if n == 0]:
+            self._free(set_id)
+
+    def clear(self) -> None:
+        for set_id in list(self._outputs):
+            self._free(set_id)
+
+
+def _flood_id(value: FlowValue) -> int | None:
+    """The set a flow value floods to.  FlowMap writes FLOOD only as the last
+    action, so one slot tells (cheap enough for a walk of every flow)."""
+    n = int(value.n_actions)
+    if not 0 < n <= FLOW_MAX_ACTIONS:
+        return None
+    last = value.actions[n - 1]
+    return int(last.ifindex) if last.type == ActionType.FLOOD else None
+
+
 # --- flows -----------------------------------------------------------------------
 
 
@@ -512,6 +661,7 @@ class FlowEntry:
     packets: int
     bytes: int
     last_used_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns()), 0 = never
+    flood_set: int | None = None  # the flood set its trailing outputs live in
 
 
 @dataclass(slots=True)
@@ -524,68 +674,136 @@ class ReconcileResult:
 
 
 class FlowMap:
-    """``flows`` plus its :class:`MaskTable`: megaflow install/delete/walk.
+    """``flows`` plus its :class:`MaskTable` and :class:`FloodSetTable`:
+    megaflow install/delete/walk.
+
+    A flow's actions go inline when they fit FLOW_MAX_ACTIONS; otherwise its
+    trailing outputs go into a flood set and the flow holds the actions
+    before them plus one FLOOD.  Readers never see the difference: entries
+    come back with the set's outputs in place of the FLOOD.
 
     Not for concurrent use from several threads without the internal lock,
     which every public method takes.
     """
 
-    def __init__(self, flows: BpfMap[FlowLookupKey, FlowValue], masks: MaskTable) -> None:
+    def __init__(
+        self,
+        flows: BpfMap[FlowLookupKey, FlowValue],
+        masks: MaskTable,
+        floods: FloodSetTable,
+    ) -> None:
         self.map = flows
         self.masks = masks
+        self.floods = floods
         self._lock = threading.Lock()
+        self._flood_of: dict[bytes, int] = {}  # lookup key -> flood set it names
         self._resync()
 
     def _resync(self) -> None:
         refs = [0] * FLOW_MAX_MASKS
-        for k in self.map.collect_keys():
+        flood_refs: dict[int, int] = {}
+        self._flood_of = {}
+        for k, v in self.map.items():
             if 0 <= k.mask_index < FLOW_MAX_MASKS:
                 refs[k.mask_index] += 1
+            set_id = _flood_id(v)
+            if set_id is not None:
+                flood_refs[set_id] = flood_refs.get(set_id, 0) + 1
+                self._flood_of[bytes(k)] = set_id
         self.masks.set_refcounts(refs)
+        self.floods.set_refcounts(flood_refs)
 
     @staticmethod
     def _lookup_key(index: int, key: FlowKey, mask: FlowKey) -> FlowLookupKey:
         return FlowLookupKey(mask_index=index, key=key.masked(mask))
 
+    @staticmethod
+    def _plan(actions: Sequence[Action]) -> tuple[tuple[Action, ...], tuple[Output, ...] | None]:
+        """(inline actions, outputs for a flood set or None); raises FlowTooLarge."""
+        if any(type(a) is Flood for a in actions):
+            raise TypeError("Flood is written by FlowMap itself; pass the outputs")
+        if len(actions) <= FLOW_MAX_ACTIONS:
+            return tuple(actions), None
+        prefix, outputs = split_flood(actions)
+        if len(prefix) + 1 > FLOW_MAX_ACTIONS:
+            raise FlowTooLarge(
+                f"{len(actions)} actions of which {len(prefix)} before the trailing outputs; "
+                f"the datapath takes at most {FLOW_MAX_ACTIONS - 1} there"
+            )
+        if len(outputs) > FLOOD_MAX_OUTPUTS:
+            raise FlowTooLarge(
+                f"{len(outputs)} outputs, a flood set holds at most {FLOOD_MAX_OUTPUTS}"
+            )
+        return prefix, outputs
+
     def install(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> None:
         """Add or replace the megaflow (key & mask) with ``actions``.
 
         A replaced flow keeps its counters.  Raises :class:`MaskTableFull`
-        when the mask is new and every slot is taken.
+        when the mask is new and every slot is taken, :class:`FlowTooLarge`
+        when the actions cannot be encoded, :class:`FloodSetsFull` when they
+        need a new flood set and none is free.
         """
-        value = FlowValue()
-        encode_actions(actions, value)
+        inline, outputs = self._plan(actions)
         with self._lock:
             self.masks.reap()
-            idx = self.masks.acquire(mask)
-            lk = self._lookup_key(idx, key, mask)
+            set_id = None
+            if outputs is not None:
+                set_id = self.floods.acquire(outputs)
+                inline = (*inline, Flood(set_id))
+            value = FlowValue()
+            encode_actions(inline, value)
             try:
-                self.map.update(lk, value, bpf.BPF_NOEXIST)
-            except OSError as e:
-                if e.errno != errno.EEXIST:
-                    if self.masks.refcount(idx) == 0:
-                        self.masks.free(idx)
-                    raise
-                old = self.map.lookup(lk)
-                if old is not None:
-                    value.packets, value.bytes, value.last_used = (
-                        old.packets,
-                        old.bytes,
-                        old.last_used,
-                    )
-                self.map.update(lk, value, bpf.BPF_ANY)
+                raw, old_set = self._write(key, mask, value)
+            except BaseException:
+                if set_id is not None:
+                    self.floods.release_if_unused(set_id)
+                raise
+            if set_id is not None:
+                self.floods.ref(set_id)
+                self._flood_of[raw] = set_id
             else:
-                self.masks.ref(idx)
+                self._flood_of.pop(raw, None)
+            if old_set is not None:
+                self.floods.unref(old_set)  # after the ref: a set kept by the new value stays
+
+    def _write(self, key: FlowKey, mask: FlowKey, value: FlowValue) -> tuple[bytes, int | None]:
+        """Write the flow: (its lookup key, the flood set of the value it replaced)."""
+        idx = self.masks.acquire(mask)
+        lk = self._lookup_key(idx, key, mask)
+        try:
+            self.map.update(lk, value, bpf.BPF_NOEXIST)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                if self.masks.refcount(idx) == 0:
+                    self.masks.free(idx)
+                raise
+            old = self.map.lookup(lk)
+            if old is not None:
+                value.packets, value.bytes, value.last_used = (
+                    old.packets,
+                    old.bytes,
+                    old.last_used,
+                )
+            self.map.update(lk, value, bpf.BPF_ANY)
+            raw = bytes(lk)
+            return raw, _flood_id(old) if old is not None else self._flood_of.get(raw)
+        self.masks.ref(idx)
+        return bytes(lk), None
 
     def delete(self, key: FlowKey, mask: FlowKey) -> bool:
         with self._lock:
             idx = self.masks.index_of(mask)
             if idx is None:
                 return False
-            if not self.map.delete(self._lookup_key(idx, key, mask)):
+            lk = self._lookup_key(idx, key, mask)
+            if not self.map.delete(lk):
                 return False
             self.masks.unref(idx)
             self.masks.reap()
+            set_id = self._flood_of.pop(bytes(lk), None)
+            if set_id is not None:
+                self.floods.unref(set_id)
             return True
 
     def get(self, key: FlowKey, mask: FlowKey) -> FlowEntry | None:
@@ -597,14 +815,21 @@ class FlowMap:
         return None if v is None else self._entry(lk, v)
 
     def _entry(self, lk: FlowLookupKey, v: FlowValue) -> FlowEntry:
+        actions = decode_actions(v)
+        set_id = _flood_id(v)
+        if set_id is not None:
+            outputs = self.floods.outputs(set_id)
+            if outputs is not None:  # else: left as Flood(id), visibly unresolved
+                actions = (*actions[:-1], *outputs)
         return FlowEntry(
             mask_index=int(lk.mask_index),
             mask=self.masks.mask_at(lk.mask_index),
             key=FlowKey.from_buffer_copy(bytes(lk.key)),
-            actions=decode_actions(v),
+            actions=actions,
             packets=int(v.packets),
             bytes=int(v.bytes),
             last_used_ns=int(v.last_used),
+            flood_set=set_id,
         )
 
     def entries(self) -> list[FlowEntry]:
@@ -621,12 +846,27 @@ class FlowMap:
         return len(self.map.collect_keys())
 
     def clear(self) -> int:
-        """Delete every flow and free every mask; returns flows deleted."""
+        """Delete every flow and free every mask and flood set; returns flows deleted."""
         with self._lock:
             keys = self.map.collect_keys()
             n = sum(1 for k in keys if self.map.delete(k))
             self.masks.clear()
+            self.floods.clear()
+            self._flood_of.clear()
             return n
+
+    def _encoded(self, actions: Sequence[Action]) -> bytes | None:
+        """The action bytes ``actions`` would be written as, without writing
+        anything (None: they need a flood set that does not exist yet)."""
+        inline, outputs = self._plan(actions)
+        if outputs is not None:
+            set_id = self.floods.id_of(outputs)
+            if set_id is None:
+                return None
+            inline = (*inline, Flood(set_id))
+        probe = FlowValue()
+        encode_actions(inline, probe)
+        return bytes(probe)[_ACTIONS_OFFSET:]
 
     def reconcile(self, desired: Iterable[Flow]) -> ReconcileResult:
         """Make the kernel hold exactly ``desired``.
@@ -634,9 +874,10 @@ class FlowMap:
         Reads the whole map once (batched), installs what is missing or
         different (a flow whose encoded actions are unchanged is not
         rewritten, so its counters stay), then deletes every other flow from
-        the key list collected before any delete.  Unused mask slots are
-        freed last.  If the mask table fills up, the prune runs first and
-        the remaining installs are retried once.
+        the key list collected before any delete.  Unused mask slots and
+        flood sets are freed last.  If the mask table fills up, the prune
+        runs first and the remaining installs are retried once.  A flow that
+        cannot be encoded is reported in ``errors``, not raised.
         """
         result = ReconcileResult()
         want: dict[tuple[bytes, bytes], Flow] = {}
@@ -656,16 +897,16 @@ class FlowMap:
         pending: list[Flow] = []
         for ident, f in want.items():
             have = current.get(ident)
-            if have is not None:
-                probe = FlowValue()
-                encode_actions(f.actions, probe)
-                if bytes(probe)[_ACTIONS_OFFSET:] == have:
+            try:
+                if have is not None and self._encoded(f.actions) == have:
                     result.unchanged += 1
                     continue
-            try:
                 self.install(f.key, f.mask, f.actions)
-            except MaskTableFull:
+            except (MaskTableFull, FloodSetsFull):
                 pending.append(f)
+                continue
+            except (FlowTooLarge, TypeError) as e:
+                result.errors.append(f"{f.key!r}/{f.mask!r}: {e}")
                 continue
             if have is None:
                 result.added += 1
@@ -681,7 +922,7 @@ class FlowMap:
             try:
                 self.install(f.key, f.mask, f.actions)
                 result.added += 1
-            except MaskTableFull as e:
+            except (MaskTableFull, FloodSetsFull) as e:
                 result.errors.append(f"{f.key!r}/{f.mask!r}: {e}")
         return result
 
@@ -697,6 +938,7 @@ class FastPathMaps:
         self.flows = FlowMap(
             BpfMap(fds["flows"], "flows", FlowLookupKey, FlowValue),
             MaskTable(BpfMap(fds["masks"], "masks", ctypes.c_uint32, MaskList)),
+            FloodSetTable(BpfMap(fds["flood_sets"], "flood_sets", ctypes.c_uint32, FloodSet)),
         )
         self.ports = PortMap(BpfMap(fds["ports"], "ports", ctypes.c_uint32, PortInfo))
         self.vni_ports = VniPortMap(BpfMap(fds["vni_ports"], "vni_ports", ctypes.c_uint32, VniPort))

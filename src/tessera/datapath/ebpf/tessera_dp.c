@@ -68,6 +68,16 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FLOOD_MAX_SETS);
+	/* RCU-freed like `flows`: a packet that still holds a set the agent
+	 * just deleted finishes its flood with the old outputs. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* set id */
+	__type(value, struct flood_set);
+} flood_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PORT_MAX_ENTRIES);
 	__type(key, __u32); /* ifindex */
 	__type(value, struct port_info);
@@ -346,6 +356,10 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
 	return 0;
 }
 
+/* Verdicts of emit()/flood() besides a TC_ACT_* of a last output. */
+#define OUT_CONTINUE (-1) /* a copy went out; keep working on the original */
+#define OUT_ERROR (-2)
+
 static __always_inline int output(struct __sk_buff *skb, __u32 ifindex, __u8 flags, int last)
 {
 	if (last) {
@@ -356,7 +370,7 @@ static __always_inline int output(struct __sk_buff *skb, __u32 ifindex, __u8 fla
 	/* Not the last output: send a copy, keep working on the original. */
 	if (bpf_clone_redirect(skb, ifindex, 0))
 		stat_inc(STAT_ACTION_ERROR);
-	return -1;
+	return OUT_CONTINUE;
 }
 
 static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_action *a)
@@ -367,6 +381,73 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_a
 	tk.remote_ipv4 = a->remote_ip; /* the helper wants host order */
 	tk.tunnel_ttl = 64;
 	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
+}
+
+/* One OUTPUT_LOCAL or OUTPUT_TUNNEL: the verdict when `last` (the packet
+ * itself is redirected), else OUT_CONTINUE after sending a clone.  Each
+ * tunnel output sets its own tunnel key just before its copy leaves. */
+static __always_inline int emit(struct __sk_buff *skb, const struct flow_action *a, int last)
+{
+	__u32 ifindex = a->ifindex;
+	__u8 flags = a->flags;
+
+	if (a->type == ACT_OUTPUT_TUNNEL) {
+		struct dp_config *cfg = get_config();
+
+		if (!ifindex && cfg)
+			ifindex = cfg->vxlan_ifindex;
+		if (!ifindex || set_tunnel(skb, a))
+			return OUT_ERROR;
+		flags = 0;
+	} else if (a->type != ACT_OUTPUT_LOCAL) {
+		return OUT_ERROR;
+	}
+	return output(skb, ifindex, flags, last);
+}
+
+/* Output j of flood set set_id (see flood()).  Global, so the verifier
+ * checks it once instead of once per step of the caller's loop; it looks
+ * the set up again because a global function cannot take a map value. */
+__attribute__((noinline)) int flood_emit(struct __sk_buff *skb, __u32 set_id, __u32 j, int last)
+{
+	struct flood_set *fs = bpf_map_lookup_elem(&flood_sets, &set_id);
+
+	if (!fs || j >= FLOOD_MAX_OUTPUTS)
+		return OUT_ERROR;
+	return emit(skb, &fs->outputs[j], last);
+}
+
+/* ACT_FLOOD: emit every output of the set, cloning for all but the last
+ * when the flood ends the flow.  A broken output (say, a tunnel without a
+ * device) is counted and skipped: the other ports still get their copy.
+ *
+ * Global functions on purpose: inlined, the 64-step loop with the branches
+ * of emit() in it would be walked again for every path through the 12-step
+ * action loop, beyond the verifier's budget of 1M instructions. */
+__attribute__((noinline)) int flood(struct __sk_buff *skb, __u32 set_id, int last)
+{
+	struct flood_set *fs = bpf_map_lookup_elem(&flood_sets, &set_id);
+
+	if (!fs) {
+		stat_inc(STAT_FLOOD_MISSING);
+		return OUT_ERROR;
+	}
+
+	__u32 n = fs->n_outputs;
+
+	for (__u32 j = 0; j < FLOOD_MAX_OUTPUTS; j++) {
+		if (j >= n)
+			break;
+
+		int final = last && j + 1 == n;
+		int rc = flood_emit(skb, set_id, j, final);
+
+		if (final)
+			return rc;
+		if (rc == OUT_ERROR)
+			stat_inc(STAT_ACTION_ERROR);
+	}
+	return OUT_CONTINUE;
 }
 
 /* Execute the flow's actions in order.  The last action, if an output, is a
@@ -402,23 +483,20 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 				goto error;
 			break;
 		case ACT_OUTPUT_LOCAL:
-			rc = output(skb, a->ifindex, a->flags, last);
-			if (last)
-				return rc;
-			break;
-		case ACT_OUTPUT_TUNNEL: {
-			struct dp_config *cfg = get_config();
-			__u32 ifindex = a->ifindex;
-
-			if (!ifindex && cfg)
-				ifindex = cfg->vxlan_ifindex;
-			if (!ifindex || set_tunnel(skb, a))
+		case ACT_OUTPUT_TUNNEL:
+			rc = emit(skb, a, last);
+			if (rc == OUT_ERROR)
 				goto error;
-			rc = output(skb, ifindex, 0, last);
 			if (last)
 				return rc;
 			break;
-		}
+		case ACT_FLOOD:
+			rc = flood(skb, a->ifindex, last);
+			if (rc == OUT_ERROR)
+				goto error;
+			if (rc != OUT_CONTINUE)
+				return rc;
+			break;
 		case ACT_DROP:
 			stat_inc(STAT_DROP);
 			return TC_ACT_SHOT;
