@@ -18,6 +18,7 @@ from tessera.api.resources import (
     health,
     hosts,
     ip_addr_groups,
+    mirrors,
     port_groups,
     ports,
     routers,
@@ -41,6 +42,7 @@ _RESOURCES = (
     rules,
     port_groups,
     ip_addr_groups,
+    mirrors,
     hosts,
     tunnel_zones,
     traces,
@@ -49,7 +51,7 @@ _RESOURCES = (
 
 _DESCRIPTION = """\
 The tessera REST API: virtual bridges, routers, ports, routes, firewall chains and rules,
-DHCP, port and address groups, hosts, bindings and tunnel zones.
+DHCP, port and address groups, port mirrors, hosts, bindings and tunnel zones.
 
 Every error is `{"message": "..."}`. A create returns 201 with the full object; update
 is `PUT` of the whole object as `GET` returned it (read-only fields are ignored);

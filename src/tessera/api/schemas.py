@@ -1,12 +1,14 @@
 """Request and response bodies that are not topology objects themselves.
 
 Create and update bodies are derived from the model classes, so the REST schema can
-never drift from the model: a create body is the object minus its server-owned fields
-(the id and the parent from the path optional); an update body is the whole object as
-GET returns it, with read-only and fixed-at-creation fields optional (they are ignored,
-or must be sent unchanged). Field-level validation (types, ranges, formats) happens
-here (422); whole-object rules (a router port's address within its network, a jump
-rule's target...) run when the API builds the model object (400).
+never drift from the model: a create body is the whole object with the id, the parent
+from the path and the server-owned fields optional (a client may send an object as GET
+showed it; null server-owned fields are dropped here, the store ignores or refuses the
+rest); an update body is the whole object as GET returns it, with read-only and
+fixed-at-creation fields optional (they are ignored, or must be sent unchanged).
+Field-level validation (types, ranges, formats) happens here (422); whole-object rules
+(a router port's address within its network, a jump rule's target...) run when the API
+builds the model object (400).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from tessera.model import (
@@ -23,6 +25,7 @@ from tessera.model import (
     Chain,
     DhcpSubnet,
     IpAddrGroup,
+    Mirror,
     Port,
     PortGroup,
     Route,
@@ -48,6 +51,21 @@ def _optional(info: FieldInfo) -> tuple[Any, Any]:
     )
 
 
+def _without_nulls(fields: frozenset[str]) -> type[TesseraModel]:
+    """A base whose instances leave out `fields` sent as null, as if never sent: the
+    object is then built with their defaults (the store fills them in)."""
+
+    class NullsDropped(TesseraModel):
+        @model_validator(mode="before")
+        @classmethod
+        def _drop_nulls(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                return {k: v for k, v in data.items() if not (k in fields and v is None)}
+            return data
+
+    return NullsDropped
+
+
 def _derive(
     name: str,
     cls: type[StoredObject],
@@ -55,6 +73,7 @@ def _derive(
     optional: Iterable[str],
     doc: str,
     overrides: dict[str, tuple[Any, Any]] | None = None,
+    base: type[TesseraModel] = TesseraModel,
 ) -> type[TesseraModel]:
     opt = set(optional)
     overrides = overrides or {}
@@ -67,21 +86,24 @@ def _derive(
             defs[field] = _optional(info)
         else:
             defs[field] = (info.annotation, copy.copy(info))
-    model: type[TesseraModel] = create_model(name, __base__=TesseraModel, __doc__=doc, **defs)
+    model: type[TesseraModel] = create_model(name, __base__=base, __doc__=doc, **defs)
     return model
 
 
 def create_body(
     cls: type[StoredObject],
     name: str | None = None,
-    drop: Iterable[str] = (),
     overrides: dict[str, tuple[Any, Any]] | None = None,
 ) -> type[TesseraModel]:
-    owned = server_owned(cls) | set(drop)
-    fields = [f for f in cls.model_fields if f not in owned]
-    optional = {"id", PARENT_FIELD.get(cls.kind, "")}
-    doc = f"A new {cls.__name__}: `id` is chosen by the server unless given."
-    return _derive(name or f"{cls.__name__}Create", cls, fields, optional, doc, overrides)
+    owned = server_owned(cls)
+    optional = {"id", PARENT_FIELD.get(cls.kind, ""), *owned}
+    doc = (
+        f"A new {cls.__name__}: `id` is chosen by the server unless given; server-owned "
+        "fields may be sent null or empty (ignored)."
+    )
+    base = _without_nulls(owned)
+    fields = cls.model_fields
+    return _derive(name or f"{cls.__name__}Create", cls, fields, optional, doc, overrides, base)
 
 
 def update_body(cls: type[StoredObject], name: str | None = None) -> type[TesseraModel]:
@@ -92,8 +114,6 @@ def update_body(cls: type[StoredObject], name: str | None = None) -> type[Tesser
     )
     return _derive(name or f"{cls.__name__}Update", cls, cls.model_fields, optional, doc)
 
-
-_ROUTER_PORT_ONLY = ("port_address", "network_address", "network_length", "port_mac")
 
 if TYPE_CHECKING:  # to mypy they are models; at run time, derived ones
     BridgeCreate: TypeAlias = TesseraModel
@@ -117,19 +137,19 @@ if TYPE_CHECKING:  # to mypy they are models; at run time, derived ones
     IpAddrGroupUpdate: TypeAlias = TesseraModel
     TunnelZoneCreate: TypeAlias = TesseraModel
     TunnelZoneUpdate: TypeAlias = TesseraModel
+    MirrorCreate: TypeAlias = TesseraModel
+    MirrorUpdate: TypeAlias = TesseraModel
 else:
     BridgeCreate, BridgeUpdate = create_body(Bridge), update_body(Bridge)
     RouterCreate, RouterUpdate = create_body(Router), update_body(Router)
+    # Each port body takes the other kind's fields too, so that a port as GET showed it
+    # (with those fields null) can be sent back; the model refuses them when set.
     BridgePortCreate = create_body(
-        Port,
-        "BridgePortCreate",
-        drop=_ROUTER_PORT_ONLY,
-        overrides={"type": (Literal["Bridge"] | None, None)},
+        Port, "BridgePortCreate", overrides={"type": (Literal["Bridge"] | None, None)}
     )
     RouterPortCreate = create_body(
         Port,
         "RouterPortCreate",
-        drop=("vlan_id",),
         overrides={
             "type": (Literal["Router"] | None, None),
             "port_address": (IPv4Addr, ...),
@@ -145,6 +165,7 @@ else:
     PortGroupCreate, PortGroupUpdate = create_body(PortGroup), update_body(PortGroup)
     IpAddrGroupCreate, IpAddrGroupUpdate = create_body(IpAddrGroup), update_body(IpAddrGroup)
     TunnelZoneCreate, TunnelZoneUpdate = create_body(TunnelZone), update_body(TunnelZone)
+    MirrorCreate, MirrorUpdate = create_body(Mirror), update_body(Mirror)
 
 
 class LinkRequest(TesseraModel):

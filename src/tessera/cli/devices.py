@@ -1,9 +1,9 @@
 """What bridges and routers share on the command line: the five CRUD commands over
-`name`, `tenant_id`, `admin_state_up` and the two filters."""
+`name`, `tenant_id`, `admin_state_up`, the two filters and the two mirror lists."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -20,7 +20,14 @@ from tessera.cli.options import (
     TenantId,
 )
 from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, convert_clearable, convert_one, parse_uuid
+from tessera.cli.params import (
+    CLEAR_WORDS,
+    convert,
+    convert_clearable,
+    convert_many,
+    convert_one,
+    parse_uuid,
+)
 from tessera.cli.session import Session
 
 DEVICE_COLUMNS: list[Column] = [
@@ -37,6 +44,40 @@ def filter_fields(inbound: str | None, outbound: str | None) -> dict[str, Any]:
     return {
         "inbound_filter_id": convert_clearable("--inbound-filter-id", inbound, parse_uuid),
         "outbound_filter_id": convert_clearable("--outbound-filter-id", outbound, parse_uuid),
+    }
+
+
+InboundMirrors = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--inbound-mirror",
+        metavar="MIRROR_ID[,..]",
+        help="Mirror of packets entering (repeatable; replaces the list; 'none' empties it).",
+    ),
+]
+OutboundMirrors = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--outbound-mirror",
+        metavar="MIRROR_ID[,..]",
+        help="Mirror of packets leaving (repeatable; replaces the list; 'none' empties it).",
+    ),
+]
+
+
+def _mirror_list(option: str, raws: list[str] | None) -> list[str] | None:
+    if raws is None:
+        return None
+    if any(r.strip().lower() in CLEAR_WORDS for r in raws):
+        return []
+    return convert_many(option, raws, parse_uuid)
+
+
+def mirror_fields(inbound: list[str] | None, outbound: list[str] | None) -> dict[str, Any]:
+    """The mirror lists the options set: each option replaces its whole list."""
+    return {
+        "inbound_mirror_ids": _mirror_list("--inbound-mirror", inbound),
+        "outbound_mirror_ids": _mirror_list("--outbound-mirror", outbound),
     }
 
 
@@ -66,6 +107,8 @@ def add_device_commands(app: typer.Typer, singular: str, path: str) -> None:
         admin_state: AdminState = None,
         inbound_filter: InboundFilter = None,
         outbound_filter: OutboundFilter = None,
+        inbound_mirror: InboundMirrors = None,
+        outbound_mirror: OutboundMirrors = None,
         id: NewId = None,
     ) -> None:
         fields = crud.body(
@@ -74,6 +117,7 @@ def add_device_commands(app: typer.Typer, singular: str, path: str) -> None:
             tenant_id=tenant_id,
             admin_state_up=admin_state,
             **filter_fields(inbound_filter, outbound_filter),
+            **mirror_fields(inbound_mirror, outbound_mirror),
         )
         crud.create_object(s, path, fields)
 
@@ -85,12 +129,15 @@ def add_device_commands(app: typer.Typer, singular: str, path: str) -> None:
         admin_state: AdminState = None,
         inbound_filter: InboundFilter = None,
         outbound_filter: OutboundFilter = None,
+        inbound_mirror: InboundMirrors = None,
+        outbound_mirror: OutboundMirrors = None,
     ) -> None:
         changes = crud.body(
             name=name,
             tenant_id=tenant_id,
             admin_state_up=admin_state,
             **filter_fields(inbound_filter, outbound_filter),
+            **mirror_fields(inbound_mirror, outbound_mirror),
         )
         crud.update_object(s, f"{path}/{seg(object_id(device_id))}", changes)
 
@@ -101,7 +148,7 @@ def add_device_commands(app: typer.Typer, singular: str, path: str) -> None:
     list_devices.__doc__ = f"List {plural}."
     show_device.__doc__ = f"Show one {singular}."
     create_device.__doc__ = f"Create a {singular}; prints it (with -q only its id)."
-    update_device.__doc__ = f"Change a {singular}'s name, tenant, state or filters."
+    update_device.__doc__ = f"Change a {singular}'s name, tenant, state, filters or mirrors."
     delete_device.__doc__ = f"Delete a {singular} with its ports (and their links)."
     command(app, "list")(list_devices)
     command(app, "show")(show_device)

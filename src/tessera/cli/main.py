@@ -24,6 +24,7 @@ from tessera.cli.dhcp import dhcp_app
 from tessera.cli.group import Plugin, TesseraGroup
 from tessera.cli.groups import ip_addr_group_app, port_group_app
 from tessera.cli.hosts import BINDING_PANEL, binding_app, host_app
+from tessera.cli.mirrors import mirror_app
 from tessera.cli.ports import port_app
 from tessera.cli.routers import router_app
 from tessera.cli.routes import route_app
@@ -56,6 +57,7 @@ RESOURCES: tuple[tuple[str, typer.Typer, str], ...] = (
     ("rule", rule_app, _SEC),
     ("port-group", port_group_app, _SEC),
     ("ip-addr-group", ip_addr_group_app, _SEC),
+    ("mirror", mirror_app, _SEC),
     ("host", host_app, _HOSTS),
     ("tunnel-zone", tunnel_zone_app, _HOSTS),
 )

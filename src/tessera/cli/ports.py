@@ -16,7 +16,14 @@ import typer
 from tessera.cli import crud
 from tessera.cli.client import seg
 from tessera.cli.commands import command, sub_app
-from tessera.cli.devices import filter_fields, new_id, object_id
+from tessera.cli.devices import (
+    InboundMirrors,
+    OutboundMirrors,
+    filter_fields,
+    mirror_fields,
+    new_id,
+    object_id,
+)
 from tessera.cli.errors import ApiError, BadArgument
 from tessera.cli.options import AdminState, IdArg, InboundFilter, NewId, OutboundFilter
 from tessera.cli.output import Column, column, id_column
@@ -287,10 +294,14 @@ def port_update(
     admin_state: AdminState = None,
     inbound_filter: InboundFilter = None,
     outbound_filter: OutboundFilter = None,
+    inbound_mirror: InboundMirrors = None,
+    outbound_mirror: OutboundMirrors = None,
 ) -> None:
-    """Change a port's state or filters."""
+    """Change a port's state, filters or mirrors."""
     changes = crud.body(
-        admin_state_up=admin_state, **filter_fields(inbound_filter, outbound_filter)
+        admin_state_up=admin_state,
+        **filter_fields(inbound_filter, outbound_filter),
+        **mirror_fields(inbound_mirror, outbound_mirror),
     )
     crud.update_object(s, f"/ports/{seg(object_id(port_id))}", changes)
 

@@ -9,6 +9,7 @@ from tessera.model.devices import Bridge, Device, Port, PortType, Router
 from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
 from tessera.model.groups import IpAddrGroup, PortGroup
 from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
+from tessera.model.mirrors import Mirror
 from tessera.model.routing import Route, RouteType
 from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
 from tessera.model.types import PortRange, new_id
@@ -27,6 +28,7 @@ KINDS: dict[str, type[StoredObject]] = {
         Host,
         TunnelZone,
         DhcpSubnet,
+        Mirror,
     )
 }
 
@@ -40,6 +42,7 @@ __all__ = [
     "DhcpSubnet",
     "Host",
     "IpAddrGroup",
+    "Mirror",
     "NatTarget",
     "Opt121Route",
     "Port",

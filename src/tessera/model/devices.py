@@ -13,6 +13,14 @@ _FILTER_REFS = (
     Ref("inbound_filter_id", ("chains",), "nullify"),
     Ref("outbound_filter_id", ("chains",), "nullify"),
 )
+# Tuples, not lists: devices and ports stay hashable (snapshots and caches rely on it);
+# JSON shows them as arrays all the same.
+MirrorIds = tuple[Uuid, ...]
+# A deleted mirror simply stops being applied: its id leaves every list naming it.
+_MIRROR_REFS = (
+    Ref("inbound_mirror_ids", ("mirrors",), "remove", many=True),
+    Ref("outbound_mirror_ids", ("mirrors",), "remove", many=True),
+)
 
 
 class Device(StoredObject):
@@ -21,20 +29,22 @@ class Device(StoredObject):
     admin_state_up: bool = True
     inbound_filter_id: Uuid | None = None
     outbound_filter_id: Uuid | None = None
+    inbound_mirror_ids: MirrorIds = ()
+    outbound_mirror_ids: MirrorIds = ()
 
 
 class Bridge(Device):
     """A virtual L2 switch: learns MACs, floods unknown destinations, serves DHCP."""
 
     kind: ClassVar[str] = "bridges"
-    refs: ClassVar[tuple[Ref, ...]] = _FILTER_REFS
+    refs: ClassVar[tuple[Ref, ...]] = (*_FILTER_REFS, *_MIRROR_REFS)
 
 
 class Router(Device):
     """A virtual L3 router: longest-prefix routing, ARP, ICMP errors."""
 
     kind: ClassVar[str] = "routers"
-    refs: ClassVar[tuple[Ref, ...]] = _FILTER_REFS
+    refs: ClassVar[tuple[Ref, ...]] = (*_FILTER_REFS, *_MIRROR_REFS)
 
 
 PortType = Literal["Bridge", "Router"]
@@ -54,6 +64,7 @@ class Port(StoredObject):
         Ref("peer_id", ("ports",), "nullify"),
         Ref("host_id", ("hosts",), "nullify"),
         *_FILTER_REFS,
+        *_MIRROR_REFS,
     )
     read_only: ClassVar[tuple[str, ...]] = (
         "id",
@@ -70,6 +81,8 @@ class Port(StoredObject):
     admin_state_up: bool = True
     inbound_filter_id: Uuid | None = None
     outbound_filter_id: Uuid | None = None
+    inbound_mirror_ids: MirrorIds = ()
+    outbound_mirror_ids: MirrorIds = ()
     host_id: Uuid | None = None
     interface_name: str | None = Field(default=None, min_length=1, max_length=15)
     peer_id: Uuid | None = None

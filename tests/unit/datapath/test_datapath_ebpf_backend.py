@@ -78,7 +78,11 @@ def _ebpf(ns: Netns, obj_cache: Path, vxlan: str | None = None) -> EbpfDatapath:
     dp = EbpfDatapath(
         BPFFS / f"tsd-{secrets.token_hex(4)}", cache_dir=obj_cache, vxlan_ifname=vxlan
     )
-    ns.call(dp.start)
+    try:
+        ns.call(dp.start)
+    except BaseException:
+        dp.fastpath.purge()  # a failed start leaves no pins behind either
+        raise
     return dp
 
 

@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from tessera.api.deps import BridgeId, PortId, RouterId, Store, build, oid, sent
 from tessera.api.schemas import BridgePortCreate, LinkRequest, PortUpdate, RouterPortCreate
 from tessera.model import Bridge, Port, Router
+from tessera.nsdb.errors import IntegrityError
+from tessera.nsdb.store import Binding
 
 router = APIRouter(tags=["ports"])
 
@@ -16,11 +18,26 @@ def list_bridge_ports(bridge_id: BridgeId, store: Store) -> list[Port]:
     return store.ports_of(Bridge, oid("bridges", bridge_id))
 
 
+def _create(store: Store, port: Port) -> Port:
+    """A port as the body describes it: `host_id` + `interface_name` bind it in the same
+    transaction (as `POST /hosts/{id}/ports`); a link needs both ports to exist first."""
+    if port.peer_id is not None:
+        raise IntegrityError(
+            "peer_id: create the port unlinked, then link it with POST /ports/{id}/link "
+            '{"peer_id": ...}'
+        )
+    bind_to = None
+    if port.host_id is not None and port.interface_name is not None:
+        bind_to = Binding(port.host_id, port.id, port.interface_name)
+    return store.create(port, bind_to=bind_to)
+
+
 @router.post("/bridges/{bridge_id}/ports", status_code=201)
 def create_bridge_port(bridge_id: BridgeId, body: BridgePortCreate, store: Store) -> Port:
-    """The server assigns the port's `tunnel_key`; bind or link it afterwards."""
+    """The server assigns the port's `tunnel_key`. With `host_id` and `interface_name`
+    the port is created bound; link it afterwards."""
     port = build(Port, body, device_id=oid("bridges", bridge_id), type="Bridge")
-    return store.create(port)
+    return _create(store, port)
 
 
 @router.get("/routers/{router_id}/ports")
@@ -30,9 +47,10 @@ def list_router_ports(router_id: RouterId, store: Store) -> list[Port]:
 
 @router.post("/routers/{router_id}/ports", status_code=201)
 def create_router_port(router_id: RouterId, body: RouterPortCreate, store: Store) -> Port:
-    """Without `port_mac` the server picks a unique locally administered MAC."""
+    """Without `port_mac` the server picks a unique locally administered MAC. With
+    `host_id` and `interface_name` the port is created bound."""
     port = build(Port, body, device_id=oid("routers", router_id), type="Router")
-    return store.create(port)
+    return _create(store, port)
 
 
 @router.get("/ports")

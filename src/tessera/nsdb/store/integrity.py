@@ -12,8 +12,9 @@ write that needs them:
   (`cascade`, `nullify`, `remove` with `delete_if_emptied`), recursively, with the same
   version checks on every referrer touched.
 
-A few references live inside nested values and have no `Ref` (a tunnel zone's member
-hosts); they are handled here by name, next to the generic rules.
+A few references live inside nested values: a tunnel zone's member hosts (no `Ref`)
+and the ports and groups a mirror's conditions name (`Mirror.condition_refs`); they are
+handled here by name, next to the generic rules.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from typing import Any
 
-from tessera.model import KINDS, Ref, StoredObject, TunnelZone
+from tessera.model import KINDS, Conditions, Mirror, Ref, StoredObject, TunnelZone
+from tessera.model.types import TesseraModel
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import IntegrityError, NotFound
 from tessera.nsdb.store.transaction import Transaction
@@ -39,7 +41,15 @@ PARENT_FIELD: dict[str, str] = {
 # A port's addressing and VLAN define how the simulation forwards to it; the contract
 # lets an update change only its filters and admin state. A DHCP subnet's prefix is
 # its name in REST paths.
-_PORT_MUTABLE = frozenset({"inbound_filter_id", "outbound_filter_id", "admin_state_up"})
+_PORT_MUTABLE = frozenset(
+    {
+        "inbound_filter_id",
+        "outbound_filter_id",
+        "inbound_mirror_ids",
+        "outbound_mirror_ids",
+        "admin_state_up",
+    }
+)
 FIXED_FIELDS: dict[str, frozenset[str]] = {
     "ports": frozenset(f for f in KINDS["ports"].model_fields if f not in _PORT_MUTABLE)
     - frozenset(KINDS["ports"].read_only),
@@ -70,9 +80,10 @@ def _referrers() -> dict[str, list[tuple[str, Ref]]]:
 
 
 REFERRERS = _referrers()
+_CONDITION_TARGETS = frozenset(t for ref in Mirror.condition_refs for t in ref.targets)
 
 
-def ref_ids(obj: StoredObject | None, ref: Ref) -> set[str]:
+def ref_ids(obj: TesseraModel | None, ref: Ref) -> set[str]:
     if obj is None:
         return set()
     value = getattr(obj, ref.field)
@@ -106,10 +117,26 @@ def check_refs(tx: Transaction, new: StoredObject, old: StoredObject | None) -> 
     parent = PARENT_FIELD.get(new.kind)
     for ref in type(new).refs:
         for id in sorted(ref_ids(new, ref) - ref_ids(old, ref)):
-            if id == new.id:
+            if id == new.id and new.kind in ref.targets:
                 continue
             target = resolve(tx, ref, id, parent=ref.field == parent)
             tx.touch(target, id)
+    if isinstance(new, Mirror):
+        _check_condition_refs(tx, new, old if isinstance(old, Mirror) else None)
+
+
+def _condition_ref_ids(mirror: Mirror | None, ref: Ref) -> set[str]:
+    if mirror is None:
+        return set()
+    return {id for c in mirror.conditions for id in ref_ids(c, ref)}
+
+
+def _check_condition_refs(tx: Transaction, new: Mirror, old: Mirror | None) -> None:
+    for ref in Mirror.condition_refs:
+        for n, condition in enumerate(new.conditions):
+            for id in sorted(ref_ids(condition, ref) - _condition_ref_ids(old, ref)):
+                nested = Ref(f"conditions[{n}].{ref.field}", ref.targets, ref.on_delete)
+                tx.touch(resolve(tx, nested, id), id)
 
 
 def cascade_delete(tx: Transaction, kind: str, id: str) -> None:
@@ -137,9 +164,40 @@ def cascade_delete(tx: Transaction, kind: str, id: str) -> None:
                         tx.put(replace(referrer, **{ref.field: remaining}))
         if k == "hosts":
             _remove_host_from_tunnel_zones(tx, i)
+        if k in _CONDITION_TARGETS:
+            queue.extend(_drop_from_mirror_conditions(tx, k, i))
 
 
 def _remove_host_from_tunnel_zones(tx: Transaction, host_id: str) -> None:
     for zone in tx.all_of(TunnelZone):
         if any(h.host_id == host_id for h in zone.hosts):
             tx.put(replace(zone, hosts=[h for h in zone.hosts if h.host_id != host_id]))
+
+
+def _drop_from_mirror_conditions(tx: Transaction, kind: str, id: str) -> list[tuple[str, str]]:
+    """Apply the condition refs' `on_delete` inside every mirror naming `kind` `id`;
+    returns the mirrors to delete (those left without any condition)."""
+    refs = [ref for ref in Mirror.condition_refs if kind in ref.targets]
+    doomed: list[tuple[str, str]] = []
+    for mirror in tx.all_of(Mirror):
+        if not any(id in _condition_ref_ids(mirror, ref) for ref in refs):
+            continue
+        left = (_without(c, refs, id) for c in mirror.conditions)
+        kept = [c for c in left if c is not None]
+        if kept:
+            tx.put(mirror.model_copy(update={"conditions": kept}))
+        else:
+            doomed.append((Mirror.kind, mirror.id))
+    return doomed
+
+
+def _without(condition: Conditions, refs: list[Ref], id: str) -> Conditions | None:
+    """The condition once `id` is deleted, None if the condition goes with it."""
+    for ref in refs:
+        if id not in ref_ids(condition, ref):
+            continue
+        remaining = [x for x in getattr(condition, ref.field) if x != id] if ref.many else []
+        if ref.on_delete == "cascade" or (not remaining and ref.delete_if_emptied):
+            return None
+        condition = condition.model_copy(update={ref.field: remaining})
+    return condition

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from tessera.model import Bridge, Chain, DhcpSubnet, Host, Port, Route, Router, Rule, StoredObject
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
+from tessera.nsdb.store.connections import Binding, bind
 from tessera.nsdb.store.integrity import FIXED_FIELDS, check_refs, replace, server_owned
 from tessera.nsdb.store.transaction import Transaction
 
@@ -60,12 +61,20 @@ def _defaults(cls: type[StoredObject], fields: frozenset[str]) -> dict[str, Any]
 # -- create ---------------------------------------------------------------------------
 
 
-def create(tx: Transaction, obj: StoredObject, tunnel_key: int = 0) -> StoredObject:
-    """Write a new object; returns it as clients see it."""
+def create(
+    tx: Transaction, obj: StoredObject, tunnel_key: int = 0, bind_to: Binding | None = None
+) -> StoredObject:
+    """Write a new object; returns it as clients see it.
+
+    Server-owned fields are reset: a client may send them back as GET shows them, but a
+    non-empty member list is refused rather than silently dropped. A new port may be
+    bound in the same transaction (`bind_to`), exactly as `connections.bind` would."""
     if isinstance(obj, Host):
         raise IntegrityError("hosts are registered by their agents, not created")
     given_id = "id" in obj.model_fields_set
-    obj = replace(obj, **_defaults(type(obj), server_owned(type(obj))))
+    owned = server_owned(type(obj))
+    _refuse_members(obj, owned)
+    obj = replace(obj, **_defaults(type(obj), owned))
     presented: StoredObject
     if isinstance(obj, Port):
         obj = presented = _new_port(tx, obj, tunnel_key)
@@ -81,7 +90,26 @@ def create(tx: Transaction, obj: StoredObject, tunnel_key: int = 0) -> StoredObj
         presented = obj
     check_refs(tx, obj, None)
     tx.create(obj)
+    if bind_to is not None:
+        if not isinstance(obj, Port):
+            raise TypeError(f"only a port can be bound, not {describe(obj.kind, obj.id)}")
+        if tx.find(Host.kind, bind_to.host_id) is None:  # named in the body: 400, not 404
+            raise IntegrityError(f"host_id: no host {bind_to.host_id} exists")
+        bind(tx, bind_to.host_id, obj.id, bind_to.interface_name)
+        presented = presented.model_copy(
+            update={"host_id": bind_to.host_id, "interface_name": bind_to.interface_name}
+        )
     return presented
+
+
+def _refuse_members(obj: StoredObject, owned: frozenset[str]) -> None:
+    for field in sorted(owned):
+        default = type(obj).model_fields[field].get_default(call_default_factory=True)
+        if isinstance(default, list) and getattr(obj, field):
+            raise IntegrityError(
+                f"{field}: members are added through their own operation once the object "
+                "exists; send it empty or leave it out"
+            )
 
 
 def _new_port(tx: Transaction, port: Port, tunnel_key: int) -> Port:

@@ -94,11 +94,12 @@ class TopologyStore:
 
         return self._read(body)
 
-    def create(self, obj: T) -> T:
-        """Write a new object (server-owned fields are reset, see `integrity`)."""
+    def create(self, obj: T, bind_to: Binding | None = None) -> T:
+        """Write a new object (server-owned fields are reset, see `integrity`); a new
+        port is bound as `bind_to` says in the same transaction."""
         tunnel_key = self.nsdb.next_id(TUNNEL_KEY_COUNTER) if isinstance(obj, Port) else 0
         what = f"creating {describe(obj.kind, obj.id)}"
-        return self._run(what, lambda tx: objects.create(tx, obj, tunnel_key))  # type: ignore[return-value]
+        return self._run(what, lambda tx: objects.create(tx, obj, tunnel_key, bind_to))  # type: ignore[return-value]
 
     def update(self, cls: type[T], id: str, fields: Mapping[str, Any]) -> T:
         """PUT semantics, see `objects.update`."""
