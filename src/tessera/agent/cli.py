@@ -116,17 +116,20 @@ def run_agent(
     from tessera.nsdb.errors import NsdbError
 
     log = logging.getLogger("tessera.agent")
-    try:
-        address, underlay_if = choose_underlay(underlay_ip)
-        dp = make_datapath(datapath, host_id, state_dir, address, underlay_if)
-    except SetupError as exc:
-        raise CliError(str(exc)) from None
-    if address is None:
-        log.warning("no underlay address: this host has no tunnels to other hosts")
+    # The NSDB first: a wrong URL or an unreachable ZooKeeper must fail before the
+    # datapath creates anything on this host (vxlan0, the miss veth, pins).
     try:
         client = open_nsdb(nsdb_url)
     except (ValueError, NsdbError) as exc:
         raise CliError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
+    try:
+        address, underlay_if = choose_underlay(underlay_ip)
+        dp = make_datapath(datapath, host_id, state_dir, address, underlay_if)
+    except SetupError as exc:
+        _close_quietly(client)
+        raise CliError(str(exc)) from None
+    if address is None:
+        log.warning("no underlay address: this host has no tunnels to other hosts")
     agent_metrics = AgentMetrics()
     the_agent = Agent(
         host_id,
@@ -182,6 +185,15 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
+def _close_quietly(client: Nsdb) -> None:
+    from tessera.nsdb.errors import NsdbError
+
+    try:
+        client.close()
+    except NsdbError:
+        pass
 
 
 def _safe_stop(the_agent: Agent, client: Nsdb) -> None:
