@@ -299,10 +299,13 @@ class Cloud:
             self.zk.stop()
         for ns in reversed(self.namespaces):
             ns.delete()
+        root = Path("/sys/fs/bpf/tessera")
         for host in self.hosts.values():
-            pins = Path("/sys/fs/bpf/tessera") / host.host_id
+            pins = root / host.host_id
             if pins.exists():
                 _rm_pins(pins)
+        with contextlib.suppress(OSError):  # only if empty: other hosts' pins stay
+            root.rmdir()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def report(self) -> str:
