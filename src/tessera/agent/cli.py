@@ -203,7 +203,4 @@ def _safe_stop(the_agent: Agent, client: Nsdb) -> None:
         the_agent.stop()
     except (NsdbError, OSError) as exc:
         logging.getLogger("tessera.agent").warning("stopping: %s", exc)
-    try:
-        client.close()
-    except NsdbError:
-        pass
+    _close_quietly(client)

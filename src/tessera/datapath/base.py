@@ -15,6 +15,7 @@ same packets — which is what lets the agent compare desired and installed tabl
 from __future__ import annotations
 
 import abc
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,16 +34,11 @@ _INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
 PacketKey: TypeAlias = tuple[int, ...]
 
 
-class _Indexes(dict[int, tuple[int, ...]]):
-    """The field indexes a mask selects, computed once per mask (there are few masks and
-    the miss path asks for them several times per packet)."""
-
-    def __missing__(self, mask: int) -> tuple[int, ...]:
-        out = self[mask] = tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
-        return out
-
-
-_indexes = _Indexes().__getitem__
+@functools.cache
+def mask_indexes(mask: int) -> tuple[int, ...]:
+    """The field indexes (FIELD_NAMES order) a mask selects; computed once per mask:
+    masks are few and the miss path asks several times per packet."""
+    return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
 
 
 # --- matches ---------------------------------------------------------------------------
@@ -85,7 +81,7 @@ class Match:
         mask = int(fm.mask)
         original = fm.masked_key(ALL_FIELDS)
         values = [0] * len(FIELD_NAMES)
-        for i in _indexes(mask):
+        for i in mask_indexes(mask):
             values[i] = in_port if i == 0 else original[i]
         # Valid by construction (values only inside the mask), and on the miss path:
         # skip the checks of __post_init__.
@@ -101,11 +97,11 @@ class Match:
 
     def masked(self) -> PacketKey:
         """The masked values only, in key order: what a per-mask hash table is keyed by."""
-        return tuple(self.values[i] for i in _indexes(self.mask))
+        return tuple(self.values[i] for i in mask_indexes(self.mask))
 
     def covers(self, key: PacketKey) -> bool:
         """Whether a packet with full key `key` hits this flow."""
-        return all(key[i] == self.values[i] for i in _indexes(self.mask))
+        return all(key[i] == self.values[i] for i in mask_indexes(self.mask))
 
     @property
     def in_port(self) -> int | None:
@@ -114,7 +110,7 @@ class Match:
     def fields(self) -> dict[str, int | str]:
         """The masked fields, readably (MACs and IPs as text), for humans and JSON."""
         out: dict[str, int | str] = {}
-        for i in _indexes(self.mask):
+        for i in mask_indexes(self.mask):
             name = FIELD_NAMES[i]
             value = self.values[i]
             if name in _MAC_FIELDS:

@@ -46,6 +46,7 @@ from tessera.datapath.base import (
     SetEthDst,
     SetEthSrc,
     ToUserspace,
+    mask_indexes,
 )
 from tessera.datapath.ebpf import actions as ea
 from tessera.datapath.ebpf.bpf import prog_info
@@ -76,7 +77,7 @@ def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
     """
     key = FlowKey()
     values = match.values
-    for i, name, is_mac in _KEY_FIELDS[match.mask]:
+    for i, name, is_mac in _key_fields(match.mask):
         if is_mac:
             setattr(key, name, Mac.from_buffer_copy(values[i].to_bytes(6, "big")))
         else:
@@ -84,23 +85,15 @@ def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
     return key, FlowKey.from_buffer_copy(_kernel_mask(match.mask))
 
 
-class _KeyFields(dict[int, tuple[tuple[int, str, bool], ...]]):
+@functools.cache
+def _key_fields(mask: int) -> tuple[tuple[int, str, bool], ...]:
     """Per match mask: (value index, kernel field name, is a MAC) of its fields."""
-
-    def __missing__(self, mask: int) -> tuple[tuple[int, str, bool], ...]:
-        fields = tuple(
-            (i, name, name in _MAC_FIELDS) for i, name in enumerate(FIELD_NAMES) if mask >> i & 1
-        )
-        self[mask] = fields
-        return fields
+    return tuple((i, FIELD_NAMES[i], FIELD_NAMES[i] in _MAC_FIELDS) for i in mask_indexes(mask))
 
 
-_KEY_FIELDS = _KeyFields()
-
-
-@functools.lru_cache(maxsize=1024)
+@functools.cache
 def _kernel_mask(mask: int) -> bytes:
-    return bytes(FlowKey.mask_of(name for _i, name, _m in _KEY_FIELDS[mask]))
+    return bytes(FlowKey.mask_of(name for _i, name, _m in _key_fields(mask)))
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
