@@ -7,8 +7,11 @@ that do not open a conversation, or where the guess would have to learn somethin
 
 from __future__ import annotations
 
+import pytest
 from agent_harness import Cloud, Host, Vm
+from typer.testing import CliRunner
 
+from tessera.agent import cli as agent_cli
 from tessera.datapath.base import packet_key
 from tessera.model import Route
 from tessera.packet import ETH_TYPE_IPV4, Ethernet, Icmp, IPv4, Tcp
@@ -23,8 +26,10 @@ def _reply_flows(h: Host) -> float:
     return h.agent.metrics.reply_flows._value.get()
 
 
-def _pair(cloud: Cloud, *, two_hosts: bool = False) -> tuple[Host, Host, Vm, Vm]:
-    h = cloud.host("h1", "198.18.0.1")
+def _pair(
+    cloud: Cloud, *, two_hosts: bool = False, reply_flows: bool = True
+) -> tuple[Host, Host, Vm, Vm]:
+    h = cloud.host("h1", "198.18.0.1", reply_flows=reply_flows)
     h2 = cloud.host("h2", "198.18.0.2") if two_hosts else h
     br = cloud.bridge()
     vm1 = cloud.vm(h, br, "tap1", "02:00:00:00:00:01", "10.0.0.1")
@@ -98,6 +103,30 @@ def test_no_reply_flow_across_hosts(cloud: Cloud) -> None:
     cloud.send(vm1, _ping(vm1, vm2, 8))
     assert len(cloud.received(vm2)) == 1
     assert _reply_flows(h) == 0 and _reply_flows(h2) == 0
+
+
+def test_an_agent_told_not_to_guess_lets_every_reply_miss(cloud: Cloud) -> None:
+    h, _, vm1, vm2 = _pair(cloud, reply_flows=False)
+    _learn(cloud, vm1, vm2)
+    cloud.send(vm1, _ping(vm1, vm2, 8))
+    misses = _misses(h)
+    cloud.send(vm2, _ping(vm2, vm1, 0))
+    assert len(cloud.received(vm1)) == 1
+    assert _misses(h) == misses + 1 and _reply_flows(h) == 0
+    assert h.agent.status()["reply_flows"] == 0
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], True), (["--no-reply-flows"], False)])
+def test_the_agent_command_passes_reply_flows_on(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], expected: bool
+) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(agent_cli, "run_agent", lambda **kw: seen.update(kw))
+    result = CliRunner().invoke(
+        agent_cli.app, ["--host-id", "5d0c8f5e-4a39-4c4e-9d6b-2f3c1a7e9b10", *args]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["reply_flows"] is expected
 
 
 def test_a_reply_that_would_teach_a_mac_is_left_to_miss(cloud: Cloud) -> None:
