@@ -7,4 +7,5 @@ and the API run in the root namespace and reach the agents through a relay. Modu
 `relay` (ZooKeeper inside each host namespace), `services` (ZooKeeper, API, relay),
 `hosts` (underlay, host namespaces, agents), `vms` and `dhcp` (VMs), `api` (the few
 REST calls the lab makes), `up`, `down`, `faults`, `status`, and `cli` (the commands).
+`sandbox` holds the throwaway namespaces tests and benchmarks make and delete.
 """

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tessera.agent.control import request
-from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.model import Bridge, Port, Route, Router, TunnelZone
 from tessera.nsdb import tables
 from tessera.nsdb.store.topology import TopologyStore
@@ -38,13 +37,6 @@ from tessera.nsdb.zookeeper import ZookeeperNsdb
 T = TypeVar("T")
 TESSERA = str(Path(sys.executable).with_name("tessera"))
 CTL_IP = "198.18.0.254"
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc
 
 
 def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step: float = 0.1) -> T:
@@ -58,43 +50,11 @@ def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step:
         time.sleep(step)
 
 
-class Ns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        self.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        self.run("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
-        self.ip("link", "set", "lo", "up")
-
-    @property
-    def path(self) -> str:
-        return f"/run/netns/{self.name}"
-
-    def ip(self, *args: str) -> str:
-        return sh("ip", "-n", self.name, *args).stdout
-
-    def run(
-        self, *argv: str, check: bool = True, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        return sh("nsenter", f"--net={self.path}", *argv, check=check, timeout=timeout)
-
-    def popen(self, *argv: str, **kwargs: Any) -> subprocess.Popen[str]:
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(["nsenter", f"--net={self.path}", *argv], text=True, **kwargs)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        return run_in_netns(self.path, fn)
-
-    def delete(self) -> None:
-        sh("ip", "netns", "del", self.name, check=False)
-
-
 @dataclass
 class Host:
     name: str
     host_id: str
-    ns: Ns
+    ns: Sandbox
     underlay_ip: str
     proc: subprocess.Popen[str] | None = None
     log: Path | None = None
@@ -112,7 +72,7 @@ class Host:
 @dataclass
 class Vm:
     name: str
-    ns: Ns
+    ns: Sandbox
     port_id: str
     mac: str
     ip: str
@@ -126,33 +86,32 @@ class Cloud:
     def __init__(self, workdir: Path, datapath: str) -> None:
         self.workdir = workdir
         self.datapath = datapath
-        self.run_id = secrets.token_hex(3)
-        self.namespaces: list[Ns] = []
+        self.netns = SandboxFactory("tsy")
+        self.run_id = self.netns.run_id
         self.hosts: dict[str, Host] = {}
         self.vms: dict[str, Vm] = {}
         self.run_dir = Path("/tmp") / f"tsy-{self.run_id}"  # short: unix socket paths
         self.run_dir.mkdir()
-        self.ctl = self._ns("ctl")
-        self.ctl.ip("link", "add", "br0", "mtu", "1600", "type", "bridge")
-        self.ctl.ip("addr", "add", f"{CTL_IP}/24", "dev", "br0")
-        self.ctl.ip("link", "set", "br0", "up")
         self.zk = ZookeeperServer(workdir / "zookeeper", host=CTL_IP)
-        self.ctl.call(lambda: self.zk.start(timeout=60))
         self.root = f"/tsy-{self.run_id}"
-        self.nsdb_url = f"zk://{CTL_IP}:{self.zk.port}{self.root}"
-        self.admin = self.ctl.call(lambda: ZookeeperNsdb(f"{CTL_IP}:{self.zk.port}", self.root))
-        self.topo = TopologyStore(self.admin)
-        self.zone = self.topo.create(TunnelZone(name="zone"))
-
-    def _ns(self, role: str) -> Ns:
-        ns = Ns(f"tsy-{self.run_id}-{role}")
-        self.namespaces.append(ns)
-        return ns
+        try:  # the fixture gets no Cloud to close if this fails: close what exists here
+            self.ctl = self.netns("ctl")
+            self.ctl.ip("link", "add", "br0", "mtu", "1600", "type", "bridge")
+            self.ctl.ip("addr", "add", f"{CTL_IP}/24", "dev", "br0")
+            self.ctl.ip("link", "set", "br0", "up")
+            self.ctl.call(lambda: self.zk.start(timeout=60))
+            self.nsdb_url = f"zk://{CTL_IP}:{self.zk.port}{self.root}"
+            self.admin = self.ctl.call(lambda: ZookeeperNsdb(f"{CTL_IP}:{self.zk.port}", self.root))
+            self.topo = TopologyStore(self.admin)
+            self.zone = self.topo.create(TunnelZone(name="zone"))
+        except BaseException:
+            self.close()
+            raise
 
     # -- hosts and agents --
 
     def add_host(self, name: str, index: int) -> Host:
-        ns = self._ns(name)
+        ns = self.netns(name)
         ip = f"198.18.0.{index}"
         peer = f"ul-{name}"
         self.ctl.ip("link", "add", peer, "mtu", "1600", "type", "veth", "peer", "name", "ul0",
@@ -239,7 +198,7 @@ class Cloud:
     def vm(
         self, name: str, host: Host, bridge: Bridge, mac: str, cidr: str, gw: str | None = None
     ) -> Vm:
-        ns = self._ns(name)
+        ns = self.netns(name)
         ifname = f"tap-{name}"
         host.ns.ip("link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
         ns.ip("link", "set", "eth0", "address", mac, "up")
@@ -297,16 +256,17 @@ class Cloud:
             self.admin.close()
         with contextlib.suppress(Exception):
             self.zk.stop()
-        for ns in reversed(self.namespaces):
-            ns.delete()
-        root = Path("/sys/fs/bpf/tessera")
-        for host in self.hosts.values():
-            pins = root / host.host_id
-            if pins.exists():
-                _rm_pins(pins)
-        with contextlib.suppress(OSError):  # only if empty: other hosts' pins stay
-            root.rmdir()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            self.netns.cleanup()
+        finally:
+            root = Path("/sys/fs/bpf/tessera")
+            for host in self.hosts.values():
+                pins = root / host.host_id
+                if pins.exists():
+                    _rm_pins(pins)
+            with contextlib.suppress(OSError):  # only if empty: other hosts' pins stay
+                root.rmdir()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def report(self) -> str:
         return json.dumps({h.name: self.agent_log(h) for h in self.hosts.values()}, indent=1)

@@ -327,12 +327,12 @@ def test_a_wrong_nsdb_url_fails_before_the_datapath_touches_the_host(
     cloud: Cloud, tmp_path: Path
 ) -> None:
     """A typo in --nsdb must not leave vxlan0, the miss veth or pins on a hypervisor."""
-    ns = cloud._ns(f"bad{cloud.datapath[:2]}")
+    ns = cloud.netns(f"bad{cloud.datapath[:2]}")
     ns.ip("link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")  # an underlay
     ns.ip("addr", "add", "198.18.0.99/24", "dev", "ul0")
     ns.ip("link", "set", "ul0", "up")
     host_id = "9d1c7e52-4d0f-4c55-9b53-2f6f3b0a1e01"
-    before = set(ns.ip("-o", "link", "show").splitlines())
+    before = set(ns.ip("-o", "link", "show").stdout.splitlines())
     proc = ns.run(
         TESSERA, "agent", "--host-id", host_id, "--nsdb", "bogus://x",
         "--datapath", cloud.datapath, "--underlay-ip", "198.18.0.99",
@@ -342,5 +342,5 @@ def test_a_wrong_nsdb_url_fails_before_the_datapath_touches_the_host(
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot open the NSDB")
     assert "Traceback" not in proc.stderr
-    assert set(ns.ip("-o", "link", "show").splitlines()) == before
+    assert set(ns.ip("-o", "link", "show").stdout.splitlines()) == before
     assert not (Path("/sys/fs/bpf/tessera") / host_id).exists()

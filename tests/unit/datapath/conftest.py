@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dp_netns import NetnsFactory, namespaces_missing
+from dp_netns import PREFIX
+
+from tessera.lab.sandbox import SandboxFactory, unavailable
 
 
 @pytest.fixture
-def netns() -> Iterator[NetnsFactory]:
-    reason = namespaces_missing()
+def netns() -> Iterator[SandboxFactory]:
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
-    factory = NetnsFactory()
+    factory = SandboxFactory(PREFIX)
     try:
         yield factory
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dp_netns import Netns, NetnsFactory, cable_vm, ping, tcp_transfer
+from dp_netns import cable_vm, ping, tcp_transfer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,6 +36,7 @@ from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, to_kernel
 from tessera.datapath.userspace import UserspaceDatapath
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.packet import Ethernet
 from tessera.packet.addr import ip_from_str, mac_from_str
 from tessera.packet.match import FIELD_NAMES
@@ -53,11 +54,13 @@ def _missing() -> str | None:
 
 
 @pytest.fixture
-def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Netns | None, Datapath]]]:
+def made(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[tuple[Sandbox | None, Datapath]]]:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    out: list[tuple[Netns | None, Datapath]] = []
+    out: list[tuple[Sandbox | None, Datapath]] = []
     yield out
     for ns, dp in out:
         if ns is not None:
@@ -73,7 +76,7 @@ def obj_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bpf-cache")
 
 
-def _ebpf(ns: Netns, obj_cache: Path, vxlan: str | None = None) -> EbpfDatapath:
+def _ebpf(ns: Sandbox, obj_cache: Path, vxlan: str | None = None) -> EbpfDatapath:
     ensure_bpffs()
     dp = EbpfDatapath(
         BPFFS / f"tsd-{secrets.token_hex(4)}", cache_dir=obj_cache, vxlan_ifname=vxlan
@@ -119,7 +122,7 @@ def test_the_fast_key_builder_equals_the_checked_layout(m: Match) -> None:
 
 
 def test_misses_reinject_flows_counters_and_tcp(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
     cable_vm(host, "tap1", vm1, MAC1, "10.9.0.1/24")
@@ -157,7 +160,7 @@ def test_misses_reinject_flows_counters_and_tcp(
 
 
 def test_rewrites_and_ttl_in_the_kernel(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
     cable_vm(host, "tap1", vm1, MAC1, "10.9.1.2/24")
@@ -185,7 +188,7 @@ def test_rewrites_and_ttl_in_the_kernel(
 
 
 def test_a_restart_adopts_ports_and_flows_and_never_stops_forwarding(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
     cable_vm(host, "tap1", vm1, MAC1, "10.9.0.1/24")
@@ -208,12 +211,12 @@ def test_a_restart_adopts_ports_and_flows_and_never_stops_forwarding(
     assert ping(vm1, "10.9.0.2")
 
 
-def _vxlan_host(ns: Netns) -> None:
+def _vxlan_host(ns: Sandbox) -> None:
     ns.call(lambda: links.ensure_vxlan("vxlan0", "ul0"))
 
 
 def test_vxlan_between_ebpf_hosts_and_with_a_userspace_host(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     h1, h2, h3 = netns("h1"), netns("h2"), netns("h3")
     vm1, vm2, vm3 = netns("vm1"), netns("vm2"), netns("vm3")
@@ -275,7 +278,9 @@ def test_vxlan_between_ebpf_hosts_and_with_a_userspace_host(
     assert got.wait(timeout=10) == 0
 
 
-def _flood_host(netns: NetnsFactory, obj_cache: Path, n_local: int) -> tuple[Netns, EbpfDatapath]:
+def _flood_host(
+    netns: SandboxFactory, obj_cache: Path, n_local: int
+) -> tuple[Sandbox, EbpfDatapath]:
     host = netns("host")
     dp = _ebpf(host, obj_cache)
     for i in range(1, n_local + 1):
@@ -292,7 +297,7 @@ def _flood_actions(n_local: int, n_remote: int) -> tuple[Action, ...]:
 
 
 def test_a_flood_wider_than_the_action_list_installs_and_dumps_unchanged(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     host, dp = _flood_host(netns, obj_cache, 8)
     made.append((host, dp))
@@ -320,7 +325,7 @@ def test_a_flood_wider_than_the_action_list_installs_and_dumps_unchanged(
 
 
 def test_what_the_kernel_cannot_hold_raises_datapath_error(
-    netns: NetnsFactory, made: list[tuple[Netns | None, Datapath]], obj_cache: Path
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:
     host, dp = _flood_host(netns, obj_cache, 2)
     made.append((host, dp))

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dp_netns import NetnsFactory, cable_vm, ping, tcp_transfer, underlay
+from dp_netns import cable_vm, ping, tcp_transfer, underlay
 
 from tessera.datapath.base import Flow, Match, Output, OutputTunnel
 from tessera.datapath.userspace import UserspaceDatapath
+from tessera.lab.sandbox import SandboxFactory
 from tessera.packet.addr import ip_from_str, mac_from_str
 
 pytestmark = pytest.mark.root
@@ -39,7 +40,7 @@ def _l2_flows(dp: UserspaceDatapath, a: int, b: int) -> None:
 
 
 def test_one_host_ping_and_tcp_with_partial_checksums_and_gso(
-    netns: NetnsFactory, datapaths: list[UserspaceDatapath]
+    netns: SandboxFactory, datapaths: list[UserspaceDatapath]
 ) -> None:
     host, vm1, vm2 = netns("host"), netns("vm1"), netns("vm2")
     cable_vm(host, "tap1", vm1, MAC1, "10.9.0.1/24")
@@ -64,7 +65,7 @@ def test_one_host_ping_and_tcp_with_partial_checksums_and_gso(
     assert stats is not None and stats.packets > 10 and stats.bytes > 2_000_000
 
 
-def test_two_hosts_over_vxlan(netns: NetnsFactory, datapaths: list[UserspaceDatapath]) -> None:
+def test_two_hosts_over_vxlan(netns: SandboxFactory, datapaths: list[UserspaceDatapath]) -> None:
     h1, h2, vm1, vm2 = netns("h1"), netns("h2"), netns("vm1"), netns("vm2")
     underlay(h1, "198.18.0.1", h2, "198.18.0.2")
     cable_vm(h1, "tap1", vm1, MAC1, "10.9.0.1/24")

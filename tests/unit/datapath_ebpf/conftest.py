@@ -24,16 +24,17 @@ from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import SOURCE_DIR, EbpfFastPath, compile_object, ensure_bpffs
 from tessera.datapath.ebpf.maps import FastPathMaps
 from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.lab.sandbox import Sandbox, SandboxFactory, unavailable
 
-from .nets import Netns, NetnsFactory
+from .nets import PREFIX
 
 BPFFS = Path("/sys/fs/bpf")
 
 
 def toolchain_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("clang", "bpftool", "tc", "ip", "nsenter"):
+    if (reason := unavailable()) is not None:
+        return reason
+    for tool in ("clang", "bpftool", "tc"):
         if shutil.which(tool) is None:
             return f"{tool} not installed"
     return None
@@ -99,8 +100,8 @@ def fastpath(module_fastpath: EbpfFastPath) -> EbpfFastPath:
 
 
 @pytest.fixture
-def netns_factory(bpf_ready: None) -> Iterator[NetnsFactory]:
-    factory = NetnsFactory()
+def netns_factory(bpf_ready: None) -> Iterator[SandboxFactory]:
+    factory = SandboxFactory(PREFIX)
     try:
         yield factory
     finally:
@@ -135,7 +136,7 @@ class Probe:
     maps: FastPathMaps
     progs: dict[str, int]
     probe_fd: int
-    ns: Netns
+    ns: Sandbox
     dummy_ifindex: int
 
     def run(self, prog: str, frame: bytes, *, mark: int = 0) -> bpf.TestRunResult:
@@ -157,7 +158,7 @@ def probe_module(
 ) -> Iterator[Probe]:
     obj = compile_object(SOURCE_DIR, obj_cache, main=PROBE_SRC)
     pins = BPFFS / f"tst-{secrets.token_hex(4)}"
-    factory = NetnsFactory()
+    factory = SandboxFactory(PREFIX)
     progs: dict[str, int] = {}
     maps: FastPathMaps | None = None
     probe_fd = -1

@@ -1,8 +1,8 @@
-"""Namespaces that always clean up, and ICMP/TCP probes run inside them.
+"""Cables, ICMP and TCP probes between the eBPF tests' namespaces.
 
-Every namespace is named ``tst-<run id>-<role>`` and deleted by the fixture
-that made it, even on failure; devices live only inside those namespaces
-(created there directly, never in the root namespace).
+The namespaces are `tessera.lab.sandbox` sandboxes named ``tst-<run id>-<role>``
+(``PREFIX``) and deleted by the fixture that made them, even on failure; devices
+live only inside them (created there directly, never in the root namespace).
 """
 
 from __future__ import annotations
@@ -11,69 +11,21 @@ import os
 import secrets
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.lab.sandbox import Sandbox
 
 from .frames import csum
 
-
-def sh(*argv: str, check: bool = True) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=20, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.stdout
+PREFIX = "tst"
 
 
-class Netns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-        self.ip("link", "set", "lo", "up")
-
-    @property
-    def path(self) -> str:
-        return f"/run/netns/{self.name}"
-
-    def ip(self, *args: str) -> str:
-        return sh("ip", "-n", self.name, *args)
-
-    def run(self, *argv: str, check: bool = True) -> str:
-        return sh("nsenter", f"--net={self.path}", *argv, check=check)
-
-    def sysctl(self, key: str, value: str) -> None:
-        self.run("sysctl", "-qw", f"{key}={value}")
-
-    def ifindex(self, ifname: str) -> int:
-        return run_in_netns(self.path, lambda: socket.if_nametoindex(ifname))
-
-    def delete(self) -> None:
-        sh("ip", "netns", "del", self.name, check=False)
-
-
-class NetnsFactory:
-    def __init__(self) -> None:
-        self.run_id = secrets.token_hex(3)
-        self.made: list[Netns] = []
-
-    def __call__(self, role: str) -> Netns:
-        ns = Netns(f"tst-{self.run_id}-{role}")
-        self.made.append(ns)
-        return ns
-
-    def cleanup(self) -> None:
-        for ns in reversed(self.made):
-            ns.delete()
-        self.made.clear()
-
-
-def veth_to(host: Netns, host_if: str, vm: Netns, vm_if: str, vm_mac: str, vm_cidr: str) -> None:
+def veth_to(
+    host: Sandbox, host_if: str, vm: Sandbox, vm_if: str, vm_mac: str, vm_cidr: str
+) -> None:
     """A VM-style port: ``vm_if`` in ``vm`` (addressed), ``host_if`` in ``host``."""
     host.ip("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", vm.name)
     vm.ip("link", "set", vm_if, "address", vm_mac)
@@ -82,15 +34,13 @@ def veth_to(host: Netns, host_if: str, vm: Netns, vm_if: str, vm_mac: str, vm_ci
     host.ip("link", "set", host_if, "up")
 
 
-def ping(ns: Netns, dst: str, *, timeout: float = 1.0, ident: int | None = None) -> float | None:
+def ping(ns: Sandbox, dst: str, *, timeout: float = 1.0, ident: int | None = None) -> float | None:
     """One ICMP echo from ``ns``: the RTT in seconds, or None on timeout.
 
     A raw ICMP socket opened inside the namespace -- the same kernel path as
     ``ping`` (not installed on every test machine).
     """
-    sock = run_in_netns(
-        ns.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    )
+    sock = ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
     ident = ident if ident is not None else os.getpid() & 0xFFFF
     seq = secrets.randbelow(0xFFFF)
     body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"tessera-ping" * 4
@@ -115,7 +65,7 @@ def ping(ns: Netns, dst: str, *, timeout: float = 1.0, ident: int | None = None)
 
 
 @contextmanager
-def tcp_echo_server(ns: Netns, addr: str, port: int) -> Iterator[None]:
+def tcp_echo_server(ns: Sandbox, addr: str, port: int) -> Iterator[None]:
     """A one-connection-at-a-time TCP echo server inside ``ns``."""
 
     def make() -> socket.socket:
@@ -125,7 +75,7 @@ def tcp_echo_server(ns: Netns, addr: str, port: int) -> Iterator[None]:
         s.listen(4)
         return s
 
-    srv = run_in_netns(ns.path, make)
+    srv = ns.call(make)
     srv.settimeout(0.2)
     stop = threading.Event()
 
@@ -154,10 +104,10 @@ def tcp_echo_server(ns: Netns, addr: str, port: int) -> Iterator[None]:
 
 
 def tcp_roundtrip(
-    ns: Netns, addr: str, port: int, payload: bytes, timeout: float = 3.0
+    ns: Sandbox, addr: str, port: int, payload: bytes, timeout: float = 3.0
 ) -> tuple[bytes, float]:
     """Connect from ``ns``, send ``payload``, read it back: (data, connect time)."""
-    sock = run_in_netns(ns.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sock = ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     try:
         sock.settimeout(timeout)
         start = time.monotonic()

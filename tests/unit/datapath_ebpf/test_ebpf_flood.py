@@ -23,10 +23,10 @@ from tessera.datapath.ebpf.actions import Action, OutputLocal, OutputTunnel, Set
 from tessera.datapath.ebpf.layout import FLOW_MAX_ACTIONS, FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.datapath.ebpf.netns import run_in_netns
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 
 from .conftest import BPFFS, TEST_PORT, Probe, _rm_tree
 from .frames import eth, ipv4, udp
-from .nets import Netns, NetnsFactory
 
 pytestmark = pytest.mark.root
 
@@ -42,7 +42,7 @@ class FloodLab:
     """One namespace: a bound port fed from its veth peer, and N_OUT veth pairs
     whose far ends are listened to with AF_PACKET."""
 
-    def __init__(self, ns: Netns, fp: EbpfFastPath) -> None:
+    def __init__(self, ns: Sandbox, fp: EbpfFastPath) -> None:
         self.ns, self.fp = ns, fp
         self.sockets: list[socket.socket] = []
         ns.ip("link", "add", "in0", "type", "veth", "peer", "name", "in1")
@@ -87,7 +87,7 @@ class FloodLab:
 
 
 @pytest.fixture
-def flood_lab(netns_factory: NetnsFactory, obj_cache: Path) -> Iterator[FloodLab]:
+def flood_lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[FloodLab]:
     ns = netns_factory("flood")
     fp = EbpfFastPath(BPFFS / f"tst-{secrets.token_hex(4)}", ns.path, cache_dir=obj_cache)
     lab: FloodLab | None = None

@@ -33,8 +33,7 @@ from tessera.datapath.ebpf.loader import (
     object_btf,
 )
 from tessera.datapath.ebpf.maps import MAP_SPECS
-
-from .nets import NetnsFactory
+from tessera.lab.sandbox import SandboxFactory
 
 L2 = FlowKey.mask_of(["in_port", "eth_dst"])
 
@@ -192,7 +191,7 @@ def test_an_incompatible_pinned_map_is_refused_not_recreated(
 
 @pytest.mark.root
 def test_attach_and_detach_are_idempotent(
-    module_fastpath: EbpfFastPath, netns_factory: NetnsFactory
+    module_fastpath: EbpfFastPath, netns_factory: SandboxFactory
 ) -> None:
     ns = netns_factory("att")
     ns.ip("link", "add", "p0", "type", "veth", "peer", "name", "p1")
@@ -206,7 +205,7 @@ def test_attach_and_detach_are_idempotent(
         fp.attach("p0", "inject")  # replaces, does not stack
         after = fp.attached("p0")
         assert after is not None and after.prog_name == "inject"
-        out = ns.run("tc", "filter", "show", "dev", "p0", "ingress")
+        out = ns.run("tc", "filter", "show", "dev", "p0", "ingress").stdout
         assert out.count("direct-action") == 1
         assert fp.detach("p0", remove_qdisc=True) is True
         assert fp.detach("p0") is False

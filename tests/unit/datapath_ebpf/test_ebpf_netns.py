@@ -26,10 +26,11 @@ from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.datapath.ebpf.upcall import MissChannel
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 
 from .conftest import BPFFS, _rm_tree
 from .frames import eth, untag
-from .nets import Netns, NetnsFactory, ping, tcp_echo_server, tcp_roundtrip, veth_to
+from .nets import ping, tcp_echo_server, tcp_roundtrip, veth_to
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
 
@@ -41,9 +42,9 @@ L2 = FlowKey.mask_of(["in_port", "eth_dst"])
 
 @dataclass
 class Lab:
-    host: Netns
-    a: Netns
-    b: Netns
+    host: Sandbox
+    a: Sandbox
+    b: Sandbox
     fp: EbpfFastPath
     tap_a: int
     tap_b: int
@@ -59,7 +60,7 @@ class Lab:
 
 
 @pytest.fixture
-def lab(netns_factory: NetnsFactory, obj_cache: Path) -> Iterator[Lab]:
+def lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[Lab]:
     host, a, b = netns_factory("h"), netns_factory("a"), netns_factory("b")
     veth_to(host, "tap-a", a, "eth0", MAC_A, f"{IP_A}/24")
     veth_to(host, "tap-b", b, "eth0", MAC_B, f"{IP_B}/24")
@@ -179,7 +180,7 @@ def test_agent_restart_keeps_forwarding(lab: Lab) -> None:
         again.close()
 
 
-def _raw_socket(ns: Netns, ifname: str) -> socket.socket:
+def _raw_socket(ns: Sandbox, ifname: str) -> socket.socket:
     def make() -> socket.socket:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         s.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA

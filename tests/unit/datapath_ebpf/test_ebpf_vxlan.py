@@ -19,9 +19,10 @@ import pytest
 from tessera.datapath.ebpf.actions import OutputTunnel
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 
 from .conftest import BPFFS, _rm_tree
-from .nets import Netns, NetnsFactory, ping, tcp_echo_server, tcp_roundtrip, veth_to
+from .nets import ping, tcp_echo_server, tcp_roundtrip, veth_to
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
 
@@ -34,15 +35,15 @@ L2 = FlowKey.mask_of(["in_port", "eth_dst"])
 
 @dataclass
 class TwoHosts:
-    h1: Netns
-    h2: Netns
-    a: Netns
-    b: Netns
+    h1: Sandbox
+    h2: Sandbox
+    a: Sandbox
+    b: Sandbox
     fp1: EbpfFastPath
     fp2: EbpfFastPath
 
 
-def _host(ns: Netns, fp: EbpfFastPath, underlay_if: str, tap: str, port: int, vni: int) -> None:
+def _host(ns: Sandbox, fp: EbpfFastPath, underlay_if: str, tap: str, port: int, vni: int) -> None:
     ns.ip("link", "set", underlay_if, "mtu", "1600", "up")
     ns.ip("link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789")
     ns.ip("link", "set", "vx0", "up")
@@ -53,7 +54,7 @@ def _host(ns: Netns, fp: EbpfFastPath, underlay_if: str, tap: str, port: int, vn
 
 
 @pytest.fixture
-def hosts(netns_factory: NetnsFactory, obj_cache: Path) -> Iterator[TwoHosts]:
+def hosts(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[TwoHosts]:
     h1, h2, a, b = (netns_factory(r) for r in ("h1", "h2", "va", "vb"))
     h1.ip("link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", h2.name)
     h1.ip("addr", "add", f"{UNDERLAY_1}/24", "dev", "u1")
