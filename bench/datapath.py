@@ -2,7 +2,6 @@
 
     sudo .venv/bin/python bench/datapath.py [--quick] [--json | --markdown]
         [--rounds N] [--seconds S] [--samples N] [--only throughput,miss,agent]
-        [--no-reply-flows]
 
 One run, one set of namespaces (``tsrb-<run id>-*``, removed at the end even on
 failure or Ctrl-C):
@@ -603,10 +602,10 @@ def miss_rows(
 
 
 AGENT_METRICS = (
-    "first-packet RTT, one host (A->B, both on h1), p50",
-    "first-packet RTT, one host (A->B, both on h1), p99",
-    "first-packet RTT, two hosts (A on h1 -> C on h2), p50",
-    "first-packet RTT, two hosts (A on h1 -> C on h2), p99",
+    "first-packet RTT, one host (2 misses on h1), p50",
+    "first-packet RTT, one host (2 misses on h1), p99",
+    "first-packet RTT, two hosts (miss on h1 + on h2), p50",
+    "first-packet RTT, two hosts (miss on h1 + on h2), p99",
     "misses handled per second, one agent",
     "invalidation, API change -> flows gone from both agents' maps, p50",
     "invalidation, API change -> flows gone from both agents' maps, p99",
@@ -673,11 +672,10 @@ class AgentBed:
     /sys/fs/bpf/tessera/<host id>, which the bench reads directly to see a flow vanish.
     """
 
-    def __init__(self, bed: Testbed, log: Callable[[str], None], reply_flows: bool = True) -> None:
+    def __init__(self, bed: Testbed, log: Callable[[str], None]) -> None:
         self.bed = bed
         self.lab = bed.lab
         self.log = log
-        self.reply_flows = reply_flows
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.lab.prefix}-"))
         self.lab.last.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
         self.hosts = [
@@ -763,7 +761,6 @@ class AgentBed:
                         f"{self.lab.prefix}-{h.role}",
                         "--log-level",
                         "WARNING",
-                        "--reply-flows" if self.reply_flows else "--no-reply-flows",
                     ),
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -865,7 +862,6 @@ def invalidation_and_first_packet(
     lost = timeouts = unwarmed = 0
     rule_id: str | None = None
     misses_before = {h.role: int(ab.status(h)["misses"]) for h in ab.hosts}
-    replies_before = {h.role: int(ab.status(h)["reply_flows"]) for h in ab.hosts}
     for ip in (IP_B, IP_C):
         pinger.ping(ip, timeout=1.0)
     try:
@@ -921,7 +917,6 @@ def invalidation_and_first_packet(
             with contextlib.suppress(BenchError):
                 ab.http.delete(f"/rules/{rule_id}")
     misses = {h.role: int(ab.status(h)["misses"]) - misses_before[h.role] for h in ab.hosts}
-    replies = {h.role: int(ab.status(h)["reply_flows"]) - replies_before[h.role] for h in ab.hosts}
     return {
         "inval": inval,
         "per_host": per_host,
@@ -933,23 +928,17 @@ def invalidation_and_first_packet(
         "timeouts": timeouts,
         "unwarmed": unwarmed,
         "misses": misses,
-        "reply_flows": replies,
     }
 
 
 def agent_rows(
-    bed: Testbed,
-    samples: int,
-    count: int,
-    harness_rate: float | None,
-    log: Callable[[str], None],
-    reply_flows: bool = True,
+    bed: Testbed, samples: int, count: int, harness_rate: float | None, log: Callable[[str], None]
 ) -> list[Row]:
     why = agent_available()
     if why is not None:
         log(f"agent rows: {why}")
         return na_agent_rows("n/a: agent not available")
-    ab = AgentBed(bed, log, reply_flows)
+    ab = AgentBed(bed, log)
     try:
         ab.release_fast_path()
         ab.start()
@@ -967,8 +956,6 @@ def agent_rows(
     rows = []
     goals = {50: "extra < 0.5 ms", 99: "extra < 2 ms"}
     misses = ", ".join(f"{r} {n}" for r, n in res["misses"].items())
-    replies = ", ".join(f"{r} {n}" for r, n in res["reply_flows"].items())
-    reply_note = f"reply flows on (installed: {replies})" if reply_flows else "reply flows off"
     j = 0
     for scen in ("one host", "two hosts"):
         f_ms = [x * 1e3 for x in res["first"][scen]]
@@ -986,7 +973,7 @@ def agent_rows(
                     goal=goals[p],
                     note=(
                         f"extra {extra:.3f} ms; {res['lost']} pings lost; misses counted by "
-                        f"the agents over all samples: {misses}; {reply_note}"
+                        f"the agents over all samples: {misses}"
                     ),
                     samples={"first_ms": f_ms, "steady_ms": s_ms} if p == 50 else {},
                 )
@@ -1078,11 +1065,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, help="iperf3 duration per measurement")
     ap.add_argument("--samples", type=int, help="first-packet samples (>= 200 by default)")
     ap.add_argument(
-        "--no-reply-flows",
-        action="store_true",
-        help="run the agents with --no-reply-flows (every reply misses, as before reply flows)",
-    )
-    ap.add_argument(
         "--only",
         default="throughput,miss,agent",
         help="comma-separated sections to run: throughput, miss, agent (default: all)",
@@ -1144,9 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
                     h: {s.name: v for s, v in st.items() if v} for h, st in stats.items()
                 }
                 if "agent" in sections:
-                    rows += agent_rows(
-                        bed, samples, agent_misses, harness_rate, log, not args.no_reply_flows
-                    )
+                    rows += agent_rows(bed, samples, agent_misses, harness_rate, log)
             finally:
                 lab.close()
     except BenchError as e:
@@ -1167,7 +1147,6 @@ def main(argv: list[str] | None = None) -> int:
         "harness_misses": harness_misses,
         "agent_misses": agent_misses,
         "quick": args.quick,
-        "reply_flows": not args.no_reply_flows,
     }
     if args.json:
         print(json.dumps({"machine": info, "rows": [r.as_dict() for r in rows]}, indent=2))

@@ -68,7 +68,6 @@ class Agent:
         control_dir: Path | None = None,
         metrics: AgentMetrics | None = None,
         write_state: bool = True,
-        reply_flows: bool = True,
     ) -> None:
         self.host_id = host_id
         self.name = name
@@ -92,7 +91,7 @@ class Agent:
         self.writer = StateWriter(nsdb) if write_state else None
         self.upcall = UpcallHandler(
             datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
-            self.locate, clock, wall_clock, reply_flows,
+            self.locate, clock, wall_clock,
         )  # fmt: skip
         self.adopter = Adopter(
             datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
@@ -300,7 +299,6 @@ class Agent:
             "pending_ports": self.ports.pending(),
             "flows": len(self.flows),
             "misses": int(self.metrics.misses._value.get()),
-            "reply_flows": int(self.metrics.reply_flows._value.get()),
             "parked": len(self.upcall.parked),
             "adopting": len(self.adopter.pending),
         }

@@ -3,7 +3,6 @@
     tessera agent [--host-id ID] [--nsdb URL] [--datapath ebpf|userspace]
                   [--underlay-ip ADDR] [--tunnel-zone ID] [--state-dir DIR]
                   [--name NAME] [--metrics ADDR:PORT] [--log-level LEVEL]
-                  [--reply-flows | --no-reply-flows]
 
 The host id is kept in `<state dir>/host_id` (or `$TESSERA_HOST_ID_FILE`) so that it
 survives restarts; `--host-id` overrides it. The flow table is served on a unix socket
@@ -67,13 +66,6 @@ def agent(
         str | None, typer.Option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics.")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
-    reply_flows: Annotated[
-        bool,
-        typer.Option(
-            "--reply-flows/--no-reply-flows",
-            help="Install the reply's flow with a same-host conversation's first packet.",
-        ),
-    ] = True,
 ) -> None:
     """Run the agent of this hypervisor: register, watch, forward."""
     level = getattr(logging, log_level.upper(), None)
@@ -100,7 +92,6 @@ def agent(
         state_dir=state_dir,
         name=name or socket.gethostname(),
         metrics=metrics,
-        reply_flows=reply_flows,
     )
 
 
@@ -114,7 +105,6 @@ def run_agent(
     state_dir: Path,
     name: str,
     metrics: str | None,
-    reply_flows: bool = True,
 ) -> None:
     from tessera.agent.agent import Agent
     from tessera.agent.control import run_dir
@@ -148,7 +138,6 @@ def run_agent(
         name=name,
         underlay_ip=address,
         tunnel_zone=tunnel_zone,
-        reply_flows=reply_flows,
         control_dir=run_dir(),
         metrics=agent_metrics,
     )

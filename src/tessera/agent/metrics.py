@@ -23,11 +23,6 @@ class AgentMetrics:
             "tessera_agent_simulations", "Simulations run (re-runs included)", registry=r
         )
         self.installed = Counter("tessera_agent_flows_installed", "Flows installed", registry=r)
-        self.reply_flows = Counter(
-            "tessera_agent_reply_flows",
-            "Flows installed for the reply of a new same-host conversation before it missed",
-            registry=r,
-        )
         self.invalidated = Counter(
             "tessera_agent_flows_invalidated", "Flows removed by tag invalidation", registry=r
         )

@@ -1,8 +1,7 @@
 """The upcall path: a missed packet becomes a simulation, a flow, and the packet again.
 
     miss → (already covered by a flow? reinject) → (its flow pending? join it)
-         → simulate → apply: learned state, emitted packets, flow install
-         → (a conversation between two local ports opens? the reply's flow too) → reinject
+         → simulate → apply: learned state, emitted packets, flow install → reinject
 
 Runs on the agent's single upcall thread and never waits for the NSDB: a simulation that
 meets an object not loaded yet parks its packets until the cache reports it loaded;
@@ -26,7 +25,6 @@ from tessera.agent.cache import Key, TopologyCache
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
-from tessera.agent.reverse import reply_frame
 from tessera.agent.tags import arp_tag
 from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
@@ -38,8 +36,6 @@ from tessera.datapath.base import (
     Flow,
     Match,
     Miss,
-    Output,
-    OutputTunnel,
     PacketKey,
     key_of,
 )
@@ -114,7 +110,6 @@ class UpcallHandler:
         locate: Locate,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        reply_flows: bool = True,
     ) -> None:
         self.dp = datapath
         self.flows = flows
@@ -126,7 +121,6 @@ class UpcallHandler:
         self.locate = locate
         self.clock = clock
         self.wall_clock = wall_clock
-        self.reply_flows = reply_flows
         self.parked: dict[PacketKey, Parked] = {}
         self.dropped = 0
 
@@ -281,55 +275,16 @@ class UpcallHandler:
             except DatapathError as exc:
                 log.warning("flow not installed (%s); forwarding from userspace", exc)
             else:
-                reply = self._reply_flow(p.misses[0], desired) if self.reply_flows else None
                 # The packets go first: the first packet's round trip waits for them,
                 # nobody waits for the desired table (this thread is its only writer).
                 for miss in p.misses:
                     self.dp.reinject(miss)
                 self._installed(desired)
-                if reply is not None:
-                    self._installed(reply)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
             if actions:
                 self.dp.execute(miss.frame, actions)
-
-    def _reply_flow(self, miss: Miss, desired: DesiredFlow) -> DesiredFlow | None:
-        """Install the flow of the reply to a conversation's first packet when it goes to
-        another port of this host (see `agent.reverse`), before that packet goes back to
-        the kernel; the reply then never misses. Returns the flow, None when there is
-        nothing to guess or the guess cannot be cached as is: a reply that would teach
-        a MAC or needs ARP is left to miss, so that nothing is learned from a guess."""
-        outs = [a for a in desired.flow.actions if isinstance(a, Output | OutputTunnel)]
-        if len(outs) != 1 or not isinstance(outs[0], Output) or outs[0].port == miss.port:
-            return None
-        out_port = outs[0].port
-        delivered = run_actions(miss.frame, desired.flow.actions).outputs
-        frame = reply_frame(delivered[0][1]) if len(delivered) == 1 else None
-        port_id = self.ports.port_of(out_port) if frame is not None else None
-        if frame is None or port_id is None:
-            return None
-        try:
-            match = FlowMatch.from_frame(port_id, frame)
-            key = key_of(out_port, match)
-            if key in self.parked or self.flows.lookup(key) is not None:
-                return None
-            self.metrics.simulations.inc()
-            result = self.sim.simulate(frame, port_id, self.wall_clock(), match=match)
-        except (NotYetLoaded, PacketError):
-            return None
-        if result.verdict is not Verdict.FORWARD or result.state_updates:
-            return None
-        reply = self.desired_flow(result, out_port, port_id)
-        if reply is None:
-            return None
-        try:
-            self.dp.install(reply.flow)
-        except DatapathError:
-            return None
-        self.metrics.reply_flows.inc()
-        return reply
 
     def desired_flow(
         self, result: SimulationResult, in_port: int, in_port_id: str

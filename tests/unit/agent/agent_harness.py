@@ -123,21 +123,16 @@ class Cloud:
         return Vm(port.id, mac_from_str(mac), ip_from_str(ip), host)
 
     # -- hosts --
-    def host(
-        self, name: str, underlay: str, host_id: str | None = None, *, reply_flows: bool = True
-    ) -> Host:
+    def host(self, name: str, underlay: str, host_id: str | None = None) -> Host:
         host_id = host_id or str(uuid.uuid4())
         dp = FakeDatapath(clock=self.clock, fabric=self.fabric, underlay_ip=ip_from_str(underlay))
-        return self.start_agent(name, host_id, underlay, dp, reply_flows=reply_flows)
+        return self.start_agent(name, host_id, underlay, dp)
 
-    def start_agent(
-        self, name: str, host_id: str, underlay: str, dp: FakeDatapath, *, reply_flows: bool = True
-    ) -> Host:
+    def start_agent(self, name: str, host_id: str, underlay: str, dp: FakeDatapath) -> Host:
         nsdb = MemoryNsdb(self.backend)
         agent = Agent(
             host_id, nsdb, dp, name=name, underlay_ip=underlay, tunnel_zone=self.zone.id,
             clock=self.clock, wall_clock=lambda: 1_700_000_000 + self.clock.now,
-            reply_flows=reply_flows,
         )  # fmt: skip
         agent.start()
         host = Host(name, host_id, underlay, nsdb, dp, agent)

@@ -44,7 +44,6 @@ def gated(cloud: Cloud) -> Iterator[tuple[Host, Vm, Vm, Gate]]:
     cloud.settle()
     gate = Gate(h.agent.simulator)
     h.agent.upcall.sim = gate
-    h.agent.upcall.reply_flows = False  # count the simulations of the packets sent only
     yield h, vm1, vm2, gate
 
 
