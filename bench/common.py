@@ -30,10 +30,17 @@ from types import FrameType
 from typing import Any
 
 from tessera.datapath.ebpf.netns import enter_netns, run_in_netns
+from tessera.lab.errors import LabError
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 
 
 class BenchError(RuntimeError):
     """A setup or measurement step failed: one line for the user."""
+
+
+# What a failed step raises: the bench's own errors, and the namespace helpers' (one line
+# too), which the bench shares with the tests.
+BENCH_ERRORS = (BenchError, LabError)
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30) -> str:
@@ -51,54 +58,23 @@ def sh(*argv: str, check: bool = True, timeout: float = 30) -> str:
 # --- namespaces ----------------------------------------------------------------------
 
 
-class Netns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-        self.ip("link", "set", "lo", "up")
-
-    @property
-    def path(self) -> str:
-        return f"/run/netns/{self.name}"
-
-    def ip(self, *args: str) -> str:
-        return sh("ip", "-n", self.name, *args)
-
-    def argv(self, *argv: str) -> list[str]:
-        """``argv`` run inside this namespace (nsenter keeps bpffs visible)."""
-        return ["nsenter", f"--net={self.path}", *argv]
-
-    def run(self, *argv: str, check: bool = True, timeout: float = 30) -> str:
-        return sh(*self.argv(*argv), check=check, timeout=timeout)
-
-    def sysctl(self, key: str, value: str) -> None:
-        self.run("sysctl", "-qw", f"{key}={value}")
-
-    def ifindex(self, ifname: str) -> int:
-        return run_in_netns(self.path, lambda: socket.if_nametoindex(ifname))
-
-    def delete(self) -> None:
-        sh("ip", "netns", "del", self.name, check=False)
+Netns = Sandbox  # the bench's name for a namespace it made
 
 
 class Lab:
     """This run's namespaces, processes and bpffs pins; ``close()`` removes them all."""
 
     def __init__(self, prefix: str) -> None:
-        self.run_id = secrets.token_hex(3)
-        self.prefix = f"{prefix}-{self.run_id}"
-        self.namespaces: list[Netns] = []
+        self._sandboxes = SandboxFactory(prefix)
+        self.run_id = self._sandboxes.run_id
+        self.prefix = self._sandboxes.prefix
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pins: list[Path] = []
         self.cleanups: list[Callable[[], None]] = []
         self.last: list[Callable[[], None]] = []  # after pins are gone (e.g. empty dirs)
 
     def netns(self, role: str) -> Netns:
-        ns = Netns(f"{self.prefix}-{role}")
-        self.namespaces.append(ns)
-        return ns
+        return self._sandboxes(role)
 
     def pin_dir(self, role: str) -> Path:
         path = Path("/sys/fs/bpf") / f"{self.prefix}-{role}"
@@ -130,14 +106,13 @@ class Lab:
         for fn in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 fn()
-        for ns in reversed(self.namespaces):
-            ns.delete()
+        with contextlib.suppress(LabError):
+            self._sandboxes.cleanup()  # every one is tried; the first failure is raised
         for pin in self.pins:
             rm_pins(pin)
         for fn in self.last:
             with contextlib.suppress(Exception):
                 fn()
-        self.namespaces.clear()
         self.pins.clear()
         self.cleanups.clear()
         self.last.clear()
@@ -192,7 +167,7 @@ class Throughput:
 
 def _listening(ns: Netns, port: int) -> bool:
     out = ns.run("ss", "-Htln", f"sport = :{port}", check=False, timeout=5)
-    return bool(out.strip())
+    return bool(out.stdout.strip())
 
 
 def iperf3(
@@ -582,7 +557,7 @@ def wait_for(
         try:
             if probe():
                 return
-        except BenchError:
+        except BENCH_ERRORS:
             pass
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: not ready after {timeout:.0f} s")

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    BENCH_ERRORS,
     BenchError,
     Lab,
     Netns,
@@ -950,7 +951,7 @@ def agent_rows(
         mr = drive_misses(ab.bed.lab, ab.bed.va, stats_pin, count, tag=0x98)
         counted = ab.status(h1)["misses"] - counted
         log(f"agent: {mr.handled}/{mr.sent} misses handled, {mr.per_second:,.0f}/s")
-    except (BenchError, OSError, KeyError, ValueError) as e:
+    except (*BENCH_ERRORS, OSError, KeyError, ValueError) as e:
         log(f"agent rows failed: {e}")
         return na_agent_rows(f"n/a: agent run failed: {str(e)[:120]}")
     rows = []
@@ -1100,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         preflight()
-    except BenchError as e:
+    except BENCH_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = machine()
@@ -1129,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows += agent_rows(bed, samples, agent_misses, harness_rate, log)
             finally:
                 lab.close()
-    except BenchError as e:
+    except BENCH_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
