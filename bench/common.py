@@ -43,18 +43,6 @@ class BenchError(RuntimeError):
 BENCH_ERRORS = (BenchError, LabError)
 
 
-def sh(*argv: str, check: bool = True, timeout: float = 30) -> str:
-    try:
-        proc = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{' '.join(argv)}: no answer after {timeout:.0f} s") from None
-    if check and proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
-
-
 # --- namespaces ----------------------------------------------------------------------
 
 
