@@ -369,17 +369,18 @@ def fmt(v: float | None, unit: str) -> str:
     return f"{v:g} {unit}"
 
 
+def _cells(r: Row) -> tuple[str, str, str, str, str, str]:
+    """One row's cells (metric, baseline, tessera, ratio, goal, note), for both renderings."""
+    base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline_name else "-"
+    if r.baseline_name and r.baseline is None and r.tessera is None:
+        base = "n/a"
+    ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+    return (f"{r.section}: {r.metric}", base, fmt(r.tessera, r.unit), ratio, r.goal, r.note)
+
+
 def render(rows: Sequence[Row]) -> str:
     header = ("metric", "baseline", "tessera", "ratio", "goal", "note")
-    lines: list[tuple[str, ...]] = []
-    for r in rows:
-        base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline_name else "-"
-        if r.baseline_name and r.baseline is None and r.tessera is None:
-            base = "n/a"
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        lines.append(
-            (f"{r.section}: {r.metric}", base, fmt(r.tessera, r.unit), ratio, r.goal, r.note)
-        )
+    lines = [_cells(r) for r in rows]
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
@@ -392,15 +393,7 @@ def render_markdown(rows: Sequence[Row]) -> str:
         "| metric | baseline (same run) | tessera | ratio | goal | note |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline_name else "-"
-        if r.baseline_name and r.baseline is None and r.tessera is None:
-            base = "n/a"
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        out.append(
-            f"| {r.section}: {r.metric} | {base} | {fmt(r.tessera, r.unit)} | {ratio} "
-            f"| {r.goal} | {r.note} |"
-        )
+    out += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(out)
 
 
