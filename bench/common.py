@@ -133,15 +133,6 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def veth_to(host: Netns, host_if: str, vm: Netns, vm_if: str, vm_mac: str, vm_cidr: str) -> None:
-    """A VM-style port: ``vm_if`` in ``vm`` (addressed), ``host_if`` in ``host``."""
-    host.ip("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", vm.name)
-    vm.ip("link", "set", vm_if, "address", vm_mac)
-    vm.ip("addr", "add", vm_cidr, "dev", vm_if)
-    vm.ip("link", "set", vm_if, "up")
-    host.ip("link", "set", host_if, "up")
-
-
 # --- iperf3 ----------------------------------------------------------------------------
 
 

@@ -80,7 +80,6 @@ from common import (
     signals_raise,
     tail,
     unix_json,
-    veth_to,
     wait_for,
 )
 
@@ -99,6 +98,7 @@ from tessera.datapath.ebpf.loader import DEFAULT_CACHE_DIR, EbpfFastPath, LoadEr
 from tessera.datapath.ebpf.maps import FastPathMaps, StatsMap
 from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.datapath.ebpf.upcall import MissChannel
+from tessera.lab.sandbox import cable_vm
 from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
 
 PREFIX = "tsrb"
@@ -143,9 +143,9 @@ class Testbed:
             "tap-c": (self.h2, self.fp2),
         }
         self._underlay()
-        veth_to(self.h1, "tap-a", self.va, "eth0", MAC_A, f"{IP_A}/24")
-        veth_to(self.h1, "tap-b", self.vb, "eth0", MAC_B, f"{IP_B}/24")
-        veth_to(self.h2, "tap-c", self.vc, "eth0", MAC_C, f"{IP_C}/24")
+        cable_vm(self.h1, "tap-a", self.va, MAC_A, f"{IP_A}/24")
+        cable_vm(self.h1, "tap-b", self.vb, MAC_B, f"{IP_B}/24")
+        cable_vm(self.h2, "tap-c", self.vc, MAC_C, f"{IP_C}/24")
         # Static neighbours: ARP is the agent's job, not the fast path's, and both
         # modes must carry exactly the same traffic.
         for vm in (self.va, self.vb, self.vc):

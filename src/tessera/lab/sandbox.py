@@ -154,3 +154,16 @@ class SandboxFactory:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def cable_vm(
+    host: Sandbox, host_if: str, vm: Sandbox, mac: str, cidr: str, mtu: int = 1500
+) -> None:
+    """A VM's cable: `eth0` in `vm` (MAC, address, MTU), its peer `host_if` in `host`,
+    both up; the host end is what a datapath attaches to."""
+    host.ip("link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+            "netns", vm.name)  # fmt: skip
+    vm.ip("link", "set", "eth0", "address", mac, "mtu", str(mtu))
+    vm.ip("addr", "add", cidr, "dev", "eth0")
+    vm.ip("link", "set", "eth0", "up")
+    host.ip("link", "set", host_if, "up")

@@ -14,18 +14,6 @@ from tessera.lab.sandbox import Sandbox
 PREFIX = "tsd"
 
 
-def cable_vm(
-    host: Sandbox, host_if: str, vm: Sandbox, mac: str, cidr: str, mtu: int = 1500
-) -> None:
-    """A VM: `eth0` in `vm` (addressed), its peer `host_if` in `host`, both up."""
-    host.ip("link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
-            "netns", vm.name)  # fmt: skip
-    vm.ip("link", "set", "eth0", "address", mac, "mtu", str(mtu))
-    vm.ip("addr", "add", cidr, "dev", "eth0")
-    vm.ip("link", "set", "eth0", "up")
-    host.ip("link", "set", host_if, "up")
-
-
 def underlay(a: Sandbox, a_ip: str, b: Sandbox, b_ip: str, mtu: int = 1600) -> None:
     """A cable between two host namespaces, addressed in 198.18.0.0/15."""
     a.ip("link", "add", "ul0", "mtu", str(mtu), "type", "veth", "peer", "name", "ul0",

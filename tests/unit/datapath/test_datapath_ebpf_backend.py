@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dp_netns import cable_vm, ping, tcp_transfer
+from dp_netns import ping, tcp_transfer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,7 +36,7 @@ from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, to_kernel
 from tessera.datapath.userspace import UserspaceDatapath
-from tessera.lab.sandbox import Sandbox, SandboxFactory
+from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 from tessera.packet import Ethernet
 from tessera.packet.addr import ip_from_str, mac_from_str
 from tessera.packet.match import FIELD_NAMES

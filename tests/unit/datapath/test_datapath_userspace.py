@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dp_netns import cable_vm, ping, tcp_transfer, underlay
+from dp_netns import ping, tcp_transfer, underlay
 
 from tessera.datapath.base import Flow, Match, Output, OutputTunnel
 from tessera.datapath.userspace import UserspaceDatapath
-from tessera.lab.sandbox import SandboxFactory
+from tessera.lab.sandbox import SandboxFactory, cable_vm
 from tessera.packet.addr import ip_from_str, mac_from_str
 
 pytestmark = pytest.mark.root

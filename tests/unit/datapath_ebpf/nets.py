@@ -23,17 +23,6 @@ from .frames import csum
 PREFIX = "tst"
 
 
-def veth_to(
-    host: Sandbox, host_if: str, vm: Sandbox, vm_if: str, vm_mac: str, vm_cidr: str
-) -> None:
-    """A VM-style port: ``vm_if`` in ``vm`` (addressed), ``host_if`` in ``host``."""
-    host.ip("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", vm.name)
-    vm.ip("link", "set", vm_if, "address", vm_mac)
-    vm.ip("addr", "add", vm_cidr, "dev", vm_if)
-    vm.ip("link", "set", vm_if, "up")
-    host.ip("link", "set", host_if, "up")
-
-
 def ping(ns: Sandbox, dst: str, *, timeout: float = 1.0, ident: int | None = None) -> float | None:
     """One ICMP echo from ``ns``: the RTT in seconds, or None on timeout.
 

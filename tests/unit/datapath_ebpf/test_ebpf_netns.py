@@ -26,11 +26,11 @@ from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.datapath.ebpf.upcall import MissChannel
-from tessera.lab.sandbox import Sandbox, SandboxFactory
+from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 
 from .conftest import BPFFS, _rm_tree
 from .frames import eth, untag
-from .nets import ping, tcp_echo_server, tcp_roundtrip, veth_to
+from .nets import ping, tcp_echo_server, tcp_roundtrip
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
 
@@ -62,8 +62,8 @@ class Lab:
 @pytest.fixture
 def lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[Lab]:
     host, a, b = netns_factory("h"), netns_factory("a"), netns_factory("b")
-    veth_to(host, "tap-a", a, "eth0", MAC_A, f"{IP_A}/24")
-    veth_to(host, "tap-b", b, "eth0", MAC_B, f"{IP_B}/24")
+    cable_vm(host, "tap-a", a, MAC_A, f"{IP_A}/24")
+    cable_vm(host, "tap-b", b, MAC_B, f"{IP_B}/24")
     host.ip("link", "add", "miss0", "type", "veth", "peer", "name", "miss1")
     host.ip("link", "set", "miss0", "up")
     host.ip("link", "set", "miss1", "up")

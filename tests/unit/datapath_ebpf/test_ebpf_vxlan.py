@@ -19,10 +19,10 @@ import pytest
 from tessera.datapath.ebpf.actions import OutputTunnel
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
-from tessera.lab.sandbox import Sandbox, SandboxFactory
+from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 
 from .conftest import BPFFS, _rm_tree
-from .nets import ping, tcp_echo_server, tcp_roundtrip, veth_to
+from .nets import ping, tcp_echo_server, tcp_roundtrip
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
 
@@ -59,8 +59,8 @@ def hosts(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[TwoHosts]:
     h1.ip("link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", h2.name)
     h1.ip("addr", "add", f"{UNDERLAY_1}/24", "dev", "u1")
     h2.ip("addr", "add", f"{UNDERLAY_2}/24", "dev", "u2")
-    veth_to(h1, "tap-a", a, "eth0", MAC_A, f"{IP_A}/24")
-    veth_to(h2, "tap-b", b, "eth0", MAC_B, f"{IP_B}/24")
+    cable_vm(h1, "tap-a", a, MAC_A, f"{IP_A}/24")
+    cable_vm(h2, "tap-b", b, MAC_B, f"{IP_B}/24")
     a.ip("neigh", "replace", IP_B, "lladdr", MAC_B, "dev", "eth0", "nud", "permanent")
     b.ip("neigh", "replace", IP_A, "lladdr", MAC_A, "dev", "eth0", "nud", "permanent")
     pins = [BPFFS / f"tst-{secrets.token_hex(4)}" for _ in range(2)]
