@@ -13,10 +13,10 @@ flows keep forwarding until each is re-simulated and kept, replaced or removed.
 
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +81,8 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.flows = FlowTable()
         self.ports = PortManager(datapath)
-        self._events: queue.SimpleQueue[CacheUpdate] = queue.SimpleQueue()
+        # Filled by the cache's threads, drained here; deque appends/pops are atomic.
+        self._events: collections.deque[CacheUpdate] = collections.deque()
         self.cache = TopologyCache(nsdb, host_id, self._on_cache)
         if simulator is None:
             from tessera.agent.simulate import SnapshotSimulator
@@ -165,7 +166,7 @@ class Agent:
     # -- the loop -----------------------------------------------------------------------------
 
     def _on_cache(self, update: CacheUpdate) -> None:
-        self._events.put(update)
+        self._events.append(update)
         self.dp.wakeup()
 
     def run_once(self, timeout: float = TICK) -> None:
@@ -173,12 +174,10 @@ class Agent:
         self.process_events()
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
-        misses = self.dp.recv_misses(timeout)
-        if misses:
-            self.upcall.handle(misses)
+        handled = self.upcall.handle(self.dp.recv_misses(timeout))
         self.process_events()
         now = self.clock()
-        if self._prepare_at is not None and now >= self._prepare_at and not misses:
+        if self._prepare_at is not None and now >= self._prepare_at and not handled:
             self._prepare_at = None
             self.simulator.prepare()
         if now >= self._next_tick:
@@ -200,15 +199,15 @@ class Agent:
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""
+        events = self._events
+        if not events:
+            return 0  # the common case, twice per loop: no exception, no lock
         tags: set[str] = set()
         loaded: set[tuple[str, str]] = set()
         bindings = False
         n = 0
-        while True:
-            try:
-                update = self._events.get_nowait()
-            except queue.Empty:
-                break
+        while events:  # this thread is the only consumer
+            update = events.popleft()
             n += 1
             tags |= update.tags
             loaded |= update.loaded

@@ -123,14 +123,21 @@ class UpcallHandler:
         self.wall_clock = wall_clock
         self.parked: dict[PacketKey, Parked] = {}
         self.dropped = 0
+        self._held = 0  # packets parked, as last reported to the metrics
 
     # -- entry points ---------------------------------------------------------------------
 
-    def handle(self, misses: Iterable[Miss]) -> None:
+    def handle(self, misses: Iterable[Miss]) -> int:
+        """Handle each miss as it comes (`misses` may read lazily); returns how many."""
+        n = 0
         for miss in misses:
+            n += 1
             if miss.frame:
                 self.handle_one(miss)
-        self.metrics.held.set(sum(len(p.misses) for p in self.parked.values()))
+        if self.parked or self._held:
+            self._held = sum(len(p.misses) for p in self.parked.values())
+            self.metrics.held.set(self._held)
+        return n
 
     def handle_one(self, miss: Miss) -> None:
         self.metrics.misses.inc()

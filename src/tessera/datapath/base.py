@@ -372,8 +372,11 @@ class Datapath(abc.ABC):
 
     # -- packets --
     @abc.abstractmethod
-    def recv_misses(self, timeout: float) -> list[Miss]:
-        """Misses that arrived, waiting up to `timeout` seconds for the first one."""
+    def recv_misses(self, timeout: float) -> Iterable[Miss]:
+        """Misses that arrived, waiting up to `timeout` seconds for the first one.
+
+        May be lazy (a generator reading the next miss when asked): the caller handles
+        each miss before taking the next, so the first is never held up by the rest."""
 
     @abc.abstractmethod
     def reinject(self, miss: Miss) -> None:

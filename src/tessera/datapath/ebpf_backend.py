@@ -23,8 +23,9 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tessera.datapath import links
@@ -50,10 +51,10 @@ from tessera.datapath.base import (
 )
 from tessera.datapath.ebpf import actions as ea
 from tessera.datapath.ebpf.bpf import prog_info
-from tessera.datapath.ebpf.layout import FlowKey, Mac
+from tessera.datapath.ebpf.layout import FLOW_KEY_PACK, KEY_FIELDS, FlowKey
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
 from tessera.datapath.ebpf.maps import FloodSetsFull, FlowEntry, FlowTooLarge, MaskTableFull
-from tessera.datapath.ebpf.upcall import MissChannel, VnetHdr
+from tessera.datapath.ebpf.upcall import NO_VNET, MissChannel, VnetHdr
 from tessera.datapath.frames import run_actions
 from tessera.datapath.segment import prepare
 from tessera.datapath.vxlan import OVERHEAD, VXLAN_PORT, encap
@@ -63,37 +64,42 @@ from tessera.packet.offload import complete_l4_checksum
 
 log = logging.getLogger(__name__)
 
+MAX_MISSES_PER_WAKE = 256  # then the agent's loop runs its timers and events again
 MISS_DP_END = "tsmiss0"
 MISS_AGENT_END = "tsmiss1"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/tessera")
 _MAC_FIELDS = ("eth_src", "eth_dst")
+_pack_key = FLOW_KEY_PACK.pack
+if KEY_FIELDS != FIELD_NAMES:  # packed_key relies on one order for both
+    raise ImportError(f"flow_key fields {KEY_FIELDS} differ from match fields {FIELD_NAMES}")
+
+
+def packed_key(match: Match) -> tuple[bytes, bytes]:
+    """(key, mask) of a match as ``struct flow_key`` bytes, the key zero outside the mask.
+
+    On the miss path, so it packs the values straight: a `Match` holds integers already
+    (validated where they were parsed), in `KEY_FIELDS` order, zero outside its mask.
+    """
+    v = match.values
+    key = _pack_key(v[0], v[1].to_bytes(6, "big"), v[2].to_bytes(6, "big"), *v[3:])
+    return key, _kernel_mask(match.mask)
 
 
 def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
-    """(key, mask) of a match in the kernel's layout.
-
-    On the miss path, so it skips `FlowKey.make`'s parsing and checks: a `Match` holds
-    integers already (validated where they were parsed), and masks repeat.
-    """
-    key = FlowKey()
-    values = match.values
-    for i, name, is_mac in _key_fields(match.mask):
-        if is_mac:
-            setattr(key, name, Mac.from_buffer_copy(values[i].to_bytes(6, "big")))
-        else:
-            setattr(key, name, values[i])
-    return key, FlowKey.from_buffer_copy(_kernel_mask(match.mask))
+    """`packed_key` as the ctypes mirrors, for lookups and deletes."""
+    key, mask = packed_key(match)
+    return FlowKey.from_buffer_copy(key), FlowKey.from_buffer_copy(mask)
 
 
 @functools.cache
-def _key_fields(mask: int) -> tuple[tuple[int, str, bool], ...]:
-    """Per match mask: (value index, kernel field name, is a MAC) of its fields."""
-    return tuple((i, FIELD_NAMES[i], FIELD_NAMES[i] in _MAC_FIELDS) for i in mask_indexes(mask))
+def _key_fields(mask: int) -> tuple[str, ...]:
+    """Per match mask: the kernel field names it selects."""
+    return tuple(FIELD_NAMES[i] for i in mask_indexes(mask))
 
 
 @functools.cache
 def _kernel_mask(mask: int) -> bytes:
-    return bytes(FlowKey.mask_of(name for _i, name, _m in _key_fields(mask)))
+    return bytes(FlowKey.mask_of(_key_fields(mask)))
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
@@ -136,6 +142,7 @@ class EbpfDatapath(Datapath):
         self._tx: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._more = select.poll()  # the miss socket alone: is another miss queued?
 
     # -- lifecycle --
 
@@ -151,6 +158,7 @@ class EbpfDatapath(Datapath):
                     vxlan_ifindex=self.fastpath.ifindex(self.vxlan_ifname)
                 )
             self._channel = MissChannel(MISS_AGENT_END)
+            self._more.register(self._channel.fileno(), select.POLLIN)
         except (LoadError, OSError) as exc:
             raise DatapathError(f"eBPF datapath: {exc}") from None
         self._tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -298,10 +306,14 @@ class EbpfDatapath(Datapath):
         into a flood set (see `FlowMap`).  Whatever the kernel cannot hold raises
         DatapathError, never something else: the agent then forwards the packet
         from userspace instead of losing it."""
-        key, mask = to_kernel(flow.match)
         try:
-            self.fastpath.maps.flows.install(key, mask, self._to_kernel_actions(flow.actions))
-        except (MaskTableFull, FloodSetsFull, FlowTooLarge, OSError, TypeError, ValueError) as exc:
+            key, mask = packed_key(flow.match)
+            actions = self._to_kernel_actions(flow.actions)
+            self.fastpath.maps.flows.install_packed(key, mask, actions)
+        except (
+            MaskTableFull, FloodSetsFull, FlowTooLarge, OSError, TypeError, ValueError,
+            struct.error,
+        ) as exc:  # fmt: skip
             raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
 
     def delete(self, match: Match) -> bool:
@@ -338,33 +350,38 @@ class EbpfDatapath(Datapath):
 
     # -- packets --
 
-    def recv_misses(self, timeout: float) -> list[Miss]:
+    def recv_misses(self, timeout: float) -> Iterator[Miss]:
+        """Lazy: each miss is read when the caller asks for it, after handling the one
+        before, so the first packet of a burst never waits for the reads behind it.
+        Whether more are queued is asked with poll(2), not with a read that fails: on
+        an idle CPU the raised EAGAIN costs as much as parsing the packet."""
         channel = self._channel
         if channel is None:
-            return []
+            return
         try:
             ready, _, _ = select.select([channel.fileno(), self._wake_r], [], [], timeout)
         except (OSError, ValueError):
-            return []
+            return
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
-        out: list[Miss] = []
-        for _ in range(256):
+        more = self._more.poll
+        for i in range(MAX_MISSES_PER_WAKE):
+            if i and not more(0):
+                return
             try:
-                m = channel.recv(0)
-            except OSError:
-                break
-            if m is None:
-                break
-            frame, vnet = m.frame, m.vnet
-            if m.csum_not_ready and not vnet.gso_type:
+                got = channel.recv_fields()
+            except OSError:  # BlockingIOError: taken meanwhile (a frame select saw)
+                return
+            if got is None:
+                continue
+            port, frame, vnet, csum_not_ready = got
+            if csum_not_ready and not vnet.gso_type:
                 # Finish the checksum now: then the same bytes serve a reinject and a
                 # packet-out from userspace alike.
                 with contextlib.suppress(PacketError):
-                    frame, vnet = complete_l4_checksum(frame), VnetHdr()
-            out.append(Miss(m.port, frame, meta=vnet))
-        return out
+                    frame, vnet = complete_l4_checksum(frame), NO_VNET
+            yield Miss(port, frame, meta=vnet)
 
     def wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

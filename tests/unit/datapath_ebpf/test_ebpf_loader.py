@@ -21,8 +21,19 @@ from tessera.datapath.ebpf.actions import (
     ToUserspace,
     decode_actions,
     encode_actions,
+    pack_actions,
 )
-from tessera.datapath.ebpf.layout import FlowKey, FlowValue, layout_mismatches
+from tessera.datapath.ebpf.layout import (
+    FLOW_KEY_PACK,
+    FLOW_VALUE_HEAD_PACK,
+    KEY_FIELDS,
+    LOOKUP_INDEX_PACK,
+    FlowKey,
+    FlowLookupKey,
+    FlowValue,
+    Mac,
+    layout_mismatches,
+)
 from tessera.datapath.ebpf.loader import (
     PROGRAMS,
     SOURCE_DIR,
@@ -58,6 +69,31 @@ def test_actions_encode_decode_round_trip() -> None:
         encode_actions([Drop()] * 13, v)
     with pytest.raises(ValueError):
         OutputTunnel(1 << 24, "198.18.0.2")
+
+
+def test_struct_twins_lay_out_every_field_like_the_ctypes_mirrors() -> None:
+    """The miss path packs keys and values with `struct`; a distinct value per field
+    shows each one lands at its mirror's offset, with its width and byte order."""
+    macs = (b"\x02\x11\x22\x33\x44\x55", b"\x06\x66\x77\x88\x99\xaa")
+    ints = dict(in_port=0x01020304, vlan_id=0x0506, eth_type=0x0708, ip_src=0x090A0B0C,
+                ip_dst=0x0D0E0F10, ip_proto=0x11, ip_tos=0x12, ip_ttl=0x13, ip_frag=0x14,
+                tp_src=0x1516, tp_dst=0x1718)  # fmt: skip
+    key = FlowKey(eth_src=Mac.from_buffer_copy(macs[0]), eth_dst=Mac.from_buffer_copy(macs[1]))
+    for name, value in ints.items():
+        setattr(key, name, value)
+    packed = FLOW_KEY_PACK.pack(ints["in_port"], *macs, *(ints[n] for n in KEY_FIELDS[3:]))
+    assert packed == bytes(key)
+    lk = FlowLookupKey(mask_index=0x1A1B1C1D, key=key)
+    assert LOOKUP_INDEX_PACK.pack(0x1A1B1C1D) + packed == bytes(lk)
+
+    acts = (SetEthSrc(macs[0]), DecTtl(3), OutputLocal(0x21222324, peer=True),
+            OutputTunnel(0x313233, 0x41424344, ifindex=0x51525354), Drop())  # fmt: skip
+    v = FlowValue(packets=0x6162636465666768, bytes=0x7172737475767778, last_used=0x0102,
+                  n_actions=len(acts), flags=0)  # fmt: skip
+    encode_actions(acts, v)
+    head = FLOW_VALUE_HEAD_PACK.pack(0x6162636465666768, 0x7172737475767778, 0x0102, 5, 0)
+    assert head + pack_actions(acts) == bytes(v)
+    assert decode_actions(FlowValue.from_buffer_copy(bytes(v))) == acts
 
 
 def test_key_builders() -> None:

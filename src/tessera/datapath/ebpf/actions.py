@@ -8,6 +8,7 @@ kernel holds (:func:`decode_actions` is the exact inverse of
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TypeAlias
 from tessera.datapath.ebpf.layout import (
     ACT_F_PEER,
     FLOOD_MAX_OUTPUTS,
+    FLOW_ACTION_PACK,
     FLOW_MAX_ACTIONS,
     ActionType,
     FloodSet,
@@ -40,6 +42,8 @@ __all__ = [
     "decode_flood_set",
     "encode_actions",
     "encode_flood_set",
+    "pack_action",
+    "pack_actions",
     "split_flood",
 ]
 
@@ -148,35 +152,54 @@ Action: TypeAlias = (
 Output: TypeAlias = OutputLocal | OutputTunnel
 
 
-def _encode_one(act: Action, slot: FlowAction) -> None:
+_NO_MAC = bytes(6)
+_SLOT = FLOW_ACTION_PACK.pack
+_SET_ETH_SRC = int(ActionType.SET_ETH_SRC)
+_SET_ETH_DST = int(ActionType.SET_ETH_DST)
+_DEC_TTL = int(ActionType.DEC_TTL)
+_OUTPUT_LOCAL = int(ActionType.OUTPUT_LOCAL)
+_OUTPUT_TUNNEL = int(ActionType.OUTPUT_TUNNEL)
+_DROP = _SLOT(int(ActionType.DROP), 0, 0, 0, 0, 0, _NO_MAC)
+_TO_USERSPACE = _SLOT(int(ActionType.TO_USERSPACE), 0, 0, 0, 0, 0, _NO_MAC)
+_FLOOD = int(ActionType.FLOOD)
+_EMPTY_SLOT = bytes(FLOW_ACTION_PACK.size)
+
+
+def pack_action(act: Action) -> bytes:
+    """One ``struct flow_action``, as bytes (type, flags, ttl_dec, ifindex, vni,
+    remote_ip, mac)."""
     match act:
-        case SetEthSrc(mac=mac):
-            slot.type = ActionType.SET_ETH_SRC
-            slot.mac[:] = mac
-        case SetEthDst(mac=mac):
-            slot.type = ActionType.SET_ETH_DST
-            slot.mac[:] = mac
-        case DecTtl(n=n):
-            slot.type = ActionType.DEC_TTL
-            slot.ttl_dec = n
         case OutputLocal(ifindex=ifindex, peer=peer):
-            slot.type = ActionType.OUTPUT_LOCAL
-            slot.ifindex = ifindex
-            slot.flags = ACT_F_PEER if peer else 0
+            return _SLOT(_OUTPUT_LOCAL, ACT_F_PEER if peer else 0, 0, ifindex, 0, 0, _NO_MAC)
         case OutputTunnel():
-            slot.type = ActionType.OUTPUT_TUNNEL
-            slot.vni = act.vni
-            slot.remote_ip = act.remote_ip
-            slot.ifindex = act.ifindex
+            return _SLOT(_OUTPUT_TUNNEL, 0, 0, act.ifindex, act.vni, act.remote_ip, _NO_MAC)
+        case SetEthSrc(mac=mac):
+            return _SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac)
+        case SetEthDst(mac=mac):
+            return _SLOT(_SET_ETH_DST, 0, 0, 0, 0, 0, mac)
+        case DecTtl(n=n):
+            return _SLOT(_DEC_TTL, 0, n, 0, 0, 0, _NO_MAC)
         case Drop():
-            slot.type = ActionType.DROP
+            return _DROP
         case ToUserspace():
-            slot.type = ActionType.TO_USERSPACE
+            return _TO_USERSPACE
         case Flood(set_id=set_id):
-            slot.type = ActionType.FLOOD
-            slot.ifindex = set_id
+            return _SLOT(_FLOOD, 0, 0, set_id, 0, 0, _NO_MAC)
         case _:
             raise TypeError(f"not a datapath action: {act!r}")
+
+
+def pack_actions(actions: Sequence[Action]) -> bytes:
+    """``flow_value.actions``: every slot, the unused ones zero."""
+    if len(actions) > FLOW_MAX_ACTIONS:
+        raise ValueError(f"{len(actions)} actions, the datapath takes at most {FLOW_MAX_ACTIONS}")
+    return b"".join([pack_action(a) for a in actions]) + _EMPTY_SLOT * (
+        FLOW_MAX_ACTIONS - len(actions)
+    )
+
+
+def _write_slots(array: ctypes.Array[FlowAction], packed: bytes) -> None:
+    ctypes.memmove(ctypes.addressof(array), packed, len(packed))
 
 
 def _decode_one(a: FlowAction, where: str) -> Action:
@@ -204,9 +227,9 @@ def encode_actions(actions: Sequence[Action], value: FlowValue) -> None:
     """Write ``actions`` into ``value.actions``/``n_actions`` (counters untouched)."""
     if len(actions) > FLOW_MAX_ACTIONS:
         raise ValueError(f"{len(actions)} actions, the datapath takes at most {FLOW_MAX_ACTIONS}")
+    packed = pack_actions(actions)
     value.n_actions = len(actions)
-    for i, act in enumerate(actions):
-        _encode_one(act, value.actions[i])
+    _write_slots(value.actions, packed)
 
 
 def decode_actions(value: FlowValue) -> tuple[Action, ...]:
@@ -235,11 +258,11 @@ def encode_flood_set(outputs: Sequence[Output], value: FloodSet) -> None:
     """Write ``outputs`` into a flood set (OUTPUT_LOCAL/OUTPUT_TUNNEL only)."""
     if len(outputs) > FLOOD_MAX_OUTPUTS:
         raise ValueError(f"{len(outputs)} outputs, a flood set holds at most {FLOOD_MAX_OUTPUTS}")
-    value.n_outputs = len(outputs)
-    for i, out in enumerate(outputs):
+    for out in outputs:
         if not isinstance(out, OutputLocal | OutputTunnel):
             raise TypeError(f"a flood set holds outputs only, not {out!r}")
-        _encode_one(out, value.outputs[i])
+    value.n_outputs = len(outputs)
+    _write_slots(value.outputs, b"".join([pack_action(o) for o in outputs]))
 
 
 def decode_flood_set(value: FloodSet) -> tuple[Output, ...]:

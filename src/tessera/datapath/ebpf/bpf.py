@@ -33,6 +33,7 @@ __all__ = [
     "map_info",
     "map_lookup",
     "map_update",
+    "map_update_bytes",
     "obj_get",
     "obj_pin",
     "prog_info",
@@ -143,6 +144,22 @@ class _MapElemAttr(ctypes.Structure):
         ("value", ctypes.c_uint64),  # or next_key
         ("flags", ctypes.c_uint64),
     ]
+
+
+class _MapWriteAttr(ctypes.Structure):
+    """`_MapElemAttr` for a write from immutable bytes: the pointers are the bytes
+    objects' own buffers (kept alive by the struct), nothing is copied into ctypes."""
+
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_char_p),
+        ("value", ctypes.c_char_p),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+_MAP_WRITE_ATTR_SIZE: Final = ctypes.sizeof(_MapWriteAttr)
 
 
 class _BatchAttr(ctypes.Structure):
@@ -276,6 +293,16 @@ def map_update(fd: int, key: CBuffer, value: CBuffer, flags: int = BPF_ANY, what
     """Create or replace ``key`` (``flags``: BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
     attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
     _bpf(BPF_MAP_UPDATE_ELEM, attr, what)
+
+
+def map_update_bytes(
+    fd: int, key: bytes, value: bytes, flags: int = BPF_ANY, what: str = ""
+) -> None:
+    """`map_update` from bytes, for the miss path. The kernel reads the map's key and
+    value sizes from these buffers: the caller passes exactly that many bytes."""
+    attr = _MapWriteAttr(fd, 0, key, value, flags)
+    if _syscall(_NR, BPF_MAP_UPDATE_ELEM, ctypes.byref(attr), _MAP_WRITE_ATTR_SIZE) < 0:
+        raise BpfError(ctypes.get_errno(), BPF_MAP_UPDATE_ELEM, what)
 
 
 def map_delete(fd: int, key: CBuffer, what: str = "") -> bool:

@@ -25,8 +25,8 @@ from tessera.datapath.ebpf.actions import (
     Output,
     decode_actions,
     decode_flood_set,
-    encode_actions,
     encode_flood_set,
+    pack_actions,
     split_flood,
 )
 from tessera.datapath.ebpf.layout import (
@@ -36,6 +36,8 @@ from tessera.datapath.ebpf.layout import (
     FLOW_MAX_ACTIONS,
     FLOW_MAX_ENTRIES,
     FLOW_MAX_MASKS,
+    FLOW_VALUE_HEAD_PACK,
+    LOOKUP_INDEX_PACK,
     MAX_PORT_NO,
     PORT_MAX_ENTRIES,
     STAT_MAX,
@@ -139,6 +141,7 @@ class BpfMap(Generic[K, V]):
         self.name = name
         self.key_type = key_type
         self.value_type = value_type
+        self._sizes = (ctypes.sizeof(key_type), ctypes.sizeof(value_type))
 
     @classmethod
     def open_pinned(
@@ -160,6 +163,15 @@ class BpfMap(Generic[K, V]):
 
     def update(self, key: K, value: V, flags: int = bpf.BPF_ANY) -> None:
         bpf.map_update(self.fd, key, value, flags, self.name)
+
+    def update_bytes(self, key: bytes, value: bytes, flags: int = bpf.BPF_ANY) -> None:
+        """`update` from a key and value already laid out (struct-packed)."""
+        if (len(key), len(value)) != self._sizes:
+            raise ValueError(
+                f"map {self.name}: key/value of {len(key)}/{len(value)} bytes, "
+                f"the map takes {self._sizes[0]}/{self._sizes[1]}"
+            )
+        bpf.map_update_bytes(self.fd, key, value, flags, self.name)
 
     def delete(self, key: K) -> bool:
         return bpf.map_delete(self.fd, key, self.name)
@@ -236,6 +248,7 @@ class BpfMap(Generic[K, V]):
 
 
 _ACTIONS_OFFSET = FlowValue.n_actions.offset  # what a flow does, without its counters
+_VALUE_HEAD = FLOW_VALUE_HEAD_PACK.pack
 _ENOTSUPP = 524  # kernel-internal "operation not supported" leaking to users
 
 
@@ -406,12 +419,13 @@ class MaskTable:
             if self._list.active & (1 << i)
         }
 
-    def acquire(self, mask: FlowKey) -> int:
-        """The slot of ``mask``, allocating it (written to the kernel) if new.
+    def acquire(self, mask: FlowKey | bytes) -> int:
+        """The slot of ``mask`` (a FlowKey or its bytes), allocating it (written to the
+        kernel) if new.
 
         Does not take a reference: call :meth:`ref` once the flow exists.
         """
-        raw = bytes(mask)
+        raw = mask if isinstance(mask, bytes) else bytes(mask)
         idx = self._index.get(raw)
         if idx is not None:
             return idx
@@ -744,6 +758,11 @@ class FlowMap:
         when the actions cannot be encoded, :class:`FloodSetsFull` when they
         need a new flood set and none is free.
         """
+        self.install_packed(bytes(key.masked(mask)), bytes(mask), actions)
+
+    def install_packed(self, key: bytes, mask: bytes, actions: Sequence[Action]) -> None:
+        """`install` for the miss path: ``key`` and ``mask`` are ``struct flow_key``
+        bytes (`FLOW_KEY_PACK`), the key already zero outside the mask."""
         inline, outputs = self._plan(actions)
         with self._lock:
             self.masks.reap()
@@ -751,10 +770,8 @@ class FlowMap:
             if outputs is not None:
                 set_id = self.floods.acquire(outputs)
                 inline = (*inline, Flood(set_id))
-            value = FlowValue()
-            encode_actions(inline, value)
             try:
-                raw, old_set = self._write(key, mask, value)
+                raw, old_set = self._write(key, mask, inline)
             except BaseException:
                 if set_id is not None:
                     self.floods.release_if_unused(set_id)
@@ -767,29 +784,27 @@ class FlowMap:
             if old_set is not None:
                 self.floods.unref(old_set)  # after the ref: a set kept by the new value stays
 
-    def _write(self, key: FlowKey, mask: FlowKey, value: FlowValue) -> tuple[bytes, int | None]:
+    def _write(
+        self, key: bytes, mask: bytes, actions: Sequence[Action]
+    ) -> tuple[bytes, int | None]:
         """Write the flow: (its lookup key, the flood set of the value it replaced)."""
+        packed = pack_actions(actions)
+        n = len(actions)
         idx = self.masks.acquire(mask)
-        lk = self._lookup_key(idx, key, mask)
+        lk = LOOKUP_INDEX_PACK.pack(idx) + key
         try:
-            self.map.update(lk, value, bpf.BPF_NOEXIST)
+            self.map.update_bytes(lk, _VALUE_HEAD(0, 0, 0, n, 0) + packed, bpf.BPF_NOEXIST)
         except OSError as e:
             if e.errno != errno.EEXIST:
                 if self.masks.refcount(idx) == 0:
                     self.masks.free(idx)
                 raise
-            old = self.map.lookup(lk)
-            if old is not None:
-                value.packets, value.bytes, value.last_used = (
-                    old.packets,
-                    old.bytes,
-                    old.last_used,
-                )
-            self.map.update(lk, value, bpf.BPF_ANY)
-            raw = bytes(lk)
-            return raw, _flood_id(old) if old is not None else self._flood_of.get(raw)
+            old = self.map.lookup(FlowLookupKey.from_buffer_copy(lk))
+            counters = (0, 0, 0) if old is None else (old.packets, old.bytes, old.last_used)
+            self.map.update_bytes(lk, _VALUE_HEAD(*counters, n, 0) + packed, bpf.BPF_ANY)
+            return lk, _flood_id(old) if old is not None else self._flood_of.get(lk)
         self.masks.ref(idx)
-        return bytes(lk), None
+        return lk, None
 
     def delete(self, key: FlowKey, mask: FlowKey) -> bool:
         with self._lock:
@@ -864,9 +879,7 @@ class FlowMap:
             if set_id is None:
                 return None
             inline = (*inline, Flood(set_id))
-        probe = FlowValue()
-        encode_actions(inline, probe)
-        return bytes(probe)[_ACTIONS_OFFSET:]
+        return _VALUE_HEAD(0, 0, 0, len(inline), 0)[_ACTIONS_OFFSET:] + pack_actions(inline)
 
     def reconcile(self, desired: Iterable[Flow]) -> ReconcileResult:
         """Make the kernel hold exactly ``desired``.

@@ -28,7 +28,7 @@ from typing import Final
 from tessera.datapath.ebpf.layout import MAX_PORT_NO
 from tessera.datapath.ebpf.netns import run_in_netns
 
-__all__ = ["Miss", "MissChannel", "VnetHdr"]
+__all__ = ["NO_VNET", "Miss", "MissChannel", "VnetHdr"]
 
 ETH_P_ALL: Final = 0x0003
 ETH_P_8021Q: Final = 0x8100
@@ -41,7 +41,10 @@ TP_STATUS_CSUMNOTREADY: Final = 1 << 3
 TP_STATUS_VLAN_VALID: Final = 1 << 4
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 1
 _VNET: Final = struct.Struct("=BBHHHH")
+_NO_OFFLOAD: Final = (0, 0, 0, 0, 0, 0)
+_U16: Final = struct.Struct("!H")
 _MAX_FRAME: Final = 65536 + 64
+_ANC_SPACE: Final = socket.CMSG_SPACE(32)
 
 
 # struct tpacket_auxdata {u32 tp_status, tp_len, tp_snaplen; u16 tp_mac, tp_net,
@@ -83,6 +86,11 @@ class VnetHdr:
         )
 
 
+NO_VNET: Final = VnetHdr()  # the header of most misses: shared, not built per packet
+_PLAIN: Final = NO_VNET.pack()
+_TAG: Final = struct.Struct("!HH")
+
+
 @dataclass(frozen=True, slots=True)
 class Miss:
     """One missed packet: the port it entered on and the frame as it was."""
@@ -113,6 +121,9 @@ class MissChannel:
 
         self.sock = run_in_netns(netns, make)
         self.sock.setblocking(False)
+        # One receive buffer for the socket's life: a frame is copied out of it once.
+        self._buf = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -128,50 +139,50 @@ class MissChannel:
                 if not ready:
                     return None
             try:
-                data, anc, _flags, addr = self.sock.recvmsg(_MAX_FRAME, socket.CMSG_SPACE(32))
+                got = self.recv_fields()
             except BlockingIOError:
                 if timeout == 0:
                     return None
                 continue
-            if addr[2] == PACKET_OUTGOING:
-                continue
-            miss = self._parse(data, anc)
-            if miss is not None:
-                return miss
+            if got is not None:
+                return Miss(*got)
 
-    @staticmethod
-    def _parse(data: bytes, anc: list[tuple[int, int, bytes]]) -> Miss | None:
-        if len(data) < _VNET.size + 14:
+    def recv_fields(self) -> tuple[int, bytes, VnetHdr, bool] | None:
+        """One queued frame as Miss's fields (port, frame, vnet, csum_not_ready); None
+        for a frame that is not a miss. Raises BlockingIOError when none is queued."""
+        n, anc, _flags, addr = self.sock.recvmsg_into((self._buf,), _ANC_SPACE)
+        if addr[2] == PACKET_OUTGOING or n < _VNET.size + 14:
             return None
-        vnet = VnetHdr(*_VNET.unpack_from(data))
-        frame = data[_VNET.size :]
+        raw = _VNET.unpack_from(self._buf)
+        vnet = NO_VNET if raw == _NO_OFFLOAD else VnetHdr(*raw)
         status = tci = 0
         have_aux = False
-        for level, kind, raw in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(raw) >= _AUX.size:
-                status, tci = _AUX.unpack_from(raw)
+        for level, kind, data in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUX.size:
+                status, tci = _AUX.unpack_from(data)
                 have_aux = True
+        body = _VNET.size
         if have_aux and status & TP_STATUS_VLAN_VALID:
             port = tci & 0x0FFF
-        elif struct.unpack_from("!H", frame, 12)[0] == ETH_P_8021Q:
+            frame = bytes(self._view[body:n])
+        elif n >= body + 18 and _U16.unpack_from(self._buf, body + 12)[0] == ETH_P_8021Q:
             # Tag left in band (vlan offload off): pop it ourselves.
-            port = struct.unpack_from("!H", frame, 14)[0] & 0x0FFF
-            frame = frame[:12] + frame[16:]
+            port = _U16.unpack_from(self._buf, body + 14)[0] & 0x0FFF
+            frame = bytes(self._view[body : body + 12]) + bytes(self._view[body + 16 : n])
             vnet = vnet.shifted(-4)
         else:
             return None
         if port == 0:
             return None
-        return Miss(port, frame, vnet, bool(status & TP_STATUS_CSUMNOTREADY))
+        return port, frame, vnet, bool(status & TP_STATUS_CSUMNOTREADY)
 
     def inject(self, port: int, frame: bytes, vnet: VnetHdr | None = None) -> None:
         """Write ``frame`` back for the ``inject`` program, as if it had
         entered on ``port`` (tag in band, outermost)."""
         if not 1 <= port <= MAX_PORT_NO:
             raise ValueError(f"port {port} out of 1..{MAX_PORT_NO}")
-        tagged = frame[:12] + struct.pack("!HH", ETH_P_8021Q, port) + frame[12:]
-        hdr = (vnet or VnetHdr()).shifted(4)
-        self.sock.send(hdr.pack() + tagged)
+        head = _PLAIN if vnet is None or vnet is NO_VNET else vnet.shifted(4).pack()
+        self.sock.send(b"".join((head, frame[:12], _TAG.pack(ETH_P_8021Q, port), frame[12:])))
 
     def reinject(self, miss: Miss) -> None:
         self.inject(miss.port, miss.frame, miss.vnet)
