@@ -61,15 +61,18 @@ def egress(port_id: str, locate: Locate, tags: set[str]) -> Output | OutputTunne
     return None
 
 
+def _output_order(o: VirtualOutput) -> tuple[int, bool, bool]:
+    return (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None)
+
+
 def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate) -> Translation:
     out = Translation()
-    original = match.original()
     cur_src: int | None = None  # None: as the packet arrived
     cur_dst: int | None = None
     ttl_done = 0
     # TTL decrements cannot be undone; within one TTL, unchanged MACs first, so that a
     # restore is needed only when a decrement forces a rewritten branch earlier.
-    order = sorted(outputs, key=lambda o: (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None))
+    order = sorted(outputs, key=_output_order) if len(outputs) > 1 else outputs
     for o in order:
         target = egress(o.port_id, locate, out.tags)
         if target is None:
@@ -79,14 +82,14 @@ def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate
             ttl_done = o.ttl_dec
         want_src = o.eth_src
         if want_src is None and cur_src is not None:
-            want_src = original["eth_src"]
+            want_src = match.original()["eth_src"]
             out.extra_mask |= int(Field.ETH_SRC)
         if want_src is not None and want_src != cur_src:
             out.actions.append(SetEthSrc(want_src))
             cur_src = want_src
         want_dst = o.eth_dst
         if want_dst is None and cur_dst is not None:
-            want_dst = original["eth_dst"]
+            want_dst = match.original()["eth_dst"]
             out.extra_mask |= int(Field.ETH_DST)
         if want_dst is not None and want_dst != cur_dst:
             out.actions.append(SetEthDst(want_dst))

@@ -17,7 +17,8 @@ from __future__ import annotations
 import abc
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -41,6 +42,16 @@ def mask_indexes(mask: int) -> tuple[int, ...]:
     return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
 
 
+@functools.cache
+def masked_getter(mask: int) -> Callable[[PacketKey], PacketKey]:
+    """A function from a full key to its values under `mask` (a tuple, whatever the number
+    of fields): per-mask tables key by it, once per mask and lookup."""
+    idx = mask_indexes(mask)
+    if len(idx) > 1:
+        return operator.itemgetter(*idx)  # type: ignore[return-value]  # a tuple for 2+
+    return lambda key: tuple([key[i] for i in idx])
+
+
 # --- matches ---------------------------------------------------------------------------
 
 
@@ -52,6 +63,8 @@ class Match:
 
     mask: int
     values: PacketKey
+    # A match keys the desired table, its tag index and the lookup table: hashed once.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.values) != len(FIELD_NAMES):
@@ -60,6 +73,10 @@ class Match:
             raise ValueError(f"mask {self.mask:#x} names unknown fields")
         if any(v and not self.mask >> i & 1 for i, v in enumerate(self.values)):
             raise ValueError("a match value is set outside its mask")
+        object.__setattr__(self, "_hash", hash((self.mask, self.values)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(cls, mask_fields: Iterable[str] | None = None, **fields: Any) -> Match:
@@ -86,8 +103,10 @@ class Match:
         # Valid by construction (values only inside the mask), and on the miss path:
         # skip the checks of __post_init__.
         match = object.__new__(cls)
+        key = tuple(values)
         object.__setattr__(match, "mask", mask)
-        object.__setattr__(match, "values", tuple(values))
+        object.__setattr__(match, "values", key)
+        object.__setattr__(match, "_hash", hash((mask, key)))
         return match
 
     @classmethod
@@ -97,7 +116,7 @@ class Match:
 
     def masked(self) -> PacketKey:
         """The masked values only, in key order: what a per-mask hash table is keyed by."""
-        return tuple(self.values[i] for i in mask_indexes(self.mask))
+        return masked_getter(self.mask)(self.values)
 
     def covers(self, key: PacketKey) -> bool:
         """Whether a packet with full key `key` hits this flow."""

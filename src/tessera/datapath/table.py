@@ -18,11 +18,11 @@ from tessera.datapath.base import (
     InstalledFlow,
     Match,
     PacketKey,
+    masked_getter,
     packet_key,
 )
 from tessera.datapath.frames import Execution, run_actions
 from tessera.packet.errors import PacketError
-from tessera.packet.match import FIELD_NAMES
 
 
 @dataclass(slots=True)
@@ -45,11 +45,6 @@ class Entry:
 _Table = tuple[int, Callable[[PacketKey], PacketKey], dict[PacketKey, Entry]]
 
 
-def _getter(mask: int) -> Callable[[PacketKey], PacketKey]:
-    idx = tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
-    return lambda key: tuple([key[i] for i in idx])
-
-
 class MegaflowTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,7 +63,7 @@ class MegaflowTable:
                     table[flow.match.masked()] = entry
                     return
             table = {flow.match.masked(): entry}
-            self._tables = (*self._tables, (flow.match.mask, _getter(flow.match.mask), table))
+            self._tables = (*self._tables, (flow.match.mask, masked_getter(flow.match.mask), table))
 
     def delete(self, match: Match) -> bool:
         with self._lock:

@@ -69,6 +69,7 @@ FIELD_NAMES: tuple[str, ...] = (
     "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst",
 )  # fmt: skip
 ALL_FIELDS = Field((1 << len(FIELD_NAMES)) - 1)
+_ALL_BITS = int(ALL_FIELDS)
 
 # Plain ints: IntFlag arithmetic is ten times slower and getters run on every packet.
 _IN_PORT, _ETH_SRC, _ETH_DST, _VLAN_ID, _ETH_TYPE = 1, 2, 4, 8, 16
@@ -422,6 +423,8 @@ class FlowMatch:
         """
         bits = self._cell.bits if mask is None else int(mask)
         values = self._orig if self._orig is not None else self._values()
+        if bits == _ALL_BITS:
+            return values  # the full key (the miss path asks for it twice per packet)
         return tuple([values[i] for i in _indexes(bits)])
 
     def matches(self, other: FlowMatch) -> bool:
