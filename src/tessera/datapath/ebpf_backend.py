@@ -194,6 +194,9 @@ class EbpfDatapath(Datapath):
                 self._peer[port] = links.link_kind(ifname) == "veth"
 
     def close(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._more.unregister(self._channel.fileno())
         for sock in (self._channel, self._tx, self._udp):
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -312,7 +315,7 @@ class EbpfDatapath(Datapath):
             self.fastpath.maps.flows.install_packed(key, mask, actions)
         except (
             MaskTableFull, FloodSetsFull, FlowTooLarge, OSError, TypeError, ValueError,
-            struct.error,
+            OverflowError, struct.error,
         ) as exc:  # fmt: skip
             raise DatapathError(f"cannot install flow {flow.match}: {exc}") from None
 
@@ -365,13 +368,15 @@ class EbpfDatapath(Datapath):
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
+        if channel.fileno() not in ready:
+            return  # timed out, or woken for events
         more = self._more.poll
         for i in range(MAX_MISSES_PER_WAKE):
             if i and not more(0):
                 return
             try:
                 got = channel.recv_fields()
-            except OSError:  # BlockingIOError: taken meanwhile (a frame select saw)
+            except OSError:  # nothing queued after all, or the socket closed under us
                 return
             if got is None:
                 continue

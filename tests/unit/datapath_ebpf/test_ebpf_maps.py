@@ -183,6 +183,24 @@ def test_replacing_a_flow_keeps_its_counters(maps: FastPathMaps) -> None:
     assert e.actions == (OutputLocal(4),)
 
 
+def test_packed_installs_refuse_keys_they_would_lose(maps: FastPathMaps) -> None:
+    """The miss path's byte form: a key with bits outside its mask would be stored where
+    no packet and no delete finds it, a short one would make the kernel read past it."""
+    maps.flows.install_packed(bytes(key().masked(L2)), bytes(L2), [OutputLocal(3)])
+    assert maps.flows.get(key(), L2) is not None
+    with pytest.raises(ValueError, match="outside its mask"):
+        maps.flows.install_packed(bytes(key()), bytes(L2), [OutputLocal(3)])
+    with pytest.raises(ValueError, match="bytes"):
+        maps.flows.install_packed(bytes(key().masked(L2))[:-1], bytes(L2), [OutputLocal(3)])
+    with pytest.raises(ValueError, match="flow_action"):
+        maps.flows.install_packed(bytes(key(port=2).masked(L2)), bytes(L2), [OutputLocal(1 << 32)])
+    assert len(maps.flows) == 1 and maps.flows.masks.refcount(0) == 1
+    with pytest.raises(ValueError, match="takes"):
+        maps.flows.map.update_bytes(b"\0" * 8, b"\0" * 8)
+    with pytest.raises(TypeError):
+        bpf.map_update_bytes(maps.fd("flows"), bytearray(40), bytes(320))  # type: ignore[arg-type]
+
+
 def test_reconcile_installs_updates_and_prunes(maps: FastPathMaps) -> None:
     flows = maps.flows
     flows.install(key(1), L2, [OutputLocal(1)])  # stays as is

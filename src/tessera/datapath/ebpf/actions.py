@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -193,9 +194,11 @@ def pack_actions(actions: Sequence[Action]) -> bytes:
     """``flow_value.actions``: every slot, the unused ones zero."""
     if len(actions) > FLOW_MAX_ACTIONS:
         raise ValueError(f"{len(actions)} actions, the datapath takes at most {FLOW_MAX_ACTIONS}")
-    return b"".join([pack_action(a) for a in actions]) + _EMPTY_SLOT * (
-        FLOW_MAX_ACTIONS - len(actions)
-    )
+    try:
+        slots = b"".join([pack_action(a) for a in actions])
+    except struct.error as exc:  # a field out of its C type's range
+        raise ValueError(f"actions {actions!r} do not fit struct flow_action: {exc}") from None
+    return slots + _EMPTY_SLOT * (FLOW_MAX_ACTIONS - len(actions))
 
 
 def _write_slots(array: ctypes.Array[FlowAction], packed: bytes) -> None:
@@ -261,8 +264,12 @@ def encode_flood_set(outputs: Sequence[Output], value: FloodSet) -> None:
     for out in outputs:
         if not isinstance(out, OutputLocal | OutputTunnel):
             raise TypeError(f"a flood set holds outputs only, not {out!r}")
+    try:
+        slots = b"".join([pack_action(o) for o in outputs])
+    except struct.error as exc:
+        raise ValueError(f"outputs {outputs!r} do not fit struct flow_action: {exc}") from None
     value.n_outputs = len(outputs)
-    _write_slots(value.outputs, b"".join([pack_action(o) for o in outputs]))
+    _write_slots(value.outputs, slots)
 
 
 def decode_flood_set(value: FloodSet) -> tuple[Output, ...]:

@@ -160,6 +160,8 @@ class _MapWriteAttr(ctypes.Structure):
 
 
 _MAP_WRITE_ATTR_SIZE: Final = ctypes.sizeof(_MapWriteAttr)
+if ctypes.sizeof(_MapElemAttr) != _MAP_WRITE_ATTR_SIZE:  # pointers wider than u64?
+    raise ImportError("bpf_attr for map writes does not fit this platform's pointers")
 
 
 class _BatchAttr(ctypes.Structure):
@@ -299,7 +301,10 @@ def map_update_bytes(
     fd: int, key: bytes, value: bytes, flags: int = BPF_ANY, what: str = ""
 ) -> None:
     """`map_update` from bytes, for the miss path. The kernel reads the map's key and
-    value sizes from these buffers: the caller passes exactly that many bytes."""
+    value sizes from these buffers: the caller passes exactly that many bytes
+    (`maps.BpfMap.update_bytes` checks)."""
+    if type(key) is not bytes or type(value) is not bytes:  # c_char_p takes ints as addresses
+        raise TypeError("map_update_bytes takes bytes")
     attr = _MapWriteAttr(fd, 0, key, value, flags)
     if _syscall(_NR, BPF_MAP_UPDATE_ELEM, ctypes.byref(attr), _MAP_WRITE_ATTR_SIZE) < 0:
         raise BpfError(ctypes.get_errno(), BPF_MAP_UPDATE_ELEM, what)

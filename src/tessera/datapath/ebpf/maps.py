@@ -249,6 +249,7 @@ class BpfMap(Generic[K, V]):
 
 _ACTIONS_OFFSET = FlowValue.n_actions.offset  # what a flow does, without its counters
 _VALUE_HEAD = FLOW_VALUE_HEAD_PACK.pack
+_KEY_SIZE = ctypes.sizeof(FlowKey)
 _ENOTSUPP = 524  # kernel-internal "operation not supported" leaking to users
 
 
@@ -762,7 +763,12 @@ class FlowMap:
 
     def install_packed(self, key: bytes, mask: bytes, actions: Sequence[Action]) -> None:
         """`install` for the miss path: ``key`` and ``mask`` are ``struct flow_key``
-        bytes (`FLOW_KEY_PACK`), the key already zero outside the mask."""
+        bytes (`FLOW_KEY_PACK`), the key already zero outside the mask (a key that is
+        not would sit where no packet and no delete finds it: refused)."""
+        if len(key) != _KEY_SIZE or len(mask) != _KEY_SIZE:
+            raise ValueError(f"key/mask of {len(key)}/{len(mask)} bytes, not {_KEY_SIZE}")
+        if int.from_bytes(key, "little") & ~int.from_bytes(mask, "little"):
+            raise ValueError("the key has bits set outside its mask")
         inline, outputs = self._plan(actions)
         with self._lock:
             self.masks.reap()
@@ -918,7 +924,7 @@ class FlowMap:
             except (MaskTableFull, FloodSetsFull):
                 pending.append(f)
                 continue
-            except (FlowTooLarge, TypeError) as e:
+            except (FlowTooLarge, TypeError, ValueError) as e:
                 result.errors.append(f"{f.key!r}/{f.mask!r}: {e}")
                 continue
             if have is None:

@@ -122,6 +122,7 @@ class MissChannel:
         self.sock = run_in_netns(netns, make)
         self.sock.setblocking(False)
         # One receive buffer for the socket's life: a frame is copied out of it once.
+        # So one reader at a time (the agent's upcall thread is the only one).
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
 
