@@ -80,6 +80,8 @@ class Agent:
         self.wall_clock = wall_clock
         self.metrics = metrics or AgentMetrics()
         self.flows = FlowTable()
+        # Read when scraped, not written per flow: the miss path does not pay for it.
+        self.metrics.flows.set_function(self.flows.__len__)
         self.ports = PortManager(datapath)
         # Filled by the cache's threads, drained here; deque appends/pops are atomic.
         self._events: collections.deque[CacheUpdate] = collections.deque()

@@ -83,11 +83,17 @@ class FlowTable:
 
     def add(self, desired: DesiredFlow) -> DesiredFlow | None:
         """Add or replace; returns the flow it replaced."""
+        match = desired.match
         with self._lock:
-            old = self._remove_locked(desired.match)
-            self._flows[desired.match] = desired
+            old = self._remove_locked(match) if match in self._flows else None
+            self._flows[match] = desired
+            by_tag = self._by_tag
             for tag in desired.tags:
-                self._by_tag.setdefault(tag, set()).add(desired.match)
+                matches = by_tag.get(tag)
+                if matches is None:
+                    by_tag[tag] = {match}
+                else:
+                    matches.add(match)
             self._lookup.install(desired.flow)
             return old
 

@@ -76,7 +76,6 @@ def sweep(
         metrics.expired.inc(result.expired)
     if result.removed:
         metrics.reconciled_removed.inc(result.removed)
-    metrics.flows.set(len(flows))
     return result
 
 

@@ -60,6 +60,7 @@ ARP_RETRY = 1.0  # a held packet is simulated again (a new ARP request) this oft
 ARP_TIMEOUT = 3.0  # then the address is declared unresolvable (ICMP host unreachable)
 MAX_PARKED = 1024  # distinct flows waiting
 MAX_PACKETS_PER_FLOW = 64  # packets kept per waiting flow; more are dropped
+_IN_PORT = Field.IN_PORT  # an enum member lookup costs a descriptor call per use
 
 
 class Simulator(Protocol):
@@ -302,7 +303,7 @@ class UpcallHandler:
         if not result.cacheable or result.verdict is Verdict.HOLD or result.emitted:
             return None
         actions, extra_tags = self._actions(result)
-        result.match.record(Field.IN_PORT)
+        result.match.record(_IN_PORT)
         match = Match.from_flow_match(result.match, in_port)
         flow = Flow(match, tuple(actions) if actions else (Drop(),))
         tags = frozenset(result.tags | extra_tags | {in_port_id})
@@ -324,7 +325,6 @@ class UpcallHandler:
     def _installed(self, desired: DesiredFlow) -> None:
         self.flows.add(desired)
         self.metrics.installed.inc()
-        self.metrics.flows.set(len(self.flows))
 
     def learn(self, result: SimulationResult) -> None:
         tags: set[str] = set()
@@ -360,5 +360,4 @@ class UpcallHandler:
         if removed:
             log.debug("invalidated %d flows (%s)", len(removed), " ".join(sorted(tags)[:8]))
             self.metrics.invalidated.inc(len(removed))
-            self.metrics.flows.set(len(self.flows))
         return len(removed)
