@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
-from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch
+from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch, mask_indexes
 
 MAX_PORT_NO = 4095  # the eBPF miss path carries the port in a 12-bit VLAN id
 TUNNEL_PORT = 0  # the "port" a packet arrived on when it came out of a tunnel
@@ -33,13 +33,6 @@ _MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
 _IP_FIELDS = frozenset({"ip_src", "ip_dst"})
 _INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
 PacketKey: TypeAlias = tuple[int, ...]
-
-
-@functools.cache
-def mask_indexes(mask: int) -> tuple[int, ...]:
-    """The field indexes (FIELD_NAMES order) a mask selects; computed once per mask:
-    masks are few and the miss path asks several times per packet."""
-    return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
 
 
 @functools.cache

@@ -92,14 +92,8 @@ def to_kernel(match: Match) -> tuple[FlowKey, FlowKey]:
 
 
 @functools.cache
-def _key_fields(mask: int) -> tuple[str, ...]:
-    """Per match mask: the kernel field names it selects."""
-    return tuple(FIELD_NAMES[i] for i in mask_indexes(mask))
-
-
-@functools.cache
 def _kernel_mask(mask: int) -> bytes:
-    return bytes(FlowKey.mask_of(_key_fields(mask)))
+    return bytes(FlowKey.mask_of(FIELD_NAMES[i] for i in mask_indexes(mask)))
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:

@@ -26,6 +26,7 @@ flow whose key the kernel computes differently would never be hit.
 
 from __future__ import annotations
 
+import functools
 import struct
 from enum import IntEnum, IntFlag
 from typing import Any
@@ -100,15 +101,13 @@ _ICMP = struct.Struct("!BB")
 _PORT_PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_SCTP)
 
 Key = tuple[Any, ...]
-_INDEXES: dict[int, tuple[int, ...]] = {}
 
 
-def _indexes(bits: int) -> tuple[int, ...]:
-    idx = _INDEXES.get(bits)
-    if idx is None:
-        idx = tuple(i for i in range(len(FIELD_NAMES)) if bits >> i & 1)
-        _INDEXES[bits] = idx
-    return idx
+@functools.cache
+def mask_indexes(mask: int) -> tuple[int, ...]:
+    """The field indexes (FIELD_NAMES order) a mask selects; computed once per mask:
+    masks are few and the miss path asks several times per packet."""
+    return tuple(i for i in range(len(FIELD_NAMES)) if mask >> i & 1)
 
 
 class _MaskCell:
@@ -396,7 +395,9 @@ class FlowMatch:
         if self._orig is None:
             return {}
         now = self._values()
-        return {Field(1 << i): now[i] for i in _indexes(self._modified) if now[i] != self._orig[i]}
+        return {
+            Field(1 << i): now[i] for i in mask_indexes(self._modified) if now[i] != self._orig[i]
+        }
 
     def record(self, fields: Field) -> None:
         """Add fields to the mask explicitly (for a decision taken on a value seen earlier)."""
@@ -425,7 +426,7 @@ class FlowMatch:
         values = self._orig if self._orig is not None else self._values()
         if bits == _ALL_BITS:
             return values  # the full key (the miss path asks for it twice per packet)
-        return tuple([values[i] for i in _indexes(bits)])
+        return tuple([values[i] for i in mask_indexes(bits)])
 
     def matches(self, other: FlowMatch) -> bool:
         """Whether `other`'s packet agrees with this one on every field in this mask."""
@@ -480,5 +481,5 @@ class FlowMatch:
             else:
                 text = repr(value)
             parts.append(f"{name}={text}")
-        mask = "|".join(FIELD_NAMES[i] for i in _indexes(self._cell.bits)) or "-"
+        mask = "|".join(FIELD_NAMES[i] for i in mask_indexes(self._cell.bits)) or "-"
         return f"FlowMatch({', '.join(parts)}; mask={mask})"

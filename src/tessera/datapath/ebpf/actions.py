@@ -194,11 +194,14 @@ def pack_actions(actions: Sequence[Action]) -> bytes:
     """``flow_value.actions``: every slot, the unused ones zero."""
     if len(actions) > FLOW_MAX_ACTIONS:
         raise ValueError(f"{len(actions)} actions, the datapath takes at most {FLOW_MAX_ACTIONS}")
+    return _pack_slots(actions) + _EMPTY_SLOT * (FLOW_MAX_ACTIONS - len(actions))
+
+
+def _pack_slots(actions: Sequence[Action]) -> bytes:
     try:
-        slots = b"".join([pack_action(a) for a in actions])
+        return b"".join([pack_action(a) for a in actions])
     except struct.error as exc:  # a field out of its C type's range
         raise ValueError(f"actions {actions!r} do not fit struct flow_action: {exc}") from None
-    return slots + _EMPTY_SLOT * (FLOW_MAX_ACTIONS - len(actions))
 
 
 def _write_slots(array: ctypes.Array[FlowAction], packed: bytes) -> None:
@@ -264,10 +267,7 @@ def encode_flood_set(outputs: Sequence[Output], value: FloodSet) -> None:
     for out in outputs:
         if not isinstance(out, OutputLocal | OutputTunnel):
             raise TypeError(f"a flood set holds outputs only, not {out!r}")
-    try:
-        slots = b"".join([pack_action(o) for o in outputs])
-    except struct.error as exc:
-        raise ValueError(f"outputs {outputs!r} do not fit struct flow_action: {exc}") from None
+    slots = _pack_slots(outputs)
     value.n_outputs = len(outputs)
     _write_slots(value.outputs, slots)
 
