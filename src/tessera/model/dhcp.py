@@ -32,7 +32,8 @@ class DhcpSubnet(StoredObject):
 
     bridge_id: Uuid
     subnet_prefix: IPv4Addr
-    subnet_length: PrefixLen = Field(le=30)
+    # Not PrefixLen: a second `le` beside the annotated one is silently overridden by it.
+    subnet_length: int = Field(ge=0, le=30)
     default_gateway: IPv4Addr | None = None
     server_addr: IPv4Addr | None = None
     dns_server_addrs: list[IPv4Addr] = Field(default_factory=list)
