@@ -501,18 +501,6 @@ class NetnsHttp:
         self._pool.shutdown(wait=False)
 
 
-def unix_json(path: Path, request: dict[str, Any], timeout: float = 5.0) -> Any:
-    """One JSON line to a unix socket, one JSON answer back (the agent's control socket)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(json.dumps(request).encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))
-
-
 def wait_for(
     what: str,
     probe: Callable[[], bool],

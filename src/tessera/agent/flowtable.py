@@ -13,27 +13,31 @@ the install) and just reinject it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from tessera.datapath.base import Flow, Match, PacketKey
 from tessera.datapath.table import MegaflowTable
+from tessera.simulation.result import ExpiryClass
 
-# Idle timeouts per expiry class, as MidoNet learned them (design.md §5).
-IDLE_TIMEOUTS: dict[str, float] = {
-    "error": 5.0,
-    "normal": 60.0,
-    "stateful": 30.0,
-    "tunnel": 300.0,
-}
-DEFAULT_EXPIRY = "normal"
+# Idle timeouts per expiry class, as MidoNet learned them (design.md §5). UNCACHED has
+# none: such a result is never installed (`SimulationResult.cacheable`).
+IDLE_TIMEOUTS: Mapping[ExpiryClass, float] = MappingProxyType(
+    {
+        ExpiryClass.ERROR: 5.0,
+        ExpiryClass.NORMAL: 60.0,
+        ExpiryClass.STATEFUL: 30.0,
+        ExpiryClass.TUNNEL: 300.0,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredFlow:
     flow: Flow
     tags: frozenset[str]
-    expiry: str = DEFAULT_EXPIRY
+    expiry: ExpiryClass = ExpiryClass.NORMAL
     created: float = 0.0  # time.monotonic() when simulated
 
     @property
@@ -42,7 +46,7 @@ class DesiredFlow:
 
     @property
     def idle_timeout(self) -> float:
-        return IDLE_TIMEOUTS.get(self.expiry, IDLE_TIMEOUTS[DEFAULT_EXPIRY])
+        return IDLE_TIMEOUTS[self.expiry]
 
 
 class FlowTable:

@@ -1,28 +1,15 @@
-"""Flow tags: the names of what a flow depended on, and what each NSDB change touches.
+"""What each NSDB change touches, in flow tags.
 
-A tag is a string. Topology objects are tagged by their id (a UUID: unique across kinds);
-learned state and host locations by prefixed names built here. `tags_of_change` is the
-one place that says which tags an NSDB change invalidates, so that an incremental update
-can be checked against a full recompute (tests/unit/agent).
+A tag is a string: topology objects are tagged by their id (a UUID: unique across kinds),
+learned state and host locations by the prefixed names `tessera.simulation.tags` builds
+(the one home of tag naming). `tags_of_change` is the one place that says which tags an
+NSDB change invalidates, so that an incremental update can be checked against a full
+recompute (tests/unit/agent).
 """
 
 from __future__ import annotations
 
 from tessera.model import DhcpSubnet, Port, Route, Rule, StoredObject
-
-
-def mac_tag(bridge_id: str, vlan_id: int, mac: str) -> str:
-    """A bridge's knowledge of one MAC: learned, moved, forgotten."""
-    return f"mac:{bridge_id}:{vlan_id}:{mac.lower()}"
-
-
-def arp_tag(router_id: str, ip: str) -> str:
-    return f"arp:{router_id}:{ip}"
-
-
-def host_tag(host_id: str) -> str:
-    """Where a host is reached (its underlay address in a tunnel zone)."""
-    return f"host:{host_id}"
 
 
 def tags_of_change(old: StoredObject | None, new: StoredObject | None) -> set[str]:

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tessera.agent.tags import host_tag
 from tessera.datapath.base import Action, DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
 from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.result import Output as VirtualOutput
+from tessera.simulation.tags import host_tag
 
 
 @dataclass(frozen=True)

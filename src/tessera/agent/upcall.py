@@ -25,7 +25,6 @@ from tessera.agent.cache import Key, TopologyCache
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
-from tessera.agent.tags import arp_tag
 from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import (
@@ -51,6 +50,7 @@ from tessera.simulation.result import (
     SimulationResult,
     Verdict,
 )
+from tessera.simulation.tags import arp_tag
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class UpcallHandler:
         ready = [
             p
             for p in self.parked.values()
-            if p.arp and any(arp_tag(r, ip_to_str(ip)) in tagset for r, ip in p.arp)
+            if p.arp and any(arp_tag(r, ip) in tagset for r, ip in p.arp)
         ]
         for p in ready:
             if self.parked.get(p.key) is not p:
@@ -307,7 +307,7 @@ class UpcallHandler:
         match = Match.from_flow_match(result.match, in_port)
         flow = Flow(match, tuple(actions) if actions else (Drop(),))
         tags = frozenset(result.tags | extra_tags | {in_port_id})
-        return DesiredFlow(flow, tags, str(result.expiry), self.clock())
+        return DesiredFlow(flow, tags, result.expiry, self.clock())
 
     def _actions(self, result: SimulationResult) -> tuple[list[Action], set[str]]:
         if result.verdict is not Verdict.FORWARD:

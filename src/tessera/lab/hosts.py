@@ -4,25 +4,22 @@
     tsr-L-hK:        ul0 198.18.I.K/24 (MTU 1600), lo, and what the agent makes (vxlan0)
 
 The agent runs inside its host namespace (`nsenter --net`, which keeps bpffs visible)
-and reaches the NSDB through the relay on its own 127.0.0.1.
+and reaches the NSDB through the relay on its own 127.0.0.1. Its command line and what it
+leaves behind are spelt once, in `tessera.lab.agents`, for the bench and tests too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
-from pathlib import Path
 
-from tessera.agent.control import agents_dir
 from tessera.lab import api, names, netns, procs, services
+from tessera.lab.agents import BPF_PIN_ROOT as BPF_PIN_ROOT  # `lab down` finds them here
+from tessera.lab.agents import AgentSpec
+from tessera.lab.agents import remove_agent_leftovers as remove_agent_leftovers
 from tessera.lab.errors import LabError
 from tessera.lab.state import HostState, LabState
 
 AGENT_STOP_TIMEOUT = 10.0
-# Agents pin their maps under <root>/<host id> (tessera.datapath.ebpf_backend, not
-# imported here: it loads the whole eBPF toolchain).
-BPF_PIN_ROOT = Path("/sys/fs/bpf/tessera")
 
 
 def host_state(state: LabState, index: int) -> HostState:
@@ -78,17 +75,16 @@ def start_agent(state: LabState, host: HostState) -> int:
         return pid
     if state.tunnel_zone_id is None:
         raise LabError(f"lab {state.name} has no tunnel zone yet: run `tessera lab up`")
-    argv = [
-        *netns.nsenter(state.netns(host.name)),
-        *procs.tessera_command(), "agent",
-        "--host-id", host.host_id,
-        "--name", host.name,
-        "--nsdb", services.agent_nsdb_url(state),
-        "--datapath", state.datapath,
-        "--underlay-ip", host.underlay_ip,
-        "--tunnel-zone", state.tunnel_zone_id,
-        "--state-dir", str(state.dir / "agent"),
-    ]  # fmt: skip
+    spec = AgentSpec(
+        host_id=host.host_id,
+        name=host.name,
+        nsdb=services.agent_nsdb_url(state),
+        datapath=state.datapath,
+        underlay_ip=host.underlay_ip,
+        tunnel_zone=state.tunnel_zone_id,
+        state_dir=state.dir / "agent",
+    )
+    argv = [*netns.nsenter(state.netns(host.name)), *spec.argv()]
     return procs.spawn(argv, pid_file, state.log_file(agent_process(host)), owner=state.dir)
 
 
@@ -124,13 +120,3 @@ def wait_agents_alive(state: LabState, hosts: list[HostState], timeout: float) -
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
-
-
-def remove_agent_leftovers(host_id: str) -> None:
-    """What an agent leaves outside its namespace: pinned maps, control socket files."""
-    pins = BPF_PIN_ROOT / host_id
-    if pins.exists():
-        shutil.rmtree(pins, ignore_errors=True)
-    for suffix in (".sock", ".json"):
-        with contextlib.suppress(FileNotFoundError):
-            (agents_dir() / f"{host_id}{suffix}").unlink()

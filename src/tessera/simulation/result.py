@@ -24,7 +24,11 @@ class Verdict(StrEnum):
 
 
 class ExpiryClass(StrEnum):
-    """How long a flow built from the result may live (MidoNet's figures, design.md §5)."""
+    """How long a flow built from the result may live (MidoNet's figures, design.md §5).
+
+    Every class a flow can have is here; the agent's `flowtable.IDLE_TIMEOUTS` gives each
+    installable one its idle timeout, and a test checks that none is missing.
+    """
 
     ERROR = "error"  # drops and ICMP errors: short, so a fix takes effect soon
     NORMAL = "normal"
@@ -34,6 +38,9 @@ class ExpiryClass(StrEnum):
     # Install nothing: the decision read more than the flow match can express (an ARP or
     # DHCP body, a ping payload), or the packet is held; every such packet is simulated.
     UNCACHED = "uncached"
+    # MidoNet keeps flows of tunnelled traffic longest; nothing assigns it yet (the
+    # engine gives a packet from a tunnel the class its own decision calls for).
+    TUNNEL = "tunnel"
 
 
 EmitKind = Literal["arp_request", "arp_reply", "icmp_echo_reply", "icmp_error", "dhcp_reply"]

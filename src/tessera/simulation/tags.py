@@ -1,10 +1,15 @@
-"""Flow tags the simulation attaches to a result: what its decision depended on.
+"""Flow tags: the names of what a flow depended on; the one place that builds them.
 
-The scheme is the agent's (`tessera.agent.tags`, which also says which NSDB change
-invalidates which tags): a topology object is tagged by its bare id (UUIDs are unique
-across kinds); learned state by a prefixed name. Absent learned entries are tagged too:
-a flood towards an unknown MAC carries the tag of that MAC, so learning it invalidates
-the flood; a packet held for ARP carries the tag of the entry it waits for.
+A tag is a string. A topology object is tagged by its bare id (UUIDs are unique across
+kinds); learned state and host locations by the prefixed names built here, from the
+values the simulation works with (MACs and addresses as ints). The simulation attaches
+MAC and ARP tags to its results; the agent uses the same functions when a learned entry
+or a host's location changes (`tessera.agent.tags` says which NSDB change invalidates
+which tags), so a name can never be spelt two ways.
+
+Absent learned entries are tagged too: a flood towards an unknown MAC carries the tag
+of that MAC, so learning it invalidates the flood; a packet held for ARP carries the
+tag of the entry it waits for.
 """
 
 from __future__ import annotations
@@ -24,3 +29,9 @@ def mac_tag(bridge_id: str, vlan_id: int, mac: int) -> str:
 def arp_tag(router_id: str, ip: int) -> str:
     """A router's resolution of one IPv4 address."""
     return f"arp:{router_id}:{ip_to_str(ip)}"
+
+
+def host_tag(host_id: str) -> str:
+    """Where a host is reached (its underlay address in a tunnel zone): the agent tags
+    flows to remote ports with it, since the simulation knows nothing of hosts."""
+    return f"host:{host_id}"

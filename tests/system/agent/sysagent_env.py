@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tessera.agent.control import request
+from tessera.lab.agents import (
+    AgentProcess,
+    AgentSpec,
+    remove_agent_leftovers,
+    remove_pin_root_if_empty,
+)
 from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.model import Bridge, Port, Route, Router, TunnelZone
 from tessera.nsdb import tables
@@ -35,7 +39,7 @@ from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
 T = TypeVar("T")
-TESSERA = str(Path(sys.executable).with_name("tessera"))
+TESSERA = str(Path(sys.executable).with_name("tessera"))  # the tests' own CLI calls
 CTL_IP = "198.18.0.254"
 
 
@@ -56,16 +60,16 @@ class Host:
     host_id: str
     ns: Sandbox
     underlay_ip: str
-    proc: subprocess.Popen[str] | None = None
-    log: Path | None = None
+    agent: AgentProcess
 
     def flows(self, run_dir: Path) -> list[dict[str, Any]]:
-        report = request(run_dir / "agents" / f"{self.host_id}.sock", "flows")
-        flows: list[dict[str, Any]] = report["flows"]
+        assert run_dir == self.agent.run_dir
+        flows: list[dict[str, Any]] = self.agent.request("flows")["flows"]
         return flows
 
     def status(self, run_dir: Path) -> dict[str, Any]:
-        answer: dict[str, Any] = request(run_dir / "agents" / f"{self.host_id}.sock", "status")
+        assert run_dir == self.agent.run_dir
+        answer: dict[str, Any] = self.agent.request("status")
         return answer
 
 
@@ -119,56 +123,43 @@ class Cloud:
         self.ctl.ip("link", "set", peer, "master", "br0", "up")
         ns.ip("addr", "add", f"{ip}/24", "dev", "ul0")
         ns.ip("link", "set", "ul0", "mtu", "1600", "up")
-        host = Host(name, str(uuid.uuid4()), ns, ip)
+        host_id = str(uuid.uuid4())
+        spec = AgentSpec(
+            host_id=host_id,
+            name=name,
+            nsdb=self.nsdb_url,
+            datapath=self.datapath,
+            underlay_ip=ip,
+            tunnel_zone=self.zone.id,
+            state_dir=self.workdir / "agent",
+            log_level="DEBUG",
+        )
+        agent = AgentProcess(
+            spec, lambda argv: ns.argv(*argv), self.run_dir, self.workdir / f"agent-{name}.log"
+        )
+        host = Host(name, host_id, ns, ip, agent)
         self.hosts[name] = host
         return host
 
     def start_agent(self, host: Host, *, wait: bool = True) -> None:
-        host.log = self.workdir / f"agent-{host.name}.log"
-        env = {**os.environ, "TESSERA_RUN_DIR": str(self.run_dir)}
-        with open(host.log, "a") as log:
-            host.proc = host.ns.popen(
-                TESSERA, "agent",
-                "--host-id", host.host_id, "--name", host.name, "--nsdb", self.nsdb_url,
-                "--datapath", self.datapath, "--underlay-ip", host.underlay_ip,
-                "--tunnel-zone", self.zone.id, "--state-dir", str(self.workdir / "agent"),
-                "--log-level", "DEBUG",
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
+        host.agent.start()
         if wait:
             self.wait_alive(host)
 
     def wait_alive(self, host: Host, timeout: float = 60.0) -> None:
         def ready() -> bool:
-            if host.proc is not None and host.proc.poll() is not None:
+            if host.agent.proc is not None and not host.agent.running():
                 raise AssertionError(f"agent {host.name} exited:\n{self.agent_log(host)}")
             alive = host.host_id in self.admin.state_get(tables.HOST_LIVENESS)
-            info = self.run_dir / "agents" / f"{host.host_id}.json"
-            try:
-                serving = json.loads(info.read_text())["pid"] == host.proc.pid  # type: ignore[union-attr]
-            except (OSError, ValueError, KeyError):
-                serving = False
-            return alive and serving
+            return alive and host.agent.serving()
 
         wait_for(f"agent {host.name} to register", ready, timeout)
 
     def stop_agent(self, host: Host, sig: int = signal.SIGTERM) -> None:
-        proc = host.proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        host.proc = None
+        host.agent.stop(sig)
 
     def agent_log(self, host: Host) -> str:
-        if host.log is None or not host.log.exists():
-            return ""
-        return "\n".join(host.log.read_text(errors="replace").splitlines()[-60:])
+        return host.agent.log_tail(60, sep="\n")
 
     # -- topology --
 
@@ -259,23 +250,10 @@ class Cloud:
         try:
             self.netns.cleanup()
         finally:
-            root = Path("/sys/fs/bpf/tessera")
             for host in self.hosts.values():
-                pins = root / host.host_id
-                if pins.exists():
-                    _rm_pins(pins)
-            with contextlib.suppress(OSError):  # only if empty: other hosts' pins stay
-                root.rmdir()
+                remove_agent_leftovers(host.host_id, self.run_dir)
+            remove_pin_root_if_empty()  # other hosts' pins stay
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def report(self) -> str:
         return json.dumps({h.name: self.agent_log(h) for h in self.hosts.values()}, indent=1)
-
-
-def _rm_pins(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            _rm_pins(child)
-        path.rmdir()
-    else:
-        path.unlink()

@@ -12,6 +12,7 @@ from tessera.agent.lifecycle import ADOPT_TIMEOUT
 from tessera.datapath.base import Flow, Match, Output, packet_key
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import Chain, Port, Rule
+from tessera.simulation.result import ExpiryClass
 
 
 def _pair(cloud: Cloud) -> tuple[Host, Vm, Vm]:
@@ -31,12 +32,20 @@ def _flow_of(h: Host, vm: Vm, frame: bytes) -> Match | None:
     return d.match if d is not None else None
 
 
+def test_every_installable_expiry_class_has_an_idle_timeout() -> None:
+    # UNCACHED results are never installed; every other class must have a timeout, or
+    # a flow of it would fail at its first sweep.
+    assert set(IDLE_TIMEOUTS) == set(ExpiryClass) - {ExpiryClass.UNCACHED}
+    assert IDLE_TIMEOUTS[ExpiryClass.TUNNEL] > IDLE_TIMEOUTS[ExpiryClass.NORMAL]
+    assert IDLE_TIMEOUTS[ExpiryClass.ERROR] < IDLE_TIMEOUTS[ExpiryClass.STATEFUL]
+
+
 def test_idle_flows_expire_and_busy_ones_stay(cloud: Cloud) -> None:
     h, vm1, vm2 = _pair(cloud)
     cloud.send(vm2, vm2.frame(vm1))
     busy, idle = _flow_of(h, vm1, vm1.frame(vm2)), _flow_of(h, vm2, vm2.frame(vm1))
     assert busy is not None and idle is not None
-    timeout = IDLE_TIMEOUTS["normal"]
+    timeout = IDLE_TIMEOUTS[ExpiryClass.NORMAL]
     for _ in range(int(timeout / 10) + 2):
         cloud.clock.advance(10)
         h.dp.receive(h.number(vm1.port_id), vm1.frame(vm2))  # hits the flow in the "kernel"

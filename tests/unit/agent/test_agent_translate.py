@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dp_frames_agent import frame_with_ttl
 
-from tessera.agent.tags import host_tag
 from tessera.agent.translate import PortLocation, translate
 from tessera.datapath.base import DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
 from tessera.datapath.frames import run_actions
 from tessera.packet import Ethernet, IPv4
 from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.result import Output as VOut
+from tessera.simulation.tags import host_tag
 
 PLACES = {
     "a": PortLocation(local=1),
