@@ -9,14 +9,14 @@ from typing import Annotated
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import object_id
-from tessera.cli.errors import CliError
 from tessera.cli.options import IdArg
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, convert_one, parse_ifname, parse_uuid
-from tessera.cli.session import Session
+from tessera.client.errors import UserError
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import convert, convert_one, parse_ifname, parse_uuid
+from tessera.clikit.session import Session
 
 HOST_ID_FILE = "/var/lib/tessera/host_id"  # as the agent keeps it (tessera.agent.hostid)
 HOST_ID_FILE_ENV = "TESSERA_HOST_ID_FILE"
@@ -63,13 +63,13 @@ def local_host_id() -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise CliError(f"no host id: {path} does not exist ({hint})") from None
+        raise UserError(f"no host id: {path} does not exist ({hint})") from None
     except OSError as exc:
-        raise CliError(f"cannot read the host id from {path}: {exc.strerror} ({hint})") from None
+        raise UserError(f"cannot read the host id from {path}: {exc.strerror} ({hint})") from None
     try:
         return parse_uuid(text)
     except ValueError:
-        raise CliError(f"{path} does not hold a host id (found '{text[:40]}')") from None
+        raise UserError(f"{path} does not hold a host id (found '{text[:40]}')") from None
 
 
 @command(host_app, "list")
@@ -122,6 +122,6 @@ def unbind(s: Session, port_id: PortArg, host: UnbindHost = None) -> None:
         port = s.api.get(f"/ports/{seg(pid)}")
         host_id = port.get("host_id") if isinstance(port, dict) else None
         if not host_id:
-            raise CliError(f"port {pid} is not bound to any host")
+            raise UserError(f"port {pid} is not bound to any host")
     answer = s.api.delete(f"/hosts/{seg(host_id)}/ports/{seg(pid)}")
     s.out.done(f"unbound port {pid} from host {host_id}", answer)

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tessera.model import (
     Bridge,
@@ -48,9 +48,6 @@ from tessera.simulation.rules import (
     compile_first_match,
     compile_rule,
 )
-
-if TYPE_CHECKING:
-    from tessera.nsdb.base import Nsdb
 
 MacTable = Mapping[tuple[int, int], str]
 """(vlan_id, mac) -> port id, as learned by a bridge."""
@@ -320,44 +317,6 @@ class Snapshot:
             mac_tables=mac_tables if mac_tables is not None else _EMPTY,
             arp_tables=arp_tables if arp_tables is not None else _EMPTY,
         )
-
-
-def load_snapshot(nsdb: Nsdb) -> Snapshot:
-    """Everything in the NSDB, with every bridge's MAC table and router's ARP table.
-
-    For the trace API and tests: it reads the whole topology, which an agent must not do
-    (it builds from its watch-fed cache with `Snapshot.from_objects`). Malformed state
-    entries are skipped: they are written by agents, and one bad entry must not make the
-    whole cloud untraceable.
-    """
-    from tessera.nsdb import tables
-
-    kinds = (Bridge, Router, Port, Route, Chain, Rule, PortGroup, IpAddrGroup, DhcpSubnet)
-    objects: list[StoredObject] = []
-    for cls in kinds:
-        objects.extend(s.value for s in nsdb.list(cls.kind))
-    mac_tables: dict[str, dict[tuple[int, int], str]] = {}
-    arp_tables: dict[str, dict[int, tuple[int, float]]] = {}
-    for obj in objects:
-        if isinstance(obj, Bridge):
-            macs: dict[tuple[int, int], str] = {}
-            for key, value in nsdb.state_get(tables.mac_table(obj.id)).items():
-                try:
-                    m = tables.decode_mac(key, value)
-                except ValueError:
-                    continue
-                macs[(m.vlan_id, mac_from_str(m.mac_addr))] = m.port_id
-            mac_tables[obj.id] = macs
-        elif isinstance(obj, Router):
-            arps: dict[int, tuple[int, float]] = {}
-            for key, value in nsdb.state_get(tables.arp_table(obj.id)).items():
-                try:
-                    a = tables.decode_arp(key, value)
-                except (ValueError, KeyError):
-                    continue
-                arps[ip_from_str(a.ip_addr)] = (mac_from_str(a.mac_addr), a.expiry)
-            arp_tables[obj.id] = arps
-    return Snapshot.from_objects(objects, mac_tables, arp_tables)
 
 
 # -- compilers ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tessera.cli.errors import BadArgument
+from tessera.client.errors import BadArgument
 
 T = TypeVar("T")
 
