@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from tessera.agent.hostid import DEFAULT_HOST_ID_FILE, HOST_ID_ENV, host_id_path
 from tessera.cli import crud
 from tessera.cli.devices import object_id
 from tessera.cli.options import IdArg
@@ -17,9 +18,6 @@ from tessera.clikit.commands import command, sub_app
 from tessera.clikit.output import Column, column, id_column
 from tessera.clikit.params import convert, convert_one, parse_ifname, parse_uuid
 from tessera.clikit.session import Session
-
-HOST_ID_FILE = "/var/lib/tessera/host_id"  # as the agent keeps it (tessera.agent.hostid)
-HOST_ID_FILE_ENV = "TESSERA_HOST_ID_FILE"
 
 HOST_COLUMNS: list[Column] = [id_column(), column("name"), column("alive"), column("addresses")]
 BINDING_COLUMNS: list[Column] = [
@@ -38,7 +36,7 @@ BindHost = Annotated[
         "--host",
         "--host-id",
         metavar="HOST_ID",
-        help=f"The host (default: this one, from ${HOST_ID_FILE_ENV} or {HOST_ID_FILE}).",
+        help=f"The host (default: this one, from ${HOST_ID_ENV} or {DEFAULT_HOST_ID_FILE}).",
     ),
 ]
 UnbindHost = Annotated[
@@ -56,8 +54,6 @@ PortArg = Annotated[str, typer.Argument(metavar="PORT_ID", show_default=False)]
 def local_host_id() -> str:
     """This machine's host id, as its agent wrote it (never created here: an id the
     agent does not know would bind ports to a host that does not exist)."""
-    from tessera.agent.hostid import host_id_path  # the agent's own rule for the path
-
     path = host_id_path()
     hint = "run this on a host with a tessera agent, or pass --host HOST_ID"
     try:

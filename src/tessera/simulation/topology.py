@@ -40,6 +40,7 @@ from tessera.model import (
     Rule,
     StoredObject,
 )
+from tessera.model.devices import router_port_mac
 from tessera.packet.addr import ip_from_str, mac_from_str, prefix_mask
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.rules import (
@@ -55,9 +56,6 @@ ArpTable = Mapping[int, tuple[int, float]]
 """ip -> (mac, expiry as Unix seconds), as learned by a router."""
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
-# Locally administered prefix of router port MACs, for ports stored without one (the API
-# assigns `02:7e:55` + tunnel key; the snapshot falls back to the same form).
-_ROUTER_MAC_PREFIX = 0x02_7E_55 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,12 +320,12 @@ class Snapshot:
 # -- compilers ----------------------------------------------------------------------------
 
 
-def router_port_mac(port: Port) -> int:
-    """The port's MAC, or the one the API would have given it (prefix + tunnel key)."""
+def _router_mac(port: Port) -> int:
+    """The port's MAC, or the one the store would have given it (`router_port_mac` of
+    its tunnel key; of bits of its id for a port without one, as in tests)."""
     if port.port_mac is not None:
         return mac_from_str(port.port_mac)
-    tail = port.tunnel_key or (uuid.UUID(port.id).int & 0xFFFFFF)
-    return _ROUTER_MAC_PREFIX | tail
+    return mac_from_str(router_port_mac(port.tunnel_key or (uuid.UUID(port.id).int & 0xFFFFFF)))
 
 
 def _compile_port(p: Port) -> PortSnap:
@@ -355,7 +353,7 @@ def _compile_port(p: Port) -> PortSnap:
         network=address & netmask,
         netmask=netmask,
         length=p.network_length,
-        mac=router_port_mac(p),
+        mac=_router_mac(p),
     )
 
 
