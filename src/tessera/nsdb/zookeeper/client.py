@@ -53,6 +53,8 @@ E = TypeVar("E")
 class ZookeeperNsdb(ZkSession, Nsdb):
     """One ZooKeeper session; reconnects by itself and keeps its watches alive."""
 
+    # -- objects --
+
     def get(self, kind: str, id: str) -> Stored[StoredObject]:
         path = self._obj_path(kind, id)
         result = self._run(lambda: self._zk.get_async(path))

@@ -260,7 +260,7 @@ class ZkSession:
     def _table_dir(self, table: str) -> str:
         return f"{self._state}/{escape_component(table)}"
 
-    # -- objects --
+    # -- recovery --
 
     def _recreate_ephemerals(self) -> None:
         """After a session expiry: our ephemeral entries died with the old session."""
