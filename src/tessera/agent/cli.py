@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tessera.agent.hostid import DEFAULT_STATE_DIR, HostIdError, resolve
-from tessera.cli.errors import BadArgument, CliError
+from tessera.client.errors import BadArgument, UserError
 
 if TYPE_CHECKING:
     from tessera.agent.agent import Agent
@@ -82,7 +82,7 @@ def agent(
     try:
         hid = resolve(host_id, state_dir)
     except HostIdError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     run_agent(
         host_id=hid,
         nsdb_url=nsdb,
@@ -112,7 +112,7 @@ def run_agent(
     from tessera.agent.registration import RegistrationError
     from tessera.agent.setup import SetupError, choose_underlay, make_datapath
     from tessera.datapath.base import DatapathError
-    from tessera.nsdb.base import open_nsdb
+    from tessera.nsdb.connect import open_nsdb
     from tessera.nsdb.errors import NsdbError
 
     log = logging.getLogger("tessera.agent")
@@ -121,13 +121,13 @@ def run_agent(
     try:
         client = open_nsdb(nsdb_url)
     except (ValueError, NsdbError) as exc:
-        raise CliError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
+        raise UserError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
     try:
         address, underlay_if = choose_underlay(underlay_ip)
         dp = make_datapath(datapath, host_id, state_dir, address, underlay_if)
     except SetupError as exc:
         _close_quietly(client)
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     if address is None:
         log.warning("no underlay address: this host has no tunnels to other hosts")
     agent_metrics = AgentMetrics()
@@ -152,7 +152,7 @@ def run_agent(
         the_agent.start()
     except (DatapathError, RegistrationError, NsdbError, OSError) as exc:
         _safe_stop(the_agent, client)
-        raise CliError(f"the agent cannot start: {exc}") from None
+        raise UserError(f"the agent cannot start: {exc}") from None
     _tune_gc()
     if metrics:
         try:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tessera.agent.control import AgentEndpoint, list_endpoints, request
-from tessera.cli.errors import BadArgument, CliError
+from tessera.client.errors import BadArgument, UserError
 
 app = typer.Typer(add_completion=False)
 
@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False)
 def find_agent(host: str | None) -> AgentEndpoint:
     agents = list_endpoints()
     if not agents:
-        raise CliError("no tessera agent runs on this machine (no agent socket found)")
+        raise UserError("no tessera agent runs on this machine (no agent socket found)")
     if host is None:
         if len(agents) > 1:
             names = ", ".join(a.name or a.host_id for a in agents)
@@ -72,7 +72,7 @@ def flows(
     try:
         answer = request(agent.socket, "flows")
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
+        raise UserError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
     if json_output:
         typer.echo(json.dumps(answer, indent=2))
         return

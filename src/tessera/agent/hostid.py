@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path("/var/lib/tessera")
+HOST_ID_FILE_NAME = "host_id"
+DEFAULT_HOST_ID_FILE = DEFAULT_STATE_DIR / HOST_ID_FILE_NAME
 HOST_ID_ENV = "TESSERA_HOST_ID_FILE"
 
 
@@ -20,11 +22,14 @@ class HostIdError(Exception):
 
 
 def host_id_path(state_dir: Path | None = None) -> Path:
-    """`$TESSERA_HOST_ID_FILE`, else `<state dir>/host_id` (default /var/lib/tessera)."""
+    """`$TESSERA_HOST_ID_FILE`, else `<state dir>/host_id` (default /var/lib/tessera).
+
+    The one rule for where a host's id is: the agent keeps it there, and `tessera bind`
+    reads it there to know which host it runs on."""
     env = os.environ.get(HOST_ID_ENV)
     if env:
         return Path(env)
-    return (state_dir or DEFAULT_STATE_DIR) / "host_id"
+    return (state_dir or DEFAULT_STATE_DIR) / HOST_ID_FILE_NAME
 
 
 def _valid(text: str) -> str | None:

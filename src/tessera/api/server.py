@@ -17,7 +17,8 @@ import uvicorn
 
 from tessera.api.app import create_app
 from tessera.cluster import ClusterServices, HostLivenessJanitor
-from tessera.nsdb.base import Nsdb, open_nsdb
+from tessera.nsdb.base import Nsdb
+from tessera.nsdb.connect import open_nsdb
 
 DEFAULT_LISTEN = "127.0.0.1:8181"
 DEFAULT_NSDB = "memory"
@@ -56,16 +57,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def open_server_nsdb(url: str) -> Nsdb:
     """Like `open_nsdb`, with the API server's short ZooKeeper session timeout."""
     try:
-        if url.startswith("zk://"):
-            from tessera.nsdb.zookeeper import ZookeeperNsdb
-
-            hosts, _, root = url[len("zk://") :].partition("/")
-            if not hosts:
-                raise ValueError(f"'{url}' names no ZooKeeper host (zk://HOST:PORT/ROOT)")
-            return ZookeeperNsdb(
-                hosts, "/" + (root or "tessera"), session_timeout=ZK_SESSION_TIMEOUT
-            )
-        return open_nsdb(url)
+        return open_nsdb(url, session_timeout=ZK_SESSION_TIMEOUT)
     except ValueError as exc:
         raise ServeError(f"--nsdb: {exc}") from None
 

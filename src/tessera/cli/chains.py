@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import new_id, object_id
 from tessera.cli.options import IdArg, Name, NewId, TenantId
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.session import Session
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.session import Session
 
 
 def _rule_count(row: Mapping[str, Any]) -> str:

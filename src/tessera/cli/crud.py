@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tessera.cli.errors import ApiError, BadArgument
-from tessera.cli.output import Column
-from tessera.cli.params import Clear
-from tessera.cli.session import Session
+from tessera.client.errors import ApiError, BadArgument
+from tessera.clikit.output import Column
+from tessera.clikit.params import Clear
+from tessera.clikit.session import Session
 
 UPDATE_ATTEMPTS = 3
 

@@ -8,8 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command
 from tessera.cli.options import (
     AdminState,
     IdArg,
@@ -19,8 +17,10 @@ from tessera.cli.options import (
     OutboundFilter,
     TenantId,
 )
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import (
+from tessera.client.rest import seg
+from tessera.clikit.commands import command
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import (
     CLEAR_WORDS,
     convert,
     convert_clearable,
@@ -28,7 +28,7 @@ from tessera.cli.params import (
     convert_one,
     parse_uuid,
 )
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 DEVICE_COLUMNS: list[Column] = [
     id_column(),

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, option, option_group, sub_app
 from tessera.cli.devices import object_id
-from tessera.cli.output import Column, column
-from tessera.cli.params import (
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, option, option_group, sub_app
+from tessera.clikit.output import Column, column
+from tessera.clikit.params import (
     CLEAR_WORDS,
     convert,
     convert_clearable,
@@ -29,7 +29,7 @@ from tessera.cli.params import (
     parse_opt121_route,
     parse_subnet_key,
 )
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 
 def _subnet(row: Mapping[str, Any]) -> str:

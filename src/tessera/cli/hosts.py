@@ -8,18 +8,16 @@ from typing import Annotated
 
 import typer
 
+from tessera.agent.hostid import DEFAULT_HOST_ID_FILE, HOST_ID_ENV, host_id_path
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import object_id
-from tessera.cli.errors import CliError
 from tessera.cli.options import IdArg
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, convert_one, parse_ifname, parse_uuid
-from tessera.cli.session import Session
-
-HOST_ID_FILE = "/var/lib/tessera/host_id"  # as the agent keeps it (tessera.agent.hostid)
-HOST_ID_FILE_ENV = "TESSERA_HOST_ID_FILE"
+from tessera.client.errors import UserError
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import convert, convert_one, parse_ifname, parse_uuid
+from tessera.clikit.session import Session
 
 HOST_COLUMNS: list[Column] = [id_column(), column("name"), column("alive"), column("addresses")]
 BINDING_COLUMNS: list[Column] = [
@@ -38,7 +36,7 @@ BindHost = Annotated[
         "--host",
         "--host-id",
         metavar="HOST_ID",
-        help=f"The host (default: this one, from ${HOST_ID_FILE_ENV} or {HOST_ID_FILE}).",
+        help=f"The host (default: this one, from ${HOST_ID_ENV} or {DEFAULT_HOST_ID_FILE}).",
     ),
 ]
 UnbindHost = Annotated[
@@ -56,20 +54,18 @@ PortArg = Annotated[str, typer.Argument(metavar="PORT_ID", show_default=False)]
 def local_host_id() -> str:
     """This machine's host id, as its agent wrote it (never created here: an id the
     agent does not know would bind ports to a host that does not exist)."""
-    from tessera.agent.hostid import host_id_path  # the agent's own rule for the path
-
     path = host_id_path()
     hint = "run this on a host with a tessera agent, or pass --host HOST_ID"
     try:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise CliError(f"no host id: {path} does not exist ({hint})") from None
+        raise UserError(f"no host id: {path} does not exist ({hint})") from None
     except OSError as exc:
-        raise CliError(f"cannot read the host id from {path}: {exc.strerror} ({hint})") from None
+        raise UserError(f"cannot read the host id from {path}: {exc.strerror} ({hint})") from None
     try:
         return parse_uuid(text)
     except ValueError:
-        raise CliError(f"{path} does not hold a host id (found '{text[:40]}')") from None
+        raise UserError(f"{path} does not hold a host id (found '{text[:40]}')") from None
 
 
 @command(host_app, "list")
@@ -122,6 +118,6 @@ def unbind(s: Session, port_id: PortArg, host: UnbindHost = None) -> None:
         port = s.api.get(f"/ports/{seg(pid)}")
         host_id = port.get("host_id") if isinstance(port, dict) else None
         if not host_id:
-            raise CliError(f"port {pid} is not bound to any host")
+            raise UserError(f"port {pid} is not bound to any host")
     answer = s.api.delete(f"/hosts/{seg(host_id)}/ports/{seg(pid)}")
     s.out.done(f"unbound port {pid} from host {host_id}", answer)

@@ -5,9 +5,9 @@ module holding a `typer.Typer` named `app` (one command without a callback becom
 `tessera NAME [OPTIONS]`; several become `tessera NAME SUBCOMMAND`), then add or fix its
 line in `PLUGINS` below. Nothing else in `tessera.cli` needs to change. The module is
 imported only when its command runs; raise `typer.Exit(code)` to set the exit status and
-`tessera.cli.errors.CliError` (or `BadArgument`) for a one-line error. Global options
+`tessera.client.errors.UserError` (or `BadArgument`) for a one-line error. Global options
 given before the command (`--json`, `--api`) are in `current_session(ctx)`
-(`tessera.cli.session`).
+(`tessera.clikit.session`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import typer
 from tessera import __version__
 from tessera.cli.bridges import bridge_app
 from tessera.cli.chains import chain_app
-from tessera.cli.commands import API_HELP, JSON_HELP, QUIET_HELP
 from tessera.cli.dhcp import dhcp_app
-from tessera.cli.group import Plugin, TesseraGroup
 from tessera.cli.groups import ip_addr_group_app, port_group_app
 from tessera.cli.hosts import BINDING_PANEL, binding_app, host_app
 from tessera.cli.mirrors import mirror_app
@@ -30,8 +28,10 @@ from tessera.cli.routers import router_app
 from tessera.cli.routes import route_app
 from tessera.cli.rules import rule_app
 from tessera.cli.serve import api_app
-from tessera.cli.session import current_session
 from tessera.cli.tunnel_zones import tunnel_zone_app
+from tessera.clikit.commands import API_HELP, JSON_HELP, QUIET_HELP
+from tessera.clikit.group import Plugin, TesseraGroup
+from tessera.clikit.session import current_session
 
 _RUN = "Run"
 _NET = "Virtual network"
@@ -42,7 +42,7 @@ _HOSTS = BINDING_PANEL
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("agent", "tessera.agent.cli:app", "The per-hypervisor agent.", _RUN),
     Plugin("lab", "tessera.lab.cli:app", "The emulated cloud on one machine.", _RUN),
-    Plugin("trace", "tessera.simulation.trace_cli:app", "Explain a packet's path.", _RUN),
+    Plugin("trace", "tessera.cli.trace:app", "Explain a packet's path.", _RUN),
     Plugin("flows", "tessera.agent.flows_cli:app", "The local agent's installed flows.", _RUN),
 )
 

@@ -16,16 +16,16 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, option_group, sub_app
 from tessera.cli.devices import new_id, object_id
-from tessera.cli.errors import BadArgument
 from tessera.cli.options import IdArg, Name, NewId, TenantId
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, parse_uuid
 from tessera.cli.rule_text import rule_match
 from tessera.cli.rules import RULE_OPTIONS, rule_fields
-from tessera.cli.session import Session
+from tessera.client.errors import BadArgument
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, option_group, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import convert, parse_uuid
+from tessera.clikit.session import Session
 
 # The rule options that are about a rule's action rather than what it matches.
 _ACTION_OPTIONS = ("position", "jump_chain", "nat_targets", "flow_action")

@@ -1,6 +1,6 @@
 """Option declarations shared by several resources, so they read the same everywhere.
 
-Values stay text here; the commands parse them with `tessera.cli.params` so that a bad
+Values stay text here; the commands parse them with `tessera.clikit.params` so that a bad
 value is reported in one line naming the option.
 """
 

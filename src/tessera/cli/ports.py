@@ -14,8 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import (
     InboundMirrors,
     OutboundMirrors,
@@ -24,11 +22,13 @@ from tessera.cli.devices import (
     new_id,
     object_id,
 )
-from tessera.cli.errors import ApiError, BadArgument
 from tessera.cli.options import AdminState, IdArg, InboundFilter, NewId, OutboundFilter
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, parse_int, parse_interface_address, parse_mac
-from tessera.cli.session import Session
+from tessera.client.errors import ApiError, BadArgument
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import convert, parse_int, parse_interface_address, parse_mac
+from tessera.clikit.session import Session
 
 
 def _address(row: Mapping[str, Any]) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import add_device_commands, object_id
 from tessera.cli.options import IdArg
-from tessera.cli.output import Column, column
 from tessera.cli.ports import router_port_app
-from tessera.cli.session import Session
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column
+from tessera.clikit.session import Session
 
 ARP_TABLE_COLUMNS: list[Column] = [
     column("ip_addr", "address"),

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import new_id, object_id
-from tessera.cli.errors import BadArgument
 from tessera.cli.options import IdArg, NewId
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import (
+from tessera.client.errors import BadArgument
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import (
     Cidr,
     convert,
     convert_clearable,
@@ -24,7 +24,7 @@ from tessera.cli.params import (
     parse_ipv4,
     parse_uuid,
 )
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 ROUTE_TYPES = ("Normal", "BlackHole", "Reject")
 

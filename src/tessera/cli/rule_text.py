@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tessera.cli.output import port_range
+from tessera.clikit.output import port_range
 
 Row = Mapping[str, Any]
 

@@ -13,13 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, option, option_group, sub_app
 from tessera.cli.devices import new_id, object_id
-from tessera.cli.errors import BadArgument
 from tessera.cli.options import IdArg, NewId
-from tessera.cli.output import Column, id_column
-from tessera.cli.params import (
+from tessera.cli.rule_text import rule_action, rule_match
+from tessera.client.errors import BadArgument
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, option, option_group, sub_app
+from tessera.clikit.output import Column, id_column
+from tessera.clikit.params import (
     CLEAR_WORDS,
     Clear,
     convert,
@@ -35,8 +36,7 @@ from tessera.cli.params import (
     parse_port_range,
     parse_uuid,
 )
-from tessera.cli.rule_text import rule_action, rule_match
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 RULE_TYPES = (
     "accept", "drop", "reject", "return", "jump", "continue",

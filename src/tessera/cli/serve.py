@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli.commands import sub_app
-from tessera.cli.errors import CliError
-from tessera.cli.params import convert_one, parse_listen, parse_nsdb_url
+from tessera.client.errors import UserError
+from tessera.clikit.commands import sub_app
+from tessera.clikit.params import convert_one, parse_listen, parse_nsdb_url
 
 DEFAULT_NSDB = "memory"
 DEFAULT_LISTEN = "127.0.0.1:8181"
@@ -42,8 +42,8 @@ def serve(
     try:
         from tessera.api.server import ServeError, run
     except ImportError as exc:
-        raise CliError(f"the API server is unavailable: {exc}") from None
+        raise UserError(f"the API server is unavailable: {exc}") from None
     try:
         run(nsdb_url, address)
     except ServeError as exc:  # cannot start: port taken, NSDB unreachable...
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli import crud
-from tessera.cli.client import seg
-from tessera.cli.commands import command, sub_app
 from tessera.cli.devices import new_id, object_id
 from tessera.cli.options import IdArg, Name, NewId
-from tessera.cli.output import Column, column, id_column
-from tessera.cli.params import convert, convert_one, parse_choice, parse_ipv4
-from tessera.cli.session import Session
+from tessera.client.rest import seg
+from tessera.clikit.commands import command, sub_app
+from tessera.clikit.output import Column, column, id_column
+from tessera.clikit.params import convert, convert_one, parse_choice, parse_ipv4
+from tessera.clikit.session import Session
 
 TUNNEL_TYPES = ("vxlan",)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from tessera.cli.client import ApiClient
-from tessera.cli.errors import ApiError, ApiUnreachable
+from tessera.client.errors import ApiError, ApiUnreachable
+from tessera.client.rest import ApiClient
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
 

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli.session import current_session
+from tessera.clikit.session import current_session
 from tessera.lab import down as down_mod
 from tessera.lab import faults, names, netns, state, status, up, vms
 from tessera.lab.errors import LabError

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from tessera.agent.control import agents_dir
-from tessera.cli.client import ApiClient
-from tessera.cli.errors import ApiError, CliError
+from tessera.client.errors import ApiError, UserError
+from tessera.client.rest import ApiClient
 from tessera.lab import api, hosts, names, netns, procs, services, state, vms
 from tessera.lab.errors import LabError
 from tessera.lab.state import HostState, LabState
@@ -62,8 +62,8 @@ def down(name: str) -> bool:
 def _step(problems: list[str], action: Callable[[], object]) -> None:
     try:
         action()
-    except (CliError, OSError) as exc:
-        problems.append(exc.message if isinstance(exc, CliError) else str(exc))
+    except (UserError, OSError) as exc:
+        problems.append(exc.message if isinstance(exc, UserError) else str(exc))
 
 
 def _stop_agents(name: str, problems: list[str]) -> None:
@@ -117,9 +117,9 @@ def _forget_in_nsdb(lab: LabState, problems: list[str]) -> None:
             _stop_agents(lab.name, problems)
             _delete_hosts(client, lab.hosts)
             if lab.tunnel_zone_id:
-                with contextlib.suppress(CliError):
+                with contextlib.suppress(UserError):
                     client.delete(f"/tunnel_zones/{lab.tunnel_zone_id}")
-    except CliError as exc:
+    except UserError as exc:
         _warn(
             f"lab {lab.name}'s hosts, bindings and tunnel zone stay in {lab.nsdb_url}: "
             f"{exc.message}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tessera.cli.errors import CliError
+from tessera.client.errors import UserError
 
 
-class LabError(CliError):
+class LabError(UserError):
     """Something the lab cannot do; the message says what and where to look."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tessera.cli.errors import ApiError, ApiUnreachable
+from tessera.client.errors import ApiError, ApiUnreachable
 from tessera.lab import api, hosts, names, procs, services, vms
 from tessera.lab.state import LabState
 

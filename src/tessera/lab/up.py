@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Callable
 
-from tessera.cli.errors import CliError
+from tessera.client.errors import UserError
 from tessera.lab import api, dhcp, hosts, names, services, state, vms
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
@@ -92,7 +92,7 @@ def up(
             )
         try:
             _make(lab, host_count, say, timeout)
-        except CliError as exc:
+        except UserError as exc:
             raise LabError(
                 f"{exc.message} (`tessera lab up --name {name}` again repairs the lab, "
                 f"`tessera lab down --name {name}` removes it)"

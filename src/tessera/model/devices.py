@@ -49,6 +49,17 @@ class Router(Device):
 
 PortType = Literal["Bridge", "Router"]
 
+# Router port MACs: locally administered unicast, the port's 24-bit tunnel key in the
+# last three bytes, hence unique in the cluster without any lookup.
+ROUTER_MAC_PREFIX = "02:7e:55"
+
+
+def router_port_mac(tunnel_key: int) -> str:
+    """The MAC a router port gets when created without one. The store assigns it; the
+    simulation derives it for a port stored without one (snapshots built in tests)."""
+    tail = tunnel_key.to_bytes(3, "big")
+    return f"{ROUTER_MAC_PREFIX}:" + ":".join(f"{b:02x}" for b in tail)
+
 
 class Port(StoredObject):
     """A port of a bridge or a router.

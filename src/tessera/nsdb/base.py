@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from tessera.model import KINDS, StoredObject
+from tessera.model import StoredObject
 
 T = TypeVar("T", bound=StoredObject)
 Change = Literal["added", "changed", "deleted"]
@@ -96,13 +96,6 @@ class Subscription:
         if not self.cancelled:
             self.cancelled = True
             self._cancel()
-
-
-def kind_class(kind: str) -> type[StoredObject]:
-    try:
-        return KINDS[kind]
-    except KeyError:
-        raise ValueError(f"unknown object kind '{kind}'") from None
 
 
 class Nsdb(abc.ABC):
@@ -203,20 +196,3 @@ class LeaderElection(abc.ABC):
     @abc.abstractmethod
     def leader(self) -> str | None:
         """The current leader's identifier, if any."""
-
-
-def open_nsdb(url: str) -> Nsdb:
-    """`memory` (a private in-process store) or `zk://HOST:PORT[,HOST:PORT]/ROOT`."""
-    if url == "memory" or url.startswith("memory:"):
-        from tessera.nsdb.memory import MemoryNsdb, MemoryStore
-
-        return MemoryNsdb(MemoryStore.named(url))
-    if url.startswith("zk://"):
-        from tessera.nsdb.zookeeper import ZookeeperNsdb
-
-        rest = url[len("zk://") :]
-        hosts, _, root = rest.partition("/")
-        if not hosts:
-            raise ValueError(f"'{url}' names no ZooKeeper host (zk://HOST:PORT/ROOT)")
-        return ZookeeperNsdb(hosts, "/" + (root or "tessera"))
-    raise ValueError(f"'{url}' is not an NSDB URL (use 'memory' or 'zk://HOST:PORT/ROOT')")

@@ -1,4 +1,4 @@
-"""How NSDB names and objects become bytes, shared by both backends.
+"""How NSDB kinds, names and objects become classes and bytes, shared by both backends.
 
 Both backends store objects as the model's JSON and parse them on every read, so the
 in-memory backend can never hand two readers the same instance (it would hide aliasing
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import string
 
-from tessera.model import StoredObject
-from tessera.nsdb.base import kind_class
+from tessera.model import KINDS, StoredObject
 
 # Kept readable: MAC addresses ("aa:bb:..."), IPv4 addresses and UUIDs pass unchanged.
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_:.")
@@ -57,6 +56,14 @@ def unescape_component(component: str) -> str:
             raw.extend(ch.encode("utf-8"))
             i += 1
     return raw.decode("utf-8")
+
+
+def kind_class(kind: str) -> type[StoredObject]:
+    """The model class stored under `kind`; ValueError for a kind the NSDB does not know."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown object kind '{kind}'") from None
 
 
 def kind_of(obj: StoredObject) -> str:

@@ -34,9 +34,8 @@ from tessera.nsdb.base import (
     Subscription,
     Update,
     WatchEvent,
-    kind_class,
 )
-from tessera.nsdb.codec import decode_object, describe, encode_object, kind_of
+from tessera.nsdb.codec import decode_object, describe, encode_object, kind_class, kind_of
 from tessera.nsdb.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from tessera.nsdb.notify import LeaderRunner, Notifier
 

@@ -21,7 +21,9 @@ How an agent uses it, on a missed packet entering virtual port P:
         changes, or after a timeout with `arp_failed=[(w.router_id, w.ip) ...]`.
 
 `tessera.simulation.trace` turns a packet description into a traced simulation
-(`trace_packet`) and draws it; `tessera trace` is its command.
+(`trace_packet`, JSON-ready); `tessera trace` (`tessera.cli.trace`) draws it, and the
+API's `POST /traces` runs it over the whole topology (`tessera.api.snapshot`). The
+package imports only `tessera.model` and `tessera.packet` (tests/unit/test_import_graph.py).
 """
 
 from tessera.simulation.context import MAX_HOPS
@@ -40,7 +42,7 @@ from tessera.simulation.result import (
 )
 from tessera.simulation.simulator import simulate, simulate_frame
 from tessera.simulation.tags import arp_tag, mac_tag
-from tessera.simulation.topology import Snapshot, load_snapshot
+from tessera.simulation.topology import Snapshot
 
 __all__ = [
     "MAX_HOPS",
@@ -58,7 +60,6 @@ __all__ = [
     "TraceNode",
     "Verdict",
     "arp_tag",
-    "load_snapshot",
     "mac_tag",
     "simulate",
     "simulate_frame",

@@ -17,7 +17,7 @@ class NotYetLoaded(SimulationError):
     An agent that loads the topology on demand catches it, loads `kind`/`id` (and what
     that object names), and runs the simulation again: a simulation has no side effect
     until its result is applied, so a re-run is always safe. With a complete snapshot
-    (`load_snapshot`) it means a dangling reference in the NSDB.
+    (`tessera.api.snapshot.load_snapshot`) it means a dangling reference in the NSDB.
     """
 
     def __init__(self, kind: str, id: str) -> None:

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tessera.model import (
     Bridge,
@@ -40,6 +40,7 @@ from tessera.model import (
     Rule,
     StoredObject,
 )
+from tessera.model.devices import router_port_mac
 from tessera.packet.addr import ip_from_str, mac_from_str, prefix_mask
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.rules import (
@@ -49,18 +50,12 @@ from tessera.simulation.rules import (
     compile_rule,
 )
 
-if TYPE_CHECKING:
-    from tessera.nsdb.base import Nsdb
-
 MacTable = Mapping[tuple[int, int], str]
 """(vlan_id, mac) -> port id, as learned by a bridge."""
 ArpTable = Mapping[int, tuple[int, float]]
 """ip -> (mac, expiry as Unix seconds), as learned by a router."""
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
-# Locally administered prefix of router port MACs, for ports stored without one (the API
-# assigns `02:7e:55` + tunnel key; the snapshot falls back to the same form).
-_ROUTER_MAC_PREFIX = 0x02_7E_55 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,53 +317,15 @@ class Snapshot:
         )
 
 
-def load_snapshot(nsdb: Nsdb) -> Snapshot:
-    """Everything in the NSDB, with every bridge's MAC table and router's ARP table.
-
-    For the trace API and tests: it reads the whole topology, which an agent must not do
-    (it builds from its watch-fed cache with `Snapshot.from_objects`). Malformed state
-    entries are skipped: they are written by agents, and one bad entry must not make the
-    whole cloud untraceable.
-    """
-    from tessera.nsdb import tables
-
-    kinds = (Bridge, Router, Port, Route, Chain, Rule, PortGroup, IpAddrGroup, DhcpSubnet)
-    objects: list[StoredObject] = []
-    for cls in kinds:
-        objects.extend(s.value for s in nsdb.list(cls.kind))
-    mac_tables: dict[str, dict[tuple[int, int], str]] = {}
-    arp_tables: dict[str, dict[int, tuple[int, float]]] = {}
-    for obj in objects:
-        if isinstance(obj, Bridge):
-            macs: dict[tuple[int, int], str] = {}
-            for key, value in nsdb.state_get(tables.mac_table(obj.id)).items():
-                try:
-                    m = tables.decode_mac(key, value)
-                except ValueError:
-                    continue
-                macs[(m.vlan_id, mac_from_str(m.mac_addr))] = m.port_id
-            mac_tables[obj.id] = macs
-        elif isinstance(obj, Router):
-            arps: dict[int, tuple[int, float]] = {}
-            for key, value in nsdb.state_get(tables.arp_table(obj.id)).items():
-                try:
-                    a = tables.decode_arp(key, value)
-                except (ValueError, KeyError):
-                    continue
-                arps[ip_from_str(a.ip_addr)] = (mac_from_str(a.mac_addr), a.expiry)
-            arp_tables[obj.id] = arps
-    return Snapshot.from_objects(objects, mac_tables, arp_tables)
-
-
 # -- compilers ----------------------------------------------------------------------------
 
 
-def router_port_mac(port: Port) -> int:
-    """The port's MAC, or the one the API would have given it (prefix + tunnel key)."""
+def _router_mac(port: Port) -> int:
+    """The port's MAC, or the one the store would have given it (`router_port_mac` of
+    its tunnel key; of bits of its id for a port without one, as in tests)."""
     if port.port_mac is not None:
         return mac_from_str(port.port_mac)
-    tail = port.tunnel_key or (uuid.UUID(port.id).int & 0xFFFFFF)
-    return _ROUTER_MAC_PREFIX | tail
+    return mac_from_str(router_port_mac(port.tunnel_key or (uuid.UUID(port.id).int & 0xFFFFFF)))
 
 
 def _compile_port(p: Port) -> PortSnap:
@@ -396,7 +353,7 @@ def _compile_port(p: Port) -> PortSnap:
         network=address & netmask,
         netmask=netmask,
         length=p.network_length,
-        mac=router_port_mac(p),
+        mac=_router_mac(p),
     )
 
 

@@ -2,8 +2,8 @@
 
 A `PacketDescription` (ingress port, MACs, IPs, protocol, ports, TTL) becomes real frame
 bytes through the packet layer, then goes through the very `simulate` an agent runs,
-with the trace on. `trace_packet` returns plain JSON-ready data; `render_tree` and
-`render_text` draw that data (so the CLI can draw what the API returned).
+with the trace on. `trace_packet` returns plain JSON-ready data, which `tessera.cli.trace`
+draws (what the API returned: the CLI never simulates itself).
 
 Nothing is written: MACs and ARP entries the packet would teach are listed under
 `state_updates`, and packets the network would emit under `emitted`.
@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from rich.console import Console
-from rich.tree import Tree
 
 from tessera.model.types import IPv4Addr, MacAddr, TesseraModel, Uuid, VlanId
 from tessera.packet import arp as arp_codes
@@ -142,76 +140,3 @@ def trace_packet(
         "frame": frame.hex(),
         **result.to_dict(),
     }
-
-
-# -- rendering ------------------------------------------------------------------------------
-
-_STYLE = {
-    "drop": "bold red",
-    "output": "bold green",
-    "consumed": "bold cyan",
-    "hold": "bold yellow",
-    "generated": "magenta",
-    "bridge": "bold",
-    "router": "bold",
-    "chain": "blue",
-    "rule": "blue",
-    "learn": "dim",
-    "note": "dim",
-}
-
-
-def render_tree(trace: Mapping[str, Any]) -> Tree:
-    """A rich tree of `trace_packet`'s answer: the path, then the outcome."""
-    root_node = trace.get("trace") or {"kind": "packet", "text": "packet", "children": []}
-    tree = Tree(f"[bold]{_escape(root_node['text'])}[/]")
-    for child in root_node.get("children", []):
-        _add(tree, child)
-    outcome = tree.add(f"[bold]result: {trace.get('verdict', '?')}[/]")
-    if trace.get("drop_reason"):
-        outcome.add(f"[red]{_escape(trace['drop_reason'])}[/]")
-    for out in trace.get("outputs", []):
-        rewrites = [f"{k}={v}" for k, v in out.items() if k != "port_id"]
-        extra = f" ({', '.join(rewrites)})" if rewrites else ""
-        outcome.add(f"[green]output to port {out['port_id']}{extra}[/]")
-    for pkt in trace.get("emitted", []):
-        outcome.add(f"[magenta]emit {pkt['kind']} out of port {pkt['port_id']}[/]")
-    for update in trace.get("state_updates", []):
-        outcome.add(f"[dim]would learn {_describe_update(update)}[/]")
-    for wait in trace.get("waits", []):
-        outcome.add(f"[yellow]held until router {wait['router_id']} resolves {wait['ip_addr']}[/]")
-    for note in trace.get("unsupported", []):
-        outcome.add(f"[yellow]not executed yet: {_escape(note)}[/]")
-    if trace.get("match"):
-        fields = ", ".join(f"{k}={v}" for k, v in trace["match"].items())
-        outcome.add(f"[dim]flow match: {_escape(fields)} (expiry {trace.get('expiry')})[/]")
-    return tree
-
-
-def render_text(trace: Mapping[str, Any], width: int = 120) -> str:
-    """The tree as plain text (no colours), for logs and tests."""
-    console = Console(width=width, record=True, color_system=None, force_terminal=False)
-    with console.capture() as capture:
-        console.print(render_tree(trace))
-    return capture.get()
-
-
-def _add(parent: Tree, node: Mapping[str, Any]) -> None:
-    style = _STYLE.get(node["kind"])
-    text = _escape(node["text"])
-    branch = parent.add(f"[{style}]{text}[/]" if style else text)
-    for child in node.get("children", []):
-        _add(branch, child)
-
-
-def _describe_update(update: Mapping[str, Any]) -> str:
-    if update.get("type") == "mac":
-        return (
-            f"MAC {update['mac_addr']} (vlan {update['vlan_id']}) on port {update['port_id']} "
-            f"of bridge {update['bridge_id']}"
-        )
-    return f"ARP {update['ip_addr']} is at {update['mac_addr']} on router {update['router_id']}"
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")

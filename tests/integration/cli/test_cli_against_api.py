@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 
 from tessera.api.app import create_app
-from tessera.nsdb.base import open_nsdb
+from tessera.nsdb.connect import open_nsdb
 
 TESSERA = Path(sys.executable).parent / "tessera"
 START_TIMEOUT = 20.0

@@ -18,8 +18,9 @@ from tessera.model import (
     Rule,
     new_id,
 )
+from tessera.model.devices import router_port_mac
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
-from tessera.nsdb.store import TUNNEL_KEY_COUNTER, TopologyStore, dhcp_subnet_id, router_port_mac
+from tessera.nsdb.store import TUNNEL_KEY_COUNTER, TopologyStore, dhcp_subnet_id
 
 
 def test_create_assigns_ids_unless_given_and_refuses_duplicates(store: TopologyStore) -> None:

@@ -15,7 +15,7 @@ from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing
 from tessera.lab import names
 from tessera.lab.state import lab_dir
 from tessera.model import Host, Port, TunnelZone
-from tessera.nsdb.base import open_nsdb
+from tessera.nsdb.connect import open_nsdb
 from tessera.nsdb.store import TopologyStore
 from tessera.nsdb.zkserver import ZookeeperServer
 

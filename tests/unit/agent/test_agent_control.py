@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tessera.agent import hostid
 from tessera.agent.control import RUN_DIR_ENV, ControlServer, list_endpoints, request
 from tessera.agent.flows_cli import app as flows_app
-from tessera.cli.errors import BadArgument
+from tessera.client.errors import BadArgument
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from cli_harness import API_URL, Outcome, Run
 from typer.testing import CliRunner
 
 from tessera.cli.main import build_app
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from cli_fake_api import FakeApi
 from cli_harness import API_URL, Run
 
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 
 BRIDGE = "11111111-1111-4111-8111-111111111111"
 CHAIN = "22222222-2222-4222-8222-222222222222"

@@ -10,9 +10,9 @@ import pytest
 from cli_fake_api import FakeApi
 from cli_harness import Run
 
-from tessera.cli.output import Output
 from tessera.cli.ports import PORT_COLUMNS
 from tessera.cli.rule_text import rule_action, rule_match
+from tessera.clikit.output import Output
 
 BRIDGE = "11111111-1111-4111-8111-111111111111"
 CHAIN = "22222222-2222-4222-8222-222222222222"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tessera.cli.errors import BadArgument
-from tessera.cli.params import (
+from tessera.client.errors import BadArgument
+from tessera.clikit.params import (
     CLEAR,
     Cidr,
     convert,

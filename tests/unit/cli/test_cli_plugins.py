@@ -12,8 +12,8 @@ from cli_fake_api import FakeApi
 from cli_harness import Run
 
 from tessera import __version__
-from tessera.cli.group import Plugin
 from tessera.cli.main import PLUGINS, RootGroup
+from tessera.clikit.group import Plugin
 
 
 @pytest.fixture

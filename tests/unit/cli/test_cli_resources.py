@@ -285,7 +285,7 @@ def test_dhcp_host_show_and_update_by_mac(api: FakeApi, run: Run) -> None:
 def test_options_after_the_command_and_env_pick_the_api(
     api: FakeApi, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tessera.cli.session import Session
+    from tessera.clikit.session import Session
 
     monkeypatch.setenv("TESSERA_API", "http://from-env:1/api/v1")
     run("bridge", "list", session=Session(transport=api.transport()))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tessera.model import Bridge
-from tessera.nsdb.base import open_nsdb
+from tessera.nsdb.connect import open_nsdb
 from tessera.nsdb.errors import Unavailable
 from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 from tessera.nsdb.notify import LeaderRunner, Notifier

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 from sim_topo import BROADCAST, NOW, Topo, mac, tcp
 
+from tessera.api.snapshot import load_snapshot
+from tessera.cli.trace import render_text
 from tessera.model import Bridge, Chain, Port, PortRange, Route, Router, Rule
 from tessera.nsdb import tables
-from tessera.nsdb.base import open_nsdb
+from tessera.nsdb.connect import open_nsdb
 from tessera.nsdb.store.topology import TopologyStore
 from tessera.packet import FlowMatch
 from tessera.simulation import (
@@ -21,11 +23,10 @@ from tessera.simulation import (
     Output,
     Snapshot,
     Verdict,
-    load_snapshot,
     simulate,
     simulate_frame,
 )
-from tessera.simulation.trace import PacketDescription, render_text, trace_packet
+from tessera.simulation.trace import PacketDescription, trace_packet
 
 
 def test_two_bridges_linked_in_a_cycle_drop_a_flood_as_a_loop() -> None:

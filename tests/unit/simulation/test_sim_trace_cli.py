@@ -11,7 +11,7 @@ from sim_topo import NOW, Topo
 from typer.testing import CliRunner
 
 from tessera.cli.main import build_app
-from tessera.cli.session import Session
+from tessera.clikit.session import Session
 from tessera.simulation.trace import trace_packet
 
 API = "http://tessera.test/api/v1"

@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from tessera.api.snapshot import load_snapshot
 from tessera.nsdb.errors import IntegrityError
 from tessera.packet.errors import PacketError
 from tessera.simulation.errors import NotYetLoaded
-from tessera.simulation.topology import load_snapshot
 from tessera.simulation.trace import PacketDescription, trace_packet
 
 router = APIRouter(tags=["traces"])

@@ -48,7 +48,7 @@ Integrity choices (each enforced inside the operation's own transaction):
 """
 
 from tessera.nsdb.store.connections import Binding
-from tessera.nsdb.store.objects import dhcp_subnet_id, parse_subnet_key, router_port_mac
+from tessera.nsdb.store.objects import dhcp_subnet_id, parse_subnet_key
 from tessera.nsdb.store.topology import TUNNEL_KEY_COUNTER, TopologyStore, normal_id
 from tessera.nsdb.store.transaction import MAX_ATTEMPTS, Transaction
 
@@ -61,5 +61,4 @@ __all__ = [
     "dhcp_subnet_id",
     "normal_id",
     "parse_subnet_key",
-    "router_port_mac",
 ]

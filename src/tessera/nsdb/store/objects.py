@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from tessera.model import Bridge, Chain, DhcpSubnet, Host, Port, Route, Router, Rule, StoredObject
+from tessera.model.devices import router_port_mac
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
 from tessera.nsdb.store.connections import Binding, bind
@@ -21,9 +22,6 @@ T = TypeVar("T", bound=StoredObject)
 # uuid5 namespace of DHCP subnet ids: a subnet's id is a function of (bridge, prefix), so
 # creating the same subnet twice collides on the id inside the NSDB itself.
 _DHCP_NAMESPACE = uuid.UUID("3b0f8f6e-5d0c-4c3e-9a57-0d1c8a6f2e11")
-# Router port MACs: locally administered unicast, the port's 24-bit tunnel key in the
-# last three bytes, hence unique in the cluster without any lookup.
-_ROUTER_MAC_PREFIX = "02:7e:55"
 _DEVICE_OF_TYPE: dict[str, type[Bridge] | type[Router]] = {"Bridge": Bridge, "Router": Router}
 
 
@@ -41,11 +39,6 @@ def parse_subnet_key(key: str) -> tuple[str, int] | None:
     except ValueError:
         return None
     return str(net.network_address), net.prefixlen
-
-
-def router_port_mac(tunnel_key: int) -> str:
-    tail = tunnel_key.to_bytes(3, "big")
-    return f"{_ROUTER_MAC_PREFIX}:" + ":".join(f"{b:02x}" for b in tail)
 
 
 def with_position(rule: Rule, chain: Chain | None) -> Rule:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from tessera.cli.session import current_session
+from tessera.clikit.session import current_session
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -29,7 +29,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from tessera.cli.errors import CliError, one_line
+from tessera.client.errors import UserError, one_line
 
 DEBUG_ENV = "TESSERA_DEBUG"
 
@@ -60,12 +60,12 @@ class Plugin:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise CliError(f"'tessera {self.name}' is unavailable: {exc}") from None
+            raise UserError(f"'tessera {self.name}' is unavailable: {exc}") from None
         app = getattr(module, attribute or "app", None)
         if isinstance(app, typer.Typer):
             return typer.main.get_command(app)
         if app is None or not hasattr(app, "make_context"):
-            raise CliError(f"'tessera {self.name}': {self.target} is not a typer app")
+            raise UserError(f"'tessera {self.name}': {self.target} is not a typer app")
         return app
 
 
@@ -132,7 +132,7 @@ def run_reporting_errors(run: Any) -> int:
     """Run the command tree; turn every failure into one line on stderr and a status."""
     try:
         result = run()
-    except CliError as exc:
+    except UserError as exc:
         return _fail(exc.message, exc.exit_code)
     except typer.Abort:
         return _fail("aborted", 1)

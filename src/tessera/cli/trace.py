@@ -1,8 +1,8 @@
 """`tessera trace`: describe a packet, see what the virtual network does with it.
 
 The description is checked here (one-line errors before any request), sent to the API's
-`POST /traces`, and the answer — `trace_packet`'s JSON — is drawn as a tree, or printed
-as is with `--json`.
+`POST /traces`, and the answer — `trace_packet`'s JSON — is drawn as a tree (`render_tree`,
+`render_text` here), or printed as is with `--json`.
 
     tessera trace --port PORT_ID --src-mac 02:00:00:00:00:01 --dst-mac 02:7e:55:00:00:01 \\
         --src-ip 10.0.1.5 --dst-ip 10.0.2.5 --protocol tcp --dst-port 22
@@ -11,16 +11,18 @@ as is with `--json`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.tree import Tree
 
-from tessera.cli.commands import command
-from tessera.cli.errors import BadArgument
-from tessera.cli.session import Session
-from tessera.simulation.trace import PacketDescription, render_tree
+from tessera.client.errors import BadArgument
+from tessera.clikit.commands import command
+from tessera.clikit.session import Session
+from tessera.simulation.trace import PacketDescription
 
 app = typer.Typer(add_completion=False)
 
@@ -100,3 +102,76 @@ def trace(
         typer.echo(json.dumps(answer, indent=2))
         return
     Console(soft_wrap=True).print(render_tree(answer))
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+_STYLE = {
+    "drop": "bold red",
+    "output": "bold green",
+    "consumed": "bold cyan",
+    "hold": "bold yellow",
+    "generated": "magenta",
+    "bridge": "bold",
+    "router": "bold",
+    "chain": "blue",
+    "rule": "blue",
+    "learn": "dim",
+    "note": "dim",
+}
+
+
+def render_tree(trace: Mapping[str, Any]) -> Tree:
+    """A rich tree of `trace_packet`'s answer: the path, then the outcome."""
+    root_node = trace.get("trace") or {"kind": "packet", "text": "packet", "children": []}
+    tree = Tree(f"[bold]{_escape(root_node['text'])}[/]")
+    for child in root_node.get("children", []):
+        _add(tree, child)
+    outcome = tree.add(f"[bold]result: {trace.get('verdict', '?')}[/]")
+    if trace.get("drop_reason"):
+        outcome.add(f"[red]{_escape(trace['drop_reason'])}[/]")
+    for out in trace.get("outputs", []):
+        rewrites = [f"{k}={v}" for k, v in out.items() if k != "port_id"]
+        extra = f" ({', '.join(rewrites)})" if rewrites else ""
+        outcome.add(f"[green]output to port {out['port_id']}{extra}[/]")
+    for pkt in trace.get("emitted", []):
+        outcome.add(f"[magenta]emit {pkt['kind']} out of port {pkt['port_id']}[/]")
+    for update in trace.get("state_updates", []):
+        outcome.add(f"[dim]would learn {_describe_update(update)}[/]")
+    for wait in trace.get("waits", []):
+        outcome.add(f"[yellow]held until router {wait['router_id']} resolves {wait['ip_addr']}[/]")
+    for note in trace.get("unsupported", []):
+        outcome.add(f"[yellow]not executed yet: {_escape(note)}[/]")
+    if trace.get("match"):
+        fields = ", ".join(f"{k}={v}" for k, v in trace["match"].items())
+        outcome.add(f"[dim]flow match: {_escape(fields)} (expiry {trace.get('expiry')})[/]")
+    return tree
+
+
+def render_text(trace: Mapping[str, Any], width: int = 120) -> str:
+    """The tree as plain text (no colours), for logs and tests."""
+    console = Console(width=width, record=True, color_system=None, force_terminal=False)
+    with console.capture() as capture:
+        console.print(render_tree(trace))
+    return capture.get()
+
+
+def _add(parent: Tree, node: Mapping[str, Any]) -> None:
+    style = _STYLE.get(node["kind"])
+    text = _escape(node["text"])
+    branch = parent.add(f"[{style}]{text}[/]" if style else text)
+    for child in node.get("children", []):
+        _add(branch, child)
+
+
+def _describe_update(update: Mapping[str, Any]) -> str:
+    if update.get("type") == "mac":
+        return (
+            f"MAC {update['mac_addr']} (vlan {update['vlan_id']}) on port {update['port_id']} "
+            f"of bridge {update['bridge_id']}"
+        )
+    return f"ARP {update['ip_addr']} is at {update['mac_addr']} on router {update['router_id']}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")

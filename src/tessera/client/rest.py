@@ -1,8 +1,8 @@
-"""The one HTTP client every CLI command talks to the REST API through.
+"""The one HTTP client the CLI commands and the lab talk to the REST API through.
 
-Keeping it in one place gives every command the same timeouts, the same error
-translation (connection failures, 4xx/5xx with the API's `message`) and one seam where
-tests plug in an `httpx.MockTransport`.
+Keeping it in one place gives every caller the same timeouts, the same error
+translation (connection failures, 4xx/5xx with the API's `message`, as
+`tessera.client.errors`) and one seam where tests plug in an `httpx.MockTransport`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from tessera import __version__
-from tessera.cli.errors import ApiError, ApiUnreachable, BadArgument
+from tessera.client.errors import ApiError, ApiUnreachable, BadArgument
 
 DEFAULT_API = "http://127.0.0.1:8181/api/v1"
 API_ENV = "TESSERA_API"
@@ -81,7 +81,7 @@ class ApiClient:
         return self.request("DELETE", path)
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """The decoded JSON answer (None for an empty one); raises a `CliError`."""
+        """The decoded JSON answer (None for an empty one); raises a `UserError`."""
         try:
             response = self._http.request(
                 method, path.lstrip("/"), json=dict(body) if body is not None else None

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tessera.cli.errors import BadArgument
+from tessera.client.errors import BadArgument
+from tessera.nsdb import connect
 
 T = TypeVar("T")
 
@@ -283,10 +284,12 @@ def parse_listen(text: str) -> str:
 
 
 def parse_nsdb_url(text: str) -> str:
-    """`memory`, `memory:NAME` or `zk://HOST:PORT[,HOST:PORT...]/ROOT`."""
+    """`memory`, `memory:NAME` or `zk://HOST:PORT[,HOST:PORT...]/ROOT`, as the NSDB
+    parses it (`tessera.nsdb.connect`), with one message for every malformed URL."""
     text = text.strip()
-    if text == "memory" or text.startswith("memory:"):
-        return text
-    if text.startswith("zk://") and text[len("zk://") :].partition("/")[0]:
-        return text
-    raise ValueError(f"'{text}' is not an NSDB URL (use 'memory' or 'zk://HOST:PORT/ROOT')")
+    try:
+        return connect.parse_nsdb_url(text).url
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not an NSDB URL (use 'memory' or 'zk://HOST:PORT/ROOT')"
+        ) from None

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import httpx
 import typer
 
-from tessera.cli.client import ApiClient, resolve_api_url
-from tessera.cli.output import Output
+from tessera.client.rest import ApiClient, resolve_api_url
+from tessera.clikit.output import Output
 
 
 @dataclass

@@ -1,0 +1,402 @@
+"""`ZookeeperNsdb`: the NSDB operations (objects, commits, watches, state tables,
+counters, elections) over one `ZkSession`. The layout they use is in the package
+docstring."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
+from kazoo.protocol.states import ZnodeStat
+
+from tessera.nsdb.base import (
+    Change,
+    Check,
+    Create,
+    Delete,
+    Nsdb,
+    Op,
+    StateEvent,
+    Stored,
+    StoredObject,
+    Subscription,
+    Update,
+    WatchEvent,
+)
+from tessera.nsdb.codec import (
+    decode_object,
+    describe,
+    encode_object,
+    escape_component,
+    kind_of,
+    unescape_component,
+)
+from tessera.nsdb.errors import AlreadyExists, Conflict, NotFound, NsdbError, Unavailable
+from tessera.nsdb.zookeeper.election import ZookeeperElection
+from tessera.nsdb.zookeeper.mirrors import DirMirror, Mirror, NodeMirror, Sub
+from tessera.nsdb.zookeeper.session import ZkSession
+
+E = TypeVar("E")
+
+
+class ZookeeperNsdb(ZkSession, Nsdb):
+    """One ZooKeeper session; reconnects by itself and keeps its watches alive."""
+
+    # -- objects --
+
+    def get(self, kind: str, id: str) -> Stored[StoredObject]:
+        path = self._obj_path(kind, id)
+        result = self._run(lambda: self._zk.get_async(path))
+        if isinstance(result, NoNodeError):
+            raise NotFound(f"{describe(kind, id)} does not exist")
+        if isinstance(result, Exception):
+            raise result
+        data, stat = result
+        return Stored(decode_object(kind, data), stat.version + 1)
+
+    def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:
+        directory = self._kind_dir(kind)
+        children = self._run(lambda: self._zk.get_children_async(directory))
+        if isinstance(children, NoNodeError):
+            return []
+        if isinstance(children, Exception):
+            raise children
+        results = self._run_many(
+            [partial(self._zk.get_async, f"{directory}/{c}") for c in children]
+        )
+        out: builtins.list[Stored[StoredObject]] = []
+        for result in results:
+            if isinstance(result, NoNodeError):
+                continue  # deleted since the listing
+            if isinstance(result, Exception):
+                raise result
+            data, stat = result
+            out.append(Stored(decode_object(kind, data), stat.version + 1))
+        return out
+
+    def commit(self, ops: Sequence[Op]) -> builtins.list[int]:
+        if not ops:
+            return []
+        planned = [self._plan(op) for op in ops]
+        for attempt in range(2):
+            try:
+                if len(planned) == 1:
+                    return [self._commit_one(planned[0])]
+                return self._commit_multi(planned)
+            except _MissingKindDir as missing:
+                if attempt:
+                    raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
+                self._ensure_path(missing.path)
+        raise AssertionError("unreachable")
+
+    def _plan(self, op: Op) -> _Planned:
+        if isinstance(op, Create):
+            kind = kind_of(op.obj)
+            return _Planned(
+                op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
+            )
+        if isinstance(op, Update):
+            kind = kind_of(op.obj)
+            return _Planned(
+                op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
+            )
+        if isinstance(op, Delete | Check):
+            return _Planned(op, op.kind, op.id, self._obj_path(op.kind, op.id), b"")
+        raise TypeError(f"not an NSDB operation: {op!r}")
+
+    def _commit_one(self, p: _Planned) -> int:
+        zk = self._zk
+        op = p.op
+        if isinstance(op, Create):
+            result = self._run(lambda: zk.create_async(p.path, p.data))
+        elif isinstance(op, Update):
+            result = self._run(lambda: zk.set_async(p.path, p.data, p.zk_version))
+        elif isinstance(op, Delete):
+            result = self._run(lambda: zk.delete_async(p.path, p.zk_version))
+        else:
+            result = self._run(lambda: zk.exists_async(p.path))
+            if result is None:
+                result = NoNodeError()
+            elif (
+                not isinstance(result, Exception)
+                and op.version is not None
+                and result.version + 1 != op.version
+            ):
+                result = BadVersionError()
+        if isinstance(result, Exception):
+            raise self._op_error(p, result)
+        return p.new_version(result)
+
+    def _commit_multi(self, planned: builtins.list[_Planned]) -> builtins.list[int]:
+        tx = self._zk.transaction()
+        for p in planned:
+            op = p.op
+            if isinstance(op, Create):
+                tx.create(p.path, p.data)
+            elif isinstance(op, Update):
+                tx.set_data(p.path, p.data, p.zk_version)
+            elif isinstance(op, Delete):
+                tx.delete(p.path, p.zk_version)
+            else:
+                tx.check(p.path, p.zk_version)
+        results = self._run(tx.commit_async)
+        if isinstance(results, Exception):
+            raise NsdbError(f"ZooKeeper refused the transaction: {type(results).__name__}")
+        for p, result in zip(planned, results, strict=True):
+            if isinstance(result, Exception) and not isinstance(
+                result, RolledBackError | RuntimeInconsistency
+            ):
+                raise self._op_error(p, result)
+        return [p.new_version(result) for p, result in zip(planned, results, strict=True)]
+
+    def _op_error(self, p: _Planned, exc: Exception) -> Exception:
+        what = describe(p.kind, p.id)
+        if isinstance(exc, NoNodeError):
+            if isinstance(p.op, Create):
+                return _MissingKindDir(self._kind_dir(p.kind))
+            return NotFound(f"{what} does not exist")
+        if isinstance(exc, NodeExistsError):
+            return AlreadyExists(f"{what} already exists")
+        if isinstance(exc, BadVersionError):
+            return Conflict(f"{what} was changed concurrently (expected version {p.op.version})")  # type: ignore[union-attr]
+        return NsdbError(f"ZooKeeper refused the write of {what}: {type(exc).__name__}")
+
+    # -- watches --
+
+    def _attach(
+        self, key: str, make: Callable[[], Mirror[E]], callback: Callable[[E], None]
+    ) -> Subscription:
+        """Create (and load) the mirror for `key` if needed, then attach a subscriber that
+        first gets the mirror's current content as "added" events. Loading waits for
+        ZooKeeper (raising `Unavailable`), delivery is asynchronous as in the memory
+        backend."""
+        sub: Sub[E] = Sub(callback)
+
+        def setup() -> None:
+            if sub.cancelled:
+                return
+            if not self._connected.is_set():
+                raise self._down()
+            mirror = self._mirrors.get(key)
+            if mirror is None:
+                mirror = make()
+                self._mirrors[key] = mirror
+                try:
+                    mirror.resync()
+                except BaseException:
+                    del self._mirrors[key]
+                    mirror.active = False
+                    raise
+            self.notifier.submit(lambda: mirror.attach(sub))
+            sub.mirror = mirror
+
+        try:
+            if not self.notifier.run_sync(setup, timeout=max(10.0, 3 * self._op_timeout)):
+                sub.cancelled = True
+                raise Unavailable(f"ZooKeeper at {self.hosts} did not answer in time")
+        except KazooException:
+            sub.cancelled = True
+            raise self._down() from None
+        except BaseException:
+            sub.cancelled = True
+            raise
+
+        def cancel() -> None:
+            sub.cancelled = True
+            self.notifier.submit(lambda: self._detach(key, sub))
+
+        return Subscription(cancel)
+
+    def _detach(self, key: str, sub: Sub[Any]) -> None:
+        mirror = self._mirrors.get(key)
+        if mirror is None or sub.mirror is not mirror:
+            return
+        mirror.subs = [s for s in mirror.subs if s is not sub]
+        if not mirror.subs:
+            mirror.active = False  # its pending one-shot watches fire once more, ignored
+            del self._mirrors[key]
+
+    def watch_kind(self, kind: str, callback: Callable[[WatchEvent], None]) -> Subscription:
+        directory = self._kind_dir(kind)
+        self._check_open()
+
+        def event(
+            name: str, change: Change, value: StoredObject | None, version: int
+        ) -> WatchEvent:
+            return WatchEvent(kind, name, change, value, version)
+
+        return self._attach(
+            directory,
+            lambda: DirMirror(self, directory, lambda data: decode_object(kind, data), event),
+            callback,
+        )
+
+    def watch_object(
+        self, kind: str, id: str, callback: Callable[[WatchEvent], None]
+    ) -> Subscription:
+        path = self._obj_path(kind, id)
+        self._check_open()
+
+        def event(
+            name: str, change: Change, value: StoredObject | None, version: int
+        ) -> WatchEvent:
+            return WatchEvent(kind, id, change, value, version)
+
+        return self._attach(
+            "object:" + path,
+            lambda: NodeMirror(self, path, id, lambda data: decode_object(kind, data), event),
+            callback,
+        )
+
+    # -- state tables --
+
+    def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        data = value.encode("utf-8")
+        zk = self._zk
+        for _ in range(20):
+            result = self._run(
+                lambda: zk.create_async(path, data, ephemeral=ephemeral, makepath=True)
+            )
+            if not isinstance(result, NodeExistsError):
+                if isinstance(result, Exception):
+                    raise result
+                break
+            stat = self._run(lambda: zk.exists_async(path))
+            if stat is None:
+                continue
+            if isinstance(stat, Exception):
+                raise stat
+            owner = stat.ephemeralOwner
+            if owner == (self._current_session() if ephemeral else 0):
+                # Same owner kind: overwrite in place, keeping the znode.
+                result = self._run(partial(zk.set_async, path, data, stat.version))
+            else:
+                # Ownership changes (persistent <-> ephemeral, or another session's
+                # ephemeral entry): replace the znode atomically.
+                tx = zk.transaction()
+                tx.delete(path, stat.version)
+                tx.create(path, data, ephemeral=ephemeral)
+                result = self._run(tx.commit_async)
+                if isinstance(result, builtins.list) and any(
+                    isinstance(r, Exception) for r in result
+                ):
+                    continue
+            if isinstance(result, BadVersionError | NoNodeError):
+                continue
+            if isinstance(result, Exception):
+                raise result
+            break
+        else:
+            raise Conflict(f"state entry {table}/{key} kept changing; gave up")
+        with self._lock:
+            if ephemeral:
+                self._ephemerals[(table, key)] = value
+            else:
+                self._ephemerals.pop((table, key), None)
+
+    def state_delete(self, table: str, key: str) -> None:
+        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        result = self._run(lambda: self._zk.delete_async(path))
+        if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+            raise result
+        with self._lock:
+            self._ephemerals.pop((table, key), None)
+
+    def state_get(self, table: str) -> dict[str, str]:
+        directory = self._table_dir(table)
+        children = self._run(lambda: self._zk.get_children_async(directory))
+        if isinstance(children, NoNodeError):
+            return {}
+        if isinstance(children, Exception):
+            raise children
+        results = self._run_many(
+            [partial(self._zk.get_async, f"{directory}/{c}") for c in children]
+        )
+        out: dict[str, str] = {}
+        for child, result in zip(children, results, strict=True):
+            if isinstance(result, NoNodeError):
+                continue
+            if isinstance(result, Exception):
+                raise result
+            out[unescape_component(child)] = result[0].decode("utf-8")
+        return out
+
+    def watch_state(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
+        directory = self._table_dir(table)
+        self._check_open()
+
+        def event(name: str, change: Change, value: str | None, version: int) -> StateEvent:
+            return StateEvent(table, name, change, value)
+
+        return self._attach(
+            directory,
+            lambda: DirMirror(
+                self, directory, lambda data: data.decode("utf-8"), event, recreate_is_change=True
+            ),
+            callback,
+        )
+
+    # -- misc --
+
+    def next_id(self, counter: str) -> int:
+        path = f"{self._counters}/{escape_component(counter)}"
+        for _ in range(3):
+            result = self._run(lambda: self._zk.set_async(path, b""))
+            if isinstance(result, ZnodeStat):
+                return int(result.version)
+            if not isinstance(result, NoNodeError):
+                raise result
+            created = self._run(lambda: self._zk.create_async(path, b"", makepath=True))
+            if isinstance(created, Exception) and not isinstance(created, NodeExistsError):
+                raise created
+        raise NsdbError(f"counter {counter} could not be created")
+
+    def leader_election(self, name: str, identifier: str) -> ZookeeperElection:
+        self._check_open()
+        election = ZookeeperElection(self, name, identifier)
+        self._elections.append(election)
+        return election
+
+
+class _MissingKindDir(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+@dataclass
+class _Planned:
+    op: Op
+    kind: str
+    id: str
+    path: str
+    data: bytes
+
+    @property
+    def zk_version(self) -> int:
+        version = getattr(self.op, "version", None)
+        if version is None:
+            return -1
+        # -1 is ZooKeeper's "any version"; -2 never matches (our versions start at 1).
+        return version - 1 if version >= 1 else -2
+
+    def new_version(self, result: Any) -> int:
+        if isinstance(self.op, Create):
+            return 1
+        if isinstance(self.op, Update):
+            return int(result.version) + 1
+        if isinstance(self.op, Delete):
+            return -1
+        return self.op.version if self.op.version is not None else -1
