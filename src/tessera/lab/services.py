@@ -15,6 +15,7 @@ from tessera.lab import api, names, netns, procs
 from tessera.lab.errors import LabError
 from tessera.lab.relay import RelayConfig
 from tessera.lab.state import LabState
+from tessera.nsdb.connect import parse_nsdb_url
 from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
 
 API_PORT = 8181  # preferred: the CLI's default
@@ -60,7 +61,10 @@ def stop_zookeeper(state: LabState) -> None:
 
 def zk_upstreams(nsdb_url: str) -> list[tuple[str, int]]:
     """The (host, port) of every server in `zk://H:P[,H:P...]/ROOT`."""
-    hosts = nsdb_url.removeprefix("zk://").partition("/")[0]
+    try:
+        hosts = parse_nsdb_url(nsdb_url).hosts
+    except ValueError as exc:
+        raise LabError(f"--nsdb: {exc}") from None
     out: list[tuple[str, int]] = []
     for item in hosts.split(","):
         host, sep, port = item.strip().rpartition(":")

@@ -16,6 +16,7 @@ from tessera.client.errors import UserError
 from tessera.lab import api, dhcp, hosts, names, services, state, vms
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
+from tessera.nsdb.connect import parse_nsdb_url
 
 DATAPATHS = ("ebpf", "userspace")
 DEFAULT_HOSTS = 2
@@ -33,7 +34,11 @@ def check_machine() -> None:
 
 
 def check_nsdb_url(url: str) -> str:
-    if not url.startswith("zk://") or not url[len("zk://") :].partition("/")[0]:
+    try:
+        shared = parse_nsdb_url(url).backend == "zookeeper"
+    except ValueError:
+        shared = False
+    if not shared:
         raise LabError(
             f"--nsdb '{url}': the lab's agents need a shared ZooKeeper, zk://HOST:PORT/ROOT"
         )
