@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tessera.datapath.base import (
     Action,
     Datapath,
+    DatapathError,
     Flow,
     FlowStats,
     InstalledFlow,
@@ -99,6 +100,11 @@ class FakeDatapath(Datapath):
     # -- flows --
     def install(self, flow: Flow) -> None:
         self.installs += 1
+        for action in flow.actions:  # the kernel cannot name a device it does not know
+            if isinstance(action, Output) and action.port not in self._ports:
+                raise DatapathError(
+                    f"flow outputs to local port {action.port}, which is not attached"
+                )
         self.table.install(flow)
 
     def delete(self, match: Match) -> bool:
