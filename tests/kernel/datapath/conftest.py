@@ -9,13 +9,22 @@ each test starts from an empty flow table with nothing pending.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kdp_harness import Harness, make_harness
+from kdp_probe import KeyProbe
 
 from tessera.lab.sandbox import unavailable
+
+# The packet strategies and the simulation's topology builder live with the unit tests
+# (until the tree has a tests/support package): make their folders importable.
+_UNIT = Path(__file__).resolve().parents[2] / "unit"
+for _folder in ("packet", "simulation"):
+    if str(_UNIT / _folder) not in sys.path:
+        sys.path.append(str(_UNIT / _folder))
 
 BACKENDS = [
     "fake",
@@ -63,3 +72,25 @@ def module_harness(request: pytest.FixtureRequest, obj_cache: Path) -> Iterator[
 def harness(module_harness: Harness) -> Harness:
     module_harness.reset()
     return module_harness
+
+
+@pytest.fixture(scope="module")
+def fake_harness(obj_cache: Path) -> Iterator[Harness]:
+    yield from built("fake", obj_cache)
+
+
+@pytest.fixture(scope="module")
+def ebpf_harness(obj_cache: Path) -> Iterator[Harness]:
+    yield from built("ebpf", obj_cache)
+
+
+@pytest.fixture(scope="module")
+def key_probe(obj_cache: Path) -> Iterator[KeyProbe]:
+    reason = missing("ebpf")
+    if reason:
+        pytest.skip(reason)
+    probe = KeyProbe(obj_cache)
+    try:
+        yield probe
+    finally:
+        probe.close()
