@@ -176,7 +176,8 @@ class FakeDatapath(Datapath):
     def _emit(self, outputs: list[tuple[Output | OutputTunnel, bytes]]) -> None:
         for action, data in outputs:
             if isinstance(action, Output):
-                self.sent.append(Sent(data, port=action.port))
+                if action.port in self._ports:  # a detached port has no VM behind it
+                    self.sent.append(Sent(data, port=action.port))
             else:
                 self.sent.append(Sent(data, vni=action.vni, remote_ip=action.remote_ip))
                 if self.fabric is not None:

@@ -38,7 +38,7 @@ from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf_backend import EbpfDatapath
 from tessera.datapath.fake import FakeDatapath
 from tessera.datapath.userspace import UserspaceDatapath
-from tessera.datapath.vxlan import VXLAN_PORT, decap
+from tessera.datapath.vxlan import VXLAN_PORT, decap, encap
 from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.packet.addr import ip_from_str
 
@@ -108,6 +108,17 @@ class Harness(abc.ABC):
         """`frame` enters local port `port`, as if the VM there sent it."""
 
     @abc.abstractmethod
+    def send_tunnel(self, vni: int, frame: bytes) -> None:
+        """`frame` arrives by VXLAN with `vni` from the remote host."""
+
+    @abc.abstractmethod
+    def remove_port(self, n: int) -> None: ...
+
+    @abc.abstractmethod
+    def add_port(self, n: int) -> None:
+        """(Re)bind `t<n>` as local port n with its tunnel key."""
+
+    @abc.abstractmethod
     def collect(self, expect: int) -> Seen:
         """What came out since the last collect: waits for `expect` events."""
 
@@ -142,6 +153,15 @@ class FakeHarness(Harness):
 
     def send(self, port: int, frame: bytes) -> None:
         self.fake.receive(port, frame)
+
+    def send_tunnel(self, vni: int, frame: bytes) -> None:
+        self.fake.receive_tunnel(vni, frame)
+
+    def add_port(self, n: int) -> None:
+        self.fake.add_port(n, f"t{n}", port_vni(n))
+
+    def remove_port(self, n: int) -> None:
+        self.fake.remove_port(n)
 
     def collect(self, expect: int) -> Seen:
         return self.drain()
@@ -213,7 +233,7 @@ class KernelHarness(Harness):
         self.udp = far.call(far_socket)
 
     def add_port(self, n: int) -> None:
-        """(Re)bind `t<n>` as local port n: device work happens in the host namespace."""
+        # Device work happens in the host namespace.
         self.host.call(lambda: self.dp.add_port(n, f"t{n}", port_vni(n)))
 
     def remove_port(self, n: int) -> None:
@@ -221,6 +241,10 @@ class KernelHarness(Harness):
 
     def send(self, port: int, frame: bytes) -> None:
         self.captures[port].send(frame)
+
+    def send_tunnel(self, vni: int, frame: bytes) -> None:
+        assert self.udp is not None
+        self.udp.sendto(encap(vni, frame), (UNDERLAY_LOCAL, VXLAN_PORT))
 
     def _read_available(self, out: Seen) -> None:
         for n, cap in self.captures.items():

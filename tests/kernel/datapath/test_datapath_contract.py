@@ -100,6 +100,36 @@ def test_ports_are_listed_with_their_tunnel_keys(harness: Harness) -> None:
     }
 
 
+def test_a_removed_port_neither_receives_nor_sends(
+    harness: Harness, request: pytest.FixtureRequest
+) -> None:
+    xfail_for(harness, "ebpf", request, "remove_port leaves installed flows redirecting to "
+              "the detached device's ifindex, so frames still leave there")  # fmt: skip
+    harness.dp.install(Flow(to_port_2(), (Output(2),)))
+    harness.dp.install(Flow(Match.of(in_port=2), (Output(3),)))
+    harness.remove_port(2)
+    try:
+        assert 2 not in harness.dp.ports()
+        assert harness.exchange(2, udp(src=MAC2), expect=0) == seen()
+        assert harness.exchange(1, udp(), expect=0) == seen()
+    finally:
+        harness.add_port(2)
+
+
+# -- tunnels in ------------------------------------------------------------------------
+
+
+def test_a_tunnelled_frame_is_delivered_to_the_port_of_its_vni_unlooked_up(
+    harness: Harness,
+) -> None:
+    """The sending host simulated the whole path: the VNI names the port, no flow."""
+    frame = udp(src=ROUTER, dst=MAC2)
+    harness.send_tunnel(port_vni(2), frame)
+    assert harness.collect(1) == seen([(at_port(2), frame)])
+    harness.send_tunnel(port_vni(NPORTS + 1), frame)  # no such port here
+    assert harness.collect(0) == seen()
+
+
 # -- misses, install, lookup by frame --------------------------------------------------
 
 
