@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import secrets
 import select
 import socket
@@ -222,7 +223,7 @@ class KernelHarness(Harness):
             host.call(self.dp.start)
         for n in range(1, NPORTS + 1):
             self.add_port(n)
-            self.captures[n] = wire.call(lambda n=n: PacketSocket(f"w{n}"))
+            self.captures[n] = wire.call(functools.partial(PacketSocket, f"w{n}"))
 
         def far_socket() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

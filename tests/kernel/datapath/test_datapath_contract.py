@@ -27,12 +27,14 @@ from kdp_harness import (
 )
 
 from tessera.datapath.base import (
+    Action,
     DatapathError,
     DecTtl,
     Drop,
     Flow,
     FlowStats,
     Match,
+    Miss,
     Output,
     OutputTunnel,
     SetEthDst,
@@ -257,7 +259,7 @@ def test_a_flood_wider_than_the_kernels_action_list(harness: Harness) -> None:
     """More outputs than a kernel flow holds inline (12): the eBPF backend moves them to a
     flood set; every backend must still deliver every copy, rewritten as before it."""
     tunnels = tuple(OutputTunnel(7000 + i, REMOTE_IP) for i in range(13))
-    actions = (DecTtl(1), Output(2), SetEthSrc(ROUTER), Output(3), *tunnels)
+    actions: tuple[Action, ...] = (DecTtl(1), Output(2), SetEthSrc(ROUTER), Output(3), *tunnels)
     harness.dp.install(Flow(Match.of(in_port=1, eth_dst=BROADCAST), actions))
     frame = udp(dst=BROADCAST)
     rewritten = udp(dst=BROADCAST, src=ROUTER, ttl=63)
@@ -390,9 +392,9 @@ def test_execute_sends_without_installing(harness: Harness) -> None:
     assert harness.dp.dump() == {}
 
 
-def _misses(harness: Harness, n: int) -> list:  # type: ignore[type-arg]
+def _misses(harness: Harness, n: int) -> list[Miss]:
     """The next `n` misses with their backend metadata (what reinject needs)."""
-    got = []
+    got: list[Miss] = []
     deadline = time.monotonic() + 3
     while len(got) < n and time.monotonic() < deadline:
         got += list(harness.dp.recv_misses(0.05))
