@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tessera.datapath.base import (
     Action,
     Datapath,
+    DatapathError,
     Flow,
     FlowStats,
     InstalledFlow,
@@ -99,6 +100,11 @@ class FakeDatapath(Datapath):
     # -- flows --
     def install(self, flow: Flow) -> None:
         self.installs += 1
+        for action in flow.actions:  # the kernel cannot name a device it does not know
+            if isinstance(action, Output) and action.port not in self._ports:
+                raise DatapathError(
+                    f"flow outputs to local port {action.port}, which is not attached"
+                )
         self.table.install(flow)
 
     def delete(self, match: Match) -> bool:
@@ -170,7 +176,8 @@ class FakeDatapath(Datapath):
     def _emit(self, outputs: list[tuple[Output | OutputTunnel, bytes]]) -> None:
         for action, data in outputs:
             if isinstance(action, Output):
-                self.sent.append(Sent(data, port=action.port))
+                if action.port in self._ports:  # a detached port has no VM behind it
+                    self.sent.append(Sent(data, port=action.port))
             else:
                 self.sent.append(Sent(data, vni=action.vni, remote_ip=action.remote_ip))
                 if self.fabric is not None:

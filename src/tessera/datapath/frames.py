@@ -3,8 +3,9 @@
 The fake, the userspace path and the eBPF backend's packet-out all apply actions here,
 so a rewrite means the same bytes everywhere, and the same as the kernel program: MACs
 overwritten in place, the TTL decremented with the IPv4 header checksum fixed, outputs
-taking the frame as rewritten so far, and a TTL that would reach 0 handing the packet to
-the agent instead (it answers with ICMP time exceeded).
+taking the frame as rewritten so far, a TTL that would reach 0 handing the packet to
+the agent instead (it answers with ICMP time exceeded), and a decrement of a frame that
+is not IPv4 dropping it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
         elif isinstance(action, SetEthSrc):
             data[6:12] = action.mac.to_bytes(6, "big")
         elif isinstance(action, DecTtl):
+            if ipv4_offset(data) is None:
+                # No TTL to decrement: a broken flow, dropped as the kernel program does
+                # (the agent would only install the same flow again).
+                result.dropped = True
+                return result
             if not dec_ttl(data, action.n):
                 result.to_userspace = True
                 return result

@@ -186,6 +186,14 @@ class UserspaceDatapath(Datapath):
     # -- flows --
 
     def install(self, flow: Flow) -> None:
+        """As the eBPF datapath: a flow naming a port that is not attached is refused
+        (there it has no device to redirect to), never kept to forward into nothing."""
+        with self._lock:
+            missing = [
+                a.port for a in flow.actions if isinstance(a, Output) and a.port not in self._ports
+            ]
+        if missing:
+            raise DatapathError(f"flow outputs to local port {missing[0]}, which is not attached")
         self.table.install(flow)
 
     def delete(self, match: Match) -> bool:

@@ -1,0 +1,96 @@
+"""Fixtures of the kernel datapath tests: every backend behind one harness.
+
+`harness` is parametrised over "fake", "userspace" and "ebpf" (the kernel ones marked
+`root`, skipped without root or the BPF toolchain). A backend's namespaces, devices
+and pinned maps are built once per module and removed at its end, even on failure;
+each test starts from an empty flow table with nothing pending.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kdp_harness import Harness, make_harness
+from kdp_probe import KeyProbe
+
+from tessera.lab.sandbox import unavailable
+
+# The packet strategies and the simulation's topology builder live with the unit tests
+# (until the tree has a tests/support package): make their folders importable.
+_UNIT = Path(__file__).resolve().parents[2] / "unit"
+for _folder in ("packet", "simulation"):
+    if str(_UNIT / _folder) not in sys.path:
+        sys.path.append(str(_UNIT / _folder))
+
+BACKENDS = [
+    "fake",
+    pytest.param("userspace", marks=pytest.mark.root),
+    pytest.param("ebpf", marks=pytest.mark.root),
+]
+
+
+def missing(kind: str) -> str | None:
+    """Why backend `kind` cannot run here (a skip reason), None if it can."""
+    if kind == "fake":
+        return None
+    if (reason := unavailable()) is not None:
+        return reason
+    tools = ("clang", "bpftool", "tc") if kind == "ebpf" else ()
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def obj_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compiled BPF objects, once per session."""
+    return tmp_path_factory.mktemp("bpf-obj")
+
+
+def built(kind: str, obj_cache: Path) -> Iterator[Harness]:
+    reason = missing(kind)
+    if reason:
+        pytest.skip(reason)
+    h = make_harness(kind, obj_cache)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_harness(request: pytest.FixtureRequest, obj_cache: Path) -> Iterator[Harness]:
+    yield from built(request.param, obj_cache)
+
+
+@pytest.fixture
+def harness(module_harness: Harness) -> Harness:
+    module_harness.reset()
+    return module_harness
+
+
+@pytest.fixture(scope="module")
+def fake_harness(obj_cache: Path) -> Iterator[Harness]:
+    yield from built("fake", obj_cache)
+
+
+@pytest.fixture(scope="module")
+def ebpf_harness(obj_cache: Path) -> Iterator[Harness]:
+    yield from built("ebpf", obj_cache)
+
+
+@pytest.fixture(scope="module")
+def key_probe(obj_cache: Path) -> Iterator[KeyProbe]:
+    reason = missing("ebpf")
+    if reason:
+        pytest.skip(reason)
+    probe = KeyProbe(obj_cache)
+    try:
+        yield probe
+    finally:
+        probe.close()
