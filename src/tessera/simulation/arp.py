@@ -65,7 +65,7 @@ def toward_router(
         return None
     mac, owner = known
     link = bridge.static_macs.get(mac)
-    if link is None or bridge.port_vlan.get(link) != in_port.vlan:
+    if link is None or link == in_port.id or bridge.port_vlan.get(link) != in_port.vlan:
         return None
     if sim.snap.port(link).peer_id != owner:
         return None  # a DHCP server sharing the router port's MAC: the bridge answers
