@@ -14,10 +14,12 @@ Tests using the zookeeper variant are marked `zookeeper` automatically, so
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.errors import NsdbError
@@ -101,3 +103,14 @@ def _delete_zk_tree(server: ZookeeperServer, root: str) -> None:
 @pytest.fixture
 def nsdb(nsdb_factory: NsdbFactory) -> Nsdb:
     return nsdb_factory()
+
+
+# Hypothesis: CI must never fail on a draw it has not seen before, so the default
+# profile is derandomized (examples derived from each test, no example database);
+# `HYPOTHESIS_PROFILE=explore` draws fresh random examples (and runs the slow
+# exploration tests, which the derandomized profile skips) to look for new
+# counterexamples, which then belong in the tests as explicit `@example`s.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+# The default is "ci" with or without `CI` set: a local run reproduces CI's exactly.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")

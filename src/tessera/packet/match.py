@@ -14,6 +14,12 @@ simulation code reads packet fields only through it.
   since its value then comes from the simulation, not from the packet.
 - `copy()` forks a branch (a flood, a load-balancer choice) that shares one mask with
   its parent, so all branches of one simulation contribute to the single flow installed.
+- The TTL is the one field read for a threshold only: a router asks "is it above 1?".
+  `ip_ttl_above(n)` answers without widening the mask when the answer is yes, and
+  remembers the bound instead (`ttl_floor`, on the TTL as it arrived); the datapath's
+  TTL decrement sends a packet whose TTL would reach zero back to the agent, which is
+  what makes a flow keyed without the TTL correct for every packet above the bound (see
+  `ttl_floor`). A "no" is a decision on the exact value: the field joins the mask.
 - Keys and `matches()` always use the values the packet arrived with, never rewrites.
 
 Field names and values mirror the kernel's `struct flow_key` (datapath/ebpf/flow.h):
@@ -111,12 +117,14 @@ def mask_indexes(mask: int) -> tuple[int, ...]:
 
 
 class _MaskCell:
-    """The mask shared by a match and all its copies (branches of one simulation)."""
+    """The mask shared by a match and all its copies (branches of one simulation), and
+    the TTL bound their "above n" answers relied on (0: none)."""
 
-    __slots__ = ("bits",)
+    __slots__ = ("bits", "ttl_floor")
 
     def __init__(self, bits: int = 0) -> None:
         self.bits = bits
+        self.ttl_floor = 0
 
 
 class FlowMatch:
@@ -315,6 +323,34 @@ class FlowMatch:
             self._cell.bits |= _IP_TTL | _NEED_IP
         return self._ip_ttl
 
+    def ip_ttl_above(self, n: int) -> bool:
+        """Whether the TTL (as rewritten so far) is above `n`, recorded as a bound.
+
+        Yes: only "the TTL on arrival was above n + what this branch took off" joins
+        `ttl_floor`; the exact value stays out of the mask. No: the exact value decided
+        (a TTL-exceeded answer differs with it), so the field joins the mask. Only the
+        IPv4 EtherType is needed for the question to mean anything.
+        """
+        ttl = self._ip_ttl
+        cell = self._cell
+        if ttl <= n:
+            # Rewritten or not, the value came from the TTL on arrival: key on that.
+            cell.bits |= _IP_TTL | _NEED_IP
+            return False
+        cell.bits |= _NEED_IP
+        taken = 0
+        if self._modified & _IP_TTL:
+            assert self._orig is not None  # the first write saved the original values
+            taken = self._orig[9] - ttl
+        if n + taken > cell.ttl_floor:
+            cell.ttl_floor = n + taken
+        return True
+
+    def decrement_ip_ttl(self, n: int = 1) -> None:
+        """Take `n` off the TTL without reading it (a router forwarding the packet):
+        the decision to forward was taken by `ip_ttl_above`."""
+        self.set_ip_ttl(self._ip_ttl - n)
+
     @property
     def ip_frag(self) -> int:
         self._cell.bits |= _IP_FRAG | _NEED_IP
@@ -386,6 +422,21 @@ class FlowMatch:
         return Field(self._cell.bits)
 
     @property
+    def ttl_floor(self) -> int:
+        """The TTL on arrival that "above n" answers required, when the TTL is not in
+        the mask: the decision holds for every packet agreeing on the mask whose TTL on
+        arrival is above it. 0 when no answer relied on the TTL, or when the TTL is in
+        the mask (the exact value then decides, and the bound says nothing more).
+
+        A flow keyed without the TTL is only correct if the datapath sends packets at
+        or below the bound to the agent: a `DecTtl` of at least the bound does (see the
+        simulation's `result`, which keys the TTL when its outputs' decrements do not
+        cover the bound)."""
+        if self._cell.bits & _IP_TTL:
+            return 0
+        return self._cell.ttl_floor
+
+    @property
     def modified(self) -> Field:
         """Fields this branch has written (possibly back to their original value)."""
         return Field(self._modified)
@@ -407,6 +458,7 @@ class FlowMatch:
         """Fold in the mask of a match that is not a `copy()` of this one."""
         if other._cell is not self._cell:
             self._cell.bits |= other._cell.bits
+            self._cell.ttl_floor = max(self._cell.ttl_floor, other._cell.ttl_floor)
 
     def copy(self) -> FlowMatch:
         """A branch of the same simulation: own values and rewrites, one shared mask."""
@@ -456,6 +508,7 @@ class FlowMatch:
             self._values() == other._values()
             and self.masked_key(ALL_FIELDS) == other.masked_key(ALL_FIELDS)
             and self._cell.bits == other._cell.bits
+            and self.ttl_floor == other.ttl_floor
             and self._modified == other._modified
         )
 
@@ -482,4 +535,6 @@ class FlowMatch:
                 text = repr(value)
             parts.append(f"{name}={text}")
         mask = "|".join(FIELD_NAMES[i] for i in mask_indexes(self._cell.bits)) or "-"
+        if self.ttl_floor:
+            mask += f", ip_ttl>{self.ttl_floor}"
         return f"FlowMatch({', '.join(parts)}; mask={mask})"

@@ -1,13 +1,18 @@
 """ARP: a bridge answering for addresses it knows, a router answering for its ports,
 learning from what it hears, and resolving its next hops.
 
-A bridge answers a request for a linked router port's address or a DHCP host's address
-itself, out of the port the request came in by, so such requests are never flooded
-(and never cross hosts). It stays silent when the asker is the address's owner (an
-address conflict probe, RFC 5227): that one must go unanswered.
+A bridge sends a request for a linked router port's address to that port alone, so the
+router answers and learns the asker; it answers a request for a DHCP host's address
+itself, out of the port the request came in by. Either way such requests are never
+flooded (and never cross hosts). The bridge stays silent when the asker is the
+address's owner (an address conflict probe, RFC 5227): that one must go unanswered.
 
 A router learns the sender of a request for its own address and of a reply addressed
-to it (or a gratuitous one), if the sender is on the port's network — as MidoNet does.
+to it (or a gratuitous one), if the sender is on the port's network — as MidoNet does;
+from outside that network it neither answers nor learns. Every address the router's
+decision depends on is read through the flow match (sender and target addresses are
+its `ip_src`/`ip_dst`), so that the mask holds them; only the MACs inside the message,
+which no flow match holds, come from its body, and that makes the result uncacheable.
 
 Resolution never drops the first packet of a new destination: the router emits an ARP
 request and the packet is held (`Verdict.HOLD`); the agent simulates it again when the
@@ -46,6 +51,30 @@ def _arp_body(sim: Simulation, node: TraceNode | None) -> Arp | None:
     return body
 
 
+def toward_router(
+    sim: Simulation,
+    m: FlowMatch,
+    bridge: BridgeSnap,
+    in_port: PortSnap,
+    node: TraceNode | None,
+) -> str | None:
+    """The bridge port linked to the router port that owns the requested address, in the
+    asker's VLAN segment; None if the address is not a linked router port's there."""
+    known = bridge.arp_known.get(m.ip_dst)
+    if known is None:
+        return None
+    mac, owner = known
+    link = bridge.static_macs.get(mac)
+    if link is None or link == in_port.id or bridge.port_vlan.get(link) != in_port.vlan:
+        return None
+    if sim.snap.port(link).peer_id != owner:
+        return None  # a DHCP server sharing the router port's MAC: the bridge answers
+    sim.tags.add(owner)
+    if node is not None:
+        node.add("forward", link, f"ARP for router port {owner}: to port {link} only")
+    return link
+
+
 def bridge_reply(
     sim: Simulation,
     m: FlowMatch,
@@ -65,7 +94,7 @@ def bridge_reply(
         return True
     mac, tag = known
     sim.tags.add(tag)
-    if request.sender_mac == mac or request.sender_ip == request.target_ip:
+    if request.sender_mac == mac or m.ip_src == m.ip_dst:
         return False  # the owner probing or announcing: not ours to answer
     reply = arp_reply(
         mac, request.target_ip, request.sender_mac, request.sender_ip, vlan_id=sim.packet().vlan_id
@@ -97,12 +126,12 @@ def router_arp(
     if op not in (arp_codes.REQUEST, arp_codes.REPLY):
         sim.drop(f"ARP opcode {op} is not handled", node)
         return
-    msg = _arp_body(sim, node)
-    if msg is None:
-        return
-    spa, tpa = msg.sender_ip, msg.target_ip
+    spa, tpa = m.ip_src, m.ip_dst  # the sender and target protocol addresses
     if not port.on_link(spa):
         sim.drop(f"ARP from {ip_to_str(spa)}, outside the port's network", node)
+        return
+    msg = _arp_body(sim, node)
+    if msg is None:
         return
     if op == arp_codes.REQUEST:
         if tpa == spa:

@@ -9,8 +9,9 @@
   floods every other port of the segment, interior ones included. A flood carries the
   tag of the missing MAC entry, so that learning it invalidates the flood.
 - A frame whose destination sits behind the port it came in by is dropped.
-- An ARP request for an address the bridge knows (a linked router port, a DHCP host, a
-  DHCP server) is answered by the bridge (see `arp.py`).
+- An ARP request for a linked router port's address goes to that router port only (the
+  router answers and learns the asker); one for a DHCP host or server is answered by
+  the bridge (see `arp.py`).
 
 VLANs are segments of one bridge: ports with the same `vlan_id` (or none) reach each
 other and nothing else. Frames keep whatever 802.1Q tag they carry; a bridge does not
@@ -74,30 +75,31 @@ def process(
                 what = "learn" if known is None else f"MAC move from port {known}:"
                 node.add("learn", bridge.id, f"{what} {mac_to_str(src)} on port {in_port.id}")
 
-    if (
-        m.eth_type == ETH_TYPE_ARP
-        and m.ip_proto == arp_codes.REQUEST
-        and arp.bridge_reply(sim, m, bridge, in_port, hops, node)
-    ):
-        return None
+    out: str | None = None
+    if m.eth_type == ETH_TYPE_ARP and m.ip_proto == arp_codes.REQUEST:
+        out = arp.toward_router(sim, m, bridge, in_port, node)
+        if out is None and arp.bridge_reply(sim, m, bridge, in_port, hops, node):
+            return None
 
-    dst = m.eth_dst
-    if dst & _MULTICAST:
-        return _flood(sim, m, bridge, in_port, hops, node, "broadcast/multicast")
-    out = bridge.static_macs.get(dst)
     if out is None:
-        sim.tags.add(mac_tag(bridge.id, vlan, dst))
-        out = (overlay and overlay.get((bridge.id, vlan, dst))) or table.get((vlan, dst))
+        dst = m.eth_dst
+        if dst & _MULTICAST:
+            return _flood(sim, m, bridge, in_port, hops, node, "broadcast/multicast")
+        out = bridge.static_macs.get(dst)
         if out is None:
+            sim.tags.add(mac_tag(bridge.id, vlan, dst))
+            out = (overlay and overlay.get((bridge.id, vlan, dst))) or table.get((vlan, dst))
+            if out is None:
+                return _flood(sim, m, bridge, in_port, hops, node, f"{mac_to_str(dst)} unknown")
+        if bridge.port_vlan.get(out) != vlan:
+            # A stale entry (the port left the bridge or its VLAN) or another segment's
+            # router.
             return _flood(sim, m, bridge, in_port, hops, node, f"{mac_to_str(dst)} unknown")
-    if bridge.port_vlan.get(out) != vlan:
-        # A stale entry (the port left the bridge or its VLAN) or another segment's router.
-        return _flood(sim, m, bridge, in_port, hops, node, f"{mac_to_str(dst)} unknown")
-    if out == in_port.id:
-        sim.drop(f"{mac_to_str(dst)} is behind the ingress port", node)
-        return None
-    if node is not None:
-        node.add("forward", out, f"{mac_to_str(dst)} is behind port {out}")
+        if out == in_port.id:
+            sim.drop(f"{mac_to_str(dst)} is behind the ingress port", node)
+            return None
+        if node is not None:
+            node.add("forward", out, f"{mac_to_str(dst)} is behind port {out}")
     if bridge.outbound_filter is not None:
         verdict = apply_chain(
             sim, bridge.outbound_filter, m, in_port.id, out, node, "outbound filter"

@@ -7,8 +7,9 @@ in exactly one of the terminal calls below (`output`, `drop`, `consume`, `hold`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import replace
+from typing import Protocol
 
 from tessera.packet.addr import ip_to_str
 from tessera.packet.errors import PacketError
@@ -40,7 +41,20 @@ _ETH_DST = int(Field.ETH_DST)
 _IP_TTL = int(Field.IP_TTL)
 
 
-Generator = Callable[["Simulation", str, Ethernet, EmitKind, int, "TraceNode | None"], None]
+class Generator(Protocol):
+    """Sends a generated packet (see `Simulation.generate`)."""
+
+    def __call__(
+        self,
+        sim: Simulation,
+        port_id: str,
+        eth: Ethernet,
+        kind: EmitKind,
+        hops: int,
+        node: TraceNode | None,
+        *,
+        from_down_port: bool = False,
+    ) -> None: ...
 
 
 class LoopDetected(Exception):
@@ -107,13 +121,21 @@ class Simulation:
         self.generator: Generator | None = None
 
     def generate(
-        self, port_id: str, eth: Ethernet, kind: EmitKind, hops: int, node: TraceNode | None
+        self,
+        port_id: str,
+        eth: Ethernet,
+        kind: EmitKind,
+        hops: int,
+        node: TraceNode | None,
+        *,
+        from_down_port: bool = False,
     ) -> None:
         """Send a packet the virtual network made (a reply, an error, an ARP request) out
         of `port_id`: emitted as is from an exterior port, simulated onwards from the
-        peer of an interior one."""
+        peer of an interior one. Nothing leaves a port that is down, except the port's
+        own refusal (`from_down_port`: the ICMP error a down router port answers with)."""
         assert self.generator is not None, "the driver sets the generator"
-        self.generator(self, port_id, eth, kind, hops, node)
+        self.generator(self, port_id, eth, kind, hops, node, from_down_port=from_down_port)
 
     def child(self, frame: bytes) -> Simulation:
         sim = Simulation(
@@ -214,6 +236,7 @@ class Simulation:
         self.unsupported.extend(u for u in child.unsupported if u not in self.unsupported)
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
+        settle_ttl(m, self.outputs)
         tags = frozenset(self.tags)
         unsupported = tuple(self.unsupported)
         updates = tuple(self.updates)
@@ -254,6 +277,24 @@ class Simulation:
             unsupported=unsupported,
             trace=trace,
         )
+
+
+def settle_ttl(m: FlowMatch, outputs: Iterable[Output]) -> None:
+    """Key the flow on the exact TTL unless its own TTL decrement guards the bound.
+
+    Routers only asked "TTL above n?" (`FlowMatch.ip_ttl_above`), so the mask may leave
+    the TTL out: the datapath's `DecTtl` hands a packet whose TTL would reach zero to the
+    agent, before it sends anything, when every output takes the same decrement and that
+    decrement covers the bound. Otherwise (a drop after a router, outputs that took
+    different decrements, a loop) a packet at or below the bound would get this flow's
+    answer instead of its own, so the exact TTL joins the mask.
+    """
+    floor = m.ttl_floor
+    if not floor:
+        return
+    decs = {o.ttl_dec for o in outputs}
+    if len(decs) != 1 or decs.pop() < floor:
+        m.record(Field.IP_TTL)
 
 
 def _rewritten(base: Ethernet, out: Output) -> bytes:

@@ -34,6 +34,32 @@ _NAMES = {
 }
 
 
+def prohibited(
+    sim: Simulation,
+    m: FlowMatch,
+    port: PortSnap,
+    hops: int,
+    node: TraceNode | None,
+    *,
+    from_down_port: bool = False,
+) -> None:
+    """Answer "communication administratively prohibited" from router `port`, as MidoNet
+    does for a router or router port that is down: only about an IPv4 packet sent to the
+    port's MAC, so that a flood reaching a down router makes nobody an error about
+    traffic that was never for it."""
+    if m.eth_type == ETH_TYPE_IPV4 and m.eth_dst == port.mac:
+        send_error(
+            sim,
+            m,
+            port,
+            icmp.DEST_UNREACHABLE,
+            icmp.ADMIN_PROHIBITED,
+            hops,
+            node,
+            from_down_port=from_down_port,
+        )
+
+
 def error_allowed(m: FlowMatch) -> bool:
     if m.ip_frag == 2:
         return False
@@ -54,8 +80,11 @@ def send_error(
     code: int,
     hops: int,
     node: TraceNode | None,
+    *,
+    from_down_port: bool = False,
 ) -> None:
-    """Send an ICMP error about the packet on this branch back out of router `port`."""
+    """Send an ICMP error about the packet on this branch back out of router `port`
+    (`from_down_port`: even though `port` is down, the error being its refusal)."""
     name = _NAMES.get((icmp_type, code), f"type {icmp_type} code {code}")
     if not error_allowed(m):
         if node is not None:
@@ -75,7 +104,7 @@ def send_error(
     gnode = None
     if node is not None:
         gnode = node.add("generated", port.id, f"ICMP {name} from port {port.id}")
-    sim.generate(port.id, eth, "icmp_error", hops, gnode)
+    sim.generate(port.id, eth, "icmp_error", hops, gnode, from_down_port=from_down_port)
 
 
 def send_echo_reply(

@@ -1,6 +1,8 @@
 """Ports: where a packet enters and leaves a device.
 
-Ingress: a port that is down drops; a bridge port hands DHCP requests to the bridge's
+Ingress: a port that is down drops (a router port answers ICMP administratively
+prohibited, as MidoNet's router port does; a bridge port has no address to answer
+from, so it drops silently); a bridge port hands DHCP requests to the bridge's
 DHCP server before any filter (as MidoNet does, so that anti-spoofing filters that only
 allow a VM's own address do not starve it of its address); then the port's inbound
 filter. Egress: a port that is down drops; the port's outbound filter; then an interior
@@ -29,6 +31,8 @@ def ingress(
     """Whether the packet gets past the port into its device."""
     sim.tags.add(port.id)
     if not port.admin_up:
+        if port.is_router:
+            icmp.prohibited(sim, m, port, hops, node, from_down_port=True)
         sim.drop(f"port {port.id} is down", node)
         return False
     if not port.is_router:

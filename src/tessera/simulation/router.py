@@ -1,8 +1,9 @@
 """The router: ARP, its own addresses, TTL, longest-prefix routing, next-hop MACs.
 
 In order, as MidoNet's router does:
-1. a router that is down drops; ARP is handled before any filter (`arp.py`); anything
-   but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
+1. a router that is down drops, answering ICMP administratively prohibited from the
+   ingress port (see `icmp.prohibited`); ARP is handled before any filter (`arp.py`);
+   anything but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
 2. the router's inbound filter (a `reject` answers ICMP administratively prohibited);
 3. a packet for one of the router's own addresses is delivered to it: a ping is
    answered, anything else dropped;
@@ -11,7 +12,8 @@ In order, as MidoNet's router does:
    weight (then route id, so the choice is stable) — no route: ICMP net unreachable;
    BlackHole: silent drop; Reject: ICMP unreachable (administratively prohibited, as in
    MidoNet);
-6. the router's outbound filter, with the egress port as `out_ports`;
+6. an egress port that is down: ICMP administratively prohibited (MidoNet's router
+   port rejects); the router's outbound filter, with the egress port as `out_ports`;
 7. the next hop's MAC (the peer's for a router-to-router link, else ARP; see
    `arp.resolve`), then the rewrites: source MAC := egress port's, destination MAC :=
    next hop's, TTL - 1.
@@ -62,6 +64,7 @@ def process(
 ) -> DeviceAction:
     sim.tags.add(router.id)
     if not router.admin_up:
+        icmp.prohibited(sim, m, in_port, hops, node)
         sim.drop(f"router {router.name or router.id} is down", node)
         return None
     eth_type = m.eth_type
@@ -87,8 +90,7 @@ def process(
         _deliver_locally(sim, m, in_port, hops, node)
         return None
 
-    ttl = m.ip_ttl
-    if ttl <= 1:
+    if not m.ip_ttl_above(1):
         icmp.send_error(
             sim, m, in_port, icmp_codes.TIME_EXCEEDED, icmp_codes.TTL_EXCEEDED, hops, node
         )
@@ -122,6 +124,9 @@ def process(
         return None
     sim.tags.add(out_port.id)
     if not out_port.admin_up:  # before ARP: nothing may be sent out of a down port
+        icmp.send_error(
+            sim, m, in_port, icmp_codes.DEST_UNREACHABLE, icmp_codes.ADMIN_PROHIBITED, hops, node
+        )
         sim.drop(f"port {out_port.id} is down", node)
         return None
     if router.outbound_filter is not None:
@@ -139,7 +144,7 @@ def process(
         return None
     m.set_eth_src(out_port.mac)
     m.set_eth_dst(mac)
-    m.set_ip_ttl(ttl - 1)
+    m.decrement_ip_ttl()
     return ToPort(out_port.id, in_port, m)
 
 

@@ -24,7 +24,7 @@ from tessera.packet.ethernet import Ethernet
 from tessera.packet.match import FlowMatch
 from tessera.simulation import bridge, port, router
 from tessera.simulation.actions import Fork, ToPort
-from tessera.simulation.context import LoopDetected, Simulation
+from tessera.simulation.context import LoopDetected, Simulation, settle_ttl
 from tessera.simulation.result import (
     EmitKind,
     ExpiryClass,
@@ -64,6 +64,7 @@ def simulate(
     except LoopDetected as exc:
         if root is not None:
             root.add("drop", None, str(exc))
+        settle_ttl(match, ())
         return SimulationResult(
             Verdict.DROP,
             match,
@@ -140,10 +141,12 @@ def _generate(
     kind: EmitKind,
     hops: int,
     node: TraceNode | None,
+    *,
+    from_down_port: bool = False,
 ) -> None:
     out = sim.snap.port(port_id)
     sim.tags.add(port_id)
-    if not out.admin_up:
+    if not out.admin_up and not from_down_port:
         if node is not None:
             node.add("drop", port_id, f"generated {kind} not sent: port {port_id} is down")
         return

@@ -146,6 +146,41 @@ def test_ttl_decrement_records_the_read_before_the_write() -> None:
     assert m.masked_key() == (ETH_TYPE_IPV4, 64)  # keys use the value the packet came with
 
 
+def test_ttl_above_records_a_bound_when_yes_and_the_field_when_no() -> None:
+    m = tcp_match()  # TTL 64
+    assert m.ip_ttl_above(1)
+    assert m.mask == Field.ETH_TYPE and m.ttl_floor == 1
+    m.decrement_ip_ttl()
+    assert m.rewrites() == {Field.IP_TTL: 63} and m.mask == Field.ETH_TYPE
+    # A second router asks of the rewritten TTL: on arrival it had to be above 2.
+    branch = m.copy()
+    assert branch.ip_ttl_above(1)
+    assert m.ttl_floor == branch.ttl_floor == 2, "one bound, shared like the mask"
+    assert "ip_ttl>2" in repr(m)
+    # A "no" decided on the exact value: the field is keyed, and the bound says no more.
+    assert not branch.ip_ttl_above(63)
+    assert m.mask == Field.ETH_TYPE | Field.IP_TTL and m.ttl_floor == 0
+    assert m.masked_key() == (ETH_TYPE_IPV4, 64)
+
+
+@pytest.mark.parametrize("ttl", [0, 1])
+def test_ttl_not_above_keys_the_ttl(ttl: int) -> None:
+    m = FlowMatch.from_packet(
+        PORT, Ethernet(1, 2, ETH_TYPE_IPV4, IPv4(1, 2, 6, Tcp(1, 2), ttl=ttl))
+    )
+    assert not m.ip_ttl_above(1)
+    assert m.mask == RECORDS["ip_ttl"] and m.ttl_floor == 0
+
+
+def test_ttl_bound_survives_merge_pickle_and_counts_in_equality() -> None:
+    a, b = tcp_match(), tcp_match()
+    assert b.ip_ttl_above(5)
+    assert a != b
+    a.merge_mask(b)
+    assert a.ttl_floor == 5 and a == b
+    assert pickle.loads(pickle.dumps(a)).ttl_floor == 5
+
+
 def test_writing_back_the_original_value_is_no_rewrite() -> None:
     m = tcp_match()
     m.set_ip_src(ip_from_str("10.9.9.9"))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sim_topo import BROADCAST, Topo, arp_req, ip, mac, parse, tcp
+from sim_topo import BROADCAST, NOW, Topo, arp_req, ip, mac, parse, tcp
 
 from tessera.model import Bridge, Port
 from tessera.packet import Arp, Field, mac_from_str
-from tessera.simulation import ExpiryClass, MacLearned, Output, Verdict, mac_tag
+from tessera.simulation import ArpLearned, ExpiryClass, MacLearned, Output, Verdict, mac_tag
+from tessera.simulation.arp import ARP_LIFETIME
 
 
 def three_port_bridge() -> tuple[Topo, Bridge, list[Port]]:
@@ -118,7 +119,8 @@ def test_flood_reaches_interior_ports_and_crosses_linked_bridges() -> None:
     assert MacLearned(b2.id, 0, mac(1), link2.id) in res.state_updates
 
 
-def test_bridge_answers_arp_for_a_linked_router_port_without_flooding() -> None:
+def test_arp_for_a_linked_router_port_goes_to_the_router_only() -> None:
+    """Not flooded, and answered by the router, which learns the asker."""
     t, br, (a, _b, _c) = three_port_bridge()
     rt = t.router()
     link = t.bridge_port(br)
@@ -136,6 +138,30 @@ def test_bridge_answers_arp_for_a_linked_router_port_without_flooding() -> None:
     assert frame.dst == mac(1) and frame.payload.target_ip == ip("10.0.0.5")
     assert rp.id in res.tags
     assert res.expiry is ExpiryClass.UNCACHED
+    assert res.state_updates == (
+        MacLearned(br.id, 0, mac(1), a.id),
+        ArpLearned(rt.id, ip("10.0.0.5"), mac(1), NOW + ARP_LIFETIME),
+    )
+
+
+def test_a_down_bridge_port_drops_silently() -> None:
+    """A bridge port has no address to answer from: no ICMP, unlike a router port."""
+    t, br, (a, b, _c) = three_port_bridge()
+    rt = t.router()
+    link = t.bridge_port(br)
+    t.link(link, t.router_port(rt, "10.0.0.1/24", "02:aa:00:00:00:01"))
+    gw = mac_from_str("02:aa:00:00:00:01")
+    t.set(a, admin_state_up=False)
+    res = t.send(a, tcp(mac(1), gw, "10.0.0.5", "10.0.1.5"))
+    assert res.verdict is Verdict.DROP and res.emitted == ()
+    t.set(a, admin_state_up=True)
+    t.set(link, admin_state_up=False)
+    res = t.send(a, tcp(mac(1), gw, "10.0.0.5", "10.0.1.5"))
+    assert res.verdict is Verdict.DROP and res.emitted == ()
+    t.set(link, admin_state_up=True)
+    t.set(br, admin_state_up=False)
+    res = t.send(b, tcp(mac(2), gw, "10.0.0.6", "10.0.1.5"))
+    assert res.verdict is Verdict.DROP and res.emitted == ()
 
 
 def test_bridge_answers_arp_for_dhcp_hosts() -> None:

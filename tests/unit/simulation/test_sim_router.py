@@ -79,6 +79,8 @@ def test_a_down_router_drops() -> None:
     n.t.set(n.router, admin_state_up=False)
     res = n.t.send(n.vm1, tcp(mac(1), GW1, "10.0.1.5", "10.0.2.5"))
     assert res.verdict is Verdict.DROP and n.router.id in res.tags
+    # ... answering administratively prohibited, as MidoNet does (see test_sim_l3_fidelity).
+    assert [e.kind for e in res.emitted] == ["icmp_error"]
 
 
 # -- ARP ------------------------------------------------------------------------------
@@ -341,5 +343,10 @@ def test_nothing_is_sent_out_of_a_down_router_port_not_even_arp() -> None:
     n = two_subnets()
     n.t.set(n.rp2, admin_state_up=False)
     res = n.t.send(n.vm1, tcp(mac(1), GW1, "10.0.1.5", "10.0.2.9"))
-    assert res.verdict is Verdict.DROP and res.emitted == ()
+    assert res.verdict is Verdict.DROP
+    # Only the refusal, back out of the ingress port: no ARP request out of rp2.
+    (error,) = res.emitted
+    assert error.port_id == n.vm1.id and error.kind == "icmp_error"
+    message = _icmp_of(error.frame)
+    assert (message.type, message.code) == (icmp.DEST_UNREACHABLE, icmp.ADMIN_PROHIBITED)
     assert n.rp2.id in res.tags
