@@ -378,14 +378,15 @@ class TopologyCache:
 
     def _mac_event(self, bridge_id: str) -> Callable[[StateEvent], None]:
         def callback(ev: StateEvent) -> None:
-            try:
-                entry = tables.decode_mac(ev.key, ev.value or "")
-                where = (entry.vlan_id, mac_from_str(entry.mac_addr))
+            try:  # a removal has no value (no port): the key alone says what goes
+                vlan, _, mac = ev.key.partition("/")
+                where = (int(vlan), mac_from_str(mac))
+                entry = tables.decode_mac(ev.key, ev.value) if ev.value is not None else None
             except (ValueError, PacketError):
                 return
             with self._lock:
                 table = self._s.macs.setdefault(bridge_id, {})
-                if ev.value is None:
+                if entry is None:
                     if table.pop(where, None) is None:
                         return
                 elif table.get(where) == entry.port_id:
@@ -393,7 +394,9 @@ class TopologyCache:
                 else:
                     table[where] = entry.port_id
                 self._changed(table=("mac", bridge_id))
-            self.notify(CacheUpdate(frozenset({mac_tag(bridge_id, where[0], entry.mac_addr)})))
+            self.notify(
+                CacheUpdate(frozenset({mac_tag(bridge_id, where[0], mac_to_str(where[1]))}))
+            )
 
         return callback
 
