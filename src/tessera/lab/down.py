@@ -46,9 +46,10 @@ def down(name: str) -> bool:
             _forget_in_nsdb(lab, problems)
         else:
             _stop_agents(name, problems)
-        _step(problems, lambda: _remove_datapaths(name, namespaces, problems))
         _step(problems, lambda: vms.kill_inside(namespaces))
         _step(problems, lambda: _stop_services(name, lab, problems))
+        # Every agent is stopped by now, also those whose pid files were lost.
+        _step(problems, lambda: _remove_datapaths(name, namespaces, problems))
         for ns in namespaces:
             _step(problems, functools.partial(netns.delete, ns))
         for host_id in _host_ids(name, lab, namespaces):
