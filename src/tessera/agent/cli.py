@@ -90,18 +90,13 @@ def agent(
     logging.getLogger("tessera").setLevel(level)
     if datapath not in ("ebpf", "userspace"):
         raise BadArgument(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    if cleanup:
+        _cleanup(host_id, state_dir)
+        return
     try:
         hid = resolve(host_id, state_dir)
     except HostIdError as exc:
         raise CliError(str(exc)) from None
-    if cleanup:
-        from tessera.agent.setup import SetupError, cleanup_host
-
-        try:
-            print("\n".join(cleanup_host(hid)))
-        except SetupError as exc:
-            raise CliError(str(exc)) from None
-        return
     run_agent(
         host_id=hid,
         nsdb_url=nsdb,
@@ -112,6 +107,21 @@ def agent(
         name=name or socket.gethostname(),
         metrics=metrics,
     )
+
+
+def _cleanup(host_id: str | None, state_dir: Path) -> None:
+    """`--cleanup`; without a kept host id there was never an agent here to clean up
+    after (and none is made up)."""
+    from tessera.agent.hostid import host_id_path
+    from tessera.agent.setup import SetupError, cleanup_host
+
+    if host_id is None and not host_id_path(state_dir).exists():
+        print(f"no host id kept in {host_id_path(state_dir)}: no datapath to remove")
+        return
+    try:
+        print("\n".join(cleanup_host(resolve(host_id, state_dir))))
+    except (HostIdError, SetupError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def run_agent(
