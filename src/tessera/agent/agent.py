@@ -150,7 +150,10 @@ class Agent:
                 log.exception("agent loop iteration failed")
 
     def stop(self, unregister: bool = True) -> None:
-        """Stop; kernel flows stay installed for the next agent to adopt."""
+        """Stop deciding; the datapath stays as it is and forwards (programs, devices,
+        pinned flows) for the next agent to adopt — only `setup.cleanup_host` removes
+        it. The host reads dead at once; the NSDB session is the caller's, and
+        `tessera agent` leaves it to expire so that what this host learned stays."""
         self._stop.set()
         self.dp.wakeup()
         if self._thread is not None:

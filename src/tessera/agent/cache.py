@@ -313,14 +313,15 @@ class TopologyCache:
 
     def _mac_event(self, bridge_id: str) -> Callable[[StateEvent], None]:
         def callback(ev: StateEvent) -> None:
-            try:
-                entry = tables.decode_mac(ev.key, ev.value or "")
-                vlan, mac = entry.vlan_id, mac_from_str(entry.mac_addr)
+            try:  # a removal has no value (no port): the key alone says what goes
+                vlan, _, mac_text = ev.key.partition("/")
+                vlan_id, mac = int(vlan), mac_from_str(mac_text)
+                entry = tables.decode_mac(ev.key, ev.value) if ev.value is not None else None
             except (ValueError, PacketError):
                 return
-            port = entry.port_id if ev.value is not None else None
-            if self.state.set_mac(bridge_id, vlan, mac, port):
-                self.notify(CacheUpdate(frozenset({mac_tag(bridge_id, vlan, mac)})))
+            port = entry.port_id if entry is not None else None
+            if self.state.set_mac(bridge_id, vlan_id, mac, port):
+                self.notify(CacheUpdate(frozenset({mac_tag(bridge_id, vlan_id, mac)})))
 
         return callback
 

@@ -3,10 +3,14 @@
     tessera agent [--host-id ID] [--nsdb URL] [--datapath ebpf|userspace]
                   [--underlay-ip ADDR] [--tunnel-zone ID] [--state-dir DIR]
                   [--name NAME] [--metrics ADDR:PORT] [--log-level LEVEL]
+    tessera agent --cleanup [--host-id ID] [--state-dir DIR]
 
 The host id is kept in `<state dir>/host_id` (or `$TESSERA_HOST_ID_FILE`) so that it
 survives restarts; `--host-id` overrides it. The flow table is served on a unix socket
 under `$TESSERA_RUN_DIR` (default /run/tessera) for `tessera flows`.
+
+Stopping the agent (SIGTERM) leaves the datapath forwarding and the NSDB session to time
+out; `--cleanup` is the separate, explicit act that removes the datapath (docs/agent.md).
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ def agent(
         str | None, typer.Option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics.")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
+    cleanup: Annotated[
+        bool,
+        typer.Option(
+            "--cleanup",
+            help="Remove this host's datapath (filters, pins, vxlan0, miss veth) and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Run the agent of this hypervisor: register, watch, forward."""
     level = getattr(logging, log_level.upper(), None)
@@ -79,6 +90,9 @@ def agent(
     logging.getLogger("tessera").setLevel(level)
     if datapath not in ("ebpf", "userspace"):
         raise BadArgument(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    if cleanup:
+        _cleanup(host_id, state_dir)
+        return
     try:
         hid = resolve(host_id, state_dir)
     except HostIdError as exc:
@@ -93,6 +107,21 @@ def agent(
         name=name or socket.gethostname(),
         metrics=metrics,
     )
+
+
+def _cleanup(host_id: str | None, state_dir: Path) -> None:
+    """`--cleanup`; without a kept host id there was never an agent here to clean up
+    after (and none is made up)."""
+    from tessera.agent.hostid import host_id_path
+    from tessera.agent.setup import SetupError, cleanup_host
+
+    if host_id is None and not host_id_path(state_dir).exists():
+        print(f"no host id kept in {host_id_path(state_dir)}: no datapath to remove")
+        return
+    try:
+        print("\n".join(cleanup_host(resolve(host_id, state_dir))))
+    except (HostIdError, SetupError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def run_agent(
@@ -167,7 +196,7 @@ def run_agent(
     while not stop.wait(0.5):
         pass
     log.info("stopping")
-    _safe_stop(the_agent, client)
+    _safe_stop(the_agent, client, end_session=False)
 
 
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
@@ -196,11 +225,17 @@ def _close_quietly(client: Nsdb) -> None:
         pass
 
 
-def _safe_stop(the_agent: Agent, client: Nsdb) -> None:
+def _safe_stop(the_agent: Agent, client: Nsdb, *, end_session: bool = True) -> None:
+    """A stop that is not a failure leaves the NSDB session open for the process exit to
+    drop: ZooKeeper keeps it, and the MAC and ARP entries this host learned with it, for
+    the session timeout, as after a kill. Its kernel keeps forwarding meanwhile, so they
+    are still true; closing the session would withdraw them at once, and a peer router
+    would then ARP for this host's VMs with no agent here to take the reply."""
     from tessera.nsdb.errors import NsdbError
 
     try:
         the_agent.stop()
     except (NsdbError, OSError) as exc:
         logging.getLogger("tessera.agent").warning("stopping: %s", exc)
-    _close_quietly(client)
+    if end_session:
+        _close_quietly(client)

@@ -88,3 +88,39 @@ def make_datapath(
         vxlan_ifname=vxlan,
         underlay_mtu=mtu,
     )
+
+
+def cleanup_host(host_id: str) -> list[str]:
+    """`tessera agent --cleanup`: refuse while an agent of `host_id` runs on this machine
+    (it would lose its datapath under it), else remove its datapath and its stale
+    control files. Lines for the operator."""
+    from tessera.agent.control import agents_dir, list_endpoints
+
+    for endpoint in list_endpoints():
+        if endpoint.host_id == host_id:
+            raise SetupError(
+                f"the agent of host {host_id} is running (pid {endpoint.pid}): stop it first"
+            )
+    removed = cleanup(host_id)
+    for suffix in (".sock", ".json"):
+        path = agents_dir() / f"{host_id}{suffix}"
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed.append(f"control file {path}")
+    if not removed:
+        return [f"host {host_id}: no datapath to remove"]
+    return [f"host {host_id}: removed {what}" for what in removed]
+
+
+def cleanup(host_id: str) -> list[str]:
+    """Remove what the agent of `host_id` made on this host for its datapath (filters,
+    pins, `vxlan0`, the miss veth), whichever datapath it ran: the userspace one makes
+    none of these, so there is then nothing to find. The caller makes sure no agent of
+    this host runs. Returns what was removed."""
+    from tessera.datapath.ebpf.loader import LoadError
+    from tessera.datapath.ebpf_backend import DEFAULT_PIN_ROOT, remove_datapath
+
+    try:
+        return remove_datapath(DEFAULT_PIN_ROOT / host_id, VXLAN_DEVICE)
+    except (DatapathError, LoadError, OSError) as exc:
+        raise SetupError(f"cleanup of host {host_id}: {exc}") from None

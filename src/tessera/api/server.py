@@ -21,7 +21,9 @@ from tessera.nsdb.base import Nsdb
 from tessera.nsdb.connect import open_nsdb
 
 DEFAULT_LISTEN = "127.0.0.1:8181"
-DEFAULT_NSDB = "memory"
+# The agent's default too (`tessera agent`): started side by side with defaults, both
+# meet in one ZooKeeper; `--nsdb memory` is for a quick look at the API alone.
+DEFAULT_NSDB = "zk://127.0.0.1:2181/tessera"
 ZK_SESSION_TIMEOUT = 4.0  # seconds; a dead leader is replaced about this long after it died
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,19 @@ def open_server_nsdb(url: str) -> Nsdb:
         raise ServeError(f"--nsdb: {exc}") from None
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -86,7 +101,18 @@ def run(nsdb_url: str = DEFAULT_NSDB, listen: str = DEFAULT_LISTEN) -> None:
     nsdb: Nsdb | None = None
     services: ClusterServices | None = None
     try:
-        nsdb = open_server_nsdb(nsdb_url)
+        # An unreachable NSDB is one line below, not a page of connection retries; a
+        # server started anyway would only answer 503 while it kept trying.
+        with _quiet("kazoo", "tessera.nsdb.zookeeper"):
+            nsdb = open_server_nsdb(nsdb_url)
+            if not nsdb.connected:
+                nsdb.close()
+                nsdb = None
+        if nsdb is None:
+            raise ServeError(
+                f"the NSDB at {nsdb_url} is unreachable: start ZooKeeper there, pass --nsdb "
+                "zk://HOST:PORT/ROOT, or --nsdb memory for a quick look"
+            )
         identifier = f"{socket.gethostname()}:{os.getpid()}@{host}:{port}"
         services = ClusterServices(nsdb, identifier, [HostLivenessJanitor(nsdb)])
         app = create_app(nsdb, services)

@@ -14,7 +14,7 @@ from tessera.client.errors import UserError
 from tessera.clikit.commands import sub_app
 from tessera.clikit.params import convert_one, parse_listen, parse_nsdb_url
 
-DEFAULT_NSDB = "memory"
+DEFAULT_NSDB = "zk://127.0.0.1:2181/tessera"  # tessera.api.server's and the agent's too
 DEFAULT_LISTEN = "127.0.0.1:8181"
 NSDB_ENV = "TESSERA_NSDB"
 

@@ -113,6 +113,23 @@ def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
     return Match(mask_bits, tuple(values))
 
 
+def remove_datapath(pin_dir: str | os.PathLike[str], vxlan_ifname: str | None) -> list[str]:
+    """Take a host's eBPF datapath away for good (`tessera agent --cleanup`): tessera's
+    filters off every port device, `vxlan_ifname` and the miss veth, then those devices
+    and every pin. Nothing here runs when an agent merely stops: its kernel keeps
+    forwarding. Returns what was removed, for the operator."""
+    devices = [MISS_DP_END] + ([vxlan_ifname] if vxlan_ifname else [])
+    fastpath = EbpfFastPath(pin_dir)
+    had_pins = fastpath.pin_dir.exists()
+    removed = [f"filter on {d}" for d in fastpath.teardown(devices)]
+    if had_pins:
+        removed.append(f"pins under {fastpath.pin_dir}")
+    for name, kind in ((MISS_DP_END, "veth"), (vxlan_ifname, "vxlan")):
+        if name is not None and links.delete(name, kind):
+            removed.append(f"device {name}")
+    return removed
+
+
 class EbpfDatapath(Datapath):
     kind = "ebpf"
 

@@ -126,3 +126,21 @@ def ensure_vxlan(name: str, underlay_ifname: str, port: int = 4789) -> bool:
     disable_ipv6(name)
     set_up(name)
     return created
+
+
+def delete(name: str, kind: str) -> bool:
+    """Delete device `name` if it is of `kind` ('veth' takes its peer along); False when
+    there is no such device. A device of another kind is not ours: left, with an error."""
+    found = link_kind(name)
+    if found is None and ifindex(name) is None:
+        return False
+    if found != kind:
+        raise DatapathError(f"interface {name} is not a {kind} device ({found}): left as it is")
+    with _ipr() as ipr:
+        try:
+            ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == 19:  # ENODEV: gone meanwhile
+                return False
+            raise DatapathError(f"cannot delete {name}: {exc.args[1]}") from None
+    return True

@@ -76,7 +76,7 @@ def test_ports_of_bridges_and_routers(api: Api) -> None:
 def test_links(api: Api) -> None:
     bridge, router = api.bridge(), api.router()
     bp, rp = api.bridge_port(bridge), api.router_port(router, "10.0.0.1")
-    linked = api.post(f"/ports/{bp['id']}/link", {"peer_id": rp["id"]}, status=200)
+    linked = api.post(f"/ports/{bp['id']}/link", {"peer_id": rp["id"]}, status=201)
     assert linked == {**bp, "peer_id": rp["id"]}
     assert api.get(f"/ports/{rp['id']}")["peer_id"] == bp["id"]
     api.delete(f"/ports/{rp['id']}/link")

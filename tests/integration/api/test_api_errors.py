@@ -197,7 +197,7 @@ def test_conflicts_are_409(api: Api) -> None:
     assert "VLAN 7" in api.post(f"/bridges/{bridge['id']}/ports", {"vlan_id": 7}, status=409)
     a, b = api.bridge_port(bridge), api.router_port(router, "10.0.0.1")
     c = api.router_port(api.router(), "10.0.1.1")
-    api.post(f"/ports/{a['id']}/link", {"peer_id": b["id"]}, status=200)
+    api.post(f"/ports/{a['id']}/link", {"peer_id": b["id"]}, status=201)
     assert "already linked" in api.post(f"/ports/{c['id']}/link", {"peer_id": b["id"]}, status=409)
     host_id = new_id()
     TopologyStore(api.nsdb).register_host(host_id, "h", [])

@@ -13,7 +13,7 @@ def test_deleting_a_bridge_cleans_up_everything_that_named_it(any_api: Api) -> N
     bridge, router = api.bridge(), api.router()
     bp, spare = api.bridge_port(bridge), api.bridge_port(bridge)
     rp = api.router_port(router, "10.0.0.1")
-    api.post(f"/ports/{bp['id']}/link", {"peer_id": rp["id"]}, status=200)
+    api.post(f"/ports/{bp['id']}/link", {"peer_id": rp["id"]}, status=201)
     route = api.post(
         f"/routers/{router['id']}/routes",
         {"dst_network_addr": "10.0.0.0", "dst_network_length": 24, "next_hop_port": rp["id"]},

@@ -17,7 +17,7 @@ def _routed(api: Api) -> tuple[dict, dict, dict]:
     for rp in (rp_a, rp_b):
         bridge = api.bridge()
         uplink = api.bridge_port(bridge)
-        api.post(f"/ports/{uplink['id']}/link", {"peer_id": rp["id"]}, status=200)
+        api.post(f"/ports/{uplink['id']}/link", {"peer_id": rp["id"]}, status=201)
         ports.append(api.bridge_port(bridge))
     for rp in (rp_a, rp_b):
         api.post(

@@ -225,3 +225,18 @@ def test_api_serve_serves_the_cli(served_api: str) -> None:
     bridge = tessera(served_api, "bridge", "create", "--name", "via-serve", "-q").ok()
     listed = json.loads(tessera(served_api, "bridge", "list", "--json").ok())
     assert [b["id"] for b in listed] == [bridge]
+
+
+def test_api_serve_without_zookeeper_is_one_line_and_fails() -> None:
+    """The default NSDB is ZooKeeper, as the agent's: when none answers, the server says
+    so and exits instead of serving 503s to a CLI that would not know why."""
+    nsdb = f"zk://127.0.0.1:{_free_port()}/tessera"
+    proc = subprocess.run(
+        [str(TESSERA), "api", "serve", "--nsdb", nsdb, "--listen", f"127.0.0.1:{_free_port()}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: the NSDB at {nsdb} is unreachable: start ZooKeeper there, pass --nsdb "
+        "zk://HOST:PORT/ROOT, or --nsdb memory for a quick look"
+    ]

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 import pytest
+from store_helpers import bridge_port
 
-from tessera.model import Bridge, Host, Router, new_id
+from tessera.model import Bridge, Host, Port, Router, new_id
 from tessera.nsdb import tables
 from tessera.nsdb.errors import NotFound
 from tessera.nsdb.store import TopologyStore
@@ -72,3 +73,40 @@ def test_mac_and_arp_tables_round_trip(store: TopologyStore) -> None:
         store.mac_table(new_id())
     with pytest.raises(NotFound):
         store.arp_table(bridge.id)
+
+
+def test_unbinding_or_deleting_a_port_forgets_the_macs_learned_on_it(nsdb_factory: Any) -> None:
+    """The agent that learned the entries owns them (its session); the API's store
+    removes them anyway, so that the MAC is flooded and learned where it lives now."""
+    agent, api = TopologyStore(nsdb_factory()), TopologyStore(nsdb_factory())
+    host_id = new_id()
+    agent.register_host(host_id, "h1", [])
+    bridge, other = api.create(Bridge()), api.create(Bridge())
+    p1, p2, p3 = (bridge_port(api, bridge) for _ in range(3))
+    q = bridge_port(api, other)
+    api.bind(host_id, p1.id, "vm1")
+    api.bind(host_id, p2.id, "vm2")
+
+    def learn(bridge_id: str, mac: str, port_id: str, vlan: int = 0) -> None:
+        entry = tables.MacEntry(vlan_id=vlan, mac_addr=mac, port_id=port_id)
+        agent.learn_mac(bridge_id, entry)
+
+    learn(bridge.id, "02:00:00:00:00:01", p1.id)
+    learn(bridge.id, "02:00:00:00:00:01", p1.id, vlan=5)
+    learn(bridge.id, "02:00:00:00:00:02", p2.id)
+    learn(bridge.id, "02:00:00:00:00:03", p3.id)
+    learn(other.id, "02:00:00:00:00:01", q.id)
+
+    def macs(bridge_id: str) -> list[tuple[int, str, str]]:
+        return [(e.vlan_id, e.mac_addr, str(e.port_id)) for e in api.mac_table(bridge_id)]
+
+    api.unbind(host_id, p1.id)
+    assert macs(bridge.id) == [(0, "02:00:00:00:00:02", p2.id), (0, "02:00:00:00:00:03", p3.id)]
+    api.delete(Port, p2.id)
+    assert macs(bridge.id) == [(0, "02:00:00:00:00:03", p3.id)]
+    assert macs(other.id) == [(0, "02:00:00:00:00:01", q.id)]  # another bridge: untouched
+    api.bind(host_id, p3.id, "vm3")  # a port that moves keeps its MACs
+    assert macs(bridge.id) == [(0, "02:00:00:00:00:03", p3.id)]
+    api.delete(Bridge, bridge.id)
+    assert api.nsdb.state_get(tables.mac_table(bridge.id)) == {}
+    assert macs(other.id) == [(0, "02:00:00:00:00:01", q.id)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from agent_harness import Cloud, Host, Vm
 
 from tessera.datapath.base import Output, OutputTunnel, action_to_json
@@ -91,6 +92,36 @@ def test_a_vm_moved_to_another_host_keeps_working(cloud: Cloud) -> None:
     assert [s.vni for s in a.dp.sent if s.vni is not None]
     cloud.send(vm2, vm2.frame(vm1))
     assert len(cloud.received(vm1)) == 1
+
+
+@pytest.mark.parametrize("gone", ["unbound", "deleted"])
+def test_a_mac_back_behind_a_new_port_on_another_host_is_reached(cloud: Cloud, gone: str) -> None:
+    """vm2's port is unbound or deleted (its MAC entry with it, though host b's session
+    wrote it); a VM with vm2's MAC on a new port of host c must get vm1's unicast: the
+    flow that sent it to the old port is invalidated and the frame floods until c
+    learns where the MAC is now."""
+    a, b, c = (cloud.host(n, f"198.18.0.{k}") for k, n in enumerate("abc", start=1))
+    br = cloud.bridge()
+    vm1 = cloud.vm(a, br, "tap1", "02:00:00:00:00:01", "10.0.0.1")
+    vm2 = cloud.vm(b, br, "tap2", "02:00:00:00:00:02", "10.0.0.2")
+    cloud.settle()
+    cloud.send(vm2, vm2.arp_request(vm1.ip))  # b learns vm2's MAC on its port
+    cloud.send(vm1, vm1.frame(vm2))
+    assert len(cloud.received(vm2)) == 1
+    if gone == "unbound":
+        cloud.topo.unbind(b.host_id, vm2.port_id)
+    else:
+        cloud.topo.delete(Port, vm2.port_id)
+    cloud.settle()
+    again = cloud.vm(c, br, "tap3", "02:00:00:00:00:02", "10.0.0.2")
+    cloud.settle()
+    cloud.send(vm1, vm1.frame(again))
+    assert len(cloud.received(again)) == 1
+    cloud.send(again, again.frame(vm1))  # c learns the MAC where it is now
+    learned = {e.mac_addr: e.port_id for e in cloud.topo.mac_table(br.id)}
+    assert learned["02:00:00:00:00:02"] == again.port_id
+    cloud.send(vm1, vm1.frame(again))
+    assert len(cloud.received(again)) == 1
 
 
 # -- incremental == recompute ---------------------------------------------------------

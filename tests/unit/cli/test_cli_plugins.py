@@ -36,10 +36,20 @@ def test_api_serve_hands_its_options_to_the_server(
     monkeypatch.setenv("TESSERA_NSDB", "memory:lab")
     run("api", "serve")
     assert fake_server == [
-        ("memory", "127.0.0.1:8181"),
+        ("zk://127.0.0.1:2181/tessera", "127.0.0.1:8181"),
         ("zk://127.0.0.1:2181/tessera", "0.0.0.0:9"),
         ("memory:lab", "127.0.0.1:8181"),
     ]
+
+
+def test_the_api_server_and_the_agent_default_to_the_same_nsdb() -> None:
+    """Both started with defaults must meet in one NSDB, not in two different worlds."""
+    from tessera.agent import cli as agent_cli
+    from tessera.api import server
+    from tessera.cli import serve
+
+    assert server.DEFAULT_NSDB == serve.DEFAULT_NSDB == agent_cli.DEFAULT_NSDB
+    assert agent_cli.DEFAULT_NSDB.startswith("zk://")
 
 
 def test_api_serve_errors_from_the_server_are_one_line(

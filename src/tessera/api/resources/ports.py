@@ -77,7 +77,7 @@ def delete_port(port_id: PortId, store: Store) -> None:
     store.delete(Port, oid("ports", port_id))
 
 
-@router.post("/ports/{port_id}/link")
+@router.post("/ports/{port_id}/link", status_code=201)
 def link_port(port_id: PortId, body: LinkRequest, store: Store) -> Port:
     """Joins two unbound, unlinked ports of different devices; returns this port."""
     return store.link(oid("ports", port_id), body.peer_id)

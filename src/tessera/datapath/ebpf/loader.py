@@ -24,6 +24,7 @@ map operations never do (see :mod:`.maps`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -428,6 +429,42 @@ class EbpfFastPath:
         """
         self.close()
         _rm_pins(self.pin_dir)
+
+    def teardown(self, devices: Sequence[str] = ()) -> list[str]:
+        """The explicit opposite of load + attach: detach tessera's filter from every
+        device the pinned ports map names and from ``devices``, then remove every pin.
+        Only an operator's cleanup calls this; a stopping agent never does (the
+        kernel keeps forwarding without it). Returns the devices detached from."""
+        names = list(devices)
+        if all((self.map_dir / n).exists() for n in MAP_SPECS):
+            with contextlib.suppress(ValueError, OSError):
+                maps = self._maps or FastPathMaps.open(self.map_dir)
+                self._maps = maps
+                for ifx in maps.ports.items():
+                    with contextlib.suppress(OSError):
+                        name = functools.partial(socket.if_indextoname, ifx)
+                        names.append(run_in_netns(self.netns, name))
+        detached = []
+        for ifname in dict.fromkeys(names):
+            if self.detach(ifname):
+                detached.append(ifname)
+            self._remove_empty_clsact(ifname)
+        self.purge()
+        return detached
+
+    def _remove_empty_clsact(self, ifname: str) -> None:
+        """Remove the clsact qdisc attach() added, unless something else filters there."""
+        try:
+            for direction in ("ingress", "egress"):
+                out = self._tc(
+                    "-j", "filter", "show", "dev", ifname, direction,
+                    what=f"tc filter show {ifname} {direction}",
+                )  # fmt: skip
+                if json.loads(out or "[]"):
+                    return
+            self._tc("qdisc", "del", "dev", ifname, "clsact", what=f"tc clsact del {ifname}")
+        except LoadError:
+            pass  # the device or its qdisc is gone already
 
     def __enter__(self) -> EbpfFastPath:
         return self.load()

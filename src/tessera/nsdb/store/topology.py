@@ -34,7 +34,7 @@ from tessera.model import (
 from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.codec import describe
-from tessera.nsdb.errors import AlreadyExists, NotFound
+from tessera.nsdb.errors import AlreadyExists, NotFound, NsdbError
 from tessera.nsdb.store import connections, members, objects
 from tessera.nsdb.store.connections import Binding
 from tessera.nsdb.store.integrity import cascade_delete, replace
@@ -112,11 +112,16 @@ class TopologyStore:
             self.delete_host(id)
             return
 
-        def body(tx: Transaction) -> None:
-            tx.get(cls, id)
+        def body(tx: Transaction) -> StoredObject:
+            obj = tx.get(cls, id)
             cascade_delete(tx, cls.kind, id)
+            return obj
 
-        self._run(f"deleting {describe(cls.kind, id)}", body)
+        gone = self._run(f"deleting {describe(cls.kind, id)}", body)
+        if isinstance(gone, Port):
+            self._forget_macs_on(gone.device_id, gone.id)
+        elif isinstance(gone, Bridge):
+            self._forget_macs_on(gone.id, None)
 
     def count(self, kind: str) -> int:
         return len(self.nsdb.list(kind))
@@ -199,7 +204,16 @@ class TopologyStore:
         )
 
     def unbind(self, host_id: str, port_id: str) -> None:
-        self._run(f"unbinding port {port_id}", lambda tx: connections.unbind(tx, host_id, port_id))
+        """Also forgets the MACs learned on the port (see `_forget_macs_on`)."""
+
+        def body(tx: Transaction) -> StoredObject | None:
+            port = tx.find(Port.kind, port_id)
+            connections.unbind(tx, host_id, port_id)
+            return port
+
+        port = self._run(f"unbinding port {port_id}", body)
+        if isinstance(port, Port):
+            self._forget_macs_on(port.device_id, port.id)
 
     def bindings(self, host_id: str) -> builtins.list[Binding]:
         return self._read(lambda tx: connections.bindings(tx, host_id))
@@ -346,6 +360,26 @@ class TopologyStore:
                     "ignoring a malformed MAC table entry %r of bridge %s: %s", key, bridge_id, exc
                 )
         return sorted(entries, key=lambda e: (e.vlan_id, e.mac_addr))
+
+    def _forget_macs_on(self, bridge_id: str, port_id: str | None) -> None:
+        """Remove the MAC entries that send traffic to a port that is gone or unbound
+        (every entry of the bridge when `port_id` is None), whichever agent's session
+        wrote them. Left in place, an entry keeps every host's flows unicasting to
+        nowhere: the MAC is never flooded again, so the port that owns it now is never
+        learned (a VM re-created elsewhere with the same MAC stays unreachable). Their
+        removal invalidates those flows on every host. Best effort: the change itself
+        is done; an entry left behind still vanishes with its writer's session."""
+        table = tables.mac_table(bridge_id)
+        try:
+            for key, value in self.nsdb.state_get(table).items():
+                try:
+                    entry = tables.decode_mac(key, value)
+                except ValueError:
+                    continue
+                if port_id is None or str(entry.port_id) == port_id:
+                    self.nsdb.state_delete(table, key)
+        except NsdbError as exc:
+            log.warning("MAC entries of port %s stay in bridge %s: %s", port_id, bridge_id, exc)
 
     def learn_mac(self, bridge_id: str, entry: tables.MacEntry) -> None:
         key, value = tables.encode_mac(entry)
