@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from tessera.datapath.ebpf.loader import (
     compile_object,
     object_btf,
 )
-from tessera.datapath.ebpf.maps import MAP_SPECS
+from tessera.datapath.ebpf.maps import MAP_SPECS, map_spec_mismatches
 from tessera.lab.sandbox import SandboxFactory
 from tessera.packet.addr import ip_from_str, mac_from_str
 
@@ -137,7 +138,7 @@ def types_of(btf: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_layout_checker_catches_a_moved_field() -> None:
     # A fake BTF where flow_key.ip_dst moved and flow_value grew.
-    from tessera.datapath.ebpf.layout import STRUCTS
+    from tessera.datapath.ebpf.layout import ENUMS, STRUCTS
 
     types: list[dict[str, Any]] = []
     for name, py in STRUCTS.items():
@@ -145,6 +146,10 @@ def test_layout_checker_catches_a_moved_field() -> None:
         types.append(
             {"kind": "STRUCT", "name": name, "size": ctypes.sizeof(py), "members": members}
         )
+    for name, (pyenum, prefix, c_only) in ENUMS.items():
+        values = [{"name": prefix + m.name, "val": int(m)} for m in pyenum]
+        values += [{"name": k, "val": v} for k, v in c_only.items()]
+        types.append({"kind": "ENUM", "name": name, "values": values})
     good = {"types": types}
     assert layout_mismatches(good) == []
     bad = copy.deepcopy(good)
@@ -170,7 +175,64 @@ def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_c_layout_matches_python(obj_cache: Path) -> None:
     obj = compile_object(SOURCE_DIR, obj_cache)
     assert layout_mismatches(object_btf(obj)) == []
+    assert map_spec_mismatches(object_btf(obj)) == []
     assert compile_object(SOURCE_DIR, obj_cache) == obj  # cached by source hash
+
+
+def _btf_type(btf: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    return next(t for t in btf["types"] if t.get("kind") == kind and t.get("name") == name)
+
+
+@pytest.mark.root
+def test_the_btf_check_catches_every_copied_enum_and_limit(obj_cache: Path) -> None:
+    """ActionType, Stat and the FLOW_MAX_*/FLOOD_MAX_* limits are copied by hand from
+    flow.h: a C edit without its Python twin must stop the load, whichever it is."""
+    real = object_btf(compile_object(SOURCE_DIR, obj_cache))
+    by_id = {t["id"]: t for t in real["types"]}
+
+    def edited(edit: Callable[[dict[str, Any]], None]) -> list[str]:
+        btf = copy.deepcopy(real)
+        edit(btf)
+        return layout_mismatches(btf) + map_spec_mismatches(btf)
+
+    def renumber(enum: str, name: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            for v in _btf_type(btf, "ENUM", enum)["values"]:
+                if v["name"] == name:
+                    v["val"] += 20
+
+        return edit
+
+    def resize(struct: str, member: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            m = next(m for m in _btf_type(btf, "STRUCT", struct)["members"] if m["name"] == member)
+            next(t for t in btf["types"] if t["id"] == m["type_id"])["nr_elems"] += 1
+
+        return edit
+
+    def max_entries(var: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            struct = by_id[_btf_type(btf, "VAR", var)["type_id"]]
+            m = next(m for m in struct["members"] if m["name"] == "max_entries")
+            array_id = by_id[m["type_id"]]["type_id"]
+            next(t for t in btf["types"] if t["id"] == array_id)["nr_elems"] *= 2
+
+        return edit
+
+    cases = {
+        "ACT_FLOOD": renumber("flow_action_type", "ACT_FLOOD"),
+        "STAT_FLOOD_MISSING": renumber("dp_stat", "STAT_FLOOD_MISSING"),
+        "STAT_MAX": renumber("dp_stat", "STAT_MAX"),
+        "FLOW_MAX_ACTIONS": resize("flow_value", "actions"),
+        "FLOW_MAX_MASKS": resize("mask_list", "masks"),
+        "FLOOD_MAX_OUTPUTS": resize("flood_set", "outputs"),
+        "FLOW_MAX_ENTRIES": max_entries("flows"),
+        "FLOOD_MAX_SETS": max_entries("flood_sets"),
+        "PORT_MAX_ENTRIES": max_entries("ports"),
+        "VNI_MAX_ENTRIES": max_entries("vni_ports"),
+    }
+    for what, edit in cases.items():
+        assert edited(edit), f"a changed {what} went unnoticed"
 
 
 @pytest.mark.root

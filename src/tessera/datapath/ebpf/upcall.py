@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from tessera.datapath.ebpf.layout import MAX_PORT_NO
+from tessera.datapath.base import MAX_PORT_NO
 from tessera.datapath.ebpf.netns import run_in_netns
 
 __all__ = ["NO_VNET", "Miss", "MissChannel", "VnetHdr"]

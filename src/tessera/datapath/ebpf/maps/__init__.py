@@ -14,7 +14,13 @@ an agent restart neither loses nor flushes flows.
 """
 
 from tessera.datapath.ebpf.actions import FlowTooLarge
-from tessera.datapath.ebpf.maps.bpfmap import MAP_SPECS, BpfMap, MapSpec, spec_mismatch
+from tessera.datapath.ebpf.maps.bpfmap import (
+    MAP_SPECS,
+    BpfMap,
+    MapSpec,
+    map_spec_mismatches,
+    spec_mismatch,
+)
 from tessera.datapath.ebpf.maps.fastpath import FastPathMaps
 from tessera.datapath.ebpf.maps.floodsets import FloodSetsFull, FloodSetTable
 from tessera.datapath.ebpf.maps.flows import FlowEntry, FlowMap
@@ -44,6 +50,7 @@ __all__ = [
     "PortMap",
     "StatsMap",
     "VniPortMap",
+    "map_spec_mismatches",
     "possible_cpus",
     "spec_mismatch",
 ]

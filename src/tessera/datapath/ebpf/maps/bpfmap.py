@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -28,7 +29,7 @@ from tessera.datapath.ebpf.layout import (
     VniPort,
 )
 
-__all__ = ["MAP_SPECS", "BpfMap", "MapSpec", "spec_mismatch", "u32_key"]
+__all__ = ["MAP_SPECS", "BpfMap", "MapSpec", "map_spec_mismatches", "spec_mismatch", "u32_key"]
 
 _ENOTSUPP = 524  # kernel-internal "operation not supported" leaking to users
 
@@ -86,6 +87,72 @@ def spec_mismatch(spec: MapSpec, info: bpf.MapInfo) -> str | None:
         f"map {spec.name}: pinned (type, key, value, max_entries, flags)={got}, "
         f"program expects {want}"
     )
+
+
+def map_spec_mismatches(btf: Mapping[str, Any]) -> list[str]:
+    """Compare :data:`MAP_SPECS` with the map definitions in an object's BTF (``bpftool
+    -j btf dump file X.o``): the limits copied from flow.h (FLOW_MAX_ENTRIES, STAT_MAX,
+    ...) are checked where the program really uses them, before any map is created.
+
+    Returns human-readable differences, empty when they agree.
+    """
+    types = btf.get("types", [])
+    by_id = {t["id"]: t for t in types if "id" in t}
+    defined: dict[str, MapSpec] = {}
+    for sec in types:
+        if sec.get("kind") != "DATASEC" or sec.get("name") != ".maps":
+            continue
+        for var in sec.get("vars", []):
+            v = by_id.get(var["type_id"], {})
+            struct = _resolve(by_id, v.get("type_id"))
+            if struct is None or struct.get("kind") != "STRUCT":
+                continue
+            members = {m["name"]: m["type_id"] for m in struct.get("members", [])}
+
+            def uint(name: str, members: dict[str, int] = members) -> int:
+                # __uint(name, N) is `int (*name)[N]`; an absent one is 0
+                if name not in members:
+                    return 0
+                arr = _resolve(by_id, by_id.get(members[name], {}).get("type_id"))
+                return int(arr["nr_elems"]) if arr else 0
+
+            def size(name: str, members: dict[str, int] = members) -> int:
+                # __type(name, T) is `T *name`
+                if name not in members:
+                    return 0
+                return _size(by_id, by_id.get(members[name], {}).get("type_id"))
+
+            defined[v["name"]] = MapSpec(
+                v["name"], uint("type"), size("key"), size("value"), uint("max_entries"),
+                uint("map_flags"),
+            )  # fmt: skip
+    problems: list[str] = []
+    for name in sorted(MAP_SPECS.keys() | defined.keys()):
+        want, got = MAP_SPECS.get(name), defined.get(name)
+        if want is None:
+            problems.append(f"map {name}: defined in the object, not in MAP_SPECS")
+        elif got is None:
+            problems.append(f"map {name}: in MAP_SPECS, not defined in the object")
+        elif got != want:
+            problems.append(f"map {name}: the object defines {got}, MAP_SPECS says {want}")
+    return problems
+
+
+def _resolve(by_id: Mapping[int, Mapping[str, Any]], type_id: int | None) -> Any:
+    """The type behind typedefs and qualifiers (None if unknown)."""
+    t = by_id.get(type_id) if type_id is not None else None
+    while t is not None and t.get("kind") in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
+        t = by_id.get(t["type_id"])
+    return t
+
+
+def _size(by_id: Mapping[int, Mapping[str, Any]], type_id: int | None) -> int:
+    t = _resolve(by_id, type_id)
+    if t is None:
+        return 0
+    if t.get("kind") == "ARRAY":
+        return int(t["nr_elems"]) * _size(by_id, t["type_id"])
+    return int(t.get("size", 0))
 
 
 class BpfMap(Generic[K, V]):
