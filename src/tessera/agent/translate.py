@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from tessera.agent.tags import host_tag
 from tessera.datapath.base import Action, DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation.result import Output as VirtualOutput
+from tessera.simulation.result import PortOutput
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,11 @@ def egress(port_id: str, locate: Locate, tags: set[str]) -> Output | OutputTunne
     return None
 
 
-def _output_order(o: VirtualOutput) -> tuple[int, bool, bool]:
+def _output_order(o: PortOutput) -> tuple[int, bool, bool]:
     return (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None)
 
 
-def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate) -> Translation:
+def translate(outputs: Sequence[PortOutput], match: FlowMatch, locate: Locate) -> Translation:
     out = Translation()
     cur_src: int | None = None  # None: as the packet arrived
     cur_dst: int | None = None

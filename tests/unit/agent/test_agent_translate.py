@@ -11,7 +11,7 @@ from tessera.datapath.base import DecTtl, Output, OutputTunnel, SetEthDst, SetEt
 from tessera.datapath.frames import run_actions
 from tessera.packet import Ethernet, IPv4
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation.result import Output as VOut
+from tessera.simulation.result import PortOutput as VOut
 
 PLACES = {
     "a": PortLocation(local=1),
