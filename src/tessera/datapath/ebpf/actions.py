@@ -104,35 +104,30 @@ def _pack(actions: Sequence[Action], devices: Mapping[int, Device]) -> bytes:
     slots: list[bytes] = []
     try:
         for a in actions:
-            t = type(a)
-            if t is Output:
-                port = a.port  # type: ignore[union-attr]
-                try:
-                    ifindex, peer = devices[port]
-                except KeyError:
-                    raise ValueError(
-                        f"flow outputs to local port {port}, which is not attached"
-                    ) from None
-                slots.append(
-                    _SLOT(_OUTPUT_LOCAL, ACT_F_PEER if peer else 0, 0, ifindex, 0, 0, _NO_MAC)
-                )
-            elif t is OutputTunnel:
-                vni, ip = a.vni, a.remote_ip  # type: ignore[union-attr]
-                slots.append(_SLOT(_OUTPUT_TUNNEL, 0, 0, 0, vni, ip, _NO_MAC))
-            elif t is SetEthSrc:
-                mac = a.mac.to_bytes(6, "big")  # type: ignore[union-attr]
-                slots.append(_SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac))
-            elif t is SetEthDst:
-                mac = a.mac.to_bytes(6, "big")  # type: ignore[union-attr]
-                slots.append(_SLOT(_SET_ETH_DST, 0, 0, 0, 0, 0, mac))
-            elif t is DecTtl:
-                slots.append(_SLOT(_DEC_TTL, 0, a.n, 0, 0, 0, _NO_MAC))  # type: ignore[union-attr]
-            elif t is Drop:
-                slots.append(_DROP_SLOT)
-            elif t is ToUserspace:
-                slots.append(_TO_USERSPACE_SLOT)
-            else:
-                raise TypeError(f"not a datapath action: {a!r}")
+            match a:
+                case Output(port=port):
+                    try:
+                        ifindex, peer = devices[port]
+                    except KeyError:
+                        raise ValueError(
+                            f"flow outputs to local port {port}, which is not attached"
+                        ) from None
+                    flags = ACT_F_PEER if peer else 0
+                    slots.append(_SLOT(_OUTPUT_LOCAL, flags, 0, ifindex, 0, 0, _NO_MAC))
+                case OutputTunnel(vni=vni, remote_ip=ip):
+                    slots.append(_SLOT(_OUTPUT_TUNNEL, 0, 0, 0, vni, ip, _NO_MAC))
+                case SetEthSrc(mac=mac):
+                    slots.append(_SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac.to_bytes(6, "big")))
+                case SetEthDst(mac=mac):
+                    slots.append(_SLOT(_SET_ETH_DST, 0, 0, 0, 0, 0, mac.to_bytes(6, "big")))
+                case DecTtl(n=n):
+                    slots.append(_SLOT(_DEC_TTL, 0, n, 0, 0, 0, _NO_MAC))
+                case Drop():
+                    slots.append(_DROP_SLOT)
+                case ToUserspace():
+                    slots.append(_TO_USERSPACE_SLOT)
+                case _:
+                    raise TypeError(f"not a datapath action: {a!r}")
     except (struct.error, OverflowError) as exc:  # a field out of its C type's range
         raise ValueError(f"actions {list(actions)!r} do not fit flow_action: {exc}") from None
     return b"".join(slots)
