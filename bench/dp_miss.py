@@ -30,10 +30,8 @@ from common import (
 )
 from dp_testbed import IP_A, IP_B, L2_MASK, MAC_A, PORT_A, PORT_B, Testbed
 
+from tessera.datapath.base import Drop
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import (
-    Drop,
-)
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.maps import StatsMap
 from tessera.datapath.ebpf.upcall import MissChannel
@@ -66,10 +64,10 @@ class MissHarness(threading.Thread):
             dst = miss.frame[:6]
             spec = self.known.get((miss.port, dst))
             if spec is not None:
-                self.flows.install(spec.key, spec.mask, spec.actions)
+                self.flows.install(spec.key, spec.mask, spec.actions, self.bed.devices)
             else:
                 key = FlowKey.make(in_port=miss.port, eth_dst=dst)
-                self.flows.install(key, l2, (Drop(),))
+                self.flows.install(key, l2, (Drop(),), {})
                 self.drop_keys.append(key)
             self.channel.reinject(miss)
 

@@ -17,10 +17,10 @@ from common import (
     Pinger,
 )
 
-from tessera.datapath.ebpf.actions import (
+from tessera.datapath.base import (
     Action,
     DecTtl,
-    OutputLocal,
+    Output,
     OutputTunnel,
     SetEthDst,
     SetEthSrc,
@@ -28,6 +28,7 @@ from tessera.datapath.ebpf.actions import (
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
 from tessera.lab.sandbox import cable_vm
+from tessera.packet.addr import ip_from_str, mac_from_str
 
 PREFIX = "tsrb"
 UNDERLAY_1, UNDERLAY_2 = "198.18.0.1", "198.18.0.2"
@@ -133,6 +134,8 @@ class Testbed:
         self.fp1.maps.ports.set(self.idx["tap-a"], PORT_A)
         self.fp1.maps.ports.set(self.idx["tap-b"], PORT_B)
         self.fp2.maps.ports.set(self.idx["tap-c"], PORT_C)
+        # h1's local ports, both delivered with bpf_redirect_peer (h2 only tunnels).
+        self.devices = {PORT_A: (self.idx["tap-a"], True), PORT_B: (self.idx["tap-b"], True)}
         self.h1_flows = self.flows_h1()
         self.h2_flows = self.flows_h2()
         self.install()
@@ -146,24 +149,26 @@ class Testbed:
                 FlowKey.make(in_port=PORT_A, eth_dst=MAC_B, eth_type=0x800, ip_dst=ip_int(IP_B)),
                 routed,
                 (
-                    SetEthSrc(MAC_A),
-                    SetEthDst(MAC_B),
+                    SetEthSrc(mac_from_str(MAC_A)),
+                    SetEthDst(mac_from_str(MAC_B)),
                     DecTtl(),
-                    OutputLocal(self.idx["tap-b"], peer=True),
+                    Output(PORT_B),
                 ),
             ),
             FlowSpec(
                 FlowKey.make(in_port=PORT_B, eth_dst=MAC_A, eth_type=0x800, ip_dst=ip_int(IP_A)),
                 routed,
                 (
-                    SetEthSrc(MAC_B),
-                    SetEthDst(MAC_A),
+                    SetEthSrc(mac_from_str(MAC_B)),
+                    SetEthDst(mac_from_str(MAC_A)),
                     DecTtl(),
-                    OutputLocal(self.idx["tap-a"], peer=True),
+                    Output(PORT_A),
                 ),
             ),
             FlowSpec(
-                FlowKey.make(in_port=PORT_A, eth_dst=MAC_C), l2, (OutputTunnel(VNI_C, UNDERLAY_2),)
+                FlowKey.make(in_port=PORT_A, eth_dst=MAC_C),
+                l2,
+                (OutputTunnel(VNI_C, ip_from_str(UNDERLAY_2)),),
             ),
         ]
 
@@ -171,15 +176,17 @@ class Testbed:
         l2 = FlowKey.mask_of(L2_MASK)
         return [
             FlowSpec(
-                FlowKey.make(in_port=PORT_C, eth_dst=MAC_A), l2, (OutputTunnel(VNI_A, UNDERLAY_1),)
+                FlowKey.make(in_port=PORT_C, eth_dst=MAC_A),
+                l2,
+                (OutputTunnel(VNI_A, ip_from_str(UNDERLAY_1)),),
             )
         ]
 
     def install(self) -> None:
         for f in self.h1_flows:
-            self.fp1.maps.flows.install(f.key, f.mask, f.actions)
+            self.fp1.maps.flows.install(f.key, f.mask, f.actions, self.devices)
         for f in self.h2_flows:
-            self.fp2.maps.flows.install(f.key, f.mask, f.actions)
+            self.fp2.maps.flows.install(f.key, f.mask, f.actions, {})
 
     def set_mode(self, mode: str) -> None:
         if mode == self.mode:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from tessera.datapath.base import Action, DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation.result import Output as VirtualOutput
+from tessera.simulation.result import PortOutput
 from tessera.simulation.tags import host_tag
 
 
@@ -61,11 +61,11 @@ def egress(port_id: str, locate: Locate, tags: set[str]) -> Output | OutputTunne
     return None
 
 
-def _output_order(o: VirtualOutput) -> tuple[int, bool, bool]:
+def _output_order(o: PortOutput) -> tuple[int, bool, bool]:
     return (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None)
 
 
-def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate) -> Translation:
+def translate(outputs: Sequence[PortOutput], match: FlowMatch, locate: Locate) -> Translation:
     out = Translation()
     cur_src: int | None = None  # None: as the packet arrived
     cur_dst: int | None = None
@@ -74,12 +74,15 @@ def translate(outputs: Sequence[VirtualOutput], match: FlowMatch, locate: Locate
     # restore is needed only when a decrement forces a rewritten branch earlier.
     order = sorted(outputs, key=_output_order) if len(outputs) > 1 else outputs
     for o in order:
-        target = egress(o.port_id, locate, out.tags)
-        if target is None:
-            continue
+        # The decrement comes first even for a port bound nowhere: the flow's mask holds
+        # only "TTL above the hops", so the kernel's DecTtl is what hands a packet whose
+        # TTL would expire to the agent (for its ICMP time exceeded) instead of dropping.
         if o.ttl_dec > ttl_done:
             out.actions.append(DecTtl(o.ttl_dec - ttl_done))
             ttl_done = o.ttl_dec
+        target = egress(o.port_id, locate, out.tags)
+        if target is None:
+            continue
         want_src = o.eth_src
         if want_src is None and cur_src is not None:
             want_src = match.original()["eth_src"]

@@ -5,6 +5,10 @@ the receive path moves to metadata, and whether its TCP/UDP checksum is still on
 pseudo-header sum (CHECKSUM_PARTIAL, reported as TP_STATUS_CSUMNOTREADY). Both come in
 the auxdata control message; forwarding without looking at them breaks VLANs and, worse,
 makes every TCP connection fail silently while ping works (design.md §3).
+
+The one home of that socket set-up and of reading the auxdata: the userspace datapath
+reads its ports with `PacketSocket`, the eBPF datapath its miss veth with
+`tessera.datapath.ebpf.upcall.MissChannel` (which adds PACKET_VNET_HDR).
 """
 
 from __future__ import annotations
@@ -12,20 +16,58 @@ from __future__ import annotations
 import fcntl
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 ETH_P_ALL = 0x0003
+ETH_P_8021Q = 0x8100
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
+PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 TP_STATUS_CSUMNOTREADY = 0x08
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 SIOCGIFMTU = 0x8921
-_AUXDATA = struct.Struct("IIIHHHH")  # status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+# struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+_AUXDATA = struct.Struct("IIIHHHH")
+#: Room for the auxdata control message in recvmsg().
+AUXDATA_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 _RECV_SIZE = 1 << 18  # a GSO frame of a veth can reach 64 KiB, BIG TCP more
-_CMSG_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+
+
+def open_packet_socket(ifname: str, *, vnet_hdr: bool = False) -> socket.socket:
+    """A raw socket bound to `ifname` (all protocols) that receives the auxdata with
+    every frame and, where the kernel can, not its own transmissions (older kernels:
+    the reader skips PACKET_OUTGOING). `vnet_hdr`: frames carry a virtio_net_hdr,
+    both ways, with their checksum-offload state."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        if vnet_hdr:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass
+        sock.bind((ifname, ETH_P_ALL))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_auxdata(ancdata: Iterable[tuple[int, int, bytes]]) -> tuple[int, int | None, int]:
+    """(tp_status, the VLAN TCI the kernel moved to metadata or None, its TPID) from the
+    control messages of one recvmsg()."""
+    for level, kind, cdata in ancdata:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUXDATA.size:
+            status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(cdata)
+            if not status & TP_STATUS_VLAN_VALID:
+                return status, None, ETH_P_8021Q
+            return status, tci, tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
+    return 0, None, ETH_P_8021Q
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +90,9 @@ class PacketSocket:
 
     def __init__(self, ifname: str, rcvbuf: int = 4 << 20) -> None:
         self.ifname = ifname
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock = open_packet_socket(ifname)
         try:
-            self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            try:
-                self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            except OSError:
-                pass  # older kernels: recv() filters PACKET_OUTGOING instead
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((ifname, ETH_P_ALL))
             self.sock.setblocking(False)
         except OSError:
             self.sock.close()
@@ -69,19 +105,12 @@ class PacketSocket:
         """The next frame, or None when nothing is waiting."""
         while True:
             try:
-                data, ancdata, _flags, addr = self.sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
+                data, ancdata, _flags, addr = self.sock.recvmsg(_RECV_SIZE, AUXDATA_SPACE)
             except (BlockingIOError, InterruptedError):
                 return None
             if addr[2] == PACKET_OUTGOING:
                 continue
-            status, tci, tpid = 0, None, 0x8100
-            for level, kind, cdata in ancdata:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUXDATA.size:
-                    status, _len, _snap, _mac, _net, vtci, vtpid = _AUXDATA.unpack_from(cdata)
-                    if status & TP_STATUS_VLAN_VALID:
-                        tci = vtci
-                        if status & TP_STATUS_VLAN_TPID_VALID:
-                            tpid = vtpid
+            status, tci, tpid = read_auxdata(ancdata)
             return Frame(data, tci, tpid, bool(status & TP_STATUS_CSUMNOTREADY))
 
     def send(self, frame: bytes) -> None:

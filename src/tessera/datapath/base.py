@@ -26,8 +26,6 @@ from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
 from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch, mask_indexes
 
 MAX_PORT_NO = 4095  # the eBPF miss path carries the port in a 12-bit VLAN id
-TUNNEL_PORT = 0  # the "port" a packet arrived on when it came out of a tunnel
-VXLAN_PORT = 4789
 
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
 _IP_FIELDS = frozenset({"ip_src", "ip_dst"})

@@ -34,22 +34,17 @@ from tessera.datapath.base import (
     Action,
     Datapath,
     DatapathError,
-    DecTtl,
-    Drop,
     Flow,
     FlowStats,
     InstalledFlow,
     Match,
     Miss,
     Output,
-    OutputTunnel,
     PortBinding,
-    SetEthDst,
-    SetEthSrc,
     ToUserspace,
     mask_indexes,
 )
-from tessera.datapath.ebpf import actions as ea
+from tessera.datapath.ebpf.actions import Device, encode
 from tessera.datapath.ebpf.bpf import prog_info
 from tessera.datapath.ebpf.layout import FLOW_KEY_PACK, KEY_FIELDS, FlowKey
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
@@ -146,9 +141,8 @@ class EbpfDatapath(Datapath):
         self.tunnel_mtu = min(1500, underlay_mtu - OVERHEAD)
         self._lock = threading.Lock()
         self._ports: dict[int, PortBinding] = {}
-        self._ifindex: dict[int, int] = {}  # port -> ifindex
+        self._device: dict[int, Device] = {}  # port -> (ifindex, bpf_redirect_peer)
         self._port_of_ifindex: dict[int, int] = {}
-        self._peer: dict[int, bool] = {}  # port -> deliver with bpf_redirect_peer
         self._channel: MissChannel | None = None
         self._tx: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -200,9 +194,8 @@ class EbpfDatapath(Datapath):
                 continue
             with self._lock:
                 self._ports[port] = PortBinding(port, ifname, vni_of.get(ifx))
-                self._ifindex[port] = ifx
+                self._device[port] = (ifx, links.link_kind(ifname) == "veth")
                 self._port_of_ifindex[ifx] = port
-                self._peer[port] = links.link_kind(ifname) == "veth"
 
     def close(self) -> None:
         if self._channel is not None:
@@ -240,15 +233,14 @@ class EbpfDatapath(Datapath):
             raise DatapathError(f"cannot attach the eBPF datapath to {ifname}: {exc}") from None
         with self._lock:
             self._ports[port] = PortBinding(port, ifname, tunnel_key)
-            self._ifindex[port] = ifx
+            self._device[port] = (ifx, peer)
             self._port_of_ifindex[ifx] = port
-            self._peer[port] = peer
 
     def remove_port(self, port: int) -> None:
         with self._lock:
             binding = self._ports.pop(port, None)
-            ifx = self._ifindex.pop(port, None)
-            self._peer.pop(port, None)
+            device = self._device.pop(port, None)
+            ifx = None if device is None else device[0]
             if ifx is not None:
                 self._port_of_ifindex.pop(ifx, None)
         if binding is None:
@@ -267,54 +259,6 @@ class EbpfDatapath(Datapath):
 
     # -- flows --
 
-    def _to_kernel_actions(self, actions: Sequence[Action]) -> list[ea.Action]:
-        out: list[ea.Action] = []
-        for a in actions:
-            if isinstance(a, SetEthSrc):
-                out.append(ea.SetEthSrc(a.mac.to_bytes(6, "big")))
-            elif isinstance(a, SetEthDst):
-                out.append(ea.SetEthDst(a.mac.to_bytes(6, "big")))
-            elif isinstance(a, DecTtl):
-                out.append(ea.DecTtl(a.n))
-            elif isinstance(a, Output):
-                ifx = self._ifindex.get(a.port)
-                if ifx is None:
-                    raise DatapathError(
-                        f"flow outputs to local port {a.port}, which is not attached"
-                    )
-                out.append(ea.OutputLocal(ifx, self._peer.get(a.port, False)))
-            elif isinstance(a, OutputTunnel):
-                out.append(ea.OutputTunnel(a.vni, a.remote_ip))
-            elif isinstance(a, Drop):
-                out.append(ea.Drop())
-            elif isinstance(a, ToUserspace):
-                out.append(ea.ToUserspace())
-        return out
-
-    def _from_kernel_actions(self, actions: Sequence[ea.Action]) -> tuple[Action, ...] | None:
-        out: list[Action] = []
-        for a in actions:
-            if isinstance(a, ea.SetEthSrc):
-                out.append(SetEthSrc(int.from_bytes(a.mac, "big")))
-            elif isinstance(a, ea.SetEthDst):
-                out.append(SetEthDst(int.from_bytes(a.mac, "big")))
-            elif isinstance(a, ea.DecTtl):
-                out.append(DecTtl(a.n))
-            elif isinstance(a, ea.OutputLocal):
-                port = self._port_of_ifindex.get(a.ifindex)
-                if port is None:
-                    return None  # outputs to a device no longer attached: stale
-                out.append(Output(port))
-            elif isinstance(a, ea.OutputTunnel):
-                out.append(OutputTunnel(a.vni, a.remote_ip))
-            elif isinstance(a, ea.Drop):
-                out.append(Drop())
-            elif isinstance(a, ea.ToUserspace):
-                out.append(ToUserspace())
-            elif isinstance(a, ea.Flood):
-                return None  # names a flood set that is gone: unusable as is
-        return tuple(out)
-
     def install(self, flow: Flow) -> None:
         """Write the flow to the kernel; a flood too wide for the action list goes
         into a flood set (see `FlowMap`).  Whatever the kernel cannot hold raises
@@ -322,8 +266,8 @@ class EbpfDatapath(Datapath):
         from userspace instead of losing it."""
         try:
             key, mask = packed_key(flow.match)
-            actions = self._to_kernel_actions(flow.actions)
-            self.fastpath.maps.flows.install_packed(key, mask, actions)
+            inline, flood = encode(flow.actions, self._device)
+            self.fastpath.maps.flows.install_packed(key, mask, inline, flood)
         except (
             MaskTableFull, FloodSetsFull, FlowTooLarge, OSError, TypeError, ValueError,
             OverflowError, struct.error,
@@ -338,7 +282,7 @@ class EbpfDatapath(Datapath):
         if entry.mask is None:
             return None
         match = from_kernel(entry.key, entry.mask)
-        actions = self._from_kernel_actions(entry.actions)
+        actions = entry.actions(self._port_of_ifindex)
         if actions is None:
             actions = (ToUserspace(),)  # unusable as is: the agent replaces or removes it
         last = entry.last_used_ns / 1e9 if entry.last_used_ns else None

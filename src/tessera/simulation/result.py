@@ -47,8 +47,15 @@ EmitKind = Literal["arp_request", "arp_reply", "icmp_echo_reply", "icmp_error", 
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    """Send the packet out of an exterior port, after these rewrites (None: unchanged)."""
+class PortOutput:
+    """Send the packet out of an exterior port, after these rewrites (None: unchanged).
+
+    Not the datapath's `tessera.datapath.base.Output`, hence the name: this one names a
+    virtual port by id, wherever it is bound, and its rewrites are relative to the
+    packet as it arrived, one set per output; the datapath's names a local port number
+    on one host and is one step of an ordered action list whose rewrites accumulate.
+    The agent turns the one into the other (`tessera.agent.translate`).
+    """
 
     port_id: str
     eth_src: int | None = None
@@ -64,6 +71,10 @@ class Output:
         if self.ttl_dec:
             out["ttl_dec"] = self.ttl_dec
         return out
+
+
+#: The former name, for the simulation's own modules and tests until they say PortOutput.
+Output = PortOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +188,7 @@ class SimulationResult:
 
     verdict: Verdict
     match: FlowMatch
-    outputs: tuple[Output, ...] = ()
+    outputs: tuple[PortOutput, ...] = ()
     emitted: tuple[EmittedPacket, ...] = ()
     tags: frozenset[str] = frozenset()
     expiry: ExpiryClass = ExpiryClass.NORMAL

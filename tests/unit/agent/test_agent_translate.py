@@ -10,7 +10,7 @@ from tessera.datapath.base import DecTtl, Output, OutputTunnel, SetEthDst, SetEt
 from tessera.datapath.frames import run_actions
 from tessera.packet import Ethernet, IPv4
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation.result import Output as VOut
+from tessera.simulation.result import PortOutput as VOut
 from tessera.simulation.tags import host_tag
 
 PLACES = {
@@ -73,3 +73,13 @@ def test_an_unlocatable_port_gets_no_action_but_its_tag() -> None:
     t = translate((VOut("r", eth_src=5),), FlowMatch.from_frame("in", frame), _locate)
     assert t.actions == [SetEthSrc(5), OutputTunnel(7, 0xC6120002)]
     assert SetEthDst not in {type(a) for a in t.actions}
+
+
+def test_a_routed_flow_to_ports_bound_nowhere_still_hands_an_expiring_ttl_to_the_agent() -> None:
+    # The routed flow's mask holds only "TTL above the hops": a TTL-1 packet meets the
+    # same flow, and only its DecTtl sends it to the agent for the ICMP time exceeded.
+    m = FlowMatch.from_frame("in", frame_with_ttl(64))
+    t = translate((VOut("nowhere", eth_src=0xAA, ttl_dec=1),), m, _locate)
+    assert t.actions == [DecTtl(1)]
+    assert run_actions(frame_with_ttl(64), t.actions).dropped
+    assert run_actions(frame_with_ttl(1), t.actions).to_userspace

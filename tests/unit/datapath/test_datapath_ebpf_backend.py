@@ -1,8 +1,9 @@
 """The eBPF backend behind the common interface, with real traffic between namespaces.
 
 What is checked here is the translation layer (ports ↔ ifindexes, `Match` ↔ kernel key,
-actions both ways), the miss/reinject round trip, restart adoption of pinned state, and
-VXLAN between an eBPF host and another eBPF host or a userspace host. The C program
+actions both ways), the miss/reinject round trip, restart adoption of pinned state,
+VXLAN between an eBPF host and another eBPF host or a userspace host, and the agent's
+reconciler (`sweep`) against the kernel maps. The C program
 itself is tested in tests/unit/datapath_ebpf.
 """
 
@@ -19,6 +20,9 @@ from dp_netns import ping, tcp_transfer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tessera.agent.flowtable import DesiredFlow, FlowTable
+from tessera.agent.lifecycle import sweep
+from tessera.agent.metrics import AgentMetrics
 from tessera.datapath import links
 from tessera.datapath.base import (
     Action,
@@ -34,6 +38,7 @@ from tessera.datapath.base import (
 )
 from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
+from tessera.datapath.ebpf.maps import FlowMap
 from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, packed_key, to_kernel
 from tessera.datapath.userspace import UserspaceDatapath
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
@@ -337,3 +342,89 @@ def test_what_the_kernel_cannot_hold_raises_datapath_error(
     with pytest.raises(DatapathError):
         dp.install(Flow(match, (*rewrites, Output(2))))  # too many actions before the outputs
     assert dp.dump() == {} and len(dp.fastpath.maps.flows.floods) == 0
+
+
+# --- the agent's reconciler (`agent.lifecycle.sweep`) against the kernel maps ----------
+
+
+def _set_counters(dp: EbpfDatapath, match: Match, packets: int) -> None:
+    flows = dp.fastpath.maps.flows
+    key, mask = to_kernel(match)
+    index = flows.masks.index_of(mask)
+    assert index is not None
+    lookup = FlowMap._lookup_key(index, key, mask)
+    value = flows.map.lookup(lookup)
+    assert value is not None
+    value.packets, value.bytes, value.last_used = packets, packets * 100, time.monotonic_ns()
+    flows.map.update(lookup, value)
+
+
+def test_the_agents_sweep_makes_the_kernel_hold_exactly_the_desired_flows(
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
+) -> None:
+    host, dp = _flood_host(netns, obj_cache, 8)
+    made.append((host, dp))
+    floods = dp.fastpath.maps.flows.floods
+    wide, wider = _flood_actions(8, 13), _flood_actions(8, 14)
+    same, changed, stale, new, too_big, new_flood = (
+        Match.of(in_port=p, eth_dst=0xFFFF_FFFF_FFFF) for p in (1, 2, 3, 4, 5, 6)
+    )
+    dp.install(Flow(same, wide))
+    dp.install(Flow(changed, (Output(3),)))
+    dp.install(Flow(stale, wider))  # its flood set goes with it
+    _set_counters(dp, same, 7)
+    assert len(floods) == 2
+    now = time.monotonic()
+    table = FlowTable()
+    for flow in (
+        Flow(same, wide),  # unchanged: not rewritten, so its counters stay
+        Flow(changed, (Output(4),)),
+        Flow(new, (DecTtl(), Output(2))),
+        Flow(new_flood, wide),  # shares the flood set of `same`
+        Flow(too_big, _flood_actions(2, 70)),  # more outputs than a set holds
+    ):
+        table.add(DesiredFlow(flow, frozenset(), created=now))
+
+    result = sweep(dp, table, now, AgentMetrics())
+    assert (result.repaired, result.removed, result.expired) == (3, 1, 0)
+    dumped = dp.dump()
+    assert {m: i.flow.actions for m, i in dumped.items()} == {
+        same: wide, changed: (Output(4),), new: (DecTtl(), Output(2)), new_flood: wide,
+    }  # fmt: skip
+    assert dumped[same].stats.packets == 7
+    entry = dp.fastpath.maps.flows.get(*to_kernel(same))
+    assert entry is not None and entry.flood_set is not None
+    assert len(floods) == 1 and floods.refcount(entry.flood_set) == 2
+
+    again = sweep(dp, table, now, AgentMetrics())  # only the flow that cannot fit, again
+    assert (again.repaired, again.removed) == (0, 0)
+    assert dp.dump().keys() == dumped.keys()
+    assert sweep(dp, FlowTable(), now, AgentMetrics()).removed == 4
+    assert dp.dump() == {} and len(floods) == 0 and floods.map.collect_keys() == []
+
+
+def test_the_cost_of_a_sweep_grows_linearly(
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
+) -> None:
+    """Relative check (faucet#2809 style): 10x the flows may cost at most 25x the time,
+    so an accidental O(n^2) in the dump or the comparison shows up here first."""
+    host, dp = _flood_host(netns, obj_cache, 2)
+    made.append((host, dp))
+
+    def run(n: int) -> float:
+        dp.fastpath.maps.flows.clear()
+        table = FlowTable()
+        now = time.monotonic()
+        for i in range(n):
+            flow = Flow(Match.of(in_port=1, ip_dst=0x0A000000 + i), (Output(2),))
+            dp.install(flow)
+            table.add(DesiredFlow(flow, frozenset(), created=now))
+        start = time.perf_counter()
+        result = sweep(dp, table, now, AgentMetrics())  # all unchanged: one dump + compare
+        elapsed = time.perf_counter() - start
+        assert (result.repaired, result.removed) == (0, 0)
+        return elapsed
+
+    small = min(run(200) for _ in range(3))
+    large = min(run(2000) for _ in range(2))
+    assert large < 25 * small, (small, large)

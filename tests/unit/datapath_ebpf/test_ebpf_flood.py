@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tessera.datapath.ebpf.actions import Action, OutputLocal, OutputTunnel, SetEthSrc
+from tessera.datapath.base import Action, Output, OutputTunnel, SetEthSrc
 from tessera.datapath.ebpf.layout import FLOW_MAX_ACTIONS, FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.lab.sandbox import Sandbox, SandboxFactory
+from tessera.packet.addr import ip_from_str, mac_from_str
 
-from .conftest import BPFFS, TEST_PORT, Probe, _rm_tree
+from .conftest import BPFFS, DEVICES, TEST_PORT, Probe, _rm_tree
 from .frames import eth, ipv4, udp
 
 pytestmark = pytest.mark.root
@@ -104,10 +105,13 @@ def flood_lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[FloodL
 
 
 def test_a_flood_to_20_ports_delivers_a_copy_to_every_port(flood_lab: FloodLab) -> None:
-    actions: list[Action] = [SetEthSrc(ROUTER), *(OutputLocal(i) for i in flood_lab.outputs)]
+    actions: list[Action] = [
+        SetEthSrc(mac_from_str(ROUTER)),
+        *(Output(i) for i in flood_lab.outputs),
+    ]
     assert len(actions) > FLOW_MAX_ACTIONS
     flows = flood_lab.fp.maps.flows
-    flows.install(FlowKey.make(in_port=1, eth_dst=BROADCAST), L2, actions)
+    flows.install(FlowKey.make(in_port=1, eth_dst=BROADCAST), L2, actions, DEVICES)
     entry = flows.get(FlowKey.make(in_port=1, eth_dst=BROADCAST), L2)
     assert entry is not None and entry.flood_set is not None
 
@@ -138,8 +142,8 @@ def frame() -> bytes:
 
 def test_each_tunnel_output_of_a_flood_sets_its_own_key(probe: Probe) -> None:
     probe.maps.config.set(vxlan_ifindex=probe.dummy_ifindex)  # clones land on the sink veth
-    tunnels = [OutputTunnel(7000 + i, f"198.18.0.{i + 1}") for i in range(15)]
-    probe.maps.flows.install(l2_key(), L2, [OutputLocal(probe.dummy_ifindex), *tunnels])
+    tunnels = [OutputTunnel(7000 + i, ip_from_str(f"198.18.0.{i + 1}")) for i in range(15)]
+    probe.maps.flows.install(l2_key(), L2, [Output(probe.dummy_ifindex), *tunnels], DEVICES)
     res = probe.run("probe_port_ingress", frame())
     out = probe.out()
     assert res.retval == TC_ACT_REDIRECT  # the last output redirects the packet itself
@@ -151,14 +155,16 @@ def test_each_tunnel_output_of_a_flood_sets_its_own_key(probe: Probe) -> None:
 
 def test_a_broken_output_of_a_flood_is_skipped_not_fatal(probe: Probe) -> None:
     # A tunnel output with no VXLAN device configured fails; the others still go.
-    sink = OutputLocal(probe.dummy_ifindex)
-    probe.maps.flows.install(l2_key(), L2, [OutputTunnel(1, "198.18.0.1"), *[sink] * 14])
+    sink = Output(probe.dummy_ifindex)
+    probe.maps.flows.install(
+        l2_key(), L2, [OutputTunnel(1, ip_from_str("198.18.0.1")), *[sink] * 14], DEVICES
+    )
     assert probe.run("probe_port_ingress", frame()).retval == TC_ACT_REDIRECT
     assert probe.maps.stats.read()[Stat.ACTION_ERROR] == 1
 
 
 def test_a_flood_naming_a_missing_set_drops_and_counts(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [OutputLocal(probe.dummy_ifindex)] * 13)
+    probe.maps.flows.install(l2_key(), L2, [Output(probe.dummy_ifindex)] * 13, DEVICES)
     entry = probe.maps.flows.get(l2_key(), L2)
     assert entry is not None and entry.flood_set is not None
     probe.maps.flows.floods.map.delete(ctypes.c_uint32(entry.flood_set))

@@ -5,29 +5,31 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import (
+from tessera.datapath.base import (
+    Action,
     DecTtl,
     Drop,
-    OutputLocal,
+    Output,
     OutputTunnel,
     SetEthDst,
     SetEthSrc,
     ToUserspace,
-    decode_actions,
-    encode_actions,
-    pack_actions,
 )
+from tessera.datapath.ebpf import bpf
+from tessera.datapath.ebpf.actions import FlowTooLarge, decode, encode
 from tessera.datapath.ebpf.layout import (
+    FLOW_ACTION_PACK,
     FLOW_KEY_PACK,
     FLOW_VALUE_HEAD_PACK,
     KEY_FIELDS,
     LOOKUP_INDEX_PACK,
+    ActionType,
     FlowKey,
     FlowLookupKey,
     FlowValue,
@@ -43,8 +45,11 @@ from tessera.datapath.ebpf.loader import (
     compile_object,
     object_btf,
 )
-from tessera.datapath.ebpf.maps import MAP_SPECS
+from tessera.datapath.ebpf.maps import MAP_SPECS, map_spec_mismatches
 from tessera.lab.sandbox import SandboxFactory
+from tessera.packet.addr import ip_from_str, mac_from_str
+
+from .conftest import DEVICES
 
 L2 = FlowKey.mask_of(["in_port", "eth_dst"])
 
@@ -54,21 +59,35 @@ L2 = FlowKey.mask_of(["in_port", "eth_dst"])
 
 def test_actions_encode_decode_round_trip() -> None:
     acts = (
-        SetEthSrc("02:00:00:00:00:01"),
-        SetEthDst(b"\x02\0\0\0\0\x02"),
+        SetEthSrc(mac_from_str("02:00:00:00:00:01")),
+        SetEthDst(0x020000000002),
         DecTtl(2),
-        OutputLocal(7, peer=True),
-        OutputTunnel(0xABCDEF, "198.18.0.2", ifindex=3),
+        Output(7),
+        OutputTunnel(0xABCDEF, ip_from_str("198.18.0.2")),
         ToUserspace(),
         Drop(),
     )
-    v = FlowValue()
-    encode_actions(acts, v)
-    assert decode_actions(v) == acts
-    with pytest.raises(ValueError):
-        encode_actions([Drop()] * 13, v)
-    with pytest.raises(ValueError):
-        OutputTunnel(1 << 24, "198.18.0.2")
+    inline, flood = encode(acts, {7: (70, True)})
+    assert flood is None and len(inline) == len(acts) * FLOW_ACTION_PACK.size
+    assert decode(inline, {70: 7}) == acts
+    assert decode(inline, {}) is None  # port 7's device is gone: unusable as is
+    with pytest.raises(FlowTooLarge):
+        encode([Drop()] * 13, {})
+    with pytest.raises(ValueError, match="not attached"):
+        encode([Output(8)], {7: (70, True)})
+
+
+def test_a_wide_flood_encodes_its_trailing_outputs_apart() -> None:
+    outputs: list[Action] = [Output(p) for p in range(1, 21)]
+    acts: list[Action] = [DecTtl(), SetEthSrc(1), *outputs]
+    inline, flood = encode(acts, DEVICES)
+    assert inline == encode(acts[:2], DEVICES)[0]
+    assert flood == b"".join(encode([o], DEVICES)[0] for o in outputs)
+    assert encode(outputs, DEVICES) == (b"", flood)  # nothing before them
+    with pytest.raises(FlowTooLarge, match="before the trailing outputs"):
+        encode([*[SetEthSrc(1)] * 12, *outputs], DEVICES)
+    with pytest.raises(FlowTooLarge, match="at most 64"):
+        encode([Output(1)] * 65, DEVICES)
 
 
 def test_struct_twins_lay_out_every_field_like_the_ctypes_mirrors() -> None:
@@ -86,14 +105,20 @@ def test_struct_twins_lay_out_every_field_like_the_ctypes_mirrors() -> None:
     lk = FlowLookupKey(mask_index=0x1A1B1C1D, key=key)
     assert LOOKUP_INDEX_PACK.pack(0x1A1B1C1D) + packed == bytes(lk)
 
-    acts = (SetEthSrc(macs[0]), DecTtl(3), OutputLocal(0x21222324, peer=True),
-            OutputTunnel(0x313233, 0x41424344, ifindex=0x51525354), Drop())  # fmt: skip
+    acts = (SetEthSrc(int.from_bytes(macs[0], "big")), DecTtl(3), Output(1),
+            OutputTunnel(0x313233, 0x41424344), Drop())  # fmt: skip
+    inline, _ = encode(acts, {1: (0x21222324, True)})
     v = FlowValue(packets=0x6162636465666768, bytes=0x7172737475767778, last_used=0x0102,
                   n_actions=len(acts), flags=0)  # fmt: skip
-    encode_actions(acts, v)
+    ctypes.memmove(ctypes.addressof(v.actions), inline, len(inline))
     head = FLOW_VALUE_HEAD_PACK.pack(0x6162636465666768, 0x7172737475767778, 0x0102, 5, 0)
-    assert head + pack_actions(acts) == bytes(v)
-    assert decode_actions(FlowValue.from_buffer_copy(bytes(v))) == acts
+    assert head + inline == bytes(v)[: len(head) + len(inline)]
+    a = v.actions
+    assert (a[0].type, bytes(a[0].mac)) == (ActionType.SET_ETH_SRC, macs[0])
+    assert (a[1].type, a[1].ttl_dec) == (ActionType.DEC_TTL, 3)
+    assert (a[2].type, a[2].ifindex, a[2].flags) == (ActionType.OUTPUT_LOCAL, 0x21222324, 1)
+    assert (a[3].type, a[3].vni, a[3].remote_ip) == (ActionType.OUTPUT_TUNNEL, 0x313233, 0x41424344)
+    assert a[4].type == ActionType.DROP
 
 
 def test_key_builders() -> None:
@@ -113,7 +138,7 @@ def types_of(btf: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_layout_checker_catches_a_moved_field() -> None:
     # A fake BTF where flow_key.ip_dst moved and flow_value grew.
-    from tessera.datapath.ebpf.layout import STRUCTS
+    from tessera.datapath.ebpf.layout import ENUMS, STRUCTS
 
     types: list[dict[str, Any]] = []
     for name, py in STRUCTS.items():
@@ -121,6 +146,10 @@ def test_layout_checker_catches_a_moved_field() -> None:
         types.append(
             {"kind": "STRUCT", "name": name, "size": ctypes.sizeof(py), "members": members}
         )
+    for name, (pyenum, prefix, c_only) in ENUMS.items():
+        values = [{"name": prefix + m.name, "val": int(m)} for m in pyenum]
+        values += [{"name": k, "val": v} for k, v in c_only.items()]
+        types.append({"kind": "ENUM", "name": name, "values": values})
     good = {"types": types}
     assert layout_mismatches(good) == []
     bad = copy.deepcopy(good)
@@ -146,7 +175,64 @@ def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_c_layout_matches_python(obj_cache: Path) -> None:
     obj = compile_object(SOURCE_DIR, obj_cache)
     assert layout_mismatches(object_btf(obj)) == []
+    assert map_spec_mismatches(object_btf(obj)) == []
     assert compile_object(SOURCE_DIR, obj_cache) == obj  # cached by source hash
+
+
+def _btf_type(btf: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    return next(t for t in btf["types"] if t.get("kind") == kind and t.get("name") == name)
+
+
+@pytest.mark.root
+def test_the_btf_check_catches_every_copied_enum_and_limit(obj_cache: Path) -> None:
+    """ActionType, Stat and the FLOW_MAX_*/FLOOD_MAX_* limits are copied by hand from
+    flow.h: a C edit without its Python twin must stop the load, whichever it is."""
+    real = object_btf(compile_object(SOURCE_DIR, obj_cache))
+    by_id = {t["id"]: t for t in real["types"]}
+
+    def edited(edit: Callable[[dict[str, Any]], None]) -> list[str]:
+        btf = copy.deepcopy(real)
+        edit(btf)
+        return layout_mismatches(btf) + map_spec_mismatches(btf)
+
+    def renumber(enum: str, name: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            for v in _btf_type(btf, "ENUM", enum)["values"]:
+                if v["name"] == name:
+                    v["val"] += 20
+
+        return edit
+
+    def resize(struct: str, member: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            m = next(m for m in _btf_type(btf, "STRUCT", struct)["members"] if m["name"] == member)
+            next(t for t in btf["types"] if t["id"] == m["type_id"])["nr_elems"] += 1
+
+        return edit
+
+    def max_entries(var: str) -> Callable[[dict[str, Any]], None]:
+        def edit(btf: dict[str, Any]) -> None:
+            struct = by_id[_btf_type(btf, "VAR", var)["type_id"]]
+            m = next(m for m in struct["members"] if m["name"] == "max_entries")
+            array_id = by_id[m["type_id"]]["type_id"]
+            next(t for t in btf["types"] if t["id"] == array_id)["nr_elems"] *= 2
+
+        return edit
+
+    cases = {
+        "ACT_FLOOD": renumber("flow_action_type", "ACT_FLOOD"),
+        "STAT_FLOOD_MISSING": renumber("dp_stat", "STAT_FLOOD_MISSING"),
+        "STAT_MAX": renumber("dp_stat", "STAT_MAX"),
+        "FLOW_MAX_ACTIONS": resize("flow_value", "actions"),
+        "FLOW_MAX_MASKS": resize("mask_list", "masks"),
+        "FLOOD_MAX_OUTPUTS": resize("flood_set", "outputs"),
+        "FLOW_MAX_ENTRIES": max_entries("flows"),
+        "FLOOD_MAX_SETS": max_entries("flood_sets"),
+        "PORT_MAX_ENTRIES": max_entries("ports"),
+        "VNI_MAX_ENTRIES": max_entries("vni_ports"),
+    }
+    for what, edit in cases.items():
+        assert edited(edit), f"a changed {what} went unnoticed"
 
 
 @pytest.mark.root
@@ -183,7 +269,7 @@ def _map_ids(fp: EbpfFastPath) -> dict[str, int]:
 def test_restart_reuses_everything_and_keeps_flows(pin_dir: Path, obj_cache: Path) -> None:
     key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
     with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
-        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        fp.maps.flows.install(key, L2, [Output(5)], DEVICES)
         progs, maps = _prog_ids(fp), _map_ids(fp)
     with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:  # same build: nothing loaded
         assert _prog_ids(fp) == progs and _map_ids(fp) == maps
@@ -195,7 +281,7 @@ def test_restart_reuses_everything_and_keeps_flows(pin_dir: Path, obj_cache: Pat
 def test_new_build_reuses_the_pinned_maps(pin_dir: Path, obj_cache: Path) -> None:
     key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
     with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
-        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        fp.maps.flows.install(key, L2, [Output(5)], DEVICES)
         progs, maps, old_dir = _prog_ids(fp), _map_ids(fp), fp.prog_dir
     with EbpfFastPath(pin_dir, cache_dir=obj_cache, cflags=["-DTESSERA_TEST_REBUILD=1"]) as fp:
         assert fp.prog_dir != old_dir and old_dir is not None and not old_dir.exists()
@@ -258,7 +344,7 @@ def test_a_pin_dir_from_before_flood_sets_gets_the_new_map_and_keeps_its_flows(
 ) -> None:
     key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
     with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
-        fp.maps.flows.install(key, L2, [OutputLocal(5)])
+        fp.maps.flows.install(key, L2, [Output(5)], DEVICES)
         maps = _map_ids(fp)
     (pin_dir / "maps" / "flood_sets").unlink()  # what an older build left behind
     with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
@@ -269,6 +355,6 @@ def test_a_pin_dir_from_before_flood_sets_gets_the_new_map_and_keeps_its_flows(
             n: i for n, i in maps.items() if n != "flood_sets"
         }
         assert fp.maps.flows.get(key, L2) is not None
-        fp.maps.flows.install(key, L2, [OutputLocal(i) for i in range(1, 21)])
+        fp.maps.flows.install(key, L2, [Output(i) for i in range(1, 21)], DEVICES)
         entry = fp.maps.flows.get(key, L2)
         assert entry is not None and entry.flood_set is not None

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tessera.datapath.ebpf.actions import OutputLocal
+from tessera.datapath.base import Output
+from tessera.datapath.ebpf.actions import Device
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.datapath.ebpf.netns import run_in_netns
@@ -49,14 +50,21 @@ class Lab:
     tap_a: int
     tap_b: int
 
+    @property
+    def devices(self) -> dict[int, Device]:
+        """Port B is delivered by redirect_peer, port A by a plain redirect: both
+        flavours of OUTPUT_LOCAL."""
+        return {PORT_A: (self.tap_a, False), PORT_B: (self.tap_b, True)}
+
     def install_l2(self) -> None:
-        """What a simulation of one bridge would produce (A->B by redirect_peer,
-        B->A by a plain redirect: both flavours of OUTPUT_LOCAL)."""
+        """What a simulation of one bridge would produce."""
         flows = self.fp.maps.flows
         flows.install(
-            FlowKey.make(in_port=PORT_A, eth_dst=MAC_B), L2, [OutputLocal(self.tap_b, peer=True)]
+            FlowKey.make(in_port=PORT_A, eth_dst=MAC_B), L2, [Output(PORT_B)], self.devices
         )
-        flows.install(FlowKey.make(in_port=PORT_B, eth_dst=MAC_A), L2, [OutputLocal(self.tap_a)])
+        flows.install(
+            FlowKey.make(in_port=PORT_B, eth_dst=MAC_A), L2, [Output(PORT_A)], self.devices
+        )
 
 
 @pytest.fixture
@@ -93,7 +101,7 @@ def test_ping_passes_only_once_flows_are_installed(lab: Lab) -> None:
     entries = {e.key.in_port: e for e in lab.fp.maps.flows.entries()}
     assert entries[PORT_A].packets >= 3 and entries[PORT_B].packets >= 3
     # Deleting the flows stops the traffic again (no stale kernel state).
-    lab.fp.maps.flows.reconcile([])
+    lab.fp.maps.flows.clear()
     assert ping(lab.a, IP_B, timeout=0.3) is None
 
 
@@ -156,7 +164,7 @@ def test_tcp_through_the_miss_path_keeps_checksums_right(lab: Lab) -> None:
     with tcp_echo_server(lab.b, IP_B, 5201), ToyAgent(lab) as agent:
         got, connect_time = tcp_roundtrip(lab.a, IP_B, 5201, payload)
         # Flush and reconnect: the SYN takes the miss path again.
-        lab.fp.maps.flows.reconcile([])
+        lab.fp.maps.flows.clear()
         got2, connect_time2 = tcp_roundtrip(lab.a, IP_B, 5201, payload)
     assert got == payload and got2 == payload
     assert agent.misses >= 2
@@ -225,7 +233,7 @@ def test_tenant_vlan_tag_survives_the_miss_path_and_the_fast_path(lab: Lab) -> N
             assert untag(miss.frame) == (100, frame[:12] + frame[16:])  # tenant tag in band
             key = FlowKey.make(in_port=PORT_A, eth_dst=MAC_B, vlan_id=100)
             mask = FlowKey.mask_of(["in_port", "eth_dst", "vlan_id"])
-            lab.fp.maps.flows.install(key, mask, [OutputLocal(lab.tap_b, peer=True)])
+            lab.fp.maps.flows.install(key, mask, [Output(PORT_B)], lab.devices)
             chan.reinject(miss)
             assert _recv_tagged(rx, payload) == 100
         # Later frames of the flow stay in the kernel, tag and all.

@@ -11,18 +11,19 @@ import time
 
 import pytest
 
-from tessera.datapath.ebpf.actions import (
+from tessera.datapath.base import (
     DecTtl,
     Drop,
-    OutputLocal,
+    Output,
     OutputTunnel,
     SetEthDst,
     SetEthSrc,
     ToUserspace,
 )
 from tessera.datapath.ebpf.layout import FLOW_FRAG_FIRST, FLOW_FRAG_LATER, FlowKey, Stat
+from tessera.packet.addr import ip_from_str, mac_from_str
 
-from .conftest import TEST_PORT, Probe
+from .conftest import DEVICES, TEST_PORT, Probe
 from .frames import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -120,7 +121,15 @@ def test_truncated_frame_still_gets_a_key(probe: Probe) -> None:
 
 def test_hit_rewrites_macs_decrements_ttl_and_fixes_checksum(probe: Probe) -> None:
     probe.maps.flows.install(
-        l2_key(), L2, [SetEthSrc(ROUTER), SetEthDst("02:00:00:00:00:0c"), DecTtl(), OutputLocal(42)]
+        l2_key(),
+        L2,
+        [
+            SetEthSrc(mac_from_str(ROUTER)),
+            SetEthDst(mac_from_str("02:00:00:00:00:0c")),
+            DecTtl(),
+            Output(42),
+        ],
+        DEVICES,
     )
     frame = udp_frame(ttl=64)
     res = probe.run("probe_port_ingress", frame)
@@ -136,7 +145,7 @@ def test_hit_rewrites_macs_decrements_ttl_and_fixes_checksum(probe: Probe) -> No
 
 
 def test_dec_ttl_by_n_and_expiry_goes_to_the_agent(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [DecTtl(3), OutputLocal(42)])
+    probe.maps.flows.install(l2_key(), L2, [DecTtl(3), Output(42)], DEVICES)
     res = probe.run("probe_port_ingress", udp_frame(ttl=10))
     assert res.retval == TC_ACT_REDIRECT and res.data[22] == 7 and ip_header_ok(res.data)
     # TTL would reach 0: the simulation must answer (ICMP time exceeded).
@@ -188,8 +197,8 @@ def test_unknown_port_drops(probe: Probe) -> None:
 
 
 def test_drop_action_and_empty_action_list(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [Drop()])
-    probe.maps.flows.install(l2_key(VM_A), L2, [])
+    probe.maps.flows.install(l2_key(), L2, [Drop()], DEVICES)
+    probe.maps.flows.install(l2_key(VM_A), L2, [], DEVICES)
     assert probe.run("probe_port_ingress", udp_frame()).retval == TC_ACT_SHOT
     assert probe.run("probe_port_ingress", udp_frame(dst_mac=VM_A)).retval == TC_ACT_SHOT
     stats = probe.maps.stats.read()
@@ -197,13 +206,13 @@ def test_drop_action_and_empty_action_list(probe: Probe) -> None:
 
 
 def test_to_userspace_is_a_miss(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [ToUserspace()])
+    probe.maps.flows.install(l2_key(), L2, [ToUserspace()], DEVICES)
     res = probe.run("probe_port_ingress", udp_frame())
     assert res.retval == TC_ACT_REDIRECT and untag(res.data)[0] == TEST_PORT
 
 
 def test_counters_increment(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [OutputLocal(42)])
+    probe.maps.flows.install(l2_key(), L2, [Output(42)], DEVICES)
     frame = udp_frame()
     before = time.monotonic_ns()
     for _ in range(3):
@@ -218,11 +227,14 @@ def test_counters_increment(probe: Probe) -> None:
 def test_mask_selection_first_matching_mask_wins(probe: Probe) -> None:
     flows = probe.maps.flows
     l3 = FlowKey.mask_of(["in_port", "eth_dst", "ip_dst"])
-    flows.install(l2_key(VM_B), L2, [SetEthSrc("02:00:00:00:01:01"), OutputLocal(11)])
+    flows.install(
+        l2_key(VM_B), L2, [SetEthSrc(mac_from_str("02:00:00:00:01:01")), Output(11)], DEVICES
+    )
     flows.install(
         FlowKey.make(in_port=TEST_PORT, eth_dst=ROUTER, ip_dst="10.0.1.5"),
         l3,
-        [SetEthSrc("02:00:00:00:01:02"), OutputLocal(12)],
+        [SetEthSrc(mac_from_str("02:00:00:00:01:02")), Output(12)],
+        DEVICES,
     )
     assert flows.masks.active() == {0: L2, 1: l3}
 
@@ -239,7 +251,8 @@ def test_mask_selection_first_matching_mask_wins(probe: Probe) -> None:
     flows.install(
         FlowKey.make(in_port=TEST_PORT, eth_dst=ROUTER, ip_dst="10.0.1.0"),
         prefix,
-        [OutputLocal(13)],
+        [Output(13)],
+        DEVICES,
     )
     assert probe.run("probe_port_ingress", udp_frame(ROUTER, "10.0.1.77")).retval == TC_ACT_REDIRECT
     assert probe.maps.stats.read()[Stat.HIT] == 3
@@ -247,7 +260,9 @@ def test_mask_selection_first_matching_mask_wins(probe: Probe) -> None:
 
 def test_tunnel_output_sets_the_tunnel_key(probe: Probe) -> None:
     probe.maps.config.set(vxlan_ifindex=55)
-    probe.maps.flows.install(l2_key(), L2, [OutputTunnel(vni=5001, remote_ip="198.18.0.2")])
+    probe.maps.flows.install(
+        l2_key(), L2, [OutputTunnel(vni=5001, remote_ip=ip_from_str("198.18.0.2"))], DEVICES
+    )
     res = probe.run("probe_port_ingress", udp_frame())
     out = probe.out()
     assert res.retval == TC_ACT_REDIRECT
@@ -257,7 +272,9 @@ def test_tunnel_output_sets_the_tunnel_key(probe: Probe) -> None:
 
 
 def test_tunnel_output_without_a_device_is_an_error(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [OutputTunnel(vni=5001, remote_ip="198.18.0.2")])
+    probe.maps.flows.install(
+        l2_key(), L2, [OutputTunnel(vni=5001, remote_ip=ip_from_str("198.18.0.2"))], DEVICES
+    )
     assert probe.run("probe_port_ingress", udp_frame()).retval == TC_ACT_SHOT
     assert probe.maps.stats.read()[Stat.ACTION_ERROR] == 1
 
@@ -267,13 +284,16 @@ def test_non_last_outputs_clone(probe: Probe) -> None:
     probe.maps.flows.install(
         l2_key(),
         L2,
-        [OutputLocal(probe.dummy_ifindex), SetEthSrc(ROUTER), OutputLocal(probe.dummy_ifindex)],
+        [Output(probe.dummy_ifindex), SetEthSrc(mac_from_str(ROUTER)), Output(probe.dummy_ifindex)],
+        DEVICES,
     )
     res = probe.run("probe_port_ingress", udp_frame())
     assert res.retval == TC_ACT_REDIRECT and res.data[6:12] == bytes.fromhex("02000000ee01")
     assert probe.maps.stats.read()[Stat.ACTION_ERROR] == 0
     # An output that is not last and is followed by nothing else drops the original.
-    probe.maps.flows.install(l2_key(), L2, [OutputLocal(probe.dummy_ifindex), SetEthSrc(ROUTER)])
+    probe.maps.flows.install(
+        l2_key(), L2, [Output(probe.dummy_ifindex), SetEthSrc(mac_from_str(ROUTER))], DEVICES
+    )
     assert probe.run("probe_port_ingress", udp_frame()).retval == TC_ACT_SHOT
 
 
@@ -285,7 +305,7 @@ def tagged(port: int, frame: bytes) -> bytes:
 
 
 def test_inject_pops_the_tag_and_runs_the_flow(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [SetEthSrc(ROUTER), OutputLocal(42)])
+    probe.maps.flows.install(l2_key(), L2, [SetEthSrc(mac_from_str(ROUTER)), Output(42)], DEVICES)
     res = probe.run("probe_inject", tagged(TEST_PORT, udp_frame()))
     assert res.retval == TC_ACT_REDIRECT
     assert res.data == bytes.fromhex(VM_B.replace(":", "") + "02000000ee01") + udp_frame()[12:]
@@ -293,7 +313,7 @@ def test_inject_pops_the_tag_and_runs_the_flow(probe: Probe) -> None:
 
 
 def test_inject_uses_the_tag_as_in_port(probe: Probe) -> None:
-    probe.maps.flows.install(l2_key(), L2, [OutputLocal(42)])
+    probe.maps.flows.install(l2_key(), L2, [Output(42)], DEVICES)
     assert probe.run("probe_inject", tagged(TEST_PORT + 1, udp_frame())).retval == TC_ACT_SHOT
     assert probe.maps.stats.read()[Stat.INJECT_MISS] == 1
 
@@ -301,7 +321,7 @@ def test_inject_uses_the_tag_as_in_port(probe: Probe) -> None:
 def test_inject_keeps_a_tenant_tag(probe: Probe) -> None:
     key = FlowKey.make(in_port=TEST_PORT, eth_dst=VM_B, vlan_id=100)
     probe.maps.flows.install(
-        key, FlowKey.mask_of(["in_port", "eth_dst", "vlan_id"]), [OutputLocal(42)]
+        key, FlowKey.mask_of(["in_port", "eth_dst", "vlan_id"]), [Output(42)], DEVICES
     )
     inner = eth(VM_B, VM_A, ETH_P_IP, ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2)), vlan=100)
     assert probe.run("probe_inject", tagged(TEST_PORT, inner)).retval == TC_ACT_REDIRECT
@@ -309,7 +329,7 @@ def test_inject_keeps_a_tenant_tag(probe: Probe) -> None:
 
 def test_inject_miss_drops_instead_of_looping(probe: Probe) -> None:
     assert probe.run("probe_inject", tagged(TEST_PORT, udp_frame())).retval == TC_ACT_SHOT
-    probe.maps.flows.install(l2_key(), L2, [ToUserspace()])
+    probe.maps.flows.install(l2_key(), L2, [ToUserspace()], DEVICES)
     assert probe.run("probe_inject", tagged(TEST_PORT, udp_frame())).retval == TC_ACT_SHOT
     stats = probe.maps.stats.read()
     assert (stats[Stat.INJECT_MISS], stats[Stat.MISS]) == (2, 0)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tessera.datapath.ebpf.actions import OutputTunnel
+from tessera.datapath.base import OutputTunnel
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
+from tessera.packet.addr import ip_from_str
 
 from .conftest import BPFFS, _rm_tree
 from .nets import ping, tcp_echo_server, tcp_roundtrip
@@ -82,10 +83,16 @@ def test_ping_and_tcp_over_vxlan(hosts: TwoHosts) -> None:
     assert ping(hosts.a, IP_B, timeout=0.3) is None  # no flows yet
     # Host 1's simulation: A -> B is port VNI_B on host 2; and the way back.
     hosts.fp1.maps.flows.install(
-        FlowKey.make(in_port=1, eth_dst=MAC_B), L2, [OutputTunnel(VNI_B, UNDERLAY_2)]
+        FlowKey.make(in_port=1, eth_dst=MAC_B),
+        L2,
+        [OutputTunnel(VNI_B, ip_from_str(UNDERLAY_2))],
+        {},
     )
     hosts.fp2.maps.flows.install(
-        FlowKey.make(in_port=1, eth_dst=MAC_A), L2, [OutputTunnel(VNI_A, UNDERLAY_1)]
+        FlowKey.make(in_port=1, eth_dst=MAC_A),
+        L2,
+        [OutputTunnel(VNI_A, ip_from_str(UNDERLAY_1))],
+        {},
     )
     rtts = [ping(hosts.a, IP_B, timeout=1.0) for _ in range(3)]
     assert all(r is not None for r in rtts), rtts

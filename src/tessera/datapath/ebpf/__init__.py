@@ -4,8 +4,8 @@
   every map layout;
 * :mod:`.layout` -- the ctypes mirror of ``flow.h`` (checked against BTF);
 * :mod:`.bpf` -- the raw ``bpf(2)`` syscall (no fork per map operation);
-* :mod:`.maps` -- typed maps, megaflow masks, flood sets, ``reconcile``;
-* :mod:`.actions` -- flow actions as values;
+* :mod:`.maps` -- one module per map: flows, megaflow masks, flood sets, the small ones;
+* :mod:`.actions` -- the datapath's actions laid out as ``struct flow_action`` slots;
 * :mod:`.loader` -- compile, load, pin, attach (:class:`EbpfFastPath`);
 * :mod:`.upcall` -- the agent's AF_PACKET end of the miss path.
 

@@ -347,8 +347,8 @@ def map_lookup_batch(
     the start) into ``keys``/``values``; the next token goes to ``out_batch``
     (may be the same buffer).  Returns (entries copied, walk finished).
 
-    One syscall per chunk instead of two per entry: what makes a reconcile
-    of tens of thousands of flows cheap.  ENOSPC means a hash bucket holds
+    One syscall per chunk instead of two per entry: what makes the agent's sweep (a dump
+    of tens of thousands of flows) cheap.  ENOSPC means a hash bucket holds
     more than ``count`` entries: retry with a bigger chunk.
     """
     attr = _BatchAttr(

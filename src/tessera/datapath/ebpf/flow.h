@@ -87,8 +87,10 @@ enum flow_action_type {
  * another namespace; deliver straight into the peer with bpf_redirect_peer. */
 #define ACT_F_PEER 0x01
 
+/* `type` is a one-byte bit-field of the enum (not a __u8) so that the enum is in
+ * the object's BTF, where the loader checks layout.py's copy of it. */
 struct flow_action {
-	__u8 type;       /*  0: enum flow_action_type */
+	enum flow_action_type type : 8; /*  0 */
 	__u8 flags;      /*  1: ACT_F_* */
 	__u8 ttl_dec;    /*  2: DEC_TTL amount */
 	__u8 _pad0;      /*  3 */
@@ -143,7 +145,8 @@ struct dp_config {
 	__u32 _pad;
 };
 
-/* Indexes of the per-CPU `stats` array (u64 each). */
+/* Indexes of the per-CPU `stats` array (u64 each); its key type, so that the
+ * enum is in the object's BTF (see struct flow_action). */
 enum dp_stat {
 	STAT_HIT = 0,
 	STAT_MISS = 1,

@@ -2,8 +2,10 @@
 
 ``flow.h`` is the one definition; this module copies it for Python and
 :func:`layout_mismatches` proves the copy right against the BTF of the
-compiled object (Cilium's alignchecker).  The loader refuses an object whose
-layout disagrees, so a header edit without the matching Python edit fails
+compiled object (Cilium's alignchecker): every struct's size and member
+offsets, the length of every array member (so the FLOW_MAX_* / FLOOD_MAX_*
+limits), and the enums (`ActionType`, `Stat`).  The loader refuses an object
+that disagrees, so a header edit without the matching Python edit fails
 loudly instead of corrupting flows.
 
 Numeric fields are host byte order (see flow.h); MACs are 6 raw bytes.
@@ -31,9 +33,9 @@ __all__ = [
     "FLOW_ACTION_PACK",
     "FLOW_KEY_PACK",
     "FLOW_VALUE_HEAD_PACK",
+    "ENUMS",
     "KEY_FIELDS",
     "LOOKUP_INDEX_PACK",
-    "MAX_PORT_NO",
     "ActionType",
     "DpConfig",
     "FloodSet",
@@ -58,7 +60,6 @@ PORT_MAX_ENTRIES: Final = 4096
 VNI_MAX_ENTRIES: Final = 4096
 FLOOD_MAX_OUTPUTS: Final = 64
 FLOOD_MAX_SETS: Final = 4096
-MAX_PORT_NO: Final = 4095  # the miss tag carries the port in a 12-bit VID
 
 FLOW_FRAG_NONE: Final = 0
 FLOW_FRAG_FIRST: Final = 1
@@ -338,15 +339,24 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
 }
 
 
-def layout_mismatches(btf: Mapping[str, Any]) -> list[str]:
-    """Compare :data:`STRUCTS` with ``bpftool -j btf dump file X.o`` output.
+#: C enum name -> (Python mirror, prefix of the C enumerators, C-only enumerators with
+#: their values); every one is checked against BTF.
+ENUMS: Final[dict[str, tuple[type[enum.IntEnum], str, dict[str, int]]]] = {
+    "flow_action_type": (ActionType, "ACT_", {}),
+    "dp_stat": (Stat, "STAT_", {"STAT_MAX": STAT_MAX}),
+}
 
-    Returns human-readable differences (empty when the layouts agree):
-    struct size, member names in order, and member byte offsets.
+
+def layout_mismatches(btf: Mapping[str, Any]) -> list[str]:
+    """Compare :data:`STRUCTS` and :data:`ENUMS` with ``bpftool -j btf dump file X.o``.
+
+    Returns human-readable differences (empty when the layouts agree): struct
+    size, member names in order, member byte offsets, array lengths, and every
+    enumerator's name and value.
     """
-    by_name = {
-        t["name"]: t for t in btf.get("types", []) if t.get("kind") == "STRUCT" and t.get("name")
-    }
+    types = btf.get("types", [])
+    by_id = {t["id"]: t for t in types if "id" in t}
+    by_name = {t["name"]: t for t in types if t.get("kind") == "STRUCT" and t.get("name")}
     problems: list[str] = []
     for cname, pytype in STRUCTS.items():
         t = by_name.get(cname)
@@ -361,4 +371,35 @@ def layout_mismatches(btf: Mapping[str, Any]) -> list[str]:
         py_members = [(name, getattr(pytype, name).offset) for name, *_ in pytype._fields_]
         if c_members != py_members:
             problems.append(f"struct {cname}: members C {c_members} != Python {py_members}")
+        py_types = dict((f[0], f[1]) for f in pytype._fields_)
+        for m in t["members"]:
+            c_len = _array_length(by_id, m.get("type_id"))
+            py_type = py_types.get(m["name"])
+            if c_len is None or py_type is None:
+                continue
+            py_len = getattr(py_type, "_length_", None)
+            if c_len != py_len:
+                problems.append(
+                    f"struct {cname}.{m['name']}: {c_len} elements in C, {py_len} in Python"
+                )
+    enums = {t["name"]: t for t in types if t.get("kind") in ("ENUM", "ENUM64") and t.get("name")}
+    for cname, (pyenum, prefix, c_only) in ENUMS.items():
+        t = enums.get(cname)
+        if t is None:
+            problems.append(f"enum {cname}: not in the object's BTF")
+            continue
+        c_values = {v["name"]: v["val"] for v in t.get("values", [])}
+        py_values = {prefix + m.name: int(m.value) for m in pyenum} | c_only
+        if c_values != py_values:
+            problems.append(f"enum {cname}: C {c_values} != Python {py_values}")
     return problems
+
+
+def _array_length(by_id: Mapping[int, Mapping[str, Any]], type_id: int | None) -> int | None:
+    """The element count of an array type (through typedefs and qualifiers)."""
+    t = by_id.get(type_id) if type_id is not None else None
+    while t is not None and t.get("kind") in ("TYPEDEF", "CONST", "VOLATILE"):
+        t = by_id.get(t["type_id"])
+    if t is None or t.get("kind") != "ARRAY":
+        return None
+    return int(t["nr_elems"])

@@ -39,7 +39,7 @@ from typing import Final
 
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import layout_mismatches
-from tessera.datapath.ebpf.maps import MAP_SPECS, FastPathMaps, spec_mismatch
+from tessera.datapath.ebpf.maps import MAP_SPECS, FastPathMaps, map_spec_mismatches, spec_mismatch
 from tessera.datapath.ebpf.netns import netns_path, nsenter_prefix, run_in_netns
 
 __all__ = [
@@ -188,10 +188,14 @@ def object_btf(obj: Path) -> dict[str, object]:
 
 
 def check_object_layout(obj: Path) -> None:
-    problems = layout_mismatches(object_btf(obj))
+    """Refuse an object whose structs, enums, limits or maps differ from the Python
+    copies (layout.py, MAP_SPECS): they would write flows the program misreads."""
+    btf = object_btf(obj)
+    problems = layout_mismatches(btf) + map_spec_mismatches(btf)
     if problems:
         raise LoadError(
-            f"{obj.name}: flow.h and layout.py disagree; fix layout.py:\n  " + "\n  ".join(problems)
+            f"{obj.name}: flow.h/tessera_dp.c and layout.py/MAP_SPECS disagree; fix the "
+            "Python side:\n  " + "\n  ".join(problems)
         )
 
 

@@ -100,7 +100,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
+	__type(key, enum dp_stat);
 	__type(value, __u64);
 } stats SEC(".maps");
 

@@ -20,36 +20,28 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Final
 
-from tessera.datapath.ebpf.layout import MAX_PORT_NO
+from tessera.datapath.afpacket import (
+    AUXDATA_SPACE,
+    ETH_P_8021Q,
+    PACKET_OUTGOING,
+    TP_STATUS_CSUMNOTREADY,
+    open_packet_socket,
+    read_auxdata,
+)
+from tessera.datapath.base import MAX_PORT_NO
 from tessera.datapath.ebpf.netns import run_in_netns
 
 __all__ = ["NO_VNET", "Miss", "MissChannel", "VnetHdr"]
 
-ETH_P_ALL: Final = 0x0003
-ETH_P_8021Q: Final = 0x8100
-SOL_PACKET: Final = 263
-PACKET_AUXDATA: Final = 8
-PACKET_VNET_HDR: Final = 15
-PACKET_IGNORE_OUTGOING: Final = 23
-PACKET_OUTGOING: Final = 4
-TP_STATUS_CSUMNOTREADY: Final = 1 << 3
-TP_STATUS_VLAN_VALID: Final = 1 << 4
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 1
 _VNET: Final = struct.Struct("=BBHHHH")
 _NO_OFFLOAD: Final = (0, 0, 0, 0, 0, 0)
 _U16: Final = struct.Struct("!H")
 _MAX_FRAME: Final = 65536 + 64
-_ANC_SPACE: Final = socket.CMSG_SPACE(32)
-
-
-# struct tpacket_auxdata {u32 tp_status, tp_len, tp_snaplen; u16 tp_mac, tp_net,
-# tp_vlan_tci, tp_vlan_tpid}: the status and the VLAN TCI (the port tag) are read.
-_AUX: Final = struct.Struct("=I8x4xH2x")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +99,7 @@ class MissChannel:
     def __init__(self, ifname: str, netns: str | os.PathLike[str] | None = None) -> None:
         self.ifname = ifname
 
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            try:
-                s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-                s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-                s.bind((ifname, ETH_P_ALL))
-            except BaseException:
-                s.close()
-                raise
-            return s
-
-        self.sock = run_in_netns(netns, make)
+        self.sock = run_in_netns(netns, lambda: open_packet_socket(ifname, vnet_hdr=True))
         self.sock.setblocking(False)
         # One receive buffer for the socket's life: a frame is copied out of it once.
         # So one reader at a time (the agent's upcall thread is the only one).
@@ -151,19 +131,14 @@ class MissChannel:
     def recv_fields(self) -> tuple[int, bytes, VnetHdr, bool] | None:
         """One queued frame as Miss's fields (port, frame, vnet, csum_not_ready); None
         for a frame that is not a miss. Raises BlockingIOError when none is queued."""
-        n, anc, _flags, addr = self.sock.recvmsg_into((self._buf,), _ANC_SPACE)
+        n, anc, _flags, addr = self.sock.recvmsg_into((self._buf,), AUXDATA_SPACE)
         if addr[2] == PACKET_OUTGOING or n < _VNET.size + 14:
             return None
         raw = _VNET.unpack_from(self._buf)
         vnet = NO_VNET if raw == _NO_OFFLOAD else VnetHdr(*raw)
-        status = tci = 0
-        have_aux = False
-        for level, kind, data in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUX.size:
-                status, tci = _AUX.unpack_from(data)
-                have_aux = True
+        status, tci, _tpid = read_auxdata(anc)
         body = _VNET.size
-        if have_aux and status & TP_STATUS_VLAN_VALID:
+        if tci is not None:
             port = tci & 0x0FFF
             frame = bytes(self._view[body:n])
         elif n >= body + 18 and _U16.unpack_from(self._buf, body + 12)[0] == ETH_P_8021Q:
