@@ -141,14 +141,18 @@ def run_agent(
     from tessera.agent.registration import RegistrationError
     from tessera.agent.setup import SetupError, choose_underlay, make_datapath
     from tessera.datapath.base import DatapathError
-    from tessera.nsdb.connect import open_nsdb
-    from tessera.nsdb.errors import NsdbError
+    from tessera.nsdb.connect import open_connected
+    from tessera.nsdb.errors import NsdbError, Unavailable
 
     log = logging.getLogger("tessera.agent")
     # The NSDB first: a wrong URL or an unreachable ZooKeeper must fail before the
     # datapath creates anything on this host (vxlan0, the miss veth, pins).
     try:
-        client = open_nsdb(nsdb_url)
+        client = open_connected(
+            nsdb_url, hint="start ZooKeeper there or pass --nsdb zk://HOST:PORT/ROOT"
+        )
+    except Unavailable as exc:
+        raise UserError(str(exc)) from None
     except (ValueError, NsdbError) as exc:
         raise UserError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
     try:

@@ -18,7 +18,8 @@ import uvicorn
 from tessera.api.app import create_app
 from tessera.cluster import ClusterServices, HostLivenessJanitor
 from tessera.nsdb.base import Nsdb
-from tessera.nsdb.connect import open_nsdb
+from tessera.nsdb.connect import open_connected
+from tessera.nsdb.errors import Unavailable
 
 DEFAULT_LISTEN = "127.0.0.1:8181"
 # The agent's default too (`tessera agent`): started side by side with defaults, both
@@ -56,27 +57,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def open_server_nsdb(url: str) -> Nsdb:
-    """Like `open_nsdb`, with the API server's short ZooKeeper session timeout."""
-    try:
-        return open_nsdb(url, session_timeout=ZK_SESSION_TIMEOUT)
-    except ValueError as exc:
-        raise ServeError(f"--nsdb: {exc}") from None
-
-
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -101,18 +81,17 @@ def run(nsdb_url: str = DEFAULT_NSDB, listen: str = DEFAULT_LISTEN) -> None:
     nsdb: Nsdb | None = None
     services: ClusterServices | None = None
     try:
-        # An unreachable NSDB is one line below, not a page of connection retries; a
-        # server started anyway would only answer 503 while it kept trying.
-        with _quiet("kazoo", "tessera.nsdb.zookeeper"):
-            nsdb = open_server_nsdb(nsdb_url)
-            if not nsdb.connected:
-                nsdb.close()
-                nsdb = None
-        if nsdb is None:
-            raise ServeError(
-                f"the NSDB at {nsdb_url} is unreachable: start ZooKeeper there, pass --nsdb "
-                "zk://HOST:PORT/ROOT, or --nsdb memory for a quick look"
+        try:
+            nsdb = open_connected(
+                nsdb_url,
+                session_timeout=ZK_SESSION_TIMEOUT,
+                hint="start ZooKeeper there, pass --nsdb zk://HOST:PORT/ROOT, "
+                "or --nsdb memory for a quick look",
             )
+        except ValueError as exc:
+            raise ServeError(f"--nsdb: {exc}") from None
+        except Unavailable as exc:
+            raise ServeError(str(exc)) from None
         identifier = f"{socket.gethostname()}:{os.getpid()}@{host}:{port}"
         services = ClusterServices(nsdb, identifier, [HostLivenessJanitor(nsdb)])
         app = create_app(nsdb, services)

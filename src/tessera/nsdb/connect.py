@@ -12,8 +12,13 @@ other. The backends are imported only when opened, so parsing a URL (the CLI che
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from tessera.nsdb.errors import Unavailable
 
 if TYPE_CHECKING:
     from tessera.nsdb.base import Nsdb
@@ -59,3 +64,30 @@ def open_nsdb(url: str, *, session_timeout: float | None = None) -> Nsdb:
     if session_timeout is None:
         return ZookeeperNsdb(parsed.hosts, parsed.root)
     return ZookeeperNsdb(parsed.hosts, parsed.root, session_timeout=session_timeout)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def open_connected(url: str, *, hint: str, session_timeout: float | None = None) -> Nsdb:
+    """`open_nsdb`, refusing an NSDB that did not connect within the backend's connect
+    wait: `Unavailable` with one line (ending in `hint`) instead of a page of kazoo
+    retries, and before the caller has made anything. Services started against an
+    unreachable ZooKeeper would only retry (the API answering 503, the agent creating
+    its datapath for nothing)."""
+    with _quiet("kazoo", "tessera.nsdb.zookeeper"):
+        nsdb = open_nsdb(url, session_timeout=session_timeout)
+        if nsdb.connected:
+            return nsdb
+        nsdb.close()
+    raise Unavailable(f"the NSDB at {url} is unreachable: {hint}")

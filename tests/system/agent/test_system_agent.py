@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -324,24 +325,42 @@ def test_stale_flows_are_removed_after_a_restart(cloud: Cloud) -> None:
     assert h1.host_id in cloud.admin.state_get(tables.HOST_LIVENESS)
 
 
-def test_a_wrong_nsdb_url_fails_before_the_datapath_touches_the_host(
-    cloud: Cloud, tmp_path: Path
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("nsdb", "message"),
+    [
+        ("bogus://x", "error: cannot open the NSDB"),
+        ("zk://127.0.0.1:{port}/tessera", "error: the NSDB at zk://127.0.0.1:{port}/tessera is "
+         "unreachable: start ZooKeeper there or pass --nsdb zk://HOST:PORT/ROOT"),
+    ],
+    ids=["typo", "zookeeper-down"],
+)  # fmt: skip
+def test_a_wrong_or_unreachable_nsdb_fails_before_the_datapath_touches_the_host(
+    cloud: Cloud, tmp_path: Path, nsdb: str, message: str
 ) -> None:
-    """A typo in --nsdb must not leave vxlan0, the miss veth or pins on a hypervisor."""
-    ns = cloud.netns(f"bad{cloud.datapath[:2]}")
+    """A typo in --nsdb, or a ZooKeeper that does not answer, must not leave vxlan0, the
+    miss veth or pins on a hypervisor: one line, exit 1, nothing made."""
+    port = _free_port()
+    nsdb, message = nsdb.format(port=port), message.format(port=port)
+    ns = cloud.netns(f"bad{cloud.datapath[:2]}{nsdb[:2]}")
     ns.ip("link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")  # an underlay
     ns.ip("addr", "add", "198.18.0.99/24", "dev", "ul0")
     ns.ip("link", "set", "ul0", "up")
     host_id = "9d1c7e52-4d0f-4c55-9b53-2f6f3b0a1e01"
     before = set(ns.ip("-o", "link", "show").stdout.splitlines())
     proc = ns.run(
-        TESSERA, "agent", "--host-id", host_id, "--nsdb", "bogus://x",
+        TESSERA, "agent", "--host-id", host_id, "--nsdb", nsdb,
         "--datapath", cloud.datapath, "--underlay-ip", "198.18.0.99",
         "--state-dir", str(tmp_path / "state"),
         check=False,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot open the NSDB")
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in proc.stderr
     assert set(ns.ip("-o", "link", "show").stdout.splitlines()) == before
     assert not (Path("/sys/fs/bpf/tessera") / host_id).exists()
