@@ -21,7 +21,7 @@ from tessera.datapath.base import Flow, Match, PacketKey
 from tessera.datapath.table import MegaflowTable
 from tessera.simulation.result import ExpiryClass
 
-# Idle timeouts per expiry class, as MidoNet learned them (design.md §5). UNCACHED has
+# Idle timeouts per expiry class, as MidoNet learned them (docs/architecture.md). UNCACHED has
 # none: such a result is never installed (`SimulationResult.cacheable`).
 IDLE_TIMEOUTS: Mapping[ExpiryClass, float] = MappingProxyType(
     {

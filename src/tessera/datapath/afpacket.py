@@ -4,7 +4,7 @@ Two things a frame read from a veth does not carry in its bytes: its 802.1Q tag,
 the receive path moves to metadata, and whether its TCP/UDP checksum is still only a
 pseudo-header sum (CHECKSUM_PARTIAL, reported as TP_STATUS_CSUMNOTREADY). Both come in
 the auxdata control message; forwarding without looking at them breaks VLANs and, worse,
-makes every TCP connection fail silently while ping works (design.md §3).
+makes every TCP connection fail silently while ping works (measured on veths).
 
 The one home of that socket set-up and of reading the auxdata: the userspace datapath
 reads its ports with `PacketSocket`, the eBPF datapath its miss veth with

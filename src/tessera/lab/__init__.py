@@ -1,4 +1,4 @@
-"""`tessera lab`: an emulated cloud on one machine (contract §2, docs/lab.md).
+"""`tessera lab`: an emulated cloud on one machine (docs/lab.md).
 
 Hosts and VMs are network namespaces; each host runs a real `tessera agent`; ZooKeeper
 and the API run in the root namespace and reach the agents through a relay. Modules:

@@ -1,4 +1,4 @@
-"""`tessera lab`: the emulated cloud on one machine (contract §2).
+"""`tessera lab`: the emulated cloud on one machine (docs/lab.md).
 
     tessera lab up [--hosts N] [--name LAB] [--datapath ebpf|userspace] [--nsdb URL]
     tessera lab vm add NAME --host hK --port PORT_ID [--mac] [--ip] [--gw] [--dhcp] [--mtu]

@@ -24,7 +24,7 @@ class Ref:
     `cascade` deletes the referrer; `nullify` sets the field to None; `remove` drops the
     id from a list field, and if `delete_if_emptied` the referrer is deleted when that
     empties the list (an emptied port list would otherwise widen a rule to every port).
-    `required` refs must exist when the referrer is written.
+    Every target a referrer names must exist when the referrer is written.
     """
 
     field: str

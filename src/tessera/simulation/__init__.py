@@ -4,7 +4,7 @@
 and their filter chains over a frozen `Snapshot` and returns a `SimulationResult`:
 outputs on virtual ports, drops with reasons, packets to emit, the flow match with the
 mask of what was read, the tags of what the decision depended on, state to learn, and
-on request a trace. No I/O, time passed in (MidoNet's design, see `shared/design.md`).
+on request a trace. No I/O, time passed in (MidoNet's design).
 
 How an agent uses it, on a missed packet entering virtual port P:
 

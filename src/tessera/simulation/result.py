@@ -24,7 +24,7 @@ class Verdict(StrEnum):
 
 
 class ExpiryClass(StrEnum):
-    """How long a flow built from the result may live (MidoNet's figures, design.md §5).
+    """How long a flow built from the result may live (MidoNet's figures).
 
     Every class a flow can have is here; the agent's `flowtable.IDLE_TIMEOUTS` gives each
     installable one its idle timeout, and a test checks that none is missing.
