@@ -35,3 +35,9 @@ def host_tag(host_id: str) -> str:
     """Where a host is reached (its underlay address in a tunnel zone): the agent tags
     flows to remote ports with it, since the simulation knows nothing of hosts."""
     return f"host:{host_id}"
+
+
+def conn_tag(zone: str, proto: int, src_ip: int, dst_ip: int, src_port: int, dst_port: int) -> str:
+    """A zone's knowledge of one connection direction (a conntrack entry or NAT binding,
+    looked up by that key): created, received from another agent, or expired."""
+    return f"ct:{zone}:{proto}:{ip_to_str(src_ip)}:{src_port}:{ip_to_str(dst_ip)}:{dst_port}"
