@@ -4,6 +4,7 @@ kernel flows, FIN/RST, tags; and the table kept on disk across a restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from pathlib import Path
 
 from tessera.agent.flowstate import persist
@@ -64,7 +65,7 @@ def test_an_entry_expires_when_idle_but_never_while_its_flows_are_used() -> None
     key = tcp()
     table.add(ct(key, timeout=30.0), now=0.0, flows=["flow-a"])
     table.attach_flow(key.reversed(), "flow-b")  # the reply's flow, found by return key
-    used = {"flow-a": None, "flow-b": 0.0}
+    used: dict[Hashable, float | None] = {"flow-a": None, "flow-b": 0.0}
     for t in range(10, 500, 10):  # the reply flow forwards in the kernel all along
         used["flow-b"] = float(t)
         assert table.sweep(float(t), used.get) == set()
