@@ -41,6 +41,7 @@ from tessera.agent.flowstate.wire import (
     encode_record,
 )
 from tessera.agent.metrics import AgentMetrics
+from tessera.model import TunnelZone
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ WINDOW = 64  # sequence numbers remembered below the highest seen, per sender
 
 Authorize = Callable[[str, str], bool]  # (source address, sender host id) -> allowed
 Deliver = Callable[[str, Sequence[tuple[Op, StateEntry]]], None]
+
+
+def zone_peer(zones: Iterable[TunnelZone], me: str, address: str, sender: str) -> bool:
+    """Whether `address` is `sender`'s underlay address in a tunnel zone `me` is in too:
+    the only place another agent's flow state may come from."""
+    if sender == me:
+        return False
+    for zone in zones:
+        members = {m.host_id: m.ip_address for m in zone.hosts}
+        if me in members and members.get(sender) == address:
+            return True
+    return False
 
 
 class ReplayGuard:
