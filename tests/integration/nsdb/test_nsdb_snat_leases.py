@@ -165,3 +165,22 @@ def test_exhaustion_is_counted_and_logged_once_per_interval(
     assert len(lines) == 1 and "198.51.100.10" in lines[0] and "5000-5001" in lines[0]
     allocator.close()
     assert allocator.leases() == []
+
+
+def test_a_restarted_agent_adopts_its_bindings_once_the_old_session_is_gone(
+    nsdb_factory: Any,
+) -> None:
+    ips, ports = (EXT, EXT), (6000, 6000 + SNAT_BLOCK_SIZE - 1)
+    old_session = nsdb_factory()
+    old = SnatAllocator(old_session, "host-a", AgentMetrics())
+    bound = old.allocate(ips, ports, key(1))
+    assert bound is not None
+    restarted = SnatAllocator(nsdb_factory(), "host-a", AgentMetrics())
+    assert not restarted.adopt(bound[0], bound[1], key(1))  # still the old run's block
+    old_session.close()
+    assert restarted.adopt(bound[0], bound[1], key(1))
+    assert restarted.adopt(bound[0], bound[1], key(1))  # idempotent
+    assert not restarted.adopt(bound[0], bound[1], key(2))  # the port is taken
+    assert restarted.binding(key(1)) == bound
+    other = restarted.allocate(ips, ports, key(3))
+    assert other is not None and other != bound  # allocated around the adopted port

@@ -117,6 +117,33 @@ class SnatAllocator:
             self._owner[got] = key
             return got
 
+    def adopt(self, ip: int, port: int, key: ConnKey) -> bool:
+        """Take over a binding made before a restart (restored from the state file), so
+        the connection keeps its port: its block is leased again if free. False while
+        the block is held elsewhere (usually by this host's previous run, whose
+        session has not ended yet: ask again later) or the port is bound already."""
+        with self._lock:
+            if self._bindings.get(key) == (ip, port):
+                return True
+            if (ip, port) in self._owner:
+                return False
+            block = port // SNAT_BLOCK_SIZE
+            lease = self._leases.get((ip, block))
+            if lease is None:
+                value = SnatLease(self.host_id, self.token, self.wall_clock()).encode()
+                try:
+                    self.nsdb.state_create(
+                        snat_table(ip_to_str(ip)), snat_key(block), value, ephemeral=True
+                    )
+                except NsdbError:  # AlreadyExists included
+                    return False
+                lease = Lease(ip, block, idle_since=self.clock())
+                self._leases[(ip, block)] = lease
+            lease.used.add(port)
+            self._bindings[key] = (ip, port)
+            self._owner[(ip, port)] = key
+            return True
+
     def release(self, key: ConnKey) -> bool:
         """The connection ended: its port is free again (its block may be given back)."""
         with self._lock:
