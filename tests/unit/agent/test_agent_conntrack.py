@@ -177,3 +177,22 @@ def test_tessera_conntrack_lists_keys_device_nat_and_expiry(cloud: Cloud, run_di
         assert "SNAT port blocks" in human.output
     finally:
         server.stop()
+
+
+def test_the_table_is_saved_periodically_off_the_agent_thread(tmp_path: Path) -> None:
+    path = tmp_path / "periodic.json"
+    clock = [0.0]
+    service = FlowStateService(
+        "h", MemoryNsdb(MemoryStore()), AgentMetrics(), list, state_file=path,
+        clock=lambda: clock[0],
+    )  # fmt: skip
+    service.start()
+    service.track(StateEntry("conntrack", conn(), expiry=600.0))
+    service.sweep(1.0, lambda m: None)
+    assert not path.exists()  # not yet due
+    clock[0] = 11.0
+    service.sweep(11.0, lambda m: None)
+    assert service._saver is not None
+    service._saver.join(timeout=10)
+    assert len(json.loads(path.read_text())["entries"]) == 1
+    service.stop()

@@ -156,3 +156,21 @@ def test_a_damaged_state_file_is_ignored_or_its_bad_entries_skipped(tmp_path: Pa
     path.write_text(json.dumps(data))
     assert persist.load(path, table, now=0.0, wall_now=0.0) == 1
     assert len(table) == 1
+
+
+def test_a_connection_the_kernel_forwards_is_saved_as_active(tmp_path: Path) -> None:
+    """The agent never sees the packets of an installed connection: what a sweep read
+    from its flows is what the file must say, or a restart would drop it as idle."""
+    table = ConnTable()
+    table.add(ct(tcp(), timeout=30.0), now=0.0, flows=["f"])
+    table.sweep(100.0, lambda m: 99.0)  # the flow forwarded a packet a second ago
+    path = tmp_path / persist.FILE_NAME
+    persist.save(path, table, now=100.0, wall_now=1000.0)
+    restarted = ConnTable()
+    assert persist.load(path, restarted, now=0.0, wall_now=1005.0) == 1
+    # Removing the entry forgets its flows: a new entry with that flow is not kept alive
+    # by the old one's bookkeeping.
+    table.remove(tcp())
+    table.add(ct(tcp(2), timeout=5.0), now=100.0)
+    table.detach_flow("f")
+    assert table.sweep(106.0, lambda m: 106.0) != set()

@@ -147,6 +147,13 @@ def test_state_crosses_a_real_udp_socket_from_the_underlay_address() -> None:
             time.sleep(0.01)
         assert [e.key for u in got for _op, e in u] == [e.key for _op, e in updates]
         assert sender.send([], updates) == 0
+        bad = StateEntry("conntrack", ConnKey(PROTO_TCP, 1, 2, 3, 4, ""))  # no zone
+        got.clear()
+        assert sender.send(["127.0.0.1"], [("add", bad), ("add", entry(99))]) == 1
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [e.key for u in got for _op, e in u] == [entry(99).key]
     finally:
         sender.close()
         receiver.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
@@ -74,6 +75,8 @@ class FlowStateService:
         self._tags: collections.deque[set[str]] = collections.deque()
         self._next_save = 0.0
         self._loaded = False  # never save over a file this run has not read
+        self._save_lock = threading.Lock()  # one writer of the file at a time
+        self._saver: threading.Thread | None = None
 
     def start(self) -> None:
         if self.state_file is not None:
@@ -96,15 +99,26 @@ class FlowStateService:
             self.receiver.stop()
         if self.sender is not None:
             self.sender.close()
+        if self._saver is not None:
+            self._saver.join(timeout=30)
         self.save()
 
     def save(self) -> None:
         if self.state_file is None or not self._loaded:
             return
-        try:
-            persist.save(self.state_file, self.table, self.clock(), self.wall_clock())
-        except OSError as exc:
-            log.warning("connection state not saved to %s: %s", self.state_file, exc)
+        with self._save_lock:
+            try:
+                persist.save(self.state_file, self.table, self.clock(), self.wall_clock())
+            except OSError as exc:
+                log.warning("connection state not saved to %s: %s", self.state_file, exc)
+
+    def _save_in_background(self) -> None:
+        """The periodic save, off the agent thread: a large table takes a while to
+        write, and misses must not wait for it."""
+        if self.state_file is None or (self._saver is not None and self._saver.is_alive()):
+            return
+        self._saver = threading.Thread(target=self.save, name="flowstate-save", daemon=True)
+        self._saver.start()
 
     # -- peers ----------------------------------------------------------------------------
 
@@ -147,7 +161,7 @@ class FlowStateService:
         self.snat.maintain()
         if now >= self._next_save:
             self._next_save = now + persist.SAVE_INTERVAL
-            self.save()
+            self._save_in_background()
         return tags
 
     def report(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:

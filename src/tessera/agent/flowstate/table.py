@@ -63,6 +63,7 @@ class ConnTable:
         self._lock = threading.Lock()
         self._by_key: dict[ConnKey, Tracked] = {}
         self._by_return: dict[ConnKey, ConnKey] = {}  # return key → forward key
+        self._by_flow: dict[Hashable, set[ConnKey]] = {}  # flow match → forward keys
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -86,6 +87,8 @@ class ConnTable:
             tracked = Tracked(entry, now, entry.expiry, kept_flows | set(flows))
             self._by_key[entry.key] = tracked
             self._by_return[rkey] = entry.key
+            for match in tracked.flows:
+                self._by_flow.setdefault(match, set()).add(entry.key)
             return tags | tracked.tags()
 
     def remove(self, key: ConnKey) -> set[str]:
@@ -100,13 +103,16 @@ class ConnTable:
             if tracked is None:
                 return False
             tracked.flows.add(match)
+            self._by_flow.setdefault(match, set()).add(tracked.entry.key)
             return True
 
     def detach_flow(self, match: Hashable) -> None:
         """A flow was removed: it no longer keeps anything alive."""
         with self._lock:
-            for tracked in self._by_key.values():
-                tracked.flows.discard(match)
+            for key in self._by_flow.pop(match, ()):
+                tracked = self._by_key.get(key)
+                if tracked is not None:
+                    tracked.flows.discard(match)
 
     def touch(self, key: ConnKey, now: float) -> None:
         """A packet of the connection was seen (a miss, a userspace packet)."""
@@ -133,8 +139,9 @@ class ConnTable:
     def sweep(self, now: float, last_used: LastUsed) -> set[str]:
         """Remove entries idle longer than their timeout, where idle counts from the
         later of the agent's last sight and the last use of any flow carrying them
-        (`last_used(match)`: None when the flow is not installed). Returns the tags of
-        what was removed."""
+        (`last_used(match)`: None when the flow is not installed). A live entry's last
+        sight moves up to its flows' last use, so its idle time stays true when saved.
+        Returns the tags of what was removed."""
         with self._lock:
             expired: list[ConnKey] = []
             for key, tracked in self._by_key.items():
@@ -145,6 +152,8 @@ class ConnTable:
                         last = used
                 if now - last > tracked.timeout:
                     expired.append(key)
+                else:
+                    tracked.last_seen = last
             tags: set[str] = set()
             for key in expired:
                 tags |= self._drop(key)
@@ -154,6 +163,7 @@ class ConnTable:
         with self._lock:
             self._by_key.clear()
             self._by_return.clear()
+            self._by_flow.clear()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -190,4 +200,10 @@ class ConnTable:
         rkey = tracked.entry.return_key()
         if self._by_return.get(rkey) == key:
             del self._by_return[rkey]
+        for match in tracked.flows:
+            keys = self._by_flow.get(match)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_flow[match]
         return tracked.tags()

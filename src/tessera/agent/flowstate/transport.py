@@ -28,7 +28,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from tessera.agent.flowstate.entry import StateEntry
 from tessera.agent.flowstate.wire import (
@@ -215,7 +215,7 @@ class FlowStateSender:
         if not targets:
             return 0
         sent = 0
-        for group in batches(encode_record(op, entry) for op, entry in updates):
+        for group in batches(self._records(updates)):
             with self._lock:
                 self._seq += 1
                 data = encode(self.host_id, self.epoch, self._seq, group)
@@ -228,6 +228,14 @@ class FlowStateSender:
         if sent:
             self.metrics.flowstate_sent.inc(sent)
         return sent
+
+    @staticmethod
+    def _records(updates: Iterable[tuple[Op, StateEntry]]) -> Iterator[bytes]:
+        for op, entry in updates:
+            try:
+                yield encode_record(op, entry)
+            except ValueError as exc:  # a bad entry is not sent; the others are
+                log.warning("flow state not sent: %s", exc)
 
     def close(self) -> None:
         self._sock.close()
