@@ -206,7 +206,10 @@ class FlowStateSender:
         self._seq = 0
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind((address, 0))
+        try:
+            self._sock.bind((address, 0))
+        except OSError as exc:  # peers will refuse what routing sends from elsewhere
+            log.error("flow-state sender cannot bind %s: %s", address, exc)
 
     def send(self, hosts: Iterable[str], updates: Iterable[tuple[Op, StateEntry]]) -> int:
         """Send `updates` to each underlay address in `hosts` before returning (the
