@@ -92,9 +92,12 @@ def test_a_normal_route_needs_a_next_hop_port_and_on_link_gateway_is_none() -> N
         next_hop_gateway="0.0.0.0",
     )
     assert r.next_hop_gateway is None
-    assert Route(
-        router_id=new_id(), dst_network_addr="10.0.0.0", dst_network_length=8, type="BlackHole"
-    ).next_hop_port is None
+    assert (
+        Route(
+            router_id=new_id(), dst_network_addr="10.0.0.0", dst_network_length=8, type="BlackHole"
+        ).next_hop_port
+        is None
+    )
 
 
 def test_every_reference_names_known_kinds_and_declared_fields() -> None:
