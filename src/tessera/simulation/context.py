@@ -141,9 +141,10 @@ class Simulation:
         self._packet: Ethernet | None = None
         # Set by the driver: sends a generated packet out of a port (see `generate`).
         self.generator: Generator | None = None
-        # Flow state (see `stateful.py`): the ingress port and the match as it arrived,
-        # the forward/return answer once asked, what the decision found (kept alive by
-        # the flow) and what it creates (only part of a FORWARD result).
+        # Flow state (see `stateful.py`): the SNAT allocator, the match as it arrived,
+        # the forward/return answer once asked, whether any state was read or made, what
+        # the decision found (kept alive by the flow) and what it creates (only part of a
+        # FORWARD result).
         self.allocator = allocator
         self.ct_match: FlowMatch | None = None
         self.ct_forward: bool | None = None

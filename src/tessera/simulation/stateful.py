@@ -85,6 +85,7 @@ def is_forward(sim: Simulation, node: TraceNode | None = None) -> bool:
     tuple5 = _arrival_key(m)
     if tuple5 is None:
         sim.ct_forward = True
+        sim.ct_match = None  # untracked: its outputs create no entry (`Simulation.output`)
         if node is not None:
             node.add("conntrack", None, "not tracked (not TCP, UDP or ICMP echo): forward flow")
         return True
@@ -176,18 +177,14 @@ def nat(
     if static is not None:
         if m.eth_type != ETH_TYPE_IPV4:
             return False
-        before = m.ip_src if snat else m.ip_dst
+        # Nothing else is read: one flow serves every connection of the address.
         if snat:
             m.set_ip_src(static)
         else:
             m.set_ip_dst(static)
         if node is not None:
             where = "source" if snat else "destination"
-            node.add(
-                "nat",
-                rule.id,
-                f"static {rule.action}: {where} {ip_to_str(before)} -> {ip_to_str(static)}",
-            )
+            node.add("nat", rule.id, f"static {rule.action}: {where} -> {ip_to_str(static)}")
         return True
     t = _nat_tuple(m)
     if t is None:
