@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sim_topo import Topo, eth, ip, mac, ping, tcp
 
+from tessera.cli.trace import render_text
 from tessera.model import Chain, Port
 from tessera.packet import PROTO_ICMP, Field, Icmp, IPv4
 from tessera.simulation import (
@@ -181,4 +182,5 @@ def test_the_trace_shows_the_connection_tracking_decision() -> None:
     text = str(answer["trace"])
     assert "forward flow tcp 10.0.0.1:40000 > 10.0.0.2:80" in text
     assert answer["flow_state"][0]["type"] == "conntrack"
+    assert "would create conntrack entry tcp 10.0.0.1:40000 > 10.0.0.2:80" in render_text(answer)
     assert "unsupported" not in answer

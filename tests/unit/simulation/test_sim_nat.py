@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from sim_topo import Topo, fragment, ip, mac, ping, tcp
 
+from tessera.cli.trace import render_text
 from tessera.model import Chain, Port
 from tessera.packet import PROTO_TCP, Field, FlowMatch, mac_from_str
 from tessera.simulation import (
+    ConnKey,
+    ConntrackEntry,
     ExpiryClass,
     NatBinding,
     NatEntry,
@@ -280,3 +283,28 @@ def test_the_trace_shows_each_translation() -> None:
     assert answer["outputs"][0]["set_nw_src"] == "203.0.113.1"
     assert answer["outputs"][0]["set_tp_src"] == 1024
     assert [s["kind"] for s in answer["flow_state"]] == ["fwd_snat", "rev_snat"]
+    text = render_text(answer)
+    assert "would create NAT binding fwd_snat tcp 10.0.0.5:40000 > 203.0.113.9:80 -> " in text
+    assert "set_nw_src=203.0.113.1" in text
+
+
+def test_a_conntrack_firewall_on_the_vm_port_lets_the_snat_reply_in() -> None:
+    """The connection is keyed as it leaves (after SNAT, on the router the uplink belongs
+    to) and the reply as it enters (before reverse SNAT, on that same router)."""
+    e = Edge()
+    e.snat(PUBLIC)
+    asks, returns = e.t.chain("from vm"), e.t.chain("to vm")
+    e.t.rule(asks, "accept", match_forward_flow=True)
+    e.t.rule(returns, "accept", match_return_flow=True)
+    e.t.rule(returns, "drop")
+    vm = e.t.set(e.vm, inbound_filter_id=asks.id, outbound_filter_id=returns.id)
+    res = e.out(vm, tcp(mac(5), GW_IN, "10.0.0.5", "203.0.113.9", 40000, 80))
+    conn = ConnKey(PROTO_TCP, ip("203.0.113.1"), ip("203.0.113.9"), 1024, 80, e.r.id)
+    assert ConntrackEntry(conn) in res.flow_state and len(res.flow_state) == 3
+    reply = tcp(EXT, GW_OUT, "203.0.113.9", "203.0.113.1", 80, 1024)
+    e.t.nat.update({k.key: k.binding for k in res.flow_state if isinstance(k, NatEntry)})
+    assert e.out(e.uplink, reply).verdict is Verdict.DROP  # translated, but not tracked
+    e.t.install(res)
+    back = e.out(e.uplink, reply)
+    assert back.verdict is Verdict.FORWARD and back.outputs[0].port_id == e.vm.id
+    assert conn in back.state_refs
