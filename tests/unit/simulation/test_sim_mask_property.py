@@ -44,7 +44,7 @@ from tessera.packet import (
 )
 from tessera.packet.match import FIELD_NAMES, Field
 from tessera.simulation import ExpiryClass, NotYetLoaded, SimulationResult, Snapshot, simulate
-from tessera.simulation.flowstate import ConnKey, FlowStateView, NatBinding, NatKey
+from tessera.simulation.flowstate import ConnKey, FlowStateView, NatBinding, NatKey, NatKind
 
 VM_MACS = [0x02_00_00_00_00_00 | i for i in range(1, 7)]
 ROUTER_MACS = [0x02_AA_00_00_00_00 | i for i in range(1, 7)]
@@ -385,7 +385,7 @@ def flow_state_about(
             device = draw(devices)
             conns.add(ConnKey(proto, dst, src, dport, sport, device))
         for _ in range(draw(st.integers(0, 3))):
-            kind = draw(st.sampled_from(["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat"]))
+            kind: NatKind = draw(st.sampled_from(["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat"]))
             key = NatKey(kind, proto, src, sport, dst, dport, draw(devices))
             nat[key] = NatBinding(ip_from_str(draw(hosts)), draw(st.sampled_from(PORTS)))
     return FlowStateView(frozenset(conns), nat)
