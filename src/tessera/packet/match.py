@@ -21,6 +21,10 @@ simulation code reads packet fields only through it.
   what makes a flow keyed without the TTL correct for every packet above the bound (see
   `ttl_floor`). A "no" is a decision on the exact value: the field joins the mask.
 - Keys and `matches()` always use the values the packet arrived with, never rewrites.
+  `arrival(fields)` reads those values for decisions defined on the packet as it came
+  in (connection tracking), recording them even where they were rewritten since.
+- The ICMP echo identifier (`icmp_id`) is no key field (the kernel's key has none):
+  reading it marks the whole match `userspace`, a decision no flow can cache.
 
 Field names and values mirror the kernel's `struct flow_key` (datapath/ebpf/flow.h):
 for ARP, `ip_src`/`ip_dst` are the sender/target protocol addresses and `ip_proto` the

@@ -23,6 +23,13 @@ How an agent uses it, on a missed packet entering virtual port P:
     HOLD: keep the packet; simulate it again when a tag `arp:...` of result.waits
         changes, or after a timeout with `arp_failed=[(w.router_id, w.ip) ...]`.
 
+Connection tracking and NAT (`stateful.py`, `flowstate.py`) read the snapshot's
+`FlowStateView` and choose new SNAT sources through `simulate(..., allocator=...)`
+(a `NatAllocator`; `FirstFreeAllocator` by default); a result whose decision read or
+made flow state has expiry STATEFUL, lists what it found in `state_refs` and what it
+creates in `flow_state`, and carries the `conntrack_tag`/`nat_tag` of every entry it
+looked up, found or not.
+
 `tessera.simulation.trace` turns a packet description into a traced simulation
 (`trace_packet`, JSON-ready); `tessera trace` (`tessera.cli.trace`) draws it, and the
 API's `POST /traces` runs it over the whole topology (`tessera.api.snapshot`). The
