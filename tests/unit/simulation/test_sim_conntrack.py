@@ -184,3 +184,36 @@ def test_the_trace_shows_the_connection_tracking_decision() -> None:
     assert answer["flow_state"][0]["type"] == "conntrack"
     assert "would create conntrack entry tcp 10.0.0.1:40000 > 10.0.0.2:80" in render_text(answer)
     assert "unsupported" not in answer
+
+
+def test_a_packet_the_network_generates_counts_as_a_return_flow() -> None:
+    """A router's ICMP error back to a VM passes the VM's "return flows only" filter."""
+    t = Topo()
+    br, r = t.bridge(), t.router()
+    vm, link = t.bridge_port(br), t.bridge_port(br)
+    rp = t.router_port(r, "10.0.0.1/24", "02:aa:00:00:00:01")
+    t.link(link, rp)
+    t.route(r, "10.0.0.0/24", t.get(rp))
+    t.learn_mac(br, mac(5), vm)
+    returns = t.chain("to vm")
+    t.rule(returns, "accept", match_return_flow=True)
+    t.rule(returns, "drop")
+    t.set(vm, outbound_filter_id=returns.id)
+    res = t.send(t.get(vm), tcp(mac(5), 0x02AA_0000_0001, "10.0.0.5", "192.0.2.1"))  # no route
+    assert res.verdict is Verdict.DROP
+    assert [e.kind for e in res.emitted] == ["icmp_error"] and res.emitted[0].port_id == vm.id
+
+
+def test_a_port_in_two_stateful_groups_is_keyed_by_the_lowest_group_id() -> None:
+    t = Topo()
+    br = t.bridge()
+    p = t.bridge_port(br)
+    g1, g2 = t.port_group(p), t.port_group(p)
+    t.set(g1, stateful=True)
+    t.set(g2, stateful=True)
+    snap = t.snapshot()
+    assert snap.conn_device(snap.port(p.id)) == min(g1.id, g2.id)
+    t.set(g1, stateful=False)
+    t.set(g2, stateful=False)
+    snap = t.snapshot()
+    assert snap.conn_device(snap.port(p.id)) == br.id
