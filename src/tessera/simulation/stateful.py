@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the simulation calls in here; only its type is needed
     from tessera.simulation.context import Simulation
 
 _ECHO = (0, 8)
+_NAT_PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_ICMP)
 _PROTO = Field.ETH_TYPE | Field.IP_PROTO
 _ADDRS = Field.IP_SRC | Field.IP_DST
 _PORTS = Field.TP_SRC | Field.TP_DST
@@ -171,7 +172,8 @@ def nat(
     sim: Simulation, m: FlowMatch, rule: CompiledRule, device: str, node: TraceNode | None
 ) -> bool | None:
     """Apply a `dnat`/`snat` rule. True: translated; False: the rule does not apply to
-    this packet (not TCP, UDP or ICMP echo); None: SNAT found no free source."""
+    this packet (not TCP, UDP or ICMP echo); None: drop it (SNAT found no free source,
+    or a later fragment, whose connection cannot be told, met a dynamic translation)."""
     snat = rule.action == "snat"
     static = _static(rule)
     if static is not None:
@@ -188,6 +190,11 @@ def nat(
         return True
     t = _nat_tuple(m)
     if t is None:
+        if m.eth_type == ETH_TYPE_IPV4 and m.ip_frag == 2 and m.ip_proto in _NAT_PROTOS:
+            # Its connection cannot be told without ports: translating it wrongly or
+            # letting it out untranslated would both be worse than the drop.
+            sim.drop(f"{rule.action}: a later fragment has no ports to translate", node)
+            return None
         if node is not None:
             node.add("nat", rule.id, f"{rule.action}: not applicable (not TCP, UDP or ICMP echo)")
         return False

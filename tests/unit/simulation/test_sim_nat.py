@@ -255,11 +255,18 @@ def test_fragment_policies(policy: str, drops_first: bool, drops_later: bool) ->
         assert Field.IP_FRAG in first.match.mask
 
 
-def test_a_later_fragment_is_not_translated_by_dynamic_nat() -> None:
+def test_a_later_fragment_meeting_dynamic_nat_is_dropped_and_static_nat_translates_it() -> None:
     e = Edge()
     e.snat(PUBLIC)
-    later = e.out(e.vm, fragment(mac(5), GW_IN, "10.0.0.5", "203.0.113.9", later=True))
-    assert later.verdict is Verdict.FORWARD and later.outputs[0].nw_src is None
+    frame = fragment(mac(5), GW_IN, "10.0.0.5", "203.0.113.9", later=True)
+    later = e.out(e.vm, frame)
+    assert later.verdict is Verdict.DROP and "later fragment" in (later.drop_reason or "")
+    assert later.flow_state == ()
+    static = Edge()
+    fip = [{"address_from": "203.0.113.10", "address_to": "203.0.113.10"}]
+    static.t.rule(static.post, "snat", out_ports=[static.uplink.id], nat_targets=fip)
+    res = static.out(static.vm, frame)
+    assert res.verdict is Verdict.FORWARD and res.outputs[0].nw_src == ip("203.0.113.10")
 
 
 def test_the_trace_shows_each_translation() -> None:
