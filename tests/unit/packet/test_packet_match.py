@@ -290,3 +290,27 @@ def test_equality_and_repr() -> None:
     assert "mask=eth_src" in text
     with pytest.raises(TypeError):
         hash(a)
+
+
+def test_the_icmp_echo_id_is_extracted_and_reading_it_makes_the_match_userspace() -> None:
+    m = FlowMatch.from_frame(PORT, ICMP_ECHO)
+    assert FlowMatch.from_packet(PORT, Ethernet.parse(ICMP_ECHO)).icmp_id == 0x1234
+    assert not m.userspace and m.mask == Field(0)
+    copy = m.copy()
+    assert copy.icmp_id == 0x1234
+    # No flow key holds the id: the whole match (all copies) may no longer be cached.
+    assert m.userspace and m.mask == Field.TP_SRC | TP_NEEDS
+    other = FlowMatch.from_frame(PORT, TCP_SYN)
+    assert other.icmp_id == 0  # not an echo
+    fresh = FlowMatch.from_frame(PORT, TCP_SYN)
+    fresh.merge_mask(other)
+    assert fresh.userspace
+
+
+def test_arrival_values_are_recorded_even_after_a_rewrite() -> None:
+    m = FlowMatch.from_frame(PORT, TCP_SYN)
+    src = m.original()["ip_src"]
+    m.set_ip_src(ip_from_str("192.0.2.1"))
+    assert m.ip_src == ip_from_str("192.0.2.1") and Field.IP_SRC not in m.mask
+    assert m.arrival(Field.IP_SRC | Field.TP_DST) == (src, m.original()["tp_dst"])
+    assert m.mask == Field.IP_SRC | Field.TP_DST | TP_NEEDS
