@@ -356,7 +356,9 @@ class Datapath(abc.ABC):
 
     @abc.abstractmethod
     def remove_port(self, port: int) -> None:
-        """Detach; an unknown port is ignored."""
+        """Detach; an unknown port is ignored. Every flow that outputs to the port is
+        deleted with it: its packets reach the agent again instead of leaving by a
+        device that is no longer this port (or, later, another port's)."""
 
     @abc.abstractmethod
     def ports(self) -> dict[int, PortBinding]:
@@ -365,8 +367,11 @@ class Datapath(abc.ABC):
     # -- flows --
     @abc.abstractmethod
     def install(self, flow: Flow) -> None:
-        """Add the flow, or replace the actions of an installed one with the same match
-        (its counters then restart)."""
+        """Add the flow, or replace the actions of an installed one with the same match.
+
+        A replaced flow keeps its counters: it carries the same traffic, and what reads
+        them (the agent's idle expiry, connection liveness) must not take a replace for
+        a flow that has just gone quiet."""
 
     @abc.abstractmethod
     def delete(self, match: Match) -> bool:

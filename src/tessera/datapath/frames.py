@@ -3,9 +3,9 @@
 The fake, the userspace path and the eBPF backend's packet-out all apply actions here,
 so a rewrite means the same bytes everywhere, and the same as the kernel program: MACs
 overwritten in place, the TTL decremented with the IPv4 header checksum fixed, outputs
-taking the frame as rewritten so far, a TTL that would reach 0 handing the packet to
-the agent instead (it answers with ICMP time exceeded), and a decrement of a frame that
-is not IPv4 dropping it.
+taking the frame as rewritten so far, a TTL that any decrement would take to 0 handing
+the packet as it arrived to the agent before anything is sent (it answers with ICMP time
+exceeded), and a decrement of a frame that is not IPv4 dropping it.
 """
 
 from __future__ import annotations
@@ -78,8 +78,32 @@ def dec_ttl(frame: bytearray, n: int) -> bool:
     return True
 
 
+def ttl_verdict(frame: bytes, actions: Sequence[Action]) -> Execution | None:
+    """What a flow that decrements the TTL does to a packet it cannot run on, None when
+    it may run.
+
+    All or nothing, as the kernel program's check before its first action: when the
+    decrements add up to the TTL the packet arrived with, some `DecTtl` would take it to
+    zero, and the agent gets the packet untouched before anything is rewritten or sent
+    (it answers ICMP time exceeded); a flow that decrements the TTL of a frame without
+    one is broken and drops it (the agent would only install the same flow again).
+    """
+    dec = sum(a.n for a in actions if isinstance(a, DecTtl))
+    if not dec:
+        return None
+    off = ipv4_offset(frame)
+    if off is None:
+        return Execution(dropped=True)
+    if dec >= frame[off + 8]:
+        return Execution(to_userspace=True)
+    return None
+
+
 def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
     """Apply `actions` in order; each output carries the frame as rewritten so far."""
+    refused = ttl_verdict(frame, actions)
+    if refused is not None:
+        return refused
     result = Execution()
     data = bytearray(frame)
     for action in actions:
@@ -88,14 +112,7 @@ def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
         elif isinstance(action, SetEthSrc):
             data[6:12] = action.mac.to_bytes(6, "big")
         elif isinstance(action, DecTtl):
-            if ipv4_offset(data) is None:
-                # No TTL to decrement: a broken flow, dropped as the kernel program does
-                # (the agent would only install the same flow again).
-                result.dropped = True
-                return result
-            if not dec_ttl(data, action.n):
-                result.to_userspace = True
-                return result
+            dec_ttl(data, action.n)  # fits: ttl_verdict checked every decrement
         elif isinstance(action, Output | OutputTunnel):
             result.outputs.append((action, bytes(data)))
         elif isinstance(action, Drop):

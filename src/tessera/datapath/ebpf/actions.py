@@ -46,6 +46,7 @@ __all__ = [
     "encode",
     "flood_slot",
     "is_output_slots",
+    "outputs_to",
 ]
 
 #: Where a local port number leads in the kernel: (ifindex, deliver into the veth's
@@ -143,6 +144,14 @@ def flood_id(slot: bytes) -> int | None:
     if slot[0] != _FLOOD:
         return None
     return int(FLOW_ACTION_PACK.unpack(slot)[3])
+
+
+def outputs_to(slots: bytes, ifindex: int) -> bool:
+    """Whether a slot is an OUTPUT_LOCAL to device `ifindex`."""
+    return any(
+        typ == _OUTPUT_LOCAL and ifx == ifindex
+        for typ, _f, _t, ifx, *_ in FLOW_ACTION_PACK.iter_unpack(slots)
+    )
 
 
 def is_output_slots(slots: bytes) -> bool:

@@ -37,10 +37,6 @@
 
 #include "flow.h"
 
-#ifndef ETH_P_8021AD
-#define ETH_P_8021AD 0x88A8
-#endif
-
 #define VLAN_HLEN 4
 #define VLAN_VID_MASK 0x0fff
 #define IP_MF 0x2000
@@ -173,9 +169,17 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 	__u16 proto = bpf_ntohs(eth->h_proto);
 	__u32 off = sizeof(*eth);
 
+	/* Only 802.1Q is a VLAN tag.  An 802.1ad S-tag (0x88a8) is an
+	 * EtherType with vlan_id 0, as FlowMatch.from_frame reads it: the
+	 * receive path moves it to metadata like a C-tag, so look at the
+	 * metadata's protocol, and stop there as the agent's parser does. */
 	if (skb->vlan_present) {
+		if (skb->vlan_proto != bpf_htons(ETH_P_8021Q)) {
+			key->eth_type = bpf_ntohs(skb->vlan_proto);
+			return;
+		}
 		key->vlan_id = skb->vlan_tci & VLAN_VID_MASK;
-	} else if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+	} else if (proto == ETH_P_8021Q) {
 		/* Only reached for a tag the kernel did not move to metadata
 		 * (e.g. BPF_PROG_TEST_RUN); treat it the same way. */
 		struct vlan_hdr_ *vh = data + off;
@@ -224,23 +228,27 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 		key->ip_frag = FLOW_FRAG_FIRST;
 
 	__u32 ihl = (__u32)ip->ihl * 4;
+	__u32 total = bpf_ntohs(ip->tot_len);
 
-	if (ihl < sizeof(*ip))
+	if (ihl < sizeof(*ip) || total < ihl)
 		return;
 
+	/* The transport header ends where the IPv4 total length says, not at
+	 * the end of the frame: bytes after it are Ethernet padding. */
+	__u32 avail = total - ihl;
 	__u8 *l4 = (__u8 *)ip + ihl;
 
 	switch (ip->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		if ((void *)(l4 + 4) > data_end)
+		if (avail < 4 || (void *)(l4 + 4) > data_end)
 			return;
 		key->tp_src = ((__u16)l4[0] << 8) | l4[1];
 		key->tp_dst = ((__u16)l4[2] << 8) | l4[3];
 		break;
 	case IPPROTO_ICMP:
-		if ((void *)(l4 + 2) > data_end)
+		if (avail < 2 || (void *)(l4 + 2) > data_end)
 			return;
 		key->tp_src = l4[0]; /* type */
 		key->tp_dst = l4[1]; /* code */
@@ -333,7 +341,7 @@ static __always_inline int miss(struct __sk_buff *skb, __u32 in_port, int mode)
 }
 
 /* Decrement the IPv4 TTL by n and fix the header checksum.  Returns 1 when
- * the TTL would reach zero (the simulation must see it), <0 on error. */
+ * the TTL would reach zero (ttl_verdict() rules that out), <0 on error. */
 static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
 {
 	__be16 old, new;
@@ -450,14 +458,48 @@ __attribute__((noinline)) int flood(struct __sk_buff *skb, __u32 set_id, int las
 	return OUT_CONTINUE;
 }
 
+/* Whether the flow may run on this packet at all: 0 to go on, else the
+ * verdict.  A flow that decrements the TTL runs all or nothing: when the
+ * decrements add up to the TTL the packet arrived with (so some DEC_TTL
+ * would take it to zero) the agent gets the packet untouched, before any
+ * rewrite or output, and answers ICMP time exceeded; a flow that
+ * decrements the TTL of a packet without one is broken and drops it. */
+static __always_inline int ttl_verdict(struct __sk_buff *skb, const struct flow_value *fv,
+				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       int mode)
+{
+	__u32 n = fv->n_actions;
+	__u32 dec = 0;
+
+	for (__u32 i = 0; i < FLOW_MAX_ACTIONS; i++) {
+		if (i >= n)
+			break;
+		if (fv->actions[i].type == ACT_DEC_TTL)
+			dec += fv->actions[i].ttl_dec;
+	}
+	if (!dec)
+		return 0;
+	if (!pi->l3_off) {
+		stat_inc(STAT_ACTION_ERROR);
+		return TC_ACT_SHOT;
+	}
+	if (dec >= ttl)
+		return miss(skb, in_port, mode);
+	return 0;
+}
+
 /* Execute the flow's actions in order.  The last action, if an output, is a
  * plain redirect; earlier outputs clone.  Falling off the end drops the
  * original (its copies are already on their way). */
 static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value *fv,
-				       const struct parse_info *pi, __u32 in_port, int mode)
+				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       int mode)
 {
 	__u32 n = fv->n_actions;
+	int verdict = ttl_verdict(skb, fv, pi, ttl, in_port, mode);
 
+	if (verdict)
+		return verdict;
 	for (__u32 i = 0; i < FLOW_MAX_ACTIONS; i++) {
 		if (i >= n)
 			break;
@@ -476,10 +518,8 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 				goto error;
 			break;
 		case ACT_DEC_TTL:
-			rc = dec_ttl(skb, pi->l3_off, a->ttl_dec);
-			if (rc > 0)
-				return miss(skb, in_port, mode);
-			if (rc < 0)
+			/* ttl_verdict() saw every decrement fit the TTL. */
+			if (dec_ttl(skb, pi->l3_off, a->ttl_dec))
 				goto error;
 			break;
 		case ACT_OUTPUT_LOCAL:
@@ -526,11 +566,14 @@ static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mod
 	if (!fv)
 		return miss(skb, in_port, mode);
 
+	/* Bytes as on the wire: a tag the kernel moved to metadata counts. */
+	__u32 len = skb->len + (skb->vlan_present ? VLAN_HLEN : 0);
+
 	__sync_fetch_and_add(&fv->packets, 1);
-	__sync_fetch_and_add(&fv->bytes, skb->len);
+	__sync_fetch_and_add(&fv->bytes, len);
 	fv->last_used = bpf_ktime_get_ns();
 	stat_inc(mode == MODE_INJECT ? STAT_INJECT_HIT : STAT_HIT);
-	return run_actions(skb, fv, &pi, in_port, mode);
+	return run_actions(skb, fv, &pi, key.ip_ttl, in_port, mode);
 }
 
 static __always_inline int do_port_ingress(struct __sk_buff *skb)
