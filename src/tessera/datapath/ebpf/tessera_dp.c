@@ -364,6 +364,103 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
 	return 0;
 }
 
+/*
+ * NAT: one SET_IP_* or SET_TP_* action (`type`, the new address or port in
+ * host order).  0 when done (or nothing to do), <0 when the packet is not
+ * IPv4 (a broken flow: dropped) or a helper failed.  The same rules as
+ * frames.nat() in Python:
+ *
+ *   - the L4 header is used only in a first or only fragment, for TCP, UDP
+ *     and ICMP, and only when its minimum length fits the IPv4 total length;
+ *   - an address change fixes the IPv4 header checksum and, for TCP and UDP,
+ *     the L4 checksum through its pseudo-header (ICMP has none);
+ *   - a UDP checksum of 0 ("none") stays 0, a result of 0 becomes 0xffff
+ *     (BPF_F_MARK_MANGLED_0);
+ *   - SET_TP_SRC/DST rewrite TCP/UDP ports; SET_TP_SRC rewrites the identifier
+ *     of an ICMP echo request or reply (NAT translates echoes by id), and
+ *     anything else is left alone: no port without an L4 header.
+ *
+ * Global, so the verifier walks it once rather than once per action slot.
+ * Packet bytes only through helpers: the csum helpers also keep a
+ * CHECKSUM_PARTIAL or CHECKSUM_COMPLETE skb consistent.
+ */
+__attribute__((noinline)) int nat_rewrite(struct __sk_buff *skb, __u32 l3_off, __u32 type,
+					  __u32 value)
+{
+	struct iphdr ip;
+	__u32 l4_off = 0, csum_off = 0;
+	__u64 l4_flags = 0;
+	__u8 proto;
+
+	if (!l3_off || l3_off > 64)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)))
+		return -1;
+	proto = ip.protocol;
+
+	__u32 ihl = (__u32)ip.ihl * 4;
+	__u32 total = bpf_ntohs(ip.tot_len);
+
+	if (!(bpf_ntohs(ip.frag_off) & IP_OFFSET) && ihl >= sizeof(ip) && total >= ihl) {
+		__u32 avail = total - ihl;
+
+		l4_off = l3_off + ihl;
+		if (proto == IPPROTO_TCP && avail >= 20) {
+			csum_off = l4_off + 16;
+			l4_flags = BPF_F_PSEUDO_HDR;
+		} else if (proto == IPPROTO_UDP && avail >= 8) {
+			csum_off = l4_off + 6;
+			l4_flags = BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0;
+		} else if (proto == IPPROTO_ICMP && avail >= 8) {
+			csum_off = l4_off + 2;
+		}
+		/* ... and within the frame, as the helpers would refuse otherwise. */
+		if (csum_off && l4_off + (proto == IPPROTO_TCP ? 20 : 8) > skb->len)
+			csum_off = 0;
+	}
+
+	if (type == ACT_SET_IP_SRC || type == ACT_SET_IP_DST) {
+		__u32 off = l3_off + (type == ACT_SET_IP_SRC ? 12 : 16);
+		__be32 old = type == ACT_SET_IP_SRC ? ip.saddr : ip.daddr;
+		__be32 new = bpf_htonl(value);
+
+		if (csum_off && proto != IPPROTO_ICMP &&
+		    bpf_l4_csum_replace(skb, csum_off, old, new, l4_flags | sizeof(new)))
+			return -1;
+		if (bpf_l3_csum_replace(skb, l3_off + 10, old, new, sizeof(new)))
+			return -1;
+		return bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) ? -1 : 0;
+	}
+
+	__u32 off;
+
+	if (!csum_off)
+		return 0; /* no L4 header to rewrite */
+	if (proto == IPPROTO_ICMP) {
+		__u8 icmp_type;
+
+		if (type != ACT_SET_TP_SRC)
+			return 0;
+		if (bpf_skb_load_bytes(skb, l4_off, &icmp_type, 1))
+			return -1;
+		if (icmp_type != 0 && icmp_type != 8) /* echo reply, echo request */
+			return 0;
+		off = l4_off + 4; /* the echo identifier */
+	} else {
+		off = l4_off + (type == ACT_SET_TP_SRC ? 0 : 2);
+	}
+
+	__be16 old_port, new_port = bpf_htons((__u16)value);
+
+	if (bpf_skb_load_bytes(skb, off, &old_port, sizeof(old_port)))
+		return -1;
+	/* A port is not in the pseudo-header. */
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+				(l4_flags & BPF_F_MARK_MANGLED_0) | sizeof(new_port)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new_port, sizeof(new_port), 0) ? -1 : 0;
+}
+
 /* Verdicts of emit()/flood() besides a TC_ACT_* of a last output. */
 #define OUT_CONTINUE (-1) /* a copy went out; keep working on the original */
 #define OUT_ERROR (-2)
@@ -386,7 +483,7 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_a
 	struct bpf_tunnel_key tk = {};
 
 	tk.tunnel_id = a->vni;
-	tk.remote_ipv4 = a->remote_ip; /* the helper wants host order */
+	tk.remote_ipv4 = a->ip; /* the helper wants host order */
 	tk.tunnel_ttl = 64;
 	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
 }
@@ -536,6 +633,22 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 				goto error;
 			if (rc != OUT_CONTINUE)
 				return rc;
+			break;
+		case ACT_SET_IP_SRC:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_IP_SRC, a->ip))
+				goto error;
+			break;
+		case ACT_SET_IP_DST:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_IP_DST, a->ip))
+				goto error;
+			break;
+		case ACT_SET_TP_SRC:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_TP_SRC, a->port))
+				goto error;
+			break;
+		case ACT_SET_TP_DST:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_TP_DST, a->port))
+				goto error;
 			break;
 		case ACT_DROP:
 			stat_inc(STAT_DROP);
