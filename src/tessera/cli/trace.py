@@ -118,6 +118,8 @@ _STYLE = {
     "rule": "blue",
     "learn": "dim",
     "note": "dim",
+    "conntrack": "cyan",
+    "nat": "cyan",
 }
 
 
@@ -140,8 +142,8 @@ def render_tree(trace: Mapping[str, Any]) -> Tree:
         outcome.add(f"[dim]would learn {_describe_update(update)}[/]")
     for wait in trace.get("waits", []):
         outcome.add(f"[yellow]held until router {wait['router_id']} resolves {wait['ip_addr']}[/]")
-    for note in trace.get("unsupported", []):
-        outcome.add(f"[yellow]not executed yet: {_escape(note)}[/]")
+    for entry in trace.get("flow_state", []):
+        outcome.add(f"[dim]would create {_describe_flow_state(entry)}[/]")
     if trace.get("match"):
         fields = ", ".join(f"{k}={v}" for k, v in trace["match"].items())
         outcome.add(f"[dim]flow match: {_escape(fields)} (expiry {trace.get('expiry')})[/]")
@@ -171,6 +173,20 @@ def _describe_update(update: Mapping[str, Any]) -> str:
             f"of bridge {update['bridge_id']}"
         )
     return f"ARP {update['ip_addr']} is at {update['mac_addr']} on router {update['router_id']}"
+
+
+def _describe_flow_state(entry: Mapping[str, Any]) -> str:
+    proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(entry.get("proto", 0), str(entry.get("proto")))
+    if entry.get("type") == "conntrack":
+        return (
+            f"conntrack entry {proto} {entry['src']}:{entry['sport']} > "
+            f"{entry['dst']}:{entry['dport']} on {entry['device']}"
+        )
+    return (
+        f"NAT binding {entry.get('kind')} {proto} {entry.get('src')}:{entry.get('sport')} > "
+        f"{entry.get('dst')}:{entry.get('dport')} -> {entry.get('to_ip')}:{entry.get('to_port')}"
+        f" on {entry.get('device')}"
+    )
 
 
 def _escape(text: str) -> str:

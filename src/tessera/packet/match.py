@@ -104,6 +104,8 @@ _IP = struct.Struct("!BBHHHBBHII")
 _ARP = struct.Struct("!HHBBH6xI6xI")
 _PORTS = struct.Struct("!HH")
 _ICMP = struct.Struct("!BB")
+_ID = struct.Struct("!H")
+_ECHO_TYPES = (0, 8)  # echo reply, echo request
 _PORT_PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_SCTP)
 
 Key = tuple[Any, ...]
@@ -120,11 +122,13 @@ class _MaskCell:
     """The mask shared by a match and all its copies (branches of one simulation), and
     the TTL bound their "above n" answers relied on (0: none)."""
 
-    __slots__ = ("bits", "ttl_floor")
+    __slots__ = ("bits", "ttl_floor", "userspace")
 
     def __init__(self, bits: int = 0) -> None:
         self.bits = bits
         self.ttl_floor = 0
+        # A field no flow key holds was read (the ICMP echo id): nothing may be cached.
+        self.userspace = False
 
 
 class FlowMatch:
@@ -133,7 +137,7 @@ class FlowMatch:
     __slots__ = (  # noqa: RUF023 - key order, as FIELD_NAMES
         "_in_port", "_eth_src", "_eth_dst", "_vlan_id", "_eth_type", "_ip_src", "_ip_dst",
         "_ip_proto", "_ip_tos", "_ip_ttl", "_ip_frag", "_tp_src", "_tp_dst",
-        "_cell", "_modified", "_orig",
+        "_cell", "_modified", "_orig", "_icmp_id",
     )  # fmt: skip
 
     def __init__(
@@ -151,6 +155,7 @@ class FlowMatch:
         ip_frag: int = 0,
         tp_src: int = 0,
         tp_dst: int = 0,
+        icmp_id: int = 0,
     ) -> None:
         self._in_port = in_port
         self._eth_src = eth_src
@@ -169,6 +174,8 @@ class FlowMatch:
         self._modified = 0
         # Values on arrival, saved by the first write; None while nothing was written.
         self._orig: Key | None = None
+        # The identifier of an ICMP echo request or reply (0 otherwise): not a key field.
+        self._icmp_id = icmp_id
 
     # -- construction ------------------------------------------------------------------
 
@@ -192,7 +199,7 @@ class FlowMatch:
             tci, eth_type = _TAG.unpack_from(frame, 14)
             vlan_id = tci & 0x0FFF
             off = 18
-        ip_src = ip_dst = proto = tos = ttl = frag = tp_src = tp_dst = 0
+        ip_src = ip_dst = proto = tos = ttl = frag = tp_src = tp_dst = icmp_id = 0
         if eth_type == ETH_TYPE_IPV4:
             if n - off < 20:
                 raise PacketError("IPv4 header is truncated")
@@ -223,6 +230,8 @@ class FlowMatch:
                         tp_src, tp_dst = _PORTS.unpack_from(frame, l4)
                 elif proto == PROTO_ICMP and avail >= 2:
                     tp_src, tp_dst = _ICMP.unpack_from(frame, l4)
+                    if tp_src in _ECHO_TYPES and avail >= 6:
+                        icmp_id = _ID.unpack_from(frame, l4 + 4)[0]
         elif eth_type == ETH_TYPE_ARP:
             if n - off < 28:
                 raise PacketError("ARP message is truncated")
@@ -232,12 +241,12 @@ class FlowMatch:
             proto = op & 0xFF
         return cls(
             in_port, (src_hi << 32) | src_lo, (dst_hi << 32) | dst_lo, vlan_id, eth_type,
-            ip_src, ip_dst, proto, tos, ttl, frag, tp_src, tp_dst,
+            ip_src, ip_dst, proto, tos, ttl, frag, tp_src, tp_dst, icmp_id,
         )  # fmt: skip
 
     @classmethod
     def from_packet(cls, in_port: str | None, eth: Ethernet) -> FlowMatch:
-        ip_src = ip_dst = proto = tos = ttl = frag = tp_src = tp_dst = 0
+        ip_src = ip_dst = proto = tos = ttl = frag = tp_src = tp_dst = icmp_id = 0
         payload = eth.payload
         if isinstance(payload, IPv4):
             ip_src, ip_dst, proto, tos, ttl = (
@@ -252,6 +261,8 @@ class FlowMatch:
                 tp_src, tp_dst = l4.src_port, l4.dst_port
             elif isinstance(l4, Icmp):
                 tp_src, tp_dst = l4.type, l4.code
+                if l4.type in _ECHO_TYPES:
+                    icmp_id = l4.ident
             elif not payload.frag_offset:  # SCTP, or a first fragment cut short
                 if proto in _PORT_PROTOS and len(l4) >= 4:
                     tp_src, tp_dst = _PORTS.unpack_from(l4)
@@ -261,7 +272,7 @@ class FlowMatch:
             ip_src, ip_dst, proto = payload.sender_ip, payload.target_ip, payload.op & 0xFF
         return cls(
             in_port, eth.src, eth.dst, eth.vlan_id or 0, eth.ethertype, ip_src, ip_dst, proto,
-            tos, ttl, frag, tp_src, tp_dst,
+            tos, ttl, frag, tp_src, tp_dst, icmp_id,
         )  # fmt: skip
 
     # -- getters: each one records its field (unless rewritten) ------------------------
@@ -368,6 +379,42 @@ class FlowMatch:
             self._cell.bits |= _TP_DST | _NEED_TP
         return self._tp_dst
 
+    @property
+    def icmp_id(self) -> int:
+        """The identifier of an ICMP echo request or reply (0 for anything else).
+
+        No flow key holds it (the kernel's neither), so reading it makes the decision
+        impossible to cache: `userspace` turns true and every such packet is simulated
+        (as MidoNet does with its userspace-only ICMP fields). The type is recorded, an
+        echo id meaning nothing without it.
+        """
+        self._cell.bits |= _TP_SRC | _NEED_TP
+        self._cell.userspace = True
+        return self._icmp_id
+
+    @property
+    def userspace(self) -> bool:
+        """Whether this match or a copy read a field no flow key holds (`icmp_id`)."""
+        return self._cell.userspace
+
+    def arrival(self, fields: Field | int) -> Key:
+        """Values the packet arrived with for `fields` (FIELD_NAMES order), recorded.
+
+        For decisions defined on the packet as it entered, whatever was rewritten since
+        (connection tracking keys a packet by its headers on arrival, as MidoNet does):
+        unlike the getters, a field rewritten since is recorded too, since its arrival
+        value decides.
+        """
+        bits = int(fields)
+        need = 0
+        if bits & (_IP_SRC | _IP_DST | _IP_PROTO | _IP_TOS | _IP_TTL | _IP_FRAG):
+            need |= _NEED_IP
+        if bits & (_TP_SRC | _TP_DST):
+            need |= _NEED_TP
+        self._cell.bits |= bits | need
+        values = self._orig if self._orig is not None else self._values()
+        return tuple([values[i] for i in mask_indexes(bits)])
+
     # -- setters: rewrites, recorded as modified, never as read ------------------------
 
     def set_eth_src(self, value: int) -> None:
@@ -459,6 +506,7 @@ class FlowMatch:
         if other._cell is not self._cell:
             self._cell.bits |= other._cell.bits
             self._cell.ttl_floor = max(self._cell.ttl_floor, other._cell.ttl_floor)
+            self._cell.userspace |= other._cell.userspace
 
     def copy(self) -> FlowMatch:
         """A branch of the same simulation: own values and rewrites, one shared mask."""

@@ -9,11 +9,14 @@ on request a trace. No I/O, time passed in (MidoNet's design).
 How an agent uses it, on a missed packet entering virtual port P:
 
     snap = Snapshot.from_objects(objects, mac_tables, arp_tables, previous=old_snap)
+    snap = snap.with_state(flow_state=FlowStateView(conntrack_keys, nat_bindings))
     try:
         result = simulate(snap, FlowMatch.from_frame(P, frame), frame, now)
     except NotYetLoaded as missing:
         ...load missing.kind/missing.id, rebuild, simulate again (no side effect happened)
-    write result.state_updates; send result.emitted (exterior ports, frames as is);
+    write result.state_updates; install and push result.flow_state (connection
+        tracking entries, NAT bindings) before the packet leaves;
+    send result.emitted (exterior ports, frames as is);
     FORWARD: send the packet to result.outputs; DROP: drop it;
     if result.cacheable: install a flow for result.match (its mask) with those actions,
         tagged result.tags, idle timeout by result.expiry;
@@ -28,6 +31,19 @@ package imports only `tessera.model` and `tessera.packet` (tests/unit/test_impor
 
 from tessera.simulation.context import MAX_HOPS
 from tessera.simulation.errors import NotYetLoaded, SimulationError
+from tessera.simulation.flowstate import (
+    ConnKey,
+    ConntrackEntry,
+    FirstFreeAllocator,
+    FlowStateEntry,
+    FlowStateView,
+    NatAllocator,
+    NatBinding,
+    NatEntry,
+    NatKey,
+    NatRange,
+    SnatRequest,
+)
 from tessera.simulation.result import (
     ArpLearned,
     ArpWait,
@@ -41,26 +57,39 @@ from tessera.simulation.result import (
     Verdict,
 )
 from tessera.simulation.simulator import simulate, simulate_frame
-from tessera.simulation.tags import arp_tag, mac_tag
+from tessera.simulation.tags import arp_tag, conntrack_tag, mac_tag, nat_tag
 from tessera.simulation.topology import Snapshot
 
 __all__ = [
     "MAX_HOPS",
     "ArpLearned",
     "ArpWait",
+    "ConnKey",
+    "ConntrackEntry",
     "EmittedPacket",
     "ExpiryClass",
+    "FirstFreeAllocator",
+    "FlowStateEntry",
+    "FlowStateView",
     "MacLearned",
+    "NatAllocator",
+    "NatBinding",
+    "NatEntry",
+    "NatKey",
+    "NatRange",
     "NotYetLoaded",
     "Output",
     "SimulationError",
     "SimulationResult",
+    "SnatRequest",
     "Snapshot",
     "StateUpdate",
     "TraceNode",
     "Verdict",
     "arp_tag",
+    "conntrack_tag",
     "mac_tag",
+    "nat_tag",
     "simulate",
     "simulate_frame",
 ]

@@ -53,7 +53,7 @@ def process(
         return None
     if bridge.inbound_filter is not None:
         verdict = apply_chain(
-            sim, bridge.inbound_filter, m, in_port.id, None, node, "inbound filter"
+            sim, bridge.inbound_filter, m, in_port.id, None, node, "inbound filter", bridge.id
         )
         if verdict != "accept":
             reject(sim, m, None, verdict, hops, node)
@@ -102,7 +102,7 @@ def process(
             node.add("forward", out, f"{mac_to_str(dst)} is behind port {out}")
     if bridge.outbound_filter is not None:
         verdict = apply_chain(
-            sim, bridge.outbound_filter, m, in_port.id, out, node, "outbound filter"
+            sim, bridge.outbound_filter, m, in_port.id, out, node, "outbound filter", bridge.id
         )
         if verdict != "accept":
             reject(sim, m, None, verdict, hops, node)
@@ -121,7 +121,7 @@ def _flood(
 ) -> DeviceAction:
     if bridge.outbound_filter is not None:
         verdict = apply_chain(
-            sim, bridge.outbound_filter, m, in_port.id, None, node, "outbound filter"
+            sim, bridge.outbound_filter, m, in_port.id, None, node, "outbound filter", bridge.id
         )
         if verdict != "accept":
             reject(sim, m, None, verdict, hops, node)

@@ -16,6 +16,15 @@ from tessera.packet.errors import PacketError
 from tessera.packet.ethernet import Ethernet
 from tessera.packet.ipv4 import IPv4
 from tessera.packet.match import Field, FlowMatch
+from tessera.simulation import stateful
+from tessera.simulation.flowstate import (
+    FIRST_FREE,
+    ConnKey,
+    FlowStateEntry,
+    NatAllocator,
+    NatBinding,
+    NatKey,
+)
 from tessera.simulation.result import (
     ArpWait,
     EmitKind,
@@ -39,6 +48,11 @@ enough for a broadcast on a provider bridge that hundreds of tenant routers hang
 _ETH_SRC = int(Field.ETH_SRC)
 _ETH_DST = int(Field.ETH_DST)
 _IP_TTL = int(Field.IP_TTL)
+_IP_SRC = int(Field.IP_SRC)
+_IP_DST = int(Field.IP_DST)
+_TP_SRC = int(Field.TP_SRC)
+_TP_DST = int(Field.TP_DST)
+_L3L4 = _IP_SRC | _IP_DST | _TP_SRC | _TP_DST
 
 
 class Generator(Protocol):
@@ -67,21 +81,28 @@ class Simulation:
 
     __slots__ = (
         "_packet",
+        "allocator",
         "arp_failed",
         "arp_overlay",
         "budget",
         "consumed",
+        "ct_forward",
+        "ct_match",
         "drops",
         "emitted",
         "frame",
+        "generated",
         "generator",
         "mac_overlay",
+        "nat_overlay",
+        "new_state",
         "now",
         "outputs",
         "snap",
+        "state_refs",
+        "stateful",
         "tags",
         "uncacheable",
-        "unsupported",
         "updates",
         "waits",
     )
@@ -96,6 +117,8 @@ class Simulation:
         arp_overlay: dict[tuple[str, int], int] | None = None,
         mac_overlay: dict[tuple[str, int, int], str] | None = None,
         budget: list[int] | None = None,
+        allocator: NatAllocator = FIRST_FREE,
+        nat_overlay: dict[NatKey, NatBinding] | None = None,
     ) -> None:
         self.snap = snap
         self.now = now
@@ -115,10 +138,21 @@ class Simulation:
         self.drops: list[str] = []
         self.consumed = False
         self.uncacheable = False
-        self.unsupported: list[str] = []
         self._packet: Ethernet | None = None
         # Set by the driver: sends a generated packet out of a port (see `generate`).
         self.generator: Generator | None = None
+        # Flow state (see `stateful.py`): the ingress port and the match as it arrived,
+        # the forward/return answer once asked, what the decision found (kept alive by
+        # the flow) and what it creates (only part of a FORWARD result).
+        self.allocator = allocator
+        self.ct_match: FlowMatch | None = None
+        self.ct_forward: bool | None = None
+        self.generated = False
+        self.stateful = False
+        self.state_refs: dict[ConnKey | NatKey, None] = {}
+        self.new_state: dict[FlowStateEntry, None] = {}
+        # NAT bindings made earlier in this run, so that a second rule or branch sees them.
+        self.nat_overlay: dict[NatKey, NatBinding] = {} if nat_overlay is None else nat_overlay
 
     def generate(
         self,
@@ -146,9 +180,18 @@ class Simulation:
             arp_overlay=self.arp_overlay,
             mac_overlay=self.mac_overlay,
             budget=self.budget,
+            allocator=self.allocator,
+            nat_overlay=self.nat_overlay,
         )
         sim.generator = self.generator
+        sim.generated = True
         return sim
+
+    def forward(self) -> bool:
+        """Whether the packet is a forward flow (for `match_*_flow` conditions)."""
+        if self.ct_forward is not None:
+            return self.ct_forward
+        return stateful.is_forward(self)
 
     def packet(self) -> Ethernet:
         """The frame fully parsed, on demand: most packets never need more than the match.
@@ -196,12 +239,26 @@ class Simulation:
 
     def output(self, m: FlowMatch, port_id: str) -> None:
         modified = int(m.modified)
+        if self.ct_forward and self.ct_match is not None:
+            stateful.track(self, m, port_id)
+        if not modified:
+            self.outputs[Output(port_id)] = None
+            return
         eth_src = m.eth_src if modified & _ETH_SRC else None
         eth_dst = m.eth_dst if modified & _ETH_DST else None
         ttl_dec = 0
         if modified & _IP_TTL:
             ttl_dec = m.original()["ip_ttl"] - m.ip_ttl
-        self.outputs[Output(port_id, eth_src, eth_dst, ttl_dec)] = None
+        out = Output(port_id, eth_src, eth_dst, ttl_dec)
+        if modified & _L3L4:
+            out = replace(
+                out,
+                nw_src=m.ip_src if modified & _IP_SRC else None,
+                nw_dst=m.ip_dst if modified & _IP_DST else None,
+                tp_src=m.tp_src if modified & _TP_SRC else None,
+                tp_dst=m.tp_dst if modified & _TP_DST else None,
+            )
+        self.outputs[out] = None
 
     def drop(self, reason: str, node: TraceNode | None = None) -> None:
         self.drops.append(reason)
@@ -233,12 +290,14 @@ class Simulation:
         self.emitted.extend(child.emitted)
         self.updates.extend(u for u in child.updates if u not in self.updates)
         self.tags |= child.tags
-        self.unsupported.extend(u for u in child.unsupported if u not in self.unsupported)
+        self.state_refs.update(child.state_refs)
+        self.stateful |= child.stateful
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)
+        if m.userspace:
+            self.uncacheable = True
         tags = frozenset(self.tags)
-        unsupported = tuple(self.unsupported)
         updates = tuple(self.updates)
         emitted = tuple(self.emitted)
         if self.waits:
@@ -252,13 +311,17 @@ class Simulation:
                 expiry=ExpiryClass.UNCACHED,
                 state_updates=updates,
                 waits=tuple(self.waits),
-                unsupported=unsupported,
                 trace=trace,
             )
+        flow_state: tuple[FlowStateEntry, ...] = ()
         if self.outputs:
             verdict = Verdict.FORWARD
-            expiry = ExpiryClass.UNCACHED if self.uncacheable else ExpiryClass.NORMAL
+            if self.uncacheable:
+                expiry = ExpiryClass.UNCACHED
+            else:
+                expiry = ExpiryClass.STATEFUL if self.stateful else ExpiryClass.NORMAL
             reason = None
+            flow_state = tuple(self.new_state)
         elif self.consumed:
             verdict, expiry, reason = Verdict.CONSUMED, ExpiryClass.UNCACHED, None
         else:
@@ -274,8 +337,9 @@ class Simulation:
             expiry=expiry,
             state_updates=updates,
             drop_reason=reason,
-            unsupported=unsupported,
             trace=trace,
+            flow_state=flow_state,
+            state_refs=tuple(self.state_refs),
         )
 
 

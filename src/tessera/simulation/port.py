@@ -40,7 +40,9 @@ def ingress(
         if bridge.dhcp_hosts and dhcp.serve(sim, m, bridge, port, hops, node):
             return False
     if port.inbound_filter is not None:
-        verdict = apply_chain(sim, port.inbound_filter, m, port.id, None, node, "inbound filter")
+        verdict = apply_chain(
+            sim, port.inbound_filter, m, port.id, None, node, "inbound filter", port.device_id
+        )
         if verdict != "accept":
             reject(sim, m, port if port.is_router else None, verdict, hops, node)
             return False
@@ -66,7 +68,14 @@ def egress(
         return None
     if port.outbound_filter is not None:
         verdict = apply_chain(
-            sim, port.outbound_filter, m, in_port.id, port.id, node, "outbound filter"
+            sim,
+            port.outbound_filter,
+            m,
+            in_port.id,
+            port.id,
+            node,
+            "outbound filter",
+            port.device_id,
         )
         if verdict != "accept":
             reject(sim, m, in_port if in_port.is_router else None, verdict, hops, node)

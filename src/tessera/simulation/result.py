@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.match import FIELD_NAMES, FlowMatch
+from tessera.simulation.flowstate import ConnKey, FlowStateEntry, NatKey
 
 
 class Verdict(StrEnum):
@@ -32,8 +33,8 @@ class ExpiryClass(StrEnum):
 
     ERROR = "error"  # drops and ICMP errors: short, so a fix takes effect soon
     NORMAL = "normal"
-    # Reserved for flows that create connection state; the stateful issue sets it (this
-    # engine does not execute conntrack or NAT yet, see `SimulationResult.unsupported`).
+    # A forward whose decision read or made flow state (connection tracking, NAT): the
+    # flow keeps the entries of `state_refs` and `flow_state` alive while it is used.
     STATEFUL = "stateful"
     # Install nothing: the decision read more than the flow match can express (an ARP or
     # DHCP body, a ping payload), or the packet is held; every such packet is simulated.
@@ -61,6 +62,12 @@ class PortOutput:
     eth_src: int | None = None
     eth_dst: int | None = None
     ttl_dec: int = 0
+    # NAT rewrites. For ICMP echo only addresses are ever rewritten (the echo id is kept,
+    # as in MidoNet), so tp_src/tp_dst are TCP/UDP ports.
+    nw_src: int | None = None
+    nw_dst: int | None = None
+    tp_src: int | None = None
+    tp_dst: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"port_id": self.port_id}
@@ -70,6 +77,14 @@ class PortOutput:
             out["set_eth_dst"] = mac_to_str(self.eth_dst)
         if self.ttl_dec:
             out["ttl_dec"] = self.ttl_dec
+        if self.nw_src is not None:
+            out["set_nw_src"] = ip_to_str(self.nw_src)
+        if self.nw_dst is not None:
+            out["set_nw_dst"] = ip_to_str(self.nw_dst)
+        if self.tp_src is not None:
+            out["set_tp_src"] = self.tp_src
+        if self.tp_dst is not None:
+            out["set_tp_dst"] = self.tp_dst
         return out
 
 
@@ -182,8 +197,10 @@ class SimulationResult:
     gets the same `verdict`, `outputs` and drop (and the same kinds of emitted packets on
     the same ports) — that is what lets the agent cache the flow. `tags` name everything
     the decision depended on; `state_updates` are the MACs and ARP entries to write.
-    `unsupported` lists what the engine met but does not execute yet (connection
-    tracking and NAT), each as "<rule id>: <what>".
+    `flow_state` (FORWARD only) is the connection tracking entries and NAT bindings the
+    packet creates: install them, and push them to the hosts that may see the replies,
+    before forwarding the packet. `state_refs` are the existing entries the decision
+    found: a flow installed for this result keeps them (and `flow_state`) alive.
     """
 
     verdict: Verdict
@@ -195,8 +212,9 @@ class SimulationResult:
     state_updates: tuple[StateUpdate, ...] = ()
     waits: tuple[ArpWait, ...] = ()
     drop_reason: str | None = None
-    unsupported: tuple[str, ...] = ()
     trace: TraceNode | None = None
+    flow_state: tuple[FlowStateEntry, ...] = ()
+    state_refs: tuple[ConnKey | NatKey, ...] = ()
 
     @property
     def cacheable(self) -> bool:
@@ -225,6 +243,7 @@ class SimulationResult:
             "expiry": str(self.expiry),
             "state_updates": [u.to_dict() for u in self.state_updates],
             "waits": [w.to_dict() for w in self.waits],
-            "unsupported": list(self.unsupported),
+            "flow_state": [e.to_dict() for e in self.flow_state],
+            "state_refs": [k.to_dict() for k in self.state_refs],
             "trace": self.trace.to_dict() if self.trace is not None else None,
         }

@@ -79,7 +79,7 @@ def process(
         return None
     if router.inbound_filter is not None:
         verdict = apply_chain(
-            sim, router.inbound_filter, m, in_port.id, None, node, "inbound filter"
+            sim, router.inbound_filter, m, in_port.id, None, node, "inbound filter", router.id
         )
         if verdict != "accept":
             reject(sim, m, in_port, verdict, hops, node)
@@ -131,7 +131,14 @@ def process(
         return None
     if router.outbound_filter is not None:
         verdict = apply_chain(
-            sim, router.outbound_filter, m, in_port.id, out_port.id, node, "outbound filter"
+            sim,
+            router.outbound_filter,
+            m,
+            in_port.id,
+            out_port.id,
+            node,
+            "outbound filter",
+            router.id,
         )
         if verdict != "accept":
             reject(sim, m, in_port, verdict, hops, node)

@@ -14,11 +14,11 @@ a call per rule or per condition: chains are most of a simulation's work. Genera
 holds only integer literals and names bound to precomputed constants, never text from
 the topology.
 
-Conditions that need connection state (`match_forward_flow`, `match_return_flow`) and
-the NAT actions (`dnat`, `snat`, `rev_dnat`, `rev_snat`) are validated by the model but
-not executed by this engine yet: such a rule is *skipped* (treated as not matching) and
-reported in the trace and in `SimulationResult.unsupported`. Skipping never lets more
-traffic through than the rest of the chain allows.
+Connection tracking conditions (`match_forward_flow`, `match_return_flow`) come last in
+a rule, so that the connection key (the packet's 5-tuple) is read only when every other
+condition held: they call `ct()`, the simulation's answer to "is this a forward flow?"
+(see `stateful.py`). NAT rules carry their targets compiled (`nat`) and their
+`flow_action`; `chain.py` applies them.
 """
 
 from __future__ import annotations
@@ -34,19 +34,20 @@ from tessera.packet.ethernet import ETH_TYPE_ARP, ETH_TYPE_IPV4
 from tessera.packet.ipv4 import PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP
 from tessera.packet.match import FlowMatch
 from tessera.simulation.errors import NotYetLoaded
+from tessera.simulation.flowstate import NatRange
 
-RuleFn = Callable[[FlowMatch, str, "str | None"], bool]
-"""matches(match, in_port, out_port) -> whether every condition of the rule holds."""
-FirstMatchFn = Callable[[FlowMatch, str, "str | None", int], int]
-"""first_match(match, in_port, out_port, start) -> index of the first rule at or after
-`start` that matches, or -1."""
+ForwardFn = Callable[[], bool]
+"""ct() -> whether the packet is a forward flow (connection tracking, see `stateful`)."""
+RuleFn = Callable[[FlowMatch, str, "str | None", ForwardFn], bool]
+"""matches(match, in_port, out_port, ct) -> whether every condition of the rule holds."""
+FirstMatchFn = Callable[[FlowMatch, str, "str | None", int, ForwardFn], int]
+"""first_match(match, in_port, out_port, start, ct) -> index of the first rule at or
+after `start` that matches, or -1."""
 
 _L3_TYPES = frozenset({ETH_TYPE_IPV4, ETH_TYPE_ARP})
 _PORT_PROTOS = frozenset({PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP})
 _MAC_ALL = 0xFFFF_FFFF_FFFF
 _FRAG_LATER = 2
-
-NAT_ACTIONS = frozenset({"dnat", "snat", "rev_dnat", "rev_snat"})
 
 # Network conditions hold only for packets that have those headers: an IPv6 packet has no
 # IPv4 source, so "ip_src in 0.0.0.0/0" is false for it and its inverse true. ARP counts
@@ -118,19 +119,20 @@ class CompiledRule:
     expression: str  # Python; names are keys of `constants`
     constants: Mapping[str, object]
     group_tags: tuple[str, ...]
-    unsupported: str | None  # why the engine skips this rule, if it does
     summary: str  # the conditions, for humans
+    nat: tuple[NatRange, ...] = ()  # dnat/snat targets
+    flow_action: str | None = None  # NAT rules: what follows the translation
     # The rule's own function, compiled on first use: only traces test rules one by one.
     _fn: list[RuleFn] = field(default_factory=list, compare=False, repr=False)
 
-    def matches(self, m: FlowMatch, in_port: str, out_port: str | None) -> bool:
+    def matches(self, m: FlowMatch, in_port: str, out_port: str | None, ct: ForwardFn) -> bool:
         if not self._fn:
             namespace = {**_BASE_NAMESPACE, **self.constants}
             body = [f"    return bool({_cached(self.expression)})"]
-            source = _function("_matches", "m, in_port, out_port", body, [self.expression])
+            source = _function("_matches", "m, in_port, out_port, ct", body, [self.expression])
             exec("\n".join(source) + "\n", namespace)  # integers and constant names only
             self._fn.append(namespace["_matches"])
-        return self._fn[0](m, in_port, out_port)
+        return self._fn[0](m, in_port, out_port, ct)
 
 
 class _Expr:
@@ -252,13 +254,16 @@ def compile_rule(
         e.add(f"{e.tp()} and {test}", inv)
         words.append(f"{fname} {neg(inv)}in {rng.start}-{rng.end}")
 
-    unsupported = None
-    if rule.type in NAT_ACTIONS:
-        unsupported = f"NAT action '{rule.type}' is not executed yet"
-    elif rule.match_forward_flow or rule.match_return_flow:
-        which = "match_forward_flow" if rule.match_forward_flow else "match_return_flow"
-        unsupported = f"connection tracking ({which}) is not executed yet"
-        words.append(which)
+    if rule.match_forward_flow:
+        e.add("ct()")
+        words.append("forward flow")
+    elif rule.match_return_flow:
+        e.add("not ct()")
+        words.append("return flow")
+    nat = tuple(
+        NatRange(ip_from_str(t.address_from), ip_from_str(t.address_to), t.port_from, t.port_to)
+        for t in rule.nat_targets
+    )
     return CompiledRule(
         id=rule.id,
         chain_id=rule.chain_id,
@@ -268,26 +273,24 @@ def compile_rule(
         expression=e.source(),
         constants=e.constants,
         group_tags=tuple(group_tags),
-        unsupported=unsupported,
         summary=" and ".join(words) or "any packet",
+        nat=nat,
+        flow_action=rule.flow_action,
     )
 
 
 def compile_first_match(rules: Sequence[CompiledRule]) -> FirstMatchFn:
-    """One function testing the chain's rules in order; skipped (unsupported) rules never
-    match."""
+    """One function testing the chain's rules in order."""
     body: list[str] = []
     expressions: list[str] = []
     namespace = dict(_BASE_NAMESPACE)
     for i, rule in enumerate(rules):
-        if rule.unsupported is not None:
-            continue
         namespace.update(rule.constants)
         expressions.append(rule.expression)
         body.append(f"    if start <= {i} and ({_cached(rule.expression)}):")
         body.append(f"        return {i}")
     body.append("    return -1")
-    source = _function("_first_match", "m, in_port, out_port, start", body, expressions)
+    source = _function("_first_match", "m, in_port, out_port, start, ct", body, expressions)
     exec("\n".join(source) + "\n", namespace)  # see the module doc
     fn: FirstMatchFn = namespace["_first_match"]
     return fn

@@ -25,6 +25,7 @@ from tessera.packet.match import FlowMatch
 from tessera.simulation import bridge, port, router
 from tessera.simulation.actions import Fork, ToPort
 from tessera.simulation.context import LoopDetected, Simulation, settle_ttl
+from tessera.simulation.flowstate import FIRST_FREE, NatAllocator
 from tessera.simulation.result import (
     EmitKind,
     ExpiryClass,
@@ -43,16 +44,20 @@ def simulate(
     *,
     trace: bool = False,
     arp_failed: Collection[tuple[str, int]] = (),
+    allocator: NatAllocator = FIRST_FREE,
 ) -> SimulationResult:
     """Everything the virtual network does with `frame`, which entered port `match.in_port`.
 
     `match` must be `FlowMatch.from_frame(in_port, frame)` (or `from_packet`); its mask
     records what the decision read. `arp_failed` holds `(router_id, ip)` pairs whose ARP
     resolution timed out: packets held for them now get ICMP unreachable instead.
+    Connection tracking and NAT read `snapshot.flow_state`; `allocator` chooses the
+    source of new dynamic SNAT bindings (see `flowstate.NatAllocator`).
 
     Raises `NotYetLoaded` when the snapshot lacks an object on the packet's path.
     """
-    sim = Simulation(snapshot, now, frame, arp_failed=frozenset(arp_failed))
+    sim = Simulation(snapshot, now, frame, arp_failed=frozenset(arp_failed), allocator=allocator)
+    sim.ct_match = match
     sim.generator = _generate
     in_port = match.in_port
     root = TraceNode("packet", in_port, describe(match)) if trace else None
@@ -71,7 +76,6 @@ def simulate(
             tags=frozenset(sim.tags),
             expiry=ExpiryClass.ERROR,
             drop_reason=str(exc),
-            unsupported=tuple(sim.unsupported),
             trace=root,
         )
     return sim.result(match, root)

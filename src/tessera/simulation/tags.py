@@ -9,7 +9,9 @@ which tags), so a name can never be spelt two ways.
 
 Absent learned entries are tagged too: a flood towards an unknown MAC carries the tag
 of that MAC, so learning it invalidates the flood; a packet held for ARP carries the
-tag of the entry it waits for.
+tag of the entry it waits for. Flow state likewise: a flow that found no connection
+tracking entry or NAT binding carries the tag of the one it looked for, so that its
+arrival (pushed by another host) invalidates it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from tessera.packet.addr import ip_to_str, mac_to_str
+from tessera.simulation.flowstate import ConnKey, NatKey
 
 
 @lru_cache(maxsize=1 << 16)
@@ -35,3 +38,19 @@ def host_tag(host_id: str) -> str:
     """Where a host is reached (its underlay address in a tunnel zone): the agent tags
     flows to remote ports with it, since the simulation knows nothing of hosts."""
     return f"host:{host_id}"
+
+
+def conntrack_tag(key: ConnKey) -> str:
+    """One connection tracking entry: flows that found it, missed it or created it."""
+    return (
+        f"ct:{key.device}:{key.proto}:{ip_to_str(key.src)}:{key.sport}:"
+        f"{ip_to_str(key.dst)}:{key.dport}"
+    )
+
+
+def nat_tag(key: NatKey) -> str:
+    """One NAT binding: flows that found it, missed it (reverse NAT) or created it."""
+    return (
+        f"nat:{key.device}:{key.kind}:{key.proto}:{ip_to_str(key.src)}:{key.sport}:"
+        f"{ip_to_str(key.dst)}:{key.dport}"
+    )

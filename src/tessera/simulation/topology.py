@@ -43,6 +43,7 @@ from tessera.model import (
 from tessera.model.devices import router_port_mac
 from tessera.packet.addr import ip_from_str, mac_from_str, prefix_mask
 from tessera.simulation.errors import NotYetLoaded
+from tessera.simulation.flowstate import EMPTY_FLOW_STATE, FlowStateView
 from tessera.simulation.rules import (
     CompiledRule,
     FirstMatchFn,
@@ -185,8 +186,6 @@ class ChainSnap:
     name: str
     rules: tuple[CompiledRule, ...]
     first_match: FirstMatchFn
-    # (index, note) of the rules the engine skips, for the report of what it met.
-    skipped: tuple[tuple[int, str], ...]
     # Everything evaluating this chain depends on: itself, its rules, the groups they name.
     tags: frozenset[str]
     missing_rules: tuple[str, ...]
@@ -206,6 +205,10 @@ class Snapshot:
     ip_addr_groups: Mapping[str, frozenset[int]]
     mac_tables: Mapping[str, MacTable] = field(default_factory=lambda: _EMPTY)
     arp_tables: Mapping[str, ArpTable] = field(default_factory=lambda: _EMPTY)
+    # Connection tracking entries and NAT bindings (see `flowstate`): learned state too.
+    flow_state: FlowStateView = EMPTY_FLOW_STATE
+    # Port id -> the stateful port group whose id keys its connections (lowest if several).
+    stateful_groups: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     # -- lookups that tell a missing object apart ---------------------------------------
 
@@ -242,16 +245,23 @@ class Snapshot:
     def arp_table(self, router_id: str) -> ArpTable:
         return self.arp_tables.get(router_id, _EMPTY)
 
+    def conn_device(self, port: PortSnap) -> str:
+        """The "device" connections through `port` are keyed by: its stateful port
+        group's id if it has one, else its bridge's or router's."""
+        return self.stateful_groups.get(port.id, port.device_id)
+
     def with_state(
         self,
         mac_tables: Mapping[str, MacTable] | None = None,
         arp_tables: Mapping[str, ArpTable] | None = None,
+        flow_state: FlowStateView | None = None,
     ) -> Snapshot:
         """The same compiled topology with other learned tables: O(1), nothing recompiled."""
         return replace(
             self,
             mac_tables=self.mac_tables if mac_tables is None else mac_tables,
             arp_tables=self.arp_tables if arp_tables is None else arp_tables,
+            flow_state=self.flow_state if flow_state is None else flow_state,
         )
 
     # -- construction -------------------------------------------------------------------
@@ -264,6 +274,7 @@ class Snapshot:
         arp_tables: Mapping[str, ArpTable] | None = None,
         *,
         previous: Snapshot | None = None,
+        flow_state: FlowStateView | None = None,
     ) -> Snapshot:
         """Compile model objects (any kinds mixed; hosts and tunnel zones are ignored).
 
@@ -296,6 +307,10 @@ class Snapshot:
             for r in by_kind.get(Router, [])
         }
         port_groups = {g.id: frozenset(g.port_ids) for g in by_kind.get(PortGroup, [])}
+        stateful: dict[str, str] = {}
+        for g in sorted(by_kind.get(PortGroup, []), key=lambda g: g.id, reverse=True):
+            if g.stateful:
+                stateful.update(dict.fromkeys(g.port_ids, g.id))
         ip_groups = {
             g.id: frozenset(ip_from_str(a) for a in g.addrs) for g in by_kind.get(IpAddrGroup, [])
         }
@@ -314,6 +329,8 @@ class Snapshot:
             ip_addr_groups=MappingProxyType(ip_groups),
             mac_tables=mac_tables if mac_tables is not None else _EMPTY,
             arp_tables=arp_tables if arp_tables is not None else _EMPTY,
+            flow_state=flow_state if flow_state is not None else EMPTY_FLOW_STATE,
+            stateful_groups=MappingProxyType(stateful),
         )
 
 
@@ -503,15 +520,11 @@ def _compile_chain(
         compiled.append(cr)
         tags.add(rule.id)
         tags.update(cr.group_tags)
-    skipped = tuple(
-        (i, f"{r.id}: {r.unsupported}") for i, r in enumerate(compiled) if r.unsupported
-    )
     return ChainSnap(
         id=c.id,
         name=c.name,
         rules=tuple(compiled),
         first_match=compile_first_match(compiled),
-        skipped=skipped,
         tags=frozenset(tags),
         missing_rules=tuple(missing),
         source=source,

@@ -45,7 +45,16 @@ from tessera.packet import (
 )
 from tessera.packet import dhcp as dhcp_codes
 from tessera.packet import icmp as icmp_codes
-from tessera.simulation import SimulationResult, Snapshot, simulate
+from tessera.simulation import (
+    ConnKey,
+    ConntrackEntry,
+    FlowStateView,
+    NatBinding,
+    NatKey,
+    SimulationResult,
+    Snapshot,
+    simulate,
+)
 
 NOW = 1_700_000_000.0
 BROADCAST = 0xFFFF_FFFF_FFFF
@@ -71,6 +80,8 @@ class Topo:
         self.objects: dict[str, StoredObject] = {}
         self.macs: dict[str, dict[tuple[int, int], str]] = {}
         self.arps: dict[str, dict[int, tuple[int, float]]] = {}
+        self.conns: set[ConnKey] = set()
+        self.nat: dict[NatKey, NatBinding] = {}
 
     # -- objects -----------------------------------------------------------------------
 
@@ -181,8 +192,21 @@ class Topo:
     ) -> None:
         self.arps.setdefault(router.id, {})[ip(ip_addr)] = (mac_addr, expiry)
 
+    def install(self, result: SimulationResult) -> None:
+        """What an agent does with a result's flow state: install every entry."""
+        for entry in result.flow_state:
+            if isinstance(entry, ConntrackEntry):
+                self.conns.add(entry.key)
+            else:
+                self.nat[entry.key] = entry.binding
+
     def snapshot(self) -> Snapshot:
-        return Snapshot.from_objects(self.objects, self.macs, self.arps)
+        return Snapshot.from_objects(
+            self.objects,
+            self.macs,
+            self.arps,
+            flow_state=FlowStateView(frozenset(self.conns), dict(self.nat)),
+        )
 
     def send(self, port: Port, frame: bytes, *, now: float = NOW, **kw: Any) -> SimulationResult:
         m = FlowMatch.from_frame(port.id, frame)

@@ -1,11 +1,14 @@
 """The property that makes flow caching correct: the mask covers the whole decision.
 
 For random small topologies (bridges, routers, links — cycles included —, routes of
-every type, filter chains with random conditions, learned MACs and ARP entries, DHCP)
-and random packets: whenever a result may be cached, every packet that agrees with the
-first on the masked fields gets the same result — verdict, outputs with their rewrites,
-drop reason, the kinds and ports of emitted packets, state updates, expiry, and tags
-(a flow's tags must cover what every packet it serves depended on).
+every type, filter chains with random conditions, connection tracking and NAT rules,
+stateful port groups, learned MACs and ARP entries, DHCP), a random flow state view
+(connection tracking entries and NAT bindings, many about the packet itself) and random
+packets: whenever a result may be cached, every packet that agrees with the first on
+the masked fields and sees the same flow state gets the same result — verdict, outputs
+with their rewrites, drop reason, the kinds and ports of emitted packets, state
+updates, flow state created and found, expiry, and tags (a flow's tags must cover what
+every packet it serves depended on).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from tessera.packet import (
     mac_to_str,
 )
 from tessera.packet.match import FIELD_NAMES, Field
-from tessera.simulation import NotYetLoaded, SimulationResult, Snapshot, simulate
+from tessera.simulation import ExpiryClass, NotYetLoaded, SimulationResult, Snapshot, simulate
+from tessera.simulation.flowstate import ConnKey, FlowStateView, NatBinding, NatKey
 
 VM_MACS = [0x02_00_00_00_00_00 | i for i in range(1, 7)]
 ROUTER_MACS = [0x02_AA_00_00_00_00 | i for i in range(1, 7)]
@@ -52,6 +56,12 @@ IPS = [
 PORTS = [22, 53, 67, 68, 80, 443, 40000]
 SUBNETS = ["10.0.0", "10.0.1", "10.0.2"]
 
+NAT_TARGETS = [
+    # static 1:1 (a floating IP), a range of addresses keeping ports, ports of a range
+    [{"address_from": "10.0.9.9", "address_to": "10.0.9.9"}],
+    [{"address_from": "10.0.1.5", "address_to": "10.0.1.6"}],
+    [{"address_from": "10.0.2.5", "address_to": "10.0.2.5", "port_from": 80, "port_to": 81}],
+]
 macs = st.sampled_from(VM_MACS + ROUTER_MACS + OTHER_MACS)
 ips = st.sampled_from(IPS)
 hosts = st.sampled_from(["10.0.1.5", "10.0.2.5", "10.0.0.5", "10.0.0.6"]) | ips
@@ -73,6 +83,7 @@ class Scene:
     router_macs: list[int]
     router_ips: list[str]
     learned_ips: list[str]
+    devices: list[str]  # what connections and NAT bindings may be keyed by
 
 
 def build_topology(data: st.DataObject) -> Scene:
@@ -153,6 +164,7 @@ def build_topology(data: st.DataObject) -> Scene:
         [mac_from_str(p.port_mac) for p in ports if p.port_mac] or VM_MACS,
         [p.port_address for p in ports if p.port_address] or IPS,
         learned or IPS,
+        [o.id for o in t.objects.values() if type(o).__name__ in ("Bridge", "Router", "PortGroup")],
     )
 
 
@@ -165,20 +177,30 @@ def add_chains(t: Topo, data: st.DataObject, port_ids: list[str]) -> None:
     groups = [
         t.port_group(*[t.objects[p] for p in draw(st.lists(st.sampled_from(port_ids), max_size=2))])
     ]
+    if draw(st.booleans()):
+        groups[0] = t.set(groups[0], stateful=True)
     ip_groups = [t.ip_group(*draw(st.lists(ips, min_size=1, max_size=2, unique=True)))]
     for chain in chains:
+        if draw(st.booleans()):  # a firewall's first rule: decide on the connection alone
+            which = draw(st.sampled_from(["match_return_flow", "match_forward_flow"]))
+            t.rule(chain, draw(st.sampled_from(["accept", "drop", "continue"])), **{which: True})
         for _ in range(draw(st.integers(1, 4))):
             kind = draw(
-                st.sampled_from(["accept", "drop", "reject", "return", "continue", "jump", "dnat"])
-            )
+                st.sampled_from([
+                    "accept", "drop", "reject", "return", "continue", "jump",
+                    "dnat", "snat", "rev_dnat", "rev_snat",
+                ])
+            )  # fmt: skip
             cond = draw(conditions(port_ids, [g.id for g in groups], [g.id for g in ip_groups]))
             if kind == "jump":
                 others = [c for c in chains if c.id != chain.id]
                 if not others:
                     continue
                 cond["jump_chain_id"] = draw(st.sampled_from(others)).id
-            if kind == "dnat":
-                cond["nat_targets"] = [{"address_from": "10.0.9.9", "address_to": "10.0.9.9"}]
+            if kind in ("dnat", "snat"):
+                cond["nat_targets"] = draw(st.sampled_from(NAT_TARGETS))
+            if kind in ("dnat", "snat", "rev_dnat", "rev_snat"):
+                cond["flow_action"] = draw(st.sampled_from(["accept", "continue", "return"]))
             try:
                 t.rule(chain, kind, **cond)
             except ValidationError:
@@ -198,6 +220,7 @@ def conditions(
     options = draw(st.lists(st.sampled_from([
         "in_ports", "out_ports", "port_group", "ip_group", "dl_type", "dl_src", "dl_dst",
         "nw_proto", "nw_src", "nw_dst", "tp_src", "tp_dst", "frag", "conntrack",
+        "conntrack", "conntrack",
     ]), max_size=3, unique=True))  # fmt: skip
     for o in options:
         inv = draw(st.booleans())
@@ -233,7 +256,7 @@ def conditions(
                 st.sampled_from(["any", "header", "nonheader", "unfragmented"])
             )
         elif o == "conntrack":
-            cond["match_return_flow"] = True
+            cond[draw(st.sampled_from(["match_return_flow", "match_forward_flow"]))] = True
     return cond
 
 
@@ -338,9 +361,34 @@ def outcome(r: SimulationResult) -> tuple[Any, ...]:
         r.drop_reason,
         tuple((e.port_id, e.kind) for e in r.emitted),
         r.state_updates,
+        r.flow_state,
+        r.state_refs,
         r.expiry,
         r.tags,
     )
+
+
+def flow_state_about(
+    data: st.DataObject, scene: Scene, f: dict[str, Any], port: Port
+) -> FlowStateView:
+    """Entries the packet `f` entering by `port` may find: connections it is a reply to
+    and NAT bindings of its 5-tuple, on its ingress device or others."""
+    draw = data.draw
+    devices = st.sampled_from([port.device_id, *scene.devices])
+    conns: set[ConnKey] = set()
+    nat: dict[NatKey, NatBinding] = {}
+    proto = f["ip_proto"] if f["eth_type"] == ETH_TYPE_IPV4 else 0
+    if proto in (1, 6, 17):
+        sport, dport = (1, 1) if proto == 1 else (f["tp_src"], f["tp_dst"])
+        src, dst = f["ip_src"], f["ip_dst"]
+        for _ in range(draw(st.integers(0, 3))):
+            device = draw(devices)
+            conns.add(ConnKey(proto, dst, src, dport, sport, device))
+        for _ in range(draw(st.integers(0, 3))):
+            kind = draw(st.sampled_from(["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat"]))
+            key = NatKey(kind, proto, src, sport, dst, dport, draw(devices))
+            nat[key] = NatBinding(ip_from_str(draw(hosts)), draw(st.sampled_from(PORTS)))
+    return FlowStateView(frozenset(conns), nat)
 
 
 def run(snap: Snapshot, port_id: str, frame: bytes, trace: bool = False) -> SimulationResult:
@@ -352,6 +400,7 @@ def check(
     port_id: str,
     fields: dict[str, Any],
     others: Callable[[int], list[dict[str, Any]]],
+    view: FlowStateView | None = None,
 ) -> SimulationResult | None:
     """The property for one packet: if its result may be cached, every packet of
     `others(mask)` the flow would serve gets the same result. Returns the first result
@@ -364,6 +413,8 @@ def check(
     before any output (one decrement for all outputs) for the punt to send nothing.
     """
     snap = scene.t.snapshot()
+    if view is not None:
+        snap = snap.with_state(flow_state=view)
     frame = frame_of(fields)
     if frame is None:
         return None
@@ -417,7 +468,9 @@ class Pinned:
         t.route(r0, "10.0.0.0/24", t.get(rp0))
         t.route(r0, "10.0.1.0/24", t.get(rp1))
         entry = t.get(vm) if self.via_bridge else t.get(rp0)
-        scene = Scene(t, [entry], [entry], ROUTER_MACS[:2], ["10.0.0.1", "10.0.1.1"], IPS)
+        scene = Scene(
+            t, [entry], [entry], ROUTER_MACS[:2], ["10.0.0.1", "10.0.1.1"], IPS, [b0.id, r0.id]
+        )
         return scene, entry.id
 
 
@@ -471,6 +524,7 @@ def property_once(data: st.DataObject) -> None:
         port.id,
         fields,
         lambda mask: [redraw_outside(data, scene, fields, mask) for _ in range(4)],
+        flow_state_about(data, scene, fields, port),
     )
 
 
@@ -510,15 +564,19 @@ def test_the_generator_reaches_every_kind_of_outcome() -> None:
     of `sample`: an edit to it draws another sample (check that it still has a loop)."""
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=400, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=700, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(st.data())
     def sample(data: st.DataObject) -> None:
         scene = build_topology(data)
-        frame = frame_of(data.draw(packet_fields(scene)))
+        fields = data.draw(packet_fields(scene))
+        frame = frame_of(fields)
         if frame is None:
             return
-        r = run(scene.t.snapshot(), data.draw(entry_port(scene)).id, frame)
+        port = data.draw(entry_port(scene))
+        view = flow_state_about(data, scene, fields, port)
+        r = run(scene.t.snapshot().with_state(flow_state=view), port.id, frame)
+        seen["nat rewrite"] += any(o.nw_src or o.nw_dst for o in r.outputs)
         if not r.cacheable:
             return
         seen["cached"] += 1
@@ -527,9 +585,12 @@ def test_the_generator_reaches_every_kind_of_outcome() -> None:
         seen["icmp error"] += bool(r.emitted)
         seen["rule drop"] += "rule" in (r.drop_reason or "")
         seen["loop"] += "loop" in (r.drop_reason or "")
-        seen["skipped rule"] += bool(r.unsupported)
+        seen["stateful"] += r.expiry is ExpiryClass.STATEFUL
+        seen["return flow"] += any(isinstance(k, ConnKey) for k in r.state_refs)
+        seen["new state"] += bool(r.flow_state)
 
     sample()
     assert all(seen[k] for k in (
-        "flood", "routed", "icmp error", "rule drop", "loop", "skipped rule"
+        "flood", "routed", "icmp error", "rule drop", "loop", "stateful", "return flow",
+        "new state", "nat rewrite",
     )), seen  # fmt: skip

@@ -275,26 +275,6 @@ def test_reject_on_a_router_answers_admin_prohibited() -> None:
     assert packet.src == ip("10.0.0.1") and error.port_id == vm.id
 
 
-@pytest.mark.parametrize("conditions", [
-    {"type": "dnat", "nat_targets": [{"address_from": "10.9.9.9", "address_to": "10.9.9.9"}]},
-    {"type": "drop", "match_return_flow": True},
-])  # fmt: skip
-def test_stateful_rules_are_skipped_and_reported(conditions: dict[str, Any]) -> None:
-    f = Filtered()
-    kind = conditions.pop("type")
-    rule = f.t.rule(f.chain, kind, **conditions)
-    res = f.t.send(f.a, tcp(mac(1), mac(2), "10.0.0.1", "10.0.0.2"))
-    assert res.verdict is Verdict.FORWARD
-    assert len(res.unsupported) == 1 and res.unsupported[0].startswith(rule.id)
-    # The same is reported without tracing.
-    from tessera.packet import FlowMatch
-    from tessera.simulation import simulate
-
-    frame = tcp(mac(1), mac(2), "10.0.0.1", "10.0.0.2")
-    quiet = simulate(f.t.snapshot(), FlowMatch.from_frame(f.a.id, frame), frame, 0.0)
-    assert quiet.unsupported == res.unsupported
-
-
 def test_trace_lists_every_rule_visited_with_its_verdict() -> None:
     f = Filtered()
     r1 = f.t.rule(f.chain, "drop", nw_proto=17)
