@@ -26,6 +26,7 @@ from typing import Any
 from tessera.agent import registration
 from tessera.agent.cache import CacheUpdate, TopologyCache
 from tessera.agent.control import ControlServer
+from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
 from tessera.agent.lifecycle import Adopter, sweep
 from tessera.agent.metrics import AgentMetrics
@@ -33,7 +34,8 @@ from tessera.agent.ports import PortManager
 from tessera.agent.translate import PortLocation
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.agent.writer import StateWriter
-from tessera.datapath.base import Datapath, action_to_json
+from tessera.datapath.base import Datapath, Match, action_to_json
+from tessera.model import TunnelZone
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store.topology import TopologyStore
 
@@ -68,6 +70,8 @@ class Agent:
         control_dir: Path | None = None,
         metrics: AgentMetrics | None = None,
         write_state: bool = True,
+        state_dir: Path | None = None,
+        flowstate_port: int | None = None,
     ) -> None:
         self.host_id = host_id
         self.name = name
@@ -100,12 +104,17 @@ class Agent:
             datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
             clock,
         )  # fmt: skip
+        # -- connection state (docs/agent.md "Connection state") --
+        self.flowstate = FlowStateService(
+            host_id, nsdb, self.metrics, self._tunnel_zones, underlay_ip=underlay_ip,
+            port=flowstate_port, clock=clock, wall_clock=wall_clock,
+            state_file=state_dir / f"flowstate-{host_id}.json" if state_dir else None,
+        )  # fmt: skip
+        handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "flows": self.flows_report, "status": self.status, "conntrack": self.flowstate.report
+        }  # fmt: skip
         self.control = (
-            ControlServer(
-                host_id, name, {"flows": self.flows_report, "status": self.status}, control_dir
-            )
-            if control_dir is not None
-            else None
+            ControlServer(host_id, name, handlers, control_dir) if control_dir is not None else None
         )
         self._next_tick = 0.0
         self._next_sweep = 0.0
@@ -130,6 +139,7 @@ class Agent:
             )
         if self.writer is not None:
             self.writer.start()
+        self.flowstate.start()
         self.cache.start()
         if self.control is not None:
             self.control.start()
@@ -160,6 +170,7 @@ class Agent:
             self._thread.join(timeout=10)
         if self.control is not None:
             self.control.stop()
+        self.flowstate.stop()
         self.cache.close()
         if self.writer is not None:
             self.writer.stop()
@@ -181,6 +192,9 @@ class Agent:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
         handled = self.upcall.handle(self.dp.recv_misses(timeout))
         self.process_events()
+        received = self.flowstate.drain_tags()  # state peers sent: what it changes
+        if received:
+            self.upcall.invalidate(received)
         now = self.clock()
         if self._prepare_at is not None and now >= self._prepare_at and not handled:
             self._prepare_at = None
@@ -201,6 +215,7 @@ class Agent:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP
             sweep(self.dp, self.flows, now, self.metrics, keep=self.adopter.holds)
+            self._sweep_flowstate(now)
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""
@@ -228,6 +243,25 @@ class Agent:
         if loaded:
             self.upcall.on_loaded(loaded)
         return n
+
+    # -- connection state -----------------------------------------------------------------
+
+    def _tunnel_zones(self) -> list[TunnelZone]:
+        with self.cache.state.lock:
+            zones = self.cache.state.of(TunnelZone.kind).values()
+            return [z for z in zones if isinstance(z, TunnelZone)]
+
+    def _sweep_flowstate(self, now: float) -> None:
+        """Connections expire by their kernel flows' last use, read like flows' own."""
+        installed = self.dp.dump() if len(self.flowstate.table) else {}
+
+        def last_used(match: object) -> float | None:
+            inst = installed.get(match) if isinstance(match, Match) else None
+            return inst.stats.last_used if inst is not None else None
+
+        tags = self.flowstate.sweep(now, last_used)
+        if tags:
+            self.upcall.invalidate(tags)
 
     def _sync_ports(self) -> set[str]:
         changed = self.ports.sync(self.cache.bound_ports())

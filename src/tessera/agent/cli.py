@@ -137,6 +137,7 @@ def run_agent(
 ) -> None:
     from tessera.agent.agent import Agent
     from tessera.agent.control import run_dir
+    from tessera.agent.flowstate.transport import PORT as FLOWSTATE_PORT
     from tessera.agent.metrics import AgentMetrics
     from tessera.agent.registration import RegistrationError
     from tessera.agent.setup import SetupError, choose_underlay, make_datapath
@@ -173,6 +174,8 @@ def run_agent(
         tunnel_zone=tunnel_zone,
         control_dir=run_dir(),
         metrics=agent_metrics,
+        state_dir=state_dir,
+        flowstate_port=FLOWSTATE_PORT if address is not None else None,
     )
     stop = threading.Event()
 

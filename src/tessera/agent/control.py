@@ -8,8 +8,8 @@ network. Sockets are found through the run directory (`$TESSERA_RUN_DIR`, defaul
 path) next to `agents/<host id>.sock`. A unix socket is reached through the filesystem,
 so the CLI finds agents running inside other network namespaces too (the lab's hosts).
 
-Protocol: one JSON request line (`{"op": "flows"}` or `{"op": "status"}`), one JSON
-answer, then the server closes the connection.
+Protocol: one JSON request line (`{"op": "flows"}`, `{"op": "status"}` or
+`{"op": "conntrack"}`), one JSON answer, then the server closes the connection.
 """
 
 from __future__ import annotations

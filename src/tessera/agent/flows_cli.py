@@ -1,4 +1,5 @@
-"""`tessera flows [--host H] [--json]`: a host's installed flows, from its agent.
+"""`tessera flows` and `tessera conntrack [--host H] [--json]`: a host's installed flows
+and its connection state, from its agent.
 
 Reads the agent's control socket (see `tessera.agent.control`); `--host` takes a host id
 or the name the agent registered (`h1` in the lab). Without it, the only agent running
@@ -91,3 +92,56 @@ def flows(
             " ".join(f.get("tags", [])),
         )
     Console(width=200).print(table)
+
+
+# `tessera conntrack [--host H] [--json]`: the same socket, the op "conntrack".
+conntrack_app = typer.Typer(add_completion=False)
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    return str(key.get("text", ""))
+
+
+@conntrack_app.command()
+def conntrack(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Host id or name of the agent to ask.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the connection-tracking entries and NAT bindings a host's agent holds."""
+    agent = find_agent(host)
+    try:
+        answer = request(agent.socket, "conntrack")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
+    if isinstance(answer, dict) and "error" in answer:
+        raise UserError(f"the agent of {agent.name or agent.host_id}: {answer['error']}")
+    if json_output:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    table = Table(box=box.SIMPLE, title=f"connections of {agent.name or agent.host_id}")
+    for header in ("forward", "return", "device", "nat", "idle", "expires in", "flows"):
+        table.add_column(header, overflow="fold")
+    for e in answer.get("entries", []):
+        nat = e.get("nat")
+        port = "" if not nat or nat.get("port") is None else f":{nat['port']}"
+        table.add_row(
+            _key_text(e["forward"]),
+            _key_text(e["return"]),
+            str(e.get("zone", "")),
+            f"{nat['side']}→{nat['ip']}{port}" if nat else "",
+            f"{e.get('idle', 0.0):.1f}s",
+            f"{e.get('expires_in', 0.0):.1f}s",
+            str(e.get("flows", 0)),
+        )
+    console = Console(width=200)
+    console.print(table)
+    blocks = answer.get("snat_blocks", [])
+    if blocks:
+        leases = Table(box=box.SIMPLE, title="SNAT port blocks leased")
+        for header in ("address", "ports", "in use"):
+            leases.add_column(header)
+        for b in blocks:
+            leases.add_row(str(b["ip"]), str(b["ports"]), str(b["used"]))
+        console.print(leases)

@@ -49,6 +49,30 @@ class AgentMetrics:
             registry=r,
         )
 
+        # Connection state (agent.flowstate): the table, the flow-state exchange, SNAT.
+        self.conntrack_entries = Gauge(
+            "tessera_agent_conntrack_entries", "Connection and NAT entries held", registry=r
+        )
+        self.flowstate_sent = Counter(
+            "tessera_agent_flowstate_sent", "Flow-state messages sent to peers", registry=r
+        )
+        self.flowstate_received = Counter(
+            "tessera_agent_flowstate_received",
+            "Flow-state messages accepted from peers",
+            registry=r,
+        )
+        self.flowstate_rejected = Counter(
+            "tessera_agent_flowstate_rejected",
+            "Flow-state messages rejected, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.snat_exhausted = Counter(
+            "tessera_agent_snat_exhausted",
+            "Connections dropped because no SNAT address and port was free",
+            registry=r,
+        )
+
     def serve(self, address: str) -> None:
         """Serve /metrics on `ADDR:PORT` (or just `PORT`)."""
         host, _, port = address.rpartition(":")

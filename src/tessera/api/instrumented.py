@@ -60,6 +60,9 @@ class InstrumentedNsdb(Nsdb):
     def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
         self._timed("state_set", lambda: self.inner.state_set(table, key, value, ephemeral))
 
+    def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        self._timed("state_create", lambda: self.inner.state_create(table, key, value, ephemeral))
+
     def state_delete(self, table: str, key: str) -> None:
         self._timed("state_delete", lambda: self.inner.state_delete(table, key))
 

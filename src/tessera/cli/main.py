@@ -44,6 +44,12 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("lab", "tessera.lab.cli:app", "The emulated cloud on one machine.", _RUN),
     Plugin("trace", "tessera.cli.trace:app", "Explain a packet's path.", _RUN),
     Plugin("flows", "tessera.agent.flows_cli:app", "The local agent's installed flows.", _RUN),
+    Plugin(
+        "conntrack",
+        "tessera.agent.flows_cli:conntrack_app",
+        "The local agent's connection-tracking and NAT entries.",
+        _RUN,
+    ),
 )
 
 # (name, app, help panel); plural and underscore spellings are accepted too, unlisted.

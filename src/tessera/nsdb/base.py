@@ -145,6 +145,11 @@ class Nsdb(abc.ABC):
         """Create or overwrite an entry (an ephemeral one is owned by this session)."""
 
     @abc.abstractmethod
+    def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        """Create an entry only if the key is free; `AlreadyExists` otherwise (whoever
+        owns it). Claims (leases) rely on it: of concurrent creators exactly one wins."""
+
+    @abc.abstractmethod
     def state_delete(self, table: str, key: str) -> None:
         """Remove an entry; absent entries are ignored."""
 

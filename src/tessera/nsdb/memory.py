@@ -332,6 +332,15 @@ class MemoryNsdb(Nsdb):
             entries[key] = _Entry(value, self.session if ephemeral else None)
             self.store.dispatch_state(table, key, change, value)
 
+    def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        with self.store.lock:
+            self._check_open()
+            entries = self.store.state.setdefault(table, {})
+            if key in entries:
+                raise AlreadyExists(f"state entry {table}/{key} already exists")
+            entries[key] = _Entry(value, self.session if ephemeral else None)
+            self.store.dispatch_state(table, key, "added", value)
+
     def state_delete(self, table: str, key: str) -> None:
         with self.store.lock:
             self._check_open()

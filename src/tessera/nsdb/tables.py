@@ -92,3 +92,40 @@ def decode_arp(key: str, value: str) -> ArpEntry:
 def decode_liveness(value: str) -> LivenessEntry:
     data: dict[str, Any] = json.loads(value)
     return LivenessEntry(name=str(data.get("name", "")), since=float(data.get("since", 0.0)))
+
+
+# --- SNAT port blocks ----------------------------------------------------------------
+# One table per external address; key: the block number (ports block*SIZE ..
+# block*SIZE + SIZE - 1); value: `SnatLease` JSON. Created (never overwritten) ephemeral
+# by the agent that leases the block, so two agents never hold one block and a dead
+# agent's blocks return with its session.
+
+_SNAT_TABLE_PREFIX = "snat_blocks/"
+SNAT_BLOCK_SIZE = 64
+
+
+def snat_table(ip_addr: str) -> str:
+    """The name of the table of an external address's leased port blocks."""
+    return f"{_SNAT_TABLE_PREFIX}{ip_addr}"
+
+
+@dataclass(frozen=True)
+class SnatLease:
+    """Who holds a block: the leasing agent's host id and a token of its run (a
+    restarted agent must not take its predecessor's leases for its own)."""
+
+    host_id: str
+    token: str
+    since: float  # Unix time of the lease
+
+    def encode(self) -> str:
+        return json.dumps({"host_id": self.host_id, "token": self.token, "since": self.since})
+
+
+def snat_key(block: int) -> str:
+    return str(block)
+
+
+def decode_snat(value: str) -> SnatLease:
+    data: dict[str, Any] = json.loads(value)
+    return SnatLease(str(data["host_id"]), str(data["token"]), float(data.get("since", 0.0)))

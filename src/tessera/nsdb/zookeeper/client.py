@@ -306,6 +306,19 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             else:
                 self._ephemerals.pop((table, key), None)
 
+    def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        data = value.encode("utf-8")
+        zk = self._zk
+        result = self._run(lambda: zk.create_async(path, data, ephemeral=ephemeral, makepath=True))
+        if isinstance(result, NodeExistsError):
+            raise AlreadyExists(f"state entry {table}/{key} already exists")
+        if isinstance(result, Exception):
+            raise result
+        if ephemeral:
+            with self._lock:
+                self._ephemerals[(table, key)] = value
+
     def state_delete(self, table: str, key: str) -> None:
         path = f"{self._table_dir(table)}/{escape_component(key)}"
         result = self._run(lambda: self._zk.delete_async(path))

@@ -1,0 +1,157 @@
+"""The agent's flow-state service: the table, SNAT leases, the exchange and the file,
+started and stopped with the agent and driven by its loop.
+
+What is wired: entries received from peers are checked, installed and their tags
+invalidated on the agent thread (`drain_tags`); the table expires entries against the
+kernel flows' last use at each sweep; SNAT leases are maintained; the table is saved
+periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
+What awaits the simulation adapter: creating entries from a simulation's results
+(`track`), attaching the installed flows' matches to them, and pushing them to the
+egress and port-group hosts (`share`) before the first packet is reinjected.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tessera.agent.flowstate import persist
+from tessera.agent.flowstate.entry import StateEntry
+from tessera.agent.flowstate.report import conntrack_report
+from tessera.agent.flowstate.snat import SnatAllocator
+from tessera.agent.flowstate.table import ConnTable
+from tessera.agent.flowstate.transport import (
+    PORT,
+    FlowStateReceiver,
+    FlowStateSender,
+    zone_peer,
+)
+from tessera.agent.flowstate.wire import Op
+from tessera.agent.metrics import AgentMetrics
+from tessera.model import TunnelZone
+from tessera.nsdb.base import Nsdb
+
+log = logging.getLogger(__name__)
+
+
+class FlowStateService:
+    def __init__(
+        self,
+        host_id: str,
+        nsdb: Nsdb,
+        metrics: AgentMetrics,
+        zones: Callable[[], Iterable[TunnelZone]],
+        *,
+        underlay_ip: str | None = None,
+        port: int | None = None,
+        state_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`port` None: no exchange with peers (tests, a host without an underlay);
+        `state_file` None: nothing kept across restarts."""
+        self.host_id = host_id
+        self.metrics = metrics
+        self.zones = zones
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.state_file = state_file
+        self.table = ConnTable()
+        metrics.conntrack_entries.set_function(self.table.__len__)
+        self.snat = SnatAllocator(nsdb, host_id, metrics, clock=clock, wall_clock=wall_clock)
+        self.receiver: FlowStateReceiver | None = None
+        self.sender: FlowStateSender | None = None
+        if port is not None and underlay_ip is not None:
+            self.receiver = FlowStateReceiver(
+                self.authorize, self._deliver, metrics, address=underlay_ip, port=port,
+                clock=clock,
+            )  # fmt: skip
+            self.sender = FlowStateSender(host_id, metrics, address=underlay_ip, port=port)
+        self._tags: collections.deque[set[str]] = collections.deque()
+        self._next_save = 0.0
+        self._loaded = False  # never save over a file this run has not read
+
+    def start(self) -> None:
+        if self.state_file is not None:
+            n = persist.load(self.state_file, self.table, self.clock(), self.wall_clock())
+            if n:
+                log.info("restored %d connection entries from %s", n, self.state_file)
+        self._loaded = True
+        self._next_save = self.clock() + persist.SAVE_INTERVAL
+        if self.receiver is not None:
+            try:
+                self.receiver.start()
+            except OSError as exc:  # forwarding still works; peers' state will not arrive
+                log.error(
+                    "flow-state receiver cannot bind %s:%d: %s",
+                    self.receiver.address, self.receiver.port, exc,
+                )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.sender is not None:
+            self.sender.close()
+        self.save()
+
+    def save(self) -> None:
+        if self.state_file is None or not self._loaded:
+            return
+        try:
+            persist.save(self.state_file, self.table, self.clock(), self.wall_clock())
+        except OSError as exc:
+            log.warning("connection state not saved to %s: %s", self.state_file, exc)
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def authorize(self, address: str, sender: str) -> bool:
+        return zone_peer(self.zones(), self.host_id, address, sender)
+
+    def _deliver(self, sender: str, updates: Sequence[tuple[Op, StateEntry]]) -> None:
+        """On the receiver's thread: install, and leave the tags to the agent thread."""
+        now = self.clock()
+        tags: set[str] = set()
+        for op, entry in updates:
+            tags |= self.table.add(entry, now) if op == "add" else self.table.remove(entry.key)
+        if tags:
+            self._tags.append(tags)
+
+    def share(self, addresses: Iterable[str], updates: Iterable[tuple[Op, StateEntry]]) -> int:
+        """Send state to the hosts at `addresses` (underlay) now, before the packet that
+        created it is reinjected; returns the datagrams sent (0 without an exchange)."""
+        if self.sender is None:
+            return 0
+        return self.sender.send(addresses, updates)
+
+    def track(self, entry: StateEntry, flows: Iterable[Hashable] = ()) -> set[str]:
+        """Hold a locally created entry; the tags to invalidate."""
+        return self.table.add(entry.stamped(self.clock()), self.clock(), flows)
+
+    def drain_tags(self) -> set[str]:
+        """Tags of state received since the last call (the agent thread invalidates)."""
+        tags: set[str] = set()
+        while self._tags:
+            tags |= self._tags.popleft()
+        return tags
+
+    # -- time -----------------------------------------------------------------------------
+
+    def sweep(self, now: float, last_used: Callable[[Hashable], float | None]) -> set[str]:
+        """Expire entries (`ConnTable.sweep`), maintain SNAT leases, save now and then;
+        the tags of expired entries."""
+        tags = self.table.sweep(now, last_used) if len(self.table) else set()
+        self.snat.maintain()
+        if now >= self._next_save:
+            self._next_save = now + persist.SAVE_INTERVAL
+            self.save()
+        return tags
+
+    def report(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
+        return conntrack_report(self.table, self.snat, self.clock())
+
+
+__all__ = ["PORT", "FlowStateService"]

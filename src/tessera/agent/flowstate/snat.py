@@ -1,0 +1,273 @@
+"""Dynamic SNAT ports: blocks of 64 leased per agent from the NSDB, ports handed out locally.
+
+Two agents must never translate two connections to one (address, port), yet asking the
+NSDB per connection would put it on every new connection's path. So an agent leases a
+*block* (64 consecutive ports of one external address) by creating an ephemeral entry in
+`snat_blocks/<address>` (`nsdb.tables`); creation is exclusive (`state_create`), so of
+two agents racing for a block one gets `AlreadyExists` and moves on to the next. Ports
+are then allocated from the agent's own blocks with no NSDB traffic; a new block is
+leased only when every leased block usable for the request is full, and a block with no
+binding for `release_after` seconds is given back. A dead agent's leases vanish with its
+NSDB session, returning its blocks.
+
+Leases name this run of the agent (a random token), so a restarted agent does not take
+its predecessor's still-live leases for its own; they return when the old session ends.
+
+Exhaustion (every block of every address in the range leased and full) is not an error:
+`allocate` returns None, the caller drops the packet with `EXHAUSTED` as its reason,
+`tessera_agent_snat_exhausted_total` counts it and a (rate-limited) warning says which
+range ran out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tessera.agent.flowstate.entry import ConnKey
+from tessera.agent.metrics import AgentMetrics
+from tessera.nsdb.base import Nsdb
+from tessera.nsdb.errors import AlreadyExists, NsdbError
+from tessera.nsdb.tables import SNAT_BLOCK_SIZE, SnatLease, decode_snat, snat_key, snat_table
+from tessera.packet.addr import ip_to_str
+
+log = logging.getLogger(__name__)
+
+EXHAUSTED = "SNAT ports exhausted"
+RELEASE_AFTER = 60.0  # seconds a block stays leased with no binding
+VERIFY_INTERVAL = 30.0  # how often leases are checked to still be ours
+LOG_INTERVAL = 10.0  # at most one exhaustion warning per this many seconds
+
+Range = tuple[int, int]  # inclusive
+
+
+@dataclass
+class Lease:
+    ip: int
+    block: int
+    used: set[int] = field(default_factory=set)
+    cursor: int = 0  # the next port tried: a released port is not reused at once
+    idle_since: float = 0.0
+
+    @property
+    def first(self) -> int:
+        return self.block * SNAT_BLOCK_SIZE
+
+    def take(self, ports: Range) -> int | None:
+        lo = max(ports[0], self.first)
+        hi = min(ports[1], self.first + SNAT_BLOCK_SIZE - 1)
+        if lo > hi:
+            return None
+        span = hi - lo + 1
+        for i in range(span):
+            port = lo + (self.cursor - lo + i) % span
+            if port not in self.used:
+                self.used.add(port)
+                self.cursor = port + 1
+                return port
+        return None
+
+
+class SnatAllocator:
+    def __init__(
+        self,
+        nsdb: Nsdb,
+        host_id: str,
+        metrics: AgentMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        release_after: float = RELEASE_AFTER,
+    ) -> None:
+        self.nsdb = nsdb
+        self.host_id = host_id
+        self.metrics = metrics
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.release_after = release_after
+        self.token = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._leases: dict[tuple[int, int], Lease] = {}
+        self._bindings: dict[ConnKey, tuple[int, int]] = {}
+        self._owner: dict[tuple[int, int], ConnKey] = {}
+        self._next_verify = 0.0
+        self._next_log = 0.0
+        self._unlogged = 0
+        self.last_failure = ""
+
+    def allocate(self, ips: Range, ports: Range, key: ConnKey) -> tuple[int, int] | None:
+        """An (address, port) for the connection `key`, the same one for a key asked
+        again; None when none is free (see the module docstring)."""
+        with self._lock:
+            bound = self._bindings.get(key)
+            if bound is not None and _within(bound, ips, ports):
+                return bound
+            got = self._from_leases(ips, ports) or self._lease(ips, ports)
+            if got is None:
+                self._exhausted(ips, ports)
+                return None
+            if bound is not None:
+                self._unbind(key)
+            self._bindings[key] = got
+            self._owner[got] = key
+            return got
+
+    def release(self, key: ConnKey) -> bool:
+        """The connection ended: its port is free again (its block may be given back)."""
+        with self._lock:
+            return self._unbind(key)
+
+    def binding(self, key: ConnKey) -> tuple[int, int] | None:
+        with self._lock:
+            return self._bindings.get(key)
+
+    def leases(self) -> list[tuple[int, int, int]]:
+        """(address, block, ports in use) of every block held."""
+        with self._lock:
+            return [(lease.ip, lease.block, len(lease.used)) for lease in self._leases.values()]
+
+    def maintain(self) -> int:
+        """Give back blocks idle for `release_after`; now and then confirm that the NSDB
+        still holds our leases (a session that expired may have lost some). Returns
+        how many blocks were given back or lost."""
+        now = self.clock()
+        with self._lock:
+            idle = [
+                lease for lease in self._leases.values()
+                if not lease.used and now - lease.idle_since >= self.release_after
+            ]  # fmt: skip
+            for lease in idle:
+                self._give_back(lease)
+            lost = self._verify(now) if now >= self._next_verify else 0
+            return len(idle) + lost
+
+    def close(self) -> None:
+        """Give back every block (a graceful stop; a crash leaves it to the session)."""
+        with self._lock:
+            for lease in list(self._leases.values()):
+                self._give_back(lease)
+            self._bindings.clear()
+            self._owner.clear()
+
+    # -- internals (lock held) ----------------------------------------------------------
+
+    def _from_leases(self, ips: Range, ports: Range) -> tuple[int, int] | None:
+        for lease in self._leases.values():
+            if ips[0] <= lease.ip <= ips[1]:
+                port = lease.take(ports)
+                if port is not None:
+                    return lease.ip, port
+        return None
+
+    def _lease(self, ips: Range, ports: Range) -> tuple[int, int] | None:
+        """Lease a block with a free port in range. Agents start their search at
+        different places (a hash of the host id) so that they rarely race for one."""
+        blocks = list(range(ports[0] // SNAT_BLOCK_SIZE, ports[1] // SNAT_BLOCK_SIZE + 1))
+        n_ips = ips[1] - ips[0] + 1
+        if not blocks or n_ips <= 0:
+            self.last_failure = "empty SNAT range"
+            return None
+        spread = zlib.crc32(self.host_id.encode())
+        lease_value = SnatLease(self.host_id, self.token, self.wall_clock()).encode()
+        for i in range(n_ips):
+            ip = ips[0] + (spread + i) % n_ips
+            table = snat_table(ip_to_str(ip))
+            try:
+                taken = self.nsdb.state_get(table)
+            except NsdbError as exc:
+                self.last_failure = f"NSDB unavailable: {exc}"
+                log.warning("cannot lease SNAT ports: %s", exc)
+                return None
+            for j in range(len(blocks)):
+                block = blocks[(spread + j) % len(blocks)]
+                if snat_key(block) in taken or (ip, block) in self._leases:
+                    continue
+                try:
+                    self.nsdb.state_create(table, snat_key(block), lease_value, ephemeral=True)
+                except AlreadyExists:
+                    continue  # another agent was quicker
+                except NsdbError as exc:
+                    self.last_failure = f"NSDB unavailable: {exc}"
+                    log.warning("cannot lease SNAT ports: %s", exc)
+                    return None
+                lease = Lease(ip, block, idle_since=self.clock())
+                self._leases[(ip, block)] = lease
+                log.debug("leased SNAT block %d of %s", block, ip_to_str(ip))
+                port = lease.take(ports)
+                if port is not None:
+                    return ip, port
+        self.last_failure = EXHAUSTED
+        return None
+
+    def _unbind(self, key: ConnKey) -> bool:
+        bound = self._bindings.pop(key, None)
+        if bound is None:
+            return False
+        self._owner.pop(bound, None)
+        lease = self._leases.get((bound[0], bound[1] // SNAT_BLOCK_SIZE))
+        if lease is not None:
+            lease.used.discard(bound[1])
+            if not lease.used:
+                lease.idle_since = self.clock()
+        return True
+
+    def _give_back(self, lease: Lease) -> None:
+        del self._leases[(lease.ip, lease.block)]
+        for port in lease.used:
+            key = self._owner.pop((lease.ip, port), None)
+            if key is not None:
+                self._bindings.pop(key, None)
+        try:
+            self.nsdb.state_delete(snat_table(ip_to_str(lease.ip)), snat_key(lease.block))
+        except NsdbError as exc:  # the session's end will remove it anyway
+            log.warning("SNAT block %d of %s not given back: %s", lease.block, lease.ip, exc)
+
+    def _verify(self, now: float) -> int:
+        self._next_verify = now + VERIFY_INTERVAL
+        lost = 0
+        for ip in {lease.ip for lease in self._leases.values()}:
+            try:
+                held = self.nsdb.state_get(snat_table(ip_to_str(ip)))
+            except NsdbError:
+                return lost
+            for lease in [x for x in self._leases.values() if x.ip == ip]:
+                value = held.get(snat_key(lease.block))
+                if value is None or _token(value) != self.token:
+                    log.warning("SNAT block %d of %s is no longer ours", lease.block, ip)
+                    del self._leases[(lease.ip, lease.block)]
+                    for port in lease.used:
+                        key = self._owner.pop((lease.ip, port), None)
+                        if key is not None:
+                            self._bindings.pop(key, None)
+                    lost += 1
+        return lost
+
+    def _exhausted(self, ips: Range, ports: Range) -> None:
+        if self.last_failure != EXHAUSTED:
+            return  # the NSDB could not be asked: logged where it failed
+        self.metrics.snat_exhausted.inc()
+        self._unlogged += 1
+        now = self.clock()
+        if now >= self._next_log:
+            log.warning(
+                "SNAT exhausted: no free port in %s-%s ports %d-%d (%d connection(s) dropped)",
+                ip_to_str(ips[0]), ip_to_str(ips[1]), ports[0], ports[1], self._unlogged,
+            )  # fmt: skip
+            self._next_log = now + LOG_INTERVAL
+            self._unlogged = 0
+
+
+def _within(bound: tuple[int, int], ips: Range, ports: Range) -> bool:
+    return ips[0] <= bound[0] <= ips[1] and ports[0] <= bound[1] <= ports[1]
+
+
+def _token(value: str) -> str:
+    try:
+        return decode_snat(value).token
+    except (ValueError, KeyError, TypeError):
+        return ""

@@ -1,0 +1,179 @@
+"""The agent's connection state: expiry that follows its kernel flows, the exchange
+between two agents (members only), the table across a restart, and `tessera conntrack`
+through the control socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_harness import Cloud
+from typer.testing import CliRunner
+
+from tessera.agent.control import RUN_DIR_ENV, ControlServer
+from tessera.agent.flows_cli import conntrack_app
+from tessera.agent.flowstate.entry import PROTO_TCP, ConnKey, StateEntry
+from tessera.agent.flowstate.service import FlowStateService
+from tessera.agent.flowstate.table import key_tag
+from tessera.agent.metrics import AgentMetrics
+from tessera.model import TunnelZone
+from tessera.model.hosts import TunnelZoneHost
+from tessera.nsdb.memory import MemoryNsdb, MemoryStore
+from tessera.packet.addr import ip_from_str as ip
+
+ZONE = "3c6b0d4e-0000-4000-8000-0000000000cc"
+
+
+def conn(i: int = 1) -> ConnKey:
+    return ConnKey(PROTO_TCP, ip("10.0.0.1"), ip("10.0.0.2"), 30000 + i, 80, ZONE)
+
+
+@pytest.fixture
+def run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = Path("/tmp") / f"tsc-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    monkeypatch.setenv(RUN_DIR_ENV, str(path))
+    yield path
+    for p in sorted(path.rglob("*"), reverse=True):
+        p.unlink() if not p.is_dir() else p.rmdir()
+    path.rmdir()
+
+
+def test_an_entry_lives_while_its_kernel_flow_forwards_then_expires(cloud: Cloud) -> None:
+    h = cloud.host("h0", "198.18.0.1")
+    br = cloud.bridge()
+    vm1 = cloud.vm(h, br, "tap1", "02:00:00:00:00:01", "10.0.0.1")
+    vm2 = cloud.vm(h, br, "tap2", "02:00:00:00:00:02", "10.0.0.2")
+    cloud.settle()
+    cloud.send(vm2, vm2.arp_request(vm1.ip))
+    cloud.send(vm1, vm1.frame(vm2))
+    (flow,) = [m for m in h.flows() if m.in_port == h.number(vm1.port_id)]
+    fs = h.agent.flowstate
+    fs.track(StateEntry("conntrack", conn(), expiry=5.0), flows=[flow])
+    for _ in range(6):  # 18 s of traffic, all of it forwarded by the kernel flow
+        cloud.tick(3.0)
+        cloud.send(vm1, vm1.frame(vm2))
+    cloud.tick(3.0)
+    assert fs.table.lookup(conn()) is not None
+    assert h.agent.metrics.registry.get_sample_value("tessera_agent_conntrack_entries") == 1
+    cloud.tick(3.0)  # the flow has been idle 6 s > 5 s
+    assert fs.table.lookup(conn()) is None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_state_reaches_a_zone_peer_and_nothing_from_outsiders(tmp_path: Path) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    addrs = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    zone = TunnelZone(
+        name="z",
+        hosts=[
+            TunnelZoneHost(host_id=i, ip_address=a) for i, a in zip(ids[:2], addrs[:2], strict=True)
+        ],
+    )
+    port = _free_port()
+    store = MemoryStore()
+    services = [
+        FlowStateService(
+            i,
+            MemoryNsdb(store),
+            AgentMetrics(),
+            lambda: [zone],
+            underlay_ip=a,
+            port=port,
+            state_file=tmp_path / f"{n}.json",
+        )
+        for n, (i, a) in enumerate(zip(ids, addrs, strict=True))
+    ]
+    for s in services:
+        s.start()
+    try:
+        a, b, outsider = services
+        nat = StateEntry("nat", conn(), nat_ip=ip("198.51.100.1"), nat_port=61000, expiry=600.0)
+        assert a.share(["127.0.0.2"], [("add", nat)]) == 1
+        assert outsider.share(["127.0.0.2"], [("add", StateEntry("conntrack", conn(2)))]) == 1
+        deadline = time.monotonic() + 5
+        while not b.table.lookup(conn()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got = b.table.lookup_return(nat.return_key())
+        assert got is not None and got.nat_port == 61000
+        assert b.drain_tags() == {key_tag(conn()), key_tag(nat.return_key())}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not b.metrics.registry.get_sample_value(
+            "tessera_agent_flowstate_rejected_total", {"reason": "forged"}
+        ):
+            time.sleep(0.01)
+        assert b.table.lookup(conn(2)) is None  # the outsider's entry was refused
+        assert a.share(["127.0.0.2"], [("remove", nat)]) == 1
+        deadline = time.monotonic() + 5
+        while b.table.lookup(conn()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.table.lookup(conn()) is None
+        a.track(StateEntry("conntrack", conn(3), expiry=600.0))
+    finally:
+        for s in services:
+            s.stop()
+    # The table survives a restart through the state file.
+    again = FlowStateService(ids[0], MemoryNsdb(store), AgentMetrics(), lambda: [zone],
+                             state_file=tmp_path / "0.json")  # fmt: skip
+    again.start()
+    assert again.table.lookup(conn(3)) is not None
+    again.stop()
+
+
+def test_a_failed_start_does_not_save_over_the_kept_state(tmp_path: Path) -> None:
+    path = tmp_path / "kept.json"
+    first = FlowStateService("h", MemoryNsdb(MemoryStore()), AgentMetrics(), list,
+                             state_file=path)  # fmt: skip
+    first.start()
+    first.track(StateEntry("conntrack", conn(), expiry=600.0))
+    first.stop()
+    never_started = FlowStateService("h", MemoryNsdb(MemoryStore()), AgentMetrics(), list,
+                                     state_file=path)  # fmt: skip
+    never_started.stop()
+    later = FlowStateService("h", MemoryNsdb(MemoryStore()), AgentMetrics(), list,
+                             state_file=path)  # fmt: skip
+    later.start()
+    assert later.table.lookup(conn()) is not None
+
+
+def test_tessera_conntrack_lists_keys_device_nat_and_expiry(cloud: Cloud, run_dir: Path) -> None:
+    h = cloud.host("h0", "198.18.0.1")
+    fs = h.agent.flowstate
+    fs.track(StateEntry("conntrack", conn(1), expiry=600.0))
+    ips, ports = (ip("198.51.100.7"), ip("198.51.100.7")), (1024, 65535)
+    public = fs.snat.allocate(ips, ports, conn(2))
+    assert public is not None
+    fs.track(StateEntry("nat", conn(2), nat_ip=public[0], nat_port=public[1], expiry=600.0))
+    server = ControlServer(h.host_id, "h1", {"conntrack": fs.report}, run_dir)
+    server.start()
+    try:
+        result = CliRunner().invoke(conntrack_app, ["--host", "h1", "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        by_port = {e["forward"]["src_port"]: e for e in report["entries"]}
+        plain, nat = by_port[30001], by_port[30002]
+        assert plain["kind"] == "conntrack" and plain["nat"] is None and plain["zone"] == ZONE
+        assert plain["return"]["src_ip"] == "10.0.0.2" and plain["return"]["dst_port"] == 30001
+        assert nat["nat"] == {"side": "src", "ip": "198.51.100.7", "port": public[1]}
+        assert nat["return"]["dst_ip"] == "198.51.100.7"
+        assert nat["return"]["dst_port"] == public[1]
+        assert 0 < nat["expires_in"] <= 600.0
+        (block,) = report["snat_blocks"]
+        assert block["ip"] == "198.51.100.7" and block["used"] == 1
+        human = CliRunner().invoke(conntrack_app, [])
+        assert human.exit_code == 0, human.output
+        assert "tcp 10.0.0.1:30001 > 10.0.0.2:80" in human.output
+        assert f"src→198.51.100.7:{public[1]}" in human.output
+        assert "SNAT port blocks" in human.output
+    finally:
+        server.stop()
