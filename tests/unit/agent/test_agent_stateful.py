@@ -5,6 +5,8 @@ and its tags invalidate exactly the flows decided without it."""
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 from agent_harness import Cloud, Host, Vm
@@ -92,9 +94,9 @@ class Edge:
     """VM 10.0.0.5 on h1 behind router rt (10.0.0.1/24); rt's uplink 203.0.113.1/24 is
     an exterior port bound on `ext_host` to an "external" VM 203.0.113.9."""
 
-    def __init__(self, cloud: Cloud, ext_host: Host | None = None) -> None:
+    def __init__(self, cloud: Cloud, h: Host | None = None, ext_host: Host | None = None) -> None:
         self.cloud = cloud
-        self.h = cloud.host("h1", "198.18.0.1")
+        self.h = h or cloud.host("h1", "198.18.0.1")
         ext_host = ext_host or self.h
         br = cloud.bridge()
         self.rt = cloud.router()
@@ -139,8 +141,8 @@ SNAT_TARGET = [{"address_from": "203.0.113.1", "address_to": "203.0.113.1",
                 "port_from": 20000, "port_to": 20127}]  # fmt: skip
 
 
-def _snat_edge(cloud: Cloud, ext_host: Host | None = None) -> Edge:
-    e = Edge(cloud, ext_host)
+def _snat_edge(cloud: Cloud, h: Host | None = None, ext_host: Host | None = None) -> Edge:
+    e = Edge(cloud, h, ext_host)
     e.filters(
         pre=[{"type": "rev_snat", "in_ports": [e.uplink.id]}],
         post=[{"type": "snat", "out_ports": [e.uplink.id], "nw_src_address": "10.0.0.0",
@@ -209,3 +211,34 @@ def test_a_floating_ip_translates_both_ways(cloud: Cloud) -> None:
     # Outbound: the VM's packets leave from the floating IP, ports kept.
     (out,) = _through_arp(e, e.out(41000))
     assert udp_of(out) == (fip, 41000, "203.0.113.9", 53)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_snat_state_reaches_the_egress_host_before_the_reply_can_arrive(cloud: Cloud) -> None:
+    """VM on h1, the external VM on the uplink bound on h2: the reply enters on h2, whose
+    agent knows the binding only because h1 sent it (real UDP between the agents)."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.21", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.22", flowstate_port=port)
+    e = _snat_edge(cloud, h1, h2)
+    (first,) = _through_arp(e, e.out(40000))
+    src, sport, _dst, _dport = udp_of(first)
+    assert src == "203.0.113.1"
+    received = h2.agent.flowstate.table
+    deadline = time.monotonic() + 5
+    while len(received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    kinds = sorted(t.entry.key.kind for t in received.snapshot())  # type: ignore[union-attr]
+    assert kinds == ["fwd_snat", "rev_snat"]
+    assert h1.agent.metrics.registry.get_sample_value("tessera_agent_flowstate_sent_total")
+    h2.agent.run_once(0)  # the received state's tags (nothing was decided without it yet)
+    cloud.send(e.ext, e.to_public("203.0.113.1", sport))
+    (back,) = cloud.received(e.vm)
+    assert udp_of(back) == ("203.0.113.9", 53, "10.0.0.5", 40000)
+    # h2 leased nothing: the port is h1's.
+    assert h2.agent.flowstate.snat.leases() == [] and len(h1.agent.flowstate.snat.leases()) == 1
