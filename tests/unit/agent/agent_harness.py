@@ -124,7 +124,11 @@ class Cloud:
 
     # -- hosts --
     def host(
-        self, name: str, underlay: str, host_id: str | None = None, flowstate_port: int | None = None
+        self,
+        name: str,
+        underlay: str,
+        host_id: str | None = None,
+        flowstate_port: int | None = None,
     ) -> Host:
         """`flowstate_port`: exchange flow state over real UDP on `underlay` (a loopback
         address then) at that port; None: the agents keep their state to themselves."""
