@@ -311,7 +311,7 @@ class UpcallHandler:
                 for miss in p.misses:
                     self.dp.reinject(miss)
                 self._installed(desired)
-                self._attach(result, desired.match)
+                self.attach(result, desired.match)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
@@ -372,7 +372,7 @@ class UpcallHandler:
                 addresses[ip_to_str(where.remote_ip)] = None
         return list(addresses)
 
-    def _attach(self, result: SimulationResult, match: Match) -> None:
+    def attach(self, result: SimulationResult, match: Match) -> None:
         """The installed flow keeps alive the state it read or created."""
         fs = self.flowstate
         if fs is None or not (result.state_refs or result.flow_state):

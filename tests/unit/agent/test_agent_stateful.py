@@ -11,7 +11,7 @@ from typing import Any
 
 from agent_harness import Cloud, Host, Vm
 
-from tessera.model import Chain, Port, Route, Rule
+from tessera.model import Chain, Port, PortGroup, Route, Rule
 from tessera.nsdb.tables import snat_table
 from tessera.packet import ETH_TYPE_IPV4, Ethernet, IPv4, Udp
 from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str
@@ -242,3 +242,43 @@ def test_snat_state_reaches_the_egress_host_before_the_reply_can_arrive(cloud: C
     assert udp_of(back) == ("203.0.113.9", 53, "10.0.0.5", 40000)
     # h2 leased nothing: the port is h1's.
     assert h2.agent.flowstate.snat.leases() == [] and len(h1.agent.flowstate.snat.leases()) == 1
+
+
+def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: Cloud) -> None:
+    """x (h1) is firewalled (replies only); its connection leaves by member o1 of a
+    stateful group (h1), and the reply comes back by the other member o2 on h2: h2 knows
+    the connection only because h1 sent it to the hosts of the group's members."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.31", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.32", flowstate_port=port)
+    br = cloud.bridge()
+    x = cloud.vm(h1, br, "tap-x", "02:00:00:00:00:0c", "10.0.0.12")
+    o1 = cloud.vm(h1, br, "tap-o1", "02:00:00:00:00:0d", "10.0.0.13")
+    o2 = cloud.vm(h2, br, "tap-o2", "02:00:00:00:00:0e", "10.0.0.14")
+    group = cloud.topo.create(PortGroup(name="edge", stateful=True))
+    for member in (o1, o2):
+        cloud.topo.add_port_group_port(group.id, member.port_id)
+    from_x = chain(cloud, "from x", {"type": "accept", "match_forward_flow": True})
+    to_x = chain(cloud, "to x", {"type": "accept", "match_return_flow": True}, {"type": "drop"})
+    cloud.topo.update(
+        Port, x.port_id, {"inbound_filter_id": from_x.id, "outbound_filter_id": to_x.id}
+    )
+    cloud.settle()
+    # o1's MAC is known (o1 spoke), so x's packet leaves by o1 only.
+    cloud.send(o1, udp(o1, 0xFFFF_FFFF_FFFF, o1.ip, 7, 7))
+    # (A reply sent now would be flooded to o1 too, and its tracking would make x's
+    # packet a return flow: the connection starts from x first.)
+    cloud.send(x, udp(x, o1.mac, o1.ip, 40000, 53))
+    (out,) = cloud.received(o1)
+    assert udp_of(out) == ("10.0.0.12", 40000, "10.0.0.13", 53)
+    key = ConnKey(17, x.ip, o1.ip, 40000, 53, group.id)  # keyed by the group
+    deadline = time.monotonic() + 5
+    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert key in h2.agent.flowstate.view.conntrack
+    h2.agent.run_once(0)  # the received entry's tags
+    reply = Ethernet(x.mac, o2.mac, ETH_TYPE_IPV4,
+                     IPv4(o1.ip, x.ip, 17, Udp(53, 40000, b"answer"))).build()  # fmt: skip
+    cloud.send(o2, reply)
+    (back,) = cloud.received(x)
+    assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
