@@ -282,3 +282,27 @@ def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: 
     cloud.send(o2, reply)
     (back,) = cloud.received(x)
     assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
+
+
+def test_snat_port_exhaustion_is_a_clean_counted_drop(cloud: Cloud, caplog: Any) -> None:
+    e = Edge(cloud)
+    one_port = [{"address_from": "203.0.113.1", "address_to": "203.0.113.1",
+                 "port_from": 20000, "port_to": 20000}]  # fmt: skip
+    e.filters(
+        pre=[{"type": "rev_snat", "in_ports": [e.uplink.id]}],
+        post=[{"type": "snat", "out_ports": [e.uplink.id], "nw_src_address": "10.0.0.0",
+               "nw_src_length": 24, "nat_targets": one_port}],
+    )  # fmt: skip
+    e.resolve()
+    (first,) = _through_arp(e, e.out(40000))
+    assert udp_of(first)[:2] == ("203.0.113.1", 20000)
+    registry = e.h.agent.metrics.registry
+    assert not registry.get_sample_value("tessera_agent_snat_exhausted_total")
+    with caplog.at_level("WARNING"):
+        cloud.send(e.vm, e.out(40001))  # the only port is taken: dropped, not crashed
+    assert cloud.received(e.ext) == []
+    assert registry.get_sample_value("tessera_agent_snat_exhausted_total") == 1
+    assert "SNAT exhausted" in caplog.text
+    # The first connection still works both ways.
+    cloud.send(e.ext, e.to_public("203.0.113.1", 20000))
+    assert [udp_of(f) for f in cloud.received(e.vm)] == [("203.0.113.9", 53, "10.0.0.5", 40000)]

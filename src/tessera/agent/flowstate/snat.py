@@ -177,7 +177,10 @@ class SnatAllocator:
                     if port is not None:
                         return NatBinding(lease.ip, port)
             if self.clock() < self._dry.get(request.targets, 0.0):
-                self.metrics.snat_exhausted.inc()
+                first = request.targets[0]
+                self._exhausted(
+                    (first.ip_from, request.targets[-1].ip_to), _ports(first, request.sport, keep)
+                )
                 return None
             ident = f"{request.device}:{len(self._wanted)}:{request.src}:{request.sport}"
             self._wanted[ident] = request
@@ -196,11 +199,8 @@ class SnatAllocator:
                 ports = _ports(t, request.sport, keep)
                 if self._lease((t.ip_from, t.ip_to), ports, take=False) is not None:
                     return True
-            if self.last_failure == EXHAUSTED:
-                self._exhausted(
-                    (request.targets[0].ip_from, request.targets[-1].ip_to),
-                    _ports(request.targets[0], request.sport, keep),
-                )
+            # Exhausted, or the NSDB cannot be asked: the packet is dropped on the next
+            # simulation (counted there when exhausted) and so is the range's next second.
             self._dry[request.targets] = self.clock() + DRY_FOR
             return False
 
