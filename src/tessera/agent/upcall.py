@@ -1,10 +1,14 @@
 """The upcall path: a missed packet becomes a simulation, a flow, and the packet again.
 
     miss → (already covered by a flow? reinject) → (its flow pending? join it)
-         → simulate → apply: learned state, emitted packets, flow install → reinject
+         → simulate → apply: learned state, flow state (installed, sent to the hosts
+           that will see the replies, its tags invalidated), emitted packets,
+           flow install → reinject
 
-Runs on the agent's single upcall thread and never waits for the NSDB: a simulation that
-meets an object not loaded yet parks its packets until the cache reports it loaded;
+Runs on the agent's single upcall thread and waits for the NSDB only to lease a block
+of 64 SNAT ports (a simulation raising NotYetLoaded("nat_block"): rare, then simulated
+again); a simulation that meets an object not loaded yet parks its packets until the
+cache reports it loaded;
 learned MACs/ARPs go to the cache at once (so the next packet sees them) and to the NSDB
 through the writer's queue; a packet waiting for ARP is held and simulated again when
 the entry arrives, or with the entry marked failed when it times out (an ICMP error).
