@@ -90,25 +90,26 @@ class Agent:
         # Filled by the cache's threads, drained here; deque appends/pops are atomic.
         self._events: collections.deque[CacheUpdate] = collections.deque()
         self.cache = TopologyCache(nsdb, host_id, self._on_cache)
-        if simulator is None:
-            from tessera.agent.simulate import SnapshotSimulator
-
-            simulator = SnapshotSimulator(self.cache)
-        self.simulator = simulator
-        self.writer = StateWriter(nsdb) if write_state else None
-        self.upcall = UpcallHandler(
-            datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
-            self.locate, clock, wall_clock,
-        )  # fmt: skip
-        self.adopter = Adopter(
-            datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
-            clock,
-        )  # fmt: skip
         # -- connection state (docs/agent.md "Connection state") --
         self.flowstate = FlowStateService(
             host_id, nsdb, self.metrics, self._tunnel_zones, underlay_ip=underlay_ip,
             port=flowstate_port, clock=clock, wall_clock=wall_clock,
             state_file=state_dir / f"flowstate-{host_id}.json" if state_dir else None,
+        )  # fmt: skip
+        if simulator is None:
+            from tessera.agent.simulate import SnapshotSimulator
+
+            simulator = SnapshotSimulator(self.cache, self.flowstate.view, self.flowstate.snat)
+        self.simulator = simulator
+        self.writer = StateWriter(nsdb) if write_state else None
+        self.upcall = UpcallHandler(
+            datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
+            self.locate, clock, wall_clock, flowstate=self.flowstate,
+            group_ports=self._group_ports,
+        )  # fmt: skip
+        self.adopter = Adopter(
+            datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
+            clock,
         )  # fmt: skip
         handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "flows": self.flows_report, "status": self.status, "conntrack": self.flowstate.report
@@ -250,6 +251,11 @@ class Agent:
         with self.cache.state.lock:
             zones = self.cache.state.of(TunnelZone.kind).values()
             return [z for z in zones if isinstance(z, TunnelZone)]
+
+    def _group_ports(self, group_id: str) -> list[str]:
+        """The members of a port group (a stateful group's id is its connections' device)."""
+        group = self.cache.get("port_groups", group_id)
+        return list(getattr(group, "port_ids", None) or [])
 
     def _sweep_flowstate(self, now: float) -> None:
         """Connections expire by their kernel flows' last use, read like flows' own."""

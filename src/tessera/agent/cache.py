@@ -94,11 +94,13 @@ class TopologyCache:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe to what every agent needs (ports, hosts, tunnel zones) and start
+        """Subscribe to what every agent needs (ports, hosts, tunnel zones, port groups) and start
         the loader. Raises NsdbError when the NSDB cannot be reached."""
         self._loader = threading.Thread(target=self._run_loader, name="agent-cache", daemon=True)
         self._loader.start()
-        for kind in (Port.kind, Host.kind, TunnelZone.kind):
+        # Port groups too: a stateful group keys its members' connections (whatever
+        # device they are on), so every host must know it even if no rule names it.
+        for kind in (Port.kind, Host.kind, TunnelZone.kind, PortGroup.kind):
             self._subs.append(self.nsdb.watch_kind(kind, self._on_object))
         # What the ports watch is about to deliver: until it has, this host's bindings
         # are not known, and nothing may be judged stale for lack of one.

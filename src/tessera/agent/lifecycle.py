@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tessera.agent.cache import TopologyCache
+from tessera.agent.flowstate.snat import NAT_BLOCK
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
@@ -161,7 +162,10 @@ class Adopter:
         try:
             result = self.sim.simulate(frame_for(match), port_id, wall_now)
         except NotYetLoaded as exc:
-            self.cache.want(exc.kind, exc.id)
+            if exc.kind == NAT_BLOCK and self.upcall.flowstate is not None:
+                self.upcall.flowstate.snat.lease_for(exc.id)  # simulated again next round
+            else:
+                self.cache.want(exc.kind, exc.id)
             return None
         except Exception as exc:  # a match the simulation cannot take: not ours to keep
             log.debug("adopted flow %s does not simulate: %s", match, exc)
@@ -169,9 +173,12 @@ class Adopter:
         # What the flow's packets taught the bridges and routers is learned again: the
         # previous agent's learned entries left the NSDB with its session.
         self.upcall.learn(result)
+        if result.flow_state:  # state the restart lost (or never saved): made again
+            self.upcall.track(result)
         desired = self.upcall.desired_flow(result, port, port_id)
         if desired is None:
             return False
+        self.upcall.attach(result, match)
         if desired.match == match and desired.flow.actions == inst.flow.actions:
             self.flows.add(DesiredFlow(desired.flow, desired.tags, desired.expiry, self.clock()))
             self.kept += 1

@@ -5,7 +5,8 @@ ARP entries change far more often and are swapped in with `Snapshot.with_state`,
 Chains the change did not touch are reused from the previous snapshot, and the agent calls
 `prepare` when the topology has settled after a change, so that the first packet after a
 change does not pay for the compile (a miss costs hundreds of microseconds more when it
-has to compile first).
+has to compile first). Flow state is not swapped at all: the snapshot holds the agent's
+table view, which follows the table as it changes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,28 @@ from __future__ import annotations
 from tessera.agent.cache import TopologyCache
 from tessera.packet.match import FlowMatch
 from tessera.simulation import simulate
+from tessera.simulation.flowstate import (
+    EMPTY_FLOW_STATE,
+    FIRST_FREE,
+    FlowStateView,
+    NatAllocator,
+)
 from tessera.simulation.result import SimulationResult
 from tessera.simulation.topology import Snapshot
 
 
 class SnapshotSimulator:
-    def __init__(self, cache: TopologyCache) -> None:
+    def __init__(
+        self,
+        cache: TopologyCache,
+        flow_state: FlowStateView = EMPTY_FLOW_STATE,
+        allocator: NatAllocator = FIRST_FREE,
+    ) -> None:
+        """`flow_state` is the agent's live table view (read in place, never copied);
+        `allocator` picks dynamic SNAT sources (the agent's leases port blocks)."""
         self.cache = cache
+        self.flow_state = flow_state
+        self.allocator = allocator
         self._topology_generation = -1
         self._generation = -1
         self._base: Snapshot | None = None
@@ -34,7 +50,7 @@ class SnapshotSimulator:
             self._generation = -1
             self.compiles += 1
         if self._snap is None or view.generation != self._generation:
-            self._snap = self._base.with_state(view.macs, view.arps)
+            self._snap = self._base.with_state(view.macs, view.arps, self.flow_state)
             self._generation = view.generation
         return self._snap
 
@@ -52,4 +68,6 @@ class SnapshotSimulator:
     ) -> SimulationResult:
         if match is None:
             match = FlowMatch.from_frame(in_port_id, frame)
-        return simulate(self.snapshot(), match, frame, now, arp_failed=arp_failed)
+        return simulate(
+            self.snapshot(), match, frame, now, arp_failed=arp_failed, allocator=self.allocator
+        )

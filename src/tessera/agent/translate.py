@@ -12,8 +12,10 @@ one ordered action list over local port numbers and tunnels. Here:
 
 Rewrites are per output and relative to the packet as it arrived, while datapath actions
 accumulate. Outputs are therefore ordered by TTL decrement (a decrement cannot be
-undone), and a MAC left unchanged by an output after another output rewrote it is set
-back explicitly — which makes the flow depend on that MAC, so the field joins the mask.
+undone), and a field left unchanged by an output after another output rewrote it is set
+back explicitly — which makes the flow depend on that field, so it joins the mask. NAT
+rewrites (addresses, TCP/UDP ports) are handled like the MACs; the datapath's actions
+fix the IP and L4 checksums.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tessera.datapath.base import Action, DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
+from tessera.datapath.base import (
+    Action,
+    DecTtl,
+    Output,
+    OutputTunnel,
+    SetEthDst,
+    SetEthSrc,
+    SetIpDst,
+    SetIpSrc,
+    SetTpDst,
+    SetTpSrc,
+)
 from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.result import PortOutput
 from tessera.simulation.tags import host_tag
@@ -61,16 +74,32 @@ def egress(port_id: str, locate: Locate, tags: set[str]) -> Output | OutputTunne
     return None
 
 
-def _output_order(o: PortOutput) -> tuple[int, bool, bool]:
-    return (o.ttl_dec, o.eth_src is not None, o.eth_dst is not None)
+# (FlowMatch field name, mask bit, action) of every rewrite a PortOutput may ask for.
+_REWRITES: tuple[tuple[str, Field, Callable[[int], Action]], ...] = (
+    ("eth_src", Field.ETH_SRC, SetEthSrc),
+    ("eth_dst", Field.ETH_DST, SetEthDst),
+    ("ip_src", Field.IP_SRC, SetIpSrc),
+    ("ip_dst", Field.IP_DST, SetIpDst),
+    ("tp_src", Field.TP_SRC, SetTpSrc),
+    ("tp_dst", Field.TP_DST, SetTpDst),
+)
+
+
+def _wanted(o: PortOutput) -> tuple[int | None, ...]:
+    """The output's rewrites in `_REWRITES` order (None: as the packet arrived)."""
+    return (o.eth_src, o.eth_dst, o.nw_src, o.nw_dst, o.tp_src, o.tp_dst)
+
+
+def _output_order(o: PortOutput) -> tuple[int, bool, bool, bool]:
+    nat = o.nw_src is not None or o.nw_dst is not None or o.tp_src is not None
+    return (o.ttl_dec, nat or o.tp_dst is not None, o.eth_src is not None, o.eth_dst is not None)
 
 
 def translate(outputs: Sequence[PortOutput], match: FlowMatch, locate: Locate) -> Translation:
     out = Translation()
-    cur_src: int | None = None  # None: as the packet arrived
-    cur_dst: int | None = None
+    current: list[int | None] = [None] * len(_REWRITES)  # None: as the packet arrived
     ttl_done = 0
-    # TTL decrements cannot be undone; within one TTL, unchanged MACs first, so that a
+    # TTL decrements cannot be undone; within one TTL, unchanged fields first, so that a
     # restore is needed only when a decrement forces a rewritten branch earlier.
     order = sorted(outputs, key=_output_order) if len(outputs) > 1 else outputs
     for o in order:
@@ -83,19 +112,13 @@ def translate(outputs: Sequence[PortOutput], match: FlowMatch, locate: Locate) -
         target = egress(o.port_id, locate, out.tags)
         if target is None:
             continue
-        want_src = o.eth_src
-        if want_src is None and cur_src is not None:
-            want_src = match.original()["eth_src"]
-            out.extra_mask |= int(Field.ETH_SRC)
-        if want_src is not None and want_src != cur_src:
-            out.actions.append(SetEthSrc(want_src))
-            cur_src = want_src
-        want_dst = o.eth_dst
-        if want_dst is None and cur_dst is not None:
-            want_dst = match.original()["eth_dst"]
-            out.extra_mask |= int(Field.ETH_DST)
-        if want_dst is not None and want_dst != cur_dst:
-            out.actions.append(SetEthDst(want_dst))
-            cur_dst = want_dst
+        for i, want in enumerate(_wanted(o)):
+            name, bit, action = _REWRITES[i]
+            if want is None and current[i] is not None:
+                want = match.original()[name]
+                out.extra_mask |= int(bit)
+            if want is not None and want != current[i]:
+                out.actions.append(action(want))
+                current[i] = want
         out.actions.append(target)
     return out

@@ -1,10 +1,14 @@
 """The upcall path: a missed packet becomes a simulation, a flow, and the packet again.
 
     miss → (already covered by a flow? reinject) → (its flow pending? join it)
-         → simulate → apply: learned state, emitted packets, flow install → reinject
+         → simulate → apply: learned state, flow state (installed, sent to the hosts
+           that will see the replies, its tags invalidated), emitted packets,
+           flow install → reinject
 
-Runs on the agent's single upcall thread and never waits for the NSDB: a simulation that
-meets an object not loaded yet parks its packets until the cache reports it loaded;
+Runs on the agent's single upcall thread and waits for the NSDB only to lease a block
+of 64 SNAT ports (a simulation raising NotYetLoaded("nat_block"): rare, then simulated
+again); a simulation that meets an object not loaded yet parks its packets until the
+cache reports it loaded;
 learned MACs/ARPs go to the cache at once (so the next packet sees them) and to the NSDB
 through the writer's queue; a packet waiting for ARP is held and simulated again when
 the entry arrives, or with the entry marked failed when it times out (an ICMP error).
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tessera.agent.cache import Key, TopologyCache
+from tessera.agent.flowstate.service import FlowStateService
+from tessera.agent.flowstate.snat import NAT_BLOCK
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
@@ -44,6 +50,7 @@ from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.errors import PacketError
 from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.errors import NotYetLoaded
+from tessera.simulation.flowstate import ConnKey, NatKey
 from tessera.simulation.result import (
     ArpLearned,
     MacLearned,
@@ -111,8 +118,16 @@ class UpcallHandler:
         locate: Locate,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        flowstate: FlowStateService | None = None,
+        group_ports: Callable[[str], Iterable[str]] | None = None,
     ) -> None:
+        """`flowstate` holds and shares the connection state simulations create (None:
+        none is kept); `group_ports(id)` lists a port group's members, whose hosts get
+        the state of connections keyed by that (stateful) group."""
         self.dp = datapath
+        self.flowstate = flowstate
+        self.group_ports = group_ports
         self.flows = flows
         self.ports = ports
         self.cache = cache
@@ -242,6 +257,16 @@ class UpcallHandler:
                 first.frame, p.port_id, self.wall_clock(), p.arp_failed, match=match
             )
         except NotYetLoaded as exc:
+            if exc.kind == NAT_BLOCK and self.flowstate is not None:
+                # Dynamic SNAT needs a port block first: lease it (the NSDB, rarely: once
+                # per 64 connections) and simulate again; an exhausted range now answers
+                # None, a clean drop.
+                self.flowstate.snat.lease_for(exc.id)
+                if p.rounds >= NOT_YET_ROUNDS:
+                    self.dropped += len(p.misses)
+                    return
+                self._run(p)
+                return
             if p.rounds >= NOT_YET_ROUNDS:
                 self.dropped += len(p.misses)
                 log.warning("giving up on a packet of port %s after %d rounds", p.port_id, p.rounds)
@@ -263,6 +288,8 @@ class UpcallHandler:
 
     def apply(self, p: Parked, result: SimulationResult) -> None:
         self.learn(result)
+        if result.flow_state:
+            self.track(result)
         for pkt in result.emitted:
             target = egress(pkt.port_id, self.locate, set())
             if target is not None:
@@ -288,6 +315,7 @@ class UpcallHandler:
                 for miss in p.misses:
                     self.dp.reinject(miss)
                 self._installed(desired)
+                self.attach(result, desired.match)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
@@ -316,6 +344,47 @@ class UpcallHandler:
         if t.extra_mask:
             result.match.record(Field(t.extra_mask))
         return t.actions, t.tags
+
+    # -- connection state -------------------------------------------------------------------
+
+    def track(self, result: SimulationResult) -> None:
+        """Install the state the packet creates, send it to the hosts that will see the
+        replies, and invalidate the flows decided without it — all before the packet is
+        forwarded, so a reply finds the state wherever it enters."""
+        fs = self.flowstate
+        if fs is None:
+            return
+        tags = fs.track(result.flow_state)
+        addresses = self._state_hosts(result)
+        if addresses:
+            fs.share(addresses, result.flow_state)
+        if tags:
+            self.invalidate(tags)
+
+    def _state_hosts(self, result: SimulationResult) -> list[str]:
+        """Underlay addresses of the egress ports' hosts and of the other members of a
+        stateful port group that keys the new state."""
+        ports = [o.port_id for o in result.outputs]
+        if self.group_ports is not None:
+            devices = {e.key.device for e in result.flow_state}
+            for device in devices:
+                ports.extend(self.group_ports(device))
+        addresses: dict[str, None] = {}
+        for port_id in ports:
+            where = self.locate(port_id)
+            if where is not None and where.remote_ip:
+                addresses[ip_to_str(where.remote_ip)] = None
+        return list(addresses)
+
+    def attach(self, result: SimulationResult, match: Match) -> None:
+        """The installed flow keeps alive the state it read or created."""
+        fs = self.flowstate
+        if fs is None or not (result.state_refs or result.flow_state):
+            return
+        keys: list[ConnKey | NatKey] = list(result.state_refs)
+        keys.extend(e.key for e in result.flow_state)
+        for key in keys:
+            fs.table.attach_flow(key, match)
 
     def install(self, desired: DesiredFlow) -> None:
         """The datapath, then the desired table: a failed install leaves nothing behind."""

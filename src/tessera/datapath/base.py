@@ -234,6 +234,77 @@ class OutputTunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class SetIpSrc:
+    """NAT: rewrite the IPv4 source address, fixing the IPv4 header checksum and the TCP
+    or UDP checksum, whose pseudo-header holds the address (a UDP checksum of 0, "none",
+    stays 0; ICMP has no pseudo-header). A later fragment has only its IP header
+    rewritten; a frame that is not IPv4 is dropped (a broken flow; outputs before the
+    rewrite have left)."""
+
+    addr: int
+
+    def __post_init__(self) -> None:
+        _check_ip(self.addr)
+
+    def __str__(self) -> str:
+        return f"set_ip_src({ip_to_str(self.addr)})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetIpDst:
+    """NAT: rewrite the IPv4 destination address, as `SetIpSrc`."""
+
+    addr: int
+
+    def __post_init__(self) -> None:
+        _check_ip(self.addr)
+
+    def __str__(self) -> str:
+        return f"set_ip_dst({ip_to_str(self.addr)})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetTpSrc:
+    """NAT: rewrite the TCP or UDP source port, fixing the L4 checksum (a UDP checksum
+    of 0 stays 0). ICMP echo request and reply are translated by their identifier, and
+    this action rewrites it (the one field an echo has for NAT, in both directions, so
+    `SetTpDst` leaves ICMP alone). A no-op where there is no such field: a later
+    fragment (no L4 header), a transport header cut short by the IP length, another
+    protocol or ICMP type; a frame that is not IPv4 is dropped, as for `SetIpSrc`."""
+
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_tp(self.port)
+
+    def __str__(self) -> str:
+        return f"set_tp_src({self.port})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetTpDst:
+    """NAT: rewrite the TCP or UDP destination port, as `SetTpSrc` (no-op on ICMP)."""
+
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_tp(self.port)
+
+    def __str__(self) -> str:
+        return f"set_tp_dst({self.port})"
+
+
+def _check_ip(addr: int) -> None:
+    if not 0 <= addr < 1 << 32:
+        raise ValueError(f"{addr} is not an IPv4 address")
+
+
+def _check_tp(port: int) -> None:
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"transport port {port} is out of 0..65535")
+
+
+@dataclass(frozen=True, slots=True)
 class Drop:
     def __str__(self) -> str:
         return "drop"
@@ -247,13 +318,23 @@ class ToUserspace:
         return "userspace"
 
 
-Action: TypeAlias = SetEthSrc | SetEthDst | DecTtl | Output | OutputTunnel | Drop | ToUserspace
+Action: TypeAlias = (
+    SetEthSrc | SetEthDst | DecTtl | SetIpSrc | SetIpDst | SetTpSrc | SetTpDst
+    | Output | OutputTunnel | Drop | ToUserspace
+)  # fmt: skip
+NatAction: TypeAlias = SetIpSrc | SetIpDst | SetTpSrc | SetTpDst
 
 
 def action_to_json(action: Action) -> dict[str, Any]:
     if isinstance(action, SetEthSrc | SetEthDst):
         name = "set_eth_src" if isinstance(action, SetEthSrc) else "set_eth_dst"
         return {"type": name, "mac": mac_to_str(action.mac)}
+    if isinstance(action, SetIpSrc | SetIpDst):
+        name = "set_ip_src" if isinstance(action, SetIpSrc) else "set_ip_dst"
+        return {"type": name, "addr": ip_to_str(action.addr)}
+    if isinstance(action, SetTpSrc | SetTpDst):
+        name = "set_tp_src" if isinstance(action, SetTpSrc) else "set_tp_dst"
+        return {"type": name, "port": action.port}
     if isinstance(action, DecTtl):
         return {"type": "dec_ttl", "n": action.n}
     if isinstance(action, Output):
@@ -273,6 +354,14 @@ def action_from_json(data: dict[str, Any]) -> Action:
         return SetEthDst(mac_from_str(data["mac"]))
     if kind == "dec_ttl":
         return DecTtl(int(data["n"]))
+    if kind == "set_ip_src":
+        return SetIpSrc(int(ipaddress.IPv4Address(data["addr"])))
+    if kind == "set_ip_dst":
+        return SetIpDst(int(ipaddress.IPv4Address(data["addr"])))
+    if kind == "set_tp_src":
+        return SetTpSrc(int(data["port"]))
+    if kind == "set_tp_dst":
+        return SetTpDst(int(data["port"]))
     if kind == "output":
         return Output(int(data["port"]))
     if kind == "tunnel":
@@ -356,7 +445,9 @@ class Datapath(abc.ABC):
 
     @abc.abstractmethod
     def remove_port(self, port: int) -> None:
-        """Detach; an unknown port is ignored."""
+        """Detach; an unknown port is ignored. Every flow that outputs to the port is
+        deleted with it: its packets reach the agent again instead of leaving by a
+        device that is no longer this port (or, later, another port's)."""
 
     @abc.abstractmethod
     def ports(self) -> dict[int, PortBinding]:
@@ -365,8 +456,11 @@ class Datapath(abc.ABC):
     # -- flows --
     @abc.abstractmethod
     def install(self, flow: Flow) -> None:
-        """Add the flow, or replace the actions of an installed one with the same match
-        (its counters then restart)."""
+        """Add the flow, or replace the actions of an installed one with the same match.
+
+        A replaced flow keeps its counters: it carries the same traffic, and what reads
+        them (the agent's idle expiry, connection liveness) must not take a replace for
+        a flow that has just gone quiet."""
 
     @abc.abstractmethod
     def delete(self, match: Match) -> bool:

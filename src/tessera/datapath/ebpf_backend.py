@@ -247,6 +247,9 @@ class EbpfDatapath(Datapath):
             return
         maps = self.fastpath.maps
         if ifx is not None:
+            # After the port left `_device`: install() refuses new flows to it. The
+            # device may live on (or its ifindex be reused): no flow may redirect there.
+            maps.flows.delete_outputs_to(ifx)
             maps.ports.delete(ifx)
         if binding.tunnel_key:
             maps.vni_ports.delete(binding.tunnel_key)

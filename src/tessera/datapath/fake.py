@@ -92,7 +92,8 @@ class FakeDatapath(Datapath):
         self._ports[port] = PortBinding(port, ifname, tunnel_key)
 
     def remove_port(self, port: int) -> None:
-        self._ports.pop(port, None)
+        if self._ports.pop(port, None) is not None:
+            self.table.delete_outputs_to(port)
 
     def ports(self) -> dict[int, PortBinding]:
         return dict(self._ports)

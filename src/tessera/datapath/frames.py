@@ -3,9 +3,9 @@
 The fake, the userspace path and the eBPF backend's packet-out all apply actions here,
 so a rewrite means the same bytes everywhere, and the same as the kernel program: MACs
 overwritten in place, the TTL decremented with the IPv4 header checksum fixed, outputs
-taking the frame as rewritten so far, a TTL that would reach 0 handing the packet to
-the agent instead (it answers with ICMP time exceeded), and a decrement of a frame that
-is not IPv4 dropping it.
+taking the frame as rewritten so far, a TTL that any decrement would take to 0 handing
+the packet as it arrived to the agent before anything is sent (it answers with ICMP time
+exceeded), and a decrement of a frame that is not IPv4 dropping it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ from tessera.datapath.base import (
     Action,
     DecTtl,
     Drop,
+    NatAction,
     Output,
     OutputTunnel,
     SetEthDst,
     SetEthSrc,
+    SetIpDst,
+    SetIpSrc,
+    SetTpDst,
+    SetTpSrc,
     ToUserspace,
 )
+from tessera.packet.checksum import ones_complement_sum
 
 _ETH_TYPE_IPV4 = 0x0800
 _ETH_TYPE_VLAN = 0x8100
@@ -55,6 +61,79 @@ def ipv4_offset(frame: bytes | bytearray) -> int | None:
     return off
 
 
+def csum_replace(csum: int, old: bytes, new: bytes) -> int:
+    """`csum` (a checksum field) after the bytes it covers change from `old` to `new`:
+    RFC 1624's ~(~HC + ~m + m'), with the kernel's arithmetic (csum_replace4 and
+    inet_proto_csum_replace4), so that both give the same bytes."""
+    flipped = bytes(b ^ 0xFF for b in old)
+    return ~ones_complement_sum((~csum & 0xFFFF).to_bytes(2, "big") + flipped + new) & 0xFFFF
+
+
+_TCP, _UDP, _ICMP = 6, 17, 1
+#: protocol -> (offset of the checksum in the L4 header, the header's minimum length)
+_L4_CSUM = {_TCP: (16, 20), _UDP: (6, 8), _ICMP: (2, 8)}
+_ECHO_TYPES = (0, 8)  # ICMP echo reply, echo request
+
+
+def _l4_header(frame: bytearray, off: int) -> tuple[int, int] | None:
+    """(protocol, offset) of the transport header NAT may rewrite: TCP, UDP or ICMP in a
+    first or only fragment, whole within the IP total length and the frame."""
+    ihl = (frame[off] & 0x0F) * 4
+    (total,) = _H.unpack_from(frame, off + 2)
+    (frag,) = _H.unpack_from(frame, off + 6)
+    proto = frame[off + 9]
+    if frag & 0x1FFF or ihl < 20 or total < ihl or proto not in _L4_CSUM:
+        return None
+    l4 = off + ihl
+    need = _L4_CSUM[proto][1]
+    if total - ihl < need or l4 + need > len(frame):
+        return None
+    return proto, l4
+
+
+def _fix_csum(frame: bytearray, csum_at: int, old: bytes, new: bytes, udp: bool) -> None:
+    """Update the checksum at `csum_at` for covered bytes changing from `old` to `new`. A
+    UDP checksum of 0 means none: it stays 0, and a result of 0 is sent as 0xFFFF (the
+    kernel's BPF_F_MARK_MANGLED_0)."""
+    (csum,) = _H.unpack_from(frame, csum_at)
+    if udp and csum == 0:
+        return
+    csum = csum_replace(csum, old, new)
+    _H.pack_into(frame, csum_at, 0xFFFF if udp and csum == 0 else csum)
+
+
+def nat(frame: bytearray, action: NatAction) -> bool:
+    """Apply a NAT rewrite in place, as the kernel program's nat_rewrite(): False when the
+    frame is not IPv4 (the flow is broken and drops it). What is rewritten where is in
+    the actions' docstrings (`tessera.datapath.base.SetIpSrc` ...)."""
+    off = ipv4_offset(frame)
+    if off is None:
+        return False
+    l4 = _l4_header(frame, off)
+    if isinstance(action, SetIpSrc | SetIpDst):
+        at = off + (12 if isinstance(action, SetIpSrc) else 16)
+        old, new = bytes(frame[at : at + 4]), action.addr.to_bytes(4, "big")
+        if l4 is not None and l4[0] != _ICMP:  # the pseudo-header holds the address
+            proto, start = l4
+            _fix_csum(frame, start + _L4_CSUM[proto][0], old, new, proto == _UDP)
+        _fix_csum(frame, off + 10, old, new, False)
+        frame[at : at + 4] = new
+        return True
+    if l4 is None:
+        return True
+    proto, start = l4
+    if proto == _ICMP:
+        if not isinstance(action, SetTpSrc) or frame[start] not in _ECHO_TYPES:
+            return True
+        at = start + 4  # the echo identifier
+    else:
+        at = start + (0 if isinstance(action, SetTpSrc) else 2)
+    old, new = bytes(frame[at : at + 2]), action.port.to_bytes(2, "big")
+    _fix_csum(frame, start + _L4_CSUM[proto][0], old, new, proto == _UDP)
+    frame[at : at + 2] = new
+    return True
+
+
 def dec_ttl(frame: bytearray, n: int) -> bool:
     """Decrement the TTL in place with an incremental checksum update (RFC 1624).
 
@@ -78,8 +157,32 @@ def dec_ttl(frame: bytearray, n: int) -> bool:
     return True
 
 
+def ttl_verdict(frame: bytes, actions: Sequence[Action]) -> Execution | None:
+    """What a flow that decrements the TTL does to a packet it cannot run on, None when
+    it may run.
+
+    All or nothing, as the kernel program's check before its first action: when the
+    decrements add up to the TTL the packet arrived with, some `DecTtl` would take it to
+    zero, and the agent gets the packet untouched before anything is rewritten or sent
+    (it answers ICMP time exceeded); a flow that decrements the TTL of a frame without
+    one is broken and drops it (the agent would only install the same flow again).
+    """
+    dec = sum(a.n for a in actions if isinstance(a, DecTtl))
+    if not dec:
+        return None
+    off = ipv4_offset(frame)
+    if off is None:
+        return Execution(dropped=True)
+    if dec >= frame[off + 8]:
+        return Execution(to_userspace=True)
+    return None
+
+
 def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
     """Apply `actions` in order; each output carries the frame as rewritten so far."""
+    refused = ttl_verdict(frame, actions)
+    if refused is not None:
+        return refused
     result = Execution()
     data = bytearray(frame)
     for action in actions:
@@ -88,13 +191,10 @@ def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
         elif isinstance(action, SetEthSrc):
             data[6:12] = action.mac.to_bytes(6, "big")
         elif isinstance(action, DecTtl):
-            if ipv4_offset(data) is None:
-                # No TTL to decrement: a broken flow, dropped as the kernel program does
-                # (the agent would only install the same flow again).
+            dec_ttl(data, action.n)  # fits: ttl_verdict checked every decrement
+        elif isinstance(action, SetIpSrc | SetIpDst | SetTpSrc | SetTpDst):
+            if not nat(data, action):
                 result.dropped = True
-                return result
-            if not dec_ttl(data, action.n):
-                result.to_userspace = True
                 return result
         elif isinstance(action, Output | OutputTunnel):
             result.outputs.append((action, bytes(data)))

@@ -17,6 +17,7 @@ from tessera.datapath.base import (
     FlowStats,
     InstalledFlow,
     Match,
+    Output,
     PacketKey,
     masked_getter,
     packet_key,
@@ -55,7 +56,13 @@ class MegaflowTable:
         return len(self._flows)
 
     def install(self, flow: Flow) -> None:
+        """Add `flow`; a flow with the same match gets the new actions and keeps its
+        counters (`Datapath.install`)."""
         with self._lock:
+            old = self._flows.get(flow.match)
+            if old is not None:
+                old.flow = flow  # one attribute write: a lookup sees old or new actions
+                return
             entry = Entry(flow)
             self._flows[flow.match] = entry
             for mask, _get, table in self._tables:
@@ -76,6 +83,16 @@ class MegaflowTable:
                         self._tables = tuple(t for t in self._tables if t[0] != mask)
                     break
             return True
+
+    def delete_outputs_to(self, port: int) -> int:
+        """Delete every flow with an `Output(port)` (the port is going); how many."""
+        with self._lock:
+            doomed = [
+                m
+                for m, e in self._flows.items()
+                if any(isinstance(a, Output) and a.port == port for a in e.flow.actions)
+            ]
+        return sum(1 for m in doomed if self.delete(m))
 
     def lookup(self, key: PacketKey) -> Entry | None:
         for _mask, get, table in self._tables:

@@ -174,6 +174,8 @@ class UserspaceDatapath(Datapath):
                 return
             self._by_fd.pop(entry.sock.fileno(), None)
             self._set_vni(entry, None)
+        # After the port is gone from the table: install() refuses new flows to it.
+        self.table.delete_outputs_to(port)
         if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(entry.sock.fileno())

@@ -54,9 +54,3 @@ def nat_tag(key: NatKey) -> str:
         f"nat:{key.device}:{key.kind}:{key.proto}:{ip_to_str(key.src)}:{key.sport}:"
         f"{ip_to_str(key.dst)}:{key.dport}"
     )
-
-
-def conn_tag(zone: str, proto: int, src_ip: int, dst_ip: int, src_port: int, dst_port: int) -> str:
-    """A zone's knowledge of one connection direction (a conntrack entry or NAT binding,
-    looked up by that key): created, received from another agent, or expired."""
-    return f"ct:{zone}:{proto}:{ip_to_str(src_ip)}:{src_port}:{ip_to_str(dst_ip)}:{dst_port}"

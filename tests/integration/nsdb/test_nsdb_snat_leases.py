@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from tessera.agent.flowstate.entry import PROTO_TCP, ConnKey
+from tessera.agent.flowstate.entry import PROTO_TCP
 from tessera.agent.flowstate.snat import EXHAUSTED, SnatAllocator
 from tessera.agent.metrics import AgentMetrics
 from tessera.nsdb.errors import AlreadyExists
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE, decode_snat, snat_table
 from tessera.packet.addr import ip_from_str as ip
+from tessera.simulation.flowstate import ConnKey
 
 EXT = ip("198.51.100.10")
 ZONE = "5a0c1e2f-0000-4000-8000-00000000000a"

@@ -123,16 +123,32 @@ class Cloud:
         return Vm(port.id, mac_from_str(mac), ip_from_str(ip), host)
 
     # -- hosts --
-    def host(self, name: str, underlay: str, host_id: str | None = None) -> Host:
+    def host(
+        self,
+        name: str,
+        underlay: str,
+        host_id: str | None = None,
+        flowstate_port: int | None = None,
+    ) -> Host:
+        """`flowstate_port`: exchange flow state over real UDP on `underlay` (a loopback
+        address then) at that port; None: the agents keep their state to themselves."""
         host_id = host_id or str(uuid.uuid4())
         dp = FakeDatapath(clock=self.clock, fabric=self.fabric, underlay_ip=ip_from_str(underlay))
-        return self.start_agent(name, host_id, underlay, dp)
+        return self.start_agent(name, host_id, underlay, dp, flowstate_port)
 
-    def start_agent(self, name: str, host_id: str, underlay: str, dp: FakeDatapath) -> Host:
+    def start_agent(
+        self,
+        name: str,
+        host_id: str,
+        underlay: str,
+        dp: FakeDatapath,
+        flowstate_port: int | None = None,
+    ) -> Host:
         nsdb = MemoryNsdb(self.backend)
         agent = Agent(
             host_id, nsdb, dp, name=name, underlay_ip=underlay, tunnel_zone=self.zone.id,
             clock=self.clock, wall_clock=lambda: 1_700_000_000 + self.clock.now,
+            flowstate_port=flowstate_port,
         )  # fmt: skip
         agent.start()
         host = Host(name, host_id, underlay, nsdb, dp, agent)

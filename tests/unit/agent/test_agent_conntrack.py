@@ -17,20 +17,36 @@ from typer.testing import CliRunner
 
 from tessera.agent.control import RUN_DIR_ENV, ControlServer
 from tessera.agent.flows_cli import conntrack_app
-from tessera.agent.flowstate.entry import PROTO_TCP, ConnKey, StateEntry
+from tessera.agent.flowstate.entry import PROTO_TCP
 from tessera.agent.flowstate.service import FlowStateService
-from tessera.agent.flowstate.table import key_tag
 from tessera.agent.metrics import AgentMetrics
 from tessera.model import TunnelZone
 from tessera.model.hosts import TunnelZoneHost
 from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 from tessera.packet.addr import ip_from_str as ip
+from tessera.simulation.flowstate import (
+    ConnKey,
+    ConntrackEntry,
+    NatBinding,
+    NatEntry,
+    NatKey,
+    nat_return,
+)
+from tessera.simulation.tags import conntrack_tag, nat_tag
 
 ZONE = "3c6b0d4e-0000-4000-8000-0000000000cc"
 
 
 def conn(i: int = 1) -> ConnKey:
     return ConnKey(PROTO_TCP, ip("10.0.0.1"), ip("10.0.0.2"), 30000 + i, 80, ZONE)
+
+
+def snat(i: int, to: tuple[int, int]) -> tuple[NatEntry, NatEntry]:
+    """A dynamic SNAT of connection `conn(i)` to `to`: its forward and reverse bindings."""
+    c = conn(i)
+    fwd = NatEntry(NatKey("fwd_snat", PROTO_TCP, c.src, c.sport, c.dst, c.dport, ZONE),
+                   NatBinding(*to))  # fmt: skip
+    return fwd, nat_return(fwd.key, fwd.binding)
 
 
 @pytest.fixture
@@ -54,7 +70,7 @@ def test_an_entry_lives_while_its_kernel_flow_forwards_then_expires(cloud: Cloud
     cloud.send(vm1, vm1.frame(vm2))
     (flow,) = [m for m in h.flows() if m.in_port == h.number(vm1.port_id)]
     fs = h.agent.flowstate
-    fs.track(StateEntry("conntrack", conn(), expiry=5.0), flows=[flow])
+    fs.table.add(ConntrackEntry(conn()), now=cloud.clock(), flows=[flow], timeout=5.0)
     for _ in range(6):  # 18 s of traffic, all of it forwarded by the kernel flow
         cloud.tick(3.0)
         cloud.send(vm1, vm1.frame(vm2))
@@ -98,27 +114,28 @@ def test_state_reaches_a_zone_peer_and_nothing_from_outsiders(tmp_path: Path) ->
         s.start()
     try:
         a, b, outsider = services
-        nat = StateEntry("nat", conn(), nat_ip=ip("198.51.100.1"), nat_port=61000, expiry=600.0)
-        assert a.share(["127.0.0.2"], [("add", nat)]) == 1
-        assert outsider.share(["127.0.0.2"], [("add", StateEntry("conntrack", conn(2)))]) == 1
+        fwd, rev = snat(1, (ip("198.51.100.1"), 61000))
+        assert a.share(["127.0.0.2"], [ConntrackEntry(conn()), fwd, rev]) == 1
+        assert outsider.share(["127.0.0.2"], [ConntrackEntry(conn(2))]) == 1
         deadline = time.monotonic() + 5
         while not b.table.lookup(conn()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        got = b.table.lookup_return(nat.return_key())
-        assert got is not None and got.nat_port == 61000
-        assert b.drain_tags() == {key_tag(conn()), key_tag(nat.return_key())}
+        assert b.view.nat.get(rev.key) == NatBinding(conn().src, conn().sport)
+        assert conn() in b.view.conntrack
+        assert b.drain_tags() == {conntrack_tag(conn()), nat_tag(fwd.key), nat_tag(rev.key)}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not b.metrics.registry.get_sample_value(
             "tessera_agent_flowstate_rejected_total", {"reason": "forged"}
         ):
             time.sleep(0.01)
         assert b.table.lookup(conn(2)) is None  # the outsider's entry was refused
-        assert a.share(["127.0.0.2"], [("remove", nat)]) == 1
+        assert a.sender is not None
+        assert a.sender.send(["127.0.0.2"], [("remove", ConntrackEntry(conn()), 1.0)]) == 1
         deadline = time.monotonic() + 5
         while b.table.lookup(conn()) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert b.table.lookup(conn()) is None
-        a.track(StateEntry("conntrack", conn(3), expiry=600.0))
+        a.track([ConntrackEntry(conn(3))])
     finally:
         for s in services:
             s.stop()
@@ -135,7 +152,7 @@ def test_a_failed_start_does_not_save_over_the_kept_state(tmp_path: Path) -> Non
     first = FlowStateService("h", MemoryNsdb(MemoryStore()), AgentMetrics(), list,
                              state_file=path)  # fmt: skip
     first.start()
-    first.track(StateEntry("conntrack", conn(), expiry=600.0))
+    first.track([ConntrackEntry(conn())])
     first.stop()
     never_started = FlowStateService("h", MemoryNsdb(MemoryStore()), AgentMetrics(), list,
                                      state_file=path)  # fmt: skip
@@ -149,31 +166,34 @@ def test_a_failed_start_does_not_save_over_the_kept_state(tmp_path: Path) -> Non
 def test_tessera_conntrack_lists_keys_device_nat_and_expiry(cloud: Cloud, run_dir: Path) -> None:
     h = cloud.host("h0", "198.18.0.1")
     fs = h.agent.flowstate
-    fs.track(StateEntry("conntrack", conn(1), expiry=600.0))
+    fs.track([ConntrackEntry(conn(1))])
     ips, ports = (ip("198.51.100.7"), ip("198.51.100.7")), (1024, 65535)
     public = fs.snat.allocate(ips, ports, conn(2))
     assert public is not None
-    fs.track(StateEntry("nat", conn(2), nat_ip=public[0], nat_port=public[1], expiry=600.0))
+    fs.snat.release(conn(2))  # the binding's reverse entry holds the port from now on
+    fs.track(snat(2, public))
     server = ControlServer(h.host_id, "h1", {"conntrack": fs.report}, run_dir)
     server.start()
     try:
         result = CliRunner().invoke(conntrack_app, ["--host", "h1", "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
-        by_port = {e["forward"]["src_port"]: e for e in report["entries"]}
-        plain, nat = by_port[30001], by_port[30002]
-        assert plain["kind"] == "conntrack" and plain["nat"] is None and plain["zone"] == ZONE
+        by_kind = {e["kind"]: e for e in report["entries"]}
+        plain, nat, rev = by_kind["conntrack"], by_kind["fwd_snat"], by_kind["rev_snat"]
+        assert plain["nat"] is None and plain["zone"] == ZONE
         assert plain["return"]["src_ip"] == "10.0.0.2" and plain["return"]["dst_port"] == 30001
-        assert nat["nat"] == {"side": "src", "ip": "198.51.100.7", "port": public[1]}
-        assert nat["return"]["dst_ip"] == "198.51.100.7"
-        assert nat["return"]["dst_port"] == public[1]
+        assert nat["forward"]["src_port"] == 30002
+        assert nat["nat"] == {"side": "fwd_snat", "ip": "198.51.100.7", "port": public[1]}
+        assert rev["forward"]["dst_ip"] == "198.51.100.7"
+        assert rev["forward"]["dst_port"] == public[1]
+        assert rev["nat"] == {"side": "rev_snat", "ip": "10.0.0.1", "port": 30002}
         assert 0 < nat["expires_in"] <= 600.0
         (block,) = report["snat_blocks"]
         assert block["ip"] == "198.51.100.7" and block["used"] == 1
         human = CliRunner().invoke(conntrack_app, [])
         assert human.exit_code == 0, human.output
         assert "tcp 10.0.0.1:30001 > 10.0.0.2:80" in human.output
-        assert f"src→198.51.100.7:{public[1]}" in human.output
+        assert f"fwd_snat→198.51.100.7:{public[1]}" in human.output
         assert "SNAT port blocks" in human.output
     finally:
         server.stop()
@@ -187,7 +207,7 @@ def test_the_table_is_saved_periodically_off_the_agent_thread(tmp_path: Path) ->
         clock=lambda: clock[0],
     )  # fmt: skip
     service.start()
-    service.track(StateEntry("conntrack", conn(), expiry=600.0))
+    service.track([ConntrackEntry(conn())])
     service.sweep(1.0, lambda m: None)
     assert not path.exists()  # not yet due
     clock[0] = 11.0
@@ -196,3 +216,34 @@ def test_the_table_is_saved_periodically_off_the_agent_thread(tmp_path: Path) ->
     service._saver.join(timeout=10)
     assert len(json.loads(path.read_text())["entries"]) == 1
     service.stop()
+
+
+@pytest.mark.parametrize("old_session_ends", ["before", "after"])
+def test_a_restarted_agent_holds_its_restored_snat_ports_again(
+    tmp_path: Path, old_session_ends: str
+) -> None:
+    """A dynamic SNAT binding restored from the state file keeps its port: the new run
+    leases the block again (once the previous run's session has ended) and never hands
+    that port to another connection."""
+    path, store = tmp_path / "state.json", MemoryStore()
+    ext, ports = ip("198.51.100.7"), (6000, 6063)
+    old_nsdb = MemoryNsdb(store)
+    old = FlowStateService("h", old_nsdb, AgentMetrics(), list, state_file=path)
+    old.start()
+    public = old.snat.allocate((ext, ext), ports, conn(1))
+    assert public is not None
+    fwd, rev = snat(1, public)
+    old.track([fwd, rev])
+    old.stop()
+    if old_session_ends == "before":
+        old_nsdb.close()
+    new = FlowStateService("h", MemoryNsdb(store), AgentMetrics(), list, state_file=path)
+    new.start()
+    if old_session_ends == "after":
+        assert new.snat.binding(rev.key) is None  # the block is still the old run's
+        old_nsdb.close()
+        new.sweep(1.0, lambda m: None)
+    assert new.snat.binding(rev.key) == public
+    other = new.snat.allocate((ext, ext), ports, conn(2))
+    assert other is not None and other != public
+    new.stop()

@@ -6,9 +6,22 @@ from __future__ import annotations
 from dp_frames_agent import frame_with_ttl
 
 from tessera.agent.translate import PortLocation, translate
-from tessera.datapath.base import DecTtl, Output, OutputTunnel, SetEthDst, SetEthSrc
+from tessera.datapath.base import (
+    Action,
+    DecTtl,
+    Output,
+    OutputTunnel,
+    SetEthDst,
+    SetEthSrc,
+    SetIpDst,
+    SetIpSrc,
+    SetTpDst,
+    SetTpSrc,
+)
 from tessera.datapath.frames import run_actions
-from tessera.packet import Ethernet, IPv4
+from tessera.packet import ETH_TYPE_IPV4, Ethernet, IPv4, Udp
+from tessera.packet.addr import ip_from_str as ip
+from tessera.packet.checksum import internet_checksum, l4_checksum
 from tessera.packet.match import Field, FlowMatch
 from tessera.simulation.result import PortOutput as VOut
 from tessera.simulation.tags import host_tag
@@ -83,3 +96,60 @@ def test_a_routed_flow_to_ports_bound_nowhere_still_hands_an_expiring_ttl_to_the
     assert t.actions == [DecTtl(1)]
     assert run_actions(frame_with_ttl(64), t.actions).dropped
     assert run_actions(frame_with_ttl(1), t.actions).to_userspace
+
+
+def _nat_frame() -> bytes:
+    packet = IPv4(ip("10.0.0.5"), ip("203.0.113.9"), 17, Udp(40000, 53, b"query"), ttl=64)
+    return Ethernet(0x020000000002, 0x020000000001, ETH_TYPE_IPV4, packet).build()
+
+
+def _seen(frame: bytes, actions: list[Action]) -> dict[object, tuple[int, int, int, int, int]]:
+    """Per output: (src, dst, sport, dport, ttl), checksums verified on the way."""
+    seen: dict[object, tuple[int, int, int, int, int]] = {}
+    for action, data in run_actions(frame, actions).outputs:
+        eth = Ethernet.parse(data)
+        packet = eth.payload
+        assert isinstance(packet, IPv4) and isinstance(packet.payload, Udp)
+        raw_ip = data[14:]
+        assert internet_checksum(raw_ip[:20]) == 0  # the header checksum was fixed
+        assert l4_checksum(packet.src, packet.dst, 17, raw_ip[20:]) == 0
+        key = action.port if isinstance(action, Output) else "tunnel"
+        u = packet.payload
+        seen[key] = (packet.src, packet.dst, u.src_port, u.dst_port, packet.ttl)
+    return seen
+
+
+def test_nat_rewrites_become_set_actions_and_the_checksums_follow() -> None:
+    frame = _nat_frame()
+    m = FlowMatch.from_frame("in", frame)
+    out = VOut("r", ttl_dec=1, nw_src=ip("203.0.113.1"), tp_src=20001)
+    t = translate((out,), m, _locate)
+    assert t.actions == [
+        DecTtl(1), SetIpSrc(ip("203.0.113.1")), SetTpSrc(20001), OutputTunnel(7, 0xC6120002),
+    ]  # fmt: skip
+    assert _seen(frame, t.actions)["tunnel"] == (ip("203.0.113.1"), ip("203.0.113.9"), 20001,
+                                                 53, 63)  # fmt: skip
+    back = VOut("a", nw_dst=ip("10.0.0.7"), tp_dst=8080)
+    t = translate((back,), m, _locate)
+    assert t.actions == [SetIpDst(ip("10.0.0.7")), SetTpDst(8080), Output(1)]
+    assert t.extra_mask == 0
+
+
+def test_a_nat_rewrite_is_undone_for_a_later_output_that_needs_the_arriving_values() -> None:
+    frame = _nat_frame()
+    m = FlowMatch.from_frame("in", frame)
+    # The translated branch decrements the TTL: it must go first, so the untranslated
+    # one (same TTL decrement, no NAT) comes after and needs the arriving values back.
+    nat = VOut("a", ttl_dec=1, nw_src=ip("203.0.113.1"), nw_dst=ip("10.9.9.9"),
+               tp_src=20001, tp_dst=99)  # fmt: skip
+    plain = VOut("b", ttl_dec=1)
+    t = translate((plain, nat), m, _locate)
+    seen = _seen(frame, t.actions)
+    assert seen[1] == (ip("203.0.113.1"), ip("10.9.9.9"), 20001, 99, 63)
+    assert seen[2] == (ip("10.0.0.5"), ip("203.0.113.9"), 40000, 53, 63)
+    # Ordered by decrement then rewrites: the plain branch goes first, nothing restored.
+    assert t.extra_mask == 0
+    t = translate((nat, VOut("b", ttl_dec=2)), m, _locate)
+    seen = _seen(frame, t.actions)
+    assert seen[2] == (ip("10.0.0.5"), ip("203.0.113.9"), 40000, 53, 62)
+    assert t.extra_mask == int(Field.IP_SRC | Field.IP_DST | Field.TP_SRC | Field.TP_DST)

@@ -13,39 +13,52 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP, ConnKey, StateEntry
+from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP
 from tessera.agent.flowstate.transport import FlowStateReceiver, FlowStateSender, ReplayGuard
 from tessera.agent.flowstate.wire import (
     HEADER_SIZE,
     MAX_MESSAGE,
     Op,
+    Update,
     batches,
     decode,
     encode,
     encode_record,
 )
 from tessera.agent.metrics import AgentMetrics
+from tessera.simulation.flowstate import (
+    ConnKey,
+    ConntrackEntry,
+    FlowStateEntry,
+    NatBinding,
+    NatEntry,
+    NatKey,
+)
 
 SENDER = str(uuid.UUID(int=0x1234))
 PEER_ADDR = "198.18.0.2"
 ZONE = "0b9d1f44-1111-4222-8333-444455556666"
 
 
-def entry(i: int = 0, kind: str = "conntrack") -> StateEntry:
-    key = ConnKey(PROTO_TCP, 0x0A000001 + i, 0xCB00710A, 40000 + i, 80, ZONE)
+def entry(i: int = 0, kind: str = "conntrack") -> FlowStateEntry:
     if kind == "nat":
-        return StateEntry("nat", key, nat_ip=0xC6336401, nat_port=61000 + i, expiry=600.0)
-    return StateEntry("conntrack", key, expiry=600.0)
+        key = NatKey("fwd_snat", PROTO_TCP, 0x0A000001 + i, 40000 + i, 0xCB00710A, 80, ZONE)
+        return NatEntry(key, NatBinding(0xC6336401, 61000 + i))
+    return ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001 + i, 0xCB00710A, 40000 + i, 80, ZONE))
 
 
-def message(seq: int, updates: Sequence[tuple[Op, StateEntry]], epoch: int = 1000) -> bytes:
-    return encode(SENDER, epoch, seq, [encode_record(op, e) for op, e in updates])
+def up(op: Op, e: FlowStateEntry, timeout: float = 600.0) -> Update:
+    return (op, e, timeout)
+
+
+def message(seq: int, updates: Sequence[tuple[Op, FlowStateEntry]], epoch: int = 1000) -> bytes:
+    return encode(SENDER, epoch, seq, [encode_record(op, e, 600.0) for op, e in updates])
 
 
 class Harness:
     def __init__(self, metrics: AgentMetrics | None = None) -> None:
         self.metrics = metrics or AgentMetrics()
-        self.delivered: list[tuple[str, Sequence[tuple[Op, StateEntry]]]] = []
+        self.delivered: list[tuple[str, Sequence[Update]]] = []
         self.receiver = FlowStateReceiver(
             lambda addr, sender: addr == PEER_ADDR and sender == SENDER,
             lambda sender, updates: self.delivered.append((sender, updates)),
@@ -64,21 +77,21 @@ class Harness:
 
 
 def test_a_message_round_trips_with_every_kind_of_entry() -> None:
-    echo = StateEntry(
-        "nat", ConnKey(PROTO_ICMP, 1, 2, 9, 9, ZONE), nat_ip=3, nat_port=None, nat_side="dst",
-        expiry=30.0,
-    )  # fmt: skip
-    updates: list[tuple[Op, StateEntry]] = [
-        ("add", entry(1)), ("add", entry(2, "nat")), ("remove", entry(3)), ("add", echo),
+    kinds = ("fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat")
+    nats = [NatEntry(NatKey(k, PROTO_TCP, 1, 2, 3, 4, ZONE), NatBinding(5, 6)) for k in kinds]
+    echo = NatEntry(NatKey("rev_dnat", PROTO_ICMP, 1, 9, 2, 9, ZONE), NatBinding(3, 9))
+    updates: list[Update] = [
+        up("add", entry(1)), up("add", entry(2, "nat"), 30.5), up("remove", entry(3)),
+        up("add", echo, 30.0), *(up("add", n) for n in nats),
     ]  # fmt: skip
-    data = message(7, updates)
-    decoded = decode(data, created=5.0)
+    data = encode(SENDER, 1000, 7, [encode_record(*u) for u in updates])
+    decoded = decode(data)
     assert (decoded.sender, decoded.epoch, decoded.seq) == (SENDER, 1000, 7)
-    assert decoded.updates == tuple((op, e.stamped(5.0)) for op, e in updates)
+    assert decoded.updates == tuple(updates)
 
 
 def test_large_batches_are_split_into_messages_that_fit_one_packet() -> None:
-    records = [encode_record("add", entry(i)) for i in range(100)]
+    records = [encode_record("add", entry(i), 600.0) for i in range(100)]
     groups = list(batches(records))
     assert len(groups) > 1 and sum(len(g) for g in groups) == 100
     for g in groups:
@@ -91,7 +104,7 @@ def test_the_receiver_accepts_a_member_once_and_counts_every_rejection() -> None
     h = Harness()
     good = message(1, [("add", entry())])
     assert h.receiver.handle(good, PEER_ADDR)
-    assert h.delivered == [(SENDER, (("add", entry().stamped(42.0)),))]
+    assert h.delivered == [(SENDER, (("add", entry(), 600.0),))]
     assert not h.receiver.handle(good, PEER_ADDR)  # the same datagram again
     assert h.rejected("replayed") == 1
     assert not h.receiver.handle(message(2, [("add", entry())]), "198.18.0.99")
@@ -128,7 +141,7 @@ def test_replay_window_takes_reordered_messages_and_a_newer_epoch_only() -> None
 
 def test_state_crosses_a_real_udp_socket_from_the_underlay_address() -> None:
     metrics = AgentMetrics()
-    got: list[Sequence[tuple[Op, StateEntry]]] = []
+    got: list[Sequence[Update]] = []
     receiver = FlowStateReceiver(
         lambda addr, sender: addr == "127.0.0.1" and sender == SENDER,
         lambda sender, updates: got.append(updates),
@@ -139,21 +152,21 @@ def test_state_crosses_a_real_udp_socket_from_the_underlay_address() -> None:
     receiver.start()
     sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=receiver.port)
     try:
-        updates: list[tuple[Op, StateEntry]] = [("add", entry(i)) for i in range(50)]
+        updates: list[Update] = [up("add", entry(i)) for i in range(50)]
         sent = sender.send(["127.0.0.1", "127.0.0.1"], updates)  # duplicates sent once
-        assert sent == len(list(batches(encode_record(op, e) for op, e in updates)))
+        assert sent == len(list(batches(encode_record(*u) for u in updates)))
         deadline = time.monotonic() + 5
         while sum(len(u) for u in got) < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert [e.key for u in got for _op, e in u] == [e.key for _op, e in updates]
+        assert [e.key for u in got for _op, e, _t in u] == [e.key for _op, e, _t in updates]
         assert sender.send([], updates) == 0
-        bad = StateEntry("conntrack", ConnKey(PROTO_TCP, 1, 2, 3, 4, ""))  # no zone
+        bad = ConntrackEntry(ConnKey(PROTO_TCP, 1, 2, 3, 4, ""))  # no device
         got.clear()
-        assert sender.send(["127.0.0.1"], [("add", bad), ("add", entry(99))]) == 1
+        assert sender.send(["127.0.0.1"], [up("add", bad), up("add", entry(99))]) == 1
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert [e.key for u in got for _op, e in u] == [entry(99).key]
+        assert [e.key for u in got for _op, e, _t in u] == [entry(99).key]
     finally:
         sender.close()
         receiver.stop()
@@ -167,7 +180,7 @@ def test_bench_one_synchronous_send_costs_well_under_the_first_packet_budget() -
     sink.bind(("127.0.0.1", 0))
     sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=sink.getsockname()[1])
     try:
-        updates: list[tuple[Op, StateEntry]] = [("add", entry(1)), ("add", entry(1, "nat"))]
+        updates: list[Update] = [up("add", entry(1)), up("add", entry(1, "nat"))]
         rounds = 2000
         start = time.perf_counter()
         for _ in range(rounds):
@@ -176,7 +189,8 @@ def test_bench_one_synchronous_send_costs_well_under_the_first_packet_budget() -
         print(f"flow-state send: {per_message * 1e6:.1f} µs per message (2 entries)")
         assert per_message < 200e-6  # the goal: p50 < 0.2 ms for the whole push
         h = Harness()
-        datagrams = [message(seq, updates) for seq in range(1, rounds + 1)]
+        pairs = [(op, e) for op, e, _t in updates]
+        datagrams = [message(seq, pairs) for seq in range(1, rounds + 1)]
         start = time.perf_counter()
         for data in datagrams:
             h.receiver.handle(data, PEER_ADDR)
@@ -228,10 +242,10 @@ def _check_one(h: Harness, data: bytes, source: str) -> None:
         return
     assert source == PEER_ADDR
     sender, updates = h.delivered[-1]
-    decoded = decode(data, 42.0)
+    decoded = decode(data)
     assert sender == decoded.sender == SENDER
     # Only canonical encodings are accepted: re-encoding gives the very same bytes.
-    again = encode(sender, decoded.epoch, decoded.seq, [encode_record(o, e) for o, e in updates])
+    again = encode(sender, decoded.epoch, decoded.seq, [encode_record(*u) for u in updates])
     assert again == data
 
 

@@ -36,7 +36,7 @@ def save(path: Path, table: ConnTable, now: float, wall_now: float) -> int:
     """Write the table; returns the number of entries written."""
     items: list[dict[str, Any]] = []
     for tracked in table.snapshot():
-        record = encode_record("add", tracked.entry)
+        record = encode_record("add", tracked.entry, tracked.timeout)
         items.append(
             {
                 "record": base64.b64encode(record).decode(),
@@ -72,15 +72,14 @@ def load(path: Path, table: ConnTable, now: float, wall_now: float) -> int:
     for item in items:
         try:
             record = base64.b64decode(item["record"], validate=True)
-            _op, entry = decode_record(record, now)
+            _op, entry, timeout = decode_record(record)
             idle = float(item["idle"]) + downtime
-            timeout = min(float(item["timeout"]), entry.expiry)
+            timeout = min(float(item["timeout"]), timeout)
         except (WireError, ValueError, KeyError, TypeError) as exc:
             log.warning("flow state file %s: skipped a bad entry (%s)", path, exc)
             continue
         if idle >= timeout:
             continue
-        table.add(entry, now - idle)
-        table.shorten(entry.key, timeout)
+        table.add(entry, now - idle, timeout=timeout)
         loaded += 1
     return loaded

@@ -1,45 +1,60 @@
 """What `tessera conntrack` shows: the table and the SNAT leases as JSON-ready dicts.
 
 Built here rather than in the agent so the control socket's answer has one definition
-that the CLI's table and its tests read.
+that the CLI's table and its tests read. Rows are the simulation's entries: a connection
+(`kind` "conntrack", its forward key and the key its replies carry) or one NAT binding
+(`kind` its NatKey kind; `nat` where packets with that key are translated to).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tessera.agent.flowstate.entry import ConnKey
 from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE
 from tessera.packet.addr import ip_to_str
+from tessera.simulation.flowstate import ConnKey, NatEntry, NatKey
+
+_PROTO = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
-def key_json(key: ConnKey) -> dict[str, Any]:
+def key_json(key: ConnKey | NatKey) -> dict[str, Any]:
+    name = _PROTO.get(key.proto, f"proto{key.proto}")
+    src, dst = ip_to_str(key.src), ip_to_str(key.dst)
+    if key.proto == 1:
+        text = f"{name} {src} > {dst} id={key.sport}"
+    else:
+        text = f"{name} {src}:{key.sport} > {dst}:{key.dport}"
     return {
         "proto": key.proto,
-        "src_ip": ip_to_str(key.src_ip),
-        "src_port": key.src_port,
-        "dst_ip": ip_to_str(key.dst_ip),
-        "dst_port": key.dst_port,
-        "text": key.text(),
+        "src_ip": src,
+        "src_port": key.sport,
+        "dst_ip": dst,
+        "dst_port": key.dport,
+        "text": text,
     }
 
 
 def conntrack_report(table: ConnTable, snat: SnatAllocator | None, now: float) -> dict[str, Any]:
     entries = []
-    for tracked in sorted(table.snapshot(), key=lambda t: t.entry.created):
+    for tracked in sorted(table.snapshot(), key=lambda t: t.created):
         e = tracked.entry
         nat = None
-        if e.kind == "nat" and e.nat_ip is not None:
-            nat = {"side": e.nat_side, "ip": ip_to_str(e.nat_ip), "port": e.nat_port}
+        if isinstance(e, NatEntry):
+            kind: str = e.key.kind
+            ret = None
+            nat = {"side": e.key.kind, "ip": ip_to_str(e.binding.ip), "port": e.binding.port}
+        else:
+            kind = "conntrack"
+            ret = key_json(e.key.reversed())
         idle = max(0.0, now - tracked.last_seen)
         entries.append(
             {
-                "kind": e.kind,
-                "zone": e.key.zone,
+                "kind": kind,
+                "zone": e.key.device,
                 "forward": key_json(e.key),
-                "return": key_json(e.return_key()),
+                "return": ret or {"text": ""},
                 "nat": nat,
                 "timeout": tracked.timeout,
                 "idle": idle,

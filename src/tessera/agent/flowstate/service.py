@@ -1,13 +1,14 @@
 """The agent's flow-state service: the table, SNAT leases, the exchange and the file,
 started and stopped with the agent and driven by its loop.
 
-What is wired: entries received from peers are checked, installed and their tags
-invalidated on the agent thread (`drain_tags`); the table expires entries against the
-kernel flows' last use at each sweep; SNAT leases are maintained; the table is saved
+The upcall handler installs the state a simulation creates (`track`: the table, the
+SNAT port reserved), attaches the flows that read or created it, and pushes it to the
+egress and port-group hosts (`share`) before the first packet is reinjected; entries
+received from peers land in the same table, their tags invalidated on the agent thread
+(`drain_tags`). Simulations read the table through `view` and allocate SNAT ports
+through `snat` (the `NatAllocator`). The table expires entries against the kernel
+flows' last use at each sweep; SNAT leases are maintained; the table is saved
 periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
-What awaits the simulation adapter: creating entries from a simulation's results
-(`track`), attaching the installed flows' matches to them, and pushing them to the
-egress and port-group hosts (`share`) before the first packet is reinjected.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.flowstate import persist
-from tessera.agent.flowstate.entry import StateEntry
+from tessera.agent.flowstate.entry import default_timeout
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable
@@ -31,10 +32,11 @@ from tessera.agent.flowstate.transport import (
     FlowStateSender,
     zone_peer,
 )
-from tessera.agent.flowstate.wire import Op
+from tessera.agent.flowstate.wire import Update
 from tessera.agent.metrics import AgentMetrics
 from tessera.model import TunnelZone
 from tessera.nsdb.base import Nsdb
+from tessera.simulation.flowstate import FlowStateEntry, FlowStateView, NatEntry, NatKey
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class FlowStateService:
         self.table = ConnTable()
         metrics.conntrack_entries.set_function(self.table.__len__)
         self.snat = SnatAllocator(nsdb, host_id, metrics, clock=clock, wall_clock=wall_clock)
+        self.table.on_remove = self._removed
         self.receiver: FlowStateReceiver | None = None
         self.sender: FlowStateSender | None = None
         if port is not None and underlay_ip is not None:
@@ -77,12 +80,21 @@ class FlowStateService:
         self._loaded = False  # never save over a file this run has not read
         self._save_lock = threading.Lock()  # one writer of the file at a time
         self._saver: threading.Thread | None = None
+        self._unadopted: list[NatKey] = []  # restored SNAT bindings whose port is not held
 
     def start(self) -> None:
         if self.state_file is not None:
             n = persist.load(self.state_file, self.table, self.clock(), self.wall_clock())
             if n:
                 log.info("restored %d connection entries from %s", n, self.state_file)
+            # Restored dynamic SNAT ports are held again, or a new connection could be
+            # given one of them; a block still held by our previous run's session is
+            # retried at each sweep until that session ends.
+            self._unadopted = [
+                t.entry.key for t in self.table.snapshot()
+                if isinstance(t.entry, NatEntry) and t.entry.key.kind == "rev_snat"
+            ]  # fmt: skip
+            self._adopt_restored()
         self._loaded = True
         self._next_save = self.clock() + persist.SAVE_INTERVAL
         if self.receiver is not None:
@@ -125,25 +137,55 @@ class FlowStateService:
     def authorize(self, address: str, sender: str) -> bool:
         return zone_peer(self.zones(), self.host_id, address, sender)
 
-    def _deliver(self, sender: str, updates: Sequence[tuple[Op, StateEntry]]) -> None:
+    def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
         """On the receiver's thread: install, and leave the tags to the agent thread."""
         now = self.clock()
         tags: set[str] = set()
-        for op, entry in updates:
-            tags |= self.table.add(entry, now) if op == "add" else self.table.remove(entry.key)
+        for op, entry, timeout in updates:
+            if op == "add":
+                tags |= self.table.add(entry, now, timeout=timeout)
+            else:
+                tags |= self.table.remove(entry.key)
         if tags:
             self._tags.append(tags)
 
-    def share(self, addresses: Iterable[str], updates: Iterable[tuple[Op, StateEntry]]) -> int:
-        """Send state to the hosts at `addresses` (underlay) now, before the packet that
-        created it is reinjected; returns the datagrams sent (0 without an exchange)."""
+    def share(self, addresses: Iterable[str], entries: Iterable[FlowStateEntry]) -> int:
+        """Send new state to the hosts at `addresses` (underlay) now, before the packet
+        that created it is reinjected; returns the datagrams sent (0 without an exchange)."""
         if self.sender is None:
             return 0
+        updates: list[Update] = [("add", e, default_timeout(e.key.proto)) for e in entries]
         return self.sender.send(addresses, updates)
 
-    def track(self, entry: StateEntry, flows: Iterable[Hashable] = ()) -> set[str]:
-        """Hold a locally created entry; the tags to invalidate."""
-        return self.table.add(entry.stamped(self.clock()), self.clock(), flows)
+    @property
+    def view(self) -> FlowStateView:
+        """What simulations read: the live table, no copy."""
+        return self.table.view
+
+    def track(self, entries: Iterable[FlowStateEntry], flows: Iterable[Hashable] = ()) -> set[str]:
+        """Hold locally created entries (their SNAT ports reserved); the tags to invalidate."""
+        now = self.clock()
+        flows = tuple(flows)
+        tags: set[str] = set()
+        for entry in entries:
+            if isinstance(entry, NatEntry) and entry.key.kind == "rev_snat":
+                # Replies are addressed to (dst, dport) of the reverse key: the port held.
+                self.snat.reserve(entry.key, entry.key.dst, entry.key.dport)
+            tags |= self.table.add(entry, now, flows)
+        return tags
+
+    def _adopt_restored(self) -> None:
+        pending: list[NatKey] = []
+        for key in self._unadopted:
+            if self.table.lookup(key) is None:
+                continue  # expired meanwhile
+            if self.snat.adopt(key.dst, key.dport, key) is False:
+                pending.append(key)
+        self._unadopted = pending
+
+    def _removed(self, entry: FlowStateEntry) -> None:
+        if isinstance(entry, NatEntry) and entry.key.kind == "rev_snat":
+            self.snat.release(entry.key)
 
     def drain_tags(self) -> set[str]:
         """Tags of state received since the last call (the agent thread invalidates)."""
@@ -158,6 +200,8 @@ class FlowStateService:
         """Expire entries (`ConnTable.sweep`), maintain SNAT leases, save now and then;
         the tags of expired entries."""
         tags = self.table.sweep(now, last_used) if len(self.table) else set()
+        if self._unadopted:
+            self._adopt_restored()
         self.snat.maintain()
         if now >= self._next_save:
             self._next_save = now + persist.SAVE_INTERVAL

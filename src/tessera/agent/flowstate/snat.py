@@ -17,24 +17,34 @@ Exhaustion (every block of every address in the range leased and full) is not an
 `allocate` returns None, the caller drops the packet with `EXHAUSTED` as its reason,
 `tessera_agent_snat_exhausted_total` counts it and a (rate-limited) warning says which
 range ran out.
+
+In the agent the allocator serves simulations as their `NatAllocator`
+(`allocate_snat`): pure, it picks a port of an already leased block that neither this
+agent holds nor the simulation's `taken` refuses; when no leased block can serve, it
+raises `NotYetLoaded("nat_block", id)` and the upcall handler leases (`lease_for`, the
+NSDB call, outside the simulation) and simulates again. The chosen port is held only when
+the result's reverse binding is installed (`reserve`) and freed when that binding leaves
+the table (`release`), so a simulation run twice or abandoned takes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from tessera.agent.flowstate.entry import ConnKey
 from tessera.agent.metrics import AgentMetrics
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.errors import AlreadyExists, NsdbError
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE, SnatLease, decode_snat, snat_key, snat_table
 from tessera.packet.addr import ip_to_str
+from tessera.simulation.errors import NotYetLoaded
+from tessera.simulation.flowstate import NatBinding, NatRange, SnatRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ EXHAUSTED = "SNAT ports exhausted"
 RELEASE_AFTER = 60.0  # seconds a block stays leased with no binding
 VERIFY_INTERVAL = 30.0  # how often leases are checked to still be ours
 LOG_INTERVAL = 10.0  # at most one exhaustion warning per this many seconds
+DRY_FOR = 1.0  # seconds a range found exhausted answers None without asking the NSDB
+NAT_BLOCK = "nat_block"  # the NotYetLoaded kind: lease a block, then simulate again
 
 Range = tuple[int, int]  # inclusive
 
@@ -72,6 +84,24 @@ class Lease:
                 return port
         return None
 
+    def peek(self, ports: Range, taken: Callable[[int], bool]) -> int | None:
+        """The port `take` would choose among those `taken` does not refuse, unchanged."""
+        lo = max(ports[0], self.first)
+        hi = min(ports[1], self.first + SNAT_BLOCK_SIZE - 1)
+        span = hi - lo + 1
+        for i in range(max(0, span)):
+            port = lo + (self.cursor - lo + i) % span
+            if port not in self.used and not taken(port):
+                return port
+        return None
+
+
+def _ports(target: NatRange, sport: int, keep: bool) -> Range:
+    """The ports a target offers: the packet's own when it keeps it (ICMP echo, 0-0)."""
+    if keep or (target.port_from == 0 and target.port_to == 0):
+        return sport, sport
+    return max(target.port_from, 1), target.port_to
+
 
 class SnatAllocator:
     def __init__(
@@ -93,14 +123,16 @@ class SnatAllocator:
         self.token = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._leases: dict[tuple[int, int], Lease] = {}
-        self._bindings: dict[ConnKey, tuple[int, int]] = {}
-        self._owner: dict[tuple[int, int], ConnKey] = {}
+        self._bindings: dict[Hashable, tuple[int, int]] = {}
+        self._owner: dict[tuple[int, int], Hashable] = {}
+        self._wanted: dict[str, SnatRequest] = {}
+        self._dry: dict[tuple[NatRange, ...], float] = {}
         self._next_verify = 0.0
         self._next_log = 0.0
         self._unlogged = 0
         self.last_failure = ""
 
-    def allocate(self, ips: Range, ports: Range, key: ConnKey) -> tuple[int, int] | None:
+    def allocate(self, ips: Range, ports: Range, key: Hashable) -> tuple[int, int] | None:
         """An (address, port) for the connection `key`, the same one for a key asked
         again; None when none is free (see the module docstring)."""
         with self._lock:
@@ -117,11 +149,12 @@ class SnatAllocator:
             self._owner[got] = key
             return got
 
-    def adopt(self, ip: int, port: int, key: ConnKey) -> bool:
+    def adopt(self, ip: int, port: int, key: Hashable) -> bool | None:
         """Take over a binding made before a restart (restored from the state file), so
         the connection keeps its port: its block is leased again if free. False while
-        the block is held elsewhere (usually by this host's previous run, whose
-        session has not ended yet: ask again later) or the port is bound already."""
+        the block is held by this host's previous run (its session has not ended yet:
+        ask again later) or the port is bound already; None when another host holds the
+        block (the binding is that host's, received from it: nothing to hold here)."""
         with self._lock:
             if self._bindings.get(key) == (ip, port):
                 return True
@@ -130,12 +163,18 @@ class SnatAllocator:
             block = port // SNAT_BLOCK_SIZE
             lease = self._leases.get((ip, block))
             if lease is None:
+                table, row = snat_table(ip_to_str(ip)), snat_key(block)
                 value = SnatLease(self.host_id, self.token, self.wall_clock()).encode()
                 try:
-                    self.nsdb.state_create(
-                        snat_table(ip_to_str(ip)), snat_key(block), value, ephemeral=True
-                    )
-                except NsdbError:  # AlreadyExists included
+                    self.nsdb.state_create(table, row, value, ephemeral=True)
+                except AlreadyExists:
+                    try:
+                        held = self.nsdb.state_get(table).get(row)
+                        holder = decode_snat(held).host_id if held is not None else None
+                    except (NsdbError, ValueError, KeyError):
+                        return False
+                    return False if holder in (None, self.host_id) else None
+                except NsdbError:
                     return False
                 lease = Lease(ip, block, idle_since=self.clock())
                 self._leases[(ip, block)] = lease
@@ -144,14 +183,73 @@ class SnatAllocator:
             self._owner[(ip, port)] = key
             return True
 
-    def release(self, key: ConnKey) -> bool:
+    def release(self, key: Hashable) -> bool:
         """The connection ended: its port is free again (its block may be given back)."""
         with self._lock:
             return self._unbind(key)
 
-    def binding(self, key: ConnKey) -> tuple[int, int] | None:
+    def binding(self, key: Hashable) -> tuple[int, int] | None:
         with self._lock:
             return self._bindings.get(key)
+
+    # -- the simulation's NatAllocator -------------------------------------------------------
+
+    def allocate_snat(
+        self, request: SnatRequest, taken: Callable[[int, int], bool]
+    ) -> NatBinding | None:
+        """A free (address, port) of a block already leased, changing nothing; raises
+        NotYetLoaded("nat_block") when a block must be leased first (see the module
+        docstring), None when the targets were found exhausted a moment ago."""
+        keep = request.proto == 1
+        with self._lock:
+            for t in request.targets:
+                ports = _ports(t, request.sport, keep)
+                for lease in self._leases.values():
+                    if not t.ip_from <= lease.ip <= t.ip_to:
+                        continue
+                    port = lease.peek(ports, functools.partial(taken, lease.ip))
+                    if port is not None:
+                        return NatBinding(lease.ip, port)
+            if self.clock() < self._dry.get(request.targets, 0.0):
+                first = request.targets[0]
+                self._exhausted(
+                    (first.ip_from, request.targets[-1].ip_to), _ports(first, request.sport, keep)
+                )
+                return None
+            ident = f"{request.device}:{len(self._wanted)}:{request.src}:{request.sport}"
+            self._wanted[ident] = request
+        raise NotYetLoaded(NAT_BLOCK, ident)
+
+    def lease_for(self, ident: str) -> bool:
+        """Lease a block for the request `allocate_snat` could not serve (NSDB I/O, on the
+        caller's thread, outside any simulation). False when none is left: the targets
+        answer None for `DRY_FOR` seconds, so the packet is dropped as exhausted."""
+        with self._lock:
+            request = self._wanted.pop(ident, None)
+            if request is None:
+                return False
+            keep = request.proto == 1
+            for t in request.targets:
+                ports = _ports(t, request.sport, keep)
+                if self._lease((t.ip_from, t.ip_to), ports, take=False) is not None:
+                    return True
+            # Exhausted, or the NSDB cannot be asked: the packet is dropped on the next
+            # simulation (counted there when exhausted) and so is the range's next second.
+            self._dry[request.targets] = self.clock() + DRY_FOR
+            return False
+
+    def reserve(self, key: Hashable, ip: int, port: int) -> bool:
+        """Hold (ip, port) for `key` (an installed reverse binding) until `release(key)`;
+        False if it is not in a block of ours (a peer's binding: its lease, not ours)."""
+        with self._lock:
+            lease = self._leases.get((ip, port // SNAT_BLOCK_SIZE))
+            if lease is None:
+                return False
+            lease.used.add(port)
+            lease.cursor = port + 1
+            self._bindings[key] = (ip, port)
+            self._owner[(ip, port)] = key
+            return True
 
     def leases(self) -> list[tuple[int, int, int]]:
         """(address, block, ports in use) of every block held."""
@@ -191,7 +289,7 @@ class SnatAllocator:
                     return lease.ip, port
         return None
 
-    def _lease(self, ips: Range, ports: Range) -> tuple[int, int] | None:
+    def _lease(self, ips: Range, ports: Range, take: bool = True) -> tuple[int, int] | None:
         """Lease a block with a free port in range. Agents start their search at
         different places (a hash of the host id) so that they rarely race for one."""
         blocks = list(range(ports[0] // SNAT_BLOCK_SIZE, ports[1] // SNAT_BLOCK_SIZE + 1))
@@ -225,13 +323,15 @@ class SnatAllocator:
                 lease = Lease(ip, block, idle_since=self.clock())
                 self._leases[(ip, block)] = lease
                 log.debug("leased SNAT block %d of %s", block, ip_to_str(ip))
+                if not take:
+                    return ip, lease.first
                 port = lease.take(ports)
                 if port is not None:
                     return ip, port
         self.last_failure = EXHAUSTED
         return None
 
-    def _unbind(self, key: ConnKey) -> bool:
+    def _unbind(self, key: Hashable) -> bool:
         bound = self._bindings.pop(key, None)
         if bound is None:
             return False

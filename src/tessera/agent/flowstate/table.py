@@ -1,20 +1,23 @@
-"""The agent's connection table: forward and return lookups, expiry, tags.
+"""The agent's connection table: the simulation's entries, expiry, tags, and the view.
 
-An entry is found by its forward key (a later packet of the same direction) and by its
-return key (a reply, possibly NATed). It expires after `expiry` seconds of idleness, but
-idleness is judged like a flow's (`agent.lifecycle.sweep`): from the datapath's last-used
-time of every kernel flow that carries the connection, because once those flows are
-installed the agent never sees the connection's packets again. A connection forwarding
-in the kernel therefore never expires; one whose flows all went idle does.
+Entries are the simulation's own `ConntrackEntry` and `NatEntry`, held by their keys. The
+table keeps the two dicts a simulation reads (tracked connections; NAT bindings) live,
+and `view` wraps them once in a `FlowStateView`: a simulation reads the table through
+it with no copy per miss (a key added by the receiver thread is visible at once; `in`
+and `get` on a dict are atomic).
 
-TCP FIN or RST shortens an entry's timeout (`note_tcp_flags`), as Linux conntrack's
-CLOSE/TIME_WAIT do: a closed connection's key is free again soon.
+An entry expires after its idle timeout, but idleness is judged like a flow's
+(`agent.lifecycle.sweep`): from the datapath's last-used time of every kernel flow that
+read or created it, because once those flows are installed the agent never sees the
+connection's packets again. A connection forwarding in the kernel therefore never
+expires; one whose flows all went idle does. TCP FIN or RST shortens the timeout
+(`note_tcp_flags`), as Linux conntrack's CLOSE/TIME_WAIT do.
 
-Removing an entry returns the tags of both its keys (`simulation.tags.conn_tag`): flows
-whose simulation looked the connection up must be simulated again.
+Adding or removing an entry returns its tag (`entry.tag_of`, the simulation's
+`conntrack_tag`/`nat_tag`): exactly the flows that looked that key up, found or not.
 
-Pure and thread-safe: time is passed in, one lock guards the maps (the agent thread
-writes; the control socket and the flow-state receiver read or hand in entries).
+Thread-safe: one lock guards writes (the agent thread installs and sweeps, the receiver
+thread hands in peers' entries, the control socket reads snapshots).
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
-from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP, PROTO_UDP, ConnKey, StateEntry
-from tessera.simulation.tags import conn_tag
+from tessera.agent.flowstate.entry import StateKey, default_timeout, tag_of
+from tessera.simulation.flowstate import (
+    ConnKey,
+    FlowStateEntry,
+    FlowStateView,
+    NatBinding,
+    NatEntry,
+    NatKey,
+)
 
-# Idle timeouts by protocol (seconds), the defaults an adapter uses for new entries.
-TIMEOUTS: dict[int, float] = {PROTO_TCP: 600.0, PROTO_UDP: 60.0, PROTO_ICMP: 30.0}
-DEFAULT_TIMEOUT = 60.0
 TCP_CLOSING_TIMEOUT = 10.0  # after FIN or RST
 
 TCP_FIN = 0x01
@@ -37,91 +45,100 @@ TCP_RST = 0x04
 LastUsed = Callable[[Hashable], float | None]
 
 
-def default_timeout(proto: int) -> float:
-    return TIMEOUTS.get(proto, DEFAULT_TIMEOUT)
-
-
-def key_tag(key: ConnKey) -> str:
-    return conn_tag(key.zone, key.proto, key.src_ip, key.dst_ip, key.src_port, key.dst_port)
-
-
 @dataclass
 class Tracked:
     """An entry as the table holds it: its timeout may shrink, its activity moves."""
 
-    entry: StateEntry
+    entry: FlowStateEntry
+    created: float
     last_seen: float
     timeout: float
     flows: set[Hashable] = field(default_factory=set)
 
-    def tags(self) -> set[str]:
-        return {key_tag(self.entry.key), key_tag(self.entry.return_key())}
+    def tag(self) -> str:
+        return tag_of(self.entry.key)
 
 
 class ConnTable:
-    def __init__(self) -> None:
+    def __init__(self, on_remove: Callable[[FlowStateEntry], None] | None = None) -> None:
+        """`on_remove` is told of every entry that leaves (the SNAT port it held is free)."""
         self._lock = threading.Lock()
-        self._by_key: dict[ConnKey, Tracked] = {}
-        self._by_return: dict[ConnKey, ConnKey] = {}  # return key → forward key
-        self._by_flow: dict[Hashable, set[ConnKey]] = {}  # flow match → forward keys
+        self._entries: dict[StateKey, Tracked] = {}
+        self._conns: dict[ConnKey, None] = {}
+        self._bindings: dict[NatKey, NatBinding] = {}
+        self._by_flow: dict[Hashable, set[StateKey]] = {}  # flow match -> keys it carries
+        self.on_remove = on_remove
+        self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return len(self._entries)
 
     # -- writes -------------------------------------------------------------------------
 
-    def add(self, entry: StateEntry, now: float, flows: Iterable[Hashable] = ()) -> set[str]:
+    def add(
+        self,
+        entry: FlowStateEntry,
+        now: float,
+        flows: Iterable[Hashable] = (),
+        timeout: float | None = None,
+    ) -> set[str]:
         """Hold `entry` (replacing one of the same key); returns the tags to invalidate:
-        flows simulated while the key was unknown took the forward-flow path."""
+        flows simulated while the key was unknown (or bound otherwise) decided without it."""
+        if timeout is None:
+            timeout = default_timeout(entry.key.proto)
         with self._lock:
-            tags: set[str] = set()
-            old = self._by_key.get(entry.key)
-            kept_flows: set[Hashable] = set()
+            key = entry.key
+            old = self._entries.get(key)
+            kept: set[Hashable] = set()
             if old is not None:
-                tags |= self._drop(entry.key)
-                kept_flows = old.flows
-            rkey = entry.return_key()
-            clash = self._by_return.get(rkey)
-            if clash is not None:  # another connection's reply looked the same: ours now
-                tags |= self._drop(clash)
-            tracked = Tracked(entry, now, entry.expiry, kept_flows | set(flows))
-            self._by_key[entry.key] = tracked
-            self._by_return[rkey] = entry.key
-            for match in tracked.flows:
-                self._by_flow.setdefault(match, set()).add(entry.key)
-            return tags | tracked.tags()
+                kept = old.flows
+                if old.entry != entry:
+                    self._drop(key)
+                else:  # the same state again (a peer's retransmission): refresh it
+                    old.last_seen = max(old.last_seen, now)
+                    old.flows |= set(flows)
+                    self._index(key, old.flows)
+                    return set()
+            tracked = Tracked(entry, now, now, timeout, kept | set(flows))
+            self._entries[key] = tracked
+            self._index(key, tracked.flows)
+            if isinstance(entry, NatEntry):
+                self._bindings[entry.key] = entry.binding
+            else:
+                self._conns[entry.key] = None
+            return {tracked.tag()}
 
-    def remove(self, key: ConnKey) -> set[str]:
-        """Forget the entry of forward key `key`; the tags to invalidate (none if absent)."""
+    def remove(self, key: StateKey) -> set[str]:
+        """Forget the entry of `key`; the tags to invalidate (none if absent)."""
         with self._lock:
             return self._drop(key)
 
-    def attach_flow(self, key: ConnKey, match: Hashable) -> bool:
-        """Note a kernel flow that carries the connection (either direction)."""
+    def attach_flow(self, key: StateKey, match: Hashable) -> bool:
+        """Note a kernel flow that read or created the entry: it keeps it alive."""
         with self._lock:
-            tracked = self._find(key)
+            tracked = self._entries.get(key)
             if tracked is None:
                 return False
             tracked.flows.add(match)
-            self._by_flow.setdefault(match, set()).add(tracked.entry.key)
+            self._index(key, (match,))
             return True
 
     def detach_flow(self, match: Hashable) -> None:
         """A flow was removed: it no longer keeps anything alive."""
         with self._lock:
             for key in self._by_flow.pop(match, ()):
-                tracked = self._by_key.get(key)
+                tracked = self._entries.get(key)
                 if tracked is not None:
                     tracked.flows.discard(match)
 
-    def touch(self, key: ConnKey, now: float) -> None:
+    def touch(self, key: StateKey, now: float) -> None:
         """A packet of the connection was seen (a miss, a userspace packet)."""
         with self._lock:
             tracked = self._find(key)
             if tracked is not None:
                 tracked.last_seen = max(tracked.last_seen, now)
 
-    def shorten(self, key: ConnKey, timeout: float) -> bool:
+    def shorten(self, key: StateKey, timeout: float) -> bool:
         """Lower the entry's idle timeout to `timeout` (never raises it)."""
         with self._lock:
             tracked = self._find(key)
@@ -131,7 +148,8 @@ class ConnTable:
             return True
 
     def note_tcp_flags(self, key: ConnKey, flags: int, now: float) -> None:
-        """A TCP segment of the connection: FIN or RST starts its short goodbye."""
+        """A TCP segment of the connection (either direction): FIN or RST starts its
+        short goodbye."""
         self.touch(key, now)
         if flags & (TCP_FIN | TCP_RST):
             self.shorten(key, TCP_CLOSING_TIMEOUT)
@@ -143,8 +161,8 @@ class ConnTable:
         sight moves up to its flows' last use, so its idle time stays true when saved.
         Returns the tags of what was removed."""
         with self._lock:
-            expired: list[ConnKey] = []
-            for key, tracked in self._by_key.items():
+            expired: list[StateKey] = []
+            for key, tracked in self._entries.items():
                 last = tracked.last_seen
                 for match in tracked.flows:
                     used = last_used(match)
@@ -161,49 +179,50 @@ class ConnTable:
 
     def clear(self) -> None:
         with self._lock:
-            self._by_key.clear()
-            self._by_return.clear()
-            self._by_flow.clear()
+            for key in list(self._entries):
+                self._drop(key)
 
     # -- reads --------------------------------------------------------------------------
 
-    def lookup(self, key: ConnKey) -> StateEntry | None:
-        """The entry whose forward key is `key`: a later packet of the first direction."""
-        with self._lock:
-            tracked = self._by_key.get(key)
-            return tracked.entry if tracked is not None else None
+    def lookup(self, key: StateKey) -> FlowStateEntry | None:
+        tracked = self._entries.get(key)
+        return tracked.entry if tracked is not None else None
 
-    def lookup_return(self, key: ConnKey) -> StateEntry | None:
-        """The entry `key` is the return traffic of (after NAT, if the entry is NAT)."""
-        with self._lock:
-            forward = self._by_return.get(key)
-            return self._by_key[forward].entry if forward is not None else None
+    def lookup_return(self, key: ConnKey) -> FlowStateEntry | None:
+        """The connection entry `key` (a packet's key on arrival) is the reply of."""
+        return self.lookup(key.reversed())
 
     def snapshot(self) -> list[Tracked]:
         """Copies, for reports and persistence (readers never see the live records)."""
         with self._lock:
-            return [replace(t, flows=set(t.flows)) for t in self._by_key.values()]
+            return [replace(t, flows=set(t.flows)) for t in self._entries.values()]
 
     # -- internals (lock held) ----------------------------------------------------------
 
-    def _find(self, key: ConnKey) -> Tracked | None:
-        tracked = self._by_key.get(key)
-        if tracked is None:
-            forward = self._by_return.get(key)
-            tracked = self._by_key.get(forward) if forward is not None else None
+    def _find(self, key: StateKey) -> Tracked | None:
+        tracked = self._entries.get(key)
+        if tracked is None and isinstance(key, ConnKey):
+            tracked = self._entries.get(key.reversed())
         return tracked
 
-    def _drop(self, key: ConnKey) -> set[str]:
-        tracked = self._by_key.pop(key, None)
+    def _index(self, key: StateKey, flows: Iterable[Hashable]) -> None:
+        for match in flows:
+            self._by_flow.setdefault(match, set()).add(key)
+
+    def _drop(self, key: StateKey) -> set[str]:
+        tracked = self._entries.pop(key, None)
         if tracked is None:
             return set()
-        rkey = tracked.entry.return_key()
-        if self._by_return.get(rkey) == key:
-            del self._by_return[rkey]
         for match in tracked.flows:
             keys = self._by_flow.get(match)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._by_flow[match]
-        return tracked.tags()
+        if isinstance(key, ConnKey):
+            self._conns.pop(key, None)
+        else:
+            self._bindings.pop(key, None)
+        if self.on_remove is not None:
+            self.on_remove(tracked.entry)
+        return {tracked.tag()}

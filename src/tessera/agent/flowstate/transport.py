@@ -30,10 +30,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from tessera.agent.flowstate.entry import StateEntry
 from tessera.agent.flowstate.wire import (
     MAX_MESSAGE,
-    Op,
+    Update,
     WireError,
     batches,
     decode,
@@ -49,7 +48,7 @@ PORT = 6677  # UDP, on the underlay address of every agent
 WINDOW = 64  # sequence numbers remembered below the highest seen, per sender
 
 Authorize = Callable[[str, str], bool]  # (source address, sender host id) -> allowed
-Deliver = Callable[[str, Sequence[tuple[Op, StateEntry]]], None]
+Deliver = Callable[[str, Sequence[Update]], None]
 
 
 def zone_peer(zones: Iterable[TunnelZone], me: str, address: str, sender: str) -> bool:
@@ -119,7 +118,7 @@ class FlowStateReceiver:
     def handle(self, data: bytes, source: str) -> bool:
         """Accept or reject one datagram from `source`; True if its state was delivered."""
         try:
-            message = decode(data, self.clock())
+            message = decode(data)
         except WireError as exc:
             return self._reject(exc.reason, source, str(exc))
         except Exception as exc:  # a decoder bug must not become a crash either
@@ -211,7 +210,7 @@ class FlowStateSender:
         except OSError as exc:  # peers will refuse what routing sends from elsewhere
             log.error("flow-state sender cannot bind %s: %s", address, exc)
 
-    def send(self, hosts: Iterable[str], updates: Iterable[tuple[Op, StateEntry]]) -> int:
+    def send(self, hosts: Iterable[str], updates: Iterable[Update]) -> int:
         """Send `updates` to each underlay address in `hosts` before returning (the
         datagrams are in the kernel's queue); the number of datagrams sent."""
         targets = list(dict.fromkeys(hosts))
@@ -233,10 +232,10 @@ class FlowStateSender:
         return sent
 
     @staticmethod
-    def _records(updates: Iterable[tuple[Op, StateEntry]]) -> Iterator[bytes]:
-        for op, entry in updates:
+    def _records(updates: Iterable[Update]) -> Iterator[bytes]:
+        for op, entry, timeout in updates:
             try:
-                yield encode_record(op, entry)
+                yield encode_record(op, entry, timeout)
             except ValueError as exc:  # a bad entry is not sent; the others are
                 log.warning("flow state not sent: %s", exc)
 

@@ -8,17 +8,20 @@
       sender    16s  the sender's host id (a UUID, as bytes)
       epoch     Q    the sender's boot epoch (milliseconds since 1970 at its start)
       seq       Q    per (sender, epoch), starting at 1, +1 per message
-    record (27 bytes + zone)
+    record (27 bytes + device)
       op        B    1 add, 2 remove
-      kind      B    1 conntrack, 2 nat
+      kind      B    1 conntrack, 2 fwd_snat, 3 fwd_dnat, 4 rev_snat, 5 rev_dnat
       proto     B
-      flags     B    bit 0: NAT on the destination side; bit 1: nat_port present
+      flags     B    0 (reserved)
       src_ip, dst_ip        I I
-      src_port, dst_port    H H
-      nat_ip    I    0 for conntrack
-      nat_port  H
-      timeout   I    idle timeout in milliseconds (> 0)
-      zone_len  B    then zone_len bytes of UTF-8 (1..64)
+      src_port, dst_port    H H   (the echo id in both for ICMP echo)
+      nat_ip    I    the binding's address; 0 for conntrack
+      nat_port  H    the binding's port; 0 for conntrack
+      timeout   I    the sender's idle timeout in milliseconds (> 0)
+      dev_len   B    then dev_len bytes of UTF-8 (1..64): the key's device
+
+A record is one of the simulation's `ConntrackEntry` / `NatEntry` (the same types the
+table holds and a simulation creates), plus its idle timeout.
 
 Why binary and not JSON: the sender pays for encoding on a connection's first packet and
 the receiver must reject garbage cheaply; a fixed layout has one way to be read, and
@@ -35,7 +38,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from tessera.agent.flowstate.entry import MAX_ZONE_BYTES, ConnKey, StateEntry, valid
+from tessera.agent.flowstate.entry import MAX_ZONE_BYTES, valid
+from tessera.simulation.flowstate import (
+    ConnKey,
+    ConntrackEntry,
+    FlowStateEntry,
+    NatBinding,
+    NatEntry,
+    NatKey,
+    NatKind,
+)
 
 MAGIC = b"TSFS"
 VERSION = 1
@@ -48,12 +60,11 @@ MAX_RECORD = _RECORD.size + MAX_ZONE_BYTES
 
 _OPS = {1: "add", 2: "remove"}
 _OP_CODES = {"add": 1, "remove": 2}
-_KINDS = {1: "conntrack", 2: "nat"}
-_KIND_CODES = {"conntrack": 1, "nat": 2}
-_FLAG_DST = 0x01
-_FLAG_PORT = 0x02
+_NAT_KINDS: dict[int, NatKind] = {2: "fwd_snat", 3: "fwd_dnat", 4: "rev_snat", 5: "rev_dnat"}
+_KIND_CODES: dict[str, int] = {"conntrack": 1, **{v: k for k, v in _NAT_KINDS.items()}}
 
 Op = Literal["add", "remove"]
+Update = tuple[Op, FlowStateEntry, float]  # what to do, the entry, its idle timeout (s)
 
 
 class WireError(ValueError):
@@ -69,24 +80,23 @@ class Message:
     sender: str  # host id
     epoch: int
     seq: int
-    updates: tuple[tuple[Op, StateEntry], ...]
+    updates: tuple[Update, ...]
 
 
-def encode_record(op: Op, entry: StateEntry) -> bytes:
-    zone = entry.key.zone.encode("utf-8")
-    if not valid(entry):
+def encode_record(op: Op, entry: FlowStateEntry, timeout: float) -> bytes:
+    if not valid(entry, timeout):
         raise ValueError(f"invalid state entry {entry}")
     k = entry.key
-    flags = (_FLAG_DST if entry.nat_side == "dst" else 0) | (
-        _FLAG_PORT if entry.nat_port is not None else 0
-    )
+    device = k.device.encode("utf-8")
+    if isinstance(entry, NatEntry):
+        kind, nat_ip, nat_port = _KIND_CODES[entry.key.kind], entry.binding.ip, entry.binding.port
+    else:
+        kind, nat_ip, nat_port = 1, 0, 0
     header = _RECORD.pack(
-        _OP_CODES[op], _KIND_CODES[entry.kind], k.proto, flags,
-        k.src_ip, k.dst_ip, k.src_port, k.dst_port,
-        entry.nat_ip or 0, entry.nat_port or 0,
-        max(1, min(0xFFFFFFFF, round(entry.expiry * 1000))), len(zone),
+        _OP_CODES[op], kind, k.proto, 0, k.src, k.dst, k.sport, k.dport, nat_ip, nat_port,
+        max(1, min(0xFFFFFFFF, round(timeout * 1000))), len(device),
     )  # fmt: skip
-    return header + zone
+    return header + device
 
 
 def encode(sender: str, epoch: int, seq: int, records: Iterable[bytes]) -> bytes:
@@ -117,9 +127,9 @@ def batches(records: Iterable[bytes]) -> Iterator[list[bytes]]:
         yield group
 
 
-def decode(data: bytes, created: float = 0.0) -> Message:
-    """The message in `data`, its entries stamped `created`; WireError (with the reason to
-    count) for anything else. Never returns a partly read message."""
+def decode(data: bytes) -> Message:
+    """The message in `data`; WireError (with the reason to count) for anything else.
+    Never returns a partly read message."""
     if len(data) > MAX_MESSAGE:
         raise WireError("oversize", f"{len(data)} bytes")
     if len(data) < HEADER_SIZE:
@@ -132,49 +142,45 @@ def decode(data: bytes, created: float = 0.0) -> Message:
     if reserved != 0 or seq == 0 or epoch == 0:
         raise WireError("malformed", "bad header fields")
     offset = HEADER_SIZE
-    updates: list[tuple[Op, StateEntry]] = []
+    updates: list[Update] = []
     for _ in range(count):
+        n = len(updates)
         if offset + _RECORD.size > len(data):
-            raise WireError("truncated", f"record {len(updates)} cut short")
-        op, kind, proto, flags, sip, dip, sport, dport, nip, nport, timeout, zlen = (
+            raise WireError("truncated", f"record {n} cut short")
+        op, kind, proto, flags, sip, dip, sport, dport, nip, nport, timeout, dlen = (
             _RECORD.unpack_from(data, offset)
         )
         offset += _RECORD.size
-        if offset + zlen > len(data):
-            raise WireError("truncated", f"zone of record {len(updates)} cut short")
-        raw_zone = data[offset : offset + zlen]
-        offset += zlen
-        if op not in _OPS or kind not in _KINDS or flags & ~(_FLAG_DST | _FLAG_PORT):
-            raise WireError("malformed", f"record {len(updates)}: bad op, kind or flags")
+        if offset + dlen > len(data):
+            raise WireError("truncated", f"device of record {n} cut short")
+        raw_device = data[offset : offset + dlen]
+        offset += dlen
+        if op not in _OPS or flags or (kind != 1 and kind not in _NAT_KINDS):
+            raise WireError("malformed", f"record {n}: bad op, kind or flags")
         try:
-            zone = raw_zone.decode("utf-8")
+            device = raw_device.decode("utf-8")
         except UnicodeDecodeError:
-            raise WireError("malformed", f"record {len(updates)}: zone is not UTF-8") from None
-        is_nat = _KINDS[kind] == "nat"
-        if not is_nat and (flags or nip or nport):
-            raise WireError("malformed", f"record {len(updates)}: NAT fields on conntrack")
-        if not flags & _FLAG_PORT and nport:
-            raise WireError("malformed", f"record {len(updates)}: nat_port without flag")
-        entry = StateEntry(
-            "nat" if is_nat else "conntrack",
-            ConnKey(proto, sip, dip, sport, dport, zone),
-            nat_ip=nip if is_nat else None,
-            nat_port=nport if flags & _FLAG_PORT else None,
-            created=created,
-            expiry=timeout / 1000.0,
-            nat_side="dst" if flags & _FLAG_DST else "src",
-        )
-        if not valid(entry):
-            raise WireError("malformed", f"record {len(updates)}: out of range")
-        updates.append((_OPS[op], entry))  # type: ignore[arg-type]
+            raise WireError("malformed", f"record {n}: device is not UTF-8") from None
+        entry: FlowStateEntry
+        if kind == 1:
+            if nip or nport:
+                raise WireError("malformed", f"record {n}: NAT fields on conntrack")
+            entry = ConntrackEntry(ConnKey(proto, sip, dip, sport, dport, device))
+        else:
+            nat_key = NatKey(_NAT_KINDS[kind], proto, sip, sport, dip, dport, device)
+            entry = NatEntry(nat_key, NatBinding(nip, nport))
+        seconds = timeout / 1000.0
+        if not valid(entry, seconds):
+            raise WireError("malformed", f"record {n}: out of range")
+        updates.append((_OPS[op], entry, seconds))  # type: ignore[arg-type]
     if offset != len(data):
         raise WireError("malformed", f"{len(data) - offset} trailing bytes")
     return Message(str(uuid.UUID(bytes=sender)), epoch, seq, tuple(updates))
 
 
-def decode_record(record: bytes, created: float = 0.0) -> tuple[Op, StateEntry]:
+def decode_record(record: bytes) -> Update:
     """One record on its own, with every check `decode` makes (the persisted table
     reuses them); WireError otherwise."""
     header = _HEADER.pack(MAGIC, VERSION, 0, 1, bytes(16), 1, 1)
-    (update,) = decode(header + record, created).updates
+    (update,) = decode(header + record).updates
     return update

@@ -28,6 +28,10 @@ from tessera.datapath.base import (
     OutputTunnel,
     SetEthDst,
     SetEthSrc,
+    SetIpDst,
+    SetIpSrc,
+    SetTpDst,
+    SetTpSrc,
     ToUserspace,
 )
 from tessera.datapath.ebpf.layout import (
@@ -46,6 +50,7 @@ __all__ = [
     "encode",
     "flood_slot",
     "is_output_slots",
+    "outputs_to",
 ]
 
 #: Where a local port number leads in the kernel: (ifindex, deliver into the veth's
@@ -64,8 +69,12 @@ _OUTPUT_TUNNEL: Final = int(ActionType.OUTPUT_TUNNEL)
 _DROP: Final = int(ActionType.DROP)
 _TO_USERSPACE: Final = int(ActionType.TO_USERSPACE)
 _FLOOD: Final = int(ActionType.FLOOD)
-_DROP_SLOT: Final = _SLOT(_DROP, 0, 0, 0, 0, 0, _NO_MAC)
-_TO_USERSPACE_SLOT: Final = _SLOT(_TO_USERSPACE, 0, 0, 0, 0, 0, _NO_MAC)
+_SET_IP_SRC: Final = int(ActionType.SET_IP_SRC)
+_SET_IP_DST: Final = int(ActionType.SET_IP_DST)
+_SET_TP_SRC: Final = int(ActionType.SET_TP_SRC)
+_SET_TP_DST: Final = int(ActionType.SET_TP_DST)
+_DROP_SLOT: Final = _SLOT(_DROP, 0, 0, 0, 0, 0, _NO_MAC, 0)
+_TO_USERSPACE_SLOT: Final = _SLOT(_TO_USERSPACE, 0, 0, 0, 0, 0, _NO_MAC, 0)
 _OUTPUT_TYPES: Final = (Output, OutputTunnel)
 
 
@@ -113,15 +122,23 @@ def _pack(actions: Sequence[Action], devices: Mapping[int, Device]) -> bytes:
                             f"flow outputs to local port {port}, which is not attached"
                         ) from None
                     flags = ACT_F_PEER if peer else 0
-                    slots.append(_SLOT(_OUTPUT_LOCAL, flags, 0, ifindex, 0, 0, _NO_MAC))
+                    slots.append(_SLOT(_OUTPUT_LOCAL, flags, 0, ifindex, 0, 0, _NO_MAC, 0))
                 case OutputTunnel(vni=vni, remote_ip=ip):
-                    slots.append(_SLOT(_OUTPUT_TUNNEL, 0, 0, 0, vni, ip, _NO_MAC))
+                    slots.append(_SLOT(_OUTPUT_TUNNEL, 0, 0, 0, vni, ip, _NO_MAC, 0))
                 case SetEthSrc(mac=mac):
-                    slots.append(_SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac.to_bytes(6, "big")))
+                    slots.append(_SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac.to_bytes(6, "big"), 0))
                 case SetEthDst(mac=mac):
-                    slots.append(_SLOT(_SET_ETH_DST, 0, 0, 0, 0, 0, mac.to_bytes(6, "big")))
+                    slots.append(_SLOT(_SET_ETH_DST, 0, 0, 0, 0, 0, mac.to_bytes(6, "big"), 0))
                 case DecTtl(n=n):
-                    slots.append(_SLOT(_DEC_TTL, 0, n, 0, 0, 0, _NO_MAC))
+                    slots.append(_SLOT(_DEC_TTL, 0, n, 0, 0, 0, _NO_MAC, 0))
+                case SetIpSrc(addr=addr):
+                    slots.append(_SLOT(_SET_IP_SRC, 0, 0, 0, 0, addr, _NO_MAC, 0))
+                case SetIpDst(addr=addr):
+                    slots.append(_SLOT(_SET_IP_DST, 0, 0, 0, 0, addr, _NO_MAC, 0))
+                case SetTpSrc(port=tp):
+                    slots.append(_SLOT(_SET_TP_SRC, 0, 0, 0, 0, 0, _NO_MAC, tp))
+                case SetTpDst(port=tp):
+                    slots.append(_SLOT(_SET_TP_DST, 0, 0, 0, 0, 0, _NO_MAC, tp))
                 case Drop():
                     slots.append(_DROP_SLOT)
                 case ToUserspace():
@@ -135,7 +152,7 @@ def _pack(actions: Sequence[Action], devices: Mapping[int, Device]) -> bytes:
 
 def flood_slot(set_id: int) -> bytes:
     """The slot that emits every output of flood set ``set_id``."""
-    return _SLOT(_FLOOD, 0, 0, set_id, 0, 0, _NO_MAC)
+    return _SLOT(_FLOOD, 0, 0, set_id, 0, 0, _NO_MAC, 0)
 
 
 def flood_id(slot: bytes) -> int | None:
@@ -143,6 +160,14 @@ def flood_id(slot: bytes) -> int | None:
     if slot[0] != _FLOOD:
         return None
     return int(FLOW_ACTION_PACK.unpack(slot)[3])
+
+
+def outputs_to(slots: bytes, ifindex: int) -> bool:
+    """Whether a slot is an OUTPUT_LOCAL to device `ifindex`."""
+    return any(
+        typ == _OUTPUT_LOCAL and ifx == ifindex
+        for typ, _f, _t, ifx, *_ in FLOW_ACTION_PACK.iter_unpack(slots)
+    )
 
 
 def is_output_slots(slots: bytes) -> bool:
@@ -160,9 +185,7 @@ def decode(slots: bytes, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
     """
     out: list[Action] = []
     try:
-        for typ, _flags, ttl_dec, ifindex, vni, remote_ip, mac in FLOW_ACTION_PACK.iter_unpack(
-            slots
-        ):
+        for typ, _flags, ttl_dec, ifindex, vni, ip, mac, tp in FLOW_ACTION_PACK.iter_unpack(slots):
             if typ == _OUTPUT_LOCAL:
                 port = ports.get(ifindex)
                 if port is None:
@@ -171,13 +194,21 @@ def decode(slots: bytes, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
             elif typ == _OUTPUT_TUNNEL:
                 if ifindex:
                     return None
-                out.append(OutputTunnel(vni, remote_ip))
+                out.append(OutputTunnel(vni, ip))
             elif typ == _SET_ETH_SRC:
                 out.append(SetEthSrc(int.from_bytes(mac, "big")))
             elif typ == _SET_ETH_DST:
                 out.append(SetEthDst(int.from_bytes(mac, "big")))
             elif typ == _DEC_TTL:
                 out.append(DecTtl(ttl_dec))
+            elif typ == _SET_IP_SRC:
+                out.append(SetIpSrc(ip))
+            elif typ == _SET_IP_DST:
+                out.append(SetIpDst(ip))
+            elif typ == _SET_TP_SRC:
+                out.append(SetTpSrc(tp))
+            elif typ == _SET_TP_DST:
+                out.append(SetTpDst(tp))
             elif typ == _DROP:
                 out.append(Drop())
             elif typ == _TO_USERSPACE:

@@ -77,10 +77,15 @@ enum flow_action_type {
 	ACT_SET_ETH_DST = 2,  /* mac */
 	ACT_DEC_TTL = 3,      /* ttl_dec; a TTL that would reach 0 is a miss */
 	ACT_OUTPUT_LOCAL = 4, /* ifindex, flags & ACT_F_PEER */
-	ACT_OUTPUT_TUNNEL = 5,/* vni, remote_ip; ifindex or config vxlan */
+	ACT_OUTPUT_TUNNEL = 5,/* vni, ip; ifindex or config vxlan */
 	ACT_DROP = 6,
 	ACT_TO_USERSPACE = 7, /* handled like a miss */
 	ACT_FLOOD = 8,        /* ifindex = id of a `flood_sets` entry: emit each output */
+	/* NAT rewrites, checksums fixed by the csum helpers (see nat_rewrite()). */
+	ACT_SET_IP_SRC = 9,   /* ip */
+	ACT_SET_IP_DST = 10,  /* ip */
+	ACT_SET_TP_SRC = 11,  /* port; TCP/UDP source port, ICMP echo identifier */
+	ACT_SET_TP_DST = 12,  /* port; TCP/UDP destination port */
 };
 
 /* OUTPUT_LOCAL: ifindex is the host side of a veth whose peer lives in
@@ -97,9 +102,10 @@ struct flow_action {
 	__u32 ifindex;   /*  4: OUTPUT_*: target device in the host namespace;
 			  *     FLOOD: the flood set id */
 	__u32 vni;       /*  8: OUTPUT_TUNNEL: 24-bit VXLAN id */
-	__u32 remote_ip; /* 12: OUTPUT_TUNNEL: underlay IPv4, host order */
+	__u32 ip;        /* 12: OUTPUT_TUNNEL: the underlay remote; SET_IP_*: the new
+			  *     address; IPv4, host order */
 	__u8 mac[6];     /* 16: SET_ETH_* */
-	__u16 _pad1;     /* 22 */
+	__u16 port;      /* 22: SET_TP_*: the new port (or echo id), host order */
 };                       /* 24 */
 
 struct flow_value {

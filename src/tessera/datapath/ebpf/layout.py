@@ -81,6 +81,10 @@ class ActionType(enum.IntEnum):
     DROP = 6
     TO_USERSPACE = 7
     FLOOD = 8  # ifindex holds the id of a flood_sets entry
+    SET_IP_SRC = 9  # ip
+    SET_IP_DST = 10
+    SET_TP_SRC = 11  # port: TCP/UDP source port, ICMP echo identifier
+    SET_TP_DST = 12
 
 
 class Stat(enum.IntEnum):
@@ -263,9 +267,9 @@ class FlowAction(_Struct):
         ("_pad0", u8),
         ("ifindex", u32),
         ("vni", u32),
-        ("remote_ip", u32),
+        ("ip", u32),  # OUTPUT_TUNNEL: underlay remote; SET_IP_*: the new address
         ("mac", Mac),
-        ("_pad1", u16),
+        ("port", u16),  # SET_TP_*
     ]
 
 
@@ -313,7 +317,7 @@ class DpConfig(_Struct):
 FLOW_KEY_PACK: Final = struct.Struct("=I6s6sHHIIBBBBHH")  # struct flow_key
 LOOKUP_INDEX_PACK: Final = struct.Struct("=I")  # flow_lookup_key before its key
 FLOW_VALUE_HEAD_PACK: Final = struct.Struct("=QQQII")  # flow_value before its actions
-FLOW_ACTION_PACK: Final = struct.Struct("=BBBxIII6s2x")  # struct flow_action
+FLOW_ACTION_PACK: Final = struct.Struct("=BBBxIII6sH")  # struct flow_action
 
 for _pack, _size in (
     (FLOW_KEY_PACK, ctypes.sizeof(FlowKey)),

@@ -37,10 +37,6 @@
 
 #include "flow.h"
 
-#ifndef ETH_P_8021AD
-#define ETH_P_8021AD 0x88A8
-#endif
-
 #define VLAN_HLEN 4
 #define VLAN_VID_MASK 0x0fff
 #define IP_MF 0x2000
@@ -173,9 +169,17 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 	__u16 proto = bpf_ntohs(eth->h_proto);
 	__u32 off = sizeof(*eth);
 
+	/* Only 802.1Q is a VLAN tag.  An 802.1ad S-tag (0x88a8) is an
+	 * EtherType with vlan_id 0, as FlowMatch.from_frame reads it: the
+	 * receive path moves it to metadata like a C-tag, so look at the
+	 * metadata's protocol, and stop there as the agent's parser does. */
 	if (skb->vlan_present) {
+		if (skb->vlan_proto != bpf_htons(ETH_P_8021Q)) {
+			key->eth_type = bpf_ntohs(skb->vlan_proto);
+			return;
+		}
 		key->vlan_id = skb->vlan_tci & VLAN_VID_MASK;
-	} else if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+	} else if (proto == ETH_P_8021Q) {
 		/* Only reached for a tag the kernel did not move to metadata
 		 * (e.g. BPF_PROG_TEST_RUN); treat it the same way. */
 		struct vlan_hdr_ *vh = data + off;
@@ -224,23 +228,27 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 		key->ip_frag = FLOW_FRAG_FIRST;
 
 	__u32 ihl = (__u32)ip->ihl * 4;
+	__u32 total = bpf_ntohs(ip->tot_len);
 
-	if (ihl < sizeof(*ip))
+	if (ihl < sizeof(*ip) || total < ihl)
 		return;
 
+	/* The transport header ends where the IPv4 total length says, not at
+	 * the end of the frame: bytes after it are Ethernet padding. */
+	__u32 avail = total - ihl;
 	__u8 *l4 = (__u8 *)ip + ihl;
 
 	switch (ip->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		if ((void *)(l4 + 4) > data_end)
+		if (avail < 4 || (void *)(l4 + 4) > data_end)
 			return;
 		key->tp_src = ((__u16)l4[0] << 8) | l4[1];
 		key->tp_dst = ((__u16)l4[2] << 8) | l4[3];
 		break;
 	case IPPROTO_ICMP:
-		if ((void *)(l4 + 2) > data_end)
+		if (avail < 2 || (void *)(l4 + 2) > data_end)
 			return;
 		key->tp_src = l4[0]; /* type */
 		key->tp_dst = l4[1]; /* code */
@@ -333,7 +341,7 @@ static __always_inline int miss(struct __sk_buff *skb, __u32 in_port, int mode)
 }
 
 /* Decrement the IPv4 TTL by n and fix the header checksum.  Returns 1 when
- * the TTL would reach zero (the simulation must see it), <0 on error. */
+ * the TTL would reach zero (ttl_verdict() rules that out), <0 on error. */
 static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
 {
 	__be16 old, new;
@@ -354,6 +362,103 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, __u32 l3_off, __u8 n)
 	if (bpf_skb_store_bytes(skb, l3_off + 8, &new, sizeof(new), 0))
 		return -1;
 	return 0;
+}
+
+/*
+ * NAT: one SET_IP_* or SET_TP_* action (`type`, the new address or port in
+ * host order).  0 when done (or nothing to do), <0 when the packet is not
+ * IPv4 (a broken flow: dropped) or a helper failed.  The same rules as
+ * frames.nat() in Python:
+ *
+ *   - the L4 header is used only in a first or only fragment, for TCP, UDP
+ *     and ICMP, and only when its minimum length fits the IPv4 total length;
+ *   - an address change fixes the IPv4 header checksum and, for TCP and UDP,
+ *     the L4 checksum through its pseudo-header (ICMP has none);
+ *   - a UDP checksum of 0 ("none") stays 0, a result of 0 becomes 0xffff
+ *     (BPF_F_MARK_MANGLED_0);
+ *   - SET_TP_SRC/DST rewrite TCP/UDP ports; SET_TP_SRC rewrites the identifier
+ *     of an ICMP echo request or reply (NAT translates echoes by id), and
+ *     anything else is left alone: no port without an L4 header.
+ *
+ * Global, so the verifier walks it once rather than once per action slot.
+ * Packet bytes only through helpers: the csum helpers also keep a
+ * CHECKSUM_PARTIAL or CHECKSUM_COMPLETE skb consistent.
+ */
+__attribute__((noinline)) int nat_rewrite(struct __sk_buff *skb, __u32 l3_off, __u32 type,
+					  __u32 value)
+{
+	struct iphdr ip;
+	__u32 l4_off = 0, csum_off = 0;
+	__u64 l4_flags = 0;
+	__u8 proto;
+
+	if (!l3_off || l3_off > 64)
+		return -1;
+	if (bpf_skb_load_bytes(skb, l3_off, &ip, sizeof(ip)))
+		return -1;
+	proto = ip.protocol;
+
+	__u32 ihl = (__u32)ip.ihl * 4;
+	__u32 total = bpf_ntohs(ip.tot_len);
+
+	if (!(bpf_ntohs(ip.frag_off) & IP_OFFSET) && ihl >= sizeof(ip) && total >= ihl) {
+		__u32 avail = total - ihl;
+
+		l4_off = l3_off + ihl;
+		if (proto == IPPROTO_TCP && avail >= 20) {
+			csum_off = l4_off + 16;
+			l4_flags = BPF_F_PSEUDO_HDR;
+		} else if (proto == IPPROTO_UDP && avail >= 8) {
+			csum_off = l4_off + 6;
+			l4_flags = BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0;
+		} else if (proto == IPPROTO_ICMP && avail >= 8) {
+			csum_off = l4_off + 2;
+		}
+		/* ... and within the frame, as the helpers would refuse otherwise. */
+		if (csum_off && l4_off + (proto == IPPROTO_TCP ? 20 : 8) > skb->len)
+			csum_off = 0;
+	}
+
+	if (type == ACT_SET_IP_SRC || type == ACT_SET_IP_DST) {
+		__u32 off = l3_off + (type == ACT_SET_IP_SRC ? 12 : 16);
+		__be32 old = type == ACT_SET_IP_SRC ? ip.saddr : ip.daddr;
+		__be32 new = bpf_htonl(value);
+
+		if (csum_off && proto != IPPROTO_ICMP &&
+		    bpf_l4_csum_replace(skb, csum_off, old, new, l4_flags | sizeof(new)))
+			return -1;
+		if (bpf_l3_csum_replace(skb, l3_off + 10, old, new, sizeof(new)))
+			return -1;
+		return bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) ? -1 : 0;
+	}
+
+	__u32 off;
+
+	if (!csum_off)
+		return 0; /* no L4 header to rewrite */
+	if (proto == IPPROTO_ICMP) {
+		__u8 icmp_type;
+
+		if (type != ACT_SET_TP_SRC)
+			return 0;
+		if (bpf_skb_load_bytes(skb, l4_off, &icmp_type, 1))
+			return -1;
+		if (icmp_type != 0 && icmp_type != 8) /* echo reply, echo request */
+			return 0;
+		off = l4_off + 4; /* the echo identifier */
+	} else {
+		off = l4_off + (type == ACT_SET_TP_SRC ? 0 : 2);
+	}
+
+	__be16 old_port, new_port = bpf_htons((__u16)value);
+
+	if (bpf_skb_load_bytes(skb, off, &old_port, sizeof(old_port)))
+		return -1;
+	/* A port is not in the pseudo-header. */
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+				(l4_flags & BPF_F_MARK_MANGLED_0) | sizeof(new_port)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new_port, sizeof(new_port), 0) ? -1 : 0;
 }
 
 /* Verdicts of emit()/flood() besides a TC_ACT_* of a last output. */
@@ -378,7 +483,7 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_a
 	struct bpf_tunnel_key tk = {};
 
 	tk.tunnel_id = a->vni;
-	tk.remote_ipv4 = a->remote_ip; /* the helper wants host order */
+	tk.remote_ipv4 = a->ip; /* the helper wants host order */
 	tk.tunnel_ttl = 64;
 	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
 }
@@ -450,14 +555,48 @@ __attribute__((noinline)) int flood(struct __sk_buff *skb, __u32 set_id, int las
 	return OUT_CONTINUE;
 }
 
+/* Whether the flow may run on this packet at all: 0 to go on, else the
+ * verdict.  A flow that decrements the TTL runs all or nothing: when the
+ * decrements add up to the TTL the packet arrived with (so some DEC_TTL
+ * would take it to zero) the agent gets the packet untouched, before any
+ * rewrite or output, and answers ICMP time exceeded; a flow that
+ * decrements the TTL of a packet without one is broken and drops it. */
+static __always_inline int ttl_verdict(struct __sk_buff *skb, const struct flow_value *fv,
+				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       int mode)
+{
+	__u32 n = fv->n_actions;
+	__u32 dec = 0;
+
+	for (__u32 i = 0; i < FLOW_MAX_ACTIONS; i++) {
+		if (i >= n)
+			break;
+		if (fv->actions[i].type == ACT_DEC_TTL)
+			dec += fv->actions[i].ttl_dec;
+	}
+	if (!dec)
+		return 0;
+	if (!pi->l3_off) {
+		stat_inc(STAT_ACTION_ERROR);
+		return TC_ACT_SHOT;
+	}
+	if (dec >= ttl)
+		return miss(skb, in_port, mode);
+	return 0;
+}
+
 /* Execute the flow's actions in order.  The last action, if an output, is a
  * plain redirect; earlier outputs clone.  Falling off the end drops the
  * original (its copies are already on their way). */
 static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value *fv,
-				       const struct parse_info *pi, __u32 in_port, int mode)
+				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       int mode)
 {
 	__u32 n = fv->n_actions;
+	int verdict = ttl_verdict(skb, fv, pi, ttl, in_port, mode);
 
+	if (verdict)
+		return verdict;
 	for (__u32 i = 0; i < FLOW_MAX_ACTIONS; i++) {
 		if (i >= n)
 			break;
@@ -476,10 +615,8 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 				goto error;
 			break;
 		case ACT_DEC_TTL:
-			rc = dec_ttl(skb, pi->l3_off, a->ttl_dec);
-			if (rc > 0)
-				return miss(skb, in_port, mode);
-			if (rc < 0)
+			/* ttl_verdict() saw every decrement fit the TTL. */
+			if (dec_ttl(skb, pi->l3_off, a->ttl_dec))
 				goto error;
 			break;
 		case ACT_OUTPUT_LOCAL:
@@ -496,6 +633,22 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 				goto error;
 			if (rc != OUT_CONTINUE)
 				return rc;
+			break;
+		case ACT_SET_IP_SRC:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_IP_SRC, a->ip))
+				goto error;
+			break;
+		case ACT_SET_IP_DST:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_IP_DST, a->ip))
+				goto error;
+			break;
+		case ACT_SET_TP_SRC:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_TP_SRC, a->port))
+				goto error;
+			break;
+		case ACT_SET_TP_DST:
+			if (nat_rewrite(skb, pi->l3_off, ACT_SET_TP_DST, a->port))
+				goto error;
 			break;
 		case ACT_DROP:
 			stat_inc(STAT_DROP);
@@ -526,11 +679,14 @@ static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mod
 	if (!fv)
 		return miss(skb, in_port, mode);
 
+	/* Bytes as on the wire: a tag the kernel moved to metadata counts. */
+	__u32 len = skb->len + (skb->vlan_present ? VLAN_HLEN : 0);
+
 	__sync_fetch_and_add(&fv->packets, 1);
-	__sync_fetch_and_add(&fv->bytes, skb->len);
+	__sync_fetch_and_add(&fv->bytes, len);
 	fv->last_used = bpf_ktime_get_ns();
 	stat_inc(mode == MODE_INJECT ? STAT_INJECT_HIT : STAT_HIT);
-	return run_actions(skb, fv, &pi, in_port, mode);
+	return run_actions(skb, fv, &pi, key.ip_ttl, in_port, mode);
 }
 
 static __always_inline int do_port_ingress(struct __sk_buff *skb)

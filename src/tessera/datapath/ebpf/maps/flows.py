@@ -10,7 +10,14 @@ from typing import Final
 
 from tessera.datapath.base import Action
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import SLOT_SIZE, Device, decode, encode, flood_slot
+from tessera.datapath.ebpf.actions import (
+    SLOT_SIZE,
+    Device,
+    decode,
+    encode,
+    flood_slot,
+    outputs_to,
+)
 from tessera.datapath.ebpf.layout import (
     FLOW_KEY_PACK,
     FLOW_MAX_ACTIONS,
@@ -201,6 +208,27 @@ class FlowMap:
             if set_id is not None:
                 self.floods.unref(set_id)
             return True
+
+    def delete_outputs_to(self, ifindex: int) -> int:
+        """Delete every flow that outputs to device `ifindex`, inline or through its
+        flood set, in one walk of the map (a port is going); how many."""
+        with self._lock:
+            deleted = 0
+            for lk, v in self.map.items():
+                n = min(int(v.n_actions), FLOW_MAX_ACTIONS)
+                slots = bytes(v)[_HEAD_SIZE : _HEAD_SIZE + n * SLOT_SIZE]
+                set_id = _flood_id(v)
+                if set_id is not None:
+                    slots += self.floods.outputs(set_id) or b""
+                if not outputs_to(slots, ifindex) or not self.map.delete(lk):
+                    continue
+                deleted += 1
+                self.masks.unref(int(lk.mask_index))
+                named = self._flood_of.pop(bytes(lk), None)
+                if named is not None:
+                    self.floods.unref(named)
+            self.masks.reap()
+            return deleted
 
     def get(self, key: FlowKey, mask: FlowKey) -> FlowEntry | None:
         idx = self.masks.index_of(mask)
