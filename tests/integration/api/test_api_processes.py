@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import wait_until
 
+from support.wait import wait_until
 from tessera.api.server import ZK_SESSION_TIMEOUT
 from tessera.model import new_id
 from tessera.nsdb.store import TopologyStore

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.datapath.base import MAX_PORT_NO
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import Device
 from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import SOURCE_DIR, EbpfFastPath, compile_object, ensure_bpffs
 from tessera.datapath.ebpf.maps import FastPathMaps
@@ -31,12 +29,6 @@ from tessera.lab.sandbox import Sandbox, SandboxFactory, unavailable
 from .nets import PREFIX
 
 BPFFS = Path("/sys/fs/bpf")
-
-#: For tests that write flows straight into the maps: local port n is the device of
-#: ifindex n (the program redirects by ifindex; numbering ports is the agent's business),
-#: and `PORTS` reads them back.
-DEVICES: dict[int, Device] = {n: (n, False) for n in range(1, MAX_PORT_NO + 1)}
-PORTS: dict[int, int] = {n: n for n in range(1, MAX_PORT_NO + 1)}
 
 
 def toolchain_missing() -> str | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from support.rawframes import eth, untag
 from tessera.datapath.base import Output
 from tessera.datapath.ebpf.actions import Device
 from tessera.datapath.ebpf.layout import FlowKey, Stat
@@ -30,7 +31,6 @@ from tessera.datapath.ebpf.upcall import MissChannel
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 
 from .conftest import BPFFS, _rm_tree
-from .frames import eth, untag
 from .nets import ping, tcp_echo_server, tcp_roundtrip
 
 pytestmark = [pytest.mark.root, pytest.mark.system]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from support.ebpf import DEVICES
+from support.rawframes import eth, ipv4, udp
 from tessera.datapath.base import Action, Output, OutputTunnel, SetEthSrc
 from tessera.datapath.ebpf.layout import FLOW_MAX_ACTIONS, FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
@@ -26,8 +28,7 @@ from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.packet.addr import ip_from_str, mac_from_str
 
-from .conftest import BPFFS, DEVICES, TEST_PORT, Probe, _rm_tree
-from .frames import eth, ipv4, udp
+from .conftest import BPFFS, TEST_PORT, Probe, _rm_tree
 
 pytestmark = pytest.mark.root
 
