@@ -11,7 +11,6 @@ with real traffic): a sandbox factory whose namespaces are all removed at the en
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dp_netns import PREFIX as NETNS_PREFIX
 from kdp_harness import Harness, make_harness
 from kdp_probe import KeyProbe
 
+from support.ebpf import toolchain_missing
 from tessera.lab.sandbox import SandboxFactory, unavailable
 
 BACKENDS = [
@@ -33,13 +33,7 @@ def missing(kind: str) -> str | None:
     """Why backend `kind` cannot run here (a skip reason), None if it can."""
     if kind == "fake":
         return None
-    if (reason := unavailable()) is not None:
-        return reason
-    tools = ("clang", "bpftool", "tc") if kind == "ebpf" else ()
-    for tool in tools:
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
+    return toolchain_missing() if kind == "ebpf" else unavailable()
 
 
 @pytest.fixture(scope="session")

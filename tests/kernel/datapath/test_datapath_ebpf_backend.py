@@ -11,7 +11,6 @@ in tests/unit/datapath/test_ebpf_encoding.py.
 from __future__ import annotations
 
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from dp_netns import ping, tcp_transfer
 
+from support.ebpf import toolchain_missing
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.lifecycle import sweep
 from tessera.agent.metrics import AgentMetrics
@@ -48,18 +48,11 @@ pytestmark = pytest.mark.root
 MAC1, MAC2 = "02:00:00:00:01:01", "02:00:00:00:01:02"
 
 
-def _missing() -> str | None:
-    for tool in ("clang", "bpftool", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
 @pytest.fixture
 def made(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[tuple[Sandbox | None, Datapath]]]:
-    reason = _missing()
+    reason = toolchain_missing()
     if reason:
         pytest.skip(reason)
     out: list[tuple[Sandbox | None, Datapath]] = []

@@ -17,7 +17,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ from tessera.nsdb.store.topology import TopologyStore
 from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))  # the tests' own CLI calls
 CTL_IP = "198.18.0.254"
 
 

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sysagent_env import TESSERA, Cloud, Vm
+from sysagent_env import Cloud, Vm
 
+from support.local import TESSERA
 from support.wait import wait_until
 from tessera.lab.sandbox import unavailable
 from tessera.model import Chain, DhcpHost, DhcpSubnet, Opt121Route, Port, Route, Rule

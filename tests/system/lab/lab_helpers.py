@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from support.local import TESSERA
 from tessera.lab import names, procs
 from tessera.lab.state import lab_dir
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 BPF_PINS = Path("/sys/fs/bpf/tessera")
 
 

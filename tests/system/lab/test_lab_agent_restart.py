@@ -27,7 +27,6 @@ from collections.abc import Iterator
 import pytest
 from lab_helpers import (
     BPF_PINS,
-    TESSERA,
     Lab,
     Snapshot,
     agent_status,
@@ -36,6 +35,7 @@ from lab_helpers import (
     root_missing,
 )
 
+from support.local import TESSERA
 from support.wait import wait_until
 from tessera.lab import names
 

@@ -10,8 +10,9 @@ import subprocess
 import time
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, tessera
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing, tessera
 
+from support.local import TESSERA
 from support.wait import wait_until
 from tessera.lab import names
 from tessera.lab.state import lab_dir

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing
 
+from support.local import TESSERA
 from support.wait import wait_until
 from tessera.lab import names
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing
 
+from support.local import TESSERA
 from support.wait import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
