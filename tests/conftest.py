@@ -9,6 +9,12 @@ NSDB:
 - `nsdb`: one client from `nsdb_factory`.
 Tests using the zookeeper variant are marked `zookeeper` automatically, so
 `pytest -m "not zookeeper"` runs the memory half alone.
+- `private_zk`: a ZooKeeper of the test's own, which the test may stop and restart (an
+  outage) without disturbing the others.
+
+Every test under tests/kernel is marked `root`, every one under tests/system `root` and
+`system` (`DIRECTORY_MARKS`): the directory says what a test needs, so
+`pytest -m "not root"` never starts one of them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -26,6 +33,44 @@ from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
+
+TESTS = Path(__file__).resolve().parent
+
+#: Markers every test of a directory carries because of what the directory needs.
+DIRECTORY_MARKS: dict[str, tuple[str, ...]] = {
+    "kernel": ("root",),
+    "system": ("root", "system"),
+}
+
+
+#: Markers no test of a directory may carry: tests/unit runs anywhere, in seconds.
+DIRECTORY_FORBIDS: dict[str, tuple[str, ...]] = {
+    "unit": ("root", "zookeeper", "system"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced: list[str] = []
+    for item in items:
+        try:
+            top = item.path.resolve().relative_to(TESTS).parts[0]
+        except (ValueError, IndexError):
+            continue
+        present = {mark.name for mark in item.iter_markers()}
+        for name in DIRECTORY_MARKS.get(top, ()):
+            if name not in present:
+                item.add_marker(name)
+        misplaced += [
+            f"{item.nodeid} is marked {name}"
+            for name in DIRECTORY_FORBIDS.get(top, ())
+            if name in present
+        ]
+    if misplaced:
+        raise pytest.UsageError(
+            "tests/unit is for tests that need no root and no ZooKeeper; move these to "
+            "tests/kernel, tests/integration or tests/system (docs/testing.md):\n  "
+            + "\n  ".join(misplaced)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +143,18 @@ def _delete_zk_tree(server: ZookeeperServer, root: str) -> None:
     finally:
         client.stop()
         client.close()
+
+
+@pytest.fixture
+def private_zk(tmp_path: Path) -> Iterator[ZookeeperServer]:
+    """A ZooKeeper of this test only, in its tmp_path: it may be stopped and restarted
+    (same directory: same port, same data, sessions survive a short outage)."""
+    server = ZookeeperServer(tmp_path / "zk")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import wait_until
 
+from support.local import free_port
+from support.wait import wait_until
 from tessera.api.server import ZK_SESSION_TIMEOUT
 from tessera.model import new_id
 from tessera.nsdb.store import TopologyStore
@@ -30,15 +30,9 @@ pytestmark = [pytest.mark.zookeeper, pytest.mark.slow]
 FAILOVER = ZK_SESSION_TIMEOUT + 6.0  # session expiry, then election and start-up slack
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ApiProcess:
     def __init__(self, nsdb_url: str, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api/v1"
         self.log = log
         with open(log, "wb") as out:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from api_helpers import Api, wait_until
+from api_helpers import Api
+
+from support.wait import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -22,17 +22,6 @@ from tessera.nsdb.zookeeper import ZookeeperNsdb
 pytestmark = pytest.mark.zookeeper
 
 FAST = 5.0  # seconds within which a request during an outage must be answered
-
-
-@pytest.fixture
-def private_zk(tmp_path: Path) -> Iterator[ZookeeperServer]:
-    """A ZooKeeper of this test only: it gets stopped."""
-    server = ZookeeperServer(tmp_path / "zk")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_zookeeper_outage_is_503_then_heals(private_zk: ZookeeperServer) -> None:

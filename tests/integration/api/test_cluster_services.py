@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from api_helpers import wait_until
 
+from support.wait import wait_until
 from tessera.cluster import ClusterServices, HostLivenessJanitor
 from tessera.model import Host, new_id
 from tessera.nsdb.base import Nsdb

@@ -13,9 +13,7 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,18 +25,11 @@ import httpx
 import pytest
 import uvicorn
 
+from support.local import TESSERA, free_port
 from tessera.api.app import create_app
 from tessera.nsdb.connect import open_nsdb
 
-TESSERA = Path(sys.executable).parent / "tessera"
 START_TIMEOUT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _wait_until_serving(url: str, alive: object) -> None:
@@ -58,7 +49,7 @@ def _wait_until_serving(url: str, alive: object) -> None:
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:
     """The real API app on a free local port, served from a thread."""
-    port = _free_port()
+    port = free_port()
     nsdb = open_nsdb("memory")
     config = uvicorn.Config(
         create_app(nsdb), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
@@ -81,7 +72,7 @@ def served_api(tmp_path: Path) -> Iterator[str]:
     """`tessera api serve` as a separate process, stopped by its pid at teardown."""
     if importlib.util.find_spec("tessera.api.server") is None:
         pytest.skip("tessera.api.server is not written yet")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
         server = subprocess.Popen(
@@ -215,7 +206,7 @@ def test_worked_example_of_the_guide(api_url: str) -> None:
 
 
 def test_unreachable_api_is_one_line(api_url: str) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/api/v1"
+    url = f"http://127.0.0.1:{free_port()}/api/v1"
     tessera(api_url, "--api", url, "bridge", "list").one_line_error(
         3, f"cannot reach the tessera API at {url}"
     )
@@ -230,9 +221,9 @@ def test_api_serve_serves_the_cli(served_api: str) -> None:
 def test_api_serve_without_zookeeper_is_one_line_and_fails() -> None:
     """The default NSDB is ZooKeeper, as the agent's: when none answers, the server says
     so and exits instead of serving 503s to a CLI that would not know why."""
-    nsdb = f"zk://127.0.0.1:{_free_port()}/tessera"
+    nsdb = f"zk://127.0.0.1:{free_port()}/tessera"
     proc = subprocess.run(
-        [str(TESSERA), "api", "serve", "--nsdb", nsdb, "--listen", f"127.0.0.1:{_free_port()}"],
+        [str(TESSERA), "api", "serve", "--nsdb", nsdb, "--listen", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr

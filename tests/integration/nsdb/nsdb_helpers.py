@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,16 +35,6 @@ class EventLog:
 
     def wait_count(self, n: int, timeout: float = WAIT) -> list[Any]:
         return self.wait_for(lambda evs: len(evs) >= n, timeout)
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = WAIT, interval: float = 0.01
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def bridge(name: str = "br") -> Bridge:

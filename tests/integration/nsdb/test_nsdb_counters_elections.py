@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from nsdb_helpers import wait_until
-
+from support.wait import wait_until
 from tessera.nsdb.base import LeaderElection, Nsdb
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from nsdb_helpers import EventLog, wait_until
+from nsdb_helpers import EventLog
 
+from support.wait import wait_until
 from tessera.nsdb.base import Nsdb, StateEvent
 
 ODD_NAMES = ["", ".", "..", "a/b", "%", "%2F", "x y", "naïve", "10.0.0.1", "aa:bb:cc:dd:ee:ff", "/"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from nsdb_helpers import EventLog, bridge, wait_until
+from nsdb_helpers import EventLog, bridge
 
+from support.wait import wait_until
 from tessera.model import Bridge, Router
 from tessera.nsdb.base import Create, Nsdb, Update, WatchEvent
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nsdb_helpers import EventLog, bridge, wait_until
+from nsdb_helpers import EventLog, bridge
 
+from support.wait import wait_until
 from tessera.nsdb.errors import Unavailable
 from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
@@ -22,17 +23,7 @@ FAST = 5.0  # an operation during an outage must fail within this many seconds
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ZookeeperServer]:
-    zk = ZookeeperServer(tmp_path / "zk")
-    zk.start()
-    try:
-        yield zk
-    finally:
-        zk.stop()
-
-
-@pytest.fixture
-def clients(server: ZookeeperServer) -> Iterator[list[ZookeeperNsdb]]:
+def clients(private_zk: ZookeeperServer) -> Iterator[list[ZookeeperNsdb]]:
     made: list[ZookeeperNsdb] = []
     yield made
     for client in made:
@@ -53,9 +44,9 @@ def _timed_unavailable(call: object) -> float:
 
 
 def test_outage_fails_fast_and_restart_recovers_client_and_watches(
-    server: ZookeeperServer, clients: list[ZookeeperNsdb]
+    private_zk: ZookeeperServer, clients: list[ZookeeperNsdb]
 ) -> None:
-    client = _client(server, clients)
+    client = _client(private_zk, clients)
     b = bridge("before")
     client.create(b)
     log, state_log = EventLog(), EventLog()
@@ -63,7 +54,7 @@ def test_outage_fails_fast_and_restart_recovers_client_and_watches(
     client.watch_state("hosts", state_log)
     log.wait_count(1)
 
-    server.stop()
+    private_zk.stop()
     wait_until(lambda: not client.connected, timeout=FAST)
     for call in (
         lambda: client.get("bridges", b.id),
@@ -75,10 +66,10 @@ def test_outage_fails_fast_and_restart_recovers_client_and_watches(
     ):
         assert _timed_unavailable(call) < FAST
 
-    server.start()  # same directory: same port, same data, same session
+    private_zk.start()  # same directory: same port, same data, same session
     wait_until(lambda: client.connected, timeout=15)
     assert client.get("bridges", b.id).version == 1
-    other = _client(server, clients)
+    other = _client(private_zk, clients)
     other.update(b.model_copy(update={"name": "after"}), 1)
     other.state_set("hosts", "h2", "alive")
     events = log.wait_count(2)
@@ -87,20 +78,20 @@ def test_outage_fails_fast_and_restart_recovers_client_and_watches(
 
 
 def test_changes_made_while_a_client_was_cut_off_are_delivered(
-    server: ZookeeperServer, clients: list[ZookeeperNsdb], tmp_path: Path
+    private_zk: ZookeeperServer, clients: list[ZookeeperNsdb], tmp_path: Path
 ) -> None:
     """The watcher loses its connection (server restart) while the data changes under a
     second server incarnation before it reconnects; it must report the difference."""
-    watcher = _client(server, clients)
+    watcher = _client(private_zk, clients)
     kept, changed, removed = bridge("kept"), bridge("changed"), bridge("removed")
     for b in (kept, changed, removed):
         watcher.create(b)
     log = EventLog()
     watcher.watch_kind("bridges", log)
     log.wait_count(3)
-    server.stop()
-    server.start()
-    writer = _client(server, clients)  # may well connect before the watcher re-syncs
+    private_zk.stop()
+    private_zk.start()
+    writer = _client(private_zk, clients)  # may well connect before the watcher re-syncs
     added = bridge("added")
     writer.update(changed)
     writer.delete("bridges", removed.id)
@@ -121,15 +112,15 @@ def test_changes_made_while_a_client_was_cut_off_are_delivered(
 
 
 def test_a_client_started_during_an_outage_works_once_zookeeper_is_up(
-    server: ZookeeperServer, clients: list[ZookeeperNsdb]
+    private_zk: ZookeeperServer, clients: list[ZookeeperNsdb]
 ) -> None:
-    server.stop()
+    private_zk.stop()
     start = time.monotonic()
-    client = _client(server, clients, connect_timeout=0.5)
+    client = _client(private_zk, clients, connect_timeout=0.5)
     assert time.monotonic() - start < FAST
     assert not client.connected
     assert _timed_unavailable(lambda: client.create(bridge())) < FAST
-    server.start()
+    private_zk.start()
     wait_until(lambda: client.connected, timeout=15)
     b = bridge()
     client.create(b)  # the layout was created after connecting
@@ -137,14 +128,14 @@ def test_a_client_started_during_an_outage_works_once_zookeeper_is_up(
 
 
 def test_a_hung_server_gives_unavailable_not_a_hang(
-    server: ZookeeperServer, clients: list[ZookeeperNsdb]
+    private_zk: ZookeeperServer, clients: list[ZookeeperNsdb]
 ) -> None:
     """A server that accepts nothing but keeps the TCP connection open (SIGSTOP of our
     own process): requests time out into `Unavailable`, and the client recovers."""
-    client = _client(server, clients)
+    client = _client(private_zk, clients)
     b = bridge()
     client.create(b)
-    pid = server.pid
+    pid = private_zk.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -4,27 +4,23 @@
 `root`, skipped without root or the BPF toolchain). A backend's namespaces, devices
 and pinned maps are built once per module and removed at its end, even on failure;
 each test starts from an empty flow table with nothing pending.
+
+`netns` is for the tests that build their own hosts (the userspace and eBPF backends
+with real traffic): a sandbox factory whose namespaces are all removed at the end.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dp_netns import PREFIX as NETNS_PREFIX
 from kdp_harness import Harness, make_harness
 from kdp_probe import KeyProbe
 
-from tessera.lab.sandbox import unavailable
-
-# The packet strategies and the simulation's topology builder live with the unit tests
-# (until the tree has a tests/support package): make their folders importable.
-_UNIT = Path(__file__).resolve().parents[2] / "unit"
-for _folder in ("packet", "simulation"):
-    if str(_UNIT / _folder) not in sys.path:
-        sys.path.append(str(_UNIT / _folder))
+from support.ebpf import toolchain_missing
+from tessera.lab.sandbox import SandboxFactory, unavailable
 
 BACKENDS = [
     "fake",
@@ -37,13 +33,7 @@ def missing(kind: str) -> str | None:
     """Why backend `kind` cannot run here (a skip reason), None if it can."""
     if kind == "fake":
         return None
-    if (reason := unavailable()) is not None:
-        return reason
-    tools = ("clang", "bpftool", "tc") if kind == "ebpf" else ()
-    for tool in tools:
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
+    return toolchain_missing() if kind == "ebpf" else unavailable()
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +84,15 @@ def key_probe(obj_cache: Path) -> Iterator[KeyProbe]:
         yield probe
     finally:
         probe.close()
+
+
+@pytest.fixture
+def netns() -> Iterator[SandboxFactory]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    factory = SandboxFactory(NETNS_PREFIX)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()

@@ -16,6 +16,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from support.ebpf import remove_pins
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, SOURCE_DIR, compile_object, ensure_bpffs
@@ -63,13 +64,4 @@ class KeyProbe:
         self.prog_fd = self.map_fd = -1
         self.factory.cleanup()
         with contextlib.suppress(FileNotFoundError):
-            _rm_tree(self.pins)
-
-
-def _rm_tree(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            _rm_tree(child)
-        path.rmdir()
-    elif path.exists():
-        path.unlink()
+            remove_pins(self.pins)

@@ -27,9 +27,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from kdp_harness import REMOTE_IP, Harness, Seen
 from kdp_probe import PROBE_PORT, KeyProbe
-from packet_strategies import ethernets, icmps, tcps, udps
-from sim_topo import NOW, Topo, mac
 
+from support.packet_strategies import ethernets, icmps, tcps, udps
 from tessera.agent.translate import PortLocation, translate
 from tessera.datapath.base import Drop, Flow, Match, packet_key
 from tessera.datapath.ebpf.layout import FlowKey
@@ -51,6 +50,7 @@ from tessera.packet import (
     mac_from_str,
 )
 from tessera.simulation import Verdict, simulate
+from unit.simulation.sim_topo import NOW, Topo, mac
 
 pytestmark = pytest.mark.root
 

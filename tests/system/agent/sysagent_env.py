@@ -17,14 +17,12 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from support.wait import wait_until
 from tessera.lab.agents import (
     AgentProcess,
     AgentSpec,
@@ -38,20 +36,7 @@ from tessera.nsdb.store.topology import TopologyStore
 from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
-T = TypeVar("T")
-TESSERA = str(Path(sys.executable).with_name("tessera"))  # the tests' own CLI calls
 CTL_IP = "198.18.0.254"
-
-
-def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass
@@ -153,7 +138,7 @@ class Cloud:
             alive = host.host_id in self.admin.state_get(tables.HOST_LIVENESS)
             return alive and host.agent.serving()
 
-        wait_for(f"agent {host.name} to register", ready, timeout)
+        wait_until(ready, timeout, what=f"agent {host.name} to register")
 
     def stop_agent(self, host: Host, sig: int = signal.SIGTERM) -> None:
         host.agent.stop(sig)
@@ -205,10 +190,10 @@ class Cloud:
         return vm
 
     def wait_attached(self, vm: Vm, timeout: float = 20.0) -> None:
-        wait_for(
-            f"{vm.name}'s port to be attached on {vm.host.name}",
+        wait_until(
             lambda: vm.port_id in vm.host.status(self.run_dir)["ports"],
             timeout,
+            what=f"{vm.name}'s port to be attached on {vm.host.name}",
         )
 
     def move(self, vm: Vm, to: Host) -> None:

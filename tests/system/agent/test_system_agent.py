@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sysagent_env import TESSERA, Cloud, Vm, wait_for
+from sysagent_env import Cloud, Vm
 
+from support.local import TESSERA
+from support.wait import wait_until
 from tessera.lab.sandbox import unavailable
 from tessera.model import Chain, DhcpHost, DhcpSubnet, Opt121Route, Port, Route, Rule
 from tessera.nsdb import tables
@@ -293,7 +295,7 @@ def test_an_agent_restart_does_not_interrupt_an_iperf3_stream(cloud: Cloud) -> N
             # Kernel flows forward while no agent runs: not a single empty interval.
             assert min(intervals) > 0, intervals
         # The restarted agent adopted what is still valid and knows its flows.
-        wait_for("adoption to finish", lambda: h1.status(cloud.run_dir)["adopting"] == 0, 40)
+        wait_until(lambda: h1.status(cloud.run_dir)["adopting"] == 0, 40, what="adoption to finish")
         after = {f["match"].get("eth_dst"): f for f in h1.flows(cloud.run_dir)}
         if cloud.datapath == "ebpf" and i2.mac in before:
             assert i2.mac in after
@@ -316,7 +318,7 @@ def test_stale_flows_are_removed_after_a_restart(cloud: Cloud) -> None:
     port = cloud.topo.get(Port, s1.port_id)
     cloud.topo.update(Port, s1.port_id, {**port.model_dump(), "inbound_filter_id": chain.id})
     cloud.start_agent(h1)
-    wait_for("adoption to finish", lambda: h1.status(cloud.run_dir)["adopting"] == 0, 40)
+    wait_until(lambda: h1.status(cloud.run_dir)["adopting"] == 0, 40, what="adoption to finish")
     stale = _flow_for(cloud, s1, eth_dst=s2.mac, eth_type=2048)
     actions = stale["actions"] if stale is not None else []
     assert all(a["type"] == "drop" for a in actions), actions  # type: ignore[attr-defined,index]

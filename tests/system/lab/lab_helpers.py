@@ -10,20 +10,17 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
+from support.local import TESSERA
 from tessera.lab import names, procs
 from tessera.lab.state import lab_dir
 
-T = TypeVar("T")
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 BPF_PINS = Path("/sys/fs/bpf/tessera")
 
 
@@ -60,17 +57,6 @@ def tessera(
             f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
         )
     return proc
-
-
-def wait_for(what: str, predicate: Callable[[], T], timeout: float = 20.0, step: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -27,16 +27,16 @@ from collections.abc import Iterator
 import pytest
 from lab_helpers import (
     BPF_PINS,
-    TESSERA,
     Lab,
     Snapshot,
     agent_status,
     env,
     require_agent,
     root_missing,
-    wait_for,
 )
 
+from support.local import TESSERA
+from support.wait import wait_until
 from tessera.lab import names
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
@@ -151,10 +151,10 @@ def test_an_agent_stop_or_kill_and_start_keeps_traffic_and_new_flows_work(
     assert ping.returncode == 0, ping.stdout + ping.stderr
     server = _lab_exec(lab, "b1", "iperf3", "-s", "-1", "-B", "10.7.2.10")
     try:
-        wait_for(
-            "the iperf3 server",
+        wait_until(
             lambda: "5201" in _in_vm(lab, "b1", "ss", "-Hltn").stdout,
             timeout=15,
+            what="the iperf3 server",
         )
         client = _lab_exec(
             lab, "a1", "iperf3", "-c", "10.7.2.10", "-t", str(STREAM_SECONDS), "-i", "0.5",
@@ -166,10 +166,12 @@ def test_an_agent_stop_or_kill_and_start_keeps_traffic_and_new_flows_work(
         else:
             pid = int((lab.dir / "agent-h1.pid").read_text().split()[0])
             os.kill(pid, signal.SIGKILL)
-            wait_for("the killed agent to be gone", lambda: not _runs(pid), timeout=10)
+            wait_until(lambda: not _runs(pid), timeout=10, what="the killed agent to be gone")
         time.sleep(3)
         lab.cmd("agent", "start", "h1")
-        wait_for("the new agent of h1", lambda: _agent_running(lab, "h1"), timeout=30, step=0.02)
+        wait_until(
+            lambda: _agent_running(lab, "h1"), timeout=30, interval=0.02, what="the new agent of h1"
+        )
         # A destination nobody has sent to: a new flow on h1 (and an ARP by the router).
         first = _in_vm(lab, "a1", "ping", "-i", "0.1", "-w", "1", new_ip)
         assert first.returncode == 0, f"no new flow within 1 s of the start:\n{first.stdout}"
@@ -199,14 +201,14 @@ def test_a_mac_that_reappears_behind_another_port_is_learned_there(lab: Lab) -> 
                 return str(entry["port_id"])
         return None
 
-    assert wait_for("MAC_M learned on m's port", lambda: mac_port() == old_port)
+    assert wait_until(lambda: mac_port() == old_port, what="MAC_M learned on m's port")
 
     # Unbound (the VM is deleted; its port stays): MAC_M moves to a new port on h3.
     lab.cmd("vm", "del", "m")
     assert mac_port() is None  # forgotten with the binding
     moved = _vm(lab, "m2", "h3", "c", "10.7.3.2/24", mac=MAC_M)
     _reachable(lab, "c1", "10.7.3.2")
-    assert wait_for("MAC_M learned on the new port", lambda: mac_port() == moved)
+    assert wait_until(lambda: mac_port() == moved, what="MAC_M learned on the new port")
 
     # Deleted with its port: MAC_M comes back on yet another port, on h2.
     lab.cmd("vm", "del", "m2")
@@ -215,7 +217,7 @@ def test_a_mac_that_reappears_behind_another_port_is_learned_there(lab: Lab) -> 
     assert mac_port() is None
     back = _vm(lab, "m3", "h2", "c", "10.7.3.2/24", mac=MAC_M)
     _reachable(lab, "c1", "10.7.3.2")
-    assert wait_for("MAC_M learned on the third port", lambda: mac_port() == back)
+    assert wait_until(lambda: mac_port() == back, what="MAC_M learned on the third port")
 
 
 def _reachable(lab: Lab, vm: str, ip: str) -> None:
@@ -243,7 +245,7 @@ def test_a_stop_leaves_the_datapath_and_only_cleanup_removes_it(lab: Lab) -> Non
     again = _cleanup(ns, host_id)
     assert again.returncode == 0 and "no datapath to remove" in again.stdout
     lab.cmd("agent", "start", "h3")  # and it comes back as it was
-    wait_for("h3's datapath again", lambda: pins.is_dir() and "vxlan0" in _links(ns))
+    wait_until(lambda: pins.is_dir() and "vxlan0" in _links(ns), what="h3's datapath again")
 
 
 def _cleanup(ns: str, host_id: str) -> subprocess.CompletedProcess[str]:

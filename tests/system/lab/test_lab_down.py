@@ -10,8 +10,10 @@ import subprocess
 import time
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, tessera, wait_for
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing, tessera
 
+from support.local import TESSERA
+from support.wait import wait_until
 from tessera.lab import names
 from tessera.lab.state import lab_dir
 from tessera.model import Host, Port, TunnelZone
@@ -45,7 +47,7 @@ def test_down_removes_every_process_namespace_link_and_pin() -> None:
         sleeper = subprocess.Popen(
             [TESSERA, "lab", "exec", "--name", lab.name, "vm1", "--", "sleep", "300"], env=env()
         )
-        wait_for("the sleeper to run in vm1", lambda: _in_namespace(sleeper.pid, lab, "vm1"))
+        wait_until(lambda: _in_namespace(sleeper.pid, lab, "vm1"), what="the sleeper to run in vm1")
         status = lab.status()
         assert len(lab.namespaces()) == 5  # underlay, 2 hosts, 2 VMs
         lab.pids |= {h["agent_pid"] for h in status["hosts"]}
@@ -84,10 +86,10 @@ def test_a_lab_whose_up_was_killed_half_way_comes_down_cleanly() -> None:
     try:
         # Kill it once the host namespaces exist: ZooKeeper, the API and part of the
         # underlay run; relay, tunnel zone and agents may or may not.
-        wait_for(
-            "the host namespaces",
+        wait_until(
             lambda: names.netns(lab.name, "h3") in lab.namespaces() or up.poll() is not None,
             timeout=60,
+            what="the host namespaces",
         )
         up.send_signal(signal.SIGKILL)
         up.wait(timeout=10)

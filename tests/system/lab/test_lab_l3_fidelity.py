@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, wait_for
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing
 
+from support.local import TESSERA
+from support.wait import wait_until
 from tessera.lab import names
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
@@ -157,11 +159,13 @@ def test_a_vm_arping_for_its_gateway_is_learned_and_reached_without_arp(net: Net
     # vm1 ARPs for its gateway first. Nothing went through the router before (the
     # router's own ARP for vm1 would teach it too), and its echo reply goes back to the
     # frame's source MAC without resolving anything: only vm1's request can teach it.
-    wait_for("vm1 to ping its gateway", lambda: _ping(lab, "vm1", "10.0.1.1").returncode == 0, 30)
-    wait_for(
-        "the router's ARP table to hold vm1",
+    wait_until(
+        lambda: _ping(lab, "vm1", "10.0.1.1").returncode == 0, 30, what="vm1 to ping its gateway"
+    )
+    wait_until(
         lambda: _arp_table(net).get("10.0.1.10") == VM1_MAC,
         timeout=10,
+        what="the router's ARP table to hold vm1",
     )
     # The router forwards to vm1 without asking who has 10.0.1.10.
     pings: list[Any] = []
@@ -196,11 +200,11 @@ def test_a_down_router_answers_administratively_prohibited(net: Net) -> None:
     lab = net.lab
     _put(lab, f"/routers/{net.router}", {"admin_state_up": False})
     try:
-        out = wait_for("ping to say Packet filtered", lambda: _filtered(lab))
+        out = wait_until(lambda: _filtered(lab), what="ping to say Packet filtered")
         assert "From 10.0.1.1" in out, out
     finally:
         _put(lab, f"/routers/{net.router}", {"admin_state_up": True})
-    wait_for("vm2 again", lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0)
+    wait_until(lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0, what="vm2 again")
 
 
 @pytest.mark.parametrize("side", ["ingress", "egress"])
@@ -209,24 +213,24 @@ def test_a_down_router_port_answers_administratively_prohibited(net: Net, side: 
     port = net.gw_a if side == "ingress" else net.gw_b
     _put(lab, f"/ports/{port}", {"admin_state_up": False})
     try:
-        out = wait_for("ping to say Packet filtered", lambda: _filtered(lab))
+        out = wait_until(lambda: _filtered(lab), what="ping to say Packet filtered")
         assert "From 10.0.1.1" in out, out
     finally:
         _put(lab, f"/ports/{port}", {"admin_state_up": True})
-    wait_for("vm2 again", lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0)
+    wait_until(lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0, what="vm2 again")
 
 
 def test_a_down_bridge_port_stays_silent(net: Net) -> None:
     lab = net.lab
     _put(lab, f"/ports/{net.vm1_port}", {"admin_state_up": False})
     try:
-        wait_for("vm1 cut off", lambda: _ping(lab, "vm1", "10.0.2.10").returncode != 0)
+        wait_until(lambda: _ping(lab, "vm1", "10.0.2.10").returncode != 0, what="vm1 cut off")
         ping = _ping(lab, "vm1", "10.0.2.10", count=2)
         assert ping.returncode != 0
         assert "From " not in ping.stdout and "filtered" not in ping.stdout, ping.stdout
     finally:
         _put(lab, f"/ports/{net.vm1_port}", {"admin_state_up": True})
-    wait_for("vm2 again", lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0)
+    wait_until(lambda: _ping(lab, "vm1", "10.0.2.10").returncode == 0, what="vm2 again")
 
 
 # -- TTL ---------------------------------------------------------------------------------------

@@ -10,16 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import (
-    Lab,
-    Snapshot,
-    agent_status,
-    require_agent,
-    root_missing,
-    tessera,
-    wait_for,
-)
+from lab_helpers import Lab, Snapshot, agent_status, require_agent, root_missing, tessera
 
+from support.wait import wait_until
 from tessera.lab import names, procs
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper]
@@ -93,7 +86,7 @@ def test_up_repairs_what_died(lab: Lab) -> None:
     relay, agent = before["relay_pid"], before["hosts"][1]["agent_pid"]
     os.kill(relay, signal.SIGKILL)
     os.kill(agent, signal.SIGKILL)
-    wait_for("the killed processes to go", lambda: procs.start_time(agent) is None)
+    wait_until(lambda: procs.start_time(agent) is None, what="the killed processes to go")
     proc = lab.up()
     assert "started h2=" in proc.stdout
     after = lab.status()
@@ -175,7 +168,9 @@ def test_agent_stop_and_start(lab: Lab) -> None:
         assert "stopped" in lab.cmd("agent", "stop", "h2").stdout
         h2 = _hosts(lab)["h2"]
         assert h2["agent_pid"] is None
-        wait_for("h2 to read as dead", lambda: _hosts(lab)["h2"]["alive"] is False, timeout=15)
+        wait_until(
+            lambda: _hosts(lab)["h2"]["alive"] is False, timeout=15, what="h2 to read as dead"
+        )
         # VM and binding stay in place while the agent is away.
         assert lab.get(f"/ports/{port}")["host_id"] == h2["host_id"]
         assert "10.30.0.2/24" in lab.exec("vmc", "ip", "-o", "-4", "addr").stdout
@@ -194,12 +189,12 @@ def test_nsdb_stop_and_start(lab: Lab) -> None:
     assert lab.health() == 503
     started = lab.cmd("nsdb", "start")
     assert before["nsdb"]["url"].split("/")[2] in started.stdout  # same address
-    wait_for("the API to reach ZooKeeper again", lambda: lab.health() == 200, timeout=30)
-    wait_for(
-        "every host alive again",
+    wait_until(lambda: lab.health() == 200, timeout=30, what="the API to reach ZooKeeper again")
+    wait_until(
         lambda: all(h["alive"] for h in lab.status()["hosts"]),
         timeout=60,
-        step=0.5,
+        interval=0.5,
+        what="every host alive again",
     )
 
 

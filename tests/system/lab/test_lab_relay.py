@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab_helpers import Snapshot, root_missing, unique_name, wait_for
+from lab_helpers import Snapshot, root_missing, unique_name
 
+from support.wait import wait_until
 from tessera.lab import netns
 from tessera.lab.relay import RelayConfig
 from tessera.nsdb.zkserver import ZookeeperServer
@@ -103,7 +104,7 @@ def test_kazoo_inside_a_namespace_reaches_zookeeper_through_the_relay(
     relay: tuple[Path, subprocess.Popen[bytes]], namespaces: list[str], zk_server: ZookeeperServer
 ) -> None:
     before = Snapshot.take()
-    wait_for("the relay to listen", lambda: _listening(namespaces[0]))
+    wait_until(lambda: _listening(namespaces[0]), what="the relay to listen")
     path = f"/relay-test-{unique_name()}"
     value, elapsed_ms = kazoo_in(namespaces[0], path, "through").split()
     assert value == "through"
@@ -127,19 +128,19 @@ def test_the_relay_follows_its_config_and_namespaces_that_are_remade(
 ) -> None:
     config_path, process = relay
     first, second = namespaces
-    wait_for("the relay in the first namespace", lambda: _listening(first))
+    wait_until(lambda: _listening(first), what="the relay in the first namespace")
     assert not _listening(second)
     config = RelayConfig.read(config_path)
     RelayConfig(config.upstreams, config.port, (first, second)).write(config_path)
     process.send_signal(signal.SIGHUP)
-    wait_for("the relay in the second namespace", lambda: _listening(second), timeout=5)
+    wait_until(lambda: _listening(second), timeout=5, what="the relay in the second namespace")
     assert kazoo_in(second, f"/relay-{unique_name()}", "two").startswith("two ")
     # A namespace deleted and made again under the same name is a new namespace: the
     # relay notices (rescan) and listens in the new one.
     netns.delete(second)
     netns.add(second)
     assert not _listening(second)
-    wait_for("the relay in the remade namespace", lambda: _listening(second), timeout=10)
+    wait_until(lambda: _listening(second), timeout=10, what="the relay in the remade namespace")
     assert kazoo_in(second, f"/relay-{unique_name()}", "again").startswith("again ")
     assert process.poll() is None
 
@@ -162,7 +163,7 @@ def test_a_connection_to_a_dead_upstream_is_closed_not_hung(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for("the relay to listen", lambda: _listening(namespaces[0]))
+        wait_until(lambda: _listening(namespaces[0]), what="the relay to listen")
 
         def connect_and_read() -> bytes:
             import socket

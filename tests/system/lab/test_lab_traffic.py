@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, wait_for
+from lab_helpers import Lab, Snapshot, env, require_agent, root_missing
+
+from support.local import TESSERA
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
 
@@ -116,10 +119,10 @@ def test_tcp_between_hosts_on_one_bridge_delivers_every_byte(net: Lab, tmp_path:
         env=env(),
     )  # fmt: skip
     try:
-        wait_for(
-            "the listener in vm3",
+        wait_until(
             lambda: "5001" in net.exec("vm3", "ss", "-Hltn").stdout,
             timeout=10,
+            what="the listener in vm3",
         )
         send = net.exec("vm1", "sh", "-c", f"nc -N -w 10 10.0.1.11 5001 < {sent}", check=False)
         assert send.returncode == 0, send.stderr

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from support.local import TESSERA
 from tessera.agent import setup
-
-TESSERA = Path(sys.executable).with_name("tessera")
 
 
 @pytest.fixture

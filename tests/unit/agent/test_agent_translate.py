@@ -3,8 +3,7 @@ frame its own branch of the simulation produced."""
 
 from __future__ import annotations
 
-from dp_frames_agent import frame_with_ttl
-
+from support.frames import IP_FAR, udp
 from tessera.agent.translate import PortLocation, translate
 from tessera.datapath.base import (
     Action,
@@ -31,6 +30,10 @@ PLACES = {
     "b": PortLocation(local=2),
     "r": PortLocation(vni=7, remote_ip=0xC6120002, host_id="h2"),
 }
+
+
+def frame_with_ttl(ttl: int) -> bytes:
+    return udp(1, 2, ip_dst=IP_FAR, ttl=ttl, payload=b"x")
 
 
 def _locate(port_id: str) -> PortLocation | None:

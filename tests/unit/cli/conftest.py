@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from cli_fake_api import FakeApi
 from cli_harness import API_URL, Outcome, Run
 from typer.testing import CliRunner
 
+from support.local import free_port
 from tessera.cli.main import build_app
 from tessera.clikit.session import Session
 
@@ -39,7 +38,4 @@ def run(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> Run:
 @pytest.fixture
 def unused_port() -> int:
     """A local TCP port nobody listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()

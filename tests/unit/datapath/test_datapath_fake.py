@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from dp_frames import IP2, MAC1, MAC2, arp_request, tcp, udp
 
+from support.frames import IP2, MAC1, MAC2, arp_request, tcp, udp
 from tessera.datapath.base import (
     DecTtl,
     Drop,

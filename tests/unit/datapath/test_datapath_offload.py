@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from dp_frames import tcp, udp
-
+from support.frames import tcp, udp
 from tessera.datapath.segment import prepare
 from tessera.datapath.vxlan import decap, encap
 from tessera.packet import Ethernet, IPv4, Tcp, Udp

@@ -7,9 +7,9 @@ import pickle
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from packet_strategies import ethernets
 from packet_vectors import ARP_REQUEST, ICMP_ECHO, TCP_SYN, VLAN_UDP
 
+from support.packet_strategies import ethernets
 from tessera.packet import (
     ALL_FIELDS,
     ETH_TYPE_IPV4,

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packet_strategies import arps, dhcps, ethernets, ipv4s
 
+from support.packet_strategies import arps, dhcps, ethernets, ipv4s
 from tessera.packet import (
     Arp,
     Dhcp,

@@ -16,9 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from support.rawframes import csum
 from tessera.lab.sandbox import Sandbox
-
-from .frames import csum
 
 PREFIX = "tst"
 

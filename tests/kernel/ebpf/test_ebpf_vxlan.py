@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from support.ebpf import remove_pins
 from tessera.datapath.base import OutputTunnel
 from tessera.datapath.ebpf.layout import FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 from tessera.packet.addr import ip_from_str
 
-from .conftest import BPFFS, _rm_tree
+from .conftest import BPFFS
 from .nets import ping, tcp_echo_server, tcp_roundtrip
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
@@ -76,7 +77,7 @@ def hosts(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[TwoHosts]:
         fp2.close()
         netns_factory.cleanup()
         for p in pins:
-            _rm_tree(p)
+            remove_pins(p)
 
 
 def test_ping_and_tcp_over_vxlan(hosts: TwoHosts) -> None:

@@ -11,6 +11,18 @@ import time
 
 import pytest
 
+from support.ebpf import DEVICES
+from support.rawframes import (
+    ETH_P_ARP,
+    ETH_P_IP,
+    arp,
+    eth,
+    icmp_echo,
+    ip_header_ok,
+    ipv4,
+    udp,
+    untag,
+)
 from tessera.datapath.base import (
     DecTtl,
     Drop,
@@ -23,18 +35,7 @@ from tessera.datapath.base import (
 from tessera.datapath.ebpf.layout import FLOW_FRAG_FIRST, FLOW_FRAG_LATER, FlowKey, Stat
 from tessera.packet.addr import ip_from_str, mac_from_str
 
-from .conftest import DEVICES, TEST_PORT, Probe
-from .frames import (
-    ETH_P_ARP,
-    ETH_P_IP,
-    arp,
-    eth,
-    icmp_echo,
-    ip_header_ok,
-    ipv4,
-    udp,
-    untag,
-)
+from .conftest import TEST_PORT, Probe
 
 pytestmark = pytest.mark.root
 

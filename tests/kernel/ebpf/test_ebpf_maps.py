@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from support.ebpf import DEVICES, PORTS
 from tessera.datapath.base import Action, DecTtl, Drop, Output, OutputTunnel, SetEthSrc
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.actions import SLOT_SIZE, encode, flood_slot
@@ -38,8 +39,6 @@ from tessera.datapath.ebpf.maps import (
     MaskTableFull,
 )
 from tessera.packet.addr import ip_from_str, mac_from_str
-
-from .conftest import DEVICES, PORTS
 
 pytestmark = pytest.mark.root
 

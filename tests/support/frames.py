@@ -1,4 +1,9 @@
-"""Frames for datapath tests, built with tessera.packet (never hand-packed bytes)."""
+"""Frames built with tessera.packet, for tests of what consumes frames (datapaths, agent).
+
+The packet layer's own encoding is taken as given here; tests of the packet layer and
+of the kernel's parser compare against `support.rawframes` instead, which packs bytes by
+hand.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ MAC1 = mac_from_str("02:00:00:00:00:01")
 MAC2 = mac_from_str("02:00:00:00:00:02")
 IP1 = ip_from_str("10.0.0.1")
 IP2 = ip_from_str("10.0.0.2")
+IP_FAR = ip_from_str("10.0.2.2")  # another subnet: a routed destination
 
 
 def udp(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from support.ebpf import remove_pins
+from support.rawframes import eth, untag
 from tessera.datapath.base import Output
 from tessera.datapath.ebpf.actions import Device
 from tessera.datapath.ebpf.layout import FlowKey, Stat
@@ -29,8 +31,7 @@ from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.datapath.ebpf.upcall import MissChannel
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 
-from .conftest import BPFFS, _rm_tree
-from .frames import eth, untag
+from .conftest import BPFFS
 from .nets import ping, tcp_echo_server, tcp_roundtrip
 
 pytestmark = [pytest.mark.root, pytest.mark.system]
@@ -89,7 +90,7 @@ def lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[Lab]:
     finally:
         fp.close()
         netns_factory.cleanup()  # devices (and their filters) go with the namespaces
-        _rm_tree(pin)
+        remove_pins(pin)
 
 
 def test_ping_passes_only_once_flows_are_installed(lab: Lab) -> None:

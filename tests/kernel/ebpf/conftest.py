@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
-import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -19,33 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from tessera.datapath.base import MAX_PORT_NO
+from support.ebpf import remove_pins, toolchain_missing
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.actions import Device
 from tessera.datapath.ebpf.layout import FlowKey
-from tessera.datapath.ebpf.loader import SOURCE_DIR, EbpfFastPath, compile_object, ensure_bpffs
+from tessera.datapath.ebpf.loader import (
+    BPFFS,
+    SOURCE_DIR,
+    EbpfFastPath,
+    compile_object,
+    ensure_bpffs,
+)
 from tessera.datapath.ebpf.maps import FastPathMaps
 from tessera.datapath.ebpf.netns import run_in_netns
-from tessera.lab.sandbox import Sandbox, SandboxFactory, unavailable
+from tessera.lab.sandbox import Sandbox, SandboxFactory
 
 from .nets import PREFIX
-
-BPFFS = Path("/sys/fs/bpf")
-
-#: For tests that write flows straight into the maps: local port n is the device of
-#: ifindex n (the program redirects by ifindex; numbering ports is the agent's business),
-#: and `PORTS` reads them back.
-DEVICES: dict[int, Device] = {n: (n, False) for n in range(1, MAX_PORT_NO + 1)}
-PORTS: dict[int, int] = {n: n for n in range(1, MAX_PORT_NO + 1)}
-
-
-def toolchain_missing() -> str | None:
-    if (reason := unavailable()) is not None:
-        return reason
-    for tool in ("clang", "bpftool", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -67,18 +54,7 @@ def pin_dir(bpf_ready: None) -> Iterator[Path]:
     """A fresh pin directory on bpffs, removed afterwards."""
     path = BPFFS / f"tst-{secrets.token_hex(4)}"
     yield path
-    _rm_tree(path)
-
-
-def _rm_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    if path.is_dir():
-        for child in path.iterdir():
-            _rm_tree(child)
-        path.rmdir()
-    else:
-        path.unlink()
+    remove_pins(path)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +66,7 @@ def module_fastpath(bpf_ready: None, obj_cache: Path) -> Iterator[EbpfFastPath]:
         yield fp
     finally:
         fp.close()
-        _rm_tree(path)
+        remove_pins(path)
 
 
 @pytest.fixture
@@ -203,7 +179,7 @@ def probe_module(
         if maps is not None:
             maps.close()
         factory.cleanup()
-        _rm_tree(pins)
+        remove_pins(pins)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from support.ebpf import DEVICES, remove_pins
+from support.rawframes import eth, ipv4, udp
 from tessera.datapath.base import Action, Output, OutputTunnel, SetEthSrc
 from tessera.datapath.ebpf.layout import FLOW_MAX_ACTIONS, FlowKey, Stat
 from tessera.datapath.ebpf.loader import EbpfFastPath
@@ -26,8 +28,7 @@ from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.lab.sandbox import Sandbox, SandboxFactory
 from tessera.packet.addr import ip_from_str, mac_from_str
 
-from .conftest import BPFFS, DEVICES, TEST_PORT, Probe, _rm_tree
-from .frames import eth, ipv4, udp
+from .conftest import BPFFS, TEST_PORT, Probe
 
 pytestmark = pytest.mark.root
 
@@ -101,7 +102,7 @@ def flood_lab(netns_factory: SandboxFactory, obj_cache: Path) -> Iterator[FloodL
             lab.close()
         fp.close()
         netns_factory.cleanup()  # the devices and their filters go with the namespace
-        _rm_tree(fp.pin_dir)
+        remove_pins(fp.pin_dir)
 
 
 def test_a_flood_to_20_ports_delivers_a_copy_to_every_port(flood_lab: FloodLab) -> None:

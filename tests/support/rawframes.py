@@ -1,4 +1,9 @@
-"""Hand-built frames for the datapath tests (independent of tessera.packet)."""
+"""Frames packed by hand with `struct`, independent of tessera.packet.
+
+For tests whose oracle must not share the code under test: the eBPF program's parser
+and rewrites are checked against bytes that tessera.packet did not produce. Everything
+else builds frames with `support.frames`.
+"""
 
 from __future__ import annotations
 

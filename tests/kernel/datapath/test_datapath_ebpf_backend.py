@@ -4,22 +4,21 @@ What is checked here is the translation layer (ports ↔ ifindexes, `Match` ↔ 
 actions both ways), the miss/reinject round trip, restart adoption of pinned state,
 VXLAN between an eBPF host and another eBPF host or a userspace host, and the agent's
 reconciler (`sweep`) against the kernel maps. The C program
-itself is tested in tests/unit/datapath_ebpf.
+itself is tested in tests/kernel/ebpf; the key and mask translation without a kernel
+in tests/unit/datapath/test_ebpf_encoding.py.
 """
 
 from __future__ import annotations
 
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dp_netns import ping, tcp_transfer
-from hypothesis import given
-from hypothesis import strategies as st
 
+from support.ebpf import toolchain_missing
 from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.lifecycle import sweep
 from tessera.agent.metrics import AgentMetrics
@@ -36,33 +35,24 @@ from tessera.datapath.base import (
     SetEthDst,
     SetEthSrc,
 )
-from tessera.datapath.ebpf.layout import FlowKey
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf.maps import FlowMap
-from tessera.datapath.ebpf_backend import EbpfDatapath, from_kernel, packed_key, to_kernel
+from tessera.datapath.ebpf_backend import EbpfDatapath, to_kernel
 from tessera.datapath.userspace import UserspaceDatapath
 from tessera.lab.sandbox import Sandbox, SandboxFactory, cable_vm
 from tessera.packet import Ethernet
 from tessera.packet.addr import ip_from_str, mac_from_str
-from tessera.packet.match import FIELD_NAMES
 
 pytestmark = pytest.mark.root
 
 MAC1, MAC2 = "02:00:00:00:01:01", "02:00:00:00:01:02"
 
 
-def _missing() -> str | None:
-    for tool in ("clang", "bpftool", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
 @pytest.fixture
 def made(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[tuple[Sandbox | None, Datapath]]]:
-    reason = _missing()
+    reason = toolchain_missing()
     if reason:
         pytest.skip(reason)
     out: list[tuple[Sandbox | None, Datapath]] = []
@@ -98,33 +88,6 @@ def _l2(dp: Datapath, a: int, b: int) -> None:
     for src, dst, mac in ((a, b, MAC2), (b, a, MAC1)):
         dp.install(Flow(Match.of(in_port=src, eth_dst=mac_from_str(mac)), (Output(dst),)))
         dp.install(Flow(Match.of(in_port=src, eth_dst=0xFFFF_FFFF_FFFF), (Output(dst),)))
-
-
-def test_key_and_mask_round_trip() -> None:
-    m = Match.of(in_port=3, eth_dst=mac_from_str(MAC2), ip_dst="10.0.0.2", tp_dst=80)
-    assert from_kernel(*to_kernel(m)) == m
-
-
-_WIDTH = {"eth_src": 48, "eth_dst": 48, "ip_src": 32, "ip_dst": 32, "in_port": 12,
-          "vlan_id": 12, "eth_type": 16, "tp_src": 16, "tp_dst": 16}  # fmt: skip
-
-
-@st.composite
-def _matches(draw: st.DrawFn) -> Match:
-    names = draw(st.sets(st.sampled_from(FIELD_NAMES)))
-    fields = {n: draw(st.integers(0, (1 << _WIDTH.get(n, 8)) - 1)) for n in names}
-    return Match.of(**fields)
-
-
-@given(_matches())
-def test_the_fast_key_builder_equals_the_checked_layout(m: Match) -> None:
-    """`packed_key` skips `FlowKey.make`'s parsing for speed; it must build the same bytes."""
-    key, mask = packed_key(m)
-    fields = {n: v for n, v in m.fields().items()}
-    assert key == bytes(FlowKey.make(**fields))
-    assert mask == bytes(FlowKey.mask_of(list(fields)))
-    assert key == bytes(FlowKey.make(**fields).masked(FlowKey.from_buffer_copy(mask)))
-    assert from_kernel(*to_kernel(m)) == m
 
 
 def test_misses_reinject_flows_counters_and_tcp(
