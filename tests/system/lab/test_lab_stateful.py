@@ -33,9 +33,9 @@ from lab_helpers import (
     require_agent,
     root_missing,
     tessera,
-    wait_for,
 )
 
+from support.wait import wait_until
 from tessera.lab import names
 
 pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
@@ -93,10 +93,10 @@ class Net:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
         )  # fmt: skip
         self.servers.append(proc)
-        wait_for(
-            f"the server on {vm}",
+        wait_until(
             lambda: f":{PORT}" in self.lab.exec(vm, "ss", "-Hltn").stdout,
             timeout=15,
+            what=f"the server on {vm}",
         )
 
     def connect(self, vm: str, target: str, timeout: float = 5.0) -> tuple[bool, str]:

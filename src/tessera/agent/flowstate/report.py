@@ -14,7 +14,7 @@ from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE
 from tessera.packet.addr import ip_to_str
-from tessera.simulation.flowstate import ConnKey, NatEntry, NatKey
+from tessera.simulation.flowstate import ConnKey, NatEntry, NatKey, nat_return
 
 _PROTO = {1: "icmp", 6: "tcp", 17: "udp"}
 
@@ -43,7 +43,8 @@ def conntrack_report(table: ConnTable, snat: SnatAllocator | None, now: float) -
         nat = None
         if isinstance(e, NatEntry):
             kind: str = e.key.kind
-            ret = None
+            # A forward translation's replies carry the key of its reverse binding.
+            ret = key_json(nat_return(e.key, e.binding).key) if kind.startswith("fwd") else None
             nat = {"side": e.key.kind, "ip": ip_to_str(e.binding.ip), "port": e.binding.port}
         else:
             kind = "conntrack"
