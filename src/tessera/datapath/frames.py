@@ -2,10 +2,12 @@
 
 The fake, the userspace path and the eBPF backend's packet-out all apply actions here,
 so a rewrite means the same bytes everywhere, and the same as the kernel program: MACs
-overwritten in place, the TTL decremented with the IPv4 header checksum fixed, outputs
+overwritten in place, the TTL decremented with the IPv4 header checksum fixed, NAT
+rewrites of addresses and ports with every checksum fixed incrementally by the kernel's
+arithmetic (so the bytes agree even where two correct checksums could differ), outputs
 taking the frame as rewritten so far, a TTL that any decrement would take to 0 handing
 the packet as it arrived to the agent before anything is sent (it answers with ICMP time
-exceeded), and a decrement of a frame that is not IPv4 dropping it.
+exceeded), and a decrement or NAT rewrite of a frame that is not IPv4 dropping it.
 """
 
 from __future__ import annotations

@@ -272,6 +272,11 @@ class FlowAction(_Struct):
         ("port", u16),  # SET_TP_*
     ]
 
+    @property
+    def remote_ip(self) -> int:
+        """`ip` under its OUTPUT_TUNNEL name (the underlay remote)."""
+        return int(self.ip)
+
 
 class FlowValue(_Struct):
     _fields_ = [
