@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from kdp_harness import Harness, at_port, seen
-from packet_strategies import arps, ipv4s, small_payloads
 
+from support.packet_strategies import arps, ipv4s, small_payloads
 from tessera.datapath.base import (
     Action,
     Flow,
