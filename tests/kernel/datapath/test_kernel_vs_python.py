@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from kdp_harness import REMOTE_IP, Harness, Seen
 from kdp_probe import PROBE_PORT, KeyProbe
 
+from support.explore import explore_only
 from support.packet_strategies import ethernets, icmps, tcps, udps
 from tessera.agent.translate import PortLocation, translate
 from tessera.datapath.base import Drop, Flow, Match, packet_key
@@ -96,6 +97,7 @@ def test_the_kernel_extracts_the_key_python_extracts(
 
 
 @pytest.mark.slow
+@explore_only("20,000 random frames through the key extraction")
 @SLOW_KEYS
 @given(frames, st.booleans())
 def test_the_kernel_extracts_the_key_python_extracts_many(
@@ -270,6 +272,7 @@ def test_a_simulated_flow_does_in_the_kernel_what_it_does_in_the_fake(
 
 
 @pytest.mark.slow
+@explore_only("hundreds of random simulated flows")
 @SLOW_FLOWS
 @given(vm_frames())
 def test_a_simulated_flow_does_in_the_kernel_what_it_does_in_the_fake_many(

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from kdp_harness import Harness, at_port, seen
 
+from support.explore import explore_only
 from support.packet_strategies import arps, ipv4s, small_payloads
 from tessera.datapath.base import (
     Action,
@@ -115,6 +116,7 @@ def test_the_kernel_rewrites_what_python_rewrites(
 
 
 @pytest.mark.slow
+@explore_only("a thousand random NAT rewrites")
 @SLOW
 @given(frames(), nat_flows())
 def test_the_kernel_rewrites_what_python_rewrites_many(

@@ -3,7 +3,6 @@ well-formed, fresh messages from tunnel-zone members (fuzzed with hypothesis).""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from support.explore import explore_only
 from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP
 from tessera.agent.flowstate.transport import FlowStateReceiver, FlowStateSender, ReplayGuard
 from tessera.agent.flowstate.wire import (
@@ -282,10 +282,7 @@ def test_fuzz_the_receiver_never_raises_and_never_accepts_garbage(
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.skipif(
-    not os.environ.get("TESSERA_FUZZ_SLOW"),
-    reason="100,000 cases (minutes): run with TESSERA_FUZZ_SLOW=1",
-)
+@explore_only("100,000 fuzz cases (minutes)")
 @settings(max_examples=100_000, suppress_health_check=list(HealthCheck))
 @_FUZZ
 def test_fuzz_the_receiver_100k_cases(data: bytes, member: bool) -> None:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from sim_topo import NOW, Topo
 
+from support.explore import explore_only
 from tessera.model import Chain, Port
 from tessera.packet import (
     ETH_TYPE_ARP,
@@ -529,10 +530,7 @@ def property_once(data: st.DataObject) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    settings().derandomize,
-    reason="explores with fresh random draws: run with HYPOTHESIS_PROFILE=explore",
-)
+@explore_only("the mask property on fresh random draws")
 @settings(
     max_examples=int(os.environ.get("TESSERA_EXPLORE_EXAMPLES", "5000")),
     deadline=None,
