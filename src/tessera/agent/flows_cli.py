@@ -61,6 +61,19 @@ def _action_text(action: dict[str, Any]) -> str:
     return f"{kind}({args})" if args else str(kind)
 
 
+def _ask(host: str | None, op: str) -> tuple[Any, Any]:
+    """The agent `host` names and its answer to `op` on its control socket; one-line
+    errors when it cannot be reached or answers with an error."""
+    agent = find_agent(host)
+    try:
+        answer = request(agent.socket, op)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
+    if isinstance(answer, dict) and "error" in answer:
+        raise UserError(f"the agent of {agent.name or agent.host_id}: {answer['error']}")
+    return agent, answer
+
+
 @app.command()
 def flows(
     host: Annotated[
@@ -69,11 +82,7 @@ def flows(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List a host's installed flows: match, actions, counters and tags."""
-    agent = find_agent(host)
-    try:
-        answer = request(agent.socket, "flows")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
+    agent, answer = _ask(host, "flows")
     if json_output:
         typer.echo(json.dumps(answer, indent=2))
         return
@@ -110,13 +119,7 @@ def conntrack(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the connection-tracking entries and NAT bindings a host's agent holds."""
-    agent = find_agent(host)
-    try:
-        answer = request(agent.socket, "conntrack")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot reach the agent of {agent.name or agent.host_id}: {exc}") from None
-    if isinstance(answer, dict) and "error" in answer:
-        raise UserError(f"the agent of {agent.name or agent.host_id}: {answer['error']}")
+    agent, answer = _ask(host, "conntrack")
     if json_output:
         typer.echo(json.dumps(answer, indent=2))
         return
