@@ -220,7 +220,19 @@ def nat(
         sim.tags.add(nat_tag(rev.key))
     else:
         sim.state_refs[key] = None
-    if snat:
+    _rewrite(m, binding, proto, source=snat)
+    if node is not None:
+        old = f"{ip_to_str(src)}:{sport}" if snat else f"{ip_to_str(dst)}:{dport}"
+        to = f"{ip_to_str(binding.ip)}:{binding.port}"
+        what = "new binding" if new else "existing binding"
+        node.add("nat", rule.id, f"{rule.action} {old} -> {to} ({what}, {key.describe()})")
+    return True
+
+
+def _rewrite(m: FlowMatch, binding: NatBinding, proto: int, *, source: bool) -> None:
+    """Translate the packet's source (or destination) to `binding`; ICMP echo keeps its
+    identifier, so only its address changes."""
+    if source:
         m.set_ip_src(binding.ip)
         if proto != PROTO_ICMP:
             m.set_tp_src(binding.port)
@@ -228,12 +240,6 @@ def nat(
         m.set_ip_dst(binding.ip)
         if proto != PROTO_ICMP:
             m.set_tp_dst(binding.port)
-    if node is not None:
-        old = f"{ip_to_str(src)}:{sport}" if snat else f"{ip_to_str(dst)}:{dport}"
-        to = f"{ip_to_str(binding.ip)}:{binding.port}"
-        what = "new binding" if new else "existing binding"
-        node.add("nat", rule.id, f"{rule.action} {old} -> {to} ({what}, {key.describe()})")
-    return True
 
 
 def _allocate_snat(
@@ -273,14 +279,7 @@ def reverse_nat(
         return
     if key not in sim.nat_overlay:
         sim.state_refs[key] = None
-    if snat:
-        m.set_ip_dst(binding.ip)
-        if proto != PROTO_ICMP:
-            m.set_tp_dst(binding.port)
-    else:
-        m.set_ip_src(binding.ip)
-        if proto != PROTO_ICMP:
-            m.set_tp_src(binding.port)
+    _rewrite(m, binding, proto, source=not snat)
     if node is not None:
         old = f"{ip_to_str(dst)}:{dport}" if snat else f"{ip_to_str(src)}:{sport}"
         to = f"{ip_to_str(binding.ip)}:{binding.port}"
