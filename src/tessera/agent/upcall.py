@@ -251,6 +251,8 @@ class UpcallHandler:
         self.metrics.simulations.inc()
         p.rounds += 1
         started = time.perf_counter()
+        if self.flowstate is not None:
+            self.flowstate.pump()  # state a peer sent ahead of this packet, read first
         try:
             match, p.match = p.match, None  # a match is read by one simulation only
             result = self.sim.simulate(

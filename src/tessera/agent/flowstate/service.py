@@ -149,6 +149,11 @@ class FlowStateService:
         if tags:
             self._tags.append(tags)
 
+    def pump(self) -> int:
+        """Install the state peers have sent that is still waiting on the socket (see
+        `FlowStateReceiver.pump`); the agent calls it before each simulation."""
+        return self.receiver.pump() if self.receiver is not None else 0
+
     def share(self, addresses: Iterable[str], entries: Iterable[FlowStateEntry]) -> int:
         """Send new state to the hosts at `addresses` (underlay) now, before the packet
         that created it is reinjected; returns the datagrams sent (0 without an exchange)."""

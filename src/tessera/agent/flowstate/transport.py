@@ -25,6 +25,7 @@ is counted by reason in `tessera_agent_flowstate_rejected_total{reason}` (`overs
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -111,6 +112,7 @@ class FlowStateReceiver:
         self.clock = clock
         self.guard = ReplayGuard()
         self._lock = threading.Lock()  # the guard: `handle` may be called from tests too
+        self._rx = threading.Lock()  # one reader of the socket at a time (`pump`)
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,7 +158,7 @@ class FlowStateReceiver:
         except OSError:
             sock.close()
             raise
-        sock.settimeout(0.5)
+        sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._stop.clear()
@@ -172,17 +174,40 @@ class FlowStateReceiver:
             self._sock.close()
             self._sock = None
 
+    def pump(self) -> int:
+        """Handle every datagram waiting on the socket, now; returns how many.
+
+        The agent calls this before each simulation: a peer sends a connection's state
+        just before its first packet, so by the time the reply to that packet misses
+        here the state is in the socket, but the receiving thread may not have run yet
+        (two cores, a busy host). Reading it on the simulating thread closes that race;
+        `_rx` also makes it wait for a datagram the thread has already taken.
+        """
+        sock = self._sock
+        if sock is None:
+            return 0
+        count = 0
+        with self._rx:
+            while True:
+                try:
+                    data, (source, _port) = sock.recvfrom(MAX_MESSAGE + 1)
+                except (BlockingIOError, InterruptedError):
+                    return count
+                except OSError:  # closed under us (stop)
+                    return count
+                count += 1
+                self.handle(data, source)
+
     def _serve(self) -> None:
         sock = self._sock
         assert sock is not None
         while not self._stop.is_set():
             try:
-                data, (source, _port) = sock.recvfrom(MAX_MESSAGE + 1)
-            except TimeoutError:
-                continue
-            except OSError:
+                readable, _, _ = select.select([sock], [], [], 0.5)
+            except (OSError, ValueError):  # closed by stop
                 return
-            self.handle(data, source)
+            if readable:
+                self.pump()
 
 
 class FlowStateSender:
