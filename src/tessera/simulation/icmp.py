@@ -88,7 +88,8 @@ def frag_needed(
     if m.ip_frag != 1:
         return
     if node is not None:
-        node.add("note", None, "a first fragment was dropped: the sender is told to fragment")
+        text = "a first fragment was dropped: its sender is told to send smaller datagrams"
+        node.add("note", None, text)
     code = icmp.FRAGMENTATION_NEEDED
     send_error(sim, m, port, icmp.DEST_UNREACHABLE, code, hops, node, mtu=FRAG_NEEDED_MTU)
 
