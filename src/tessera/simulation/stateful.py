@@ -22,8 +22,9 @@ all it changes, so fragmented datagrams cross a floating IP both ways. A dynamic
 keys its binding by ports that only the first fragment carries: it drops every fragment
 of TCP, UDP or ICMP, the first included (translated alone, it would only be a datagram
 its receiver can never reassemble); dropped in a router's filter, the first fragment is
-answered "fragmentation needed" (`router`). A reverse rule cannot tell a fragment's
-connection either: it passes a later fragment over untranslated.
+answered "fragmentation needed" (`router`). A reverse rule cannot tell a later
+fragment's connection either: it passes it over untranslated (a first fragment, which has
+the ports, is translated), so a fragmented reply does not cross a dynamic translation.
 """
 
 from __future__ import annotations
