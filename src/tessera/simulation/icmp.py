@@ -9,6 +9,9 @@ the same answer on every topology a packet can arrive through, without waiting o
 Whether an error may be sent is decided on the flow match, so that the decision is in
 the mask: never about an ICMP error, a later fragment, or a packet whose source is not
 one host or whose destination is broadcast or multicast (RFC 1122 §3.2.2).
+
+"Fragmentation needed" (`frag_needed`) answers a first fragment a router's filter
+dropped, as MidoNet's RouterBase.dropIn does: see `frag_needed`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ _NAMES = {
     (icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE): "net unreachable",
     (icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE): "host unreachable",
     (icmp.DEST_UNREACHABLE, icmp.ADMIN_PROHIBITED): "administratively prohibited",
+    (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED): "fragmentation needed",
 }
+
+FRAG_NEEDED_MTU = 576
+"""The next-hop MTU "fragmentation needed" announces. The router drops the fragment for
+being a fragment, not for its size, so no size would let it through; it names the
+datagram size every IPv4 host and path must carry (RFC 791), so that a sender doing
+path-MTU discovery sends datagrams no link fragments again. (MidoNet sent 0, "unknown",
+which Linux turns into its 552-byte floor with path-MTU discovery switched off.)"""
 
 
 def prohibited(
@@ -60,6 +71,29 @@ def prohibited(
         )
 
 
+def frag_needed(
+    sim: Simulation, m: FlowMatch, port: PortSnap, hops: int, node: TraceNode | None
+) -> None:
+    """Answer "fragmentation needed" from router `port` (where the packet came in) when
+    the packet a filter of the router dropped is a first fragment (MidoNet's
+    RouterBase.dropIn): filters that cannot judge a datagram by its fragments (dynamic
+    NAT, rules on ports that later fragments lack) then push the sender to path-MTU
+    discovery instead of losing its datagrams silently.
+
+    Not an amplifier: one error per dropped first fragment — so at most one per datagram,
+    never about a later fragment — and the error (headers plus 8 bytes of the fragment)
+    is smaller than the fragment. The fragment kind is read through the match, so a drop
+    flow made for an unfragmented packet does not swallow the first fragments that must
+    be answered."""
+    if m.ip_frag != 1:
+        return
+    if node is not None:
+        text = "a first fragment was dropped: its sender is told to send smaller datagrams"
+        node.add("note", None, text)
+    code = icmp.FRAGMENTATION_NEEDED
+    send_error(sim, m, port, icmp.DEST_UNREACHABLE, code, hops, node, mtu=FRAG_NEEDED_MTU)
+
+
 def error_allowed(m: FlowMatch) -> bool:
     if m.ip_frag == 2:
         return False
@@ -82,9 +116,11 @@ def send_error(
     node: TraceNode | None,
     *,
     from_down_port: bool = False,
+    mtu: int = 0,
 ) -> None:
     """Send an ICMP error about the packet on this branch back out of router `port`
-    (`from_down_port`: even though `port` is down, the error being its refusal)."""
+    (`from_down_port`: even though `port` is down, the error being its refusal; `mtu`:
+    the next-hop MTU of "fragmentation needed")."""
     name = _NAMES.get((icmp_type, code), f"type {icmp_type} code {code}")
     if not error_allowed(m):
         if node is not None:
@@ -95,7 +131,7 @@ def send_error(
     if ip is None:
         return
     try:
-        error = icmp_error_for(ip, icmp_type, code, port.address)
+        error = icmp_error_for(ip, icmp_type, code, port.address, mtu=mtu)
     except PacketError:
         error = None
     if error is None:
@@ -103,7 +139,8 @@ def send_error(
     eth = Ethernet(previous_hop, port.mac, ETH_TYPE_IPV4, error, sim.vlan_id())
     gnode = None
     if node is not None:
-        gnode = node.add("generated", port.id, f"ICMP {name} from port {port.id}")
+        what = f" (next-hop MTU {mtu})" if mtu else ""
+        gnode = node.add("generated", port.id, f"ICMP {name}{what} from port {port.id}")
     sim.generate(port.id, eth, "icmp_error", hops, gnode, from_down_port=from_down_port)
 
 

@@ -4,7 +4,8 @@ In order, as MidoNet's router does:
 1. a router that is down drops, answering ICMP administratively prohibited from the
    ingress port (see `icmp.prohibited`); ARP is handled before any filter (`arp.py`);
    anything but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
-2. the router's inbound filter (a `reject` answers ICMP administratively prohibited);
+2. the router's inbound filter (a `reject` answers ICMP administratively prohibited; a
+   `drop` of a first fragment answers "fragmentation needed", see below);
 3. a packet for one of the router's own addresses is delivered to it: a ping is
    answered, anything else dropped;
 4. TTL 1 or less: ICMP time exceeded;
@@ -13,10 +14,19 @@ In order, as MidoNet's router does:
    BlackHole: silent drop; Reject: ICMP unreachable (administratively prohibited, as in
    MidoNet);
 6. an egress port that is down: ICMP administratively prohibited (MidoNet's router
-   port rejects); the router's outbound filter, with the egress port as `out_ports`;
+   port rejects); the router's outbound filter, with the egress port as `out_ports`
+   (its verdicts answered as the inbound filter's);
 7. the next hop's MAC (the peer's for a router-to-router link, else ARP; see
    `arp.resolve`), then the rewrites: source MAC := egress port's, destination MAC :=
    next hop's, TTL - 1.
+
+A filter that drops a first fragment makes the router answer ICMP "fragmentation
+needed" from the ingress port's address (MidoNet's RouterBase.dropIn; `icmp.frag_needed`),
+so that a sender whose datagrams a filter cannot pass in pieces — dynamic NAT, which has
+no ports to read in later fragments; a rule written for first fragments — falls back to
+path-MTU discovery. MidoNet answered only for its inbound filter; tessera answers for
+the outbound filter too, where source NAT lives, so that a fragmented datagram through
+SNAT is not lost without a word.
 """
 
 from __future__ import annotations
@@ -82,7 +92,7 @@ def process(
             sim, router.inbound_filter, m, in_port.id, None, node, "inbound filter", router.id
         )
         if verdict != "accept":
-            reject(sim, m, in_port, verdict, hops, node)
+            _refuse(sim, m, in_port, verdict, hops, node)
             return None
 
     dst = m.ip_dst
@@ -141,7 +151,7 @@ def process(
             router.id,
         )
         if verdict != "accept":
-            reject(sim, m, in_port, verdict, hops, node)
+            _refuse(sim, m, in_port, verdict, hops, node)
             return None
     next_hop = route.gateway if route.gateway is not None else dst
     mac = arp.resolve(
@@ -153,6 +163,20 @@ def process(
     m.set_eth_dst(mac)
     m.decrement_ip_ttl()
     return ToPort(out_port.id, in_port, m)
+
+
+def _refuse(
+    sim: Simulation,
+    m: FlowMatch,
+    in_port: PortSnap,
+    verdict: str,
+    hops: int,
+    node: TraceNode | None,
+) -> None:
+    """End the branch a router filter refused; a dropped first fragment is answered."""
+    if verdict == "drop":
+        icmp.frag_needed(sim, m, in_port, hops, node)
+    reject(sim, m, in_port, verdict, hops, node)
 
 
 def _deliver_locally(

@@ -15,6 +15,16 @@ written here.
 - `nat` / `reverse_nat`: the `dnat`/`snat` and `rev_dnat`/`rev_snat` rules. A rule whose
   single target is one address with ports 0-0 is a 1:1 static translation (a floating
   IP): the address is rewritten and no state is kept.
+
+Fragments (MidoNet let a floating IP match any packet and a dynamic translation only
+unfragmented ones): a static translation rewrites every fragment, its addresses being
+all it changes, so fragmented datagrams cross a floating IP both ways. A dynamic one
+keys its binding by ports that only the first fragment carries: it drops every fragment
+of TCP, UDP or ICMP, the first included (translated alone, it would only be a datagram
+its receiver can never reassemble); dropped in a router's filter, the first fragment is
+answered "fragmentation needed" (`router`). A reverse rule cannot tell a later
+fragment's connection either: it passes it over untranslated (a first fragment, which has
+the ports, is translated), so a fragmented reply does not cross a dynamic translation.
 """
 
 from __future__ import annotations
@@ -173,7 +183,7 @@ def nat(
 ) -> bool | None:
     """Apply a `dnat`/`snat` rule. True: translated; False: the rule does not apply to
     this packet (not TCP, UDP or ICMP echo); None: drop it (SNAT found no free source,
-    or a later fragment, whose connection cannot be told, met a dynamic translation)."""
+    or a fragment, whose connection cannot be told, met a dynamic translation)."""
     snat = rule.action == "snat"
     static = _static(rule)
     if static is not None:
@@ -188,13 +198,13 @@ def nat(
             where = "source" if snat else "destination"
             node.add("nat", rule.id, f"static {rule.action}: {where} -> {ip_to_str(static)}")
         return True
+    if m.eth_type == ETH_TYPE_IPV4 and m.ip_proto in _NAT_PROTOS and m.ip_frag:
+        # Its connection cannot be told without ports (the later fragments have none):
+        # translating it wrongly or letting it out untranslated would be worse.
+        sim.drop(f"{rule.action}: a fragmented datagram cannot be translated by ports", node)
+        return None
     t = _nat_tuple(m)
     if t is None:
-        if m.eth_type == ETH_TYPE_IPV4 and m.ip_frag == 2 and m.ip_proto in _NAT_PROTOS:
-            # Its connection cannot be told without ports: translating it wrongly or
-            # letting it out untranslated would both be worse than the drop.
-            sim.drop(f"{rule.action}: a later fragment has no ports to translate", node)
-            return None
         if node is not None:
             node.add("nat", rule.id, f"{rule.action}: not applicable (not TCP, UDP or ICMP echo)")
         return False

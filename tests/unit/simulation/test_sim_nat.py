@@ -260,7 +260,7 @@ def test_a_later_fragment_meeting_dynamic_nat_is_dropped_and_static_nat_translat
     e.snat(PUBLIC)
     frame = fragment(mac(5), GW_IN, "10.0.0.5", "203.0.113.9", later=True)
     later = e.out(e.vm, frame)
-    assert later.verdict is Verdict.DROP and "later fragment" in (later.drop_reason or "")
+    assert later.verdict is Verdict.DROP and "fragmented" in (later.drop_reason or "")
     assert later.flow_state == ()
     static = Edge()
     fip = [{"address_from": "203.0.113.10", "address_to": "203.0.113.10"}]
