@@ -24,6 +24,7 @@ from typing import Any
 from common import (
     BENCH_ERRORS,
     BenchError,
+    Lab,
     Netns,
     NetnsHttp,
     Pinger,
@@ -109,59 +110,45 @@ class AgentHost:
     maps: FastPathMaps | None = None
 
 
-class AgentBed:
-    """The same host and VM namespaces, now served by real ``tessera agent`` processes.
+class Agents:
+    """ZooKeeper, the API service and one real ``tessera agent`` per host namespace.
 
     ZooKeeper and the API service run inside h1 on its underlay address (so h2's agent
     reaches them over the underlay, as a remote agent would); the bench talks to the API
     through a thread that entered h1. The agents are `tessera.lab.agents.AgentProcess`es
     started through the bench's `Lab` (stopped first at its close). They keep their flows
     in /sys/fs/bpf/tessera/<host id>, which the bench reads directly to see a flow vanish.
+    A class of its own so that every agent bench (this one, ``stateful.py``) starts them
+    the same way on its own host namespaces.
     """
 
-    def __init__(self, bed: Testbed, log: Callable[[str], None]) -> None:
-        self.bed = bed
-        self.lab = bed.lab
+    def __init__(self, lab: Lab, h1: Netns, h2: Netns, log: Callable[[str], None]) -> None:
+        self.lab = lab
         self.log = log
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.lab.prefix}-"))
         self.lab.last.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
         self.hosts = [
-            AgentHost("h1", bed.h1, UNDERLAY_1, str(uuid.uuid4())),
-            AgentHost("h2", bed.h2, UNDERLAY_2, str(uuid.uuid4())),
+            AgentHost("h1", h1, UNDERLAY_1, str(uuid.uuid4())),
+            AgentHost("h2", h2, UNDERLAY_2, str(uuid.uuid4())),
         ]
-        self.http = NetnsHttp(bed.h1, f"http://{UNDERLAY_1}:{API_PORT}/api/v1")
+        self.http = NetnsHttp(h1, f"http://{UNDERLAY_1}:{API_PORT}/api/v1")
         self.lab.cleanups.append(self.http.close)
-        self.chain_id = ""
         self.pin_root = BPF_PIN_ROOT  # where agents pin
         self._pin_root_existed = self.pin_root.exists()
-
-    def release_fast_path(self) -> None:
-        """Hand the VM ports over: remove the bench's own programs, devices and pins."""
-        b = self.bed
-        for name, (ns, fp) in b.ports.items():
-            fp.detach(name, remove_qdisc=True)
-            ns.ip("link", "set", name, "nomaster")
-        for ns in (b.h1, b.h2):
-            for dev in ("vx0", "vxb", "br0"):
-                ns.ip("link", "del", dev)
-        b.h1.ip("link", "del", "miss0")
-        b.fp1.purge()
-        b.fp2.purge()
-        b.mode = "agent"
 
     def start(self) -> None:
         exe = str(tessera_exe())
         zk = ZookeeperServer(self.tmp / "zk", host=UNDERLAY_1)
         self.lab.cleanups.append(zk.stop)
         try:
-            run_in_netns(self.bed.h1.path, zk.start)
+            run_in_netns(self.hosts[0].ns.path, zk.start)
         except ZookeeperError as e:
             raise BenchError(f"ZooKeeper: {e}") from None
         nsdb = zk.url(f"tsrb{self.lab.run_id}")
         api_log = self.tmp / "api.log"
         with api_log.open("wb") as out:
             api = self.lab.popen(
-                self.bed.h1.argv(
+                self.hosts[0].ns.argv(
                     exe, "api", "serve", "--nsdb", nsdb, "--listen", f"{UNDERLAY_1}:{API_PORT}"
                 ),
                 stdout=out,
@@ -216,6 +203,34 @@ class AgentBed:
             if h.agent is not None:
                 h.agent.check()
 
+    def status(self, h: AgentHost) -> dict[str, Any]:
+        assert h.agent is not None
+        res: dict[str, Any] = h.agent.request("status")
+        return res
+
+
+class AgentBed(Agents):
+    """The datapath bench's host and VM namespaces, handed over to real agents."""
+
+    def __init__(self, bed: Testbed, log: Callable[[str], None]) -> None:
+        super().__init__(bed.lab, bed.h1, bed.h2, log)
+        self.bed = bed
+        self.chain_id = ""
+
+    def release_fast_path(self) -> None:
+        """Hand the VM ports over: remove the bench's own programs, devices and pins."""
+        b = self.bed
+        for name, (ns, fp) in b.ports.items():
+            fp.detach(name, remove_qdisc=True)
+            ns.ip("link", "set", name, "nomaster")
+        for ns in (b.h1, b.h2):
+            for dev in ("vx0", "vxb", "br0"):
+                ns.ip("link", "del", dev)
+        b.h1.ip("link", "del", "miss0")
+        b.fp1.purge()
+        b.fp2.purge()
+        b.mode = "agent"
+
     def topology(self) -> None:
         """One bridge, its inbound filter a chain (the ACL the invalidation edits),
         three ports bound to the VM veths; waits until both VMs answer through it."""
@@ -250,11 +265,6 @@ class AgentBed:
             h.maps = FastPathMaps.open(self.pin_root / h.host_id / "maps")
             self.lab.cleanups.append(h.maps.close)
         self.log("topology up: VMs reachable through the agents")
-
-    def status(self, h: AgentHost) -> dict[str, Any]:
-        assert h.agent is not None
-        res: dict[str, Any] = h.agent.request("status")
-        return res
 
     def holds(self, h: AgentHost, key: FlowLookupKey) -> bool:
         assert h.maps is not None

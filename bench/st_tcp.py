@@ -1,0 +1,175 @@
+"""Short TCP connections between namespaces: a server and a bounded client, each its
+own process inside a namespace, the same for every path the stateful bench compares.
+
+Why processes of their own: the client must not share the bench's interpreter (its
+threads, its GIL) with anything else, and a client or server that hangs is stopped by
+its pid. The client keeps ``concurrency`` connections in flight with non-blocking
+sockets; each connection is SYN, SYN-ACK, ACK, then closed with an RST (``SO_LINGER``
+0): no TIME_WAIT, so thousands of connections a second never run out of ports, and
+every connection is a new 5-tuple because the client binds its source ports itself,
+walking through a range the bench hands it (never reused within a run, so no
+connection finds a previous one's kernel flow or NAT binding).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from common import BenchError, Lab, Netns
+
+SERVER_PORT = 8080
+# The kernel's own ephemeral ports (iperf3, pings) stay above the client's range.
+CLIENT_PORTS = (10000, 60999)
+KERNEL_PORTS = "61000 65000"
+
+# argv: address, port, lifetime (s). Accepts and closes; ends after its lifetime.
+SERVER = r"""
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4096)
+s.settimeout(0.5)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except OSError:
+        continue
+    c.close()
+"""
+
+# argv: dst, port, count, seconds, concurrency, first source port, gap (s), timeout (s).
+# Prints JSON: ok, failed, elapsed (s, first connect to last completion), connect times
+# (s) of the successful connections, in order.
+CLIENT = r"""
+import errno, json, selectors, socket, struct, sys, time
+dst, port = sys.argv[1], int(sys.argv[2])
+count, seconds, conc = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+sport, gap, timeout = int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8])
+linger = struct.pack("ii", 1, 0)
+sel = selectors.DefaultSelector()
+launched = ok = failed = 0
+times = []
+t0 = time.perf_counter()
+end = t0 + seconds
+last = t0
+while True:
+    now = time.perf_counter()
+    while len(sel.get_map()) < conc and launched < count and now < end:
+        s = socket.socket()
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.bind(("", sport + launched))
+        launched += 1
+        err = s.connect_ex((dst, port))
+        if err not in (0, errno.EINPROGRESS):
+            failed += 1
+            s.close()
+            continue
+        sel.register(s, selectors.EVENT_WRITE, time.perf_counter())
+        if gap:
+            break
+    if not sel.get_map():
+        if launched >= count or now >= end:
+            break
+        continue
+    for key, _ in sel.select(timeout=0.05):
+        s = key.fileobj
+        done = time.perf_counter()
+        sel.unregister(s)
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            ok += 1
+            times.append(done - key.data)
+            last = done
+        else:
+            failed += 1
+        s.close()
+        if gap:
+            time.sleep(gap)
+    now = time.perf_counter()
+    for key in list(sel.get_map().values()):
+        if now - key.data > timeout:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            failed += 1
+print(json.dumps({"ok": ok, "failed": failed, "elapsed": last - t0, "times": times}))
+"""
+
+
+@dataclass(frozen=True)
+class Connects:
+    ok: int
+    failed: int
+    elapsed: float
+    times: list[float]  # connect (SYN -> SYN-ACK seen) of each successful connection, s
+
+    @property
+    def per_second(self) -> float:
+        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class SourcePorts:
+    """A client namespace's source ports, handed out once each (see the module doc)."""
+
+    def __init__(self, ns: Netns) -> None:
+        ns.sysctl("net.ipv4.ip_local_port_range", KERNEL_PORTS)
+        self.next, self.last = CLIENT_PORTS
+
+    def take(self, count: int) -> int:
+        if self.next + count - 1 > self.last:
+            raise BenchError(f"client source ports used up ({count} more wanted)")
+        first = self.next
+        self.next += count
+        return first
+
+
+def serve(lab: Lab, ns: Netns, address: str, lifetime: float) -> subprocess.Popen[bytes]:
+    """The accept-and-close server on ``address``:SERVER_PORT, stopped at ``lab.close()``
+    at the latest, and by itself after ``lifetime`` seconds."""
+    proc = lab.popen(
+        ns.argv(sys.executable, "-c", SERVER, address, str(SERVER_PORT), str(lifetime)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while f"{address}:{SERVER_PORT}" not in ns.run("ss", "-Hltn", check=False).stdout:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"TCP server in {ns.name} did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def connects(
+    ns: Netns,
+    ports: SourcePorts,
+    dst: str,
+    count: int,
+    seconds: float,
+    concurrency: int = 1,
+    gap: float = 0.0,
+    timeout: float = 2.0,
+) -> Connects:
+    """At most ``count`` new connections from ``ns`` to ``dst`` in at most ``seconds``
+    (plus ``timeout`` for the last ones), ``concurrency`` in flight; with ``gap`` one at
+    a time, that long apart (latency samples on an otherwise idle path)."""
+    first = ports.take(count)
+    argv = ns.argv(
+        sys.executable, "-c", CLIENT, dst, str(SERVER_PORT), str(count), str(seconds),
+        str(concurrency), str(first), str(gap), str(timeout),
+    )  # fmt: skip
+    bound = seconds + timeout + 30
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=bound)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"TCP client to {dst} did not finish in {bound:.0f} s") from None
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise BenchError(f"TCP client to {dst}: {proc.stderr.strip()[-200:]}") from None
+    return Connects(int(doc["ok"]), int(doc["failed"]), float(doc["elapsed"]), doc["times"])
