@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +43,8 @@ EXT_IP = "203.0.113.9"
 CONNECTIONS = 20  # per VM, all open at once
 CLIENTS = {"vm1": 1, "vm2": 1, "vm3": 2, "vm4": 2}  # VM -> host
 FIP_VM = "fip"  # 10.0.0.99 on h1, reached from outside by its floating IP
-STREAM_SECONDS = 8.0
+STREAM_SECONDS = 120.0  # at most: the stream runs until the test has restarted the agent
+AFTER_START = 2.0  # seconds the stream goes on once the restarted agent holds its state
 
 # Accepts connections for argv[3] seconds; answers each client's first line with the
 # address it saw it from and that line, then holds the connection until the client
@@ -153,16 +155,18 @@ c.close()
 print(f"{peer[0]}:{peer[1]} {total}", flush=True)
 """
 
-# Sends a paced stream for argv[3] seconds, then half-closes and reads the receiver's
-# count. Prints "sent received"; exit 1 on any error (a reset included).
+# Sends a paced stream until SIGUSR1 (or argv[3] seconds at most), then half-closes and
+# reads the receiver's count. Prints "sent received"; exit 1 on any error (a reset too).
 SENDER = r"""
-import socket, sys, time
+import signal, socket, sys, time
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
 c.settimeout(30)
 chunk = bytes(range(256)) * 64
 sent, end = 0, time.monotonic() + float(sys.argv[3])
 try:
-    while time.monotonic() < end:
+    while not stop and time.monotonic() < end:
         c.sendall(chunk)
         sent += len(chunk)
         time.sleep(0.005)
@@ -371,20 +375,46 @@ def test_concurrent_snat_connections_from_two_hosts_never_share_an_address_and_p
             assert any(first <= p <= last for _ip, first, last in blocks[host]), (host, p, blocks)
 
 
+def _about(lab: Lab, host: int, port: int) -> set[tuple[str, str, str]]:
+    """What h`host`'s agent holds about the connections to or from `port` (nothing
+    while it does not answer: it may be starting)."""
+    proc = tessera("conntrack", "--host", names.host_id(lab.name, host), "--json", check=False)
+    if proc.returncode != 0:
+        return set()
+    return {
+        (e["kind"], e["forward"]["text"], json.dumps(e["nat"], sort_keys=True))
+        for e in json.loads(proc.stdout)["entries"]
+        if port in (e["forward"].get("src_port"), e["forward"].get("dst_port"))
+    }
+
+
 def _restart_during_stream(
     net: Net, sender_vm: str, receiver_vm: str, bind: str, target: str, port: int, host: int
-) -> tuple[str, int]:
+) -> tuple[str, set[tuple[str, str, str]]]:
     """Stream from `sender_vm` to `target` while h`host`'s agent is stopped and started;
-    returns the address the receiver saw and the bytes it counted."""
+    returns the address the receiver saw the stream from and what the agent held about
+    the connection before the stop: held again after the start (checked while the
+    stream still runs)."""
     receiver = net.spawn(receiver_vm, RECEIVER, bind, str(port), "60")
     net.listening(receiver_vm, port)
     sender = net.spawn(sender_vm, SENDER, target, str(port), str(STREAM_SECONDS))
     time.sleep(2.0)
     assert sender.poll() is None, sender.communicate()
+    held = _about(net.lab, host, port)
     assert "stopped" in net.lab.cmd("agent", "stop", f"h{host}").stdout
     time.sleep(1.0)
     net.lab.cmd("agent", "start", f"h{host}")
-    out, err = sender.communicate(timeout=STREAM_SECONDS + 90)
+    restored = wait_until(
+        lambda: held <= _about(net.lab, host, port),
+        timeout=10,
+        interval=0.5,
+        what=f"h{host}'s agent to hold the connection's state again",
+    )
+    assert restored
+    time.sleep(AFTER_START)  # the stream goes on with the new agent
+    assert sender.poll() is None, "the stream ended before the agent was back"
+    sender.send_signal(signal.SIGUSR1)  # our child, by its pid: python itself (nsenter execs)
+    out, err = sender.communicate(timeout=60)
     assert sender.returncode == 0, f"the sender failed: {out} {err}"
     sent, received = (int(x) for x in out.split())
     rout, rerr = receiver.communicate(timeout=30)
@@ -392,13 +422,24 @@ def _restart_during_stream(
     peer, counted = rout.strip().splitlines()[-1].split()
     assert int(counted) == received == sent, (sent, received, counted)
     assert sent > 1_000_000  # a stream, not a handful of packets
-    return peer.split(":")[0], sent
+    return peer.split(":")[0], held
 
 
 @pytest.mark.parametrize("host", [1, 2], ids=["ingress-h1", "egress-h2"])
 def test_a_snat_stream_survives_an_agent_restart(net: Net, host: int) -> None:
-    peer, _ = _restart_during_stream(net, "vm1", "ext", EXT_IP, EXT_IP, 9000 + host, host)
+    port = 9000 + host
+    peer, held = _restart_during_stream(net, "vm1", "ext", EXT_IP, EXT_IP, port, host)
     assert peer == SNAT_IP
+    # Both hosts hold the binding (h1 made it, h2 was sent it), and had it back.
+    assert {kind for kind, _, _ in held} >= {"fwd_snat", "rev_snat"}, held
+    # The ingress host leases the binding's block again: no other connection gets its port.
+    (nat,) = [json.loads(n) for kind, _, n in held if kind == "fwd_snat"]
+    wait_until(
+        lambda: any(first <= nat["port"] <= last for _ip, first, last in _blocks(net.lab, 1)),
+        timeout=15,
+        interval=0.5,
+        what="h1 to lease the restored binding's block again",
+    )
 
 
 @pytest.mark.parametrize("host", [2, 1], ids=["ingress-h2", "egress-h1"])
