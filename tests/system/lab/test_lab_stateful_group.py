@@ -244,8 +244,9 @@ def test_a_tracked_connection_out_through_a_gets_its_replies_in_through_b(net: N
         ok, seen = net.connect("vm1", SERVER_IP)
         assert ok, seen
         assert seen.startswith("10.0.0.10:")
-    # The replies (SYN-ACK, data, FIN: several packets per connection) went through B.
-    assert net.tx_packets("extB", "eth0") - through_b >= 9
+    # The replies (SYN-ACK, data, FIN: at least two packets per connection) went
+    # through B.
+    assert net.tx_packets("extB", "eth0") - through_b >= 6
     # h2 judged them with the state h1 sent: the connection, keyed by the group.
     h2 = [e for e in _conntrack(net.lab, 2) if e["kind"] == "conntrack"]
     assert any(e["forward"]["dst_ip"] == SERVER_IP for e in h2), h2
