@@ -35,7 +35,7 @@ from tessera.agent.translate import PortLocation
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import Datapath, Match, action_to_json
-from tessera.model import TunnelZone
+from tessera.model import PortGroup, TunnelZone
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store.topology import TopologyStore
 
@@ -118,6 +118,7 @@ class Agent:
             ControlServer(host_id, name, handlers, control_dir) if control_dir is not None else None
         )
         self._next_tick = 0.0
+        self._stateful_peers: tuple[int, dict[str, list[str]]] = (-1, {})
         self._next_sweep = 0.0
         self._prepare_at: float | None = None
         self._stale_ports_checked = False
@@ -252,10 +253,26 @@ class Agent:
             zones = self.cache.state.of(TunnelZone.kind).values()
             return [z for z in zones if isinstance(z, TunnelZone)]
 
-    def _group_ports(self, group_id: str) -> list[str]:
-        """The members of a port group (a stateful group's id is its connections' device)."""
-        group = self.cache.get("port_groups", group_id)
-        return list(getattr(group, "port_ids", None) or [])
+    def _group_ports(self, id: str) -> list[str]:
+        """The members of port group `id` (a stateful group's id is its connections'
+        device) or, for a port, of the stateful groups it is in: as in MidoNet, a
+        connection's state goes to the peers of its ingress and egress ports' groups,
+        so that a reply entering another member (ECMP uplinks) finds the router's NAT
+        bindings too, though they are keyed by the router, not by the group."""
+        group = self.cache.get("port_groups", id)
+        if group is not None:
+            return list(getattr(group, "port_ids", None) or [])
+        generation = self.cache.view().topology_generation
+        if self._stateful_peers[0] != generation:  # rebuilt once per topology change
+            peers: dict[str, list[str]] = {}
+            with self.cache.state.lock:
+                groups = list(self.cache.state.of(PortGroup.kind).values())
+            for g in groups:
+                if isinstance(g, PortGroup) and g.stateful:
+                    for port_id in g.port_ids:
+                        peers.setdefault(port_id, []).extend(g.port_ids)
+            self._stateful_peers = (generation, peers)
+        return self._stateful_peers[1].get(id, [])
 
     def _sweep_flowstate(self, now: float) -> None:
         """Connections expire by their kernel flows' last use, read like flows' own."""

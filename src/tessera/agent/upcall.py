@@ -365,10 +365,16 @@ class UpcallHandler:
 
     def _state_hosts(self, result: SimulationResult) -> list[str]:
         """Underlay addresses of the egress ports' hosts and of the other members of a
-        stateful port group that keys the new state."""
+        stateful port group that keys the new state or holds the ingress or an egress
+        port."""
         ports = [o.port_id for o in result.outputs]
         if self.group_ports is not None:
             devices = {e.key.device for e in result.flow_state}
+            # And the groups of the ingress and egress ports (NAT state is keyed by
+            # the router, yet its replies may enter any member of an uplinks group).
+            devices.update(ports)
+            if result.match.in_port is not None:
+                devices.add(result.match.in_port)
             for device in devices:
                 ports.extend(self.group_ports(device))
         addresses: dict[str, None] = {}
