@@ -16,7 +16,7 @@ from tessera.packet.errors import PacketError
 from tessera.packet.ethernet import Ethernet
 from tessera.packet.ipv4 import IPv4
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation import stateful
+from tessera.simulation import related, stateful
 from tessera.simulation.flowstate import (
     FIRST_FREE,
     ConnKey,
@@ -239,6 +239,9 @@ class Simulation:
     # -- terminal calls: every branch ends in exactly one ---------------------------------
 
     def output(self, m: FlowMatch, port_id: str) -> None:
+        if m.icmp_data is not None:  # an ICMP error NAT translated: sent from userspace
+            related.emit_translated(self, m, port_id)
+            return
         modified = int(m.modified)
         if self.ct_forward and self.ct_match is not None:
             stateful.track(self, m, port_id)
