@@ -62,9 +62,10 @@ def test_a_quoted_echo_is_named_by_its_id_and_keeps_a_valid_checksum() -> None:
     assert parse_quoted(echo) == Quoted(PROTO_ICMP, 1, 2, 77, 77)
     out = translate_quoted(echo, src=5, dst=6)
     assert out == IPv4(5, 6, PROTO_ICMP, Icmp(8, 0, 77, 1, b"ping")).build()
-    assert translate_quoted(echo, sport=78) == IPv4(
-        1, 2, PROTO_ICMP, Icmp(8, 0, 78, 1, b"ping")
-    ).build()
+    assert (
+        translate_quoted(echo, sport=78)
+        == IPv4(1, 2, PROTO_ICMP, Icmp(8, 0, 78, 1, b"ping")).build()
+    )
 
 
 @given(st.binary(max_size=64))

@@ -106,8 +106,8 @@ def test_an_error_from_a_router_on_the_way_keeps_its_own_source() -> None:
     the SNAT address) are translated; the hop's own address stays."""
     e = Edge()
     e.snat(PUBLIC)
-    e.t.install(e.out(e.vm, Ethernet(GW_IN, mac(5), 0x0800,
-                                     _udp_ip("10.0.0.5", "203.0.113.9", 40000, 53)).build()))  # fmt: skip
+    sent = _udp_ip("10.0.0.5", "203.0.113.9", 40000, 53)
+    e.t.install(e.out(e.vm, Ethernet(GW_IN, mac(5), 0x0800, sent).build()))
     received = _udp_ip("203.0.113.1", "203.0.113.9", 1024, 53, ttl=1)
     error = icmp_error_for(received.build(), 11, 0, ip("203.0.113.77"))
     assert error is not None
