@@ -98,6 +98,7 @@ class Simulation:
         "new_state",
         "now",
         "outputs",
+        "quoted",
         "snap",
         "state_refs",
         "stateful",
@@ -138,6 +139,9 @@ class Simulation:
         self.drops: list[str] = []
         self.consumed = False
         self.uncacheable = False
+        # An ICMP error's quote was read (`related.py`): uncacheable, and so is the run
+        # whose generated packet this run is.
+        self.quoted = False
         self._packet: Ethernet | None = None
         # Set by the driver: sends a generated packet out of a port (see `generate`).
         self.generator: Generator | None = None
@@ -296,6 +300,8 @@ class Simulation:
         self.tags |= child.tags
         self.state_refs.update(child.state_refs)
         self.stateful |= child.stateful
+        if child.quoted:  # its path read an error's quote, which no flow key holds
+            self.quoted = self.uncacheable = True
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)

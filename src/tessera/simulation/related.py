@@ -83,7 +83,7 @@ def _frame_quote(frame: bytes) -> bytes | None:
 
 def _quote_bytes(sim: Simulation, m: FlowMatch) -> bytes | None:
     """The quote as it is on this branch. Reading it makes the decision uncacheable."""
-    sim.uncacheable = True
+    sim.quoted = sim.uncacheable = True
     data = m.icmp_data
     return data if data is not None else _frame_quote(sim.frame)
 
@@ -95,7 +95,7 @@ def is_forward_error(sim: Simulation, port: PortSnap, node: TraceNode | None) ->
     """`stateful.is_forward` for an ICMP error (the arrival match says it is one): a
     return flow iff the packet it quotes, as it arrived, belongs to a connection tracked
     on the ingress device, in either direction."""
-    sim.uncacheable = True
+    sim.quoted = sim.uncacheable = True
     data = _frame_quote(sim.frame)
     q = icmp.parse_quoted(data) if data is not None else None
     if q is None:
