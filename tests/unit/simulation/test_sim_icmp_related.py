@@ -53,7 +53,7 @@ def _emitted(res: SimulationResult, port_id: str) -> tuple[Ethernet, IPv4, Icmp,
     return eth, outer, outer.payload, quote
 
 
-def _dnat(e: Edge, proto: str = "udp") -> None:
+def _dnat(e: Edge) -> None:
     e.t.rule(
         e.pre, "dnat", in_ports=[e.uplink.id], nw_dst_address=DNAT_IP,
         nat_targets=[{"address_from": "10.0.0.5", "address_to": "10.0.0.5",
@@ -228,3 +228,30 @@ def test_a_tcp_connection_through_dnat_is_still_cached() -> None:
     e.t.install(res)
     back = e.out(e.vm, udp(mac(5), GW_IN, "10.0.0.5", "203.0.113.9", 8080, 33000))
     assert back.cacheable
+
+
+def test_errors_about_replies_are_translated_by_the_forward_rules() -> None:
+    """The other direction: an error about a reply travels like the connection's first
+    packet and meets the forward rule, which finds the binding (and creates none)."""
+    e = Edge()
+    e.snat(PUBLIC)
+    sent = _udp_ip("10.0.0.5", "203.0.113.9", 40000, 53)
+    e.t.install(e.out(e.vm, Ethernet(GW_IN, mac(5), 0x0800, sent).build()))
+    # The VM refuses the reply it got (translated back to it).
+    reply = _udp_ip("203.0.113.9", "10.0.0.5", 53, 40000, ttl=63)
+    out = e.out(e.vm, _error(mac(5), GW_IN, reply, "10.0.0.5"))
+    _eth, outer, _message, quote = _emitted(out, e.uplink.id)
+    assert (outer.src, outer.dst) == (ip("203.0.113.1"), ip("203.0.113.9"))
+    assert quote == _udp_ip("203.0.113.9", "203.0.113.1", 53, 1024, ttl=63).build()[:28]
+
+    d = Edge()
+    _dnat(d)
+    arrived = _udp_ip("203.0.113.9", DNAT_IP, 33000, 80)
+    d.t.install(d.out(d.uplink, Ethernet(GW_OUT, EXT, 0x0800, arrived).build()))
+    # The external host refuses the DNAT target's reply (it came from the DNAT address).
+    got = _udp_ip(DNAT_IP, "203.0.113.9", 80, 33000, ttl=63)
+    back = d.out(d.uplink, _error(EXT, GW_OUT, got, "203.0.113.9"))
+    _eth, outer, _message, quote = _emitted(back, d.vm.id)
+    assert (outer.src, outer.dst) == (ip("203.0.113.9"), ip("10.0.0.5"))
+    assert quote == _udp_ip("10.0.0.5", "203.0.113.9", 8080, 33000, ttl=63).build()[:28]
+    assert back.flow_state == ()
