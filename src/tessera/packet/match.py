@@ -141,7 +141,7 @@ class FlowMatch:
     __slots__ = (  # noqa: RUF023 - key order, as FIELD_NAMES
         "_in_port", "_eth_src", "_eth_dst", "_vlan_id", "_eth_type", "_ip_src", "_ip_dst",
         "_ip_proto", "_ip_tos", "_ip_ttl", "_ip_frag", "_tp_src", "_tp_dst",
-        "_cell", "_modified", "_orig", "_icmp_id",
+        "_cell", "_modified", "_orig", "_icmp_id", "_icmp_data",
     )  # fmt: skip
 
     def __init__(
@@ -180,6 +180,8 @@ class FlowMatch:
         self._orig: Key | None = None
         # The identifier of an ICMP echo request or reply (0 otherwise): not a key field.
         self._icmp_id = icmp_id
+        # The quote of an ICMP error as NAT rewrote it on this branch (None: unchanged).
+        self._icmp_data: bytes | None = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -395,6 +397,19 @@ class FlowMatch:
         self._cell.bits |= _TP_SRC | _NEED_TP
         self._cell.userspace = True
         return self._icmp_id
+
+    @property
+    def icmp_data(self) -> bytes | None:
+        """The packet an ICMP error quotes, as NAT rewrote it on this branch (MidoNet's
+        IcmpData); None while nothing rewrote it. Set with `set_icmp_data`; copies of
+        the match (branches) inherit it."""
+        return self._icmp_data
+
+    def set_icmp_data(self, data: bytes) -> None:
+        """Rewrite the quoted packet: no flow key holds it, so the match turns
+        `userspace` (every such packet is simulated and forwarded by the agent)."""
+        self._cell.userspace = True
+        self._icmp_data = data
 
     @property
     def userspace(self) -> bool:

@@ -16,7 +16,7 @@ from tessera.packet.errors import PacketError
 from tessera.packet.ethernet import Ethernet
 from tessera.packet.ipv4 import IPv4
 from tessera.packet.match import Field, FlowMatch
-from tessera.simulation import stateful
+from tessera.simulation import related, stateful
 from tessera.simulation.flowstate import (
     FIRST_FREE,
     ConnKey,
@@ -98,6 +98,7 @@ class Simulation:
         "new_state",
         "now",
         "outputs",
+        "quoted",
         "snap",
         "state_refs",
         "stateful",
@@ -138,6 +139,9 @@ class Simulation:
         self.drops: list[str] = []
         self.consumed = False
         self.uncacheable = False
+        # An ICMP error's quote was read (`related.py`): uncacheable, and so is the run
+        # whose generated packet this run is.
+        self.quoted = False
         self._packet: Ethernet | None = None
         # Set by the driver: sends a generated packet out of a port (see `generate`).
         self.generator: Generator | None = None
@@ -239,6 +243,9 @@ class Simulation:
     # -- terminal calls: every branch ends in exactly one ---------------------------------
 
     def output(self, m: FlowMatch, port_id: str) -> None:
+        if m.icmp_data is not None:  # an ICMP error NAT translated: sent from userspace
+            related.emit_translated(self, m, port_id)
+            return
         modified = int(m.modified)
         if self.ct_forward and self.ct_match is not None:
             stateful.track(self, m, port_id)
@@ -293,6 +300,8 @@ class Simulation:
         self.tags |= child.tags
         self.state_refs.update(child.state_refs)
         self.stateful |= child.stateful
+        if child.quoted:  # its path read an error's quote, which no flow key holds
+            self.quoted = self.uncacheable = True
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)

@@ -36,6 +36,7 @@ from tessera.packet.addr import ip_to_str
 from tessera.packet.ethernet import ETH_TYPE_IPV4
 from tessera.packet.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from tessera.packet.match import Field, FlowMatch
+from tessera.simulation import related
 from tessera.simulation.flowstate import (
     ConnKey,
     ConntrackEntry,
@@ -94,6 +95,8 @@ def is_forward(sim: Simulation, node: TraceNode | None = None) -> bool:
     assert in_port is not None
     port = sim.snap.port(in_port)
     tuple5 = _arrival_key(m)
+    if tuple5 is None and related.arrived_as_error(m):
+        return related.is_forward_error(sim, port, node)
     if tuple5 is None:
         sim.ct_forward = True
         sim.ct_match = None  # untracked: its outputs create no entry (`Simulation.output`)
@@ -189,7 +192,10 @@ def nat(
     if static is not None:
         if m.eth_type != ETH_TYPE_IPV4:
             return False
-        # Nothing else is read: one flow serves every connection of the address.
+        # Nothing else is read (but whether it is an ICMP error): one flow serves every
+        # connection of the address.
+        error = related.is_error(m)
+        before = (m.ip_src if snat else m.ip_dst) if error else 0
         if snat:
             m.set_ip_src(static)
         else:
@@ -197,6 +203,8 @@ def nat(
         if node is not None:
             where = "source" if snat else "destination"
             node.add("nat", rule.id, f"static {rule.action}: {where} -> {ip_to_str(static)}")
+        if error:
+            related.static_error(sim, m, before, static, source=snat, node=node)
         return True
     if m.eth_type == ETH_TYPE_IPV4 and m.ip_proto in _NAT_PROTOS and m.ip_frag:
         # Its connection cannot be told without ports (the later fragments have none):
@@ -204,6 +212,8 @@ def nat(
         sim.drop(f"{rule.action}: a fragmented datagram cannot be translated by ports", node)
         return None
     t = _nat_tuple(m)
+    if t is None and related.is_error(m):
+        return related.nat_error(sim, m, "fwd_snat" if snat else "fwd_dnat", rule.id, device, node)
     if t is None:
         if node is not None:
             node.add("nat", rule.id, f"{rule.action}: not applicable (not TCP, UDP or ICMP echo)")
@@ -273,6 +283,10 @@ def reverse_nat(
     """Apply a `rev_dnat`/`rev_snat` rule: restore what the forward translation changed,
     if the packet is a reply to a translated connection."""
     t = _nat_tuple(m)
+    if t is None and related.is_error(m):
+        rev = rule.action == "rev_snat"
+        related.nat_error(sim, m, "rev_snat" if rev else "rev_dnat", rule.id, device, node)
+        return
     if t is None:
         if node is not None:
             node.add("nat", rule.id, f"{rule.action}: not applicable (not TCP, UDP or ICMP echo)")
