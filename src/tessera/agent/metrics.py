@@ -67,6 +67,13 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        self.flowstate_removals = Counter(
+            "tessera_agent_flowstate_removals",
+            "Removals of pushed entries received from their owners, by what they did "
+            "(dropped, released, unknown, refused: not the sender's copy)",
+            ["result"],
+            registry=r,
+        )
         self.snat_exhausted = Counter(
             "tessera_agent_snat_exhausted",
             "Connections dropped because no SNAT address and port was free",

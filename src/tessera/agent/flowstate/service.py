@@ -7,8 +7,15 @@ egress and port-group hosts (`share`) before the first packet is reinjected; ent
 received from peers land in the same table, their tags invalidated on the agent thread
 (`drain_tags`). Simulations read the table through `view` and allocate SNAT ports
 through `snat` (the `NatAllocator`). The table expires entries against the kernel
-flows' last use at each sweep; SNAT leases are maintained; the table is saved
-periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
+flows' last use and TCP flags at each sweep; SNAT leases are maintained; the table is
+saved periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
+
+Removals: when an entry this host created expires (idle, or closed by FIN/RST; a port
+unbound deletes its flows, so its connections go idle and follow), the hosts it was
+pushed to get a removal record (`wire` op remove, in the same authenticated,
+replay-checked messages) and end their copies (`ConnTable.release`: at once when no
+flow there carries it, else as soon as those flows stop). Copies still age on their own
+meanwhile, so a dead owner or a lost datagram leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from tessera.agent.flowstate import persist
 from tessera.agent.flowstate.entry import default_timeout
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
-from tessera.agent.flowstate.table import ConnTable
+from tessera.agent.flowstate.table import ConnTable, Tracked
 from tessera.agent.flowstate.transport import (
     PORT,
     FlowStateReceiver,
@@ -143,9 +150,11 @@ class FlowStateService:
         tags: set[str] = set()
         for op, entry, timeout in updates:
             if op == "add":
-                tags |= self.table.add(entry, now, timeout=timeout)
+                tags |= self.table.add(entry, now, timeout=timeout, origin=sender)
             else:
-                tags |= self.table.remove(entry.key)
+                result = self.table.release(entry, sender, now)
+                self.metrics.flowstate_removals.labels(result=result).inc()
+        tags |= self.table.take_released_tags()
         if tags:
             self._tags.append(tags)
 
@@ -154,8 +163,23 @@ class FlowStateService:
         that created it is reinjected; returns the datagrams sent (0 without an exchange)."""
         if self.sender is None:
             return 0
+        entries = list(entries)
+        addresses = list(addresses)
         updates: list[Update] = [("add", e, default_timeout(e.key.proto)) for e in entries]
+        for e in entries:  # so that they hear of its removal
+            self.table.shared_with(e.key, addresses)
         return self.sender.send(addresses, updates)
+
+    def _withdraw(self, gone: Iterable[Tracked]) -> int:
+        """Tell the hosts each expired entry of ours was pushed to that it is gone."""
+        if self.sender is None:
+            return 0
+        by_hosts: dict[frozenset[str], list[Update]] = {}
+        for tracked in gone:
+            if tracked.origin is None and tracked.shared:
+                update: Update = ("remove", tracked.entry, tracked.timeout)
+                by_hosts.setdefault(frozenset(tracked.shared), []).append(update)
+        return sum(self.sender.send(sorted(h), u) for h, u in by_hosts.items())
 
     @property
     def view(self) -> FlowStateView:
@@ -196,10 +220,18 @@ class FlowStateService:
 
     # -- time -----------------------------------------------------------------------------
 
-    def sweep(self, now: float, last_used: Callable[[Hashable], float | None]) -> set[str]:
-        """Expire entries (`ConnTable.sweep`), maintain SNAT leases, save now and then;
-        the tags of expired entries."""
-        tags = self.table.sweep(now, last_used) if len(self.table) else set()
+    def sweep(
+        self,
+        now: float,
+        last_used: Callable[[Hashable], float | None],
+        tcp_flags: Callable[[Hashable], int] | None = None,
+    ) -> set[str]:
+        """Expire entries (`ConnTable.sweep_entries`) and tell peers of ours that went,
+        maintain SNAT leases, save now and then; the tags of expired entries."""
+        tags: set[str] = set()
+        if len(self.table):
+            tags, gone = self.table.sweep_entries(now, last_used, tcp_flags)
+            self._withdraw(gone)
         if self._unadopted:
             self._adopt_restored()
         self.snat.maintain()

@@ -10,8 +10,19 @@ An entry expires after its idle timeout, but idleness is judged like a flow's
 (`agent.lifecycle.sweep`): from the datapath's last-used time of every kernel flow that
 read or created it, because once those flows are installed the agent never sees the
 connection's packets again. A connection forwarding in the kernel therefore never
-expires; one whose flows all went idle does. TCP FIN or RST shortens the timeout
-(`note_tcp_flags`), as Linux conntrack's CLOSE/TIME_WAIT do.
+expires; one whose flows all went idle does. TCP FIN or RST shortens the timeout, as
+Linux conntrack's CLOSE/TIME_WAIT do: the datapath ORs the TCP flags of every packet
+into its flow's stats (`FlowStats.tcp_flags`), each sweep reads them with the last-use
+times, and a TCP entry carried by a flow that saw FIN or RST is held to the short
+timeout of `entry.closing_timeout` from then on (`note_tcp_flags` does the same for a
+segment the agent itself saw).
+
+Who owns an entry: the host whose simulation created it (`origin` None). It remembers
+the hosts it pushed the entry to (`shared`) so that, when the entry expires here, they
+are told to drop their copies (`sweep_entries` hands the expired entries to the
+service). A copy received from a peer (`origin` its host id) ages by this host's own
+flows like any entry — the backstop when the owner dies or a removal is lost — and its
+owner's removal (`release`) ends it as soon as no flow here uses it.
 
 Adding or removing an entry returns its tag (`entry.tag_of`, the simulation's
 `conntrack_tag`/`nat_tag`): exactly the flows that looked that key up, found or not.
@@ -27,7 +38,16 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from tessera.agent.flowstate.entry import StateKey, default_timeout, tag_of
+from tessera.agent.flowstate.entry import (
+    PROTO_TCP,
+    RELEASED_TIMEOUT,
+    TCP_FIN_TIMEOUT,
+    TCP_RST_TIMEOUT,
+    StateKey,
+    closing_timeout,
+    default_timeout,
+    tag_of,
+)
 from tessera.simulation.flowstate import (
     ConnKey,
     FlowStateEntry,
@@ -37,12 +57,8 @@ from tessera.simulation.flowstate import (
     NatKey,
 )
 
-TCP_CLOSING_TIMEOUT = 10.0  # after FIN or RST
-
-TCP_FIN = 0x01
-TCP_RST = 0x04
-
 LastUsed = Callable[[Hashable], float | None]
+TcpFlags = Callable[[Hashable], int]  # a flow's FlowStats.tcp_flags (0 if not installed)
 
 
 @dataclass
@@ -54,19 +70,34 @@ class Tracked:
     last_seen: float
     timeout: float
     flows: set[Hashable] = field(default_factory=set)
+    tcp_flags: int = 0  # OR of the flags its flows (and the agent) saw; TCP entries only
+    origin: str | None = None  # the peer's host id for a copy; None: created here
+    shared: set[str] = field(default_factory=set)  # underlay addresses it was pushed to
 
     def tag(self) -> str:
         return tag_of(self.entry.key)
 
 
 class ConnTable:
-    def __init__(self, on_remove: Callable[[FlowStateEntry], None] | None = None) -> None:
-        """`on_remove` is told of every entry that leaves (the SNAT port it held is free)."""
+    def __init__(
+        self,
+        on_remove: Callable[[FlowStateEntry], None] | None = None,
+        *,
+        fin_timeout: float = TCP_FIN_TIMEOUT,
+        rst_timeout: float = TCP_RST_TIMEOUT,
+        released_timeout: float = RELEASED_TIMEOUT,
+    ) -> None:
+        """`on_remove` is told of every entry that leaves (the SNAT port it held is free).
+        The timeouts are `entry`'s constants unless a test or an operator wants others."""
+        self.fin_timeout = fin_timeout
+        self.rst_timeout = rst_timeout
+        self.released_timeout = released_timeout
         self._lock = threading.Lock()
         self._entries: dict[StateKey, Tracked] = {}
         self._conns: dict[ConnKey, None] = {}
         self._bindings: dict[NatKey, NatBinding] = {}
         self._by_flow: dict[Hashable, set[StateKey]] = {}  # flow match -> keys it carries
+        self._released_tags: set[str] = set()
         self.on_remove = on_remove
         self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
 
@@ -81,9 +112,15 @@ class ConnTable:
         now: float,
         flows: Iterable[Hashable] = (),
         timeout: float | None = None,
+        *,
+        origin: str | None = None,
+        shared: Iterable[str] = (),
+        tcp_flags: int = 0,
     ) -> set[str]:
         """Hold `entry` (replacing one of the same key); returns the tags to invalidate:
-        flows simulated while the key was unknown (or bound otherwise) decided without it."""
+        flows simulated while the key was unknown (or bound otherwise) decided without it.
+        `origin`: the peer that pushed it (None: created here, and then ours to remove
+        even if a peer pushed it first)."""
         if timeout is None:
             timeout = default_timeout(entry.key.proto)
         with self._lock:
@@ -97,9 +134,15 @@ class ConnTable:
                 else:  # the same state again (a peer's retransmission): refresh it
                     old.last_seen = max(old.last_seen, now)
                     old.flows |= set(flows)
+                    old.shared |= set(shared)
+                    old.tcp_flags |= tcp_flags
+                    if origin is None:
+                        old.origin = None
                     self._index(key, old.flows)
                     return set()
-            tracked = Tracked(entry, now, now, timeout, kept | set(flows))
+            tracked = Tracked(
+                entry, now, now, timeout, kept | set(flows), tcp_flags, origin, set(shared)
+            )
             self._entries[key] = tracked
             self._index(key, tracked.flows)
             if isinstance(entry, NatEntry):
@@ -112,6 +155,41 @@ class ConnTable:
         """Forget the entry of `key`; the tags to invalidate (none if absent)."""
         with self._lock:
             return self._drop(key)
+
+    def shared_with(self, key: StateKey, addresses: Iterable[str]) -> None:
+        """The entry was pushed to these hosts: they are told when it goes."""
+        with self._lock:
+            tracked = self._entries.get(key)
+            if tracked is not None:
+                tracked.shared.update(addresses)
+
+    def release(self, entry: FlowStateEntry, origin: str, now: float) -> str:
+        """The owner `origin` dropped `entry`: end this host's copy. Dropped at once when
+        no flow here carries it, else held to `released_timeout` so that the sweep drops
+        it as soon as those flows are idle that long (never while they forward).
+
+        Returns what happened, for the counter: "dropped", "released" (kept while in
+        use here), "unknown" (no such copy: it expired here already) or "refused" (the
+        copy is not `origin`'s: created here, pushed by another host, or bound
+        otherwise — a member may only withdraw what it sent)."""
+        with self._lock:
+            tracked = self._entries.get(entry.key)
+            if tracked is None:
+                return "unknown"
+            if tracked.origin != origin or tracked.entry != entry:
+                return "refused"
+            if not tracked.flows:
+                tags = self._drop(entry.key)
+                self._released_tags |= tags
+                return "dropped"
+            tracked.timeout = min(tracked.timeout, self.released_timeout)
+            return "released"
+
+    def take_released_tags(self) -> set[str]:
+        """Tags of copies `release` dropped since the last call."""
+        with self._lock:
+            tags, self._released_tags = self._released_tags, set()
+            return tags
 
     def attach_flow(self, key: StateKey, match: Hashable) -> bool:
         """Note a kernel flow that read or created the entry: it keeps it alive."""
@@ -148,34 +226,50 @@ class ConnTable:
             return True
 
     def note_tcp_flags(self, key: ConnKey, flags: int, now: float) -> None:
-        """A TCP segment of the connection (either direction): FIN or RST starts its
-        short goodbye."""
-        self.touch(key, now)
-        if flags & (TCP_FIN | TCP_RST):
-            self.shorten(key, TCP_CLOSING_TIMEOUT)
+        """A TCP segment of the connection (either direction) that the agent saw: FIN or
+        RST starts its short goodbye, as when a flow's stats report them."""
+        with self._lock:
+            tracked = self._find(key)
+            if tracked is not None:
+                tracked.last_seen = max(tracked.last_seen, now)
+                self._note_flags(tracked, flags)
 
-    def sweep(self, now: float, last_used: LastUsed) -> set[str]:
+    def sweep(self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None) -> set[str]:
+        """`sweep_entries`, returning only the tags of what was removed."""
+        return self.sweep_entries(now, last_used, tcp_flags)[0]
+
+    def sweep_entries(
+        self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None
+    ) -> tuple[set[str], list[Tracked]]:
         """Remove entries idle longer than their timeout, where idle counts from the
         later of the agent's last sight and the last use of any flow carrying them
         (`last_used(match)`: None when the flow is not installed). A live entry's last
         sight moves up to its flows' last use, so its idle time stays true when saved.
-        Returns the tags of what was removed."""
+        A TCP entry whose flows saw FIN or RST (`tcp_flags(match)`) gets its short
+        timeout first. Returns the tags of what was removed and the removed records."""
         with self._lock:
             expired: list[StateKey] = []
             for key, tracked in self._entries.items():
                 last = tracked.last_seen
+                flags = 0
                 for match in tracked.flows:
                     used = last_used(match)
                     if used is not None and used > last:
                         last = used
+                    if tcp_flags is not None:
+                        flags |= tcp_flags(match)
+                if flags:
+                    self._note_flags(tracked, flags)
                 if now - last > tracked.timeout:
                     expired.append(key)
                 else:
                     tracked.last_seen = last
             tags: set[str] = set()
+            gone: list[Tracked] = []
             for key in expired:
+                gone.append(self._entries[key])
                 tags |= self._drop(key)
-            return tags
+            return tags, gone
 
     def clear(self) -> None:
         with self._lock:
@@ -195,9 +289,19 @@ class ConnTable:
     def snapshot(self) -> list[Tracked]:
         """Copies, for reports and persistence (readers never see the live records)."""
         with self._lock:
-            return [replace(t, flows=set(t.flows)) for t in self._entries.values()]
+            return [
+                replace(t, flows=set(t.flows), shared=set(t.shared)) for t in self._entries.values()
+            ]
 
     # -- internals (lock held) ----------------------------------------------------------
+
+    def _note_flags(self, tracked: Tracked, flags: int) -> None:
+        if tracked.entry.key.proto != PROTO_TCP:
+            return
+        tracked.tcp_flags |= flags
+        short = closing_timeout(tracked.tcp_flags, self.fin_timeout, self.rst_timeout)
+        if short is not None:
+            tracked.timeout = min(tracked.timeout, short)
 
     def _find(self, key: StateKey) -> Tracked | None:
         tracked = self._entries.get(key)
