@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from support.explore import explore_only
 from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP
+from tessera.agent.flowstate.service import apply_updates
+from tessera.agent.flowstate.table import ConnTable
 from tessera.agent.flowstate.transport import FlowStateReceiver, FlowStateSender, ReplayGuard
 from tessera.agent.flowstate.wire import (
     HEADER_SIZE,
@@ -55,16 +57,39 @@ def message(seq: int, updates: Sequence[tuple[Op, FlowStateEntry]], epoch: int =
     return encode(SENDER, epoch, seq, [encode_record(op, e, 600.0) for op, e in updates])
 
 
+OTHER = str(uuid.UUID(int=0x5678))
+
+
 class Harness:
+    """A receiver whose accepted messages are applied, as the agent applies them, to a
+    table holding copies pushed by SENDER (entries 0..2 and NAT entry 1), a copy pushed
+    by another host (entry 3) and one entry created here (entry 4)."""
+
     def __init__(self, metrics: AgentMetrics | None = None) -> None:
         self.metrics = metrics or AgentMetrics()
         self.delivered: list[tuple[str, Sequence[Update]]] = []
+        self.table = ConnTable()
+        for i in range(3):
+            self.table.add(entry(i), now=0.0, origin=SENDER)
+        self.table.add(entry(1, "nat"), now=0.0, origin=SENDER)
+        self.table.add(entry(3), now=0.0, origin=OTHER)
+        self.table.add(entry(4), now=0.0)
         self.receiver = FlowStateReceiver(
             lambda addr, sender: addr == PEER_ADDR and sender == SENDER,
-            lambda sender, updates: self.delivered.append((sender, updates)),
+            self._deliver,
             self.metrics,
             clock=lambda: 42.0,
         )
+
+    def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
+        self.delivered.append((sender, updates))
+        apply_updates(self.table, self.metrics, sender, updates, 42.0)
+
+    def removals(self, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "tessera_agent_flowstate_removals_total", {"result": result}
+        )
+        return value or 0.0
 
     def rejected(self, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -124,6 +149,23 @@ def test_the_receiver_accepts_a_member_once_and_counts_every_rejection() -> None
     # None of the rejected messages moved the replay window or created state.
     assert len(h.delivered) == 1 and h.accepted() == 1
     assert h.receiver.handle(message(2, [("remove", entry())]), PEER_ADDR)
+    assert h.table.lookup(entry().key) is None and h.removals("dropped") == 1
+
+
+def test_a_removal_ends_only_the_copies_its_sender_pushed() -> None:
+    h = Harness()
+    before = len(h.table)
+    removals = [("remove", entry(i)) for i in (1, 3, 4, 7)]  # ours 1; not 3, 4; 7 unknown
+    assert h.receiver.handle(message(1, [*removals, ("remove", entry(1, "nat"))]), PEER_ADDR)
+    assert h.table.lookup(entry(1).key) is None and h.table.lookup(entry(1, "nat").key) is None
+    assert all(h.table.lookup(entry(i).key) is not None for i in (0, 2, 3, 4))
+    assert len(h.table) == before - 2
+    assert (h.removals("dropped"), h.removals("refused"), h.removals("unknown")) == (2, 2, 1)
+    # A removal replayed, or forged by a non-member, is rejected before it can act.
+    assert not h.receiver.handle(message(1, [("remove", entry(0))]), PEER_ADDR)
+    assert not h.receiver.handle(message(2, [("remove", entry(0))]), "198.18.0.99")
+    assert h.table.lookup(entry(0).key) is not None
+    assert (h.rejected("replayed"), h.rejected("forged")) == (1, 1)
 
 
 def test_replay_window_takes_reordered_messages_and_a_newer_epoch_only() -> None:
@@ -209,6 +251,9 @@ _VALID = [
     message(1, [("add", entry(0))]),
     message(2, [("add", entry(1, "nat")), ("remove", entry(2))]),
     message(3, [("add", entry(i)) for i in range(5)]),
+    # Removals: of SENDER's copies, of the other host's, of ours, of unknown state.
+    message(4, [("remove", entry(i)) for i in range(6)]),
+    message(5, [("remove", entry(1, "nat")), ("remove", entry(0, "nat"))]),
 ]
 
 
@@ -263,8 +308,18 @@ def _counted(h: Harness) -> float:
 def _fuzz_body(data: bytes, member: bool) -> None:
     h = Harness(_METRICS)
     before, replays = _counted(h), h.rejected("replayed")
+    kept = {t.entry for t in h.table.snapshot() if t.origin != SENDER}
+    size = len(h.table)
     _check_one(h, data, PEER_ADDR if member else "198.18.0.7")
     assert _counted(h) == before + 1  # every datagram is counted exactly once
+    # Only an accepted message changes the table; a removal never creates state, and
+    # never ends what the sender did not push.
+    adds = sum(op == "add" for _s, u in h.delivered for op, _e, _t in u)
+    assert len(h.table) <= size + adds
+    if not h.delivered:
+        assert len(h.table) == size
+    for e in kept:
+        assert h.table.lookup(e.key) is not None
     if h.delivered:  # the same bytes again are a replay
         assert not h.receiver.handle(data, PEER_ADDR)
         assert h.rejected("replayed") == replays + 1

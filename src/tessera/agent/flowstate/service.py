@@ -48,6 +48,22 @@ from tessera.simulation.flowstate import FlowStateEntry, FlowStateView, NatEntry
 log = logging.getLogger(__name__)
 
 
+def apply_updates(
+    table: ConnTable, metrics: AgentMetrics, sender: str, updates: Sequence[Update], now: float
+) -> set[str]:
+    """What a peer's accepted message does to the table: adds become copies held for
+    `sender`, removals end `sender`'s copies (`ConnTable.release`, counted by result).
+    Returns the tags to invalidate."""
+    tags: set[str] = set()
+    for op, entry, timeout in updates:
+        if op == "add":
+            tags |= table.add(entry, now, timeout=timeout, origin=sender)
+        else:
+            result = table.release(entry, sender, now)
+            metrics.flowstate_removals.labels(result=result).inc()
+    return tags | table.take_released_tags()
+
+
 class FlowStateService:
     def __init__(
         self,
@@ -146,15 +162,7 @@ class FlowStateService:
 
     def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
         """On the receiver's thread: install, and leave the tags to the agent thread."""
-        now = self.clock()
-        tags: set[str] = set()
-        for op, entry, timeout in updates:
-            if op == "add":
-                tags |= self.table.add(entry, now, timeout=timeout, origin=sender)
-            else:
-                result = self.table.release(entry, sender, now)
-                self.metrics.flowstate_removals.labels(result=result).inc()
-        tags |= self.table.take_released_tags()
+        tags = apply_updates(self.table, self.metrics, sender, updates, self.clock())
         if tags:
             self._tags.append(tags)
 
@@ -244,4 +252,4 @@ class FlowStateService:
         return conntrack_report(self.table, self.snat, self.clock())
 
 
-__all__ = ["PORT", "FlowStateService"]
+__all__ = ["PORT", "FlowStateService", "apply_updates"]

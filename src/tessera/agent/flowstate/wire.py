@@ -21,7 +21,11 @@
       dev_len   B    then dev_len bytes of UTF-8 (1..64): the key's device
 
 A record is one of the simulation's `ConntrackEntry` / `NatEntry` (the same types the
-table holds and a simulation creates), plus its idle timeout.
+table holds and a simulation creates), plus its idle timeout. An add pushes a new entry
+to a host that will see its replies; a remove is the owner withdrawing what it pushed
+(the entry expired there, or closed by FIN/RST): the receiver ends its copy only if that
+very entry came from that sender (`ConnTable.release`), and the timeout field carries the
+owner's last timeout (informational, range-checked like an add's).
 
 Why binary and not JSON: the sender pays for encoding on a connection's first packet and
 the receiver must reject garbage cheaply; a fixed layout has one way to be read, and
