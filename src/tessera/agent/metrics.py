@@ -74,6 +74,13 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.flowstate_closes = Counter(
+            "tessera_agent_flowstate_closes",
+            "FIN/RST notices received from hosts an entry was pushed to, by what they did "
+            "(noted, unknown, refused)",
+            ["result"],
+            registry=r,
+        )
         self.snat_exhausted = Counter(
             "tessera_agent_snat_exhausted",
             "Connections dropped because no SNAT address and port was free",

@@ -166,3 +166,46 @@ def test_the_owner_s_expiry_withdraws_the_copies_it_pushed(cloud: Cloud) -> None
     # binding: not translated to the VM).
     cloud.send(e.ext, reply)
     assert cloud.received(e.vm) == []
+
+
+def test_a_reset_seen_only_at_the_peer_closes_the_owner_s_entries(cloud: Cloud) -> None:
+    """The external server refuses the VM's connection: its RST enters on h2 (where the
+    server is) and is delivered to the VM by VNI, so h1's flows never see it. h2 tells
+    h1, whose bindings (and SNAT port) go within seconds instead of ten minutes."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.51", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.52", flowstate_port=port)
+    e = _snat_edge(cloud, h1, h2)
+    gw, uplink = mac_from_str(GW_MAC), mac_from_str(UPLINK_MAC)
+    cloud.send(e.vm, tcp(e.vm, gw, e.ext.ip, 40000, 80, SYN))
+    got = cloud.received(e.ext)
+    if got and Ethernet.parse(got[0]).dst == 0xFFFF_FFFF_FFFF:
+        cloud.send(e.ext, e.ext.arp_reply(uplink, ip_from_str("203.0.113.1")))
+    assert _wait(lambda: len(h2.agent.flowstate.table) == 2)
+    h2.agent.run_once(0)
+    (fwd,) = [r for r in rows(h1) if r["kind"] == "fwd_snat"]
+    public_port = fwd["nat"]["port"]
+    refused = tcp(e.ext, uplink, ip_from_str("203.0.113.1"), 80, public_port, RST | ACK)
+    cloud.send(e.ext, refused)
+    assert len(cloud.received(e.vm)) == 1
+    cloud.clock.advance(SWEEP)
+    h2.agent.run_once(0)  # h2's reply flow saw the RST: its copy is closing, h1 is told
+    assert [r["state"] for r in rows(h2) if r["kind"] == "rev_snat"] == ["reset"]
+    registry = h1.agent.metrics.registry
+
+    def noted() -> float:
+        v = registry.get_sample_value("tessera_agent_flowstate_closes_total", {"result": "noted"})
+        return v or 0.0
+
+    assert _wait(lambda: noted() == 1)
+    # The whole connection on h1 (the bindings its forward flow carries) is reset, then
+    # gone, its SNAT port free; and h2's copies are withdrawn.
+    assert sorted((r["kind"], r["state"]) for r in rows(h1)) == [
+        ("fwd_snat", "reset"),
+        ("rev_snat", "reset"),
+    ]
+    cloud.clock.advance(TCP_RST_TIMEOUT + SWEEP)
+    h1.agent.run_once(0)
+    assert rows(h1) == [] and h1.agent.flowstate.snat.leases()[0][2] == 0
+    cloud.clock.advance(SWEEP)
+    assert _wait(lambda: (h2.agent.run_once(0), rows(h2))[1] == [])

@@ -269,3 +269,19 @@ def test_flags_origin_and_pushed_hosts_survive_a_restart(tmp_path: Path) -> None
     got = {t.entry.key: (t.tcp_flags, t.origin, t.shared, t.timeout) for t in restarted.snapshot()}
     assert got[tcp(1)] == (TCP_FIN, None, {"198.18.0.2", "198.18.0.3"}, TCP_FIN_TIMEOUT)
     assert got[tcp(2)] == (0, "host-a", set(), 600.0)
+
+
+def test_a_copy_s_first_fin_or_rst_is_handed_back_once_for_its_owner() -> None:
+    table = ConnTable()
+    copy, ours = ct(tcp(1)), ct(tcp(2))
+    table.add(copy, now=0.0, origin="host-a", flows=["reply"])
+    table.add(ours, now=0.0, flows=["fwd"], shared=["198.18.0.9"])
+    flags = {"reply": TCP_RST, "fwd": TCP_FIN}
+    _tags, _gone, closing = table.sweep_entries(1.0, lambda m: 1.0, lambda m: flags[m])
+    assert [(t.entry, t.origin, t.tcp_flags) for t in closing] == [(copy, "host-a", TCP_RST)]
+    assert table.sweep_entries(2.0, lambda m: 2.0, lambda m: flags[m])[2] == []  # not new
+    # The owner's side: a notice from a host the entry was pushed to shortens it.
+    assert table.note_close(ours, "198.18.0.7", TCP_RST) == "refused"  # not pushed there
+    assert table.note_close(ours, "198.18.0.9", TCP_RST) == "noted"
+    (t,) = [t for t in table.snapshot() if t.entry == ours]
+    assert (t.tcp_flags, t.timeout) == (TCP_FIN | TCP_RST, TCP_RST_TIMEOUT)

@@ -15,7 +15,9 @@ unbound deletes its flows, so its connections go idle and follow), the hosts it 
 pushed to get a removal record (`wire` op remove, in the same authenticated,
 replay-checked messages) and end their copies (`ConnTable.release`: at once when no
 flow there carries it, else as soon as those flows stop). Copies still age on their own
-meanwhile, so a dead owner or a lost datagram leaves nothing behind for long.
+meanwhile, so a dead owner or a lost datagram leaves nothing behind for long. The
+other way, a host whose flows see a copy's FIN or RST first tells the owner (op fin /
+rst), whose own flows may never see it, and the owner shortens its entry as if they had.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.flowstate import persist
-from tessera.agent.flowstate.entry import default_timeout
+from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, default_timeout
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable, Tracked
@@ -39,7 +41,7 @@ from tessera.agent.flowstate.transport import (
     FlowStateSender,
     zone_peer,
 )
-from tessera.agent.flowstate.wire import Update
+from tessera.agent.flowstate.wire import Op, Update
 from tessera.agent.metrics import AgentMetrics
 from tessera.model import TunnelZone
 from tessera.nsdb.base import Nsdb
@@ -49,18 +51,28 @@ log = logging.getLogger(__name__)
 
 
 def apply_updates(
-    table: ConnTable, metrics: AgentMetrics, sender: str, updates: Sequence[Update], now: float
+    table: ConnTable,
+    metrics: AgentMetrics,
+    sender: str,
+    updates: Sequence[Update],
+    now: float,
+    address: str | None = None,
 ) -> set[str]:
     """What a peer's accepted message does to the table: adds become copies held for
-    `sender`, removals end `sender`'s copies (`ConnTable.release`, counted by result).
-    Returns the tags to invalidate."""
+    `sender`, removals end `sender`'s copies (`ConnTable.release`), fin/rst shorten our
+    entries pushed to `sender`'s underlay `address` (`ConnTable.note_close`); the last
+    two counted by result. Returns the tags to invalidate."""
     tags: set[str] = set()
     for op, entry, timeout in updates:
         if op == "add":
             tags |= table.add(entry, now, timeout=timeout, origin=sender)
-        else:
+        elif op == "remove":
             result = table.release(entry, sender, now)
             metrics.flowstate_removals.labels(result=result).inc()
+        else:
+            flags = TCP_RST if op == "rst" else TCP_FIN
+            result = table.note_close(entry, address, flags) if address else "refused"
+            metrics.flowstate_closes.labels(result=result).inc()
     return tags | table.take_released_tags()
 
 
@@ -162,7 +174,9 @@ class FlowStateService:
 
     def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
         """On the receiver's thread: install, and leave the tags to the agent thread."""
-        tags = apply_updates(self.table, self.metrics, sender, updates, self.clock())
+        closes = any(op in ("fin", "rst") for op, _e, _t in updates)
+        address = self._address_of(sender) if closes else None  # (adds: no zone walk)
+        tags = apply_updates(self.table, self.metrics, sender, updates, self.clock(), address)
         if tags:
             self._tags.append(tags)
 
@@ -188,6 +202,28 @@ class FlowStateService:
                 update: Update = ("remove", tracked.entry, tracked.timeout)
                 by_hosts.setdefault(frozenset(tracked.shared), []).append(update)
         return sum(self.sender.send(sorted(h), u) for h, u in by_hosts.items())
+
+    def _tell_owners(self, closing: Iterable[Tracked]) -> int:
+        """Tell the owners of copies whose flows here saw FIN or RST: the owner's own
+        flows may never see it (a server's RST enters at the server's host only)."""
+        if self.sender is None:
+            return 0
+        sent = 0
+        for tracked in closing:
+            address = self._address_of(tracked.origin) if tracked.origin else None
+            if address is None:
+                continue
+            op: Op = "rst" if tracked.tcp_flags & TCP_RST else "fin"
+            sent += self.sender.send([address], [(op, tracked.entry, tracked.timeout)])
+        return sent
+
+    def _address_of(self, host_id: str) -> str | None:
+        """`host_id`'s underlay address in a tunnel zone this host is in too."""
+        for zone in self.zones():
+            members = {m.host_id: m.ip_address for m in zone.hosts}
+            if self.host_id in members and host_id in members:
+                return members[host_id]
+        return None
 
     @property
     def view(self) -> FlowStateView:
@@ -238,8 +274,9 @@ class FlowStateService:
         maintain SNAT leases, save now and then; the tags of expired entries."""
         tags: set[str] = set()
         if len(self.table):
-            tags, gone = self.table.sweep_entries(now, last_used, tcp_flags)
+            tags, gone, closing = self.table.sweep_entries(now, last_used, tcp_flags)
             self._withdraw(gone)
+            self._tell_owners(closing)
         if self._unadopted:
             self._adopt_restored()
         self.snat.maintain()

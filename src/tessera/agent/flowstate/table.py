@@ -22,7 +22,8 @@ the hosts it pushed the entry to (`shared`) so that, when the entry expires here
 are told to drop their copies (`sweep_entries` hands the expired entries to the
 service). A copy received from a peer (`origin` its host id) ages by this host's own
 flows like any entry — the backstop when the owner dies or a removal is lost — and its
-owner's removal (`release`) ends it as soon as no flow here uses it.
+owner's removal (`release`) ends it as soon as no flow here uses it. A FIN or RST first
+seen by a copy's flows is handed back too (the owner is told: `note_close` there).
 
 Adding or removing an entry returns its tag (`entry.tag_of`, the simulation's
 `conntrack_tag`/`nat_tag`): exactly the flows that looked that key up, found or not.
@@ -41,7 +42,9 @@ from types import MappingProxyType
 from tessera.agent.flowstate.entry import (
     PROTO_TCP,
     RELEASED_TIMEOUT,
+    TCP_FIN,
     TCP_FIN_TIMEOUT,
+    TCP_RST,
     TCP_RST_TIMEOUT,
     StateKey,
     closing_timeout,
@@ -234,21 +237,45 @@ class ConnTable:
                 tracked.last_seen = max(tracked.last_seen, now)
                 self._note_flags(tracked, flags)
 
+    def note_close(self, entry: FlowStateEntry, address: str, flags: int) -> str:
+        """A host this entry of ours was pushed to (underlay `address`) saw its FIN or
+        RST (`flags`) in a flow there: shorten it, and the entries that share a flow
+        with it here (the rest of the connection: its conntrack entry, the other NAT
+        binding), as if our own flows had seen it. Returns
+        "noted", "unknown" (no such entry: gone already) or "refused" (not ours, not
+        pushed to that host, or bound otherwise)."""
+        with self._lock:
+            tracked = self._entries.get(entry.key)
+            if tracked is None:
+                return "unknown"
+            if tracked.origin is not None or address not in tracked.shared:
+                return "refused"
+            if tracked.entry != entry:
+                return "refused"
+            self._note_flags(tracked, flags)
+            for match in tracked.flows:
+                for key in self._by_flow.get(match, ()):
+                    self._note_flags(self._entries[key], flags)
+            return "noted"
+
     def sweep(self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None) -> set[str]:
         """`sweep_entries`, returning only the tags of what was removed."""
         return self.sweep_entries(now, last_used, tcp_flags)[0]
 
     def sweep_entries(
         self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None
-    ) -> tuple[set[str], list[Tracked]]:
+    ) -> tuple[set[str], list[Tracked], list[Tracked]]:
         """Remove entries idle longer than their timeout, where idle counts from the
         later of the agent's last sight and the last use of any flow carrying them
         (`last_used(match)`: None when the flow is not installed). A live entry's last
         sight moves up to its flows' last use, so its idle time stays true when saved.
         A TCP entry whose flows saw FIN or RST (`tcp_flags(match)`) gets its short
-        timeout first. Returns the tags of what was removed and the removed records."""
+        timeout first. Returns the tags of what was removed, the removed records, and
+        the copies (of a peer's entries) whose flows saw FIN or RST for the first time,
+        which their owner is told of."""
         with self._lock:
             expired: list[StateKey] = []
+            closing: list[Tracked] = []
             for key, tracked in self._entries.items():
                 last = tracked.last_seen
                 flags = 0
@@ -258,8 +285,8 @@ class ConnTable:
                         last = used
                     if tcp_flags is not None:
                         flags |= tcp_flags(match)
-                if flags:
-                    self._note_flags(tracked, flags)
+                if flags and self._note_flags(tracked, flags) and tracked.origin is not None:
+                    closing.append(replace(tracked, flows=set(), shared=set()))
                 if now - last > tracked.timeout:
                     expired.append(key)
                 else:
@@ -269,7 +296,7 @@ class ConnTable:
             for key in expired:
                 gone.append(self._entries[key])
                 tags |= self._drop(key)
-            return tags, gone
+            return tags, gone, closing
 
     def clear(self) -> None:
         with self._lock:
@@ -295,13 +322,16 @@ class ConnTable:
 
     # -- internals (lock held) ----------------------------------------------------------
 
-    def _note_flags(self, tracked: Tracked, flags: int) -> None:
+    def _note_flags(self, tracked: Tracked, flags: int) -> bool:
+        """OR in `flags` and shorten a TCP entry; whether FIN or RST is new to it."""
         if tracked.entry.key.proto != PROTO_TCP:
-            return
+            return False
+        new = flags & ~tracked.tcp_flags & (TCP_FIN | TCP_RST)
         tracked.tcp_flags |= flags
         short = closing_timeout(tracked.tcp_flags, self.fin_timeout, self.rst_timeout)
         if short is not None:
             tracked.timeout = min(tracked.timeout, short)
+        return bool(new)
 
     def _find(self, key: StateKey) -> Tracked | None:
         tracked = self._entries.get(key)
