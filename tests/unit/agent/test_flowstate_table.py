@@ -19,6 +19,7 @@ from tessera.agent.flowstate.entry import (
     tag_of,
 )
 from tessera.agent.flowstate.table import ConnTable
+from tessera.datapath.base import FlowStats
 from tessera.packet.addr import ip_from_str as ip
 from tessera.simulation.flowstate import (
     ConnKey,
@@ -251,6 +252,12 @@ def test_a_removal_from_the_owner_ends_only_its_own_copy_and_never_a_live_one() 
         used["reply-flow"] = float(t)
         assert table.sweep(float(t), used.get) == set()
     assert table.sweep(33.0, used.get) == {conntrack_tag(live.key)}
+    # A released copy that its owner pushes again is a new connection: afresh.
+    table.add(live, now=40.0, origin=owner, flows=["reply-flow"])
+    assert table.release(live, owner, now=41.0) == "released"
+    assert table.add(live, now=42.0, origin=owner) == {conntrack_tag(live.key)}
+    (again,) = [t for t in table.snapshot() if t.entry == live]
+    assert (again.timeout, again.released, again.flows) == (600.0, False, set())
     # Once created here, a pushed entry is ours: its pusher cannot withdraw it.
     table.add(fwd, now=40.0)
     assert table.release(fwd, owner, now=41.0) == "refused"
@@ -285,3 +292,21 @@ def test_a_copy_s_first_fin_or_rst_is_handed_back_once_for_its_owner() -> None:
     assert table.note_close(ours, "198.18.0.9", TCP_RST) == "noted"
     (t,) = [t for t in table.snapshot() if t.entry == ours]
     assert (t.tcp_flags, t.timeout) == (TCP_FIN | TCP_RST, TCP_RST_TIMEOUT)
+
+
+def test_a_flow_invalidated_before_a_sweep_hands_over_its_flags_and_last_use() -> None:
+    """A flow deleted between sweeps (its tag invalidated) would take the RST it saw
+    with it: its entries read it first, and it stops keeping them alive."""
+    table = ConnTable()
+    copy, ours = ct(tcp(1)), ct(tcp(2))
+    table.add(copy, now=0.0, origin="host-a", flows=["reply"])
+    table.add(ours, now=0.0, flows=["fwd"])
+    assert table.carries("reply") and not table.carries("other")
+    table.flow_removed("reply", FlowStats(3, 180, 7.0, TCP_RST | 0x10))
+    table.flow_removed("fwd", None)  # already gone from the datapath: nothing to read
+    assert not table.carries("reply") and not table.carries("fwd")
+    (c,) = [t for t in table.snapshot() if t.entry == copy]
+    assert (c.last_seen, c.tcp_flags, c.timeout, c.flows) == (7.0, 0x14, TCP_RST_TIMEOUT, set())
+    _tags, _gone, closing = table.sweep_entries(8.0, lambda m: None)
+    assert [t.entry for t in closing] == [copy]  # the owner is told at the next sweep
+    assert table.sweep(7.0 + TCP_RST_TIMEOUT + 1, lambda m: None) == {conntrack_tag(copy.key)}

@@ -51,6 +51,7 @@ from tessera.agent.flowstate.entry import (
     default_timeout,
     tag_of,
 )
+from tessera.datapath.base import FlowStats
 from tessera.simulation.flowstate import (
     ConnKey,
     FlowStateEntry,
@@ -76,6 +77,7 @@ class Tracked:
     tcp_flags: int = 0  # OR of the flags its flows (and the agent) saw; TCP entries only
     origin: str | None = None  # the peer's host id for a copy; None: created here
     shared: set[str] = field(default_factory=set)  # underlay addresses it was pushed to
+    released: bool = False  # a copy its owner withdrew, kept while flows here use it
 
     def tag(self) -> str:
         return tag_of(self.entry.key)
@@ -101,6 +103,7 @@ class ConnTable:
         self._bindings: dict[NatKey, NatBinding] = {}
         self._by_flow: dict[Hashable, set[StateKey]] = {}  # flow match -> keys it carries
         self._released_tags: set[str] = set()
+        self._closing: list[Tracked] = []  # copies closed by a flow deleted meanwhile
         self.on_remove = on_remove
         self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
 
@@ -132,8 +135,13 @@ class ConnTable:
             kept: set[Hashable] = set()
             if old is not None:
                 kept = old.flows
-                if old.entry != entry:
+                if old.entry != entry or old.released:
+                    # Another binding; or the owner created anew what it had withdrawn
+                    # (a new connection): its timeout and flags start afresh, and the
+                    # returned tag invalidates the old connection's flows.
                     self._drop(key)
+                    if old.released:
+                        kept = set()
                 else:  # the same state again (a peer's retransmission): refresh it
                     old.last_seen = max(old.last_seen, now)
                     old.flows |= set(flows)
@@ -186,6 +194,7 @@ class ConnTable:
                 self._released_tags |= tags
                 return "dropped"
             tracked.timeout = min(tracked.timeout, self.released_timeout)
+            tracked.released = True
             return "released"
 
     def take_released_tags(self) -> set[str]:
@@ -203,6 +212,28 @@ class ConnTable:
             tracked.flows.add(match)
             self._index(key, (match,))
             return True
+
+    def carries(self, match: Hashable) -> bool:
+        """Whether the flow `match` keeps any entry alive (cheap: no lock, one lookup)."""
+        return match in self._by_flow
+
+    def flow_removed(self, match: Hashable, stats: FlowStats | None) -> None:
+        """The flow is being deleted (invalidated): its entries take its last use and
+        TCP flags first — a FIN or RST it carried since the last sweep would otherwise
+        be lost with it — and it no longer keeps them alive."""
+        with self._lock:
+            for key in self._by_flow.pop(match, ()):
+                tracked = self._entries.get(key)
+                if tracked is None:
+                    continue
+                tracked.flows.discard(match)
+                if stats is None:
+                    continue
+                if stats.last_used is not None:
+                    tracked.last_seen = max(tracked.last_seen, stats.last_used)
+                new = self._note_flags(tracked, stats.tcp_flags)
+                if new and tracked.origin is not None:
+                    self._closing.append(replace(tracked, flows=set(), shared=set()))
 
     def detach_flow(self, match: Hashable) -> None:
         """A flow was removed: it no longer keeps anything alive."""
@@ -275,7 +306,7 @@ class ConnTable:
         which their owner is told of."""
         with self._lock:
             expired: list[StateKey] = []
-            closing: list[Tracked] = []
+            closing, self._closing = self._closing, []
             for key, tracked in self._entries.items():
                 last = tracked.last_seen
                 flags = 0
