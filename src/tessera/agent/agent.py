@@ -275,14 +275,19 @@ class Agent:
         return self._stateful_peers[1].get(id, [])
 
     def _sweep_flowstate(self, now: float) -> None:
-        """Connections expire by their kernel flows' last use, read like flows' own."""
+        """Connections expire by their kernel flows' last use, read like flows' own, and
+        sooner once those flows saw a TCP FIN or RST."""
         installed = self.dp.dump() if len(self.flowstate.table) else {}
 
         def last_used(match: object) -> float | None:
             inst = installed.get(match) if isinstance(match, Match) else None
             return inst.stats.last_used if inst is not None else None
 
-        tags = self.flowstate.sweep(now, last_used)
+        def tcp_flags(match: object) -> int:
+            inst = installed.get(match) if isinstance(match, Match) else None
+            return inst.stats.tcp_flags if inst is not None else 0
+
+        tags = self.flowstate.sweep(now, last_used, tcp_flags)
         if tags:
             self.upcall.invalidate(tags)
 

@@ -124,7 +124,7 @@ def conntrack(
         typer.echo(json.dumps(answer, indent=2))
         return
     table = Table(box=box.SIMPLE, title=f"connections of {agent.name or agent.host_id}")
-    for header in ("forward", "return", "device", "nat", "idle", "expires in", "flows"):
+    for header in ("forward", "return", "device", "nat", "state", "idle", "expires in", "flows"):
         table.add_column(header, overflow="fold")
     for e in answer.get("entries", []):
         nat = e.get("nat")
@@ -134,6 +134,7 @@ def conntrack(
             _key_text(e["return"]),
             str(e.get("zone", "")),
             f"{nat['side']}→{nat['ip']}{port}" if nat else "",
+            str(e.get("state", "")),
             f"{e.get('idle', 0.0):.1f}s",
             f"{e.get('expires_in', 0.0):.1f}s",
             str(e.get("flows", 0)),

@@ -67,6 +67,20 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        self.flowstate_removals = Counter(
+            "tessera_agent_flowstate_removals",
+            "Removals of pushed entries received from their owners, by what they did "
+            "(dropped, released, unknown, refused: not the sender's copy)",
+            ["result"],
+            registry=r,
+        )
+        self.flowstate_closes = Counter(
+            "tessera_agent_flowstate_closes",
+            "FIN/RST notices received from hosts an entry was pushed to, by what they did "
+            "(noted, unknown, refused)",
+            ["result"],
+            registry=r,
+        )
         self.snat_exhausted = Counter(
             "tessera_agent_snat_exhausted",
             "Connections dropped because no SNAT address and port was free",

@@ -387,11 +387,19 @@ class Flow:
 @dataclass(frozen=True, slots=True)
 class FlowStats:
     """Counters kept by the datapath itself: `last_used` is `time.monotonic()` seconds of
-    the last hit, None if the flow never carried a packet."""
+    the last hit, None if the flow never carried a packet.
+
+    `tcp_flags` is the OR of the TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ... : byte 13
+    of the header) of every packet that hit the flow, as OVS keeps them: after a
+    connection's first packet its packets stay in the datapath, and this is how the
+    agent learns that it is closing. Counted for IPv4 TCP in a first or only fragment
+    whose first 14 header bytes (up to the flags) lie within the IP total length and the
+    frame (`tessera.datapath.frames.tcp_flags`); other packets add nothing."""
 
     packets: int = 0
     bytes: int = 0
     last_used: float | None = None
+    tcp_flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)

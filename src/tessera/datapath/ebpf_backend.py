@@ -289,7 +289,8 @@ class EbpfDatapath(Datapath):
         if actions is None:
             actions = (ToUserspace(),)  # unusable as is: the agent replaces or removes it
         last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
-        return InstalledFlow(Flow(match, actions), FlowStats(entry.packets, entry.bytes, last))
+        stats = FlowStats(entry.packets, entry.bytes, last, entry.tcp_flags)
+        return InstalledFlow(Flow(match, actions), stats)
 
     def dump(self) -> dict[Match, InstalledFlow]:
         """Installed flows; an entry whose mask slot is not active (left by a crash in
@@ -307,7 +308,7 @@ class EbpfDatapath(Datapath):
         if entry is None:
             return None
         last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
-        return FlowStats(entry.packets, entry.bytes, last)
+        return FlowStats(entry.packets, entry.bytes, last, entry.tcp_flags)
 
     # -- packets --
 

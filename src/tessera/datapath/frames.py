@@ -63,6 +63,22 @@ def ipv4_offset(frame: bytes | bytearray) -> int | None:
     return off
 
 
+def tcp_flags(frame: bytes | bytearray) -> int:
+    """The flags byte (FIN, SYN, RST, ...) of an IPv4 TCP segment, 0 for anything else:
+    what the kernel program ORs into a flow's `FlowStats.tcp_flags`, under its
+    conditions (a first or only fragment, the first 14 bytes of the TCP header within
+    the IP total length and the frame)."""
+    off = ipv4_offset(frame)
+    if off is None or frame[off + 9] != _TCP:
+        return 0
+    ihl = (frame[off] & 0x0F) * 4
+    (total,) = _H.unpack_from(frame, off + 2)
+    (frag,) = _H.unpack_from(frame, off + 6)
+    if frag & 0x1FFF or ihl < 20 or total - ihl < 14 or off + ihl + 14 > len(frame):
+        return 0
+    return frame[off + ihl + 13]
+
+
 def csum_replace(csum: int, old: bytes, new: bytes) -> int:
     """`csum` (a checksum field) after the bytes it covers change from `old` to `new`:
     RFC 1624's ~(~HC + ~m + m'), with the kernel's arithmetic (csum_replace4 and

@@ -22,7 +22,7 @@ from tessera.datapath.base import (
     masked_getter,
     packet_key,
 )
-from tessera.datapath.frames import Execution, run_actions
+from tessera.datapath.frames import Execution, run_actions, tcp_flags
 from tessera.packet.errors import PacketError
 
 
@@ -32,15 +32,17 @@ class Entry:
     packets: int = 0
     bytes: int = 0
     last_used: float | None = None
+    tcp_flags: int = 0
 
-    def hit(self, nbytes: int, now: float) -> None:
+    def hit(self, nbytes: int, now: float, tcp_flags: int = 0) -> None:
         # Counters are best effort under concurrency, as the kernel's are per CPU.
         self.packets += 1
         self.bytes += nbytes
         self.last_used = now
+        self.tcp_flags |= tcp_flags
 
     def stats(self) -> FlowStats:
-        return FlowStats(self.packets, self.bytes, self.last_used)
+        return FlowStats(self.packets, self.bytes, self.last_used, self.tcp_flags)
 
 
 _Table = tuple[int, Callable[[PacketKey], PacketKey], dict[PacketKey, Entry]]
@@ -110,7 +112,7 @@ class MegaflowTable:
             return None
         if entry is None:
             return None
-        entry.hit(len(frame), now)
+        entry.hit(len(frame), now, tcp_flags(frame))
         return run_actions(frame, entry.flow.actions)
 
     def stats(self, match: Match) -> FlowStats | None:

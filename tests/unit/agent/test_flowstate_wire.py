@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from support.explore import explore_only
-from tessera.agent.flowstate.entry import PROTO_ICMP, PROTO_TCP
+from tessera.agent.flowstate.entry import (
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_RST,
+    TCP_RST_TIMEOUT,
+)
+from tessera.agent.flowstate.service import apply_updates
+from tessera.agent.flowstate.table import ConnTable
 from tessera.agent.flowstate.transport import FlowStateReceiver, FlowStateSender, ReplayGuard
 from tessera.agent.flowstate.wire import (
     HEADER_SIZE,
@@ -55,16 +63,45 @@ def message(seq: int, updates: Sequence[tuple[Op, FlowStateEntry]], epoch: int =
     return encode(SENDER, epoch, seq, [encode_record(op, e, 600.0) for op, e in updates])
 
 
+OTHER = str(uuid.UUID(int=0x5678))
+
+
 class Harness:
+    """A receiver whose accepted messages are applied, as the agent applies them, to a
+    table holding copies pushed by SENDER (entries 0..2 and NAT entry 1), a copy pushed
+    by another host (entry 3) and one entry created here and pushed to SENDER (entry 4)."""
+
     def __init__(self, metrics: AgentMetrics | None = None) -> None:
         self.metrics = metrics or AgentMetrics()
         self.delivered: list[tuple[str, Sequence[Update]]] = []
+        self.table = ConnTable()
+        for i in range(3):
+            self.table.add(entry(i), now=0.0, origin=SENDER)
+        self.table.add(entry(1, "nat"), now=0.0, origin=SENDER)
+        self.table.add(entry(3), now=0.0, origin=OTHER)
+        self.table.add(entry(4), now=0.0, shared=[PEER_ADDR])
         self.receiver = FlowStateReceiver(
             lambda addr, sender: addr == PEER_ADDR and sender == SENDER,
-            lambda sender, updates: self.delivered.append((sender, updates)),
+            self._deliver,
             self.metrics,
             clock=lambda: 42.0,
         )
+
+    def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
+        self.delivered.append((sender, updates))
+        apply_updates(self.table, self.metrics, sender, updates, 42.0, PEER_ADDR)
+
+    def removals(self, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "tessera_agent_flowstate_removals_total", {"result": result}
+        )
+        return value or 0.0
+
+    def closes(self, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "tessera_agent_flowstate_closes_total", {"result": result}
+        )
+        return value or 0.0
 
     def rejected(self, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -82,6 +119,7 @@ def test_a_message_round_trips_with_every_kind_of_entry() -> None:
     echo = NatEntry(NatKey("rev_dnat", PROTO_ICMP, 1, 9, 2, 9, ZONE), NatBinding(3, 9))
     updates: list[Update] = [
         up("add", entry(1)), up("add", entry(2, "nat"), 30.5), up("remove", entry(3)),
+        up("fin", entry(4), 60.0), up("rst", entry(5, "nat"), 5.0),
         up("add", echo, 30.0), *(up("add", n) for n in nats),
     ]  # fmt: skip
     data = encode(SENDER, 1000, 7, [encode_record(*u) for u in updates])
@@ -124,6 +162,42 @@ def test_the_receiver_accepts_a_member_once_and_counts_every_rejection() -> None
     # None of the rejected messages moved the replay window or created state.
     assert len(h.delivered) == 1 and h.accepted() == 1
     assert h.receiver.handle(message(2, [("remove", entry())]), PEER_ADDR)
+    assert h.table.lookup(entry().key) is None and h.removals("dropped") == 1
+
+
+def test_a_removal_ends_only_the_copies_its_sender_pushed() -> None:
+    h = Harness()
+    before = len(h.table)
+    removals = [("remove", entry(i)) for i in (1, 3, 4, 7)]  # ours 1; not 3, 4; 7 unknown
+    assert h.receiver.handle(message(1, [*removals, ("remove", entry(1, "nat"))]), PEER_ADDR)
+    assert h.table.lookup(entry(1).key) is None and h.table.lookup(entry(1, "nat").key) is None
+    assert all(h.table.lookup(entry(i).key) is not None for i in (0, 2, 3, 4))
+    assert len(h.table) == before - 2
+    assert (h.removals("dropped"), h.removals("refused"), h.removals("unknown")) == (2, 2, 1)
+    # A removal replayed, or forged by a non-member, is rejected before it can act.
+    assert not h.receiver.handle(message(1, [("remove", entry(0))]), PEER_ADDR)
+    assert not h.receiver.handle(message(2, [("remove", entry(0))]), "198.18.0.99")
+    assert h.table.lookup(entry(0).key) is not None
+    assert (h.rejected("replayed"), h.rejected("forged")) == (1, 1)
+
+
+def test_fin_and_rst_notices_shorten_only_our_entries_pushed_to_the_sender() -> None:
+    h = Harness()
+    notices = [("rst", entry(4)), ("fin", entry(0)), ("fin", entry(8))]  # ours; a copy; ?
+    assert h.receiver.handle(message(1, notices), PEER_ADDR)
+    (ours,) = [t for t in h.table.snapshot() if t.entry == entry(4)]
+    assert (ours.tcp_flags, ours.timeout) == (TCP_RST, TCP_RST_TIMEOUT)
+    (copy,) = [t for t in h.table.snapshot() if t.entry == entry(0)]
+    assert (copy.tcp_flags, copy.timeout) == (0, 600.0)
+    assert (h.closes("noted"), h.closes("refused"), h.closes("unknown")) == (1, 1, 1)
+    # Only TCP connections close: a notice about UDP state is malformed.
+    udp = ConntrackEntry(ConnKey(PROTO_UDP, 1, 2, 3, 4, ZONE))
+    with pytest.raises(ValueError, match="fin"):
+        encode_record("fin", udp, 60.0)
+    data = bytearray(message(2, [("fin", entry(4))]))
+    data[HEADER_SIZE + 2] = PROTO_UDP
+    assert not h.receiver.handle(bytes(data), PEER_ADDR)
+    assert h.rejected("malformed") == 1
 
 
 def test_replay_window_takes_reordered_messages_and_a_newer_epoch_only() -> None:
@@ -209,6 +283,11 @@ _VALID = [
     message(1, [("add", entry(0))]),
     message(2, [("add", entry(1, "nat")), ("remove", entry(2))]),
     message(3, [("add", entry(i)) for i in range(5)]),
+    # Removals: of SENDER's copies, of the other host's, of ours, of unknown state.
+    message(4, [("remove", entry(i)) for i in range(6)]),
+    message(5, [("remove", entry(1, "nat")), ("remove", entry(0, "nat"))]),
+    # FIN/RST notices: of ours pushed to SENDER, of SENDER's copies, of unknown state.
+    message(6, [("fin", entry(4)), ("rst", entry(0)), ("rst", entry(7, "nat"))]),
 ]
 
 
@@ -263,8 +342,18 @@ def _counted(h: Harness) -> float:
 def _fuzz_body(data: bytes, member: bool) -> None:
     h = Harness(_METRICS)
     before, replays = _counted(h), h.rejected("replayed")
+    kept = {t.entry for t in h.table.snapshot() if t.origin != SENDER}
+    size = len(h.table)
     _check_one(h, data, PEER_ADDR if member else "198.18.0.7")
     assert _counted(h) == before + 1  # every datagram is counted exactly once
+    # Only an accepted message changes the table; a removal never creates state, and
+    # never ends what the sender did not push.
+    adds = sum(op == "add" for _s, u in h.delivered for op, _e, _t in u)
+    assert len(h.table) <= size + adds
+    if not h.delivered:
+        assert len(h.table) == size
+    for e in kept:
+        assert h.table.lookup(e.key) is not None
     if h.delivered:  # the same bytes again are a replay
         assert not h.receiver.handle(data, PEER_ADDR)
         assert h.rejected("replayed") == replays + 1

@@ -26,6 +26,48 @@ StateKey = ConnKey | NatKey
 TIMEOUTS: dict[int, float] = {PROTO_TCP: 600.0, PROTO_UDP: 60.0, PROTO_ICMP: 30.0}
 DEFAULT_TIMEOUT = 60.0
 
+# TCP flags as the datapath reports them (`FlowStats.tcp_flags`: byte 13 of the header).
+TCP_FIN = 0x01
+TCP_RST = 0x04
+
+# Once a flow carrying a TCP entry has seen FIN, the entry's idle timeout drops to this:
+# the connection is closing, and what is left is the other side's last data and ACKs
+# (a half-closed connection still talking keeps its flows in use, so it never expires).
+# 60 s is Linux conntrack's CLOSE_WAIT and its TIME_WAIT (2 x MSL): a reused 5-tuple or
+# SNAT port cannot meet an end still in TIME_WAIT for the old connection.
+TCP_FIN_TIMEOUT = 60.0
+# After RST neither end sends more than segments already in flight or a retransmitted
+# RST: a few seconds let those still find the state (and be translated back, not leak
+# untranslated), then the SNAT port is free again — what matters with 64-port blocks.
+TCP_RST_TIMEOUT = 5.0
+# A copy of a peer's entry that the peer removed (`wire` op remove): gone at the next
+# sweep unless a flow here used it within this time, then as soon as its flows here
+# stay idle that long — a live connection is never cut off by its owner's expiry.
+RELEASED_TIMEOUT = 5.0
+
+
+def closing_timeout(
+    tcp_flags: int, fin: float = TCP_FIN_TIMEOUT, rst: float = TCP_RST_TIMEOUT
+) -> float | None:
+    """The idle timeout a TCP entry whose flows saw `tcp_flags` is held to (None: the
+    flags do not shorten it)."""
+    if tcp_flags & TCP_RST:
+        return rst
+    if tcp_flags & TCP_FIN:
+        return fin
+    return None
+
+
+def tcp_state(proto: int, tcp_flags: int) -> str:
+    """What `tessera conntrack` shows: a TCP entry is "established" until a FIN
+    ("closing") or an RST ("reset") went through a flow carrying it; others are
+    "active" (they have no close, only their idle timeout)."""
+    if proto != PROTO_TCP:
+        return "active"
+    if tcp_flags & TCP_RST:
+        return "reset"
+    return "closing" if tcp_flags & TCP_FIN else "established"
+
 
 def default_timeout(proto: int) -> float:
     return TIMEOUTS.get(proto, DEFAULT_TIMEOUT)

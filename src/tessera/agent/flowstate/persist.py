@@ -42,6 +42,10 @@ def save(path: Path, table: ConnTable, now: float, wall_now: float) -> int:
                 "record": base64.b64encode(record).decode(),
                 "idle": max(0.0, now - tracked.last_seen),
                 "timeout": tracked.timeout,
+                # Who must hear of its removal, whose copy it is, how it was closing.
+                "tcp_flags": tracked.tcp_flags,
+                "origin": tracked.origin,
+                "shared": sorted(tracked.shared),
             }
         )
     data = json.dumps({"format": FORMAT, "saved_at": wall_now, "entries": items})
@@ -75,11 +79,18 @@ def load(path: Path, table: ConnTable, now: float, wall_now: float) -> int:
             _op, entry, timeout = decode_record(record)
             idle = float(item["idle"]) + downtime
             timeout = min(float(item["timeout"]), timeout)
+            # Absent from files of earlier versions: nothing seen, ours, pushed nowhere.
+            tcp_flags = int(item.get("tcp_flags") or 0) & 0xFF
+            origin = item.get("origin")
+            origin = str(origin) if origin is not None else None
+            shared = [str(a) for a in item.get("shared") or ()]
         except (WireError, ValueError, KeyError, TypeError) as exc:
             log.warning("flow state file %s: skipped a bad entry (%s)", path, exc)
             continue
         if idle >= timeout:
             continue
-        table.add(entry, now - idle, timeout=timeout)
+        table.add(
+            entry, now - idle, timeout=timeout, origin=origin, shared=shared, tcp_flags=tcp_flags
+        )
         loaded += 1
     return loaded

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tessera.agent.flowstate.entry import tcp_state
 from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE
@@ -57,6 +58,12 @@ def conntrack_report(table: ConnTable, snat: SnatAllocator | None, now: float) -
                 "forward": key_json(e.key),
                 "return": ret or {"text": ""},
                 "nat": nat,
+                # established / closing (FIN seen) / reset (RST seen); "active" if not TCP
+                "state": tcp_state(e.key.proto, tracked.tcp_flags),
+                "tcp_flags": tracked.tcp_flags,
+                # None: created here; else the host id of the peer that pushed it
+                "origin": tracked.origin,
+                "shared_with": sorted(tracked.shared),
                 "timeout": tracked.timeout,
                 "idle": idle,
                 # Flows in use keep an entry past this: it is checked at each sweep.

@@ -7,8 +7,17 @@ egress and port-group hosts (`share`) before the first packet is reinjected; ent
 received from peers land in the same table, their tags invalidated on the agent thread
 (`drain_tags`). Simulations read the table through `view` and allocate SNAT ports
 through `snat` (the `NatAllocator`). The table expires entries against the kernel
-flows' last use at each sweep; SNAT leases are maintained; the table is saved
-periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
+flows' last use and TCP flags at each sweep; SNAT leases are maintained; the table is
+saved periodically and on stop and loaded at start; `tessera conntrack` reads `report`.
+
+Removals: when an entry this host created expires (idle, or closed by FIN/RST; a port
+unbound deletes its flows, so its connections go idle and follow), the hosts it was
+pushed to get a removal record (`wire` op remove, in the same authenticated,
+replay-checked messages) and end their copies (`ConnTable.release`: at once when no
+flow there carries it, else as soon as those flows stop). Copies still age on their own
+meanwhile, so a dead owner or a lost datagram leaves nothing behind for long. The
+other way, a host whose flows see a copy's FIN or RST first tells the owner (op fin /
+rst), whose own flows may never see it, and the owner shortens its entry as if they had.
 """
 
 from __future__ import annotations
@@ -22,23 +31,49 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.flowstate import persist
-from tessera.agent.flowstate.entry import default_timeout
+from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, default_timeout
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
-from tessera.agent.flowstate.table import ConnTable
+from tessera.agent.flowstate.table import ConnTable, Tracked
 from tessera.agent.flowstate.transport import (
     PORT,
     FlowStateReceiver,
     FlowStateSender,
     zone_peer,
 )
-from tessera.agent.flowstate.wire import Update
+from tessera.agent.flowstate.wire import Op, Update
 from tessera.agent.metrics import AgentMetrics
 from tessera.model import TunnelZone
 from tessera.nsdb.base import Nsdb
 from tessera.simulation.flowstate import FlowStateEntry, FlowStateView, NatEntry, NatKey
 
 log = logging.getLogger(__name__)
+
+
+def apply_updates(
+    table: ConnTable,
+    metrics: AgentMetrics,
+    sender: str,
+    updates: Sequence[Update],
+    now: float,
+    address: str | None = None,
+) -> set[str]:
+    """What a peer's accepted message does to the table: adds become copies held for
+    `sender`, removals end `sender`'s copies (`ConnTable.release`), fin/rst shorten our
+    entries pushed to `sender`'s underlay `address` (`ConnTable.note_close`); the last
+    two counted by result. Returns the tags to invalidate."""
+    tags: set[str] = set()
+    for op, entry, timeout in updates:
+        if op == "add":
+            tags |= table.add(entry, now, timeout=timeout, origin=sender)
+        elif op == "remove":
+            result = table.release(entry, sender, now)
+            metrics.flowstate_removals.labels(result=result).inc()
+        else:
+            flags = TCP_RST if op == "rst" else TCP_FIN
+            result = table.note_close(entry, address, flags) if address else "refused"
+            metrics.flowstate_closes.labels(result=result).inc()
+    return tags | table.take_released_tags()
 
 
 class FlowStateService:
@@ -139,13 +174,9 @@ class FlowStateService:
 
     def _deliver(self, sender: str, updates: Sequence[Update]) -> None:
         """On the receiver's thread: install, and leave the tags to the agent thread."""
-        now = self.clock()
-        tags: set[str] = set()
-        for op, entry, timeout in updates:
-            if op == "add":
-                tags |= self.table.add(entry, now, timeout=timeout)
-            else:
-                tags |= self.table.remove(entry.key)
+        closes = any(op in ("fin", "rst") for op, _e, _t in updates)
+        address = self._address_of(sender) if closes else None  # (adds: no zone walk)
+        tags = apply_updates(self.table, self.metrics, sender, updates, self.clock(), address)
         if tags:
             self._tags.append(tags)
 
@@ -159,8 +190,45 @@ class FlowStateService:
         that created it is reinjected; returns the datagrams sent (0 without an exchange)."""
         if self.sender is None:
             return 0
+        entries = list(entries)
+        addresses = list(addresses)
         updates: list[Update] = [("add", e, default_timeout(e.key.proto)) for e in entries]
+        for e in entries:  # so that they hear of its removal
+            self.table.shared_with(e.key, addresses)
         return self.sender.send(addresses, updates)
+
+    def _withdraw(self, gone: Iterable[Tracked]) -> int:
+        """Tell the hosts each expired entry of ours was pushed to that it is gone."""
+        if self.sender is None:
+            return 0
+        by_hosts: dict[frozenset[str], list[Update]] = {}
+        for tracked in gone:
+            if tracked.origin is None and tracked.shared:
+                update: Update = ("remove", tracked.entry, tracked.timeout)
+                by_hosts.setdefault(frozenset(tracked.shared), []).append(update)
+        return sum(self.sender.send(sorted(h), u) for h, u in by_hosts.items())
+
+    def _tell_owners(self, closing: Iterable[Tracked]) -> int:
+        """Tell the owners of copies whose flows here saw FIN or RST: the owner's own
+        flows may never see it (a server's RST enters at the server's host only)."""
+        if self.sender is None:
+            return 0
+        sent = 0
+        for tracked in closing:
+            address = self._address_of(tracked.origin) if tracked.origin else None
+            if address is None:
+                continue
+            op: Op = "rst" if tracked.tcp_flags & TCP_RST else "fin"
+            sent += self.sender.send([address], [(op, tracked.entry, tracked.timeout)])
+        return sent
+
+    def _address_of(self, host_id: str) -> str | None:
+        """`host_id`'s underlay address in a tunnel zone this host is in too."""
+        for zone in self.zones():
+            members = {m.host_id: m.ip_address for m in zone.hosts}
+            if self.host_id in members and host_id in members:
+                return members[host_id]
+        return None
 
     @property
     def view(self) -> FlowStateView:
@@ -201,10 +269,19 @@ class FlowStateService:
 
     # -- time -----------------------------------------------------------------------------
 
-    def sweep(self, now: float, last_used: Callable[[Hashable], float | None]) -> set[str]:
-        """Expire entries (`ConnTable.sweep`), maintain SNAT leases, save now and then;
-        the tags of expired entries."""
-        tags = self.table.sweep(now, last_used) if len(self.table) else set()
+    def sweep(
+        self,
+        now: float,
+        last_used: Callable[[Hashable], float | None],
+        tcp_flags: Callable[[Hashable], int] | None = None,
+    ) -> set[str]:
+        """Expire entries (`ConnTable.sweep_entries`) and tell peers of ours that went,
+        maintain SNAT leases, save now and then; the tags of expired entries."""
+        tags: set[str] = set()
+        if len(self.table):
+            tags, gone, closing = self.table.sweep_entries(now, last_used, tcp_flags)
+            self._withdraw(gone)
+            self._tell_owners(closing)
         if self._unadopted:
             self._adopt_restored()
         self.snat.maintain()
@@ -217,4 +294,4 @@ class FlowStateService:
         return conntrack_report(self.table, self.snat, self.clock())
 
 
-__all__ = ["PORT", "FlowStateService"]
+__all__ = ["PORT", "FlowStateService", "apply_updates"]

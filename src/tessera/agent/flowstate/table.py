@@ -10,8 +10,20 @@ An entry expires after its idle timeout, but idleness is judged like a flow's
 (`agent.lifecycle.sweep`): from the datapath's last-used time of every kernel flow that
 read or created it, because once those flows are installed the agent never sees the
 connection's packets again. A connection forwarding in the kernel therefore never
-expires; one whose flows all went idle does. TCP FIN or RST shortens the timeout
-(`note_tcp_flags`), as Linux conntrack's CLOSE/TIME_WAIT do.
+expires; one whose flows all went idle does. TCP FIN or RST shortens the timeout, as
+Linux conntrack's CLOSE/TIME_WAIT do: the datapath ORs the TCP flags of every packet
+into its flow's stats (`FlowStats.tcp_flags`), each sweep reads them with the last-use
+times, and a TCP entry carried by a flow that saw FIN or RST is held to the short
+timeout of `entry.closing_timeout` from then on (`note_tcp_flags` does the same for a
+segment the agent itself saw).
+
+Who owns an entry: the host whose simulation created it (`origin` None). It remembers
+the hosts it pushed the entry to (`shared`) so that, when the entry expires here, they
+are told to drop their copies (`sweep_entries` hands the expired entries to the
+service). A copy received from a peer (`origin` its host id) ages by this host's own
+flows like any entry — the backstop when the owner dies or a removal is lost — and its
+owner's removal (`release`) ends it as soon as no flow here uses it. A FIN or RST first
+seen by a copy's flows is handed back too (the owner is told: `note_close` there).
 
 Adding or removing an entry returns its tag (`entry.tag_of`, the simulation's
 `conntrack_tag`/`nat_tag`): exactly the flows that looked that key up, found or not.
@@ -27,7 +39,19 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from tessera.agent.flowstate.entry import StateKey, default_timeout, tag_of
+from tessera.agent.flowstate.entry import (
+    PROTO_TCP,
+    RELEASED_TIMEOUT,
+    TCP_FIN,
+    TCP_FIN_TIMEOUT,
+    TCP_RST,
+    TCP_RST_TIMEOUT,
+    StateKey,
+    closing_timeout,
+    default_timeout,
+    tag_of,
+)
+from tessera.datapath.base import FlowStats
 from tessera.simulation.flowstate import (
     ConnKey,
     FlowStateEntry,
@@ -37,12 +61,8 @@ from tessera.simulation.flowstate import (
     NatKey,
 )
 
-TCP_CLOSING_TIMEOUT = 10.0  # after FIN or RST
-
-TCP_FIN = 0x01
-TCP_RST = 0x04
-
 LastUsed = Callable[[Hashable], float | None]
+TcpFlags = Callable[[Hashable], int]  # a flow's FlowStats.tcp_flags (0 if not installed)
 
 
 @dataclass
@@ -54,19 +74,36 @@ class Tracked:
     last_seen: float
     timeout: float
     flows: set[Hashable] = field(default_factory=set)
+    tcp_flags: int = 0  # OR of the flags its flows (and the agent) saw; TCP entries only
+    origin: str | None = None  # the peer's host id for a copy; None: created here
+    shared: set[str] = field(default_factory=set)  # underlay addresses it was pushed to
+    released: bool = False  # a copy its owner withdrew, kept while flows here use it
 
     def tag(self) -> str:
         return tag_of(self.entry.key)
 
 
 class ConnTable:
-    def __init__(self, on_remove: Callable[[FlowStateEntry], None] | None = None) -> None:
-        """`on_remove` is told of every entry that leaves (the SNAT port it held is free)."""
+    def __init__(
+        self,
+        on_remove: Callable[[FlowStateEntry], None] | None = None,
+        *,
+        fin_timeout: float = TCP_FIN_TIMEOUT,
+        rst_timeout: float = TCP_RST_TIMEOUT,
+        released_timeout: float = RELEASED_TIMEOUT,
+    ) -> None:
+        """`on_remove` is told of every entry that leaves (the SNAT port it held is free).
+        The timeouts are `entry`'s constants unless a test or an operator wants others."""
+        self.fin_timeout = fin_timeout
+        self.rst_timeout = rst_timeout
+        self.released_timeout = released_timeout
         self._lock = threading.Lock()
         self._entries: dict[StateKey, Tracked] = {}
         self._conns: dict[ConnKey, None] = {}
         self._bindings: dict[NatKey, NatBinding] = {}
         self._by_flow: dict[Hashable, set[StateKey]] = {}  # flow match -> keys it carries
+        self._released_tags: set[str] = set()
+        self._closing: list[Tracked] = []  # copies closed by a flow deleted meanwhile
         self.on_remove = on_remove
         self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
 
@@ -81,9 +118,15 @@ class ConnTable:
         now: float,
         flows: Iterable[Hashable] = (),
         timeout: float | None = None,
+        *,
+        origin: str | None = None,
+        shared: Iterable[str] = (),
+        tcp_flags: int = 0,
     ) -> set[str]:
         """Hold `entry` (replacing one of the same key); returns the tags to invalidate:
-        flows simulated while the key was unknown (or bound otherwise) decided without it."""
+        flows simulated while the key was unknown (or bound otherwise) decided without it.
+        `origin`: the peer that pushed it (None: created here, and then ours to remove
+        even if a peer pushed it first)."""
         if timeout is None:
             timeout = default_timeout(entry.key.proto)
         with self._lock:
@@ -92,14 +135,25 @@ class ConnTable:
             kept: set[Hashable] = set()
             if old is not None:
                 kept = old.flows
-                if old.entry != entry:
+                if old.entry != entry or old.released:
+                    # Another binding; or the owner created anew what it had withdrawn
+                    # (a new connection): its timeout and flags start afresh, and the
+                    # returned tag invalidates the old connection's flows.
                     self._drop(key)
+                    if old.released:
+                        kept = set()
                 else:  # the same state again (a peer's retransmission): refresh it
                     old.last_seen = max(old.last_seen, now)
                     old.flows |= set(flows)
+                    old.shared |= set(shared)
+                    old.tcp_flags |= tcp_flags
+                    if origin is None:
+                        old.origin = None
                     self._index(key, old.flows)
                     return set()
-            tracked = Tracked(entry, now, now, timeout, kept | set(flows))
+            tracked = Tracked(
+                entry, now, now, timeout, kept | set(flows), tcp_flags, origin, set(shared)
+            )
             self._entries[key] = tracked
             self._index(key, tracked.flows)
             if isinstance(entry, NatEntry):
@@ -113,6 +167,42 @@ class ConnTable:
         with self._lock:
             return self._drop(key)
 
+    def shared_with(self, key: StateKey, addresses: Iterable[str]) -> None:
+        """The entry was pushed to these hosts: they are told when it goes."""
+        with self._lock:
+            tracked = self._entries.get(key)
+            if tracked is not None:
+                tracked.shared.update(addresses)
+
+    def release(self, entry: FlowStateEntry, origin: str, now: float) -> str:
+        """The owner `origin` dropped `entry`: end this host's copy. Dropped at once when
+        no flow here carries it, else held to `released_timeout` so that the sweep drops
+        it as soon as those flows are idle that long (never while they forward).
+
+        Returns what happened, for the counter: "dropped", "released" (kept while in
+        use here), "unknown" (no such copy: it expired here already) or "refused" (the
+        copy is not `origin`'s: created here, pushed by another host, or bound
+        otherwise — a member may only withdraw what it sent)."""
+        with self._lock:
+            tracked = self._entries.get(entry.key)
+            if tracked is None:
+                return "unknown"
+            if tracked.origin != origin or tracked.entry != entry:
+                return "refused"
+            if not tracked.flows:
+                tags = self._drop(entry.key)
+                self._released_tags |= tags
+                return "dropped"
+            tracked.timeout = min(tracked.timeout, self.released_timeout)
+            tracked.released = True
+            return "released"
+
+    def take_released_tags(self) -> set[str]:
+        """Tags of copies `release` dropped since the last call."""
+        with self._lock:
+            tags, self._released_tags = self._released_tags, set()
+            return tags
+
     def attach_flow(self, key: StateKey, match: Hashable) -> bool:
         """Note a kernel flow that read or created the entry: it keeps it alive."""
         with self._lock:
@@ -122,6 +212,28 @@ class ConnTable:
             tracked.flows.add(match)
             self._index(key, (match,))
             return True
+
+    def carries(self, match: Hashable) -> bool:
+        """Whether the flow `match` keeps any entry alive (cheap: no lock, one lookup)."""
+        return match in self._by_flow
+
+    def flow_removed(self, match: Hashable, stats: FlowStats | None) -> None:
+        """The flow is being deleted (invalidated): its entries take its last use and
+        TCP flags first — a FIN or RST it carried since the last sweep would otherwise
+        be lost with it — and it no longer keeps them alive."""
+        with self._lock:
+            for key in self._by_flow.pop(match, ()):
+                tracked = self._entries.get(key)
+                if tracked is None:
+                    continue
+                tracked.flows.discard(match)
+                if stats is None:
+                    continue
+                if stats.last_used is not None:
+                    tracked.last_seen = max(tracked.last_seen, stats.last_used)
+                new = self._note_flags(tracked, stats.tcp_flags)
+                if new and tracked.origin is not None:
+                    self._closing.append(replace(tracked, flows=set(), shared=set()))
 
     def detach_flow(self, match: Hashable) -> None:
         """A flow was removed: it no longer keeps anything alive."""
@@ -148,34 +260,74 @@ class ConnTable:
             return True
 
     def note_tcp_flags(self, key: ConnKey, flags: int, now: float) -> None:
-        """A TCP segment of the connection (either direction): FIN or RST starts its
-        short goodbye."""
-        self.touch(key, now)
-        if flags & (TCP_FIN | TCP_RST):
-            self.shorten(key, TCP_CLOSING_TIMEOUT)
+        """A TCP segment of the connection (either direction) that the agent saw: FIN or
+        RST starts its short goodbye, as when a flow's stats report them."""
+        with self._lock:
+            tracked = self._find(key)
+            if tracked is not None:
+                tracked.last_seen = max(tracked.last_seen, now)
+                self._note_flags(tracked, flags)
 
-    def sweep(self, now: float, last_used: LastUsed) -> set[str]:
+    def note_close(self, entry: FlowStateEntry, address: str, flags: int) -> str:
+        """A host this entry of ours was pushed to (underlay `address`) saw its FIN or
+        RST (`flags`) in a flow there: shorten it, and the entries that share a flow
+        with it here (the rest of the connection: its conntrack entry, the other NAT
+        binding), as if our own flows had seen it. Returns
+        "noted", "unknown" (no such entry: gone already) or "refused" (not ours, not
+        pushed to that host, or bound otherwise)."""
+        with self._lock:
+            tracked = self._entries.get(entry.key)
+            if tracked is None:
+                return "unknown"
+            if tracked.origin is not None or address not in tracked.shared:
+                return "refused"
+            if tracked.entry != entry:
+                return "refused"
+            self._note_flags(tracked, flags)
+            for match in tracked.flows:
+                for key in self._by_flow.get(match, ()):
+                    self._note_flags(self._entries[key], flags)
+            return "noted"
+
+    def sweep(self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None) -> set[str]:
+        """`sweep_entries`, returning only the tags of what was removed."""
+        return self.sweep_entries(now, last_used, tcp_flags)[0]
+
+    def sweep_entries(
+        self, now: float, last_used: LastUsed, tcp_flags: TcpFlags | None = None
+    ) -> tuple[set[str], list[Tracked], list[Tracked]]:
         """Remove entries idle longer than their timeout, where idle counts from the
         later of the agent's last sight and the last use of any flow carrying them
         (`last_used(match)`: None when the flow is not installed). A live entry's last
         sight moves up to its flows' last use, so its idle time stays true when saved.
-        Returns the tags of what was removed."""
+        A TCP entry whose flows saw FIN or RST (`tcp_flags(match)`) gets its short
+        timeout first. Returns the tags of what was removed, the removed records, and
+        the copies (of a peer's entries) whose flows saw FIN or RST for the first time,
+        which their owner is told of."""
         with self._lock:
             expired: list[StateKey] = []
+            closing, self._closing = self._closing, []
             for key, tracked in self._entries.items():
                 last = tracked.last_seen
+                flags = 0
                 for match in tracked.flows:
                     used = last_used(match)
                     if used is not None and used > last:
                         last = used
+                    if tcp_flags is not None:
+                        flags |= tcp_flags(match)
+                if flags and self._note_flags(tracked, flags) and tracked.origin is not None:
+                    closing.append(replace(tracked, flows=set(), shared=set()))
                 if now - last > tracked.timeout:
                     expired.append(key)
                 else:
                     tracked.last_seen = last
             tags: set[str] = set()
+            gone: list[Tracked] = []
             for key in expired:
+                gone.append(self._entries[key])
                 tags |= self._drop(key)
-            return tags
+            return tags, gone, closing
 
     def clear(self) -> None:
         with self._lock:
@@ -195,9 +347,22 @@ class ConnTable:
     def snapshot(self) -> list[Tracked]:
         """Copies, for reports and persistence (readers never see the live records)."""
         with self._lock:
-            return [replace(t, flows=set(t.flows)) for t in self._entries.values()]
+            return [
+                replace(t, flows=set(t.flows), shared=set(t.shared)) for t in self._entries.values()
+            ]
 
     # -- internals (lock held) ----------------------------------------------------------
+
+    def _note_flags(self, tracked: Tracked, flags: int) -> bool:
+        """OR in `flags` and shorten a TCP entry; whether FIN or RST is new to it."""
+        if tracked.entry.key.proto != PROTO_TCP:
+            return False
+        new = flags & ~tracked.tcp_flags & (TCP_FIN | TCP_RST)
+        tracked.tcp_flags |= flags
+        short = closing_timeout(tracked.tcp_flags, self.fin_timeout, self.rst_timeout)
+        if short is not None:
+            tracked.timeout = min(tracked.timeout, short)
+        return bool(new)
 
     def _find(self, key: StateKey) -> Tracked | None:
         tracked = self._entries.get(key)

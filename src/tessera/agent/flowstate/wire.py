@@ -9,7 +9,7 @@
       epoch     Q    the sender's boot epoch (milliseconds since 1970 at its start)
       seq       Q    per (sender, epoch), starting at 1, +1 per message
     record (27 bytes + device)
-      op        B    1 add, 2 remove
+      op        B    1 add, 2 remove, 3 fin, 4 rst
       kind      B    1 conntrack, 2 fwd_snat, 3 fwd_dnat, 4 rev_snat, 5 rev_dnat
       proto     B
       flags     B    0 (reserved)
@@ -21,7 +21,15 @@
       dev_len   B    then dev_len bytes of UTF-8 (1..64): the key's device
 
 A record is one of the simulation's `ConntrackEntry` / `NatEntry` (the same types the
-table holds and a simulation creates), plus its idle timeout.
+table holds and a simulation creates), plus its idle timeout. An add pushes a new entry
+to a host that will see its replies; a remove is the owner withdrawing what it pushed
+(the entry expired there, or closed by FIN/RST): the receiver ends its copy only if that
+very entry came from that sender (`ConnTable.release`), and the timeout field carries the
+owner's last timeout (informational, range-checked like an add's). Fin and rst go the
+other way, from a host holding a copy to its owner: a flow there saw the connection's
+FIN or RST, which the owner's own flows may never see (the server's RST to a client
+enters at the server's host), and the owner shortens its entry as if it had
+(`ConnTable.note_close`); the timeout field is the sender's shortened timeout.
 
 Why binary and not JSON: the sender pays for encoding on a connection's first packet and
 the receiver must reject garbage cheaply; a fixed layout has one way to be read, and
@@ -49,6 +57,7 @@ from tessera.simulation.flowstate import (
     NatKind,
 )
 
+_TCP = 6
 MAGIC = b"TSFS"
 VERSION = 1
 MAX_MESSAGE = 1400  # bytes: one packet on a 1500-byte underlay, headers included
@@ -58,12 +67,12 @@ _RECORD = struct.Struct("!BBBBIIHHIHIB")
 HEADER_SIZE = _HEADER.size
 MAX_RECORD = _RECORD.size + MAX_ZONE_BYTES
 
-_OPS = {1: "add", 2: "remove"}
-_OP_CODES = {"add": 1, "remove": 2}
+_OPS = {1: "add", 2: "remove", 3: "fin", 4: "rst"}
+_OP_CODES = {"add": 1, "remove": 2, "fin": 3, "rst": 4}
 _NAT_KINDS: dict[int, NatKind] = {2: "fwd_snat", 3: "fwd_dnat", 4: "rev_snat", 5: "rev_dnat"}
 _KIND_CODES: dict[str, int] = {"conntrack": 1, **{v: k for k, v in _NAT_KINDS.items()}}
 
-Op = Literal["add", "remove"]
+Op = Literal["add", "remove", "fin", "rst"]
 Update = tuple[Op, FlowStateEntry, float]  # what to do, the entry, its idle timeout (s)
 
 
@@ -84,8 +93,8 @@ class Message:
 
 
 def encode_record(op: Op, entry: FlowStateEntry, timeout: float) -> bytes:
-    if not valid(entry, timeout):
-        raise ValueError(f"invalid state entry {entry}")
+    if not valid(entry, timeout) or (op in ("fin", "rst") and entry.key.proto != _TCP):
+        raise ValueError(f"invalid state entry {entry} for {op}")
     k = entry.key
     device = k.device.encode("utf-8")
     if isinstance(entry, NatEntry):
@@ -157,6 +166,8 @@ def decode(data: bytes) -> Message:
         offset += dlen
         if op not in _OPS or flags or (kind != 1 and kind not in _NAT_KINDS):
             raise WireError("malformed", f"record {n}: bad op, kind or flags")
+        if op >= 3 and proto != _TCP:
+            raise WireError("malformed", f"record {n}: fin or rst of protocol {proto}")
         try:
             device = raw_device.decode("utf-8")
         except UnicodeDecodeError:

@@ -113,7 +113,11 @@ struct flow_value {
 	__u64 bytes;     /*  8 */
 	__u64 last_used; /* 16: bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
 	__u32 n_actions; /* 24 */
-	__u32 flags;     /* 28: reserved, 0 */
+	__u32 tcp_flags; /* 28: OR of the TCP flags (byte 13 of the header) of the
+			  *     packets that hit the flow, as OVS's flow stats keep
+			  *     them: once a connection's packets stay in the kernel,
+			  *     how the agent learns of its FIN or RST.  Set with an
+			  *     atomic OR by the program; a replace keeps it. */
 	struct flow_action actions[FLOW_MAX_ACTIONS]; /* 32 */
 };                       /* 32 + 12 * 24 = 320 */
 

@@ -284,7 +284,7 @@ class FlowValue(_Struct):
         ("bytes", u64),
         ("last_used", u64),
         ("n_actions", u32),
-        ("flags", u32),
+        ("tcp_flags", u32),  # OR of the TCP flags of the packets that hit it
         ("actions", FlowAction * FLOW_MAX_ACTIONS),
     ]
 

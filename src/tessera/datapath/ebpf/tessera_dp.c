@@ -103,6 +103,7 @@ struct {
 /* Where the parser found things; offsets are from the Ethernet header. */
 struct parse_info {
 	__u32 l3_off; /* IPv4 header, 0 when the packet is not IPv4 */
+	__u32 tcp_flags; /* byte 13 of a TCP header (FIN, SYN, RST, ...), else 0 */
 };
 
 struct vlan_hdr_ {
@@ -151,6 +152,7 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 {
 	__builtin_memset(key, 0, sizeof(*key));
 	pi->l3_off = 0;
+	pi->tcp_flags = 0;
 	key->in_port = in_port;
 
 	/* Headers of a paged skb may not be in the linear area yet. */
@@ -246,6 +248,18 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 			return;
 		key->tp_src = ((__u16)l4[0] << 8) | l4[1];
 		key->tp_dst = ((__u16)l4[2] << 8) | l4[3];
+		/* The flags of a whole TCP header (14 bytes within the IP total
+		 * length and the frame), for the flow's stats; a load when the
+		 * byte is past the linear area (IP options in a paged skb). */
+		if (ip->protocol == IPPROTO_TCP && avail >= 14) {
+			__u8 tf = 0;
+
+			if ((void *)(l4 + 14) <= data_end)
+				tf = l4[13];
+			else
+				bpf_skb_load_bytes(skb, off + ihl + 13, &tf, 1);
+			pi->tcp_flags = tf;
+		}
 		break;
 	case IPPROTO_ICMP:
 		if (avail < 2 || (void *)(l4 + 2) > data_end)
@@ -685,6 +699,10 @@ static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mod
 	__sync_fetch_and_add(&fv->packets, 1);
 	__sync_fetch_and_add(&fv->bytes, len);
 	fv->last_used = bpf_ktime_get_ns();
+	/* Read first: the flags of a connection are all set after a few packets, so
+	 * most packets write nothing more than the counters. */
+	if (pi.tcp_flags && (fv->tcp_flags & pi.tcp_flags) != pi.tcp_flags)
+		__sync_fetch_and_or(&fv->tcp_flags, pi.tcp_flags);
 	stat_inc(mode == MODE_INJECT ? STAT_INJECT_HIT : STAT_HIT);
 	return run_actions(skb, fv, &pi, key.ip_ttl, in_port, mode);
 }

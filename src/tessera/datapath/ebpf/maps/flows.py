@@ -54,6 +54,7 @@ class FlowEntry:
     packets: int
     bytes: int
     last_used_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns()), 0 = never
+    tcp_flags: int = 0  # OR of the TCP flags of the packets that hit it
     flood_set: int | None = None  # the flood set its trailing outputs live in
 
     def actions(self, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
@@ -188,8 +189,11 @@ class FlowMap:
                     self.masks.free(idx)
                 raise
             old = self.map.lookup(FlowLookupKey.from_buffer_copy(lk))
-            counters = (0, 0, 0) if old is None else (old.packets, old.bytes, old.last_used)
-            self.map.update_bytes(lk, _VALUE_HEAD(*counters, n, 0) + packed, bpf.BPF_ANY)
+            # A replace keeps the counters and the TCP flags seen (`Datapath.install`).
+            kept = (0, 0, 0, n, 0)
+            if old is not None:
+                kept = (old.packets, old.bytes, old.last_used, n, old.tcp_flags)
+            self.map.update_bytes(lk, _VALUE_HEAD(*kept) + packed, bpf.BPF_ANY)
             return lk, _flood_id(old) if old is not None else self._flood_of.get(lk)
         self.masks.ref(idx)
         return lk, None
@@ -254,6 +258,7 @@ class FlowMap:
             packets=int(v.packets),
             bytes=int(v.bytes),
             last_used_ns=int(v.last_used),
+            tcp_flags=int(v.tcp_flags),
             flood_set=set_id,
         )
 

@@ -1,0 +1,109 @@
+"""TCP close with real VMs across two lab hosts (eBPF datapath): the kernel reports the
+FIN/RST of the packets it forwards, and the agents end the connection's state.
+
+    lan 10.0.0.0/24: vm1 10.0.0.10 (h1, firewalled: replies only)   vm3 10.0.0.30 (h2)
+
+- vm1 connects to a closed port of vm3: vm3's RST enters on h2 only (it reaches vm1 by
+  VNI), h2 tells h1 (the entry's owner), and the connection's state is gone within
+  seconds on both hosts — not after TCP's ten-minute idle timeout (the refusal itself
+  shows the firewall tracked it: without the entry the RST would have been dropped);
+- vm1 fetches from a server on vm3 that closes: FIN goes through h1's kernel flow, and
+  `tessera conntrack` on h1 shows the connection `closing`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from lab_helpers import Lab, Snapshot, require_agent, root_missing, tessera
+from test_lab_stateful import CLIENT, PORT, Net, _chain, _put
+
+from support.wait import wait_until
+from tessera.lab import names
+
+pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.zookeeper, pytest.mark.slow]
+
+if (_why := root_missing()) is not None:
+    pytest.skip(_why, allow_module_level=True)
+
+CLOSED = PORT + 1  # nothing listens there: vm3's kernel answers RST
+
+
+@pytest.fixture(scope="module")
+def closing_net() -> Iterator[Net]:
+    require_agent()
+    before = Snapshot.take()
+    lab = Lab()
+    n = Net(lab)
+    try:
+        lab.up("--hosts", "2", "--datapath", "ebpf")
+        lan = lab.create("/bridges", {"name": "lan"})["id"]
+        ports = {}
+        for name, host, address in (("vm1", "h1", "10.0.0.10/24"), ("vm3", "h2", "10.0.0.30/24")):
+            ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]
+            lab.cmd(
+                "vm", "add", name, "--host", host, "--port", ports[name], "--ip", address,
+                timeout=90,
+            )  # fmt: skip
+        from_vm1 = _chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
+        to_vm1 = _chain(
+            lab, "to vm1",
+            {"type": "accept", "dl_type": 0x0806},
+            {"type": "accept", "match_return_flow": True},
+            {"type": "drop"},
+        )  # fmt: skip
+        _put(lab, f"/ports/{ports['vm1']}",
+             {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1})  # fmt: skip
+        yield n
+    finally:
+        n.stop()
+        lab.down()
+        lab.assert_gone(before)
+
+
+def _entries(lab: Lab, host: int, dport: int) -> list[dict[str, Any]]:
+    out = tessera("conntrack", "--host", names.host_id(lab.name, host), "--json").stdout
+    entries: list[dict[str, Any]] = json.loads(out)["entries"]
+    return [e for e in entries if e["forward"]["dst_port"] == dport]
+
+
+def test_a_reset_from_the_far_host_ends_the_connection_on_both_hosts(closing_net: Net) -> None:
+    lab = closing_net.lab
+    proc = lab.exec("vm1", sys.executable, "-c", CLIENT, "10.0.0.30", str(CLOSED), "5", check=False)
+    assert proc.returncode == 1 and "refused" in proc.stdout.lower(), proc.stdout
+    # The owner learns of the RST from h2 (its own flow saw only the SYN): its entry
+    # is reset and gone within seconds, not TCP's ten idle minutes; h2's copy too.
+    seen: list[str] = []
+
+    def gone() -> bool:
+        entries = _entries(lab, 1, CLOSED)
+        seen.extend(e["state"] for e in entries)
+        return not entries and not _entries(lab, 2, CLOSED)
+
+    wait_until(gone, timeout=30, what="the reset connection's state to go from both hosts")
+    assert set(seen) <= {"established", "reset"}, seen
+
+
+def test_a_fin_through_the_kernel_flow_shows_the_connection_closing(closing_net: Net) -> None:
+    lab = closing_net.lab
+    closing_net.server("vm3", "10.0.0.30")
+    proc = lab.exec("vm1", sys.executable, "-c", CLIENT, "10.0.0.30", str(PORT), "5", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Both ends closed: the client's FIN passed h1's forward flow, the server's the
+    # reply flow on h2. Each host sees the close; neither entry is established any more.
+    wait_until(
+        lambda: [e["state"] for e in _entries(lab, 1, PORT)] == ["closing"],
+        timeout=10,
+        what="h1's entry to be closing",
+    )
+    wait_until(
+        lambda: [e["state"] for e in _entries(lab, 2, PORT)] == ["closing"],
+        timeout=10,
+        what="h2's copy to be closing",
+    )
+    human = tessera("conntrack", "--host", names.host_id(lab.name, 1)).stdout
+    assert "closing" in human
