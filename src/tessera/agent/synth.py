@@ -34,7 +34,7 @@ def frame_for(match: Match) -> bytes:
         elif proto == _UDP:
             l4 = Udp(v["tp_src"], v["tp_dst"], b"\x00" * 8)
         elif proto == _ICMP:
-            l4 = Icmp(v["tp_src"], v["tp_dst"], 0, 0, b"\x00" * 8)
+            l4 = Icmp(v["tp_src"], v["tp_dst"], v["icmp_id"], 0, b"\x00" * 8)
         else:
             l4 = b"\x00" * 8
         payload = IPv4(

@@ -14,8 +14,9 @@ Rewrites are per output and relative to the packet as it arrived, while datapath
 accumulate. Outputs are therefore ordered by TTL decrement (a decrement cannot be
 undone), and a field left unchanged by an output after another output rewrote it is set
 back explicitly — which makes the flow depend on that field, so it joins the mask. NAT
-rewrites (addresses, TCP/UDP ports) are handled like the MACs; the datapath's actions
-fix the IP and L4 checksums.
+rewrites (addresses, TCP/UDP ports, the ICMP echo id) are handled like the MACs; the
+datapath's actions fix the IP and L4 checksums. The echo id has no action of its own:
+`SetTpSrc` rewrites it in an echo (the one field an echo has for NAT).
 """
 
 from __future__ import annotations
@@ -82,17 +83,19 @@ _REWRITES: tuple[tuple[str, Field, Callable[[int], Action]], ...] = (
     ("ip_dst", Field.IP_DST, SetIpDst),
     ("tp_src", Field.TP_SRC, SetTpSrc),
     ("tp_dst", Field.TP_DST, SetTpDst),
+    ("icmp_id", Field.ICMP_ID, SetTpSrc),
 )
 
 
 def _wanted(o: PortOutput) -> tuple[int | None, ...]:
     """The output's rewrites in `_REWRITES` order (None: as the packet arrived)."""
-    return (o.eth_src, o.eth_dst, o.nw_src, o.nw_dst, o.tp_src, o.tp_dst)
+    return (o.eth_src, o.eth_dst, o.nw_src, o.nw_dst, o.tp_src, o.tp_dst, o.icmp_id)
 
 
 def _output_order(o: PortOutput) -> tuple[int, bool, bool, bool]:
     nat = o.nw_src is not None or o.nw_dst is not None or o.tp_src is not None
-    return (o.ttl_dec, nat or o.tp_dst is not None, o.eth_src is not None, o.eth_dst is not None)
+    nat = nat or o.tp_dst is not None or o.icmp_id is not None
+    return (o.ttl_dec, nat, o.eth_src is not None, o.eth_dst is not None)
 
 
 def translate(outputs: Sequence[PortOutput], match: FlowMatch, locate: Locate) -> Translation:

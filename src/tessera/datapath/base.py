@@ -48,7 +48,7 @@ def masked_getter(mask: int) -> Callable[[PacketKey], PacketKey]:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A megaflow: `mask` (bits of `tessera.packet.Field`) and the 13 field values in
+    """A megaflow: `mask` (bits of `tessera.packet.Field`) and the 14 field values in
     `FIELD_NAMES` order, zero wherever the mask is clear. `in_port` is a local port
     number, not a virtual port id."""
 
@@ -267,10 +267,12 @@ class SetIpDst:
 class SetTpSrc:
     """NAT: rewrite the TCP or UDP source port, fixing the L4 checksum (a UDP checksum
     of 0 stays 0). ICMP echo request and reply are translated by their identifier, and
-    this action rewrites it (the one field an echo has for NAT, in both directions, so
-    `SetTpDst` leaves ICMP alone). A no-op where there is no such field: a later
-    fragment (no L4 header), a transport header cut short by the IP length, another
-    protocol or ICMP type; a frame that is not IPv4 is dropped, as for `SetIpSrc`."""
+    this action rewrites it, fixing the ICMP checksum (the one field an echo has for
+    NAT, in both directions: dynamic SNAT gives a request a new id and its reply the
+    original one back, so `SetTpDst` leaves ICMP alone). A no-op where there is no such
+    field: a later fragment (no L4 header), a transport header cut short by the IP
+    length, another protocol or ICMP type; a frame that is not IPv4 is dropped, as for
+    `SetIpSrc`."""
 
     port: int
 

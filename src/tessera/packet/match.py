@@ -23,15 +23,17 @@ simulation code reads packet fields only through it.
 - Keys and `matches()` always use the values the packet arrived with, never rewrites.
   `arrival(fields)` reads those values for decisions defined on the packet as it came
   in (connection tracking), recording them even where they were rewritten since.
-- The ICMP echo identifier (`icmp_id`) is no key field (the kernel's key has none):
-  reading it marks the whole match `userspace`, a decision no flow can cache.
+- The ICMP echo identifier (`icmp_id`) is a key field like a port, set only for an
+  echo request or reply (0 for every other packet, as the kernel extracts it): NAT and
+  connection tracking of pings read it, so their flows are cached like TCP's.
 
 Field names and values mirror the kernel's `struct flow_key` (datapath/ebpf/flow.h):
 for ARP, `ip_src`/`ip_dst` are the sender/target protocol addresses and `ip_proto` the
 low 8 bits of the opcode; for ICMP, `tp_src`/`tp_dst` are type and code; TCP, UDP and
 SCTP ports are taken as soon as their 4 bytes are there (a first fragment cut short
-included), ICMP type/code from 2 bytes, exactly as the eBPF program extracts them — a
-flow whose key the kernel computes differently would never be hit.
+included), ICMP type/code from 2 bytes and the echo identifier from 6, exactly as the
+eBPF program extracts them — a flow whose key the kernel computes differently would
+never be hit.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Field(IntFlag):
     IP_FRAG = 1 << 10
     TP_SRC = 1 << 11
     TP_DST = 1 << 12
+    ICMP_ID = 1 << 13
 
 
 class IpFrag(IntEnum):
@@ -77,7 +80,7 @@ class IpFrag(IntEnum):
 
 FIELD_NAMES: tuple[str, ...] = (
     "in_port", "eth_src", "eth_dst", "vlan_id", "eth_type", "ip_src", "ip_dst", "ip_proto",
-    "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst",
+    "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst", "icmp_id",
 )  # fmt: skip
 ALL_FIELDS = Field((1 << len(FIELD_NAMES)) - 1)
 _ALL_BITS = int(ALL_FIELDS)
@@ -85,7 +88,7 @@ _ALL_BITS = int(ALL_FIELDS)
 # Plain ints: IntFlag arithmetic is ten times slower and getters run on every packet.
 _IN_PORT, _ETH_SRC, _ETH_DST, _VLAN_ID, _ETH_TYPE = 1, 2, 4, 8, 16
 _IP_SRC, _IP_DST, _IP_PROTO, _IP_TOS, _IP_TTL, _IP_FRAG = 32, 64, 128, 256, 512, 1024
-_TP_SRC, _TP_DST = 2048, 4096
+_TP_SRC, _TP_DST, _ICMP_ID = 2048, 4096, 8192
 # What a read records: the field and the fields without which its value means nothing.
 _NEED_IP = _ETH_TYPE
 _NEED_TP = _ETH_TYPE | _IP_PROTO | _IP_FRAG
@@ -100,6 +103,7 @@ _MAX = {
     "ip_ttl": 0xFF,
     "tp_src": 0xFFFF,
     "tp_dst": 0xFFFF,
+    "icmp_id": 0xFFFF,
 }
 
 _ETH = struct.Struct("!HIHIH")
@@ -126,13 +130,11 @@ class _MaskCell:
     """The mask shared by a match and all its copies (branches of one simulation), and
     the TTL bound their "above n" answers relied on (0: none)."""
 
-    __slots__ = ("bits", "ttl_floor", "userspace")
+    __slots__ = ("bits", "ttl_floor")
 
     def __init__(self, bits: int = 0) -> None:
         self.bits = bits
         self.ttl_floor = 0
-        # A field no flow key holds was read (the ICMP echo id): nothing may be cached.
-        self.userspace = False
 
 
 class FlowMatch:
@@ -140,8 +142,8 @@ class FlowMatch:
 
     __slots__ = (  # noqa: RUF023 - key order, as FIELD_NAMES
         "_in_port", "_eth_src", "_eth_dst", "_vlan_id", "_eth_type", "_ip_src", "_ip_dst",
-        "_ip_proto", "_ip_tos", "_ip_ttl", "_ip_frag", "_tp_src", "_tp_dst",
-        "_cell", "_modified", "_orig", "_icmp_id", "_icmp_data",
+        "_ip_proto", "_ip_tos", "_ip_ttl", "_ip_frag", "_tp_src", "_tp_dst", "_icmp_id",
+        "_cell", "_modified", "_orig", "_icmp_data",
     )  # fmt: skip
 
     def __init__(
@@ -174,12 +176,11 @@ class FlowMatch:
         self._ip_frag = ip_frag
         self._tp_src = tp_src
         self._tp_dst = tp_dst
+        self._icmp_id = icmp_id  # of an ICMP echo request or reply; 0 otherwise
         self._cell = _MaskCell()
         self._modified = 0
         # Values on arrival, saved by the first write; None while nothing was written.
         self._orig: Key | None = None
-        # The identifier of an ICMP echo request or reply (0 otherwise): not a key field.
-        self._icmp_id = icmp_id
         # The quote of an ICMP error as NAT rewrote it on this branch (None: unchanged).
         self._icmp_data: bytes | None = None
 
@@ -274,6 +275,8 @@ class FlowMatch:
                     tp_src, tp_dst = _PORTS.unpack_from(l4)
                 elif proto == PROTO_ICMP and len(l4) >= 2:
                     tp_src, tp_dst = _ICMP.unpack_from(l4)
+                    if tp_src in _ECHO_TYPES and len(l4) >= 6:
+                        icmp_id = _ID.unpack_from(l4, 4)[0]
         elif isinstance(payload, Arp):
             ip_src, ip_dst, proto = payload.sender_ip, payload.target_ip, payload.op & 0xFF
         return cls(
@@ -389,13 +392,12 @@ class FlowMatch:
     def icmp_id(self) -> int:
         """The identifier of an ICMP echo request or reply (0 for anything else).
 
-        No flow key holds it (the kernel's neither), so reading it makes the decision
-        impossible to cache: `userspace` turns true and every such packet is simulated
-        (as MidoNet does with its userspace-only ICMP fields). The type is recorded, an
-        echo id meaning nothing without it.
+        A key field (the kernel extracts it for echoes only), so a decision on it is
+        cached like one on a port. The type joins the mask with it: an echo id means
+        nothing without it, and every other type has 0 here.
         """
-        self._cell.bits |= _TP_SRC | _NEED_TP
-        self._cell.userspace = True
+        if not self._modified & _ICMP_ID:
+            self._cell.bits |= _ICMP_ID | _TP_SRC | _NEED_TP
         return self._icmp_id
 
     @property
@@ -406,15 +408,9 @@ class FlowMatch:
         return self._icmp_data
 
     def set_icmp_data(self, data: bytes) -> None:
-        """Rewrite the quoted packet: no flow key holds it, so the match turns
-        `userspace` (every such packet is simulated and forwarded by the agent)."""
-        self._cell.userspace = True
+        """Rewrite the quoted packet. No flow key holds it: whoever reads or writes it
+        marks the simulation uncacheable (`simulation.related`)."""
         self._icmp_data = data
-
-    @property
-    def userspace(self) -> bool:
-        """Whether this match or a copy read a field no flow key holds (`icmp_id`)."""
-        return self._cell.userspace
 
     def arrival(self, fields: Field | int) -> Key:
         """Values the packet arrived with for `fields` (FIELD_NAMES order), recorded.
@@ -428,8 +424,10 @@ class FlowMatch:
         need = 0
         if bits & (_IP_SRC | _IP_DST | _IP_PROTO | _IP_TOS | _IP_TTL | _IP_FRAG):
             need |= _NEED_IP
-        if bits & (_TP_SRC | _TP_DST):
+        if bits & (_TP_SRC | _TP_DST | _ICMP_ID):
             need |= _NEED_TP
+        if bits & _ICMP_ID:
+            need |= _TP_SRC
         self._cell.bits |= bits | need
         values = self._orig if self._orig is not None else self._values()
         return tuple([values[i] for i in mask_indexes(bits)])
@@ -472,6 +470,11 @@ class FlowMatch:
     def set_tp_dst(self, value: int) -> None:
         self._write("tp_dst", _TP_DST, value)
         self._tp_dst = value
+
+    def set_icmp_id(self, value: int) -> None:
+        """NAT of an ICMP echo: its identifier is translated as a port would be."""
+        self._write("icmp_id", _ICMP_ID, value)
+        self._icmp_id = value
 
     def _write(self, name: str, bit: int, value: int) -> None:
         if not isinstance(value, int) or not 0 <= value <= _MAX[name]:
@@ -525,7 +528,6 @@ class FlowMatch:
         if other._cell is not self._cell:
             self._cell.bits |= other._cell.bits
             self._cell.ttl_floor = max(self._cell.ttl_floor, other._cell.ttl_floor)
-            self._cell.userspace |= other._cell.userspace
 
     def copy(self) -> FlowMatch:
         """A branch of the same simulation: own values and rewrites, one shared mask."""
@@ -563,7 +565,7 @@ class FlowMatch:
         return (
             self._in_port, self._eth_src, self._eth_dst, self._vlan_id, self._eth_type,
             self._ip_src, self._ip_dst, self._ip_proto, self._ip_tos, self._ip_ttl,
-            self._ip_frag, self._tp_src, self._tp_dst,
+            self._ip_frag, self._tp_src, self._tp_dst, self._icmp_id,
         )  # fmt: skip
 
     # -- plain-object behaviour --------------------------------------------------------

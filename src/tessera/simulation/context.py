@@ -52,7 +52,8 @@ _IP_SRC = int(Field.IP_SRC)
 _IP_DST = int(Field.IP_DST)
 _TP_SRC = int(Field.TP_SRC)
 _TP_DST = int(Field.TP_DST)
-_L3L4 = _IP_SRC | _IP_DST | _TP_SRC | _TP_DST
+_ICMP_ID = int(Field.ICMP_ID)
+_L3L4 = _IP_SRC | _IP_DST | _TP_SRC | _TP_DST | _ICMP_ID
 
 
 class Generator(Protocol):
@@ -265,6 +266,7 @@ class Simulation:
                 nw_dst=m.ip_dst if modified & _IP_DST else None,
                 tp_src=m.tp_src if modified & _TP_SRC else None,
                 tp_dst=m.tp_dst if modified & _TP_DST else None,
+                icmp_id=m.icmp_id if modified & _ICMP_ID else None,
             )
         self.outputs[out] = None
 
@@ -305,8 +307,6 @@ class Simulation:
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)
-        if m.userspace:
-            self.uncacheable = True
         tags = frozenset(self.tags)
         updates = tuple(self.updates)
         emitted = tuple(self.emitted)

@@ -37,7 +37,8 @@ from tessera.packet.addr import ip_to_str
 
 NatKind = Literal["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat"]
 
-_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+PROTO_ICMP = 1
+_PROTO_NAMES = {PROTO_ICMP: "icmp", 6: "tcp", 17: "udp"}
 
 
 def _proto(proto: int) -> str:
@@ -143,14 +144,18 @@ FlowStateEntry = ConntrackEntry | NatEntry
 
 
 def nat_return(key: NatKey, binding: NatBinding) -> NatEntry:
-    """The entry a forward translation's replies are found by (MidoNet's returnKey)."""
+    """The entry a forward translation's replies are found by (MidoNet's returnKey).
+
+    An ICMP echo has one identifier for both ports, so its reply carries the translated
+    one (`binding.port`) on both sides of the key."""
+    echo = key.proto == PROTO_ICMP
     if key.kind == "fwd_snat":
-        rkey = NatKey(
-            "rev_snat", key.proto, key.dst, key.dport, binding.ip, binding.port, key.device
-        )
+        dport = binding.port if echo else key.dport
+        rkey = NatKey("rev_snat", key.proto, key.dst, dport, binding.ip, binding.port, key.device)
         return NatEntry(rkey, NatBinding(key.src, key.sport))
     assert key.kind == "fwd_dnat"
-    rkey = NatKey("rev_dnat", key.proto, binding.ip, binding.port, key.src, key.sport, key.device)
+    sport = binding.port if echo else key.sport
+    rkey = NatKey("rev_dnat", key.proto, binding.ip, binding.port, key.src, sport, key.device)
     return NatEntry(rkey, NatBinding(key.dst, key.dport))
 
 
@@ -189,8 +194,8 @@ class NatRange:
 class SnatRequest:
     """A new connection needing a source address and port (MidoNet's NatLeaser call).
 
-    For ICMP echo `sport` and `dport` are the echo id, which SNAT keeps: only the
-    address is chosen, and `taken` must be asked with the id as the port.
+    For ICMP echo `sport` and `dport` are the echo id, translated like a source port:
+    the new id comes from the targets' ports (0-0 keeps it, as it keeps a TCP port).
     """
 
     device: str
@@ -223,17 +228,16 @@ class NatAllocator(Protocol):
 class FirstFreeAllocator:
     """The first free (address, port) in target order, addresses then ports ascending.
 
-    A target with ports 0-0 keeps the packet's source port. Deterministic: the same
-    request and view give the same binding, which is what traces and tests need.
+    A target with ports 0-0 keeps the packet's source port (an echo's id). Deterministic:
+    the same request and view give the same binding, which is what traces and tests need.
     """
 
     def allocate_snat(
         self, request: SnatRequest, taken: Callable[[int, int], bool]
     ) -> NatBinding | None:
-        keep = request.proto == 1
         for t in request.targets:
             for ip in range(t.ip_from, t.ip_to + 1):
-                if keep or (t.port_from == 0 and t.port_to == 0):
+                if t.port_from == 0 and t.port_to == 0:
                     if not taken(ip, request.sport):
                         return NatBinding(ip, request.sport)
                     continue

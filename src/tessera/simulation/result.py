@@ -62,12 +62,13 @@ class PortOutput:
     eth_src: int | None = None
     eth_dst: int | None = None
     ttl_dec: int = 0
-    # NAT rewrites. For ICMP echo only addresses are ever rewritten (the echo id is kept,
-    # as in MidoNet), so tp_src/tp_dst are TCP/UDP ports.
+    # NAT rewrites: tp_src/tp_dst are TCP/UDP ports, icmp_id the identifier of an ICMP
+    # echo (dynamic SNAT translates it like a source port, and its replies back).
     nw_src: int | None = None
     nw_dst: int | None = None
     tp_src: int | None = None
     tp_dst: int | None = None
+    icmp_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"port_id": self.port_id}
@@ -85,6 +86,8 @@ class PortOutput:
             out["set_tp_src"] = self.tp_src
         if self.tp_dst is not None:
             out["set_tp_dst"] = self.tp_dst
+        if self.icmp_id is not None:
+            out["set_icmp_id"] = self.icmp_id
         return out
 
 

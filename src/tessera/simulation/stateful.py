@@ -14,7 +14,10 @@ written here.
   leaves (after NAT) on the egress device becomes a `ConntrackEntry`.
 - `nat` / `reverse_nat`: the `dnat`/`snat` and `rev_dnat`/`rev_snat` rules. A rule whose
   single target is one address with ports 0-0 is a 1:1 static translation (a floating
-  IP): the address is rewritten and no state is kept.
+  IP): the address is rewritten and no state is kept. An ICMP echo is translated by its
+  identifier, which takes the place of both ports: dynamic SNAT gives it a new one from
+  the target's ports (so two hosts pinging one address with one id never collide) and
+  its reply gets the original one back; DNAT keeps it.
 
 Fragments (MidoNet let a floating IP match any packet and a dynamic translation only
 unfragmented ones): a static translation rewrites every fragment, its addresses being
@@ -73,8 +76,7 @@ def _arrival_key(m: FlowMatch) -> tuple[int, int, int, int, int] | None:
         (icmp_type,) = m.arrival(Field.TP_SRC)
         if icmp_type not in _ECHO:
             return None
-        src, dst = m.arrival(_ADDRS)
-        ident = m.icmp_id
+        src, dst, ident = m.arrival(_ADDRS | Field.ICMP_ID)
         return proto, src, dst, ident, ident
     return None
 
@@ -250,16 +252,18 @@ def nat(
 
 
 def _rewrite(m: FlowMatch, binding: NatBinding, proto: int, *, source: bool) -> None:
-    """Translate the packet's source (or destination) to `binding`; ICMP echo keeps its
-    identifier, so only its address changes."""
+    """Translate the packet's source (or destination) to `binding`; for an ICMP echo the
+    binding's port is the identifier, on whichever side."""
     if source:
         m.set_ip_src(binding.ip)
-        if proto != PROTO_ICMP:
-            m.set_tp_src(binding.port)
     else:
         m.set_ip_dst(binding.ip)
-        if proto != PROTO_ICMP:
-            m.set_tp_dst(binding.port)
+    if proto == PROTO_ICMP:
+        m.set_icmp_id(binding.port)
+    elif source:
+        m.set_tp_src(binding.port)
+    else:
+        m.set_tp_dst(binding.port)
 
 
 def _allocate_snat(
@@ -269,7 +273,9 @@ def _allocate_snat(
     overlay = sim.nat_overlay
 
     def taken(ip: int, port: int) -> bool:
-        rkey = NatKey("rev_snat", key.proto, key.dst, key.dport, ip, port, key.device)
+        # The reply's key (`nat_return`): an echo reply carries the new id on both sides.
+        dport = port if key.proto == PROTO_ICMP else key.dport
+        rkey = NatKey("rev_snat", key.proto, key.dst, dport, ip, port, key.device)
         sim.tags.add(nat_tag(rkey))
         return rkey in overlay or rkey in view
 

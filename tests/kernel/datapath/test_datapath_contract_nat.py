@@ -164,6 +164,29 @@ def test_icmp_echo_is_translated_by_its_identifier(harness: Harness, icmp_type: 
     forwards(harness, actions, frame(echo), want)
 
 
+def test_a_flow_keyed_by_the_echo_id_serves_that_id_only(harness: Harness) -> None:
+    """Pings through NAT are cached per echo id: the id is a key field, read from echo
+    requests and replies only (another type's same bytes are no id)."""
+    match = Match.of(in_port=1, eth_type=ETH_TYPE_IPV4, ip_proto=PROTO_ICMP, ip_frag=0,
+                     tp_src=ECHO_REQUEST, icmp_id=0x1234)  # fmt: skip
+    harness.dp.install(Flow(match, (SetTpSrc(0x4321), Output(2))))
+    echo = Icmp(ECHO_REQUEST, 0, ident=0x1234, seq=1, payload=b"ping")
+    for seq in (1, 2):
+        sent = frame(dataclasses.replace(echo, seq=seq))
+        want = frame(dataclasses.replace(echo, seq=seq, ident=0x4321))
+        assert harness.exchange(1, sent, expect=1) == seen([(at_port(2), want)])
+    other_id = frame(dataclasses.replace(echo, ident=0x1235))
+    assert harness.exchange(1, other_id, expect=1) == seen(misses=[(1, other_id)])
+    installed = harness.dp.stats(match)
+    assert installed is not None and installed.packets == 2
+    # A timestamp request has the same bytes where an echo has its id: its key has 0.
+    stamp = Match.of(in_port=1, eth_type=ETH_TYPE_IPV4, ip_proto=PROTO_ICMP, ip_frag=0,
+                     tp_src=13, mask_fields=["icmp_id"])  # fmt: skip
+    harness.dp.install(Flow(stamp, (Output(3),)))
+    sent = frame(Icmp(13, 0, ident=0x1234, seq=1, payload=bytes(12)))
+    assert harness.exchange(1, sent, expect=1) == seen([(at_port(3), sent)])
+
+
 def test_an_icmp_error_has_only_its_addresses_rewritten(harness: Harness) -> None:
     """The quoted packet of an ICMP error is rewritten by the agent, not the datapath."""
     error = Icmp(DEST_UNREACHABLE, 3, ident=0x1234, seq=0x5678, payload=b"quoted header")

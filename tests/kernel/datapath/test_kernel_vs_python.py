@@ -135,6 +135,45 @@ def test_padding_after_a_cut_short_transport_header_is_not_read(key_probe: KeyPr
     assert key_probe.key(frame).fields() == python_key(frame).fields()
 
 
+echoes = st.builds(
+    Icmp, type=st.sampled_from([0, 8]), code=st.integers(0, 255), ident=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 0xFFFF), payload=st.binary(max_size=16),
+)  # fmt: skip
+
+
+@CI_KEYS
+@given(echoes, st.integers(0, 4095), st.booleans())
+def test_the_echo_id_is_in_the_key_of_an_echo_request_or_reply(
+    key_probe: KeyProbe, echo: Icmp, vlan: int, first_fragment: bool
+) -> None:
+    """Echoes are rare among random ICMP types: draw them on purpose (NAT and conntrack
+    flows of pings are keyed by the id, so a kernel that read it otherwise never hits)."""
+    packet = IPv4(ip_from_str("10.13.1.5"), ip_from_str("10.13.1.6"), PROTO_ICMP, echo,
+                  more_fragments=first_fragment)  # fmt: skip
+    eth = Ethernet(mac(2), mac(1), ETH_TYPE_IPV4, packet, vlan or None)
+    assert python_key(eth.build()).icmp_id == echo.ident
+    check_key(key_probe, eth, tag_in_metadata=True)
+
+
+@pytest.mark.parametrize(
+    ("l4", "icmp_id"),
+    [
+        (bytes.fromhex("0800ffff1234"), 0x1234),  # a first fragment with just the id
+        (bytes.fromhex("0000ffff12"), 0),  # the id cut short
+        (bytes.fromhex("0300ffff12340000"), 0),  # not an echo: its bytes are no id
+        (bytes.fromhex("0d00ffff12340000"), 0),  # a timestamp request has an id: not keyed
+    ],
+)
+def test_the_echo_id_is_taken_only_whole_and_only_from_an_echo(
+    key_probe: KeyProbe, l4: bytes, icmp_id: int
+) -> None:
+    packet = IPv4(ip_from_str("10.13.1.5"), ip_from_str("10.13.1.6"), PROTO_ICMP, l4,
+                  more_fragments=True)  # fmt: skip
+    frame = Ethernet(mac(2), mac(1), ETH_TYPE_IPV4, packet).build() + b"\xab" * 8  # padding
+    assert python_key(frame).icmp_id == icmp_id
+    assert key_probe.key(frame).fields() == python_key(frame).fields(), frame.hex()
+
+
 def test_an_8021ad_tagged_frame_has_the_same_key(key_probe: KeyProbe) -> None:
     inner = Ethernet(mac(2), mac(1), ETH_TYPE_IPV4, IPv4(1, 2, PROTO_TCP, Tcp(1, 2))).build()
     frame = inner[:12] + bytes.fromhex("88a80064") + inner[12:]  # S-tag, VID 100

@@ -42,6 +42,7 @@ RECORDS = {
     "ip_frag": Field.IP_FRAG | IP_NEEDS,
     "tp_src": Field.TP_SRC | TP_NEEDS,
     "tp_dst": Field.TP_DST | TP_NEEDS,
+    "icmp_id": Field.ICMP_ID | Field.TP_SRC | TP_NEEDS,
 }
 SETTABLE = ["eth_src", "eth_dst", "vlan_id", "ip_src", "ip_dst", "ip_tos", "ip_ttl", "tp_src",
             "tp_dst"]  # fmt: skip
@@ -67,6 +68,7 @@ def test_fields_of_a_tcp_frame() -> None:
         "ip_frag": IpFrag.NO,
         "tp_src": 43210,
         "tp_dst": 22,
+        "icmp_id": 0,
     }
     assert m.mask == Field(0)
 
@@ -292,19 +294,22 @@ def test_equality_and_repr() -> None:
         hash(a)
 
 
-def test_the_icmp_echo_id_is_extracted_and_reading_it_makes_the_match_userspace() -> None:
+def test_the_icmp_echo_id_is_a_key_field_read_like_a_port() -> None:
     m = FlowMatch.from_frame(PORT, ICMP_ECHO)
     assert FlowMatch.from_packet(PORT, Ethernet.parse(ICMP_ECHO)).icmp_id == 0x1234
-    assert not m.userspace and m.mask == Field(0)
+    assert m.masked_key(ALL_FIELDS)[-1] == 0x1234 and m.mask == Field(0)
     copy = m.copy()
     assert copy.icmp_id == 0x1234
-    # No flow key holds the id: the whole match (all copies) may no longer be cached.
-    assert m.userspace and m.mask == Field.TP_SRC | TP_NEEDS
+    # The id means nothing without the type: both join the one shared mask.
+    assert m.mask == Field.ICMP_ID | Field.TP_SRC | TP_NEEDS
+    m.set_icmp_id(0x4321)
+    assert m.icmp_id == 0x4321 and m.rewrites() == {Field.ICMP_ID: 0x4321}
+    assert m.masked_key(Field.ICMP_ID) == (0x1234,)  # keys keep the arrival value
+    assert m.arrival(Field.ICMP_ID) == (0x1234,)
     other = FlowMatch.from_frame(PORT, TCP_SYN)
     assert other.icmp_id == 0  # not an echo
-    fresh = FlowMatch.from_frame(PORT, TCP_SYN)
-    fresh.merge_mask(other)
-    assert fresh.userspace
+    with pytest.raises(PacketError):
+        m.set_icmp_id(1 << 16)
 
 
 def test_arrival_values_are_recorded_even_after_a_rewrite() -> None:

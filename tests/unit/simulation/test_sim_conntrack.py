@@ -111,16 +111,19 @@ def test_protocols_other_than_tcp_udp_and_icmp_echo_are_always_forward_and_untra
     assert f.t.send(f.b, back).verdict is Verdict.DROP
 
 
-def test_icmp_echo_is_tracked_by_its_identifier_and_never_cached() -> None:
+def test_icmp_echo_is_tracked_by_its_identifier_and_cached_keyed_by_it() -> None:
     f = Firewalled()
     request = f.t.send(f.a, ping(mac(1), mac(2), "10.0.0.1", "10.0.0.2"))  # id 7
     key = ConnKey(PROTO_ICMP, ip("10.0.0.1"), ip("10.0.0.2"), 7, 7, f.br.id)
     assert request.flow_state == (ConntrackEntry(key),)
-    # The id is in no flow key: every echo is simulated.
-    assert request.expiry is ExpiryClass.UNCACHED and not request.cacheable
+    # The id is a flow key field: the flow is cached, for this id only.
+    assert request.expiry is ExpiryClass.STATEFUL and request.cacheable
+    assert request.match.masked_key(Field.ICMP_ID) == (7,)
     f.t.install(request)
     reply = ping(mac(2), mac(1), "10.0.0.2", "10.0.0.1", icmp_type=0)
-    assert f.t.send(f.b, reply).verdict is Verdict.FORWARD
+    answer = f.t.send(f.b, reply)
+    assert answer.verdict is Verdict.FORWARD and answer.cacheable
+    assert answer.match.masked_key(Field.ICMP_ID) == (7,)
     other_id = eth(
         mac(2),
         mac(1),

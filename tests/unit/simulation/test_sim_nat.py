@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sim_topo import Topo, fragment, ip, mac, ping, tcp
+from sim_topo import Topo, eth, fragment, ip, mac, ping, tcp
 
 from tessera.cli.trace import render_text
 from tessera.model import Chain, Port
-from tessera.packet import PROTO_TCP, Field, FlowMatch, mac_from_str
+from tessera.packet import PROTO_ICMP, PROTO_TCP, Field, FlowMatch, Icmp, IPv4, mac_from_str
 from tessera.simulation import (
     ConnKey,
     ConntrackEntry,
@@ -219,16 +219,44 @@ def test_the_flow_action_says_what_follows_the_translation(
     assert res.verdict is verdict
 
 
-def test_icmp_echo_through_snat_keeps_its_id_and_is_reversed_by_it() -> None:
+def echo(src_mac: int, dst_mac: int, src: str, dst: str, ident: int, icmp_type: int = 8) -> bytes:
+    message = Icmp(icmp_type, 0, ident, 1, b"hello")
+    return eth(src_mac, dst_mac, IPv4(ip(src), ip(dst), PROTO_ICMP, message))
+
+
+def test_icmp_echo_through_snat_gets_a_new_id_and_its_reply_the_old_one_back() -> None:
+    """Two VMs pinging one address with one id through one SNAT address: each gets its
+    own id from the target's ports, each reply finds its VM; every flow is cacheable,
+    keyed by the echo id, so the kernel handles the next packets."""
     e = Edge()
     e.snat(PUBLIC)
-    res = e.out(e.vm, ping(mac(5), GW_IN, "10.0.0.5", "203.0.113.9"))  # id 7
-    (out,) = res.outputs
-    assert (out.nw_src, out.tp_src) == (ip("203.0.113.1"), None)
-    assert not res.cacheable  # keyed by the echo id, which no flow key holds
-    e.t.install(res)
-    back = e.out(e.uplink, ping(EXT, GW_OUT, "203.0.113.9", "203.0.113.1", icmp_type=0))
-    assert back.outputs[0].port_id == e.vm.id and back.outputs[0].nw_dst == ip("10.0.0.5")
+    first = e.out(e.vm, ping(mac(5), GW_IN, "10.0.0.5", "203.0.113.9"))  # id 7
+    (out,) = first.outputs
+    assert (out.nw_src, out.icmp_id, out.tp_src) == (ip("203.0.113.1"), 1024, None)
+    assert first.cacheable and Field.ICMP_ID in first.match.mask
+    assert first.match.masked_key(Field.ICMP_ID) == (7,)
+    e.t.install(first)
+    second = e.out(e.vm2, ping(mac(6), GW_IN, "10.0.0.6", "203.0.113.9"))  # id 7 too
+    assert (second.outputs[0].nw_src, second.outputs[0].icmp_id) == (ip("203.0.113.1"), 1025)
+    e.t.install(second)
+    rev = [x for x in second.flow_state if isinstance(x, NatEntry) and x.key.kind == "rev_snat"]
+    assert rev[0].key == NatKey(
+        "rev_snat", PROTO_ICMP, ip("203.0.113.9"), 1025, ip("203.0.113.1"), 1025, e.r.id
+    ) and rev[0].binding == NatBinding(ip("10.0.0.6"), 7)
+    for ident, vm, addr in ((1024, e.vm, "10.0.0.5"), (1025, e.vm2, "10.0.0.6")):
+        back = e.out(e.uplink, echo(EXT, GW_OUT, "203.0.113.9", "203.0.113.1", ident, 0))
+        (o,) = back.outputs
+        assert (o.port_id, o.nw_dst, o.icmp_id) == (vm.id, ip(addr), 7)
+        assert back.cacheable and back.match.masked_key(Field.ICMP_ID) == (ident,)
+    stray = e.out(e.uplink, echo(EXT, GW_OUT, "203.0.113.9", "203.0.113.1", 7, 0))
+    assert all(o.port_id not in (e.vm.id, e.vm2.id) for o in stray.outputs)
+
+
+def test_an_echo_is_keyed_by_its_id_only_where_the_id_was_read() -> None:
+    """A plain routed ping reads no id: one flow serves every echo id."""
+    e = Edge()
+    res = e.out(e.vm, ping(mac(5), GW_IN, "10.0.0.5", "203.0.113.9"))
+    assert res.cacheable and Field.ICMP_ID not in res.match.mask
 
 
 @pytest.mark.parametrize(("policy", "drops_first", "drops_later"), [

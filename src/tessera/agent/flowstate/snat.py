@@ -96,9 +96,9 @@ class Lease:
         return None
 
 
-def _ports(target: NatRange, sport: int, keep: bool) -> Range:
-    """The ports a target offers: the packet's own when it keeps it (ICMP echo, 0-0)."""
-    if keep or (target.port_from == 0 and target.port_to == 0):
+def _ports(target: NatRange, sport: int) -> Range:
+    """The ports a target offers (an ICMP echo's new id too): the packet's own for 0-0."""
+    if target.port_from == 0 and target.port_to == 0:
         return sport, sport
     return max(target.port_from, 1), target.port_to
 
@@ -200,10 +200,9 @@ class SnatAllocator:
         """A free (address, port) of a block already leased, changing nothing; raises
         NotYetLoaded("nat_block") when a block must be leased first (see the module
         docstring), None when the targets were found exhausted a moment ago."""
-        keep = request.proto == 1
         with self._lock:
             for t in request.targets:
-                ports = _ports(t, request.sport, keep)
+                ports = _ports(t, request.sport)
                 for lease in self._leases.values():
                     if not t.ip_from <= lease.ip <= t.ip_to:
                         continue
@@ -213,7 +212,7 @@ class SnatAllocator:
             if self.clock() < self._dry.get(request.targets, 0.0):
                 first = request.targets[0]
                 self._exhausted(
-                    (first.ip_from, request.targets[-1].ip_to), _ports(first, request.sport, keep)
+                    (first.ip_from, request.targets[-1].ip_to), _ports(first, request.sport)
                 )
                 return None
             ident = f"{request.device}:{len(self._wanted)}:{request.src}:{request.sport}"
@@ -228,9 +227,8 @@ class SnatAllocator:
             request = self._wanted.pop(ident, None)
             if request is None:
                 return False
-            keep = request.proto == 1
             for t in request.targets:
-                ports = _ports(t, request.sport, keep)
+                ports = _ports(t, request.sport)
                 if self._lease((t.ip_from, t.ip_to), ports, take=False) is not None:
                     return True
             # Exhausted, or the NSDB cannot be asked: the packet is dropped on the next

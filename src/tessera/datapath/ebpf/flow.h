@@ -38,7 +38,9 @@
  * What the simulation may have read of a packet (its FlowMatch).
  * For ARP: ip_src/ip_dst are the sender/target protocol addresses and
  * ip_proto is the low byte of the opcode.  For ICMP: tp_src is the type and
- * tp_dst the code.  vlan_id 0 means untagged.  36 bytes, 4-byte aligned.
+ * tp_dst the code, and icmp_id the identifier of an echo request or reply (0
+ * for any other packet): NAT and conntrack key pings by it, as TCP by ports.
+ * vlan_id 0 means untagged.  40 bytes, 4-byte aligned.
  */
 struct flow_key {
 	__u32 in_port;    /*  0: host-local port number (<= 4095) */
@@ -54,6 +56,8 @@ struct flow_key {
 	__u8 ip_frag;     /* 31: FLOW_FRAG_* */
 	__u16 tp_src;     /* 32 */
 	__u16 tp_dst;     /* 34 */
+	__u16 icmp_id;    /* 36: ICMP echo identifier */
+	__u16 _pad0;      /* 38: always 0 */
 };
 
 #define FLOW_KEY_WORDS (sizeof(struct flow_key) / sizeof(__u32))
@@ -62,14 +66,14 @@ struct flow_key {
 struct flow_lookup_key {
 	__u32 mask_index;    /*  0 */
 	struct flow_key key; /*  4 */
-};                           /* 40 */
+};                           /* 44 */
 
 /* Value of the single entry of the `masks` array map. */
 struct mask_list {
 	__u32 count;  /* slots [0, count) are scanned, in order */
 	__u32 active; /* bit i set: slot i holds a mask in use */
 	struct flow_key masks[FLOW_MAX_MASKS];
-};                    /* 8 + 16 * 36 = 584 */
+};                    /* 8 + 16 * 40 = 648 */
 
 enum flow_action_type {
 	ACT_NONE = 0,

@@ -168,6 +168,8 @@ class FlowKey(_Struct):
         ("ip_frag", u8),
         ("tp_src", u16),
         ("tp_dst", u16),
+        ("icmp_id", u16),  # ICMP echo identifier, 0 for anything else
+        ("_pad0", u16),  # always 0 (a hole would make equal keys hash differently)
     ]
 
     @classmethod
@@ -212,7 +214,7 @@ class FlowKey(_Struct):
     def fields(self) -> dict[str, Any]:
         """Readable view: MACs as strings, IPs as dotted quads."""
         out: dict[str, Any] = {}
-        for name, *_ in self._fields_:
+        for name in KEY_FIELDS:
             value = getattr(self, name)
             if name in ("eth_src", "eth_dst"):
                 out[name] = format_mac(value)
@@ -243,12 +245,13 @@ _FULL: Final[dict[str, Any]] = {
     "ip_frag": 0xFF,
     "tp_src": 0xFFFF,
     "tp_dst": 0xFFFF,
+    "icmp_id": 0xFFFF,
 }
 
 _KEY_SIZE: Final = ctypes.sizeof(FlowKey)
 
-#: Field names of ``struct flow_key`` in layout order.
-KEY_FIELDS: Final = tuple(f[0] for f in FlowKey._fields_)
+#: Field names of ``struct flow_key`` in layout order, padding left out.
+KEY_FIELDS: Final = tuple(f[0] for f in FlowKey._fields_ if not f[0].startswith("_"))
 
 
 class FlowLookupKey(_Struct):
@@ -319,7 +322,7 @@ class DpConfig(_Struct):
 # difference is tens of microseconds per install (docs/performance.md). Native byte
 # order and no implicit padding, like the mirrors; sizes are checked here, every field
 # offset by tests/unit/datapath_ebpf/test_ebpf_loader.py.
-FLOW_KEY_PACK: Final = struct.Struct("=I6s6sHHIIBBBBHH")  # struct flow_key
+FLOW_KEY_PACK: Final = struct.Struct("=I6s6sHHIIBBBBHHH2x")  # struct flow_key
 LOOKUP_INDEX_PACK: Final = struct.Struct("=I")  # flow_lookup_key before its key
 FLOW_VALUE_HEAD_PACK: Final = struct.Struct("=QQQII")  # flow_value before its actions
 FLOW_ACTION_PACK: Final = struct.Struct("=BBBxIII6sH")  # struct flow_action

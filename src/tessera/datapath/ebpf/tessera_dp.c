@@ -41,7 +41,7 @@
 #define VLAN_VID_MASK 0x0fff
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
-#define L4_PULL_LEN 78 /* Ethernet + one tag + IPv4 with options + 4 bytes of L4 */
+#define L4_PULL_LEN 80 /* Ethernet + one tag + IPv4 with options + 6 bytes of L4 */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -266,6 +266,9 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 			return;
 		key->tp_src = l4[0]; /* type */
 		key->tp_dst = l4[1]; /* code */
+		/* echo reply, echo request: the identifier follows the checksum */
+		if ((l4[0] == 0 || l4[0] == 8) && avail >= 6 && (void *)(l4 + 6) <= data_end)
+			key->icmp_id = ((__u16)l4[4] << 8) | l4[5];
 		break;
 	}
 }
