@@ -96,6 +96,7 @@ class Agent:
             port=flowstate_port, clock=clock, wall_clock=wall_clock,
             state_file=state_dir / f"flowstate-{host_id}.json" if state_dir else None,
         )  # fmt: skip
+        self.flowstate.on_received = self.dp.wakeup
         if simulator is None:
             from tessera.agent.simulate import SnapshotSimulator
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tessera.agent.flowstate.entry import PROTO_TCP
-from tessera.agent.flowstate.snat import EXHAUSTED, SnatAllocator
+from tessera.agent.flowstate.snat import EXHAUSTED, REUSE_AFTER, SnatAllocator
 from tessera.agent.metrics import AgentMetrics
 from tessera.nsdb.errors import AlreadyExists
 from tessera.nsdb.tables import SNAT_BLOCK_SIZE, decode_snat, snat_table
@@ -185,3 +185,18 @@ def test_a_restarted_agent_adopts_its_bindings_once_the_old_session_is_gone(
     assert restarted.binding(key(1)) == bound
     other = restarted.allocate(ips, ports, key(3))
     assert other is not None and other != bound  # allocated around the adopted port
+
+
+def test_a_released_port_rests_before_it_is_handed_out_again(nsdb_factory: Any) -> None:
+    """Peers may still hold the old binding's reply flow for a few seconds after our
+    removal: within REUSE_AFTER the port is not given out, even when it is the only one
+    of the range (the packet is dropped as exhausted instead of being misdelivered)."""
+    clock = Clock()
+    allocator = SnatAllocator(nsdb_factory(), "host-a", AgentMetrics(), clock=clock)
+    ips, ports = (EXT, EXT), (4096, 4096)  # a single port
+    assert allocator.allocate(ips, ports, key(1)) == (EXT, 4096)
+    assert allocator.release(key(1))
+    clock.now = REUSE_AFTER - 0.5
+    assert allocator.allocate(ips, ports, key(2)) is None
+    clock.now = REUSE_AFTER + 0.5
+    assert allocator.allocate(ips, ports, key(2)) == (EXT, 4096)

@@ -111,6 +111,7 @@ class FlowStateService:
             )  # fmt: skip
             self.sender = FlowStateSender(host_id, metrics, address=underlay_ip, port=port)
         self._tags: collections.deque[set[str]] = collections.deque()
+        self.on_received: Callable[[], None] | None = None  # state arrived (any thread)
         self._next_save = 0.0
         self._loaded = False  # never save over a file this run has not read
         self._save_lock = threading.Lock()  # one writer of the file at a time
@@ -179,6 +180,11 @@ class FlowStateService:
         tags = apply_updates(self.table, self.metrics, sender, updates, self.clock(), address)
         if tags:
             self._tags.append(tags)
+            # Flows that decided on the old state (a reply flow of a binding just replaced)
+            # must go before their next packet: wake the agent thread, which would
+            # otherwise notice only after its next miss or tick.
+            if self.on_received is not None:
+                self.on_received()
 
     def pump(self) -> int:
         """Install the state peers have sent that is still waiting on the socket (see

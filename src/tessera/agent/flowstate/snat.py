@@ -53,6 +53,13 @@ RELEASE_AFTER = 60.0  # seconds a block stays leased with no binding
 VERIFY_INTERVAL = 30.0  # how often leases are checked to still be ours
 LOG_INTERVAL = 10.0  # at most one exhaustion warning per this many seconds
 DRY_FOR = 1.0  # seconds a range found exhausted answers None without asking the NSDB
+# Seconds a released port rests before it is handed out again. The hosts this binding was
+# pushed to keep their copy, and the reply flow translating to the old client, until
+# their own sweep (2 s) after our removal reaches them, and longer while that flow is
+# used (RELEASED_TIMEOUT, 5 s idle): a port reused sooner finds the old connection's
+# kernel flow still installed there, which sends the new connection's first reply to
+# the old client (measured: ~1 % of connections stalled 1 s on a SYN retransmit).
+REUSE_AFTER = 10.0
 NAT_BLOCK = "nat_block"  # the NotYetLoaded kind: lease a block, then simulate again
 
 Range = tuple[int, int]  # inclusive
@@ -65,12 +72,30 @@ class Lease:
     used: set[int] = field(default_factory=set)
     cursor: int = 0  # the next port tried: a released port is not reused at once
     idle_since: float = 0.0
+    resting: dict[int, float] = field(default_factory=dict)  # port -> when released
+
+    def full(self, now: float) -> bool:
+        """Every port in use or resting (the first-rested of `resting` is its oldest):
+        the agent holds many blocks at high connection rates, and scanning each full
+        one port by port cost milliseconds per new connection."""
+        if len(self.used) + len(self.resting) < SNAT_BLOCK_SIZE:
+            return False
+        oldest = next(iter(self.resting.values()), None)
+        return oldest is None or now - oldest < REUSE_AFTER
+
+    def _free(self, port: int, now: float) -> bool:
+        if port in self.used:
+            return False
+        since = self.resting.get(port)
+        return since is None or now - since >= REUSE_AFTER
 
     @property
     def first(self) -> int:
         return self.block * SNAT_BLOCK_SIZE
 
-    def take(self, ports: Range) -> int | None:
+    def take(self, ports: Range, now: float) -> int | None:
+        if self.full(now):
+            return None
         lo = max(ports[0], self.first)
         hi = min(ports[1], self.first + SNAT_BLOCK_SIZE - 1)
         if lo > hi:
@@ -78,22 +103,33 @@ class Lease:
         span = hi - lo + 1
         for i in range(span):
             port = lo + (self.cursor - lo + i) % span
-            if port not in self.used:
-                self.used.add(port)
-                self.cursor = port + 1
+            if self._free(port, now):
+                self.hold(port)
                 return port
         return None
 
-    def peek(self, ports: Range, taken: Callable[[int], bool]) -> int | None:
+    def peek(self, ports: Range, taken: Callable[[int], bool], now: float) -> int | None:
         """The port `take` would choose among those `taken` does not refuse, unchanged."""
+        if self.full(now):
+            return None
         lo = max(ports[0], self.first)
         hi = min(ports[1], self.first + SNAT_BLOCK_SIZE - 1)
         span = hi - lo + 1
         for i in range(max(0, span)):
             port = lo + (self.cursor - lo + i) % span
-            if port not in self.used and not taken(port):
+            if self._free(port, now) and not taken(port):
                 return port
         return None
+
+    def hold(self, port: int) -> None:
+        self.used.add(port)
+        self.resting.pop(port, None)
+        self.cursor = port + 1
+
+    def rest(self, port: int, now: float) -> None:
+        """`port` is released: free again after REUSE_AFTER."""
+        self.used.discard(port)
+        self.resting[port] = now  # one key per port of the block at most
 
 
 def _ports(target: NatRange, sport: int) -> Range:
@@ -179,6 +215,7 @@ class SnatAllocator:
                 lease = Lease(ip, block, idle_since=self.clock())
                 self._leases[(ip, block)] = lease
             lease.used.add(port)
+            lease.resting.pop(port, None)
             self._bindings[key] = (ip, port)
             self._owner[(ip, port)] = key
             return True
@@ -201,12 +238,13 @@ class SnatAllocator:
         NotYetLoaded("nat_block") when a block must be leased first (see the module
         docstring), None when the targets were found exhausted a moment ago."""
         with self._lock:
+            now = self.clock()
             for t in request.targets:
                 ports = _ports(t, request.sport)
                 for lease in self._leases.values():
                     if not t.ip_from <= lease.ip <= t.ip_to:
                         continue
-                    port = lease.peek(ports, functools.partial(taken, lease.ip))
+                    port = lease.peek(ports, functools.partial(taken, lease.ip), now)
                     if port is not None:
                         return NatBinding(lease.ip, port)
             if self.clock() < self._dry.get(request.targets, 0.0):
@@ -243,8 +281,7 @@ class SnatAllocator:
             lease = self._leases.get((ip, port // SNAT_BLOCK_SIZE))
             if lease is None:
                 return False
-            lease.used.add(port)
-            lease.cursor = port + 1
+            lease.hold(port)
             self._bindings[key] = (ip, port)
             self._owner[(ip, port)] = key
             return True
@@ -282,7 +319,7 @@ class SnatAllocator:
     def _from_leases(self, ips: Range, ports: Range) -> tuple[int, int] | None:
         for lease in self._leases.values():
             if ips[0] <= lease.ip <= ips[1]:
-                port = lease.take(ports)
+                port = lease.take(ports, self.clock())
                 if port is not None:
                     return lease.ip, port
         return None
@@ -323,7 +360,7 @@ class SnatAllocator:
                 log.debug("leased SNAT block %d of %s", block, ip_to_str(ip))
                 if not take:
                     return ip, lease.first
-                port = lease.take(ports)
+                port = lease.take(ports, self.clock())
                 if port is not None:
                     return ip, port
         self.last_failure = EXHAUSTED
@@ -336,7 +373,7 @@ class SnatAllocator:
         self._owner.pop(bound, None)
         lease = self._leases.get((bound[0], bound[1] // SNAT_BLOCK_SIZE))
         if lease is not None:
-            lease.used.discard(bound[1])
+            lease.rest(bound[1], self.clock())
             if not lease.used:
                 lease.idle_since = self.clock()
         return True
