@@ -34,7 +34,7 @@ from tessera.agent.ports import PortManager
 from tessera.agent.translate import PortLocation
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.agent.writer import StateWriter
-from tessera.datapath.base import Datapath, Match, action_to_json
+from tessera.datapath.base import Datapath, InstalledFlow, Match, action_to_json
 from tessera.model import PortGroup, TunnelZone
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store.topology import TopologyStore
@@ -217,8 +217,11 @@ class Agent:
                 self._stale_ports_checked = True
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP
-            sweep(self.dp, self.flows, now, self.metrics, keep=self.adopter.holds)
-            self._sweep_flowstate(now)
+            # One dump serves both sweeps: with a flow per connection, reading every
+            # flow (and decoding its actions) is the sweep's main cost.
+            installed = self.dp.dump()
+            sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed))
+            self._sweep_flowstate(now, installed)
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""
@@ -275,10 +278,9 @@ class Agent:
             self._stateful_peers = (generation, peers)
         return self._stateful_peers[1].get(id, [])
 
-    def _sweep_flowstate(self, now: float) -> None:
+    def _sweep_flowstate(self, now: float, installed: dict[Match, InstalledFlow]) -> None:
         """Connections expire by their kernel flows' last use, read like flows' own, and
         sooner once those flows saw a TCP FIN or RST."""
-        installed = self.dp.dump() if len(self.flowstate.table) else {}
 
         def last_used(match: object) -> float | None:
             inst = installed.get(match) if isinstance(match, Match) else None

@@ -47,10 +47,13 @@ def sweep(
     now: float,
     metrics: AgentMetrics,
     keep: Callable[[Match], bool] = lambda m: False,
+    installed: dict[Match, InstalledFlow] | None = None,
 ) -> SweepResult:
-    """One pass of expiry and reconciliation against one dump of the datapath."""
+    """One pass of expiry and reconciliation against one dump of the datapath
+    (`installed`, consumed; read here when not given)."""
     result = SweepResult()
-    installed = dp.dump()
+    if installed is None:
+        installed = dp.dump()
     for desired in flows.snapshot():
         inst = installed.pop(desired.match, None)
         last = desired.created
