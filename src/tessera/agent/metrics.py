@@ -74,6 +74,12 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.flowstate_conflicts = Counter(
+            "tessera_agent_flowstate_conflicts",
+            "Entries pushed by a peer that would have replaced a different entry this host "
+            "created (refused: only an entry's owner rebinds its key)",
+            registry=r,
+        )
         self.flowstate_closes = Counter(
             "tessera_agent_flowstate_closes",
             "FIN/RST notices received from hosts an entry was pushed to, by what they did "

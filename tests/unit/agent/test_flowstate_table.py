@@ -18,7 +18,9 @@ from tessera.agent.flowstate.entry import (
     TCP_RST_TIMEOUT,
     tag_of,
 )
+from tessera.agent.flowstate.service import apply_updates
 from tessera.agent.flowstate.table import ConnTable
+from tessera.agent.metrics import AgentMetrics
 from tessera.datapath.base import FlowStats
 from tessera.packet.addr import ip_from_str as ip
 from tessera.simulation.flowstate import (
@@ -310,3 +312,22 @@ def test_a_flow_invalidated_before_a_sweep_hands_over_its_flags_and_last_use() -
     _tags, _gone, closing = table.sweep_entries(8.0, lambda m: None)
     assert [t.entry for t in closing] == [copy]  # the owner is told at the next sweep
     assert table.sweep(7.0 + TCP_RST_TIMEOUT + 1, lambda m: None) == {conntrack_tag(copy.key)}
+
+
+def test_a_peer_cannot_rebind_a_key_this_host_owns() -> None:
+    """A member pushing another binding for one of our NAT keys (forged or confused)
+    would send our connection's replies elsewhere: refused and counted; the same entry
+    again, or a key we do not own, is taken as before."""
+    metrics = AgentMetrics()
+    table = ConnTable()
+    fwd, rev = snat(7)
+    table.add(rev, now=0.0)  # created here
+    forged = NatEntry(rev.key, NatBinding(VM, 41234))
+    tags = apply_updates(table, metrics, "host-b", [("add", forged, 60.0)], now=1.0)
+    assert tags == set() and table.lookup(rev.key) == rev
+    assert metrics.registry.get_sample_value("tessera_agent_flowstate_conflicts_total") == 1.0
+    apply_updates(table, metrics, "host-b", [("add", rev, 60.0), ("add", fwd, 60.0)], 2.0)
+    assert table.lookup(rev.key) == rev and table.lookup(fwd.key) == fwd
+    assert metrics.registry.get_sample_value("tessera_agent_flowstate_conflicts_total") == 1.0
+    (ours,) = [t for t in table.snapshot() if t.entry == rev]
+    assert ours.origin is None  # a peer's copy of our own entry does not make it theirs

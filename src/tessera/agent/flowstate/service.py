@@ -59,12 +59,16 @@ def apply_updates(
     address: str | None = None,
 ) -> set[str]:
     """What a peer's accepted message does to the table: adds become copies held for
-    `sender`, removals end `sender`'s copies (`ConnTable.release`), fin/rst shorten our
-    entries pushed to `sender`'s underlay `address` (`ConnTable.note_close`); the last
-    two counted by result. Returns the tags to invalidate."""
+    `sender` (never replacing a different entry of ours: counted, refused), removals
+    end `sender`'s copies (`ConnTable.release`), fin/rst shorten our entries pushed to
+    `sender`'s underlay `address` (`ConnTable.note_close`); the last two counted by
+    result. Returns the tags to invalidate."""
     tags: set[str] = set()
     for op, entry, timeout in updates:
         if op == "add":
+            if table.contradicts(entry):
+                metrics.flowstate_conflicts.inc()
+                continue
             tags |= table.add(entry, now, timeout=timeout, origin=sender)
         elif op == "remove":
             result = table.release(entry, sender, now)

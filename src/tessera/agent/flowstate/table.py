@@ -174,6 +174,17 @@ class ConnTable:
             if tracked is not None:
                 tracked.shared.update(addresses)
 
+    def contradicts(self, entry: FlowStateEntry) -> bool:
+        """Whether `entry`, pushed by a peer, would replace a different live entry this
+        host created: a peer may refresh or add, never rebind a key we own (a forged or
+        confused member would otherwise redirect our connections' replies)."""
+        with self._lock:
+            old = self._entries.get(entry.key)
+            return (
+                old is not None and old.origin is None and not old.released
+                and old.entry != entry
+            )  # fmt: skip
+
     def release(self, entry: FlowStateEntry, origin: str, now: float) -> str:
         """The owner `origin` dropped `entry`: end this host's copy. Dropped at once when
         no flow here carries it, else held to `released_timeout` so that the sweep drops
