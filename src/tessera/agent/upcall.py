@@ -252,7 +252,14 @@ class UpcallHandler:
         p.rounds += 1
         started = time.perf_counter()
         if self.flowstate is not None:
-            self.flowstate.pump()  # state a peer sent ahead of this packet, read first
+            # State a peer sent ahead of this packet, read first; and the flows it
+            # changes go now, before this simulation installs one that reads the same
+            # entry (invalidated later, that new flow would go too, and the connection's
+            # next packet, a FIN perhaps, would miss again).
+            self.flowstate.pump()
+            received = self.flowstate.drain_tags()
+            if received:
+                self.invalidate(received)
         try:
             match, p.match = p.match, None  # a match is read by one simulation only
             result = self.sim.simulate(

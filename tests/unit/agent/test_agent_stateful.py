@@ -306,3 +306,27 @@ def test_snat_port_exhaustion_is_a_clean_counted_drop(cloud: Cloud, caplog: Any)
     # The first connection still works both ways.
     cloud.send(e.ext, e.to_public("203.0.113.1", 20000))
     assert [udp_of(f) for f in cloud.received(e.vm)] == [("203.0.113.9", 53, "10.0.0.5", 40000)]
+
+
+def test_the_first_reply_s_flow_survives_the_state_it_was_decided_with(cloud: Cloud) -> None:
+    """The state h1 pushed arrives on h2 with tags to invalidate (flows decided without
+    it). Applied after the first reply was simulated, they removed that reply's new flow
+    too, so the connection's next segment missed again (a FIN then bypassed the flow's
+    TCP flags). They are applied before the simulation: one miss per direction."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.23", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.24", flowstate_port=port)
+    e = _snat_edge(cloud, h1, h2)
+    (first,) = _through_arp(e, e.out(40000))
+    _src, sport, _dst, _dport = udp_of(first)
+    deadline = time.monotonic() + 5
+    while len(h2.agent.flowstate.table) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    registry = h2.agent.metrics.registry
+    before = registry.get_sample_value("tessera_agent_misses_total") or 0.0
+    for _ in range(3):  # no run_once in between: the tags wait until the reply misses
+        cloud.send(e.ext, e.to_public("203.0.113.1", sport))
+        (back,) = cloud.received(e.vm)
+        assert udp_of(back) == ("203.0.113.9", 53, "10.0.0.5", 40000)
+    assert (registry.get_sample_value("tessera_agent_misses_total") or 0.0) - before == 1
+    assert not registry.get_sample_value("tessera_agent_flows_invalidated_total")
