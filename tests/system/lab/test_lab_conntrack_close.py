@@ -19,8 +19,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import Lab, Snapshot, require_agent, root_missing, tessera
-from test_lab_stateful import CLIENT, PORT, Net, _chain, _put
+from lab_helpers import (
+    Lab,
+    lab_up,
+    new_chain,
+    root_missing,
+    tessera,
+    update,
+)
+from test_lab_stateful import CLIENT, PORT, Net
 
 from support.wait import wait_until
 from tessera.lab import names
@@ -35,34 +42,35 @@ CLOSED = PORT + 1  # nothing listens there: vm3's kernel answers RST
 
 @pytest.fixture(scope="module")
 def closing_net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
-        lan = lab.create("/bridges", {"name": "lan"})["id"]
-        ports = {}
-        for name, host, address in (("vm1", "h1", "10.0.0.10/24"), ("vm3", "h2", "10.0.0.30/24")):
-            ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]
-            lab.cmd(
-                "vm", "add", name, "--host", host, "--port", ports[name], "--ip", address,
-                timeout=90,
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
+        try:
+            lan = lab.create("/bridges", {"name": "lan"})["id"]
+            ports = {}
+            for name, host, address in (
+                ("vm1", "h1", "10.0.0.10/24"),
+                ("vm3", "h2", "10.0.0.30/24"),
+            ):
+                ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]
+                lab.cmd(
+                    "vm", "add", name, "--host", host, "--port", ports[name], "--ip", address,
+                    timeout=90,
+                )  # fmt: skip
+            from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
+            to_vm1 = new_chain(
+                lab, "to vm1",
+                {"type": "accept", "dl_type": 0x0806},
+                {"type": "accept", "match_return_flow": True},
+                {"type": "drop"},
             )  # fmt: skip
-        from_vm1 = _chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-        to_vm1 = _chain(
-            lab, "to vm1",
-            {"type": "accept", "dl_type": 0x0806},
-            {"type": "accept", "match_return_flow": True},
-            {"type": "drop"},
-        )  # fmt: skip
-        _put(lab, f"/ports/{ports['vm1']}",
-             {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1})  # fmt: skip
-        yield n
-    finally:
-        n.stop()
-        lab.down()
-        lab.assert_gone(before)
+            update(
+                lab,
+                f"/ports/{ports['vm1']}",
+                {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1},
+            )
+            yield n
+        finally:
+            n.stop()
 
 
 def _entries(lab: Lab, host: int, dport: int) -> list[dict[str, Any]]:

@@ -21,7 +21,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, tessera
+from lab_helpers import (
+    TESSERA,
+    Lab,
+    env,
+    lab_up,
+    new_chain,
+    root_missing,
+    tessera,
+)
 
 from tessera.lab import names
 
@@ -70,23 +78,9 @@ print(" ".join(str(q) for q in sorted(got)))
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    require_agent()
-    before = Snapshot.take()
-    the_lab = Lab()
-    try:
-        the_lab.up("--hosts", "2", "--datapath", "ebpf")
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as the_lab:
         _topology(the_lab)
         yield the_lab
-    finally:
-        the_lab.down()
-        the_lab.assert_gone(before)
-
-
-def _chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
-    chain: str = lab.create("/chains", {"name": name})["id"]
-    for position, fields in enumerate(rules, 1):
-        lab.create(f"/chains/{chain}/rules", {"position": position, **fields})
-    return chain
 
 
 def _topology(lab: Lab) -> None:
@@ -115,8 +109,8 @@ def _topology(lab: Lab) -> None:
         assert linked.status_code in (200, 201, 204), linked.text
     pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
              "port_to": 29999}]  # fmt: skip
-    pre = _chain(lab, "pre", {"type": "rev_snat", "in_ports": [uplink]})
-    post = _chain(
+    pre = new_chain(lab, "pre", {"type": "rev_snat", "in_ports": [uplink]})
+    post = new_chain(
         lab, "post",
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.0",
          "nw_src_length": 24, "nat_targets": pool},

@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import Lab, Snapshot, require_agent, root_missing
+from lab_helpers import (
+    Lab,
+    lab_up,
+    new_chain,
+    root_missing,
+    routed_lan,
+    update,
+)
 
 from support.wait import wait_until
 from tessera.simulation.icmp import FRAG_NEEDED_MTU
@@ -70,31 +77,10 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
         _topology(n)
         yield n
-    finally:
-        lab.down()
-        lab.assert_gone(before)
-
-
-def _chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
-    chain: str = lab.create("/chains", {"name": name})["id"]
-    for position, fields in enumerate(rules, 1):
-        lab.create(f"/chains/{chain}/rules", {"position": position, **fields})
-    return chain
-
-
-def _put(lab: Lab, path: str, fields: dict[str, Any]) -> None:
-    with lab.api() as client:
-        current = client.get(path.lstrip("/")).json()
-        response = client.put(path.lstrip("/"), json={**current, **fields})
-    assert response.status_code == 200, response.text
 
 
 def _clear(lab: Lab, chain: str) -> None:
@@ -107,52 +93,30 @@ def _clear(lab: Lab, chain: str) -> None:
 
 def _topology(n: Net) -> None:
     lab = n.lab
-    lan = lab.create("/bridges", {"name": "lan"})["id"]
-    r = lab.create("/routers", {"name": "r"})["id"]
-    gw = lab.create(
-        f"/routers/{r}/ports",
-        {"port_address": "10.0.0.1", "network_address": "10.0.0.0", "network_length": 24},
-    )["id"]
-    uplink = lab.create(
-        f"/routers/{r}/ports",
-        {"port_address": "203.0.113.1", "network_address": "203.0.113.0", "network_length": 24},
-    )["id"]
-    for port, prefix in ((gw, "10.0.0.0"), (uplink, "203.0.113.0")):
-        lab.create(
-            f"/routers/{r}/routes",
-            {
-                "src_network_addr": "0.0.0.0", "src_network_length": 0,
-                "dst_network_addr": prefix, "dst_network_length": 24,
-                "type": "Normal", "next_hop_port": port, "weight": 100,
-            },
-        )  # fmt: skip
-    interior = lab.create(f"/bridges/{lan}/ports")["id"]
-    with lab.api() as client:
-        linked = client.post(f"ports/{interior}/link", json={"peer_id": gw})
-    assert linked.status_code in (200, 201, 204), linked.text
+    lan, r, _gw, uplink = routed_lan(lab)
 
     # r's inbound filter: the guard chain (empty but in one test), then the floating IP
     # and the reverse SNAT; its outbound filter: the floating IP, then dynamic SNAT.
-    n.guard = _chain(lab, "guard")
+    n.guard = new_chain(lab, "guard")
     one = [{"address_from": "10.0.0.20", "address_to": "10.0.0.20"}]
     fip = [{"address_from": FLOATING_IP, "address_to": FLOATING_IP}]
     pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
              "port_to": 29999}]  # fmt: skip
-    pre = _chain(
+    pre = new_chain(
         lab, "pre",
         {"type": "jump", "jump_chain_id": n.guard},
         {"type": "dnat", "in_ports": [uplink], "nw_dst_address": FLOATING_IP,
          "nw_dst_length": 32, "nat_targets": one},
         {"type": "rev_snat", "in_ports": [uplink]},
     )  # fmt: skip
-    post = _chain(
+    post = new_chain(
         lab, "post",
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.20",
          "nw_src_length": 32, "nat_targets": fip},
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.0",
          "nw_src_length": 24, "nat_targets": pool},
     )  # fmt: skip
-    _put(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
+    update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
 
     for name, host, address in (("vm1", "h1", "10.0.0.10/24"), ("vm2", "h2", "10.0.0.20/24")):
         n.ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]
@@ -200,12 +164,12 @@ def test_each_fragment_policy_on_a_port_filter(
     """vm1 (h1) pings vm2 (h2) through its port's inbound filter: the echo requests are
     filtered, the (also fragmented) replies are not."""
     port = f"/ports/{net.ports['vm1']}"
-    chain = _chain(net.lab, "vm1 in", *({**_ICMP, **rule} for rule in rules))
+    chain = new_chain(net.lab, "vm1 in", *({**_ICMP, **rule} for rule in rules))
     try:
-        _put(net.lab, port, {"inbound_filter_id": chain})
+        update(net.lab, port, {"inbound_filter_id": chain})
         net.settle("vm1", "10.0.0.20", want)
     finally:
-        _put(net.lab, port, {"inbound_filter_id": None})
+        update(net.lab, port, {"inbound_filter_id": None})
     net.settle("vm1", "10.0.0.20", (True, True))
 
 

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing
+from lab_helpers import (
+    TESSERA,
+    Lab,
+    env,
+    lab_up,
+    root_missing,
+)
 
 from support.wait import wait_until
 
@@ -80,39 +86,34 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
-        assert lab.api_url is not None
-        run_env = {**env(), "TESSERA_LAB": lab.name, "TESSERA_API": lab.api_url}
-        run_env["PATH"] = f"{Path(TESSERA).parent}:{run_env['PATH']}"
-        done = subprocess.run(
-            ["bash", "-e", "-u", "-o", "pipefail", "-c", recipe()],
-            capture_output=True, text=True, env=run_env, timeout=600, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, f"the guide's recipe failed:\n{done.stdout}\n{done.stderr}"
-        for vm in VMS:
-            argv = [TESSERA, "lab", "exec", "--name", lab.name, vm, "--",
-                    sys.executable, "-c", SERVER, "300"]  # fmt: skip
-            n.servers.append(
-                subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env()
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
+        try:
+            assert lab.api_url is not None
+            run_env = {**env(), "TESSERA_LAB": lab.name, "TESSERA_API": lab.api_url}
+            run_env["PATH"] = f"{Path(TESSERA).parent}:{run_env['PATH']}"
+            done = subprocess.run(
+                ["bash", "-e", "-u", "-o", "pipefail", "-c", recipe()],
+                capture_output=True, text=True, env=run_env, timeout=600, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, f"the guide's recipe failed:\n{done.stdout}\n{done.stderr}"
+            for vm in VMS:
+                argv = [TESSERA, "lab", "exec", "--name", lab.name, vm, "--",
+                        sys.executable, "-c", SERVER, "300"]  # fmt: skip
+                n.servers.append(
+                    subprocess.Popen(
+                        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env()
+                    )
                 )
-            )
-        for vm in VMS:
-            wait_until(
-                lambda vm=vm: ":80 " in lab.exec(vm, "ss", "-Hltn").stdout,
-                timeout=15,
-                what=f"the servers in {vm}",
-            )
-        yield n
-    finally:
-        n.stop()
-        lab.down()
-        lab.assert_gone(before)
+            for vm in VMS:
+                wait_until(
+                    lambda vm=vm: ":80 " in lab.exec(vm, "ss", "-Hltn").stdout,
+                    timeout=15,
+                    what=f"the servers in {vm}",
+                )
+            yield n
+        finally:
+            n.stop()
 
 
 def test_a_remote_group_rule_lets_its_members_in_and_their_replies_back(net: Net) -> None:

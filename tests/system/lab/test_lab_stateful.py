@@ -28,11 +28,13 @@ import pytest
 from lab_helpers import (
     TESSERA,
     Lab,
-    Snapshot,
     env,
-    require_agent,
+    lab_up,
+    new_chain,
     root_missing,
+    routed_lan,
     tessera,
+    update,
 )
 
 from support.wait import wait_until
@@ -121,86 +123,41 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
-        _topology(lab)
-        yield n
-    finally:
-        n.stop()
-        lab.down()
-        lab.assert_gone(before)
-
-
-def _rule(lab: Lab, chain: str, position: int, **fields: Any) -> None:
-    lab.create(f"/chains/{chain}/rules", {"position": position, **fields})
-
-
-def _chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
-    chain: str = lab.create("/chains", {"name": name})["id"]
-    for position, fields in enumerate(rules, 1):
-        _rule(lab, chain, position, **fields)
-    return chain
-
-
-def _put(lab: Lab, path: str, fields: dict[str, Any]) -> None:
-    with lab.api() as client:
-        current = client.get(path.lstrip("/")).json()
-        response = client.put(path.lstrip("/"), json={**current, **fields})
-    assert response.status_code == 200, response.text
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
+        try:
+            _topology(lab)
+            yield n
+        finally:
+            n.stop()
 
 
 def _topology(lab: Lab) -> None:
-    lan = lab.create("/bridges", {"name": "lan"})["id"]
-    r = lab.create("/routers", {"name": "r"})["id"]
-    gw = lab.create(
-        f"/routers/{r}/ports",
-        {"port_address": "10.0.0.1", "network_address": "10.0.0.0", "network_length": 24},
-    )["id"]
-    uplink = lab.create(
-        f"/routers/{r}/ports",
-        {"port_address": "203.0.113.1", "network_address": "203.0.113.0", "network_length": 24},
-    )["id"]
-    for port, prefix in ((gw, "10.0.0.0"), (uplink, "203.0.113.0")):
-        lab.create(
-            f"/routers/{r}/routes",
-            {
-                "src_network_addr": "0.0.0.0", "src_network_length": 0,
-                "dst_network_addr": prefix, "dst_network_length": 24,
-                "type": "Normal", "next_hop_port": port, "weight": 100,
-            },
-        )  # fmt: skip
-    interior = lab.create(f"/bridges/{lan}/ports")["id"]
-    with lab.api() as client:
-        linked = client.post(f"ports/{interior}/link", json={"peer_id": gw})
-    assert linked.status_code in (200, 201, 204), linked.text
+    lan, r, _gw, uplink = routed_lan(lab)
 
     # NAT on the router: the floating IP first (1:1 both ways), then dynamic SNAT.
     one = [{"address_from": "10.0.0.20", "address_to": "10.0.0.20"}]
     fip = [{"address_from": FLOATING_IP, "address_to": FLOATING_IP}]
     pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
              "port_to": 29999}]  # fmt: skip
-    pre = _chain(
+    pre = new_chain(
         lab, "pre",
         {"type": "dnat", "in_ports": [uplink], "nw_dst_address": FLOATING_IP,
          "nw_dst_length": 32, "nat_targets": one},
         {"type": "rev_snat", "in_ports": [uplink]},
     )  # fmt: skip
-    post = _chain(
+    post = new_chain(
         lab, "post",
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.20",
          "nw_src_length": 32, "nat_targets": fip},
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.0",
          "nw_src_length": 24, "nat_targets": pool},
     )  # fmt: skip
-    _put(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
+    update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
 
     # vm1's firewall: its connections are tracked; towards it only ARP and replies pass.
-    from_vm1 = _chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-    to_vm1 = _chain(
+    from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
+    to_vm1 = new_chain(
         lab, "to vm1",
         {"type": "accept", "dl_type": 0x0806},
         {"type": "accept", "match_return_flow": True},
@@ -217,8 +174,9 @@ def _topology(lab: Lab) -> None:
             "vm", "add", name, "--host", host, "--port", ports[name],
             "--ip", address, "--gw", gateway, timeout=90,
         )  # fmt: skip
-    _put(lab, f"/ports/{ports['vm1']}",
-         {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1})  # fmt: skip
+    update(
+        lab, f"/ports/{ports['vm1']}", {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1}
+    )
     # The external VM on the uplink: 203.0.113.9/25, so that the SNAT and floating
     # addresses (above .127) are reached through its gateway, the router.
     lab.cmd(

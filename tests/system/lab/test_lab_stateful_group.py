@@ -26,7 +26,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, tessera
+from lab_helpers import (
+    TESSERA,
+    Lab,
+    env,
+    lab_up,
+    new_chain,
+    root_missing,
+    tessera,
+    update,
+)
 
 from support.wait import wait_until
 from tessera.lab import names
@@ -116,32 +125,14 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
-        _topology(lab)
-        yield n
-    finally:
-        n.stop()
-        lab.down()  # the veth between extA and extB goes with their namespaces
-        lab.assert_gone(before)
-
-
-def _chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
-    chain: str = lab.create("/chains", {"name": name})["id"]
-    for position, fields in enumerate(rules, 1):
-        lab.create(f"/chains/{chain}/rules", {"position": position, **fields})
-    return chain
-
-
-def _put(lab: Lab, path: str, fields: dict[str, Any]) -> None:
-    with lab.api() as client:
-        current = client.get(path.lstrip("/")).json()
-        response = client.put(path.lstrip("/"), json={**current, **fields})
-    assert response.status_code == 200, response.text
+    # The veth between extA and extB goes with their namespaces at the lab's end.
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
+        try:
+            _topology(lab)
+            yield n
+        finally:
+            n.stop()
 
 
 def _router_port(lab: Lab, router: str, address: str, network: str, length: int) -> str:
@@ -178,7 +169,7 @@ def _topology(lab: Lab) -> None:
     lan_net = {"nw_dst_address": "10.0.0.0", "nw_dst_length": 24}
     pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
              "port_to": 29999}]  # fmt: skip
-    pre = _chain(
+    pre = new_chain(
         lab, "pre",
         {"type": "accept", "in_ports": [a, b], "match_return_flow": True, **lan_net},
         {"type": "drop", "in_ports": [a, b], **lan_net},
@@ -186,12 +177,12 @@ def _topology(lab: Lab) -> None:
         {"type": "accept", "nw_src_address": "10.0.0.10", "nw_src_length": 32,
          "match_forward_flow": True},
     )  # fmt: skip
-    post = _chain(
+    post = new_chain(
         lab, "post",
         {"type": "snat", "out_ports": [a, b], "nw_src_address": "10.0.0.20",
          "nw_src_length": 32, "nat_targets": pool},
     )  # fmt: skip
-    _put(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
+    update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
 
     for name, address in (("vm1", "10.0.0.10/24"), ("vm2", "10.0.0.20/24")):
         port = lab.create(f"/bridges/{lan}/ports")["id"]

@@ -27,7 +27,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import TESSERA, Lab, Snapshot, env, require_agent, root_missing, tessera
+from lab_helpers import (
+    TESSERA,
+    Lab,
+    add_route,
+    env,
+    lab_up,
+    new_chain,
+    root_missing,
+    tessera,
+    update,
+)
 
 from support.wait import wait_until
 from tessera.lab import names
@@ -218,43 +228,13 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    require_agent()
-    before = Snapshot.take()
-    lab = Lab()
-    n = Net(lab)
-    try:
-        lab.up("--hosts", "2", "--datapath", "ebpf")
-        _topology(lab)
-        yield n
-    finally:
-        n.stop()
-        lab.down()
-        lab.assert_gone(before)
-
-
-def _chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
-    chain: str = lab.create("/chains", {"name": name})["id"]
-    for position, fields in enumerate(rules, 1):
-        lab.create(f"/chains/{chain}/rules", {"position": position, **fields})
-    return chain
-
-
-def _put(lab: Lab, path: str, fields: dict[str, Any]) -> None:
-    with lab.api() as client:
-        current = client.get(path.lstrip("/")).json()
-        response = client.put(path.lstrip("/"), json={**current, **fields})
-    assert response.status_code == 200, response.text
-
-
-def _route(lab: Lab, router: str, prefix: str, length: int, port: str) -> None:
-    lab.create(
-        f"/routers/{router}/routes",
-        {
-            "src_network_addr": "0.0.0.0", "src_network_length": 0,
-            "dst_network_addr": prefix, "dst_network_length": length,
-            "type": "Normal", "next_hop_port": port, "weight": 100,
-        },
-    )  # fmt: skip
+    with lab_up("--hosts", "2", "--datapath", "ebpf") as lab:
+        n = Net(lab)
+        try:
+            _topology(lab)
+            yield n
+        finally:
+            n.stop()
 
 
 def _topology(lab: Lab) -> None:
@@ -268,8 +248,8 @@ def _topology(lab: Lab) -> None:
         f"/routers/{r}/ports",
         {"port_address": "203.0.113.1", "network_address": "203.0.113.0", "network_length": 24},
     )["id"]
-    _route(lab, r, "10.0.0.0", 24, gw)
-    _route(lab, r, "203.0.113.0", 24, uplink)
+    add_route(lab, r, "10.0.0.0", 24, gw)
+    add_route(lab, r, "203.0.113.0", 24, uplink)
     interior = lab.create(f"/bridges/{lan}/ports")["id"]
     with lab.api() as client:
         linked = client.post(f"ports/{interior}/link", json={"peer_id": gw})
@@ -279,20 +259,20 @@ def _topology(lab: Lab) -> None:
     fip = [{"address_from": FLOATING_IP, "address_to": FLOATING_IP}]
     pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
              "port_to": 29999}]  # fmt: skip
-    pre = _chain(
+    pre = new_chain(
         lab, "pre",
         {"type": "dnat", "in_ports": [uplink], "nw_dst_address": FLOATING_IP,
          "nw_dst_length": 32, "nat_targets": one},
         {"type": "rev_snat", "in_ports": [uplink]},
     )  # fmt: skip
-    post = _chain(
+    post = new_chain(
         lab, "post",
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.99",
          "nw_src_length": 32, "nat_targets": fip},
         {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.0",
          "nw_src_length": 24, "nat_targets": pool},
     )  # fmt: skip
-    _put(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
+    update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
 
     for index, (name, host) in enumerate(sorted(CLIENTS.items()), 1):
         port = lab.create(f"/bridges/{lan}/ports")["id"]
