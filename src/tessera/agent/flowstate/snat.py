@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from tessera.agent.metrics import AgentMetrics
@@ -345,53 +345,59 @@ class SnatAllocator:
             return None
         spread = zlib.crc32(self.host_id.encode())
         lease_value = SnatLease(self.host_id, self.token, self.wall_clock()).encode()
-        for i in range(n_ips):
-            ip = ips[0] + (spread + i) % n_ips
-            table = snat_table(ip_to_str(ip))
-            # First the next few blocks after our last one, without reading the table:
-            # an agent's blocks follow each other from its own starting place, so these
-            # are usually free, and reading every lease of the address (one row per
-            # block, hundreds at high rates) cost more than the connections it served.
-            start = self._cursor.get(ip, 0)
-            for j in range(start, min(start + FAST_TRIES, len(blocks))):
-                block = blocks[(spread + j) % len(blocks)]
-                if (ip, block) in self._leases:
-                    continue
-                try:
-                    self.nsdb.state_create(table, snat_key(block), lease_value, ephemeral=True)
-                except AlreadyExists:
-                    continue
-                except NsdbError as exc:
-                    self.last_failure = f"NSDB unavailable: {exc}"
-                    log.warning("cannot lease SNAT ports: %s", exc)
-                    return None
-                self._cursor[ip] = j + 1
-                got = self._leased(ip, block, ports, take)
+        try:
+            for i in range(n_ips):
+                ip = ips[0] + (spread + i) % n_ips
+                table = snat_table(ip_to_str(ip))
+                # First the next few blocks after our last one, without reading the
+                # table: an agent's blocks follow each other from its own starting
+                # place, so these are usually free, and reading every lease of the
+                # address (one row per block, hundreds at high rates) cost more than
+                # the connections it served.
+                start = self._cursor.get(ip, 0)
+                fast = range(start, min(start + FAST_TRIES, len(blocks)))
+                got = self._claim(ip, table, blocks, spread, fast, {}, lease_value, ports, take)
+                if got is None:
+                    taken = self.nsdb.state_get(table)
+                    every = range(len(blocks))
+                    got = self._claim(
+                        ip, table, blocks, spread, every, taken, lease_value, ports, take
+                    )
                 if got is not None:
                     return got
-            try:
-                taken = self.nsdb.state_get(table)
-            except NsdbError as exc:
-                self.last_failure = f"NSDB unavailable: {exc}"
-                log.warning("cannot lease SNAT ports: %s", exc)
-                return None
-            for j in range(len(blocks)):
-                block = blocks[(spread + j) % len(blocks)]
-                if snat_key(block) in taken or (ip, block) in self._leases:
-                    continue
-                try:
-                    self.nsdb.state_create(table, snat_key(block), lease_value, ephemeral=True)
-                except AlreadyExists:
-                    continue  # another agent was quicker
-                except NsdbError as exc:
-                    self.last_failure = f"NSDB unavailable: {exc}"
-                    log.warning("cannot lease SNAT ports: %s", exc)
-                    return None
-                self._cursor[ip] = j + 1
-                got = self._leased(ip, block, ports, take)
-                if got is not None:
-                    return got
+        except NsdbError as exc:
+            self.last_failure = f"NSDB unavailable: {exc}"
+            log.warning("cannot lease SNAT ports: %s", exc)
+            return None
         self.last_failure = EXHAUSTED
+        return None
+
+    def _claim(
+        self,
+        ip: int,
+        table: str,
+        blocks: list[int],
+        spread: int,
+        order: range,
+        taken: Mapping[str, object],
+        lease_value: str,
+        ports: Range,
+        take: bool,
+    ) -> tuple[int, int] | None:
+        """Lease the first block of `order` (indices into `blocks` from `spread`) that
+        is neither in `taken` nor ours and that no other agent creates first."""
+        for j in order:
+            block = blocks[(spread + j) % len(blocks)]
+            if snat_key(block) in taken or (ip, block) in self._leases:
+                continue
+            try:
+                self.nsdb.state_create(table, snat_key(block), lease_value, ephemeral=True)
+            except AlreadyExists:
+                continue  # another agent was quicker
+            self._cursor[ip] = j + 1
+            got = self._leased(ip, block, ports, take)
+            if got is not None:
+                return got
         return None
 
     def _leased(self, ip: int, block: int, ports: Range, take: bool) -> tuple[int, int] | None:
@@ -416,7 +422,8 @@ class SnatAllocator:
                 lease.idle_since = self.clock()
         return True
 
-    def _give_back(self, lease: Lease) -> None:
+    def _forget(self, lease: Lease) -> None:
+        """Drop `lease` and the bindings of its ports (given back, or no longer ours)."""
         del self._leases[(lease.ip, lease.block)]
         if self._hint is lease:
             self._hint = None
@@ -424,6 +431,9 @@ class SnatAllocator:
             key = self._owner.pop((lease.ip, port), None)
             if key is not None:
                 self._bindings.pop(key, None)
+
+    def _give_back(self, lease: Lease) -> None:
+        self._forget(lease)
         try:
             self.nsdb.state_delete(snat_table(ip_to_str(lease.ip)), snat_key(lease.block))
         except NsdbError as exc:  # the session's end will remove it anyway
@@ -441,13 +451,7 @@ class SnatAllocator:
                 value = held.get(snat_key(lease.block))
                 if value is None or _token(value) != self.token:
                     log.warning("SNAT block %d of %s is no longer ours", lease.block, ip)
-                    del self._leases[(lease.ip, lease.block)]
-                    if self._hint is lease:
-                        self._hint = None
-                    for port in lease.used:
-                        key = self._owner.pop((lease.ip, port), None)
-                        if key is not None:
-                            self._bindings.pop(key, None)
+                    self._forget(lease)
                     lost += 1
         return lost
 
