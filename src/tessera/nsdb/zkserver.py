@@ -1,10 +1,15 @@
-"""A standalone ZooKeeper server from Debian's `zookeeper` package, for the lab and tests.
+"""ZooKeeper servers from Debian's `zookeeper` package: a standalone server for the lab and
+tests (`ZookeeperServer`), and the JVM plumbing it shares with the cluster's embedded
+ensemble (`tessera.cluster.embedded_zk`): finding Java and the jars, the command line,
+logging, the common `zoo.cfg` lines, four-letter words, start-up failure reasons and
+stopping exactly one process.
 
-Everything lives in one directory: `zoo.cfg`, `log4j.properties`, the snapshots under
-`data/`, the log `zookeeper.log` and the pid file `zookeeper.pid`. Because the config and
-pid file are on disk, another process can stop or restart the same server (`tessera lab
-nsdb stop|start` runs in a different process than `lab up`), and a restart in the same
-directory keeps its port and its data, sessions included.
+For the standalone server everything lives in one directory: `zoo.cfg`,
+`log4j.properties`, the snapshots under `data/`, the log `zookeeper.log` and the pid file
+`zookeeper.pid`. Because the config and pid file are on disk, another process can stop or
+restart the same server (`tessera lab nsdb stop|start` runs in a different process than
+`lab up`), and a restart in the same directory keeps its port and its data, sessions
+included.
 
 The classpath is Debian's `zookeeper.jar` (its manifest names every dependency it needs)
 plus one slf4j binding; `/usr/share/java/*` would load ~500 jars and several competing
@@ -75,6 +80,10 @@ class ZookeeperServer:
         return self.data_dir / "zookeeper.pid"
 
     @property
+    def log4j_path(self) -> Path:
+        return self.data_dir / "log4j.properties"
+
+    @property
     def address(self) -> str:
         """`HOST:PORT` as kazoo wants it."""
         if self.port is None:
@@ -97,87 +106,28 @@ class ZookeeperServer:
 
     def _write_config(self, port: int) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    f"tickTime={self.tick_ms}",
-                    f"dataDir={self.data_dir / 'data'}",
-                    f"clientPort={port}",
-                    f"clientPortAddress={self.host}",
-                    "maxClientCnxns=0",
-                    "minSessionTimeout=1000",
-                    "maxSessionTimeout=60000",
-                    "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr,stat,mntr",
-                    "autopurge.snapRetainCount=3",
-                    "autopurge.purgeInterval=1",
-                    f"forceSync={'yes' if self.force_sync else 'no'}",
-                    "",
-                ]
-            )
+        lines = common_config(
+            tick_ms=self.tick_ms,
+            data_dir=self.data_dir / "data",
+            host=self.host,
+            client_port=port,
+            force_sync=self.force_sync,
         )
-        (self.data_dir / "log4j.properties").write_text(
-            "\n".join(
-                [
-                    "log4j.rootLogger=INFO, FILE",
-                    "log4j.appender.FILE=org.apache.log4j.RollingFileAppender",
-                    f"log4j.appender.FILE.File={self.log_path}",
-                    "log4j.appender.FILE.MaxFileSize=10MB",
-                    "log4j.appender.FILE.MaxBackupIndex=2",
-                    "log4j.appender.FILE.layout=org.apache.log4j.PatternLayout",
-                    "log4j.appender.FILE.layout.ConversionPattern="
-                    "%d{ISO8601} %-5p [%t] %c{1} - %m%n",
-                    "",
-                ]
-            )
-        )
+        self.config_path.write_text("\n".join([*lines, ""]))
+        write_log4j(self.log4j_path, self.log_path)
 
     # -- process --
 
     @staticmethod
     def _java() -> str:
-        java = shutil.which("java")
-        if java is None:
-            raise ZookeeperError("Java is not installed (apt install default-jre-headless)")
-        if not ZOOKEEPER_JAR.exists():
-            raise ZookeeperError(
-                f"ZooKeeper is not installed: {ZOOKEEPER_JAR} is missing (apt install zookeeper)"
-            )
-        return java
-
-    def _command(self, java: str) -> list[str]:
-        classpath = [str(ZOOKEEPER_JAR), *(str(j) for j in _LOGGING_JARS if j.exists())]
-        return [
-            java,
-            f"-Xmx{self.heap_mb}m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",  # start fast: the server is small
-            "-Djava.awt.headless=true",
-            f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
-            "-Dzookeeper.admin.enableServer=false",
-            "-cp",
-            ":".join(classpath),
-            _MAIN,
-            str(self.config_path),
-        ]
+        return find_java()
 
     def _read_pid(self) -> int | None:
         try:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if self._is_ours(pid) else None
-
-    def _is_ours(self, pid: int) -> bool:
-        """The pid is a live QuorumPeerMain with our config (pids get reused)."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        if status.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie is not running
-            return False
-        return _MAIN.encode() in cmdline and str(self.config_path).encode() in cmdline
+        return pid if is_zookeeper(pid, self.config_path) else None
 
     @property
     def pid(self) -> int | None:
@@ -194,25 +144,16 @@ class ZookeeperServer:
         if self.is_running:
             self._wait_serving(timeout)
             return
-        java = self._java()
+        command = java_command(self.config_path, self.log4j_path, self.heap_mb)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
-            self.port = _free_port(self.host)
-        elif not _port_free(self.host, self.port):
+            self.port = free_port(self.host)
+        elif not port_free(self.host, self.port):
             raise ZookeeperError(
                 f"cannot start ZooKeeper: {self.host}:{self.port} is already in use"
             )
         self._write_config(self.port)
-        with open(self.data_dir / "zookeeper.out", "ab") as out:
-            # Its own session: a Ctrl-C aimed at whoever started it must not kill it.
-            self._process = subprocess.Popen(
-                self._command(java),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,
-            )
+        self._process = spawn(command, self.data_dir)
         self.pid_path.write_text(f"{self._process.pid}\n")
         try:
             self._wait_serving(timeout)
@@ -224,7 +165,9 @@ class ZookeeperServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.is_running:
-                raise ZookeeperError(f"ZooKeeper exited during start-up: {self._failure_reason()}")
+                raise ZookeeperError(
+                    f"ZooKeeper exited during start-up: {failure_reason(self.log_path)}"
+                )
             if "Mode: " in self.four_letter("srvr"):
                 return
             time.sleep(0.05)
@@ -234,65 +177,20 @@ class ZookeeperServer:
         """Send a four-letter word; '' if the server does not answer."""
         if self.port is None:
             return ""
-        try:
-            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-                sock.sendall(command.encode())
-                chunks = []
-                while chunk := sock.recv(4096):
-                    chunks.append(chunk)
-            return b"".join(chunks).decode(errors="replace")
-        except OSError:
-            return ""
-
-    def _failure_reason(self) -> str:
-        """The first ERROR of the log and its root cause, on one line."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        errors = [ln.split(" - ", 1)[-1].strip() for ln in lines if " ERROR " in ln]
-        causes = [ln.strip() for ln in lines if ln.startswith("Caused by:")]
-        reason = errors[0] if errors else "no error logged"
-        if causes:
-            reason += f" ({causes[-1].removeprefix('Caused by: ')})"
-        return f"{reason}; see {self.log_path}"
+        return four_letter(self.host, self.port, command, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop exactly our process (SIGTERM, then SIGKILL) and wait until it is gone."""
         pid = self.pid
-        if pid is None:
-            self._reap()
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not self._wait_gone(pid, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if not self._wait_gone(pid, 5.0):
-                raise ZookeeperError(f"ZooKeeper (pid {pid}) did not exit")
-        self._reap()
-        with contextlib.suppress(OSError):
-            self.pid_path.unlink()
-
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.pid == pid:
-                try:
-                    self._process.wait(timeout=0.05)
-                    return True
-                except subprocess.TimeoutExpired:
-                    continue
-            if not self._is_ours(pid):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def _reap(self) -> None:
+        if pid is not None:
+            terminate(pid, self.config_path, self._process, timeout)
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=1.0)
             self._process = None
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
 
     def __enter__(self) -> ZookeeperServer:
         self.start()
@@ -307,13 +205,196 @@ class ZookeeperServer:
         self.stop()
 
 
-def _free_port(host: str) -> int:
+# -- shared with the embedded ensemble (tessera.cluster.embedded_zk) -------------------
+
+
+def find_java() -> str:
+    """The `java` binary, after checking that Debian's ZooKeeper is installed."""
+    java = shutil.which("java")
+    if java is None:
+        raise ZookeeperError("Java is not installed (apt install default-jre-headless)")
+    if not ZOOKEEPER_JAR.exists():
+        raise ZookeeperError(
+            f"ZooKeeper is not installed: {ZOOKEEPER_JAR} is missing (apt install zookeeper)"
+        )
+    return java
+
+
+def java_command(config_path: Path, log4j_path: Path, heap_mb: int) -> list[str]:
+    """The command line of one ZooKeeper server reading `config_path`: a small heap and
+    the quick-starting JIT, since a tessera ZooKeeper is small; the config path on the
+    command line is how `is_zookeeper` recognises the process later."""
+    java = find_java()
+    classpath = [str(ZOOKEEPER_JAR), *(str(j) for j in _LOGGING_JARS if j.exists())]
+    return [
+        java,
+        f"-Xmx{heap_mb}m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",  # start fast: the server is small
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j_path}",
+        "-Dzookeeper.admin.enableServer=false",
+        "-cp",
+        ":".join(classpath),
+        _MAIN,
+        str(config_path),
+    ]
+
+
+def common_config(
+    *, tick_ms: int, data_dir: Path, host: str, client_port: int, force_sync: bool
+) -> list[str]:
+    """The `zoo.cfg` lines every tessera ZooKeeper has: clients on `host:client_port`
+    only, sessions of up to 60 s, no admin HTTP server, the four-letter words tessera
+    uses for health checks, old snapshots purged."""
+    return [
+        f"tickTime={tick_ms}",
+        f"dataDir={data_dir}",
+        f"clientPort={client_port}",
+        f"clientPortAddress={host}",
+        "maxClientCnxns=0",
+        f"minSessionTimeout={max(1000, 2 * tick_ms)}",
+        "maxSessionTimeout=60000",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+        "autopurge.snapRetainCount=3",
+        "autopurge.purgeInterval=1",
+        f"forceSync={'yes' if force_sync else 'no'}",
+    ]
+
+
+def write_log4j(path: Path, log_path: Path) -> None:
+    """Log INFO and above to `log_path` (rolled at 10 MB, two old files kept)."""
+    path.write_text(
+        "\n".join(
+            [
+                "log4j.rootLogger=INFO, FILE",
+                "log4j.appender.FILE=org.apache.log4j.RollingFileAppender",
+                f"log4j.appender.FILE.File={log_path}",
+                "log4j.appender.FILE.MaxFileSize=10MB",
+                "log4j.appender.FILE.MaxBackupIndex=2",
+                "log4j.appender.FILE.layout=org.apache.log4j.PatternLayout",
+                "log4j.appender.FILE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1} - %m%n",
+                "",
+            ]
+        )
+    )
+
+
+def spawn(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
+    """Start the JVM in `directory`, its stdout and stderr appended to `zookeeper.out`."""
+    with open(directory / "zookeeper.out", "ab") as out:
+        # Its own session: a Ctrl-C aimed at whoever started it must not kill it; the
+        # owner stops it in order (clients first, then the server).
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,
+        )
+
+
+def is_zookeeper(pid: int, config_path: Path) -> bool:
+    """`pid` is a live QuorumPeerMain reading `config_path` (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if status.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie is not running
+        return False
+    return _MAIN.encode() in cmdline and str(config_path).encode() in cmdline
+
+
+def terminate(
+    pid: int,
+    config_path: Path,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """Stop exactly the ZooKeeper `pid` (SIGTERM, then SIGKILL after `timeout`) and wait
+    until it is gone; `process`, if it is that pid's Popen, is reaped on the way."""
+    if not is_zookeeper(pid, config_path):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pid, config_path, process, timeout):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(pid, config_path, process, 5.0):
+        raise ZookeeperError(f"ZooKeeper (pid {pid}) did not exit")
+
+
+def _wait_gone(
+    pid: int, config_path: Path, process: subprocess.Popen[bytes] | None, timeout: float
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.pid == pid:
+            try:
+                process.wait(timeout=0.05)
+                return True
+            except subprocess.TimeoutExpired:
+                continue
+        if not _ours_or_exiting(pid, config_path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ours_or_exiting(pid: int, config_path: Path) -> bool:
+    """`pid` is still our ZooKeeper, or a process on its way out: an exiting process
+    loses its command line before it becomes a zombie, but may hold its ports a little
+    longer, and a restart must not find them taken."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if status.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        return False
+    return not cmdline or is_zookeeper(pid, config_path)
+
+
+def four_letter(host: str, port: int, command: str, timeout: float = 1.0) -> str:
+    """Send a four-letter word (`ruok`, `srvr`...); '' if nothing answers."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(command.encode())
+            chunks = []
+            while chunk := sock.recv(4096):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def failure_reason(log_path: Path) -> str:
+    """The first ERROR of the log and its root cause, on one line."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [ln.split(" - ", 1)[-1].strip() for ln in lines if " ERROR " in ln]
+    causes = [ln.strip() for ln in lines if ln.startswith("Caused by:")]
+    reason = errors[0] if errors else "no error logged"
+    if causes:
+        reason += f" ({causes[-1].removeprefix('Caused by: ')})"
+    return f"{reason}; see {log_path}"
+
+
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on `host:port` (a port in TIME_WAIT counts as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
