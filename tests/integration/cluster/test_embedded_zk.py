@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,12 +34,24 @@ BOUND = 15.0  # how long a member may take to (re)join or an election to settle 
 
 
 def _free_ports(count: int) -> list[int]:
-    """`count` different free ports: all bound at once, so none is handed out twice."""
+    """`count` different free ports below the ephemeral range: a member that is down
+    must find its ports free again, and a port the kernel may hand out as the source
+    of any outgoing connection (the survivors keep calling the dead member) could be
+    taken meanwhile. All bound at once, so none is picked twice."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = random.sample(range(max(1024, low - 12000), low), 200)
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+        ports = []
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise AssertionError(f"fewer than {count} free ports below {low}")
 
 
 def _members(directory: Path, count: int) -> list[EmbeddedZooKeeper]:
