@@ -25,6 +25,7 @@ from kazoo.client import KazooClient
 
 from support.wait import wait_until
 from tessera.cluster.embedded_zk import EmbeddedZooKeeper
+from tessera.nsdb.connect import open_nsdb
 from tessera.nsdb.zkserver import ZookeeperError, is_zookeeper
 
 pytestmark = pytest.mark.zookeeper
@@ -137,6 +138,13 @@ def test_a_write_through_one_member_is_read_through_another(
     assert first.connect_string.count(",") == 2
     assert _write_then_read(first, third)
     assert _write_then_read(third, first)
+    # tessera's own NSDB client on the ensemble's URL (every member's address).
+    nsdb = open_nsdb(first.url(f"embedded-{uuid.uuid4().hex}"))
+    try:
+        nsdb.state_set("t", "k", "v", ephemeral=False)
+        assert nsdb.state_get("t") == {"k": "v"}
+    finally:
+        nsdb.close()
     config = first.config_path.read_text()
     assert "server.3=127.0.0.1:" in config and "4lw.commands.whitelist=" in config
     assert first.myid_path.read_text().strip() == "1"
