@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from sim_topo import NOW, Topo, mac, tcp, udp
 
+from tessera.cli.trace import render_text
 from tessera.model import Chain, Port
 from tessera.packet import Field, FlowMatch
 from tessera.simulation import SimulationResult, Verdict, chain, context, simulate
@@ -124,6 +125,11 @@ def test_rules_past_the_budget_drop_the_packet_naming_the_limit(
     assert traced.trace is not None
     assert traced.trace.children[-1].kind == "drop"
     assert "more than 1000 filter rules" in traced.trace.children[-1].text
+    # What `tessera trace` shows: the reason, the limit, the cost.
+    text = render_text(traced.to_dict(), width=200)
+    assert "more than 1000 filter rules" in text
+    assert "stopped by the simulation's rules_evaluated limit" in text
+    assert f"{traced.rules_evaluated} rule(s) tested" in text
 
 
 def test_chains_nest_at_most_max_chain_depth_deep() -> None:
