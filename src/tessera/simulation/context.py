@@ -371,6 +371,8 @@ class Simulation:
         self.stateful |= child.stateful
         if child.quoted:  # its path read an error's quote, which no flow key holds
             self.quoted = self.uncacheable = True
+        if child.limit is not None:  # a packet the child generated hit a limit
+            self.limit = child.limit
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)
