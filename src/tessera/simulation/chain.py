@@ -24,7 +24,7 @@ packet is dropped (`LimitExceeded`, see `context.py`).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from tessera.packet.match import ALL_FIELDS, Field, FlowMatch
 from tessera.simulation import stateful
@@ -62,21 +62,18 @@ def apply_chain(
     cnode = None
     if node is not None:
         cnode = node.add("chain", chain.id, f"{label} chain {chain.name or chain.id}")
-    verdict = _run(sim, chain, m, in_port, out_port, cnode, (chain.id,), device).verdict
+    verdict = _run(sim, chain, m, in_port, out_port, cnode, (chain.id,), device)[0]
     final: ChainVerdict = "accept" if verdict == "return" else verdict  # type: ignore[assignment]
     if cnode is not None:
         cnode.text += f": {final}"
     return final
 
 
-class _Outcome(NamedTuple):
-    """What evaluating a chain decided, and what a memo of it must know."""
-
-    verdict: str
-    pure: bool  # no NAT rule acted and no jump loop was met, here or deeper
-    visited: frozenset[str]  # chains jumped into, directly or not (kept while pure)
-    height: int  # the deepest nesting reached, this chain counted
-    cached: bool = False  # answered from the memo
+_Outcome = tuple[str, bool, frozenset[str], int]
+"""What evaluating a chain decided, and what a memo of it must know: (verdict; pure: no
+NAT rule acted and no jump loop was met, here or deeper; the chains it jumped into,
+directly or not, kept while pure; the deepest nesting it reached, its own chain
+counted). A plain tuple: one is made per chain evaluated, on every packet's path."""
 
 
 def _run(
@@ -91,6 +88,7 @@ def _run(
 ) -> _Outcome:
     sim.tags |= chain.tags
     rules = chain.rules
+    budget = sim.budget
     start = 0
     pure = True
     visited = _NO_CHAINS
@@ -99,31 +97,33 @@ def _run(
         rnode = None
         if node is None:
             i = chain.first_match(m, in_port, out_port, start, sim.forward)
-            sim.count_rules((i + 1 if i >= 0 else len(rules)) - start)
+            budget[1] -= (i + 1 if i >= 0 else len(rules)) - start  # `Simulation.count_rules`
+            if budget[1] < 0:
+                sim.count_rules(0)  # raises
         else:
             i, rnode = _first_match_traced(sim, chain, m, in_port, out_port, start, node)
         if i < 0:
-            return _Outcome("return", pure, visited, height)
+            return "return", pure, visited, height
         rule = rules[i]
         action = rule.action
         if action in _TERMINAL or action == "return":
-            return _Outcome(action, pure, visited, height)
+            return action, pure, visited, height
         start = i + 1
         if action in _FORWARD_NAT:
             pure = False
             applied = stateful.nat(sim, m, rule, device, rnode)
             if applied is None:
-                return _Outcome("drop", False, visited, height)
+                return "drop", False, visited, height
             if applied and rule.flow_action != "continue":
                 verdict = "accept" if rule.flow_action == "accept" else "return"
-                return _Outcome(verdict, False, visited, height)
+                return verdict, False, visited, height
             continue
         if action in _REVERSE_NAT:
             pure = False
             stateful.reverse_nat(sim, m, rule, device, rnode)
             if rule.flow_action != "continue":
                 verdict = "accept" if rule.flow_action == "accept" else "return"
-                return _Outcome(verdict, False, visited, height)
+                return verdict, False, visited, height
             continue
         if action == "jump":
             assert rule.jump_chain_id is not None
@@ -135,19 +135,18 @@ def _run(
                 sim.tags |= target.tags
                 if tnode is not None:
                     tnode.text += ": jump loop, the chain is already being evaluated"
-                return _Outcome("drop", False, visited, height)
-            sub = _jump(sim, target, m, in_port, out_port, tnode, stack, device)
-            if tnode is not None:
-                tnode.text += f": {sub.verdict}"
-                if sub.cached:
-                    tnode.text += " (evaluated already for this packet: answer reused)"
-            if pure and sub.pure:
-                visited = visited | sub.visited | {target.id}
+                return "drop", False, visited, height
+            verdict, sub_pure, sub_visited, sub_height = _jump(
+                sim, target, m, in_port, out_port, tnode, stack, device
+            )
+            if pure and sub_pure:
+                visited = visited | sub_visited | {target.id}
             else:
                 pure = False
-            height = max(height, sub.height + 1)
-            if sub.verdict != "return":
-                return _Outcome(sub.verdict, pure, visited, height)
+            if sub_height >= height:
+                height = sub_height + 1
+            if verdict != "return":
+                return verdict, pure, visited, height
         # "continue", or a jump whose chain returned: on to the next rule
 
 
@@ -161,7 +160,8 @@ def _jump(
     stack: tuple[str, ...],
     device: str,
 ) -> _Outcome:
-    """Evaluate the chain a `jump` rule names, or take the answer from the memo.
+    """Evaluate the chain a `jump` rule names, or take the answer from the memo; its
+    verdict joins the trace line of the jump (`node`).
 
     The memo holds, per run, the outcome of every evaluation that had no side effect,
     keyed by what such an evaluation depends on: the chain, the ports, and the packet as
@@ -193,10 +193,15 @@ def _jump(
             if len(stack) + memo.height > MAX_CHAIN_DEPTH:
                 raise _too_deep()
             m.record(Field(memo.mask))
-            return _Outcome(memo.verdict, True, memo.visited, memo.height, cached=True)
+            if node is not None:
+                node.text += f": {memo.verdict} (evaluated already for this packet: answer reused)"
+            return memo.verdict, True, memo.visited, memo.height
     out = _run(sim, target, m, in_port, out_port, node, (*stack, target.id), device)
-    if key is not None and out.pure:
-        sim.chain_memo[key] = ChainMemo(out.verdict, int(m.mask), out.visited, out.height)
+    verdict, pure, visited, height = out
+    if node is not None:
+        node.text += f": {verdict}"
+    if key is not None and pure:
+        sim.chain_memo[key] = ChainMemo(verdict, int(m.mask), visited, height)
     return out
 
 
