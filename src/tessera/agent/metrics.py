@@ -42,6 +42,21 @@ class AgentMetrics:
         self.held = Gauge(
             "tessera_agent_packets_held", "Packets waiting for a device or an ARP entry", registry=r
         )
+        self.simulation_errors = Counter(
+            "tessera_agent_simulation_errors",
+            "Simulations (or the handling of their result) that raised, by exception type: "
+            "their packets were dropped and a warning logged (at most once a minute per "
+            "port and type)",
+            ["error"],
+            registry=r,
+        )
+        self.simulation_limits = Counter(
+            "tessera_agent_simulation_limits",
+            "Simulations stopped by a cost limit, by limit (hops, device_visits, "
+            "rules_evaluated, chain_depth): their packet, or one it generated, was dropped",
+            ["limit"],
+            registry=r,
+        )
         self.sim_seconds = Histogram(
             "tessera_agent_simulation_seconds",
             "Time to simulate one packet",

@@ -15,6 +15,13 @@ the entry arrives, or with the entry marked failed when it times out (an ICMP er
 
 Duplicate misses — packets of one flow arriving while its simulation is parked — join
 the parked group instead of being simulated again, bounded in number and in time.
+
+Nothing on this path is swallowed silently. A simulation (or the handling of its result)
+that raises drops its packets, counts in `tessera_agent_simulation_errors_total` and
+logs a warning with the port and the exception, at most once a minute per port and
+exception type (a flood would otherwise flood the log); the next packet is handled as
+usual. A simulation stopped by a cost limit (`SimulationResult.limit`) counts in
+`tessera_agent_simulation_limits_total` and is logged the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from tessera.agent.cache import Key, TopologyCache
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowstate.snat import NAT_BLOCK
 from tessera.agent.flowtable import DesiredFlow, FlowTable
+from tessera.agent.lograte import RateLimitedLog
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
 from tessera.agent.translate import Locate, egress, translate
@@ -140,6 +148,7 @@ class UpcallHandler:
         self.parked: dict[PacketKey, Parked] = {}
         self.dropped = 0
         self._held = 0  # packets parked, as last reported to the metrics
+        self._log = RateLimitedLog(log, clock)
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -149,7 +158,10 @@ class UpcallHandler:
         for miss in misses:
             n += 1
             if miss.frame:
-                self.handle_one(miss)
+                try:
+                    self.handle_one(miss)
+                except Exception as exc:  # the rest of the batch must still be handled
+                    self._failed(self.ports.port_of(miss.port), 1, exc)
         if self.parked or self._held:
             self._held = sum(len(p.misses) for p in self.parked.values())
             self.metrics.held.set(self._held)
@@ -288,12 +300,34 @@ class UpcallHandler:
             p.waiting_for.add(key)
             self._park(p)
             return
-        except PacketError:
-            self.dropped += len(p.misses)
+        except Exception as exc:  # a bug, or configuration the data plane cannot serve
+            self._failed(p.port_id, len(p.misses), exc)
             return
         finally:
             self.metrics.sim_seconds.observe(time.perf_counter() - started)
-        self.apply(p, result)
+        if result.limit is not None:
+            self.metrics.simulation_limits.labels(limit=result.limit).inc()
+            self._log.warning(
+                (p.port_id, result.limit),
+                "simulating a packet of port %s hit the %s limit: %s",
+                p.port_id, result.limit,
+                result.drop_reason or "a packet it generated was dropped",
+            )  # fmt: skip
+        try:
+            self.apply(p, result)
+        except Exception as exc:
+            self._failed(p.port_id, len(p.misses), exc)
+
+    def _failed(self, port_id: str | None, packets: int, exc: Exception) -> None:
+        """Handling a packet of `port_id` raised: drop, count, and say so (rate-limited)."""
+        self.dropped += packets
+        name = type(exc).__name__
+        self.metrics.simulation_errors.labels(error=name).inc()
+        self._log.warning(
+            (port_id, name),
+            "dropped %d packet(s) of port %s: simulating or handling them raised %s: %s",
+            packets, port_id, name, exc, exc_info=exc,
+        )  # fmt: skip
 
     def apply(self, p: Parked, result: SimulationResult) -> None:
         self.learn(result)

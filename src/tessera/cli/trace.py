@@ -132,6 +132,8 @@ def render_tree(trace: Mapping[str, Any]) -> Tree:
     outcome = tree.add(f"[bold]result: {trace.get('verdict', '?')}[/]")
     if trace.get("drop_reason"):
         outcome.add(f"[red]{_escape(trace['drop_reason'])}[/]")
+    if trace.get("limit"):
+        outcome.add(f"[red]stopped by the simulation's {_escape(trace['limit'])} limit[/]")
     for out in trace.get("outputs", []):
         rewrites = [f"{k}={v}" for k, v in out.items() if k != "port_id"]
         extra = f" ({', '.join(rewrites)})" if rewrites else ""
@@ -147,6 +149,12 @@ def render_tree(trace: Mapping[str, Any]) -> Tree:
     if trace.get("match"):
         fields = ", ".join(f"{k}={v}" for k, v in trace["match"].items())
         outcome.add(f"[dim]flow match: {_escape(fields)} (expiry {trace.get('expiry')})[/]")
+    cost = trace.get("cost")
+    if cost:
+        outcome.add(
+            f"[dim]cost: {cost.get('devices_visited', 0)} device visit(s), "
+            f"{cost.get('rules_evaluated', 0)} rule(s) tested[/]"
+        )
     return tree
 
 

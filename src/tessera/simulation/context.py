@@ -8,7 +8,7 @@ in exactly one of the terminal calls below (`output`, `drop`, `consume`, `hold`)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tessera.packet.addr import ip_to_str
@@ -38,12 +38,29 @@ from tessera.simulation.result import (
 )
 from tessera.simulation.topology import Snapshot
 
+# -- limits: what one simulation may cost -----------------------------------------------
+# A simulation runs on the agent's only upcall thread (and behind `POST /traces`): every
+# packet of every tenant waits while it runs, so its work must be bounded whatever the
+# topology says. Past a limit the whole packet is dropped with a reason naming it
+# (`LimitExceeded.limit`, `SimulationResult.limit`), which the agent counts.
+
 MAX_HOPS = 12
 """Devices one branch may cross (MidoNet's limit): beyond, the topology has a loop."""
 MAX_DEVICE_VISITS = 4096
 """Devices one whole simulation may visit, all branches and generated packets together,
 so that a flood through a badly looped topology cannot take exponential time. Large
 enough for a broadcast on a provider bridge that hundreds of tenant routers hang off."""
+MAX_RULES_EVALUATED = 100_000
+"""Rules one whole simulation may test, all chains, branches and generated packets
+together: chains are most of a simulation's work (about a microsecond a rule at worst,
+so this is a tenth of a second of one core). Repeated evaluations of one chain for one
+packet are answered from a memo (`chain.py`) and cost nothing here, so only rules really
+tested count; a flood to a thousand ports, each filtered by a hundred rules, fits."""
+MAX_CHAIN_DEPTH = 32
+"""Chains one evaluation may nest through `jump` rules (the chain a device names is the
+first). Far deeper than any policy people or orchestrators write (security groups nest
+two or three levels), and far below Python's recursion limit, which a deeper nesting
+would hit as an exception instead of a drop."""
 
 _ETH_SRC = int(Field.ETH_SRC)
 _ETH_DST = int(Field.ETH_DST)
@@ -54,6 +71,18 @@ _TP_SRC = int(Field.TP_SRC)
 _TP_DST = int(Field.TP_DST)
 _ICMP_ID = int(Field.ICMP_ID)
 _L3L4 = _IP_SRC | _IP_DST | _TP_SRC | _TP_DST | _ICMP_ID
+
+
+@dataclass(frozen=True, slots=True)
+class ChainMemo:
+    """What one evaluation of a chain decided, when it had no side effect (no NAT rule
+    acted, no jump loop was met), to answer the same question again in the same run
+    without testing a rule: see `chain.py`."""
+
+    verdict: str
+    mask: int  # the match's mask once it was decided: every field the evaluation read
+    visited: frozenset[str]  # the chains it jumped into, directly or not
+    height: int  # the deepest nesting of chains it reached, its own chain counted
 
 
 class Generator(Protocol):
@@ -72,8 +101,20 @@ class Generator(Protocol):
     ) -> None: ...
 
 
-class LoopDetected(Exception):
-    """Raised through the whole simulation when a hop or visit limit is exceeded."""
+class LimitExceeded(Exception):
+    """Raised through the whole simulation when one of the limits above is exceeded.
+
+    `limit` names it for counters and logs: "hops", "device_visits", "rules_evaluated"
+    or "chain_depth"; the message, for humans, says what was exceeded and why.
+    """
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class LoopDetected(LimitExceeded):
+    """A hop or device visit limit: the topology sends the packet round in circles."""
 
 
 class Simulation:
@@ -86,6 +127,7 @@ class Simulation:
         "arp_failed",
         "arp_overlay",
         "budget",
+        "chain_memo",
         "consumed",
         "ct_forward",
         "ct_match",
@@ -94,6 +136,7 @@ class Simulation:
         "frame",
         "generated",
         "generator",
+        "limit",
         "mac_overlay",
         "nat_overlay",
         "new_state",
@@ -131,7 +174,13 @@ class Simulation:
         self.mac_overlay: dict[tuple[str, int, int], str] = (
             {} if mac_overlay is None else mac_overlay
         )
-        self.budget = [MAX_DEVICE_VISITS] if budget is None else budget
+        # [device visits left, rules left], shared with the runs of generated packets.
+        self.budget = [MAX_DEVICE_VISITS, MAX_RULES_EVALUATED] if budget is None else budget
+        # Chain evaluations without side effects, by chain and packet state (`chain.py`):
+        # one per run, since a run's matches all share one mask.
+        self.chain_memo: dict[tuple[object, ...], ChainMemo] = {}
+        # The limit a run of a generated packet hit (that packet was dropped, not this one).
+        self.limit: str | None = None
         self.tags: set[str] = set()
         self.outputs: dict[Output, None] = {}  # ordered set: a flood may reach a port twice
         self.emitted: list[EmittedPacket] = []
@@ -235,11 +284,29 @@ class Simulation:
     def visit(self, hops: int) -> None:
         """Count a device visit; raise LoopDetected past either limit."""
         if hops > MAX_HOPS:
-            raise LoopDetected(f"loop: more than {MAX_HOPS} devices on the packet's path")
+            raise LoopDetected("hops", f"loop: more than {MAX_HOPS} devices on the packet's path")
         budget = self.budget
         budget[0] -= 1
         if budget[0] < 0:
-            raise LoopDetected(f"loop: more than {MAX_DEVICE_VISITS} device visits")
+            text = f"loop: more than {MAX_DEVICE_VISITS} device visits"
+            raise LoopDetected("device_visits", text)
+
+    def count_rules(self, n: int) -> None:
+        """Count `n` rules tested; raise LimitExceeded past `MAX_RULES_EVALUATED`."""
+        budget = self.budget
+        budget[1] -= n
+        if budget[1] < 0:
+            raise LimitExceeded(
+                "rules_evaluated",
+                f"simulation stopped: more than {MAX_RULES_EVALUATED} filter rules to test "
+                "(chains jump into each other too often)",
+            )
+
+    def cost(self) -> tuple[int, int]:
+        """(device visits, rules tested) so far, by this run and every run sharing its
+        budget (the packets it generated)."""
+        budget = self.budget
+        return MAX_DEVICE_VISITS - budget[0], MAX_RULES_EVALUATED - budget[1]
 
     # -- terminal calls: every branch ends in exactly one ---------------------------------
 
@@ -304,9 +371,12 @@ class Simulation:
         self.stateful |= child.stateful
         if child.quoted:  # its path read an error's quote, which no flow key holds
             self.quoted = self.uncacheable = True
+        if child.limit is not None:  # a packet the child generated hit a limit
+            self.limit = child.limit
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
         settle_ttl(m, self.outputs)
+        visits, rules = self.cost()
         tags = frozenset(self.tags)
         updates = tuple(self.updates)
         emitted = tuple(self.emitted)
@@ -322,6 +392,9 @@ class Simulation:
                 state_updates=updates,
                 waits=tuple(self.waits),
                 trace=trace,
+                limit=self.limit,
+                devices_visited=visits,
+                rules_evaluated=rules,
             )
         flow_state: tuple[FlowStateEntry, ...] = ()
         if self.outputs:
@@ -350,6 +423,9 @@ class Simulation:
             trace=trace,
             flow_state=flow_state,
             state_refs=tuple(self.state_refs),
+            limit=self.limit,
+            devices_visited=visits,
+            rules_evaluated=rules,
         )
 
 

@@ -167,21 +167,51 @@ class ArpWait:
         return {"router_id": self.router_id, "ip_addr": ip_to_str(self.ip), "port_id": self.port_id}
 
 
+MAX_TRACE_NODES = 2000
+"""Steps one trace may show. A trace is read by a person (`tessera trace`) and sent whole
+in one API answer: past a few thousand lines it is neither readable nor cheap to send
+(about 100 bytes of JSON a step). Simulation limits bound the work; this bounds the
+answer, for the simulations that stay within them but still take many steps."""
+
+
+@dataclass(slots=True)
+class TraceBudget:
+    """Steps a trace tree may still take (`left`), and how many it was refused."""
+
+    left: int = MAX_TRACE_NODES
+    refused: int = 0
+
+
 @dataclass(slots=True)
 class TraceNode:
     """One step of the trace tree: a port, a device, a chain, a rule, or a note.
 
     Built only when a trace is asked for; the tree follows the packet, with one child per
-    branch where a bridge floods.
+    branch where a bridge floods. A tree made with a `budget` (the simulation's) stops
+    growing when it is spent: `add` then returns a node attached nowhere, which callers
+    may write into as usual, and counts it in `budget.refused`.
     """
 
     kind: str
     id: str | None
     text: str
     children: list[TraceNode] = field(default_factory=list)
+    budget: TraceBudget | None = field(default=None, compare=False, repr=False)
 
     def add(self, kind: str, id: str | None, text: str) -> TraceNode:
-        node = TraceNode(kind, id, text)
+        budget = self.budget
+        node = TraceNode(kind, id, text, budget=budget)
+        if budget is not None:
+            if budget.left <= 0:
+                budget.refused += 1
+                return node
+            budget.left -= 1
+        self.children.append(node)
+        return node
+
+    def add_final(self, kind: str, id: str | None, text: str) -> TraceNode:
+        """Add a step whatever the budget: the few lines that say how a trace ended."""
+        node = TraceNode(kind, id, text, budget=self.budget)
         self.children.append(node)
         return node
 
@@ -218,6 +248,13 @@ class SimulationResult:
     trace: TraceNode | None = None
     flow_state: tuple[FlowStateEntry, ...] = ()
     state_refs: tuple[ConnKey | NatKey, ...] = ()
+    # A cost limit the simulation hit (`context.MAX_*`: "hops", "device_visits",
+    # "rules_evaluated", "chain_depth"), None if none: the packet was dropped for it, or
+    # a packet the network generated for it was. The agent counts these.
+    limit: str | None = None
+    # What the simulation cost, the packets it generated included.
+    devices_visited: int = 0
+    rules_evaluated: int = 0
 
     @property
     def cacheable(self) -> bool:
@@ -248,5 +285,10 @@ class SimulationResult:
             "waits": [w.to_dict() for w in self.waits],
             "flow_state": [e.to_dict() for e in self.flow_state],
             "state_refs": [k.to_dict() for k in self.state_refs],
+            "limit": self.limit,
+            "cost": {
+                "devices_visited": self.devices_visited,
+                "rules_evaluated": self.rules_evaluated,
+            },
             "trace": self.trace.to_dict() if self.trace is not None else None,
         }

@@ -5,7 +5,10 @@ decide (`bridge.process`, `router.process` return a `DeviceAction`), this loop m
 packet on — through the egress port, to the peer of an interior port, into the next
 device — and forks on floods. Each branch may cross at most `MAX_HOPS` devices; beyond,
 the topology has a loop and the whole packet is dropped (as MidoNet does), with a short
-expiry so a fixed topology takes over quickly.
+expiry so a fixed topology takes over quickly. The other cost limits (`context.MAX_*`:
+device visits, rules tested, chain nesting) end the run the same way, and the result
+names the limit (`SimulationResult.limit`); a trace stops growing at `MAX_TRACE_NODES`
+steps and says so.
 
 Packets the network generates (ARP requests and replies, ICMP, DHCP) leave a port: from
 an exterior port they are emitted as they are; from an interior one they are simulated
@@ -24,12 +27,14 @@ from tessera.packet.ethernet import Ethernet
 from tessera.packet.match import FlowMatch
 from tessera.simulation import bridge, port, router
 from tessera.simulation.actions import Fork, ToPort
-from tessera.simulation.context import LoopDetected, Simulation, settle_ttl
+from tessera.simulation.context import LimitExceeded, Simulation, settle_ttl
 from tessera.simulation.flowstate import FIRST_FREE, NatAllocator
 from tessera.simulation.result import (
+    MAX_TRACE_NODES,
     EmitKind,
     ExpiryClass,
     SimulationResult,
+    TraceBudget,
     TraceNode,
     Verdict,
 )
@@ -60,16 +65,22 @@ def simulate(
     sim.ct_match = match
     sim.generator = _generate
     in_port = match.in_port
-    root = TraceNode("packet", in_port, describe(match)) if trace else None
+    root = None
+    if trace:
+        root = TraceNode("packet", in_port, describe(match), budget=TraceBudget())
     if in_port is None:
         sim.drop("the packet has no ingress port", root)
         return sim.result(match, root)
     try:
         _travel(sim, match, in_port, 0, root)
-    except LoopDetected as exc:
+    except LimitExceeded as exc:
+        # Drop the whole packet, and cache the drop (briefly): a packet that agrees on
+        # what was read so far would take the same path to the same limit.
+        _truncated(root)
         if root is not None:
-            root.add("drop", None, str(exc))
+            root.add_final("drop", None, str(exc))
         settle_ttl(match, ())
+        visits, rules = sim.cost()
         return SimulationResult(
             Verdict.DROP,
             match,
@@ -77,8 +88,23 @@ def simulate(
             expiry=ExpiryClass.ERROR,
             drop_reason=str(exc),
             trace=root,
+            limit=exc.limit,
+            devices_visited=visits,
+            rules_evaluated=rules,
         )
+    _truncated(root)
     return sim.result(match, root)
+
+
+def _truncated(root: TraceNode | None) -> None:
+    """End a trace that ran out of steps with a line that says so."""
+    if root is not None and root.budget is not None and root.budget.refused:
+        refused = root.budget.refused
+        root.add_final(
+            "note",
+            None,
+            f"trace truncated: {refused} more step(s) not shown (at most {MAX_TRACE_NODES})",
+        )
 
 
 def simulate_frame(
@@ -168,7 +194,8 @@ def _generate(
         return
     try:
         _travel(child, gm, out.peer_id, hops, node)
-    except LoopDetected as exc:
+    except LimitExceeded as exc:
+        sim.limit = exc.limit
         if node is not None:
             node.add("drop", None, f"generated {kind} dropped: {exc}")
         return

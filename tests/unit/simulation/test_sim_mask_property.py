@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -44,7 +45,14 @@ from tessera.packet import (
     mac_to_str,
 )
 from tessera.packet.match import FIELD_NAMES, Field
-from tessera.simulation import ExpiryClass, NotYetLoaded, SimulationResult, Snapshot, simulate
+from tessera.simulation import (
+    ExpiryClass,
+    NotYetLoaded,
+    SimulationResult,
+    Snapshot,
+    simulate,
+)
+from tessera.simulation import chain as chain_module
 from tessera.simulation.flowstate import ConnKey, FlowStateView, NatBinding, NatKey, NatKind
 
 VM_MACS = [0x02_00_00_00_00_00 | i for i in range(1, 7)]
@@ -425,6 +433,12 @@ def check(
         raise AssertionError(f"complete snapshot reported {exc}") from None
     # Tracing observes, never decides.
     assert outcome(run(snap, port_id, frame, trace=True)) == outcome(first)
+    # Nor does the chain memo: evaluating every jump in full gives the same result and
+    # the same mask (`chain._jump`).
+    with mock.patch.object(chain_module, "MEMOISE", False):
+        full = run(snap, port_id, frame)
+    assert outcome(full) == outcome(first)
+    assert (full.match.mask, full.match.ttl_floor) == (first.match.mask, first.match.ttl_floor)
     if not first.cacheable:
         return first
     mask = int(first.match.mask)
