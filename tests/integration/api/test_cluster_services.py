@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from support.wait import wait_until
-from tessera.cluster import ClusterServices, HostLivenessJanitor
+from tessera.cluster import ClusterServices, HostLivenessJanitor, ServiceContext, Timing
 from tessera.model import Host, new_id
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store import TopologyStore
@@ -19,20 +19,22 @@ class Recorder:
     """A service that records which process runs it, and can be made to fail."""
 
     name = "recorder"
+    redundancy = "singleton"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
         self.running = threading.Event()
         self.starts = 0
         self.fail_next = False
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, ctx: ServiceContext) -> None:
         self.starts += 1
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("boom")
         self.running.set()
         try:
-            stop.wait()
+            ctx.stop.wait()
         finally:
             self.running.clear()
 
@@ -48,7 +50,8 @@ def cluster(nsdb_factory: Any) -> Iterator[list[ClusterServices]]:
 def _member(
     cluster: list[ClusterServices], nsdb: Nsdb, name: str, *services: Any
 ) -> ClusterServices:
-    member = ClusterServices(nsdb, name, list(services), restart_delay=0.05)
+    timing = Timing(spread_delay=0.0, rebalance_interval=0.0, restart_initial=0.05)
+    member = ClusterServices(nsdb, name, list(services), timing=timing)
     member.start()
     cluster.append(member)
     return member
