@@ -202,6 +202,7 @@ class ServiceRunner:
         with self._lock:
             self.terms += 1
             self._term_stop = term_stop
+            self.failures_in_row = 0  # a new term starts its back-off afresh
         self._resign.clear()
 
         def relay() -> None:
