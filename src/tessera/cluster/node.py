@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from tessera.nsdb.errors import Unavailable
 log = logging.getLogger(__name__)
 
 EMBEDDED_ZK_MODULE = "tessera.cluster.embedded_zk"
+EMBEDDED_QUORUM_WAIT = 120.0  # seconds a node with an embedded member waits for a quorum
 
 
 class ServeError(Exception):
@@ -88,13 +90,44 @@ def embedded_zookeeper(config: NodeConfig) -> Iterator[str | None]:
             data_dir=Path(zk_conf["data_dir"]),
             client_port=int(zk_conf["client_port"]),
         )
-        zk.start()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ServeError(f"the embedded ZooKeeper cannot start: {exc}") from None
+        raise ServeError(f"[zookeeper]: {exc}".splitlines()[0]) from None
+    try:
+        # `supervise` starts the member and restarts it whenever it dies; a bare
+        # `start` (no supervision) is the fallback of a simpler implementation.
+        supervise = getattr(zk, "supervise", None)
+        (supervise if callable(supervise) else zk.start)()
+    except (OSError, ValueError, RuntimeError) as exc:
+        zk.stop()
+        raise ServeError(f"the embedded ZooKeeper cannot start: {exc}".splitlines()[0]) from None
     try:
         yield str(zk.connect_string)
     finally:
         zk.stop()
+
+
+def open_node_nsdb(
+    url: str, session_timeout: float, *, wait: float = 0.0, stop: threading.Event | None = None
+) -> Nsdb:
+    """The node's NSDB client. With `wait`, keep trying that long: the members of a new
+    embedded ensemble start one node at a time, and none serves before a quorum runs."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return open_connected(
+                url,
+                session_timeout=session_timeout,
+                hint="start ZooKeeper there, pass --nsdb zk://HOST:PORT/ROOT, "
+                "or --nsdb memory for a quick look",
+            )
+        except ValueError as exc:
+            raise ServeError(f"--nsdb: {exc}") from None
+        except Unavailable as exc:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                raise ServeError(str(exc)) from None
+            log.info("waiting for the ZooKeeper ensemble to form a quorum (%s)", url)
+            if stop is not None and stop.wait(1.0):
+                raise ServeError(str(exc)) from None
 
 
 def build_services(
@@ -162,21 +195,12 @@ def run_node(
     )
     stop = stop or threading.Event()
     node_name = name or config.name or default_name()
-    with embedded_zookeeper(config) as zk_connect:
+    with _signals_set(stop), embedded_zookeeper(config) as zk_connect:
         nsdb_url = config.nsdb
         if zk_connect is not None and nsdb_url == DEFAULT_NSDB:
             nsdb_url = f"zk://{zk_connect}/tessera"
-        try:
-            nsdb = open_connected(
-                nsdb_url,
-                session_timeout=config.session_timeout,
-                hint="start ZooKeeper there, pass --nsdb zk://HOST:PORT/ROOT, "
-                "or --nsdb memory for a quick look",
-            )
-        except ValueError as exc:
-            raise ServeError(f"--nsdb: {exc}") from None
-        except Unavailable as exc:
-            raise ServeError(str(exc)) from None
+        wait = EMBEDDED_QUORUM_WAIT if zk_connect is not None else 0.0
+        nsdb = open_node_nsdb(nsdb_url, config.session_timeout, wait=wait, stop=stop)
         services: ClusterServices | None = None
         try:
             info = {"nsdb": nsdb_url}
@@ -191,9 +215,8 @@ def run_node(
                 nsdb_url,
                 ", ".join(f"{r.name} ({r.redundancy})" for r in services.runners) or "no service",
             )
-            with _signals_set(stop):
-                while not stop.wait(0.5):
-                    pass
+            while not stop.wait(0.5):
+                pass
             log.info("cluster node %s stopping", node_name)
         finally:
             if services is not None:

@@ -171,8 +171,8 @@ def test_embedded_zookeeper_is_started_with_the_configured_member_and_stopped(
             self.connect_string = "127.0.0.1:2999"
             self.alive = True
 
-        def start(self) -> None:
-            calls.append("start")
+        def supervise(self) -> None:
+            calls.append("supervise")
 
         def stop(self) -> None:
             calls.append("stop")
@@ -193,7 +193,7 @@ def test_embedded_zookeeper_is_started_with_the_configured_member_and_stopped(
         assert connect == "127.0.0.1:2999"
         assert calls == [
             ("init", {"node_id": 2, "peers": peers, "data_dir": tmp_path, "client_port": 2999}),
-            "start",
+            "supervise",
         ]
     assert calls[-1] == "stop"
     with embedded_zookeeper(cfg.build()) as connect:
