@@ -410,6 +410,8 @@ class ClusterServices:
         deadline = time.monotonic() + _JOIN_WAIT
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self._published is None:
+            return  # never claimed: the entry, if any, is another live node's
         try:
             self.nsdb.state_delete(STATUS_TABLE, self.identifier)
         except NsdbError:

@@ -149,6 +149,8 @@ def test_two_live_nodes_cannot_share_a_name(store: MemoryStore) -> None:
         second = ClusterServices(MemoryNsdb(store), "same", [], timing=FAST, claim_wait=0.2)
         with pytest.raises(ValueError, match="another live cluster node is named 'same'"):
             second.start()
+        second.stop()  # as the node does on its way out: the first's entry stays
+        assert "same" in MemoryNsdb(store).state_get(STATUS_TABLE)
     finally:
         first.stop()
     assert "same" not in MemoryNsdb(store).state_get(STATUS_TABLE)  # withdrawn on stop
