@@ -283,28 +283,18 @@ def _comment(text: str, width: int = 88) -> list[str]:
 def render(data: Mapping[str, Any], docs: bool = True) -> str:
     """The configuration as a TOML file, each key preceded by its documentation."""
     out: list[str] = []
-
-    def table(title: str, section: Mapping[str, Any]) -> None:
-        known = _keys_of(title)
+    tables = [(name, name, data.get(name, {})) for name in _FIXED_TABLES]
+    tables += [
+        (f"services.{service}", f"services.{_toml_key(service)}", section)
+        for service, section in data.get("services", {}).items()
+    ]
+    for table, title, section in tables:
+        known = _keys_of(table)
         out.append(f"[{title}]")
         for name, value in section.items():
             if docs and name in known:
                 out.extend(_comment(known[name].doc))
-            elif docs and name == "enabled":
-                out.append("# An add-on service (entry point group tessera.cluster_services).")
-            out.append(f"{_toml_key(name)} = {_toml_value(value)}")
-        out.append("")
-
-    for name in _FIXED_TABLES:
-        table(name, data.get(name, {}))
-    for service, section in data.get("services", {}).items():
-        title = f"services.{_toml_key(service)}"
-        known = _keys_of(f"services.{service}")
-        out.append(f"[{title}]")
-        for name, value in section.items():
-            if docs and name in known:
-                out.extend(_comment(known[name].doc))
-            elif docs and name == "enabled" and service not in BUILTIN_SERVICES:
+            elif docs and name == "enabled" and table.startswith("services."):
                 out.append("# An add-on service (entry point group tessera.cluster_services).")
             out.append(f"{_toml_key(name)} = {_toml_value(value)}")
         out.append("")

@@ -75,3 +75,10 @@ def test_back_off_doubles_up_to_its_bound() -> None:
     timing = Timing(restart_initial=0.5, restart_max=3.0)
     assert [timing.backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
     assert timing.backoff(10_000) == 3.0
+
+
+def test_docs_show_the_defaults_as_printed() -> None:
+    """docs/cluster.md's reference block is `tessera cluster config`'s output."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "cluster.md").read_text()
+    block = text.split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    assert block.strip() == cfg.render(cfg.defaults()).strip()
