@@ -433,6 +433,8 @@ class ClusterServices:
                     r.election = election
                     r.set_role(FOLLOWER)
                     election.start(r.lead)
+                    if self._stop.is_set():  # stop() ran meanwhile and missed this one
+                        election.stop()
                     break
                 except NsdbError as exc:
                     log.warning("cannot join the election of %s yet: %s", r.name, exc)
