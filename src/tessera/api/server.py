@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -30,7 +31,15 @@ from tessera.cluster import config as cluster_config
 from tessera.cluster.node import ServeError, bind_socket, run_node, split_listen
 from tessera.cluster.service import EVERY_NODE, Redundancy, ServiceContext, ServiceEnv
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_NSDB", "ApiService", "ServeError", "parse_listen", "run"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_NSDB",
+    "ApiService",
+    "ServeError",
+    "api_serve_config",
+    "parse_listen",
+    "run",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:8181"
 # The agent's default too (`tessera agent`): started side by side with defaults, both
@@ -108,24 +117,38 @@ class ApiService:
         self.sock.close()
 
 
-def run(nsdb_url: str = DEFAULT_NSDB, listen: str = DEFAULT_LISTEN) -> None:
-    """`tessera api serve`: serve until SIGINT/SIGTERM. Raises `ServeError` when it
-    cannot start."""
-    host, port = split_listen(listen)
-    overrides = {
+def api_serve_config(
+    nsdb_url: str = DEFAULT_NSDB,
+    listen: str = DEFAULT_LISTEN,
+    services: Mapping[str, Mapping[str, Any]] | None = None,
+) -> cluster_config.NodeConfig:
+    """The node `tessera api serve` runs: the API and the janitor, no add-on, no config
+    file; `services` enables more built-ins with their options (a future
+    `--neutron-listen` is `{"neutron": {"enabled": True, "listen": ...}}`)."""
+    addons = cluster_config.addon_names()
+    overrides: dict[str, Any] = {
         "node": {"nsdb": nsdb_url, "session_timeout": ZK_SESSION_TIMEOUT},
         "services": {
+            **{name: {"enabled": False} for name in addons},
             "api": {"enabled": True, "listen": listen},
             "metrics": {"enabled": False},
             "host-liveness": {"enabled": True},
         },
     }
-    addons = cluster_config.addon_names()
-    only = {"services": {name: {"enabled": False} for name in addons}}
+    overrides = cluster_config.merge(overrides, {"services": dict(services or {})})
     try:
-        config = cluster_config.build(
-            overrides=cluster_config.merge(overrides, only), addons=addons
-        )
+        return cluster_config.build(overrides=overrides, addons=addons)
     except cluster_config.ConfigError as exc:
         raise ServeError(str(exc)) from None
+
+
+def run(
+    nsdb_url: str = DEFAULT_NSDB,
+    listen: str = DEFAULT_LISTEN,
+    services: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """`tessera api serve`: serve until SIGINT/SIGTERM. Raises `ServeError` when it
+    cannot start."""
+    host, port = split_listen(listen)
+    config = api_serve_config(nsdb_url, listen, services)
     run_node(config, name=f"{socket.gethostname()}:{os.getpid()}@{host}:{port}")

@@ -82,3 +82,14 @@ def test_docs_show_the_defaults_as_printed() -> None:
     text = (Path(__file__).resolve().parents[3] / "docs" / "cluster.md").read_text()
     block = text.split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     assert block.strip() == cfg.render(cfg.defaults()).strip()
+
+
+def test_api_serve_is_a_node_with_the_api_and_the_janitor_only() -> None:
+    from tessera.api.server import api_serve_config
+
+    conf = api_serve_config("memory", "127.0.0.1:9999")
+    assert conf.nsdb == "memory" and conf.session_timeout == 4.0
+    assert conf.options("api") == {"listen": "127.0.0.1:9999"}
+    assert [s for s in conf.data["services"] if conf.enabled(s)] == ["api", "host-liveness"]
+    more = api_serve_config("memory", "127.0.0.1:9999", {"metrics": {"enabled": True}})
+    assert more.enabled("metrics")
