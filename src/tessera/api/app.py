@@ -14,6 +14,7 @@ from tessera.api.metrics import ApiMetrics, MetricsMiddleware, RouteTemplates, T
 from tessera.api.resources import (
     bridges,
     chains,
+    cluster,
     dhcp,
     health,
     hosts,
@@ -47,6 +48,7 @@ _RESOURCES = (
     tunnel_zones,
     traces,
     health,
+    cluster,
 )
 
 _DESCRIPTION = """\

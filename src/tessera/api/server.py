@@ -1,109 +1,154 @@
-"""`tessera api serve`: the REST API plus the cluster services, in one process.
+"""The REST API as a cluster service, and `tessera api serve`.
 
-Several servers may share one ZooKeeper: all serve the API, one (the elected leader)
-also runs the singleton cluster services. The ZooKeeper session timeout bounds how long
-a killed leader keeps its role, hence the short `ZK_SESSION_TIMEOUT`.
+`ApiService` is the built-in `api` service of a cluster node (`every-node`): the REST
+API, Prometheus `/metrics` (the API's own metrics and the node's per-service ones) and
+`/docs`. It binds its socket when the node starts (a taken port stops the start-up with
+one line), and serves with uvicorn on its own thread, so that the node can restart it
+like any other service.
+
+`run` is `tessera api serve`: a cluster node with only the API and the host-liveness
+janitor enabled, as before clusters had services to choose. Several servers may share
+one ZooKeeper: all serve the API, one (the elected leader) also runs the janitor. The
+ZooKeeper session timeout bounds how long a killed leader keeps its role, hence the
+short `ZK_SESSION_TIMEOUT`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from tessera.api.app import create_app
-from tessera.cluster import ClusterServices, HostLivenessJanitor
-from tessera.nsdb.base import Nsdb
-from tessera.nsdb.connect import open_connected
-from tessera.nsdb.errors import Unavailable
+from tessera.cluster import config as cluster_config
+from tessera.cluster.node import ServeError, bind_socket, run_node, split_listen
+from tessera.cluster.service import EVERY_NODE, Redundancy, ServiceContext, ServiceEnv
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_NSDB",
+    "ApiService",
+    "ServeError",
+    "api_serve_config",
+    "parse_listen",
+    "run",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:8181"
 # The agent's default too (`tessera agent`): started side by side with defaults, both
 # meet in one ZooKeeper; `--nsdb memory` is for a quick look at the API alone.
-DEFAULT_NSDB = "zk://127.0.0.1:2181/tessera"
+DEFAULT_NSDB = cluster_config.DEFAULT_NSDB
 ZK_SESSION_TIMEOUT = 4.0  # seconds; a dead leader is replaced about this long after it died
-
-log = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done, which would
-    kill the process before `run` closes its NSDB session (whose end is what hands the
-    leadership to another server at once); here a signal just makes `run` return."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-
-class ServeError(Exception):
-    """The server cannot start; the message is one line for the user."""
+_STOP_POLL = 0.1
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """`ADDR:PORT` (`[v6]:PORT` for IPv6) → (addr, port)."""
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ServeError(f"--listen '{listen}' is not ADDR:PORT (e.g. {DEFAULT_LISTEN})")
-    return host, int(port)
+    return split_listen(listen)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
+class _RegistryBridge(Collector):
+    """The node's registry inside the API's: one `/metrics` shows both. It describes
+    nothing, so registering it never clashes with the API's own names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
 
 
-def run(nsdb_url: str = DEFAULT_NSDB, listen: str = DEFAULT_LISTEN) -> None:
-    """Serve until SIGINT/SIGTERM. Raises `ServeError` when it cannot start."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    host, port = parse_listen(listen)
-    sock = _bind(host, port)
-    nsdb: Nsdb | None = None
-    services: ClusterServices | None = None
-    try:
+class ApiService:
+    """The REST API of this node (built-in service `api`, option `listen`)."""
+
+    name = "api"
+    redundancy: Redundancy = EVERY_NODE
+    ready_when_started = False  # ready once uvicorn listens
+
+    def __init__(self, env: ServiceEnv) -> None:
+        listen = str(env.options.get("listen", DEFAULT_LISTEN))
+        self.host, self.port = split_listen(listen, "services.api.listen")
+        self.sock = bind_socket(self.host, self.port)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}/api/v1"
+        self.app = create_app(env.nsdb, env.cluster)
+        self.app.state.metrics.registry.register(_RegistryBridge(env.registry))
+        if env.cluster is not None:
+            env.cluster.info["api"] = self.url
+
+    def run(self, ctx: ServiceContext) -> None:
+        config = uvicorn.Config(self.app, log_level="info", timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        done = threading.Event()
+
+        def watch() -> None:
+            ready = False
+            while not done.is_set():
+                if not ready and server.started:
+                    ready = True
+                    ctx.ready()
+                if ctx.stop.wait(_STOP_POLL):
+                    server.should_exit = True
+                    return
+
+        watcher = threading.Thread(target=watch, name="api-watch", daemon=True)
+        watcher.start()
         try:
-            nsdb = open_connected(
-                nsdb_url,
-                session_timeout=ZK_SESSION_TIMEOUT,
-                hint="start ZooKeeper there, pass --nsdb zk://HOST:PORT/ROOT, "
-                "or --nsdb memory for a quick look",
-            )
-        except ValueError as exc:
-            raise ServeError(f"--nsdb: {exc}") from None
-        except Unavailable as exc:
-            raise ServeError(str(exc)) from None
-        identifier = f"{socket.gethostname()}:{os.getpid()}@{host}:{port}"
-        services = ClusterServices(nsdb, identifier, [HostLivenessJanitor(nsdb)])
-        app = create_app(nsdb, services)
-        services.start()
-        log.info(
-            "tessera API on http://%s:%d/api/v1 (NSDB %s) as %s", host, port, nsdb_url, identifier
-        )
-        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-        _Server(config).run(sockets=[sock])
-    finally:
-        if services is not None:
-            services.stop()
-        if nsdb is not None:
-            nsdb.close()
-        sock.close()
+            # uvicorn closes the sockets it served on: give it a copy, keep ours for a
+            # restart. It installs no signal handlers off the main thread.
+            server.run(sockets=[self.sock.dup()])
+        finally:
+            done.set()
+            watcher.join(5.0)
+        if not ctx.stop.is_set() and not server.should_exit:
+            raise RuntimeError("the HTTP server stopped by itself")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def api_serve_config(
+    nsdb_url: str = DEFAULT_NSDB,
+    listen: str = DEFAULT_LISTEN,
+    services: Mapping[str, Mapping[str, Any]] | None = None,
+) -> cluster_config.NodeConfig:
+    """The node `tessera api serve` runs: the API and the janitor, no add-on, no config
+    file; `services` enables more built-ins with their options (a future
+    `--neutron-listen` is `{"neutron": {"enabled": True, "listen": ...}}`)."""
+    addons = cluster_config.addon_names()
+    overrides: dict[str, Any] = {
+        "node": {"nsdb": nsdb_url, "session_timeout": ZK_SESSION_TIMEOUT},
+        "services": {
+            **{name: {"enabled": False} for name in addons},
+            "api": {"enabled": True, "listen": listen},
+            "metrics": {"enabled": False},
+            "host-liveness": {"enabled": True},
+        },
+    }
+    overrides = cluster_config.merge(overrides, {"services": dict(services or {})})
+    try:
+        return cluster_config.build(overrides=overrides, addons=addons)
+    except cluster_config.ConfigError as exc:
+        raise ServeError(str(exc)) from None
+
+
+def run(
+    nsdb_url: str = DEFAULT_NSDB,
+    listen: str = DEFAULT_LISTEN,
+    services: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """`tessera api serve`: serve until SIGINT/SIGTERM. Raises `ServeError` when it
+    cannot start."""
+    host, port = split_listen(listen)
+    config = api_serve_config(nsdb_url, listen, services)
+    run_node(config, name=f"{socket.gethostname()}:{os.getpid()}@{host}:{port}")

@@ -42,6 +42,7 @@ _HOSTS = BINDING_PANEL
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("agent", "tessera.agent.cli:app", "The per-hypervisor agent.", _RUN),
     Plugin("lab", "tessera.lab.cli:app", "The emulated cloud on one machine.", _RUN),
+    Plugin("cluster", "tessera.cli.cluster:app", "A cluster node and its services.", _RUN),
     Plugin("trace", "tessera.cli.trace:app", "Explain a packet's path.", _RUN),
     Plugin("flows", "tessera.agent.flows_cli:app", "The local agent's installed flows.", _RUN),
     Plugin(

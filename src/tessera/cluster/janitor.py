@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+from tessera.cluster.service import SINGLETON, Redundancy, ServiceContext, ServiceEnv
 from tessera.model import Host
 from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb, StateEvent, Subscription, WatchEvent
@@ -23,7 +24,20 @@ log = logging.getLogger(__name__)
 
 
 class HostLivenessJanitor:
+    """A singleton cluster service: one janitor writes `alive` for the whole cluster.
+    Ready after its first full pass (until then stored `alive` flags may be stale)."""
+
     name = "host-liveness"
+    redundancy: Redundancy = SINGLETON
+    ready_when_started = False
+
+    @classmethod
+    def from_env(cls, env: ServiceEnv) -> HostLivenessJanitor:
+        """The cluster's factory: option `full_pass_interval` (seconds, default 10)."""
+        interval = env.options.get("full_pass_interval", 10.0)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise ValueError("full_pass_interval must be a positive number of seconds")
+        return cls(env.nsdb, float(interval))
 
     def __init__(self, nsdb: Nsdb, full_pass_interval: float = 10.0) -> None:
         self.nsdb = nsdb
@@ -45,7 +59,8 @@ class HostLivenessJanitor:
         if event.change != "deleted":
             self._note(event.id)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, ctx: ServiceContext) -> None:
+        stop = ctx.stop
         subs: list[Subscription] = []
         # Stepping down must not wait for the next timeout: let `stop` wake the loop too.
         threading.Thread(
@@ -59,6 +74,7 @@ class HostLivenessJanitor:
                 now = time.monotonic()
                 if now >= next_full:
                     self.full_pass()
+                    ctx.ready()
                     next_full = now + self.full_pass_interval
                 else:
                     self._drain()

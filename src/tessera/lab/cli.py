@@ -99,9 +99,20 @@ def up_command(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds to wait for the agents.")
     ] = up.ALIVE_TIMEOUT,
+    cluster_nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--cluster-nodes",
+            min=1,
+            show_default=False,
+            help="Cluster nodes (default 1: the API process; more run `tessera cluster serve`).",
+        ),
+    ] = None,
 ) -> None:
     """Start the lab (or check and repair it); the last line is `TESSERA_API=URL`."""
-    lab = up.up(name, hosts, datapath, nsdb, _say(name), timeout=timeout)
+    lab = up.up(
+        name, hosts, datapath, nsdb, _say(name), timeout=timeout, cluster_nodes=cluster_nodes
+    )
     typer.echo(f"TESSERA_API={lab.api_url}")
 
 

@@ -11,6 +11,8 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
+
 from tessera.lab import api, names, netns, procs
 from tessera.lab.errors import LabError
 from tessera.lab.relay import RelayConfig
@@ -20,6 +22,7 @@ from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
 
 API_PORT = 8181  # preferred: the CLI's default
 API_START_TIMEOUT = 60.0
+MAX_CLUSTER_NODES = 9
 RELAY_START_TIMEOUT = 15.0
 
 
@@ -162,6 +165,57 @@ def _wait_api(state: LabState, timeout: float) -> None:
 
 def stop_api(state: LabState) -> bool:
     return procs.stop(state.pid_file("api"))
+
+
+# -- more cluster nodes ----------------------------------------------------------------
+
+
+def cluster_node_process(index: int) -> str:
+    """The pid/log name of cluster node `index` (2..N; node 1 is the API process)."""
+    return f"cluster-c{index}"
+
+
+def ensure_cluster_nodes(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
+    """Nodes 2..`state.cluster_nodes`: `tessera cluster serve` on the lab's NSDB, each
+    with its API on a free port, named LAB-cK; extra nodes of a shrunk lab stop. Returns
+    once every node serves its API (its services then join their elections)."""
+    for index in range(state.cluster_nodes + 1, MAX_CLUSTER_NODES + 1):
+        procs.stop(state.pid_file(cluster_node_process(index)))
+    waiting: list[tuple[int, int]] = []
+    for index in range(2, state.cluster_nodes + 1):
+        process = cluster_node_process(index)
+        if procs.read_pid(state.pid_file(process)) is not None:
+            continue
+        port = _free_port()
+        argv = [
+            *procs.tessera_command(), "cluster", "serve", "--nsdb", state.nsdb_url,
+            "--name", f"{state.name}-c{index}", "--listen", f"127.0.0.1:{port}",
+            "--disable", "metrics",
+        ]  # fmt: skip
+        procs.spawn(argv, state.pid_file(process), state.log_file(process), owner=state.dir)
+        waiting.append((index, port))
+    deadline = time.monotonic() + timeout
+    for index, port in waiting:
+        process = cluster_node_process(index)
+        while not _answers(f"http://127.0.0.1:{port}/api/v1/health"):
+            if procs.read_pid(state.pid_file(process)) is None:
+                raise LabError(
+                    f"lab {state.name}: cluster node c{index} exited during start-up "
+                    f"({procs.last_lines(state.log_file(process))})"
+                )
+            if time.monotonic() >= deadline:
+                raise LabError(
+                    f"lab {state.name}: cluster node c{index} did not serve within "
+                    f"{timeout:g}s; see {state.log_file(process)}"
+                )
+            time.sleep(0.2)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # -- relay ---------------------------------------------------------------------------

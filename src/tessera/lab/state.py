@@ -66,6 +66,8 @@ class LabState(BaseModel):
     nsdb_url: str = ""
     own_nsdb: bool = True
     api_port: int | None = None
+    # Cluster nodes: the API process is node 1; nodes 2..N run `tessera cluster serve`.
+    cluster_nodes: int = 1
     tunnel_zone_id: str | None = None
     hosts: list[HostState] = Field(default_factory=list)
     vms: dict[str, VmState] = Field(default_factory=dict)

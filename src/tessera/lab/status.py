@@ -28,6 +28,13 @@ def gather(lab: LabState) -> dict[str, Any]:
             "reachable": alive is not None,
         },
         "nsdb": {"url": lab.nsdb_url, "own": lab.own_nsdb, "pid": zk_pid},
+        "cluster_nodes": [
+            {
+                "name": f"{lab.name}-c{k}",
+                "pid": procs.read_pid(lab.pid_file(services.cluster_node_process(k))),
+            }
+            for k in range(2, lab.cluster_nodes + 1)
+        ],
         "relay_pid": procs.read_pid(lab.pid_file("relay")),
         "underlay": {
             "namespace": lab.netns(names.UNDERLAY),
@@ -71,6 +78,8 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"NSDB    {nsdb['url']}  (ZooKeeper {_pid(nsdb['pid'])})")
     else:
         lines.append(f"NSDB    {nsdb['url']}  (external)")
+    for node in data.get("cluster_nodes", []):
+        lines.append(f"cluster node {node['name']}  ({_pid(node['pid'])})")
     under = data["underlay"]
     lines.append(
         f"underlay {under['network']} MTU {under['mtu']} in {under['namespace']}  "

@@ -78,6 +78,7 @@ def up(
     nsdb: str | None,
     say: Say,
     timeout: float = ALIVE_TIMEOUT,
+    cluster_nodes: int | None = None,
 ) -> LabState:
     check_machine()
     names.check_lab_name(name)
@@ -88,8 +89,13 @@ def up(
         services.check_reachable(nsdb)
     if host_count is not None and not 1 <= host_count <= names.MAX_HOSTS:
         raise LabError(f"--hosts must be 1..{names.MAX_HOSTS}")
+    if cluster_nodes is not None and not 1 <= cluster_nodes <= services.MAX_CLUSTER_NODES:
+        raise LabError(f"--cluster-nodes must be 1..{services.MAX_CLUSTER_NODES}")
     with state.locked():
         lab = _existing_or_new(name, datapath, nsdb)
+        if cluster_nodes is not None and cluster_nodes != lab.cluster_nodes:
+            lab.cluster_nodes = cluster_nodes
+            lab.save()
         if host_count is not None and host_count < len(lab.hosts):
             raise LabError(
                 f"lab {name} has {len(lab.hosts)} hosts and cannot shrink: "
@@ -118,6 +124,9 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
         say(f"NSDB         {lab.nsdb_url}")
     services.ensure_api(lab)
     say(f"API          {lab.api_url}")
+    services.ensure_cluster_nodes(lab)
+    if lab.cluster_nodes > 1:
+        say(f"cluster      {lab.cluster_nodes} nodes: tessera cluster status --nsdb {lab.nsdb_url}")
 
     hosts.ensure_underlay(lab)
     for host in lab.hosts:

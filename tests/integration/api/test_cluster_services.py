@@ -7,9 +7,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient  # conftest imported it already, warnings hushed
 
 from support.wait import wait_until
-from tessera.cluster import ClusterServices, HostLivenessJanitor
+from tessera.api.app import create_app
+from tessera.cluster import (
+    ClusterServices,
+    DisabledService,
+    HostLivenessJanitor,
+    ServiceContext,
+    Timing,
+)
 from tessera.model import Host, new_id
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store import TopologyStore
@@ -19,20 +27,22 @@ class Recorder:
     """A service that records which process runs it, and can be made to fail."""
 
     name = "recorder"
+    redundancy = "singleton"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
         self.running = threading.Event()
         self.starts = 0
         self.fail_next = False
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, ctx: ServiceContext) -> None:
         self.starts += 1
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("boom")
         self.running.set()
         try:
-            stop.wait()
+            ctx.stop.wait()
         finally:
             self.running.clear()
 
@@ -48,7 +58,8 @@ def cluster(nsdb_factory: Any) -> Iterator[list[ClusterServices]]:
 def _member(
     cluster: list[ClusterServices], nsdb: Nsdb, name: str, *services: Any
 ) -> ClusterServices:
-    member = ClusterServices(nsdb, name, list(services), restart_delay=0.05)
+    timing = Timing(spread_delay=0.0, rebalance_interval=0.0, restart_initial=0.05)
+    member = ClusterServices(nsdb, name, list(services), timing=timing)
     member.start()
     cluster.append(member)
     return member
@@ -147,3 +158,29 @@ def test_janitor_ends_alive_after_an_agent_session_expiry(
     agent.expire_session()  # type: ignore[attr-defined]
     wait_until(lambda: host_id in api.live_hosts())
     wait_until(lambda: api.get(Host, host_id).alive and seen[-1])
+
+
+def test_the_api_lists_this_nodes_services(
+    nsdb_factory: Any, cluster: list[ClusterServices]
+) -> None:
+    nsdb = nsdb_factory()
+    timing = Timing(spread_delay=0.0, rebalance_interval=0.0, restart_initial=0.05)
+    rec = Recorder("job")
+    member = ClusterServices(
+        nsdb, "node-1", [rec], timing=timing, disabled=[DisabledService("other", "singleton")]
+    )
+    member.start()
+    cluster.append(member)
+    wait_until(rec.running.is_set)
+    with TestClient(create_app(nsdb, member)) as client:
+        body = client.get("/api/v1/cluster/services").json()
+        assert body["node"] == "node-1"
+        roles = {s["name"]: (s["role"], s["enabled"], s["ready"]) for s in body["services"]}
+        assert roles == {"job": ("leader", True, True), "other": ("disabled", False, False)}
+        health = client.get("/api/v1/health").json()
+        assert health["leader"] and health["leader_id"] == "node-1"
+
+
+def test_an_api_outside_a_cluster_node_has_no_services(api: Any) -> None:
+    message = api.get("/cluster/services", status=404)
+    assert "not part of a cluster node" in message
