@@ -272,8 +272,12 @@ class KeystoneContextMiddleware:
     `X-Project-Id`, `X-Tenant-Id`, `X-User-Id`, `X-Roles` (comma separated) and
     `X-Identity-Status: Confirmed`; any such headers the client sent are dropped first
     (a client must not choose its project). An unknown token is answered 401 here, as
-    auth_token does, without reaching the app.
+    auth_token does, without reaching the app. Version discovery (`GET /`) is outside
+    Neutron's auth pipeline (api-paste.ini), so it passes without a token.
     """
+
+    #: Paths served without a token, as Neutron's `neutronversions` pipeline does.
+    UNAUTHENTICATED_PATHS = frozenset({"/"})
 
     IDENTITY_HEADERS = frozenset(
         {b"x-project-id", b"x-tenant-id", b"x-user-id", b"x-roles", b"x-identity-status"}
@@ -290,6 +294,9 @@ class KeystoneContextMiddleware:
         headers = [(k, v) for k, v in scope["headers"] if k not in self.IDENTITY_HEADERS]
         token = next((v.decode() for k, v in headers if k == b"x-auth-token"), "")
         account = self.keystone.account_for(token)
+        if account is None and scope["path"] in self.UNAUTHENTICATED_PATHS:
+            await self.app({**scope, "headers": headers}, receive, send)
+            return
         if account is None:
             await JSONResponse(
                 {"error": {"code": 401, "title": "Unauthorized", "message": "bad token"}},

@@ -16,6 +16,7 @@ from the same machine-readable source tempest's own tooling uses.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -281,6 +282,29 @@ def _detail_text(content: Any) -> str:
     return b"".join(bytes(chunk) for chunk in content.iter_bytes()).decode("utf-8", "replace")
 
 
+def expand_test_ids(tests: Iterable[str]) -> list[str]:
+    """Test ids the unittest loader runs: a package becomes its `test_*` modules.
+
+    `python -m subunit.run tempest.api.network` would load only the package's
+    `__init__` and report no test at all; modules, classes and methods stay as given.
+    """
+    expanded: list[str] = []
+    for test_id in tests:
+        # Resolved on the file system from the top package's location: importing a tempest
+        # module here would load tempest's configuration into this process.
+        top, *rest = test_id.split(".")
+        spec = importlib.util.find_spec(top)  # a top-level name: found, not imported
+        roots = spec.submodule_search_locations if spec is not None else None
+        packages = [Path(root, *rest) for root in roots or []]
+        package = next((p for p in packages if (p / "__init__.py").is_file()), None)
+        if package is None:
+            expanded.append(test_id)  # a module, class or method id
+            continue
+        for path in sorted(package.rglob("test_*.py")):
+            expanded.append(".".join((test_id, *path.relative_to(package).with_suffix("").parts)))
+    return expanded
+
+
 def run_tempest(
     keystone_url: str,
     neutron_url: str,
@@ -307,7 +331,7 @@ def run_tempest(
     stdout_path, stderr_path = workspace / "subunit.bin", workspace / "stderr.txt"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "subunit.run", *tests],
+            [sys.executable, "-m", "subunit.run", *expand_test_ids(tests)],
             cwd=workspace,
             env=env,
             stdout=out,

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from support.fake_keystone import FakeKeystone, KeystoneContextMiddleware, default_accounts
-from support.tempest_run import FAILED, parse_subunit, write_workspace
+from support.tempest_run import FAILED, expand_test_ids, parse_subunit, write_workspace
 
 NEUTRON = "http://neutron.example:9696"
 
@@ -104,6 +104,11 @@ def _echo_behind_middleware(keystone: FakeKeystone) -> tuple[TestClient, list[di
     def networks(request: Request) -> dict[str, Any]:
         seen.append(dict(request.headers))
         return {"networks": []}
+
+    @app.get("/")
+    def versions(request: Request) -> dict[str, Any]:
+        seen.append(dict(request.headers))
+        return {"versions": []}
 
     return TestClient(KeystoneContextMiddleware(app, keystone)), seen
 
@@ -196,3 +201,21 @@ def test_parser_keeps_every_status_skip_reason_and_class_fixture_failure() -> No
     summary = result.summary()
     assert "1 passed, 1 skipped, 2 failed" in summary
     assert "SKIP " + events[1][0] + ": security-group extension not enabled." in summary
+
+
+def test_a_package_id_becomes_its_test_modules() -> None:
+    """unittest's loader finds nothing in a package id: the runner lists its modules."""
+    ids = expand_test_ids(["tempest.api.network", "tempest.api.network.test_ports.PortsTestJSON"])
+    assert "tempest.api.network.test_networks" in ids
+    assert "tempest.api.network.admin.test_ports" in ids
+    assert "tempest.api.network.base" not in ids
+    assert ids[-1] == "tempest.api.network.test_ports.PortsTestJSON"
+
+
+def test_middleware_lets_version_discovery_through_without_identity() -> None:
+    keystone, _ = _keystone()
+    neutron, seen = _echo_behind_middleware(keystone)
+    response = neutron.get("/", headers={"X-Project-Id": "forged"})
+    assert response.status_code == 200
+    (headers,) = seen
+    assert "x-project-id" not in headers and "x-roles" not in headers
