@@ -32,12 +32,14 @@ from support.tempest_run import FAILED, TempestResult, run_tempest
 from tessera.nsdb.connect import open_nsdb
 
 #: The tempest test classes that must pass: networks and subnets (NetworksTest,
-#: BulkNetworkOpsTest), their error cases, ports.
+#: BulkNetworkOpsTest), their error cases, ports, extension listing, version discovery.
 CORE_CLASSES = (
     "tempest.api.network.test_networks.NetworksTest",
     "tempest.api.network.test_networks.BulkNetworkOpsTest",
     "tempest.api.network.test_networks_negative.NetworksNegativeTestJSON",
     "tempest.api.network.test_ports.PortsTestJSON",
+    "tempest.api.network.test_extensions.ExtensionsTestJSON",
+    "tempest.api.network.test_versions.NetworksApiDiscovery",
 )
 #: Bound on the whole tempest run (the classes above take well under a minute).
 TEMPEST_TIMEOUT = 300.0
