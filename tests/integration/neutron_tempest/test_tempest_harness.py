@@ -60,6 +60,7 @@ def test_token_carries_the_network_endpoint_project_and_roles() -> None:
     assert {r["name"] for r in body["roles"]} == set(admin.roles)
     assert body["expires_at"].endswith("Z")
     assert keystone.account_for(token) == admin
+    assert keystone.requests == [("POST", "/v3/auth/tokens")]
 
 
 def test_bad_credentials_get_keystones_401_body() -> None:
