@@ -205,10 +205,11 @@ def parse_dl_type(text: str) -> int:
     if named is not None:
         return named
     try:
-        return parse_int(0, 0xFFFF)(text)
+        return parse_int(0x0600, 0xFFFF)(text)
     except ValueError:
         raise ValueError(
-            f"'{text}' is not an EtherType (e.g. 0x0800, or one of {', '.join(_DL_TYPES)})"
+            f"'{text}' is not an EtherType (0x0600 to 0xffff, e.g. 0x0800, or one of "
+            f"{', '.join(_DL_TYPES)})"
         ) from None
 
 

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from tessera.model.base import StoredObject
+from tessera.model.limits import MAX_HOST_ADDRESSES, MAX_TUNNEL_ZONE_HOSTS
 from tessera.model.types import IPv4Addr, Name, TesseraModel, Uuid
 
 
@@ -18,7 +19,7 @@ class Host(StoredObject):
 
     name: Name = ""
     alive: bool = False
-    addresses: list[IPv4Addr] = Field(default_factory=list)
+    addresses: list[IPv4Addr] = Field(default_factory=list, max_length=MAX_HOST_ADDRESSES)
 
 
 class TunnelZoneHost(TesseraModel):
@@ -34,4 +35,4 @@ class TunnelZone(StoredObject):
 
     name: Name = ""
     type: Literal["vxlan"] = "vxlan"
-    hosts: list[TunnelZoneHost] = Field(default_factory=list)
+    hosts: list[TunnelZoneHost] = Field(default_factory=list, max_length=MAX_TUNNEL_ZONE_HOSTS)

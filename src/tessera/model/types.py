@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 import uuid
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
@@ -43,7 +53,78 @@ Uuid = Annotated[
 ]
 PrefixLen = Annotated[int, Field(ge=0, le=32)]
 VlanId = Annotated[int, Field(ge=0, le=4095)]
-Name = Annotated[str, Field(max_length=255)]
+
+# Text a user gave that tools print back: names, tenant ids, descriptions. Control
+# characters (Cc: NUL, ESC, newline, tab...), format characters (Cf: the bidi overrides
+# U+202A-U+202E and isolates U+2066-U+2069, zero-width marks), lone surrogates (Cs: no
+# UTF-8 encoding exists) and line/paragraph separators (Zl, Zp) are refused: printed raw
+# they inject terminal escapes, split table rows or reorder what a reader sees.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+STORED_CONTEXT: Mapping[str, Any] = {"tessera_stored": True}
+"""Validation context for objects read back from the NSDB: checks added after an object
+could be stored (the strict text checks, the semantic checks of ports, DHCP subnets and
+rules) let it through, so that data written by an older version stays readable, and
+fixable by a PUT, instead of breaking every read of its kind."""
+
+
+def is_stored(info: ValidationInfo | None) -> bool:
+    """Whether this validation reads an object back from the NSDB (`STORED_CONTEXT`)."""
+    context = info.context if info is not None else None
+    return isinstance(context, Mapping) and bool(context.get("tessera_stored"))
+
+
+def check_text(value: str, what: str = "text") -> str:
+    """`value` unless it holds a character that must never be printed raw (see above);
+    the message names the character by code point, never echoing it."""
+    if value.isprintable():  # the fast path; printable is stricter than what we refuse
+        return value
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch) in _UNPRINTABLE_CATEGORIES:
+            name = unicodedata.name(ch, "")
+            label = f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+            raise ValueError(
+                f"{what} contains the control or format character {label} at position {i}; "
+                "only printable characters are allowed"
+            )
+    return value
+
+
+def _text(value: str, info: ValidationInfo) -> str:
+    return value if is_stored(info) else check_text(value)
+
+
+# Linux's dev_valid_name(): at most IFNAMSIZ-1 = 15 bytes, not "." or "..", no "/", ":"
+# or white space (and, like any name here, no control character).
+IFNAME_MAX_BYTES = 15
+
+
+def check_ifname(value: str) -> str:
+    """`value` if Linux accepts it as an interface name, else ValueError saying why."""
+    check_text(value, "an interface name")
+    size = len(value.encode("utf-8"))
+    if not value or size > IFNAME_MAX_BYTES:
+        raise ValueError(
+            f"an interface name has 1 to {IFNAME_MAX_BYTES} bytes (this one has {size})"
+        )
+    if value in (".", ".."):
+        raise ValueError(f"'{value}' is not a valid interface name")
+    for ch in value:
+        if ch in "/:" or ch.isspace():
+            raise ValueError(
+                f"an interface name cannot contain {'white space' if ch.isspace() else repr(ch)}"
+            )
+    return value
+
+
+def _ifname(value: str, info: ValidationInfo) -> str:
+    return value if is_stored(info) else check_ifname(value)
+
+
+Name = Annotated[str, Field(max_length=255), AfterValidator(_text)]
+InterfaceName = Annotated[
+    str, Field(min_length=1, max_length=IFNAME_MAX_BYTES), AfterValidator(_ifname)
+]
 
 
 def new_id() -> str:
@@ -54,6 +135,35 @@ class TesseraModel(BaseModel):
     """Base of every model: unknown fields are refused so typos never pass silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied, validated again (pydantic's own copy is not).
+
+        The store grows member lists (rules of a chain, ports of a group, hosts of a
+        zone) and sets bindings through copies: unvalidated, they would slip past every
+        limit and check the model declares. An object stored before a check existed
+        (read back under `STORED_CONTEXT`) is copied under that context too, so that
+        it stays usable; the limits on sizes hold for it all the same. The fields set
+        stay those of the original plus the updated ones, as with pydantic's copy."""
+        if not update:
+            return super().model_copy(deep=deep)
+        cls = type(self)
+        data = {**self.model_dump(), **update}
+        try:
+            copy = cls.model_validate(data)
+        except ValidationError:
+            if self._passes_strict_checks():
+                raise  # the update itself is what the model refuses
+            copy = cls.model_validate(data, context=STORED_CONTEXT)
+        object.__setattr__(copy, "__pydantic_fields_set__", self.model_fields_set | set(update))
+        return super(TesseraModel, copy).model_copy(deep=True) if deep else copy
+
+    def _passes_strict_checks(self) -> bool:
+        try:
+            type(self).model_validate(self.model_dump())
+        except ValidationError:
+            return False
+        return True
 
 
 def network_of(addr: str, length: int) -> ipaddress.IPv4Network:
