@@ -9,17 +9,8 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_MIRRORS_PER_DIRECTION
-from tessera.model.types import (
-    InterfaceName,
-    IPv4Addr,
-    MacAddr,
-    Name,
-    PrefixLen,
-    Uuid,
-    VlanId,
-    is_stored,
-    network_of,
-)
+from tessera.model.text import InterfaceName, Name, is_stored
+from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, Uuid, VlanId, network_of
 
 _FILTER_REFS = (
     Ref("inbound_filter_id", ("chains",), "nullify"),

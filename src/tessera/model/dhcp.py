@@ -11,49 +11,50 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.devices import check_unicast_mac
 from tessera.model.limits import (
-    MAX_DHCP_HOSTNAME_BYTES,
+    MAX_DHCP_HOSTNAME_LEN,
     MAX_DHCP_HOSTS,
     MAX_DNS_SERVERS,
     MAX_OPT121_BYTES,
     MAX_OPT121_ROUTES,
 )
-from tessera.model.types import (
-    IPv4Addr,
-    MacAddr,
-    PrefixLen,
-    TesseraModel,
-    Uuid,
-    check_text,
-    is_stored,
-)
+from tessera.model.text import check_text, is_stored
+from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
 
 # RFC 1123 host names, with '_' as real DHCP clients accept it: dot-separated labels of
-# 1-63 letters, digits, '-' or '_'. Option 12 carries it; clients refuse anything else.
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+# letters, digits, '-' or '_', not starting or ending with '-'. Option 12 carries it, and
+# clients refuse anything else as a host name.
+_LABEL = "[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+HOSTNAME_PATTERN = f"^(?:{_LABEL}(?:\\.{_LABEL})*)?$"
+"""The JSON schema `pattern` of a DHCP host name ("" for none)."""
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
 
 
-def _hostname(value: str, info: ValidationInfo) -> str:
-    if value == "" or is_stored(info):
+def _hostname(value: Any, info: ValidationInfo) -> Any:
+    """Checked as sent (before white space is stripped), like every name."""
+    if not isinstance(value, str) or is_stored(info):
         return value
-    check_text(value, "name")
-    if len(value) > MAX_DHCP_HOSTNAME_BYTES or not _HOSTNAME_RE.match(value):
-        raise ValueError(
-            f"name '{value}' is not a host name: dot-separated labels of 1 to 63 letters, "
-            f"digits, '-' or '_' (not starting or ending with '-'), at most "
-            f"{MAX_DHCP_HOSTNAME_BYTES} characters; DHCP sends it as the client's host name"
-        )
-    return value
+    if len(value) <= MAX_DHCP_HOSTNAME_LEN and _HOSTNAME_RE.fullmatch(value):
+        return value
+    check_text(value)
+    raise ValueError(
+        f"'{value}' is not a host name: dot-separated labels of letters, digits, '-' "
+        f"or '_' (not starting or ending with '-'), {MAX_DHCP_HOSTNAME_LEN} characters at "
+        "most; DHCP sends it as the client's host name"
+    )
 
 
-HostName = Annotated[str, Field(max_length=255), AfterValidator(_hostname)]
+HostName = Annotated[
+    str,
+    BeforeValidator(_hostname),
+    Field(json_schema_extra={"maxLength": MAX_DHCP_HOSTNAME_LEN, "pattern": HOSTNAME_PATTERN}),
+]
 
 
 def opt121_size(routes: list[Opt121Route]) -> int:

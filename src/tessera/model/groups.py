@@ -8,7 +8,8 @@ from pydantic import Field
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_IP_ADDR_GROUP_MEMBERS, MAX_PORT_GROUP_MEMBERS
-from tessera.model.types import IPv4Addr, Name, Uuid
+from tessera.model.text import Name
+from tessera.model.types import IPv4Addr, Uuid
 
 
 class PortGroup(StoredObject):

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from tessera.model.base import StoredObject
 from tessera.model.limits import MAX_HOST_ADDRESSES, MAX_TUNNEL_ZONE_HOSTS
-from tessera.model.types import IPv4Addr, Name, TesseraModel, Uuid
+from tessera.model.text import Name
+from tessera.model.types import IPv4Addr, TesseraModel, Uuid
 
 
 class Host(StoredObject):

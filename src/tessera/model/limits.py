@@ -61,5 +61,7 @@ MAX_OPT121_BYTES = DHCP_OPTION_MAX_BYTES
 route through the subnet's gateway that the server adds when none of the routes is a
 default route (clients that honour option 121 ignore option 3)."""
 
-MAX_DHCP_HOSTNAME_BYTES = 253
-"""A DHCP host's `name`, sent as the client's host name (option 12): a DNS name."""
+MAX_DHCP_HOSTNAME_LEN = 63
+"""A DHCP host's `name`, sent as the client's host name (option 12): clients set it as
+the kernel's host name, which Linux bounds to 64 bytes (HOST_NAME_MAX); 63 is also a DNS
+label's limit. The domain is the resolver's business, not option 12's."""

@@ -10,7 +10,8 @@ from pydantic import Field
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_MIRROR_CONDITIONS
 from tessera.model.rules import Conditions, Rule
-from tessera.model.types import Name, Uuid
+from tessera.model.text import Name
+from tessera.model.types import Uuid
 
 
 class Mirror(StoredObject):

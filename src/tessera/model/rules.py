@@ -8,17 +8,8 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_NAT_TARGETS, MAX_PORTS_PER_CONDITION, MAX_RULES_PER_CHAIN
-from tessera.model.types import (
-    STORED_CONTEXT,
-    IPv4Addr,
-    MacAddr,
-    Name,
-    PortRange,
-    PrefixLen,
-    TesseraModel,
-    Uuid,
-    is_stored,
-)
+from tessera.model.text import STORED_CONTEXT, Name, is_stored
+from tessera.model.types import IPv4Addr, MacAddr, PortRange, PrefixLen, TesseraModel, Uuid
 
 RuleType = Literal[
     "accept", "drop", "reject", "return", "jump", "continue", "dnat", "snat", "rev_dnat", "rev_snat"

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import unicodedata
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tessera.model.text import STORED_CONTEXT
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
@@ -53,78 +46,6 @@ Uuid = Annotated[
 ]
 PrefixLen = Annotated[int, Field(ge=0, le=32)]
 VlanId = Annotated[int, Field(ge=0, le=4095)]
-
-# Text a user gave that tools print back: names, tenant ids, descriptions. Control
-# characters (Cc: NUL, ESC, newline, tab...), format characters (Cf: the bidi overrides
-# U+202A-U+202E and isolates U+2066-U+2069, zero-width marks), lone surrogates (Cs: no
-# UTF-8 encoding exists) and line/paragraph separators (Zl, Zp) are refused: printed raw
-# they inject terminal escapes, split table rows or reorder what a reader sees.
-_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-STORED_CONTEXT: Mapping[str, Any] = {"tessera_stored": True}
-"""Validation context for objects read back from the NSDB: checks added after an object
-could be stored (the strict text checks, the semantic checks of ports, DHCP subnets and
-rules) let it through, so that data written by an older version stays readable, and
-fixable by a PUT, instead of breaking every read of its kind."""
-
-
-def is_stored(info: ValidationInfo | None) -> bool:
-    """Whether this validation reads an object back from the NSDB (`STORED_CONTEXT`)."""
-    context = info.context if info is not None else None
-    return isinstance(context, Mapping) and bool(context.get("tessera_stored"))
-
-
-def check_text(value: str, what: str = "text") -> str:
-    """`value` unless it holds a character that must never be printed raw (see above);
-    the message names the character by code point, never echoing it."""
-    if value.isprintable():  # the fast path; printable is stricter than what we refuse
-        return value
-    for i, ch in enumerate(value):
-        if unicodedata.category(ch) in _UNPRINTABLE_CATEGORIES:
-            name = unicodedata.name(ch, "")
-            label = f"U+{ord(ch):04X}" + (f" {name}" if name else "")
-            raise ValueError(
-                f"{what} contains the control or format character {label} at position {i}; "
-                "only printable characters are allowed"
-            )
-    return value
-
-
-def _text(value: str, info: ValidationInfo) -> str:
-    return value if is_stored(info) else check_text(value)
-
-
-# Linux's dev_valid_name(): at most IFNAMSIZ-1 = 15 bytes, not "." or "..", no "/", ":"
-# or white space (and, like any name here, no control character).
-IFNAME_MAX_BYTES = 15
-
-
-def check_ifname(value: str) -> str:
-    """`value` if Linux accepts it as an interface name, else ValueError saying why."""
-    check_text(value, "an interface name")
-    size = len(value.encode("utf-8"))
-    if not value or size > IFNAME_MAX_BYTES:
-        raise ValueError(
-            f"an interface name has 1 to {IFNAME_MAX_BYTES} bytes (this one has {size})"
-        )
-    if value in (".", ".."):
-        raise ValueError(f"'{value}' is not a valid interface name")
-    for ch in value:
-        if ch in "/:" or ch.isspace():
-            raise ValueError(
-                f"an interface name cannot contain {'white space' if ch.isspace() else repr(ch)}"
-            )
-    return value
-
-
-def _ifname(value: str, info: ValidationInfo) -> str:
-    return value if is_stored(info) else check_ifname(value)
-
-
-Name = Annotated[str, Field(max_length=255), AfterValidator(_text)]
-InterfaceName = Annotated[
-    str, Field(min_length=1, max_length=IFNAME_MAX_BYTES), AfterValidator(_ifname)
-]
 
 
 def new_id() -> str:

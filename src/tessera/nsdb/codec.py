@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 
 from tessera.model import KINDS, StoredObject
-from tessera.model.types import STORED_CONTEXT
+from tessera.model.text import STORED_CONTEXT
 
 # Kept readable: MAC addresses ("aa:bb:..."), IPv4 addresses and UUIDs pass unchanged.
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_:.")
