@@ -11,6 +11,7 @@ are refused by the model instead.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import pytest
@@ -178,14 +179,14 @@ def _largest(routes: list[dict[str, Any]]) -> dict[str, Any]:
             "encode to 257 bytes with the default route",
         ),
         ({"hosts": [{"mac_addr": "02:00:00:00:00:05", "ip_addr": "192.168.0.5",
-                     "name": "vm\udc80"}]}, "unicode string"),
+                     "name": "vm\udc80"}]}, "U+DC80"),
         ({"hosts": [{"mac_addr": "02:00:00:00:00:05", "ip_addr": "192.168.0.5",
-                     "name": "a" * 64}]}, "at most 63 characters"),
+                     "name": "a" * 64}]}, "63 characters at most"),
         ({"interface_mtu": 67}, "greater than or equal to 68"),
         ({"interface_mtu": 65536}, "less than or equal to 65535"),
     ],
 )  # fmt: skip
 def test_what_the_server_cannot_serve_is_refused(change: dict[str, Any], fragment: str) -> None:
     fields = {**_largest([]), "dns_server_addrs": [], **change}
-    with pytest.raises(ValidationError, match=fragment):
+    with pytest.raises(ValidationError, match=re.escape(fragment)):
         DhcpSubnet(bridge_id="5a1d7a3c-0000-4000-8000-000000000002", **fields)
