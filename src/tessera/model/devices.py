@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_MIRRORS_PER_DIRECTION
@@ -109,6 +109,13 @@ class Port(StoredObject):
     network_length: PrefixLen | None = None
     port_mac: MacAddr | None = None
 
+    @field_validator("port_mac")
+    @classmethod
+    def _unicast(cls, mac: str | None, info: ValidationInfo) -> str | None:
+        if mac is not None and not is_stored(info):
+            check_unicast_mac(mac)
+        return mac
+
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Port:
         if self.type == "Router":
@@ -130,8 +137,6 @@ class Port(StoredObject):
                 raise ValueError("vlan_id applies to bridge ports only")
             if not is_stored(info):
                 _check_router_address(self.port_address, net)
-                if self.port_mac is not None:
-                    check_unicast_mac("port_mac", self.port_mac)
         else:
             extra = [
                 f
@@ -155,15 +160,15 @@ class Port(StoredObject):
         return self.host_id is not None
 
 
-def check_unicast_mac(field: str, mac: str) -> None:
-    """A MAC a device answers with must be unicast and not all zeros: hosts never learn
-    a multicast or broadcast MAC as a neighbour, and 00:00:00:00:00:00 means "unknown"."""
-    first = int(mac[:2], 16)
+def check_unicast_mac(mac: str) -> None:
+    """A MAC a device answers with or leases to must be unicast and not all zeros: hosts
+    never take a multicast or broadcast MAC as a neighbour's, and 00:00:00:00:00:00
+    means "unknown". (A field validator: the message gets the field's name.)"""
     if mac == "00:00:00:00:00:00":
-        raise ValueError(f"{field} 00:00:00:00:00:00 is not a usable MAC address")
-    if first & 1:
+        raise ValueError("00:00:00:00:00:00 is not a usable MAC address")
+    if int(mac[:2], 16) & 1:
         what = "broadcast" if mac == "ff:ff:ff:ff:ff:ff" else "multicast"
-        raise ValueError(f"{field} {mac} is a {what} address; a unicast MAC is needed")
+        raise ValueError(f"{mac} is a {what} address; a unicast MAC is needed")
 
 
 def _check_router_address(port_address: str, net: ipaddress.IPv4Network) -> None:

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from tessera.model.base import Ref, StoredObject
 from tessera.model.devices import check_unicast_mac
@@ -92,11 +92,12 @@ class DhcpHost(TesseraModel):
     ip_addr: IPv4Addr
     name: HostName = ""
 
-    @model_validator(mode="after")
-    def _usable(self, info: ValidationInfo) -> DhcpHost:
+    @field_validator("mac_addr")
+    @classmethod
+    def _unicast(cls, mac: str, info: ValidationInfo) -> str:
         if not is_stored(info):
-            check_unicast_mac("mac_addr", self.mac_addr)
-        return self
+            check_unicast_mac(mac)
+        return mac
 
 
 class DhcpSubnet(StoredObject):

@@ -35,7 +35,7 @@ def router_port(address: str = "10.0.0.1", length: int = 24, **kw: Any) -> Port:
     ],
 )
 def test_router_port_macs_are_unicast(mac: str, fragment: str) -> None:
-    with pytest.raises(ValidationError, match=f"port_mac {mac} {fragment}"):
+    with pytest.raises(ValidationError, match=f"port_mac\n.*{mac} {fragment}"):
         router_port(port_mac=mac)
 
 
@@ -98,8 +98,8 @@ def host(ip: str = "10.0.0.10", mac: str = "02:00:00:00:00:10") -> dict[str, str
             {"default_gateway": None, "server_addr": None, "hosts": [host("10.0.0.1")]},
             "10.0.0.1 is the DHCP server's",
         ),
-        ({"hosts": [host(mac="01:00:5e:00:00:01")]}, "mac_addr 01:00:5e:00:00:01 is a multicast"),
-        ({"hosts": [host(mac="ff:ff:ff:ff:ff:ff")]}, "mac_addr ff:ff:ff:ff:ff:ff is a broadcast"),
+        ({"hosts": [host(mac="01:00:5e:00:00:01")]}, "01:00:5e:00:00:01 is a multicast"),
+        ({"hosts": [host(mac="ff:ff:ff:ff:ff:ff")]}, "ff:ff:ff:ff:ff:ff is a broadcast"),
         ({"hosts": [host(mac="00:00:00:00:00:00")]}, "00:00:00:00:00:00 is not a usable MAC"),
         (
             {"subnet_length": 31, "default_gateway": None, "server_addr": None},
