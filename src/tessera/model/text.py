@@ -90,10 +90,12 @@ def _text(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+# Field before the validator: its constraints then stay on the string itself (and read
+# "String should have at most 255 characters").
 Name = Annotated[
     str,
-    BeforeValidator(_text),
     Field(max_length=255, json_schema_extra={"pattern": TEXT_PATTERN}),
+    BeforeValidator(_text),
 ]
 """A name or tenant id: up to 255 printable characters (surrounding spaces stripped)."""
 
@@ -138,7 +140,7 @@ def _ifname(value: Any, info: ValidationInfo) -> Any:
 
 InterfaceName = Annotated[
     str,
-    BeforeValidator(_ifname),
     Field(min_length=1, max_length=IFNAME_MAX_LEN, json_schema_extra={"pattern": IFNAME_PATTERN}),
+    BeforeValidator(_ifname),
 ]
 """The name of a host's network interface a port is bound to, as Linux accepts it."""
