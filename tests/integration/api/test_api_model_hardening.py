@@ -4,14 +4,16 @@ the field and the rule, and what older versions stored stays readable."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 from api_helpers import Api
 
-from tessera.model import Bridge, new_id
+from tessera.model import Bridge, Chain, DhcpSubnet, IpAddrGroup, PortGroup, TunnelZone, new_id
+from tessera.model import limits as L
 from tessera.model.limits import MAX_DNS_SERVERS, MAX_OPT121_BYTES
-from tessera.nsdb.store import TopologyStore
+from tessera.nsdb.store import TopologyStore, dhcp_subnet_id
 
 UNPRINTABLE = {
     "NUL": "\x00",
@@ -172,3 +174,48 @@ def test_what_an_older_version_stored_stays_readable_and_fixable(api: Api) -> No
     api.bridge_port(shown)  # the store copies it (ports, mirrors...) without complaint
     fixed = api.put(f"/bridges/{legacy.id}", shown | {"name": "fixed"})
     assert fixed["name"] == "fixed"
+
+
+def _ids(n: int) -> list[str]:
+    return [new_id() for _ in range(n)]
+
+
+def test_member_operations_stop_at_the_limit(api: Api) -> None:
+    """Lists the store grows one member at a time: a full one (written straight to the
+    NSDB, to keep the test quick) refuses the next member with 400 naming the limit."""
+    port = api.bridge_port(api.bridge())
+    group = PortGroup(port_ids=_ids(L.MAX_PORT_GROUP_MEMBERS))
+    chain = Chain(rule_ids=_ids(L.MAX_RULES_PER_CHAIN))
+    addrs = IpAddrGroup(
+        addrs=[f"10.{i >> 8}.{i & 255}.1" for i in range(L.MAX_IP_ADDR_GROUP_MEMBERS)]
+    )
+    zone = TunnelZone(
+        hosts=[{"host_id": h, "ip_address": "198.18.0.1"} for h in _ids(L.MAX_TUNNEL_ZONE_HOSTS)]
+    )
+    bridge = api.bridge()
+    first = ipaddress.IPv4Address("10.1.0.10")
+    leases = [
+        {"mac_addr": f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", "ip_addr": str(first + i)}
+        for i in range(L.MAX_DHCP_HOSTS)
+    ]
+    subnet = DhcpSubnet(
+        id=dhcp_subnet_id(bridge["id"], "10.1.0.0", 16), bridge_id=bridge["id"],
+        subnet_prefix="10.1.0.0", subnet_length=16, hosts=leases,
+    )  # fmt: skip
+    for obj in (group, chain, addrs, zone, subnet):
+        api.nsdb.create(obj)
+    host_id = new_id()
+    TopologyStore(api.nsdb).register_host(host_id, "h1", ["198.18.0.9"])
+    for path, body, field, limit in (
+        (f"/port_groups/{group.id}/ports", {"port_id": port["id"]}, "port_ids",
+         L.MAX_PORT_GROUP_MEMBERS),
+        (f"/chains/{chain.id}/rules", {"type": "drop"}, "rule_ids", L.MAX_RULES_PER_CHAIN),
+        (f"/ip_addr_groups/{addrs.id}/ip_addrs", {"addr": "192.0.2.1"}, "addrs",
+         L.MAX_IP_ADDR_GROUP_MEMBERS),
+        (f"/tunnel_zones/{zone.id}/hosts", {"host_id": host_id, "ip_address": "198.18.0.9"},
+         "hosts", L.MAX_TUNNEL_ZONE_HOSTS),
+        (f"/bridges/{bridge['id']}/dhcp_subnets/10.1.0.0_16/hosts",
+         {"mac_addr": "02:00:00:00:ff:ff", "ip_addr": "10.1.255.1"}, "hosts", L.MAX_DHCP_HOSTS),
+    ):  # fmt: skip
+        message = api.post(path, body, status=400)
+        assert f"{field}: List should have at most {limit} items" in message, message
