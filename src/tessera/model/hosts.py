@@ -17,6 +17,7 @@ class Host(StoredObject):
 
     kind: ClassVar[str] = "hosts"
     read_only: ClassVar[tuple[str, ...]] = ("id", "name", "alive", "addresses")
+    independent_fields: ClassVar[frozenset[str]] = frozenset({"alive"})
 
     name: Name = ""
     alive: bool = False

@@ -130,6 +130,7 @@ class Rule(Conditions, StoredObject):
         Ref("ip_addr_group_dst", ("ip_addr_groups",), "cascade"),
     )
     read_only: ClassVar[tuple[str, ...]] = ("id", "chain_id")
+    independent_fields: ClassVar[frozenset[str]] = frozenset({"position"})
 
     chain_id: Uuid
     type: RuleType

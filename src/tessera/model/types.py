@@ -6,13 +6,22 @@ simulation converts them to integers once, when it builds its snapshot.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from tessera.model.text import STORED_CONTEXT
 
@@ -57,6 +66,10 @@ class TesseraModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
+    # Fields no whole-object check reads: a copy changing only these validates just the
+    # new values (the store sets a rule's `position` on every read of a rule).
+    independent_fields: ClassVar[frozenset[str]] = frozenset()
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with `update` applied, validated again (pydantic's own copy is not).
 
@@ -69,6 +82,9 @@ class TesseraModel(BaseModel):
         if not update:
             return super().model_copy(deep=deep)
         cls = type(self)
+        if update.keys() <= cls.independent_fields:
+            checked = {k: _field_adapter(cls, k).validate_python(v) for k, v in update.items()}
+            return super().model_copy(update=checked, deep=deep)
         data = {**self.model_dump(), **update}
         try:
             copy = cls.model_validate(data)
@@ -85,6 +101,14 @@ class TesseraModel(BaseModel):
         except ValidationError:
             return False
         return True
+
+
+@functools.cache
+def _field_adapter(cls: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """A validator of one field of `cls` on its own (its type and constraints)."""
+    info = cls.model_fields[name]
+    form: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return TypeAdapter(form)
 
 
 def network_of(addr: str, length: int) -> ipaddress.IPv4Network:

@@ -128,6 +128,16 @@ def test_a_copy_cannot_grow_a_list_past_its_limit() -> None:
         group.model_copy(update={"port_ids": [*group.port_ids, str(uuid.uuid4())]})
 
 
+def test_a_copy_of_independent_fields_checks_just_the_new_values() -> None:
+    """`position` (set on every read of a rule) and `alive` are read by no whole-object
+    check: a copy changing only them validates the values alone, still refusing bad ones."""
+    rule = Rule(chain_id=ANY_ID, type="drop", in_ports=_ids(3))
+    assert rule.model_copy(update={"position": 7}).position == 7
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        rule.model_copy(update={"position": -1})
+    assert Host().model_copy(update={"alive": True}).alive is True
+
+
 # -- the largest valid object of each kind ------------------------------------------------
 
 WIDE = "\U0001f600" * 255  # 255 printable characters of 4 UTF-8 bytes each: the longest name
