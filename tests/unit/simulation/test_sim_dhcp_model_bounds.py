@@ -116,6 +116,48 @@ def test_every_subnet_the_model_accepts_is_served(fields: dict[str, Any], kind: 
     assert len(packet.build()) <= 1500
 
 
+@st.composite
+def anything(draw: st.DrawFn) -> dict[str, Any]:
+    """Subnet fields from a wider space than the model's bounds: host bits in routes,
+    too many DNS servers or routes, any text as a host name, any lease address or MAC."""
+    fields = draw(subnets())
+    u32 = st.integers(0, (1 << 32) - 1)
+    if draw(st.booleans()):
+        fields["dns_server_addrs"] = [
+            _addr(a) for a in draw(st.lists(u32, min_size=60, max_size=70))
+        ]
+    if draw(st.booleans()):
+        fields["opt121_routes"] = [
+            {"destination_prefix": _addr(d), "destination_length": n, "gateway_addr": _addr(g)}
+            for d, n, g in draw(st.lists(st.tuples(u32, st.integers(0, 32), u32), max_size=60))
+        ]
+    network, size = ip(fields["subnet_prefix"]), 1 << (32 - fields["subnet_length"])
+    lease = fields["hosts"][0]
+    if draw(st.booleans()):
+        lease["ip_addr"] = _addr(network + draw(st.integers(0, min(size - 1, 300))))
+    if draw(st.booleans()):
+        lease["mac_addr"] = ":".join(f"{b:02x}" for b in draw(st.binary(min_size=6, max_size=6)))
+    if draw(st.booleans()):
+        lease["name"] = draw(st.text(max_size=80))
+    return fields
+
+
+@settings(max_examples=80)
+@given(anything())
+def test_whatever_the_model_accepts_the_server_serves(fields: dict[str, Any]) -> None:
+    """The other direction: from a wider space, whatever passes the model is served
+    (DISCOVER answered, each option in one instance, within 1500 bytes)."""
+    try:
+        DhcpSubnet(bridge_id="5a1d7a3c-0000-4000-8000-000000000003", **fields)
+    except ValidationError:
+        return
+    reply, packet = _serve(fields, dhcp.DISCOVER)
+    assert reply.message_type == dhcp.OFFER
+    codes = _option_codes(reply.build())
+    assert len(codes) == len(set(codes)), codes
+    assert len(packet.build()) <= 1500
+
+
 def _option_codes(message: bytes) -> list[int]:
     """The option codes of a DHCP message in wire order, one per instance."""
     codes, i = [], dhcp.OPTIONS_OFFSET
