@@ -30,6 +30,10 @@ LEASE_TIME = 86_400
 
 _DEFAULT_ROUTE = 0
 
+MAX_CLIENT_ID = 255
+"""Bytes of a client identifier (option 61) the server echoes: one option instance. A
+longer one is refused, so that any reply fits a datagram (DUIDs take at most 130)."""
+
 
 def serve(
     sim: Simulation,
@@ -59,6 +63,15 @@ def serve(
     msg = udp.payload if isinstance(udp, Udp) else None
     if not isinstance(msg, d.Dhcp) or msg.op != d.BOOTREQUEST:
         return False
+    client_id = msg.option(d.OPT_CLIENT_ID)
+    if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+        # Echoed in the reply (RFC 6842): tens of KB of it would not fit one datagram.
+        sim.drop(
+            f"malformed DHCP request: client identifier of {len(client_id)} bytes "
+            f"(at most {MAX_CLIENT_ID})",
+            node,
+        )
+        return True
     lease = bridge.dhcp_hosts.get(msg.chaddr)
     if lease is None:
         if node is not None:

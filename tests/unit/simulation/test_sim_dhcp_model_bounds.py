@@ -232,3 +232,20 @@ def test_what_the_server_cannot_serve_is_refused(change: dict[str, Any], fragmen
     fields = {**_largest([]), "dns_server_addrs": [], **change}
     with pytest.raises(ValidationError, match=re.escape(fragment)):
         DhcpSubnet(bridge_id="5a1d7a3c-0000-4000-8000-000000000002", **fields)
+
+
+def test_a_client_identifier_too_long_to_echo_is_dropped_not_raised() -> None:
+    """The server echoes option 61 (RFC 6842): 64 KB of it made the reply unbuildable
+    and the simulation raise; now the request is dropped with a reason."""
+    t = Topo()
+    br = t.bridge()
+    vm = t.bridge_port(br)
+    t.add(DhcpSubnet(bridge_id=br.id, **_largest([])))
+    ok = t.send(vm, dhcp_request(mac(CLIENT), dhcp.DISCOVER, options=((61, b"c" * 255),)))
+    assert ok.verdict is Verdict.CONSUMED and len(ok.emitted) == 1
+    huge = dhcp_request(mac(CLIENT), dhcp.DISCOVER, options=((61, b"c" * 64_600),))
+    res = t.send(vm, huge)
+    assert res.verdict is Verdict.DROP and not res.emitted
+    assert res.drop_reason == (
+        "malformed DHCP request: client identifier of 64600 bytes (at most 255)"
+    )
