@@ -63,21 +63,21 @@ def serve(
     msg = udp.payload if isinstance(udp, Udp) else None
     if not isinstance(msg, d.Dhcp) or msg.op != d.BOOTREQUEST:
         return False
-    client_id = msg.option(d.OPT_CLIENT_ID)
-    if client_id is not None and len(client_id) > MAX_CLIENT_ID:
-        # Echoed in the reply (RFC 6842): tens of KB of it would not fit one datagram.
-        sim.drop(
-            f"malformed DHCP request: client identifier of {len(client_id)} bytes "
-            f"(at most {MAX_CLIENT_ID})",
-            node,
-        )
-        return True
     lease = bridge.dhcp_hosts.get(msg.chaddr)
     if lease is None:
         if node is not None:
             node.add("note", bridge.id, f"DHCP: no host entry for {mac_to_str(msg.chaddr)}")
         return False
     sim.tags.add(lease.subnet.id)
+    client_id = msg.option(d.OPT_CLIENT_ID)
+    if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+        # Echoed in our reply (RFC 6842): tens of KB of it would not fit one datagram.
+        sim.drop(
+            f"malformed DHCP request: client identifier of {len(client_id)} bytes "
+            f"(at most {MAX_CLIENT_ID})",
+            node,
+        )
+        return True
     dnode = None
     if node is not None:
         dnode = node.add("dhcp", lease.subnet.id, f"DHCP {_type_name(msg.message_type)}")
