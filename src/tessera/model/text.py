@@ -37,9 +37,13 @@ def is_stored(info: ValidationInfo | None) -> bool:
 
 UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
-# Every code point in UNPRINTABLE_CATEGORIES (Unicode 14, Python 3.11's unicodedata;
-# tests/unit/model/test_model_text.py recomputes it), as inclusive ranges. Kept literal:
-# scanning the whole code space at import would cost a noticeable fraction of a second.
+UNICODE_VERSION = "14.0.0"
+"""The Unicode version of `UNPRINTABLE_RANGES` (Python 3.11's `unicodedata`): the same
+characters are refused whatever the Python, so the server always agrees with its schema."""
+
+# Every code point in UNPRINTABLE_CATEGORIES as of UNICODE_VERSION, as inclusive ranges
+# (tests/unit/model/test_model_text.py recomputes it). Kept literal: scanning the whole
+# code space at import would cost a noticeable fraction of a second.
 UNPRINTABLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605),
     (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891),

@@ -26,6 +26,7 @@ from tessera.model.text import (
     IFNAME_PATTERN,
     STORED_CONTEXT,
     TEXT_PATTERN,
+    UNICODE_VERSION,
     UNPRINTABLE_CATEGORIES,
     UNPRINTABLE_RANGES,
 )
@@ -93,16 +94,17 @@ def test_the_message_names_the_character_without_echoing_it() -> None:
 
 
 def test_the_ranges_are_exactly_the_refused_categories() -> None:
-    """The literal table in model/text.py against this Python's Unicode database."""
+    """The literal table in model/text.py against this Python's Unicode database: equal
+    on the version it was made from; on a newer one, still only refused categories."""
     listed = {c for low, high in UNPRINTABLE_RANGES for c in range(low, high + 1)}
     wanted = {
         c
         for c in range(sys.maxunicode + 1)
         if unicodedata.category(chr(c)) in UNPRINTABLE_CATEGORIES
     }
-    assert listed == wanted, (
-        f"regenerate UNPRINTABLE_RANGES for Unicode {unicodedata.unidata_version}"
-    )
+    assert listed <= wanted
+    if unicodedata.unidata_version == UNICODE_VERSION:
+        assert listed == wanted
 
 
 @pytest.mark.parametrize(
