@@ -24,14 +24,14 @@ from tessera.model.limits import (
     MAX_OPT121_BYTES,
     MAX_OPT121_ROUTES,
 )
-from tessera.model.text import check_text, is_stored
+from tessera.model.text import END, check_text, is_stored
 from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
 
 # RFC 1123 host names, with '_' as real DHCP clients accept it: dot-separated labels of
 # letters, digits, '-' or '_', not starting or ending with '-'. Option 12 carries it, and
 # clients refuse anything else as a host name.
 _LABEL = "[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
-HOSTNAME_PATTERN = f"^(?:{_LABEL}(?:\\.{_LABEL})*)?$"
+HOSTNAME_PATTERN = f"^(?:{_LABEL}(?:\\.{_LABEL})*)?{END}"
 """The JSON schema `pattern` of a DHCP host name ("" for none)."""
 _HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
 

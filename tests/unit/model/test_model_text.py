@@ -8,6 +8,8 @@ import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tessera.model import (
@@ -22,6 +24,7 @@ from tessera.model import (
     TunnelZone,
     new_id,
 )
+from tessera.model.dhcp import HOSTNAME_PATTERN
 from tessera.model.text import (
     IFNAME_PATTERN,
     STORED_CONTEXT,
@@ -169,3 +172,43 @@ def test_a_copy_is_validated_like_a_new_object() -> None:
     bound = port.model_copy(update={"host_id": new_id(), "interface_name": "tap0"})
     assert bound.interface_name == "tap0"
     assert bound.model_fields_set == port.model_fields_set | {"host_id", "interface_name"}
+
+
+def _accepts(field: str, value: str) -> bool:
+    try:
+        if field == "name":
+            Bridge(name=value)
+        elif field == "interface_name":
+            Port(device_id=new_id(), type="Bridge", host_id=new_id(), interface_name=value)
+        else:
+            DhcpHost(mac_addr="02:00:00:00:00:01", ip_addr="10.0.0.2", name=value)
+    except ValidationError:
+        return False
+    return True
+
+
+FIELDS = {"name": TEXT_PATTERN, "interface_name": IFNAME_PATTERN, "hostname": HOSTNAME_PATTERN}
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+@settings(max_examples=150)
+@given(data=st.data())
+def test_what_the_schema_pattern_generates_the_model_accepts(
+    field: str, data: st.DataObject
+) -> None:
+    """Schema-driven clients (and fuzzers) generate from the pattern with Python's regex
+    semantics, where a bare `$` would also allow a final newline: each value they draw
+    within the schema's length must pass."""
+    value = data.draw(st.from_regex(FIELDS[field]))
+    schema_max = {"name": 255, "interface_name": 15, "hostname": 63}[field]
+    if field == "interface_name" and not value:
+        return  # minLength 1 in the schema
+    if len(value) <= schema_max:
+        assert _accepts(field, value), repr(value)
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+@pytest.mark.parametrize("value", ["ok\n", "ok\x00", "o\u202ek", "tap 0", "a/b", "-x", "..", "é"])
+def test_the_schema_pattern_refuses_what_the_model_refuses(field: str, value: str) -> None:
+    """JSON Schema's `pattern` is a search (`re.search`): it and the model agree."""
+    assert bool(re.search(FIELDS[field], value)) == _accepts(field, value)
