@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from tessera.model.text import STORED_CONTEXT
+from tessera.model.text import InterfaceName as InterfaceName  # re-exported: Name lived here
+from tessera.model.text import Name as Name
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
