@@ -34,6 +34,8 @@ from tessera.model import (
     StoredObject,
     TunnelZone,
 )
+from tessera.model.dhcp import HostName
+from tessera.model.text import InterfaceName
 from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
 from tessera.nsdb.store.integrity import FIXED_FIELDS, PARENT_FIELD, server_owned
 
@@ -176,7 +178,7 @@ class LinkRequest(TesseraModel):
 
 class BindingRequest(TesseraModel):
     port_id: Uuid
-    interface_name: str = Field(min_length=1, max_length=15, examples=["tap0"])
+    interface_name: InterfaceName = Field(examples=["tap0"])
 
 
 class Binding(TesseraModel):
@@ -216,7 +218,7 @@ class DhcpHostUpdate(TesseraModel):
 
     mac_addr: MacAddr | None = None
     ip_addr: IPv4Addr
-    name: str = Field(default="", max_length=255)
+    name: HostName = ""
 
 
 class Health(TesseraModel):

@@ -21,6 +21,7 @@ from rich.tree import Tree
 
 from tessera.client.errors import BadArgument
 from tessera.clikit.commands import command
+from tessera.clikit.output import printable_data
 from tessera.clikit.session import Session
 from tessera.simulation.trace import PacketDescription
 
@@ -124,7 +125,9 @@ _STYLE = {
 
 
 def render_tree(trace: Mapping[str, Any]) -> Tree:
-    """A rich tree of `trace_packet`'s answer: the path, then the outcome."""
+    """A rich tree of `trace_packet`'s answer: the path, then the outcome (every text
+    made printable: traces quote names, which must not drive the terminal)."""
+    trace = printable_data(trace)
     root_node = trace.get("trace") or {"kind": "packet", "text": "packet", "children": []}
     tree = Tree(f"[bold]{_escape(root_node['text'])}[/]")
     for child in root_node.get("children", []):

@@ -30,6 +30,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tessera.client.errors import UserError, one_line
+from tessera.clikit.output import printable
 
 DEBUG_ENV = "TESSERA_DEBUG"
 
@@ -183,5 +184,6 @@ def _usage_error(exc: Exception) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    typer.echo(f"error: {one_line(message)}", err=True)
+    # printable: an API message may quote a value (a name) holding control characters.
+    typer.echo(f"error: {printable(one_line(message))}", err=True)
     return code

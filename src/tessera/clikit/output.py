@@ -4,6 +4,11 @@
   in full, never truncated or wrapped, because users copy them into the next command;
 - `--json`: exactly the JSON the API answered, for scripts;
 - `-q/--quiet`: only ids (one per line), for `ID=$(tessera bridge create -q)`.
+
+Whatever the API answered is shown through `printable`: a name holding ESC, a newline
+or a bidi override (stored before the API refused them, or by another client) must not
+drive the terminal, split a table row or reorder what the user reads. JSON output stays
+exact JSON (which escapes control characters itself).
 """
 
 from __future__ import annotations
@@ -47,6 +52,42 @@ def _is_id_field(name: str) -> bool:
     )
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character (control, format such as bidi
+    overrides, separators, surrogates, unassigned) written as a Python-style escape:
+    `\\x1b`, `\\n`, `\\u202e`. Printable text, spaces included, is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    named = _NAMED_ESCAPES.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable_data(value: Any) -> Any:
+    """A JSON-like answer with every string (keys included) made `printable`, so that
+    whatever renders it afterwards only ever sees safe text."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Mapping):
+        return {printable(str(k)): printable_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable_data(v) for v in value]
+    return value
+
+
 def fmt(value: Any) -> str:
     """One value as a human reads it: `-` for unset, ranges as `80-90`, lists joined."""
     if value is None:
@@ -78,12 +119,13 @@ class Output:
 
     # -- one object (show, create, update) --
     def obj(self, obj: Any) -> None:
+        if self.json_output and not self.quiet:
+            self.raw(obj)
+            return
+        obj = printable_data(obj)
         if self.quiet:
             if isinstance(obj, Mapping) and "id" in obj:
                 print(obj["id"])
-            return
-        if self.json_output:
-            self.raw(obj)
             return
         if not isinstance(obj, Mapping):
             self.raw(obj)
@@ -97,13 +139,14 @@ class Output:
 
     # -- a list (list commands) --
     def objects(self, rows: Sequence[Row], columns: Sequence[Column], *, empty: str) -> None:
+        if self.json_output and not self.quiet:
+            self.raw(list(rows))
+            return
+        rows = [printable_data(row) for row in rows]
         if self.quiet:
             for row in rows:
                 if "id" in row:
                     print(row["id"])
-            return
-        if self.json_output:
-            self.raw(list(rows))
             return
         if not rows:
             print(empty)
@@ -125,7 +168,7 @@ class Output:
             if payload is not None:
                 self.raw(payload)
             return
-        print(message)
+        print(printable(message))
 
     @staticmethod
     def raw(payload: Any) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import ipaddress
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tessera.model.base import Ref, StoredObject
-from tessera.model.types import IPv4Addr, MacAddr, Name, PrefixLen, Uuid, VlanId, network_of
+from tessera.model.limits import MAX_MIRRORS_PER_DIRECTION
+from tessera.model.text import InterfaceName, Name, is_stored
+from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, Uuid, VlanId, network_of
 
 _FILTER_REFS = (
     Ref("inbound_filter_id", ("chains",), "nullify"),
@@ -15,7 +18,7 @@ _FILTER_REFS = (
 )
 # Tuples, not lists: devices and ports stay hashable (snapshots and caches rely on it);
 # JSON shows them as arrays all the same.
-MirrorIds = tuple[Uuid, ...]
+MirrorIds = Annotated[tuple[Uuid, ...], Field(max_length=MAX_MIRRORS_PER_DIRECTION)]
 # A deleted mirror simply stops being applied: its id leaves every list naming it.
 _MIRROR_REFS = (
     Ref("inbound_mirror_ids", ("mirrors",), "remove", many=True),
@@ -95,7 +98,7 @@ class Port(StoredObject):
     inbound_mirror_ids: MirrorIds = ()
     outbound_mirror_ids: MirrorIds = ()
     host_id: Uuid | None = None
-    interface_name: str | None = Field(default=None, min_length=1, max_length=15)
+    interface_name: InterfaceName | None = None
     peer_id: Uuid | None = None
     tunnel_key: int = Field(default=0, ge=0, lt=1 << 24)
     # bridge ports
@@ -106,8 +109,15 @@ class Port(StoredObject):
     network_length: PrefixLen | None = None
     port_mac: MacAddr | None = None
 
+    @field_validator("port_mac")
+    @classmethod
+    def _unicast(cls, mac: str | None, info: ValidationInfo) -> str | None:
+        if mac is not None and not is_stored(info):
+            check_unicast_mac(mac)
+        return mac
+
     @model_validator(mode="after")
-    def _consistent(self) -> Port:
+    def _consistent(self, info: ValidationInfo) -> Port:
         if self.type == "Router":
             missing = [
                 f
@@ -125,6 +135,8 @@ class Port(StoredObject):
                 )
             if self.vlan_id is not None:
                 raise ValueError("vlan_id applies to bridge ports only")
+            if not is_stored(info):
+                _check_router_address(self.port_address, net)
         else:
             extra = [
                 f
@@ -146,3 +158,40 @@ class Port(StoredObject):
     @property
     def is_exterior(self) -> bool:
         return self.host_id is not None
+
+
+def check_unicast_mac(mac: str) -> None:
+    """A MAC a device answers with or leases to must be unicast and not all zeros: hosts
+    never take a multicast or broadcast MAC as a neighbour's, and 00:00:00:00:00:00
+    means "unknown". (A field validator: the message gets the field's name.)"""
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("00:00:00:00:00:00 is not a usable MAC address")
+    if int(mac[:2], 16) & 1:
+        what = "broadcast" if mac == "ff:ff:ff:ff:ff:ff" else "multicast"
+        raise ValueError(f"{mac} is a {what} address; a unicast MAC is needed")
+
+
+def _check_router_address(port_address: str, net: ipaddress.IPv4Network) -> None:
+    """A router port's address must be one a neighbour can send to: a host address of
+    its network (not the network or broadcast address, except on /31 and /32 links,
+    RFC 3021), never 0.0.0.0 or a multicast address, on a network that is not the whole
+    IPv4 space (a /0 port would claim every destination as on-link)."""
+    addr = ipaddress.IPv4Address(port_address)
+    if net.prefixlen == 0:
+        raise ValueError(
+            "network_length 0 is not allowed for a router port: a port's network cannot "
+            "be the whole IPv4 space (use a route to 0.0.0.0/0 instead)"
+        )
+    if addr == ipaddress.IPv4Address(0):
+        raise ValueError("port_address 0.0.0.0 is not a usable address")
+    if addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"port_address {addr} is not a unicast address")
+    if net.prefixlen <= 30:
+        if addr == net.network_address:
+            raise ValueError(
+                f"port_address {addr} is the network address of {net}; use a host address"
+            )
+        if addr == net.broadcast_address:
+            raise ValueError(
+                f"port_address {addr} is the broadcast address of {net}; use a host address"
+            )

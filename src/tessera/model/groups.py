@@ -7,7 +7,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from tessera.model.base import Ref, StoredObject
-from tessera.model.types import IPv4Addr, Name, Uuid
+from tessera.model.limits import MAX_IP_ADDR_GROUP_MEMBERS, MAX_PORT_GROUP_MEMBERS
+from tessera.model.text import Name
+from tessera.model.types import IPv4Addr, Uuid
 
 
 class PortGroup(StoredObject):
@@ -20,7 +22,7 @@ class PortGroup(StoredObject):
     name: Name = ""
     tenant_id: Name | None = None
     stateful: bool = False
-    port_ids: list[Uuid] = Field(default_factory=list)
+    port_ids: list[Uuid] = Field(default_factory=list, max_length=MAX_PORT_GROUP_MEMBERS)
 
 
 class IpAddrGroup(StoredObject):
@@ -30,4 +32,4 @@ class IpAddrGroup(StoredObject):
     read_only: ClassVar[tuple[str, ...]] = ("id", "addrs")
 
     name: Name = ""
-    addrs: list[IPv4Addr] = Field(default_factory=list)
+    addrs: list[IPv4Addr] = Field(default_factory=list, max_length=MAX_IP_ADDR_GROUP_MEMBERS)

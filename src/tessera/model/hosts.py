@@ -7,7 +7,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from tessera.model.base import StoredObject
-from tessera.model.types import IPv4Addr, Name, TesseraModel, Uuid
+from tessera.model.limits import MAX_HOST_ADDRESSES, MAX_TUNNEL_ZONE_HOSTS
+from tessera.model.text import Name
+from tessera.model.types import IPv4Addr, TesseraModel, Uuid
 
 
 class Host(StoredObject):
@@ -15,10 +17,11 @@ class Host(StoredObject):
 
     kind: ClassVar[str] = "hosts"
     read_only: ClassVar[tuple[str, ...]] = ("id", "name", "alive", "addresses")
+    independent_fields: ClassVar[frozenset[str]] = frozenset({"alive"})
 
     name: Name = ""
     alive: bool = False
-    addresses: list[IPv4Addr] = Field(default_factory=list)
+    addresses: list[IPv4Addr] = Field(default_factory=list, max_length=MAX_HOST_ADDRESSES)
 
 
 class TunnelZoneHost(TesseraModel):
@@ -34,4 +37,4 @@ class TunnelZone(StoredObject):
 
     name: Name = ""
     type: Literal["vxlan"] = "vxlan"
-    hosts: list[TunnelZoneHost] = Field(default_factory=list)
+    hosts: list[TunnelZoneHost] = Field(default_factory=list, max_length=MAX_TUNNEL_ZONE_HOSTS)

@@ -8,8 +8,10 @@ from typing import ClassVar
 from pydantic import Field
 
 from tessera.model.base import Ref, StoredObject
+from tessera.model.limits import MAX_MIRROR_CONDITIONS
 from tessera.model.rules import Conditions, Rule
-from tessera.model.types import Name, Uuid
+from tessera.model.text import Name
+from tessera.model.types import Uuid
 
 
 class Mirror(StoredObject):
@@ -30,4 +32,4 @@ class Mirror(StoredObject):
     name: Name = ""
     tenant_id: Name | None = None
     to_port_id: Uuid
-    conditions: list[Conditions] = Field(default_factory=list)
+    conditions: list[Conditions] = Field(default_factory=list, max_length=MAX_MIRROR_CONDITIONS)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from tessera.model.base import Ref, StoredObject
-from tessera.model.types import (
-    IPv4Addr,
-    MacAddr,
-    Name,
-    PortRange,
-    PrefixLen,
-    TesseraModel,
-    Uuid,
-)
+from tessera.model.limits import MAX_NAT_TARGETS, MAX_PORTS_PER_CONDITION, MAX_RULES_PER_CHAIN
+from tessera.model.text import STORED_CONTEXT, Name, is_stored
+from tessera.model.types import IPv4Addr, MacAddr, PortRange, PrefixLen, TesseraModel, Uuid
 
 RuleType = Literal[
     "accept", "drop", "reject", "return", "jump", "continue", "dnat", "snat", "rev_dnat", "rev_snat"
@@ -23,6 +17,8 @@ RuleType = Literal[
 FlowAction = Literal["accept", "continue", "return"]
 FragmentPolicy = Literal["any", "header", "nonheader", "unfragmented"]
 NAT_TYPES = frozenset({"dnat", "snat"})
+MIN_ETHERTYPE = 0x0600
+"""IEEE 802.3: a type/length field below 0x0600 is a frame length, not an EtherType."""
 
 
 class Chain(StoredObject):
@@ -34,7 +30,7 @@ class Chain(StoredObject):
 
     name: Name = ""
     tenant_id: Name | None = None
-    rule_ids: list[Uuid] = Field(default_factory=list)
+    rule_ids: list[Uuid] = Field(default_factory=list, max_length=MAX_RULES_PER_CHAIN)
 
 
 class NatTarget(TesseraModel):
@@ -57,8 +53,8 @@ class NatTarget(TesseraModel):
 class Conditions(TesseraModel):
     """Every condition a rule (or a mirror) can test; an unset field matches anything."""
 
-    in_ports: list[Uuid] = Field(default_factory=list)
-    out_ports: list[Uuid] = Field(default_factory=list)
+    in_ports: list[Uuid] = Field(default_factory=list, max_length=MAX_PORTS_PER_CONDITION)
+    out_ports: list[Uuid] = Field(default_factory=list, max_length=MAX_PORTS_PER_CONDITION)
     inv_in_ports: bool = False
     inv_out_ports: bool = False
     port_group: Uuid | None = None
@@ -90,7 +86,12 @@ class Conditions(TesseraModel):
     fragment_policy: FragmentPolicy | None = None
 
     @model_validator(mode="after")
-    def _conditions(self) -> Conditions:
+    def _conditions(self, info: ValidationInfo) -> Conditions:
+        if self.dl_type is not None and self.dl_type < MIN_ETHERTYPE and not is_stored(info):
+            raise ValueError(
+                f"dl_type {self.dl_type:#06x} is not an EtherType: values below 0x0600 are "
+                "IEEE 802.3 frame lengths, which no rule can match"
+            )
         if self.nw_src_address is not None and self.nw_src_length is None:
             object.__setattr__(self, "nw_src_length", 32)
         if self.nw_dst_address is not None and self.nw_dst_length is None:
@@ -129,12 +130,13 @@ class Rule(Conditions, StoredObject):
         Ref("ip_addr_group_dst", ("ip_addr_groups",), "cascade"),
     )
     read_only: ClassVar[tuple[str, ...]] = ("id", "chain_id")
+    independent_fields: ClassVar[frozenset[str]] = frozenset({"position"})
 
     chain_id: Uuid
     type: RuleType
     position: int = Field(default=0, ge=0)
     jump_chain_id: Uuid | None = None
-    nat_targets: list[NatTarget] = Field(default_factory=list)
+    nat_targets: list[NatTarget] = Field(default_factory=list, max_length=MAX_NAT_TARGETS)
     flow_action: FlowAction | None = None
 
     @model_validator(mode="after")
@@ -162,4 +164,7 @@ class Rule(Conditions, StoredObject):
         return self
 
     def conditions(self) -> Conditions:
-        return Conditions.model_validate({k: getattr(self, k) for k in Conditions.model_fields})
+        # From a validated rule: under STORED_CONTEXT, so a rule stored before a check
+        # existed still yields its conditions.
+        fields = {k: getattr(self, k) for k in Conditions.model_fields}
+        return Conditions.model_validate(fields, context=STORED_CONTEXT)

@@ -6,12 +6,26 @@ simulation converts them to integers once, when it builds its snapshot.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from tessera.model.text import STORED_CONTEXT
+from tessera.model.text import InterfaceName as InterfaceName  # re-exported: Name lived here
+from tessera.model.text import Name as Name
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
@@ -43,7 +57,6 @@ Uuid = Annotated[
 ]
 PrefixLen = Annotated[int, Field(ge=0, le=32)]
 VlanId = Annotated[int, Field(ge=0, le=4095)]
-Name = Annotated[str, Field(max_length=255)]
 
 
 def new_id() -> str:
@@ -54,6 +67,50 @@ class TesseraModel(BaseModel):
     """Base of every model: unknown fields are refused so typos never pass silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    # Fields no whole-object check reads: a copy changing only these validates just the
+    # new values (the store sets a rule's `position` on every read of a rule).
+    independent_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied, validated again (pydantic's own copy is not).
+
+        The store grows member lists (rules of a chain, ports of a group, hosts of a
+        zone) and sets bindings through copies: unvalidated, they would slip past every
+        limit and check the model declares. An object stored before a check existed
+        (read back under `STORED_CONTEXT`) is copied under that context too, so that
+        it stays usable; the limits on sizes hold for it all the same. The fields set
+        stay those of the original plus the updated ones, as with pydantic's copy."""
+        if not update:
+            return super().model_copy(deep=deep)
+        cls = type(self)
+        if update.keys() <= cls.independent_fields:
+            checked = {k: _field_adapter(cls, k).validate_python(v) for k, v in update.items()}
+            return super().model_copy(update=checked, deep=deep)
+        data = {**self.model_dump(), **update}
+        try:
+            copy = cls.model_validate(data)
+        except ValidationError:
+            if self._passes_strict_checks():
+                raise  # the update itself is what the model refuses
+            copy = cls.model_validate(data, context=STORED_CONTEXT)
+        object.__setattr__(copy, "__pydantic_fields_set__", self.model_fields_set | set(update))
+        return super(TesseraModel, copy).model_copy(deep=True) if deep else copy
+
+    def _passes_strict_checks(self) -> bool:
+        try:
+            type(self).model_validate(self.model_dump())
+        except ValidationError:
+            return False
+        return True
+
+
+@functools.cache
+def _field_adapter(cls: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """A validator of one field of `cls` on its own (its type and constraints)."""
+    info = cls.model_fields[name]
+    form: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return TypeAdapter(form)
 
 
 def network_of(addr: str, length: int) -> ipaddress.IPv4Network:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import string
 
 from tessera.model import KINDS, StoredObject
+from tessera.model.text import STORED_CONTEXT
 
 # Kept readable: MAC addresses ("aa:bb:..."), IPv4 addresses and UUIDs pass unchanged.
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_:.")
@@ -81,7 +82,8 @@ def encode_object(obj: StoredObject) -> bytes:
 
 
 def decode_object(kind: str, data: bytes | str) -> StoredObject:
-    return kind_class(kind).model_validate_json(data)
+    # STORED_CONTEXT: an object stored before a check of the model existed stays readable.
+    return kind_class(kind).model_validate_json(data, context=STORED_CONTEXT)
 
 
 def describe(kind: str, id: str) -> str:

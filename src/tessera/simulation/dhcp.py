@@ -30,6 +30,10 @@ LEASE_TIME = 86_400
 
 _DEFAULT_ROUTE = 0
 
+MAX_CLIENT_ID = 255
+"""Bytes of a client identifier (option 61) the server echoes: one option instance. A
+longer one is refused, so that any reply fits a datagram (DUIDs take at most 130)."""
+
 
 def serve(
     sim: Simulation,
@@ -65,6 +69,15 @@ def serve(
             node.add("note", bridge.id, f"DHCP: no host entry for {mac_to_str(msg.chaddr)}")
         return False
     sim.tags.add(lease.subnet.id)
+    client_id = msg.option(d.OPT_CLIENT_ID)
+    if client_id is not None and len(client_id) > MAX_CLIENT_ID:
+        # Echoed in our reply (RFC 6842): tens of KB of it would not fit one datagram.
+        sim.drop(
+            f"malformed DHCP request: client identifier of {len(client_id)} bytes "
+            f"(at most {MAX_CLIENT_ID})",
+            node,
+        )
+        return True
     dnode = None
     if node is not None:
         dnode = node.add("dhcp", lease.subnet.id, f"DHCP {_type_name(msg.message_type)}")

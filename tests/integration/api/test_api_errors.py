@@ -186,8 +186,8 @@ def test_requests_contradicting_the_path_or_fixed_fields_are_400(api: Api) -> No
     host_id = new_id()
     TopologyStore(api.nsdb).register_host(host_id, "h", [])
     bad_name = {"port_id": port["id"], "interface_name": "a/b"}
-    assert "not a valid Linux interface name" in api.post(
-        f"/hosts/{host_id}/ports", bad_name, status=400
+    assert "interface_name: an interface name cannot contain '/'" in api.post(
+        f"/hosts/{host_id}/ports", bad_name, status=422
     )
 
 

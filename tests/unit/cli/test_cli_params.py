@@ -162,6 +162,10 @@ def test_named_ethertypes_and_protocols() -> None:
     assert parse_nw_proto("132") == 132
     with pytest.raises(ValueError, match="not an EtherType"):
         parse_dl_type("0x10000")
+    assert parse_dl_type("0x0600") == 0x0600
+    for length in ("0x05ff", "0", "1500"):  # IEEE 802.3 lengths, not EtherTypes
+        with pytest.raises(ValueError, match="0x0600 to 0xffff"):
+            parse_dl_type(length)
     with pytest.raises(ValueError, match="not an IP protocol"):
         parse_nw_proto("256")
 
@@ -180,7 +184,7 @@ def test_subnet_keys_and_opt121_routes() -> None:
 
 def test_interface_names_follow_linux_rules() -> None:
     assert parse_ifname("veth-vm1") == "veth-vm1"
-    for bad in ("", "a" * 16, "a/b", "eth 0", "eth0:1", ".."):
+    for bad in ("", "a" * 16, "a/b", "eth 0", "eth0:1", "..", "tap\x1b0", "tap\u202e", "tapé"):
         with pytest.raises(ValueError, match="not an interface name"):
             parse_ifname(bad)
 
