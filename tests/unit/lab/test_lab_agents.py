@@ -67,9 +67,9 @@ def test_an_agent_that_exits_is_reported_with_its_last_log_lines(tmp_path: Path)
 
 
 def test_stop_signals_the_agent_and_a_restart_appends_to_its_log(tmp_path: Path) -> None:
-    # The stand-in records its run dir and host id, then serves until SIGTERM (its handler set first: a
-    # SIGTERM right after the pid file must not find the default action), as the
-    # agent writes <run dir>/agents/<host id>.json with its pid.
+    # The stand-in records its run dir and host id, then serves until SIGTERM, as the
+    # agent writes <run dir>/agents/<host id>.json with its pid. Its handler is set
+    # first: a SIGTERM right after the pid file must not meet the default action.
     code = (
         "import json, os, signal, sys, time\n"
         "d = os.path.join(os.environ['TESSERA_RUN_DIR'], 'agents')\n"

@@ -91,7 +91,9 @@ def _serve(fields: dict[str, Any], message_type: int, **request: Any) -> tuple[D
     vm = t.bridge_port(br)
     sub = DhcpSubnet(id="5a1d7a3c-0000-4000-8000-000000000001", bridge_id=br.id, **fields)
     t.add(sub)
-    res = t.send(vm, dhcp_request(mac(CLIENT), message_type, **request))
+    # The request comes from the lease's MAC (anything() may draw another one).
+    client = int(fields["hosts"][0]["mac_addr"].replace(":", ""), 16)
+    res = t.send(vm, dhcp_request(client, message_type, **request))
     assert res.verdict is Verdict.CONSUMED, res.drop_reason
     (emitted,) = res.emitted
     packet = parse(emitted.frame).payload
