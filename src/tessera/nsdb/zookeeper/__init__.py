@@ -11,6 +11,15 @@ Layout under the root (default `/tessera`), every name escaped by
                                      (`mac_table%2F<bridge>`): a hierarchy would make table
                                      `a/b` collide with key `b` of table `a`, and ephemeral
                                      znodes cannot have children.
+    ROOT/v1/ids/<id>                 the kind holding the id (ids are unique across
+                                     kinds): created and deleted in the same multi-op
+                                     as the object, so of two creators of one id in two
+                                     kinds exactly one wins. Objects written before
+                                     this registry existed have no entry; a create
+                                     therefore also checks that no other kind holds
+                                     the id (one pipelined round of `exists`), and a
+                                     delete removes the entry only if it names the
+                                     deleted object's kind.
     ROOT/v1/counters/<name>          a counter is the data version of this znode: an
                                      unconditional set bumps it atomically, one round trip
     ROOT/v1/elections/<name>/<guid>-<seq>  ephemeral sequential participants; lowest leads

@@ -5,6 +5,7 @@ docstring."""
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import ZnodeStat
 
+from tessera.model import KINDS
 from tessera.nsdb.base import (
     Change,
     Check,
@@ -35,10 +37,12 @@ from tessera.nsdb.base import (
     WatchEvent,
 )
 from tessera.nsdb.codec import (
+    check_commit_size,
     decode_object,
     describe,
     encode_object,
     escape_component,
+    id_taken,
     kind_of,
     unescape_component,
 )
@@ -48,6 +52,8 @@ from tessera.nsdb.zookeeper.mirrors import DirMirror, Mirror, NodeMirror, Sub
 from tessera.nsdb.zookeeper.session import ZkSession
 
 E = TypeVar("E")
+
+log = logging.getLogger("tessera.nsdb.zookeeper")
 
 
 class ZookeeperNsdb(ZkSession, Nsdb):
@@ -89,24 +95,24 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         if not ops:
             return []
         planned = [self._plan(op) for op in ops]
-        for attempt in range(2):
+        check_commit_size((len(p.data) for p in planned), self.root or "/")
+        ensured: set[str] = set()
+        for _ in range(4):
             try:
-                if len(planned) == 1:
+                if len(planned) == 1 and isinstance(planned[0].op, Update | Check):
                     return [self._commit_one(planned[0])]
-                return self._commit_multi(planned)
-            except _MissingKindDir as missing:
-                if attempt:
+                return self._commit_multi(planned, self._registry_ops(planned))
+            except _MissingKindDir as missing:  # the kind's directory, or the registry's
+                if missing.path in ensured:
                     raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
+                ensured.add(missing.path)
                 self._ensure_path(missing.path)
-        raise AssertionError("unreachable")
+            except _StaleIdEntry as stale:
+                self._drop_stale_id(stale)
+        raise Conflict("the id registry kept changing during this write; try again")
 
     def _plan(self, op: Op) -> _Planned:
-        if isinstance(op, Create):
-            kind = kind_of(op.obj)
-            return _Planned(
-                op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
-            )
-        if isinstance(op, Update):
+        if isinstance(op, Create | Update):
             kind = kind_of(op.obj)
             return _Planned(
                 op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
@@ -115,16 +121,42 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             return _Planned(op, op.kind, op.id, self._obj_path(op.kind, op.id), b"")
         raise TypeError(f"not an NSDB operation: {op!r}")
 
+    def _registry_ops(self, planned: builtins.list[_Planned]) -> builtins.list[_IdOp]:
+        """The id registry's part of a commit (see the package doc), read first in one
+        pipelined round: for each Create, the object paths of the other kinds (an
+        object older than the registry has no entry) and for each Delete, its entry."""
+        deleted = {p.id for p in planned if isinstance(p.op, Delete)}
+        creates = [p for p in planned if isinstance(p.op, Create)]
+        deletes = [p for p in planned if isinstance(p.op, Delete)]
+        probes = [
+            (p, other) for p in creates if p.id not in deleted for other in KINDS if other != p.kind
+        ]
+        starts = [partial(self._zk.exists_async, self._obj_path(k, p.id)) for p, k in probes]
+        starts += [partial(self._zk.get_async, self._id_path(p.id)) for p in deletes]
+        results = self._run_many(starts)
+        for (p, other), result in zip(probes, results, strict=False):
+            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+                raise result
+            if result is not None and not isinstance(result, NoNodeError):
+                raise AlreadyExists(id_taken(p.kind, p.id, other))
+        out: builtins.list[_IdOp] = []  # releases first: a commit may free an id and take it
+        for p, entry in zip(deletes, results[len(probes) :], strict=True):
+            if isinstance(entry, NoNodeError):
+                continue  # written before the registry existed
+            if isinstance(entry, Exception):
+                raise entry
+            data, stat = entry
+            if data.decode("utf-8", "replace") == p.kind:  # else another kind's (legacy)
+                out.append(_IdOp(p, self._id_path(p.id), "delete", stat.version))
+        return out + [_IdOp(p, self._id_path(p.id), "create", -1) for p in creates]
+
     def _commit_one(self, p: _Planned) -> int:
         zk = self._zk
         op = p.op
-        if isinstance(op, Create):
-            result = self._run(lambda: zk.create_async(p.path, p.data))
-        elif isinstance(op, Update):
+        if isinstance(op, Update):
             result = self._run(lambda: zk.set_async(p.path, p.data, p.zk_version))
-        elif isinstance(op, Delete):
-            result = self._run(lambda: zk.delete_async(p.path, p.zk_version))
         else:
+            assert isinstance(op, Check)
             result = self._run(lambda: zk.exists_async(p.path))
             if result is None:
                 result = NoNodeError()
@@ -138,7 +170,9 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             raise self._op_error(p, result)
         return p.new_version(result)
 
-    def _commit_multi(self, planned: builtins.list[_Planned]) -> builtins.list[int]:
+    def _commit_multi(
+        self, planned: builtins.list[_Planned], registry: builtins.list[_IdOp]
+    ) -> builtins.list[int]:
         tx = self._zk.transaction()
         for p in planned:
             op = p.op
@@ -150,15 +184,56 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 tx.delete(p.path, p.zk_version)
             else:
                 tx.check(p.path, p.zk_version)
+        for r in registry:
+            if r.action == "create":
+                tx.create(r.path, r.of.kind.encode("utf-8"))
+            else:
+                tx.delete(r.path, r.zk_version)
         results = self._run(tx.commit_async)
         if isinstance(results, Exception):
             raise NsdbError(f"ZooKeeper refused the transaction: {type(results).__name__}")
-        for p, result in zip(planned, results, strict=True):
+        for p, result in zip(planned, results, strict=False):
             if isinstance(result, Exception) and not isinstance(
                 result, RolledBackError | RuntimeInconsistency
             ):
                 raise self._op_error(p, result)
-        return [p.new_version(result) for p, result in zip(planned, results, strict=True)]
+        for r, result in zip(registry, results[len(planned) :], strict=True):
+            if isinstance(result, Exception) and not isinstance(
+                result, RolledBackError | RuntimeInconsistency
+            ):
+                raise self._id_error(r, result)
+        return [p.new_version(result) for p, result in zip(planned, results, strict=False)]
+
+    def _id_error(self, r: _IdOp, exc: Exception) -> Exception:
+        """Why the id registry's part of a commit failed."""
+        if r.action == "delete":  # the entry changed since we read it: re-read, retry
+            return Conflict(f"the id of {describe(r.of.kind, r.of.id)} changed concurrently")
+        if isinstance(exc, NoNodeError):
+            return _MissingKindDir(self._ids)
+        if not isinstance(exc, NodeExistsError):
+            return NsdbError(
+                f"ZooKeeper refused the id of {describe(r.of.kind, r.of.id)}: {type(exc).__name__}"
+            )
+        entry = self._run(partial(self._zk.get_async, r.path))
+        if isinstance(entry, NoNodeError):  # released meanwhile: the caller may retry
+            return Conflict(f"the id of {describe(r.of.kind, r.of.id)} changed concurrently")
+        if isinstance(entry, Exception):
+            return entry
+        data, stat = entry
+        holder = data.decode("utf-8", "replace")
+        if holder not in KINDS:
+            return _StaleIdEntry(r.path, stat.version)
+        exists = self._run(partial(self._zk.exists_async, self._obj_path(holder, r.of.id)))
+        if exists is None or isinstance(exists, NoNodeError):
+            # No object holds it (an entry left by a legacy duplicate): reclaim it.
+            return _StaleIdEntry(r.path, stat.version)
+        return AlreadyExists(id_taken(r.of.kind, r.of.id, holder))
+
+    def _drop_stale_id(self, stale: _StaleIdEntry) -> None:
+        log.warning("dropping id registry entry %s: no object holds it", stale.path)
+        result = self._run(partial(self._zk.delete_async, stale.path, stale.version))
+        if isinstance(result, Exception) and not isinstance(result, NoNodeError | BadVersionError):
+            raise result
 
     def _op_error(self, p: _Planned, exc: Exception) -> Exception:
         what = describe(p.kind, p.id)
@@ -381,6 +456,23 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         election = ZookeeperElection(self, name, identifier)
         self._elections.append(election)
         return election
+
+
+@dataclass
+class _IdOp:
+    """The id registry entry a commit creates (with a Create) or deletes (with a Delete)."""
+
+    of: _Planned
+    path: str
+    action: str  # "create" | "delete"
+    zk_version: int
+
+
+class _StaleIdEntry(Exception):
+    def __init__(self, path: str, version: int) -> None:
+        super().__init__(path)
+        self.path = path
+        self.version = version
 
 
 class _MissingKindDir(Exception):

@@ -80,6 +80,7 @@ class ZkSession:
         self._objects = f"{base}/objects"
         self._state = f"{base}/state"
         self._counters = f"{base}/counters"
+        self._ids = f"{base}/ids"
         self._elections_dir = f"{base}/elections"
         self._op_timeout = op_timeout
         self._connect_wait = connect_wait
@@ -234,7 +235,7 @@ class ZkSession:
         for kind in KINDS:
             if kind not in existing:
                 self._ensure_path(f"{self._objects}/{kind}")
-        for path in (self._state, self._counters, self._elections_dir):
+        for path in (self._state, self._counters, self._elections_dir, self._ids):
             self._ensure_path(path)
 
     def _ensure_path(self, path: str) -> None:
@@ -256,6 +257,9 @@ class ZkSession:
 
     def _obj_path(self, kind: str, id: str) -> str:
         return f"{self._kind_dir(kind)}/{escape_component(id)}"
+
+    def _id_path(self, id: str) -> str:
+        return f"{self._ids}/{escape_component(id)}"
 
     def _table_dir(self, table: str) -> str:
         return f"{self._state}/{escape_component(table)}"
