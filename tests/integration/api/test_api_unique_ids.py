@@ -5,22 +5,28 @@ from __future__ import annotations
 
 from api_helpers import Api
 
-from tessera.model import Router, StoredObject, new_id
+from tessera.model import Bridge, Router, StoredObject, new_id
 from tessera.nsdb.codec import encode_object
 from tessera.nsdb.memory import MemoryNsdb, _Obj
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
 
-def plant_legacy(nsdb: object, obj: StoredObject) -> None:
-    """Write `obj` as a version without the id registry did: straight into its kind's
-    table, bypassing every check (data from before ids were unique across kinds)."""
-    data = encode_object(obj)
-    if isinstance(nsdb, MemoryNsdb):
-        with nsdb.store.lock:
-            nsdb.store.objects.setdefault(obj.kind, {})[obj.id] = _Obj(data.decode(), 1)
-    else:
-        assert isinstance(nsdb, ZookeeperNsdb)
-        nsdb._zk.create(nsdb._obj_path(obj.kind, obj.id), data)
+def plant_legacy(nsdb: object, *objs: StoredObject) -> None:
+    """Write `objs` as a version without the id registry did: straight into their
+    kinds' tables, bypassing every check (data from before ids were unique across
+    kinds); then, on ZooKeeper, fill the registry as the first client of the new
+    version does when it connects to such a namespace."""
+    for obj in objs:
+        data = encode_object(obj)
+        if isinstance(nsdb, MemoryNsdb):
+            with nsdb.store.lock:
+                nsdb.store.objects.setdefault(obj.kind, {})[obj.id] = _Obj(data.decode(), 1)
+        else:
+            assert isinstance(nsdb, ZookeeperNsdb)
+            nsdb._zk.create(nsdb._obj_path(obj.kind, obj.id), data)
+    if isinstance(nsdb, ZookeeperNsdb):
+        nsdb._zk.set(nsdb._ids, b"")  # not filled yet
+        nsdb._fill_id_registry()
 
 
 def test_an_id_taken_by_one_kind_is_refused_to_every_other(any_api: Api) -> None:
@@ -47,9 +53,9 @@ def test_a_router_sharing_a_legacy_id_with_a_bridge_stays_apart(any_api: Api) ->
     router must not see the bridge's ports, route through them, or lose its own ports
     when the bridge is deleted (each symptom of the issue)."""
     api = any_api
-    bridge = api.bridge(name="b")
-    x = bridge["id"]
-    plant_legacy(api.nsdb, Router(id=x, name="r"))
+    x = new_id()
+    plant_legacy(api.nsdb, Bridge(id=x, name="b"), Router(id=x, name="r"))
+    bridge = api.get(f"/bridges/{x}")
     bp = api.bridge_port(bridge)
     rp = api.router_port({"id": x}, "10.0.0.1")
 
@@ -73,7 +79,7 @@ def test_a_router_sharing_a_legacy_id_with_a_bridge_stays_apart(any_api: Api) ->
     assert api.get(routes) == [route]
     api.get(f"/ports/{bp['id']}", status=404)
 
-    # The router's id is its own now: the registry, if any, did not name the bridge.
+    # The id stays taken while one of its holders exists.
     assert f"router {x}" in api.post("/chains", {"id": x}, status=409)
     api.delete(f"/routers/{x}")
     assert api.get("/ports") == []

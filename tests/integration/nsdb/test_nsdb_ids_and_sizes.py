@@ -56,15 +56,15 @@ def test_an_id_is_unique_across_kinds_and_clients(nsdb_factory: Any) -> None:
 def test_zookeeper_of_two_racing_creators_of_one_id_exactly_one_wins(
     nsdb_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The router's creator has checked that no other kind holds the id, then the
-    bridge's creator commits: the registry entry in the router's multi-op must fail."""
+    """The bridge's creator commits between the router's creator planning its commit
+    and sending it: the registry entry in the router's multi-op must fail it whole."""
     a, b = nsdb_factory(), nsdb_factory()
     assert isinstance(a, ZookeeperNsdb)
     x = new_id()
     checked = a._registry_ops
 
-    def then_b_creates(planned: Any) -> Any:
-        ops = checked(planned)
+    def then_b_creates(planned: Any, read_entries: bool) -> Any:
+        ops = checked(planned, read_entries)
         b.create(Bridge(id=x))
         return ops
 
@@ -136,3 +136,37 @@ def test_zookeeper_keeps_its_session_and_leadership_after_a_write_too_large_for_
     assert nsdb.create(Bridge()) == 1
     assert nsdb._session_id == session and not steps_down.is_set() and election.is_leader
     election.stop()
+
+
+@ZK_ONLY
+def test_zookeeper_fills_the_registry_from_objects_stored_before_it(nsdb_factory: Any) -> None:
+    """Objects written by an earlier version have no registry entry: the first client
+    to connect fills it, shared ids included, and deletes work with or without one."""
+    writer = nsdb_factory()
+    assert isinstance(writer, ZookeeperNsdb)
+    writer._zk.set(writer._ids, b"")  # a namespace from before the registry
+    shared, alone, late = new_id(), new_id(), new_id()
+    for obj in (Bridge(id=shared), Router(id=shared), Bridge(id=alone)):
+        writer._zk.create(writer._obj_path(obj.kind, obj.id), codec.encode_object(obj))
+
+    reader = nsdb_factory()  # connects: fills the registry
+    assert isinstance(reader, ZookeeperNsdb)
+    assert reader._zk.get(reader._ids)[0] == b"filled"
+    assert reader._zk.get(reader._id_path(alone))[0] == b"bridges"
+    assert reader._zk.get(reader._id_path(shared))[0] == b"bridges,routers"
+    with pytest.raises(AlreadyExists, match=f"already used by bridge {alone}"):
+        reader.create(Router(id=alone))
+
+    # An object stored after the filling by an earlier version: no entry, still deletable.
+    writer._zk.create(writer._obj_path("bridges", late), codec.encode_object(Bridge(id=late)))
+    reader.delete("bridges", late)
+    reader.create(Router(id=late))
+
+    # A shared id stays taken until its last holder goes.
+    reader.delete("bridges", shared)
+    assert reader._zk.get(reader._id_path(shared))[0] == b"routers"
+    with pytest.raises(AlreadyExists, match=f"already used by router {shared}"):
+        reader.create(Bridge(id=shared))
+    reader.delete("routers", shared)
+    assert reader._zk.exists(reader._id_path(shared)) is None
+    reader.create(Bridge(id=shared))

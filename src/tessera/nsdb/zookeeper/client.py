@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -97,11 +97,12 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         planned = [self._plan(op) for op in ops]
         check_commit_size((len(p.data) for p in planned), self.root or "/")
         ensured: set[str] = set()
-        for _ in range(4):
+        read_entries = False
+        for _ in range(5):
             try:
                 if len(planned) == 1 and isinstance(planned[0].op, Update | Check):
                     return [self._commit_one(planned[0])]
-                return self._commit_multi(planned, self._registry_ops(planned))
+                return self._commit_multi(planned, self._registry_ops(planned, read_entries))
             except _MissingKindDir as missing:  # the kind's directory, or the registry's
                 if missing.path in ensured:
                     raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
@@ -109,6 +110,10 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 self._ensure_path(missing.path)
             except _StaleIdEntry as stale:
                 self._drop_stale_id(stale)
+            except _MissingIdEntry:
+                if read_entries:  # read present, gone at the commit: a concurrent delete
+                    raise Conflict("an id registry entry changed during this write") from None
+                read_entries = True
         raise Conflict("the id registry kept changing during this write; try again")
 
     def _plan(self, op: Op) -> _Planned:
@@ -121,33 +126,43 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             return _Planned(op, op.kind, op.id, self._obj_path(op.kind, op.id), b"")
         raise TypeError(f"not an NSDB operation: {op!r}")
 
-    def _registry_ops(self, planned: builtins.list[_Planned]) -> builtins.list[_IdOp]:
-        """The id registry's part of a commit (see the package doc), read first in one
-        pipelined round: for each Create, the object paths of the other kinds (an
-        object older than the registry has no entry) and for each Delete, its entry."""
-        deleted = {p.id for p in planned if isinstance(p.op, Delete)}
-        creates = [p for p in planned if isinstance(p.op, Create)]
-        deletes = [p for p in planned if isinstance(p.op, Delete)]
-        probes = [
-            (p, other) for p in creates if p.id not in deleted for other in KINDS if other != p.kind
-        ]
-        starts = [partial(self._zk.exists_async, self._obj_path(k, p.id)) for p, k in probes]
-        starts += [partial(self._zk.get_async, self._id_path(p.id)) for p in deletes]
-        results = self._run_many(starts)
-        for (p, other), result in zip(probes, results, strict=False):
-            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
-                raise result
-            if result is not None and not isinstance(result, NoNodeError):
-                raise AlreadyExists(id_taken(p.kind, p.id, other))
+    def _registry_ops(
+        self, planned: builtins.list[_Planned], read_entries: bool
+    ) -> builtins.list[_IdOp]:
+        """The id registry's part of a commit (see the package doc): each Create takes
+        its id's entry; each Delete releases its entry, blindly at first (no extra round
+        trip: an entry is created at version 0 and never changed, unless it records a
+        legacy duplicate). An object stored before the registry was filled has no entry,
+        and a legacy duplicate's entry names several kinds at a later version; either
+        fails the commit, which is then redone with `read_entries`: the deletes' entries
+        are read, and each loses only the deleted objects' kinds."""
         out: builtins.list[_IdOp] = []  # releases first: a commit may free an id and take it
-        for p, entry in zip(deletes, results[len(probes) :], strict=True):
-            if isinstance(entry, NoNodeError):
-                continue  # written before the registry existed
-            if isinstance(entry, Exception):
-                raise entry
-            data, stat = entry
-            if data.decode("utf-8", "replace") == p.kind:  # else another kind's (legacy)
-                out.append(_IdOp(p, self._id_path(p.id), "delete", stat.version))
+        deletes = [p for p in planned if isinstance(p.op, Delete)]
+        if not read_entries:
+            out = [_IdOp(p, self._id_path(p.id), "delete", 0) for p in deletes]
+        else:
+            by_id: dict[str, builtins.list[_Planned]] = {}
+            for p in deletes:
+                by_id.setdefault(p.id, []).append(p)
+            ids = builtins.list(by_id)
+            entries = self._run_many([partial(self._zk.get_async, self._id_path(id)) for id in ids])
+            for id, entry in zip(ids, entries, strict=True):
+                if isinstance(entry, NoNodeError):
+                    continue
+                if isinstance(entry, Exception):
+                    raise entry
+                data, stat = entry
+                held = _kinds(data)
+                gone = {p.kind for p in by_id[id]}
+                if not held & gone:
+                    continue  # another kind's entry (a legacy duplicate)
+                left = sorted(held - gone)
+                first = by_id[id][0]
+                if left:
+                    out.append(_IdOp(first, self._id_path(id), "set", stat.version, left))
+                else:
+                    out.append(_IdOp(first, self._id_path(id), "delete", stat.version))
+        creates = [p for p in planned if isinstance(p.op, Create)]
         return out + [_IdOp(p, self._id_path(p.id), "create", -1) for p in creates]
 
     def _commit_one(self, p: _Planned) -> int:
@@ -187,6 +202,8 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         for r in registry:
             if r.action == "create":
                 tx.create(r.path, r.of.kind.encode("utf-8"))
+            elif r.action == "set":
+                tx.set_data(r.path, ",".join(r.kinds).encode("utf-8"), r.zk_version)
             else:
                 tx.delete(r.path, r.zk_version)
         results = self._run(tx.commit_async)
@@ -206,28 +223,31 @@ class ZookeeperNsdb(ZkSession, Nsdb):
 
     def _id_error(self, r: _IdOp, exc: Exception) -> Exception:
         """Why the id registry's part of a commit failed."""
-        if r.action == "delete":  # the entry changed since we read it: re-read, retry
-            return Conflict(f"the id of {describe(r.of.kind, r.of.id)} changed concurrently")
+        what = describe(r.of.kind, r.of.id)
+        if r.action != "create":
+            if r.zk_version == 0 and isinstance(exc, NoNodeError | BadVersionError):
+                return _MissingIdEntry(r.path)  # a blind release missed: read, then redo
+            return Conflict(f"the id of {what} changed concurrently")
         if isinstance(exc, NoNodeError):
             return _MissingKindDir(self._ids)
         if not isinstance(exc, NodeExistsError):
-            return NsdbError(
-                f"ZooKeeper refused the id of {describe(r.of.kind, r.of.id)}: {type(exc).__name__}"
-            )
+            return NsdbError(f"ZooKeeper refused the id of {what}: {type(exc).__name__}")
         entry = self._run(partial(self._zk.get_async, r.path))
         if isinstance(entry, NoNodeError):  # released meanwhile: the caller may retry
-            return Conflict(f"the id of {describe(r.of.kind, r.of.id)} changed concurrently")
+            return Conflict(f"the id of {what} changed concurrently")
         if isinstance(entry, Exception):
             return entry
         data, stat = entry
-        holder = data.decode("utf-8", "replace")
-        if holder not in KINDS:
-            return _StaleIdEntry(r.path, stat.version)
-        exists = self._run(partial(self._zk.exists_async, self._obj_path(holder, r.of.id)))
-        if exists is None or isinstance(exists, NoNodeError):
-            # No object holds it (an entry left by a legacy duplicate): reclaim it.
-            return _StaleIdEntry(r.path, stat.version)
-        return AlreadyExists(id_taken(r.of.kind, r.of.id, holder))
+        holders = sorted(_kinds(data) & set(KINDS))
+        found = self._run_many(
+            [partial(self._zk.exists_async, self._obj_path(k, r.of.id)) for k in holders]
+        )
+        for holder, exists in zip(holders, found, strict=True):
+            if exists is not None and not isinstance(exists, Exception):
+                return AlreadyExists(id_taken(r.of.kind, r.of.id, holder))
+        # No object holds it (left by a legacy duplicate, or by a delete racing the
+        # registry's filling): reclaim it.
+        return _StaleIdEntry(r.path, stat.version)
 
     def _drop_stale_id(self, stale: _StaleIdEntry) -> None:
         log.warning("dropping id registry entry %s: no object holds it", stale.path)
@@ -458,14 +478,25 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         return election
 
 
+def _kinds(data: bytes) -> set[str]:
+    """The kinds an id registry entry names: one, or several for a legacy duplicate."""
+    return {k for k in data.decode("utf-8", "replace").split(",") if k}
+
+
 @dataclass
 class _IdOp:
-    """The id registry entry a commit creates (with a Create) or deletes (with a Delete)."""
+    """What a commit does to an id registry entry: "create" it (with a Create), "delete"
+    it or "set" it to the `kinds` still holding the id (with a Delete)."""
 
     of: _Planned
     path: str
-    action: str  # "create" | "delete"
+    action: str  # "create" | "delete" | "set"
     zk_version: int
+    kinds: builtins.list[str] = field(default_factory=builtins.list)
+
+
+class _MissingIdEntry(Exception):
+    """A deleted object had no registry entry (stored before the registry was filled)."""
 
 
 class _StaleIdEntry(Exception):
