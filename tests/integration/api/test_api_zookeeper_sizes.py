@@ -9,7 +9,6 @@ import pytest
 from api_helpers import Api
 
 from support.wait import wait_until
-from tessera.cluster import ClusterServices
 from tessera.model import Conditions, Mirror, new_id
 from tessera.nsdb.codec import MAX_OBJECT_BYTES
 from tessera.nsdb.zkserver import ZookeeperServer
@@ -55,12 +54,13 @@ def test_a_mirror_too_large_for_zookeeper_is_refused_and_the_server_keeps_leadin
     assert len(stored.model_dump_json(exclude_defaults=True)) > MAX_OBJECT_BYTES
 
     nsdb = ZookeeperNsdb(zk_server.address, f"/api-sizes-{new_id()}")
-    services = ClusterServices(nsdb, "api-1", [], restart_delay=0.05)
-    services.start()
+    # Leadership as the API server's cluster services hold it: an election on its session.
+    election = nsdb.leader_election("cluster-services", "api-1")
+    election.start(lambda stop: stop.wait())  # type: ignore[attr-defined]
     try:
-        with TestClient(create_app(nsdb, services)) as client:
+        with TestClient(create_app(nsdb)) as client:
             api = Api(client, nsdb)
-            wait_until(lambda: services.is_leader)
+            wait_until(lambda: election.is_leader)
             session = nsdb._session_id
             port = api.bridge_port(api.bridge())
             body = {"to_port_id": port["id"], "conditions": conditions}
@@ -68,12 +68,11 @@ def test_a_mirror_too_large_for_zookeeper_is_refused_and_the_server_keeps_leadin
             assert response.status_code in (400, 413, 422), response.text
             if response.status_code == 413:
                 assert f"limit of {MAX_OBJECT_BYTES} bytes" in response.json()["message"]
-            assert nsdb.connected and services.is_leader and nsdb._session_id == session
-            health = api.get("/health")
-            assert health["nsdb_connected"] and health["leader"]
+            assert nsdb.connected and election.is_leader and nsdb._session_id == session
+            assert api.get("/health")["nsdb_connected"]
             assert api.get("/mirrors") == []
             api.post("/mirrors", {"to_port_id": port["id"], "conditions": conditions[:10]})
-            assert services.is_leader and nsdb._session_id == session
+            assert election.is_leader and nsdb._session_id == session
     finally:
-        services.stop()
+        election.stop()
         nsdb.close()
