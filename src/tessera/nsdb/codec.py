@@ -14,9 +14,11 @@ above `MAX_OBJECT_BYTES`, or a transaction above `MAX_COMMIT_BYTES`, raises
 `ObjectTooLarge`. ZooKeeper refuses any request larger than its `jute.maxbuffer` (1 MiB
 by default) by closing the connection, which costs the client its watches and its
 leadership and leaves the write's outcome unknown; the limits keep every request well
-below that, and both backends apply them alike. Names (table names, keys, ids, counter and election
-names) are free strings to callers but must each become exactly one ZooKeeper path
-component; `escape_component` makes that mapping reversible for any string.
+below that, and both backends apply them alike.
+
+Names (table names, keys, ids, counter and election names) are free strings to callers
+but must each become exactly one ZooKeeper path component; `escape_component` makes
+that mapping reversible for any string.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ MAX_OBJECT_BYTES = 512 * 1024
 MAX_COMMIT_BYTES = 960 * 1024
 # What one operation of a transaction costs beyond its data, in ZooKeeper's encoding:
 # the op header, the object's path and its id registry entry's path (each with the
-# backend's root), ACL and flags. Measured at ~230 bytes plus twice the root's length
-# for a create; 256 plus twice the root covers every kind of op.
+# backend's root), ACL and flags. Counted from the jute encoding: ~225 bytes plus twice
+# the root's length for a create with its registry entry, less for the other ops.
 OP_OVERHEAD_BYTES = 256
 
 # Kept readable: MAC addresses ("aa:bb:..."), IPv4 addresses and UUIDs pass unchanged.
