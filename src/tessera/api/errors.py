@@ -1,9 +1,9 @@
 """Every error the API returns is `{"message": "..."}`: one readable sentence.
 
 NSDB errors map to statuses by class (`NotFound` 404, `AlreadyExists`/`Conflict` 409,
-`IntegrityError` 400, `Unavailable` and any other backend failure 503); pydantic's
-validation errors become one sentence naming the field, 422 when the request itself
-is malformed, 400 when a well-formed request describes an invalid object.
+`IntegrityError` 400, `ObjectTooLarge` 413, `Unavailable` and any other backend failure
+503); pydantic's validation errors become one sentence naming the field, 422 when the
+request itself is malformed, 400 when a well-formed request describes an invalid object.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tessera.nsdb.errors import (
     IntegrityError,
     NotFound,
     NsdbError,
+    ObjectTooLarge,
     Unavailable,
 )
 
@@ -45,6 +46,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _describe("The request describes an invalid object or names a missing one"),
     404: _describe("No such object"),
     409: _describe("Conflicts with the current state or a concurrent change"),
+    413: _describe("The object (or the change) is larger than the NSDB stores"),
     422: _describe("The request is malformed (JSON, types, unknown fields)"),
     503: _describe("The NSDB (ZooKeeper) is unreachable; nothing was changed"),
 }
@@ -54,6 +56,7 @@ _STATUS: tuple[tuple[type[NsdbError], int], ...] = (
     (AlreadyExists, 409),
     (Conflict, 409),
     (IntegrityError, 400),
+    (ObjectTooLarge, 413),
     (Unavailable, 503),
 )
 

@@ -115,7 +115,9 @@ class Nsdb(abc.ABC):
     def commit(self, ops: Sequence[Op]) -> builtins.list[int]:
         """Apply all ops or none. Raises `Conflict` when a version check fails,
         `NotFound` when an Update/Delete/Check target is missing, `AlreadyExists` for a
-        Create of an existing id. Returns the new version of each op's object (the
+        Create of an id that an object of any kind holds (ids are unique across kinds),
+        `ObjectTooLarge` (before anything is written) for an object or a commit above
+        the limits in `codec`. Returns the new version of each op's object (the
         checked version for a Check with a version, else -1; -1 for Delete)."""
 
     def create(self, obj: StoredObject) -> int:

@@ -26,3 +26,10 @@ class IntegrityError(NsdbError):
 class Unavailable(NsdbError):
     """The backend cannot be reached (ZooKeeper down); a write's outcome is unknown:
     re-read before retrying (HTTP 503)."""
+
+
+class ObjectTooLarge(NsdbError):
+    """A write would store an object (or a transaction) larger than the NSDB takes
+    (HTTP 413). Retrying cannot help: the object must be made smaller. Raised before
+    anything is sent, so ZooKeeper never sees a request above its packet limit (which it
+    would answer by dropping the whole session)."""

@@ -6,6 +6,11 @@ Objects are kept as JSON and parsed on every read and every delivered event, so 
 caller that mutates what it got can never corrupt the store or another reader: the
 memory backend must not hide aliasing bugs that the ZooKeeper backend would show.
 
+An id is unique across every kind, as in the ZooKeeper backend: a `Create` fails with
+`AlreadyExists` naming the kind that holds the id. Here the check simply looks the id up
+in every kind's table under the store's lock (ZooKeeper needs an id registry for the
+same guarantee).
+
 Version numbers follow the ZooKeeper backend exactly: a created object is at version 1,
 each write adds 1, and a deleted-then-recreated object starts again at 1.
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
 
+from tessera.model import KINDS
 from tessera.nsdb.base import (
     Change,
     Check,
@@ -35,7 +41,15 @@ from tessera.nsdb.base import (
     Update,
     WatchEvent,
 )
-from tessera.nsdb.codec import decode_object, describe, encode_object, kind_class, kind_of
+from tessera.nsdb.codec import (
+    check_commit_size,
+    decode_object,
+    describe,
+    encode_object,
+    id_taken,
+    kind_class,
+    kind_of,
+)
 from tessera.nsdb.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from tessera.nsdb.notify import LeaderRunner, Notifier
 
@@ -234,6 +248,7 @@ class MemoryNsdb(Nsdb):
         prepared = [
             (op, encode_object(op.obj) if isinstance(op, Create | Update) else b"") for op in ops
         ]
+        check_commit_size(len(data) for _, data in prepared)
         store = self.store
         with store.lock:
             self._check_open()
@@ -249,8 +264,9 @@ class MemoryNsdb(Nsdb):
             for op, data in prepared:
                 if isinstance(op, Create):
                     kind, id = kind_of(op.obj), op.obj.id
-                    if current(kind, id) is not None:
-                        raise AlreadyExists(f"{describe(kind, id)} already exists")
+                    holder = next((k for k in KINDS if current(k, id) is not None), None)
+                    if holder is not None:
+                        raise AlreadyExists(id_taken(kind, id, holder))
                     new = _Obj(data.decode(), 1)
                     overlay[(kind, id)] = new
                     results.append(new.version)

@@ -127,6 +127,18 @@ def test_a_client_started_during_an_outage_works_once_zookeeper_is_up(
     assert client.get("bridges", b.id).version == 1
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of `pid` has stopped: kill(SIGSTOP) returns before a thread
+    busy on another CPU stops, and such a thread could still answer a request."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[-1].split()[0])
+        except OSError:
+            continue  # a thread that just ended
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def test_a_hung_server_gives_unavailable_not_a_hang(
     private_zk: ZookeeperServer, clients: list[ZookeeperNsdb]
 ) -> None:
@@ -139,6 +151,7 @@ def test_a_hung_server_gives_unavailable_not_a_hang(
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
+        wait_until(lambda: _all_threads_stopped(pid), timeout=FAST)
         assert _timed_unavailable(lambda: client.get("bridges", b.id)) < FAST
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -236,12 +236,14 @@ def test_dhcp_subnet_is_unique_per_bridge_and_prefix(store: TopologyStore) -> No
     with pytest.raises(AlreadyExists, match=r"10\.0\.0\.0_24"):
         store.create(DhcpSubnet(bridge_id=b1.id, subnet_prefix="10.0.0.0", subnet_length=24))
     store.create(DhcpSubnet(bridge_id=b2.id, subnet_prefix="10.0.0.0", subnet_length=24))
-    store.create(DhcpSubnet(bridge_id=b1.id, subnet_prefix="10.0.0.0", subnet_length=25))
+    store.create(DhcpSubnet(bridge_id=b1.id, subnet_prefix="10.0.1.0", subnet_length=25))
+    with pytest.raises(AlreadyExists, match=r"10\.0\.0\.0_24, which overlaps 10\.0\.0\.0/25"):
+        store.create(DhcpSubnet(bridge_id=b1.id, subnet_prefix="10.0.0.0", subnet_length=25))
     with pytest.raises(IntegrityError, match="derived"):
         store.create(
             DhcpSubnet(id=new_id(), bridge_id=b1.id, subnet_prefix="10.1.0.0", subnet_length=24)
         )
-    assert [s.key for s in store.dhcp_subnets_of(b1.id)] == ["10.0.0.0_24", "10.0.0.0_25"]
+    assert [s.key for s in store.dhcp_subnets_of(b1.id)] == ["10.0.0.0_24", "10.0.1.0_25"]
     assert store.dhcp_subnet(b1.id, "10.0.0.0_24") == subnet
     for bad in ("10.0.0.0_33", "10.0.0.0", "x_24", "10.0.0.0_24_1", "10.0.1.0_24"):
         with pytest.raises(NotFound):

@@ -29,9 +29,15 @@ Integrity choices (each enforced inside the operation's own transaction):
   from a client: ignored at create and update; links, bindings and members have their
   own operations. Fields fixed at creation (a port's addressing and VLAN, a DHCP
   subnet's prefix) may be sent back unchanged on update, a change is refused (400).
+- Ids are unique across every kind (the NSDB refuses a create of a taken id, 409), and
+  no reference is matched by id alone where it may name several kinds: a port's device
+  is the bridge or router its `type` says, in checks, listings and cascades alike (data
+  written before the rule may hold a bridge and a router with one id).
 - Ports get a cluster-wide unique `tunnel_key` from the NSDB counter
-  `port_tunnel_key`; a router port without `port_mac` gets 02:7e:55 + its tunnel key,
-  unique without a lookup. A bridge has at most one port per `vlan_id`.
+  `port_tunnel_key`; a router port without `port_mac` gets 02:7e:55 + its tunnel key.
+  A router port's MAC is unique in the cluster and its subnet overlaps no other port's
+  of its router; a bridge's DHCP subnets do not overlap (409). A bridge has at most one
+  port per `vlan_id`.
 - A route's `next_hop_port` must be a port of its own router.
 - A chain's `rule_ids` holds the rule order; a rule's `position` is derived from it on
   every read (stored as 0), so inserting a rule never rewrites its neighbours.

@@ -44,7 +44,7 @@ def link(tx: Transaction, port_id: str, peer_id: str) -> Port:
     peer = _port_ref(tx, "peer_id", peer_id)
     if port.peer_id == peer.id and peer.peer_id == port.id:
         return port  # already exactly this link
-    if port.device_id == peer.device_id:
+    if port.device_id == peer.device_id and port.type == peer.type:
         raise IntegrityError(
             f"peer_id: ports {port.id} and {peer.id} both belong to "
             f"{port.type.lower()} {port.device_id}; link ports of two different devices"

@@ -83,6 +83,25 @@ REFERRERS = _referrers()
 _CONDITION_TARGETS = frozenset(t for ref in Mirror.condition_refs for t in ref.targets)
 
 
+# References whose target kind depends on the referrer: a port's `device_id` names a
+# bridge or a router according to the port's `type`. Ids are unique across kinds (the
+# NSDB refuses a create of a taken id), yet data written before that rule may hold a
+# bridge and a router with one id; matching by id alone would then give a router the
+# bridge's ports, so every check and cascade also asks which kind the referrer means.
+_TARGET_BY_TYPE: dict[tuple[str, str], dict[str, str]] = {
+    ("ports", "device_id"): {"Bridge": "bridges", "Router": "routers"},
+}
+
+
+def targets_of(obj: StoredObject, ref: Ref) -> tuple[str, ...]:
+    """The kinds `ref` of this very object may name (a subset of `ref.targets`)."""
+    by_type = _TARGET_BY_TYPE.get((obj.kind, ref.field))
+    if by_type is None:
+        return ref.targets
+    kind = by_type.get(str(getattr(obj, "type", "")))
+    return (kind,) if kind is not None else ref.targets
+
+
 def ref_ids(obj: TesseraModel | None, ref: Ref) -> set[str]:
     if obj is None:
         return set()
@@ -101,15 +120,19 @@ def _kinds_text(targets: tuple[str, ...]) -> str:
     return " or ".join(t.removesuffix("s").replace("_", " ") for t in targets)
 
 
-def resolve(tx: Transaction, ref: Ref, id: str, parent: bool = False) -> str:
-    """The kind of the object `id` names through `ref`; NotFound (for a parent) or
-    IntegrityError (for a reference in the body) when there is none."""
-    for target in ref.targets:
+def resolve(
+    tx: Transaction, ref: Ref, id: str, parent: bool = False, targets: tuple[str, ...] = ()
+) -> str:
+    """The kind of the object `id` names through `ref` (among `targets`, by default
+    all of the ref's); NotFound (for a parent) or IntegrityError (for a reference in
+    the body) when there is none."""
+    targets = targets or ref.targets
+    for target in targets:
         if tx.find(target, id) is not None:
             return target
     if parent:
-        raise NotFound(f"{describe(ref.targets[0], id)} does not exist")
-    raise IntegrityError(f"{ref.field}: no {_kinds_text(ref.targets)} {id} exists")
+        raise NotFound(f"{describe(targets[0], id)} does not exist")
+    raise IntegrityError(f"{ref.field}: no {_kinds_text(targets)} {id} exists")
 
 
 def check_refs(tx: Transaction, new: StoredObject, old: StoredObject | None) -> None:
@@ -119,7 +142,7 @@ def check_refs(tx: Transaction, new: StoredObject, old: StoredObject | None) -> 
         for id in sorted(ref_ids(new, ref) - ref_ids(old, ref)):
             if id == new.id and new.kind in ref.targets:
                 continue
-            target = resolve(tx, ref, id, parent=ref.field == parent)
+            target = resolve(tx, ref, id, ref.field == parent, targets_of(new, ref))
             tx.touch(target, id)
     if isinstance(new, Mirror):
         _check_condition_refs(tx, new, old if isinstance(old, Mirror) else None)
@@ -149,7 +172,7 @@ def cascade_delete(tx: Transaction, kind: str, id: str) -> None:
         tx.delete(k, i)
         for rkind, ref in REFERRERS.get(k, []):
             for referrer in tx.all(rkind):
-                if i not in ref_ids(referrer, ref):
+                if i not in ref_ids(referrer, ref) or k not in targets_of(referrer, ref):
                     continue
                 if ref.on_delete == "cascade":
                     queue.append((rkind, referrer.id))

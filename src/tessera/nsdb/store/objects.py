@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from tessera.model import Bridge, Chain, DhcpSubnet, Host, Port, Route, Router, Rule, StoredObject
 from tessera.model.devices import router_port_mac
+from tessera.model.types import network_of
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
 from tessera.nsdb.store.connections import Binding, bind
@@ -109,14 +110,51 @@ def _new_port(tx: Transaction, port: Port, tunnel_key: int) -> Port:
     device = tx.get(_DEVICE_OF_TYPE[port.type], port.device_id)
     if port.vlan_id is not None:
         for other in tx.all_of(Port):
-            if other.device_id == device.id and other.vlan_id == port.vlan_id:
+            if (
+                other.device_id == device.id
+                and other.type == port.type
+                and other.vlan_id == port.vlan_id
+            ):
                 raise AlreadyExists(
                     f"bridge {device.id} already has port {other.id} for VLAN {port.vlan_id}"
                 )
     changes: dict[str, Any] = {"tunnel_key": tunnel_key}
     if port.type == "Router" and port.port_mac is None:
         changes["port_mac"] = router_port_mac(tunnel_key)
-    return port.model_copy(update=changes)
+    port = port.model_copy(update=changes)
+    if port.type == "Router":
+        _check_router_port(tx, port)
+    return port
+
+
+def _check_router_port(tx: Transaction, port: Port) -> None:
+    """A router port's MAC is unique in the cluster, and its subnet overlaps no other
+    port's of the same router (the router could not tell which port owns an address).
+
+    Both checks read every port (the same listing the VLAN and binding checks use).
+    Creates on one router serialise on the router, which `check_refs` touches, so the
+    subnet check and a MAC clash within one router hold even between racing API
+    servers; two ports given one explicit MAC on two routers at the same instant are
+    not serialised (there is nothing to touch when no clash exists yet)."""
+    assert port.port_mac is not None and port.network_length is not None
+    net = network_of(port.port_address or "", port.network_length)
+    for other in tx.all_of(Port):
+        if other.type != "Router" or other.id == port.id:
+            continue
+        other_mac = other.port_mac or router_port_mac(other.tunnel_key)
+        if other_mac == port.port_mac:
+            raise AlreadyExists(
+                f"port_mac {port.port_mac} is already the MAC of port {other.id} of router "
+                f"{other.device_id}; router port MACs are unique in the cluster"
+            )
+        if other.device_id != port.device_id or other.network_length is None:
+            continue
+        other_net = network_of(other.port_address or "", other.network_length)
+        if net.overlaps(other_net):
+            raise AlreadyExists(
+                f"router {port.device_id} already has port {other.id} in {other_net}, which "
+                f"overlaps {net}; a router has at most one port in a subnet"
+            )
 
 
 def _check_next_hop(tx: Transaction, route: Route) -> None:
@@ -126,7 +164,7 @@ def _check_next_hop(tx: Transaction, route: Route) -> None:
     port = tx.find("ports", route.next_hop_port)
     if not isinstance(port, Port):
         raise IntegrityError(f"next_hop_port: no port {route.next_hop_port} exists")
-    if port.device_id != router.id:
+    if port.device_id != router.id or port.type != "Router":
         raise IntegrityError(
             f"next_hop_port {port.id} is a port of {port.type.lower()} {port.device_id}, "
             f"not of router {router.id}"
@@ -161,6 +199,13 @@ def _dhcp_identity(tx: Transaction, subnet: DhcpSubnet, given_id: bool) -> DhcpS
         )
     if tx.find(DhcpSubnet.kind, derived) is not None:
         raise AlreadyExists(f"bridge {subnet.bridge_id} already has DHCP subnet {subnet.key}")
+    # Serialised on the bridge (touched by `check_refs`), like the id collision above.
+    for other in tx.all_of(DhcpSubnet):
+        if other.bridge_id == subnet.bridge_id and other.network.overlaps(subnet.network):
+            raise AlreadyExists(
+                f"bridge {subnet.bridge_id} already has DHCP subnet {other.key}, which "
+                f"overlaps {subnet.network}; a bridge serves each address from one subnet"
+            )
     return subnet.model_copy(update={"id": derived})
 
 

@@ -118,7 +118,7 @@ class TopologyStore:
             return obj
 
         gone = self._run(f"deleting {describe(cls.kind, id)}", body)
-        if isinstance(gone, Port):
+        if isinstance(gone, Port) and gone.type == "Bridge":
             self._forget_macs_on(gone.device_id, gone.id)
         elif isinstance(gone, Bridge):
             self._forget_macs_on(gone.id, None)
@@ -133,9 +133,9 @@ class TopologyStore:
     ) -> builtins.list[Port]:
         def body(tx: Transaction) -> builtins.list[Port]:
             tx.get(device_cls, device_id)
-            return sorted(
-                (p for p in tx.all_of(Port) if p.device_id == device_id), key=lambda p: p.id
-            )
+            kind = device_cls.__name__  # a port's `type` says which kind its device is
+            found = (p for p in tx.all_of(Port) if p.device_id == device_id and p.type == kind)
+            return sorted(found, key=lambda p: p.id)
 
         return self._read(body)
 
@@ -212,7 +212,7 @@ class TopologyStore:
             return port
 
         port = self._run(f"unbinding port {port_id}", body)
-        if isinstance(port, Port):
+        if isinstance(port, Port) and port.type == "Bridge":
             self._forget_macs_on(port.device_id, port.id)
 
     def bindings(self, host_id: str) -> builtins.list[Binding]:

@@ -11,6 +11,16 @@ Layout under the root (default `/tessera`), every name escaped by
                                      (`mac_table%2F<bridge>`): a hierarchy would make table
                                      `a/b` collide with key `b` of table `a`, and ephemeral
                                      znodes cannot have children.
+    ROOT/v1/ids/<id>                 the kind holding the id (ids are unique across
+                                     kinds): created and deleted in the same multi-op
+                                     as the object, so of two creators of one id in two
+                                     kinds exactly one wins. Its data, `filled`, says
+                                     every object stored before the registry existed
+                                     has its entry: the first client to connect to a
+                                     namespace without it adds them. An id that objects
+                                     of several kinds held before (a legacy duplicate)
+                                     names them all (`bridges,routers`) and stays taken
+                                     until the last is deleted.
     ROOT/v1/counters/<name>          a counter is the data version of this znode: an
                                      unconditional set bumps it atomically, one round trip
     ROOT/v1/elections/<name>/<guid>-<seq>  ephemeral sequential participants; lowest leads

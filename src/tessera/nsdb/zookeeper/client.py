@@ -5,8 +5,9 @@ docstring."""
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import ZnodeStat
 
+from tessera.model import KINDS
 from tessera.nsdb.base import (
     Change,
     Check,
@@ -35,10 +37,12 @@ from tessera.nsdb.base import (
     WatchEvent,
 )
 from tessera.nsdb.codec import (
+    check_commit_size,
     decode_object,
     describe,
     encode_object,
     escape_component,
+    id_taken,
     kind_of,
     unescape_component,
 )
@@ -48,6 +52,8 @@ from tessera.nsdb.zookeeper.mirrors import DirMirror, Mirror, NodeMirror, Sub
 from tessera.nsdb.zookeeper.session import ZkSession
 
 E = TypeVar("E")
+
+log = logging.getLogger("tessera.nsdb.zookeeper")
 
 
 class ZookeeperNsdb(ZkSession, Nsdb):
@@ -89,24 +95,29 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         if not ops:
             return []
         planned = [self._plan(op) for op in ops]
-        for attempt in range(2):
+        check_commit_size((len(p.data) for p in planned), self.root or "/")
+        ensured: set[str] = set()
+        read_entries = False
+        for _ in range(5):
             try:
-                if len(planned) == 1:
+                if len(planned) == 1 and isinstance(planned[0].op, Update | Check):
                     return [self._commit_one(planned[0])]
-                return self._commit_multi(planned)
-            except _MissingKindDir as missing:
-                if attempt:
+                return self._commit_multi(planned, self._registry_ops(planned, read_entries))
+            except _MissingKindDir as missing:  # the kind's directory, or the registry's
+                if missing.path in ensured:
                     raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
+                ensured.add(missing.path)
                 self._ensure_path(missing.path)
-        raise AssertionError("unreachable")
+            except _StaleIdEntry as stale:
+                self._drop_stale_id(stale)
+            except _MissingIdEntry:
+                if read_entries:  # read present, gone at the commit: a concurrent delete
+                    raise Conflict("an id registry entry changed during this write") from None
+                read_entries = True
+        raise Conflict("the id registry kept changing during this write; try again")
 
     def _plan(self, op: Op) -> _Planned:
-        if isinstance(op, Create):
-            kind = kind_of(op.obj)
-            return _Planned(
-                op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
-            )
-        if isinstance(op, Update):
+        if isinstance(op, Create | Update):
             kind = kind_of(op.obj)
             return _Planned(
                 op, kind, op.obj.id, self._obj_path(kind, op.obj.id), encode_object(op.obj)
@@ -115,16 +126,52 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             return _Planned(op, op.kind, op.id, self._obj_path(op.kind, op.id), b"")
         raise TypeError(f"not an NSDB operation: {op!r}")
 
+    def _registry_ops(
+        self, planned: builtins.list[_Planned], read_entries: bool
+    ) -> builtins.list[_IdOp]:
+        """The id registry's part of a commit (see the package doc): each Create takes
+        its id's entry; each Delete releases its entry, blindly at first (no extra round
+        trip: an entry is created at version 0 and never changed, unless it records a
+        legacy duplicate). An object stored before the registry was filled has no entry,
+        and a legacy duplicate's entry names several kinds at a later version; either
+        fails the commit, which is then redone with `read_entries`: the deletes' entries
+        are read, and each loses only the deleted objects' kinds."""
+        out: builtins.list[_IdOp] = []  # releases first: a commit may free an id and take it
+        deletes = [p for p in planned if isinstance(p.op, Delete)]
+        if not read_entries:
+            out = [_IdOp(p, self._id_path(p.id), "delete", 0) for p in deletes]
+        else:
+            by_id: dict[str, builtins.list[_Planned]] = {}
+            for p in deletes:
+                by_id.setdefault(p.id, []).append(p)
+            ids = builtins.list(by_id)
+            entries = self._run_many([partial(self._zk.get_async, self._id_path(id)) for id in ids])
+            for id, entry in zip(ids, entries, strict=True):
+                if isinstance(entry, NoNodeError):
+                    continue
+                if isinstance(entry, Exception):
+                    raise entry
+                data, stat = entry
+                held = _kinds(data)
+                gone = {p.kind for p in by_id[id]}
+                if not held & gone:
+                    continue  # another kind's entry (a legacy duplicate)
+                left = sorted(held - gone)
+                first = by_id[id][0]
+                if left:
+                    out.append(_IdOp(first, self._id_path(id), "set", stat.version, left))
+                else:
+                    out.append(_IdOp(first, self._id_path(id), "delete", stat.version))
+        creates = [p for p in planned if isinstance(p.op, Create)]
+        return out + [_IdOp(p, self._id_path(p.id), "create", -1) for p in creates]
+
     def _commit_one(self, p: _Planned) -> int:
         zk = self._zk
         op = p.op
-        if isinstance(op, Create):
-            result = self._run(lambda: zk.create_async(p.path, p.data))
-        elif isinstance(op, Update):
+        if isinstance(op, Update):
             result = self._run(lambda: zk.set_async(p.path, p.data, p.zk_version))
-        elif isinstance(op, Delete):
-            result = self._run(lambda: zk.delete_async(p.path, p.zk_version))
         else:
+            assert isinstance(op, Check)
             result = self._run(lambda: zk.exists_async(p.path))
             if result is None:
                 result = NoNodeError()
@@ -138,7 +185,9 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             raise self._op_error(p, result)
         return p.new_version(result)
 
-    def _commit_multi(self, planned: builtins.list[_Planned]) -> builtins.list[int]:
+    def _commit_multi(
+        self, planned: builtins.list[_Planned], registry: builtins.list[_IdOp]
+    ) -> builtins.list[int]:
         tx = self._zk.transaction()
         for p in planned:
             op = p.op
@@ -150,15 +199,61 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 tx.delete(p.path, p.zk_version)
             else:
                 tx.check(p.path, p.zk_version)
+        for r in registry:
+            if r.action == "create":
+                tx.create(r.path, r.of.kind.encode("utf-8"))
+            elif r.action == "set":
+                tx.set_data(r.path, ",".join(r.kinds).encode("utf-8"), r.zk_version)
+            else:
+                tx.delete(r.path, r.zk_version)
         results = self._run(tx.commit_async)
         if isinstance(results, Exception):
             raise NsdbError(f"ZooKeeper refused the transaction: {type(results).__name__}")
-        for p, result in zip(planned, results, strict=True):
+        for p, result in zip(planned, results, strict=False):
             if isinstance(result, Exception) and not isinstance(
                 result, RolledBackError | RuntimeInconsistency
             ):
                 raise self._op_error(p, result)
-        return [p.new_version(result) for p, result in zip(planned, results, strict=True)]
+        for r, result in zip(registry, results[len(planned) :], strict=True):
+            if isinstance(result, Exception) and not isinstance(
+                result, RolledBackError | RuntimeInconsistency
+            ):
+                raise self._id_error(r, result)
+        return [p.new_version(result) for p, result in zip(planned, results, strict=False)]
+
+    def _id_error(self, r: _IdOp, exc: Exception) -> Exception:
+        """Why the id registry's part of a commit failed."""
+        what = describe(r.of.kind, r.of.id)
+        if r.action != "create":
+            if r.zk_version == 0 and isinstance(exc, NoNodeError | BadVersionError):
+                return _MissingIdEntry(r.path)  # a blind release missed: read, then redo
+            return Conflict(f"the id of {what} changed concurrently")
+        if isinstance(exc, NoNodeError):
+            return _MissingKindDir(self._ids)
+        if not isinstance(exc, NodeExistsError):
+            return NsdbError(f"ZooKeeper refused the id of {what}: {type(exc).__name__}")
+        entry = self._run(partial(self._zk.get_async, r.path))
+        if isinstance(entry, NoNodeError):  # released meanwhile: the caller may retry
+            return Conflict(f"the id of {what} changed concurrently")
+        if isinstance(entry, Exception):
+            return entry
+        data, stat = entry
+        holders = sorted(_kinds(data) & set(KINDS))
+        found = self._run_many(
+            [partial(self._zk.exists_async, self._obj_path(k, r.of.id)) for k in holders]
+        )
+        for holder, exists in zip(holders, found, strict=True):
+            if exists is not None and not isinstance(exists, Exception):
+                return AlreadyExists(id_taken(r.of.kind, r.of.id, holder))
+        # No object holds it (left by a legacy duplicate, or by a delete racing the
+        # registry's filling): reclaim it.
+        return _StaleIdEntry(r.path, stat.version)
+
+    def _drop_stale_id(self, stale: _StaleIdEntry) -> None:
+        log.warning("dropping id registry entry %s: no object holds it", stale.path)
+        result = self._run(partial(self._zk.delete_async, stale.path, stale.version))
+        if isinstance(result, Exception) and not isinstance(result, NoNodeError | BadVersionError):
+            raise result
 
     def _op_error(self, p: _Planned, exc: Exception) -> Exception:
         what = describe(p.kind, p.id)
@@ -381,6 +476,34 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         election = ZookeeperElection(self, name, identifier)
         self._elections.append(election)
         return election
+
+
+def _kinds(data: bytes) -> set[str]:
+    """The kinds an id registry entry names: one, or several for a legacy duplicate."""
+    return {k for k in data.decode("utf-8", "replace").split(",") if k}
+
+
+@dataclass
+class _IdOp:
+    """What a commit does to an id registry entry: "create" it (with a Create), "delete"
+    it or "set" it to the `kinds` still holding the id (with a Delete)."""
+
+    of: _Planned
+    path: str
+    action: str  # "create" | "delete" | "set"
+    zk_version: int
+    kinds: builtins.list[str] = field(default_factory=builtins.list)
+
+
+class _MissingIdEntry(Exception):
+    """A deleted object had no registry entry (stored before the registry was filled)."""
+
+
+class _StaleIdEntry(Exception):
+    def __init__(self, path: str, version: int) -> None:
+        super().__init__(path)
+        self.path = path
+        self.version = version
 
 
 class _MissingKindDir(Exception):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    BadVersionError,
     ConnectionLoss,
     KazooException,
     NodeExistsError,
@@ -46,6 +47,8 @@ CONNECTION_ERRORS = (
     SessionMovedError,
     OperationTimeoutError,
 )
+# The data of ROOT/v1/ids once every object stored before the registry has its entry.
+_IDS_FILLED = b"filled"
 _RETRY_DELAY = 0.5  # before re-syncing watches after a failed read while still connected
 
 
@@ -80,6 +83,7 @@ class ZkSession:
         self._objects = f"{base}/objects"
         self._state = f"{base}/state"
         self._counters = f"{base}/counters"
+        self._ids = f"{base}/ids"
         self._elections_dir = f"{base}/elections"
         self._op_timeout = op_timeout
         self._connect_wait = connect_wait
@@ -234,8 +238,71 @@ class ZkSession:
         for kind in KINDS:
             if kind not in existing:
                 self._ensure_path(f"{self._objects}/{kind}")
-        for path in (self._state, self._counters, self._elections_dir):
+        for path in (self._state, self._counters, self._elections_dir, self._ids):
             self._ensure_path(path)
+        self._fill_id_registry()
+
+    def _fill_id_registry(self) -> None:
+        """Once per namespace: give every object stored before the id registry existed
+        its entry (`ids/<id>`, data: the kind), then mark the registry filled (the data
+        of `ids`). Idempotent, so clients doing it at once, or one interrupted and
+        redone, are harmless. Two objects of two kinds sharing an id (possible before)
+        are logged: the first kind listed keeps the entry. An object deleted while this
+        runs may leave an entry no object holds; the next create of that id reclaims
+        it."""
+        marker = self._run(partial(self._zk.get_async, self._ids))
+        if isinstance(marker, Exception):
+            raise marker
+        if marker[0] == _IDS_FILLED:
+            return
+        for kind in KINDS:
+            children = self._run(partial(self._zk.get_children_async, f"{self._objects}/{kind}"))
+            if isinstance(children, NoNodeError):
+                continue
+            if isinstance(children, Exception):
+                raise children
+            data = kind.encode("utf-8")
+            results = self._run_many(
+                [partial(self._zk.create_async, f"{self._ids}/{c}", data) for c in children]
+            )
+            for child, result in zip(children, results, strict=True):
+                if isinstance(result, NodeExistsError):
+                    self._record_duplicate(f"{self._ids}/{child}", kind)
+                elif isinstance(result, Exception):
+                    raise result
+        done = self._run(partial(self._zk.set_async, self._ids, _IDS_FILLED, marker[1].version))
+        if isinstance(done, BadVersionError):
+            return  # another client filled it meanwhile
+        if isinstance(done, Exception):
+            raise done
+        log.info("id registry filled from the objects stored before it")
+
+    def _record_duplicate(self, path: str, kind: str) -> None:
+        """An entry exists for an object of `kind`: if it names other kinds, the id was
+        shared across kinds before ids were unique. The entry then lists every holder
+        (a later version than a fresh entry's 0, so a blind release of it fails and
+        reads first: the id stays taken until its last holder is deleted)."""
+        held = self._run(partial(self._zk.get_async, path))
+        if isinstance(held, NoNodeError):
+            return
+        if isinstance(held, Exception):
+            raise held
+        data, stat = held
+        kinds = [k for k in data.decode("utf-8", "replace").split(",") if k]
+        if kind in kinds:
+            return
+        log.warning(
+            "id %s is held by objects of several kinds (%s) stored before ids were unique "
+            "across kinds; they keep working, but delete all but one",
+            path.rsplit("/", 1)[-1],
+            ", ".join([*kinds, kind]),
+        )
+        merged = ",".join(sorted([*kinds, kind])).encode("utf-8")
+        result = self._run(partial(self._zk.set_async, path, merged, stat.version))
+        if isinstance(result, BadVersionError):
+            self._record_duplicate(path, kind)  # changed meanwhile: merge into the new one
+        elif isinstance(result, Exception):
+            raise result
 
     def _ensure_path(self, path: str) -> None:
         self._check_open()
@@ -256,6 +323,9 @@ class ZkSession:
 
     def _obj_path(self, kind: str, id: str) -> str:
         return f"{self._kind_dir(kind)}/{escape_component(id)}"
+
+    def _id_path(self, id: str) -> str:
+        return f"{self._ids}/{escape_component(id)}"
 
     def _table_dir(self, table: str) -> str:
         return f"{self._state}/{escape_component(table)}"
