@@ -10,6 +10,7 @@ import pytest
 
 from support.wait import wait_until
 from tessera.model import Bridge, Conditions, IpAddrGroup, Mirror, Router, new_id
+from tessera.model.limits import MAX_IP_ADDR_GROUP_MEMBERS
 from tessera.nsdb import codec
 from tessera.nsdb.base import Create, Delete, Nsdb
 from tessera.nsdb.errors import AlreadyExists, ObjectTooLarge
@@ -95,10 +96,12 @@ def test_an_object_above_the_limit_is_refused_and_nothing_is_written(nsdb: Nsdb)
 
 
 def test_a_transaction_above_the_limit_is_refused(nsdb: Nsdb) -> None:
-    groups = [big_group(300 * 1024) for _ in range(4)]  # each fits, together they do not
-    for group in groups:
-        assert len(codec.encode_object(group)) < codec.MAX_OBJECT_BYTES
-    with pytest.raises(ObjectTooLarge, match=r"4 objects .* in one transaction"):
+    # Valid groups (they are read back below), each full: together they pass the limit.
+    full = [f"10.0.{i >> 8}.{i & 255}" for i in range(MAX_IP_ADDR_GROUP_MEMBERS)]
+    one = len(codec.encode_object(IpAddrGroup(addrs=full)))
+    count = codec.MAX_COMMIT_BYTES // one + 1
+    groups = [IpAddrGroup(addrs=full) for _ in range(count)]
+    with pytest.raises(ObjectTooLarge, match=rf"{count} objects .* in one transaction"):
         nsdb.commit([Create(g) for g in groups])
     assert nsdb.connected
     assert nsdb.list("ip_addr_groups") == []
