@@ -7,8 +7,11 @@
   rich, no typer); the API reads the topology for it (`tessera.api.snapshot`).
 - `client` (the REST API's HTTP client and the one-line `UserError`s) imports no other
   tessera package, so the agent's commands, the toolkit and the lab can all use it.
-- `cluster` (the API process's singleton services) may use what the agent may; only the
-  API starts it.
+- `cluster` (the cluster node: its services, their elections, its configuration, the
+  embedded ZooKeeper) may use what the agent may. Two front ends import it: the API
+  (`tessera api serve` is a cluster node with the API and the janitor) and the CLI
+  (`tessera cluster serve|config|status|services`); the lab starts nodes as processes
+  (`tessera cluster serve`), never by import.
 - `clikit` is the toolkit commands are written with (session, output, params, command
   registration, the root group); `tessera.cli` (the commands and their assembly) and the
   lab's commands use it.

@@ -13,22 +13,38 @@ Every member of an ensemble is described by the same list of peers,
 node writes the same `server.N` lines; a single peer is a standalone server. A member
 binds its client port and its quorum ports on its own peer's HOST only.
 
+The JVM dies with its node: it runs in a session of its own (a Ctrl-C aimed at the node
+must not reach it before the node has closed its clients), so no terminal signal takes
+it along, and a node killed outright (SIGKILL, a crash) could not stop it. The kernel
+does instead: the JVM is started with a parent-death signal (`prctl(PR_SET_PDEATHSIG,
+SIGKILL)`), sent when the thread that started it ends, which for a node is when the
+node's process ends (the main thread starts the member, the supervisor thread restarts
+it and lives until `stop()`, which stops the JVM in order first). A member left running
+by its node would hold the node's ports and keep serving an ensemble its node has left.
+SIGKILL, as if the machine had crashed: the JVM's own shutdown takes a few hundred
+milliseconds more, which the ensemble's other members would wait before electing a new
+leader, and the member's writes are on disk already (`forceSync`).
+
 In `data_dir`: `zoo.cfg`, `log4j.properties`, `data/` (snapshots, transaction logs and
 `myid`), the log `zookeeper.log`, the JVM's own output `zookeeper.out` and the pid file
-`zookeeper.pid` (by which a member left behind by a node that was killed is found and
-stopped at the next start: it would hold the ports, and its config may be stale).
+`zookeeper.pid` (by which a member still running from an earlier start, one that did not
+exit on its parent-death signal, is found and stopped at the next start: it would hold
+the ports, and its config may be stale).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +57,6 @@ from tessera.nsdb.zkserver import (
     is_zookeeper,
     java_command,
     port_free,
-    spawn,
     terminate,
     write_log4j,
 )
@@ -274,8 +289,8 @@ class EmbeddedZooKeeper:
 
     def _start(self, timeout: float, abort: threading.Event | None) -> None:
         with self._lock:
-            if self.alive:
-                return
+            if self.alive or (abort is not None and abort.is_set()):
+                return  # running, or the supervisor's restart lost the race with stop()
             command = java_command(
                 self.config_path, self.data_dir / "log4j.properties", self.heap_mb
             )
@@ -291,7 +306,7 @@ class EmbeddedZooKeeper:
                         f"{self.host}:{port} is already in use"
                     )
             self.write_config()
-            self._process = process = spawn(command, self.data_dir)
+            self._process = process = spawn_tied(command, self.data_dir)
             self._started_at = time.monotonic()
             self.pid_path.write_text(f"{process.pid}\n")
             deadline = time.monotonic() + timeout
@@ -349,14 +364,18 @@ class EmbeddedZooKeeper:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop supervising, then stop the JVM (SIGTERM, SIGKILL after `timeout`) and
-        wait until it is gone."""
+        wait until it is gone.
+
+        The JVM is stopped before the supervisor thread is joined: a JVM that thread
+        restarted gets its parent-death signal (SIGKILL) when the thread ends, and a
+        member that stops cleanly leaves its peers at once."""
         self._stopping.set()
+        with self._lock:
+            self._terminate(timeout)
         thread = self._supervisor
         if thread is not None:
             thread.join(timeout=_START_TIMEOUT + timeout)
             self._supervisor = None
-        with self._lock:
-            self._terminate(timeout)
 
     def _terminate(self, timeout: float = 10.0) -> None:
         process = self._process
@@ -403,6 +422,8 @@ class EmbeddedZooKeeper:
     def _supervise(self, backoff: Backoff) -> None:
         while not self._stopping.wait(_POLL):
             with self._lock:
+                if self._stopping.is_set():
+                    return  # stop() took the lock first and stopped the JVM
                 process = self._process
                 code = None if process is None else process.poll()
                 if process is not None and code is None:
@@ -450,8 +471,44 @@ def _ports(peer: Peer) -> tuple[int, int, int]:
     return (peer.client_port, peer.peer_port, peer.election_port)
 
 
-# A node that exits without stopping its member (an exception on the way out) must not
-# leave a JVM holding the ports: the JVM runs in its own session, no signal reaches it.
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child after fork only calls it
+
+
+def spawn_tied(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
+    """Start the JVM in `directory` (output appended to `zookeeper.out`) in a session of
+    its own, with SIGKILL as its parent-death signal (see the module docstring): the
+    member ends when the thread that started it does, however that thread's process
+    ended."""
+    with open(directory / "zookeeper.out", "ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """The child's last step before exec: ask for SIGKILL when its parent ends, and end
+    at once if the parent already has (it died between fork and prctl: no signal would
+    come). Only a system call and `os._exit`: a forked child of a threaded process must
+    not take locks."""
+
+    def preexec() -> None:
+        if _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return preexec
+
+
+# A node that exits without stopping its member (an exception on the way out) stops it
+# in order here; the parent-death signal is for a node that cannot run this any more.
 _LIVE: weakref.WeakSet[EmbeddedZooKeeper] = weakref.WeakSet()
 
 

@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 from support.wait import wait_until
 from tessera.cluster.embedded_zk import EmbeddedZooKeeper
 from tessera.nsdb.connect import open_nsdb
-from tessera.nsdb.zkserver import ZookeeperError, is_zookeeper
+from tessera.nsdb.zkserver import ZookeeperError, is_zookeeper, java_command, spawn
 
 pytestmark = pytest.mark.zookeeper
 
@@ -234,9 +234,10 @@ def test_a_single_peer_is_a_standalone_server(tmp_path: Path) -> None:
     assert _our_jvms(tmp_path) == []
 
 
-def test_a_member_left_behind_by_a_killed_node_is_replaced(tmp_path: Path) -> None:
+def test_a_member_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     (member,) = _members(tmp_path, 1)
-    # A node that dies at once (os._exit: no stop, no atexit) leaves its JVM running.
+    # A node that dies at once (os._exit: no stop, no atexit, as SIGKILL would) must not
+    # leave its JVM running: the JVM's parent-death signal ends it.
     script = (
         "import os, sys; from pathlib import Path;"
         "from tessera.cluster.embedded_zk import EmbeddedZooKeeper as Z;"
@@ -256,8 +257,31 @@ def test_a_member_left_behind_by_a_killed_node_is_replaced(tmp_path: Path) -> No
         capture_output=True,
         timeout=60,
     )
-    left_behind = int(out.stdout)
-    assert is_zookeeper(left_behind, member.config_path)
+    orphan = int(out.stdout)
+    try:
+        wait_until(
+            lambda: not is_zookeeper(orphan, member.config_path),
+            BOUND,
+            what=f"the orphaned JVM {orphan} gone",
+        )
+    finally:
+        if is_zookeeper(orphan, member.config_path):
+            os.kill(orphan, signal.SIGKILL)
+    assert _our_jvms(tmp_path) == []
+
+
+def test_a_member_left_behind_is_replaced(tmp_path: Path) -> None:
+    (member,) = _members(tmp_path, 1)
+    # A JVM of an earlier start still running (one that ignored its parent-death
+    # signal, or an older tessera's): started here without the tie, its pid file
+    # written as the member writes it.
+    member.data_dir.mkdir(parents=True)
+    member.write_config()
+    command = java_command(member.config_path, member.data_dir / "log4j.properties", 64)
+    process = spawn(command, member.data_dir)
+    member.pid_path.write_text(f"{process.pid}\n")
+    left_behind = process.pid
+    wait_until(lambda: member.four_letter("ruok") == "imok", BOUND, what="the leftover serving")
     try:
         member.start()  # finds it by the pid file, stops it, starts its own
         assert member.pid != left_behind
@@ -267,6 +291,7 @@ def test_a_member_left_behind_by_a_killed_node_is_replaced(tmp_path: Path) -> No
         member.stop()
         if is_zookeeper(left_behind, member.config_path):
             os.kill(left_behind, signal.SIGKILL)
+        process.wait(5)
     assert _our_jvms(tmp_path) == []
 
 
