@@ -17,10 +17,10 @@ def test_an_object_too_large_for_the_nsdb_is_413_naming_the_limit_and_its_size(
     tests/integration/nsdb/test_nsdb_ids_and_sizes.py."""
     api = any_api
     port = api.bridge_port(api.bridge())
-    monkeypatch.setattr(codec, "MAX_OBJECT_BYTES", 2048)
-    conditions = [{"nw_proto": 6, "tp_dst": {"start": p, "end": p}} for p in range(1, 60)]
+    monkeypatch.setattr(codec, "MAX_OBJECT_BYTES", 1024)
+    conditions = [{"nw_proto": 6, "tp_dst": {"start": p, "end": p}} for p in range(1, 33)]
     message = api.post("/mirrors", {"to_port_id": port["id"], "conditions": conditions}, 413)
-    assert "above its limit of 2048 bytes (2 KiB) per object" in message, message
+    assert "above its limit of 1024 bytes (1 KiB) per object" in message, message
     assert "would take " in message and "mirror " in message
     assert api.get("/mirrors") == []
     api.get("/health")
