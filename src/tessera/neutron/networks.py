@@ -56,8 +56,10 @@ def _attrs(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_network(tx: Transaction, id: str) -> NeutronNetwork:
+    """The network, its bridge read too: the transaction keeps what it read, so a
+    network deleted meanwhile is "not found" here rather than a missing bridge later."""
     net = tx.find(NeutronNetwork.kind, id)
-    if not isinstance(net, NeutronNetwork):
+    if not isinstance(net, NeutronNetwork) or tx.find(Bridge.kind, net.bridge_id) is None:
         raise not_found("NetworkNotFound", f"Network {id} could not be found.")
     return net
 

@@ -119,19 +119,32 @@ def _subnets(tx: Transaction, network_id: str) -> list[NeutronSubnet]:
     return sorted(found, key=lambda s: (s.created_at, s.id))
 
 
-def _used(tx: Transaction, network_id: str, except_port: str) -> dict[str, set[str]]:
+def _used(tx: Transaction, subnets: list[NeutronSubnet], except_port: str) -> dict[str, set[str]]:
+    """Addresses taken in each subnet: by other Neutron ports, and by the DHCP subnet's
+    hosts (entries made through the v1 API, and — the NSDB being read piece by piece —
+    a port committed since the port list was read: the DHCP subnet is read after it and
+    rewritten with a version check, so an allocation never trusts a stale list)."""
+    own = tx.find(NeutronPort.kind, except_port)
+    own_mac = own.mac_address if isinstance(own, NeutronPort) else None
+    ids = {s.id for s in subnets}
     used: dict[str, set[str]] = {}
     for p in tx.all_of(NeutronPort):
-        if p.network_id == network_id and p.id != except_port:
+        if p.id != except_port:
             for f in p.fixed_ips:
-                used.setdefault(f.subnet_id, set()).add(f.ip_address)
+                if f.subnet_id in ids:
+                    used.setdefault(f.subnet_id, set()).add(f.ip_address)
+    for sub in subnets:
+        dhcp = tx.find(DhcpSubnet.kind, sub.dhcp_subnet_id)
+        if isinstance(dhcp, DhcpSubnet):
+            taken = used.setdefault(sub.id, set())
+            taken.update(h.ip_addr for h in dhcp.hosts if h.mac_addr != own_mac)
     return used
 
 
 def _fixed_ips(tx: Transaction, network: NeutronNetwork, port_id: str, raw: Any) -> list[FixedIp]:
     """The port's addresses: allocated (`raw` None) or as requested, each checked."""
     subnets = _subnets(tx, network.id)
-    used = _used(tx, network.id, port_id)
+    used = _used(tx, subnets, port_id)
     out: list[FixedIp] = []
     if raw is None:
         for candidate in subnets:
@@ -232,7 +245,11 @@ def _mac(tx: Transaction, network_id: str, port_id: str, wanted: str | None) -> 
 
 def _dhcp_hosts(tx: Transaction, port: NeutronPort, add: bool) -> None:
     """Add (or remove) the port's DHCP host entries: one per subnet, its first address
-    there (a DHCP subnet maps each MAC to one address)."""
+    there (a DHCP subnet maps each MAC to one address).
+
+    Adding also touches each subnet the port has an address in: a subnet deleted since
+    this transaction listed it then fails the commit (which is re-run from fresh
+    reads) instead of leaving the port with an address in a subnet that is gone."""
     seen: set[str] = set()
     for fixed in port.fixed_ips:
         if fixed.subnet_id in seen:
@@ -241,6 +258,8 @@ def _dhcp_hosts(tx: Transaction, port: NeutronPort, add: bool) -> None:
         sub = tx.find(NeutronSubnet.kind, fixed.subnet_id)
         if not isinstance(sub, NeutronSubnet):
             continue
+        if add:
+            tx.touch(NeutronSubnet.kind, sub.id)
         dhcp = tx.find(DhcpSubnet.kind, sub.dhcp_subnet_id)
         if not isinstance(dhcp, DhcpSubnet):
             continue
@@ -250,6 +269,12 @@ def _dhcp_hosts(tx: Transaction, port: NeutronPort, add: bool) -> None:
             if not (h.mac_addr == port.mac_address and h.ip_addr == fixed.ip_address)
         ]
         if add:
+            if any(h.ip_addr == fixed.ip_address for h in hosts):
+                raise conflict(
+                    "IpAddressInUse",
+                    f"Unable to complete operation for network {port.network_id}. The IP "
+                    f"address {fixed.ip_address} is in use.",
+                )
             name = "host-" + fixed.ip_address.replace(".", "-")
             hosts.append(DhcpHost(mac_addr=port.mac_address, ip_addr=fixed.ip_address, name=name))
         data = dhcp.model_dump()

@@ -243,6 +243,9 @@ def delete(nsdb: Nsdb, id: str) -> None:
 
     def write(tx: Transaction) -> None:
         sub = get_subnet(tx, id)
+        # Read before the ports: a port given an address here meanwhile rewrites this
+        # DHCP subnet, so our delete fails its version check and is re-run.
+        tx.find(DhcpSubnet.kind, sub.dhcp_subnet_id)
         for port in tx.all_of(NeutronPort):
             if any(f.subnet_id == id for f in port.fixed_ips) and port.device_owner != DHCP_OWNER:
                 raise conflict(

@@ -64,6 +64,7 @@ def test_each_write_is_one_commit_with_its_twins(counted: tuple[Neutron, Countin
         "Update:bridges",
         "Update:dhcp_subnets",
         "Update:neutron_networks",
+        "Update:neutron_subnets",
     ]
     count = len(nsdb.commits)
     neutron.client.delete(f"/v2.0/ports/{port['id']}")
