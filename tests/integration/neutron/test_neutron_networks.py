@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 from neutron_helpers import Neutron, dump
 
-from tessera.model import Bridge
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from tessera.api.app import create_app
+from tessera.model import Bridge, Port
 from tessera.model.neutron import NeutronNetwork
 from tessera.nsdb.store import TopologyStore
 
@@ -74,8 +81,6 @@ def test_a_dhcp_port_does_not_keep_the_network_in_use(neutron: Neutron) -> None:
 
 
 def test_a_bridge_port_made_through_tessera_keeps_the_network_in_use(neutron: Neutron) -> None:
-    from tessera.model import Port
-
     net = neutron.network()
     TopologyStore(neutron.nsdb).create(Port(device_id=net["id"], type="Bridge"))
     assert neutron.error("DELETE", f"/v2.0/networks/{net['id']}", 409)["type"] == "NetworkInUse"
@@ -104,3 +109,16 @@ def test_tags_api(neutron: Neutron) -> None:
     neutron.error("PUT", base, 400, json={"tags": "x"})
     assert neutron.client.delete(base).status_code == 204
     assert neutron.client.get(f"/v2.0/networks/{net['id']}").json()["network"]["tags"] == []
+
+
+def test_the_twins_are_visible_through_the_v1_api_by_the_same_ids(neutron: Neutron) -> None:
+    net = neutron.network(name="web", project_id="p1")
+    sub = neutron.subnet(net["id"])
+    port = neutron.port(net["id"])
+    with TestClient(create_app(neutron.nsdb)) as v1:
+        bridge = v1.get(f"/api/v1/bridges/{net['id']}").json()
+        assert (bridge["name"], bridge["tenant_id"]) == ("web", "p1")
+        assert v1.get(f"/api/v1/ports/{port['id']}").json()["device_id"] == net["id"]
+        key = sub["tessera:dhcp_subnet"]
+        hosts = v1.get(f"/api/v1/bridges/{net['id']}/dhcp_subnets/{key}/hosts").json()
+        assert [h["mac_addr"] for h in hosts] == [port["mac_address"]]
