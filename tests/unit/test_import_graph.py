@@ -1,7 +1,7 @@
 """The import graph runs one way: a package imports only packages below it.
 
     model → nsdb → packet → simulation → datapath → client → agent → cluster → clikit
-          → api | lab → cli
+          → api | lab | neutron → cli
 
 - `simulation` is pure: of tessera it imports `model` and `packet` only (no NSDB, no
   rich, no typer); the API reads the topology for it (`tessera.api.snapshot`).
