@@ -137,9 +137,17 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
     def create_item(
         request: Request, response: Response, payload: Any = Body(None)
     ) -> dict[str, Any]:
-        body = values.resource_body(payload, c.resource)
         response.status_code = 201
-        return {c.resource: module.create(nsdb, body, _project_header(request))}
+        project = _project_header(request)
+        bulk = values.bulk_bodies(payload, c.resource)
+        if bulk is not None:  # all or nothing: one transaction for every item
+            writes = [module.creator(nsdb, item, project) for item in bulk]
+            made = run(
+                nsdb, f"creating {len(writes)} {c.collection}", lambda tx: [w(tx) for w in writes]
+            )
+            return {c.collection: made}
+        body = values.resource_body(payload, c.resource)
+        return {c.resource: module.create(nsdb, body, project)}
 
     def show_item(id: str, request: Request) -> dict[str, Any]:
         fields = [f for k, f in request.query_params.multi_items() if k == "fields" and f]

@@ -9,6 +9,7 @@ takes the Neutron subnets and ports with it: nothing is left behind.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tessera.model import Bridge, DhcpSubnet, Port
@@ -73,6 +74,15 @@ def view(tx: Transaction, net: NeutronNetwork) -> dict[str, Any]:
 
 
 def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict[str, Any]:
+    """Create one network: one NSDB transaction."""
+    return run(nsdb, "creating a network", creator(nsdb, body, project_header))
+
+
+def creator(
+    nsdb: Nsdb, body: dict[str, Any], project_header: str | None
+) -> Callable[[Transaction], dict[str, Any]]:
+    """Check the body and return the write of the new network (and its twins) into a
+    transaction: bulk creation runs several in one."""
     values.refuse_unknown(body, CREATE_ATTRS)
     attrs = _attrs(body)
     project = values.project(body, project_header)
@@ -99,7 +109,7 @@ def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict
         tx.create(net)
         return views.network(net, [])
 
-    return run(nsdb, f"creating network {id}", write)
+    return write
 
 
 def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:

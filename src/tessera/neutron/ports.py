@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Callable
 from typing import Any
 
 from tessera.model import DhcpHost, DhcpSubnet, Host, Port
@@ -292,6 +293,15 @@ def _host(tx: Transaction, name: str) -> Host | None:
 
 
 def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict[str, Any]:
+    """Create one port: one NSDB transaction."""
+    return run(nsdb, "creating a port", creator(nsdb, body, project_header))
+
+
+def creator(
+    nsdb: Nsdb, body: dict[str, Any], project_header: str | None
+) -> Callable[[Transaction], dict[str, Any]]:
+    """Check the body and return the write of the new port (and its twins) into a
+    transaction: bulk creation runs several in one."""
     values.refuse_unknown(body, CREATE_ATTRS)
     if "network_id" not in body:
         raise bad_request("Failed to parse request. Required attribute 'network_id' not specified")
@@ -336,7 +346,7 @@ def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict
         _dhcp_hosts(tx, port, add=True)
         return views.port(port, made)
 
-    return run(nsdb, f"creating port {id}", write)
+    return write
 
 
 def _check_security(enabled: bool, groups: list[str], pairs: list[dict[str, Any]]) -> None:

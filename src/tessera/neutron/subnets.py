@@ -10,6 +10,7 @@ ports' addresses are its static hosts (see `ports`).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from tessera.model import DhcpSubnet, Opt121Route
@@ -138,6 +139,15 @@ def _dhcp_fields(sub: NeutronSubnet, mtu: int) -> dict[str, Any]:
 
 
 def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict[str, Any]:
+    """Create one subnet: one NSDB transaction."""
+    return run(nsdb, "creating a subnet", creator(nsdb, body, project_header))
+
+
+def creator(
+    nsdb: Nsdb, body: dict[str, Any], project_header: str | None
+) -> Callable[[Transaction], dict[str, Any]]:
+    """Check the body and return the write of the new subnet (and its twins) into a
+    transaction: bulk creation runs several in one."""
     values.refuse_unknown(body, CREATE_ATTRS)
     for name in _NULL_ONLY:
         if body.get(name) is not None:
@@ -207,7 +217,7 @@ def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict
         tx.create(sub)
         return views.subnet(sub, dhcp)
 
-    return run(nsdb, f"creating subnet {id}", write)
+    return write
 
 
 def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:

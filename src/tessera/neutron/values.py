@@ -18,10 +18,18 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 def resource_body(payload: Any, resource: str) -> dict[str, Any]:
     """The `{"<resource>": {...}}` envelope's content."""
     if not isinstance(payload, dict) or not isinstance(payload.get(resource), dict):
-        if isinstance(payload, dict) and isinstance(payload.get(resource + "s"), list):
-            raise bad_request(f"Bulk creation of {resource}s is not supported yet.")
         raise bad_request(f'Resource body required: expected {{"{resource}": {{...}}}}.')
     return dict(payload[resource])
+
+
+def bulk_bodies(payload: Any, resource: str) -> list[dict[str, Any]] | None:
+    """The items of a bulk creation (`{"<resource>s": [{...}, ...]}`), else None."""
+    if not isinstance(payload, dict) or set(payload) != {resource + "s"}:
+        return None
+    items = payload[resource + "s"]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise bad_request(f"Bulk creation needs a non-empty list of {resource} objects.")
+    return [dict(i) for i in items]
 
 
 def refuse_unknown(body: Mapping[str, Any], allowed: Iterable[str]) -> None:

@@ -75,7 +75,9 @@ def test_unknown_path_and_method_are_neutron_errors(neutron: Neutron) -> None:
         {"network": {"name": "x" * 256}},
         {"network": {"provider:network_type": "vlan"}},
         {"network": {"tags": "notalist"}},
-        {"networks": [{"name": "bulk"}]},
+        {"networks": []},
+        {"networks": ["x"]},
+        {"networks": [{"name": "ok"}, {"mtu": "x"}]},
     ],
 )
 def test_bad_network_bodies_are_400_never_422_or_500(neutron: Neutron, body: object) -> None:
