@@ -1,7 +1,7 @@
 """The import graph runs one way: a package imports only packages below it.
 
     model → nsdb → packet → simulation → datapath → client → agent → cluster → clikit
-          → api | lab → cli
+          → api | lab | neutron → cli
 
 - `simulation` is pure: of tessera it imports `model` and `packet` only (no NSDB, no
   rich, no typer); the API reads the topology for it (`tessera.api.snapshot`).
@@ -15,7 +15,8 @@
 - `clikit` is the toolkit commands are written with (session, output, params, command
   registration, the root group); `tessera.cli` (the commands and their assembly) and the
   lab's commands use it.
-- `api` and `lab` are peers and never import each other; `cli` is on top: it serves the
+- `api`, `lab` and `neutron` (the Neutron v2.0 API) are peers and never import each
+  other; `cli` is on top: it serves the
   API (`tessera api serve`) and loads the lab's and the agent's commands as plugins.
   Nothing imports `cli`.
 
@@ -50,7 +51,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agent",),
     ("cluster",),
     ("clikit",),
-    ("api", "lab"),
+    ("api", "lab", "neutron"),
     ("cli",),
 )
 #: Packages allowed less than their tier would allow.
@@ -69,9 +70,9 @@ FRONT_END_LIBRARIES: dict[str, tuple[str, ...]] = {
     ),
     "rich": ("tessera.clikit", "tessera.cli", "tessera.agent.flows_cli"),
     "httpx": ("tessera.client", "tessera.clikit", "tessera.cli", "tessera.lab"),
-    "fastapi": ("tessera.api",),
-    "starlette": ("tessera.api",),
-    "uvicorn": ("tessera.api",),
+    "fastapi": ("tessera.api", "tessera.neutron"),
+    "starlette": ("tessera.api", "tessera.neutron"),
+    "uvicorn": ("tessera.api", "tessera.neutron"),
     "kazoo": ("tessera.nsdb",),
 }
 

@@ -10,6 +10,7 @@ from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
 from tessera.model.groups import IpAddrGroup, PortGroup
 from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
 from tessera.model.mirrors import Mirror
+from tessera.model.neutron import NeutronNetwork, NeutronPort, NeutronSubnet
 from tessera.model.routing import Route, RouteType
 from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
 from tessera.model.types import PortRange, new_id
@@ -29,6 +30,9 @@ KINDS: dict[str, type[StoredObject]] = {
         TunnelZone,
         DhcpSubnet,
         Mirror,
+        NeutronNetwork,
+        NeutronSubnet,
+        NeutronPort,
     )
 }
 
@@ -43,6 +47,9 @@ __all__ = [
     "Host",
     "IpAddrGroup",
     "Mirror",
+    "NeutronNetwork",
+    "NeutronPort",
+    "NeutronSubnet",
     "NatTarget",
     "Opt121Route",
     "Port",

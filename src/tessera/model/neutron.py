@@ -1,0 +1,122 @@
+"""Neutron v2.0 objects as the NSDB stores them, each linked to its tessera twin.
+
+The Neutron API (`tessera.neutron`) writes one of these together with the tessera
+topology it stands for, in one NSDB transaction. A network and a port share their id
+with their twin (bridge, bridge port), as MidoNet's C3PO translation did: a Neutron
+port id is a tessera port id, so anything that binds tessera ports (`tessera lab vm
+add --port`) takes Neutron port ids unchanged. The twin's id is also kept in a field of
+its own (`bridge_id`, `tessera_port_id`, `dhcp_subnet_id`) so that the generic
+referential integrity (`Ref`, cascade) removes the Neutron object when its twin is
+deleted through the tessera API: neither side can outlive the other.
+
+Neutron's attribute names with a colon (`router:external`, `binding:host_id`) are
+stored under Python names (`router_external`, `binding_host_id`); the API renames them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from tessera.model.base import Ref, StoredObject
+from tessera.model.types import IPv4Addr, MacAddr, TesseraModel, Uuid
+
+# Neutron's limits: names and descriptions up to 255 characters, project ids up to 255.
+NeutronName = str
+Tags = list[str]
+
+
+class AllocationPool(TesseraModel):
+    start: IPv4Addr
+    end: IPv4Addr
+
+
+class HostRoute(TesseraModel):
+    destination: str  # a CIDR, normalised by the API
+    nexthop: IPv4Addr
+
+
+class FixedIp(TesseraModel):
+    subnet_id: Uuid
+    ip_address: IPv4Addr
+
+
+class AddressPair(TesseraModel):
+    ip_address: str  # an address or a CIDR, as Neutron allows
+    mac_address: MacAddr
+
+
+class NeutronObject(StoredObject):
+    """What every Neutron resource carries (project, name, tags, revision, times)."""
+
+    name: str = Field(default="", max_length=255)
+    description: str = Field(default="", max_length=255)
+    project_id: str = Field(default="", max_length=255)
+    tags: Tags = Field(default_factory=list)
+    revision_number: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class NeutronNetwork(NeutronObject):
+    """A Neutron network; its twin is the bridge with the same id (`bridge_id`)."""
+
+    kind: ClassVar[str] = "neutron_networks"
+    refs: ClassVar[tuple[Ref, ...]] = (Ref("bridge_id", ("bridges",), "cascade"),)
+    read_only: ClassVar[tuple[str, ...]] = ("id", "bridge_id")
+
+    bridge_id: Uuid
+    admin_state_up: bool = True
+    shared: bool = False
+    router_external: bool = False
+    port_security_enabled: bool = True  # the default of its ports
+    mtu: int = Field(default=1450, ge=68, le=65535)
+
+
+class NeutronSubnet(NeutronObject):
+    """A Neutron IPv4 subnet; its twin is the DHCP subnet `dhcp_subnet_id` of the
+    network's bridge (whose `enabled` is `enable_dhcp`)."""
+
+    kind: ClassVar[str] = "neutron_subnets"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("network_id", ("neutron_networks",), "cascade"),
+        Ref("dhcp_subnet_id", ("dhcp_subnets",), "cascade"),
+    )
+    read_only: ClassVar[tuple[str, ...]] = ("id", "network_id", "dhcp_subnet_id")
+
+    network_id: Uuid
+    dhcp_subnet_id: Uuid
+    cidr: str
+    ip_version: int = 4
+    gateway_ip: IPv4Addr | None = None
+    allocation_pools: list[AllocationPool] = Field(default_factory=list)
+    dns_nameservers: list[IPv4Addr] = Field(default_factory=list)
+    host_routes: list[HostRoute] = Field(default_factory=list)
+    enable_dhcp: bool = True
+
+
+class NeutronPort(NeutronObject):
+    """A Neutron port; its twin is the bridge port with the same id (`tessera_port_id`),
+    bound to `binding_host_id`'s host when that names a registered host."""
+
+    kind: ClassVar[str] = "neutron_ports"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("network_id", ("neutron_networks",), "cascade"),
+        Ref("tessera_port_id", ("ports",), "cascade"),
+    )
+    read_only: ClassVar[tuple[str, ...]] = ("id", "network_id", "tessera_port_id")
+
+    network_id: Uuid
+    tessera_port_id: Uuid
+    admin_state_up: bool = True
+    mac_address: MacAddr
+    fixed_ips: list[FixedIp] = Field(default_factory=list)
+    # Security group ids as given: the security group translation (port groups and
+    # conntrack chains) is built on them later; they are not checked yet.
+    security_groups: list[str] = Field(default_factory=list)
+    allowed_address_pairs: list[AddressPair] = Field(default_factory=list)
+    port_security_enabled: bool = True
+    device_owner: str = Field(default="", max_length=255)
+    device_id: str = Field(default="", max_length=255)
+    binding_host_id: str = Field(default="", max_length=255)
