@@ -35,8 +35,12 @@ KINDS: dict[str, type[StoredObject]] = {
         NeutronPort,
     )
 }
+# The kinds whose ids are unique across each other (every kind but the twins, which
+# share their twin's id: see `StoredObject.twin_of`).
+ID_KINDS: tuple[str, ...] = tuple(k for k, cls in KINDS.items() if cls.twin_of is None)
 
 __all__ = [
+    "ID_KINDS",
     "KINDS",
     "Bridge",
     "Chain",

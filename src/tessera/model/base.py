@@ -41,5 +41,9 @@ class StoredObject(TesseraModel):
     refs: ClassVar[tuple[Ref, ...]] = ()
     # Fields the server owns: accepted back in a PUT unchanged but never taken from a client.
     read_only: ClassVar[tuple[str, ...]] = ("id",)
+    # A kind whose objects share their id with an object of another kind, their twin (a
+    # Neutron network is the bridge with its id): such an object takes no id of its own,
+    # so ids stay unique across every other kind and a Neutron id is the tessera id.
+    twin_of: ClassVar[str | None] = None
 
     id: Uuid = Field(default_factory=new_id)

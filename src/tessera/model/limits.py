@@ -65,3 +65,24 @@ MAX_DHCP_HOSTNAME_LEN = 63
 """A DHCP host's `name`, sent as the client's host name (option 12): clients set it as
 the kernel's host name, which Linux bounds to 64 bytes (HOST_NAME_MAX); 63 is also a DNS
 label's limit. The domain is the resolver's business, not option 12's."""
+
+# -- Neutron objects (tessera.neutron): Neutron's own defaults where it has one ----------
+
+MAX_NEUTRON_TAGS = 64
+"""Tags on one Neutron resource (Neutron sets none; far above what tooling attaches)."""
+
+MAX_ALLOCATION_POOLS = 64
+"""A Neutron subnet's `allocation_pools`."""
+
+MAX_SUBNET_HOST_ROUTES = 20
+"""A Neutron subnet's `host_routes` (Neutron's `max_subnet_host_routes` default); they
+become DHCP option 121 routes, which hold at most 51."""
+
+MAX_FIXED_IPS = 5
+"""A Neutron port's `fixed_ips` (Neutron's `max_fixed_ips_per_port` default)."""
+
+MAX_ADDRESS_PAIRS = 10
+"""A Neutron port's `allowed_address_pairs` (Neutron's `max_allowed_address_pair`)."""
+
+MAX_PORT_SECURITY_GROUPS = 64
+"""Security groups on one Neutron port."""

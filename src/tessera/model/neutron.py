@@ -15,16 +15,18 @@ stored under Python names (`router_external`, `binding_host_id`); the API rename
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
+from tessera.model import limits as L
 from tessera.model.base import Ref, StoredObject
+from tessera.model.text import Name
 from tessera.model.types import IPv4Addr, MacAddr, TesseraModel, Uuid
 
-# Neutron's limits: names and descriptions up to 255 characters, project ids up to 255.
-NeutronName = str
-Tags = list[str]
+# Neutron's limits: names, descriptions, project ids and tags up to 255 characters,
+# printable (tessera's `Name`); every list bounded (model/limits.py).
+Tags = Annotated[list[Name], Field(max_length=L.MAX_NEUTRON_TAGS)]
 
 
 class AllocationPool(TesseraModel):
@@ -50,9 +52,9 @@ class AddressPair(TesseraModel):
 class NeutronObject(StoredObject):
     """What every Neutron resource carries (project, name, tags, revision, times)."""
 
-    name: str = Field(default="", max_length=255)
-    description: str = Field(default="", max_length=255)
-    project_id: str = Field(default="", max_length=255)
+    name: Name = ""
+    description: Name = ""
+    project_id: Name = ""
     tags: Tags = Field(default_factory=list)
     revision_number: int = 0
     created_at: str = ""
@@ -63,6 +65,7 @@ class NeutronNetwork(NeutronObject):
     """A Neutron network; its twin is the bridge with the same id (`bridge_id`)."""
 
     kind: ClassVar[str] = "neutron_networks"
+    twin_of: ClassVar[str | None] = "bridges"
     refs: ClassVar[tuple[Ref, ...]] = (Ref("bridge_id", ("bridges",), "cascade"),)
     read_only: ClassVar[tuple[str, ...]] = ("id", "bridge_id")
 
@@ -90,9 +93,13 @@ class NeutronSubnet(NeutronObject):
     cidr: str
     ip_version: int = 4
     gateway_ip: IPv4Addr | None = None
-    allocation_pools: list[AllocationPool] = Field(default_factory=list)
-    dns_nameservers: list[IPv4Addr] = Field(default_factory=list)
-    host_routes: list[HostRoute] = Field(default_factory=list)
+    allocation_pools: list[AllocationPool] = Field(
+        default_factory=list, max_length=L.MAX_ALLOCATION_POOLS
+    )
+    dns_nameservers: list[IPv4Addr] = Field(default_factory=list, max_length=L.MAX_DNS_SERVERS)
+    host_routes: list[HostRoute] = Field(
+        default_factory=list, max_length=L.MAX_SUBNET_HOST_ROUTES
+    )
     enable_dhcp: bool = True
 
 
@@ -101,6 +108,7 @@ class NeutronPort(NeutronObject):
     bound to `binding_host_id`'s host when that names a registered host."""
 
     kind: ClassVar[str] = "neutron_ports"
+    twin_of: ClassVar[str | None] = "ports"
     refs: ClassVar[tuple[Ref, ...]] = (
         Ref("network_id", ("neutron_networks",), "cascade"),
         Ref("tessera_port_id", ("ports",), "cascade"),
@@ -111,12 +119,16 @@ class NeutronPort(NeutronObject):
     tessera_port_id: Uuid
     admin_state_up: bool = True
     mac_address: MacAddr
-    fixed_ips: list[FixedIp] = Field(default_factory=list)
+    fixed_ips: list[FixedIp] = Field(default_factory=list, max_length=L.MAX_FIXED_IPS)
     # Security group ids as given: the security group translation (port groups and
     # conntrack chains) is built on them later; they are not checked yet.
-    security_groups: list[str] = Field(default_factory=list)
-    allowed_address_pairs: list[AddressPair] = Field(default_factory=list)
+    security_groups: list[Uuid] = Field(
+        default_factory=list, max_length=L.MAX_PORT_SECURITY_GROUPS
+    )
+    allowed_address_pairs: list[AddressPair] = Field(
+        default_factory=list, max_length=L.MAX_ADDRESS_PAIRS
+    )
     port_security_enabled: bool = True
-    device_owner: str = Field(default="", max_length=255)
-    device_id: str = Field(default="", max_length=255)
-    binding_host_id: str = Field(default="", max_length=255)
+    device_owner: Name = ""
+    device_id: Name = ""
+    binding_host_id: Name = ""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
 
-from tessera.model import KINDS
+from tessera.model import ID_KINDS
 from tessera.nsdb.base import (
     Change,
     Check,
@@ -264,7 +264,9 @@ class MemoryNsdb(Nsdb):
             for op, data in prepared:
                 if isinstance(op, Create):
                     kind, id = kind_of(op.obj), op.obj.id
-                    holder = next((k for k in KINDS if current(k, id) is not None), None)
+                    # A twin (a Neutron network) shares its id with its twin's kind only.
+                    space = (kind,) if kind_class(kind).twin_of else ID_KINDS
+                    holder = next((k for k in space if current(k, id) is not None), None)
                     if holder is not None:
                         raise AlreadyExists(id_taken(kind, id, holder))
                     new = _Obj(data.decode(), 1)

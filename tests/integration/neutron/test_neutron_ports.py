@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from neutron_helpers import Neutron, dump
 
-from tessera.model import DhcpSubnet, Port
+from tessera.model import DhcpSubnet, Port, new_id
 from tessera.model.neutron import NeutronPort
 from tessera.neutron.ports import interface_name
 from tessera.nsdb.store import TopologyStore
@@ -90,17 +90,18 @@ def test_mac_address_given_and_in_use(neutron: Neutron, net: dict) -> None:
 
 
 def test_security_attributes_are_stored(neutron: Neutron, net: dict) -> None:
+    sgs = [new_id(), new_id()]  # security group ids are UUIDs
     port = neutron.port(
         net["id"],
-        security_groups=["sg-1", "sg-2"],
+        security_groups=sgs,
         allowed_address_pairs=[{"ip_address": "10.0.0.200/32"}],
     )
-    assert port["security_groups"] == ["sg-1", "sg-2"]
+    assert port["security_groups"] == sgs
     assert port["allowed_address_pairs"] == [
         {"ip_address": "10.0.0.200/32", "mac_address": port["mac_address"]}
     ]
     stored = TopologyStore(neutron.nsdb).get(NeutronPort, port["id"])
-    assert stored.security_groups == ["sg-1", "sg-2"]
+    assert stored.security_groups == sgs
     plain = neutron.port(net["id"], port_security_enabled=False)
     assert plain["port_security_enabled"] is False
     body = {"port": {"allowed_address_pairs": [{"ip_address": "10.0.0.9"}]}}

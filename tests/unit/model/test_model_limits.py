@@ -26,6 +26,9 @@ from tessera.model import (
     IpAddrGroup,
     Mirror,
     NatTarget,
+    NeutronNetwork,
+    NeutronPort,
+    NeutronSubnet,
     Opt121Route,
     Port,
     PortGroup,
@@ -143,6 +146,15 @@ def test_a_copy_of_independent_fields_checks_just_the_new_values() -> None:
 WIDE = "\U0001f600" * 255  # 255 printable characters of 4 UTF-8 bytes each: the longest name
 NAME = {"name": WIDE}
 OWNED = {"name": WIDE, "tenant_id": WIDE}
+NEUTRON = {
+    "name": WIDE,
+    "description": WIDE,
+    "project_id": WIDE,
+    "tags": [WIDE] * L.MAX_NEUTRON_TAGS,
+    "revision_number": 1 << 31,
+    "created_at": "2026-12-04T00:00:00Z",
+    "updated_at": "2026-12-04T00:00:00Z",
+}
 FILTERS = {"inbound_filter_id": _ids(1)[0], "outbound_filter_id": _ids(1)[0]}
 MIRRORS = {
     "inbound_mirror_ids": _ids(L.MAX_MIRRORS_PER_DIRECTION),
@@ -234,6 +246,25 @@ def largest() -> dict[str, StoredObject]:
             opt121_routes=[route] * L.MAX_OPT121_ROUTES, hosts=hosts,
         ),
         Mirror(**OWNED, to_port_id=rid, conditions=[_conditions()] * L.MAX_MIRROR_CONDITIONS),
+        NeutronNetwork(**NEUTRON, bridge_id=rid, router_external=True, mtu=65535),
+        NeutronSubnet(
+            **NEUTRON, network_id=rid, dhcp_subnet_id=rid, cidr="192.168.0.0/16",
+            gateway_ip="192.168.255.254",
+            allocation_pools=[{"start": "192.168.0.1", "end": "192.168.255.253"}]
+            * L.MAX_ALLOCATION_POOLS,
+            dns_nameservers=["255.255.255.255"] * L.MAX_DNS_SERVERS,
+            host_routes=[{"destination": "255.255.255.255/32", "nexthop": "255.255.255.255"}]
+            * L.MAX_SUBNET_HOST_ROUTES,
+        ),
+        NeutronPort(
+            **NEUTRON, network_id=rid, tessera_port_id=rid, mac_address="02:00:00:00:00:01",
+            fixed_ips=[{"subnet_id": rid, "ip_address": "255.255.255.255"}] * L.MAX_FIXED_IPS,
+            security_groups=_ids(L.MAX_PORT_SECURITY_GROUPS),
+            allowed_address_pairs=[
+                {"ip_address": "255.255.255.255/32", "mac_address": "02:00:00:00:00:01"}
+            ] * L.MAX_ADDRESS_PAIRS,
+            device_owner=WIDE, device_id=WIDE, binding_host_id=WIDE,
+        ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}
 

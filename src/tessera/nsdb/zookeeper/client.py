@@ -21,7 +21,7 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import ZnodeStat
 
-from tessera.model import KINDS
+from tessera.model import ID_KINDS, KINDS
 from tessera.nsdb.base import (
     Change,
     Check,
@@ -137,6 +137,8 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         fails the commit, which is then redone with `read_entries`: the deletes' entries
         are read, and each loses only the deleted objects' kinds."""
         out: builtins.list[_IdOp] = []  # releases first: a commit may free an id and take it
+        # Twins (Neutron networks, ports) share their twin's entry and take none.
+        planned = [p for p in planned if p.kind in ID_KINDS]
         deletes = [p for p in planned if isinstance(p.op, Delete)]
         if not read_entries:
             out = [_IdOp(p, self._id_path(p.id), "delete", 0) for p in deletes]

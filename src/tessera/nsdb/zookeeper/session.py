@@ -30,7 +30,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 
-from tessera.model import KINDS
+from tessera.model import ID_KINDS, KINDS
 from tessera.nsdb.codec import escape_component, kind_class
 from tessera.nsdb.errors import NsdbError, Unavailable
 from tessera.nsdb.notify import Notifier
@@ -255,7 +255,7 @@ class ZkSession:
             raise marker
         if marker[0] == _IDS_FILLED:
             return
-        for kind in KINDS:
+        for kind in ID_KINDS:
             children = self._run(partial(self._zk.get_children_async, f"{self._objects}/{kind}"))
             if isinstance(children, NoNodeError):
                 continue
