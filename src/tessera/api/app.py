@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
+
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from tessera import __version__
 from tessera.api import errors
@@ -73,6 +76,18 @@ def _route_templates(app: FastAPI) -> list[str]:
     return [*api, *(r.path for r in app.routes if isinstance(r, Route | APIRoute))]
 
 
+def _route_methods(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path (as a regex) and methods, for the `Allow` header of a 405."""
+    routes: list[tuple[str, set[str]]] = [
+        (API_PREFIX + r.path, r.methods or set())
+        for module in _RESOURCES
+        for r in module.router.routes
+        if isinstance(r, APIRoute)
+    ]
+    routes += [(r.path, r.methods or set()) for r in app.routes if isinstance(r, Route | APIRoute)]
+    return [(compile_path(path)[0], frozenset(methods)) for path, methods in routes]
+
+
 def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     """The API over `nsdb`. `services`, when this process takes part in the cluster's
     leader election, is reported by the health endpoint and `/metrics`."""
@@ -107,6 +122,7 @@ def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     def prometheus_metrics(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.state.route_methods = functools.cache(lambda: _route_methods(app))
     templates = RouteTemplates(lambda: _route_templates(app))
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
     return app

@@ -220,7 +220,20 @@ class DhcpHostUpdate(TesseraModel):
 
 
 class Health(TesseraModel):
+    """200: this server can serve; the NSDB answered a request just now."""
+
     status: Literal["ok"] = "ok"
     nsdb_connected: bool
     leader: bool = Field(description="whether this server runs the cluster's singleton services")
     leader_id: str | None = Field(description="the server that runs them, if known")
+
+
+class HealthUnavailable(TesseraModel):
+    """503: the NSDB did not answer within the health check's deadline (down, frozen or
+    overloaded). An error body like any other (`message`), with the health fields."""
+
+    message: str
+    status: Literal["unavailable"] = "unavailable"
+    nsdb_connected: Literal[False] = False
+    leader: bool = Field(description="whether this server still runs the singleton services")
+    leader_id: None = Field(default=None, description="not asked: that needs the NSDB")

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path
-
-from tessera.api.deps import BridgeId, Store, SubnetKey, build, oid, sent
+from tessera.api.deps import BridgeId, MacParam, Store, SubnetKey, build, oid, sent
 from tessera.api.schemas import DhcpHostUpdate, DhcpSubnetCreate, DhcpSubnetUpdate
 from tessera.model import DhcpHost, DhcpSubnet
 from tessera.nsdb.errors import IntegrityError
 
 router = APIRouter(tags=["dhcp"])
-
-Mac = Annotated[str, Path(description="the host's MAC address", examples=["02:00:00:00:00:01"])]
 
 
 @router.get("/bridges/{bridge_id}/dhcp_subnets")
@@ -60,13 +56,13 @@ def create_dhcp_host(
 
 
 @router.get("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}")
-def get_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, store: Store) -> DhcpHost:
+def get_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, store: Store) -> DhcpHost:
     return store.dhcp_host(oid("bridges", bridge_id), subnet, mac)
 
 
 @router.put("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}")
 def update_dhcp_host(
-    bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, body: DhcpHostUpdate, store: Store
+    bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, body: DhcpHostUpdate, store: Store
 ) -> DhcpHost:
     bridge = oid("bridges", bridge_id)
     current = store.dhcp_host(bridge, subnet, mac)
@@ -80,5 +76,5 @@ def update_dhcp_host(
 
 
 @router.delete("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}", status_code=204)
-def delete_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, store: Store) -> None:
+def delete_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, store: Store) -> None:
     store.remove_dhcp_host(oid("bridges", bridge_id), subnet, mac)
