@@ -96,6 +96,8 @@ def _sentence(err: Any, what: str) -> str:
             return "the request body is missing: send a JSON object"
         if kind in ("model_attributes_type", "dict_type", "model_type"):
             return "the request body must be a JSON object"
+    if kind == "json_type":  # the message names the field already (`jsontypes`)
+        return _clean(str(err.get("msg", "")))
     if kind == "extra_forbidden":
         return f"{field}: unknown field (not part of {what})"
     if kind == "missing":

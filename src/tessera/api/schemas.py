@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from tessera.api.jsontypes import JsonTyped
 from tessera.model import (
     Bridge,
     Chain,
+    DhcpHost,
     DhcpSubnet,
     IpAddrGroup,
     Mirror,
@@ -36,11 +38,17 @@ from tessera.model import (
 )
 from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
 from tessera.nsdb.store.integrity import FIXED_FIELDS, PARENT_FIELD, server_owned
+from tessera.simulation.trace import PacketDescription
 
 
 def _annotation(info: FieldInfo) -> Any:
-    if info.metadata:
-        return Annotated[(info.annotation, *info.metadata)]
+    """The field's type with its constraints and its schema extras (a UUID's pattern...),
+    which pydantic keeps on the field rather than in the type."""
+    parts = [*info.metadata]
+    if info.json_schema_extra is not None:
+        parts.append(Field(json_schema_extra=info.json_schema_extra))
+    if parts:
+        return Annotated[(info.annotation, *parts)]
     return info.annotation
 
 
@@ -51,11 +59,15 @@ def _optional(info: FieldInfo) -> tuple[Any, Any]:
     )
 
 
+class Body(TesseraModel, JsonTyped):
+    """Base of every request body: JSON types exactly as the schema declares them."""
+
+
 def _without_nulls(fields: frozenset[str]) -> type[TesseraModel]:
     """A base whose instances leave out `fields` sent as null, as if never sent: the
     object is then built with their defaults (the store fills them in)."""
 
-    class NullsDropped(TesseraModel):
+    class NullsDropped(Body):
         @model_validator(mode="before")
         @classmethod
         def _drop_nulls(cls, data: Any) -> Any:
@@ -73,7 +85,7 @@ def _derive(
     optional: Iterable[str],
     doc: str,
     overrides: dict[str, tuple[Any, Any]] | None = None,
-    base: type[TesseraModel] = TesseraModel,
+    base: type[TesseraModel] = Body,
 ) -> type[TesseraModel]:
     opt = set(optional)
     overrides = overrides or {}
@@ -168,13 +180,13 @@ else:
     MirrorCreate, MirrorUpdate = create_body(Mirror), update_body(Mirror)
 
 
-class LinkRequest(TesseraModel):
+class LinkRequest(Body):
     """The port to link to (both ports must be unbound and unlinked)."""
 
     peer_id: Uuid
 
 
-class BindingRequest(TesseraModel):
+class BindingRequest(Body):
     port_id: Uuid
     interface_name: str = Field(min_length=1, max_length=15, examples=["tap0"])
 
@@ -187,7 +199,7 @@ class Binding(TesseraModel):
     interface_name: str
 
 
-class PortGroupPortRequest(TesseraModel):
+class PortGroupPortRequest(Body):
     port_id: Uuid
 
 
@@ -196,7 +208,7 @@ class PortGroupPort(TesseraModel):
     port_id: str
 
 
-class IpAddrRequest(TesseraModel):
+class IpAddrRequest(Body):
     addr: IPv4Addr
 
 
@@ -211,7 +223,7 @@ class TunnelZoneMember(TesseraModel):
     ip_address: str
 
 
-class DhcpHostUpdate(TesseraModel):
+class DhcpHostUpdate(Body):
     """A DHCP host as GET returns it; `mac_addr` names it and may only be sent unchanged."""
 
     mac_addr: MacAddr | None = None
@@ -237,3 +249,11 @@ class HealthUnavailable(TesseraModel):
     nsdb_connected: Literal[False] = False
     leader: bool = Field(description="whether this server still runs the singleton services")
     leader_id: None = Field(default=None, description="not asked: that needs the NSDB")
+
+
+class DhcpHostCreate(DhcpHost, Body):
+    """A static lease: `mac_addr` names it; `ip_addr` must be in the subnet."""
+
+
+class TraceRequest(PacketDescription, Body):
+    """A packet entering the virtual network at `port_id` (see `PacketDescription`)."""

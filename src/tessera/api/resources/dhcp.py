@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tessera.api.deps import BridgeId, MacParam, Store, SubnetKey, build, oid, sent
-from tessera.api.schemas import DhcpHostUpdate, DhcpSubnetCreate, DhcpSubnetUpdate
+from tessera.api.schemas import DhcpHostCreate, DhcpHostUpdate, DhcpSubnetCreate, DhcpSubnetUpdate
 from tessera.model import DhcpHost, DhcpSubnet
 from tessera.nsdb.errors import IntegrityError
 
@@ -49,10 +49,11 @@ def list_dhcp_hosts(bridge_id: BridgeId, subnet: SubnetKey, store: Store) -> lis
 
 @router.post("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts", status_code=201)
 def create_dhcp_host(
-    bridge_id: BridgeId, subnet: SubnetKey, body: DhcpHost, store: Store
+    bridge_id: BridgeId, subnet: SubnetKey, body: DhcpHostCreate, store: Store
 ) -> DhcpHost:
     """A static lease: `ip_addr` must be in the subnet; MAC and address are unique."""
-    return store.add_dhcp_host(oid("bridges", bridge_id), subnet, body)
+    host = DhcpHost.model_validate(body.model_dump())
+    return store.add_dhcp_host(oid("bridges", bridge_id), subnet, host)
 
 
 @router.get("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}")

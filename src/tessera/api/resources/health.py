@@ -30,7 +30,7 @@ def get_health(request: Request) -> Any:
     leader = bool(services and services.is_leader)
     if not nsdb.ping(PING_TIMEOUT):
         body = HealthUnavailable(
-            message=f"the NSDB did not answer within {PING_TIMEOUT:g}s: "
+            message=f"the NSDB is unreachable (no answer within {PING_TIMEOUT:g}s): "
             "this API server cannot serve now",
             leader=leader,
         )
