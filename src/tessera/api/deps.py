@@ -70,11 +70,14 @@ AddrParam = Annotated[
 ]
 
 
+_UUID = re.compile(UUID_PATTERN)
+
+
 def oid(kind: str, value: str) -> str:
     """An id from the path in canonical form; 404 if it is not a UUID as the schema
     declares it (8-4-4-4-12 hex digits: no braces, no `urn:uuid:`, no bare 32 digits),
     so that a path the schema calls invalid never reaches an object."""
-    if not re.match(UUID_PATTERN, value):
+    if not _UUID.fullmatch(value):
         raise NotFound(f"{describe(kind, value)} does not exist")
     return normal_id(kind, value)
 

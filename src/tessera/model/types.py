@@ -17,7 +17,7 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
 
 def _mac(value: str) -> str:
-    if not _MAC_RE.match(value):
+    if not _MAC_RE.fullmatch(value):
         raise ValueError(f"'{value}' is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
     return value.replace("-", ":").lower()
 
@@ -30,7 +30,7 @@ def _ipv4(value: str) -> str:
 
 
 def _uuid(value: str) -> str:
-    if not _UUID_RE.match(value):
+    if not _UUID_RE.fullmatch(value):
         raise ValueError(f"'{value}' is not a UUID (expected 8-4-4-4-12 hexadecimal digits)")
     return str(uuid.UUID(value))
 
