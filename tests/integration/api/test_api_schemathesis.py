@@ -119,25 +119,24 @@ ACCEPTED = ["2xx", "400", "404", "409"]
 
 
 def _config(
-    mode: str = "all", examples: int = EXAMPLES, fuzz_only: bool = False
+    mode: str = "all", examples: int = EXAMPLES, *, coverage: bool = True, stateful: bool = True
 ) -> SchemathesisConfig:
-    phases: dict[str, Any] = {"stateful": {"max-steps": 40 if EXPLORE else 15}}
-    if fuzz_only:
-        phases = {"examples": {"enabled": False}, "coverage": {"enabled": False}}
     config: dict[str, Any] = {
         "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}},
         "generation": {"mode": mode, "max-examples": examples, "deterministic": not EXPLORE},
-        "phases": phases,
+        "phases": {
+            "coverage": {"enabled": coverage},
+            "stateful": {"enabled": stateful, "max-steps": 40 if EXPLORE else 15},
+        },
     }
     if not EXPLORE:
         config["seed"] = 20261203
     return SchemathesisConfig.from_dict(config)
 
 
-def _findings(nsdb: Nsdb, mode: str) -> tuple[list[str], int]:
-    """Every failure of a whole schemathesis run (all phases, all checks) against the
-    API over `nsdb`, as the CLI would print them, and the number of scenarios run."""
-    config = _config(mode)
+def _findings(nsdb: Nsdb, config: SchemathesisConfig) -> tuple[list[str], int]:
+    """Every failure of a whole schemathesis run (all checks) against the API over
+    `nsdb`, as the CLI would print them, and the number of scenarios run."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(nsdb), config=config)
     found: list[str] = []
     scenarios = 0
@@ -160,16 +159,20 @@ def _findings(nsdb: Nsdb, mode: str) -> tuple[list[str], int]:
 def test_a_schema_fuzzer_finds_nothing(nsdb_factory: Any) -> None:
     """The whole run as an outside tester would make it: examples, coverage (boundary
     values, unsupported methods, missing parameters), fuzzing and the stateful phase.
-    On ZooKeeper, valid data only (CI time): invalid data is refused by validation,
-    before any backend is asked, and the memory run covers it."""
-    mode = "all" if nsdb_factory.backend == "memory" or EXPLORE else "positive"
-    found, scenarios = _findings(nsdb_factory(), mode)
+    On ZooKeeper in CI (time), valid data and no coverage phase: invalid data and
+    boundary values are refused by validation before any backend is asked, and the
+    memory run covers them; `explore` runs everything on both."""
+    full = nsdb_factory.backend == "memory" or EXPLORE
+    config = _config("all" if full else "positive", coverage=full)
+    found, scenarios = _findings(nsdb_factory(), config)
     assert scenarios > 100
     assert not found, f"{len(found)} findings:\n\n" + "\n\n".join(sorted(set(found))[:20])
 
 
 _SEEDED_NSDB = MemoryNsdb()
-SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", create_app(_SEEDED_NSDB), config=_config())
+SCHEMA = schemathesis.openapi.from_asgi(
+    "/openapi.json", create_app(_SEEDED_NSDB), config=_config(examples=20, coverage=False)
+)
 SEEDS = Seeds(TopologyStore(_SEEDED_NSDB))
 
 
