@@ -10,6 +10,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,24 @@ def _timed_health(client: TestClient) -> tuple[float, int, dict[str, object]]:
     start = time.monotonic()
     response = client.get("/api/v1/health")
     return time.monotonic() - start, response.status_code, response.json()
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped: `kill` returns before a thread running on
+    another CPU has stopped, and that thread could still answer one more request."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+def _freeze(pid: int) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: _stopped(pid), timeout=5)
 
 
 @pytest.fixture
@@ -55,7 +74,7 @@ def test_health_is_503_within_a_second_while_zookeeper_is_frozen(
             elapsed, status, body = _timed_health(client)
             assert status == 200 and body["nsdb_connected"] is True, body
 
-            os.kill(pid, signal.SIGSTOP)
+            _freeze(pid)
             for _ in range(3):  # every probe, not only the first, answers in time
                 elapsed, status, body = _timed_health(client)
                 assert elapsed < WITHIN, f"health took {elapsed:.2f}s"
