@@ -194,8 +194,8 @@ class BindingRequest(Body):
 class Binding(TesseraModel):
     """A port bound to an interface of a host."""
 
-    host_id: str
-    port_id: str
+    host_id: Uuid
+    port_id: Uuid
     interface_name: str
 
 
@@ -204,8 +204,8 @@ class PortGroupPortRequest(Body):
 
 
 class PortGroupPort(TesseraModel):
-    port_group_id: str
-    port_id: str
+    port_group_id: Uuid
+    port_id: Uuid
 
 
 class IpAddrRequest(Body):
@@ -213,14 +213,14 @@ class IpAddrRequest(Body):
 
 
 class IpAddrGroupAddr(TesseraModel):
-    ip_addr_group_id: str
-    addr: str
+    ip_addr_group_id: Uuid
+    addr: IPv4Addr
 
 
 class TunnelZoneMember(TesseraModel):
-    tunnel_zone_id: str
-    host_id: str
-    ip_address: str
+    tunnel_zone_id: Uuid
+    host_id: Uuid
+    ip_address: IPv4Addr
 
 
 class DhcpHostUpdate(Body):
