@@ -9,6 +9,7 @@ validates: types, `enum` and `const` only (ranges, lengths and formats stay pyda
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -69,6 +70,8 @@ def problem(schema: dict[str, Any], value: Any, defs: dict[str, Any], where: str
         return f"{where}: must be {schema['const']!r}"
     if "enum" in schema and not any(_same(e, value) for e in schema["enum"]):
         return f"{where}: must be one of {', '.join(repr(e) for e in schema['enum'])}"
+    if isinstance(value, str) and (found := _text_problem(schema, value, where)):
+        return found
     if isinstance(value, list):
         items = schema.get("prefixItems", ())
         for i, item in enumerate(value):
@@ -86,6 +89,28 @@ def problem(schema: dict[str, Any], value: Any, defs: dict[str, Any], where: str
 
 
 _NAMES = {bool: "a boolean", str: "a string", int: "a number", float: "a number"}
+
+
+def _text_problem(schema: dict[str, Any], value: str, where: str) -> str | None:
+    """The model strips white space around strings before checking them: without this,
+    `maxLength` would be checked on the stripped text, and `"  10.0.0.1"` would pass a
+    pattern that refuses it. The schema speaks of the string as sent."""
+    limit = schema.get("maxLength")
+    if isinstance(limit, int) and len(value) > limit:
+        return f"{where}: String should have at most {limit} characters"
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and value != value.strip() and not _regex(pattern).search(value):
+        return f"{where}: white space around the value is not allowed here"
+    return None
+
+
+@functools.cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    """JSON Schema's reading of a pattern: `$` is the very end of the text (Python's
+    `$` also matches before a final newline)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
 
 def _describe(value: Any) -> str:
