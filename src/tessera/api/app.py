@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from typing import Any
+
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 
 from tessera import __version__
 from tessera.api import errors
@@ -75,6 +79,56 @@ def _route_templates(app: FastAPI) -> list[str]:
     return [*api, *(r.path for r in app.routes if isinstance(r, Route | APIRoute))]
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def add_links(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI links from each create to what uses its answer's `id`: `POST /bridges`
+    names the bridge that `GET`/`PUT`/`DELETE /bridges/{bridge_id}` and
+    `POST /bridges/{bridge_id}/ports` act on, and so on for every kind whose path
+    parameter is `<kind>_id` (a DHCP host's `mac` likewise). A client generator, or a
+    stateful fuzzer such as schemathesis, can then chain real calls."""
+    operations = [
+        (method, op) for ops in schema.get("paths", {}).values() for method, op in ops.items()
+    ]
+    for method, op in operations:
+        if method != "post":
+            continue
+        created = op.get("responses", {}).get("201", {})
+        ref = created.get("content", {}).get("application/json", {}).get("schema", {})
+        kind = ref.get("$ref", "").rsplit("/", 1)[-1]
+        if not kind:
+            continue
+        params = {f"{_snake(kind)}_id": "$response.body#/id"}
+        if kind == "DhcpHost":
+            params = {"mac": "$response.body#/mac_addr"}
+        links: dict[str, Any] = {}
+        for _, other in operations:
+            named = {p["name"] for p in other.get("parameters", ()) if p.get("in") == "path"}
+            for param, expression in params.items():
+                if param in named and other is not op:
+                    links[other["operationId"]] = {
+                        "operationId": other["operationId"],
+                        "parameters": {param: expression},
+                    }
+        if links:
+            created["links"] = links
+    return schema
+
+
+def _route_methods(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path (as a regex) and methods, for the `Allow` header of a 405."""
+    routes: list[tuple[str, set[str]]] = [
+        (API_PREFIX + r.path, r.methods or set())
+        for module in _RESOURCES
+        for r in module.router.routes
+        if isinstance(r, APIRoute)
+    ]
+    routes += [(r.path, r.methods or set()) for r in app.routes if isinstance(r, Route | APIRoute)]
+    return [(compile_path(path)[0], frozenset(methods)) for path, methods in routes]
+
+
 def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     """The API over `nsdb`. `services`, when this process takes part in the cluster's
     leader election, is reported by the health endpoint and `/metrics`."""
@@ -109,6 +163,15 @@ def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     def prometheus_metrics(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.state.route_methods = functools.cache(lambda: _route_methods(app))
+    plain_openapi = app.openapi
+
+    def openapi_with_links() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_links(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_links  # type: ignore[method-assign]
     templates = RouteTemplates(lambda: _route_templates(app))
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
     return app

@@ -1,9 +1,12 @@
 """Every error the API returns is `{"message": "..."}`: one readable sentence.
 
 NSDB errors map to statuses by class (`NotFound` 404, `AlreadyExists`/`Conflict` 409,
+NSDB errors map to statuses by class (`NotFound` 404, `AlreadyExists`/`Conflict` 409,
 `IntegrityError` 400, `ObjectTooLarge` 413, `Unavailable` and any other backend failure
 503); pydantic's validation errors become one sentence naming the field, 422 when the
-request itself is malformed, 400 when a well-formed request describes an invalid object.
+request itself is malformed (what the OpenAPI schema can say: types, ranges, formats,
+unknown fields), 400 when a well-formed request describes an invalid object (a rule
+across fields).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ def _sentence(err: Any, what: str) -> str:
             return "the request body is missing: send a JSON object"
         if kind in ("model_attributes_type", "dict_type", "model_type"):
             return "the request body must be a JSON object"
+    if kind == "json_type":  # the message names the field already (`jsontypes`)
+        return _clean(str(err.get("msg", "")))
     if kind == "extra_forbidden":
         return f"{field}: unknown field (not part of {what})"
     if kind == "missing":
@@ -125,6 +130,27 @@ def one_sentence(errors: Sequence[Any], what: str) -> str:
     return first
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this request's path. Starlette's 405 names only
+    the methods of the first route whose path matched (`/bridges/{id}` is three routes:
+    GET, PUT, DELETE), but RFC 9110 wants `Allow` to list all of them. The app keeps
+    its routes' paths and methods in `app.state.route_methods` (see `app.py`)."""
+    routes = getattr(request.app.state, "route_methods", None)
+    if routes is None:
+        return []
+    path = request.scope["path"]
+    return sorted({m for regex, methods in routes() if regex.match(path) for m in methods})
+
+
+def _whole_object_rule(err: Any) -> bool:
+    """Whether a validation error comes from a rule over a whole object of the body (its
+    fields each well-formed: a port range whose start is past its end, a packet
+    description with `protocol` but no addresses), not from a malformed field. The
+    schema can say what a field must be but not such rules, so a schema-valid request
+    may break one: that is a 400, an invalid object, never a 422, a malformed request."""
+    return err.get("type") == "value_error" and isinstance(err.get("input"), dict)
+
+
 def install(app: FastAPI) -> None:
     async def on_nsdb_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, NsdbError)
@@ -135,7 +161,10 @@ def install(app: FastAPI) -> None:
 
     async def on_request_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error(422, one_sentence(exc.errors(), "this request"))
+        errors = exc.errors()
+        if errors and all(map(_whole_object_rule, errors)):
+            return error(400, one_sentence(errors, "request body"))
+        return error(422, one_sentence(errors, "this request"))
 
     async def on_object_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ValidationError)
@@ -147,10 +176,15 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such resource: {request.url.path}"
-        elif exc.status_code == 405:
+        headers = exc.headers
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
             detail = f"{request.method} is not supported on {request.url.path}"
+            if allowed:
+                detail += f" (only {', '.join(allowed)})"
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return JSONResponse(
-            status_code=exc.status_code, content={"message": detail}, headers=exc.headers
+            status_code=exc.status_code, content={"message": detail}, headers=headers
         )
 
     app.add_exception_handler(NsdbError, on_nsdb_error)

@@ -84,3 +84,10 @@ class InstrumentedNsdb(Nsdb):
 
     def close(self) -> None:
         self.inner.close()
+
+    def ping(self, timeout: float) -> bool:
+        start = time.perf_counter()
+        try:
+            return self.inner.ping(timeout)
+        finally:
+            self._latency.labels("ping").observe(time.perf_counter() - start)

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from tessera.api.jsontypes import JsonTyped
 from tessera.model import (
     Bridge,
     Chain,
+    DhcpHost,
     DhcpSubnet,
     IpAddrGroup,
     Mirror,
@@ -38,11 +40,17 @@ from tessera.model.dhcp import HostName
 from tessera.model.text import InterfaceName
 from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, TesseraModel, Uuid
 from tessera.nsdb.store.integrity import FIXED_FIELDS, PARENT_FIELD, server_owned
+from tessera.simulation.trace import PacketDescription
 
 
 def _annotation(info: FieldInfo) -> Any:
-    if info.metadata:
-        return Annotated[(info.annotation, *info.metadata)]
+    """The field's type with its constraints and its schema extras (a UUID's pattern...),
+    which pydantic keeps on the field rather than in the type."""
+    parts = [*info.metadata]
+    if info.json_schema_extra is not None:
+        parts.append(Field(json_schema_extra=info.json_schema_extra))
+    if parts:
+        return Annotated[(info.annotation, *parts)]
     return info.annotation
 
 
@@ -53,11 +61,15 @@ def _optional(info: FieldInfo) -> tuple[Any, Any]:
     )
 
 
+class Body(TesseraModel, JsonTyped):
+    """Base of every request body: JSON types exactly as the schema declares them."""
+
+
 def _without_nulls(fields: frozenset[str]) -> type[TesseraModel]:
     """A base whose instances leave out `fields` sent as null, as if never sent: the
     object is then built with their defaults (the store fills them in)."""
 
-    class NullsDropped(TesseraModel):
+    class NullsDropped(Body):
         @model_validator(mode="before")
         @classmethod
         def _drop_nulls(cls, data: Any) -> Any:
@@ -75,7 +87,7 @@ def _derive(
     optional: Iterable[str],
     doc: str,
     overrides: dict[str, tuple[Any, Any]] | None = None,
-    base: type[TesseraModel] = TesseraModel,
+    base: type[TesseraModel] = Body,
 ) -> type[TesseraModel]:
     opt = set(optional)
     overrides = overrides or {}
@@ -170,13 +182,13 @@ else:
     MirrorCreate, MirrorUpdate = create_body(Mirror), update_body(Mirror)
 
 
-class LinkRequest(TesseraModel):
+class LinkRequest(Body):
     """The port to link to (both ports must be unbound and unlinked)."""
 
     peer_id: Uuid
 
 
-class BindingRequest(TesseraModel):
+class BindingRequest(Body):
     port_id: Uuid
     interface_name: InterfaceName = Field(examples=["tap0"])
 
@@ -184,36 +196,36 @@ class BindingRequest(TesseraModel):
 class Binding(TesseraModel):
     """A port bound to an interface of a host."""
 
-    host_id: str
-    port_id: str
+    host_id: Uuid
+    port_id: Uuid
     interface_name: str
 
 
-class PortGroupPortRequest(TesseraModel):
+class PortGroupPortRequest(Body):
     port_id: Uuid
 
 
 class PortGroupPort(TesseraModel):
-    port_group_id: str
-    port_id: str
+    port_group_id: Uuid
+    port_id: Uuid
 
 
-class IpAddrRequest(TesseraModel):
+class IpAddrRequest(Body):
     addr: IPv4Addr
 
 
 class IpAddrGroupAddr(TesseraModel):
-    ip_addr_group_id: str
-    addr: str
+    ip_addr_group_id: Uuid
+    addr: IPv4Addr
 
 
 class TunnelZoneMember(TesseraModel):
-    tunnel_zone_id: str
-    host_id: str
-    ip_address: str
+    tunnel_zone_id: Uuid
+    host_id: Uuid
+    ip_address: IPv4Addr
 
 
-class DhcpHostUpdate(TesseraModel):
+class DhcpHostUpdate(Body):
     """A DHCP host as GET returns it; `mac_addr` names it and may only be sent unchanged."""
 
     mac_addr: MacAddr | None = None
@@ -222,7 +234,28 @@ class DhcpHostUpdate(TesseraModel):
 
 
 class Health(TesseraModel):
+    """200: this server can serve; the NSDB answered a request just now."""
+
     status: Literal["ok"] = "ok"
     nsdb_connected: bool
     leader: bool = Field(description="whether this server runs the cluster's singleton services")
     leader_id: str | None = Field(description="the server that runs them, if known")
+
+
+class HealthUnavailable(TesseraModel):
+    """503: the NSDB did not answer within the health check's deadline (down, frozen or
+    overloaded). An error body like any other (`message`), with the health fields."""
+
+    message: str
+    status: Literal["unavailable"] = "unavailable"
+    nsdb_connected: Literal[False] = False
+    leader: bool = Field(description="whether this server still runs the singleton services")
+    leader_id: None = Field(default=None, description="not asked: that needs the NSDB")
+
+
+class DhcpHostCreate(DhcpHost, Body):
+    """A static lease: `mac_addr` names it; `ip_addr` must be in the subnet."""
+
+
+class TraceRequest(PacketDescription, Body):
+    """A packet entering the virtual network at `port_id` (see `PacketDescription`)."""

@@ -31,7 +31,7 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
 
 def _mac(value: str) -> str:
-    if not _MAC_RE.match(value):
+    if not _MAC_RE.fullmatch(value):
         raise ValueError(f"'{value}' is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
     return value.replace("-", ":").lower()
 
@@ -44,16 +44,36 @@ def _ipv4(value: str) -> str:
 
 
 def _uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValueError(f"'{value}' is not a UUID") from None
+    if not _UUID_RE.fullmatch(value):
+        raise ValueError(f"'{value}' is not a UUID (expected 8-4-4-4-12 hexadecimal digits)")
+    return str(uuid.UUID(value))
 
 
-MacAddr = Annotated[str, AfterValidator(_mac), Field(examples=["02:00:00:00:00:01"])]
-IPv4Addr = Annotated[str, AfterValidator(_ipv4), Field(examples=["10.0.0.1"])]
+# The OpenAPI schema declares these patterns (below): exactly what each validator accepts,
+# so that a schema-driven client or fuzzer never sends a value the server refuses.
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+UUID_PATTERN = _UUID_RE.pattern
+MAC_PATTERN = _MAC_RE.pattern
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IPV4_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}$"
+
+MacAddr = Annotated[
+    str,
+    AfterValidator(_mac),
+    Field(examples=["02:00:00:00:00:01"], json_schema_extra={"pattern": MAC_PATTERN}),
+]
+IPv4Addr = Annotated[
+    str,
+    AfterValidator(_ipv4),
+    Field(examples=["10.0.0.1"], json_schema_extra={"format": "ipv4", "pattern": IPV4_PATTERN}),
+]
 Uuid = Annotated[
-    str, AfterValidator(_uuid), Field(examples=["6f1e9d2c-9a51-4e2b-8a44-1c2d3e4f5a6b"])
+    str,
+    AfterValidator(_uuid),
+    Field(
+        examples=["6f1e9d2c-9a51-4e2b-8a44-1c2d3e4f5a6b"],
+        json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN},
+    ),
 ]
 PrefixLen = Annotated[int, Field(ge=0, le=32)]
 VlanId = Annotated[int, Field(ge=0, le=4095)]

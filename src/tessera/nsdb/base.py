@@ -181,6 +181,13 @@ class Nsdb(abc.ABC):
     def close(self) -> None:
         """End this client's session: its ephemeral state entries vanish."""
 
+    def ping(self, timeout: float) -> bool:
+        """Whether the backend answers a request within `timeout` seconds, for health
+        checks: `connected` says the connection is up, not that the other end answers
+        (a frozen ZooKeeper keeps its TCP connection open). Never raises. This default
+        suits a backend that cannot hang; a remote one makes a real round trip."""
+        return self.connected
+
 
 class LeaderElection(abc.ABC):
     """Run `on_elected` while this participant leads. `on_elected` is called on a

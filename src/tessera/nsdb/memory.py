@@ -432,6 +432,16 @@ class MemoryNsdb(Nsdb):
                     entries[key] = _Entry(value, self.session)
                     self.store.dispatch_state(table, key, "added", value)
 
+    def ping(self, timeout: float) -> bool:
+        """The store answers when its lock can be taken within `timeout` (a writer stuck
+        holding it is this backend's frozen server) and it is available."""
+        if not self.store.lock.acquire(timeout=timeout):
+            return False
+        try:
+            return self.connected
+        finally:
+            self.store.lock.release()
+
 
 def _expect(cur: _Obj | None, kind: str, id: str, version: int | None) -> _Obj:
     if cur is None:

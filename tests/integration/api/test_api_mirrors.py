@@ -49,7 +49,7 @@ def test_mirror_references_must_exist(api: Api) -> None:
     body = {"to_port_id": dst["id"], "conditions": [{"in_ports": [missing]}]}
     assert "conditions[0].in_ports: no port" in api.post("/mirrors", body, status=400)
     body = {"to_port_id": dst["id"], "conditions": [{"nw_src_length": 8}]}
-    assert "nw_src_length needs nw_src_address" in api.post("/mirrors", body, status=422)
+    assert "nw_src_length needs nw_src_address" in api.post("/mirrors", body, status=400)
     body = {"to_port_id": dst["id"], "conditions": [{"bogus": 1}]}
     assert "unknown field" in api.post("/mirrors", body, status=422)
     assert api.get("/mirrors") == []

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path
-
-from tessera.api.deps import BridgeId, Store, SubnetKey, build, oid, sent
-from tessera.api.schemas import DhcpHostUpdate, DhcpSubnetCreate, DhcpSubnetUpdate
+from tessera.api.deps import BridgeId, MacParam, Store, SubnetKey, build, oid, sent
+from tessera.api.schemas import DhcpHostCreate, DhcpHostUpdate, DhcpSubnetCreate, DhcpSubnetUpdate
 from tessera.model import DhcpHost, DhcpSubnet
 from tessera.nsdb.errors import IntegrityError
 
 router = APIRouter(tags=["dhcp"])
-
-Mac = Annotated[str, Path(description="the host's MAC address", examples=["02:00:00:00:00:01"])]
 
 
 @router.get("/bridges/{bridge_id}/dhcp_subnets")
@@ -53,20 +49,21 @@ def list_dhcp_hosts(bridge_id: BridgeId, subnet: SubnetKey, store: Store) -> lis
 
 @router.post("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts", status_code=201)
 def create_dhcp_host(
-    bridge_id: BridgeId, subnet: SubnetKey, body: DhcpHost, store: Store
+    bridge_id: BridgeId, subnet: SubnetKey, body: DhcpHostCreate, store: Store
 ) -> DhcpHost:
     """A static lease: `ip_addr` must be in the subnet; MAC and address are unique."""
-    return store.add_dhcp_host(oid("bridges", bridge_id), subnet, body)
+    host = DhcpHost.model_validate(body.model_dump())
+    return store.add_dhcp_host(oid("bridges", bridge_id), subnet, host)
 
 
 @router.get("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}")
-def get_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, store: Store) -> DhcpHost:
+def get_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, store: Store) -> DhcpHost:
     return store.dhcp_host(oid("bridges", bridge_id), subnet, mac)
 
 
 @router.put("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}")
 def update_dhcp_host(
-    bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, body: DhcpHostUpdate, store: Store
+    bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, body: DhcpHostUpdate, store: Store
 ) -> DhcpHost:
     bridge = oid("bridges", bridge_id)
     current = store.dhcp_host(bridge, subnet, mac)
@@ -80,5 +77,5 @@ def update_dhcp_host(
 
 
 @router.delete("/bridges/{bridge_id}/dhcp_subnets/{subnet}/hosts/{mac}", status_code=204)
-def delete_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: Mac, store: Store) -> None:
+def delete_dhcp_host(bridge_id: BridgeId, subnet: SubnetKey, mac: MacParam, store: Store) -> None:
     store.remove_dhcp_host(oid("bridges", bridge_id), subnet, mac)

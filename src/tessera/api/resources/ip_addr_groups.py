@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path
-
-from tessera.api.deps import IpAddrGroupId, Store, build, oid, sent
+from tessera.api.deps import AddrParam, IpAddrGroupId, Store, build, oid, sent
 from tessera.api.schemas import (
     IpAddrGroupAddr,
     IpAddrGroupCreate,
@@ -16,8 +14,6 @@ from tessera.api.schemas import (
 from tessera.model import IpAddrGroup
 
 router = APIRouter(tags=["IP address groups"])
-
-Addr = Annotated[str, Path(description="an IPv4 address of the group", examples=["10.0.0.1"])]
 
 
 @router.get("/ip_addr_groups")
@@ -68,5 +64,7 @@ def add_ip_addr_group_addr(
 
 
 @router.delete("/ip_addr_groups/{ip_addr_group_id}/ip_addrs/{addr}", status_code=204)
-def remove_ip_addr_group_addr(ip_addr_group_id: IpAddrGroupId, addr: Addr, store: Store) -> None:
+def remove_ip_addr_group_addr(
+    ip_addr_group_id: IpAddrGroupId, addr: AddrParam, store: Store
+) -> None:
     store.remove_ip_addr(oid("ip_addr_groups", ip_addr_group_id), addr)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
-from tessera.api.deps import Store, build, oid, sent
+from tessera.api.deps import Store, build, id_param, oid, sent
 from tessera.api.filters import TenantId, of_tenant
 from tessera.api.schemas import MirrorCreate, MirrorUpdate
 from tessera.model import Mirror
 
 router = APIRouter(tags=["mirrors"])
 
-MirrorId = Annotated[str, Path(description="the mirror's id (a UUID)")]
+MirrorId = Annotated[str, id_param("mirror")]
 
 
 @router.get("/mirrors")

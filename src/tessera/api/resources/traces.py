@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from tessera.api.schemas import TraceRequest
 from tessera.api.snapshot import load_snapshot
 from tessera.nsdb.errors import IntegrityError
 from tessera.packet.errors import PacketError
@@ -22,12 +23,13 @@ router = APIRouter(tags=["traces"])
 
 
 @router.post("/traces")
-def create_trace(request: Request, description: PacketDescription) -> dict[str, Any]:
+def create_trace(request: Request, description: TraceRequest) -> dict[str, Any]:
     """Simulate `description` entering at `port_id`; returns the path, verdicts, actions,
     emitted packets, the flow match with its mask, and the tags."""
     snapshot = load_snapshot(request.app.state.nsdb)
     try:
-        return trace_packet(snapshot, description, time.time())
+        packet = PacketDescription.model_validate(description.model_dump())
+        return trace_packet(snapshot, packet, time.time())
     except NotYetLoaded as exc:
         raise IntegrityError(
             f"port_id: the packet's path names a missing object ({exc}); "

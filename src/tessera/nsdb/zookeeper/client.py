@@ -479,6 +479,18 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         self._elections.append(election)
         return election
 
+    def ping(self, timeout: float) -> bool:
+        """One `exists` on the root, answered by the server itself, within `timeout`
+        (kazoo's own pings and the session timeout take seconds to notice a server
+        that stopped answering but kept its connection)."""
+        if not self.connected:
+            return False
+        try:
+            self._zk.exists_async(self.root or "/").get(timeout=timeout)
+        except (self._timeout_error, KazooException):
+            return False
+        return True
+
 
 def _kinds(data: bytes) -> set[str]:
     """The kinds an id registry entry names: one, or several for a legacy duplicate."""
