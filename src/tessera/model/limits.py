@@ -86,3 +86,15 @@ MAX_ADDRESS_PAIRS = 10
 
 MAX_PORT_SECURITY_GROUPS = 64
 """Security groups on one Neutron port."""
+
+MAX_ROUTER_ROUTES = 30
+"""A Neutron router's static `routes` (Neutron's `max_routes` default)."""
+
+MAX_ROUTER_INTERFACES = 256
+"""Subnets (interfaces) one Neutron router connects."""
+
+MAX_ROUTER_GATEWAY_ROUTES = 2
+"""Routes a Neutron router's external gateway makes: its subnet, the default route."""
+
+MAX_ROUTER_GATEWAY_RULES = 2
+"""NAT rules the gateway's SNAT makes: a dynamic snat (outbound), a rev_snat (inbound)."""

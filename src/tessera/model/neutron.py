@@ -132,3 +132,58 @@ class NeutronPort(NeutronObject):
     device_owner: Name = ""
     device_id: Name = ""
     binding_host_id: Name = ""
+
+
+class RouterInterface(TesseraModel):
+    """A subnet a Neutron router connects: the Neutron port (`network:router_interface`)
+    whose twin is linked to the tessera router port `router_port_id`, and the route to
+    the subnet through it."""
+
+    port_id: Uuid
+    subnet_id: Uuid
+    router_port_id: Uuid
+    route_id: Uuid
+
+
+class RouterGateway(TesseraModel):
+    """A Neutron router's external gateway: the Neutron port on the external network
+    (`network:router_gateway`), its tessera router port, the routes made (the external
+    subnet, the default route via its gateway) and the SNAT rules (when `enable_snat`)."""
+
+    network_id: Uuid
+    port_id: Uuid
+    router_port_id: Uuid
+    enable_snat: bool = True
+    route_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_ROUTER_GATEWAY_ROUTES)
+    snat_rule_ids: list[Uuid] = Field(
+        default_factory=list, max_length=L.MAX_ROUTER_GATEWAY_RULES
+    )
+
+
+class StaticRoute(TesseraModel):
+    """One of a router's `routes` and the tessera route it became."""
+
+    destination: str  # a CIDR, normalised by the API
+    nexthop: IPv4Addr
+    route_id: Uuid
+
+
+class NeutronRouter(NeutronObject):
+    """A Neutron router; its twin is the tessera router with the same id, whose inbound
+    and outbound filters are the chains `inbound_chain_id` and `outbound_chain_id` (where
+    SNAT and floating IP rules go, as MidoNet's C3PO did)."""
+
+    kind: ClassVar[str] = "neutron_routers"
+    twin_of: ClassVar[str | None] = "routers"
+    refs: ClassVar[tuple[Ref, ...]] = (Ref("router_id", ("routers",), "cascade"),)
+    read_only: ClassVar[tuple[str, ...]] = ("id", "router_id")
+
+    router_id: Uuid
+    admin_state_up: bool = True
+    inbound_chain_id: Uuid
+    outbound_chain_id: Uuid
+    routes: list[StaticRoute] = Field(default_factory=list, max_length=L.MAX_ROUTER_ROUTES)
+    interfaces: list[RouterInterface] = Field(
+        default_factory=list, max_length=L.MAX_ROUTER_INTERFACES
+    )
+    gateway: RouterGateway | None = None

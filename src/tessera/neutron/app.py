@@ -17,8 +17,14 @@ from typing import Any
 from fastapi import Body, FastAPI, Request, Response
 
 from tessera.model import StoredObject
-from tessera.model.neutron import NeutronNetwork, NeutronObject, NeutronPort, NeutronSubnet
-from tessera.neutron import extensions, listing, networks, ports, subnets, values
+from tessera.model.neutron import (
+    NeutronNetwork,
+    NeutronObject,
+    NeutronPort,
+    NeutronRouter,
+    NeutronSubnet,
+)
+from tessera.neutron import extensions, listing, networks, ports, routers, subnets, values
 from tessera.neutron.errors import NeutronError, bad_request, install, not_found
 from tessera.neutron.networks import now
 from tessera.nsdb.base import Nsdb
@@ -60,6 +66,7 @@ _COLLECTIONS = {
         _Collection("network", NeutronNetwork, "NetworkNotFound", networks),
         _Collection("subnet", NeutronSubnet, "SubnetNotFound", subnets),
         _Collection("port", NeutronPort, "PortNotFound", ports),
+        _Collection("router", NeutronRouter, "RouterNotFound", routers),
     )
 }
 
@@ -121,7 +128,22 @@ def create_neutron_app(nsdb: Nsdb) -> FastAPI:
 
     for coll in _COLLECTIONS.values():
         _routes(app, nsdb, coll)
+    _router_interface_routes(app, nsdb)
     return app
+
+
+def _router_interface_routes(app: FastAPI, nsdb: Nsdb) -> None:
+    """`PUT /v2.0/routers/{id}/add_router_interface` and `remove_router_interface`."""
+    c = _COLLECTIONS["routers"]
+
+    def add(id: str, payload: Any = Body(None)) -> dict[str, Any]:
+        return routers.add_interface(nsdb, c.check_id(id), payload)
+
+    def remove(id: str, payload: Any = Body(None)) -> dict[str, Any]:
+        return routers.remove_interface(nsdb, c.check_id(id), payload)
+
+    app.add_api_route("/v2.0/routers/{id}/add_router_interface", add, methods=["PUT"])
+    app.add_api_route("/v2.0/routers/{id}/remove_router_interface", remove, methods=["PUT"])
 
 
 def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:

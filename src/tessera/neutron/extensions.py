@@ -44,6 +44,17 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
     ),
     "pagination": ("Pagination support", "Extension that indicates that pagination is enabled."),
     "sorting": ("Sorting support", "Extension that indicates that sorting is enabled."),
+    "router": (
+        "Neutron L3 Router",
+        "Router abstraction for basic L3 forwarding between L2 Neutron networks and "
+        "access to external networks via a NAT gateway.",
+    ),
+    "ext-gw-mode": (
+        "Neutron L3 Configurable external gateway mode",
+        "Extension of the router abstraction for specifying whether SNAT should occur on "
+        "the external gateway",
+    ),
+    "extraroute": ("Neutron Extra Route", "Extra routes configuration for L3 router"),
 }
 
 

@@ -28,6 +28,7 @@ from tessera.model import (
     NatTarget,
     NeutronNetwork,
     NeutronPort,
+    NeutronRouter,
     NeutronSubnet,
     Opt121Route,
     Port,
@@ -264,6 +265,16 @@ def largest() -> dict[str, StoredObject]:
                 {"ip_address": "255.255.255.255/32", "mac_address": "02:00:00:00:00:01"}
             ] * L.MAX_ADDRESS_PAIRS,
             device_owner=WIDE, device_id=WIDE, binding_host_id=WIDE,
+        ),
+        NeutronRouter(
+            **NEUTRON, router_id=rid, inbound_chain_id=rid, outbound_chain_id=rid,
+            routes=[{"destination": "255.255.255.255/32", "nexthop": "255.255.255.255",
+                     "route_id": rid}] * L.MAX_ROUTER_ROUTES,
+            interfaces=[{"port_id": rid, "subnet_id": rid, "router_port_id": rid,
+                         "route_id": rid}] * L.MAX_ROUTER_INTERFACES,
+            gateway={"network_id": rid, "port_id": rid, "router_port_id": rid,
+                     "route_ids": _ids(L.MAX_ROUTER_GATEWAY_ROUTES),
+                     "snat_rule_ids": _ids(L.MAX_ROUTER_GATEWAY_RULES)},
         ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}
