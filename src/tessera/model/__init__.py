@@ -10,7 +10,13 @@ from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
 from tessera.model.groups import IpAddrGroup, PortGroup
 from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
 from tessera.model.mirrors import Mirror
-from tessera.model.neutron import NeutronNetwork, NeutronPort, NeutronRouter, NeutronSubnet
+from tessera.model.neutron import (
+    NeutronFloatingIp,
+    NeutronNetwork,
+    NeutronPort,
+    NeutronRouter,
+    NeutronSubnet,
+)
 from tessera.model.routing import Route, RouteType
 from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
 from tessera.model.types import PortRange, new_id
@@ -34,6 +40,7 @@ KINDS: dict[str, type[StoredObject]] = {
         NeutronSubnet,
         NeutronPort,
         NeutronRouter,
+        NeutronFloatingIp,
     )
 }
 # The kinds whose ids are unique across each other (every kind but the twins, which
@@ -55,6 +62,7 @@ __all__ = [
     "NeutronNetwork",
     "NeutronPort",
     "NeutronRouter",
+    "NeutronFloatingIp",
     "NeutronSubnet",
     "NatTarget",
     "Opt121Route",

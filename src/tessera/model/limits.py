@@ -98,3 +98,6 @@ MAX_ROUTER_GATEWAY_ROUTES = 2
 
 MAX_ROUTER_GATEWAY_RULES = 2
 """NAT rules the gateway's SNAT makes: a dynamic snat (outbound), a rev_snat (inbound)."""
+
+MAX_FLOATING_IP_RULES = 2
+"""NAT rules an associated floating IP makes: dnat (inbound), snat (outbound)."""

@@ -187,3 +187,25 @@ class NeutronRouter(NeutronObject):
         default_factory=list, max_length=L.MAX_ROUTER_INTERFACES
     )
     gateway: RouterGateway | None = None
+
+
+class NeutronFloatingIp(NeutronObject):
+    """A Neutron floating IP: an address of the external network, reserved by the
+    Neutron port `floating_port_id` (`network:floatingip`); associated with `port_id`'s
+    `fixed_ip_address`, it is a static NAT pair on `router_id`'s chains (`rule_ids`:
+    dnat inbound, snat outbound, both on the gateway port)."""
+
+    kind: ClassVar[str] = "neutron_floatingips"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("floating_network_id", ("neutron_networks",), "cascade"),
+        Ref("floating_port_id", ("neutron_ports",), "cascade"),
+    )
+    read_only: ClassVar[tuple[str, ...]] = ("id", "floating_network_id", "floating_port_id")
+
+    floating_network_id: Uuid
+    floating_port_id: Uuid
+    floating_ip_address: IPv4Addr
+    port_id: Uuid | None = None
+    fixed_ip_address: IPv4Addr | None = None
+    router_id: Uuid | None = None
+    rule_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_FLOATING_IP_RULES)

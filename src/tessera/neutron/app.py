@@ -18,13 +18,23 @@ from fastapi import Body, FastAPI, Request, Response
 
 from tessera.model import StoredObject
 from tessera.model.neutron import (
+    NeutronFloatingIp,
     NeutronNetwork,
     NeutronObject,
     NeutronPort,
     NeutronRouter,
     NeutronSubnet,
 )
-from tessera.neutron import extensions, listing, networks, ports, routers, subnets, values
+from tessera.neutron import (
+    extensions,
+    floatingips,
+    listing,
+    networks,
+    ports,
+    routers,
+    subnets,
+    values,
+)
 from tessera.neutron.errors import NeutronError, bad_request, install, not_found
 from tessera.neutron.networks import now
 from tessera.nsdb.base import Nsdb
@@ -67,6 +77,7 @@ _COLLECTIONS = {
         _Collection("subnet", NeutronSubnet, "SubnetNotFound", subnets),
         _Collection("port", NeutronPort, "PortNotFound", ports),
         _Collection("router", NeutronRouter, "RouterNotFound", routers),
+        _Collection("floatingip", NeutronFloatingIp, "FloatingIPNotFound", floatingips),
     )
 }
 

@@ -481,8 +481,9 @@ def _change_gateway(
 
 
 def _has_floating_ips(tx: Transaction, router: NeutronRouter) -> bool:
-    """Floating IPs are not served yet: no router has any."""
-    return False
+    from tessera.neutron import floatingips  # it builds on this module
+
+    return floatingips.uses_router(tx, router.id)
 
 
 def delete(nsdb: Nsdb, id: str) -> None:
@@ -634,6 +635,15 @@ def remove_interface(nsdb: Nsdb, id: str, body: Any) -> dict[str, Any]:
                 )
         interface = found[0]
         found_port = tx.find(NeutronPort.kind, interface.port_id)
+        from tessera.neutron import floatingips  # it builds on this module
+
+        sub = tx.find(NeutronSubnet.kind, interface.subnet_id)
+        if isinstance(sub, NeutronSubnet) and floatingips.uses_interface(tx, router.id, sub.cidr):
+            raise conflict(
+                "RouterInterfaceInUseByFloatingIP",
+                f"Router interface for subnet {interface.subnet_id} on router {id} cannot be "
+                "deleted, as it is required by one or more floating IPs.",
+            )
         if _static_routes_via(tx, router, interface.router_port_id):
             raise conflict(
                 "RouterInterfaceInUseByRoute",

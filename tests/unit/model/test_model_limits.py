@@ -26,6 +26,7 @@ from tessera.model import (
     IpAddrGroup,
     Mirror,
     NatTarget,
+    NeutronFloatingIp,
     NeutronNetwork,
     NeutronPort,
     NeutronRouter,
@@ -275,6 +276,12 @@ def largest() -> dict[str, StoredObject]:
             gateway={"network_id": rid, "port_id": rid, "router_port_id": rid,
                      "route_ids": _ids(L.MAX_ROUTER_GATEWAY_ROUTES),
                      "snat_rule_ids": _ids(L.MAX_ROUTER_GATEWAY_RULES)},
+        ),
+        NeutronFloatingIp(
+            **NEUTRON, floating_network_id=rid, floating_port_id=rid,
+            floating_ip_address="255.255.255.255", port_id=rid,
+            fixed_ip_address="255.255.255.255", router_id=rid,
+            rule_ids=_ids(L.MAX_FLOATING_IP_RULES),
         ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}
