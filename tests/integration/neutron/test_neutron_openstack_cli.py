@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from neutron_helpers import dump
 
-from tessera.model import Bridge, DhcpSubnet, Port
+from tessera.model import Bridge, DhcpSubnet, Port, Router
 from tessera.neutron.serve import NeutronServer, serve_neutron
 from tessera.nsdb.memory import MemoryNsdb
 from tessera.nsdb.store import TopologyStore
@@ -59,7 +59,8 @@ class Cli:
             env |= {"OS_AUTH_TYPE": "none", "OS_ENDPOINT": self.url}
         else:
             argv += ["--os-cloud", "tessera"]
-        wants_json = args[1] != "delete"
+        # actions that print nothing take no `-f json` (`router add subnet`, `floating ip set`)
+        wants_json = not {"delete", "add", "remove", "set", "unset"} & set(args[:3])
         argv += [*args, *(["-f", "json"] if ok and wants_json else [])]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         if not ok:
@@ -111,4 +112,48 @@ def test_openstack_cli_round_trip(served: tuple[MemoryNsdb, NeutronServer], tmp_
     cli.run("port", "delete", "p1", "p2")
     cli.run("subnet", "delete", "s1")
     cli.run("network", "delete", "n1")
+    assert dump(nsdb) == before
+
+
+def test_openstack_cli_router_gateway_and_floating_ip(
+    served: tuple[MemoryNsdb, NeutronServer], tmp_path: Path
+) -> None:
+    """`router create/add subnet/set --external-gateway`, `floating ip create/set
+    --port`, then every removal: the NSDB is exactly as before."""
+    nsdb, server = served
+    cli = Cli(server.url, tmp_path)
+    before = dump(nsdb)
+
+    cli.run("network", "create", "public", "--external")
+    cli.run("subnet", "create", "public-v4", "--network", "public",
+            "--subnet-range", "203.0.113.0/24", "--gateway", "203.0.113.1")  # fmt: skip
+    cli.run("network", "create", "lan")
+    lan_sub = cli.run("subnet", "create", "lan-v4", "--network", "lan",
+                      "--subnet-range", "10.0.0.0/24")  # fmt: skip
+    router = cli.run("router", "create", "r1")
+    assert router["name"] == "r1" and TopologyStore(nsdb).get(Router, router["id"]).name == "r1"
+    cli.run("router", "add", "subnet", "r1", "lan-v4")
+    cli.run("router", "set", "r1", "--external-gateway", "public")
+    shown = cli.run("router", "show", "r1")
+    info = shown["external_gateway_info"]
+    assert info["enable_snat"] is True and info["external_fixed_ips"][0]["ip_address"]
+    owned = cli.run("port", "list", "--router", "r1")
+    assert len(owned) == 2  # the interface and the gateway
+
+    vm = cli.run("port", "create", "vm", "--network", "lan")
+    fip = cli.run("floating", "ip", "create", "public")
+    cli.run("floating", "ip", "set", "--port", "vm", fip["id"])
+    fip = cli.run("floating", "ip", "show", fip["id"])
+    assert fip["port_id"] == vm["id"] and fip["router_id"] == router["id"]
+    assert fip["fixed_ip_address"] == vm["fixed_ips"][0]["ip_address"]
+    assert lan_sub["gateway_ip"] == "10.0.0.1"
+
+    cli.run("floating", "ip", "unset", "--port", fip["id"])
+    cli.run("floating", "ip", "delete", fip["id"])
+    cli.run("port", "delete", "vm")
+    cli.run("router", "unset", "--external-gateway", "r1")
+    cli.run("router", "remove", "subnet", "r1", "lan-v4")
+    cli.run("router", "delete", "r1")
+    cli.run("subnet", "delete", "lan-v4", "public-v4")
+    cli.run("network", "delete", "lan", "public")
     assert dump(nsdb) == before
