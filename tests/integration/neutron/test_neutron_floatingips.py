@@ -162,3 +162,25 @@ def test_a_packet_to_the_floating_ip_reaches_the_vm(neutron: Neutron, world: dic
     trace = r.json()
     assert [o["port_id"] for o in trace["outputs"]] == [world["vm"]["id"]], trace["drop_reason"]
     assert trace["outputs"][0]["set_nw_dst"] == world["vm"]["fixed_ips"][0]["ip_address"]
+
+
+def test_deleting_an_associated_floating_ip_restores_everything(
+    neutron: Neutron, world: dict
+) -> None:
+    before = dump(neutron.nsdb)
+    fip = neutron.create(
+        "floatingip", floating_network_id=world["public"], port_id=world["vm"]["id"]
+    )
+    assert len(fip["tessera:rule_ids"]) == 2 and fip["status"] == "ACTIVE"
+    assert neutron.client.delete(f"/v2.0/floatingips/{fip['id']}").status_code == 204
+    assert dump(neutron.nsdb) == before
+    neutron.error("DELETE", f"/v2.0/floatingips/{fip['id']}", 404)
+
+
+def test_listing_filters_by_port(neutron: Neutron, world: dict) -> None:
+    neutron.create("floatingip", floating_network_id=world["public"])
+    fip = neutron.create(
+        "floatingip", floating_network_id=world["public"], port_id=world["vm"]["id"]
+    )
+    got = neutron.client.get("/v2.0/floatingips", params={"port_id": world["vm"]["id"]})
+    assert [f["id"] for f in got.json()["floatingips"]] == [fip["id"]]

@@ -237,3 +237,20 @@ def test_a_vm_packet_to_the_outside_is_snatted(neutron: Neutron, lan: dict, ext:
     assert [o["port_id"] for o in trace["outputs"]] == [upstream["id"]], trace["drop_reason"]
     [out] = trace["outputs"]
     assert out["set_nw_src"] == gw_ip and out["set_tp_src"] >= 1024
+
+
+def test_router_round_trip_on_every_backend(any_neutron: Neutron) -> None:
+    """The same writes over ZooKeeper's real multi-object transactions."""
+    neutron = any_neutron
+    before = dump(neutron.nsdb)
+    lan = neutron.subnet(neutron.network(name="lan")["id"], "10.0.0.0/24")
+    public = neutron.network(name="public", **{"router:external": True})
+    neutron.subnet(public["id"], "203.0.113.0/24")
+    r = router(neutron, external_gateway_info={"network_id": public["id"]})
+    path = f"/v2.0/routers/{r['id']}"
+    put(neutron, f"{path}/add_router_interface", {"subnet_id": lan["id"]})
+    put(neutron, f"{path}/remove_router_interface", {"subnet_id": lan["id"]})
+    assert neutron.client.delete(path).status_code == 204
+    neutron.client.delete(f"/v2.0/networks/{lan['network_id']}")
+    neutron.client.delete(f"/v2.0/networks/{public['id']}")
+    assert dump(neutron.nsdb) == before
