@@ -434,9 +434,22 @@ def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:
             update={**attrs, "updated_at": now(), "revision_number": old.revision_number + 1}
         )
         if gw_given:
-            new = new.model_copy(
-                update={"gateway": _change_gateway(tx, new, gw_req, make_port, tunnel_key)}
+            replaced = old.gateway is not None and not (
+                gw_req.network_id == old.gateway.network_id and gw_req.fixed_ips is None
             )
+            if (
+                replaced
+                and wanted_routes is None
+                and old.gateway is not None
+                and _static_routes_via(tx, old, old.gateway.router_port_id)
+            ):
+                raise conflict(
+                    "RouterExternalGatewayInUseByRoute",
+                    f"Gateway cannot be updated for router {id}: one or more of its routes "
+                    "have their next hop on the external network.",
+                )
+            gateway = _change_gateway(tx, new, gw_req, make_port, tunnel_key)
+            new = new.model_copy(update={"gateway": gateway})
         if wanted_routes is not None:
             new = new.model_copy(update={"routes": _static_routes(tx, new, wanted_routes)})
         new = NeutronRouter.model_validate(new.model_dump())

@@ -254,3 +254,15 @@ def test_router_round_trip_on_every_backend(any_neutron: Neutron) -> None:
     neutron.client.delete(f"/v2.0/networks/{lan['network_id']}")
     neutron.client.delete(f"/v2.0/networks/{public['id']}")
     assert dump(neutron.nsdb) == before
+
+
+def test_a_gateway_a_route_needs_stays(neutron: Neutron, ext: dict) -> None:
+    r = router(neutron, external_gateway_info={"network_id": ext["network_id"]})
+    path = f"/v2.0/routers/{r['id']}"
+    route = {"destination": "198.51.100.0/24", "nexthop": "203.0.113.254"}
+    put(neutron, path, {"router": {"routes": [route]}})
+    err = neutron.error("PUT", path, 409, json={"router": {"external_gateway_info": None}})
+    assert err["type"] == "RouterExternalGatewayInUseByRoute"
+    # both at once: the routes go first, then the gateway
+    got = put(neutron, path, {"router": {"routes": [], "external_gateway_info": None}})
+    assert got["router"]["external_gateway_info"] is None and got["router"]["routes"] == []
