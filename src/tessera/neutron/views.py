@@ -76,7 +76,9 @@ def vif_type(port: NeutronPort, twin: Port | None) -> str:
 
 
 def port(p: NeutronPort, twin: Port | None) -> dict[str, Any]:
-    bound = twin is not None and twin.host_id is not None
+    # bound to an interface, or linked to a router port (a router's interface): it
+    # carries traffic (tempest waits for router interfaces to be ACTIVE)
+    bound = twin is not None and (twin.host_id is not None or twin.peer_id is not None)
     return {
         **_common(p),
         "network_id": p.network_id,

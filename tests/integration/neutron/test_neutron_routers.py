@@ -80,6 +80,7 @@ def test_interface_by_subnet_and_its_exact_removal(neutron: Neutron, lan: dict) 
     assert body["network_id"] == lan["network_id"]
     port = neutron.client.get(f"/v2.0/ports/{body['port_id']}").json()["port"]
     assert port["device_owner"] == "network:router_interface" and port["device_id"] == r["id"]
+    assert port["status"] == "ACTIVE"  # linked to the router port
     assert port["fixed_ips"] == [{"subnet_id": lan["id"], "ip_address": "10.0.0.1"}]
     listed = neutron.client.get("/v2.0/ports", params={"device_id": r["id"]}).json()["ports"]
     assert [p["id"] for p in listed] == [port["id"]]
