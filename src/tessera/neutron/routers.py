@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tessera.model import Chain, Port, Route, Router, Rule
+from tessera.model import limits as L
 from tessera.model.neutron import (
     NeutronPort,
     NeutronRouter,
@@ -93,8 +94,10 @@ def _routes(raw: Any) -> list[tuple[str, str]]:
         hop = values.ipv4("routes", item["nexthop"])
         if (str(dest), hop) not in out:
             out.append((str(dest), hop))
-    if len(out) > 30:
-        raise bad_request("Invalid input for routes. Reason: at most 30 routes.")
+    if len(out) > L.MAX_ROUTER_ROUTES:
+        raise bad_request(
+            f"Invalid input for routes. Reason: at most {L.MAX_ROUTER_ROUTES} routes."
+        )
     return out
 
 

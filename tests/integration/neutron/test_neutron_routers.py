@@ -267,3 +267,10 @@ def test_a_gateway_a_route_needs_stays(neutron: Neutron, ext: dict) -> None:
     # both at once: the routes go first, then the gateway
     got = put(neutron, path, {"router": {"routes": [], "external_gateway_info": None}})
     assert got["router"]["external_gateway_info"] is None and got["router"]["routes"] == []
+
+
+def test_too_many_routes_is_400(neutron: Neutron, lan: dict) -> None:
+    r = router(neutron)
+    many = [{"destination": f"192.168.{i}.0/24", "nexthop": "10.0.0.7"} for i in range(31)]
+    err = neutron.error("PUT", f"/v2.0/routers/{r['id']}", 400, json={"router": {"routes": many}})
+    assert "at most 30" in err["message"]
