@@ -37,7 +37,8 @@ def world(neutron: Neutron) -> dict[str, Any]:
     ext = neutron.subnet(public["id"], "203.0.113.0/24", gateway_ip="203.0.113.1")
     r = neutron.create("router", name="r", external_gateway_info={"network_id": public["id"]})
     put(neutron, f"/v2.0/routers/{r['id']}/add_router_interface", {"subnet_id": lan["id"]})
-    vm = neutron.port(lan["network_id"], mac_address=VM_MAC)
+    # no security groups in the way (the default group admits only its members)
+    vm = neutron.port(lan["network_id"], mac_address=VM_MAC, port_security_enabled=False)
     return {"lan": lan, "ext": ext, "router": r, "vm": vm, "public": public["id"]}
 
 
@@ -143,7 +144,7 @@ def test_a_packet_to_the_floating_ip_reaches_the_vm(neutron: Neutron, world: dic
     fip = neutron.create(
         "floatingip", floating_network_id=world["public"], port_id=world["vm"]["id"]
     )
-    outside = neutron.port(world["public"], mac_address=OUTSIDE_MAC)
+    outside = neutron.port(world["public"], mac_address=OUTSIDE_MAC, port_security_enabled=False)
     store = TopologyStore(neutron.nsdb)
     router = store.get(NeutronRouter, world["router"]["id"])
     assert router.gateway is not None

@@ -219,8 +219,9 @@ def test_a_vm_packet_to_the_outside_is_snatted(neutron: Neutron, lan: dict, ext:
     gateway with the gateway's address as source (the v1 trace API, same NSDB)."""
     r = router(neutron, external_gateway_info={"network_id": ext["network_id"]})
     put(neutron, f"/v2.0/routers/{r['id']}/add_router_interface", {"subnet_id": lan["id"]})
-    vm = neutron.port(lan["network_id"], mac_address=VM_MAC)
-    upstream = neutron.port(ext["network_id"])  # where the outside is
+    # no security groups in the way (the default group admits only its members)
+    vm = neutron.port(lan["network_id"], mac_address=VM_MAC, port_security_enabled=False)
+    upstream = neutron.port(ext["network_id"], port_security_enabled=False)  # the outside
     gw_ip = r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
     query = {"device_id": r["id"], "device_owner": "network:router_interface"}
     iface = neutron.client.get("/v2.0/ports", params=query).json()["ports"][0]
