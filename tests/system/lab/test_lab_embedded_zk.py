@@ -5,7 +5,8 @@ the lab's API), and the agents and the CLI use the ensemble's connect string.
 One lab for the module, two hosts, a VM on each on one bridge. In order: the ensemble is
 the nodes' (one leader, two followers, each member the child of its node) and the VMs
 ping; node 2 is killed with SIGKILL (its member dies with it) and the VMs still ping
-and the API (node 1) still takes writes; `lab up` refuses what an ensemble cannot do.
+and the API (node 1) still takes writes, then `lab up` restarts it; `lab up` refuses
+what an ensemble cannot do.
 Teardown: `lab down` leaves no process (JVMs included), namespace or file.
 """
 
@@ -139,6 +140,19 @@ def test_a_killed_node_takes_its_member_and_the_lab_carries_on(lab: Lab) -> None
     names = {b["name"] for b in lab.get("/bridges")}
     assert "after-kill" in names
     assert [m["pid"] is None for m in lab.status()["nsdb"]["members"]] == [False, True, False]
+    # `lab up` again restarts the node, whose member rejoins the ensemble.
+    lab.up()
+    members = lab.status()["nsdb"]["members"]
+    assert all(m["pid"] for m in members), members
+
+    def modes() -> list[str] | None:
+        try:
+            return sorted(_mode(m["address"]) for m in members)
+        except (OSError, IndexError):  # not serving yet
+            return None
+
+    wait_until(modes, 20.0, interval=0.2, what="three members serving")
+    assert modes() == ["follower", "follower", "leader"]
 
 
 def test_up_refuses_what_an_embedded_ensemble_cannot_do(lab: Lab) -> None:
