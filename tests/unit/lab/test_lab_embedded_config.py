@@ -10,7 +10,7 @@ import pytest
 
 from tessera.cluster import config as cluster_config
 from tessera.cluster.embedded_zk import EmbeddedZooKeeper
-from tessera.lab import names, services, state, up
+from tessera.lab import faults, names, services, state, up
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
 
@@ -83,3 +83,9 @@ def test_each_node_is_given_a_member_of_one_ensemble(labs_dir: Path) -> None:
         )
         # The node's NSDB (its member's connect string) is the lab's NSDB.
         assert f"zk://{member.connect_string}/tessera" == url
+
+
+def test_nsdb_stop_points_at_the_nodes() -> None:
+    lab = LabState(name="ens", index=0, cluster_nodes=3, embedded_zookeeper=True)
+    with pytest.raises(LabError, match="members run inside its cluster nodes"):
+        faults.nsdb_stop(lab)
