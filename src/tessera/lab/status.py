@@ -32,8 +32,8 @@ def gather(lab: LabState) -> dict[str, Any]:
             "url": lab.nsdb_url,
             "own": lab.own_nsdb,
             "pid": zk_pid,
-            "embedded": embedded,
-            "members": services.embedded_members(lab) if embedded else [],
+            # Only for an embedded ensemble: other labs' status stays as it was.
+            **({"embedded": True, "members": services.embedded_members(lab)} if embedded else {}),
         },
         "cluster_nodes": [
             {
