@@ -23,6 +23,8 @@ from tessera.nsdb.store import TopologyStore
 SG = "/v2.0/security-groups"
 RULES = "/v2.0/security-group-rules"
 PROJECT = {"X-Project-Id": "p1"}
+RANGE = "SecurityGroupInvalidPortRange"
+BOTH = "SecurityGroupRemoteGroupAndRemoteIpPrefix"
 
 
 def _group(neutron: Neutron, **attrs: Any) -> dict[str, Any]:
@@ -91,15 +93,15 @@ def test_group_and_rule_crud_with_neutrons_errors(neutron: Neutron) -> None:
         ({"ethertype": "IPv6"}, "InvalidInput"),
         ({"direction": "sideways"}, "InvalidInput"),
         ({"protocol": "bogus"}, "SecurityGroupRuleInvalidProtocol"),
-        ({"protocol": "tcp", "port_range_min": 90, "port_range_max": 80}, "SecurityGroupInvalidPortRange"),
-        ({"port_range_min": 80, "port_range_max": 80}, "SecurityGroupInvalidPortRange"),
+        ({"protocol": "tcp", "port_range_min": 90, "port_range_max": 80}, RANGE),
+        ({"port_range_min": 80, "port_range_max": 80}, RANGE),
         ({"remote_ip_prefix": "nope"}, "InvalidInput"),
-        ({"remote_group_id": sg["id"], "remote_ip_prefix": "10.0.0.0/8"}, "SecurityGroupRemoteGroupAndRemoteIpPrefix"),
+        ({"remote_group_id": sg["id"], "remote_ip_prefix": "10.0.0.0/8"}, BOTH),
     ):  # fmt: skip
         err = neutron.error("POST", RULES, 400, json={"security_group_rule": {**base, **bad}})
         assert err["type"] == kind, bad
-    dup = {"security_group_rule": {**base, "protocol": "tcp", "port_range_min": 22,
-                                   "port_range_max": 22, "remote_ip_prefix": "10.0.0.0/24"}}  # fmt: skip
+    same = {"protocol": "tcp", "port_range_min": 22, "port_range_max": 22}
+    dup = {"security_group_rule": {**base, **same, "remote_ip_prefix": "10.0.0.0/24"}}
     assert neutron.error("POST", RULES, 409, json=dup)["type"] == "SecurityGroupRuleExists"
     missing = {"security_group_rule": {**base, "security_group_id": new_id()}}
     assert neutron.error("POST", RULES, 404, json=missing)["type"] == "SecurityGroupNotFound"
