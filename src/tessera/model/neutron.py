@@ -97,9 +97,7 @@ class NeutronSubnet(NeutronObject):
         default_factory=list, max_length=L.MAX_ALLOCATION_POOLS
     )
     dns_nameservers: list[IPv4Addr] = Field(default_factory=list, max_length=L.MAX_DNS_SERVERS)
-    host_routes: list[HostRoute] = Field(
-        default_factory=list, max_length=L.MAX_SUBNET_HOST_ROUTES
-    )
+    host_routes: list[HostRoute] = Field(default_factory=list, max_length=L.MAX_SUBNET_HOST_ROUTES)
     enable_dhcp: bool = True
 
 
@@ -122,9 +120,7 @@ class NeutronPort(NeutronObject):
     fixed_ips: list[FixedIp] = Field(default_factory=list, max_length=L.MAX_FIXED_IPS)
     # Security group ids as given: the security group translation (port groups and
     # conntrack chains) is built on them later; they are not checked yet.
-    security_groups: list[Uuid] = Field(
-        default_factory=list, max_length=L.MAX_PORT_SECURITY_GROUPS
-    )
+    security_groups: list[Uuid] = Field(default_factory=list, max_length=L.MAX_PORT_SECURITY_GROUPS)
     allowed_address_pairs: list[AddressPair] = Field(
         default_factory=list, max_length=L.MAX_ADDRESS_PAIRS
     )

@@ -148,7 +148,9 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
     def list_items(request: Request) -> dict[str, Any]:
         url = f"{request.base_url}v2.0/{c.path}"
         if c.cls is NeutronSecurityGroup:  # a project's first listing makes its default
-            security_groups.ensure_default(nsdb, _project_header(request))
+            query = request.query_params
+            wanted = query.get("project_id") or query.get("tenant_id")
+            security_groups.ensure_default(nsdb, wanted or _project_header(request))
         return listing.list_response(
             c.collection, module.listing(nsdb), request.query_params.multi_items(), url
         )

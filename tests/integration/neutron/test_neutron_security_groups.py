@@ -60,6 +60,9 @@ def test_the_first_listing_makes_the_default_group_with_neutrons_rules(neutron: 
     }
     assert rules == {("egress", "IPv4", None), ("ingress", "IPv4", default["id"])}
     assert [g["id"] for g in _groups(neutron)] == [default["id"]]  # made once
+    # Listing with a project filter makes that project's (Neutron does the same).
+    listed = neutron.client.get(f"{SG}?project_id=p2").json()["security_groups"]
+    assert [(g["name"], g["project_id"]) for g in listed] == [("default", "p2")]
     store = TopologyStore(neutron.nsdb)
     chain = store.get(Chain, default["tessera:ingress_chain_id"])
     (twin,) = [store.get(Rule, r) for r in chain.rule_ids]
