@@ -222,6 +222,10 @@ def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:
             raise conflict(
                 "SecurityGroupCannotUpdateDefault", "Updating default security group not allowed."
             )
+        if old.name != DEFAULT_NAME and changes.get("name") == DEFAULT_NAME:
+            raise conflict(
+                "SecurityGroupDefaultAlreadyExists", "Default security group already exists."
+            )
         if changes.get("stateful", old.stateful) != old.stateful and _members(tx, id, {}):
             raise conflict(
                 "SecurityGroupInUse", f"Security Group {id} in use, cannot change 'stateful'."
@@ -292,7 +296,8 @@ def _protocol(raw: Any) -> tuple[str | None, int | None]:
 
 
 def _port(name: str, raw: Any) -> int | None:
-    return None if raw is None else values.integer(name, raw, 0, 65535)
+    """An integer, checked against its protocol's range later (Neutron's messages)."""
+    return None if raw is None else values.integer(name, raw, -(2**31), 2**31)
 
 
 def _conditions(
@@ -425,6 +430,11 @@ class RuleResource:
         low = _port("port_range_min", body.get("port_range_min"))
         high = _port("port_range_max", body.get("port_range_max"))
         if number in _PORTED:
+            for v in (low, high):
+                if v is not None and not 0 < v <= 65535:
+                    raise bad_request(
+                        f"Invalid value for port {v}", "SecurityGroupInvalidPortValue"
+                    )
             if (low is None) != (high is None) or (
                 low is not None and high is not None and low > high
             ):
@@ -432,11 +442,9 @@ class RuleResource:
                     "For TCP/UDP protocols, port_range_min must be <= port_range_max",
                     "SecurityGroupInvalidPortRange",
                 )
-            if low == 0:
-                raise bad_request("Invalid value for port 0", "SecurityGroupInvalidPortValue")
         elif number == 1:
             for name, v in (("type", low), ("code", high)):
-                if v is not None and v > 255:
+                if v is not None and not 0 <= v <= 255:
                     raise bad_request(
                         f"Invalid value for ICMP {name} {v}", "SecurityGroupInvalidIcmpValue"
                     )

@@ -24,6 +24,7 @@ SG = "/v2.0/security-groups"
 RULES = "/v2.0/security-group-rules"
 PROJECT = {"X-Project-Id": "p1"}
 RANGE = "SecurityGroupInvalidPortRange"
+PORT = "SecurityGroupInvalidPortValue"
 BOTH = "SecurityGroupRemoteGroupAndRemoteIpPrefix"
 
 
@@ -98,6 +99,10 @@ def test_group_and_rule_crud_with_neutrons_errors(neutron: Neutron) -> None:
         ({"protocol": "bogus"}, "SecurityGroupRuleInvalidProtocol"),
         ({"protocol": "tcp", "port_range_min": 90, "port_range_max": 80}, RANGE),
         ({"port_range_min": 80, "port_range_max": 80}, RANGE),
+        ({"protocol": "tcp", "port_range_min": -16, "port_range_max": 80}, PORT),
+        ({"protocol": "tcp", "port_range_min": 80, "port_range_max": 65536}, PORT),
+        ({"protocol": "icmp", "port_range_min": 300}, "SecurityGroupInvalidIcmpValue"),
+        ({"protocol": "icmp", "port_range_max": 6}, "SecurityGroupMissingIcmpType"),
         ({"remote_ip_prefix": "nope"}, "InvalidInput"),
         ({"remote_group_id": sg["id"], "remote_ip_prefix": "10.0.0.0/8"}, BOTH),
     ):  # fmt: skip
@@ -110,6 +115,7 @@ def test_group_and_rule_crud_with_neutrons_errors(neutron: Neutron) -> None:
     assert neutron.error("POST", RULES, 404, json=missing)["type"] == "SecurityGroupNotFound"
     assert neutron.error("GET", f"{SG}/{new_id()}", 404)["type"] == "SecurityGroupNotFound"
     neutron.error("POST", SG, 409, json={"security_group": {"name": "default"}})
+    neutron.error("PUT", f"{SG}/{sg['id']}", 409, json={"security_group": {"name": "default"}})
 
     assert neutron.client.delete(f"{RULES}/{ssh['id']}").status_code == 204
     assert neutron.error("GET", f"{RULES}/{ssh['id']}", 404)["type"] == "SecurityGroupRuleNotFound"
