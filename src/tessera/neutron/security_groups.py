@@ -20,6 +20,7 @@ default rules: any IPv4 out, any IPv4 in from the group's own members.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from tessera.neutron import values
 from tessera.neutron.errors import bad_request, conflict, not_found
 from tessera.neutron.networks import now
 from tessera.nsdb.base import Nsdb
+from tessera.nsdb.errors import AlreadyExists
 from tessera.nsdb.store.integrity import cascade_delete, check_refs
 from tessera.nsdb.store.objects import create as create_object
 from tessera.nsdb.store.transaction import Transaction, run
@@ -50,6 +52,7 @@ _PORTED = (6, 17, 132)
 IPV4 = 0x0800
 ARP = 0x0806
 PORT_CHAIN_PREFIX = "neutron-port-"
+_DEFAULT_NAMESPACE = uuid.UUID("5d1f3c2e-7a4b-4e0f-9c1d-2b6a8e4f0a17")
 
 
 # -- lookups and views ------------------------------------------------------------------
@@ -119,11 +122,24 @@ def group_view(tx: Transaction, sg: NeutronSecurityGroup) -> dict[str, Any]:
 # -- groups -------------------------------------------------------------------------------
 
 
+def default_group_id(project: str) -> str:
+    """The id of a project's default group, derived from the project: two requests that
+    both make it write the same id, and the commit of the second fails (`AlreadyExists`)
+    instead of leaving the project with two default groups."""
+    return str(uuid.uuid5(_DEFAULT_NAMESPACE, project))
+
+
 def _new_group(
-    tx: Transaction, name: str, description: str, project: str, tags: list[str], stateful: bool
+    tx: Transaction,
+    name: str,
+    description: str,
+    project: str,
+    tags: list[str],
+    stateful: bool,
+    id: str | None = None,
 ) -> NeutronSecurityGroup:
     """The group and its tessera form (no rules yet)."""
-    id = new_id()
+    id = id or new_id()
     stamp = now()
     tenant = project or None
     ips = IpAddrGroup(id=new_id(), name=f"sg-{id}")
@@ -156,7 +172,9 @@ def default_group(tx: Transaction, project: str) -> NeutronSecurityGroup:
     for sg in tx.all_of(NeutronSecurityGroup):
         if sg.project_id == project and sg.name == DEFAULT_NAME:
             return sg
-    sg = _new_group(tx, DEFAULT_NAME, "Default security group", project, [], True)
+    sg = _new_group(
+        tx, DEFAULT_NAME, "Default security group", project, [], True, default_group_id(project)
+    )
     sg = _add_rule(tx, sg, "egress", None, None, None, None, None, "", project)
     return _add_rule(tx, sg, "ingress", None, None, None, None, sg.id, "", project)
 
@@ -171,11 +189,14 @@ def ensure_default(nsdb: Nsdb, project: str | None) -> None:
         for sg in tx.all_of(NeutronSecurityGroup)
     ):
         return
-    run(
-        nsdb,
-        f"creating the default security group of {project}",
-        lambda t: default_group(t, project),
-    )
+    try:
+        run(
+            nsdb,
+            f"creating the default security group of {project}",
+            lambda t: default_group(t, project),
+        )
+    except AlreadyExists:
+        pass  # a concurrent request made it (same id): what this one wanted
 
 
 def create(nsdb: Nsdb, body: dict[str, Any], project_header: str | None) -> dict[str, Any]:

@@ -18,7 +18,10 @@ from neutron_helpers import Neutron, dump
 from tessera.api.app import create_app
 from tessera.model import Chain, IpAddrGroup, Port, PortGroup, Rule
 from tessera.model.types import new_id
+from tessera.neutron import security_groups
+from tessera.nsdb.errors import AlreadyExists
 from tessera.nsdb.store import TopologyStore
+from tessera.nsdb.store.transaction import Transaction
 
 SG = "/v2.0/security-groups"
 RULES = "/v2.0/security-group-rules"
@@ -204,3 +207,16 @@ def test_the_translated_chains_allow_what_the_rules_allow(
     assert neutron.client.put(f"/v2.0/ports/{server['id']}", json=body).status_code == 200
     assert server["id"] in _outputs(traces, client, "10.0.0.3", **tcp, dst_port=80)
     assert peer["id"] in _outputs(traces, server, "10.0.0.4")
+
+
+def test_two_requests_making_a_default_group_cannot_make_two(neutron: Neutron) -> None:
+    """The default group's id comes from its project: a request that lost the race to
+    make it fails its commit instead of adding a second default group."""
+    loser = Transaction(neutron.nsdb)
+    security_groups.default_group(loser, "p3")  # read "no default yet", not committed
+    security_groups.ensure_default(neutron.nsdb, "p3")  # the winner
+    with pytest.raises(AlreadyExists):
+        neutron.nsdb.commit(loser.ops())
+    security_groups.ensure_default(neutron.nsdb, "p3")  # already there: nothing to do
+    listed = neutron.client.get(f"{SG}?project_id=p3").json()["security_groups"]
+    assert [g["id"] for g in listed] == [security_groups.default_group_id("p3")]
