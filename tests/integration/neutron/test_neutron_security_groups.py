@@ -188,6 +188,12 @@ def test_the_translated_chains_allow_what_the_rules_allow(
     tcp = {"protocol": "tcp", "src_port": 40000}
     assert server["id"] in _outputs(traces, client, "10.0.0.3", **tcp, dst_port=22)
     assert server["id"] not in _outputs(traces, client, "10.0.0.3", **tcp, dst_port=80)
+    # ICMP: port_range_min is the type (an echo request is type 8).
+    assert server["id"] not in _outputs(traces, client, "10.0.0.3")
+    _rule(neutron, web["id"], direction="ingress", protocol="icmp", port_range_min=0)
+    assert server["id"] not in _outputs(traces, client, "10.0.0.3")
+    _rule(neutron, web["id"], direction="ingress", protocol="icmp", port_range_min=8)
+    assert server["id"] in _outputs(traces, client, "10.0.0.3")
     # The default group lets in its own members only (remote_group_id).
     assert peer["id"] in _outputs(traces, client, "10.0.0.4")
     assert peer["id"] not in _outputs(traces, server, "10.0.0.4")
