@@ -660,11 +660,26 @@ def _build_port_chains(tx: Transaction, port: NeutronPort) -> tuple[str, str]:
     return inbound, outbound
 
 
+def _security_of(port: NeutronPort) -> tuple[Any, ...]:
+    """What a port's chains and memberships are made of."""
+    return (
+        tuple(port.security_groups),
+        tuple((f.subnet_id, f.ip_address) for f in port.fixed_ips),
+        tuple((p.ip_address, p.mac_address) for p in port.allowed_address_pairs),
+        port.port_security_enabled,
+        port.mac_address,
+        port.device_owner.startswith("network:"),
+        port.project_id,
+    )
+
+
 def apply_port(tx: Transaction, old: NeutronPort | None, new: NeutronPort) -> None:
     """(Re)build the port's filters and group memberships after a create or update (its
     twin port exists in `tx`): chains rebuilt, groups' addresses and members rewritten."""
     for id in new.security_groups:
         get_group(tx, id)
+    if old is not None and _security_of(old) == _security_of(new):
+        return  # a name, a binding...: the chains stay as they are (no flow is redone)
     _drop_port_chains(tx, new.id)
     twin = tx.get(Port, new.tessera_port_id)
     inbound: str | None = None

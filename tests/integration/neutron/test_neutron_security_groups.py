@@ -147,6 +147,15 @@ def test_a_group_in_use_cannot_be_deleted_and_a_port_delete_is_exact(neutron: Ne
     assert store.get(IpAddrGroup, sg["tessera:ip_addr_group_id"]).addrs == []
     body = {"port": {"port_security_enabled": True, "security_groups": [sg["id"]]}}
     assert neutron.client.put(f"/v2.0/ports/{port['id']}", json=body).status_code == 200
+    filters = (
+        store.get(Port, port["id"]).inbound_filter_id,
+        store.get(Port, port["id"]).outbound_filter_id,
+    )
+    assert None not in filters
+    rename = {"port": {"name": "renamed"}}  # nothing of its security: same chains
+    assert neutron.client.put(f"/v2.0/ports/{port['id']}", json=rename).status_code == 200
+    twin = store.get(Port, port["id"])
+    assert (twin.inbound_filter_id, twin.outbound_filter_id) == filters
     assert neutron.client.delete(f"/v2.0/ports/{port['id']}").status_code == 204
     assert neutron.client.delete(f"{SG}/{sg['id']}").status_code == 204
     assert dump(neutron.nsdb) == before
