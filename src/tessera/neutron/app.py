@@ -52,7 +52,9 @@ class _Collection:
         self.module = module
 
     def not_found(self, id: str) -> NeutronError:
-        return not_found(self.missing, f"{self.resource.capitalize()} {id} could not be found.")
+        return not_found(
+            self.missing, f"{self.resource.replace('_', ' ').capitalize()} {id} could not be found."
+        )
 
     def check_id(self, id: str) -> str:
         """Ids are UUIDs: anything else (a name the client tries first) is a 404."""

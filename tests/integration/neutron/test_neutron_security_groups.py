@@ -117,6 +117,8 @@ def test_group_and_rule_crud_with_neutrons_errors(neutron: Neutron) -> None:
     missing = {"security_group_rule": {**base, "security_group_id": new_id()}}
     assert neutron.error("POST", RULES, 404, json=missing)["type"] == "SecurityGroupNotFound"
     assert neutron.error("GET", f"{SG}/{new_id()}", 404)["type"] == "SecurityGroupNotFound"
+    named = neutron.error("GET", f"{SG}/web", 404)  # the client tries a name as an id first
+    assert named["message"] == "Security group web could not be found."
     neutron.error("POST", SG, 409, json={"security_group": {"name": "default"}})
     neutron.error("PUT", f"{SG}/{sg['id']}", 409, json={"security_group": {"name": "default"}})
 
