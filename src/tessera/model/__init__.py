@@ -10,7 +10,13 @@ from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
 from tessera.model.groups import IpAddrGroup, PortGroup
 from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
 from tessera.model.mirrors import Mirror
-from tessera.model.neutron import NeutronNetwork, NeutronPort, NeutronSubnet
+from tessera.model.neutron import (
+    NeutronNetwork,
+    NeutronPort,
+    NeutronSecurityGroup,
+    NeutronSecurityGroupRule,
+    NeutronSubnet,
+)
 from tessera.model.routing import Route, RouteType
 from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
 from tessera.model.types import PortRange, new_id
@@ -33,6 +39,8 @@ KINDS: dict[str, type[StoredObject]] = {
         NeutronNetwork,
         NeutronSubnet,
         NeutronPort,
+        NeutronSecurityGroup,
+        NeutronSecurityGroupRule,
     )
 }
 # The kinds whose ids are unique across each other (every kind but the twins, which
@@ -53,6 +61,8 @@ __all__ = [
     "Mirror",
     "NeutronNetwork",
     "NeutronPort",
+    "NeutronSecurityGroup",
+    "NeutronSecurityGroupRule",
     "NeutronSubnet",
     "NatTarget",
     "Opt121Route",

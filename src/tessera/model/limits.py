@@ -86,3 +86,6 @@ MAX_ADDRESS_PAIRS = 10
 
 MAX_PORT_SECURITY_GROUPS = 64
 """Security groups on one Neutron port."""
+
+MAX_SECURITY_GROUP_RULES = 1024
+"""Rules of one Neutron security group (Neutron's default quota is 100 per project)."""

@@ -28,6 +28,8 @@ from tessera.model import (
     NatTarget,
     NeutronNetwork,
     NeutronPort,
+    NeutronSecurityGroup,
+    NeutronSecurityGroupRule,
     NeutronSubnet,
     Opt121Route,
     Port,
@@ -264,6 +266,15 @@ def largest() -> dict[str, StoredObject]:
                 {"ip_address": "255.255.255.255/32", "mac_address": "02:00:00:00:00:01"}
             ] * L.MAX_ADDRESS_PAIRS,
             device_owner=WIDE, device_id=WIDE, binding_host_id=WIDE,
+        ),
+        NeutronSecurityGroup(
+            **NEUTRON, ip_addr_group_id=rid, port_group_id=rid, ingress_chain_id=rid,
+            egress_chain_id=rid, rule_ids=_ids(L.MAX_SECURITY_GROUP_RULES),
+        ),
+        NeutronSecurityGroupRule(
+            **NEUTRON, security_group_id=rid, rule_id=rid, direction="ingress",
+            protocol=WIDE, port_range_min=65535, port_range_max=65535,
+            remote_ip_prefix="255.255.255.255/32", remote_group_id=rid,
         ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}
