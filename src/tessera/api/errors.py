@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tessera.model.types import RULE_ERROR
 from tessera.nsdb.errors import (
     AlreadyExists,
     Conflict,
@@ -148,6 +149,8 @@ def _whole_object_rule(err: Any) -> bool:
     description with `protocol` but no addresses), not from a malformed field. The
     schema can say what a field must be but not such rules, so a schema-valid request
     may break one: that is a 400, an invalid object, never a 422, a malformed request."""
+    if err.get("type") == RULE_ERROR:
+        return True  # a field rule the schema cannot state (a unicast MAC)
     return err.get("type") == "value_error" and isinstance(err.get("input"), dict)
 
 

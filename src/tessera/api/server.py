@@ -123,8 +123,8 @@ def api_serve_config(
     services: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> cluster_config.NodeConfig:
     """The node `tessera api serve` runs: the API and the janitor, no add-on, no config
-    file; `services` enables more built-ins with their options (a future
-    `--neutron-listen` is `{"neutron": {"enabled": True, "listen": ...}}`)."""
+    file; `services` enables more built-ins with their options (`--neutron-listen` is
+    `{"neutron": {"enabled": True, "listen": ...}}`)."""
     addons = cluster_config.addon_names()
     overrides: dict[str, Any] = {
         "node": {"nsdb": nsdb_url, "session_timeout": ZK_SESSION_TIMEOUT},

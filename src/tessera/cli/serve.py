@@ -35,15 +35,28 @@ def serve(
     listen: Annotated[
         str, typer.Option("--listen", metavar="ADDR:PORT", help="Where to serve HTTP.")
     ] = DEFAULT_LISTEN,
+    neutron_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--neutron-listen",
+            metavar="ADDR:PORT",
+            help="Also serve the Neutron v2.0 API there (docs/neutron.md).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the REST API until interrupted."""
+    """Serve the REST API (and, with --neutron-listen, the Neutron API) until
+    interrupted."""
     nsdb_url = convert_one("--nsdb", nsdb, parse_nsdb_url)
     address = convert_one("--listen", listen, parse_listen)
+    services: dict[str, dict[str, object]] = {}
+    if neutron_listen is not None:
+        neutron = convert_one("--neutron-listen", neutron_listen, parse_listen)
+        services["neutron"] = {"enabled": True, "listen": neutron}
     try:
         from tessera.api.server import ServeError, run
     except ImportError as exc:
         raise UserError(f"the API server is unavailable: {exc}") from None
     try:
-        run(nsdb_url, address)
+        run(nsdb_url, address, services)
     except ServeError as exc:  # cannot start: port taken, NSDB unreachable...
         raise UserError(str(exc)) from None

@@ -86,9 +86,13 @@ KEYS: tuple[Key, ...] = (
         "NSDB session."),
     Key("services.host-liveness", "full_pass_interval", float, 10.0,
         "Seconds between full comparisons of every host with the liveness table."),
+    Key("services.neutron", "enabled", bool, False,
+        "The Neutron v2.0 API (every node; docs/neutron.md)."),
+    Key("services.neutron", "listen", str, "127.0.0.1:9696",
+        "ADDR:PORT the Neutron API serves on."),
 )  # fmt: skip
 
-BUILTIN_SERVICES = ("api", "metrics", "host-liveness")
+BUILTIN_SERVICES = ("api", "metrics", "host-liveness", "neutron")
 _FIXED_TABLES = ("node", "cluster", "zookeeper")
 
 

@@ -33,12 +33,14 @@ BUILTINS: dict[str, str] = {
     "api": "tessera.api.server:ApiService",
     "metrics": "tessera.cluster.metrics:MetricsService",
     "host-liveness": "tessera.cluster.janitor:HostLivenessJanitor.from_env",
+    "neutron": "tessera.neutron.service:NeutronService",
 }
 
 BUILTIN_REDUNDANCY: dict[str, Redundancy] = {
     "api": EVERY_NODE,
     "metrics": EVERY_NODE,
     "host-liveness": SINGLETON,
+    "neutron": EVERY_NODE,
 }
 
 

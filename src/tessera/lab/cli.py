@@ -1,6 +1,7 @@
 """`tessera lab`: the emulated cloud on one machine (docs/lab.md).
 
     tessera lab up [--hosts N] [--name LAB] [--datapath ebpf|userspace] [--nsdb URL]
+                   [--cluster-nodes N] [--embedded-zookeeper]
     tessera lab vm add NAME --host hK --port PORT_ID [--mac] [--ip] [--gw] [--dhcp] [--mtu]
     tessera lab vm del NAME
     tessera lab exec NAME -- CMD [ARGS...]
@@ -108,10 +109,25 @@ def up_command(
             help="Cluster nodes (default 1: the API process; more run `tessera cluster serve`).",
         ),
     ] = None,
+    embedded_zookeeper: Annotated[
+        bool,
+        typer.Option(
+            "--embedded-zookeeper",
+            help="No separate ZooKeeper: each cluster node runs a member of the NSDB's "
+            "ensemble (an odd number of nodes; remembered by the lab).",
+        ),
+    ] = False,
 ) -> None:
     """Start the lab (or check and repair it); the last line is `TESSERA_API=URL`."""
     lab = up.up(
-        name, hosts, datapath, nsdb, _say(name), timeout=timeout, cluster_nodes=cluster_nodes
+        name,
+        hosts,
+        datapath,
+        nsdb,
+        _say(name),
+        timeout=timeout,
+        cluster_nodes=cluster_nodes,
+        embedded_zookeeper=embedded_zookeeper,
     )
     typer.echo(f"TESSERA_API={lab.api_url}")
 

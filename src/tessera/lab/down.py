@@ -113,6 +113,7 @@ def _popen(argv: list[str]) -> subprocess.Popen[str]:
 
 def _stop_services(name: str, lab: LabState | None, problems: list[str]) -> None:
     directory = state.lab_dir(name)
+    services.signal_cluster_nodes(directory)
     for process in ("relay", "api"):
         if not procs.stop(directory / f"{process}.pid"):
             problems.append(f"the {process} process would not stop")

@@ -33,6 +33,11 @@ def agent_start(lab: LabState, host_name: str, timeout: float = START_TIMEOUT) -
 
 
 def _own_zookeeper(lab: LabState) -> None:
+    if lab.embedded_zookeeper:
+        raise LabError(
+            f"lab {lab.name}'s ZooKeeper members run inside its cluster nodes: "
+            "stop a node's process to stop its member"
+        )
     if not lab.own_nsdb:
         raise LabError(f"lab {lab.name} uses the NSDB {lab.nsdb_url}, not a ZooKeeper of its own")
 

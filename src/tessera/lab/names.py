@@ -32,6 +32,13 @@ VM_LINK_PREFIX = "vm-"  # a VM's cable, host side: `vm-NAME`
 IFNAMSIZ = 15
 
 ZK_RELAY_PORT = 2181  # where an agent finds the NSDB, inside its host namespace
+# Embedded ZooKeeper members (`lab up --embedded-zookeeper`): each lab reserves
+# EMBEDDED_ZK_PORTS ports from EMBEDDED_ZK_PORT_BASE + index * EMBEDDED_ZK_PORTS, three per
+# cluster node (client, peer, election). All 256 labs fit below 32768, the start of the
+# kernel's default ephemeral range: a member that is down must find its ports free again,
+# and the others keep calling it from ephemeral source ports.
+EMBEDDED_ZK_PORT_BASE = 20000
+EMBEDDED_ZK_PORTS = 27  # 3 ports x 9 nodes (services.MAX_CLUSTER_NODES)
 
 _LAB_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,23}$")
 MAX_VM_NAME = 32  # namespace names may be long; the cable's name is shortened to fit
@@ -109,3 +116,10 @@ def host_id(lab: str, host: int) -> str:
     """A stable UUID for host hK of `lab`: bindings survive an agent restart or an
     `up` that repairs the lab."""
     return str(uuid.uuid5(_HOST_ID_NAMESPACE, f"{lab}/{host_name(host)}"))
+
+
+def embedded_zk_ports(lab_index: int, node: int) -> tuple[int, int, int]:
+    """(client, peer, election) ports of the embedded ZooKeeper member of cluster node
+    `node` (1..9) of lab `lab_index`."""
+    first = EMBEDDED_ZK_PORT_BASE + lab_index * EMBEDDED_ZK_PORTS + 3 * (node - 1)
+    return first, first + 1, first + 2

@@ -6,7 +6,9 @@ one, so that a second `tessera lab up` repairs what died.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -18,11 +20,12 @@ from tessera.lab.errors import LabError
 from tessera.lab.relay import RelayConfig
 from tessera.lab.state import LabState
 from tessera.nsdb.connect import parse_nsdb_url
-from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
+from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer, is_zookeeper
 
 API_PORT = 8181  # preferred: the CLI's default
 API_START_TIMEOUT = 60.0
 MAX_CLUSTER_NODES = 9
+EMBEDDED_START_TIMEOUT = 120.0  # N JVMs and N nodes starting at once, then a quorum
 RELAY_START_TIMEOUT = 15.0
 
 
@@ -119,6 +122,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _choose_api_port(state: LabState) -> int:
+    """The lab's recorded API port when free (its URL stays the same across repairs),
+    else 8181 if free, else any free port; recorded in the state."""
+    port = (
+        next((p for p in (state.api_port, API_PORT) if p is not None and _port_free(p)), None)
+        or _free_port()
+    )
+    state.api_port = port
+    state.save()
+    return port
+
+
 def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
     """The API process serving, on the lab's recorded port when possible (so that its URL
     stays the same across repairs), else 8181 if free, else any free port."""
@@ -126,12 +141,7 @@ def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
     if procs.read_pid(pid_file) is not None and state.api_port is not None:
         _wait_api(state, timeout)
         return
-    port = (
-        next((p for p in (state.api_port, API_PORT) if p is not None and _port_free(p)), None)
-        or _free_port()
-    )
-    state.api_port = port
-    state.save()
+    port = _choose_api_port(state)
     argv = [
         *procs.tessera_command(), "api", "serve",
         "--nsdb", state.nsdb_url, "--listen", f"127.0.0.1:{port}",
@@ -209,6 +219,118 @@ def ensure_cluster_nodes(state: LabState, timeout: float = API_START_TIMEOUT) ->
                     f"{timeout:g}s; see {state.log_file(process)}"
                 )
             time.sleep(0.2)
+
+
+# -- cluster nodes that run the NSDB (embedded ZooKeeper) ------------------------------
+
+
+def embedded_nsdb_url(state: LabState) -> str:
+    """The ensemble's connect string: every member's client address, in node order."""
+    members = ",".join(
+        f"127.0.0.1:{names.embedded_zk_ports(state.index, k)[0]}"
+        for k in range(1, state.cluster_nodes + 1)
+    )
+    return f"zk://{members}/tessera"
+
+
+def embedded_zk_dir(state: LabState, index: int) -> Path:
+    """The data directory of cluster node `index`'s member, inside the lab's directory
+    (so that `lab down` removes it with the rest)."""
+    return state.dir / f"zookeeper-c{index}"
+
+
+def embedded_node_process(index: int) -> str:
+    """The pid/log name of node `index`: node 1 serves the lab's API, so it is `api`."""
+    return "api" if index == 1 else cluster_node_process(index)
+
+
+def embedded_members(state: LabState) -> list[dict[str, object]]:
+    """Each member: its node, client address and JVM pid (None while it is down)."""
+    out: list[dict[str, object]] = []
+    for k in range(1, state.cluster_nodes + 1):
+        zk_dir = embedded_zk_dir(state, k)
+        pid: int | None
+        try:
+            pid = int((zk_dir / "zookeeper.pid").read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and not is_zookeeper(pid, zk_dir / "zoo.cfg"):
+            pid = None
+        client = names.embedded_zk_ports(state.index, k)[0]
+        out.append({"node": f"{state.name}-c{k}", "address": f"127.0.0.1:{client}", "pid": pid})
+    return out
+
+
+def _write_node_config(state: LabState, index: int) -> Path:
+    """Node `index`'s config file: only its [zookeeper] table; the rest is on the
+    command line. Every node is given the same peers, in node order."""
+    peers = ", ".join(
+        '"127.0.0.1:{}:{}:{}"'.format(*names.embedded_zk_ports(state.index, k))
+        for k in range(1, state.cluster_nodes + 1)
+    )
+    path = state.dir / f"cluster-c{index}.toml"
+    path.write_text(
+        "# written by `tessera lab up --embedded-zookeeper`\n"
+        "[zookeeper]\n"
+        "enabled = true\n"
+        f"id = {index}\n"
+        f"peers = [{peers}]\n"
+        f'data_dir = "{embedded_zk_dir(state, index)}"\n'
+        f"client_port = {names.embedded_zk_ports(state.index, index)[0]}\n"
+    )
+    return path
+
+
+def ensure_embedded_cluster(state: LabState, timeout: float = EMBEDDED_START_TIMEOUT) -> None:
+    """Nodes 1..N, each `tessera cluster serve --embedded-zookeeper` with a member of
+    the NSDB's ensemble; node 1 serves the lab's API (pid file `api`). The missing nodes
+    are all started before any is waited for: no member serves before a quorum runs.
+    Returns once the API answers with an elected leader."""
+    url = embedded_nsdb_url(state)
+    if state.nsdb_url != url:
+        state.nsdb_url = url
+        state.save()
+    waiting: list[tuple[int, int]] = []
+    for index in range(1, state.cluster_nodes + 1):
+        process = embedded_node_process(index)
+        if procs.read_pid(state.pid_file(process)) is not None:
+            continue
+        port = _choose_api_port(state) if index == 1 else _free_port()
+        argv = [
+            *procs.tessera_command(), "cluster", "serve",
+            "--config", str(_write_node_config(state, index)), "--embedded-zookeeper",
+            "--name", f"{state.name}-c{index}", "--listen", f"127.0.0.1:{port}",
+            "--disable", "metrics",
+        ]  # fmt: skip
+        procs.spawn(argv, state.pid_file(process), state.log_file(process), owner=state.dir)
+        waiting.append((index, port))
+    deadline = time.monotonic() + timeout
+    for index, port in waiting:
+        process = embedded_node_process(index)
+        while not _answers(f"http://127.0.0.1:{port}/api/v1/health"):
+            if procs.read_pid(state.pid_file(process)) is None:
+                raise LabError(
+                    f"lab {state.name}: cluster node c{index} exited during start-up "
+                    f"({procs.last_lines(state.log_file(process))})"
+                )
+            if time.monotonic() >= deadline:
+                raise LabError(
+                    f"lab {state.name}: cluster node c{index} did not serve within "
+                    f"{timeout:g}s; see {state.log_file(process)}"
+                )
+            time.sleep(0.2)
+    _wait_api(state, max(1.0, deadline - time.monotonic()))
+
+
+def signal_cluster_nodes(directory: Path) -> None:
+    """SIGTERM every cluster node of the lab in `directory` at once, before they are
+    stopped one by one: nodes with embedded members stopped in turn would leave the
+    last ones without a quorum, waiting for it while they close their sessions."""
+    for pid_file in [directory / "api.pid", *sorted(directory.glob("cluster-c*.pid"))]:
+        pid = procs.read_pid(pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _answers(url: str) -> bool:

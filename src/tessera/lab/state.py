@@ -68,6 +68,9 @@ class LabState(BaseModel):
     api_port: int | None = None
     # Cluster nodes: the API process is node 1; nodes 2..N run `tessera cluster serve`.
     cluster_nodes: int = 1
+    # Whether the cluster nodes run the NSDB themselves (each an embedded ZooKeeper
+    # member, node 1 included); nsdb_url is then their ensemble's connect string.
+    embedded_zookeeper: bool = False
     tunnel_zone_id: str | None = None
     hosts: list[HostState] = Field(default_factory=list)
     vms: dict[str, VmState] = Field(default_factory=dict)

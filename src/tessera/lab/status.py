@@ -17,7 +17,8 @@ def gather(lab: LabState) -> dict[str, Any]:
             alive = api.hosts_alive(client)
     except (ApiError, ApiUnreachable):
         alive = None
-    zk_pid = services.zookeeper(lab).pid if lab.own_nsdb else None
+    embedded = lab.embedded_zookeeper
+    zk_pid = services.zookeeper(lab).pid if lab.own_nsdb and not embedded else None
     return {
         "name": lab.name,
         "datapath": lab.datapath,
@@ -27,7 +28,13 @@ def gather(lab: LabState) -> dict[str, Any]:
             "pid": procs.read_pid(lab.pid_file("api")),
             "reachable": alive is not None,
         },
-        "nsdb": {"url": lab.nsdb_url, "own": lab.own_nsdb, "pid": zk_pid},
+        "nsdb": {
+            "url": lab.nsdb_url,
+            "own": lab.own_nsdb,
+            "pid": zk_pid,
+            # Only for an embedded ensemble: other labs' status stays as it was.
+            **({"embedded": True, "members": services.embedded_members(lab)} if embedded else {}),
+        },
         "cluster_nodes": [
             {
                 "name": f"{lab.name}-c{k}",
@@ -74,7 +81,14 @@ def render(data: dict[str, Any]) -> str:
         f"{'' if data['api']['reachable'] else ', not answering'})",
     ]
     nsdb = data["nsdb"]
-    if nsdb["own"]:
+    if nsdb.get("embedded"):
+        lines.append(f"NSDB    {nsdb['url']}  (embedded in the cluster nodes)")
+        for member in nsdb["members"]:
+            lines.append(
+                f"  ZooKeeper member of {member['node']}  {member['address']}  "
+                f"({_pid(member['pid'])})"
+            )
+    elif nsdb["own"]:
         lines.append(f"NSDB    {nsdb['url']}  (ZooKeeper {_pid(nsdb['pid'])})")
     else:
         lines.append(f"NSDB    {nsdb['url']}  (external)")

@@ -1,6 +1,8 @@
 """`tessera lab up`: make the lab, or check and repair the one that runs.
 
-Order: state first (so `down` can undo a half-made lab), then ZooKeeper, the API, the
+Order: state first (so `down` can undo a half-made lab), then ZooKeeper, the API (with
+`--embedded-zookeeper`: every cluster node at once, each running a member of the NSDB's
+ensemble, node 1 serving the API), the
 underlay and host namespaces, the relay that lets agents reach ZooKeeper, the tunnel
 zone, the agents; then it waits until the API reports every host alive. Each step
 leaves a healthy piece alone, so running `up` again repairs exactly what is missing.
@@ -46,7 +48,26 @@ def check_nsdb_url(url: str) -> str:
     return url
 
 
-def _existing_or_new(name: str, datapath: str | None, nsdb: str | None) -> LabState:
+def check_embedded(cluster_nodes: int, nsdb: str | None) -> None:
+    """An embedded ensemble is the cluster nodes' members: an odd number of them (one is
+    a standalone member; two would stop serving with either one down, as would four
+    with two), and it is the lab's NSDB, so it cannot be combined with another one."""
+    if nsdb is not None:
+        raise LabError("--embedded-zookeeper and --nsdb exclude each other: choose one NSDB")
+    if cluster_nodes % 2 == 0:
+        raise LabError(
+            f"--embedded-zookeeper needs an odd number of cluster nodes (1 for a standalone "
+            f"member, 3 or more for an ensemble that survives a node), not {cluster_nodes}"
+        )
+
+
+def _existing_or_new(
+    name: str,
+    datapath: str | None,
+    nsdb: str | None,
+    cluster_nodes: int | None,
+    embedded: bool,
+) -> LabState:
     current = state.load(name)
     if current is None:
         current = LabState(
@@ -55,9 +76,26 @@ def _existing_or_new(name: str, datapath: str | None, nsdb: str | None) -> LabSt
             datapath=datapath or "ebpf",
             own_nsdb=nsdb is None,
             nsdb_url=nsdb or "",
+            cluster_nodes=cluster_nodes or 1,
+            embedded_zookeeper=embedded,
         )
         current.save()
         return current
+    if embedded and not current.embedded_zookeeper:
+        runs = "its own ZooKeeper" if current.own_nsdb else f"on {current.nsdb_url}"
+        raise LabError(
+            f"lab {name} runs {runs}, not embedded members: "
+            f"`tessera lab down --name {name}` first to change it"
+        )
+    if (
+        current.embedded_zookeeper
+        and cluster_nodes is not None
+        and cluster_nodes != current.cluster_nodes
+    ):
+        raise LabError(
+            f"lab {name}'s {current.cluster_nodes} cluster nodes run its ZooKeeper ensemble, "
+            f"which cannot grow or shrink: `tessera lab down --name {name}` first"
+        )
     if datapath is not None and datapath != current.datapath:
         raise LabError(
             f"lab {name} runs the {current.datapath} datapath: "
@@ -79,11 +117,14 @@ def up(
     say: Say,
     timeout: float = ALIVE_TIMEOUT,
     cluster_nodes: int | None = None,
+    embedded_zookeeper: bool = False,
 ) -> LabState:
     check_machine()
     names.check_lab_name(name)
     if datapath is not None and datapath not in DATAPATHS:
         raise LabError(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    if embedded_zookeeper:
+        check_embedded(cluster_nodes or 1, nsdb)
     if nsdb is not None:
         check_nsdb_url(nsdb)
         services.check_reachable(nsdb)
@@ -92,7 +133,7 @@ def up(
     if cluster_nodes is not None and not 1 <= cluster_nodes <= services.MAX_CLUSTER_NODES:
         raise LabError(f"--cluster-nodes must be 1..{services.MAX_CLUSTER_NODES}")
     with state.locked():
-        lab = _existing_or_new(name, datapath, nsdb)
+        lab = _existing_or_new(name, datapath, nsdb, cluster_nodes, embedded_zookeeper)
         if cluster_nodes is not None and cluster_nodes != lab.cluster_nodes:
             lab.cluster_nodes = cluster_nodes
             lab.save()
@@ -117,14 +158,23 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
         lab.hosts.append(hosts.host_state(lab, index))
     lab.save()
 
-    if lab.own_nsdb:
-        zk = services.ensure_zookeeper(lab)
-        say(f"ZooKeeper    {zk.address} (pid {zk.pid})")
+    if lab.embedded_zookeeper:
+        services.ensure_embedded_cluster(lab)
+        members = services.embedded_members(lab)
+        say(
+            f"ZooKeeper    embedded in {len(members)} cluster node(s): "
+            + ", ".join(f"{m['node']} {m['address']}" for m in members)
+        )
+        say(f"API          {lab.api_url}")
     else:
-        say(f"NSDB         {lab.nsdb_url}")
-    services.ensure_api(lab)
-    say(f"API          {lab.api_url}")
-    services.ensure_cluster_nodes(lab)
+        if lab.own_nsdb:
+            zk = services.ensure_zookeeper(lab)
+            say(f"ZooKeeper    {zk.address} (pid {zk.pid})")
+        else:
+            say(f"NSDB         {lab.nsdb_url}")
+        services.ensure_api(lab)
+        say(f"API          {lab.api_url}")
+        services.ensure_cluster_nodes(lab)
     if lab.cluster_nodes > 1:
         say(f"cluster      {lab.cluster_nodes} nodes: tessera cluster status --nsdb {lab.nsdb_url}")
 

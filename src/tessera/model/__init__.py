@@ -15,6 +15,8 @@ from tessera.model.neutron import (
     NeutronNetwork,
     NeutronPort,
     NeutronRouter,
+    NeutronSecurityGroup,
+    NeutronSecurityGroupRule,
     NeutronSubnet,
 )
 from tessera.model.routing import Route, RouteType
@@ -41,6 +43,8 @@ KINDS: dict[str, type[StoredObject]] = {
         NeutronPort,
         NeutronRouter,
         NeutronFloatingIp,
+        NeutronSecurityGroup,
+        NeutronSecurityGroupRule,
     )
 }
 # The kinds whose ids are unique across each other (every kind but the twins, which
@@ -63,6 +67,8 @@ __all__ = [
     "NeutronPort",
     "NeutronRouter",
     "NeutronFloatingIp",
+    "NeutronSecurityGroup",
+    "NeutronSecurityGroupRule",
     "NeutronSubnet",
     "NatTarget",
     "Opt121Route",

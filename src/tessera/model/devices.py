@@ -10,7 +10,15 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from tessera.model.base import Ref, StoredObject
 from tessera.model.limits import MAX_MIRRORS_PER_DIRECTION
 from tessera.model.text import InterfaceName, Name, is_stored
-from tessera.model.types import IPv4Addr, MacAddr, PrefixLen, Uuid, VlanId, network_of
+from tessera.model.types import (
+    IPv4Addr,
+    MacAddr,
+    PrefixLen,
+    Uuid,
+    VlanId,
+    network_of,
+    rule_error,
+)
 
 _FILTER_REFS = (
     Ref("inbound_filter_id", ("chains",), "nullify"),
@@ -165,10 +173,10 @@ def check_unicast_mac(mac: str) -> None:
     never take a multicast or broadcast MAC as a neighbour's, and 00:00:00:00:00:00
     means "unknown". (A field validator: the message gets the field's name.)"""
     if mac == "00:00:00:00:00:00":
-        raise ValueError("00:00:00:00:00:00 is not a usable MAC address")
+        raise rule_error("00:00:00:00:00:00 is not a usable MAC address")
     if int(mac[:2], 16) & 1:
         what = "broadcast" if mac == "ff:ff:ff:ff:ff:ff" else "multicast"
-        raise ValueError(f"{mac} is a {what} address; a unicast MAC is needed")
+        raise rule_error(f"{mac} is a {what} address; a unicast MAC is needed")
 
 
 def _check_router_address(port_address: str, net: ipaddress.IPv4Network) -> None:

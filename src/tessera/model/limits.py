@@ -101,3 +101,5 @@ MAX_ROUTER_GATEWAY_RULES = 2
 
 MAX_FLOATING_IP_RULES = 2
 """NAT rules an associated floating IP makes: dnat (inbound), snat (outbound)."""
+MAX_SECURITY_GROUP_RULES = 1024
+"""Rules of one Neutron security group (Neutron's default quota is 100 per project)."""

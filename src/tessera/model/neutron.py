@@ -15,7 +15,7 @@ stored under Python names (`router_external`, `binding_host_id`); the API rename
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -97,9 +97,7 @@ class NeutronSubnet(NeutronObject):
         default_factory=list, max_length=L.MAX_ALLOCATION_POOLS
     )
     dns_nameservers: list[IPv4Addr] = Field(default_factory=list, max_length=L.MAX_DNS_SERVERS)
-    host_routes: list[HostRoute] = Field(
-        default_factory=list, max_length=L.MAX_SUBNET_HOST_ROUTES
-    )
+    host_routes: list[HostRoute] = Field(default_factory=list, max_length=L.MAX_SUBNET_HOST_ROUTES)
     enable_dhcp: bool = True
 
 
@@ -122,9 +120,7 @@ class NeutronPort(NeutronObject):
     fixed_ips: list[FixedIp] = Field(default_factory=list, max_length=L.MAX_FIXED_IPS)
     # Security group ids as given: the security group translation (port groups and
     # conntrack chains) is built on them later; they are not checked yet.
-    security_groups: list[Uuid] = Field(
-        default_factory=list, max_length=L.MAX_PORT_SECURITY_GROUPS
-    )
+    security_groups: list[Uuid] = Field(default_factory=list, max_length=L.MAX_PORT_SECURITY_GROUPS)
     allowed_address_pairs: list[AddressPair] = Field(
         default_factory=list, max_length=L.MAX_ADDRESS_PAIRS
     )
@@ -209,3 +205,50 @@ class NeutronFloatingIp(NeutronObject):
     fixed_ip_address: IPv4Addr | None = None
     router_id: Uuid | None = None
     rule_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_FLOATING_IP_RULES)
+class NeutronSecurityGroup(NeutronObject):
+    """A Neutron security group; its tessera form (docs/security-groups.md) is an IP
+    address group (its members' addresses), a port group (its members) and two chains
+    of `accept` rules, one per direction. Any of them deleted through the tessera API
+    takes the group (and its rules) with it."""
+
+    kind: ClassVar[str] = "neutron_security_groups"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("ip_addr_group_id", ("ip_addr_groups",), "cascade"),
+        Ref("port_group_id", ("port_groups",), "cascade"),
+        Ref("ingress_chain_id", ("chains",), "cascade"),
+        Ref("egress_chain_id", ("chains",), "cascade"),
+    )
+    read_only: ClassVar[tuple[str, ...]] = (
+        "id", "ip_addr_group_id", "port_group_id", "ingress_chain_id", "egress_chain_id",
+    )  # fmt: skip
+
+    ip_addr_group_id: Uuid
+    port_group_id: Uuid
+    ingress_chain_id: Uuid
+    egress_chain_id: Uuid
+    stateful: bool = True
+    # Its rules' ids, in creation order: shown as `security_group_rules`.
+    rule_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_SECURITY_GROUP_RULES)
+
+
+class NeutronSecurityGroupRule(NeutronObject):
+    """A Neutron security group rule; its twin is the `accept` rule `rule_id` in the
+    group's chain of its direction."""
+
+    kind: ClassVar[str] = "neutron_security_group_rules"
+    refs: ClassVar[tuple[Ref, ...]] = (
+        Ref("security_group_id", ("neutron_security_groups",), "cascade"),
+        Ref("remote_group_id", ("neutron_security_groups",), "cascade"),
+        Ref("rule_id", ("rules",), "cascade"),
+    )
+    read_only: ClassVar[tuple[str, ...]] = ("id", "security_group_id", "rule_id")
+
+    security_group_id: Uuid
+    rule_id: Uuid
+    direction: Literal["ingress", "egress"]
+    ethertype: Literal["IPv4"] = "IPv4"
+    protocol: Name | None = None  # as given: a name ("tcp") or a number ("6")
+    port_range_min: int | None = Field(default=None, ge=0, le=65535)
+    port_range_max: int | None = Field(default=None, ge=0, le=65535)
+    remote_ip_prefix: str | None = None  # a CIDR, normalised by the API
+    remote_group_id: Uuid | None = None

@@ -54,13 +54,17 @@ UNPRINTABLE_RANGES: tuple[tuple[int, int], ...] = (
 )  # fmt: skip
 
 
-def _class_body() -> str:
-    """The ranges as a regex character class body that Python and ECMA-262 read alike:
-    BMP ranges as \\uXXXX escapes; astral code points listed one by one as literal
-    characters (ECMA without the `u` flag sees each as a surrogate pair, both halves
-    of which the class already holds)."""
+def _class_body(surrogates: bool = True) -> str:
+    """The ranges as a regex character class body: BMP ranges as \\uXXXX escapes;
+    astral code points listed one by one as literal characters. The schema's pattern
+    leaves the surrogate range out (`surrogates=False`): a regex engine working on code
+    points (Rust's, in schema validators) refuses a class naming surrogates, and no
+    JSON text decodes to a lone surrogate that the server would then accept (it refuses
+    them all the same)."""
     parts: list[str] = []
     for low, high in UNPRINTABLE_RANGES:
+        if (low, high) == (0xD800, 0xDFFF) and not surrogates:
+            continue
         if high <= 0xFFFF:
             parts.append(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}")
         else:
@@ -72,7 +76,7 @@ def _class_body() -> str:
 # matches before a final newline, which the server refuses; ECMA-262 reads both alike.
 END = "(?!\\n)$"
 
-TEXT_PATTERN = f"^[^{_class_body()}]*{END}"
+TEXT_PATTERN = f"^[^{_class_body(surrogates=False)}]*{END}"
 """The JSON schema `pattern` of printable text (what `check_text` accepts)."""
 _UNPRINTABLE_RE = re.compile(f"[{_class_body()}]")
 

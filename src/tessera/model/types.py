@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from tessera.model.text import STORED_CONTEXT
 from tessera.model.text import InterfaceName as InterfaceName  # re-exported: Name lived here
@@ -77,6 +78,16 @@ Uuid = Annotated[
 ]
 PrefixLen = Annotated[int, Field(ge=0, le=32)]
 VlanId = Annotated[int, Field(ge=0, le=4095)]
+
+
+RULE_ERROR = "object_rule"
+"""The pydantic error type of a rule the JSON schema cannot state (a MAC that must be
+unicast): the API answers it 400, an invalid object, never 422, a malformed request."""
+
+
+def rule_error(message: str) -> PydanticCustomError:
+    """A validation error for a rule the schema cannot state (see `RULE_ERROR`)."""
+    return PydanticCustomError(RULE_ERROR, message)
 
 
 def new_id() -> str:

@@ -23,6 +23,8 @@ from tessera.model.neutron import (
     NeutronObject,
     NeutronPort,
     NeutronRouter,
+    NeutronSecurityGroup,
+    NeutronSecurityGroupRule,
     NeutronSubnet,
 )
 from tessera.neutron import (
@@ -32,6 +34,7 @@ from tessera.neutron import (
     networks,
     ports,
     routers,
+    security_groups,
     subnets,
     values,
 )
@@ -55,12 +58,15 @@ class _Collection:
     ) -> None:
         self.resource = resource
         self.collection = resource + "s"
+        self.path = self.collection.replace("_", "-")  # security_groups: /security-groups
         self.cls = cls
         self.missing = missing
         self.module = module
 
     def not_found(self, id: str) -> NeutronError:
-        return not_found(self.missing, f"{self.resource.capitalize()} {id} could not be found.")
+        return not_found(
+            self.missing, f"{self.resource.replace('_', ' ').capitalize()} {id} could not be found."
+        )
 
     def check_id(self, id: str) -> str:
         """Ids are UUIDs: anything else (a name the client tries first) is a 404."""
@@ -78,6 +84,15 @@ _COLLECTIONS = {
         _Collection("port", NeutronPort, "PortNotFound", ports),
         _Collection("router", NeutronRouter, "RouterNotFound", routers),
         _Collection("floatingip", NeutronFloatingIp, "FloatingIPNotFound", floatingips),
+        _Collection(
+            "security_group", NeutronSecurityGroup, "SecurityGroupNotFound", security_groups
+        ),
+        _Collection(
+            "security_group_rule",
+            NeutronSecurityGroupRule,
+            "SecurityGroupRuleNotFound",
+            security_groups.RuleResource,
+        ),
     )
 }
 
@@ -114,7 +129,7 @@ def create_neutron_app(nsdb: Nsdb) -> FastAPI:
                 {
                     "name": c.resource,
                     "collection": c.collection,
-                    "links": [{"href": base + c.collection, "rel": "self"}],
+                    "links": [{"href": base + c.path, "rel": "self"}],
                 }
                 for c in _COLLECTIONS.values()
             ]
@@ -158,11 +173,15 @@ def _router_interface_routes(app: FastAPI, nsdb: Nsdb) -> None:
 
 
 def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
-    base = f"/v2.0/{c.collection}"
+    base = f"/v2.0/{c.path}"
     module = c.module
 
     def list_items(request: Request) -> dict[str, Any]:
-        url = f"{request.base_url}v2.0/{c.collection}"
+        url = f"{request.base_url}v2.0/{c.path}"
+        if c.cls is NeutronSecurityGroup:  # a project's first listing makes its default
+            query = request.query_params
+            wanted = query.get("project_id") or query.get("tenant_id")
+            security_groups.ensure_default(nsdb, wanted or _project_header(request))
         return listing.list_response(
             c.collection, module.listing(nsdb), request.query_params.multi_items(), url
         )

@@ -20,6 +20,7 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
     ),
     "binding": ("Port Binding", "Expose port bindings of a virtual port to external application"),
     "port-security": ("Port Security", "Provides port security"),
+    "security-group": ("security-group", "The security groups extension."),
     "allowed-address-pairs": ("Allowed Address Pairs", "Provides allowed address pairs"),
     "project-id": (
         "project_id field enabled",

@@ -9,8 +9,9 @@
 - `binding:host_id` names a tessera host (its name, or its id): the twin is bound there
   to interface `tap<first 11 characters of the id>` (Nova's naming). A host tessera
   does not know leaves the twin unbound (`binding:vif_type` "binding_failed").
-- `security_groups` are stored as given; their translation into port groups and
-  conntrack chains is not done yet.
+- `security_groups` (the project's default group when none are given) are applied by
+  `security_groups.apply_port` in the same transaction: port chains, group memberships
+  and anti-spoofing (docs/security-groups.md); `remove_port` undoes it on delete.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tessera.model import DhcpHost, DhcpSubnet, Host, Port
 from tessera.model.neutron import AddressPair, FixedIp, NeutronNetwork, NeutronPort, NeutronSubnet
 from tessera.model.types import new_id
 from tessera.neutron import ipam, values, views
+from tessera.neutron import security_groups as security
 from tessera.neutron.errors import bad_request, conflict, not_found
 from tessera.neutron.networks import get_network, now
 from tessera.neutron.subnets import get_subnet
@@ -318,6 +320,13 @@ def creator(
         given = dict(attrs)  # popped from a copy: a retried attempt starts over
         given.setdefault("port_security_enabled", network.port_security_enabled)
         _check_security(given["port_security_enabled"], given.get("security_groups", []), raw_pairs)
+        given["security_groups"] = security.port_groups(
+            tx,
+            project or network.project_id,
+            given["port_security_enabled"],
+            given.get("device_owner", ""),
+            given.get("security_groups"),
+        )
         mac = _mac(tx, network.id, id, given.pop("mac_address", None))
         fixed = _fixed_ips(tx, network, id, body.get("fixed_ips"))
         stamp = now()
@@ -344,7 +353,8 @@ def creator(
         check_refs(tx, port, None)
         tx.create(port)
         _dhcp_hosts(tx, port, add=True)
-        return views.port(port, made)
+        security.apply_port(tx, None, port)
+        return views.port(port, tx.get(Port, id))
 
     return write
 
@@ -400,6 +410,8 @@ def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:
             elif twin.host_id is not None:
                 unbind(tx, twin.host_id, twin.id)
             twin = tx.get(Port, twin.id)
+        security.apply_port(tx, old, new)
+        twin = tx.get(Port, twin.id)
         tx.put(NeutronPort.model_validate(new.model_dump()))
         return views.port(new, twin)
 
@@ -411,6 +423,7 @@ def delete(nsdb: Nsdb, id: str) -> None:
         port = get_port(tx, id)
         twin = tx.find(Port.kind, port.tessera_port_id)
         _dhcp_hosts(tx, port, add=False)
+        security.remove_port(tx, port)
         cascade_delete(tx, Port.kind, port.tessera_port_id)
         if not tx.is_deleted(NeutronPort.kind, id):
             cascade_delete(tx, NeutronPort.kind, id)

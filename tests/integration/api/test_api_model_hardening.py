@@ -68,7 +68,8 @@ def test_dhcp_configuration_the_server_cannot_send_is_refused(api: Api) -> None:
         "destination_length": 12,
         "gateway_addr": "10.0.0.1",
     }
-    message = api.post(path, body | {"opt121_routes": [route]}, status=422)
+    # A rule the schema cannot state: 400 (an invalid object), not 422.
+    message = api.post(path, body | {"opt121_routes": [route]}, status=400)
     assert "destination_prefix 172.16.0.1 has host bits set for /12" in message
     many = ["10.0.0.53"] * 20_000
     message = api.post(path, body | {"dns_server_addrs": many}, status=422)
@@ -104,13 +105,13 @@ def test_dhcp_hosts_a_client_cannot_use_are_refused(api: Api) -> None:
     api.post(path, body)
     hosts = f"{path}/10.0.0.0_24/hosts"
     lease = {"mac_addr": "02:00:00:00:00:07", "ip_addr": "10.0.0.7", "name": "vm7"}
-    # A MAC is checked with the request body (422), an address against the subnet (400).
+    # A unicast MAC and an address in the subnet are rules the schema cannot state: 400.
     for mac, fragment in (
         ("01:00:5e:00:00:07", "mac_addr: 01:00:5e:00:00:07 is a multicast address"),
         ("ff:ff:ff:ff:ff:ff", "mac_addr: ff:ff:ff:ff:ff:ff is a broadcast address"),
         ("00:00:00:00:00:00", "mac_addr: 00:00:00:00:00:00 is not a usable MAC"),
     ):
-        assert fragment in api.post(hosts, lease | {"mac_addr": mac}, status=422)
+        assert fragment in api.post(hosts, lease | {"mac_addr": mac}, status=400)
     assert "not a host name" in api.post(hosts, lease | {"name": "vm 7"}, status=422)
     api.post(hosts, lease)
     for ip, fragment in (
@@ -160,7 +161,7 @@ def test_rules_and_mirrors_match_ethertypes_only(api: Api) -> None:
     api.post(rules, {"type": "drop", "dl_type": 0x0600})
     port = api.bridge_port(api.bridge())
     body = {"to_port_id": port["id"], "conditions": [{"dl_type": 1}]}
-    assert "is not an EtherType" in api.post("/mirrors", body, status=422)
+    assert "is not an EtherType" in api.post("/mirrors", body, status=400)
 
 
 def test_what_an_older_version_stored_stays_readable_and_fixable(api: Api) -> None:

@@ -29,7 +29,7 @@ def test_extensions_list_only_what_is_implemented(neutron: Neutron) -> None:
     assert aliases == set(EXTENSIONS)
     # Advertising these changes what the client sends: they must not be listed.
     assert not aliases & {"external-gateway-multihoming", "tag-ports-during-bulk-creation"}
-    assert "security-group" not in aliases  # not implemented yet
+    assert {"security-group", "router"} <= aliases
     for ext in listed:
         assert set(ext) == {"alias", "name", "description", "updated", "links"}
     one = neutron.client.get("/v2.0/extensions/external-net")

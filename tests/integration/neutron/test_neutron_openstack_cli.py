@@ -74,6 +74,11 @@ def test_openstack_cli_round_trip(served: tuple[MemoryNsdb, NeutronServer], tmp_
     nsdb, server = served
     cli = Cli(server.url, tmp_path)
     store = TopologyStore(nsdb)
+    # The first listing makes the project's default group, which stays (as in Neutron).
+    (default,) = cli.run("security", "group", "list")
+    assert default["Name"] == "default"
+    (other,) = cli.run("security", "group", "list", "--project", "proj1")  # p2's project
+    assert other["Name"] == "default" and other["ID"] != default["ID"]
     before = dump(nsdb)
 
     net = cli.run("network", "create", "n1", "--mtu", "1400")

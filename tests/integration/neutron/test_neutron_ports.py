@@ -29,8 +29,9 @@ def test_a_port_is_a_bridge_port_with_an_address_and_a_dhcp_host(
     assert port["fixed_ips"] == [{"subnet_id": net["subnet"]["id"], "ip_address": "10.0.0.2"}]
     assert port["mac_address"].startswith("fa:16:3e:")
     assert port["status"] == "DOWN" and port["binding:vif_type"] == "unbound"
-    for attr in ("security_groups", "allowed_address_pairs", "tags", "extra_dhcp_opts"):
+    for attr in ("allowed_address_pairs", "tags", "extra_dhcp_opts"):
         assert port[attr] == []
+    assert len(port["security_groups"]) == 1  # the project's default group
     twin = TopologyStore(neutron.nsdb).get(Port, port["id"])
     assert twin.device_id == net["id"] and twin.type == "Bridge" and twin.tunnel_key > 0
     assert port["tessera:port_id"] == twin.id
@@ -90,7 +91,18 @@ def test_mac_address_given_and_in_use(neutron: Neutron, net: dict) -> None:
 
 
 def test_security_attributes_are_stored(neutron: Neutron, net: dict) -> None:
-    sgs = [new_id(), new_id()]  # security group ids are UUIDs
+    sgs = [
+        neutron.client.post("/v2.0/security-groups", json={"security_group": {"name": n}}).json()[
+            "security_group"
+        ]["id"]
+        for n in ("a", "b")
+    ]
+    neutron.error(
+        "POST",
+        "/v2.0/ports",
+        404,
+        json={"port": {"network_id": net["id"], "security_groups": [new_id()]}},
+    )  # groups must exist
     port = neutron.port(
         net["id"],
         security_groups=sgs,
@@ -157,6 +169,7 @@ def test_update_moves_addresses_and_dhcp_hosts(neutron: Neutron, net: dict) -> N
 
 
 def test_delete_removes_twin_and_dhcp_host_exactly(neutron: Neutron, net: dict) -> None:
+    neutron.client.get("/v2.0/security-groups")  # the project's default group stays
     before = dump(neutron.nsdb)
     port = neutron.port(net["id"])
     assert neutron.client.delete(f"/v2.0/ports/{port['id']}").status_code == 204

@@ -57,14 +57,21 @@ def test_each_write_is_one_commit_with_its_twins(counted: tuple[Neutron, Countin
         "Update:bridges",
         "Update:neutron_networks",
     ]
+    neutron.client.get("/v2.0/security-groups")  # the default group: a commit of its own
     port = neutron.port(net["id"])
+    # The port's three security chains and their rules; its group's members.
     assert nsdb.commits[-1] == [
+        *["Create:chains"] * 3,
         "Create:neutron_ports",
         "Create:ports",
+        *["Create:rules"] * 11,  # spoofing 2, from the VM 5, towards it 4
         "Update:bridges",
+        *["Update:chains"] * 2,  # the default group's chains, touched by the jumps
         "Update:dhcp_subnets",
+        "Update:ip_addr_groups",
         "Update:neutron_networks",
         "Update:neutron_subnets",
+        "Update:port_groups",
     ]
     count = len(nsdb.commits)
     neutron.client.delete(f"/v2.0/ports/{port['id']}")

@@ -32,7 +32,8 @@ from support.tempest_run import FAILED, TempestResult, run_tempest
 from tessera.nsdb.connect import open_nsdb
 
 #: The tempest test classes that must pass: networks and subnets (NetworksTest,
-#: BulkNetworkOpsTest), their error cases, ports, extension listing, version discovery.
+#: BulkNetworkOpsTest), their error cases, ports, extension listing, version discovery,
+#: security groups and rules.
 CORE_CLASSES = (
     "tempest.api.network.test_networks.NetworksTest",
     "tempest.api.network.test_networks.BulkNetworkOpsTest",
@@ -40,6 +41,8 @@ CORE_CLASSES = (
     "tempest.api.network.test_ports.PortsTestJSON",
     "tempest.api.network.test_extensions.ExtensionsTestJSON",
     "tempest.api.network.test_versions.NetworksApiDiscovery",
+    "tempest.api.network.test_security_groups.SecGroupTest",
+    "tempest.api.network.test_security_groups_negative.NegativeSecGroupTest",
 )
 #: Bound on the whole tempest run (the classes above take well under a minute).
 TEMPEST_TIMEOUT = 300.0

@@ -30,6 +30,8 @@ from tessera.model import (
     NeutronNetwork,
     NeutronPort,
     NeutronRouter,
+    NeutronSecurityGroup,
+    NeutronSecurityGroupRule,
     NeutronSubnet,
     Opt121Route,
     Port,
@@ -282,6 +284,15 @@ def largest() -> dict[str, StoredObject]:
             floating_ip_address="255.255.255.255", port_id=rid,
             fixed_ip_address="255.255.255.255", router_id=rid,
             rule_ids=_ids(L.MAX_FLOATING_IP_RULES),
+        ),
+        NeutronSecurityGroup(
+            **NEUTRON, ip_addr_group_id=rid, port_group_id=rid, ingress_chain_id=rid,
+            egress_chain_id=rid, rule_ids=_ids(L.MAX_SECURITY_GROUP_RULES),
+        ),
+        NeutronSecurityGroupRule(
+            **NEUTRON, security_group_id=rid, rule_id=rid, direction="ingress",
+            protocol=WIDE, port_range_min=65535, port_range_max=65535,
+            remote_ip_prefix="255.255.255.255/32", remote_group_id=rid,
         ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}

@@ -13,9 +13,9 @@ ICMP echo and errors quoting a packet, ARP, DHCP, fragments, VLAN-tagged) trunca
 a random point; the same with random bytes overwritten; and valid frames with hostile
 header fields (IHL, total length, options, DHCP option lengths).
 
-The number of cases depends on the hypothesis profile: a few thousand in CI (seconds),
-100,000 under `HYPOTHESIS_PROFILE=explore` (about a minute). Seeded: a failure names
-the case number, which reproduces it.
+100,000 cases every run (about 15 s); the seed is fixed in CI and fresh under
+`HYPOTHESIS_PROFILE=explore` (printed). A failure names the case number and the seed,
+which reproduce it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from tessera.packet.errors import PacketError
 from tessera.packet.icmp import parse_quoted
 from tessera.simulation import SimulationResult, Snapshot, Verdict, simulate
 
-CASES = 3_000 if settings().derandomize else 100_000
-SEED = 20261203
+CASES = 100_000
+SEED = 20261203 if settings().derandomize else random.SystemRandom().randrange(1 << 32)
 
 PARSERS: tuple[tuple[str, Callable[[bytes], object]], ...] = (
     ("Ethernet", Ethernet.parse),
