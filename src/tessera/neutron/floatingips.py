@@ -300,15 +300,3 @@ def listing(nsdb: Nsdb) -> list[dict[str, Any]]:
     return [view(f) for f in Transaction(nsdb).all_of(NeutronFloatingIp)]
 
 
-def uses_router(tx: Transaction, router_id: str) -> bool:
-    return any(f.router_id == router_id for f in tx.all_of(NeutronFloatingIp))
-
-
-def uses_interface(tx: Transaction, router_id: str, subnet_cidr: str) -> bool:
-    net = ipaddress.IPv4Network(subnet_cidr)
-    return any(
-        f.router_id == router_id
-        and f.fixed_ip_address is not None
-        and ipaddress.IPv4Address(f.fixed_ip_address) in net
-        for f in tx.all_of(NeutronFloatingIp)
-    )

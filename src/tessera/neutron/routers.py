@@ -30,6 +30,7 @@ from typing import Any
 from tessera.model import Chain, Port, Route, Router, Rule
 from tessera.model import limits as L
 from tessera.model.neutron import (
+    NeutronFloatingIp,
     NeutronPort,
     NeutronRouter,
     NeutronSubnet,
@@ -497,9 +498,19 @@ def _change_gateway(
 
 
 def _has_floating_ips(tx: Transaction, router: NeutronRouter) -> bool:
-    from tessera.neutron import floatingips  # it builds on this module
+    """Read here from the stored floating IPs (floatingips.py builds on this module)."""
+    return any(f.router_id == router.id for f in tx.all_of(NeutronFloatingIp))
 
-    return floatingips.uses_router(tx, router.id)
+
+def _floating_ips_behind(tx: Transaction, router_id: str, subnet_cidr: str) -> bool:
+    """Whether a floating IP of `router_id` translates to an address in `subnet_cidr`."""
+    net = ipaddress.IPv4Network(subnet_cidr)
+    return any(
+        f.router_id == router_id
+        and f.fixed_ip_address is not None
+        and ipaddress.IPv4Address(f.fixed_ip_address) in net
+        for f in tx.all_of(NeutronFloatingIp)
+    )
 
 
 def delete(nsdb: Nsdb, id: str) -> None:
@@ -651,10 +662,8 @@ def remove_interface(nsdb: Nsdb, id: str, body: Any) -> dict[str, Any]:
                 )
         interface = found[0]
         found_port = tx.find(NeutronPort.kind, interface.port_id)
-        from tessera.neutron import floatingips  # it builds on this module
-
         sub = tx.find(NeutronSubnet.kind, interface.subnet_id)
-        if isinstance(sub, NeutronSubnet) and floatingips.uses_interface(tx, router.id, sub.cidr):
+        if isinstance(sub, NeutronSubnet) and _floating_ips_behind(tx, router.id, sub.cidr):
             raise conflict(
                 "RouterInterfaceInUseByFloatingIP",
                 f"Router interface for subnet {interface.subnet_id} on router {id} cannot be "
