@@ -72,7 +72,9 @@ FRONT_END_LIBRARIES: dict[str, tuple[str, ...]] = {
     "httpx": ("tessera.client", "tessera.clikit", "tessera.cli", "tessera.lab"),
     "fastapi": ("tessera.api", "tessera.neutron"),
     "starlette": ("tessera.api", "tessera.neutron"),
-    "uvicorn": ("tessera.api", "tessera.neutron"),
+    # cluster.http serves the HTTP services' apps; only they import it (lazily, when a
+    # node starts them), so the CLI never pays for uvicorn.
+    "uvicorn": ("tessera.api", "tessera.neutron", "tessera.cluster.http"),
     "kazoo": ("tessera.nsdb",),
 }
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from tessera.api.app import create_app
 from tessera.cluster import config as cluster_config
+from tessera.cluster.http import serve_until_stopped
 from tessera.cluster.node import ServeError, bind_socket, run_node, split_listen
 from tessera.cluster.service import EVERY_NODE, Redundancy, ServiceContext, ServiceEnv
 
@@ -46,7 +45,6 @@ DEFAULT_LISTEN = "127.0.0.1:8181"
 # meet in one ZooKeeper; `--nsdb memory` is for a quick look at the API alone.
 DEFAULT_NSDB = cluster_config.DEFAULT_NSDB
 ZK_SESSION_TIMEOUT = 4.0  # seconds; a dead leader is replaced about this long after it died
-_STOP_POLL = 0.1
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -87,31 +85,7 @@ class ApiService:
             env.cluster.info["api"] = self.url
 
     def run(self, ctx: ServiceContext) -> None:
-        config = uvicorn.Config(self.app, log_level="info", timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        done = threading.Event()
-
-        def watch() -> None:
-            ready = False
-            while not done.is_set():
-                if not ready and server.started:
-                    ready = True
-                    ctx.ready()
-                if ctx.stop.wait(_STOP_POLL):
-                    server.should_exit = True
-                    return
-
-        watcher = threading.Thread(target=watch, name="api-watch", daemon=True)
-        watcher.start()
-        try:
-            # uvicorn closes the sockets it served on: give it a copy, keep ours for a
-            # restart. It installs no signal handlers off the main thread.
-            server.run(sockets=[self.sock.dup()])
-        finally:
-            done.set()
-            watcher.join(5.0)
-        if not ctx.stop.is_set() and not server.should_exit:
-            raise RuntimeError("the HTTP server stopped by itself")
+        serve_until_stopped(self.app, self.sock, ctx, "api")
 
     def close(self) -> None:
         self.sock.close()

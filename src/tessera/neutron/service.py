@@ -13,15 +13,11 @@ this package does not depend on the node's internals.
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Any
 
-import uvicorn
-
+from tessera.cluster.http import serve_until_stopped
 from tessera.neutron.app import create_neutron_app
 from tessera.neutron.serve import DEFAULT_NEUTRON_LISTEN, bind, split_listen
-
-_STOP_POLL = 0.1
 
 
 class NeutronService:
@@ -44,31 +40,7 @@ class NeutronService:
             cluster.info["neutron"] = self.url
 
     def run(self, ctx: Any) -> None:
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        done = threading.Event()
-
-        def watch() -> None:
-            ready = False
-            while not done.is_set():
-                if not ready and server.started:
-                    ready = True
-                    ctx.ready()
-                if ctx.stop.wait(_STOP_POLL):
-                    server.should_exit = True
-                    return
-
-        watcher = threading.Thread(target=watch, name="neutron-watch", daemon=True)
-        watcher.start()
-        try:
-            # uvicorn closes the sockets it served on: give it a copy, keep ours for a
-            # restart by the node.
-            server.run(sockets=[self.sock.dup()])
-        finally:
-            done.set()
-            watcher.join(5.0)
-        if not ctx.stop.is_set() and not server.should_exit:
-            raise RuntimeError("the Neutron HTTP server stopped by itself")
+        serve_until_stopped(self.app, self.sock, ctx, "neutron", log_level="warning")
 
     def close(self) -> None:
         self.sock.close()
