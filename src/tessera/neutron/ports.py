@@ -21,8 +21,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tessera.model import DhcpHost, DhcpSubnet, Host, Port
-from tessera.model.neutron import AddressPair, FixedIp, NeutronNetwork, NeutronPort, NeutronSubnet
+from tessera.model import DhcpHost, DhcpSubnet, Host, Port, Rule
+from tessera.model.neutron import (
+    AddressPair,
+    FixedIp,
+    NeutronFloatingIp,
+    NeutronNetwork,
+    NeutronPort,
+    NeutronRouter,
+    NeutronSubnet,
+)
 from tessera.model.types import new_id
 from tessera.neutron import ipam, values, views
 from tessera.neutron import security_groups as security
@@ -418,9 +426,58 @@ def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:
     return run(nsdb, f"updating port {id}", write)
 
 
+# The ports Neutron's L3 plugin owns (`l3_db.router_device_owners`): the port API may not
+# delete them while their owner exists, only the router / floating IP API may.
+SERVICE_OWNERS = {
+    "network:router_interface": NeutronRouter.kind,
+    "network:router_gateway": NeutronRouter.kind,
+    "network:floatingip": NeutronFloatingIp.kind,
+}
+
+
+def _refuse_service_port(tx: Transaction, port: NeutronPort) -> None:
+    """Neutron's `prevent_l3_port_deletion`: a router interface, router gateway or
+    floating IP port is deleted with its router / floating IP, never directly (that
+    would leave the router port, routes and NAT rules pointing at nothing). A stale one
+    (its owner gone) may go, as in Neutron."""
+    owner_kind = SERVICE_OWNERS.get(port.device_owner)
+    if owner_kind is None or not port.device_id or tx.find(owner_kind, port.device_id) is None:
+        return
+    raise conflict(
+        "ServicePortInUse",
+        f"Port {port.id} cannot be deleted directly via the port API: "
+        f"has device owner {port.device_owner}.",
+    )
+
+
+def _disassociate_floating_ips(tx: Transaction, port_id: str) -> None:
+    """Neutron's `disassociate_floatingips` on port delete: the floating IPs stay (with
+    `port_id` null) but their static NAT rules go, in the port's delete transaction.
+    (Read from the store: `floatingips` imports this module.)"""
+    for fip in tx.all_of(NeutronFloatingIp):
+        if fip.port_id != port_id:
+            continue
+        for rule_id in fip.rule_ids:
+            cascade_delete(tx, Rule.kind, rule_id)
+        tx.put(
+            fip.model_copy(
+                update={
+                    "port_id": None,
+                    "fixed_ip_address": None,
+                    "router_id": None,
+                    "rule_ids": [],
+                    "updated_at": now(),
+                    "revision_number": fip.revision_number + 1,
+                }
+            )
+        )
+
+
 def delete(nsdb: Nsdb, id: str) -> None:
     def write(tx: Transaction) -> Port | None:
         port = get_port(tx, id)
+        _refuse_service_port(tx, port)
+        _disassociate_floating_ips(tx, port.id)
         twin = tx.find(Port.kind, port.tessera_port_id)
         _dhcp_hosts(tx, port, add=False)
         security.remove_port(tx, port)

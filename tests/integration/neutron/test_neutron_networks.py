@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 from neutron_helpers import Neutron, dump
 
 with warnings.catch_warnings():
@@ -13,6 +14,7 @@ with warnings.catch_warnings():
 from tessera.api.app import create_app
 from tessera.model import Bridge, Port
 from tessera.model.neutron import NeutronNetwork
+from tessera.nsdb.errors import Conflict
 from tessera.nsdb.store import TopologyStore
 
 
@@ -86,17 +88,21 @@ def test_a_bridge_port_made_through_tessera_keeps_the_network_in_use(neutron: Ne
     assert neutron.error("DELETE", f"/v2.0/networks/{net['id']}", 409)["type"] == "NetworkInUse"
 
 
-def test_deleting_the_bridge_through_tessera_removes_the_network(neutron: Neutron) -> None:
+def test_deleting_the_bridge_through_tessera_is_refused(neutron: Neutron) -> None:
+    """The bridge is the network's twin: the v1 side refuses (409), so no Neutron port's
+    security chains or router ports are left behind; the Neutron delete undoes it all."""
     neutron.client.get("/v2.0/security-groups")  # the project's default group stays
     before = dump(neutron.nsdb)
     net = neutron.network()
     neutron.subnet(net["id"])
-    # Without port security: a port's security chains are removed by the Neutron API's
-    # port delete, not by the tessera cascade (docs/neutron.md, security groups).
-    neutron.port(net["id"], port_security_enabled=False)
-    TopologyStore(neutron.nsdb).delete(Bridge, net["id"])
+    port = neutron.port(net["id"])
+    made = dump(neutron.nsdb)
+    with pytest.raises(Conflict, match="managed by the Neutron API"):
+        TopologyStore(neutron.nsdb).delete(Bridge, net["id"])
+    assert dump(neutron.nsdb) == made
+    assert neutron.client.delete(f"/v2.0/ports/{port['id']}").status_code == 204
+    assert neutron.client.delete(f"/v2.0/networks/{net['id']}").status_code == 204
     assert dump(neutron.nsdb) == before
-    assert neutron.client.get("/v2.0/ports").json() == {"ports": []}
 
 
 def test_tags_api(neutron: Neutron) -> None:

@@ -8,6 +8,7 @@ from neutron_helpers import Neutron, dump
 from tessera.model import DhcpSubnet, Port, new_id
 from tessera.model.neutron import NeutronPort
 from tessera.neutron.ports import interface_name
+from tessera.nsdb.errors import Conflict
 from tessera.nsdb.store import TopologyStore
 
 
@@ -177,7 +178,10 @@ def test_delete_removes_twin_and_dhcp_host_exactly(neutron: Neutron, net: dict) 
     assert neutron.error("DELETE", f"/v2.0/ports/{port['id']}", 404)["type"] == "PortNotFound"
 
 
-def test_deleting_the_twin_through_tessera_removes_the_port(neutron: Neutron, net: dict) -> None:
+def test_deleting_the_twin_through_tessera_is_refused(neutron: Neutron, net: dict) -> None:
+    """The v1 delete would leave the port's security chains and DHCP host behind."""
     port = neutron.port(net["id"])
-    TopologyStore(neutron.nsdb).delete(Port, port["id"])
-    assert neutron.client.get("/v2.0/ports").json() == {"ports": []}
+    before = dump(neutron.nsdb)
+    with pytest.raises(Conflict, match="managed by the Neutron API"):
+        TopologyStore(neutron.nsdb).delete(Port, port["tessera:port_id"])
+    assert dump(neutron.nsdb) == before

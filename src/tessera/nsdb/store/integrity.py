@@ -25,7 +25,7 @@ from typing import Any
 from tessera.model import KINDS, Conditions, Mirror, Ref, StoredObject, TunnelZone
 from tessera.model.types import TesseraModel
 from tessera.nsdb.codec import describe
-from tessera.nsdb.errors import IntegrityError, NotFound
+from tessera.nsdb.errors import Conflict, IntegrityError, NotFound
 from tessera.nsdb.store.transaction import Transaction
 
 # The field that names an object's parent: it comes from the REST path, so a missing
@@ -160,6 +160,49 @@ def _check_condition_refs(tx: Transaction, new: Mirror, old: Mirror | None) -> N
             for id in sorted(ref_ids(condition, ref) - _condition_ref_ids(old, ref)):
                 nested = Ref(f"conditions[{n}].{ref.field}", ref.targets, ref.on_delete)
                 tx.touch(resolve(tx, nested, id), id)
+
+
+# Objects of these kinds are the Neutron API's (tessera.neutron): each names its tessera
+# twins (bridge, router, port, DHCP subnet, security group chains and groups) and the
+# rest of its translation (a router's chains, router ports, routes, SNAT and floating IP
+# rules), which only the Neutron API knows how to undo. Most of those names are nested
+# values, not `Ref`s, hence the walk over every `*_id` / `*_ids` field.
+NEUTRON_PREFIX = "neutron_"
+_NOT_TOPOLOGY = frozenset({"project_id", "tenant_id"})
+
+
+def _named_ids(value: Any) -> set[str]:
+    """Every id under a `*_id` / `*_ids` key of a dumped object, at any depth."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _NOT_TOPOLOGY:
+                continue
+            if key.endswith("_id") and isinstance(item, str):
+                found.add(item)
+            elif key.endswith("_ids") and isinstance(item, list):
+                found.update(x for x in item if isinstance(x, str))
+            else:
+                found |= _named_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _named_ids(item)
+    return found
+
+
+def refuse_neutron_twin(tx: Transaction, kind: str, id: str) -> None:
+    """Refuse (409) a v1 delete of an object that is part of a Neutron object's
+    translation: cascading from the v1 side would delete the Neutron object (or leave
+    it naming nothing) and leave behind the rest of its translation, which only the
+    Neutron API's delete removes exactly."""
+    for nkind in sorted(k for k in KINDS if k.startswith(NEUTRON_PREFIX)):
+        for owner in tx.all(nkind):
+            if id in _named_ids(owner.model_dump()):
+                noun = nkind.removeprefix(NEUTRON_PREFIX).removesuffix("s").replace("_", " ")
+                raise Conflict(
+                    f"{describe(kind, id)} is managed by the Neutron API (Neutron {noun} "
+                    f"{owner.id}): delete it there"
+                )
 
 
 def cascade_delete(tx: Transaction, kind: str, id: str) -> None:

@@ -37,7 +37,7 @@ from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, NotFound, NsdbError
 from tessera.nsdb.store import connections, members, objects
 from tessera.nsdb.store.connections import Binding
-from tessera.nsdb.store.integrity import cascade_delete, replace
+from tessera.nsdb.store.integrity import cascade_delete, refuse_neutron_twin, replace
 from tessera.nsdb.store.transaction import MAX_ATTEMPTS, Transaction, run
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class TopologyStore:
 
         def body(tx: Transaction) -> StoredObject:
             obj = tx.get(cls, id)
+            refuse_neutron_twin(tx, cls.kind, id)
             cascade_delete(tx, cls.kind, id)
             return obj
 
@@ -183,6 +184,7 @@ class TopologyStore:
     def delete_dhcp_subnet(self, bridge_id: str, key: str) -> None:
         def body(tx: Transaction) -> None:
             subnet = members.subnet(tx, bridge_id, key)
+            refuse_neutron_twin(tx, DhcpSubnet.kind, subnet.id)
             cascade_delete(tx, DhcpSubnet.kind, subnet.id)
 
         self._run(f"deleting DHCP subnet {key}", body)
