@@ -154,6 +154,41 @@ def endpoint_extensions(neutron_url: str, token: str) -> list[str]:
     return sorted(ext["alias"] for ext in response.json()["extensions"])
 
 
+#: The external network `create_public_network` makes (RFC 5737 TEST-NET-3: it exists
+#: only in the NSDB, no packet is sent).
+PUBLIC_CIDR = "203.0.113.0/24"
+
+
+def create_public_network(neutron_url: str, admin_token: str) -> str:
+    """An external network and subnet made through the Neutron API (as an operator
+    would before running tempest); its id, for `[network] public_network_id`, without
+    which tempest skips router gateway and floating IP tests."""
+    base, headers = neutron_url.rstrip("/"), {"X-Auth-Token": admin_token}
+    net = httpx.post(
+        f"{base}/v2.0/networks",
+        json={"network": {"name": "public", "router:external": True, "shared": False}},
+        headers=headers,
+        timeout=10.0,
+    )
+    net.raise_for_status()
+    network_id: str = net.json()["network"]["id"]
+    sub = httpx.post(
+        f"{base}/v2.0/subnets",
+        json={
+            "subnet": {
+                "name": "public-subnet",
+                "network_id": network_id,
+                "ip_version": 4,
+                "cidr": PUBLIC_CIDR,
+            }
+        },
+        headers=headers,
+        timeout=10.0,
+    )
+    sub.raise_for_status()
+    return network_id
+
+
 def _yaml_string(value: str) -> str:
     """A double-quoted YAML scalar (JSON strings are valid YAML)."""
     return json.dumps(value)
@@ -166,6 +201,7 @@ def write_workspace(
     accounts: Sequence[Account],
     *,
     ipv6: bool = False,
+    public_network_id: str | None = None,
 ) -> Path:
     """tempest.conf and accounts.yaml in `workspace/etc`; returns the config file."""
     etc, logs, locks = workspace / "etc", workspace / "logs", workspace / "locks"
@@ -222,6 +258,7 @@ project_network_mask_bits = {PROJECT_MASK_BITS}
 project_networks_reachable = false
 build_timeout = 60
 build_interval = 1
+{f"public_network_id = {public_network_id}" if public_network_id else ""}
 
 [network-feature-enabled]
 api_extensions = {ext_list}
@@ -314,16 +351,32 @@ def run_tempest(
     accounts: Sequence[Account] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     ipv6: bool = False,
+    public_network: bool = False,
 ) -> TempestResult:
     """Configure tempest in `workspace` and run `tests` (test ids: modules, classes, methods).
 
     The Neutron endpoint is found by tempest through the Keystone catalog; `neutron_url`
-    here only serves the extension discovery that shapes `api_extensions`.
+    here only serves the extension discovery that shapes `api_extensions` (and, with
+    `public_network`, the creation of the external network tempest's gateway and
+    floating IP tests need).
     """
     accounts = list(accounts or default_accounts())
     member = next(a for a in accounts if "admin" not in a.roles)
     extensions = endpoint_extensions(neutron_url, keystone_token(keystone_url, member))
-    conf = write_workspace(workspace, keystone_url, extensions, accounts, ipv6=ipv6)
+    public_network_id = None
+    if public_network:
+        admin = next(a for a in accounts if "admin" in a.roles)
+        public_network_id = create_public_network(
+            neutron_url, keystone_token(keystone_url, admin)
+        )
+    conf = write_workspace(
+        workspace,
+        keystone_url,
+        extensions,
+        accounts,
+        ipv6=ipv6,
+        public_network_id=public_network_id,
+    )
     # No OS_* cloud settings and no proxy of the caller's shell: tempest must talk to
     # the two local servers and nothing else.
     env = {

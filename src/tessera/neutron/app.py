@@ -172,6 +172,24 @@ def _router_interface_routes(app: FastAPI, nsdb: Nsdb) -> None:
     app.add_api_route("/v2.0/routers/{id}/remove_router_interface", remove, methods=["PUT"])
 
 
+def _hidden_subnet(nsdb: Nsdb, request: Request, subnet: dict[str, Any]) -> bool:
+    """Neutron's policy (`get_subnet`: admin, owner or shared network): a project sees
+    the subnets of its own and of shared networks only; an external network's subnets
+    stay hidden from other projects (they see the network, to set gateways and take
+    floating IPs from it, not its addressing). Applies when the caller is known (a
+    Keystone-authenticated request names its project and roles); without a project
+    (`--os-auth-type none`) everything is visible, as before."""
+    project = _project_header(request)
+    roles = {r.strip() for r in request.headers.get("x-roles", "").split(",")}
+    if project is None or "admin" in roles or subnet.get("project_id") == project:
+        return False
+    try:
+        network = networks.show(nsdb, subnet["network_id"])
+    except NeutronError:
+        return False
+    return not network.get("shared") and network.get("project_id") != project
+
+
 def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
     base = f"/v2.0/{c.path}"
     module = c.module
@@ -182,9 +200,10 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
             query = request.query_params
             wanted = query.get("project_id") or query.get("tenant_id")
             security_groups.ensure_default(nsdb, wanted or _project_header(request))
-        return listing.list_response(
-            c.collection, module.listing(nsdb), request.query_params.multi_items(), url
-        )
+        items = module.listing(nsdb)
+        if c.cls is NeutronSubnet:
+            items = [s for s in items if not _hidden_subnet(nsdb, request, s)]
+        return listing.list_response(c.collection, items, request.query_params.multi_items(), url)
 
     def create_item(
         request: Request, response: Response, payload: Any = Body(None)
@@ -203,7 +222,10 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
 
     def show_item(id: str, request: Request) -> dict[str, Any]:
         fields = [f for k, f in request.query_params.multi_items() if k == "fields" and f]
-        return {c.resource: listing.select(module.show(nsdb, c.check_id(id)), fields)}
+        item = module.show(nsdb, c.check_id(id))
+        if c.cls is NeutronSubnet and _hidden_subnet(nsdb, request, item):
+            raise c.not_found(id)
+        return {c.resource: listing.select(item, fields)}
 
     def update_item(id: str, payload: Any = Body(None)) -> dict[str, Any]:
         body = values.resource_body(payload, c.resource)

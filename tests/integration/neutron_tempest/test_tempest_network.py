@@ -43,6 +43,10 @@ CORE_CLASSES = (
     "tempest.api.network.test_versions.NetworksApiDiscovery",
     "tempest.api.network.test_security_groups.SecGroupTest",
     "tempest.api.network.test_security_groups_negative.NegativeSecGroupTest",
+    "tempest.api.network.test_routers.RoutersTest",
+    "tempest.api.network.test_routers_negative.RoutersNegativeTest",
+    "tempest.api.network.test_floating_ips.FloatingIPTestJSON",
+    "tempest.api.network.test_floating_ips_negative.FloatingIPNegativeTestJSON",
 )
 #: Bound on the whole tempest run (the classes above take well under a minute).
 TEMPEST_TIMEOUT = 300.0
@@ -80,6 +84,7 @@ def tempest_result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tempest
                     CORE_CLASSES,
                     workspace,
                     timeout=TEMPEST_TIMEOUT,
+                    public_network=True,
                 )
     finally:
         nsdb.close()
