@@ -172,19 +172,24 @@ def _router_interface_routes(app: FastAPI, nsdb: Nsdb) -> None:
     app.add_api_route("/v2.0/routers/{id}/remove_router_interface", remove, methods=["PUT"])
 
 
-def _hidden_subnet(nsdb: Nsdb, request: Request, subnet: dict[str, Any]) -> bool:
-    """Neutron's policy (`get_subnet`: admin, owner or shared network): a project sees
-    the subnets of its own and of shared networks only; an external network's subnets
-    stay hidden from other projects (they see the network, to set gateways and take
-    floating IPs from it, not its addressing). Applies when the caller is known (a
-    Keystone-authenticated request names its project and roles); without a project
-    (`--os-auth-type none`) everything is visible, as before."""
+def _hidden(nsdb: Nsdb, request: Request, c: _Collection, item: dict[str, Any]) -> bool:
+    """Neutron's policy for what a project sees, where tempest checks it: a floating IP
+    only by its project (`get_floatingip`: admin or owner); a subnet by its project or
+    when its network is shared (`get_subnet`), so an external network's subnets stay
+    hidden from other projects, which see the network itself (to set gateways and take
+    floating IPs from it). Applies when the caller is known (a Keystone-authenticated
+    request names its project and roles); without a project (`--os-auth-type none`)
+    everything is visible, as before."""
+    if c.cls not in (NeutronSubnet, NeutronFloatingIp):
+        return False
     project = _project_header(request)
     roles = {r.strip() for r in request.headers.get("x-roles", "").split(",")}
-    if project is None or "admin" in roles or subnet.get("project_id") == project:
+    if project is None or "admin" in roles or item.get("project_id") == project:
         return False
+    if c.cls is NeutronFloatingIp:
+        return True
     try:
-        network = networks.show(nsdb, subnet["network_id"])
+        network = networks.show(nsdb, item["network_id"])
     except NeutronError:
         return False
     return not network.get("shared") and network.get("project_id") != project
@@ -201,8 +206,7 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
             wanted = query.get("project_id") or query.get("tenant_id")
             security_groups.ensure_default(nsdb, wanted or _project_header(request))
         items = module.listing(nsdb)
-        if c.cls is NeutronSubnet:
-            items = [s for s in items if not _hidden_subnet(nsdb, request, s)]
+        items = [item for item in items if not _hidden(nsdb, request, c, item)]
         return listing.list_response(c.collection, items, request.query_params.multi_items(), url)
 
     def create_item(
@@ -223,7 +227,7 @@ def _routes(app: FastAPI, nsdb: Nsdb, c: _Collection) -> None:
     def show_item(id: str, request: Request) -> dict[str, Any]:
         fields = [f for k, f in request.query_params.multi_items() if k == "fields" and f]
         item = module.show(nsdb, c.check_id(id))
-        if c.cls is NeutronSubnet and _hidden_subnet(nsdb, request, item):
+        if _hidden(nsdb, request, c, item):
             raise c.not_found(id)
         return {c.resource: listing.select(item, fields)}
 

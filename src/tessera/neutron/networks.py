@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tessera.model import Bridge, DhcpSubnet, Port
-from tessera.model.neutron import NeutronNetwork, NeutronPort, NeutronSubnet
+from tessera.model.neutron import NeutronFloatingIp, NeutronNetwork, NeutronPort, NeutronSubnet
 from tessera.model.types import new_id
 from tessera.neutron import values, views
 from tessera.neutron.errors import conflict, not_found
@@ -136,13 +136,26 @@ def update(nsdb: Nsdb, id: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete(nsdb: Nsdb, id: str) -> None:
-    """Refused (409 NetworkInUse) while it has ports other than DHCP ones, or bridge
-    ports made through the tessera API that no Neutron port stands for."""
+    """Refused (409 NetworkInUse) while it has ports other than DHCP ones and those of
+    unassociated floating IPs (deleted with it, as Neutron does), or bridge ports made
+    through the tessera API that no Neutron port stands for."""
 
     def write(tx: Transaction) -> None:
         net = get_network(tx, id)
         neutron_ports = {p.id: p for p in tx.all_of(NeutronPort) if p.network_id == id}
-        in_use = [p.id for p in neutron_ports.values() if p.device_owner != DHCP_OWNER]
+        # Neutron's `delete_disassociated_floatingips`: an external network's floating
+        # IPs that no port uses go with it (the bridge cascade removes them and their
+        # reserving ports); an associated one keeps the network in use.
+        idle_fip_ports = {
+            f.floating_port_id
+            for f in tx.all_of(NeutronFloatingIp)
+            if f.floating_network_id == id and f.port_id is None
+        }
+        in_use = [
+            p.id
+            for p in neutron_ports.values()
+            if p.device_owner != DHCP_OWNER and p.id not in idle_fip_ports
+        ]
         foreign = [
             p.id
             for p in tx.all_of(Port)

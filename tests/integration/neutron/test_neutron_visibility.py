@@ -27,3 +27,16 @@ def test_other_projects_see_an_external_network_but_not_its_subnets(neutron: Neu
         assert c.get(f"/v2.0/subnets/{sub['id']}", headers=headers).status_code == 200
         listed = c.get("/v2.0/subnets", headers=headers).json()["subnets"]
         assert sub["id"] in {s["id"] for s in listed}
+
+
+def test_a_project_sees_only_its_own_floating_ips(neutron: Neutron) -> None:
+    public = neutron.network(name="public", project_id="ops", **{"router:external": True})
+    neutron.subnet(public["id"], "203.0.113.0/24", project_id="ops")
+    mine = neutron.create("floatingip", floating_network_id=public["id"], project_id="p1")
+    theirs = neutron.create("floatingip", floating_network_id=public["id"], project_id="p2")
+    c = neutron.client
+    listed = c.get("/v2.0/floatingips", headers=_as("p1")).json()["floatingips"]
+    assert [f["id"] for f in listed] == [mine["id"]]
+    assert c.get(f"/v2.0/floatingips/{theirs['id']}", headers=_as("p1")).status_code == 404
+    admin = c.get("/v2.0/floatingips", headers=_as("p1", "admin")).json()["floatingips"]
+    assert {f["id"] for f in admin} == {mine["id"], theirs["id"]}
