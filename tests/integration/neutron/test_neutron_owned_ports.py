@@ -132,7 +132,8 @@ def test_the_v1_api_still_deletes_its_own_objects_next_to_neutron_ones(neutron: 
 
 def test_deleting_an_external_network_deletes_its_idle_floating_ips(neutron: Neutron) -> None:
     """Neutron's `delete_disassociated_floatingips` (tempest's
-    test_delete_external_networks_with_floating_ip); an associated one keeps it in use."""
+    test_delete_external_networks_with_floating_ip); a router gateway (and the
+    associated floating IP behind it) keeps it in use."""
     before = dump(neutron.nsdb)
     public = neutron.network(name="public", **{"router:external": True})
     neutron.subnet(public["id"], "203.0.113.0/24")
@@ -140,7 +141,7 @@ def test_deleting_an_external_network_deletes_its_idle_floating_ips(neutron: Neu
     assert neutron.client.delete(f"/v2.0/networks/{public['id']}").status_code == 204
     assert neutron.client.get(f"/v2.0/floatingips/{fip['id']}").status_code == 404
     assert dump(neutron.nsdb) == before
-    w = _world(neutron)  # its floating IP is associated with the VM port
+    w = _world(neutron)  # a router gateway, a floating IP associated with the VM port
     public_id = w["fip"]["floating_network_id"]
     err = neutron.error("DELETE", f"/v2.0/networks/{public_id}", 409)
     assert err["type"] == "NetworkInUse"
