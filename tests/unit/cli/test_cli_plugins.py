@@ -6,6 +6,7 @@ import socket
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_fake_api import FakeApi
@@ -17,10 +18,10 @@ from tessera.clikit.group import Plugin
 
 
 @pytest.fixture
-def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    calls: list[tuple[str, str]] = []
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    calls: list[tuple[Any, ...]] = []
     module = types.ModuleType("tessera.api.server")
-    module.run = lambda nsdb_url, listen: calls.append((nsdb_url, listen))  # type: ignore[attr-defined]
+    module.run = lambda *args: calls.append(args)  # type: ignore[attr-defined]
     module.ServeError = type("ServeError", (Exception,), {})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tessera.api.server", module)
     monkeypatch.delenv("TESSERA_NSDB", raising=False)
@@ -28,17 +29,22 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 def test_api_serve_hands_its_options_to_the_server(
-    run: Run, fake_server: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+    run: Run, fake_server: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert run("api", "serve").exit_code == 0
     out = run("api", "serve", "--nsdb", "zk://127.0.0.1:2181/tessera", "--listen", "0.0.0.0:9")
     assert out.exit_code == 0, out.stderr
     monkeypatch.setenv("TESSERA_NSDB", "memory:lab")
     run("api", "serve")
+    out = run("api", "serve", "--nsdb", "memory", "--neutron-listen", "127.0.0.1:9696")
+    assert out.exit_code == 0, out.stderr
+    assert run("api", "serve", "--neutron-listen", "nowhere").exit_code != 0
+    neutron = {"neutron": {"enabled": True, "listen": "127.0.0.1:9696"}}
     assert fake_server == [
-        ("zk://127.0.0.1:2181/tessera", "127.0.0.1:8181"),
-        ("zk://127.0.0.1:2181/tessera", "0.0.0.0:9"),
-        ("memory:lab", "127.0.0.1:8181"),
+        ("zk://127.0.0.1:2181/tessera", "127.0.0.1:8181", {}),
+        ("zk://127.0.0.1:2181/tessera", "0.0.0.0:9", {}),
+        ("memory:lab", "127.0.0.1:8181", {}),
+        ("memory", "127.0.0.1:8181", neutron),
     ]
 
 
@@ -53,11 +59,11 @@ def test_the_api_server_and_the_agent_default_to_the_same_nsdb() -> None:
 
 
 def test_api_serve_errors_from_the_server_are_one_line(
-    run: Run, fake_server: list[tuple[str, str]]
+    run: Run, fake_server: list[tuple[Any, ...]]
 ) -> None:
     server = sys.modules["tessera.api.server"]
 
-    def refuse(nsdb_url: str, listen: str) -> None:
+    def refuse(*args: object) -> None:
         raise server.ServeError("cannot listen on 127.0.0.1:8181: address already in use")
 
     server.run = refuse  # type: ignore[attr-defined]
