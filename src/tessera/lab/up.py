@@ -166,6 +166,7 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
             + ", ".join(f"{m['node']} {m['address']}" for m in members)
         )
         say(f"API          {lab.api_url}")
+        say(f"Neutron      {lab.neutron_url}")
     else:
         if lab.own_nsdb:
             zk = services.ensure_zookeeper(lab)
@@ -174,6 +175,7 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
             say(f"NSDB         {lab.nsdb_url}")
         services.ensure_api(lab)
         say(f"API          {lab.api_url}")
+        say(f"Neutron      {lab.neutron_url}")
         services.ensure_cluster_nodes(lab)
     if lab.cluster_nodes > 1:
         say(f"cluster      {lab.cluster_nodes} nodes: tessera cluster status --nsdb {lab.nsdb_url}")
