@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tessera.cluster import config as cluster_config
-from tessera.lab import api, services, state
+from tessera.lab import api, services, state, up
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
 from tessera.neutron.serve import NeutronServer, serve_neutron
@@ -102,3 +102,9 @@ def test_an_unreachable_neutron_api_is_a_clear_error() -> None:
     lab = LabState(name="n", index=0, neutron_port=free)
     with pytest.raises(LabError, match=r"Neutron API at .* does not answer.*pass --mac"):
         api.neutron_port_mac(lab, "6e1f7b6e-0000-4000-8000-000000000000")
+
+
+def test_up_prints_the_neutron_url_or_why_there_is_none() -> None:
+    assert up._neutron(LabState(name="n", index=0, neutron_port=9696)) == "http://127.0.0.1:9696"
+    # An API process started before the lab served Neutron: no URL to print, a reason.
+    assert "not served by this API process" in up._neutron(LabState(name="n", index=0))
