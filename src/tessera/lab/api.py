@@ -106,3 +106,30 @@ def unbind_if_ours(api: ApiClient, host_id: str, port_id: str, ifname: str) -> b
             raise
         return False
     return True
+
+
+def neutron_port_mac(state: LabState, port_id: str) -> str | None:
+    """The `mac_address` of the Neutron port `port_id` (a Neutron port and its tessera
+    port share their id), None when it is a plain v1 port. A VM on a Neutron port must
+    use that MAC: its fixed IP is handed out by DHCP to that MAC only."""
+    if state.neutron_url is None:
+        return None  # a lab from before the lab served Neutron
+    url = f"{state.neutron_url}/v2.0/ports/{port_id}"
+    try:
+        answer = httpx.get(url, timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise LabError(
+            f"lab {state.name}: the Neutron API at {state.neutron_url} does not answer "
+            f"({exc}); `tessera lab up --name {state.name}` repairs it, or pass --mac"
+        ) from None
+    if answer.status_code == 404:
+        return None
+    try:
+        answer.raise_for_status()
+        mac = answer.json()["port"]["mac_address"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        raise LabError(
+            f"lab {state.name}: the Neutron API answered GET {url} with "
+            f"{answer.status_code} {answer.text[:200]!r}; pass --mac"
+        ) from None
+    return str(mac).lower() if mac else None

@@ -23,6 +23,7 @@ from tessera.nsdb.connect import parse_nsdb_url
 from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer, is_zookeeper
 
 API_PORT = 8181  # preferred: the CLI's default
+NEUTRON_PORT = 9696  # preferred: Neutron's usual port
 API_START_TIMEOUT = 60.0
 MAX_CLUSTER_NODES = 9
 EMBEDDED_START_TIMEOUT = 120.0  # N JVMs and N nodes starting at once, then a quorum
@@ -122,16 +123,35 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _choose_port(recorded: int | None, preferred: int, taken: set[int]) -> int:
+    """`recorded` when free (a URL stays the same across repairs), else `preferred` if
+    free, else any free port; never one in `taken` (chosen for another server)."""
+    for port in (recorded, preferred):
+        if port is not None and port not in taken and _port_free(port):
+            return port
+    for _ in range(20):  # bounded: a free port equal to a taken one is a rare collision
+        port = _free_port()
+        if port not in taken:
+            return port
+    raise LabError("no free TCP port on 127.0.0.1")
+
+
 def _choose_api_port(state: LabState) -> int:
-    """The lab's recorded API port when free (its URL stays the same across repairs),
-    else 8181 if free, else any free port; recorded in the state."""
-    port = (
-        next((p for p in (state.api_port, API_PORT) if p is not None and _port_free(p)), None)
-        or _free_port()
-    )
-    state.api_port = port
+    """The lab's recorded API port when free, else 8181 if free, else any free port;
+    recorded in the state."""
+    state.api_port = _choose_port(state.api_port, API_PORT, set())
     state.save()
-    return port
+    return state.api_port
+
+
+def _choose_neutron_port(state: LabState) -> int:
+    """The port of the Neutron API (served by the API process): the lab's recorded one
+    when free, else 9696 if free, else any free port; recorded in the state. Chosen
+    after the API's, never equal to it."""
+    taken = {state.api_port} if state.api_port is not None else set()
+    state.neutron_port = _choose_port(state.neutron_port, NEUTRON_PORT, taken)
+    state.save()
+    return state.neutron_port
 
 
 def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
@@ -142,9 +162,11 @@ def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
         _wait_api(state, timeout)
         return
     port = _choose_api_port(state)
+    neutron = _choose_neutron_port(state)
     argv = [
         *procs.tessera_command(), "api", "serve",
         "--nsdb", state.nsdb_url, "--listen", f"127.0.0.1:{port}",
+        "--neutron-listen", f"127.0.0.1:{neutron}",
     ]  # fmt: skip
     procs.spawn(argv, pid_file, log_file, owner=state.dir)
     _wait_api(state, timeout)
@@ -163,14 +185,25 @@ def _wait_api(state: LabState, timeout: float) -> None:
                     f"({procs.last_lines(log_file)}); see {log_file}"
                 )
             answer = api.health(client)
-            if answer is not None and answer.get("leader_id"):
+            if answer is not None and answer.get("leader_id") and _neutron_answers(state):
                 return
             if time.monotonic() >= deadline:
+                what = (
+                    "healthy"
+                    if answer is None or not answer.get("leader_id")
+                    else (f"healthy, but its Neutron API at {state.neutron_url} does not answer")
+                )
                 raise LabError(
-                    f"lab {state.name}: the API did not become healthy within {timeout:g}s; "
+                    f"lab {state.name}: the API did not become {what} within {timeout:g}s; "
                     f"see {log_file}"
                 )
             time.sleep(0.2)
+
+
+def _neutron_answers(state: LabState) -> bool:
+    """Whether the lab's Neutron API answers `GET /` (True for a lab whose API process
+    was started before the lab served Neutron: it has no port recorded)."""
+    return state.neutron_url is None or _answers(state.neutron_url + "/")
 
 
 def stop_api(state: LabState) -> bool:
@@ -262,8 +295,9 @@ def embedded_members(state: LabState) -> list[dict[str, object]]:
 
 
 def _write_node_config(state: LabState, index: int) -> Path:
-    """Node `index`'s config file: only its [zookeeper] table; the rest is on the
-    command line. Every node is given the same peers, in node order."""
+    """Node `index`'s config file: its [zookeeper] table, and for node 1 (the lab's API)
+    its Neutron API; the rest is on the command line. Every node is given the same
+    peers, in node order."""
     peers = ", ".join(
         '"127.0.0.1:{}:{}:{}"'.format(*names.embedded_zk_ports(state.index, k))
         for k in range(1, state.cluster_nodes + 1)
@@ -277,6 +311,11 @@ def _write_node_config(state: LabState, index: int) -> Path:
         f"peers = [{peers}]\n"
         f'data_dir = "{embedded_zk_dir(state, index)}"\n'
         f"client_port = {names.embedded_zk_ports(state.index, index)[0]}\n"
+        + (
+            f'\n[services.neutron]\nenabled = true\nlisten = "127.0.0.1:{state.neutron_port}"\n'
+            if index == 1 and state.neutron_port is not None
+            else ""
+        )
     )
     return path
 
@@ -295,7 +334,11 @@ def ensure_embedded_cluster(state: LabState, timeout: float = EMBEDDED_START_TIM
         process = embedded_node_process(index)
         if procs.read_pid(state.pid_file(process)) is not None:
             continue
-        port = _choose_api_port(state) if index == 1 else _free_port()
+        if index == 1:
+            port = _choose_api_port(state)
+            _choose_neutron_port(state)
+        else:
+            port = _free_port()
         argv = [
             *procs.tessera_command(), "cluster", "serve",
             "--config", str(_write_node_config(state, index)), "--embedded-zookeeper",

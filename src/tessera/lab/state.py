@@ -66,6 +66,9 @@ class LabState(BaseModel):
     nsdb_url: str = ""
     own_nsdb: bool = True
     api_port: int | None = None
+    # The Neutron v2.0 API, served by the API process (node 1) too; None in state files
+    # written before the lab started it.
+    neutron_port: int | None = None
     # Cluster nodes: the API process is node 1; nodes 2..N run `tessera cluster serve`.
     cluster_nodes: int = 1
     # Whether the cluster nodes run the NSDB themselves (each an embedded ZooKeeper
@@ -84,6 +87,10 @@ class LabState(BaseModel):
     @property
     def api_url(self) -> str | None:
         return f"http://127.0.0.1:{self.api_port}/api/v1" if self.api_port else None
+
+    @property
+    def neutron_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.neutron_port}" if self.neutron_port else None
 
     @property
     def nsdb_root(self) -> str:

@@ -28,6 +28,8 @@ def gather(lab: LabState) -> dict[str, Any]:
             "pid": procs.read_pid(lab.pid_file("api")),
             "reachable": alive is not None,
         },
+        # Served by the API process: its pid and health are the API's.
+        "neutron": {"url": lab.neutron_url},
         "nsdb": {
             "url": lab.nsdb_url,
             "own": lab.own_nsdb,
@@ -80,6 +82,8 @@ def render(data: dict[str, Any]) -> str:
         f"API     {data['api']['url']}  ({_pid(data['api']['pid'])}"
         f"{'' if data['api']['reachable'] else ', not answering'})",
     ]
+    if data.get("neutron", {}).get("url"):
+        lines.append(f"Neutron {data['neutron']['url']}  (served by the API process)")
     nsdb = data["nsdb"]
     if nsdb.get("embedded"):
         lines.append(f"NSDB    {nsdb['url']}  (embedded in the cluster nodes)")

@@ -152,6 +152,14 @@ def up(
     return lab
 
 
+def _neutron(lab: LabState) -> str:
+    """The Neutron API's URL; an API process started before the lab served Neutron
+    (still running, so kept) serves none."""
+    if lab.neutron_url is not None:
+        return lab.neutron_url
+    return "not served by this API process (started by an older tessera): `lab down`, `lab up`"
+
+
 def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> None:
     wanted = host_count if host_count is not None else (len(lab.hosts) or DEFAULT_HOSTS)
     for index in range(len(lab.hosts) + 1, wanted + 1):
@@ -166,6 +174,7 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
             + ", ".join(f"{m['node']} {m['address']}" for m in members)
         )
         say(f"API          {lab.api_url}")
+        say(f"Neutron      {_neutron(lab)}")
     else:
         if lab.own_nsdb:
             zk = services.ensure_zookeeper(lab)
@@ -174,6 +183,7 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
             say(f"NSDB         {lab.nsdb_url}")
         services.ensure_api(lab)
         say(f"API          {lab.api_url}")
+        say(f"Neutron      {_neutron(lab)}")
         services.ensure_cluster_nodes(lab)
     if lab.cluster_nodes > 1:
         say(f"cluster      {lab.cluster_nodes} nodes: tessera cluster status --nsdb {lab.nsdb_url}")

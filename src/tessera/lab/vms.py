@@ -86,6 +86,9 @@ def add(
     notes: list[str] = []
     with api.client(state) as client:
         api.port(client, port_id)
+        if vm.mac is None:
+            # A Neutron port's fixed IP goes by DHCP to its MAC only: take it.
+            vm.mac = api.neutron_port_mac(state, port_id)
         state.vms[name] = vm
         state.save()  # before making anything: `down` must find a half-made VM
         try:
