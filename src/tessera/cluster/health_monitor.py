@@ -54,7 +54,7 @@ PATH_CHECK_TIMEOUT = 1.0  # the ping that tells a failed probe from a broken pro
 _WATCHED = (LoadBalancer, Pool, PoolMember, HealthMonitor)
 
 Clock = Callable[[], float]
-Writer = Callable[[str, str], None]
+Writer = Callable[[str, LbStatus], None]
 
 
 # -- what should be probed (from one read of the NSDB) ---------------------------------
@@ -83,10 +83,10 @@ def desired(
     members_of: dict[str, list[PoolMember]] = {}
     for member in members:
         members_of.setdefault(member.pool_id, []).append(member)
-    for monitor in monitors:
-        wanted: LbStatus = ACTIVE if monitor.admin_state_up else INACTIVE
-        if monitor.status != wanted:
-            out.monitors[monitor.id] = wanted
+    for mon in monitors:
+        wanted: LbStatus = ACTIVE if mon.admin_state_up else INACTIVE
+        if mon.status != wanted:
+            out.monitors[mon.id] = wanted
     for pool in pools:
         lb = by_lb.get(pool.load_balancer_id)
         monitor = by_monitor.get(pool.health_monitor_id or "")
@@ -114,9 +114,7 @@ def desired(
             if m.admin_state_up
         ]
         up = [m for m in own if m.admin_state_up]
-        pool_status: LbStatus = (
-            INACTIVE if up and all(m.status == INACTIVE for m in up) else ACTIVE
-        )
+        pool_status: LbStatus = INACTIVE if up and all(m.status == INACTIVE for m in up) else ACTIVE
         if pool.status != pool_status:
             out.pools[pool.id] = pool_status
     return out
@@ -159,7 +157,7 @@ class RouterProber:
         self.probes.set_targets(targets, self.clock())
         self._wake.set()
 
-    def step(self) -> dict[str, str]:
+    def step(self) -> dict[str, LbStatus]:
         """Probe what is due; write and return the status changes."""
         now = self.clock()
         due = self.probes.due(now)
@@ -355,7 +353,7 @@ class HealthMonitorService:
         for port in self.store.list(Port):
             if health_plumbing.is_probe_port(port) and port.device_id not in want.targets:
                 self.plumbing.delete_port(port.device_id)  # a previous leader's
-        counts = {ACTIVE: 0, INACTIVE: 0}
+        counts: dict[LbStatus, int] = {ACTIVE: 0, INACTIVE: 0}
         for router_id, targets in want.targets.items():
             prober = self.probers.get(router_id)
             if prober is None or full:
@@ -382,7 +380,7 @@ class HealthMonitorService:
             else:
                 prober.set_targets(targets)
             for t in targets:
-                counts[t.status] = counts.get(t.status, 0) + 1
+                counts[t.status] += 1
         for status, n in counts.items():
             self.members.labels(status).set(n)
         return want
@@ -399,8 +397,6 @@ class HealthMonitorService:
         self.plumbing.delete_port(router_id)
         log.info("router %s has no monitored pool any more: probe port removed", router_id)
 
-    def _write_member(self, member_id: str, status: str) -> None:
-        assert status in (ACTIVE, INACTIVE)
-        if self.store.set_status(PoolMember, member_id, status):  # type: ignore[arg-type]
+    def _write_member(self, member_id: str, status: LbStatus) -> None:
+        if self.store.set_status(PoolMember, member_id, status):
             log.info("member %s is %s", member_id, status)
-

@@ -44,12 +44,12 @@ def tcp_round(targets: Sequence[Target]) -> dict[str, bool]:
             now = time.monotonic()
             wait = max(0.0, min(deadline for _, deadline in pending.values()) - now)
             for key, _ in sel.select(wait):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                member_id, _ = pending.pop(sock)
-                results[member_id] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-                sel.unregister(sock)
-                sock.close()
+                done = key.fileobj
+                assert isinstance(done, socket.socket)
+                member_id, _ = pending.pop(done)
+                results[member_id] = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                sel.unregister(done)
+                done.close()
             now = time.monotonic()
             for sock, (member_id, deadline) in list(pending.items()):
                 if now >= deadline:
@@ -76,9 +76,10 @@ def ping(address: str, timeout: float) -> bool:
     seq = int(time.monotonic() * 1000) & 0xFFFF
     payload = b"tessera-health-monitor"
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    packet = struct.pack(
-        "!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq
-    ) + payload
+    packet = (
+        struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq)
+        + payload
+    )
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         sock.sendto(packet, (address, 0))

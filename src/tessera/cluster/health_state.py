@@ -2,7 +2,7 @@
 
 Each pool member watched by a TCP health monitor has a `MemberHealth`: when it is next
 due (probes go every `delay` seconds, at a fixed rate, so that `max_retries` failures
-in a row fit in `delay × max_retries` seconds whatever each probe took), how many
+in a row fit in `delay x max_retries` seconds whatever each probe took), how many
 probes failed in a row, and the status last written. `RouterProbes` holds the members
 probed from one router's probe port and turns one round of probe results into the
 status changes to write: `max_retries` failures in a row make a member `INACTIVE`, one
@@ -20,8 +20,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-ACTIVE = "ACTIVE"
-INACTIVE = "INACTIVE"
+from tessera.model.load_balancers import LbStatus
+
+ACTIVE: LbStatus = "ACTIVE"
+INACTIVE: LbStatus = "INACTIVE"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Target:
     delay: float
     timeout: float
     max_retries: int
-    status: str  # as stored when read
+    status: LbStatus  # as stored when read
 
 
 class MemberHealth:
@@ -44,7 +46,7 @@ class MemberHealth:
         self.target = target
         self.next_due = now
         self.failures = 0
-        self.status = target.status
+        self.status: LbStatus | None = target.status
 
     def update(self, target: Target, now: float) -> None:
         """New settings, or the status as stored now (written by a previous leader, or
@@ -66,12 +68,12 @@ class MemberHealth:
         """An inconclusive round: try again at the next slot, counting nothing."""
         self._advance(now)
 
-    def record(self, ok: bool, now: float) -> str | None:
+    def record(self, ok: bool, now: float) -> LbStatus | None:
         """One probe's result; the status to write when it changes, else None."""
         self._advance(now)
         if ok:
             self.failures = 0
-            wanted = ACTIVE
+            wanted: LbStatus = ACTIVE
         else:
             self.failures += 1
             if self.failures < self.target.max_retries:
@@ -118,10 +120,10 @@ class RouterProbes:
         with self._lock:
             return min((m.next_due for m in self._members.values()), default=None)
 
-    def record(self, results: Mapping[str, bool], now: float) -> dict[str, str]:
+    def record(self, results: Mapping[str, bool], now: float) -> dict[str, LbStatus]:
         """One round's results (member id → connected); the status changes to write.
         Members that left meanwhile are ignored."""
-        changes: dict[str, str] = {}
+        changes: dict[str, LbStatus] = {}
         with self._lock:
             for member_id, ok in results.items():
                 health = self._members.get(member_id)
@@ -139,9 +141,9 @@ class RouterProbes:
                 if health is not None:
                     health.skip(now)
 
-    def write_failed(self, member_id: str, status: str) -> None:
-        """A write failed or was refused: forget the status so that it is tried again."""
+    def write_failed(self, member_id: str, status: LbStatus) -> None:
+        """A write failed: forget the status so that the next result writes again."""
         with self._lock:
             health = self._members.get(member_id)
             if health is not None and health.status == status:
-                health.status = ""
+                health.status = None
