@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 NAME = "health-monitor"
 DEFAULT_NETNS_PREFIX = "tshm-"
 DEFAULT_RESYNC = 5.0
-PATH_CHECK_TIMEOUT = 1.0  # the ping that tells a failed probe from a broken probe path
 _WATCHED = (LoadBalancer, Pool, PoolMember, HealthMonitor)
 
 Clock = Callable[[], float]
@@ -136,7 +135,7 @@ class RouterProber:
         *,
         clock: Clock = time.monotonic,
         tcp: Callable[[Sequence[Target]], dict[str, bool]] = health_probe.tcp_round,
-        path_works: Callable[[], bool] | None = None,
+        path_works: Callable[[], bool] = lambda: True,
         probes_total: Counter | None = None,
     ) -> None:
         self.router_id = router_id
@@ -145,9 +144,7 @@ class RouterProber:
         self.write = write
         self.clock = clock
         self.tcp = tcp
-        self.path_works = path_works or (
-            lambda: health_probe.ping(health_plumbing.ROUTER_ADDRESS, PATH_CHECK_TIMEOUT)
-        )
+        self.path_works = path_works
         self.probes_total = probes_total
         self.stop = threading.Event()
         self._wake = threading.Event()
@@ -255,11 +252,16 @@ class HealthMonitorService:
         site: ProbeSite,
         resync_interval: float = DEFAULT_RESYNC,
         registry: CollectorRegistry | None = None,
+        plumbing: type[ProbePlumbing] = ProbePlumbing,
+        tcp: Callable[[Sequence[Target]], dict[str, bool]] = health_probe.tcp_round,
     ) -> None:
+        """`plumbing` makes the probe ports and `tcp` runs a round of probes (a test
+        probing without namespaces replaces both)."""
+        self.tcp = tcp
         self.nsdb = nsdb
         self.store = TopologyStore(nsdb)
         self.site = site
-        self.plumbing = ProbePlumbing(self.store, site)
+        self.plumbing = plumbing(self.store, site)
         self.resync_interval = resync_interval
         self.probers: dict[str, RouterProber] = {}
         self._wake = threading.Event()
@@ -287,8 +289,7 @@ class HealthMonitorService:
             target=self._wake_on, args=(ctx.stop,), name="health-stop", daemon=True
         ).start()
         try:
-            for name in self.plumbing.leftovers():  # of an earlier run that was killed
-                health_plumbing.remove_namespace(name)
+            self.plumbing.remove_leftovers()  # of an earlier run that was killed
             for cls in _WATCHED:
                 subs.append(self.nsdb.watch_kind(cls.kind, self._on_change))
             next_full = 0.0
@@ -323,9 +324,7 @@ class HealthMonitorService:
         for router_id in probers:
             with contextlib.suppress(NsdbError):
                 self.plumbing.unbind(router_id)
-        for name in self.plumbing.leftovers():
-            with contextlib.suppress(PlumbingError):
-                health_plumbing.remove_namespace(name)
+        self.plumbing.remove_leftovers()
         self.members.clear()
 
     # -- one pass --
@@ -358,7 +357,7 @@ class HealthMonitorService:
             prober = self.probers.get(router_id)
             if prober is None or full:
                 try:
-                    self._plumb(router_id)
+                    namespace = self._plumb(router_id)
                 except (PlumbingError, NsdbError) as exc:
                     if self._problems.get(router_id) != str(exc):
                         log.warning("no probe port on router %s yet: %s", router_id, exc)
@@ -369,8 +368,10 @@ class HealthMonitorService:
             if prober is None:
                 prober = RouterProber(
                     router_id,
-                    self.site.namespace(router_id),
+                    namespace,
                     self._write_member,
+                    tcp=self.tcp,
+                    path_works=self.plumbing.path_works,
                     probes_total=self.probes_total,
                 )
                 self.probers[router_id] = prober
@@ -385,10 +386,11 @@ class HealthMonitorService:
             self.members.labels(status).set(n)
         return want
 
-    def _plumb(self, router_id: str) -> None:
+    def _plumb(self, router_id: str) -> str | None:
         self.plumbing.ensure_port(router_id)
-        self.plumbing.ensure_namespace(router_id)
+        namespace = self.plumbing.ensure_namespace(router_id)
         self.plumbing.bind(router_id)
+        return namespace
 
     def _retire(self, router_id: str) -> None:
         prober = self.probers.pop(router_id)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera.cluster.health_probe import ping
 from tessera.datapath.ebpf.netns import run_in_netns
 from tessera.model import Port, Route
 from tessera.nsdb.errors import AlreadyExists, NotFound
@@ -41,6 +42,7 @@ PROBE_ADDRESS = "169.254.17.46"  # hm0's, inside the probe namespace
 INNER_IFNAME = "hm0"
 NETNS_DIR = Path("/run/netns")
 COMMAND_TIMEOUT = 15.0
+PATH_CHECK_TIMEOUT = 1.0
 _IDS = uuid.UUID("0b5d7c1a-3e2f-5a61-9c4d-68656c74686d")
 
 
@@ -190,10 +192,11 @@ class ProbePlumbing:
 
     # -- kernel --------------------------------------------------------------------------
 
-    def ensure_namespace(self, router_id: str) -> str:
+    def ensure_namespace(self, router_id: str) -> str | None:
         """The probe namespace of `router_id`, cabled into the agent's namespace and
-        addressed; returns its name. Idempotent; repairs a cable whose other end died
-        (the agent's namespace remade)."""
+        addressed; returns its name (None: probe from where this process is, for a
+        subclass that needs no namespace). Idempotent; repairs a cable whose other end
+        died (the agent's namespace remade)."""
         ns, host_ns = self.site.namespace(router_id), self.site.host_netns
         outer = self.site.host_ifname(router_id)
         if host_ns is not None and not namespace_exists(host_ns):
@@ -217,13 +220,26 @@ class ProbePlumbing:
         """The probe namespace goes, and the veth pair with it."""
         remove_namespace(self.site.namespace(router_id))
 
-    def leftovers(self) -> list[str]:
-        """Probe namespaces of this node (its prefix) that exist now."""
+    def remove_leftovers(self) -> None:
+        """Every probe namespace of this node (its prefix): what a run killed while
+        leading left, or what a term that ends leaves."""
         try:
             found = sorted(p.name for p in NETNS_DIR.iterdir())
         except OSError:
-            return []
-        return [n for n in found if n.startswith(self.site.netns_prefix)]
+            return
+        for name in found:
+            if name.startswith(self.site.netns_prefix):
+                with contextlib.suppress(PlumbingError):
+                    remove_namespace(name)
+
+    def path_works(self) -> bool:
+        """Whether the router answers a ping on the probe port (called on the probing
+        thread, inside the probe namespace): when it does not, a failed probe says
+        nothing about the member."""
+        try:
+            return ping(ROUTER_ADDRESS, PATH_CHECK_TIMEOUT)
+        except OSError:
+            return False
 
 
 def remove_namespace(name: str) -> None:
