@@ -52,7 +52,7 @@ from tessera.packet.ipv4 import PROTO_TCP
 from tessera.packet.match import FlowMatch
 from tessera.simulation.flowstate import NatBinding, NatEntry, NatKey, nat_return
 from tessera.simulation.result import TraceNode
-from tessera.simulation.tags import nat_tag
+from tessera.simulation.tags import lb_member_tag, nat_tag
 
 if TYPE_CHECKING:  # the simulation calls in here; only its type is needed
     from tessera.model.load_balancers import LoadBalancer, Pool, PoolMember, Vip
@@ -140,8 +140,6 @@ class LoadBalancerSnap:
     vip_addrs: frozenset[int]
     pools: Mapping[str, PoolSnap]
     member_addrs: frozenset[int]  # every member of every pool: replies come from them
-    # What deciding whether a reply is a VIP connection's depends on: the pools' members.
-    reply_tags: frozenset[str]
 
 
 def compile_load_balancers(
@@ -191,7 +189,6 @@ def compile_load_balancers(
             vip_addrs=frozenset(a for a, _ in own_vips),
             pools=MappingProxyType(own_pools),
             member_addrs=frozenset(m.address for p in own_pools.values() for m in p.members),
-            reply_tags=frozenset({lb.id, *own_pools}),
         )
     return MappingProxyType(out)
 
@@ -268,8 +265,11 @@ def inbound(sim: Simulation, m: FlowMatch, lb: LoadBalancerSnap, node: TraceNode
 
 def outbound(sim: Simulation, m: FlowMatch, lb: LoadBalancerSnap, node: TraceNode | None) -> None:
     """Translate a member's reply back to the VIP it was a connection of (if it is)."""
-    sim.tags.update(lb.reply_tags)
-    if m.eth_type != ETH_TYPE_IPV4 or m.ip_src not in lb.member_addrs:
+    if m.eth_type != ETH_TYPE_IPV4:
+        return
+    src = m.ip_src
+    sim.tags.add(lb_member_tag(src))  # a member added or removed at this address
+    if src not in lb.member_addrs:
         return
     if m.ip_proto != PROTO_TCP or m.ip_frag == 2:
         return  # a later fragment has no ports to find the connection by
