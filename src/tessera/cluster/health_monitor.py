@@ -133,6 +133,7 @@ class RouterProber:
         namespace: str | None,
         write: Writer,
         *,
+        probes: RouterProbes | None = None,
         clock: Clock = time.monotonic,
         tcp: Callable[[Sequence[Target]], dict[str, bool]] = health_probe.tcp_round,
         path_works: Callable[[], bool] = lambda: True,
@@ -140,7 +141,8 @@ class RouterProber:
     ) -> None:
         self.router_id = router_id
         self.namespace = namespace
-        self.probes = RouterProbes()
+        self.netns_inode = _inode(namespace)
+        self.probes = probes if probes is not None else RouterProbes()
         self.write = write
         self.clock = clock
         self.tcp = tcp
@@ -208,6 +210,16 @@ class RouterProber:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _inode(namespace: str | None) -> int | None:
+    """A namespace's identity: it changes when the namespace is deleted and made again."""
+    if namespace is None:
+        return None
+    try:
+        return (health_plumbing.NETNS_DIR / namespace).stat().st_ino
+    except OSError:
+        return None
 
 
 # -- the service ----------------------------------------------------------------------
@@ -364,27 +376,35 @@ class HealthMonitorService:
                     self._problems[router_id] = str(exc)
                     continue
                 self._problems.pop(router_id, None)
-            prober = self.probers.get(router_id)
-            if prober is None:
-                prober = RouterProber(
-                    router_id,
-                    namespace,
-                    self._write_member,
-                    tcp=self.tcp,
-                    path_works=self.plumbing.path_works,
-                    probes_total=self.probes_total,
-                )
-                self.probers[router_id] = prober
-                prober.set_targets(targets)
-                prober.start()
-                log.info("probing %d member(s) behind router %s", len(targets), router_id)
-            else:
-                prober.set_targets(targets)
+                if prober is not None and prober.netns_inode != _inode(namespace):
+                    # The namespace was remade: the thread still lives in the old one.
+                    prober.halt()
+                    prober = self._start(router_id, namespace, prober.probes)
+                elif prober is None:
+                    prober = self._start(router_id, namespace, None)
+                    log.info("probing %d member(s) behind router %s", len(targets), router_id)
+            prober.set_targets(targets)
             for t in targets:
                 counts[t.status] += 1
         for status, n in counts.items():
             self.members.labels(status).set(n)
         return want
+
+    def _start(
+        self, router_id: str, namespace: str | None, probes: RouterProbes | None
+    ) -> RouterProber:
+        prober = RouterProber(
+            router_id,
+            namespace,
+            self._write_member,
+            probes=probes,
+            tcp=self.tcp,
+            path_works=self.plumbing.path_works,
+            probes_total=self.probes_total,
+        )
+        self.probers[router_id] = prober
+        prober.start()
+        return prober
 
     def _plumb(self, router_id: str) -> str | None:
         self.plumbing.ensure_port(router_id)

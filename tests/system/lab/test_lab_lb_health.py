@@ -73,26 +73,28 @@ class Net:
              sys.executable, "-c", SERVER, name],
             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_until(lambda: self.connect(name) == name, what=f"{name} serving")
+        wait_until(lambda: self.connect(name) == [name], what=f"{name} serving")
 
     def stop(self, name: str) -> None:
         proc = self.servers.pop(name)
         proc.terminate()
         proc.wait(10)
 
-    def connect(self, vm: str, address: str | None = None) -> str:
-        """One TCP connection from `vm` (to a server's own address by default); the name
-        of the server that answered, '' when none did."""
+    def connect(self, vm: str, address: str | None = None, count: int = 1) -> list[str]:
+        """`count` TCP connections from `vm`, one after the other (to a server's own
+        address by default); the name of the server that answered each, '' for none."""
         address = address or SERVERS[vm][1]
         probe = (
-            "import socket, sys\n"
-            "try:\n"
-            f"    with socket.create_connection(('{address}', {PORT}), timeout=2) as c:\n"
-            "        print(c.recv(64).decode().strip())\n"
-            "except OSError:\n"
-            "    pass\n"
+            "import socket\n"
+            f"for _ in range({count}):\n"
+            "    try:\n"
+            f"        with socket.create_connection(('{address}', {PORT}), timeout=2) as c:\n"
+            "            print(c.recv(64).decode().strip() or '-')\n"
+            "    except OSError:\n"
+            "        print('-')\n"
         )
-        return self.lab.exec(vm, sys.executable, "-c", probe, check=False).stdout.strip()
+        out = self.lab.exec(vm, sys.executable, "-c", probe, check=False).stdout.split()
+        return [name if name != "-" else "" for name in out]
 
     def get(self, path: str) -> Any:
         response = httpx.get(f"{self.api}{path}", timeout=10)
@@ -167,7 +169,7 @@ def _topology(n: Net) -> None:
 
 
 def _served(n: Net, count: int) -> set[str]:
-    return {n.connect("client", VIP) for _ in range(count)}
+    return set(n.connect("client", VIP, count))
 
 
 def _stop_and_see_inactive(n: Net, name: str) -> None:
