@@ -10,7 +10,9 @@ TCP health monitor, a VIP a client VM connects to.
 A stopped server's member is marked INACTIVE within delay x max_retries (+ slack) and
 gets no new connections through the VIP; started again, it is ACTIVE. The node leading
 `health-monitor` is killed: the other node takes over, binds the probe port on its own
-host, and a further stop is detected. `lab down` leaves no probe namespace or link.
+host, and a further stop is detected. The load balancer deleted, the probe port and the
+leader's probe namespace go; `lab down` leaves no probe namespace or link (also not the
+killed node's).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Net:
         self.lab = lab
         self.api = lab.api_url or ""
         self.router = ""
+        self.lb = ""
         self.members: dict[str, str] = {}  # server name → member id
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -106,6 +109,10 @@ class Net:
 
     def probe_host(self) -> str | None:
         return self.get(f"/ports/{probe_port_id(self.router)}").get("host_id")
+
+    def probe_port_gone(self) -> bool:
+        url = f"{self.api}/ports/{probe_port_id(self.router)}"
+        return httpx.get(url, timeout=10).status_code == 404
 
 
 def _cluster(nsdb: str) -> dict[str, Any]:
@@ -150,7 +157,7 @@ def _topology(n: Net) -> None:
             )  # fmt: skip
     for name in SERVERS:
         n.start(name)
-    lb = lab.create("/load_balancers", {"router_id": r})["id"]
+    lb = n.lb = lab.create("/load_balancers", {"router_id": r})["id"]
     hm = lab.create(
         "/health_monitors",
         {"type": "TCP", "delay": DELAY, "timeout": TIMEOUT, "max_retries": RETRIES},
@@ -228,3 +235,16 @@ def test_monitoring_goes_on_from_the_other_node_when_its_leader_is_killed(net: N
     # Only the survivor's probe namespace is in use; the victim's goes with `lab down`.
     prefix = names.health_netns_prefix(net.lab.name, int(survivor.rpartition("-c")[2]))
     assert any(ns.startswith(prefix) for ns in net.lab.namespaces())
+
+
+def test_the_probe_port_and_namespace_go_with_the_load_balancer(net: Net) -> None:
+    nsdb = net.lab.status()["nsdb"]["url"]
+    leader = _cluster(nsdb)["leaders"]["health-monitor"][0]
+    prefix = names.health_netns_prefix(net.lab.name, int(leader.rpartition("-c")[2]))
+    assert any(ns.startswith(prefix) for ns in net.lab.namespaces())
+    assert httpx.delete(f"{net.api}/load_balancers/{net.lb}", timeout=10).status_code == 204
+    wait_until(net.probe_port_gone, what="the probe port deleted")
+    wait_until(
+        lambda: not any(ns.startswith(prefix) for ns in net.lab.namespaces()),
+        what="the leader's probe namespace removed",
+    )
