@@ -15,10 +15,11 @@ or Ctrl-C): two hosts served by real ``tessera agent`` processes (eBPF datapath)
 Every figure is printed next to a baseline measured in the same run, the same client
 going straight to m1 through the same router (routed, not load balanced):
 
-1. **New connections/s** through the VIP (each one a miss on both hosts, a member
-   chosen, its bindings pushed to h2) against straight to m1 (each one a miss on both
-   hosts too: the per-connection flows of the member's reply are its own), 8 in flight,
-   alternating pairs, median of the per-pair ratios.
+1. **New connections/s** through the VIP (each one a miss on both hosts: h1 chooses a
+   member and pushes the bindings to h2, h2 translates the reply back) against straight
+   to m1 (a miss on h2 only: a reply from a member's address is looked up by its ports,
+   whether it is a VIP connection's or not, while the request needs no flow of its own),
+   8 in flight, alternating pairs, median of the per-pair ratios.
 2. **One TCP stream** (iperf3) through the second VIP against straight to m1: after the
    first packet every packet is a kernel flow that rewrites the destination (and the
    reply's source), so the goal is no loss.
