@@ -18,6 +18,7 @@ from tessera.clikit.output import Column, column, id_column
 from tessera.clikit.params import (
     convert,
     convert_clearable,
+    convert_one,
     parse_choice,
     parse_int,
     parse_ipv4,
@@ -158,9 +159,9 @@ def vip_list(s: Session, lb: LoadBalancerOpt = None, pool: PoolOpt = None) -> No
         raise BadArgument("give --load-balancer or --pool, not both")
     path = "/vips"
     if lb is not None:
-        path = f"/load_balancers/{seg(convert('--load-balancer', lb, parse_uuid) or '')}/vips"
+        path = f"/load_balancers/{seg(convert_one('--load-balancer', lb, parse_uuid))}/vips"
     elif pool is not None:
-        path = f"/pools/{seg(convert('--pool', pool, parse_uuid) or '')}/vips"
+        path = f"/pools/{seg(convert_one('--pool', pool, parse_uuid))}/vips"
     crud.list_objects(s, path, VIP_COLUMNS, empty="no VIPs")
 
 

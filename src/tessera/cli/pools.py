@@ -25,6 +25,7 @@ from tessera.clikit.output import Column, column, id_column
 from tessera.clikit.params import (
     convert,
     convert_clearable,
+    convert_one,
     parse_choice,
     parse_int,
     parse_ipv4,
@@ -80,7 +81,7 @@ def pool_list(s: Session, lb: LoadBalancerOpt = None) -> None:
     """List pools (all, or those of --load-balancer)."""
     path = "/pools"
     if lb is not None:
-        path = f"/load_balancers/{seg(convert('--load-balancer', lb, parse_uuid) or '')}/pools"
+        path = f"/load_balancers/{seg(convert_one('--load-balancer', lb, parse_uuid))}/pools"
     crud.list_objects(s, path, POOL_COLUMNS, empty="no pools")
 
 
@@ -170,7 +171,7 @@ def pool_member_list(s: Session, pool: PoolOpt = None) -> None:
     """List pool members (all, or those of --pool)."""
     path = "/pool_members"
     if pool is not None:
-        path = f"/pools/{seg(convert('--pool', pool, parse_uuid) or '')}/pool_members"
+        path = f"/pools/{seg(convert_one('--pool', pool, parse_uuid))}/pool_members"
     crud.list_objects(s, path, MEMBER_COLUMNS, empty="no pool members")
 
 

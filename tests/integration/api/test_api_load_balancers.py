@@ -12,6 +12,7 @@ from api_helpers import Api
 
 from tessera.model import HealthMonitor, PoolMember
 from tessera.nsdb.store import TopologyStore
+from tessera.nsdb.store import load_balancers as store_lb
 
 Obj = dict[str, Any]
 
@@ -339,3 +340,21 @@ def test_a_health_monitor_timeout_may_not_exceed_its_delay(api: Api) -> None:
     message = api.put(f"/health_monitors/{hm['id']}", {**hm, "delay": 1}, status=400)
     assert "timeout 3 is longer than delay 1" in message
     assert api.get(f"/health_monitors/{hm['id']}") == hm
+
+
+def test_members_per_pool_and_vips_per_load_balancer_are_bounded(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limits are lowered to what the topology already holds (the real ones are
+    1024 and 256, `model/limits.py`)."""
+    monkeypatch.setattr(store_lb, "MAX_POOL_MEMBERS", 2)
+    monkeypatch.setattr(store_lb, "MAX_LB_VIPS", 1)
+    t = _topology(api)
+    body = {"pool_id": t["pool"]["id"], "address": "10.0.0.13", "protocol_port": 80}
+    message = api.post("/pool_members", body, status=400)
+    assert f"pool {t['pool']['id']} already has 2 members, the most a pool may have" in message
+    vip = {**body, "load_balancer_id": t["lb"]["id"], "address": "203.0.113.13"}
+    assert "already has 1 VIP, the most" in api.post("/vips", vip, status=400)
+    # Updating what is there stays possible at the limit.
+    api.put(f"/pool_members/{t['m1']['id']}", {**t["m1"], "weight": 9})
+    api.put(f"/vips/{t['vip']['id']}", {**t["vip"], "protocol_port": 81})

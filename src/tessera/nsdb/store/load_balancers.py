@@ -53,7 +53,8 @@ def _member_unique(tx: Transaction, member: PoolMember) -> None:
             )
     if count >= MAX_POOL_MEMBERS:
         raise IntegrityError(
-            f"pool {member.pool_id} already has {count} members, the most a pool may have"
+            f"pool {member.pool_id} already has {count} member{'s' if count != 1 else ''}, "
+            "the most a pool may have"
         )
 
 
@@ -79,6 +80,6 @@ def _vip_unique(tx: Transaction, vip: Vip) -> None:
             )
     if count >= MAX_LB_VIPS:
         raise IntegrityError(
-            f"load balancer {vip.load_balancer_id} already has {count} VIPs, the most a "
-            "load balancer may have"
+            f"load balancer {vip.load_balancer_id} already has {count} "
+            f"VIP{'s' if count != 1 else ''}, the most a load balancer may have"
         )
