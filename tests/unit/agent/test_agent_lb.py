@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 
 from agent_harness import Cloud, Host, Vm
 
+from tessera.agent.tags import tags_of_change
 from tessera.model import LoadBalancer, Pool, PoolMember, Route, Vip
 from tessera.packet import ETH_TYPE_IPV4, Ethernet, IPv4, Tcp
 from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str
 from tessera.packet.tcp import ACK, SYN
 from tessera.simulation.flowstate import STICKY_TIMEOUT
+from tessera.simulation.tags import lb_member_tag
 
 GW_MAC = "02:7e:00:00:00:01"
 UPLINK_MAC = "02:7e:00:00:00:02"
@@ -149,3 +152,25 @@ def test_a_vip_connection_across_hosts_and_an_inactive_member(cloud: Cloud) -> N
     # ... while the established one keeps its member, both ways.
     assert s.connect(40000, ACK) == [("203.0.113.9", 40000, ma, 8080)]
     assert s.reply(a, 40000, ACK) == [(VIP, 80, "203.0.113.9", 40000)]
+
+
+def test_what_a_load_balancer_change_invalidates() -> None:
+    router, lb_id, pool_id = (str(uuid.uuid4()) for _ in range(3))
+    lb = LoadBalancer(router_id=router)
+    assert tags_of_change(None, lb) == {lb.id, router}
+    vip = Vip(load_balancer_id=lb_id, pool_id=pool_id, address=VIP, protocol_port=80)
+    assert tags_of_change(vip, vip.model_copy(update={"admin_state_up": False})) == {
+        vip.id, lb_id, pool_id,
+    }  # fmt: skip
+    member = PoolMember(pool_id=pool_id, address="10.0.0.5", protocol_port=8080)
+    address_tag = lb_member_tag(ip_from_str("10.0.0.5"))
+    # A status change reaches the flows that chose in the pool, not every reply's.
+    assert tags_of_change(member, member.model_copy(update={"status": "INACTIVE"})) == {
+        member.id, pool_id,
+    }  # fmt: skip
+    # A member appearing, going or moving: the flows from its address(es) too.
+    assert tags_of_change(None, member) == {member.id, pool_id, address_tag}
+    moved = member.model_copy(update={"address": "10.0.0.6"})
+    assert tags_of_change(member, moved) == {
+        member.id, pool_id, address_tag, lb_member_tag(ip_from_str("10.0.0.6")),
+    }  # fmt: skip
