@@ -92,7 +92,7 @@ KEYS: tuple[Key, ...] = (
         "ADDR:PORT the Neutron API serves on."),
     Key("services.health-monitor", "enabled", bool, False,
         "The load balancer health monitor (singleton): probes pool members from a "
-        "probe port on their router and writes their status (docs/health-monitor.md)."),
+        "probe port on their router and writes their status (docs/load-balancer.md)."),
     Key("services.health-monitor", "host_id", str, "",
         "The host whose agent serves this node's probe ports (required when enabled)."),
     Key("services.health-monitor", "host_netns", str, "",
