@@ -14,8 +14,10 @@ What it writes, each only when it changes:
 - a monitored pool's `status`: `INACTIVE` while every member it has (admin up) is
   `INACTIVE` (no member can take a connection), else `ACTIVE`;
 - a monitor's `status`: `ACTIVE` while it is applied (`admin_state_up`), else `INACTIVE`;
-- members and pools of a pool that is no longer monitored (its monitor removed or
-  disabled) go back to `ACTIVE`: nobody would ever mark them up again.
+- members and pools of a pool that stops being monitored (its monitor cleared, deleted
+  or disabled, while this node leads) go back to `ACTIVE`: nobody would ever mark them
+  up again. A pool that was never monitored is left alone (statuses written by others,
+  e.g. tests standing in for this service, stay).
 
 Options (`[services.health-monitor]`): `host_id` (required: the host whose agent serves
 this node's probe ports), `host_netns` (the namespace that agent runs in; empty: this
@@ -29,7 +31,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -66,7 +68,8 @@ class Desired:
     targets: dict[str, list[Target]] = field(default_factory=dict)  # router id → members
     pools: dict[str, LbStatus] = field(default_factory=dict)  # pool id → its status
     monitors: dict[str, LbStatus] = field(default_factory=dict)
-    reset_members: list[str] = field(default_factory=list)  # unmonitored, INACTIVE
+    reset_members: list[str] = field(default_factory=list)  # no longer monitored, INACTIVE
+    monitored: set[str] = field(default_factory=set)  # pools with a monitor in service
 
 
 def desired(
@@ -74,8 +77,13 @@ def desired(
     pools: Sequence[Pool],
     members: Sequence[PoolMember],
     monitors: Sequence[HealthMonitor],
+    was_monitored: Set[str] = frozenset(),
 ) -> Desired:
-    """What the monitor should probe and write, from the objects as stored."""
+    """What the monitor should probe and write, from the objects as stored.
+    `was_monitored` is the previous pass's `monitored`: a pool that left it (its monitor
+    cleared, deleted or disabled) gets its members and itself back to `ACTIVE`. Only
+    on that change, seen by this leader: the status of a pool that was never monitored
+    is left to whoever wrote it."""
     out = Desired()
     by_lb = {lb.id: lb for lb in lbs}
     by_monitor = {m.id: m for m in monitors}
@@ -91,11 +99,12 @@ def desired(
         monitor = by_monitor.get(pool.health_monitor_id or "")
         own = members_of.get(pool.id, [])
         if monitor is None or not monitor.admin_state_up:
-            # Not monitored: nobody would ever mark these up again.
-            out.reset_members += [m.id for m in own if m.status != ACTIVE]
-            if pool.status != ACTIVE:
-                out.pools[pool.id] = ACTIVE
+            if pool.id in was_monitored:  # nobody would ever mark these up again
+                out.reset_members += [m.id for m in own if m.status != ACTIVE]
+                if pool.status != ACTIVE:
+                    out.pools[pool.id] = ACTIVE
             continue
+        out.monitored.add(pool.id)
         if lb is None or not lb.admin_state_up or not pool.admin_state_up:
             continue  # paused: statuses stay as they are until it is served again
         routed = out.targets.setdefault(lb.router_id, [])
@@ -278,6 +287,7 @@ class HealthMonitorService:
         self.probers: dict[str, RouterProber] = {}
         self._wake = threading.Event()
         self._problems: dict[str, str] = {}  # router id → last plumbing error logged
+        self._monitored: set[str] = set()  # pools monitored at the last pass
         registry = registry if registry is not None else CollectorRegistry()
         self.probes_total = Counter(
             "tessera_health_monitor_probes",
@@ -338,6 +348,7 @@ class HealthMonitorService:
                 self.plumbing.unbind(router_id)
         self.plumbing.remove_leftovers()
         self.members.clear()
+        self._monitored = set()
 
     # -- one pass --
 
@@ -350,6 +361,7 @@ class HealthMonitorService:
             self.store.list(Pool),
             self.store.list(PoolMember),
             self.store.list(HealthMonitor),
+            self._monitored,
         )
         for monitor_id, status in want.monitors.items():
             self.store.set_status(HealthMonitor, monitor_id, status)
@@ -359,6 +371,7 @@ class HealthMonitorService:
         for pool_id, status in want.pools.items():
             if self.store.set_status(Pool, pool_id, status):
                 log.info("pool %s is %s", pool_id, status)
+        self._monitored = want.monitored
         for router_id in [r for r in self.probers if r not in want.targets]:
             self._retire(router_id)
         for port in self.store.list(Port):

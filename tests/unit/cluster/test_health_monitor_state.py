@@ -198,18 +198,27 @@ def test_a_pool_whose_members_are_all_inactive_is_inactive() -> None:
 
 
 @pytest.mark.parametrize("case", ["no monitor", "monitor down"])
-def test_an_unmonitored_pool_gets_its_members_back_to_active(case: str) -> None:
-    lb, pool, members, hm = _objects(
-        monitor_up=case != "monitor down",
-        pool_monitored=case != "no monitor",
-        statuses=[INACTIVE, ACTIVE],
-    )
+def test_a_pool_no_longer_monitored_gets_its_members_back_to_active(case: str) -> None:
+    lb, pool, members, hm = _objects(statuses=[INACTIVE, ACTIVE])
     pool = pool.model_copy(update={"status": INACTIVE})
-    want = desired([lb], [pool], members, [hm])
-    assert want.targets == {}
+    monitored = desired([lb], [pool], members, [hm]).monitored
+    assert monitored == {pool.id}
+    if case == "no monitor":
+        pool = pool.model_copy(update={"health_monitor_id": None})
+    else:
+        hm = hm.model_copy(update={"admin_state_up": False})
+    want = desired([lb], [pool], members, [hm], monitored)
+    assert want.targets == {} and want.monitored == set()
     assert want.reset_members == [members[0].id]
     assert want.pools == {pool.id: ACTIVE}
     assert want.monitors == ({hm.id: INACTIVE} if case == "monitor down" else {})
+
+
+def test_statuses_of_a_pool_never_monitored_are_left_alone() -> None:
+    lb, pool, members, hm = _objects(pool_monitored=False, statuses=[INACTIVE])
+    pool = pool.model_copy(update={"status": INACTIVE})
+    want = desired([lb], [pool], members, [hm], frozenset())
+    assert want.reset_members == [] and want.pools == {} and want.targets == {}
 
 
 def test_a_load_balancer_or_pool_that_is_down_pauses_probing() -> None:
