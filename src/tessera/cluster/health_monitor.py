@@ -172,6 +172,8 @@ class RouterProber:
         if not due:
             return {}
         results = self.tcp(due)
+        if self.stop.is_set():
+            return {}  # halted meanwhile: another node may lead by now
         now = self.clock()
         if not all(results.values()) and not self.path_works():
             # The probe path itself is down (port just bound, agent restarting): a
@@ -202,7 +204,11 @@ class RouterProber:
 
     def _run(self) -> None:
         if self.namespace is not None:
-            enter_netns(health_plumbing.NETNS_DIR / self.namespace)
+            try:
+                enter_netns(health_plumbing.NETNS_DIR / self.namespace)
+            except OSError as exc:  # gone meanwhile: the next full pass makes it again
+                log.warning("cannot probe from %s: %s", self.namespace, exc)
+                return
         while not self.stop.is_set():
             try:
                 self.step()
@@ -213,6 +219,10 @@ class RouterProber:
             wait = 1.0 if nxt is None else max(0.0, nxt - self.clock())
             self._wake.wait(min(wait, 1.0))
             self._wake.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def halt(self, timeout: float = 5.0) -> None:
         self.stop.set()
@@ -389,8 +399,11 @@ class HealthMonitorService:
                     self._problems[router_id] = str(exc)
                     continue
                 self._problems.pop(router_id, None)
-                if prober is not None and prober.netns_inode != _inode(namespace):
-                    # The namespace was remade: the thread still lives in the old one.
+                if prober is not None and (
+                    prober.netns_inode != _inode(namespace) or not prober.running
+                ):
+                    # The namespace was remade (the thread still lives in the old one),
+                    # or the thread could not enter it.
                     prober.halt()
                     prober = self._start(router_id, namespace, prober.probes)
                 elif prober is None:
@@ -421,8 +434,10 @@ class HealthMonitorService:
 
     def _plumb(self, router_id: str) -> str | None:
         self.plumbing.ensure_port(router_id)
-        namespace = self.plumbing.ensure_namespace(router_id)
-        self.plumbing.bind(router_id)
+        bound = self.plumbing.bound_here(router_id)
+        namespace, outer = self.plumbing.ensure_namespace(router_id, bound)
+        if outer != bound:
+            self.plumbing.bind(router_id, outer)
         return namespace
 
     def _retire(self, router_id: str) -> None:

@@ -6,7 +6,7 @@ each router with a monitored pool gets a *probe port*, and the node probes from 
 namespace of its own cabled to that port:
 
     router R: probe port 169.254.17.45/30 (route 169.254.17.44/30 → it)
-        bound on host H to  hmXXXXXXXXXX   (a veth end, in the namespace H's agent runs in)
+        bound on host H to  hm/hnXXXXXXXXXX (a veth end, in the namespace H's agent runs in)
     namespace PREFIX+R:     hm0 169.254.17.46/30, default route via 169.254.17.45
 
 A probe leaves `hm0`, enters R through the probe port (H's agent simulates it like any
@@ -77,10 +77,14 @@ class ProbeSite:
     def namespace(self, router_id: str) -> str:
         return self.netns_prefix + router_id.replace("-", "")[:12]
 
-    def host_ifname(self, router_id: str) -> str:
-        """The veth end bound to the probe port: per node and router, so that a stale
-        one of another node (killed while leading) never clashes with it."""
-        return "hm" + hashlib.sha1(f"{self.node}/{router_id}".encode()).hexdigest()[:10]
+    def host_ifnames(self, router_id: str) -> tuple[str, str]:
+        """The two names the veth end bound to the probe port takes in turn: per node
+        and router, so that a stale one of another node (killed while leading) never
+        clashes with it; a veth made anew takes the name the port is *not* bound to, so
+        that the binding changes and the agent attaches the new interface (it would not
+        notice one remade under the same name)."""
+        digest = hashlib.sha1(f"{self.node}/{router_id}".encode()).hexdigest()[:10]
+        return "hm" + digest, "hn" + digest
 
 
 def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -163,10 +167,20 @@ class ProbePlumbing:
                 self.store.create(route)
         return port
 
-    def bind(self, router_id: str) -> None:
+    def bound_here(self, router_id: str) -> str | None:
+        """The interface the probe port is bound to, if it is one of this node's."""
+        try:
+            port = self.store.get(Port, probe_port_id(router_id))
+        except NotFound:
+            return None
+        ours = self.site.host_ifnames(router_id)
+        if port.host_id == self.site.host_id and port.interface_name in ours:
+            return port.interface_name
+        return None
+
+    def bind(self, router_id: str, ifname: str) -> None:
         """Bind the probe port to this node's veth end (moving it from another host)."""
         port_id = probe_port_id(router_id)
-        ifname = self.site.host_ifname(router_id)
         try:
             self.store.bind(self.site.host_id, port_id, ifname)
         except NotFound as exc:
@@ -174,16 +188,9 @@ class ProbePlumbing:
 
     def unbind(self, router_id: str) -> None:
         """Unbind the probe port if it is still bound to this node's veth end."""
-        port_id = probe_port_id(router_id)
-        try:
-            port = self.store.get(Port, port_id)
-            if (port.host_id, port.interface_name) == (
-                self.site.host_id,
-                self.site.host_ifname(router_id),
-            ):
-                self.store.unbind(self.site.host_id, port_id)
-        except NotFound:
-            pass
+        if self.bound_here(router_id) is not None:
+            with contextlib.suppress(NotFound):
+                self.store.unbind(self.site.host_id, probe_port_id(router_id))
 
     def delete_port(self, router_id: str) -> None:
         """The probe port goes (its route with it)."""
@@ -192,29 +199,36 @@ class ProbePlumbing:
 
     # -- kernel --------------------------------------------------------------------------
 
-    def ensure_namespace(self, router_id: str) -> str | None:
+    def ensure_namespace(self, router_id: str, bound: str | None) -> tuple[str | None, str]:
         """The probe namespace of `router_id`, cabled into the agent's namespace and
         addressed; returns its name (None: probe from where this process is, for a
-        subclass that needs no namespace). Idempotent; repairs a cable whose other end
-        died (the agent's namespace remade)."""
+        subclass that needs no namespace) and the cable's outer end, to bind. `bound`
+        is the outer end the port is bound to now (None: not to this node's). Idempotent;
+        a cable made anew (the namespace removed, or the agent's remade) gets the other
+        of the two names."""
         ns, host_ns = self.site.namespace(router_id), self.site.host_netns
-        outer = self.site.host_ifname(router_id)
+        names = self.site.host_ifnames(router_id)
         if host_ns is not None and not namespace_exists(host_ns):
             raise PlumbingError(f"the agent's namespace {host_ns} does not exist (yet)")
         if not namespace_exists(ns):
             _run(["ip", "netns", "add", ns])
             _no_ipv6(ns)
         _ip(ns, "link", "set", "lo", "up")
-        if not _link_exists(ns, INNER_IFNAME):
-            if _link_exists(host_ns, outer):
-                _ip(host_ns, "link", "delete", outer)
+        present = [n for n in names if _link_exists(host_ns, n)]
+        if _link_exists(ns, INNER_IFNAME) and present:
+            outer = present[0]
+        else:
+            for stale in present:
+                _ip(host_ns, "link", "delete", stale)
+            _ip(ns, "link", "delete", INNER_IFNAME, check=False)
+            outer = names[1] if bound == names[0] else names[0]
             _ip(host_ns, "link", "add", outer, "type", "veth",
                 "peer", "name", INNER_IFNAME, "netns", ns)  # fmt: skip
         _ip(ns, "addr", "replace", f"{PROBE_ADDRESS}/{LENGTH}", "dev", INNER_IFNAME)
         _ip(ns, "link", "set", INNER_IFNAME, "up")
         _ip(ns, "route", "replace", "default", "via", ROUTER_ADDRESS, "dev", INNER_IFNAME)
         _ip(host_ns, "link", "set", outer, "up")
-        return ns
+        return ns, outer
 
     def remove_namespace(self, router_id: str) -> None:
         """The probe namespace goes, and the veth pair with it."""

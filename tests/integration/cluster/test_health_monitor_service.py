@@ -38,8 +38,8 @@ TIMING = Timing(spread_delay=0.0, rebalance_interval=0.0, restart_initial=0.1)
 class NoNamespace(ProbePlumbing):
     """Probe ports in the NSDB as the service makes them; probes from this process."""
 
-    def ensure_namespace(self, router_id: str) -> str | None:
-        return None
+    def ensure_namespace(self, router_id: str, bound: str | None) -> tuple[str | None, str]:
+        return None, self.site.host_ifnames(router_id)[0]
 
     def remove_namespace(self, router_id: str) -> None:
         pass

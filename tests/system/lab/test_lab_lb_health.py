@@ -10,7 +10,8 @@ TCP health monitor, a VIP a client VM connects to.
 A stopped server's member is marked INACTIVE within delay x max_retries (+ slack) and
 gets no new connections through the VIP; started again, it is ACTIVE. The node leading
 `health-monitor` is killed: the other node takes over, binds the probe port on its own
-host, and a further stop is detected. The load balancer deleted, the probe port and the
+host, and a further stop is detected. A probe namespace deleted by hand is made again.
+The load balancer deleted, the probe port and the
 leader's probe namespace go; `lab down` leaves no probe namespace or link (also not the
 killed node's).
 """
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -201,6 +203,26 @@ def test_a_stopped_server_is_inactive_and_gets_no_new_connections(net: Net) -> N
     net.start("srv1")
     wait_until(lambda: net.status("srv1") == "ACTIVE", timeout=DELAY + SLACK, interval=0.2)
     wait_until(lambda: _served(net, 16) == {"srv1", "srv2"}, timeout=10, what="srv1 chosen again")
+
+
+def test_a_probe_namespace_removed_by_hand_is_made_again(net: Net) -> None:
+    nsdb = net.lab.status()["nsdb"]["url"]
+    leader = _cluster(nsdb)["leaders"]["health-monitor"][0]
+    prefix = names.health_netns_prefix(net.lab.name, int(leader.rpartition("-c")[2]))
+    (probe_ns,) = [ns for ns in net.lab.namespaces() if ns.startswith(prefix)]
+    before = Path("/run/netns", probe_ns).stat().st_ino
+    subprocess.run(["ip", "netns", "delete", probe_ns], check=True)
+
+    def remade() -> bool:
+        try:
+            return Path("/run/netns", probe_ns).stat().st_ino != before
+        except OSError:
+            return False
+
+    wait_until(remade, timeout=15, what="the probe namespace made again")
+    _stop_and_see_inactive(net, "srv1")
+    net.start("srv1")
+    wait_until(lambda: net.status("srv1") == "ACTIVE", timeout=DELAY + SLACK, interval=0.2)
 
 
 def test_monitoring_goes_on_from_the_other_node_when_its_leader_is_killed(net: Net) -> None:
