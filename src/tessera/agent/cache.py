@@ -41,6 +41,9 @@ from tessera.model import (
     DhcpSubnet,
     Host,
     IpAddrGroup,
+    LoadBalancer,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -48,6 +51,7 @@ from tessera.model import (
     Rule,
     StoredObject,
     TunnelZone,
+    Vip,
 )
 from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb, StateEvent, Subscription, WatchEvent
@@ -65,6 +69,8 @@ ON_DEMAND = frozenset(
 )
 DEVICE_KIND = {"Bridge": Bridge.kind, "Router": Router.kind}
 _CHILDREN = {Route.kind: "router_id", DhcpSubnet.kind: "bridge_id"}
+LB_KINDS = (LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind)
+"""Watched whole, like ports: a snapshot keeps the load balancers of its routers."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,10 @@ class TopologyCache:
         # Port groups too: a stateful group keys its members' connections (whatever
         # device they are on), so every host must know it even if no rule names it.
         for kind in (Port.kind, Host.kind, TunnelZone.kind, PortGroup.kind):
+            self._subs.append(self.nsdb.watch_kind(kind, self._on_object))
+        # Load balancers whole as well (`LB_KINDS`): few objects, and a VIP's first packet
+        # must find its router's pools and members without waiting for a load.
+        for kind in LB_KINDS:
             self._subs.append(self.nsdb.watch_kind(kind, self._on_object))
         # What the ports watch is about to deliver: until it has, this host's bindings
         # are not known, and nothing may be judged stale for lack of one.

@@ -31,6 +31,9 @@ from tessera.model import (
     DhcpSubnet,
     Host,
     IpAddrGroup,
+    LoadBalancer,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -38,6 +41,7 @@ from tessera.model import (
     Rule,
     StoredObject,
     TunnelZone,
+    Vip,
 )
 from tessera.nsdb.base import WatchEvent
 from tessera.simulation.tags import arp_tag, mac_tag
@@ -251,6 +255,29 @@ class CacheState:
         )
         for kind in (Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind):
             objects.extend(self.of(kind).values())
+        # Load balancers of complete routers with all their VIPs, pools and members.
+        lbs = {
+            lb.id
+            for lb in self.of(LoadBalancer.kind).values()
+            if isinstance(lb, LoadBalancer) and lb.router_id in complete
+        }
+        objects.extend(self.of(LoadBalancer.kind)[i] for i in lbs)
+        pools = [
+            p for p in self.of(Pool.kind).values()
+            if isinstance(p, Pool) and p.load_balancer_id in lbs
+        ]  # fmt: skip
+        objects.extend(pools)
+        objects.extend(
+            v
+            for v in self.of(Vip.kind).values()
+            if isinstance(v, Vip) and v.load_balancer_id in lbs
+        )
+        pool_ids = {p.id for p in pools}
+        objects.extend(
+            m
+            for m in self.of(PoolMember.kind).values()
+            if isinstance(m, PoolMember) and m.pool_id in pool_ids
+        )
         return tuple(objects)
 
     def get(self, kind: str, id: str) -> Any:

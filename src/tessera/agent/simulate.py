@@ -20,6 +20,7 @@ from tessera.simulation.flowstate import (
     FlowStateView,
     NatAllocator,
 )
+from tessera.simulation.loadbalancer import RANDOM_PICKER, MemberPicker
 from tessera.simulation.result import SimulationResult
 from tessera.simulation.topology import Snapshot
 
@@ -30,12 +31,15 @@ class SnapshotSimulator:
         cache: TopologyCache,
         flow_state: FlowStateView = EMPTY_FLOW_STATE,
         allocator: NatAllocator = FIRST_FREE,
+        picker: MemberPicker = RANDOM_PICKER,
     ) -> None:
         """`flow_state` is the agent's live table view (read in place, never copied);
-        `allocator` picks dynamic SNAT sources (the agent's leases port blocks)."""
+        `allocator` picks dynamic SNAT sources (the agent's leases port blocks);
+        `picker` the members of new load-balanced connections."""
         self.cache = cache
         self.flow_state = flow_state
         self.allocator = allocator
+        self.picker = picker
         self._topology_generation = -1
         self._generation = -1
         self._base: Snapshot | None = None
@@ -69,5 +73,11 @@ class SnapshotSimulator:
         if match is None:
             match = FlowMatch.from_frame(in_port_id, frame)
         return simulate(
-            self.snapshot(), match, frame, now, arp_failed=arp_failed, allocator=self.allocator
+            self.snapshot(),
+            match,
+            frame,
+            now,
+            arp_failed=arp_failed,
+            allocator=self.allocator,
+            picker=self.picker,
         )

@@ -9,7 +9,18 @@ recompute (tests/unit/agent).
 
 from __future__ import annotations
 
-from tessera.model import DhcpSubnet, Port, Route, Rule, StoredObject
+from tessera.model import (
+    DhcpSubnet,
+    LoadBalancer,
+    PoolMember,
+    Port,
+    Route,
+    Rule,
+    StoredObject,
+    Vip,
+)
+from tessera.packet.addr import ip_from_str
+from tessera.simulation.tags import lb_member_tag
 
 
 def tags_of_change(old: StoredObject | None, new: StoredObject | None) -> set[str]:
@@ -18,7 +29,12 @@ def tags_of_change(old: StoredObject | None, new: StoredObject | None) -> set[st
     The object's own id always; plus its parent when the change alters the parent's
     behaviour beyond this object: a port joining or leaving a device (a bridge floods to
     all its ports), a route of a router (routing looks at every route), a rule of a chain,
-    a DHCP subnet of a bridge.
+    a DHCP subnet of a bridge; a load balancer's router (every packet it routes may be
+    for a VIP of it), a VIP's load balancer and pool (which of the router's packets are
+    for a VIP, where they go), a member's pool (who may get new connections) and, when a
+    member appears, goes or moves, its address (whose packets may be replies to
+    translate back). Flows of a connection that already has its member read none of
+    the pool's members: they keep it whatever the members become.
     """
     obj = new if new is not None else old
     if obj is None:
@@ -39,4 +55,17 @@ def tags_of_change(old: StoredObject | None, new: StoredObject | None) -> set[st
         tags.add(obj.chain_id)
     elif isinstance(obj, DhcpSubnet):
         tags.add(obj.bridge_id)
+    elif isinstance(obj, LoadBalancer):
+        for lb in (old, new):
+            if isinstance(lb, LoadBalancer):
+                tags.add(lb.router_id)
+    elif isinstance(obj, Vip):
+        for v in (old, new):
+            if isinstance(v, Vip):
+                tags |= {v.load_balancer_id, v.pool_id}
+    elif isinstance(obj, PoolMember):
+        addresses = {m.address for m in (old, new) if isinstance(m, PoolMember)}
+        tags.add(obj.pool_id)
+        if old is None or new is None or len(addresses) > 1:
+            tags |= {lb_member_tag(ip_from_str(a)) for a in addresses}
     return tags

@@ -21,9 +21,12 @@ from tessera.api.resources import (
     cluster,
     dhcp,
     health,
+    health_monitors,
     hosts,
     ip_addr_groups,
+    load_balancers,
     mirrors,
+    pools,
     port_groups,
     ports,
     routers,
@@ -48,6 +51,9 @@ _RESOURCES = (
     port_groups,
     ip_addr_groups,
     mirrors,
+    load_balancers,
+    pools,
+    health_monitors,
     hosts,
     tunnel_zones,
     traces,
@@ -57,7 +63,8 @@ _RESOURCES = (
 
 _DESCRIPTION = """\
 The tessera REST API: virtual bridges, routers, ports, routes, firewall chains and rules,
-DHCP, port and address groups, port mirrors, hosts, bindings and tunnel zones.
+DHCP, port and address groups, port mirrors, load balancers, hosts, bindings and tunnel
+zones.
 
 Every error is `{"message": "..."}`. A create returns 201 with the full object; update
 is `PUT` of the whole object as `GET` returned it (read-only fields are ignored);

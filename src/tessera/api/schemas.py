@@ -26,8 +26,12 @@ from tessera.model import (
     Chain,
     DhcpHost,
     DhcpSubnet,
+    HealthMonitor,
     IpAddrGroup,
+    LoadBalancer,
     Mirror,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -35,6 +39,7 @@ from tessera.model import (
     Rule,
     StoredObject,
     TunnelZone,
+    Vip,
 )
 from tessera.model.dhcp import HostName
 from tessera.model.text import InterfaceName
@@ -153,6 +158,16 @@ if TYPE_CHECKING:  # to mypy they are models; at run time, derived ones
     TunnelZoneUpdate: TypeAlias = TesseraModel
     MirrorCreate: TypeAlias = TesseraModel
     MirrorUpdate: TypeAlias = TesseraModel
+    LoadBalancerCreate: TypeAlias = TesseraModel
+    LoadBalancerUpdate: TypeAlias = TesseraModel
+    PoolCreate: TypeAlias = TesseraModel
+    PoolUpdate: TypeAlias = TesseraModel
+    PoolMemberCreate: TypeAlias = TesseraModel
+    PoolMemberUpdate: TypeAlias = TesseraModel
+    VipCreate: TypeAlias = TesseraModel
+    VipUpdate: TypeAlias = TesseraModel
+    HealthMonitorCreate: TypeAlias = TesseraModel
+    HealthMonitorUpdate: TypeAlias = TesseraModel
 else:
     BridgeCreate, BridgeUpdate = create_body(Bridge), update_body(Bridge)
     RouterCreate, RouterUpdate = create_body(Router), update_body(Router)
@@ -180,6 +195,12 @@ else:
     IpAddrGroupCreate, IpAddrGroupUpdate = create_body(IpAddrGroup), update_body(IpAddrGroup)
     TunnelZoneCreate, TunnelZoneUpdate = create_body(TunnelZone), update_body(TunnelZone)
     MirrorCreate, MirrorUpdate = create_body(Mirror), update_body(Mirror)
+    LoadBalancerCreate, LoadBalancerUpdate = create_body(LoadBalancer), update_body(LoadBalancer)
+    PoolCreate, PoolUpdate = create_body(Pool), update_body(Pool)
+    PoolMemberCreate, PoolMemberUpdate = create_body(PoolMember), update_body(PoolMember)
+    VipCreate, VipUpdate = create_body(Vip), update_body(Vip)
+    HealthMonitorCreate = create_body(HealthMonitor)
+    HealthMonitorUpdate = update_body(HealthMonitor)
 
 
 class LinkRequest(Body):

@@ -12,12 +12,16 @@ from tessera.model import (
     Chain,
     DhcpSubnet,
     IpAddrGroup,
+    LoadBalancer,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
     Router,
     Rule,
     StoredObject,
+    Vip,
 )
 from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb
@@ -33,7 +37,8 @@ def load_snapshot(nsdb: Nsdb) -> Snapshot:
     entries are skipped: they are written by agents, and one bad entry must not make the
     whole cloud untraceable.
     """
-    kinds = (Bridge, Router, Port, Route, Chain, Rule, PortGroup, IpAddrGroup, DhcpSubnet)
+    kinds: tuple[type[StoredObject], ...] = (Bridge, Router, Port, Route, Chain, Rule)
+    kinds += (PortGroup, IpAddrGroup, DhcpSubnet, LoadBalancer, Vip, Pool, PoolMember)
     objects: list[StoredObject] = []
     for cls in kinds:
         objects.extend(s.value for s in nsdb.list(cls.kind))

@@ -22,7 +22,9 @@ from tessera.cli.chains import chain_app
 from tessera.cli.dhcp import dhcp_app
 from tessera.cli.groups import ip_addr_group_app, port_group_app
 from tessera.cli.hosts import BINDING_PANEL, binding_app, host_app
+from tessera.cli.load_balancers import health_monitor_app, load_balancer_app, vip_app
 from tessera.cli.mirrors import mirror_app
+from tessera.cli.pools import pool_app, pool_member_app
 from tessera.cli.ports import port_app
 from tessera.cli.routers import router_app
 from tessera.cli.routes import route_app
@@ -36,6 +38,7 @@ from tessera.clikit.session import current_session
 _RUN = "Run"
 _NET = "Virtual network"
 _SEC = "Firewall and NAT"
+_LB = "Load balancing"
 _HOSTS = BINDING_PANEL
 
 #: Commands provided by other packages, loaded lazily (see the module docstring).
@@ -65,6 +68,11 @@ RESOURCES: tuple[tuple[str, typer.Typer, str], ...] = (
     ("port-group", port_group_app, _SEC),
     ("ip-addr-group", ip_addr_group_app, _SEC),
     ("mirror", mirror_app, _SEC),
+    ("load-balancer", load_balancer_app, _LB),
+    ("pool", pool_app, _LB),
+    ("pool-member", pool_member_app, _LB),
+    ("vip", vip_app, _LB),
+    ("health-monitor", health_monitor_app, _LB),
     ("host", host_app, _HOSTS),
     ("tunnel-zone", tunnel_zone_app, _HOSTS),
 )

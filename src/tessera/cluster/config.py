@@ -90,9 +90,21 @@ KEYS: tuple[Key, ...] = (
         "The Neutron v2.0 API (every node; docs/neutron.md)."),
     Key("services.neutron", "listen", str, "127.0.0.1:9696",
         "ADDR:PORT the Neutron API serves on."),
+    Key("services.health-monitor", "enabled", bool, False,
+        "The load balancer health monitor (singleton): probes pool members from a "
+        "probe port on their router and writes their status (docs/load-balancer.md)."),
+    Key("services.health-monitor", "host_id", str, "",
+        "The host whose agent serves this node's probe ports (required when enabled)."),
+    Key("services.health-monitor", "host_netns", str, "",
+        "The network namespace that host's agent runs in; empty: this node's own."),
+    Key("services.health-monitor", "netns_prefix", str, "tshm-",
+        "Prefix of the probe namespaces this node makes (one per router); nodes on one "
+        "machine need different ones."),
+    Key("services.health-monitor", "resync_interval", float, 5.0,
+        "Seconds between full passes (plumbing re-checked) besides those on changes."),
 )  # fmt: skip
 
-BUILTIN_SERVICES = ("api", "metrics", "host-liveness", "neutron")
+BUILTIN_SERVICES = ("api", "metrics", "host-liveness", "neutron", "health-monitor")
 _FIXED_TABLES = ("node", "cluster", "zookeeper")
 
 

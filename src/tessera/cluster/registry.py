@@ -34,6 +34,7 @@ BUILTINS: dict[str, str] = {
     "metrics": "tessera.cluster.metrics:MetricsService",
     "host-liveness": "tessera.cluster.janitor:HostLivenessJanitor.from_env",
     "neutron": "tessera.neutron.service:NeutronService",
+    "health-monitor": "tessera.cluster.health_monitor:HealthMonitorService.from_env",
 }
 
 BUILTIN_REDUNDANCY: dict[str, Redundancy] = {
@@ -41,6 +42,7 @@ BUILTIN_REDUNDANCY: dict[str, Redundancy] = {
     "metrics": EVERY_NODE,
     "host-liveness": SINGLETON,
     "neutron": EVERY_NODE,
+    "health-monitor": SINGLETON,
 }
 
 

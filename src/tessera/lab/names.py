@@ -86,6 +86,20 @@ def netns_prefix(lab: str) -> str:
     return f"{NS_PREFIX}{lab}-"
 
 
+def health_netns_prefix(lab: str, node: int) -> str:
+    """The prefix of the probe namespaces cluster node `node` makes for the health
+    monitor (one per router): inside the lab's prefix, so that `down` removes what a
+    killed node left, and with a '.', which no VM name has."""
+    return f"{netns_prefix(lab)}hm.c{node}."
+
+
+def health_probe_host(node: int, hosts: int) -> int:
+    """The host whose agent serves cluster node `node`'s probe ports: h((node mod N)+1),
+    so that with several nodes and hosts a failover also moves the probes to another
+    host."""
+    return node % hosts + 1
+
+
 def vm_link(vm: str) -> str:
     """The host-side end of a VM's cable: the interface bound to the VM's port.
 

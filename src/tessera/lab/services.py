@@ -156,17 +156,20 @@ def _choose_neutron_port(state: LabState) -> int:
 
 def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
     """The API process serving, on the lab's recorded port when possible (so that its URL
-    stays the same across repairs), else 8181 if free, else any free port."""
+    stays the same across repairs), else 8181 if free, else any free port. It is cluster
+    node 1, `tessera cluster serve` with the API, the janitor, the Neutron API and the
+    health monitor (its config file says which host it probes from)."""
     pid_file, log_file = state.pid_file("api"), state.log_file("api")
     if procs.read_pid(pid_file) is not None and state.api_port is not None:
         _wait_api(state, timeout)
         return
     port = _choose_api_port(state)
-    neutron = _choose_neutron_port(state)
+    _choose_neutron_port(state)
     argv = [
-        *procs.tessera_command(), "api", "serve",
-        "--nsdb", state.nsdb_url, "--listen", f"127.0.0.1:{port}",
-        "--neutron-listen", f"127.0.0.1:{neutron}",
+        *procs.tessera_command(), "cluster", "serve",
+        "--config", str(_write_node_config(state, 1)), "--nsdb", state.nsdb_url,
+        "--name", f"{state.name}-c1", "--listen", f"127.0.0.1:{port}",
+        "--disable", "metrics",
     ]  # fmt: skip
     procs.spawn(argv, pid_file, log_file, owner=state.dir)
     _wait_api(state, timeout)
@@ -231,7 +234,8 @@ def ensure_cluster_nodes(state: LabState, timeout: float = API_START_TIMEOUT) ->
             continue
         port = _free_port()
         argv = [
-            *procs.tessera_command(), "cluster", "serve", "--nsdb", state.nsdb_url,
+            *procs.tessera_command(), "cluster", "serve",
+            "--config", str(_write_node_config(state, index)), "--nsdb", state.nsdb_url,
             "--name", f"{state.name}-c{index}", "--listen", f"127.0.0.1:{port}",
             "--disable", "metrics",
         ]  # fmt: skip
@@ -295,29 +299,46 @@ def embedded_members(state: LabState) -> list[dict[str, object]]:
 
 
 def _write_node_config(state: LabState, index: int) -> Path:
-    """Node `index`'s config file: its [zookeeper] table, and for node 1 (the lab's API)
-    its Neutron API; the rest is on the command line. Every node is given the same
-    peers, in node order."""
-    peers = ", ".join(
-        '"127.0.0.1:{}:{}:{}"'.format(*names.embedded_zk_ports(state.index, k))
-        for k in range(1, state.cluster_nodes + 1)
-    )
+    """Node `index`'s config file; the rest is on the command line. Every node runs the
+    health monitor, probing from host h((index mod N)+1); node 1 (the lab's API) serves
+    the Neutron API; with embedded members, its [zookeeper] table (every node is given
+    the same peers, in node order)."""
     path = state.dir / f"cluster-c{index}.toml"
-    path.write_text(
-        "# written by `tessera lab up --embedded-zookeeper`\n"
-        "[zookeeper]\n"
-        "enabled = true\n"
-        f"id = {index}\n"
-        f"peers = [{peers}]\n"
-        f'data_dir = "{embedded_zk_dir(state, index)}"\n'
-        f"client_port = {names.embedded_zk_ports(state.index, index)[0]}\n"
-        + (
-            f'\n[services.neutron]\nenabled = true\nlisten = "127.0.0.1:{state.neutron_port}"\n'
-            if index == 1 and state.neutron_port is not None
-            else ""
+    text = f"# written by `tessera lab up`\n{_health_monitor_table(state, index)}"
+    if index == 1 and state.neutron_port is not None:
+        text += f'\n[services.neutron]\nenabled = true\nlisten = "127.0.0.1:{state.neutron_port}"\n'
+    if state.embedded_zookeeper:
+        peers = ", ".join(
+            '"127.0.0.1:{}:{}:{}"'.format(*names.embedded_zk_ports(state.index, k))
+            for k in range(1, state.cluster_nodes + 1)
         )
-    )
+        text += (
+            "\n[zookeeper]\n"
+            "enabled = true\n"
+            f"id = {index}\n"
+            f"peers = [{peers}]\n"
+            f'data_dir = "{embedded_zk_dir(state, index)}"\n'
+            f"client_port = {names.embedded_zk_ports(state.index, index)[0]}\n"
+        )
+    path.write_text(text)
     return path
+
+
+def _health_monitor_table(state: LabState, index: int) -> str:
+    """The health monitor of node `index`: its probe ports are served by the agent of
+    host h((index mod N)+1), in that host's namespace; its probe namespaces are the
+    lab's (`lab down` removes them whatever happened to the node)."""
+    if not state.hosts:
+        return ""
+    host = state.hosts[names.health_probe_host(index, len(state.hosts)) - 1]
+    return (
+        "\n[services.health-monitor]\n"
+        "enabled = true\n"
+        f'host_id = "{host.host_id}"\n'
+        f'host_netns = "{state.netns(host.name)}"\n'
+        f'netns_prefix = "{names.health_netns_prefix(state.name, index)}"\n'
+        "resync_interval = 2.0\n"
+    )
 
 
 def ensure_embedded_cluster(state: LabState, timeout: float = EMBEDDED_START_TIMEOUT) -> None:

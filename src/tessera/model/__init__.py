@@ -9,6 +9,7 @@ from tessera.model.devices import Bridge, Device, Port, PortType, Router
 from tessera.model.dhcp import DhcpHost, DhcpSubnet, Opt121Route
 from tessera.model.groups import IpAddrGroup, PortGroup
 from tessera.model.hosts import Host, TunnelZone, TunnelZoneHost
+from tessera.model.load_balancers import HealthMonitor, LoadBalancer, Pool, PoolMember, Vip
 from tessera.model.mirrors import Mirror
 from tessera.model.neutron import (
     NeutronFloatingIp,
@@ -38,6 +39,11 @@ KINDS: dict[str, type[StoredObject]] = {
         TunnelZone,
         DhcpSubnet,
         Mirror,
+        LoadBalancer,
+        Pool,
+        PoolMember,
+        Vip,
+        HealthMonitor,
         NeutronNetwork,
         NeutronSubnet,
         NeutronPort,
@@ -60,8 +66,10 @@ __all__ = [
     "Device",
     "DhcpHost",
     "DhcpSubnet",
+    "HealthMonitor",
     "Host",
     "IpAddrGroup",
+    "LoadBalancer",
     "Mirror",
     "NeutronNetwork",
     "NeutronPort",
@@ -72,6 +80,8 @@ __all__ = [
     "NeutronSubnet",
     "NatTarget",
     "Opt121Route",
+    "Pool",
+    "PoolMember",
     "Port",
     "PortGroup",
     "PortRange",
@@ -85,5 +95,6 @@ __all__ = [
     "StoredObject",
     "TunnelZone",
     "TunnelZoneHost",
+    "Vip",
     "new_id",
 ]

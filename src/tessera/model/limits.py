@@ -103,3 +103,20 @@ MAX_FLOATING_IP_RULES = 2
 """NAT rules an associated floating IP makes: dnat (inbound), snat (outbound)."""
 MAX_SECURITY_GROUP_RULES = 1024
 """Rules of one Neutron security group (Neutron's default quota is 100 per project)."""
+
+# -- load balancers (tessera.model.load_balancers) ---------------------------------------
+
+MAX_MEMBER_WEIGHT = 256
+"""A pool member's `weight` (Neutron's LBaaS bound): its share of the pool's new
+connections relative to the other members'."""
+
+MAX_HEALTH_MONITOR_DELAY = 3600
+"""A health monitor's `delay` and `timeout`, in seconds: a probe an hour apart already
+finds a dead member far too late."""
+
+MAX_POOL_MEMBERS = 1024
+"""Members of one pool: each VIP connection picks one, so the data path keeps the
+pool's member list at hand."""
+
+MAX_LB_VIPS = 256
+"""VIPs of one load balancer (a router's addresses and ports clients connect to)."""

@@ -25,6 +25,7 @@ from tessera.simulation.flowstate import (
     NatBinding,
     NatKey,
 )
+from tessera.simulation.loadbalancer import RANDOM_PICKER, MemberPicker
 from tessera.simulation.result import (
     ArpWait,
     EmitKind,
@@ -142,6 +143,7 @@ class Simulation:
         "new_state",
         "now",
         "outputs",
+        "picker",
         "quoted",
         "snap",
         "state_refs",
@@ -164,6 +166,7 @@ class Simulation:
         budget: list[int] | None = None,
         allocator: NatAllocator = FIRST_FREE,
         nat_overlay: dict[NatKey, NatBinding] | None = None,
+        picker: MemberPicker = RANDOM_PICKER,
     ) -> None:
         self.snap = snap
         self.now = now
@@ -208,6 +211,8 @@ class Simulation:
         self.new_state: dict[FlowStateEntry, None] = {}
         # NAT bindings made earlier in this run, so that a second rule or branch sees them.
         self.nat_overlay: dict[NatKey, NatBinding] = {} if nat_overlay is None else nat_overlay
+        # Chooses the member of a new load-balanced connection (`loadbalancer`).
+        self.picker = picker
 
     def generate(
         self,
@@ -237,6 +242,7 @@ class Simulation:
             budget=self.budget,
             allocator=self.allocator,
             nat_overlay=self.nat_overlay,
+            picker=self.picker,
         )
         sim.generator = self.generator
         sim.generated = True

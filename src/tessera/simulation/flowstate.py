@@ -20,6 +20,9 @@ Keys, as in MidoNet's ConnTrackState and NatState:
   met it, device of the rule's chain) to an address and port. Each new translation
   makes two entries, the forward one (`fwd_snat`/`fwd_dnat`) and the one its replies
   are found by (`rev_snat`/`rev_dnat`), exactly as MidoNet's NatKey.returnKey.
+- A load balancer's `sticky_dnat` entry (client, port 0, VIP, VIP port; device the load
+  balancer) holds the member a `SOURCE_IP` VIP sends that client's new connections to;
+  it has no reverse entry (each connection has its own `fwd_dnat`/`rev_dnat` pair).
 
 Dynamic SNAT picks its address and port through a `NatAllocator`: pure, injectable; the
 agent's leases port blocks of 64 from the NSDB, `FirstFreeAllocator` serves tests and
@@ -35,7 +38,13 @@ from typing import Any, Literal, Protocol
 
 from tessera.packet.addr import ip_to_str
 
-NatKind = Literal["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat"]
+NatKind = Literal["fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat", "sticky_dnat"]
+
+STICKY_TIMEOUT = 3600.0
+"""Idle seconds a load balancer's `sticky_dnat` entry (a client's member under
+`SOURCE_IP` persistence) outlives the last use of its client's connections: an hour, as
+MidoNet's sticky source IP timeout did; far longer than a TCP entry, since it must span
+the pauses between a client's connections, not within one (`loadbalancer`)."""
 
 PROTO_ICMP = 1
 _PROTO_NAMES = {PROTO_ICMP: "icmp", 6: "tcp", 17: "udp"}

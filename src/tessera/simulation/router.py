@@ -5,7 +5,8 @@ In order, as MidoNet's router does:
    ingress port (see `icmp.prohibited`); ARP is handled before any filter (`arp.py`);
    anything but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
 2. the router's inbound filter (a `reject` answers ICMP administratively prohibited; a
-   `drop` of a first fragment answers "fragmentation needed", see below);
+   `drop` of a first fragment answers "fragmentation needed", see below), then its load
+   balancer: a VIP connection's packet is DNATed to its member (`loadbalancer.inbound`);
 3. a packet for one of the router's own addresses is delivered to it: a ping is
    answered, anything else dropped;
 4. TTL 1 or less: ICMP time exceeded;
@@ -15,7 +16,8 @@ In order, as MidoNet's router does:
    MidoNet);
 6. an egress port that is down: ICMP administratively prohibited (MidoNet's router
    port rejects); the router's outbound filter, with the egress port as `out_ports`
-   (its verdicts answered as the inbound filter's);
+   (its verdicts answered as the inbound filter's), then the load balancer's reverse
+   translation of a member's reply (`loadbalancer.outbound`);
 7. the next hop's MAC (the peer's for a router-to-router link, else ARP; see
    `arp.resolve`), then the rewrites: source MAC := egress port's, destination MAC :=
    next hop's, TTL - 1.
@@ -36,7 +38,7 @@ from tessera.packet.addr import ip_to_str
 from tessera.packet.ethernet import ETH_TYPE_ARP, ETH_TYPE_IPV4
 from tessera.packet.ipv4 import PROTO_ICMP
 from tessera.packet.match import FlowMatch
-from tessera.simulation import arp, icmp
+from tessera.simulation import arp, icmp, loadbalancer
 from tessera.simulation.actions import DeviceAction, ToPort
 from tessera.simulation.chain import apply_chain
 from tessera.simulation.context import Simulation
@@ -94,6 +96,9 @@ def process(
         if verdict != "accept":
             _refuse(sim, m, in_port, verdict, hops, node)
             return None
+    lb = sim.snap.load_balancers.get(router.id)
+    if lb is not None and not loadbalancer.inbound(sim, m, lb, node):
+        return None
 
     dst = m.ip_dst
     if dst in router.port_by_addr:
@@ -153,6 +158,8 @@ def process(
         if verdict != "accept":
             _refuse(sim, m, in_port, verdict, hops, node)
             return None
+    if lb is not None:
+        loadbalancer.outbound(sim, m, lb, node)
     next_hop = route.gateway if route.gateway is not None else dst
     mac = arp.resolve(
         sim, m, router, out_port, next_hop, route.gateway is None, in_port, hops, node

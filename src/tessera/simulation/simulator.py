@@ -29,6 +29,7 @@ from tessera.simulation import bridge, port, router
 from tessera.simulation.actions import Fork, ToPort
 from tessera.simulation.context import LimitExceeded, Simulation, settle_ttl
 from tessera.simulation.flowstate import FIRST_FREE, NatAllocator
+from tessera.simulation.loadbalancer import RANDOM_PICKER, MemberPicker
 from tessera.simulation.result import (
     MAX_TRACE_NODES,
     EmitKind,
@@ -50,6 +51,7 @@ def simulate(
     trace: bool = False,
     arp_failed: Collection[tuple[str, int]] = (),
     allocator: NatAllocator = FIRST_FREE,
+    picker: MemberPicker = RANDOM_PICKER,
 ) -> SimulationResult:
     """Everything the virtual network does with `frame`, which entered port `match.in_port`.
 
@@ -57,11 +59,19 @@ def simulate(
     records what the decision read. `arp_failed` holds `(router_id, ip)` pairs whose ARP
     resolution timed out: packets held for them now get ICMP unreachable instead.
     Connection tracking and NAT read `snapshot.flow_state`; `allocator` chooses the
-    source of new dynamic SNAT bindings (see `flowstate.NatAllocator`).
+    source of new dynamic SNAT bindings (see `flowstate.NatAllocator`), `picker` the
+    member of a new load-balanced connection (see `loadbalancer.MemberPicker`).
 
     Raises `NotYetLoaded` when the snapshot lacks an object on the packet's path.
     """
-    sim = Simulation(snapshot, now, frame, arp_failed=frozenset(arp_failed), allocator=allocator)
+    sim = Simulation(
+        snapshot,
+        now,
+        frame,
+        arp_failed=frozenset(arp_failed),
+        allocator=allocator,
+        picker=picker,
+    )
     sim.ct_match = match
     sim.generator = _generate
     in_port = match.in_port

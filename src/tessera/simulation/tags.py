@@ -54,3 +54,9 @@ def nat_tag(key: NatKey) -> str:
         f"nat:{key.device}:{key.kind}:{key.proto}:{ip_to_str(key.src)}:{key.sport}:"
         f"{ip_to_str(key.dst)}:{key.dport}"
     )
+
+
+def lb_member_tag(ip: int) -> str:
+    """Whether `ip` is a load-balancer member's address: a router with a load balancer
+    decides by it whether a packet it routes may be a VIP connection's reply."""
+    return f"lbmember:{ip_to_str(ip)}"

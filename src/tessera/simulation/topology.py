@@ -41,9 +41,11 @@ from tessera.model import (
     StoredObject,
 )
 from tessera.model.devices import router_port_mac
+from tessera.model.load_balancers import LoadBalancer, Pool, PoolMember, Vip
 from tessera.packet.addr import ip_from_str, mac_from_str, prefix_mask
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.flowstate import EMPTY_FLOW_STATE, FlowStateView
+from tessera.simulation.loadbalancer import LoadBalancerSnap, compile_load_balancers
 from tessera.simulation.rules import (
     CompiledRule,
     FirstMatchFn,
@@ -209,6 +211,8 @@ class Snapshot:
     flow_state: FlowStateView = EMPTY_FLOW_STATE
     # Port id -> the stateful port group whose id keys its connections (lowest if several).
     stateful_groups: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # Router id -> its load balancer with VIPs, pools and members (`loadbalancer`).
+    load_balancers: Mapping[str, LoadBalancerSnap] = field(default_factory=lambda: _EMPTY)
 
     # -- lookups that tell a missing object apart ---------------------------------------
 
@@ -331,6 +335,13 @@ class Snapshot:
             arp_tables=arp_tables if arp_tables is not None else _EMPTY,
             flow_state=flow_state if flow_state is not None else EMPTY_FLOW_STATE,
             stateful_groups=MappingProxyType(stateful),
+            load_balancers=compile_load_balancers(
+                by_kind.get(LoadBalancer, []),
+                by_kind.get(Vip, []),
+                by_kind.get(Pool, []),
+                by_kind.get(PoolMember, []),
+                routers,
+            ),
         )
 
 

@@ -38,8 +38,12 @@ from tessera.model import (
     Chain,
     DhcpHost,
     DhcpSubnet,
+    HealthMonitor,
     Host,
     IpAddrGroup,
+    LoadBalancer,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -47,6 +51,7 @@ from tessera.model import (
     Rule,
     TunnelZone,
     TunnelZoneHost,
+    Vip,
 )
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.errors import NsdbError
@@ -66,6 +71,8 @@ class Seeds:
             (Bridge, "bridge_id"), (Router, "router_id"), (Port, "port_id"), (Route, "route_id"),
             (Chain, "chain_id"), (Rule, "rule_id"), (PortGroup, "port_group_id"),
             (IpAddrGroup, "ip_addr_group_id"), (Host, "host_id"), (TunnelZone, "tunnel_zone_id"),
+            (LoadBalancer, "load_balancer_id"), (Pool, "pool_id"), (PoolMember, "pool_member_id"),
+            (Vip, "vip_id"), (HealthMonitor, "health_monitor_id"),
         )  # fmt: skip
         try:
             for cls, key in checks:
@@ -102,12 +109,19 @@ class Seeds:
         s.create(DhcpSubnet(bridge_id=bridge.id, subnet_prefix="10.0.0.0", subnet_length=24))
         s.add_dhcp_host(bridge.id, "10.0.0.0_24", DhcpHost(mac_addr="02:00:00:00:00:01",
                                                            ip_addr="10.0.0.10"))  # fmt: skip
+        lb = s.create(LoadBalancer(router_id=router.id))
+        monitor = s.create(HealthMonitor())
+        pool = s.create(Pool(load_balancer_id=lb.id, health_monitor_id=monitor.id))
+        member = s.create(PoolMember(pool_id=pool.id, address="10.0.0.20", protocol_port=80))
+        vip = s.create(Vip(load_balancer_id=lb.id, pool_id=pool.id, address="10.0.0.30",
+                           protocol_port=80))  # fmt: skip
         self._ids = {
             "bridge_id": bridge.id, "router_id": router.id, "port_id": port.id,
             "route_id": route.id, "chain_id": chain.id, "rule_id": rule.id,
             "port_group_id": group.id, "ip_addr_group_id": addrs.id, "host_id": host.id,
             "tunnel_zone_id": zone.id, "subnet": "10.0.0.0_24", "mac": "02:00:00:00:00:01",
-            "addr": "10.0.0.1",
+            "addr": "10.0.0.1", "load_balancer_id": lb.id, "pool_id": pool.id,
+            "pool_member_id": member.id, "vip_id": vip.id, "health_monitor_id": monitor.id,
         }  # fmt: skip
 
 

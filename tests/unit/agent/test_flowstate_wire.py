@@ -114,7 +114,7 @@ class Harness:
 
 
 def test_a_message_round_trips_with_every_kind_of_entry() -> None:
-    kinds = ("fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat")
+    kinds = ("fwd_snat", "fwd_dnat", "rev_snat", "rev_dnat", "sticky_dnat")
     nats = [NatEntry(NatKey(k, PROTO_TCP, 1, 2, 3, 4, ZONE), NatBinding(5, 6)) for k in kinds]
     echo = NatEntry(NatKey("rev_dnat", PROTO_ICMP, 1, 9, 2, 9, ZONE), NatBinding(3, 9))
     updates: list[Update] = [

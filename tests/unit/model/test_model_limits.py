@@ -22,8 +22,10 @@ from tessera.model import (
     Conditions,
     DhcpHost,
     DhcpSubnet,
+    HealthMonitor,
     Host,
     IpAddrGroup,
+    LoadBalancer,
     Mirror,
     NatTarget,
     NeutronFloatingIp,
@@ -34,6 +36,8 @@ from tessera.model import (
     NeutronSecurityGroupRule,
     NeutronSubnet,
     Opt121Route,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -42,6 +46,7 @@ from tessera.model import (
     StoredObject,
     TunnelZone,
     TunnelZoneHost,
+    Vip,
 )
 from tessera.model import limits as L
 
@@ -250,6 +255,14 @@ def largest() -> dict[str, StoredObject]:
             opt121_routes=[route] * L.MAX_OPT121_ROUTES, hosts=hosts,
         ),
         Mirror(**OWNED, to_port_id=rid, conditions=[_conditions()] * L.MAX_MIRROR_CONDITIONS),
+        LoadBalancer(router_id=rid),
+        Pool(load_balancer_id=rid, health_monitor_id=rid, status="INACTIVE"),
+        PoolMember(pool_id=rid, address="223.255.255.254", protocol_port=65535,
+                   weight=L.MAX_MEMBER_WEIGHT, admin_state_up=False, status="INACTIVE"),
+        Vip(load_balancer_id=rid, pool_id=rid, address="223.255.255.254", protocol_port=65535,
+            session_persistence="SOURCE_IP", admin_state_up=False),
+        HealthMonitor(delay=L.MAX_HEALTH_MONITOR_DELAY, timeout=L.MAX_HEALTH_MONITOR_DELAY,
+                      max_retries=10, admin_state_up=False, status="INACTIVE"),
         NeutronNetwork(**NEUTRON, bridge_id=rid, router_external=True, mtu=65535),
         NeutronSubnet(
             **NEUTRON, network_id=rid, dhcp_subnet_id=rid, cidr="192.168.0.0/16",

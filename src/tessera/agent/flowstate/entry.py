@@ -11,7 +11,14 @@ range checks a decoder makes before bytes become an entry.
 from __future__ import annotations
 
 from tessera.packet.addr import ip_to_str
-from tessera.simulation.flowstate import ConnKey, ConntrackEntry, FlowStateEntry, NatEntry, NatKey
+from tessera.simulation.flowstate import (
+    STICKY_TIMEOUT,
+    ConnKey,
+    ConntrackEntry,
+    FlowStateEntry,
+    NatEntry,
+    NatKey,
+)
 from tessera.simulation.tags import conntrack_tag, nat_tag
 
 PROTO_ICMP = 1
@@ -71,6 +78,20 @@ def tcp_state(proto: int, tcp_flags: int) -> str:
 
 def default_timeout(proto: int) -> float:
     return TIMEOUTS.get(proto, DEFAULT_TIMEOUT)
+
+
+def entry_timeout(entry: FlowStateEntry) -> float:
+    """The idle timeout a new entry starts with: its protocol's, but a load balancer's
+    sticky entry (`sticky_dnat`) has its own, far longer one (`STICKY_TIMEOUT`)."""
+    if is_sticky(entry.key):
+        return STICKY_TIMEOUT
+    return default_timeout(entry.key.proto)
+
+
+def is_sticky(key: StateKey) -> bool:
+    """A client's member under SOURCE_IP persistence: it outlives its connections, so a
+    connection's FIN or RST must not shorten it."""
+    return isinstance(key, NatKey) and key.kind == "sticky_dnat"
 
 
 def key_of(entry: FlowStateEntry) -> StateKey:

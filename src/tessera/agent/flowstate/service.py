@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.flowstate import persist
-from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, default_timeout
+from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, entry_timeout, is_sticky
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
 from tessera.agent.flowstate.table import ConnTable, Tracked
@@ -202,10 +202,15 @@ class FlowStateService:
             return 0
         entries = list(entries)
         addresses = list(addresses)
-        updates: list[Update] = [("add", e, default_timeout(e.key.proto)) for e in entries]
+        updates: list[Update] = [("add", e, entry_timeout(e)) for e in entries]
         for e in entries:  # so that they hear of its removal
             self.table.shared_with(e.key, addresses)
-        return self.sender.send(addresses, updates)
+        # Sticky entries in messages of their own: a peer that does not know the kind
+        # yet (an older agent) refuses the message that carries one, not the others.
+        plain = [u for u in updates if not is_sticky(u[1].key)]
+        sticky = [u for u in updates if is_sticky(u[1].key)]
+        sent = self.sender.send(addresses, plain) if plain else 0
+        return sent + (self.sender.send(addresses, sticky) if sticky else 0)
 
     def _withdraw(self, gone: Iterable[Tracked]) -> int:
         """Tell the hosts each expired entry of ours was pushed to that it is gone."""

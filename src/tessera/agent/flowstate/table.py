@@ -48,7 +48,8 @@ from tessera.agent.flowstate.entry import (
     TCP_RST_TIMEOUT,
     StateKey,
     closing_timeout,
-    default_timeout,
+    entry_timeout,
+    is_sticky,
     tag_of,
 )
 from tessera.datapath.base import FlowStats
@@ -128,7 +129,7 @@ class ConnTable:
         `origin`: the peer that pushed it (None: created here, and then ours to remove
         even if a peer pushed it first)."""
         if timeout is None:
-            timeout = default_timeout(entry.key.proto)
+            timeout = entry_timeout(entry)
         with self._lock:
             key = entry.key
             old = self._entries.get(key)
@@ -365,8 +366,9 @@ class ConnTable:
     # -- internals (lock held) ----------------------------------------------------------
 
     def _note_flags(self, tracked: Tracked, flags: int) -> bool:
-        """OR in `flags` and shorten a TCP entry; whether FIN or RST is new to it."""
-        if tracked.entry.key.proto != PROTO_TCP:
+        """OR in `flags` and shorten a TCP entry; whether FIN or RST is new to it. A
+        sticky entry is no connection's: its connections closing leave it be."""
+        if tracked.entry.key.proto != PROTO_TCP or is_sticky(tracked.entry.key):
             return False
         new = flags & ~tracked.tcp_flags & (TCP_FIN | TCP_RST)
         tracked.tcp_flags |= flags

@@ -10,7 +10,8 @@
       seq       Q    per (sender, epoch), starting at 1, +1 per message
     record (27 bytes + device)
       op        B    1 add, 2 remove, 3 fin, 4 rst
-      kind      B    1 conntrack, 2 fwd_snat, 3 fwd_dnat, 4 rev_snat, 5 rev_dnat
+      kind      B    1 conntrack, 2 fwd_snat, 3 fwd_dnat, 4 rev_snat, 5 rev_dnat,
+                     6 sticky_dnat (a load balancer's client -> member, source port 0)
       proto     B
       flags     B    0 (reserved)
       src_ip, dst_ip        I I
@@ -69,7 +70,13 @@ MAX_RECORD = _RECORD.size + MAX_ZONE_BYTES
 
 _OPS = {1: "add", 2: "remove", 3: "fin", 4: "rst"}
 _OP_CODES = {"add": 1, "remove": 2, "fin": 3, "rst": 4}
-_NAT_KINDS: dict[int, NatKind] = {2: "fwd_snat", 3: "fwd_dnat", 4: "rev_snat", 5: "rev_dnat"}
+_NAT_KINDS: dict[int, NatKind] = {
+    2: "fwd_snat",
+    3: "fwd_dnat",
+    4: "rev_snat",
+    5: "rev_dnat",
+    6: "sticky_dnat",
+}
 _KIND_CODES: dict[str, int] = {"conntrack": 1, **{v: k for k, v in _NAT_KINDS.items()}}
 
 Op = Literal["add", "remove", "fin", "rst"]

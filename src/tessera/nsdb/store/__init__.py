@@ -48,6 +48,10 @@ Integrity choices (each enforced inside the operation's own transaction):
   host serialise on the host object). Re-binding a bound port moves it; unlinking an
   unlinked port is a no-op.
 - Adding a member that is already there is a 409 and removing one that is not a 404.
+- Load balancers (`load_balancers.py`): one per router; a VIP's pool is of the VIP's
+  load balancer; members of a pool and VIPs of a load balancer differ in (address,
+  port); a pool's `load_balancer_id` is fixed at creation. `status` of pools, members
+  and health monitors is server-owned, written by `set_status`.
 - Hosts are created only by `register_host` (agents); `Host.alive` is written by the
   cluster's liveness janitor from the ephemeral liveness table; a live host cannot be
   deleted.

@@ -55,6 +55,8 @@ FIXED_FIELDS: dict[str, frozenset[str]] = {
     - frozenset(KINDS["ports"].read_only),
     "dhcp_subnets": frozenset({"subnet_prefix", "subnet_length"}),
     "tunnel_zones": frozenset({"type"}),
+    # A pool moved to another load balancer would leave the VIPs naming it in the old one.
+    "pools": frozenset({"load_balancer_id"}),
 }
 
 # Clearing one field of a pair must clear its partner, or the object is invalid.

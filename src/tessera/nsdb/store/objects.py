@@ -14,6 +14,7 @@ from tessera.model.devices import router_port_mac
 from tessera.model.types import network_of
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
+from tessera.nsdb.store import load_balancers
 from tessera.nsdb.store.connections import Binding, bind
 from tessera.nsdb.store.integrity import FIXED_FIELDS, check_refs, replace, server_owned
 from tessera.nsdb.store.transaction import Transaction
@@ -83,6 +84,7 @@ def create(
     else:
         presented = obj
     check_refs(tx, obj, None)
+    load_balancers.check(tx, obj)
     tx.create(obj)
     if bind_to is not None:
         if not isinstance(obj, Port):
@@ -238,6 +240,7 @@ def update(tx: Transaction, cls: type[T], id: str, fields: Mapping[str, Any]) ->
         presented = _move_rule(tx, new, fields.get("position") or 0)
         new = new.model_copy(update={"position": 0})
     check_refs(tx, new, old)
+    load_balancers.check(tx, new)
     tx.put(new)
     return presented
 

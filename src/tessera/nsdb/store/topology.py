@@ -20,8 +20,11 @@ from tessera.model import (
     Chain,
     DhcpHost,
     DhcpSubnet,
+    HealthMonitor,
     Host,
     IpAddrGroup,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -31,6 +34,7 @@ from tessera.model import (
     TunnelZone,
     TunnelZoneHost,
 )
+from tessera.model.load_balancers import LbStatus
 from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.codec import describe
@@ -348,6 +352,38 @@ class TopologyStore:
             cascade_delete(tx, Host.kind, host_id)
 
         self._run(f"deleting host {host_id}", body)
+
+    # -- load balancer status ---------------------------------------------------------------
+
+    def set_status(
+        self, cls: type[Pool] | type[PoolMember] | type[HealthMonitor], id: str, status: LbStatus
+    ) -> bool:
+        """Write the server-owned `status` of a pool, pool member or health monitor (the
+        health-monitor service marking a member down or up); False when the object does
+        not exist (any more) or already says so. Nothing else of the object changes: a
+        concurrent update by a client is kept, the loser of the race re-runs."""
+
+        def body(tx: Transaction) -> bool:
+            obj = tx.find(cls.kind, id)
+            if not isinstance(obj, cls) or obj.status == status:
+                return False
+            tx.put(obj.model_copy(update={"status": status}))
+            return True
+
+        return self._run(f"marking {describe(cls.kind, id)} {status}", body)
+
+    def children(
+        self, parent: type[StoredObject], parent_id: str, cls: type[T], field: str
+    ) -> builtins.list[T]:
+        """The objects of `cls` whose `field` names `parent_id` (a load balancer's pools,
+        a pool's members...), by id; `NotFound` when the parent does not exist."""
+
+        def body(tx: Transaction) -> builtins.list[T]:
+            tx.get(parent, parent_id)
+            found = (o for o in tx.all_of(cls) if getattr(o, field) == parent_id)
+            return sorted(found, key=lambda o: o.id)
+
+        return self._read(body)
 
     # -- state tables ---------------------------------------------------------------------------
 
