@@ -146,8 +146,7 @@ def render_tree(trace: Mapping[str, Any]) -> Tree:
         rewrites = [f"{k}={v}" for k, v in copy.items() if k not in ("port_id", "mirror_id")]
         extra = f", {', '.join(rewrites)}" if rewrites else ""
         outcome.add(
-            f"[magenta]mirror copy to port {copy['port_id']} "
-            f"(mirror {copy['mirror_id']}{extra})[/]"
+            f"[magenta]mirror copy to port {copy['port_id']} (mirror {copy['mirror_id']}{extra})[/]"
         )
     for pkt in trace.get("emitted", []):
         outcome.add(f"[magenta]emit {pkt['kind']} out of port {pkt['port_id']}[/]")

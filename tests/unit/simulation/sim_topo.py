@@ -14,6 +14,7 @@ from typing import Any, cast
 from tessera.model import (
     Bridge,
     Chain,
+    Conditions,
     DhcpSubnet,
     IpAddrGroup,
     Mirror,
@@ -172,7 +173,12 @@ class Topo:
     def mirror(self, to_port: Port, *conditions: dict[str, Any], name: str = "") -> Mirror:
         """A mirror to `to_port`: copies what matches any of `conditions` (none: all)."""
         return self.add(  # type: ignore[no-any-return]
-            Mirror(id=uid(), name=name, to_port_id=to_port.id, conditions=list(conditions))
+            Mirror(
+                id=uid(),
+                name=name,
+                to_port_id=to_port.id,
+                conditions=[Conditions.model_validate(c) for c in conditions],
+            )
         )
 
     def port_group(self, *ports: StoredObject) -> PortGroup:

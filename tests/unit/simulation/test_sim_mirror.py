@@ -154,7 +154,9 @@ def test_copies_carry_the_rewrites_made_so_far(net: Net) -> None:
     assert res.outputs == (routed,)
     by_mirror = {c.mirror_id: c.output for c in res.mirrored}
     assert by_mirror[before.id] == Output(net.cap.id)
-    assert by_mirror[after.id] == Output(net.cap.id, eth_src=0x02AA_0000_0002, eth_dst=mac(3), ttl_dec=1)
+    assert by_mirror[after.id] == Output(
+        net.cap.id, eth_src=0x02AA_0000_0002, eth_dst=mac(3), ttl_dec=1
+    )
     assert by_mirror[at_vm3.id] == by_mirror[after.id]
     assert [c.mirror_id for c in res.mirrored] == [before.id, after.id, at_vm3.id]
 
