@@ -230,6 +230,7 @@ def add_chains(t: Topo, data: st.DataObject, port_ids: list[str]) -> None:
             except ValidationError:
                 continue
         target = t.objects[draw(st.sampled_from(port_ids))]
+        assert isinstance(target, Port)
         mirror = t.mirror(target, *[c.model_dump() for c in conds])
         owner = t.objects[draw(st.sampled_from(devices)).id]
         field = draw(st.sampled_from(["inbound_mirror_ids", "outbound_mirror_ids"]))
