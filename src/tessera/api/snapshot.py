@@ -12,6 +12,7 @@ from tessera.model import (
     Chain,
     DhcpSubnet,
     IpAddrGroup,
+    Mirror,
     Port,
     PortGroup,
     Route,
@@ -33,7 +34,7 @@ def load_snapshot(nsdb: Nsdb) -> Snapshot:
     entries are skipped: they are written by agents, and one bad entry must not make the
     whole cloud untraceable.
     """
-    kinds = (Bridge, Router, Port, Route, Chain, Rule, PortGroup, IpAddrGroup, DhcpSubnet)
+    kinds = (Bridge, Router, Port, Route, Chain, Rule, PortGroup, IpAddrGroup, DhcpSubnet, Mirror)
     objects: list[StoredObject] = []
     for cls in kinds:
         objects.extend(s.value for s in nsdb.list(cls.kind))
