@@ -115,8 +115,9 @@ class MirrorBed(Agents):
 
     def captured(self) -> int:
         """Packets cap's eth0 has received so far."""
-        out = self.vms["cap"].run("cat", "/sys/class/net/eth0/statistics/rx_packets", timeout=5)
-        return int(out.stdout.strip())
+        # `ip -n` reads the namespace's own counters (/sys would be the root's).
+        out = self.vms["cap"].ip("-s", "-j", "link", "show", "eth0", timeout=5)
+        return int(json.loads(out.stdout)[0]["stats64"]["rx"]["packets"])
 
 
 def run(lab: Lab, p: dict[str, Any], log: Callable[[str], None], info: dict[str, Any]) -> list[Row]:
