@@ -9,6 +9,9 @@ filter. Egress: a port that is down drops; the port's outbound filter; then an i
 port hands the packet to its peer, and an exterior port is where the packet leaves the
 virtual network (on this host or another: the agent decides).
 
+A port's mirrors (`mirror.py`) copy the packet first thing on ingress and, on egress,
+once its outbound filter accepted it.
+
 A `reject` verdict on a router port (or on a chain run for a router) answers with ICMP
 administratively prohibited; on the bridge side there is no address to send it from, so
 it is a drop.

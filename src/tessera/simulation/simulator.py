@@ -10,6 +10,9 @@ device visits, rules tested, chain nesting) end the run the same way, and the re
 names the limit (`SimulationResult.limit`); a trace stops growing at `MAX_TRACE_NODES`
 steps and says so.
 
+A device's mirrors (`mirror.py`) copy the packet here, as it enters the device and as
+the device's action sends it on; a port's, in `port.py`.
+
 Packets the network generates (ARP requests and replies, ICMP, DHCP) leave a port: from
 an exterior port they are emitted as they are; from an interior one they are simulated
 onwards, in a child run, until they leave the virtual network, so `EmittedPacket`s are
