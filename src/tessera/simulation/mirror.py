@@ -55,8 +55,8 @@ def copy(
         sim.tags.update(mirror.tags)
         label = f"{where} mirror {mirror.name or mirror.id}"
         if mirror.conditions:
-            sim.count_rules(len(mirror.conditions))
             i = mirror.first_match(m, in_port, out_port, 0, sim.forward)
+            sim.count_rules(i + 1 if i >= 0 else len(mirror.conditions))  # as a chain's
             if i < 0:
                 if node is not None:
                     node.add("mirror", mirror.id, f"{label}: no condition matches, no copy")

@@ -228,3 +228,17 @@ def test_a_broadcast_from_the_capture_side_is_not_mirrored_back(net: Net) -> Non
     t.set(net.vm1, inbound_mirror_ids=[mirror.id])
     res = t.send(net.cap, tcp(mac(7), BROADCAST, "10.0.0.7", "10.0.0.255"))
     assert res.mirrored == ()
+
+
+def test_a_reply_the_network_generates_is_copied_where_it_passes(net: Net) -> None:
+    t = net.t
+    mirror = t.mirror(net.cap)
+    t.set(net.vm1, outbound_mirror_ids=[mirror.id])
+    res = t.send(net.vm1, ping(mac(1), 0x02AA_0000_0001, "10.0.0.10", "10.0.0.1"))
+    assert res.verdict is Verdict.CONSUMED, "the router answers the ping"
+    kinds = {(e.port_id, e.kind) for e in res.emitted}
+    assert kinds == {(net.vm1.id, "icmp_echo_reply"), (net.cap.id, "mirror")}
+    reply = next(e.frame for e in res.emitted if e.kind == "icmp_echo_reply")
+    copy = next(e.frame for e in res.emitted if e.kind == "mirror")
+    assert copy == reply, "the copy is the reply as it left vm1's port"
+    assert res.mirrored == (), "sent once, from the agent, like the reply"
