@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/mirror.py [--quick] [--json | --markdown]
         [--rounds N] [--seconds S]
+    .venv/bin/python bench/mirror.py --from-json run.json [--markdown]
 
 One run, one set of namespaces (``tsmr-<run id>-*``, removed at the end even on failure
 or Ctrl-C): two hosts served by real ``tessera agent`` processes (eBPF datapath):
@@ -24,6 +25,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -163,7 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--rounds", type=int, help="alternating without/with pairs")
     ap.add_argument("--seconds", type=float, help="iperf3 duration per measurement")
+    ap.add_argument(
+        "--from-json", type=Path, metavar="FILE", help="print a saved --json run again, run nothing"
+    )
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.from_json is not None:
+        try:
+            saved = json.loads(args.from_json.read_text())
+            saved_rows = [Row.from_dict(r) for r in saved["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: cannot read {args.from_json}: {e}", file=sys.stderr)
+            return 2
+        print(render_markdown(saved_rows) if args.markdown else render(saved_rows))
+        print()
+        print(machine_line(saved["machine"]))
+        return 0
     p = {
         "rounds": args.rounds or (2 if args.quick else 4),
         "seconds": args.seconds or (2 if args.quick else 4),
