@@ -7,8 +7,8 @@ NSDB deliveries become changes. What is held and the `View` the simulation reads
 Loading. Ports are watched as a whole, because a binding is a field of a port and finding
 this host's bindings needs every port. Everything else is loaded on demand, as MidoNet
 does: the devices of bound ports, then whatever a loaded object points at (peer ports'
-devices, filter chains, their rules, jump targets, port and address groups, a router's
-routes and ARP table, a bridge's DHCP subnets and MAC table) — the closure of what bound
+devices, filter chains, their rules, jump targets, port and address groups, mirrors, a
+router's routes and ARP table, a bridge's DHCP subnets and MAC table) — the closure of what bound
 ports can reach, and nothing else. A simulation that still meets a missing object asks
 for it with `want()` and is re-run when `CacheUpdate.loaded` names it.
 
@@ -38,10 +38,12 @@ from tessera.agent.tags import tags_of_change
 from tessera.model import (
     Bridge,
     Chain,
+    Conditions,
     DhcpSubnet,
     Host,
     IpAddrGroup,
     LoadBalancer,
+    Mirror,
     Pool,
     PoolMember,
     Port,
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 ON_DEMAND = frozenset(
     {Bridge.kind, Router.kind, Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind}
+    | {Mirror.kind}
 )
 DEVICE_KIND = {"Bridge": Bridge.kind, "Router": Router.kind}
 _CHILDREN = {Route.kind: "router_id", DhcpSubnet.kind: "bridge_id"}
@@ -241,6 +244,10 @@ class TopologyCache:
 
     def _closure(self, obj: StoredObject) -> None:
         """Want what a newly relevant object points at (lock held)."""
+        if isinstance(obj, Port | Bridge | Router):
+            # Mirrors, but not their target ports' devices: a copy goes straight out.
+            for mirror in (*obj.inbound_mirror_ids, *obj.outbound_mirror_ids):
+                self.want(Mirror.kind, mirror)
         if isinstance(obj, Port):
             self.want(DEVICE_KIND[obj.type], obj.device_id)
             for chain in (obj.inbound_filter_id, obj.outbound_filter_id):
@@ -262,11 +269,18 @@ class TopologyCache:
         elif isinstance(obj, Rule):
             if obj.jump_chain_id:
                 self.want(Chain.kind, obj.jump_chain_id)
-            if obj.port_group:
-                self.want(PortGroup.kind, obj.port_group)
-            for group in (obj.ip_addr_group_src, obj.ip_addr_group_dst):
-                if group:
-                    self.want(IpAddrGroup.kind, group)
+            self._want_groups(obj)
+        elif isinstance(obj, Mirror):
+            for cond in obj.conditions:
+                self._want_groups(cond)
+
+    def _want_groups(self, cond: Conditions) -> None:
+        """The port and address groups a rule's or a mirror's conditions name."""
+        if cond.port_group:
+            self.want(PortGroup.kind, cond.port_group)
+        for group in (cond.ip_addr_group_src, cond.ip_addr_group_dst):
+            if group:
+                self.want(IpAddrGroup.kind, group)
 
     def _relevant_port(self, port: Port) -> bool:
         return port.host_id == self.host_id or port.device_id in self.state.of(

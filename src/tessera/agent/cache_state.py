@@ -32,6 +32,7 @@ from tessera.model import (
     Host,
     IpAddrGroup,
     LoadBalancer,
+    Mirror,
     Pool,
     PoolMember,
     Port,
@@ -56,6 +57,7 @@ KIND_ALIASES = {
     "rule": Rule.kind,
     "port_group": PortGroup.kind,
     "ip_addr_group": IpAddrGroup.kind,
+    "mirror": Mirror.kind,
 }
 
 MacTable = dict[tuple[int, int], str]  # (vlan, mac) -> port id
@@ -242,6 +244,11 @@ class CacheState:
             assert isinstance(p, Port)
             if p.peer_id and p.peer_id in ports:
                 relevant.setdefault(p.peer_id, ports[p.peer_id])
+        # Mirrors' target ports (every port is held): a copy needs the port, not its device.
+        for mirror in self.of(Mirror.kind).values():
+            assert isinstance(mirror, Mirror)
+            if mirror.to_port_id in ports:
+                relevant.setdefault(mirror.to_port_id, ports[mirror.to_port_id])
         objects.extend(relevant.values())
         objects.extend(
             r
@@ -253,7 +260,7 @@ class CacheState:
             for d in self.of(DhcpSubnet.kind).values()
             if isinstance(d, DhcpSubnet) and d.bridge_id in complete
         )
-        for kind in (Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind):
+        for kind in (Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind, Mirror.kind):
             objects.extend(self.of(kind).values())
         # Load balancers of complete routers with all their VIPs, pools and members.
         lbs = {

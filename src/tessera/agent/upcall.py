@@ -381,9 +381,14 @@ class UpcallHandler:
         return DesiredFlow(flow, tags, result.expiry, self.clock())
 
     def _actions(self, result: SimulationResult) -> tuple[list[Action], set[str]]:
-        if result.verdict is not Verdict.FORWARD:
+        """The datapath actions: the outputs of a FORWARD, and the copies mirrors make
+        of any packet (a dropped or answered one too), in one list."""
+        outputs = result.outputs if result.verdict is Verdict.FORWARD else ()
+        if result.mirrored:
+            outputs = (*outputs, *(c.output for c in result.mirrored))
+        if not outputs:
             return [], set()
-        t = translate(result.outputs, result.match, self.locate)
+        t = translate(outputs, result.match, self.locate)
         if t.extra_mask:
             result.match.record(Field(t.extra_mask))
         return t.actions, t.tags

@@ -13,6 +13,7 @@ from tessera.model import (
     DhcpSubnet,
     IpAddrGroup,
     LoadBalancer,
+    Mirror,
     Pool,
     PoolMember,
     Port,
@@ -38,7 +39,8 @@ def load_snapshot(nsdb: Nsdb) -> Snapshot:
     whole cloud untraceable.
     """
     kinds: tuple[type[StoredObject], ...] = (Bridge, Router, Port, Route, Chain, Rule)
-    kinds += (PortGroup, IpAddrGroup, DhcpSubnet, LoadBalancer, Vip, Pool, PoolMember)
+    kinds += (PortGroup, IpAddrGroup, DhcpSubnet, Mirror)
+    kinds += (LoadBalancer, Vip, Pool, PoolMember)
     objects: list[StoredObject] = []
     for cls in kinds:
         objects.extend(s.value for s in nsdb.list(cls.kind))

@@ -121,6 +121,7 @@ _STYLE = {
     "note": "dim",
     "conntrack": "cyan",
     "nat": "cyan",
+    "mirror": "magenta",
 }
 
 
@@ -141,6 +142,12 @@ def render_tree(trace: Mapping[str, Any]) -> Tree:
         rewrites = [f"{k}={v}" for k, v in out.items() if k != "port_id"]
         extra = f" ({', '.join(rewrites)})" if rewrites else ""
         outcome.add(f"[green]output to port {out['port_id']}{extra}[/]")
+    for copy in trace.get("mirrored", []):
+        rewrites = [f"{k}={v}" for k, v in copy.items() if k not in ("port_id", "mirror_id")]
+        extra = f", {', '.join(rewrites)}" if rewrites else ""
+        outcome.add(
+            f"[magenta]mirror copy to port {copy['port_id']} (mirror {copy['mirror_id']}{extra})[/]"
+        )
     for pkt in trace.get("emitted", []):
         outcome.add(f"[magenta]emit {pkt['kind']} out of port {pkt['port_id']}[/]")
     for update in trace.get("state_updates", []):

@@ -151,9 +151,7 @@ class RouterGateway(TesseraModel):
     router_port_id: Uuid
     enable_snat: bool = True
     route_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_ROUTER_GATEWAY_ROUTES)
-    snat_rule_ids: list[Uuid] = Field(
-        default_factory=list, max_length=L.MAX_ROUTER_GATEWAY_RULES
-    )
+    snat_rule_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_ROUTER_GATEWAY_RULES)
 
 
 class StaticRoute(TesseraModel):
@@ -205,6 +203,8 @@ class NeutronFloatingIp(NeutronObject):
     fixed_ip_address: IPv4Addr | None = None
     router_id: Uuid | None = None
     rule_ids: list[Uuid] = Field(default_factory=list, max_length=L.MAX_FLOATING_IP_RULES)
+
+
 class NeutronSecurityGroup(NeutronObject):
     """A Neutron security group; its tessera form (docs/security-groups.md) is an IP
     address group (its members' addresses), a port group (its members) and two chains

@@ -31,6 +31,7 @@ from tessera.simulation.result import (
     EmitKind,
     EmittedPacket,
     ExpiryClass,
+    MirrorCopy,
     Output,
     SimulationResult,
     StateUpdate,
@@ -139,6 +140,7 @@ class Simulation:
         "generator",
         "limit",
         "mac_overlay",
+        "mirrored",
         "nat_overlay",
         "new_state",
         "now",
@@ -187,6 +189,7 @@ class Simulation:
         self.tags: set[str] = set()
         self.outputs: dict[Output, None] = {}  # ordered set: a flood may reach a port twice
         self.emitted: list[EmittedPacket] = []
+        self.mirrored: list[MirrorCopy] = []  # a list: two mirrors may copy alike
         self.updates: list[StateUpdate] = []
         self.waits: list[ArpWait] = []
         self.drops: list[str] = []
@@ -326,22 +329,16 @@ class Simulation:
         if not modified:
             self.outputs[Output(port_id)] = None
             return
-        eth_src = m.eth_src if modified & _ETH_SRC else None
-        eth_dst = m.eth_dst if modified & _ETH_DST else None
-        ttl_dec = 0
-        if modified & _IP_TTL:
-            ttl_dec = m.original()["ip_ttl"] - m.ip_ttl
-        out = Output(port_id, eth_src, eth_dst, ttl_dec)
-        if modified & _L3L4:
-            out = replace(
-                out,
-                nw_src=m.ip_src if modified & _IP_SRC else None,
-                nw_dst=m.ip_dst if modified & _IP_DST else None,
-                tp_src=m.tp_src if modified & _TP_SRC else None,
-                tp_dst=m.tp_dst if modified & _TP_DST else None,
-                icmp_id=m.icmp_id if modified & _ICMP_ID else None,
-            )
-        self.outputs[out] = None
+        self.outputs[port_output(m, port_id)] = None
+
+    def mirror_copy(self, mirror_id: str, m: FlowMatch, port_id: str) -> None:
+        """A mirror sends a copy of the packet, as `m` has it now, out of `port_id`
+        (not a terminal call: the branch goes on)."""
+        if m.icmp_data is not None:  # a quote NAT rewrote: no flow action can copy it
+            self.emit(port_id, related.translated_frame(self, m), "mirror")
+            self.uncacheable = True
+            return
+        self.mirrored.append(MirrorCopy(mirror_id, port_output(m, port_id)))
 
     def drop(self, reason: str, node: TraceNode | None = None) -> None:
         self.drops.append(reason)
@@ -370,6 +367,8 @@ class Simulation:
         becomes an emitted packet, with that branch's rewrites applied to its bytes."""
         for out in child.outputs:
             self.emit(out.port_id, _rewritten(base, out), kind)
+        for c in child.mirrored:  # copies of a generated packet: sent once, like it
+            self.emit(c.output.port_id, _rewritten(base, c.output), "mirror")
         self.emitted.extend(child.emitted)
         self.updates.extend(u for u in child.updates if u not in self.updates)
         self.tags |= child.tags
@@ -381,6 +380,9 @@ class Simulation:
             self.limit = child.limit
 
     def result(self, m: FlowMatch, trace: TraceNode | None) -> SimulationResult:
+        # Copies are made by the flow the result installs, and a held packet (HOLD) makes
+        # them again when it is simulated again: only the other verdicts carry them.
+        mirrored = tuple(self.mirrored)
         settle_ttl(m, self.outputs)
         visits, rules = self.cost()
         tags = frozenset(self.tags)
@@ -432,7 +434,29 @@ class Simulation:
             limit=self.limit,
             devices_visited=visits,
             rules_evaluated=rules,
+            mirrored=mirrored,
         )
+
+
+def port_output(m: FlowMatch, port_id: str) -> Output:
+    """The packet as `m` has it now, out of `port_id`: its rewrites so far."""
+    modified = int(m.modified)
+    eth_src = m.eth_src if modified & _ETH_SRC else None
+    eth_dst = m.eth_dst if modified & _ETH_DST else None
+    ttl_dec = 0
+    if modified & _IP_TTL:
+        ttl_dec = m.original()["ip_ttl"] - m.ip_ttl
+    out = Output(port_id, eth_src, eth_dst, ttl_dec)
+    if modified & _L3L4:
+        out = replace(
+            out,
+            nw_src=m.ip_src if modified & _IP_SRC else None,
+            nw_dst=m.ip_dst if modified & _IP_DST else None,
+            tp_src=m.tp_src if modified & _TP_SRC else None,
+            tp_dst=m.tp_dst if modified & _TP_DST else None,
+            icmp_id=m.icmp_id if modified & _ICMP_ID else None,
+        )
+    return out
 
 
 def settle_ttl(m: FlowMatch, outputs: Iterable[Output]) -> None:

@@ -9,6 +9,9 @@ filter. Egress: a port that is down drops; the port's outbound filter; then an i
 port hands the packet to its peer, and an exterior port is where the packet leaves the
 virtual network (on this host or another: the agent decides).
 
+A port's mirrors (`mirror.py`) copy the packet first thing on ingress and, on egress,
+once its outbound filter accepted it.
+
 A `reject` verdict on a router port (or on a chain run for a router) answers with ICMP
 administratively prohibited; on the bridge side there is no address to send it from, so
 it is a drop.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from tessera.packet import icmp as icmp_codes
 from tessera.packet.match import FlowMatch
-from tessera.simulation import dhcp, icmp
+from tessera.simulation import dhcp, icmp, mirror
 from tessera.simulation.chain import apply_chain
 from tessera.simulation.context import Simulation
 from tessera.simulation.result import TraceNode
@@ -30,6 +33,8 @@ def ingress(
 ) -> bool:
     """Whether the packet gets past the port into its device."""
     sim.tags.add(port.id)
+    if port.inbound_mirrors:
+        mirror.copy(sim, m, port.inbound_mirrors, port.id, None, node, "port inbound")
     if not port.admin_up:
         if port.is_router:
             icmp.prohibited(sim, m, port, hops, node, from_down_port=True)
@@ -80,6 +85,8 @@ def egress(
         if verdict != "accept":
             reject(sim, m, in_port if in_port.is_router else None, verdict, hops, node)
             return None
+    if port.outbound_mirrors:
+        mirror.copy(sim, m, port.outbound_mirrors, in_port.id, port.id, node, "port outbound")
     if port.peer_id is not None:
         return port.peer_id
     sim.output(m, port.id)

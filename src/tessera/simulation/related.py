@@ -202,6 +202,13 @@ def emit_translated(sim: Simulation, m: FlowMatch, port_id: str) -> None:
     the arriving frame with this branch's rewrites (MACs, TTL, addresses) and quote,
     and its IP and ICMP checksums computed again (see the module doc: no flow action
     can rewrite a quote)."""
+    sim.emit(port_id, translated_frame(sim, m), "icmp_error")
+    sim.consumed = True
+    sim.uncacheable = True
+
+
+def translated_frame(sim: Simulation, m: FlowMatch) -> bytes:
+    """The arriving error with this branch's rewrites and its quote as NAT rewrote it."""
     data = m.icmp_data
     assert data is not None
     frame = bytearray(sim.frame)
@@ -228,6 +235,4 @@ def emit_translated(sim: Simulation, m: FlowMatch, port_id: str) -> None:
     end = start + len(data)
     frame[l4 + 2 : l4 + 4] = b"\x00\x00"
     frame[l4 + 2 : l4 + 4] = internet_checksum(bytes(frame[l4:end])).to_bytes(2, "big")
-    sim.emit(port_id, bytes(frame), "icmp_error")
-    sim.consumed = True
-    sim.uncacheable = True
+    return bytes(frame)

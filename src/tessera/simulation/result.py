@@ -44,7 +44,9 @@ class ExpiryClass(StrEnum):
     TUNNEL = "tunnel"
 
 
-EmitKind = Literal["arp_request", "arp_reply", "icmp_echo_reply", "icmp_error", "dhcp_reply"]
+EmitKind = Literal[
+    "arp_request", "arp_reply", "icmp_echo_reply", "icmp_error", "dhcp_reply", "mirror"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,22 @@ class PortOutput:
 
 #: The former name, for the simulation's own modules and tests until they say PortOutput.
 Output = PortOutput
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorCopy:
+    """A copy of the packet that mirror `mirror_id` sends out of `output.port_id`, with
+    the rewrites the packet had where the mirror saw it (see `mirror.py`).
+
+    Copies are sent with the packet's outputs, by the same flow, but are not outputs:
+    the packet's verdict and connection state ignore them.
+    """
+
+    mirror_id: str
+    output: PortOutput
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mirror_id": self.mirror_id, **self.output.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +273,9 @@ class SimulationResult:
     # What the simulation cost, the packets it generated included.
     devices_visited: int = 0
     rules_evaluated: int = 0
+    # Copies mirrors make of the packet (FORWARD, DROP and CONSUMED alike): sent along
+    # with `outputs`, by the flow when it is cached.
+    mirrored: tuple[MirrorCopy, ...] = ()
 
     @property
     def cacheable(self) -> bool:
@@ -277,6 +298,7 @@ class SimulationResult:
             "verdict": str(self.verdict),
             "drop_reason": self.drop_reason,
             "outputs": [o.to_dict() for o in self.outputs],
+            "mirrored": [c.to_dict() for c in self.mirrored],
             "emitted": [e.to_dict() for e in self.emitted],
             "match": masked,
             "tags": sorted(self.tags),

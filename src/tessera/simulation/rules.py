@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera.model import Rule
+from tessera.model import Conditions, Rule
 from tessera.packet.addr import ip_from_str, mac_from_str, prefix_mask
 from tessera.packet.ethernet import ETH_TYPE_ARP, ETH_TYPE_IPV4
 from tessera.packet.ipv4 import PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP
@@ -170,7 +170,60 @@ def compile_rule(
     e = _Expr(f"_r{position}_")
     words: list[str] = []
     group_tags: list[str] = []
+    _add_conditions(rule, e, words, group_tags, port_groups, ip_groups)
+    nat = tuple(
+        NatRange(ip_from_str(t.address_from), ip_from_str(t.address_to), t.port_from, t.port_to)
+        for t in rule.nat_targets
+    )
+    return CompiledRule(
+        id=rule.id,
+        chain_id=rule.chain_id,
+        position=position,
+        action=rule.type,
+        jump_chain_id=rule.jump_chain_id,
+        expression=e.source(),
+        constants=e.constants,
+        group_tags=tuple(group_tags),
+        summary=" and ".join(words) or "any packet",
+        nat=nat,
+        flow_action=rule.flow_action,
+    )
 
+
+def compile_conditions(
+    conditions: Conditions,
+    owner_id: str,
+    position: int,
+    port_groups: Mapping[str, frozenset[str]],
+    ip_groups: Mapping[str, frozenset[int]],
+) -> CompiledRule:
+    """Conditions that are not a rule's (a mirror's): compiled the same way, as a
+    rule of `owner_id` with no action of its own (`action` "match")."""
+    e = _Expr(f"_r{position}_")
+    words: list[str] = []
+    group_tags: list[str] = []
+    _add_conditions(conditions, e, words, group_tags, port_groups, ip_groups)
+    return CompiledRule(
+        id=f"{owner_id}#{position}",
+        chain_id=owner_id,
+        position=position,
+        action="match",
+        jump_chain_id=None,
+        expression=e.source(),
+        constants=e.constants,
+        group_tags=tuple(group_tags),
+        summary=" and ".join(words) or "any packet",
+    )
+
+
+def _add_conditions(
+    rule: Conditions,
+    e: _Expr,
+    words: list[str],
+    group_tags: list[str],
+    port_groups: Mapping[str, frozenset[str]],
+    ip_groups: Mapping[str, frozenset[int]],
+) -> None:
     def neg(inv: bool) -> str:
         return "not " if inv else ""
 
@@ -260,23 +313,6 @@ def compile_rule(
     elif rule.match_return_flow:
         e.add("not ct()")
         words.append("return flow")
-    nat = tuple(
-        NatRange(ip_from_str(t.address_from), ip_from_str(t.address_to), t.port_from, t.port_to)
-        for t in rule.nat_targets
-    )
-    return CompiledRule(
-        id=rule.id,
-        chain_id=rule.chain_id,
-        position=position,
-        action=rule.type,
-        jump_chain_id=rule.jump_chain_id,
-        expression=e.source(),
-        constants=e.constants,
-        group_tags=tuple(group_tags),
-        summary=" and ".join(words) or "any packet",
-        nat=nat,
-        flow_action=rule.flow_action,
-    )
 
 
 def compile_first_match(rules: Sequence[CompiledRule]) -> FirstMatchFn:

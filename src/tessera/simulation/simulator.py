@@ -10,6 +10,9 @@ device visits, rules tested, chain nesting) end the run the same way, and the re
 names the limit (`SimulationResult.limit`); a trace stops growing at `MAX_TRACE_NODES`
 steps and says so.
 
+A device's mirrors (`mirror.py`) copy the packet here, as it enters the device and as
+the device's action sends it on; a port's, in `port.py`.
+
 Packets the network generates (ARP requests and replies, ICMP, DHCP) leave a port: from
 an exterior port they are emitted as they are; from an interior one they are simulated
 onwards, in a child run, until they leave the virtual network, so `EmittedPacket`s are
@@ -25,7 +28,7 @@ from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.errors import PacketError
 from tessera.packet.ethernet import Ethernet
 from tessera.packet.match import FlowMatch
-from tessera.simulation import bridge, port, router
+from tessera.simulation import bridge, mirror, port, router
 from tessera.simulation.actions import Fork, ToPort
 from tessera.simulation.context import LimitExceeded, Simulation, settle_ttl
 from tessera.simulation.flowstate import FIRST_FREE, NatAllocator
@@ -39,7 +42,7 @@ from tessera.simulation.result import (
     TraceNode,
     Verdict,
 )
-from tessera.simulation.topology import Snapshot
+from tessera.simulation.topology import BridgeSnap, RouterSnap, Snapshot
 
 
 def simulate(
@@ -136,20 +139,27 @@ def _travel(sim: Simulation, m: FlowMatch, port_id: str, hops: int, node: TraceN
             return
         hops += 1
         sim.visit(hops)
+        dev: RouterSnap | BridgeSnap
         if in_port.is_router:
-            dev_r = snap.router(in_port.device_id)
+            dev = dev_r = snap.router(in_port.device_id)
             dnode = None
             if pnode is not None:
                 dnode = pnode.add("router", dev_r.id, f"router {dev_r.name or dev_r.id}")
+            if dev_r.inbound_mirrors:
+                mirror.copy(sim, m, dev_r.inbound_mirrors, port_id, None, dnode, "router inbound")
             action = router.process(sim, m, dev_r, in_port, hops, dnode)
         else:
-            dev_b = snap.bridge(in_port.device_id)
+            dev = dev_b = snap.bridge(in_port.device_id)
             dnode = None
             if pnode is not None:
                 dnode = pnode.add("bridge", dev_b.id, f"bridge {dev_b.name or dev_b.id}")
+            if dev_b.inbound_mirrors:
+                mirror.copy(sim, m, dev_b.inbound_mirrors, port_id, None, dnode, "bridge inbound")
             action = bridge.process(sim, m, dev_b, in_port, hops, dnode)
         if action is None:
             return
+        if dev.outbound_mirrors:
+            _mirror_out(sim, dev, action, port_id, dnode)
         if isinstance(action, Fork):
             for branch in action.branches:
                 bnode = None
@@ -164,6 +174,23 @@ def _travel(sim: Simulation, m: FlowMatch, port_id: str, hops: int, node: TraceN
             return
         m = action.match
         port_id = peer
+
+
+def _mirror_out(
+    sim: Simulation,
+    dev: RouterSnap | BridgeSnap,
+    action: ToPort | Fork,
+    in_port: str,
+    node: TraceNode | None,
+) -> None:
+    """The device's outbound mirrors see the packet leave: once, by its one port or as
+    the flood (whose copies leave alike, so the conditions see no `out_port`)."""
+    kind = "router" if isinstance(dev, RouterSnap) else "bridge"
+    if isinstance(action, Fork):
+        m, out_port = action.branches[0].match, None
+    else:
+        m, out_port = action.match, action.port_id
+    mirror.copy(sim, m, dev.outbound_mirrors, in_port, out_port, node, f"{kind} outbound")
 
 
 def _leave(sim: Simulation, to: ToPort, hops: int, node: TraceNode | None) -> str | None:

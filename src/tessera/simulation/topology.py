@@ -33,6 +33,7 @@ from tessera.model import (
     Chain,
     DhcpSubnet,
     IpAddrGroup,
+    Mirror,
     Port,
     PortGroup,
     Route,
@@ -49,6 +50,7 @@ from tessera.simulation.loadbalancer import LoadBalancerSnap, compile_load_balan
 from tessera.simulation.rules import (
     CompiledRule,
     FirstMatchFn,
+    compile_conditions,
     compile_first_match,
     compile_rule,
 )
@@ -80,6 +82,9 @@ class PortSnap:
     netmask: int = 0
     length: int = 0
     mac: int = 0
+    # Mirrors (ids) that copy what enters and what leaves the port: see `mirror.py`.
+    inbound_mirrors: tuple[str, ...] = ()
+    outbound_mirrors: tuple[str, ...] = ()
 
     def on_link(self, ip: int) -> bool:
         """Whether `ip` is in this router port's network."""
@@ -126,6 +131,8 @@ class BridgeSnap:
     dhcp_subnets: tuple[str, ...]
     # Peers of interior ports that the snapshot lacks: the bridge cannot know all it should.
     unresolved_peers: tuple[str, ...]
+    inbound_mirrors: tuple[str, ...] = ()
+    outbound_mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,8 @@ class RouterSnap:
     ports: tuple[str, ...]
     port_by_addr: Mapping[int, str]
     routes: RouteTable
+    inbound_mirrors: tuple[str, ...] = ()
+    outbound_mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,20 @@ class ChainSnap:
     missing_rules: tuple[str, ...]
     # What the chain was compiled from, so that a rebuild can reuse it (`previous`).
     source: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSnap:
+    """A mirror: copies of what matches any of `conditions` (none: every packet) go to
+    `to_port`. The conditions are compiled like rules (`rules.compile_rule`), in one
+    `first_match` function; `tags` are the mirror and the groups its conditions name."""
+
+    id: str
+    name: str
+    to_port: str
+    conditions: tuple[CompiledRule, ...]
+    first_match: FirstMatchFn
+    tags: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -213,6 +236,7 @@ class Snapshot:
     stateful_groups: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     # Router id -> its load balancer with VIPs, pools and members (`loadbalancer`).
     load_balancers: Mapping[str, LoadBalancerSnap] = field(default_factory=lambda: _EMPTY)
+    mirrors: Mapping[str, MirrorSnap] = field(default_factory=lambda: _EMPTY)
 
     # -- lookups that tell a missing object apart ---------------------------------------
 
@@ -242,6 +266,12 @@ class Snapshot:
         if chain.missing_rules:
             raise NotYetLoaded("rule", chain.missing_rules[0])
         return chain
+
+    def mirror(self, id: str) -> MirrorSnap:
+        try:
+            return self.mirrors[id]
+        except KeyError:
+            raise NotYetLoaded("mirror", id) from None
 
     def mac_table(self, bridge_id: str) -> MacTable:
         return self.mac_tables.get(bridge_id, _EMPTY)
@@ -324,6 +354,9 @@ class Snapshot:
             c.id: _compile_chain(c, rules, port_groups, ip_groups, old.get(c.id))
             for c in by_kind.get(Chain, [])
         }
+        mirrors = {
+            m.id: _compile_mirror(m, port_groups, ip_groups) for m in by_kind.get(Mirror, [])
+        }
         return cls(
             ports=MappingProxyType(ports),
             bridges=MappingProxyType(bridges),
@@ -342,6 +375,7 @@ class Snapshot:
                 by_kind.get(PoolMember, []),
                 routers,
             ),
+            mirrors=MappingProxyType(mirrors),
         )
 
 
@@ -369,6 +403,8 @@ def _compile_port(p: Port) -> PortSnap:
         "interface_name": p.interface_name,
         "tunnel_key": p.tunnel_key,
         "vlan": p.vlan_id or 0,
+        "inbound_mirrors": tuple(p.inbound_mirror_ids),
+        "outbound_mirrors": tuple(p.outbound_mirror_ids),
     }
     if p.type != "Router":
         return PortSnap(**common)
@@ -432,6 +468,8 @@ def _compile_bridge(
         dhcp_hosts=MappingProxyType(dhcp_hosts),
         dhcp_subnets=tuple(sorted(s.id for s in subnets)),
         unresolved_peers=tuple(unresolved),
+        inbound_mirrors=tuple(b.inbound_mirror_ids),
+        outbound_mirrors=tuple(b.outbound_mirror_ids),
     )
 
 
@@ -479,6 +517,8 @@ def _compile_router(r: Router, own: list[PortSnap], routes: list[Route]) -> Rout
         ports=tuple(p.id for p in own),
         port_by_addr=MappingProxyType({p.address: p.id for p in own}),
         routes=table,
+        inbound_mirrors=tuple(r.inbound_mirror_ids),
+        outbound_mirrors=tuple(r.outbound_mirror_ids),
     )
 
 
@@ -539,4 +579,26 @@ def _compile_chain(
         tags=frozenset(tags),
         missing_rules=tuple(missing),
         source=source,
+    )
+
+
+def _compile_mirror(
+    m: Mirror,
+    port_groups: Mapping[str, frozenset[str]],
+    ip_groups: Mapping[str, frozenset[int]],
+) -> MirrorSnap:
+    compiled = tuple(
+        compile_conditions(c, m.id, position, port_groups, ip_groups)
+        for position, c in enumerate(m.conditions, start=1)
+    )
+    tags = {m.id}
+    for c in compiled:
+        tags.update(c.group_tags)
+    return MirrorSnap(
+        id=m.id,
+        name=m.name,
+        to_port=m.to_port_id,
+        conditions=compiled,
+        first_match=compile_first_match(compiled),
+        tags=frozenset(tags),
     )

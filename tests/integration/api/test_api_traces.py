@@ -138,3 +138,17 @@ def test_chains_that_jump_into_each_other_trace_small_and_cheap(api: Api) -> Non
     assert trace["verdict"] == "forward" and trace["limit"] is None
     assert trace["cost"]["rules_evaluated"] == 42, "each rule tested once"
     assert "answer reused" in response.text
+
+
+def test_a_mirror_copy_is_traced_beside_the_outputs(api: Api) -> None:
+    bridge = api.bridge()
+    p1, p2, cap = (api.bridge_port(bridge) for _ in range(3))
+    mirror = api.post("/mirrors", {"to_port_id": cap["id"], "conditions": [{"nw_proto": 1}]})
+    api.put(f"/ports/{p1['id']}", {**p1, "inbound_mirror_ids": [mirror["id"]]})
+    body = {"port_id": p1["id"], "src_mac": VM1, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2"}
+    trace = api.post("/traces", body, status=200)
+    assert trace["mirrored"] == [{"mirror_id": mirror["id"], "port_id": cap["id"]}]
+    assert {o["port_id"] for o in trace["outputs"]} == {p2["id"], cap["id"]}  # a flood
+    assert mirror["id"] in trace["tags"]
+    udp = api.post("/traces", {**body, "protocol": "udp", "dst_port": 53}, status=200)
+    assert udp["mirrored"] == []

@@ -188,7 +188,8 @@ REMOTE_VNI = 555
 
 class Network:
     """vm1, vm2 (local ports 1, 2) and vmr (on host h2, by tunnel) on the left bridge;
-    vm3 (local port 3) on the right one; a router between the two subnets."""
+    vm3 (local port 3) on the right one; a router between the two subnets; two mirrors
+    (see below), so that flows also make copies, before and after rewrites."""
 
     def __init__(self) -> None:
         t = self.t = Topo()
@@ -207,6 +208,12 @@ class Network:
         ):
             t.learn_mac(bridge, mac(n), port)
             t.learn_arp(r, self.vm_ip[n], mac(n))
+        # Mirrors: vm1's TCP copied as it enters to vmr (by tunnel), everything the
+        # router sends copied as it leaves (rewritten) to vm2.
+        tcp_in = t.mirror(vmr, {"nw_proto": PROTO_TCP})
+        routed = t.mirror(vm2)
+        t.set(vm1, inbound_mirror_ids=[tcp_in.id])
+        t.set(r, outbound_mirror_ids=[routed.id])
         self.port_id = {1: vm1.id, 2: vm2.id, 3: vm3.id}
         self.where = {
             vm1.id: PortLocation(local=1, host_id="h1"),
@@ -224,8 +231,10 @@ class Network:
         if not result.cacheable or result.verdict is Verdict.HOLD or result.emitted:
             return None
         actions = []
-        if result.verdict is Verdict.FORWARD:
-            t = translate(result.outputs, result.match, self.where.get)
+        outputs = result.outputs if result.verdict is Verdict.FORWARD else ()
+        outputs = (*outputs, *(c.output for c in result.mirrored))
+        if outputs:
+            t = translate(outputs, result.match, self.where.get)
             if t.extra_mask:
                 result.match.record(Field(t.extra_mask))
             actions = t.actions

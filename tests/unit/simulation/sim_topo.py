@@ -14,8 +14,10 @@ from typing import Any, cast
 from tessera.model import (
     Bridge,
     Chain,
+    Conditions,
     DhcpSubnet,
     IpAddrGroup,
+    Mirror,
     Port,
     PortGroup,
     Route,
@@ -167,6 +169,17 @@ class Topo:
         current = self.get(chain)
         self.set(chain, rule_ids=[*current.rule_ids, r.id])
         return r  # type: ignore[no-any-return]
+
+    def mirror(self, to_port: Port, *conditions: dict[str, Any], name: str = "") -> Mirror:
+        """A mirror to `to_port`: copies what matches any of `conditions` (none: all)."""
+        return self.add(  # type: ignore[no-any-return]
+            Mirror(
+                id=uid(),
+                name=name,
+                to_port_id=to_port.id,
+                conditions=[Conditions.model_validate(c) for c in conditions],
+            )
+        )
 
     def port_group(self, *ports: StoredObject) -> PortGroup:
         return self.add(PortGroup(id=uid(), port_ids=[p.id for p in ports]))  # type: ignore[no-any-return]

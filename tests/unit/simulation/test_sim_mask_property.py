@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sim_topo import NOW, Topo
 
 from support.explore import explore_only
-from tessera.model import Chain, Port
+from tessera.model import Chain, Conditions, Port
 from tessera.packet import (
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
@@ -50,6 +50,7 @@ from tessera.simulation import (
     NotYetLoaded,
     SimulationResult,
     Snapshot,
+    Verdict,
     simulate,
 )
 from tessera.simulation import chain as chain_module
@@ -219,6 +220,21 @@ def add_chains(t: Topo, data: st.DataObject, port_ids: list[str]) -> None:
         owner = draw(st.sampled_from(devices))
         field = draw(st.sampled_from(["inbound_filter_id", "outbound_filter_id"]))
         t.set(owner, **{field: draw(st.sampled_from(chains)).id})
+    # Mirrors, with random conditions, on random ports and devices, to any port.
+    for _ in range(draw(st.integers(0, 2))):
+        conds = []
+        for _ in range(draw(st.integers(0, 2))):
+            cond = draw(conditions(port_ids, [g.id for g in groups], [g.id for g in ip_groups]))
+            try:
+                conds.append(Conditions.model_validate(cond))
+            except ValidationError:
+                continue
+        target = t.objects[draw(st.sampled_from(port_ids))]
+        assert isinstance(target, Port)
+        mirror = t.mirror(target, *[c.model_dump() for c in conds])
+        owner = t.objects[draw(st.sampled_from(devices)).id]
+        field = draw(st.sampled_from(["inbound_mirror_ids", "outbound_mirror_ids"]))
+        t.set(owner, **{field: [*getattr(owner, field), mirror.id]})
 
 
 @st.composite
@@ -367,6 +383,7 @@ def outcome(r: SimulationResult) -> tuple[Any, ...]:
     return (
         r.verdict,
         r.outputs,
+        r.mirrored,
         r.drop_reason,
         tuple((e.port_id, e.kind) for e in r.emitted),
         r.state_updates,
@@ -446,7 +463,8 @@ def check(
     ttl_keyed = bool(mask & Field.IP_TTL)
     if not ttl_keyed and first.match.ttl_floor:
         assert len(decs) == 1, f"outputs with different TTL decrements {decs} and no TTL key"
-    punt_at_or_below = max(decs, default=0)
+    # The kernel adds up the flow's decrements, the copies' included (`DEC_TTL`).
+    punt_at_or_below = max(decs | {c.output.ttl_dec for c in first.mirrored}, default=0)
     for other in others(mask):
         if not ttl_keyed and punt_at_or_below and other["ip_ttl"] <= punt_at_or_below:
             continue  # the datapath sends it to the agent: not served by this flow
@@ -600,9 +618,12 @@ def test_the_generator_reaches_every_kind_of_outcome() -> None:
         seen["stateful"] += r.expiry is ExpiryClass.STATEFUL
         seen["return flow"] += any(isinstance(k, ConnKey) for k in r.state_refs)
         seen["new state"] += bool(r.flow_state)
+        seen["mirrored"] += bool(r.mirrored)
+        seen["mirrored drop"] += bool(r.mirrored) and r.verdict is Verdict.DROP
+        seen["mirrored rewrite"] += any(c.output.ttl_dec for c in r.mirrored)
 
     sample()
     assert all(seen[k] for k in (
         "flood", "routed", "icmp error", "rule drop", "loop", "stateful", "return flow",
-        "new state", "nat rewrite",
+        "new state", "nat rewrite", "mirrored", "mirrored drop", "mirrored rewrite",
     )), seen  # fmt: skip
