@@ -15,10 +15,12 @@ filter takes in (destination that single address, `in_ports` naming the port) an
 lies in the port's network — what the Neutron translation writes for a floating IP, and
 what MidoNet answered through the external network's ARP table. Deriving it from the
 rules keeps one source of truth: the address is answered for exactly while the rule
-that takes its packets in exists, and the answer carries the chain's tags. Every address the router's
-decision depends on is read through the flow match (sender and target addresses are
-its `ip_src`/`ip_dst`), so that the mask holds them; only the MACs inside the message,
-which no flow match holds, come from its body, and that makes the result uncacheable.
+that takes its packets in exists, and the answer carries the chain's tags.
+
+Every address the router's decision depends on is read through the flow match (sender
+and target addresses are its `ip_src`/`ip_dst`), so that the mask holds them; only the
+MACs inside the message, which no flow match holds, come from its body, and that makes
+the result uncacheable.
 
 Resolution never drops the first packet of a new destination: the router emits an ARP
 request and the packet is held (`Verdict.HOLD`); the agent simulates it again when the
