@@ -300,5 +300,3 @@ def show(nsdb: Nsdb, id: str) -> dict[str, Any]:
 
 def listing(nsdb: Nsdb) -> list[dict[str, Any]]:
     return [view(f) for f in Transaction(nsdb).all_of(NeutronFloatingIp)]
-
-

@@ -214,13 +214,11 @@ def edge(lab: tuple[Lab, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
     servers: list[subprocess.Popen[bytes]] = []
     try:
         os_("network", "create", "ext", "--external")
-        made.append(("network", "delete", "ext"))
+        made.append(("network", "delete", "ext"))  # its subnet with it, as in Neutron
         os_("subnet", "create", "ext-s", "--network", "ext", "--subnet-range", "203.0.113.0/24")
-        made.append(("subnet", "delete", "ext-s"))
         os_("network", "create", "n2")
         made.append(("network", "delete", "n2"))
         os_("subnet", "create", "s2", "--network", "n2", "--subnet-range", "10.0.0.0/24")
-        made.append(("subnet", "delete", "s2"))
         os_("security", "group", "create", "web")
         made.append(("security", "group", "delete", "web"))
         rules = {
@@ -239,18 +237,16 @@ def edge(lab: tuple[Lab, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
                          "--disable-port-security",
                          "--fixed-ip", f"subnet=ext-s,ip-address={ADDR['outer']}"),
         }  # fmt: skip
-        made += [("port", "delete", port["id"]) for port in ports.values()]
-        router = os_("router", "create", "r1")
-        made.append(("router", "delete", "r1"))
-        os_("router", "set", "r1", "--external-gateway", "ext")
-        made.append(("router", "unset", "r1", "--external-gateway"))
+        made.append(("port", "delete", *(port["id"] for port in ports.values())))
+        router = os_("router", "create", "r1", "--external-gateway", "ext", "--enable-snat")
+        made.append(("router", "delete", "r1"))  # its gateway with it
         os_("router", "add", "subnet", "r1", "s2")
         made.append(("router", "remove", "subnet", "r1", "s2"))
         fip = os_("floating", "ip", "create", "ext", "--port", ports["inner"]["id"])
         made.append(("floating", "ip", "delete", fip["id"]))
-        gateway = os_("router", "show", "r1")["external_gateway_info"]
         (gw_port,) = os_("port", "list", "--router", router["id"],
                          "--device-owner", "network:router_gateway")  # fmt: skip
+        (gw_fixed,) = gw_port["Fixed IP Addresses"]
 
         for vm, port in ports.items():
             host = "h1" if vm == "inner" else "h2"
@@ -268,13 +264,13 @@ def edge(lab: tuple[Lab, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
                 )
             )
             wait_until(
-                lambda vm=vm, port=args[0]: f":{port} " in the_lab.exec(vm, "ss", "-Hltn").stdout,
+                lambda vm=vm, port=args[-1]: f":{port} " in the_lab.exec(vm, "ss", "-Hltn").stdout,
                 timeout=15,
                 what=f"the server in {vm}",
             )
         yield Edge(
             the_lab, os_, fip["floating_ip_address"],
-            gateway["external_fixed_ips"][0]["ip_address"], gw_port["MAC Address"], rules, log,
+            gw_fixed["ip_address"], gw_port["MAC Address"], rules, log,
         )  # fmt: skip
     finally:
         for proc in servers:  # our own children, by their pid
