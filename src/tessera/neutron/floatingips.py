@@ -14,9 +14,11 @@ As MidoNet's C3PO did:
 - disassociating (`port_id` null) or deleting removes exactly those rules (and, on
   delete, the reserving port).
 
-Not done: the router does not answer ARP for floating addresses on the external
-network (tessera routers answer for their port addresses only), so the upstream router
-needs a route or a static ARP entry for them.
+The router answers ARP for the floating address on its gateway port (with that port's
+MAC) because of the `dnat` rule alone (`simulation.arp.owns_floating`): nothing else is
+written for it, so the answer comes and goes with the association. MidoNet wrote an
+entry in the external network's ARP table instead; one source of truth leaves nothing
+to get out of step.
 """
 
 from __future__ import annotations

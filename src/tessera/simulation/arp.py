@@ -9,10 +9,18 @@ address's owner (an address conflict probe, RFC 5227): that one must go unanswer
 
 A router learns the sender of a request for its own address and of a reply addressed
 to it (or a gratuitous one), if the sender is on the port's network — as MidoNet does;
-from outside that network it neither answers nor learns. Every address the router's
-decision depends on is read through the flow match (sender and target addresses are
-its `ip_src`/`ip_dst`), so that the mask holds them; only the MACs inside the message,
-which no flow match holds, come from its body, and that makes the result uncacheable.
+from outside that network it neither answers nor learns. It also answers, with the
+port's MAC, for a floating address on that port: one that a `dnat` rule of its inbound
+filter takes in (destination that single address, `in_ports` naming the port) and that
+lies in the port's network — what the Neutron translation writes for a floating IP, and
+what MidoNet answered through the external network's ARP table. Deriving it from the
+rules keeps one source of truth: the address is answered for exactly while the rule
+that takes its packets in exists, and the answer carries the chain's tags.
+
+Every address the router's decision depends on is read through the flow match (sender
+and target addresses are its `ip_src`/`ip_dst`), so that the mask holds them; only the
+MACs inside the message, which no flow match holds, come from its body, and that makes
+the result uncacheable.
 
 Resolution never drops the first packet of a new destination: the router emits an ARP
 request and the packet is held (`Verdict.HOLD`); the agent simulates it again when the
@@ -138,14 +146,15 @@ def router_arp(
             learn(sim, router, spa, msg.sender_mac, node)
             sim.consume("gratuitous ARP request learned", node)
             return
-        if tpa != port.address:
+        if tpa != port.address and not owns_floating(sim, router, port, tpa):
             sim.drop(f"ARP request for {ip_to_str(tpa)}, not the port's address", node)
             return
         learn(sim, router, spa, msg.sender_mac, node)
-        reply = arp_reply(port.mac, port.address, msg.sender_mac, spa)
+        reply = arp_reply(port.mac, tpa, msg.sender_mac, spa)
         gnode = None
         if node is not None:
-            gnode = node.add("generated", port.id, f"ARP reply from port {port.id}")
+            what = "" if tpa == port.address else f" for floating address {ip_to_str(tpa)}"
+            gnode = node.add("generated", port.id, f"ARP reply from port {port.id}{what}")
         sim.generate(port.id, reply, "arp_reply", hops, gnode)
         sim.consume("ARP request answered by the router", node)
         return
@@ -155,6 +164,17 @@ def router_arp(
         return
     learn(sim, router, spa, msg.sender_mac, node)
     sim.consume("ARP reply learned", node)
+
+
+def owns_floating(sim: Simulation, router: RouterSnap, port: PortSnap, ip: int) -> bool:
+    """Whether `ip` is a floating address of `router` on `port`: a `dnat` rule of its
+    inbound filter takes in that one address (/32) by that port, and the address is in
+    the port's network. The answer depends on the filter's rules, hence its tags."""
+    if router.inbound_filter is None or not port.on_link(ip):
+        return False
+    chain = sim.snap.chain(router.inbound_filter)
+    sim.tags |= chain.tags
+    return port.id in chain.dnat_addresses.get(ip, ())
 
 
 def learn(sim: Simulation, router: RouterSnap, ip: int, mac: int, node: TraceNode | None) -> None:

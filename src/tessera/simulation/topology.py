@@ -202,6 +202,11 @@ class ChainSnap:
     missing_rules: tuple[str, ...]
     # What the chain was compiled from, so that a rebuild can reuse it (`previous`).
     source: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    # Addresses its `dnat` rules take in, with the ports they must come in by: a router
+    # answers ARP for them on those ports (floating IPs, `arp.owns_floating`).
+    dnat_addresses: Mapping[int, frozenset[str]] = field(
+        default_factory=lambda: _EMPTY, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,6 +584,7 @@ def _compile_chain(
         tags=frozenset(tags),
         missing_rules=tuple(missing),
         source=source,
+        dnat_addresses=MappingProxyType(_dnat_addresses(r for r in own if r is not None)),
     )
 
 
@@ -602,3 +608,17 @@ def _compile_mirror(
         first_match=compile_first_match(compiled),
         tags=frozenset(tags),
     )
+
+
+def _dnat_addresses(rules: Iterable[Rule]) -> dict[int, frozenset[str]]:
+    """The single addresses (/32, not inverted) that `dnat` rules rewrite for packets
+    coming in by named ports (`in_ports`, not inverted): what a floating IP is."""
+    out: dict[int, frozenset[str]] = {}
+    for r in rules:
+        if r.type != "dnat" or r.nw_dst_address is None or r.nw_dst_length != 32:
+            continue
+        if r.inv_nw_dst or r.inv_in_ports or not r.in_ports:
+            continue
+        address = ip_from_str(r.nw_dst_address)
+        out[address] = out.get(address, frozenset()) | frozenset(r.in_ports)
+    return out

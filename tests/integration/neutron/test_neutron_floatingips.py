@@ -1,6 +1,7 @@
 """Neutron floating IPs: an address of the external network, and once associated a
 static NAT pair (dnat inbound, snat outbound, first in the router's chains); exact
-removal, Neutron's errors, and a packet to the floating address DNATed to the VM."""
+removal, Neutron's errors, a packet to the floating address DNATed to the VM, and ARP
+for the floating address answered by the router's gateway port."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tessera.api.app import create_app
 from tessera.model import Chain, Rule
 from tessera.model.neutron import NeutronRouter
 from tessera.nsdb.store import TopologyStore
+from tessera.packet import Arp, Ethernet, ip_from_str, mac_from_str
 
 VM_MAC = "fa:16:3e:00:00:20"
 OUTSIDE_MAC = "fa:16:3e:00:00:99"
@@ -185,3 +187,51 @@ def test_listing_filters_by_port(neutron: Neutron, world: dict) -> None:
     )
     got = neutron.client.get("/v2.0/floatingips", params={"port_id": world["vm"]["id"]})
     assert [f["id"] for f in got.json()["floatingips"]] == [fip["id"]]
+
+
+def _arp_trace(neutron: Neutron, port_id: str, target: str) -> dict[str, Any]:
+    """Trace an ARP request, broadcast by `port_id` (OUTSIDE_MAC, 203.0.113.77) for
+    `target`."""
+    with TestClient(create_app(neutron.nsdb)) as v1:
+        r = v1.post(
+            "/api/v1/traces",
+            json={
+                "port_id": port_id, "src_mac": OUTSIDE_MAC, "dst_mac": "ff:ff:ff:ff:ff:ff",
+                "src_ip": "203.0.113.77", "dst_ip": target, "protocol": "arp",
+            },
+        )  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_the_router_answers_arp_for_an_associated_floating_ip(
+    neutron: Neutron, world: dict
+) -> None:
+    """On the external network, who-has the floating address is answered with the
+    gateway port's MAC while the address is associated (its dnat rule exists), and no
+    longer once it is disassociated."""
+    fip = neutron.create(
+        "floatingip", floating_network_id=world["public"], port_id=world["vm"]["id"]
+    )
+    address = fip["floating_ip_address"]
+    outside = neutron.port(
+        world["public"], mac_address=OUTSIDE_MAC, port_security_enabled=False,
+        fixed_ips=[{"ip_address": "203.0.113.77"}],
+    )  # fmt: skip
+    router = TopologyStore(neutron.nsdb).get(NeutronRouter, world["router"]["id"])
+    assert router.gateway is not None
+    gw_mac = neutron.client.get(f"/v2.0/ports/{router.gateway.port_id}").json()["port"][
+        "mac_address"
+    ]
+    trace = _arp_trace(neutron, outside["id"], address)
+    (reply,) = trace["emitted"]
+    assert (reply["port_id"], reply["kind"]) == (outside["id"], "arp_reply")
+    answer = Ethernet.parse(bytes.fromhex(reply["frame"])).payload
+    assert isinstance(answer, Arp)
+    assert (answer.sender_mac, answer.sender_ip) == (mac_from_str(gw_mac), ip_from_str(address))
+    assert answer.target_mac == mac_from_str(OUTSIDE_MAC)
+    # Another address of the external network is not the router's to answer.
+    assert _arp_trace(neutron, outside["id"], "203.0.113.200")["emitted"] == []
+    put(neutron, f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}})
+    trace = _arp_trace(neutron, outside["id"], address)
+    assert trace["emitted"] == []

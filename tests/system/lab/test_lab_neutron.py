@@ -2,7 +2,13 @@
 status`), the real `openstack` CLI makes a network, a subnet and two ports bound to
 two hosts, `tessera lab vm add --port <neutron port id>` (no --mac) gives each VM its
 port's fixed IP by DHCP, the VMs ping each other, and deleting the Neutron objects
-leaves the NSDB as it was."""
+leaves the NSDB as it was.
+
+Then the edge, with real traffic: a router with its gateway on an external network
+(SNAT) and a floating IP; a VM on that network reaches the floating address with no
+route of its own (the router answers ARP for it), sees a VM without a floating IP come
+from the gateway address, and a security group lets in only what its rules accept,
+until a rule is deleted."""
 
 from __future__ import annotations
 
@@ -10,14 +16,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from lab_helpers import Lab, lab_up, root_missing
+from lab_helpers import TESSERA, Lab, env, lab_up, root_missing
 
+from support.wait import wait_until
 from tessera.model import KINDS
 from tessera.nsdb.connect import open_nsdb
 
@@ -130,65 +138,196 @@ def test_vms_on_neutron_ports_get_their_fixed_ips_by_dhcp(
     assert dump(nsdb_url) == before
 
 
-def test_a_floating_ip_is_reached_from_the_external_network(
-    lab: tuple[Lab, str], tmp_path: Path
-) -> None:
-    """A router with an interface on s1 and its gateway on an external network
-    (203.0.113.0/24, inside the lab's namespaces only); a VM there reaches the floating
-    address of vm-h1 by a route via the router's gateway address (tessera answers ARP
-    for its router's port addresses only, docs/neutron.md)."""
+# -- the edge: a router with its gateway on an external network, SNAT, a floating IP --
+
+# Accepts on each port argv[3:] and closes at once, writing "PEER PORT" to the file
+# argv[2] for every connection, for argv[1] seconds.
+SERVER = r"""
+import select, socket, sys, time
+end = time.monotonic() + float(sys.argv[1])
+log = open(sys.argv[2], "a", buffering=1)
+socks = []
+for port in sys.argv[3:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(16)
+    socks.append(s)
+while time.monotonic() < end:
+    for s in select.select(socks, [], [], 0.5)[0]:
+        conn, peer = s.accept()
+        log.write(f"{peer[0]} {s.getsockname()[1]}\n")
+        conn.close()
+"""
+ALLOWED, CLOSED, OUTER_PORT = 8080, 8081, 7000  # TCP ports of the servers
+ADDR = {"inner": "10.0.0.21", "inner2": "10.0.0.22", "outer": "203.0.113.50"}
+
+
+@dataclass
+class Edge:
+    """ext (203.0.113.0/24, `router:external`) -- r1 (gateway, SNAT) -- n2 (10.0.0.0/24):
+    VM `inner` (h1, 10.0.0.21, group `web`, a floating IP), VM `inner2` (h2, 10.0.0.22,
+    the default group), and on ext VM `outer` (h2, 203.0.113.50, no port security). The
+    group `web` lets in TCP ALLOWED from anywhere and ICMP from 203.0.113.0/24 only."""
+
+    lab: Lab
+    os_: Callable[..., Any]
+    fip: str
+    gateway_ip: str
+    gateway_mac: str
+    rules: dict[str, str]  # "tcp", "icmp" -> the web group's rule ids
+    log: Path  # what outer's server saw: "PEER PORT" lines
+
+    def connects(self, vm: str, target: str, port: int) -> bool:
+        done = self.lab.exec(vm, "nc", "-z", "-n", "-w", "2", target, str(port), check=False)
+        return done.returncode == 0
+
+    def pings(self, vm: str, target: str) -> bool:
+        done = self.lab.exec(vm, "ping", "-n", "-c", "1", "-W", "2", target, check=False)
+        return done.returncode == 0
+
+    def peers_seen(self, vm: str) -> list[str]:
+        """The source addresses outer's server sees for new connections from `vm`."""
+        before = len(self.log.read_text().splitlines())
+        assert self.connects(vm, ADDR["outer"], OUTER_PORT)
+        lines = wait_until(
+            lambda: self.log.read_text().splitlines()[before:], timeout=5, what="the server's log"
+        )
+        return [line.split()[0] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def edge(lab: tuple[Lab, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     the_lab, _ = lab
+    home = tmp_path_factory.mktemp("edge")
     status = the_lab.status()
     url, nsdb_url = status["neutron"]["url"], status["nsdb"]["url"]
-    openstack(url, tmp_path, "security", "group", "list")
-    # Adding and deleting a rule updates the default group (as in Neutron).
-    volatile = ("revision_number", "updated_at")
-    before = dump(nsdb_url, volatile)
 
     def os_(*args: str) -> Any:
-        return openstack(url, tmp_path, *args)
+        return openstack(url, home, *args)
 
+    os_("security", "group", "list")
+    # Adding and deleting a rule updates its group (as in Neutron).
+    volatile = ("revision_number", "updated_at")
+    before = dump(nsdb_url, volatile)
     made: list[tuple[str, ...]] = []  # delete commands, run last-made first
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         os_("network", "create", "ext", "--external")
-        made.append(("network", "delete", "ext"))
+        made.append(("network", "delete", "ext"))  # its subnet with it, as in Neutron
         os_("subnet", "create", "ext-s", "--network", "ext", "--subnet-range", "203.0.113.0/24")
-        made.append(("subnet", "delete", "ext-s"))
         os_("network", "create", "n2")
         made.append(("network", "delete", "n2"))
         os_("subnet", "create", "s2", "--network", "n2", "--subnet-range", "10.0.0.0/24")
-        made.append(("subnet", "delete", "s2"))
-        rule = os_("security", "group", "rule", "create", "default", "--protocol", "icmp")
-        made.append(("security", "group", "rule", "delete", rule["id"]))
-        inner = os_("port", "create", "fip-inner", "--network", "n2", "--host", "h1",
-                    "--fixed-ip", "subnet=s2,ip-address=10.0.0.21")  # fmt: skip
-        made.append(("port", "delete", inner["id"]))
-        outer = os_("port", "create", "fip-outer", "--network", "ext", "--host", "h2",
-                    "--fixed-ip", "subnet=ext-s,ip-address=203.0.113.50")  # fmt: skip
-        made.append(("port", "delete", outer["id"]))
-        os_("router", "create", "r1")
-        made.append(("router", "delete", "r1"))
-        os_("router", "set", "r1", "--external-gateway", "ext")
-        made.append(("router", "unset", "r1", "--external-gateway"))
+        os_("security", "group", "create", "web")
+        made.append(("security", "group", "delete", "web"))
+        rules = {
+            "tcp": os_("security", "group", "rule", "create", "web", "--protocol", "tcp",
+                       "--dst-port", str(ALLOWED), "--remote-ip", "0.0.0.0/0")["id"],
+            "icmp": os_("security", "group", "rule", "create", "web", "--protocol", "icmp",
+                        "--remote-ip", "203.0.113.0/24")["id"],
+        }  # fmt: skip
+        ports = {
+            "inner": os_("port", "create", "inner", "--network", "n2", "--host", "h1",
+                         "--security-group", "web",
+                         "--fixed-ip", f"subnet=s2,ip-address={ADDR['inner']}"),
+            "inner2": os_("port", "create", "inner2", "--network", "n2", "--host", "h2",
+                          "--fixed-ip", f"subnet=s2,ip-address={ADDR['inner2']}"),
+            "outer": os_("port", "create", "outer", "--network", "ext", "--host", "h2",
+                         "--disable-port-security",
+                         "--fixed-ip", f"subnet=ext-s,ip-address={ADDR['outer']}"),
+        }  # fmt: skip
+        made.append(("port", "delete", *(port["id"] for port in ports.values())))
+        router = os_("router", "create", "r1", "--external-gateway", "ext", "--enable-snat")
+        made.append(("router", "delete", "r1"))  # its gateway with it
         os_("router", "add", "subnet", "r1", "s2")
         made.append(("router", "remove", "subnet", "r1", "s2"))
-        fip = os_("floating", "ip", "create", "ext", "--port", inner["id"])
+        fip = os_("floating", "ip", "create", "ext", "--port", ports["inner"]["id"])
         made.append(("floating", "ip", "delete", fip["id"]))
-        gateway = os_("router", "show", "r1")["external_gateway_info"]
-        gateway_ip = gateway["external_fixed_ips"][0]["ip_address"]
+        (gw_port,) = os_("port", "list", "--router", router["id"],
+                         "--device-owner", "network:router_gateway")  # fmt: skip
+        (gw_fixed,) = gw_port["Fixed IP Addresses"]
 
-        the_lab.cmd("vm", "add", "inner", "--host", "h1", "--port", inner["id"], "--dhcp")
-        made.append(("lab", "vm", "del", "inner"))
-        the_lab.cmd("vm", "add", "outer", "--host", "h2", "--port", outer["id"], "--dhcp")
-        made.append(("lab", "vm", "del", "outer"))
-        address = fip["floating_ip_address"]
-        the_lab.exec("outer", "ip", "route", "add", f"{address}/32", "via", gateway_ip)
-        ping = the_lab.exec("outer", "ping", "-n", "-c", "2", "-W", "2", address, check=False)
-        assert ping.returncode == 0, ping.stdout + ping.stderr
+        for vm, port in ports.items():
+            host = "h1" if vm == "inner" else "h2"
+            the_lab.cmd("vm", "add", vm, "--host", host, "--port", port["id"], "--dhcp")
+            made.append(("lab", "vm", "del", vm))
+        log = home / "outer.log"
+        log.touch()
+        for vm, args in (("inner", (str(ALLOWED), str(CLOSED))), ("outer", (str(OUTER_PORT),))):
+            log_file = str(home / f"{vm}.log")
+            argv = [TESSERA, "lab", "exec", "--name", the_lab.name, vm, "--",
+                    sys.executable, "-c", SERVER, "300", log_file, *args]  # fmt: skip
+            servers.append(
+                subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env()
+                )
+            )
+            wait_until(
+                lambda vm=vm, port=args[-1]: f":{port} " in the_lab.exec(vm, "ss", "-Hltn").stdout,
+                timeout=15,
+                what=f"the server in {vm}",
+            )
+        yield Edge(
+            the_lab, os_, fip["floating_ip_address"],
+            gw_fixed["ip_address"], gw_port["MAC Address"], rules, log,
+        )  # fmt: skip
     finally:
+        for proc in servers:  # our own children, by their pid
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for command in reversed(made):
             if command[0] == "lab":
                 the_lab.cmd(*command[1:])
             else:
                 os_(*command)
     assert dump(nsdb_url, volatile) == before
+
+
+def test_a_floating_ip_is_reached_on_its_network_by_arp_alone(edge: Edge) -> None:
+    """outer has no route for the floating address but its own subnet's: it asks who
+    has it, and the router's gateway port answers with its MAC."""
+    route = edge.lab.exec("outer", "ip", "-4", "route", "get", edge.fip).stdout
+    assert " via " not in route, route
+    assert wait_until(lambda: edge.pings("outer", edge.fip), timeout=15, what="a ping to the FIP")
+    neighbours = edge.lab.exec("outer", "ip", "neigh", "show", edge.fip).stdout
+    assert f"lladdr {edge.gateway_mac} " in neighbours, neighbours
+    assert edge.connects("outer", edge.fip, ALLOWED)
+
+
+def test_a_vm_without_a_floating_ip_goes_out_by_snat_to_the_gateway_address(
+    edge: Edge,
+) -> None:
+    """outer's server sees inner2's connection come from the router's gateway address,
+    and inner's (which has a floating IP) from its floating address."""
+    assert edge.peers_seen("inner2") == [edge.gateway_ip]
+    assert edge.peers_seen("inner") == [edge.fip]
+    assert edge.pings("inner2", ADDR["outer"])
+
+
+def test_the_security_group_lets_in_only_what_its_rules_accept(edge: Edge) -> None:
+    inner = ADDR["inner"]
+    assert edge.connects("outer", edge.fip, ALLOWED)  # TCP ALLOWED from anywhere
+    assert edge.connects("inner2", inner, ALLOWED)
+    assert not edge.connects("outer", edge.fip, CLOSED)  # the server listens, the group refuses
+    assert not edge.connects("inner2", inner, CLOSED)
+    assert edge.pings("outer", edge.fip)  # ICMP from 203.0.113.0/24
+    assert not edge.pings("inner2", inner)  # 10.0.0.22 is outside that prefix
+    # the group's egress rule: inner's own connections out, and their replies, pass.
+    assert edge.connects("inner", ADDR["outer"], OUTER_PORT)
+
+
+def test_deleting_a_rule_stops_what_it_let_in(edge: Edge) -> None:
+    """New connections, once the rule is gone (the agents re-simulate what it accepted)."""
+    edge.os_("security", "group", "rule", "delete", edge.rules["icmp"])
+    wait_until(lambda: not edge.pings("outer", edge.fip), timeout=15, what="pings refused")
+    assert edge.connects("outer", edge.fip, ALLOWED)  # the other rule still holds
+    edge.os_("security", "group", "rule", "delete", edge.rules["tcp"])
+    wait_until(
+        lambda: not edge.connects("outer", edge.fip, ALLOWED), timeout=15, what="TCP refused"
+    )
+    assert not edge.connects("inner2", ADDR["inner"], ALLOWED)
