@@ -366,9 +366,7 @@ def run_tempest(
     public_network_id = None
     if public_network:
         admin = next(a for a in accounts if "admin" in a.roles)
-        public_network_id = create_public_network(
-            neutron_url, keystone_token(keystone_url, admin)
-        )
+        public_network_id = create_public_network(neutron_url, keystone_token(keystone_url, admin))
     conf = write_workspace(
         workspace,
         keystone_url,
