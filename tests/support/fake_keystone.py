@@ -4,8 +4,10 @@ tempest has no noauth mode: every client first asks Keystone v3 for a project-sc
 token (`POST /v3/auth/tokens`, the token in the `X-Subject-Token` header) and takes the
 service URLs from the token's catalog. tessera's Neutron endpoint has no Keystone, so
 the tempest harness (tests/support/tempest_run.py) serves this fake: static accounts
-(the same ones written to tempest's accounts.yaml), tokens kept in memory, and a catalog
-with one `network` service pointing at the Neutron URL under test.
+(the same ones written to tempest's accounts.yaml), tokens kept in memory, a catalog
+with one `network` service pointing at the Neutron URL under test, and for an admin the
+`Default` domain and projects made and deleted in memory (tempest's RoutersAdminTest
+creates one to give a router its id).
 
 In a real cloud Neutron never sees the password either: keystonemiddleware's auth_token
 validates `X-Auth-Token` and hands the service `X-Project-Id`, `X-User-Id` and `X-Roles`.
