@@ -4,8 +4,10 @@ tempest has no noauth mode: every client first asks Keystone v3 for a project-sc
 token (`POST /v3/auth/tokens`, the token in the `X-Subject-Token` header) and takes the
 service URLs from the token's catalog. tessera's Neutron endpoint has no Keystone, so
 the tempest harness (tests/support/tempest_run.py) serves this fake: static accounts
-(the same ones written to tempest's accounts.yaml), tokens kept in memory, and a catalog
-with one `network` service pointing at the Neutron URL under test.
+(the same ones written to tempest's accounts.yaml), tokens kept in memory, a catalog
+with one `network` service pointing at the Neutron URL under test, and for an admin the
+`Default` domain and projects made and deleted in memory (tempest's RoutersAdminTest
+creates one to give a router its id).
 
 In a real cloud Neutron never sees the password either: keystonemiddleware's auth_token
 validates `X-Auth-Token` and hands the service `X-Project-Id`, `X-User-Id` and `X-Roles`.
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from support.local import free_port
 
@@ -72,15 +74,18 @@ def project_id(project_name: str) -> str:
 def default_accounts() -> list[Account]:
     """The accounts tempest's static credentials need for the network API tests.
 
-    `primary` is any account without the admin role (tempest never hands out admin
-    unless asked), `admin` the one with it; member and reader share a project so the
-    project-scoped personas (`project_member`, `project_reader`) resolve too; an `alt`
-    account in another project serves the tests that check isolation between projects.
+    `primary` is the project member of the project with the most personas (tempest
+    scores projects so), `admin` the account with the admin role; member and reader share
+    a project so the project-scoped personas (`project_member`, `project_reader`) resolve
+    too. `alt` is the first free account without admin in this list's order, so the
+    account in another project comes before the reader: a reader as `alt` would share
+    primary's project, and the tests of isolation between projects (an alt's floating IP
+    invisible to primary) could not hold.
     """
     return [
         Account("tempest-member", "member-secret", "tempest-project", ("member",)),
-        Account("tempest-reader", "reader-secret", "tempest-project", ("reader",)),
         Account("tempest-alt", "alt-secret", "tempest-alt-project", ("member",)),
+        Account("tempest-reader", "reader-secret", "tempest-project", ("reader",)),
         Account("tempest-admin", "admin-secret", "tempest-admin-project", ("admin", "member")),
     ]
 
@@ -113,6 +118,9 @@ class FakeKeystone:
     accounts: list[Account] = field(default_factory=default_accounts)
     base_url: str = ""  # set once served: the identity endpoint of the catalog
     tokens: dict[str, Token] = field(default_factory=dict)
+    #: Projects an admin created through `POST /v3/projects`, by id (tempest's
+    #: RoutersAdminTest creates one to give a router another project's id).
+    projects: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: (method, path) of every request the fake answered, for tests and diagnostics.
     requests: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -198,6 +206,16 @@ class FakeKeystone:
             }
         }
 
+    def _domain(self) -> dict[str, Any]:
+        return {
+            **DEFAULT_DOMAIN,
+            "description": "The default domain",
+            "enabled": True,
+            "tags": [],
+            "options": {},
+            "links": {"self": f"{self.base_url}/v3/domains/{DEFAULT_DOMAIN['id']}"},
+        }
+
     def _version(self) -> dict[str, Any]:
         return {
             "id": "v3.14",
@@ -247,6 +265,80 @@ class FakeKeystone:
                 201,
                 headers={"X-Subject-Token": token},
             )
+
+        def admin_of(request: Request) -> Account | JSONResponse:
+            """The admin account of the request's token, or Keystone's 401/403."""
+            account = self.account_for(request.headers.get("x-auth-token", ""))
+            if account is None:
+                return _keystone_error(401, "Unauthorized", "the X-Auth-Token is not valid")
+            if "admin" not in account.roles:
+                return _keystone_error(403, "Forbidden", "only an admin may do that")
+            return account
+
+        @app.get("/v3/domains")
+        def domains(request: Request, name: str | None = None) -> JSONResponse:
+            # tempest's V3CredsClient looks its credentials' domain up by name before it
+            # creates a project in it; the fake has the one domain its accounts live in.
+            caller = admin_of(request)
+            if isinstance(caller, JSONResponse):
+                return caller
+            found = [self._domain()] if name in (None, DEFAULT_DOMAIN["name"]) else []
+            return JSONResponse(
+                {"domains": found, "links": {"self": f"{self.base_url}/v3/domains"}}
+            )
+
+        @app.post("/v3/projects")
+        async def create_project(request: Request) -> JSONResponse:
+            caller = admin_of(request)
+            if isinstance(caller, JSONResponse):
+                return caller
+            try:
+                body = (await request.json())["project"]
+                name = body["name"]
+            except (ValueError, KeyError, TypeError):
+                return _keystone_error(400, "Bad Request", "expected {'project': {'name': ...}}")
+            domain_id = body.get("domain_id", DEFAULT_DOMAIN["id"])
+            if domain_id != DEFAULT_DOMAIN["id"]:
+                return _keystone_error(404, "Not Found", f"no domain {domain_id}")
+            taken = {a.project_name for a in self.accounts} | {
+                p["name"] for p in self.projects.values()
+            }
+            if name in taken:
+                return _keystone_error(409, "Conflict", f"project {name} exists")
+            project = {
+                "id": uuid.uuid4().hex,
+                "name": name,
+                "description": body.get("description", ""),
+                "domain_id": domain_id,
+                "enabled": True,
+                "is_domain": False,
+                "parent_id": domain_id,
+                "tags": [],
+            }
+            project["links"] = {"self": f"{self.base_url}/v3/projects/{project['id']}"}
+            with self._lock:
+                self.projects[project["id"]] = project
+            return JSONResponse({"project": project}, 201)
+
+        @app.get("/v3/projects/{project_id}")
+        def show_project(request: Request, project_id: str) -> JSONResponse:
+            caller = admin_of(request)
+            if isinstance(caller, JSONResponse):
+                return caller
+            if project_id not in self.projects:
+                return _keystone_error(404, "Not Found", f"no project {project_id}")
+            return JSONResponse({"project": self.projects[project_id]})
+
+        @app.delete("/v3/projects/{project_id}")
+        def delete_project(request: Request, project_id: str) -> Response:
+            caller = admin_of(request)
+            if isinstance(caller, JSONResponse):
+                return caller
+            with self._lock:
+                gone = self.projects.pop(project_id, None)
+            if gone is None:
+                return _keystone_error(404, "Not Found", f"no project {project_id}")
+            return Response(status_code=204)
 
         @app.get("/v3/auth/tokens")
         def validate(request: Request) -> JSONResponse:

@@ -20,6 +20,7 @@ from tessera.model.neutron import (
     NeutronSecurityGroupRule,
     NeutronSubnet,
 )
+from tessera.model.neutron_owners import NeutronOwners
 from tessera.model.routing import Route, RouteType
 from tessera.model.rules import Chain, Conditions, NatTarget, Rule, RuleType
 from tessera.model.types import PortRange, new_id
@@ -51,6 +52,7 @@ KINDS: dict[str, type[StoredObject]] = {
         NeutronFloatingIp,
         NeutronSecurityGroup,
         NeutronSecurityGroupRule,
+        NeutronOwners,
     )
 }
 # The kinds whose ids are unique across each other (every kind but the twins, which
@@ -72,6 +74,7 @@ __all__ = [
     "LoadBalancer",
     "Mirror",
     "NeutronNetwork",
+    "NeutronOwners",
     "NeutronPort",
     "NeutronRouter",
     "NeutronFloatingIp",

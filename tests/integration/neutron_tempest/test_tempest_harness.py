@@ -220,3 +220,49 @@ def test_middleware_lets_version_discovery_through_without_identity() -> None:
     assert response.status_code == 200
     (headers,) = seen
     assert "x-project-id" not in headers and "x-roles" not in headers
+
+
+def _token(client: TestClient, account: Any) -> str:
+    body = _password_body(account.username, account.password, account.project_name)
+    token: str = client.post("/v3/auth/tokens", json=body).headers["X-Subject-Token"]
+    return token
+
+
+def test_admin_finds_the_domain_and_creates_and_deletes_a_project() -> None:
+    """What tempest's V3CredsClient does for RoutersAdminTest; a member may not."""
+    keystone, client = _keystone()
+    admin = next(a for a in keystone.accounts if "admin" in a.roles)
+    member = next(a for a in keystone.accounts if a.roles == ("member",))
+    as_admin = {"X-Auth-Token": _token(client, admin)}
+    domains = client.get("/v3/domains", params={"name": "Default"}, headers=as_admin).json()
+    assert [d["id"] for d in domains["domains"]] == ["default"]
+    none = client.get("/v3/domains", params={"name": "Elsewhere"}, headers=as_admin).json()
+    assert none["domains"] == []
+    body = {"project": {"name": "p1", "description": "d", "domain_id": "default"}}
+    created = client.post("/v3/projects", json=body, headers=as_admin)
+    assert created.status_code == 201
+    project = created.json()["project"]
+    assert (project["name"], project["domain_id"]) == ("p1", "default")
+    assert client.post("/v3/projects", json=body, headers=as_admin).status_code == 409
+    as_member = {"X-Auth-Token": _token(client, member)}
+    assert client.post("/v3/projects", json=body, headers=as_member).status_code == 403
+    assert client.delete(f"/v3/projects/{project['id']}", headers=as_member).status_code == 403
+    assert client.delete(f"/v3/projects/{project['id']}", headers=as_admin).status_code == 204
+    assert client.delete(f"/v3/projects/{project['id']}", headers=as_admin).status_code == 404
+    assert client.get("/v3/domains").status_code == 401
+
+
+def test_alt_is_in_another_project_than_primary() -> None:
+    """tempest hands out `alt` as the first free account without admin in file order,
+    after `primary` took the member of the project with the most personas: that must be
+    an account of another project, or isolation tests (FloatingIPAdminTestJSON) break."""
+    accounts = default_accounts()
+    non_admin = [a for a in accounts if "admin" not in a.roles]
+    by_project = {
+        a.project_name: sum(b.project_name == a.project_name for b in non_admin) for a in non_admin
+    }
+    primary = max(
+        (a for a in non_admin if "member" in a.roles), key=lambda a: by_project[a.project_name]
+    )
+    alt = next(a for a in non_admin if a != primary)
+    assert alt.project_name != primary.project_name

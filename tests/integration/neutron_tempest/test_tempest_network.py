@@ -35,10 +35,9 @@ from tessera.nsdb.connect import open_nsdb
 #: BulkNetworkOpsTest), their error cases, ports, extension listing, version discovery,
 #: security groups and rules, routers, floating IPs (with the external network the
 #: harness makes, `public_network=True`), allowed address pairs, and the admin classes
-#: of those resources. Not run: admin FloatingIPAdminTestJSON (tempest's static
-#: credentials may pick member and reader, one project, as primary and alt, so its
-#: "alt's floating IP is invisible to primary" cannot hold) and RoutersAdminTest (it
-#: lists Keystone domains, which the fake Keystone does not serve).
+#: of those resources (FloatingIPAdminTestJSON needs primary and alt in two projects,
+#: see `default_accounts`; RoutersAdminTest creates a Keystone project, which the fake
+#: Keystone serves).
 CORE_CLASSES = (
     "tempest.api.network.test_networks.NetworksTest",
     "tempest.api.network.test_networks.BulkNetworkOpsTest",
@@ -58,6 +57,8 @@ CORE_CLASSES = (
     "ExternalNetworksAdminNegativeTestJSON",
     "tempest.api.network.admin.test_routers_negative.RoutersAdminNegativeTest",
     "tempest.api.network.admin.test_ports.PortsAdminExtendedAttrsTestJSON",
+    "tempest.api.network.admin.test_floating_ips_admin_actions.FloatingIPAdminTestJSON",
+    "tempest.api.network.admin.test_routers.RoutersAdminTest",
 )
 #: Bound on the whole tempest run (the classes above take well under a minute).
 TEMPEST_TIMEOUT = 300.0

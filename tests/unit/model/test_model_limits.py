@@ -30,6 +30,7 @@ from tessera.model import (
     NatTarget,
     NeutronFloatingIp,
     NeutronNetwork,
+    NeutronOwners,
     NeutronPort,
     NeutronRouter,
     NeutronSecurityGroup,
@@ -49,6 +50,7 @@ from tessera.model import (
     Vip,
 )
 from tessera.model import limits as L
+from tessera.model.neutron_owners import MAX_NEUTRON_OWNERS
 
 STORE_CAP = 512 * 1024
 # "Well below" the cap: the largest object of any kind must leave most of it unused.
@@ -306,6 +308,9 @@ def largest() -> dict[str, StoredObject]:
             **NEUTRON, security_group_id=rid, rule_id=rid, direction="ingress",
             protocol=WIDE, port_range_min=65535, port_range_max=65535,
             remote_ip_prefix="255.255.255.255/32", remote_group_id=rid,
+        ),
+        NeutronOwners(
+            owners=[{"owner_kind": "x" * 64, "owner_id": rid}] * MAX_NEUTRON_OWNERS,
         ),
     ]  # fmt: skip
     return {type(o).kind: o for o in objects}

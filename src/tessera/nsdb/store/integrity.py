@@ -26,6 +26,7 @@ from tessera.model import KINDS, Conditions, Mirror, Ref, StoredObject, TunnelZo
 from tessera.model.types import TesseraModel
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import Conflict, IntegrityError, NotFound
+from tessera.nsdb.store.neutron_owners import owner_of
 from tessera.nsdb.store.transaction import Transaction
 
 # The field that names an object's parent: it comes from the REST path, so a missing
@@ -165,31 +166,16 @@ def _check_condition_refs(tx: Transaction, new: Mirror, old: Mirror | None) -> N
 
 
 # Objects of these kinds are the Neutron API's (tessera.neutron): each names its tessera
-# twins (bridge, router, port, DHCP subnet, security group chains and groups) and the
-# rest of its translation (a router's chains, router ports, routes, SNAT and floating IP
-# rules), which only the Neutron API knows how to undo. Most of those names are nested
-# values, not `Ref`s, hence the walk over every `*_id` / `*_ids` field.
+# twins (bridge, router, port: the same id) and the rest of its translation (a router's
+# chains, router ports, routes, SNAT and floating IP rules, a subnet's DHCP subnet, a
+# security group's chains and groups), which only the Neutron API knows how to undo.
+# The twins are found by id; the rest through the reverse index that every Neutron write
+# keeps (`neutron_owners`): one or two reads per delete, whatever the number of objects.
 NEUTRON_PREFIX = "neutron_"
-_NOT_TOPOLOGY = frozenset({"project_id", "tenant_id"})
-
-
-def _named_ids(value: Any) -> set[str]:
-    """Every id under a `*_id` / `*_ids` key of a dumped object, at any depth."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in _NOT_TOPOLOGY:
-                continue
-            if key.endswith("_id") and isinstance(item, str):
-                found.add(item)
-            elif key.endswith("_ids") and isinstance(item, list):
-                found.update(x for x in item if isinstance(x, str))
-            else:
-                found |= _named_ids(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= _named_ids(item)
-    return found
+_TWINS: dict[str, tuple[str, ...]] = {
+    kind: tuple(k for k, c in KINDS.items() if c.twin_of == kind and k.startswith(NEUTRON_PREFIX))
+    for kind in KINDS
+}
 
 
 def refuse_neutron_twin(tx: Transaction, kind: str, id: str) -> None:
@@ -197,14 +183,15 @@ def refuse_neutron_twin(tx: Transaction, kind: str, id: str) -> None:
     translation: cascading from the v1 side would delete the Neutron object (or leave
     it naming nothing) and leave behind the rest of its translation, which only the
     Neutron API's delete removes exactly."""
-    for nkind in sorted(k for k in KINDS if k.startswith(NEUTRON_PREFIX)):
-        for owner in tx.all(nkind):
-            if id in _named_ids(owner.model_dump()):
-                noun = nkind.removeprefix(NEUTRON_PREFIX).removesuffix("s").replace("_", " ")
-                raise Conflict(
-                    f"{describe(kind, id)} is managed by the Neutron API (Neutron {noun} "
-                    f"{owner.id}): delete it there"
-                )
+    owner = next(((k, id) for k in _TWINS.get(kind, ()) if tx.find(k, id) is not None), None)
+    if owner is None and (indexed := owner_of(tx, id)) is not None:
+        owner = (indexed.owner_kind, indexed.owner_id)
+    if owner is not None:
+        noun = owner[0].removeprefix(NEUTRON_PREFIX).removesuffix("s").replace("_", " ")
+        raise Conflict(
+            f"{describe(kind, id)} is managed by the Neutron API (Neutron {noun} "
+            f"{owner[1]}): delete it there"
+        )
 
 
 def cascade_delete(tx: Transaction, kind: str, id: str) -> None:

@@ -21,6 +21,7 @@ from tessera.model import StoredObject
 from tessera.nsdb.base import Create, Delete, Nsdb, Op, Update
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import Conflict, NotFound
+from tessera.nsdb.store import neutron_owners
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class _Slot:
     version: int | None  # the version read; None = created in this transaction
     dirty: bool = False  # written (changed, created or deleted) here
     touched: bool = False  # to be rewritten unchanged, bumping its version
+    original: StoredObject | None = None  # the value read from the NSDB
 
 
 class Transaction:
@@ -58,7 +60,7 @@ class Transaction:
                 stored = self.nsdb.get(kind, id)
             except NotFound:
                 return None
-            slot = by_id[id] = _Slot(stored.value, stored.version)
+            slot = by_id[id] = _Slot(stored.value, stored.version, original=stored.value)
         return slot
 
     def find(self, kind: str, id: str) -> StoredObject | None:
@@ -78,7 +80,9 @@ class Transaction:
         by_id = self._slots.setdefault(kind, {})
         if kind not in self._listed:
             for stored in self.nsdb.list(kind):
-                by_id.setdefault(stored.value.id, _Slot(stored.value, stored.version))
+                by_id.setdefault(
+                    stored.value.id, _Slot(stored.value, stored.version, original=stored.value)
+                )
             self._listed.add(kind)
         return [slot.value for slot in by_id.values() if slot.value is not None]
 
@@ -119,6 +123,15 @@ class Transaction:
         return slot is not None and slot.value is None
 
     def ops(self) -> builtins.list[Op]:
+        # The reverse index of the Neutron translation is written with what it indexes.
+        changed = [
+            (slot.original, slot.value)
+            for kind, by_id in self._slots.items()
+            if kind.startswith("neutron_")
+            for slot in by_id.values()
+            if slot.dirty
+        ]
+        neutron_owners.reindex(self, changed)
         return list(self._ops())
 
     def _ops(self) -> Iterator[Op]:
