@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,7 +56,7 @@ from tessera.nsdb.realization import REALIZE_COUNTER, REALIZED, decode_report, r
 
 log = logging.getLogger(__name__)
 
-WAIT_HEADER = "x-tessera-wait"
+WAIT_HEADER = b"x-tessera-wait"
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 600.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -279,52 +280,44 @@ class WaitRequestError(ValueError):
     pass
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
 def wait_timeout(scope: Scope) -> float | None:
     """The timeout a request asks to wait for, None if it does not ask:
-    `?wait=true[&wait_timeout=S]` or the header `X-Tessera-Wait: true|S`."""
-    from urllib.parse import parse_qs
-
+    `?wait=true[&wait_timeout=S]`, or the header `X-Tessera-Wait: true|false|S`. Values
+    are checked even when they ask nothing (what the schema refuses is a 422)."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    header = next(
-        (
-            v.decode("latin-1").strip()
-            for k, v in scope.get("headers", [])
-            if k == b"x-tessera-wait"
-        ),
-        None,
-    )
     wait = query.get("wait", [None])[-1]
     timeout_text = query.get("wait_timeout", [None])[-1]
+    timeout = _seconds(timeout_text, "wait_timeout") if timeout_text is not None else None
     asked = False
-    for text in (wait, header):
-        if text is None:
-            continue
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            asked = True
-        elif low in ("false", "0", "no", ""):
-            continue
-        elif text is header:
-            asked, timeout_text = True, timeout_text or text
-        else:
-            raise WaitRequestError(f"wait must be true or false, not '{text}'")
+    if wait is not None:
+        if wait.lower() not in _TRUE | _FALSE:
+            raise WaitRequestError(f"wait must be true or false, not '{wait}'")
+        asked = wait.lower() in _TRUE
+    header = next(
+        (v.decode("latin-1").strip() for k, v in scope.get("headers", []) if k == WAIT_HEADER),
+        None,
+    )
+    if header is not None and header.lower() not in _FALSE:
+        asked = True
+        if header.lower() not in _TRUE and timeout is None:
+            timeout = _seconds(header, "X-Tessera-Wait")
     if not asked:
-        if timeout_text is not None:
-            raise WaitRequestError("wait_timeout is given without wait=true")
         return None
-    if timeout_text is None:
-        return DEFAULT_TIMEOUT
+    return timeout if timeout is not None else DEFAULT_TIMEOUT
+
+
+def _seconds(text: str, what: str) -> float:
     try:
-        timeout = float(timeout_text)
+        value = float(text)
     except ValueError:
-        raise WaitRequestError(
-            f"wait timeout must be a number of seconds, not '{timeout_text}'"
-        ) from None
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise WaitRequestError(
-            f"wait timeout must be in (0, {MAX_TIMEOUT:g}] seconds, not {timeout_text}"
-        )
-    return timeout
+        raise WaitRequestError(f"{what} must be a number of seconds, not '{text}'") from None
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails too
+        raise WaitRequestError(f"{what} must be in (0, {MAX_TIMEOUT:g}] seconds, not {text}")
+    return value
 
 
 class WaitMiddleware:

@@ -72,8 +72,9 @@ def test_wait_returns_once_concerned_agents_applied(setup: Setup) -> None:
 
 
 def test_header_asks_too_and_plain_writes_do_not_wait(setup: Setup) -> None:
-    status, _ = _rule(setup, "")
-    assert status == 201
+    for query in ("", "?wait=false", "?wait_timeout=3"):
+        status, _ = _rule(setup, query)
+        assert status == 201
     assert setup.cloud.admin.state_get(REALIZED) == {}  # nobody was asked
     status, rule = _rule(setup, "", {"X-Tessera-Wait": "10"})
     assert status == 201
@@ -105,7 +106,7 @@ def test_a_dead_agent_is_not_waited_for(setup: Setup) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["?wait=maybe", "?wait=true&wait_timeout=-1", "?wait=true&wait_timeout=x", "?wait_timeout=3"],
+    ["?wait=maybe", "?wait=true&wait_timeout=-1", "?wait=true&wait_timeout=x", "?wait_timeout=601"],
 )
 def test_bad_wait_parameters_are_422(setup: Setup, query: str) -> None:
     status, body = _rule(setup, query)
