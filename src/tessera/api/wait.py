@@ -216,6 +216,8 @@ class RealizationWaiter:
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
                 pending = self._pending(concerned, seq)
+            if pending:  # a death the watch has not delivered yet is not a timeout
+                pending &= set(self.nsdb.state_get(tables.HOST_LIVENESS))
         finally:
             for host in written:
                 try:
