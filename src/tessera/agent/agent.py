@@ -31,6 +31,7 @@ from tessera.agent.flowtable import FlowTable
 from tessera.agent.lifecycle import Adopter, sweep
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
+from tessera.agent.realized import RealizationReporter
 from tessera.agent.translate import PortLocation
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.agent.writer import StateWriter
@@ -90,6 +91,10 @@ class Agent:
         # Filled by the cache's threads, drained here; deque appends/pops are atomic.
         self._events: collections.deque[CacheUpdate] = collections.deque()
         self.cache = TopologyCache(nsdb, host_id, self._on_cache)
+        # `--wait`: reports which changes are in effect here (docs/wait.md).
+        self.realized = RealizationReporter(
+            nsdb, host_id, self.cache.idle, datapath.wakeup, wall_clock
+        )
         # -- connection state (docs/agent.md "Connection state") --
         self.flowstate = FlowStateService(
             host_id, nsdb, self.metrics, self._tunnel_zones, underlay_ip=underlay_ip,
@@ -144,6 +149,7 @@ class Agent:
             self.writer.start()
         self.flowstate.start()
         self.cache.start()
+        self.realized.start()
         if self.control is not None:
             self.control.start()
         self.started = True
@@ -174,6 +180,7 @@ class Agent:
         if self.control is not None:
             self.control.stop()
         self.flowstate.stop()
+        self.realized.stop()
         self.cache.close()
         if self.writer is not None:
             self.writer.stop()
@@ -190,7 +197,9 @@ class Agent:
 
     def run_once(self, timeout: float = TICK) -> None:
         """One iteration: cache events, then misses (waiting up to `timeout`), timers."""
+        flush = self.realized.flush_token  # read before draining: what it asks is drained
         self.process_events()
+        self.realized.flushed(flush)
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
         handled = self.upcall.handle(self.dp.recv_misses(timeout))

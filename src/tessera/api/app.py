@@ -13,7 +13,6 @@ from starlette.routing import Route, compile_path
 
 from tessera import __version__
 from tessera.api import errors
-from tessera.api.instrumented import InstrumentedNsdb
 from tessera.api.metrics import ApiMetrics, MetricsMiddleware, RouteTemplates, TopologyCollector
 from tessera.api.resources import (
     bridges,
@@ -35,6 +34,7 @@ from tessera.api.resources import (
     traces,
     tunnel_zones,
 )
+from tessera.api.wait import RealizationWaiter, RecordingNsdb, WaitMiddleware, document_wait
 from tessera.cluster.services import ClusterServices
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store import TopologyStore
@@ -140,7 +140,7 @@ def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     """The API over `nsdb`. `services`, when this process takes part in the cluster's
     leader election, is reported by the health endpoint and `/metrics`."""
     metrics = ApiMetrics()
-    instrumented = InstrumentedNsdb(nsdb, metrics.nsdb_latency, metrics.nsdb_errors)
+    instrumented = RecordingNsdb(nsdb, metrics.nsdb_latency, metrics.nsdb_errors)
     app = FastAPI(
         title="tessera",
         version=__version__,
@@ -175,10 +175,12 @@ def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
 
     def openapi_with_links() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_links(plain_openapi())
+            app.openapi_schema = document_wait(add_links(plain_openapi()), API_PREFIX)
         return app.openapi_schema
 
     app.openapi = openapi_with_links  # type: ignore[method-assign]
     templates = RouteTemplates(lambda: _route_templates(app))
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
+    app.state.waiter = RealizationWaiter(instrumented)
+    app.add_middleware(WaitMiddleware, waiter=app.state.waiter, prefix=API_PREFIX)
     return app

@@ -58,6 +58,7 @@ class ApiClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = check_api_url(base_url)
+        self.wait: float | None = None  # `--wait`: writes wait this long to be in effect
         self._http = httpx.Client(
             base_url=self.base_url + "/",
             transport=transport,
@@ -82,9 +83,18 @@ class ApiClient:
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """The decoded JSON answer (None for an empty one); raises a `UserError`."""
+        params: dict[str, str] = {}
+        timeout: httpx.Timeout | None = None
+        if self.wait is not None and method != "GET":
+            params = {"wait": "true", "wait_timeout": f"{self.wait:g}"}
+            timeout = httpx.Timeout(self.wait + 30.0, connect=5.0)  # the server's, then ours
         try:
             response = self._http.request(
-                method, path.lstrip("/"), json=dict(body) if body is not None else None
+                method,
+                path.lstrip("/"),
+                json=dict(body) if body is not None else None,
+                params=params or None,
+                timeout=timeout or self._http.timeout,
             )
         except httpx.TimeoutException as exc:
             raise ApiUnreachable(

@@ -46,6 +46,38 @@ _EXTRA = (
     ),
 )
 
+WAIT_HELP = (
+    "Return only once every agent the change concerns has applied it (flows included); "
+    "fail after --wait-timeout."
+)
+WAIT_TIMEOUT_HELP = "Seconds --wait waits at most (the change stays made if it runs out)."
+DEFAULT_WAIT_TIMEOUT = 30.0
+_READS = frozenset({"list", "show", "trace", "mac-table", "arp-table", "bindings"})
+_WAIT_EXTRA = (
+    inspect.Parameter(
+        "_wait",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("--wait", help=WAIT_HELP)],
+    ),
+    inspect.Parameter(
+        "_wait_timeout",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=DEFAULT_WAIT_TIMEOUT,
+        annotation=Annotated[
+            float,
+            typer.Option(
+                "--wait-timeout", metavar="SECONDS", min=0.001, max=600.0, help=WAIT_TIMEOUT_HELP
+            ),
+        ],
+    ),
+)
+
+
+def is_write(name: str) -> bool:
+    """Commands that change the topology take `--wait` (reads would ignore it)."""
+    return name not in _READS
+
 
 def command(
     app: typer.Typer, name: str, *, hidden: bool = False, panel: str | None = None
@@ -55,11 +87,15 @@ def command(
     def register(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)
         own = list(signature.parameters.values())[1:]  # the first one is the Session
-        params = [*own, *_EXTRA]
+        write = is_write(name)
+        params = [*own, *_EXTRA, *(_WAIT_EXTRA if write else ())]
 
         @functools.wraps(fn)
         def run(**kwargs: Any) -> Any:
             session = current_session(kwargs.pop("_ctx"))
+            if write:
+                wait, timeout = kwargs.pop("_wait"), kwargs.pop("_wait_timeout")
+                session.wait = timeout if wait else None
             session.apply(
                 api_url=kwargs.pop("_api"),
                 json_output=kwargs.pop("_json"),

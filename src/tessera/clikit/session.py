@@ -24,6 +24,7 @@ class Session:
     json_output: bool = False
     quiet: bool = False
     transport: httpx.BaseTransport | None = None
+    wait: float | None = None  # `--wait`: seconds a write waits to be in effect
     _client: ApiClient | None = field(default=None, repr=False)
 
     def apply(self, *, api_url: str | None, json_output: bool, quiet: bool) -> None:
@@ -42,6 +43,7 @@ class Session:
     def api(self) -> ApiClient:
         if self._client is None:
             self._client = ApiClient(self.url, transport=self.transport)
+        self._client.wait = self.wait
         return self._client
 
     @property

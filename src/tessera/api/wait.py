@@ -1,0 +1,452 @@
+"""`?wait=true`: a write answers once every agent it concerns has applied it.
+
+Which agents a write concerns: those whose loaded topology holds an object the write
+touched. The agent loads the closure of what its bound ports reach (`agent.cache`), so
+the API computes the same closure for every live host from the NSDB, before the write
+(a deleted rule was in some agents' closure) and after it (a new binding brings a host
+in); a host is concerned when either closure meets a touched object. Hosts, tunnel
+zones, port groups and load balancers are watched whole by every agent, so a change to
+one concerns every live agent. The cost is two reads of the topology per waiting write
+(nothing for the others): fine for a lab or a rack, and meant to give way to the NSDB's
+per-host indexes once they exist.
+
+Then (`tessera.nsdb.realization`): take a request number, write it into each concerned
+host's request table, and wait until each has reported it, has died (its liveness entry
+is gone), or the timeout passed. The write itself is committed in any case; a timeout
+answers 504 naming the agents that had not applied it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tessera.agent.cache import LB_KINDS
+from tessera.api.instrumented import InstrumentedNsdb
+from tessera.model import (
+    Bridge,
+    Chain,
+    Conditions,
+    DhcpSubnet,
+    Host,
+    Mirror,
+    Port,
+    PortGroup,
+    Route,
+    Router,
+    Rule,
+    StoredObject,
+    TunnelZone,
+)
+from tessera.nsdb import tables
+from tessera.nsdb.base import Check, Nsdb, Op, StateEvent, Subscription
+from tessera.nsdb.errors import NsdbError
+from tessera.nsdb.realization import REALIZE_COUNTER, REALIZED, decode_report, request_table
+
+log = logging.getLogger(__name__)
+
+WAIT_HEADER = b"x-tessera-wait"
+DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 600.0
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind, PortGroup.kind, *LB_KINDS})
+"""Kinds every agent watches whole: a change to one concerns every live agent."""
+_CLOSURE_KINDS = (
+    Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
+    DhcpSubnet.kind,
+)  # fmt: skip
+
+Touched = set[tuple[str, str]]
+_touched: contextvars.ContextVar[Touched | None] = contextvars.ContextVar(
+    "tessera_wait_touched", default=None
+)
+
+
+class RecordingNsdb(InstrumentedNsdb):
+    """The API's NSDB client: also notes, for a request that will wait, which objects
+    its commits wrote (the request's context carries the set to fill)."""
+
+    def commit(self, ops: Sequence[Op]) -> list[int]:
+        versions = super().commit(ops)
+        touched = _touched.get()
+        if touched is not None:
+            for op in ops:
+                if isinstance(op, Check):
+                    continue
+                if hasattr(op, "obj"):
+                    touched.add((op.obj.kind, op.obj.id))
+                else:
+                    touched.add((op.kind, op.id))
+        return versions
+
+
+# --- which hosts a change concerns -----------------------------------------------------
+
+
+def closures(nsdb: Nsdb, hosts: Iterable[str]) -> dict[str, set[str]]:
+    """The ids each host's agent loads (besides what every agent watches whole): what
+    its bound ports reach, as `agent.cache` walks it."""
+    objs: dict[str, dict[str, StoredObject]] = {
+        kind: {s.value.id: s.value for s in nsdb.list(kind)} for kind in _CLOSURE_KINDS
+    }
+    ports_of: dict[str, list[str]] = defaultdict(list)
+    bound: dict[str, list[str]] = defaultdict(list)
+    for port in objs[Port.kind].values():
+        assert isinstance(port, Port)
+        ports_of[port.device_id].append(port.id)
+        if port.host_id:
+            bound[port.host_id].append(port.id)
+    children: dict[str, list[str]] = defaultdict(list)
+    for route in objs[Route.kind].values():
+        children[getattr(route, "router_id", "")].append(route.id)
+    for subnet in objs[DhcpSubnet.kind].values():
+        children[getattr(subnet, "bridge_id", "")].append(subnet.id)
+    return {host: _closure(objs, ports_of, children, bound.get(host, [])) for host in hosts}
+
+
+def _closure(
+    objs: dict[str, dict[str, StoredObject]],
+    ports_of: dict[str, list[str]],
+    children: dict[str, list[str]],
+    start: list[str],
+) -> set[str]:
+    seen: set[str] = set(start)
+    stack = list(start)
+
+    def want(*ids: str | None) -> None:
+        for id in ids:
+            if id and id not in seen:
+                seen.add(id)
+                stack.append(id)
+
+    def want_groups(cond: Conditions) -> None:
+        want(cond.port_group, cond.ip_addr_group_src, cond.ip_addr_group_dst)
+
+    while stack:
+        id = stack.pop()
+        obj = next((objs[k][id] for k in _CLOSURE_KINDS if id in objs[k]), None)
+        if isinstance(obj, Port | Bridge | Router):
+            want(*obj.inbound_mirror_ids, *obj.outbound_mirror_ids)
+            want(obj.inbound_filter_id, obj.outbound_filter_id)
+        if isinstance(obj, Port):
+            want(obj.device_id, obj.peer_id)
+        elif isinstance(obj, Bridge | Router):
+            want(*ports_of.get(obj.id, []), *children.get(obj.id, []))
+        elif isinstance(obj, Chain):
+            want(*obj.rule_ids)
+        elif isinstance(obj, Rule):
+            want(obj.jump_chain_id)
+            want_groups(obj)
+        elif isinstance(obj, Mirror):
+            for cond in obj.conditions:
+                want_groups(cond)
+    return seen
+
+
+def concerned_hosts(touched: Touched, live: set[str], *views: dict[str, set[str]]) -> set[str]:
+    """The live hosts a change to `touched` concerns, by their closures in `views`."""
+    if any(kind in GLOBAL_KINDS for kind, _ in touched):
+        return set(live)
+    ids = {id for _, id in touched}
+    return {h for h in live if any(view.get(h, set()) & ids for view in views)}
+
+
+# --- waiting for the agents -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    concerned: tuple[str, ...]
+    pending: tuple[str, ...]  # concerned, alive, and not applied when the wait ended
+
+
+class RealizationWaiter:
+    """Watches the agents' reports and liveness (subscribed on first use) and waits."""
+
+    def __init__(self, nsdb: Nsdb) -> None:
+        self.nsdb = nsdb
+        self._cond = threading.Condition()
+        self._reports: dict[str, int] = {}
+        self._alive: set[str] = set()
+        self._subs: list[Subscription] | None = None
+
+    def close(self) -> None:
+        with self._cond:
+            subs, self._subs = self._subs or [], None
+        for sub in subs:
+            sub.cancel()
+
+    def snapshot(self) -> tuple[set[str], dict[str, set[str]]]:
+        """The live hosts and their closures now (taken before a write)."""
+        live = set(self.nsdb.state_get(tables.HOST_LIVENESS))
+        return live, closures(self.nsdb, live)
+
+    def realize(
+        self, touched: Touched, before: tuple[set[str], dict[str, set[str]]], timeout: float
+    ) -> Outcome:
+        deadline = time.monotonic() + timeout
+        self._subscribe()
+        live, after = self.snapshot()
+        concerned = concerned_hosts(touched, live, before[1], after)
+        if not concerned:
+            return Outcome((), ())
+        with self._cond:
+            self._alive |= live
+        seq = self.nsdb.next_id(REALIZE_COUNTER)
+        written: list[str] = []
+        try:
+            for host in sorted(concerned):
+                self.nsdb.state_set(request_table(host), str(seq), "", ephemeral=True)
+                written.append(host)
+            self._prime()
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: not self._pending(concerned, seq),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                pending = self._pending(concerned, seq)
+            if pending:  # a death the watch has not delivered yet is not a timeout
+                pending &= set(self.nsdb.state_get(tables.HOST_LIVENESS))
+        finally:
+            for host in written:
+                try:
+                    self.nsdb.state_delete(request_table(host), str(seq))
+                except NsdbError as exc:  # ephemeral: it goes with this session anyway
+                    log.debug("could not remove wait request %d of %s: %s", seq, host, exc)
+        return Outcome(tuple(sorted(concerned)), tuple(sorted(pending)))
+
+    def names(self, hosts: Iterable[str]) -> dict[str, str]:
+        """Host names for messages (from the liveness entries; best effort)."""
+        try:
+            entries = self.nsdb.state_get(tables.HOST_LIVENESS)
+        except NsdbError:
+            return {}
+        return {h: tables.decode_liveness(entries[h]).name for h in hosts if h in entries}
+
+    def _pending(self, concerned: set[str], seq: int) -> set[str]:
+        return {h for h in concerned if h in self._alive and self._reports.get(h, 0) < seq}
+
+    def _subscribe(self) -> None:
+        with self._cond:
+            if self._subs is not None:
+                return
+            self._subs = []
+        subs = [
+            self.nsdb.watch_state(REALIZED, self._on_report),
+            self.nsdb.watch_state(tables.HOST_LIVENESS, self._on_liveness),
+        ]
+        with self._cond:
+            self._subs.extend(subs)
+
+    def _prime(self) -> None:
+        """Reports already written (the watch delivers them too, a little later)."""
+        for host, value in self.nsdb.state_get(REALIZED).items():
+            self._record(host, value)
+
+    def _record(self, host: str, value: str | None) -> None:
+        report = decode_report(value) if value is not None else None
+        with self._cond:
+            if report is None:
+                self._reports.pop(host, None)
+            elif report.seq > self._reports.get(host, 0):
+                self._reports[host] = report.seq
+            self._cond.notify_all()
+
+    def _on_report(self, ev: StateEvent) -> None:
+        self._record(ev.key, ev.value if ev.change != "deleted" else None)
+
+    def _on_liveness(self, ev: StateEvent) -> None:
+        with self._cond:
+            if ev.change == "deleted":
+                self._alive.discard(ev.key)
+            else:
+                self._alive.add(ev.key)
+            self._cond.notify_all()
+
+
+# --- the HTTP side ----------------------------------------------------------------------
+
+
+class WaitRequestError(ValueError):
+    pass
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def wait_timeout(scope: Scope) -> float | None:
+    """The timeout a request asks to wait for, None if it does not ask:
+    `?wait=true[&wait_timeout=S]`, or the header `X-Tessera-Wait: true|false|S`. Values
+    are checked even when they ask nothing (what the schema refuses is a 422)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    wait = query.get("wait", [None])[-1]
+    timeout_text = query.get("wait_timeout", [None])[-1]
+    timeout = _seconds(timeout_text, "wait_timeout") if timeout_text is not None else None
+    asked = False
+    if wait is not None:
+        if wait.lower() not in _TRUE | _FALSE:
+            raise WaitRequestError(f"wait must be true or false, not '{wait}'")
+        asked = wait.lower() in _TRUE
+    header = next(
+        (v.decode("latin-1").strip() for k, v in scope.get("headers", []) if k == WAIT_HEADER),
+        None,
+    )
+    if header is not None and header.lower() not in _FALSE:
+        asked = True
+        if header.lower() not in _TRUE and timeout is None:
+            timeout = _seconds(header, "X-Tessera-Wait")
+    if not asked:
+        return None
+    return timeout if timeout is not None else DEFAULT_TIMEOUT
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise WaitRequestError(f"{what} must be a number of seconds, not '{text}'") from None
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails too
+        raise WaitRequestError(f"{what} must be in (0, {MAX_TIMEOUT:g}] seconds, not {text}")
+    return value
+
+
+class WaitMiddleware:
+    """Holds a waiting write's answer until its change is in effect (or the timeout)."""
+
+    def __init__(self, app: ASGIApp, waiter: RealizationWaiter, prefix: str) -> None:
+        self.app = app
+        self.waiter = waiter
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") not in WRITE_METHODS
+            or not str(scope.get("path", "")).startswith(self.prefix)
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            timeout = wait_timeout(scope)
+        except WaitRequestError as exc:
+            await _answer(send, 422, {"message": str(exc)})
+            return
+        if timeout is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            before = await run_in_threadpool(self.waiter.snapshot)
+        except NsdbError as exc:
+            await _answer(send, 503, {"message": f"cannot wait: the NSDB failed: {exc}"})
+            return
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        touched: Touched = set()
+        token = _touched.set(touched)
+        try:
+            await self.app(scope, receive, hold)
+        finally:
+            _touched.reset(token)
+        status = next((m["status"] for m in held if m["type"] == "http.response.start"), 500)
+        if 200 <= status < 300 and touched:
+            try:
+                outcome = await run_in_threadpool(self.waiter.realize, touched, before, timeout)
+            except NsdbError as exc:
+                await _answer(
+                    send, 503,
+                    {"message": f"the change is committed, but waiting for it failed: {exc}"},
+                )  # fmt: skip
+                return
+            if outcome.pending:
+                names = await run_in_threadpool(self.waiter.names, outcome.pending)
+                listed = ", ".join(
+                    f"{h} ({names[h]})" if names.get(h) else h for h in outcome.pending
+                )
+                await _answer(
+                    send, 504,
+                    {
+                        "message": f"the change is committed, but {len(outcome.pending)} of "
+                        f"{len(outcome.concerned)} concerned agents did not apply it within "
+                        f"{timeout:g}s: {listed}",
+                        "hosts": list(outcome.pending),
+                    },
+                )  # fmt: skip
+                return
+            _add_header(held, b"x-tessera-realized", str(len(outcome.concerned)).encode())
+        for message in held:
+            await send(message)
+
+
+def _add_header(held: list[Message], name: bytes, value: bytes) -> None:
+    for message in held:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (name, value)]
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+_WAIT_PARAMS = [
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "description": "Answer only once every agent the change concerns has applied it "
+        "(cache updated, flows invalidated); also the header `X-Tessera-Wait: true|SECONDS`.",
+        "schema": {"type": "boolean", "default": False},
+    },
+    {
+        "name": "wait_timeout",
+        "in": "query",
+        "required": False,
+        "description": f"Seconds to wait with `wait=true` (default {DEFAULT_TIMEOUT:g}, at "
+        f"most {MAX_TIMEOUT:g}); past it the answer is 504, the change staying committed.",
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT},
+    },
+]
+
+
+def document_wait(schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Declare `wait`/`wait_timeout` and the 504 on every write of the REST API."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(prefix):
+            continue
+        for method, operation in operations.items():
+            if method.upper() not in WRITE_METHODS or not isinstance(operation, dict):
+                continue
+            operation.setdefault("parameters", []).extend(dict(p) for p in _WAIT_PARAMS)
+            operation.setdefault("responses", {})["504"] = {
+                "description": "With `wait=true`: committed, but not applied by every "
+                "concerned agent in time (`hosts` names them)",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}
+                },
+            }
+    return schema
