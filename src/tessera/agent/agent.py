@@ -193,11 +193,8 @@ class Agent:
         self.process_events()
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
-        handled = self.upcall.handle(self.dp.recv_misses(timeout))
-        self.process_events()
-        received = self.flowstate.drain_tags()  # state peers sent: what it changes
-        if received:
-            self.upcall.invalidate(received)
+        handled = self.upcall.handle(self.dp.recv_misses(timeout), self._between_misses)
+        self._between_misses()
         now = self.clock()
         if self._prepare_at is not None and now >= self._prepare_at and not handled:
             self._prepare_at = None
@@ -222,6 +219,15 @@ class Agent:
             installed = self.dp.dump()
             sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed))
             self._sweep_flowstate(now, installed)
+
+    def _between_misses(self) -> None:
+        """What must not wait behind a batch of misses: topology changes (invalidations,
+        loaded objects) and the flows a peer's flow state changes. Two cheap checks
+        when nothing came, as is usual between two misses."""
+        self.process_events()
+        received = self.flowstate.drain_tags()  # state peers sent: what it changes
+        if received:
+            self.upcall.invalidate(received)
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""

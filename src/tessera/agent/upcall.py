@@ -152,8 +152,11 @@ class UpcallHandler:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def handle(self, misses: Iterable[Miss]) -> int:
-        """Handle each miss as it comes (`misses` may read lazily); returns how many."""
+    def handle(self, misses: Iterable[Miss], between: Callable[[], object] | None = None) -> int:
+        """Handle each miss as it comes (`misses` may read lazily), in order of arrival;
+        returns how many. `between` runs after each one: the agent applies the
+        invalidations and flow state that came meanwhile there, so that a flood of misses
+        does not hold them back for a whole batch."""
         n = 0
         for miss in misses:
             n += 1
@@ -162,6 +165,8 @@ class UpcallHandler:
                     self.handle_one(miss)
                 except Exception as exc:  # the rest of the batch must still be handled
                     self._failed(self.ports.port_of(miss.port), 1, exc)
+            if between is not None:
+                between()
         if self.parked or self._held:
             self._held = sum(len(p.misses) for p in self.parked.values())
             self.metrics.held.set(self._held)
