@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 # How long the miss thread polls instead of sleeping after a miss (seconds): a wake-up
 # from select(2) costs 80-90 us on this kind of VM, a poll(2) of an empty socket ~1 us.
 # Overridden by the environment (microseconds; 0 turns it off), for measurements.
-WARM_POLL = 200e-6
+WARM_POLL = 0.0
 WARM_POLL_ENV = "TESSERA_MISS_WARM_US"
 _MISS, _WOKEN, _COLD = object(), object(), object()  # what a warm poll found
 MISS_DP_END = "tsmiss0"
