@@ -30,7 +30,7 @@ if (_why := root_missing()) is not None:
 
 BOUND = 0.050  # the issue's bound, counted from the API's answer
 
-# Frames to never-seen MACs out of eth0, in bursts of 32 a millisecond, for `seconds`.
+# Frames to never-seen MACs out of eth0, in bursts of 16 a millisecond, for `seconds`.
 FLOOD = """
 import socket, struct, sys, time
 seconds = float(sys.argv[1])
@@ -43,7 +43,7 @@ tail = src + b"\\x08\\x00" + ip + struct.pack("!HHHH", 40000, 9, 8, 0)
 end = time.monotonic() + seconds
 n = 0
 while time.monotonic() < end and n < 200000:
-    for _ in range(32):
+    for _ in range(16):
         s.send(bytes([2, 0xee, n >> 16 & 255, n >> 8 & 255, n & 255, 1]) + tail)
         n += 1
     time.sleep(0.001)
