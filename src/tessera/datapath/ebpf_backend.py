@@ -343,10 +343,13 @@ class EbpfDatapath(Datapath):
         channel = self._channel
         if channel is None:
             return
+        started = time.monotonic() if self._warm_until else 0.0
         warm = self._poll_warm(timeout)
         if warm is _WOKEN:
             return  # events first; the window stays open for the next call
         if warm is _COLD:
+            if started:  # the window closed: sleep for what is left of `timeout`
+                timeout = max(0.0, timeout - (time.monotonic() - started))
             try:
                 ready, _, _ = select.select([channel.fileno(), self._wake_r], [], [], timeout)
             except (OSError, ValueError):
