@@ -6,6 +6,11 @@ held across a simulation. Other threads only hand it work: NSDB watch callbacks 
 `CacheUpdate`s (and wake the thread), the loader subscribes, the writer writes learned
 state, the control socket reads copies.
 
+The loop: cache events, then the misses that are queued (waiting up to a tick for the
+first), with the queued events applied again between any two misses, then timers. A
+flood of misses thus keeps a rule change waiting for one miss, and the other threads
+get the GIL within `SWITCH_INTERVAL` (see `run_forever`).
+
 Start-up order matters for a restart: the datapath is opened first (adopting the flows
 and ports a previous agent left), then the host registers and the cache starts; adopted
 flows keep forwarding until each is re-simulated and kept, replaced or removed.

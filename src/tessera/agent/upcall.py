@@ -16,6 +16,13 @@ the entry arrives, or with the entry marked failed when it times out (an ICMP er
 Duplicate misses — packets of one flow arriving while its simulation is parked — join
 the parked group instead of being simulated again, bounded in number and in time.
 
+Misses are handled one at a time in order of arrival, each before the next is read (the
+datapath hands over at most `MAX_MISSES_PER_WAKE` per call, then the agent's timers
+run). Between two misses the agent applies what came meanwhile — topology changes
+(invalidations, loaded objects) and the flows a peer's flow state changes — so that a
+flood of misses delays a rule change by one miss, not by a batch
+(tests/unit/agent/test_agent_miss_flood.py, tests/system/lab/test_lab_miss_flood.py).
+
 Nothing on this path is swallowed silently. A simulation (or the handling of its result)
 that raises drops its packets, counts in `tessera_agent_simulation_errors_total` and
 logs a warning with the port and the exception, at most once a minute per port and
