@@ -168,15 +168,19 @@ class Agent:
         # only when the interpreter forces a switch, after `sys.getswitchinterval()`, and
         # a topology change crosses several of them before it reaches this loop: at the
         # default 5 ms, 11-54 ms from the change to the invalidation, measured under a
-        # flood (tests/unit/agent/test_agent_miss_flood.py). Process-wide, and only ever
-        # lowered.
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
+        # flood (tests/unit/agent/test_agent_miss_flood.py). Process-wide: only ever
+        # lowered, and put back when the loop ends.
+        before = sys.getswitchinterval()
+        if before > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
-        while not self._stop.is_set():
-            try:
-                self.run_once(TICK)
-            except Exception:  # one bad packet or event must not stop forwarding
-                log.exception("agent loop iteration failed")
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_once(TICK)
+                except Exception:  # one bad packet or event must not stop forwarding
+                    log.exception("agent loop iteration failed")
+        finally:
+            sys.setswitchinterval(before)
 
     def stop(self, unregister: bool = True) -> None:
         """Stop deciding; the datapath stays as it is and forwards (programs, devices,
