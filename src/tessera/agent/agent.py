@@ -6,6 +6,11 @@ held across a simulation. Other threads only hand it work: NSDB watch callbacks 
 `CacheUpdate`s (and wake the thread), the loader subscribes, the writer writes learned
 state, the control socket reads copies.
 
+The loop: cache events, then the misses that are queued (waiting up to a tick for the
+first), with the queued events applied again between any two misses, then timers. A
+flood of misses thus keeps a rule change waiting for one miss, and the other threads
+get the GIL within `SWITCH_INTERVAL` (see `run_forever`).
+
 Start-up order matters for a restart: the datapath is opened first (adopting the flows
 and ports a previous agent left), then the host registers and the cache starts; adopted
 flows keep forwarding until each is re-simulated and kept, replaced or removed.
@@ -17,6 +22,7 @@ import collections
 import functools
 import ipaddress
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +54,7 @@ SWEEP = 2.0  # expiry and reconciliation against the datapath
 # has come for this long: a burst of changes compiles once, not once per change, and the
 # next miss does not pay for it (a miss that comes first compiles, as it always could).
 SETTLE = 0.001
+SWITCH_INTERVAL = 0.0005  # seconds: see run_forever
 
 
 @functools.lru_cache(maxsize=4096)
@@ -162,11 +169,24 @@ class Agent:
         self._thread.start()
 
     def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once(TICK)
-            except Exception:  # one bad packet or event must not stop forwarding
-                log.exception("agent loop iteration failed")
+        # A flood of misses keeps this thread busy in Python; every other thread of the
+        # agent (the NSDB's watches, the cache's loader, flow state) then gets the GIL
+        # only when the interpreter forces a switch, after `sys.getswitchinterval()`, and
+        # a topology change crosses several of them before it reaches this loop: at the
+        # default 5 ms, 11-54 ms from the change to the invalidation, measured under a
+        # flood (tests/unit/agent/test_agent_miss_flood.py). Process-wide: only ever
+        # lowered, and put back when the loop ends.
+        before = sys.getswitchinterval()
+        if before > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_once(TICK)
+                except Exception:  # one bad packet or event must not stop forwarding
+                    log.exception("agent loop iteration failed")
+        finally:
+            sys.setswitchinterval(before)
 
     def stop(self, unregister: bool = True) -> None:
         """Stop deciding; the datapath stays as it is and forwards (programs, devices,
@@ -202,11 +222,8 @@ class Agent:
         self.realized.flushed(flush)
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
-        handled = self.upcall.handle(self.dp.recv_misses(timeout))
-        self.process_events()
-        received = self.flowstate.drain_tags()  # state peers sent: what it changes
-        if received:
-            self.upcall.invalidate(received)
+        handled = self.upcall.handle(self.dp.recv_misses(timeout), self._between_misses)
+        self._between_misses()
         now = self.clock()
         if self._prepare_at is not None and now >= self._prepare_at and not handled:
             self._prepare_at = None
@@ -231,6 +248,15 @@ class Agent:
             installed = self.dp.dump()
             sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed))
             self._sweep_flowstate(now, installed)
+
+    def _between_misses(self) -> None:
+        """What must not wait behind a batch of misses: topology changes (invalidations,
+        loaded objects) and the flows a peer's flow state changes. Two cheap checks
+        when nothing came, as is usual between two misses."""
+        self.process_events()
+        received = self.flowstate.drain_tags()  # state peers sent: what it changes
+        if received:
+            self.upcall.invalidate(received)
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""

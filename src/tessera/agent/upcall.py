@@ -16,6 +16,13 @@ the entry arrives, or with the entry marked failed when it times out (an ICMP er
 Duplicate misses — packets of one flow arriving while its simulation is parked — join
 the parked group instead of being simulated again, bounded in number and in time.
 
+Misses are handled one at a time in order of arrival, each before the next is read (the
+datapath hands over at most `MAX_MISSES_PER_WAKE` per call, then the agent's timers
+run). Between two misses the agent applies what came meanwhile — topology changes
+(invalidations, loaded objects) and the flows a peer's flow state changes — so that a
+flood of misses delays a rule change by one miss, not by a batch
+(tests/unit/agent/test_agent_miss_flood.py, tests/system/lab/test_lab_miss_flood.py).
+
 Nothing on this path is swallowed silently. A simulation (or the handling of its result)
 that raises drops its packets, counts in `tessera_agent_simulation_errors_total` and
 logs a warning with the port and the exception, at most once a minute per port and
@@ -152,8 +159,11 @@ class UpcallHandler:
 
     # -- entry points ---------------------------------------------------------------------
 
-    def handle(self, misses: Iterable[Miss]) -> int:
-        """Handle each miss as it comes (`misses` may read lazily); returns how many."""
+    def handle(self, misses: Iterable[Miss], between: Callable[[], object] | None = None) -> int:
+        """Handle each miss as it comes (`misses` may read lazily), in order of arrival;
+        returns how many. `between` runs after each one: the agent applies the
+        invalidations and flow state that came meanwhile there, so that a flood of misses
+        does not hold them back for a whole batch."""
         n = 0
         for miss in misses:
             n += 1
@@ -162,6 +172,8 @@ class UpcallHandler:
                     self.handle_one(miss)
                 except Exception as exc:  # the rest of the batch must still be handled
                     self._failed(self.ports.port_of(miss.port), 1, exc)
+            if between is not None:
+                between()
         if self.parked or self._held:
             self._held = sum(len(p.misses) for p in self.parked.values())
             self.metrics.held.set(self._held)

@@ -26,6 +26,9 @@ from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
 from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch, mask_indexes
 
 MAX_PORT_NO = 4095  # the eBPF miss path carries the port in a 12-bit VLAN id
+# Misses one `recv_misses` call hands over at most: then the agent's loop runs its timers
+# again (invalidations do not wait for it: the agent applies them between two misses).
+MAX_MISSES_PER_WAKE = 256
 
 _MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
 _IP_FIELDS = frozenset({"ip_src", "ip_dst"})
@@ -487,7 +490,8 @@ class Datapath(abc.ABC):
     # -- packets --
     @abc.abstractmethod
     def recv_misses(self, timeout: float) -> Iterable[Miss]:
-        """Misses that arrived, waiting up to `timeout` seconds for the first one.
+        """Misses that arrived, in order of arrival, waiting up to `timeout` seconds for
+        the first one; at most `MAX_MISSES_PER_WAKE`, the rest wait for the next call.
 
         May be lazy (a generator reading the next miss when asked): the caller handles
         each miss before taking the next, so the first is never held up by the rest."""

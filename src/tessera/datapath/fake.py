@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tessera.datapath.base import (
+    MAX_MISSES_PER_WAKE,
     Action,
     Datapath,
     DatapathError,
@@ -123,9 +124,8 @@ class FakeDatapath(Datapath):
         with self._cond:
             if not self._misses and timeout > 0:
                 self._cond.wait(timeout)
-            out = list(self._misses)
-            self._misses.clear()
-        return out
+            misses = self._misses
+            return [misses.popleft() for _ in range(min(len(misses), MAX_MISSES_PER_WAKE))]
 
     def wakeup(self) -> None:
         with self._cond:

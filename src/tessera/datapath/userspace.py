@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from tessera.datapath.afpacket import PacketSocket, interface_mtu
 from tessera.datapath.base import (
+    MAX_MISSES_PER_WAKE,
     Action,
     Datapath,
     DatapathError,
@@ -214,9 +215,8 @@ class UserspaceDatapath(Datapath):
             if not self._misses and not self._woken and timeout > 0:
                 self._cond.wait(timeout)
             self._woken = False
-            out = list(self._misses)
-            self._misses.clear()
-        return out
+            misses = self._misses
+            return [misses.popleft() for _ in range(min(len(misses), MAX_MISSES_PER_WAKE))]
 
     def wakeup(self) -> None:
         if self._wake_w >= 0:
