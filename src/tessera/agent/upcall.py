@@ -39,6 +39,7 @@ from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.lograte import RateLimitedLog
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
+from tessera.agent.predict import predict_reply
 from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import (
@@ -359,6 +360,7 @@ class UpcallHandler:
                     self.dp.reinject(miss)
                 self._installed(desired)
                 self.attach(result, desired.match)
+                predict_reply(self, p.misses[0], p.port_id, result, desired)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
