@@ -3,11 +3,15 @@
 With connection tracking every new connection misses twice: its first packet where it
 enters, and its first reply where that enters. When the reply will enter on a port of
 this host, the second miss is predictable: right after the forward packet's flow is
-installed (and its packets reinjected), the agent builds the reply as it will look —
+installed, the agent builds the reply as it will look —
 the forward packet as it leaves (its flow's actions run on it, so after NAT), with the
 Ethernet and IP addresses and the TCP/UDP ports swapped, an echo request turned into
 its reply — simulates it entering the egress port with the state just created visible,
-and installs that flow too.
+and installs that flow too, before it reinjects the forward packet: reinjected first,
+the packet's reply comes back sooner than the prediction takes (a SYN-ACK from a VM on
+the same host in tens of microseconds) and would miss anyway — not simulated then, its
+flow covers it, but read, counted and reinjected by the agent, the cost of a miss
+without the simulation.
 
 Why this is safe: a flow installed from the simulation of a packet carries that
 packet's megaflow mask, so it is right for every packet that matches it, whichever

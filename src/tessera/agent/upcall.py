@@ -354,13 +354,13 @@ class UpcallHandler:
             except DatapathError as exc:
                 log.warning("flow not installed (%s); forwarding from userspace", exc)
             else:
+                predict_reply(self, p.misses[0], p.port_id, result, desired)
                 # The packets go first: the first packet's round trip waits for them,
                 # nobody waits for the desired table (this thread is its only writer).
                 for miss in p.misses:
                     self.dp.reinject(miss)
                 self._installed(desired)
                 self.attach(result, desired.match)
-                predict_reply(self, p.misses[0], p.port_id, result, desired)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
