@@ -33,6 +33,7 @@ from common import (
     tail,
     wait_for,
 )
+from dp_conntrack import conntrack_rows, na_conntrack_rows
 from dp_miss import drive_misses
 from dp_testbed import IP_B, IP_C, UNDERLAY_1, UNDERLAY_2, Testbed
 
@@ -97,7 +98,9 @@ def agent_available() -> str | None:
 
 
 def na_agent_rows(why: str) -> list[Row]:
-    return [Row("agent", m, "", None, None, "ms", note=why) for m in AGENT_METRICS]
+    return [Row("agent", m, "", None, None, "ms", note=why) for m in AGENT_METRICS] + (
+        na_conntrack_rows(why)
+    )
 
 
 @dataclass
@@ -216,6 +219,7 @@ class AgentBed(Agents):
         super().__init__(bed.lab, bed.h1, bed.h2, log)
         self.bed = bed
         self.chain_id = ""
+        self.port_ids: dict[str, str] = {}  # VM tap -> the bridge port bound to it
 
     def release_fast_path(self) -> None:
         """Hand the VM ports over: remove the bench's own programs, devices and pins."""
@@ -243,6 +247,7 @@ class AgentBed(Agents):
         h1, h2 = self.hosts
         for tap, host in (("tap-a", h1), ("tap-b", h1), ("tap-c", h2)):
             port = self.http.post(f"/bridges/{br['id']}/ports", {})
+            self.port_ids[tap] = port["id"]
             self.http.post(
                 f"/hosts/{host.host_id}/ports", {"port_id": port["id"], "interface_name": tap}
             )
@@ -397,6 +402,11 @@ def agent_rows(
     except (*BENCH_ERRORS, OSError, KeyError, ValueError) as e:
         log(f"agent rows failed: {e}")
         return na_agent_rows(f"n/a: agent run failed: {str(e)[:120]}")
+    try:  # last: its firewall stays on A's port
+        ct_rows = conntrack_rows(ab, count, min(samples, 200), 3, log)
+    except (*BENCH_ERRORS, OSError, KeyError, ValueError) as e:
+        log(f"conntrack rows failed: {e}")
+        ct_rows = na_conntrack_rows(f"n/a: conntrack run failed: {str(e)[:120]}")
     rows = []
     goals = {50: "extra < 0.5 ms", 99: "extra < 2 ms"}
     misses = ", ".join(f"{r} {n}" for r, n in res["misses"].items())
@@ -465,4 +475,4 @@ def agent_rows(
                 else {},
             )
         )
-    return rows
+    return rows + ct_rows

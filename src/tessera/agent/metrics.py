@@ -57,6 +57,14 @@ class AgentMetrics:
             ["limit"],
             registry=r,
         )
+        self.reply_predictions = Counter(
+            "tessera_agent_reply_predictions",
+            "New connections whose reply flow was predicted and installed with the forward "
+            "flow (result installed), or not, by reason (remote, unsupported, covered, "
+            "unclean, not_loaded, error)",
+            ["result"],
+            registry=r,
+        )
         self.sim_seconds = Histogram(
             "tessera_agent_simulation_seconds",
             "Time to simulate one packet",

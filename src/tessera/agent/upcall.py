@@ -46,6 +46,7 @@ from tessera.agent.flowtable import DesiredFlow, FlowTable
 from tessera.agent.lograte import RateLimitedLog
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
+from tessera.agent.predict import predict_reply
 from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import (
@@ -365,6 +366,7 @@ class UpcallHandler:
             except DatapathError as exc:
                 log.warning("flow not installed (%s); forwarding from userspace", exc)
             else:
+                predict_reply(self, p.misses[0], p.port_id, result, desired)
                 # The packets go first: the first packet's round trip waits for them,
                 # nobody waits for the desired table (this thread is its only writer).
                 for miss in p.misses:
