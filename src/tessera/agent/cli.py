@@ -15,7 +15,6 @@ out; `--cleanup` is the separate, explicit act that removes the datapath (docs/a
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import socket
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tessera.agent import gctuning
 from tessera.agent.hostid import DEFAULT_STATE_DIR, HostIdError, resolve
 from tessera.client.errors import BadArgument, UserError
 
@@ -189,7 +189,7 @@ def run_agent(
     except (DatapathError, RegistrationError, NsdbError, OSError) as exc:
         _safe_stop(the_agent, client)
         raise UserError(f"the agent cannot start: {exc}") from None
-    _tune_gc()
+    gctuning.tune()  # after start: what exists now lives as long as the agent
     if metrics:
         try:
             agent_metrics.serve(metrics)
@@ -204,23 +204,6 @@ def run_agent(
         pass
     log.info("stopping")
     _safe_stop(the_agent, client, end_session=False)
-
-
-GC_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic garbage collector off the miss path.
-
-    A miss allocates a few hundred objects, so with Python's default threshold a young
-    collection runs every few misses, and an older one now and then walks the whole
-    heap (kazoo, pydantic, the topology cache): measured, that is a large share of a
-    first packet's extra latency. What exists once the agent has started lives as long
-    as the agent: it is frozen out of every later collection, and young collections run
-    rarely. Cycles are still collected, only later."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
 def _close_quietly(client: Nsdb) -> None:

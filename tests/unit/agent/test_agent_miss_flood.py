@@ -9,6 +9,7 @@ bridge flood flow), bounded in count and in time.
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from functools import partial
 import pytest
 from agent_harness import Clock, Cloud, Host, Vm
 
+from tessera.agent import gctuning
 from tessera.agent.flowstate.entry import PROTO_TCP
 from tessera.datapath.base import Match
 from tessera.datapath.fake import FakeDatapath
@@ -46,8 +48,41 @@ class RealClock(Clock):
         pass
 
 
+class GcPauses:
+    """The cyclic collector's pauses while the test runs, for the failure message: a
+    full collection of this (pytest's) heap stalls every thread."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def longest_ms(self) -> str:
+        return f"longest GC pause {max(self.pauses, default=0.0) * 1000:.1f} ms"
+
+
 @pytest.fixture
-def cloud() -> Iterator[Cloud]:
+def gc_pauses() -> Iterator[GcPauses]:
+    """The collector tuned as the agent process tunes it (`gctuning`): pytest's heap,
+    far larger than an agent's, is frozen out of collections as the agent's own
+    start-up objects are."""
+    thresholds = gctuning.tune()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(pauses)
+        gctuning.restore(thresholds)
+
+
+@pytest.fixture
+def cloud(gc_pauses: GcPauses) -> Iterator[Cloud]:
     c = Cloud(clock=RealClock())
     try:
         yield c
@@ -111,7 +146,9 @@ def _set_filter(cloud: Cloud, port_id: str, chain_id: str | None) -> None:
     cloud.topo.update(Port, port_id, {**port.model_dump(), "inbound_filter_id": chain_id})
 
 
-def test_a_rule_change_takes_effect_within_50_ms_during_a_miss_flood(cloud: Cloud) -> None:
+def test_a_rule_change_takes_effect_within_50_ms_during_a_miss_flood(
+    cloud: Cloud, gc_pauses: GcPauses
+) -> None:
     h = cloud.host("h1", "198.18.0.1")
     br = cloud.bridge()
     vm1, vm2, vm3 = (
@@ -149,7 +186,10 @@ def test_a_rule_change_takes_effect_within_50_ms_during_a_miss_flood(cloud: Clou
     assert not flood.is_alive()
     # A real flood: misses were waiting when each change was made.
     assert min(backlogs) >= 100, backlogs
-    assert max(latencies) < BOUND, [f"{x * 1000:.1f} ms" for x in latencies]
+    assert max(latencies) < BOUND, (
+        [f"{x * 1000:.1f} ms" for x in latencies],
+        gc_pauses.longest_ms(),
+    )
 
     # Answered in order of arrival: the flood's frames reached vm2 in the order sent.
     _wait(lambda: dp.pending_misses() == 0, 30, "the backlog to drain")
@@ -173,7 +213,7 @@ def _free_udp_port() -> int:
 
 
 def test_a_peer_s_flow_state_is_taken_in_within_50_ms_during_a_miss_flood(
-    cloud: Cloud,
+    cloud: Cloud, gc_pauses: GcPauses
 ) -> None:
     """Real UDP between two agents on loopback addresses: h2 pushes connection state to
     h1 while h1 is flooded; each entry must be in h1's table within 50 ms."""
@@ -204,4 +244,7 @@ def test_a_peer_s_flow_state_is_taken_in_within_50_ms_during_a_miss_flood(
         flood.join(timeout=5)
     assert not flood.is_alive()
     assert min(backlogs) >= 100, backlogs
-    assert max(latencies) < BOUND, [f"{x * 1000:.1f} ms" for x in latencies]
+    assert max(latencies) < BOUND, (
+        [f"{x * 1000:.1f} ms" for x in latencies],
+        gc_pauses.longest_ms(),
+    )
