@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tessera needs on a Debian 12 machine, as root: the Debian packages
-# (ZooKeeper, the eBPF toolchain, iproute2, traffic tools) and the Python package with
+# (ZooKeeper, the eBPF toolchain, iproute2, traffic tools, Java 17 and Maven), Apache
+# Cassandra's jars (via Maven) and the Python package with
 # its pinned dependencies in a virtualenv (.venv beside this checkout, or $TESSERA_VENV).
 # The `tessera` command is linked into /usr/local/bin. Safe to run again.
 set -euo pipefail
@@ -16,6 +17,7 @@ fi
 debs=(
   python3 python3-venv python3-pip
   zookeeper default-jre-headless
+  openjdk-17-jre-headless maven
   iproute2 clang llvm libbpf-dev bpftool
   iperf3 tcpdump netcat-openbsd ethtool udhcpc iputils-ping procps psmisc util-linux kmod
 )
@@ -40,6 +42,21 @@ echo "== installing tessera and its pinned dependencies into $venv"
   | grep -v -e "^WARNING: Location" -e "is ignored: it is neither" || true
 "$venv/bin/python" -c "import tessera" # fail loudly if the install did not work
 ln -sf "$venv/bin/tessera" /usr/local/bin/tessera
+
+# Apache Cassandra's server jars (started only when asked: `lab up --cassandra N`, the
+# Cassandra tests, `--flow-state cassandra`), fetched by Maven from the pom in cassandra/;
+# skipped when this version is already there. Keep in step with tessera.cassandra.install.
+cassandra_version=$(sed -n 's:.*<version>\(5\.[0-9.]*\)</version>.*:\1:p' cassandra/pom.xml)
+cassandra_home=${TESSERA_CASSANDRA_HOME:-/opt/tessera/cassandra/$cassandra_version}
+if [ ! -f "$cassandra_home/lib/cassandra-all-$cassandra_version.jar" ]; then
+  echo "== fetching Cassandra $cassandra_version into $cassandra_home"
+  mkdir -p "$cassandra_home"
+  rm -rf "$cassandra_home/lib.partial"
+  mvn -q -B -f cassandra/pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$cassandra_home/lib.partial" -DincludeScope=runtime
+  rm -rf "$cassandra_home/lib"
+  mv "$cassandra_home/lib.partial" "$cassandra_home/lib"
+fi
 
 # bpffs for pinned eBPF maps (normally mounted by systemd; containers may lack it)
 if ! mount | grep -q " /sys/fs/bpf type bpf"; then

@@ -12,6 +12,10 @@ Tests using the zookeeper variant are marked `zookeeper` automatically, so
 - `private_zk`: a ZooKeeper of the test's own, which the test may stop and restart (an
   outage) without disturbing the others.
 
+Cassandra (tests/support/cassandra.py): `cassandra_node` (session, one node),
+`cassandra_session` (a Session in a keyspace fresh for the test), `cassandra_cluster3`
+(three nodes, for failure tests marked slow). Tests using them are marked `cassandra`.
+
 Every test under tests/kernel is marked `root`, every one under tests/system `root` and
 `system` (`DIRECTORY_MARKS`): the directory says what a test needs, so
 `pytest -m "not root"` never starts one of them.
@@ -34,6 +38,9 @@ from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 from tessera.nsdb.zkserver import ZookeeperServer
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
+# Cassandra fixtures (tests/support/cassandra.py), shared by every test directory.
+pytest_plugins = ["support.cassandra"]
+
 TESTS = Path(__file__).resolve().parent
 
 #: Markers every test of a directory carries because of what the directory needs.
@@ -49,6 +56,9 @@ DIRECTORY_FORBIDS: dict[str, tuple[str, ...]] = {
 }
 
 
+_CASSANDRA_FIXTURES = {"cassandra_node", "cassandra_session", "cassandra_cluster3"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     misplaced: list[str] = []
     for item in items:
@@ -57,6 +67,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         except (ValueError, IndexError):
             continue
         present = {mark.name for mark in item.iter_markers()}
+        if _CASSANDRA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker("cassandra")
+            present.add("cassandra")
         for name in DIRECTORY_MARKS.get(top, ()):
             if name not in present:
                 item.add_marker(name)

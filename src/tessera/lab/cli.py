@@ -1,12 +1,13 @@
 """`tessera lab`: the emulated cloud on one machine (docs/lab.md).
 
     tessera lab up [--hosts N] [--name LAB] [--datapath ebpf|userspace] [--nsdb URL]
-                   [--cluster-nodes N] [--embedded-zookeeper]
+                   [--cluster-nodes N] [--embedded-zookeeper] [--cassandra N]
     tessera lab vm add NAME --host hK --port PORT_ID [--mac] [--ip] [--gw] [--dhcp] [--mtu]
     tessera lab vm del NAME
     tessera lab exec NAME -- CMD [ARGS...]
     tessera lab status [--json]
     tessera lab agent stop|start hK        tessera lab nsdb stop|start
+    tessera lab cassandra stop|start nK
     tessera lab down [--name LAB]
 
 Every command but `up` acts on `--name` (or $TESSERA_LAB), else on the only lab there is.
@@ -22,6 +23,7 @@ from typing import Annotated
 import typer
 
 from tessera.clikit.session import current_session
+from tessera.lab import cassandra as lab_cassandra
 from tessera.lab import down as down_mod
 from tessera.lab import faults, names, netns, state, status, up, vms
 from tessera.lab.errors import LabError
@@ -42,6 +44,10 @@ nsdb_app = typer.Typer(
 app.add_typer(vm_app, name="vm")
 app.add_typer(agent_app, name="agent")
 app.add_typer(nsdb_app, name="nsdb")
+cassandra_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Stop or start a node of the lab's Cassandra."
+)
+app.add_typer(cassandra_app, name="cassandra")
 
 NameOption = Annotated[
     str | None,
@@ -117,6 +123,17 @@ def up_command(
             "ensemble (an odd number of nodes; remembered by the lab).",
         ),
     ] = False,
+    cassandra: Annotated[
+        int | None,
+        typer.Option(
+            "--cassandra",
+            metavar="N",
+            min=0,
+            max=lab_cassandra.MAX_NODES,
+            show_default=False,
+            help="Also run an N-node Cassandra cluster on 127.0.I.2.. (remembered by the lab).",
+        ),
+    ] = None,
 ) -> None:
     """Start the lab (or check and repair it); the last line is `TESSERA_API=URL`."""
     lab = up.up(
@@ -128,6 +145,7 @@ def up_command(
         timeout=timeout,
         cluster_nodes=cluster_nodes,
         embedded_zookeeper=embedded_zookeeper,
+        cassandra_nodes=cassandra,
     )
     typer.echo(f"TESSERA_API={lab.api_url}")
 
@@ -307,3 +325,27 @@ def nsdb_start(name: NameOption = None) -> None:
     """Start the lab's ZooKeeper again, same port, same data."""
     lab = _lab(name)
     typer.echo(f"ZooKeeper running on {faults.nsdb_start(lab)}")
+
+
+@cassandra_app.command("stop")
+def cassandra_stop(
+    node: Annotated[str, typer.Argument(metavar="nK", help="The node (n1, n2...).")],
+    name: NameOption = None,
+) -> None:
+    """Stop one Cassandra node (clean shutdown; its data stays)."""
+    lab = _lab(name)
+    with state.locked():
+        stopped = lab_cassandra.stop_node(lab, node)
+    typer.echo(f"Cassandra {node} {'stopped' if stopped else 'was not running'}")
+
+
+@cassandra_app.command("start")
+def cassandra_start(
+    node: Annotated[str, typer.Argument(metavar="nK", help="The node (n1, n2...).")],
+    name: NameOption = None,
+) -> None:
+    """Start one Cassandra node again (same address, data and token); waits until UN."""
+    lab = _lab(name)
+    with state.locked():
+        address = lab_cassandra.start_node(lab, node)
+    typer.echo(f"Cassandra {node} running on {address}, UN")

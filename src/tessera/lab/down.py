@@ -21,6 +21,7 @@ from tessera.agent.control import agents_dir
 from tessera.client.errors import ApiError, UserError
 from tessera.client.rest import ApiClient
 from tessera.lab import api, hosts, names, netns, procs, services, state, vms
+from tessera.lab import cassandra as lab_cassandra
 from tessera.lab.errors import LabError
 from tessera.lab.state import HostState, LabState
 
@@ -120,6 +121,7 @@ def _stop_services(name: str, lab: LabState | None, problems: list[str]) -> None
     for pid_file in sorted(directory.glob("*.pid")) if directory.exists() else []:
         if not procs.stop(pid_file):  # anything else the lab recorded
             problems.append(f"{pid_file.stem} would not stop")
+    problems.extend(lab_cassandra.remove(directory))
     if (directory / "zookeeper").exists():
         probe = lab or LabState(name=name, index=0)
         services.stop_zookeeper(probe)

@@ -74,6 +74,8 @@ class LabState(BaseModel):
     # Whether the cluster nodes run the NSDB themselves (each an embedded ZooKeeper
     # member, node 1 included); nsdb_url is then their ensemble's connect string.
     embedded_zookeeper: bool = False
+    # Cassandra nodes the lab runs (`lab up --cassandra N`; 0: none), on 127.0.I.2.. .
+    cassandra_nodes: int = 0
     tunnel_zone_id: str | None = None
     hosts: list[HostState] = Field(default_factory=list)
     vms: dict[str, VmState] = Field(default_factory=dict)

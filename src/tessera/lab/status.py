@@ -6,6 +6,7 @@ from typing import Any
 
 from tessera.client.errors import ApiError, ApiUnreachable
 from tessera.lab import api, hosts, names, procs, services, vms
+from tessera.lab import cassandra as lab_cassandra
 from tessera.lab.state import LabState
 
 
@@ -45,6 +46,8 @@ def gather(lab: LabState) -> dict[str, Any]:
             for k in range(2, lab.cluster_nodes + 1)
         ],
         "relay_pid": procs.read_pid(lab.pid_file("relay")),
+        # Only for a lab running Cassandra: other labs' status stays as it was.
+        **({"cassandra": lab_cassandra.describe(lab)} if lab.cassandra_nodes else {}),
         "underlay": {
             "namespace": lab.netns(names.UNDERLAY),
             "network": str(names.underlay_network(lab.index)),
@@ -98,6 +101,14 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"NSDB    {nsdb['url']}  (external)")
     for node in data.get("cluster_nodes", []):
         lines.append(f"cluster node {node['name']}  ({_pid(node['pid'])})")
+    ring = data.get("cassandra")
+    if ring:
+        lines.append(
+            f"Cassandra keyspace {ring['keyspace']} (RF {ring['replication_factor']})  "
+            + "  ".join(
+                f"{n['node']} {n['address']} {n['state']} ({_pid(n['pid'])})" for n in ring["nodes"]
+            )
+        )
     under = data["underlay"]
     lines.append(
         f"underlay {under['network']} MTU {under['mtu']} in {under['namespace']}  "

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from tessera.client.errors import UserError
 from tessera.lab import api, dhcp, hosts, names, services, state, vms
+from tessera.lab import cassandra as lab_cassandra
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
 from tessera.nsdb.connect import parse_nsdb_url
@@ -118,6 +119,7 @@ def up(
     timeout: float = ALIVE_TIMEOUT,
     cluster_nodes: int | None = None,
     embedded_zookeeper: bool = False,
+    cassandra_nodes: int | None = None,
 ) -> LabState:
     check_machine()
     names.check_lab_name(name)
@@ -136,6 +138,10 @@ def up(
         lab = _existing_or_new(name, datapath, nsdb, cluster_nodes, embedded_zookeeper)
         if cluster_nodes is not None and cluster_nodes != lab.cluster_nodes:
             lab.cluster_nodes = cluster_nodes
+            lab.save()
+        lab_cassandra.check_count(lab, cassandra_nodes)
+        if cassandra_nodes and cassandra_nodes != lab.cassandra_nodes:
+            lab.cassandra_nodes = cassandra_nodes
             lab.save()
         if host_count is not None and host_count < len(lab.hosts):
             raise LabError(
@@ -187,6 +193,12 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
         services.ensure_cluster_nodes(lab)
     if lab.cluster_nodes > 1:
         say(f"cluster      {lab.cluster_nodes} nodes: tessera cluster status --nsdb {lab.nsdb_url}")
+    if lab.cassandra_nodes:
+        ring = lab_cassandra.ensure(lab)
+        say(
+            f"Cassandra    {lab.cassandra_nodes} node(s) UN: {', '.join(ring.addresses)} "
+            f"(keyspace {ring.keyspace}, RF {ring.replication_factor})"
+        )
 
     hosts.ensure_underlay(lab)
     for host in lab.hosts:
