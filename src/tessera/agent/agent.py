@@ -32,6 +32,7 @@ from typing import Any
 from tessera.agent import registration
 from tessera.agent.cache import CacheUpdate, TopologyCache
 from tessera.agent.control import ControlServer
+from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
 from tessera.agent.lifecycle import Adopter, sweep
@@ -80,6 +81,7 @@ class Agent:
         write_state: bool = True,
         state_dir: Path | None = None,
         flowstate_port: int | None = None,
+        flowstate_durable: DurableFlowState | None = None,
     ) -> None:
         self.host_id = host_id
         self.name = name
@@ -107,6 +109,7 @@ class Agent:
             host_id, nsdb, self.metrics, self._tunnel_zones, underlay_ip=underlay_ip,
             port=flowstate_port, clock=clock, wall_clock=wall_clock,
             state_file=state_dir / f"flowstate-{host_id}.json" if state_dir else None,
+            durable=flowstate_durable,
         )  # fmt: skip
         self.flowstate.on_received = self.dp.wakeup
         if simulator is None:

@@ -3,6 +3,7 @@
     tessera agent [--host-id ID] [--nsdb URL] [--datapath ebpf|userspace]
                   [--underlay-ip ADDR] [--tunnel-zone ID] [--state-dir DIR]
                   [--name NAME] [--metrics ADDR:PORT] [--log-level LEVEL]
+                  [--flow-state local|cassandra] [--cassandra HOST[,HOST...]]
     tessera agent --cleanup [--host-id ID] [--state-dir DIR]
 
 The host id is kept in `<state dir>/host_id` (or `$TESSERA_HOST_ID_FILE`) so that it
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_NSDB = "zk://127.0.0.1:2181/tessera"
 NSDB_ENV = "TESSERA_NSDB"
+CASSANDRA_ENV = "TESSERA_CASSANDRA"
 
 app = typer.Typer(add_completion=False)
 
@@ -70,6 +72,27 @@ def agent(
         str | None, typer.Option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics.")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
+    flow_state: Annotated[
+        str,
+        typer.Option(
+            "--flow-state",
+            metavar="local|cassandra",
+            help="Where connection state is kept besides the peer push: the local state "
+            "file, or that and Cassandra (docs/flow-state-cassandra.md).",
+        ),
+    ] = "local",
+    cassandra: Annotated[
+        str,
+        typer.Option(
+            "--cassandra",
+            metavar="HOST[,HOST...]",
+            envvar=CASSANDRA_ENV,
+            help="Cassandra contact points for --flow-state cassandra.",
+        ),
+    ] = "127.0.0.2",
+    cassandra_keyspace: Annotated[
+        str, typer.Option("--cassandra-keyspace", help="Keyspace for --flow-state cassandra.")
+    ] = "tessera",
     cleanup: Annotated[
         bool,
         typer.Option(
@@ -90,6 +113,13 @@ def agent(
     logging.getLogger("tessera").setLevel(level)
     if datapath not in ("ebpf", "userspace"):
         raise BadArgument(f"--datapath must be ebpf or userspace, not '{datapath}'")
+    if flow_state not in ("local", "cassandra"):
+        raise BadArgument(f"--flow-state must be local or cassandra, not '{flow_state}'")
+    contact_points = [c.strip() for c in cassandra.split(",") if c.strip()]
+    if flow_state == "cassandra" and not contact_points:
+        raise BadArgument("--flow-state cassandra needs --cassandra HOST[,HOST...]")
+    if not cassandra_keyspace.isidentifier():
+        raise BadArgument(f"--cassandra-keyspace '{cassandra_keyspace}' is not a CQL name")
     if cleanup:
         _cleanup(host_id, state_dir)
         return
@@ -106,6 +136,7 @@ def agent(
         state_dir=state_dir,
         name=name or socket.gethostname(),
         metrics=metrics,
+        cassandra=(contact_points, cassandra_keyspace) if flow_state == "cassandra" else None,
     )
 
 
@@ -134,9 +165,11 @@ def run_agent(
     state_dir: Path,
     name: str,
     metrics: str | None,
+    cassandra: tuple[list[str], str] | None = None,
 ) -> None:
     from tessera.agent.agent import Agent
     from tessera.agent.control import run_dir
+    from tessera.agent.flowstate.durable import DurableFlowState
     from tessera.agent.flowstate.transport import PORT as FLOWSTATE_PORT
     from tessera.agent.metrics import AgentMetrics
     from tessera.agent.registration import RegistrationError
@@ -176,6 +209,9 @@ def run_agent(
         metrics=agent_metrics,
         state_dir=state_dir,
         flowstate_port=FLOWSTATE_PORT if address is not None else None,
+        flowstate_durable=(
+            DurableFlowState(host_id, cassandra[0], cassandra[1]) if cassandra else None
+        ),
     )
     stop = threading.Event()
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.flowstate import persist
+from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, entry_timeout, is_sticky
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
@@ -93,16 +94,21 @@ class FlowStateService:
         state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        durable: DurableFlowState | None = None,
     ) -> None:
         """`port` None: no exchange with peers (tests, a host without an underlay);
-        `state_file` None: nothing kept across restarts."""
+        `state_file` None: nothing kept across restarts; `durable`: entries also kept in
+        Cassandra (`--flow-state cassandra`, see `durable`)."""
         self.host_id = host_id
         self.metrics = metrics
         self.zones = zones
         self.clock = clock
         self.wall_clock = wall_clock
         self.state_file = state_file
-        self.table = ConnTable()
+        self.durable = durable
+        self.table = ConnTable(on_miss=durable.want if durable is not None else None)
+        if durable is not None:
+            durable.on_found = self._found
         metrics.conntrack_entries.set_function(self.table.__len__)
         self.snat = SnatAllocator(nsdb, host_id, metrics, clock=clock, wall_clock=wall_clock)
         self.table.on_remove = self._removed
@@ -121,12 +127,18 @@ class FlowStateService:
         self._save_lock = threading.Lock()  # one writer of the file at a time
         self._saver: threading.Thread | None = None
         self._unadopted: list[NatKey] = []  # restored SNAT bindings whose port is not held
+        self._refound: collections.deque[NatKey] = collections.deque()  # ours, from Cassandra
 
     def start(self) -> None:
+        local = False
         if self.state_file is not None:
+            local = self.state_file.exists()
             n = persist.load(self.state_file, self.table, self.clock(), self.wall_clock())
             if n:
                 log.info("restored %d connection entries from %s", n, self.state_file)
+        if self.durable is not None:
+            self._start_durable(restore=not local)
+        if self.state_file is not None or self.durable is not None:
             # Restored dynamic SNAT ports are held again, or a new connection could be
             # given one of them; a block still held by our previous run's session is
             # retried at each sweep until that session ends.
@@ -146,7 +158,44 @@ class FlowStateService:
                     self.receiver.address, self.receiver.port, exc,
                 )  # fmt: skip
 
+    def _start_durable(self, restore: bool) -> None:
+        """Connect to Cassandra; with no local state, load this host's rows from it. A
+        Cassandra that does not answer leaves the agent forwarding without it."""
+        assert self.durable is not None
+        try:
+            self.durable.start()
+            rows = self.durable.restore() if restore else []
+        except Exception as exc:  # CassandraError, or the driver's own on a read
+            log.error("flow state is not kept in Cassandra: %s", exc)
+            self.durable.stop()
+            return
+        now = self.clock()
+        for entry, timeout, remaining in rows:
+            self.table.add(entry, now - max(0.0, timeout - remaining), timeout=timeout)
+        if rows:
+            log.info("restored %d connection entries from Cassandra", len(rows))
+
+    def _found(self, entry: FlowStateEntry, timeout: float, remaining: float, owner: str) -> None:
+        """On the durable reader's thread: an entry a simulation missed, found in
+        Cassandra; installed like a peer's (a copy of `owner`'s, or ours again)."""
+        if self.table.lookup(entry.key) is not None:
+            return
+        ours = owner == self.host_id
+        now = self.clock()
+        tags = self.table.add(
+            entry, now - max(0.0, timeout - remaining), timeout=timeout,
+            origin=None if ours else owner,
+        )  # fmt: skip
+        if ours and isinstance(entry, NatEntry) and entry.key.kind == "rev_snat":
+            self._refound.append(entry.key)
+        if tags:
+            self._tags.append(tags)
+            if self.on_received is not None:
+                self.on_received()
+
     def stop(self) -> None:
+        if self.durable is not None:
+            self.durable.stop()
         if self.receiver is not None:
             self.receiver.stop()
         if self.sender is not None:
@@ -260,6 +309,8 @@ class FlowStateService:
                 # Replies are addressed to (dst, dport) of the reverse key: the port held.
                 self.snat.reserve(entry.key, entry.key.dst, entry.key.dport)
             tags |= self.table.add(entry, now, flows)
+            if self.durable is not None:
+                self.durable.put(entry, entry_timeout(entry))
         return tags
 
     def _adopt_restored(self) -> None:
@@ -297,6 +348,14 @@ class FlowStateService:
             tags, gone, closing = self.table.sweep_entries(now, last_used, tcp_flags)
             self._withdraw(gone)
             self._tell_owners(closing)
+            if self.durable is not None:
+                for tracked in gone:
+                    if tracked.origin is None:
+                        self.durable.delete(tracked.entry)
+        if self.durable is not None:
+            self.durable.refresh(self.table.lookup)
+            while self._refound:
+                self._unadopted.append(self._refound.popleft())
         if self._unadopted:
             self._adopt_restored()
         self.snat.maintain()
@@ -306,7 +365,10 @@ class FlowStateService:
         return tags
 
     def report(self, _request: dict[str, Any] | None = None) -> dict[str, Any]:
-        return conntrack_report(self.table, self.snat, self.clock())
+        out = conntrack_report(self.table, self.snat, self.clock())
+        if self.durable is not None:
+            out["cassandra"] = {"active": self.durable.active, **self.durable.stats.as_dict()}
+        return out
 
 
 __all__ = ["PORT", "FlowStateService", "apply_updates"]

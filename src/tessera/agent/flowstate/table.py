@@ -35,7 +35,7 @@ thread hands in peers' entries, the control socket reads snapshots).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -66,6 +66,69 @@ LastUsed = Callable[[Hashable], float | None]
 TcpFlags = Callable[[Hashable], int]  # a flow's FlowStats.tcp_flags (0 if not installed)
 
 
+class _MissingConns(Collection[ConnKey]):
+    """The tracked connections as a simulation reads them, telling `on_miss` of every
+    key looked up and not found (`--flow-state cassandra` fetches it)."""
+
+    __slots__ = ("_conns", "_on_miss")
+
+    def __init__(self, conns: dict[ConnKey, None], on_miss: Callable[[StateKey], None]) -> None:
+        self._conns = conns
+        self._on_miss = on_miss
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._conns:
+            return True
+        if isinstance(key, ConnKey):
+            self._on_miss(key)
+        return False
+
+    def __iter__(self) -> Iterator[ConnKey]:
+        return iter(self._conns)
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+
+class _MissingBindings(Mapping[NatKey, NatBinding]):
+    """The NAT bindings as a simulation reads them, telling `on_miss` of misses."""
+
+    __slots__ = ("_bindings", "_on_miss")
+
+    def __init__(
+        self, bindings: dict[NatKey, NatBinding], on_miss: Callable[[StateKey], None]
+    ) -> None:
+        self._bindings = bindings
+        self._on_miss = on_miss
+
+    def __getitem__(self, key: NatKey) -> NatBinding:
+        try:
+            return self._bindings[key]
+        except KeyError:
+            self._on_miss(key)
+            raise
+
+    def get(self, key: NatKey, default: NatBinding | None = None) -> NatBinding | None:  # type: ignore[override]
+        found = self._bindings.get(key)
+        if found is None:
+            self._on_miss(key)
+            return default
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._bindings:
+            return True
+        if isinstance(key, NatKey):
+            self._on_miss(key)
+        return False
+
+    def __iter__(self) -> Iterator[NatKey]:
+        return iter(self._bindings)
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+
 @dataclass
 class Tracked:
     """An entry as the table holds it: its timeout may shrink, its activity moves."""
@@ -92,9 +155,12 @@ class ConnTable:
         fin_timeout: float = TCP_FIN_TIMEOUT,
         rst_timeout: float = TCP_RST_TIMEOUT,
         released_timeout: float = RELEASED_TIMEOUT,
+        on_miss: Callable[[StateKey], None] | None = None,
     ) -> None:
         """`on_remove` is told of every entry that leaves (the SNAT port it held is free).
-        The timeouts are `entry`'s constants unless a test or an operator wants others."""
+        The timeouts are `entry`'s constants unless a test or an operator wants others.
+        `on_miss` (on the simulating thread; must not block) is told of every key a
+        simulation looked up and did not find; without it the view is the plain dicts."""
         self.fin_timeout = fin_timeout
         self.rst_timeout = rst_timeout
         self.released_timeout = released_timeout
@@ -106,7 +172,12 @@ class ConnTable:
         self._released_tags: set[str] = set()
         self._closing: list[Tracked] = []  # copies closed by a flow deleted meanwhile
         self.on_remove = on_remove
-        self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
+        if on_miss is None:
+            self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
+        else:
+            self.view = FlowStateView(
+                _MissingConns(self._conns, on_miss), _MissingBindings(self._bindings, on_miss)
+            )
 
     def __len__(self) -> int:
         return len(self._entries)
