@@ -75,7 +75,7 @@ def test_state_comes_back_after_a_restart_without_local_state(
         fwd, rev = snat(1, public)
         a.track([ConntrackEntry(conn(1)), fwd, rev])
         assert a.durable is not None
-        until(lambda: a.durable.stats.written == 3 and a.durable._writes.empty())
+        until(lambda: a.durable.stats.written == 3 and not a.durable.pending_writes)
         rows = cassandra_session.execute(
             "SELECT key, TTL(record) AS ttl FROM flow_state_by_host WHERE host = %s", [host]
         )
@@ -110,7 +110,7 @@ def test_a_host_that_never_saw_a_connection_gets_it_on_a_miss(
         fwd, rev = snat(2, (ip("198.51.100.7"), 40002))
         a.track([fwd, rev])
         assert a.durable is not None
-        until(lambda: a.durable.stats.written == 2 and a.durable._writes.empty())
+        until(lambda: a.durable.stats.written == 2 and not a.durable.pending_writes)
         # A reply reaches b (a failover): the simulation misses the reverse binding ...
         assert b.view.nat.get(rev.key) is None
         # ... and the flows that missed it are invalidated once it arrives from Cassandra.
@@ -127,7 +127,7 @@ def test_a_host_that_never_saw_a_connection_gets_it_on_a_miss(
         assert b.table.lookup(conn(99)) is None
         # a's entry expires (its flows idle past the timeout): its rows go too.
         a.sweep(a.clock() + 700.0, lambda _flow: None)
-        until(lambda: a.durable.stats.deleted == 2 and a.durable._writes.empty())
+        until(lambda: a.durable.stats.deleted == 2 and not a.durable.pending_writes)
         assert (
             cassandra_session.execute(
                 "SELECT key FROM flow_state WHERE key = %s", [_key(rev.key)]

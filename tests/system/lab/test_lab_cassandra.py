@@ -51,7 +51,9 @@ def lab() -> Iterator[Lab]:
     made = Lab()
     directory = made.dir
     try:
-        out = made.up("--hosts", "1", "--cassandra", "2", timeout=UP_TIMEOUT).stdout
+        out = made.up(
+            "--hosts", "1", "--cassandra", "2", "--timeout", "300", timeout=UP_TIMEOUT
+        ).stdout
         assert "Cassandra    2 node(s) UN" in out, out
         yield made
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from tessera.agent.agent import Agent
 from tessera.datapath.base import Match
@@ -129,12 +130,14 @@ class Cloud:
         underlay: str,
         host_id: str | None = None,
         flowstate_port: int | None = None,
+        flowstate_durable: Any = None,
     ) -> Host:
         """`flowstate_port`: exchange flow state over real UDP on `underlay` (a loopback
-        address then) at that port; None: the agents keep their state to themselves."""
+        address then) at that port; None: the agents keep their state to themselves.
+        `flowstate_durable`: a `DurableFlowState` (flow state kept in Cassandra)."""
         host_id = host_id or str(uuid.uuid4())
         dp = FakeDatapath(clock=self.clock, fabric=self.fabric, underlay_ip=ip_from_str(underlay))
-        return self.start_agent(name, host_id, underlay, dp, flowstate_port)
+        return self.start_agent(name, host_id, underlay, dp, flowstate_port, flowstate_durable)
 
     def start_agent(
         self,
@@ -143,12 +146,13 @@ class Cloud:
         underlay: str,
         dp: FakeDatapath,
         flowstate_port: int | None = None,
+        flowstate_durable: Any = None,
     ) -> Host:
         nsdb = MemoryNsdb(self.backend)
         agent = Agent(
             host_id, nsdb, dp, name=name, underlay_ip=underlay, tunnel_zone=self.zone.id,
             clock=self.clock, wall_clock=lambda: 1_700_000_000 + self.clock.now,
-            flowstate_port=flowstate_port,
+            flowstate_port=flowstate_port, flowstate_durable=flowstate_durable,
         )  # fmt: skip
         agent.start()
         host = Host(name, host_id, underlay, nsdb, dp, agent)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -104,10 +103,15 @@ class DurableFlowState:
         self.clock = clock
         self.stats = DurableStats()
         self.on_found: Found | None = None
-        self._writes: queue.Queue[tuple[str, FlowStateEntry, float] | None] = queue.Queue(
-            QUEUE_LIMIT
-        )
-        self._reads: queue.Queue[StateKey | None] = queue.Queue(QUEUE_LIMIT)
+        # Plain deques: an append is atomic and takes no lock, which matters on the
+        # agent thread; the threads wait on an event set only when they sleep.
+        self._writes: collections.deque[tuple[str, FlowStateEntry, float]] = collections.deque()
+        self._reads: collections.deque[StateKey] = collections.deque()
+        self._write_idle = threading.Event()
+        self._read_idle = threading.Event()
+        self._wake_writer = threading.Event()
+        self._wake_reader = threading.Event()
+        self._stopping = False
         self._asked: dict[StateKey, float] = {}
         self._ours: dict[StateKey, tuple[FlowStateEntry, float, float]] = {}  # + written at
         self._ours_lock = threading.Lock()
@@ -166,11 +170,9 @@ class DurableFlowState:
         if not self.active:
             return
         self.active = False
-        for q in (self._writes, self._reads):
-            try:
-                q.put(None, timeout=1.0)
-            except queue.Full:
-                pass
+        self._stopping = True
+        self._wake_writer.set()
+        self._wake_reader.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -197,10 +199,17 @@ class DurableFlowState:
         self._enqueue(("delete", entry, 0.0))
 
     def _enqueue(self, item: tuple[str, FlowStateEntry, float]) -> None:
-        try:
-            self._writes.put_nowait(item)
-        except queue.Full:
+        if len(self._writes) >= QUEUE_LIMIT:
             self.stats.dropped += 1
+            return
+        self._writes.append(item)
+        if self._write_idle.is_set():
+            self._wake_writer.set()
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued, not yet sent (those in flight are not counted)."""
+        return len(self._writes)
 
     def want(self, key: StateKey) -> None:
         """A simulation missed `key`: look for it in Cassandra (asynchronously)."""
@@ -213,10 +222,12 @@ class DurableFlowState:
         if len(self._asked) > QUEUE_LIMIT:
             self._asked = {k: t for k, t in self._asked.items() if now - t < MISS_RETRY}
         self._asked[key] = now
-        try:
-            self._reads.put_nowait(key)
-        except queue.Full:
+        if len(self._reads) >= QUEUE_LIMIT:
             self.stats.dropped += 1
+            return
+        self._reads.append(key)
+        if self._read_idle.is_set():
+            self._wake_reader.set()
 
     def refresh(self, alive: Callable[[StateKey], FlowStateEntry | None]) -> None:
         """Write again the rows of ours due for it (half their TTL gone) whose entries
@@ -256,7 +267,7 @@ class DurableFlowState:
     def _write_loop(self) -> None:
         pending: list[tuple[str, list[Any]]] = []
         while True:
-            item = self._writes.get()
+            item = self._next(self._writes, self._write_idle, self._wake_writer)
             if item is None:
                 break
             op, entry, timeout = item
@@ -280,7 +291,7 @@ class DurableFlowState:
                 log.warning("flow state not written to Cassandra: %s", exc)
                 continue
             pending.append((op, futures))
-            if len(pending) >= IN_FLIGHT or self._writes.empty():
+            if len(pending) >= IN_FLIGHT or not self._writes:
                 self._settle(pending)
                 pending = []
         self._settle(pending)
@@ -303,7 +314,7 @@ class DurableFlowState:
 
     def _read_loop(self) -> None:
         while True:
-            key = self._reads.get()
+            key = self._next(self._reads, self._read_idle, self._wake_reader)
             if key is None:
                 break
             self.stats.asked += 1
@@ -324,6 +335,24 @@ class DurableFlowState:
             entry, timeout = decoded
             if self.on_found is not None:
                 self.on_found(entry, timeout, float(row.ttl), str(row.owner))
+
+    def _next(
+        self, items: collections.deque[Any], idle: threading.Event, wake: threading.Event
+    ) -> Any:
+        """The next item of `items`, sleeping while there is none; None once stopping
+        (writes still queued are sent first)."""
+        while True:
+            try:
+                return items.popleft()
+            except IndexError:
+                pass
+            if self._stopping:
+                return None
+            wake.clear()
+            idle.set()
+            if not items and not self._stopping:  # an append before idle.set() woke nobody
+                wake.wait(0.5)
+            idle.clear()
 
     @staticmethod
     def _decode(record: bytes) -> tuple[FlowStateEntry, float] | None:
