@@ -52,7 +52,7 @@ DIRECTORY_MARKS: dict[str, tuple[str, ...]] = {
 
 #: Markers no test of a directory may carry: tests/unit runs anywhere, in seconds.
 DIRECTORY_FORBIDS: dict[str, tuple[str, ...]] = {
-    "unit": ("root", "zookeeper", "system"),
+    "unit": ("root", "zookeeper", "system", "cassandra"),
 }
 
 
@@ -80,7 +80,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ]
     if misplaced:
         raise pytest.UsageError(
-            "tests/unit is for tests that need no root and no ZooKeeper; move these to "
+            "tests/unit is for tests that need no root, ZooKeeper or Cassandra; move these to "
             "tests/kernel, tests/integration or tests/system (docs/testing.md):\n  "
             + "\n  ".join(misplaced)
         )

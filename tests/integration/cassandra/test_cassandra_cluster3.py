@@ -7,7 +7,8 @@ import pytest
 
 from tessera.cassandra.cluster import CassandraCluster
 
-pytestmark = pytest.mark.slow
+# Starting Cassandra (in the first test's setup) may take minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _quorum(session: object, query: str, params: list[object] | None = None) -> object:

@@ -13,6 +13,9 @@ from tessera.cassandra import install
 from tessera.cassandra.cluster import CassandraCluster
 from tessera.cassandra.errors import CassandraError
 
+# Starting Cassandra (in the first test's setup) may take minutes on a busy machine.
+pytestmark = pytest.mark.timeout(600)
+
 
 def test_node_is_up_normal_with_the_keyspace(cassandra_node: CassandraCluster) -> None:
     [node] = cassandra_node.status()

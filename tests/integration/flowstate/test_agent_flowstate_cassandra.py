@@ -23,6 +23,9 @@ from test_agent_stateful import _snat_edge, _through_arp, udp_of
 from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.cassandra.cluster import CassandraCluster
 
+# Starting Cassandra (in the first test's setup) may take minutes on a busy machine.
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture
 def cloud() -> Iterator[Cloud]:

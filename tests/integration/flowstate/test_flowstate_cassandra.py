@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.entry import PROTO_TCP
 from tessera.agent.flowstate.service import FlowStateService
@@ -28,6 +30,9 @@ from tessera.simulation.flowstate import (
 from tessera.simulation.tags import nat_tag
 
 ZONE = "3c6b0d4e-0000-4000-8000-0000000000dd"
+
+# Starting Cassandra (in the first test's setup) may take minutes on a busy machine.
+pytestmark = pytest.mark.timeout(600)
 
 
 def conn(i: int = 1) -> ConnKey:

@@ -20,7 +20,14 @@ from lab_helpers import Lab, Snapshot, require_agent, root_missing, tessera
 
 from tessera.cassandra import client
 
-pytestmark = [pytest.mark.system, pytest.mark.root, pytest.mark.cassandra, pytest.mark.slow]
+# Starting Cassandra (in the first test's setup) may take minutes on a busy machine.
+pytestmark = [
+    pytest.mark.timeout(1200),
+    pytest.mark.system,
+    pytest.mark.root,
+    pytest.mark.cassandra,
+    pytest.mark.slow,
+]
 
 if (_why := root_missing()) is not None:
     pytest.skip(_why, allow_module_level=True)
