@@ -48,6 +48,7 @@ class AgentSpec:
     tunnel_zone: str
     state_dir: Path
     log_level: str | None = None  # None: the agent's default
+    cassandra: str | None = None  # contact points: flow state kept in Cassandra too
 
     def argv(self, tessera: Sequence[str] | None = None) -> list[str]:
         """`tessera agent ...` (not yet inside a namespace: the caller prefixes that)."""
@@ -63,6 +64,8 @@ class AgentSpec:
         ]  # fmt: skip
         if self.log_level is not None:
             argv += ["--log-level", self.log_level]
+        if self.cassandra is not None:
+            argv += ["--flow-state", "cassandra", "--cassandra", self.cassandra]
         return argv
 
 

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tessera.cassandra import client
 from tessera.cassandra.cluster import CassandraCluster, addresses
+from tessera.cassandra.config import CQL_PORT
 from tessera.cassandra.errors import CassandraError
 from tessera.cassandra.node import kill_nodes_under
 from tessera.lab import procs
@@ -40,6 +42,19 @@ def cluster(lab: LabState) -> CassandraCluster:
         cluster_name=f"tessera-{lab.name}",
         keyspace=KEYSPACE,
     )
+
+
+def relayed(lab: LabState) -> list[tuple[str, int]]:
+    """The nodes' CQL addresses, relayed as themselves into every host namespace (the
+    agents keep their flow state there: `--flow-state cassandra`)."""
+    if lab.cassandra_nodes < 1:
+        return []
+    return [(a, CQL_PORT) for a in node_addresses(lab)]
+
+
+def agent_contact_points(lab: LabState) -> str | None:
+    """`--cassandra` for the lab's agents; None for a lab without Cassandra."""
+    return ",".join(node_addresses(lab)) if lab.cassandra_nodes else None
 
 
 def check_count(lab: LabState, wanted: int | None) -> None:
@@ -78,6 +93,15 @@ def ensure(lab: LabState) -> CassandraCluster:
     try:
         with _owned_by(lab):
             made.start()
+        # The agents' flow-state tables, made once here: agents creating them at once
+        # on different nodes could make two versions of one table.
+        from tessera.agent.flowstate.durable import create_tables
+
+        driver, session = client.connect(made.addresses)
+        try:
+            create_tables(session, made.keyspace)
+        finally:
+            driver.shutdown()
     except CassandraError as exc:
         raise LabError(f"lab {lab.name}: {exc}") from None
     return made

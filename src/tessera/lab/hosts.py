@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from tessera.lab import api, names, netns, procs, services
+from tessera.lab import cassandra as lab_cassandra
 from tessera.lab.agents import BPF_PIN_ROOT as BPF_PIN_ROOT  # `lab down` finds them here
 from tessera.lab.agents import AgentSpec
 from tessera.lab.agents import remove_agent_leftovers as remove_agent_leftovers
@@ -83,6 +84,7 @@ def start_agent(state: LabState, host: HostState) -> int:
         underlay_ip=host.underlay_ip,
         tunnel_zone=state.tunnel_zone_id,
         state_dir=state.dir / "agent",
+        cassandra=lab_cassandra.agent_contact_points(state),
     )
     argv = [*netns.nsenter(state.netns(host.name)), *spec.argv()]
     return procs.spawn(argv, pid_file, state.log_file(agent_process(host)), owner=state.dir)

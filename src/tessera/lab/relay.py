@@ -12,8 +12,12 @@ port 2181 + i.
     python -m tessera.lab.relay CONFIG.json
 
 CONFIG.json: {"upstreams": [["127.0.0.1", 34567]], "port": 2181,
-"namespaces": ["tsr-default-h1", ...]}. SIGHUP (and a rescan every few seconds)
-re-reads it: listeners follow namespaces that appear, vanish or are remade.
+"namespaces": ["tsr-default-h1", ...], "mirrored": [["127.0.0.2", 9042], ...]}.
+`mirrored` (optional): addresses relayed as themselves, ADDR:PORT inside each namespace
+to ADDR:PORT of the root namespace (the lab's Cassandra nodes: the driver connects to
+the addresses the nodes announce, so they must be the same on both sides). SIGHUP (and
+a rescan every few seconds) re-reads it: listeners follow namespaces that appear,
+vanish or are remade.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class RelayConfig:
     upstreams: tuple[tuple[str, int], ...]
     port: int
     namespaces: tuple[str, ...]
+    mirrored: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def read(cls, path: Path) -> RelayConfig:
@@ -50,6 +55,7 @@ class RelayConfig:
             upstreams=tuple((str(h), int(p)) for h, p in data["upstreams"]),
             port=int(data["port"]),
             namespaces=tuple(str(n) for n in data["namespaces"]),
+            mirrored=tuple((str(h), int(p)) for h, p in data.get("mirrored", [])),
         )
 
     def write(self, path: Path) -> None:
@@ -61,18 +67,19 @@ class RelayConfig:
                 "upstreams": [list(u) for u in self.upstreams],
                 "port": self.port,
                 "namespaces": list(self.namespaces),
+                "mirrored": [list(m) for m in self.mirrored],
             },
         )
 
 
-def listen_socket(namespace: str, port: int) -> socket.socket:
-    """A listening TCP socket on 127.0.0.1:`port` inside `namespace`."""
+def listen_socket(namespace: str, port: int, address: str = "127.0.0.1") -> socket.socket:
+    """A listening TCP socket on `address`:`port` inside `namespace`."""
 
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+            sock.bind((address, port))
             sock.listen(64)
             sock.setblocking(False)
         except OSError:
@@ -95,8 +102,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class Relay:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        # (namespace, port) -> (namespace inode when bound, server)
-        self.servers: dict[tuple[str, int], tuple[int, asyncio.Server]] = {}
+        # (namespace, address, port) -> (namespace inode when bound, server)
+        self.servers: dict[tuple[str, str, int], tuple[int, asyncio.Server]] = {}
         self.connections: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
 
@@ -107,30 +114,32 @@ class Relay:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("cannot read %s: %s (listeners unchanged)", self.config_path, exc)
                 return
-            wanted: dict[tuple[str, int], tuple[str, int]] = {}
+            wanted: dict[tuple[str, str, int], tuple[str, int]] = {}
             for ns in config.namespaces:
                 for i, upstream in enumerate(config.upstreams):
-                    wanted[(ns, config.port + i)] = upstream
+                    wanted[(ns, "127.0.0.1", config.port + i)] = upstream
+                for address, port in config.mirrored:
+                    wanted[(ns, address, port)] = (address, port)
             for key, (ino, server) in list(self.servers.items()):
                 if key not in wanted or netns.inode(key[0]) != ino:
                     server.close()
                     del self.servers[key]
-                    log.info("stopped relaying in %s port %d", *key)
+                    log.info("stopped relaying in %s on %s:%d", *key)
             for key, upstream in wanted.items():
                 if key in self.servers:
                     continue
                 await self._listen(key, upstream)
 
-    async def _listen(self, key: tuple[str, int], upstream: tuple[str, int]) -> None:
-        ns, port = key
+    async def _listen(self, key: tuple[str, str, int], upstream: tuple[str, int]) -> None:
+        ns, address, port = key
         ino = netns.inode(ns)
         if ino is None:
             return  # not made yet: the next rescan will see it
         loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(None, listen_socket, ns, port)
+            sock = await loop.run_in_executor(None, listen_socket, ns, port, address)
         except OSError as exc:
-            log.error("cannot listen on 127.0.0.1:%d in %s: %s", port, ns, exc)
+            log.error("cannot listen on %s:%d in %s: %s", address, port, ns, exc)
             return
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -138,7 +147,7 @@ class Relay:
 
         server = await asyncio.start_server(handle, sock=sock)
         self.servers[key] = (ino, server)
-        log.info("relaying 127.0.0.1:%d in %s to %s:%d", port, ns, *upstream)
+        log.info("relaying %s:%d in %s to %s:%d", address, port, ns, *upstream)
 
     async def _forward(
         self,

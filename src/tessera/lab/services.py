@@ -415,10 +415,13 @@ def ensure_relay(state: LabState, timeout: float = RELAY_START_TIMEOUT) -> None:
     """The relay listening in every host namespace: started, or told to re-read its
     configuration, then probed from inside each namespace."""
     namespaces = [state.netns(h.name) for h in state.hosts]
+    from tessera.lab import cassandra as lab_cassandra
+
     config = RelayConfig(
         upstreams=tuple(zk_upstreams(state.nsdb_url)),
         port=names.ZK_RELAY_PORT,
         namespaces=tuple(namespaces),
+        mirrored=tuple(lab_cassandra.relayed(state)),
     )
     config.write(relay_config_path(state))
     pid_file, log_file = state.pid_file("relay"), state.log_file("relay")

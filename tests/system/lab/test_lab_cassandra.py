@@ -1,5 +1,6 @@
 """`tessera lab up --cassandra 2`: the lab runs a two-node Cassandra cluster on 127.0.I.2
-and .3, every node UN and the keyspace `tessera` with RF 2; `lab cassandra stop|start`
+and .3, every node UN and the keyspace `tessera` with RF 2; the agents keep their flow
+state in it (through the relay); `lab cassandra stop|start`
 are faults the cluster rides out; `up` refuses to resize the ring; `lab down` leaves no
 JVM, file or namespace.
 
@@ -99,6 +100,34 @@ def test_two_nodes_up_normal_with_the_keyspace(lab: Lab) -> None:
         session.execute("CREATE TABLE IF NOT EXISTS kv (k text PRIMARY KEY, v int)")
         session.execute("INSERT INTO kv (k, v) VALUES ('lab', 7)")
         assert session.execute("SELECT v FROM kv WHERE k = 'lab'").one().v == 7
+    finally:
+        driver.shutdown()
+
+
+def test_the_agents_keep_their_flow_state_there(lab: Lab) -> None:
+    """The agent runs with `--flow-state cassandra`, reaching the nodes from its host
+    namespace through the lab's relay (the nodes' addresses relayed as themselves)."""
+    from support.wait import wait_until
+    from tessera.agent.control import agents_dir, request
+
+    host_id = lab.status()["hosts"][0]["host_id"]
+
+    def report() -> dict[str, Any]:
+        answer: dict[str, Any] = request(agents_dir() / f"{host_id}.sock", "conntrack")
+        return answer
+
+    wait_until(lambda: report().get("cassandra", {}).get("active"), timeout=60,
+               what="the agent's flow state in Cassandra")  # fmt: skip
+    ring = _ring(lab)
+    driver, session = client.connect([n["address"] for n in ring["nodes"]], "tessera")
+    try:
+        tables = {
+            r.table_name
+            for r in session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = 'tessera'"
+            )
+        }
+        assert {"flow_state", "flow_state_by_host"} <= tables
     finally:
         driver.shutdown()
 

@@ -53,6 +53,22 @@ def key_text(key: StateKey) -> str:
     return f"{kind}/{key.proto}/{key.src}/{key.sport}/{key.dst}/{key.dport}/{key.device}"
 
 
+def create_tables(session: Any, keyspace: str) -> None:
+    """The two tables (idempotent; whoever makes the keyspace should make them first,
+    see `lab.cassandra.ensure`)."""
+    session.execute(
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.flow_state "
+        "(key text PRIMARY KEY, record blob, owner text) WITH gc_grace_seconds = 600",
+        timeout=60.0,
+    )
+    session.execute(
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.flow_state_by_host "
+        "(host text, key text, record blob, PRIMARY KEY (host, key)) "
+        "WITH gc_grace_seconds = 600",
+        timeout=60.0,
+    )
+
+
 @dataclass
 class DurableStats:
     """What `tessera conntrack --json` and the tests read."""
@@ -129,17 +145,7 @@ class DurableFlowState:
         from tessera.cassandra import client
 
         self._cluster, self._session = client.connect(self.contact_points)
-        self._session.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.keyspace}.flow_state "
-            "(key text PRIMARY KEY, record blob, owner text) WITH gc_grace_seconds = 600",
-            timeout=60.0,
-        )
-        self._session.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.keyspace}.flow_state_by_host "
-            "(host text, key text, record blob, PRIMARY KEY (host, key)) "
-            "WITH gc_grace_seconds = 600",
-            timeout=60.0,
-        )
+        create_tables(self._session, self.keyspace)
         ks = self.keyspace
         prepare = self._session.prepare
         self._put = prepare(
