@@ -334,8 +334,9 @@ def cassandra_stop(
 ) -> None:
     """Stop one Cassandra node (clean shutdown; its data stays)."""
     lab = _lab(name)
-    with state.locked():
-        stopped = lab_cassandra.stop_node(lab, node)
+    # No lab lock: the state is only read, and a node may take a while to stop or start
+    # (other labs' commands must not wait for it).
+    stopped = lab_cassandra.stop_node(lab, node)
     typer.echo(f"Cassandra {node} {'stopped' if stopped else 'was not running'}")
 
 
@@ -346,6 +347,5 @@ def cassandra_start(
 ) -> None:
     """Start one Cassandra node again (same address, data and token); waits until UN."""
     lab = _lab(name)
-    with state.locked():
-        address = lab_cassandra.start_node(lab, node)
+    address = lab_cassandra.start_node(lab, node)
     typer.echo(f"Cassandra {node} running on {address}, UN")
