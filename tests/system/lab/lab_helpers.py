@@ -244,11 +244,14 @@ def new_chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
     return chain
 
 
-def update(lab: Lab, path: str, fields: dict[str, Any]) -> None:
-    """PUT the object at `path` with `fields` changed (the API's PUT takes it whole)."""
+def update(lab: Lab, path: str, fields: dict[str, Any], *, wait: bool = False) -> None:
+    """PUT the object at `path` with `fields` changed (the API's PUT takes it whole).
+    `wait`: with `?wait=true`, so that the change is in effect on every agent it concerns
+    when this returns (docs/wait.md): the very next packet obeys it."""
+    params = {"wait": "true"} if wait else None
     with lab.api() as client:
         current = client.get(path.lstrip("/")).json()
-        response = client.put(path.lstrip("/"), json={**current, **fields})
+        response = client.put(path.lstrip("/"), json={**current, **fields}, params=params)
     assert response.status_code == 200, response.text
 
 

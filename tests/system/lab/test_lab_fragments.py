@@ -165,12 +165,14 @@ def test_each_fragment_policy_on_a_port_filter(
     filtered, the (also fragmented) replies are not."""
     port = f"/ports/{net.ports['vm1']}"
     chain = new_chain(net.lab, "vm1 in", *({**_ICMP, **rule} for rule in rules))
+    # Waiting writes (in effect on both agents when they answer): the next pings obey
+    # them, no need to poll until they do and check again a moment later.
     try:
-        update(net.lab, port, {"inbound_filter_id": chain})
-        net.settle("vm1", "10.0.0.20", want)
+        update(net.lab, port, {"inbound_filter_id": chain}, wait=True)
+        assert net.outcome("vm1", "10.0.0.20") == want
     finally:
-        update(net.lab, port, {"inbound_filter_id": None})
-    net.settle("vm1", "10.0.0.20", (True, True))
+        update(net.lab, port, {"inbound_filter_id": None}, wait=True)
+    assert net.outcome("vm1", "10.0.0.20") == (True, True)
 
 
 def test_a_floating_ip_carries_fragmented_pings_both_ways(net: Net) -> None:
