@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.agent.cache_state import KIND_ALIASES, CacheState, Key, View
-from tessera.agent.reach import DEVICE_KIND, reach
+from tessera.agent.reach import DEVICE_KIND, links, reach
 from tessera.agent.tags import tags_of_change
 from tessera.model import Bridge, Host, Port, Router, StoredObject, TunnelZone
 from tessera.nsdb import indexes, tables
@@ -331,7 +331,8 @@ class TopologyCache:
             if new is not None and key in self._waiting and self.state.is_loaded(key):
                 self._waiting.discard(key)
                 loaded.add(key)
-        if not isinstance(current, Host | TunnelZone):
+        moved = old is None or new is None or links(old) != links(new)
+        if moved and not isinstance(current, Host | TunnelZone):
             self._schedule()
         self.notify(CacheUpdate(frozenset(tags), frozenset(loaded), bindings, tunnels))
 

@@ -70,6 +70,34 @@ def reach(host_id: str, get: Get, members: Members, extra: Iterable[Key] = ()) -
     return _Walk(get, members).run(host_id, extra)
 
 
+def links(obj: StoredObject) -> tuple[object, ...]:
+    """What `reach` follows from `obj`: a change that keeps it cannot change the
+    closure (a rule's match, a route's gateway), so the loader need not recompute."""
+    if isinstance(obj, Port):
+        return (
+            obj.device_id, obj.inbound_filter_id, obj.outbound_filter_id,
+            obj.inbound_mirror_ids, obj.outbound_mirror_ids, obj.peer_id, obj.host_id,
+        )  # fmt: skip
+    if isinstance(obj, Bridge | Router):
+        return (
+            obj.inbound_filter_id, obj.outbound_filter_id,
+            obj.inbound_mirror_ids, obj.outbound_mirror_ids,
+        )  # fmt: skip
+    if isinstance(obj, Chain):
+        return tuple(obj.rule_ids)
+    if isinstance(obj, Rule):
+        return (obj.jump_chain_id, *_group_links(obj))
+    if isinstance(obj, Mirror):
+        return (obj.to_port_id, *(g for c in obj.conditions for g in _group_links(c)))
+    if isinstance(obj, PortGroup):
+        return (obj.stateful, *obj.port_ids)
+    return ()
+
+
+def _group_links(cond: Conditions) -> tuple[str | None, ...]:
+    return (cond.port_group, cond.ip_addr_group_src, cond.ip_addr_group_dst)
+
+
 class _Walk:
     def __init__(self, get: Get, members: Members) -> None:
         self.get = get
