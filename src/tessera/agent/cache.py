@@ -2,23 +2,29 @@
 
 This module is the loading half: which watches to hold, what to load and when, and how
 NSDB deliveries become changes. What is held and the `View` the simulation reads are in
-`tessera.agent.cache_state`; `TopologyCache` is the one object the agent talks to.
+`tessera.agent.cache_state`; what must be held is `tessera.agent.reach`; `TopologyCache`
+is the one object the agent talks to.
 
-Loading. Ports are watched as a whole, because a binding is a field of a port and finding
-this host's bindings needs every port. Everything else is loaded on demand, as MidoNet
-does: the devices of bound ports, then whatever a loaded object points at (peer ports'
-devices, filter chains, their rules, jump targets, port and address groups, mirrors, a
-router's routes and ARP table, a bridge's DHCP subnets and MAC table) — the closure of what bound
-ports can reach, and nothing else. A simulation that still meets a missing object asks
-for it with `want()` and is re-run when `CacheUpdate.loaded` names it.
+Loading is demand-driven, as in MidoNet, and never kind-wide for what grows with the
+cloud: the agent watches the `host_ports` index key of its host (the ports bound here),
+then, through `reach`, one object watch per object of the closure and one index watch per
+parent whose children it needs (a device's ports, a router's routes and load balancers, a
+bridge's DHCP subnets, the port groups of a port), plus the learned MAC/ARP table of each
+device. Only hosts and tunnel zones, which grow with hypervisors, are watched whole.
+After every delivery the loader recomputes the closure over what it holds
+(`_reconcile`): keys that entered it are subscribed, keys that left it are cancelled
+and their objects dropped, so the cache grows and shrinks with bindings and links and,
+once quiet, holds exactly what a fresh load of the reachable part would.
 
 Completeness. The simulation cannot tell a router without routes from a router whose
-routes are not loaded yet, so a device enters the view only once its children are in:
-the loader subscribes to them, then lists them once to learn which ids to wait for.
+routes are not loaded yet, so a device enters the view only once it is complete
+(`reach`); once shown, it stays while a child just added is on its way (that child
+simply arrives a moment later, as if it had been created later).
 
 Threads. Watch callbacks run on the NSDB client's notification thread and are the only
 writers of NSDB state; subscribing (which may wait for ZooKeeper) happens on a loader
-thread, so that neither the upcall loop nor a callback ever blocks on the NSDB.
+thread, so that neither the upcall loop nor a callback ever blocks on the NSDB. A
+callback of a cancelled watch that was already queued is ignored (`_Watch.active`).
 
 Every change is reported with the tags it touches (`tags.tags_of_change`), which the
 agent uses to invalidate exactly the flows that depended on it.
@@ -30,33 +36,15 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.agent.cache_state import KIND_ALIASES, CacheState, Key, View
+from tessera.agent.reach import DEVICE_KIND, links, reach
 from tessera.agent.tags import tags_of_change
-from tessera.model import (
-    Bridge,
-    Chain,
-    Conditions,
-    DhcpSubnet,
-    Host,
-    IpAddrGroup,
-    LoadBalancer,
-    Mirror,
-    Pool,
-    PoolMember,
-    Port,
-    PortGroup,
-    Route,
-    Router,
-    Rule,
-    StoredObject,
-    TunnelZone,
-    Vip,
-)
-from tessera.nsdb import tables
-from tessera.nsdb.base import Nsdb, StateEvent, Subscription, WatchEvent
+from tessera.model import Bridge, Host, Port, Router, StoredObject, TunnelZone
+from tessera.nsdb import indexes, tables
+from tessera.nsdb.base import IndexEvent, Nsdb, StateEvent, Subscription, WatchEvent
 from tessera.nsdb.errors import NsdbError
 from tessera.packet.addr import ip_from_str, mac_from_str
 from tessera.packet.errors import PacketError
@@ -66,14 +54,8 @@ __all__ = ["CacheUpdate", "Key", "TopologyCache", "View"]
 
 log = logging.getLogger(__name__)
 
-ON_DEMAND = frozenset(
-    {Bridge.kind, Router.kind, Chain.kind, Rule.kind, PortGroup.kind, IpAddrGroup.kind}
-    | {Mirror.kind}
-)
-DEVICE_KIND = {"Bridge": Bridge.kind, "Router": Router.kind}
-_CHILDREN = {Route.kind: "router_id", DhcpSubnet.kind: "bridge_id"}
-LB_KINDS = (LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind)
-"""Watched whole, like ports: a snapshot keeps the load balancers of its routers."""
+WHOLE_KINDS = (Host.kind, TunnelZone.kind)
+"""Watched whole: they grow with hypervisors, and any host may be a peer's."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +64,24 @@ class CacheUpdate:
     loaded: frozenset[Key] = frozenset()
     bindings_changed: bool = False
     tunnels_changed: bool = False
+
+
+@dataclass(eq=False)
+class _Watch:
+    """One subscription of the cache; `active` is False once it left the closure."""
+
+    active: bool = True
+    sub: Subscription | None = None
+
+
+@dataclass
+class _Plan:
+    """What one reconcile subscribes and cancels (computed under the lock)."""
+
+    objects: list[tuple[Key, _Watch]] = field(default_factory=list)
+    indexes: list[tuple[indexes.IndexKey, _Watch]] = field(default_factory=list)
+    tables: list[tuple[Key, _Watch]] = field(default_factory=list)
+    cancel: list[_Watch] = field(default_factory=list)
 
 
 class TopologyCache:
@@ -93,33 +93,30 @@ class TopologyCache:
         self.notify = notify
         self.state = CacheState(host_id)
         self._lock = self.state.lock
-        self._wanted: set[Key] = set()
-        self._subs: list[Subscription] = []
+        self._objects: dict[Key, _Watch] = {}
+        self._indexes: dict[indexes.IndexKey, _Watch] = {}
+        self._tables: dict[Key, _Watch] = {}  # (device kind, id): its MAC or ARP table
+        self._members: dict[indexes.IndexKey, set[str]] = {}  # listed keys only
+        self._early: dict[indexes.IndexKey, set[str]] = {}  # members before "listed"
+        self._extra: set[Key] = set()  # what a simulation asked for (roots too)
+        self._waiting: set[Key] = set()  # asked for, to report in `loaded` once in
+        self._subs: list[Subscription] = []  # the whole-kind watches
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._loader: threading.Thread | None = None
         self._closed = False
-        self._initial_ports: set[str] | None = None
+        self._scheduled = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe to what every agent needs (ports, hosts, tunnel zones, port groups) and start
-        the loader. Raises NsdbError when the NSDB cannot be reached."""
+        """Subscribe to what every agent needs (hosts, tunnel zones, this host's
+        bindings) and start the loader. Raises NsdbError when the NSDB cannot be
+        reached."""
         self._loader = threading.Thread(target=self._run_loader, name="agent-cache", daemon=True)
         self._loader.start()
-        # Port groups too: a stateful group keys its members' connections (whatever
-        # device they are on), so every host must know it even if no rule names it.
-        for kind in (Port.kind, Host.kind, TunnelZone.kind, PortGroup.kind):
-            self._subs.append(self.nsdb.watch_kind(kind, self._on_object))
-        # Load balancers whole as well (`LB_KINDS`): few objects, and a VIP's first packet
-        # must find its router's pools and members without waiting for a load.
-        for kind in LB_KINDS:
-            self._subs.append(self.nsdb.watch_kind(kind, self._on_object))
-        # What the ports watch is about to deliver: until it has, this host's bindings
-        # are not known, and nothing may be judged stale for lack of one.
-        listed = {s.value.id for s in self.nsdb.list(Port.kind)}
-        with self._lock:
-            self._initial_ports = listed - set(self.state.of(Port.kind))
+        for kind in WHOLE_KINDS:
+            self._subs.append(self.nsdb.watch_kind(kind, self._on_whole))
+        self._schedule()
 
     def close(self) -> None:
         self._closed = True
@@ -128,8 +125,14 @@ class TopologyCache:
             self._loader.join(timeout=5)
         with self._lock:
             subs, self._subs = self._subs, []
+            watches = [*self._objects.values(), *self._indexes.values(), *self._tables.values()]
+            for w in watches:
+                w.active = False
         for sub in subs:
             sub.cancel()
+        for w in watches:
+            if w.sub is not None:
+                w.sub.cancel()
 
     def idle(self) -> bool:
         """No subscription is waiting to be made (tests wait for this)."""
@@ -153,154 +156,163 @@ class TopologyCache:
             finally:
                 self._jobs.task_done()
 
-    def _subscribe(self, make: Callable[[], Subscription]) -> None:
-        def job() -> None:
+    def _schedule(self) -> None:
+        """Have the loader reconcile soon (once, however many changes ask meanwhile)."""
+        with self._lock:
+            if self._scheduled or self._closed:
+                return
+            self._scheduled = True
+        self._jobs.put(self._reconcile)
+
+    # -- the closure ----------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Make the watches match the closure of what is held (loader thread)."""
+        tags: set[str] = set()
+        with self._lock:
+            self._scheduled = False
             if self._closed:
                 return
-            sub = make()
-            with self._lock:
-                if self._closed:
-                    sub.cancel()
-                else:
-                    self._subs.append(sub)
+            got = reach(self.host_id, self._held, self._listed, self._extra)
+            plan = _Plan()
+            for key in [k for k in self._objects if k not in got.objects]:
+                plan.cancel.append(self._objects.pop(key))
+                old = self.state.remove(*key)
+                if old is not None:
+                    tags |= tags_of_change(old, None)
+            for ik in [k for k in self._indexes if k not in got.indexes]:
+                plan.cancel.append(self._indexes.pop(ik))
+                self._members.pop(ik, None)
+                self._early.pop(ik, None)
+            for dk in [k for k in self._tables if k not in got.devices]:
+                plan.cancel.append(self._tables.pop(dk))
+                self.state.forget_tables(dk[1])
+            for w in plan.cancel:
+                w.active = False
+            for key in sorted(got.objects - self._objects.keys()):
+                plan.objects.append((key, self._objects.setdefault(key, _Watch())))
+            for ik in sorted(got.indexes - self._indexes.keys()):
+                plan.indexes.append((ik, self._indexes.setdefault(ik, _Watch())))
+            for dk in sorted(got.devices - self._tables.keys()):
+                plan.tables.append((dk, self._tables.setdefault(dk, _Watch())))
+            # Shown once complete; kept while a new child is on its way (module doc).
+            in_reach = {d for _, d in got.devices}
+            complete = got.complete | {
+                d for d in self.state.complete if d in in_reach and self._held_device(d)
+            }
+            newly = self.state.set_complete(complete)
+            tags |= newly
+            loaded = {k for k in self._waiting if self.state.is_loaded(k)}
+            loaded |= {(self._device_kind(d), d) for d in newly}
+            self._waiting -= loaded
+        for w in plan.cancel:
+            if w.sub is not None:
+                w.sub.cancel()
+        try:
+            self._subscribe(plan)
+        finally:
+            if tags or loaded:
+                self.notify(CacheUpdate(frozenset(tags), frozenset(loaded)))
 
-        self._jobs.put(job)
+    def _subscribe(self, plan: _Plan) -> None:
+        """Make the planned subscriptions. One failing un-plans itself and the rest, so
+        the retried reconcile makes them again."""
+        nsdb = self.nsdb
+        calls: list[tuple[_Watch, Callable[[], Subscription], Callable[[], None]]] = []
+        for key, w in plan.objects:
+            make = _bind(nsdb.watch_object, *key, _guard(w, self._on_object))
+            calls.append((w, make, _unplan(self._objects, key, w)))
+        for ik, w in plan.indexes:
+            make = _bind(nsdb.watch_index, *ik, _guard(w, self._on_index))
+            calls.append((w, make, _unplan(self._indexes, ik, w)))
+        for dk, w in plan.tables:
+            kind, id = dk
+            if kind == Router.kind:
+                table, cb = tables.arp_table(id), self._arp_event(id)
+            else:
+                table, cb = tables.mac_table(id), self._mac_event(id)
+            make = _bind(nsdb.watch_state, table, _guard(w, cb))
+            calls.append((w, make, _unplan(self._tables, dk, w)))
+        for i, (w, make, _) in enumerate(calls):
+            if not w.active:
+                continue
+            try:
+                sub = make()
+            except NsdbError:
+                with self._lock:
+                    for _, _, undo in calls[i:]:
+                        undo()
+                raise
+            with self._lock:
+                keep = w.active
+                if keep:
+                    w.sub = sub
+            if not keep:
+                sub.cancel()
+
+    def _held(self, kind: str, id: str) -> StoredObject | None:
+        return self.state.of(kind).get(id)
+
+    def _listed(self, index: str, key: str) -> set[str] | None:
+        return self._members.get((index, key))
+
+    def _held_device(self, id: str) -> bool:
+        return any(id in self.state.of(kind) for kind in DEVICE_KIND.values())
+
+    def _device_kind(self, id: str) -> str:
+        return Router.kind if id in self.state.of(Router.kind) else Bridge.kind
 
     # -- demand ---------------------------------------------------------------------------
 
     def want(self, kind: str, id: str) -> Key | None:
-        """Load (and keep watching) object `id`; idempotent, never blocks. Returns the
-        key whose loading to wait for: a port is always loaded, so wanting one means
-        wanting its device (None while the port itself is unknown)."""
+        """Ask for object `id` (a simulation met it missing); idempotent, never blocks.
+        Returns the key whose loading to wait for: wanting a port means wanting its
+        device once the port is known."""
         kind = KIND_ALIASES.get(kind, kind)
-        if kind == Port.kind:
-            port = self.state.get(Port.kind, id)
-            if isinstance(port, Port):
-                return self.want(DEVICE_KIND[port.type], port.device_id)
-            return None
-        if kind not in ON_DEMAND:
-            return None
-        key = (kind, id)
         with self._lock:
-            if key in self._wanted:
+            if kind == Port.kind:
+                port = self.state.get(Port.kind, id)
+                if isinstance(port, Port):
+                    kind, id = DEVICE_KIND[port.type], port.device_id
+            key = (kind, id)
+            if self.state.is_loaded(key):
                 return key
-            self._wanted.add(key)
-        self._subscribe(lambda: self.nsdb.watch_object(kind, id, self._on_object))
+            self._waiting.add(key)
+            if key in self._extra:
+                return key
+            self._extra.add(key)
+        self._schedule()
         return key
 
-    def _want_children(self, device: StoredObject) -> None:
-        children = self.state.children
-        if device.id in children:
-            return
-        children[device.id] = None
-        did = device.id
-        if isinstance(device, Router):
-            child_kind, table, state_cb = Route.kind, tables.arp_table(did), self._arp_event(did)
-        else:
-            child_kind, table, state_cb = (
-                DhcpSubnet.kind,
-                tables.mac_table(did),
-                self._mac_event(did),
-            )
-        attr = _CHILDREN[child_kind]
-
-        def job() -> None:
-            if self._closed:
-                return
-            subs = [
-                self.nsdb.watch_kind(child_kind, self._filtered(attr, did)),
-                self.nsdb.watch_state(table, state_cb),
-            ]
-            listed = {
-                (child_kind, s.value.id)
-                for s in self.nsdb.list(child_kind)
-                if getattr(s.value, attr) == did
-            }
-            with self._lock:
-                self._subs.extend(subs)
-                done = self.state.device_listed(did, listed)
-            if done:
-                self._device_complete(device)
-
-        self._jobs.put(job)
-
-    def _device_complete(self, device: StoredObject) -> None:
-        log.debug("%s %s loaded with its children", device.kind, device.id)
-        self.notify(CacheUpdate(frozenset({device.id}), frozenset({(device.kind, device.id)})))
-
-    def _filtered(self, attr: str, parent: str) -> Callable[[WatchEvent], None]:
-        """A callback that takes only the children of `parent` from a kind-wide watch."""
-
-        def callback(ev: WatchEvent) -> None:
-            if ev.value is not None:
-                if getattr(ev.value, attr, None) == parent:
-                    self._on_object(ev)
-                return
-            old = self.state.get(ev.kind, ev.id)
-            if old is not None and getattr(old, attr, None) == parent:
-                self._on_object(ev)
-
-        return callback
-
-    def _closure(self, obj: StoredObject) -> None:
-        """Want what a newly relevant object points at (lock held)."""
-        if isinstance(obj, Port | Bridge | Router):
-            # Mirrors, but not their target ports' devices: a copy goes straight out.
-            for mirror in (*obj.inbound_mirror_ids, *obj.outbound_mirror_ids):
-                self.want(Mirror.kind, mirror)
-        if isinstance(obj, Port):
-            self.want(DEVICE_KIND[obj.type], obj.device_id)
-            for chain in (obj.inbound_filter_id, obj.outbound_filter_id):
-                if chain:
-                    self.want(Chain.kind, chain)
-            if obj.peer_id:
-                self.want(Port.kind, obj.peer_id)
-        elif isinstance(obj, Bridge | Router):
-            for chain in (obj.inbound_filter_id, obj.outbound_filter_id):
-                if chain:
-                    self.want(Chain.kind, chain)
-            self._want_children(obj)
-            for port in list(self.state.of(Port.kind).values()):
-                if isinstance(port, Port) and port.device_id == obj.id:
-                    self._closure(port)
-        elif isinstance(obj, Chain):
-            for rule in obj.rule_ids:
-                self.want(Rule.kind, rule)
-        elif isinstance(obj, Rule):
-            if obj.jump_chain_id:
-                self.want(Chain.kind, obj.jump_chain_id)
-            self._want_groups(obj)
-        elif isinstance(obj, Mirror):
-            for cond in obj.conditions:
-                self._want_groups(cond)
-
-    def _want_groups(self, cond: Conditions) -> None:
-        """The port and address groups a rule's or a mirror's conditions name."""
-        if cond.port_group:
-            self.want(PortGroup.kind, cond.port_group)
-        for group in (cond.ip_addr_group_src, cond.ip_addr_group_dst):
-            if group:
-                self.want(IpAddrGroup.kind, group)
-
-    def _relevant_port(self, port: Port) -> bool:
-        return port.host_id == self.host_id or port.device_id in self.state.of(
-            DEVICE_KIND[port.type]
-        )
-
     # -- events (notification thread) ------------------------------------------------------
+
+    def _on_whole(self, ev: WatchEvent) -> None:
+        self._on_object(ev)
+
+    def _on_index(self, ev: IndexEvent) -> None:
+        ik = (ev.index, ev.key)
+        with self._lock:
+            if ev.change == "listed":
+                self._members[ik] = self._early.pop(ik, set())
+            else:
+                ids = self._members.get(ik)
+                if ids is None:
+                    ids = self._early.setdefault(ik, set())
+                if ev.change == "added":
+                    ids.add(ev.id)
+                else:
+                    ids.discard(ev.id)
+        self._schedule()
 
     def _on_object(self, ev: WatchEvent) -> None:
         key = (ev.kind, ev.id)
         loaded: set[Key] = set()
-        completed: list[StoredObject] = []
         bindings = tunnels = False
         with self._lock:
             change = self.state.put(ev)
             if change is None:
                 return
             old, new = change
-            if self._initial_ports and ev.kind == Port.kind:
-                self._initial_ports.discard(ev.id)
             if old is not None and new is not None and old == new:
                 return
             current = new if new is not None else old
@@ -311,30 +323,17 @@ class TopologyCache:
                 was = isinstance(old, Port) and old.host_id == self.host_id
                 now = isinstance(new, Port) and new.host_id == self.host_id
                 bindings = was or now
+                if bindings and (was != now):
+                    self._extra.clear()  # the roots changed: the closure says it all
             elif isinstance(current, Host | TunnelZone):
                 tunnels = True
                 tags |= _host_tags(old, new)
-            elif isinstance(current, Route | DhcpSubnet):
-                parent = getattr(current, _CHILDREN[current.kind])
-                waiting = self.state.children.get(parent)
-                if waiting and key in waiting:
-                    waiting.discard(key)
-                    if not waiting:
-                        device = self.state.of(
-                            Router.kind if current.kind == Route.kind else Bridge.kind
-                        ).get(parent)
-                        if device is not None:
-                            completed.append(device)
-            if old is None and new is not None and (ev.kind, ev.id) in self._wanted:
-                if isinstance(new, Bridge | Router):
-                    if self.state.children.get(new.id) == set():
-                        loaded.add(key)
-                else:
-                    loaded.add(key)
-            if new is not None and (not isinstance(new, Port) or self._relevant_port(new)):
-                self._closure(new)
-        for device in completed:
-            self._device_complete(device)
+            if new is not None and key in self._waiting and self.state.is_loaded(key):
+                self._waiting.discard(key)
+                loaded.add(key)
+        moved = old is None or new is None or links(old) != links(new)
+        if moved and not isinstance(current, Host | TunnelZone):
+            self._schedule()
         self.notify(CacheUpdate(frozenset(tags), frozenset(loaded), bindings, tunnels))
 
     def _mac_event(self, bridge_id: str) -> Callable[[StateEvent], None]:
@@ -397,14 +396,54 @@ class TopologyCache:
         return self.state.host_address(host_id)
 
     def ports_ready(self) -> bool:
-        """Whether every port that existed at start has been delivered: only then are
-        this host's bindings known."""
+        """Whether this host's bindings are known: the `host_ports` index key is listed
+        and every port it names is held."""
         with self._lock:
-            return self._initial_ports is not None and not self._initial_ports
+            bound = self._members.get((indexes.HOST_PORTS.name, self.host_id))
+            return bound is not None and all(p in self.state.of(Port.kind) for p in bound)
 
     def wanted(self) -> set[Key]:
+        """The objects watched one by one (the closure, once loaded)."""
         with self._lock:
-            return set(self._wanted)
+            return set(self._objects)
+
+    def watched_indexes(self) -> set[indexes.IndexKey]:
+        with self._lock:
+            return set(self._indexes)
+
+    def held(self) -> dict[Key, StoredObject]:
+        """Every object held, by key (tests compare it with a fresh load)."""
+        with self._lock:
+            return {
+                (kind, id): obj
+                for kind in self.state.kinds()
+                for id, obj in self.state.of(kind).items()
+            }
+
+
+def _guard(watch: _Watch, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`callback`, ignoring what is delivered once `watch` left the closure."""
+
+    def guarded(event: Any) -> None:
+        if watch.active:
+            callback(event)
+
+    return guarded
+
+
+def _bind(fn: Callable[..., Subscription], *args: Any) -> Callable[[], Subscription]:
+    return lambda: fn(*args)
+
+
+def _unplan(registry: dict[Any, _Watch], key: Any, watch: _Watch) -> Callable[[], None]:
+    """Undo a planned subscription that was not made (lock held by the caller)."""
+
+    def undo() -> None:
+        watch.active = False
+        if registry.get(key) is watch:
+            del registry[key]
+
+    return undo
 
 
 def _host_tags(old: StoredObject | None, new: StoredObject | None) -> set[str]:

@@ -89,10 +89,9 @@ class CacheState:
         self._versions: dict[Key, int] = {}
         self._macs: dict[str, MacTable] = {}
         self._arps: dict[str, ArpTable] = {}
-        # Devices whose children are subscribed; None while their initial list is due,
-        # else the child keys still awaited. A device is complete when its set is empty.
-        # The loader writes it (it knows what it asked for); views and reads consult it.
-        self.children: dict[str, set[Key] | None] = {}
+        # Devices whose children are all in (`tessera.agent.reach`): the loader writes it
+        # (it knows what it asked for); views and reads consult it.
+        self.complete: set[str] = set()
         self._generation = 0
         self._topology_generation = 0
         self._view: View | None = None
@@ -102,6 +101,10 @@ class CacheState:
         self._frozen_tables: dict[tuple[str, str], MappingProxyType[Any, Any]] = {}
 
     # -- writes (lock held by the caller or taken here) -----------------------------------
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return list(self._objects)
 
     def of(self, kind: str) -> dict[str, StoredObject]:
         """The live objects of one kind, by id (callers hold `lock`)."""
@@ -134,15 +137,34 @@ class CacheState:
                 self._addresses.clear()
             self._changed(topology=True)
 
-    def device_listed(self, device_id: str, awaited: set[Key]) -> bool:
-        """The initial list of a device's children is in: of the `awaited` keys, those not
-        held yet are still due. Returns whether the device is complete already."""
+    def remove(self, kind: str, id: str) -> StoredObject | None:
+        """Stop holding an object (no longer reachable); returns what was held."""
         with self.lock:
-            waiting = {k for k in awaited if k[1] not in self.of(k[0])}
-            self.children[device_id] = waiting
-            if not waiting:
-                self._changed(topology=True)
-            return not waiting
+            old = self.of(kind).pop(id, None)
+            self._versions.pop((kind, id), None)
+            if old is not None:
+                self.topology_changed(old)
+            return old
+
+    def set_complete(self, complete: set[str]) -> set[str]:
+        """The devices now complete; returns those that were not before."""
+        with self.lock:
+            if complete == self.complete:
+                return set()
+            added = complete - self.complete
+            self.complete = set(complete)
+            self._changed(topology=True)
+            return added
+
+    def forget_tables(self, device_id: str) -> None:
+        """Drop a device's learned MAC and ARP tables (it left the closure)."""
+        with self.lock:
+            mac = self._macs.pop(device_id, None)
+            arp = self._arps.pop(device_id, None)
+            if mac is not None:
+                self._changed(table=("mac", device_id))
+            if arp is not None:
+                self._changed(table=("arp", device_id))
 
     def set_mac(self, bridge_id: str, vlan_id: int, mac: int, port_id: str | None) -> bool:
         """Record (None: forget) where a MAC is; returns whether that changed."""
@@ -231,7 +253,7 @@ class CacheState:
         return MappingProxyType(out)
 
     def _view_topology(self) -> tuple[StoredObject, ...]:
-        complete = {d for d, waiting in self.children.items() if waiting == set()}
+        complete = self.complete
         objects: list[StoredObject] = []
         for kind in (Bridge.kind, Router.kind):
             objects.extend(d for d in self.of(kind).values() if d.id in complete)
@@ -244,7 +266,7 @@ class CacheState:
             assert isinstance(p, Port)
             if p.peer_id and p.peer_id in ports:
                 relevant.setdefault(p.peer_id, ports[p.peer_id])
-        # Mirrors' target ports (every port is held): a copy needs the port, not its device.
+        # Mirrors' target ports (held, as the closure says): a copy needs the port only.
         for mirror in self.of(Mirror.kind).values():
             assert isinstance(mirror, Mirror)
             if mirror.to_port_id in ports:
@@ -300,7 +322,7 @@ class CacheState:
             if obj is None:
                 return False
             if isinstance(obj, Bridge | Router):
-                return self.children.get(id) == set()
+                return id in self.complete
             return True
 
     def bound_ports(self) -> dict[str, Port]:

@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram
 
 from tessera.model import StoredObject
 from tessera.nsdb.base import (
+    IndexEvent,
     LeaderElection,
     Nsdb,
     Op,
@@ -56,6 +57,17 @@ class InstrumentedNsdb(Nsdb):
         self, kind: str, id: str, callback: Callable[[WatchEvent], None]
     ) -> Subscription:
         return self._timed("watch", lambda: self.inner.watch_object(kind, id, callback))
+
+    def index_list(self, index: str, key: str) -> builtins.list[str]:
+        return self._timed("index_list", lambda: self.inner.index_list(index, key))
+
+    def watch_index(
+        self, index: str, key: str, callback: Callable[[IndexEvent], None]
+    ) -> Subscription:
+        return self._timed("watch", lambda: self.inner.watch_index(index, key, callback))
+
+    def repair_indexes(self) -> int:
+        return self._timed("repair_indexes", self.inner.repair_indexes)
 
     def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
         self._timed("state_set", lambda: self.inner.state_set(table, key, value, ephemeral))

@@ -32,7 +32,6 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tessera.agent.cache import LB_KINDS
 from tessera.api.instrumented import InstrumentedNsdb
 from tessera.model import (
     Bridge,
@@ -40,7 +39,10 @@ from tessera.model import (
     Conditions,
     DhcpSubnet,
     Host,
+    LoadBalancer,
     Mirror,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -48,6 +50,7 @@ from tessera.model import (
     Rule,
     StoredObject,
     TunnelZone,
+    Vip,
 )
 from tessera.nsdb import tables
 from tessera.nsdb.base import Check, Nsdb, Op, StateEvent, Subscription
@@ -60,8 +63,11 @@ WAIT_HEADER = b"x-tessera-wait"
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 600.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LB_KINDS = (LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind)
 GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind, PortGroup.kind, *LB_KINDS})
-"""Kinds every agent watches whole: a change to one concerns every live agent."""
+"""Kinds whose change concerns every live agent: hosts and tunnel zones are watched
+whole; port groups and load balancers are loaded on demand (`agent.reach`) but not
+followed by `closures` below, so asking every agent is the safe over-approximation."""
 _CLOSURE_KINDS = (
     Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
     DhcpSubnet.kind,

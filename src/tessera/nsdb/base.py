@@ -10,6 +10,9 @@ ZooKeeper re-reads after each notification, so rapid successive writes to one ob
 reach a watcher as one event with the latest version. State tables hold
 small string entries (learned MACs, ARP entries, host liveness, leases); an *ephemeral*
 entry belongs to the client session that wrote it and vanishes when that session ends.
+Indexes (`tessera.nsdb.indexes`: the ports bound to a host, the children of a parent)
+are written by `commit` in the same atomic write as the objects they list, and can be
+listed and watched per key, so a client never needs a whole kind to find a few objects.
 """
 
 from __future__ import annotations
@@ -85,6 +88,17 @@ class StateEvent:
     value: str | None  # None for "deleted"
 
 
+@dataclass(frozen=True)
+class IndexEvent:
+    """An object id entered ("added") or left ("deleted") the index key, or ("listed",
+    `id` empty) every id present when the watch began has been delivered."""
+
+    index: str
+    key: str
+    change: Literal["added", "deleted", "listed"]
+    id: str
+
+
 @dataclass
 class Subscription:
     """Handle of a watch; `cancel()` stops delivery (idempotent)."""
@@ -140,6 +154,25 @@ class Nsdb(abc.ABC):
         self, kind: str, id: str, callback: Callable[[WatchEvent], None]
     ) -> Subscription:
         """Changes of one object; its current state first ("added") if it exists."""
+
+    # -- indexes (`tessera.nsdb.indexes`) --
+    @abc.abstractmethod
+    def index_list(self, index: str, key: str) -> builtins.list[str]:
+        """The ids of the objects listed under `key` in `index` (unordered)."""
+
+    @abc.abstractmethod
+    def watch_index(
+        self, index: str, key: str, callback: Callable[[IndexEvent], None]
+    ) -> Subscription:
+        """Ids entering and leaving one key of an index: the current ids first as
+        "added", then one "listed" event, then every later change in order."""
+
+    @abc.abstractmethod
+    def repair_indexes(self) -> int:
+        """Make every index agree with the objects (data written before the indexes
+        existed has none); returns how many entries were added or dropped. Reads every
+        indexed kind: a backend runs it once per namespace (see `indexes`), not per
+        request. Safe beside concurrent writers, whose commits keep the index too."""
 
     # -- state tables --
     @abc.abstractmethod

@@ -11,6 +11,11 @@ An id is unique across every kind, as in the ZooKeeper backend: a `Create` fails
 in every kind's table under the store's lock (ZooKeeper needs an id registry for the
 same guarantee).
 
+Indexes (`tessera.nsdb.indexes`) are sets of ids per (index, key), changed by `commit`
+under the same lock as the objects; the store remembers each object's index entries, so
+an update moves it between keys without parsing the old JSON. A store starts empty,
+so its indexes are complete from the start (`repair_indexes` has nothing to do).
+
 Version numbers follow the ZooKeeper backend exactly: a created object is at version 1,
 each write adds 1, and a deleted-then-recreated object starts again at 1.
 """
@@ -26,11 +31,13 @@ from functools import partial
 from typing import ClassVar
 
 from tessera.model import ID_KINDS
+from tessera.nsdb import indexes
 from tessera.nsdb.base import (
     Change,
     Check,
     Create,
     Delete,
+    IndexEvent,
     LeaderElection,
     Nsdb,
     Op,
@@ -88,6 +95,10 @@ class _Sub:
         if not self.cancelled:
             self.callback(StateEvent(table, key, change, value))
 
+    def deliver_index(self, event: IndexEvent) -> None:
+        if not self.cancelled:
+            self.callback(event)
+
 
 @dataclass(eq=False)
 class _Participant:
@@ -122,6 +133,9 @@ class MemoryStore:
         self.kind_subs: dict[str, set[_Sub]] = {}
         self.object_subs: dict[tuple[str, str], set[_Sub]] = {}
         self.state_subs: dict[str, set[_Sub]] = {}
+        self.indexes: dict[indexes.IndexKey, set[str]] = {}
+        self.index_entries: dict[tuple[str, str], frozenset[indexes.IndexKey]] = {}
+        self.index_subs: dict[indexes.IndexKey, set[_Sub]] = {}
         self._sessions: set[int] = set()
         self._ids = itertools.count(1)
 
@@ -194,6 +208,32 @@ class MemoryStore:
                     partial(sub.deliver_object, ev.kind, ev.id, ev.change, ev.data, ev.version)
                 )
 
+    def reindex(self, kind: str, id: str, new: frozenset[indexes.IndexKey]) -> int:
+        """Move object (kind, id) to the index keys `new`; returns how many entries
+        changed. Watchers of each key hear of it."""
+        old = self.index_entries.get((kind, id), frozenset())
+        if old == new:
+            return 0
+        if new:
+            self.index_entries[(kind, id)] = new
+        else:
+            self.index_entries.pop((kind, id), None)
+        for ik in old - new:
+            ids = self.indexes.get(ik)
+            if ids is not None:
+                ids.discard(id)
+                if not ids:
+                    del self.indexes[ik]
+            self.dispatch_index(IndexEvent(ik[0], ik[1], "deleted", id))
+        for ik in new - old:
+            self.indexes.setdefault(ik, set()).add(id)
+            self.dispatch_index(IndexEvent(ik[0], ik[1], "added", id))
+        return len(old ^ new)
+
+    def dispatch_index(self, event: IndexEvent) -> None:
+        for sub in self.index_subs.get((event.index, event.key), set()):
+            sub.client.notifier.submit(partial(sub.deliver_index, event))
+
     def dispatch_state(self, table: str, key: str, change: Change, value: str | None) -> None:
         for sub in self.state_subs.get(table, set()):
             sub.client.notifier.submit(partial(sub.deliver_state, table, key, change, value))
@@ -253,6 +293,7 @@ class MemoryNsdb(Nsdb):
         with store.lock:
             self._check_open()
             overlay: dict[tuple[str, str], _Obj | None] = {}
+            final: dict[tuple[str, str], StoredObject | None] = {}  # indexed kinds only
 
             def current(kind: str, id: str) -> _Obj | None:
                 if (kind, id) in overlay:
@@ -271,6 +312,8 @@ class MemoryNsdb(Nsdb):
                         raise AlreadyExists(id_taken(kind, id, holder))
                     new = _Obj(data.decode(), 1)
                     overlay[(kind, id)] = new
+                    if kind in indexes.BY_KIND:
+                        final[(kind, id)] = op.obj
                     results.append(new.version)
                     events.append(_ObjectEvent(kind, id, "added", new.data, new.version))
                 elif isinstance(op, Update):
@@ -278,12 +321,16 @@ class MemoryNsdb(Nsdb):
                     cur = _expect(current(kind, id), kind, id, op.version)
                     new = _Obj(data.decode(), cur.version + 1)
                     overlay[(kind, id)] = new
+                    if kind in indexes.BY_KIND:
+                        final[(kind, id)] = op.obj
                     results.append(new.version)
                     events.append(_ObjectEvent(kind, id, "changed", new.data, new.version))
                 elif isinstance(op, Delete):
                     kind_class(op.kind)
                     cur = _expect(current(op.kind, op.id), op.kind, op.id, op.version)
                     overlay[(op.kind, op.id)] = None
+                    if op.kind in indexes.BY_KIND:
+                        final[(op.kind, op.id)] = None
                     results.append(-1)
                     events.append(_ObjectEvent(op.kind, op.id, "deleted", None, cur.version))
                 elif isinstance(op, Check):
@@ -299,6 +346,8 @@ class MemoryNsdb(Nsdb):
                 else:
                     table[id] = value
             store.dispatch_objects(events)
+            for (kind, id), obj in final.items():
+                store.reindex(kind, id, indexes.entries(obj))
         return results
 
     # -- watches --
@@ -339,6 +388,49 @@ class MemoryNsdb(Nsdb):
                     lambda: sub.deliver_object(kind, id, "added", obj.data, obj.version)
                 )
             return self._subscribe(self.store.object_subs, (kind, id), sub)  # type: ignore[arg-type]
+
+    # -- indexes --
+
+    def index_list(self, index: str, key: str) -> builtins.list[str]:
+        indexes.index(index)
+        with self.store.lock:
+            self._check_open()
+            return builtins.list(self.store.indexes.get((index, key), ()))
+
+    def watch_index(
+        self, index: str, key: str, callback: Callable[[IndexEvent], None]
+    ) -> Subscription:
+        indexes.index(index)
+        sub = _Sub(self, callback)
+        with self.store.lock:
+            self._check_open()
+            for id in self.store.indexes.get((index, key), ()):
+                self.notifier.submit(
+                    partial(sub.deliver_index, IndexEvent(index, key, "added", id))
+                )
+            self.notifier.submit(partial(sub.deliver_index, IndexEvent(index, key, "listed", "")))
+            return self._subscribe(self.store.index_subs, (index, key), sub)  # type: ignore[arg-type]
+
+    def repair_indexes(self) -> int:
+        store = self.store
+        with store.lock:
+            self._check_open()
+            fixed = 0
+            seen: set[tuple[str, str]] = set()
+            for kind in indexes.BY_KIND:
+                for id, obj in store.objects.get(kind, {}).items():
+                    seen.add((kind, id))
+                    fixed += store.reindex(kind, id, indexes.entries(decode_object(kind, obj.data)))
+            for stale in [k for k in store.index_entries if k not in seen]:
+                fixed += store.reindex(*stale, frozenset())
+            return fixed
+
+    def drop_indexes(self) -> None:
+        """Test hook: forget every index entry, as data written before the indexes
+        existed (an upgrade) has none."""
+        with self.store.lock:
+            self.store.indexes.clear()
+            self.store.index_entries.clear()
 
     # -- state tables --
 
@@ -404,7 +496,13 @@ class MemoryNsdb(Nsdb):
             self._closed = True
             for sub in self._subs:
                 sub.cancelled = True
-            for registry in (self.store.kind_subs, self.store.object_subs, self.store.state_subs):
+            registries = (
+                self.store.kind_subs,
+                self.store.object_subs,
+                self.store.state_subs,
+                self.store.index_subs,
+            )
+            for registry in registries:
                 for subs in registry.values():
                     subs -= self._subs  # type: ignore[operator]
             self._subs.clear()

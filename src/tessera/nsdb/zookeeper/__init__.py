@@ -21,6 +21,12 @@ Layout under the root (default `/tessera`), every name escaped by
                                      of several kinds held before (a legacy duplicate)
                                      names them all (`bridges,routers`) and stays taken
                                      until the last is deleted.
+    ROOT/v1/index/<index>/<key>/<id>  an empty znode per index entry
+                                     (`tessera.nsdb.indexes`): created and deleted in
+                                     the same multi-op as the object; an Update or
+                                     Delete of an indexed kind first reads the object
+                                     (its old keys) and pins its version, so a
+                                     concurrent write makes the commit redo, not drift
     ROOT/v1/counters/<name>          a counter is the data version of this znode: an
                                      unconditional set bumps it atomically, one round trip
     ROOT/v1/elections/<name>/<guid>-<seq>  ephemeral sequential participants; lowest leads

@@ -22,11 +22,13 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from tessera.model import ID_KINDS, KINDS
+from tessera.nsdb import indexes
 from tessera.nsdb.base import (
     Change,
     Check,
     Create,
     Delete,
+    IndexEvent,
     Nsdb,
     Op,
     StateEvent,
@@ -48,7 +50,7 @@ from tessera.nsdb.codec import (
 )
 from tessera.nsdb.errors import AlreadyExists, Conflict, NotFound, NsdbError, Unavailable
 from tessera.nsdb.zookeeper.election import ZookeeperElection
-from tessera.nsdb.zookeeper.mirrors import DirMirror, Mirror, NodeMirror, Sub
+from tessera.nsdb.zookeeper.mirrors import DirMirror, ListedDirMirror, Mirror, NodeMirror, Sub
 from tessera.nsdb.zookeeper.session import ZkSession
 
 E = TypeVar("E")
@@ -98,11 +100,22 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         check_commit_size((len(p.data) for p in planned), self.root or "/")
         ensured: set[str] = set()
         read_entries = False
+        drifted: set[str] = set()
         for _ in range(5):
             try:
-                if len(planned) == 1 and isinstance(planned[0].op, Update | Check):
+                index_ops = self._index_ops(planned, drifted)
+                if (
+                    len(planned) == 1
+                    and isinstance(planned[0].op, Update | Check)
+                    and not index_ops
+                ):
                     return [self._commit_one(planned[0])]
-                return self._commit_multi(planned, self._registry_ops(planned, read_entries))
+                registry = self._registry_ops(planned, read_entries)
+                return self._commit_multi(planned, registry, index_ops)
+            except _IndexRace:
+                continue  # an indexed object changed between our read and the write
+            except _IndexDrift as drift:  # an entry missing or present already: skip it
+                drifted.add(drift.path)
             except _MissingKindDir as missing:  # the kind's directory, or the registry's
                 if missing.path in ensured:
                     raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
@@ -167,6 +180,53 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         creates = [p for p in planned if isinstance(p.op, Create)]
         return out + [_IdOp(p, self._id_path(p.id), "create", -1) for p in creates]
 
+    def _index_path(self, index: str, key: str, id: str | None = None) -> str:
+        indexes.index(index)
+        base = f"{self._index}/{index}/{escape_component(key)}"
+        return base if id is None else f"{base}/{escape_component(id)}"
+
+    def _index_ops(
+        self, planned: builtins.list[_Planned], drifted: set[str]
+    ) -> builtins.list[_IxOp]:
+        """The index entries a commit adds and removes (see the package doc). The old
+        keys of an updated or deleted object come from reading it; that read's version
+        is then required by the write (unless the caller gave one), so what we read is
+        what we replace."""
+        touched = [p for p in planned if p.kind in indexes.BY_KIND]
+        if not touched:
+            return []
+        reads = [p for p in touched if not isinstance(p.op, Create | Check)]
+        first: dict[tuple[str, str], _Planned] = {}
+        for p in reads:
+            first.setdefault((p.kind, p.id), p)
+        results = self._run_many([partial(self._zk.get_async, p.path) for p in first.values()])
+        now: dict[tuple[str, str], frozenset[indexes.IndexKey]] = {}
+        for (kind, id), p, result in zip(first, first.values(), results, strict=True):
+            p.pin = None
+            if isinstance(result, NoNodeError):
+                now[(kind, id)] = frozenset()
+                continue
+            if isinstance(result, Exception):
+                raise result
+            data, stat = result
+            now[(kind, id)] = indexes.entries(decode_object(kind, data))
+            if getattr(p.op, "version", None) is None:
+                p.pin = stat.version
+        before = dict(now)
+        for p in touched:
+            if isinstance(p.op, Create | Update):
+                now[(p.kind, p.id)] = indexes.entries(p.op.obj)
+            elif isinstance(p.op, Delete):
+                now[(p.kind, p.id)] = frozenset()
+        out: builtins.list[_IxOp] = []
+        for (kind, id), new in now.items():
+            old = before.get((kind, id), frozenset())
+            for ik in sorted(old - new):
+                out.append(_IxOp(self._index_path(*ik, id), "delete"))
+            for ik in sorted(new - old):
+                out.append(_IxOp(self._index_path(*ik, id), "create"))
+        return [o for o in out if o.path not in drifted]
+
     def _commit_one(self, p: _Planned) -> int:
         zk = self._zk
         op = p.op
@@ -188,7 +248,10 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         return p.new_version(result)
 
     def _commit_multi(
-        self, planned: builtins.list[_Planned], registry: builtins.list[_IdOp]
+        self,
+        planned: builtins.list[_Planned],
+        registry: builtins.list[_IdOp],
+        index_ops: builtins.list[_IxOp] = [],  # noqa: B006 (never mutated)
     ) -> builtins.list[int]:
         tx = self._zk.transaction()
         for p in planned:
@@ -208,6 +271,11 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 tx.set_data(r.path, ",".join(r.kinds).encode("utf-8"), r.zk_version)
             else:
                 tx.delete(r.path, r.zk_version)
+        for ix in index_ops:
+            if ix.action == "create":
+                tx.create(ix.path, b"")
+            else:
+                tx.delete(ix.path)
         results = self._run(tx.commit_async)
         if isinstance(results, Exception):
             raise NsdbError(f"ZooKeeper refused the transaction: {type(results).__name__}")
@@ -216,11 +284,22 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 result, RolledBackError | RuntimeInconsistency
             ):
                 raise self._op_error(p, result)
-        for r, result in zip(registry, results[len(planned) :], strict=True):
+        for r, result in zip(
+            registry, results[len(planned) : len(planned) + len(registry)], strict=True
+        ):
             if isinstance(result, Exception) and not isinstance(
                 result, RolledBackError | RuntimeInconsistency
             ):
                 raise self._id_error(r, result)
+        for ix, result in zip(index_ops, results[len(planned) + len(registry) :], strict=True):
+            if isinstance(result, RolledBackError | RuntimeInconsistency):
+                continue
+            if isinstance(result, NoNodeError) and ix.action == "create":
+                raise _MissingKindDir(ix.path.rsplit("/", 1)[0])
+            if isinstance(result, NoNodeError | NodeExistsError):
+                raise _IndexDrift(ix.path)
+            if isinstance(result, Exception):
+                raise NsdbError(f"ZooKeeper refused index entry {ix.path}: {type(result).__name__}")
         return [p.new_version(result) for p, result in zip(planned, results, strict=False)]
 
     def _id_error(self, r: _IdOp, exc: Exception) -> Exception:
@@ -259,6 +338,8 @@ class ZookeeperNsdb(ZkSession, Nsdb):
 
     def _op_error(self, p: _Planned, exc: Exception) -> Exception:
         what = describe(p.kind, p.id)
+        if isinstance(exc, BadVersionError) and p.pin is not None:
+            return _IndexRace(p.path)
         if isinstance(exc, NoNodeError):
             if isinstance(p.op, Create):
                 return _MissingKindDir(self._kind_dir(p.kind))
@@ -355,6 +436,95 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             lambda: NodeMirror(self, path, id, lambda data: decode_object(kind, data), event),
             callback,
         )
+
+    # -- indexes --
+
+    def index_list(self, index: str, key: str) -> builtins.list[str]:
+        path = self._index_path(index, key)
+        children = self._run(lambda: self._zk.get_children_async(path))
+        if isinstance(children, NoNodeError):
+            return []
+        if isinstance(children, Exception):
+            raise children
+        return [unescape_component(c) for c in children]
+
+    def watch_index(
+        self, index: str, key: str, callback: Callable[[IndexEvent], None]
+    ) -> Subscription:
+        path = self._index_path(index, key)
+        self._check_open()
+
+        def event(name: str, change: Change, value: object, version: int) -> IndexEvent:
+            return IndexEvent(index, key, "deleted" if change == "deleted" else "added", name)
+
+        return self._attach(
+            "index:" + path,
+            lambda: ListedDirMirror(
+                self, path, event, lambda: IndexEvent(index, key, "listed", "")
+            ),
+            callback,
+        )
+
+    def _fill_indexes(self) -> None:
+        """Once per namespace (the session calls it after connecting): index what was
+        stored before the indexes existed, then mark the index root done."""
+        marker = self._run(partial(self._zk.get_async, self._index))
+        if isinstance(marker, Exception):
+            raise marker
+        if marker[0] == indexes.INDEX_FORMAT:
+            return
+        self.repair_indexes()
+        log.info("NSDB indexes built from the objects stored before them")
+
+    def repair_indexes(self) -> int:
+        # Entries first, then objects: an entry listed whose object (listed later) does
+        # not have it is stale, whatever was written in between.
+        actual: set[str] = set()
+        for ix in indexes.INDEXES:
+            top = f"{self._index}/{ix.name}"
+            keys = self._run(partial(self._zk.get_children_async, top))
+            if isinstance(keys, NoNodeError):
+                continue
+            if isinstance(keys, Exception):
+                raise keys
+            listed = self._run_many(
+                [partial(self._zk.get_children_async, f"{top}/{k}") for k in keys]
+            )
+            for k, ids in zip(keys, listed, strict=True):
+                if isinstance(ids, NoNodeError):
+                    continue
+                if isinstance(ids, Exception):
+                    raise ids
+                actual.update(f"{top}/{k}/{i}" for i in ids)
+        expected: dict[str, tuple[str, int]] = {}  # entry path -> (object path, zk version)
+        for kind in indexes.BY_KIND:
+            for stored in self.list(kind):
+                obj_path = self._obj_path(kind, stored.value.id)
+                for ik in indexes.entries(stored.value):
+                    path = self._index_path(*ik, stored.value.id)
+                    expected[path] = (obj_path, stored.version - 1)
+        fixed = 0
+        for path in sorted(actual - expected.keys()):
+            result = self._run(partial(self._zk.delete_async, path))
+            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+                raise result
+            fixed += 1
+        for path in sorted(expected.keys() - actual):
+            obj_path, version = expected[path]
+            self._ensure_path(path.rsplit("/", 1)[0])
+            tx = self._zk.transaction()
+            tx.check(obj_path, version)  # changed meanwhile: its own commit indexed it
+            tx.create(path, b"")
+            result = self._run(tx.commit_async)
+            if isinstance(result, Exception):
+                raise result
+            fixed += not any(isinstance(r, Exception) for r in result)
+        done = self._run(partial(self._zk.set_async, self._index, indexes.INDEX_FORMAT))
+        if isinstance(done, Exception):
+            raise done
+        if fixed:
+            log.warning("repaired %d NSDB index entries", fixed)
+        return fixed
 
     # -- state tables --
 
@@ -520,6 +690,24 @@ class _StaleIdEntry(Exception):
         self.version = version
 
 
+@dataclass
+class _IxOp:
+    path: str
+    action: str  # "create" | "delete"
+
+
+class _IndexRace(Exception):
+    """An indexed object changed between the commit's read of it and its write."""
+
+
+class _IndexDrift(Exception):
+    """An index entry the commit meant to create exists, or to delete is missing."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
 class _MissingKindDir(Exception):
     def __init__(self, path: str) -> None:
         super().__init__(path)
@@ -533,12 +721,13 @@ class _Planned:
     id: str
     path: str
     data: bytes
+    pin: int | None = None  # the zk version read by `_index_ops`, required by the write
 
     @property
     def zk_version(self) -> int:
         version = getattr(self.op, "version", None)
         if version is None:
-            return -1
+            return -1 if self.pin is None else self.pin
         # -1 is ZooKeeper's "any version"; -2 never matches (our versions start at 1).
         return version - 1 if version >= 1 else -2
 

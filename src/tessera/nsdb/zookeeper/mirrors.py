@@ -194,6 +194,27 @@ class DirMirror(Mirror[E]):
         self.refresh(names)
 
 
+class ListedDirMirror(DirMirror[E]):
+    """A `DirMirror` that tells each new subscriber when it has every child present at
+    attach time (an index watch's "listed" event): a loader waits for it to know that a
+    parent's children are all in, without a separate listing that could race."""
+
+    def __init__(
+        self,
+        nsdb: ZkSession,
+        path: str,
+        make_event: Callable[[str, Change, Any, int], E],
+        listed: Callable[[], E],
+    ) -> None:
+        super().__init__(nsdb, path, lambda data: None, make_event)
+        self.listed = listed
+
+    def attach(self, sub: Sub[E]) -> None:
+        super().attach(sub)
+        if not sub.cancelled and self.active:
+            sub.deliver(self.listed())
+
+
 class NodeMirror(Mirror[E]):
     """One znode, which may not exist yet (an `exists` watch then waits for it)."""
 

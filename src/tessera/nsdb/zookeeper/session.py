@@ -84,6 +84,7 @@ class ZkSession:
         self._state = f"{base}/state"
         self._counters = f"{base}/counters"
         self._ids = f"{base}/ids"
+        self._index = f"{base}/index"
         self._elections_dir = f"{base}/elections"
         self._op_timeout = op_timeout
         self._connect_wait = connect_wait
@@ -238,9 +239,13 @@ class ZkSession:
         for kind in KINDS:
             if kind not in existing:
                 self._ensure_path(f"{self._objects}/{kind}")
-        for path in (self._state, self._counters, self._elections_dir, self._ids):
+        for path in (self._state, self._counters, self._elections_dir, self._ids, self._index):
             self._ensure_path(path)
         self._fill_id_registry()
+        self._fill_indexes()
+
+    def _fill_indexes(self) -> None:
+        """Index what was stored before the indexes existed (the client does it)."""
 
     def _fill_id_registry(self) -> None:
         """Once per namespace: give every object stored before the id registry existed
