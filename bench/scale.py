@@ -258,7 +258,7 @@ def growth_phase(zk: BenchZk, opts: Options, log: Any) -> list[Row]:
     store = TopologyStore(admin)
     layout = opts.layout
     rows: list[Row] = []
-    ghosts = ghost_hosts(store, 50)
+    ghosts = ghost_hosts(store, max(5, min(50, opts.cloud_ports[-1] // 200)))
     spec = AgentSpec(str(uuid.uuid4()), "observer", "198.18.255.1")
     pool = AgentPool(zk.hosts, root, [spec], 1)
     objects = 0
@@ -379,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         per_process=args.per_process or (5 if quick else 50),
         ports_per_agent=args.ports_per_agent,
         samples=args.samples or (5 if quick else 100),
-        cloud_ports=args.cloud_ports or ([100, 400] if quick else [100, 1000, 3000, 10000]),
+        cloud_ports=args.cloud_ports or ([100, 200] if quick else [100, 1000, 3000, 10000]),
         own_ports=args.own_ports,
-        objects=args.objects if args.objects is not None else (1000 if quick else 100_000),
+        objects=args.objects if args.objects is not None else (500 if quick else 100_000),
         builders=args.builders,
         layout=Layout(),
     )
@@ -405,14 +405,15 @@ def main(argv: list[str] | None = None) -> int:
                     zk.stop()
                 rows = failure_rows(result)
             else:
-                if not args.skip_growth:
-                    zk = BenchZk(Path(tmp) / "growth")
-                    try:
-                        rows += growth_phase(zk, opts, log)
-                    finally:
-                        zk.stop()
-                zk = BenchZk(Path(tmp) / "latency")
+                # The latency phases get a ZooKeeper of their own, not the one grown to
+                # `--objects` (a quick run shares one: its cloud is small).
+                zk = BenchZk(Path(tmp) / "growth")
                 try:
+                    if not args.skip_growth:
+                        rows += growth_phase(zk, opts, log)
+                    if not quick:
+                        zk.stop()
+                        zk = BenchZk(Path(tmp) / "latency")
                     for n in opts.agents:
                         rows += latency_phase(zk, n, opts, log)
                 finally:
