@@ -46,12 +46,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_ERRORS, BenchError, Row, machine, percentile, render, render_markdown
+from common import (
+    BENCH_ERRORS,
+    BenchError,
+    Row,
+    machine,
+    percentile,
+    render,
+    render_markdown,
+    signals_raise,
+)
 from scale_agents import AgentPool, AgentSpec, WorkerError
 from scale_cloud import Layout, Tenant, build_tenants, ghost_hosts, realized, vm_port
 from scale_zk import BenchZk, cpu_seconds
 
 from tessera.api.app import create_app
+from tessera.nsdb import tables
 from tessera.nsdb.store.topology import TopologyStore
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
@@ -95,6 +105,24 @@ def latency_phase(zk: BenchZk, n: int, opts: Options, log: Any) -> list[Row]:
     ]
     hosts = [s.host_id for s in specs]
     rows: list[Row] = []
+    layout = opts.layout
+    # The hosts exist and the cloud is written before the agents start, as when
+    # hypervisors (re)start under a running cloud: each agent then reads the ports once,
+    # instead of every agent following every port being written.
+    for spec in specs:
+        store.register_host(spec.host_id, spec.name, [spec.underlay])
+        admin.state_delete(tables.HOST_LIVENESS, spec.host_id)
+    tenants_n = max(1, math.ceil(n * opts.ports_per_agent / layout.vm_ports))
+    per_tenant = min(n, layout.vm_ports)
+    log(f"{section}: writing {tenants_n} tenants")
+    t0 = time.monotonic()
+    tenants = build_tenants(zk.hosts, root, 0, tenants_n, hosts, per_tenant, layout, opts.builders)
+    wrote = time.monotonic() - t0
+    ports = tenants_n * layout.ports
+    rows.append(
+        Row(section, f"cloud written ({tenants_n} tenants, {ports} ports, "
+            f"{tenants_n * layout.objects} objects)", "", None, round(wrote, 1), "s")
+    )  # fmt: skip
     log(f"{section}: starting agents ({opts.per_process} per process)")
     pool = AgentPool(zk.hosts, root, specs, opts.per_process)
     try:
@@ -103,31 +131,17 @@ def latency_phase(zk: BenchZk, n: int, opts: Options, log: Any) -> list[Row]:
             Row(section, f"agents started ({procs} processes)", "", None,
                 round(pool.start_seconds, 1), "s")
         )  # fmt: skip
-        layout = opts.layout
-        tenants_n = max(1, math.ceil(n * opts.ports_per_agent / layout.vm_ports))
-        per_tenant = min(n, layout.vm_ports)
-        log(f"{section}: writing {tenants_n} tenants")
-        t0 = time.monotonic()
-        tenants = build_tenants(
-            zk.hosts, root, 0, tenants_n, hosts, per_tenant, layout, opts.builders
-        )
-        wrote = time.monotonic() - t0
-        ports = tenants_n * layout.ports
-        rows.append(
-            Row(section, f"cloud written ({tenants_n} tenants, {ports} ports, "
-                f"{tenants_n * layout.objects} objects)", "", None, round(wrote, 1), "s")
-        )  # fmt: skip
         applied = realized(admin, hosts, APPLY_TIMEOUT)
         if applied is None:
             raise BenchError(f"{section}: the agents did not apply the cloud in {APPLY_TIMEOUT}s")
         rows.append(
-            Row(section, "cloud applied by every agent after written", "", None,
-                round(applied, 1), "s")
+            Row(section, "every agent has applied its part of the cloud, after start", "",
+                None, round(applied, 1), "s")
         )  # fmt: skip
         log(f"{section}: bind samples")
-        rows += _bind_samples(pool, store, tenants, hosts, opts.samples, section)
+        rows += _bind_samples(pool, store, tenants, hosts, opts.samples, section, log)
         log(f"{section}: --wait samples")
-        rows += _wait_samples(pool, admin, zk.hosts, root, tenants, opts.samples, section, n)
+        rows += _wait_samples(pool, admin, zk.hosts, root, tenants, opts.samples, section, n, log)
         st = pool.ask("stats")
         rss = sum(s["rss"] for s in st)
         watches = [w for s in st for w in s["watches"].values()]
@@ -154,7 +168,7 @@ def latency_phase(zk: BenchZk, n: int, opts: Options, log: Any) -> list[Row]:
 
 def _bind_samples(
     pool: AgentPool, store: TopologyStore, tenants: list[Tenant], hosts: list[str],
-    samples: int, section: str,
+    samples: int, section: str, log: Any,
 ) -> list[Row]:  # fmt: skip
     rng = random.Random(17)
     commit: list[float] = []
@@ -162,6 +176,8 @@ def _bind_samples(
     peers: list[float] = []
     missed = 0
     for i in range(samples):
+        if i and i % 20 == 0:
+            log(f"{section}: {i} bind samples")
         tenant = rng.choice(tenants)
         bridge = rng.choice(tenant.bridges)
         host = rng.choice(hosts)
@@ -199,7 +215,7 @@ def _bind_samples(
 
 def _wait_samples(
     pool: AgentPool, admin: ZookeeperNsdb, zk_hosts: str, root: str, tenants: list[Tenant],
-    samples: int, section: str, n: int,
+    samples: int, section: str, n: int, log: Any,
 ) -> list[Row]:  # fmt: skip
     rng = random.Random(42)
     api_nsdb = ZookeeperNsdb(zk_hosts, root, op_timeout=30.0)
@@ -210,6 +226,8 @@ def _wait_samples(
     try:
         with TestClient(create_app(api_nsdb)) as client:
             for i in range(samples):
+                if i and i % 20 == 0:
+                    log(f"{section}: {i} --wait samples")
                 tenant = rng.choice(tenants)
                 body = {
                     "type": "drop",
@@ -392,8 +410,17 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     rows: list[Row] = []
+
+    def save(new: list[Row]) -> None:
+        """Each phase's rows as soon as it ends: a run cut short keeps what it measured."""
+        rows.extend(new)
+        print(render(new), file=sys.stderr, flush=True)
+        if args.json:
+            doc = {"machine": info, "rows": [r.as_dict() for r in rows], "partial": True}
+            args.json.write_text(json.dumps(doc, indent=1))
+
     try:
-        with tempfile.TemporaryDirectory(prefix="tessera-scale-") as tmp:
+        with signals_raise(), tempfile.TemporaryDirectory(prefix="tessera-scale-") as tmp:
             if args.zk_failure:
                 from scale_failure import failure_rows, zk_failure
 
@@ -403,19 +430,19 @@ def main(argv: list[str] | None = None) -> int:
                     result = zk_failure(zk, opts.agents[0] if args.agents else 20, log=log)
                 finally:
                     zk.stop()
-                rows = failure_rows(result)
+                save(failure_rows(result))
             else:
                 # The latency phases get a ZooKeeper of their own, not the one grown to
                 # `--objects` (a quick run shares one: its cloud is small).
                 zk = BenchZk(Path(tmp) / "growth")
                 try:
                     if not args.skip_growth:
-                        rows += growth_phase(zk, opts, log)
+                        save(growth_phase(zk, opts, log))
                     if not quick:
                         zk.stop()
                         zk = BenchZk(Path(tmp) / "latency")
                     for n in opts.agents:
-                        rows += latency_phase(zk, n, opts, log)
+                        save(latency_phase(zk, n, opts, log))
                 finally:
                     zk.stop()
     except (*BENCH_ERRORS, WorkerError) as exc:

@@ -179,11 +179,11 @@ def check_caches(nsdb: ZookeeperNsdb, agents: Sequence[Agent]) -> dict[str, list
             wrong += [f"{kind} {i} deleted but held" for i in sorted(extra)]
             wrong += [f"{kind} {i} stale" for i in sorted(stale)]
         for id in sorted(reach.get(agent.host_id, set())):
-            kind = kind_of.get(id)
-            if kind is None or kind in WHOLE_KINDS:
+            of = kind_of.get(id)
+            if of is None or of in WHOLE_KINDS:
                 continue
-            if id not in held[kind]:
-                wrong.append(f"{kind} {id} reachable but not loaded")
+            if id not in held[of]:
+                wrong.append(f"{of} {id} reachable but not loaded")
         for kind in ON_DEMAND_KINDS:
             for id, value in held[kind].items():
                 current = snap[kind].get(id)
@@ -243,9 +243,8 @@ def worker_main(conn: Connection, hosts: str, root: str, specs: list[AgentSpec])
         with lock:
             for host_id, host in members.items():
                 for i in ids:
-                    p = host.probes.pop(i, None)
-                    if p is not None:
-                        out.setdefault(i, {})[host_id] = p.done
+                    if i in host.probes:
+                        out.setdefault(i, {})[host_id] = host.probes.pop(i).done
         return out
 
     def stats(_payload: Any) -> dict[str, Any]:
