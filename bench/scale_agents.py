@@ -62,6 +62,7 @@ ON_DEMAND_KINDS = (
     Bridge.kind, Router.kind, Chain.kind, Rule.kind, Route.kind, DhcpSubnet.kind,
     Mirror.kind, IpAddrGroup.kind,
 )  # fmt: skip
+START_ATTEMPTS = 3
 REPLY_TIMEOUT = 600.0  # a command's answer (starting 125 agents on a busy machine...)
 
 
@@ -84,7 +85,9 @@ class _Host:
 
     def __init__(self, spec: AgentSpec, hosts: str, root: str, lock: threading.Lock) -> None:
         self.spec = spec
-        self.nsdb = ZookeeperNsdb(hosts, root)
+        # Generous timeouts: hundreds of sessions starting at once on a shared machine
+        # make ZooKeeper answer in seconds, which is load, not failure.
+        self.nsdb = ZookeeperNsdb(hosts, root, op_timeout=15.0, connect_timeout=60.0)
         self.agent = Agent(
             spec.host_id, self.nsdb, FakeDatapath(), name=spec.name, underlay_ip=spec.underlay,
             write_state=False,
@@ -205,9 +208,17 @@ def worker_main(conn: Connection, hosts: str, root: str, specs: list[AgentSpec])
     try:
         t0 = time.monotonic()
         for spec in specs:
-            host = _Host(spec, hosts, root, lock)
+            for attempt in range(START_ATTEMPTS):
+                host = _Host(spec, hosts, root, lock)
+                try:
+                    host.agent.start()
+                    break
+                except Exception as exc:  # RegistrationError, NsdbError: ZooKeeper slow
+                    host.stop()
+                    if attempt == START_ATTEMPTS - 1:
+                        raise
+                    logging.getLogger(__name__).warning("agent %s: %s; again", spec.name, exc)
             members[spec.host_id] = host
-            host.agent.start()
             host.agent.run_in_thread()
         conn.send(("ok", {"seconds": time.monotonic() - t0, "pid": os.getpid()}))
     except Exception as exc:
@@ -326,7 +337,7 @@ class AgentPool:
             for i in range(len(self.groups)):
                 self.pids.append(self._reply(i)["pid"])
         except BaseException:
-            self.stop()
+            self.stop(wait=0.0)  # those still starting would not answer soon
             raise
         self.start_seconds = time.monotonic() - t0
 
@@ -353,14 +364,16 @@ class AgentPool:
     def workers_of(self, host_ids: Sequence[str]) -> set[int]:
         return {self.worker_of[h] for h in host_ids}
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 60.0) -> None:
+        """Ask every process to stop its agents; one that does not answer within `wait`
+        is killed (its sessions end with it)."""
         for conn in self.conns:
             with contextlib.suppress(Exception):
                 conn.send(("stop", None))
         for i, proc in enumerate(self.procs):
             with contextlib.suppress(Exception):
-                self.conns[i].poll(60)
-            proc.join(timeout=30)
+                self.conns[i].poll(wait)
+            proc.join(timeout=30 if wait else 0.1)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
