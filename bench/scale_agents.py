@@ -63,7 +63,7 @@ ON_DEMAND_KINDS = (
     Mirror.kind, IpAddrGroup.kind,
 )  # fmt: skip
 START_ATTEMPTS = 3
-REPLY_TIMEOUT = 600.0  # a command's answer (starting 125 agents on a busy machine...)
+REPLY_TIMEOUT = 1800.0  # a command's answer (starting 50 agents on a machine at load 100...)
 
 
 @dataclass(frozen=True)
