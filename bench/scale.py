@@ -50,6 +50,7 @@ from common import (
     BENCH_ERRORS,
     BenchError,
     Row,
+    loadavg,
     machine,
     percentile,
     render,
@@ -100,6 +101,16 @@ def latency_phase(zk: BenchZk, n: int, opts: Options, log: Any) -> list[Row]:
     root = f"/scale-{uuid.uuid4().hex[:8]}"
     admin = ZookeeperNsdb(zk.hosts, root, op_timeout=30.0)
     store = TopologyStore(admin)
+    try:
+        return _latency(zk, n, opts, log, section, root, admin, store)
+    finally:
+        admin.close()
+
+
+def _latency(
+    zk: BenchZk, n: int, opts: Options, log: Any, section: str, root: str,
+    admin: ZookeeperNsdb, store: TopologyStore,
+) -> list[Row]:  # fmt: skip
     specs = [
         AgentSpec(str(uuid.uuid4()), f"a{i}", f"198.18.{i // 250}.{i % 250 + 1}") for i in range(n)
     ]
@@ -162,7 +173,6 @@ def latency_phase(zk: BenchZk, n: int, opts: Options, log: Any) -> list[Row]:
         )  # fmt: skip
     finally:
         pool.stop()
-        admin.close()
     return rows
 
 
@@ -450,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    info["loadavg_end"] = tuple(round(x, 2) for x in __import__("os").getloadavg())
+    info["loadavg_end"] = loadavg()
     info["seconds"] = round(time.monotonic() - started)
     print(f"# machine: {info}")
     print(render_markdown(rows) if args.markdown else render(rows))
