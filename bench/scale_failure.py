@@ -161,7 +161,7 @@ def zk_failure(
     mode = "leader killed (3 members)" if zk.members else "single server restarted"
     result = FailureResult(mode, agents)
     root = f"/scale-failure-{uuid.uuid4().hex[:8]}"
-    admin = ZookeeperNsdb(zk.hosts, root, op_timeout=10.0)
+    admin = ZookeeperNsdb(zk.hosts, root, op_timeout=15.0, connect_wait=15.0)
     store = TopologyStore(admin)
     specs = [
         AgentSpec(str(uuid.uuid4()), f"f{i}", f"198.18.{i // 250}.{i % 250 + 1}")
@@ -170,8 +170,10 @@ def zk_failure(
     hosts = [s.host_id for s in specs]
     log(f"zk failure: {agents} agents")
     pool = AgentPool(zk.hosts, root, specs, per_process)
-    api_nsdb = ZookeeperNsdb(zk.hosts, root)
-    checker = ZookeeperNsdb(zk.hosts, root)
+    api_nsdb = ZookeeperNsdb(zk.hosts, root)  # the API's own timeouts: 503 in an outage
+    # The checker reads after the failure, while its session may still be moving to a
+    # survivor: it waits for that instead of failing.
+    checker = ZookeeperNsdb(zk.hosts, root, op_timeout=15.0, connect_wait=15.0)
     try:
         layout = Layout()
         count = max(2, -(-agents * 2 // layout.vm_ports))

@@ -7,6 +7,7 @@ bound to it must be attached, and no acknowledged write may be missing.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,6 @@ def test_agents_resync_and_no_acknowledged_write_is_lost_when_the_leader_dies(
     result = zk_failure(ensemble, agents=6, log=lambda _msg: None)
     assert result.before_ok, "the caches were wrong before the failure"
     assert leader.mode in ("follower", "leader"), "the killed member did not rejoin"
-    assert ensemble.leader() is not leader or leader.pid is not None
     # Writes went through before the failure and again after it.
     assert 0 < result.acked_before < result.acked, (
         result.acked_before,
@@ -49,4 +49,5 @@ def test_agents_resync_and_no_acknowledged_write_is_lost_when_the_leader_dies(
     assert result.lost == [], result.lost
     assert result.mismatches == {}, result.mismatches
     assert result.unattached == {}, result.unattached
-    assert result.resync == result.resync  # not NaN: every cache converged
+    assert not math.isnan(result.resync), "the caches did not converge"
+    assert not math.isnan(result.outage), "no write was acknowledged after the failure"
