@@ -36,8 +36,8 @@ from typing import Any
 from scale_zk import cpu_seconds, rss_bytes
 
 from tessera.agent.agent import Agent
-from tessera.agent.cache import LB_KINDS
-from tessera.api.wait import closures
+from tessera.agent.reach import reach
+from tessera.api.wait import LB_KINDS
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import (
     Bridge,
@@ -56,11 +56,12 @@ from tessera.model import (
 )
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
-WHOLE_KINDS = (Port.kind, Host.kind, TunnelZone.kind, PortGroup.kind, *LB_KINDS)
-"""Kinds every agent holds entirely (`TopologyCache.start`)."""
+WHOLE_KINDS = (Host.kind, TunnelZone.kind)
+"""Kinds every agent holds entirely (`TopologyCache.start`); the rest it loads on
+demand, as far as its bound ports reach (`tessera.agent.reach`)."""
 ON_DEMAND_KINDS = (
-    Bridge.kind, Router.kind, Chain.kind, Rule.kind, Route.kind, DhcpSubnet.kind,
-    Mirror.kind, IpAddrGroup.kind,
+    Port.kind, PortGroup.kind, *LB_KINDS, Bridge.kind, Router.kind, Chain.kind, Rule.kind,
+    Route.kind, DhcpSubnet.kind, Mirror.kind, IpAddrGroup.kind,
 )  # fmt: skip
 START_ATTEMPTS = 3
 REPLY_TIMEOUT = 1800.0  # a command's answer (starting 50 agents on a machine at load 100...)
@@ -160,11 +161,26 @@ def _snapshot(nsdb: ZookeeperNsdb) -> dict[str, dict[str, StoredObject]]:
 def check_caches(nsdb: ZookeeperNsdb, agents: Sequence[Agent]) -> dict[str, list[str]]:
     """What each agent's cache gets wrong against a full read of the NSDB ({} when all
     are right): a kind every agent holds whole must be exactly the NSDB's; every object
-    the agent's bound ports reach (`tessera.api.wait.closures`, the API's own copy of
-    the cache's walk) must be held at its current value; an on-demand object held must
+    the agent's bound ports reach (`tessera.agent.reach.reach`, the cache's own rule,
+    over a full read) must be held at its current value; an on-demand object held must
     be current, or absent once deleted. Only meaningful while nothing writes."""
     snap = _snapshot(nsdb)
-    reach = closures(nsdb, [a.host_id for a in agents])
+    objects = {(kind, id): obj for kind, objs in snap.items() for id, obj in objs.items()}
+    listed: dict[tuple[str, str], set[str]] = {}
+
+    def members(index: str, key: str) -> set[str]:
+        if (index, key) not in listed:
+            listed[(index, key)] = set(nsdb.index_list(index, key))
+        return listed[(index, key)]
+
+    reachable = {
+        a.host_id: {
+            id for _kind, id in reach(
+                a.host_id, lambda k, i: objects.get((k, i)), members
+            ).objects
+        }
+        for a in agents
+    }  # fmt: skip
     kind_of = {id: kind for kind, objs in snap.items() for id in objs}
     out: dict[str, list[str]] = {}
     for agent in agents:
@@ -181,7 +197,7 @@ def check_caches(nsdb: ZookeeperNsdb, agents: Sequence[Agent]) -> dict[str, list
             wrong += [f"{kind} {i} missing" for i in sorted(missing)]
             wrong += [f"{kind} {i} deleted but held" for i in sorted(extra)]
             wrong += [f"{kind} {i} stale" for i in sorted(stale)]
-        for id in sorted(reach.get(agent.host_id, set())):
+        for id in sorted(reachable.get(agent.host_id, set())):
             of = kind_of.get(id)
             if of is None or of in WHOLE_KINDS:
                 continue

@@ -101,6 +101,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         ensured: set[str] = set()
         read_entries = False
         drifted: set[str] = set()
+        index_ops: builtins.list[_IxOp] = []
         for _ in range(5):
             try:
                 index_ops = self._index_ops(planned, drifted)
@@ -119,8 +120,15 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             except _MissingKindDir as missing:  # the kind's directory, or the registry's
                 if missing.path in ensured:
                     raise NotFound(f"{missing.path} is missing in ZooKeeper") from None
-                ensured.add(missing.path)
-                self._ensure_path(missing.path)
+                if missing.path.startswith(f"{self._index}/"):
+                    # A new parent's index key: a commit creating a tenant has several,
+                    # made at once here rather than one failed transaction each.
+                    parents = {o.path.rsplit("/", 1)[0] for o in index_ops if o.action == "create"}
+                    ensured |= parents
+                    self._ensure_paths(sorted(parents))
+                else:
+                    ensured.add(missing.path)
+                    self._ensure_path(missing.path)
             except _StaleIdEntry as stale:
                 self._drop_stale_id(stale)
             except _MissingIdEntry:

@@ -320,6 +320,12 @@ class ZkSession:
         except CONNECTION_ERRORS:
             raise self._down() from None
 
+    def _ensure_paths(self, paths: Iterable[str]) -> None:
+        """`_ensure_path` for many paths, pipelined."""
+        for result in self._run_many([partial(self._zk.ensure_path_async, p) for p in paths]):
+            if isinstance(result, Exception) and not isinstance(result, NodeExistsError):
+                raise result
+
     # -- paths --
 
     def _kind_dir(self, kind: str) -> str:
