@@ -50,6 +50,7 @@ def test_discrete_resource_is_never_split(cassandra_session: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three JVMs start first (minutes on a busy machine)
 def test_killing_one_of_three_nodes_loses_no_claim(cassandra_cluster3: CassandraCluster) -> None:
     driver, session = cassandra_cluster3.connect("tessera")
     try:
