@@ -20,6 +20,8 @@ from tessera.placement.model import CUSTOM, Inventory, check_name
 #: How often an uncertain claim (the coordinator died or timed out) is settled by a
 #: SERIAL read before giving up.
 SETTLE_TRIES = 10
+#: How often an idempotent statement is tried when its coordinator fails.
+RETRIES = 4
 
 
 @dataclass
@@ -143,14 +145,22 @@ class PlacementStore:
             statement.serial_consistency_level = self._serial
         return statement
 
-    def _run(self, statement: Any, args: Iterable[Any] = ()) -> Any:
+    def _run(self, statement: Any, args: Iterable[Any] = (), *, retry: bool = True) -> Any:
+        """Execute; an idempotent statement (every read, every plain write) is tried
+        again when its coordinator failed (a node killed mid-request), conditional
+        writes are not (the claim settles its outcome instead)."""
         from cassandra import DriverException  # type: ignore[attr-defined]
         from cassandra.cluster import NoHostAvailable
 
-        try:
-            return self.session.execute(statement, tuple(args))
-        except (NoHostAvailable, DriverException) as exc:
-            raise Unavailable(f"Cassandra: {exc}") from exc
+        tries = RETRIES if retry else 1
+        for attempt in range(1, tries + 1):
+            try:
+                return self.session.execute(statement, tuple(args))
+            except (NoHostAvailable, DriverException) as exc:
+                if attempt == tries or not _transient(exc):
+                    raise Unavailable(f"Cassandra: {exc}") from exc
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
 
     # -- resource classes and traits ---------------------------------------------------
 
@@ -205,7 +215,7 @@ class PlacementStore:
         pid = provider_id(provider) if provider else str(uuid.uuid4())
         if any(p.name == name for p in self.providers()):
             raise Conflict(f"a resource provider is already named {name!r}")
-        row = self._run(self._i_provider, (uuid.UUID(pid), name, _now())).one()
+        row = self._run(self._i_provider, (uuid.UUID(pid), name, _now()), retry=False).one()
         if not row.applied:
             raise Conflict(f"resource provider {pid} exists")
         return Provider(pid, name, 0)
@@ -285,7 +295,7 @@ class PlacementStore:
         return self.provider(current.uuid)
 
     def _cas(self, statement: Any, args: tuple[Any, ...], current: Provider) -> None:
-        row = self._run(statement, args).one()
+        row = self._run(statement, args, retry=False).one()
         if not row.applied:
             now = row.generation if "generation" in row._fields else "?"
             raise Conflict(
@@ -312,7 +322,7 @@ class PlacementStore:
         batch.add(self._u_claim, (usages, provider.generation + 1, pid, provider.generation))
         batch.add(self._i_alloc, (pid, uuid.UUID(consumer), taken))
         try:
-            return bool(self._run(batch).was_applied)
+            return bool(self._run(batch, retry=False).was_applied)
         except (WriteTimeout, OperationTimedOut, Unavailable):
             return self._settle(pid, uuid.UUID(consumer))
 
@@ -344,7 +354,7 @@ class PlacementStore:
             batch.serial_consistency_level = self._serial
             batch.add(self._u_claim, (usages, current.generation + 1, pid, current.generation))
             batch.add(self._d_alloc, (pid, cid))
-            if self._run(batch).was_applied:
+            if self._run(batch, retry=False).was_applied:
                 return True
 
     def provider_allocations(self, provider: str) -> dict[str, dict[str, int]]:
@@ -395,6 +405,13 @@ class PlacementStore:
             "attempts": row.attempts or 0,
             "retries": row.retries or 0,
         }
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the coordinator or of the replicas, not of the statement."""
+    from cassandra import InvalidRequest  # type: ignore[attr-defined]
+
+    return not isinstance(exc, InvalidRequest)
 
 
 def check_provider_name(name: str) -> str:
