@@ -34,10 +34,12 @@ from tessera.api.resources import (
     traces,
     tunnel_zones,
 )
+from tessera.api.resources import placement as placement_api
 from tessera.api.wait import RealizationWaiter, RecordingNsdb, WaitMiddleware, document_wait
 from tessera.cluster.services import ClusterServices
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store import TopologyStore
+from tessera.placement.backend import PlacementBackend
 
 API_PREFIX = "/api/v1"
 _RESOURCES = (
@@ -59,6 +61,7 @@ _RESOURCES = (
     traces,
     health,
     cluster,
+    placement_api,
 )
 
 _DESCRIPTION = """\
@@ -136,9 +139,14 @@ def _route_methods(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]
     return [(compile_path(path)[0], frozenset(methods)) for path, methods in routes]
 
 
-def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
+def create_app(
+    nsdb: Nsdb,
+    services: ClusterServices | None = None,
+    placement: PlacementBackend | None = None,
+) -> FastAPI:
     """The API over `nsdb`. `services`, when this process takes part in the cluster's
-    leader election, is reported by the health endpoint and `/metrics`."""
+    leader election, is reported by the health endpoint and `/metrics`. `placement`
+    reaches Cassandra for /placement (without it, those answer 503)."""
     metrics = ApiMetrics()
     instrumented = RecordingNsdb(nsdb, metrics.nsdb_latency, metrics.nsdb_errors)
     app = FastAPI(
@@ -152,6 +160,7 @@ def create_app(nsdb: Nsdb, services: ClusterServices | None = None) -> FastAPI:
     app.state.services = services
     app.state.metrics = metrics
     errors.install(app)
+    placement_api.install(app, placement or PlacementBackend())
 
     api = APIRouter(
         prefix=API_PREFIX,

@@ -29,6 +29,7 @@ from tessera.cluster import config as cluster_config
 from tessera.cluster.http import serve_until_stopped
 from tessera.cluster.node import ServeError, bind_socket, run_node, split_listen
 from tessera.cluster.service import EVERY_NODE, Redundancy, ServiceContext, ServiceEnv
+from tessera.placement.backend import PlacementBackend
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -79,7 +80,9 @@ class ApiService:
         self.sock = bind_socket(self.host, self.port)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{self.port}/api/v1"
-        self.app = create_app(env.nsdb, env.cluster)
+        contacts = [str(c) for c in env.options.get("cassandra", [])]
+        keyspace = str(env.options.get("cassandra_keyspace", "tessera"))
+        self.app = create_app(env.nsdb, env.cluster, PlacementBackend(contacts, keyspace))
         self.app.state.metrics.registry.register(_RegistryBridge(env.registry))
         if env.cluster is not None:
             env.cluster.info["api"] = self.url

@@ -121,3 +121,37 @@ def unbind(s: Session, port_id: PortArg, host: UnbindHost = None) -> None:
             raise UserError(f"port {pid} is not bound to any host")
     answer = s.api.delete(f"/hosts/{seg(host_id)}/ports/{seg(pid)}")
     s.out.done(f"unbound port {pid} from host {host_id}", answer)
+
+
+@command(host_app, "report")
+def host_report(
+    s: Session,
+    host: BindHost = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The provider's name (default: hostname).")
+    ] = None,
+    vcpus: Annotated[
+        int | None, typer.Option("--vcpus", min=1, help="Default: this machine's.")
+    ] = None,
+    ram: Annotated[
+        int | None, typer.Option("--ram", min=1, metavar="MB", help="Default: this machine's.")
+    ] = None,
+    disk: Annotated[
+        int | None, typer.Option("--disk", min=1, metavar="GB", help="Default: this machine's /.")
+    ] = None,
+    trait: Annotated[
+        list[str] | None,
+        typer.Option("--trait", metavar="TRAIT", help="A trait (repeat), e.g. HW_NIC_SRIOV."),
+    ] = None,
+) -> None:
+    """Register this host with placement and write its inventory (docs/placement.md)."""
+    import socket
+
+    from tessera.placement.report import local_inventory, report
+
+    host_id = convert_one("--host", host, parse_uuid) if host else local_host_id()
+    inventory = local_inventory()
+    for key, value in (("VCPU", vcpus), ("MEMORY_MB", ram), ("DISK_GB", disk)):
+        if value is not None:
+            inventory[key] = {"total": value}
+    s.out.obj(report(s.api, host_id, name or socket.gethostname(), inventory, trait or ()))

@@ -24,6 +24,7 @@ from tessera.cli.groups import ip_addr_group_app, port_group_app
 from tessera.cli.hosts import BINDING_PANEL, binding_app, host_app
 from tessera.cli.load_balancers import health_monitor_app, load_balancer_app, vip_app
 from tessera.cli.mirrors import mirror_app
+from tessera.cli.place import place_app
 from tessera.cli.pools import pool_app, pool_member_app
 from tessera.cli.ports import port_app
 from tessera.cli.routers import router_app
@@ -75,6 +76,7 @@ RESOURCES: tuple[tuple[str, typer.Typer, str], ...] = (
     ("health-monitor", health_monitor_app, _LB),
     ("host", host_app, _HOSTS),
     ("tunnel-zone", tunnel_zone_app, _HOSTS),
+    ("place", place_app, _HOSTS),
 )
 
 

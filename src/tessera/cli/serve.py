@@ -43,12 +43,24 @@ def serve(
             help="Also serve the Neutron v2.0 API there (docs/neutron.md).",
         ),
     ] = None,
+    cassandra: Annotated[
+        str | None,
+        typer.Option(
+            "--cassandra",
+            metavar="HOST[,HOST]",
+            envvar="TESSERA_CASSANDRA",
+            help="Cassandra contact points for the placement API (docs/placement.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (and, with --neutron-listen, the Neutron API) until
     interrupted."""
     nsdb_url = convert_one("--nsdb", nsdb, parse_nsdb_url)
     address = convert_one("--listen", listen, parse_listen)
     services: dict[str, dict[str, object]] = {}
+    if cassandra:
+        contacts = [c.strip() for c in cassandra.split(",") if c.strip()]
+        services["api"] = {"cassandra": contacts}
     if neutron_listen is not None:
         neutron = convert_one("--neutron-listen", neutron_listen, parse_listen)
         services["neutron"] = {"enabled": True, "listen": neutron}

@@ -77,6 +77,10 @@ KEYS: tuple[Key, ...] = (
     Key("services.api", "enabled", bool, True,
         "The REST API, /metrics, /docs and GET /cluster/services (every node)."),
     Key("services.api", "listen", str, "127.0.0.1:8181", "ADDR:PORT the API serves on."),
+    Key("services.api", "cassandra", list, [],
+        "Cassandra contact points (addresses) for /placement; empty: placement answers 503."),
+    Key("services.api", "cassandra_keyspace", str, "tessera",
+        "The keyspace placement keeps its tables in."),
     Key("services.metrics", "enabled", bool, False,
         "A listener of its own for /metrics only (every node): scraping without the "
         "API, or with the API disabled."),
