@@ -48,8 +48,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("simulation",),
     ("datapath",),
     ("client",),
+    ("cassandra",),
     ("agent",),
-    ("cluster",),
+    ("cluster", "placement"),
     ("clikit",),
     ("api", "lab", "neutron"),
     ("cli",),
@@ -76,6 +77,9 @@ FRONT_END_LIBRARIES: dict[str, tuple[str, ...]] = {
     # node starts them), so the CLI never pays for uvicorn.
     "uvicorn": ("tessera.api", "tessera.neutron", "tessera.cluster.http"),
     "kazoo": ("tessera.nsdb",),
+    # The Cassandra driver: the client module and the placement store only (the agent's
+    # durable flow state and the lab go through tessera.cassandra).
+    "cassandra": ("tessera.cassandra.client", "tessera.placement.store"),
 }
 
 TIER = {package: index for index, tier in enumerate(LAYERS) for package in tier}

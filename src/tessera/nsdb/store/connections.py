@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tessera.model import Host, Port
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
+from tessera.nsdb.indexes import HOST_PORTS
 from tessera.nsdb.store.transaction import Transaction
 
 # What Linux accepts as an interface name: 1-15 bytes, no '/', ':' or whitespace, and
@@ -91,12 +92,8 @@ def bind(tx: Transaction, host_id: str, port_id: str, interface_name: str) -> Bi
     binding = Binding(host.id, port.id, interface_name)
     if port.host_id == host.id and port.interface_name == interface_name:
         return binding
-    for other in tx.all_of(Port):
-        if (
-            other.id != port.id
-            and other.host_id == host.id
-            and other.interface_name == interface_name
-        ):
+    for other in tx.indexed(Port, HOST_PORTS, host.id):
+        if other.id != port.id and other.interface_name == interface_name:
             raise AlreadyExists(
                 f"interface {interface_name} on host {host.id} is already bound to port {other.id}"
             )
@@ -118,8 +115,8 @@ def bindings(tx: Transaction, host_id: str) -> list[Binding]:
     return sorted(
         (
             Binding(host_id, p.id, p.interface_name)
-            for p in tx.all_of(Port)
-            if p.host_id == host_id and p.interface_name is not None
+            for p in tx.indexed(Port, HOST_PORTS, host_id)
+            if p.interface_name is not None
         ),
         key=lambda b: (b.interface_name, b.port_id),
     )

@@ -14,6 +14,7 @@ from tessera.model.devices import router_port_mac
 from tessera.model.types import network_of
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, IntegrityError, NotFound
+from tessera.nsdb.indexes import DEVICE_PORTS
 from tessera.nsdb.store import load_balancers
 from tessera.nsdb.store.connections import Binding, bind
 from tessera.nsdb.store.integrity import FIXED_FIELDS, check_refs, replace, server_owned
@@ -111,12 +112,8 @@ def _refuse_members(obj: StoredObject, owned: frozenset[str]) -> None:
 def _new_port(tx: Transaction, port: Port, tunnel_key: int) -> Port:
     device = tx.get(_DEVICE_OF_TYPE[port.type], port.device_id)
     if port.vlan_id is not None:
-        for other in tx.all_of(Port):
-            if (
-                other.device_id == device.id
-                and other.type == port.type
-                and other.vlan_id == port.vlan_id
-            ):
+        for other in tx.indexed(Port, DEVICE_PORTS, device.id):
+            if other.type == port.type and other.vlan_id == port.vlan_id:
                 raise AlreadyExists(
                     f"bridge {device.id} already has port {other.id} for VLAN {port.vlan_id}"
                 )
@@ -133,7 +130,9 @@ def _check_router_port(tx: Transaction, port: Port) -> None:
     """A router port's MAC is unique in the cluster, and its subnet overlaps no other
     port's of the same router (the router could not tell which port owns an address).
 
-    Both checks read every port (the same listing the VLAN and binding checks use).
+    The MAC check reads every port (router port MACs may be given explicitly; an
+    index of MACs would make it as cheap as the VLAN and binding checks, which read
+    only the device's or host's ports).
     Creates on one router serialise on the router, which `check_refs` touches, so the
     subnet check and a MAC clash within one router hold even between racing API
     servers; two ports given one explicit MAC on two routers at the same instant are

@@ -39,6 +39,7 @@ from tessera.nsdb import tables
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import AlreadyExists, NotFound, NsdbError
+from tessera.nsdb.indexes import DEVICE_PORTS
 from tessera.nsdb.store import connections, members, objects
 from tessera.nsdb.store.connections import Binding
 from tessera.nsdb.store.integrity import cascade_delete, refuse_neutron_twin, replace
@@ -139,7 +140,7 @@ class TopologyStore:
         def body(tx: Transaction) -> builtins.list[Port]:
             tx.get(device_cls, device_id)
             kind = device_cls.__name__  # a port's `type` says which kind its device is
-            found = (p for p in tx.all_of(Port) if p.device_id == device_id and p.type == kind)
+            found = (p for p in tx.indexed(Port, DEVICE_PORTS, device_id) if p.type == kind)
             return sorted(found, key=lambda p: p.id)
 
         return self._read(body)

@@ -21,6 +21,7 @@ from tessera.model import StoredObject
 from tessera.nsdb.base import Create, Delete, Nsdb, Op, Update
 from tessera.nsdb.codec import describe
 from tessera.nsdb.errors import Conflict, NotFound
+from tessera.nsdb.indexes import Index
 from tessera.nsdb.store import neutron_owners
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,21 @@ class Transaction:
 
     def all_of(self, cls: type[T]) -> builtins.list[T]:
         return [obj for obj in self.all(cls.kind) if isinstance(obj, cls)]
+
+    def indexed(self, cls: type[T], index: Index, key: str) -> builtins.list[T]:
+        """The objects listed under `key` in `index`, as this transaction sees them: a
+        check that only concerns one host's or one device's objects then reads those, not
+        the whole kind (binding a port in a cloud of 10,000 read all 10,000). Objects
+        this transaction wrote are judged by their new value, not the stored index."""
+        assert index.kind == cls.kind
+        ids = set(self.nsdb.index_list(index.name, key))
+        ids.update(id for id, slot in self._slots.get(cls.kind, {}).items() if slot.dirty)
+        out = []
+        for id in sorted(ids):
+            obj = self.find(cls.kind, id)
+            if isinstance(obj, cls) and key in index.keys(obj):
+                out.append(obj)
+        return out
 
     # -- writes (local until committed) --
 
