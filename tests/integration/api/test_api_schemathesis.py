@@ -19,6 +19,7 @@ generated cases with their path ids replaced by those of a small seeded topology
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from typing import Any
 
@@ -57,6 +58,7 @@ from tessera.nsdb.base import Nsdb
 from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.memory import MemoryNsdb
 from tessera.nsdb.store import TopologyStore
+from tessera.placement.backend import PlacementBackend
 
 
 class Seeds:
@@ -148,10 +150,22 @@ def _config(
     return SchemathesisConfig.from_dict(config)
 
 
-def _findings(nsdb: Nsdb, config: SchemathesisConfig) -> tuple[list[str], int]:
+PLACEMENT = "^/api/v1/placement/"
+
+
+def _findings(
+    nsdb: Nsdb, config: SchemathesisConfig, placement: PlacementBackend | None = None
+) -> tuple[list[str], int]:
     """Every failure of a whole schemathesis run (all checks) against the API over
-    `nsdb`, as the CLI would print them, and the number of scenarios run."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(nsdb), config=config)
+    `nsdb`, as the CLI would print them, and the number of scenarios run. Without a
+    `placement` backend the placement paths are left out (each answers 503 "not
+    configured" by design: tests/integration/placement); with one, only they are run."""
+    app = create_app(nsdb, placement=placement)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    if placement is None:
+        schema = schema.exclude(path_regex=PLACEMENT)
+    else:
+        schema = schema.include(path_regex=PLACEMENT)
     found: list[str] = []
     scenarios = 0
     for event in schemathesis.engine.from_schema(schema).execute():
@@ -202,3 +216,17 @@ def test_operations_on_seeded_objects_conform(case: Any) -> None:
     seeded = SEEDS.ids()
     case.path_parameters = {k: seeded.get(k, v) for k, v in case.path_parameters.items()}
     case.call_and_validate()
+
+
+def test_a_schema_fuzzer_finds_nothing_in_placement(cassandra_node: Any) -> None:
+    """The same run over the placement paths, against a real Cassandra (its own keyspace):
+    valid data, and the coverage phase's boundary values and missing parameters."""
+    backend = PlacementBackend(cassandra_node.addresses, f"fuzz_{uuid.uuid4().hex[:10]}")
+    nsdb = MemoryNsdb()
+    try:
+        found, scenarios = _findings(nsdb, _config("all", examples=10), backend)
+    finally:
+        backend.close()
+        nsdb.close()
+    assert scenarios > 10
+    assert not found, f"{len(found)} findings:\n\n" + "\n\n".join(sorted(set(found))[:20])
