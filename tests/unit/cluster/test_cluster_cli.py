@@ -28,7 +28,12 @@ def test_config_prints_the_defaults_as_a_documented_file() -> None:
     code, out, _ = _run("cluster", "config")
     assert code == 0
     data = tomllib.loads(out)
-    assert data["services"]["api"] == {"enabled": True, "listen": "127.0.0.1:8181"}
+    assert data["services"]["api"] == {
+        "enabled": True,
+        "listen": "127.0.0.1:8181",
+        "cassandra": [],
+        "cassandra_keyspace": "tessera",
+    }
     assert data["node"]["nsdb"] == "zk://127.0.0.1:2181/tessera"
     assert "# The REST API" in out
 

@@ -10,6 +10,9 @@ import pytest
 from tessera.cluster import config as cfg
 from tessera.cluster.services import Timing
 
+#: The API's placement options when none is given (no Cassandra: placement is 503).
+NO_PLACEMENT = {"cassandra": [], "cassandra_keyspace": "tessera"}
+
 
 def test_every_default_key_is_documented_and_the_printed_file_reads_back() -> None:
     data = cfg.defaults(["beacon"])
@@ -31,7 +34,7 @@ def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     conf = cfg.build(path=path, env={}, addons=["beacon"])
     assert conf.nsdb == "zk://file:2181/t"
     assert conf.session_timeout == 3.0 and isinstance(conf.session_timeout, float)
-    assert conf.options("api") == {"listen": "0.0.0.0:8181"}
+    assert conf.options("api") == {"listen": "0.0.0.0:8181", **NO_PLACEMENT}
     assert not conf.enabled("beacon") and conf.options("beacon") == {"colour": "blue"}
     assert conf.enabled("host-liveness") and not conf.enabled("metrics")
 
@@ -89,7 +92,7 @@ def test_api_serve_is_a_node_with_the_api_and_the_janitor_only() -> None:
 
     conf = api_serve_config("memory", "127.0.0.1:9999")
     assert conf.nsdb == "memory" and conf.session_timeout == 4.0
-    assert conf.options("api") == {"listen": "127.0.0.1:9999"}
+    assert conf.options("api") == {"listen": "127.0.0.1:9999", **NO_PLACEMENT}
     assert [s for s in conf.data["services"] if conf.enabled(s)] == ["api", "host-liveness"]
     more = api_serve_config("memory", "127.0.0.1:9999", {"metrics": {"enabled": True}})
     assert more.enabled("metrics")
