@@ -135,6 +135,7 @@ class Scheduler:
                 break
             for candidate in spread_subset(found, self.subset):
                 attempts += 1
+                self.store.note_provider(cid, candidate.provider.uuid)
                 if self.store.claim(candidate.provider, cid, candidate.taken):
                     self.store.update_request(
                         cid, "placed", [candidate.provider.uuid], attempts, retries

@@ -20,6 +20,8 @@ from tessera.placement.model import CUSTOM, Inventory, check_name
 #: How often an uncertain claim (the coordinator died or timed out) is settled by a
 #: SERIAL read before giving up.
 SETTLE_TRIES = 10
+#: How often a release is tried again when other changes win the provider's generation.
+RELEASE_TRIES = 50
 #: How often an idempotent statement is tried when its coordinator fails.
 RETRIES = 4
 
@@ -133,6 +135,10 @@ class PlacementStore:
             "UPDATE placement_consumers SET state = ?, providers = ?, attempts = ?, "
             "retries = ?, updated = ? WHERE consumer = ?"
         )
+        self._u_request_add = prep(
+            "UPDATE placement_consumers SET providers = providers + ?, updated = ? "
+            "WHERE consumer = ?"
+        )
         self._q_request = prep(
             "SELECT consumer, request, required, state, providers, attempts, retries "
             "FROM placement_consumers WHERE consumer = ?"
@@ -151,12 +157,16 @@ class PlacementStore:
         writes are not (the claim settles its outcome instead)."""
         from cassandra import DriverException  # type: ignore[attr-defined]
         from cassandra.cluster import NoHostAvailable
+        from cassandra.protocol import ErrorMessage
 
         tries = RETRIES if retry else 1
         for attempt in range(1, tries + 1):
             try:
                 return self.session.execute(statement, tuple(args))
-            except (NoHostAvailable, DriverException) as exc:
+            except (NoHostAvailable, DriverException, ErrorMessage) as exc:
+                # ErrorMessage: codes the driver has no class for, such as 0x1700
+                # (CAS_WRITE_UNKNOWN: a Paxos proposal accepted by fewer than a
+                # quorum because a replica died mid-round).
                 if attempt == tries or not _transient(exc):
                     raise Unavailable(f"Cassandra: {exc}") from exc
                 time.sleep(0.1 * attempt)
@@ -295,54 +305,98 @@ class PlacementStore:
         return self.provider(current.uuid)
 
     def _cas(self, statement: Any, args: tuple[Any, ...], current: Provider) -> None:
-        row = self._run(statement, args, retry=False).one()
+        """One conditional change of a provider on its generation (the last of
+        `args`). An uncertain outcome (coordinator or replica lost mid-round) is
+        settled by a SERIAL read, which finishes any round left in flight: at the
+        expected generation nothing landed and the change is tried again; one above
+        it is taken as ours (a rival change would have needed our generation too)."""
+        expected = args[-1]
+        for _ in range(SETTLE_TRIES):
+            try:
+                row = self._run(statement, args, retry=False).one()
+                break
+            except Unavailable:
+                now = self._settled_generation(current.uuid)
+                if now == expected + 1:
+                    return
+                if now != expected:
+                    raise Conflict(
+                        f"resource provider {current.uuid} changed: its generation is "
+                        f"{now}, not {expected} (read it again and retry)"
+                    ) from None
+        else:
+            raise Unavailable(f"cannot change resource provider {current.uuid} now")
         if not row.applied:
-            now = row.generation if "generation" in row._fields else "?"
+            seen = row.generation if "generation" in row._fields else "?"
             raise Conflict(
-                f"resource provider {current.uuid} changed: its generation is {now}, "
+                f"resource provider {current.uuid} changed: its generation is {seen}, "
                 f"not {args[-1]} (read it again and retry)"
             )
 
+    def _settled_generation(self, provider: str) -> int | None:
+        """The provider's generation read at SERIAL (None if it is gone): the read
+        finishes any Paxos round left in flight, so what it sees is final."""
+        for attempt in range(SETTLE_TRIES):
+            try:
+                return self.provider(provider, serial=True).generation
+            except NotFound:
+                return None
+            except Unavailable:
+                time.sleep(0.2 * (attempt + 1))
+        raise Unavailable(f"cannot tell whether a change of resource provider {provider} landed")
+
     # -- allocations ---------------------------------------------------------------------
 
+    def allocation(self, provider: str, consumer: str) -> dict[str, int]:
+        """`consumer`'s allocation on `provider` ({} if none)."""
+        row = self._run(self._q_row, (uuid.UUID(provider), uuid.UUID(consumer))).one()
+        return dict(row.resources or {}) if row is not None else {}
+
     def claim(self, provider: Provider, consumer: str, taken: dict[str, int]) -> bool:
-        """Write `consumer`'s allocation of `taken` on `provider` if the provider is
-        still at the generation it was read at: True if written, False if another
-        change won. `taken` must fit in `provider` as read (the caller checked it); the
-        condition makes that check still true when the write lands."""
-        from cassandra import OperationTimedOut, WriteTimeout  # type: ignore[attr-defined]
+        """Make `consumer`'s allocation on `provider` exactly `taken` (replacing one it
+        had there) if the provider is still at the generation it was read at: True if
+        written, False if another change won. `taken` must fit in `provider` as read,
+        less the consumer's own allocation there (the caller checked it); the condition
+        makes that check still true when the write lands. The allocation row is read
+        after `provider` was: had it changed since, so would the generation."""
         from cassandra.query import BatchStatement
 
+        pid, cid = uuid.UUID(provider.uuid), uuid.UUID(consumer)
+        previous = self.allocation(provider.uuid, consumer)
         usages = dict(provider.usages)
+        for name, amount in previous.items():
+            usages[name] = max(0, usages.get(name, 0) - amount)
         for name, amount in taken.items():
             usages[name] = usages.get(name, 0) + amount
-        pid = uuid.UUID(provider.uuid)
         batch = BatchStatement(consistency_level=self._quorum)
         batch.serial_consistency_level = self._serial
         batch.add(self._u_claim, (usages, provider.generation + 1, pid, provider.generation))
-        batch.add(self._i_alloc, (pid, uuid.UUID(consumer), taken))
+        batch.add(self._i_alloc, (pid, cid, taken))
         try:
             return bool(self._run(batch, retry=False).was_applied)
-        except (WriteTimeout, OperationTimedOut, Unavailable):
-            return self._settle(pid, uuid.UUID(consumer))
+        except Unavailable:
+            # Timed out, coordinator lost, or CAS_WRITE_UNKNOWN: settle it.
+            if self._settled_generation(provider.uuid) != provider.generation + 1:
+                return False
+            return self._settled_row(pid, cid) == taken
 
-    def _settle(self, pid: uuid.UUID, consumer: uuid.UUID) -> bool:
-        """Whether an uncertain claim landed: a SERIAL read finishes any Paxos round
-        left in flight, so its answer is final."""
+    def _settled_row(self, pid: uuid.UUID, cid: uuid.UUID) -> dict[str, int] | None:
         for attempt in range(SETTLE_TRIES):
             try:
-                return self._run(self._q_row_serial, (pid, consumer)).one() is not None
+                row = self._run(self._q_row_serial, (pid, cid)).one()
+                return dict(row.resources or {}) if row is not None else None
             except Unavailable:
                 time.sleep(0.2 * (attempt + 1))
-        raise Unavailable(f"cannot tell whether the claim of {consumer} on {pid} landed")
+        raise Unavailable(f"cannot tell whether the claim of {cid} on {pid} landed")
 
     def release(self, provider: str, consumer: str) -> bool:
         """Remove `consumer`'s allocation on `provider` (its usages go down in the same
-        conditional batch); False if there was none."""
+        conditional batch); False if there was none. Retried while other changes win
+        the provider's generation, a bounded number of times."""
         from cassandra.query import BatchStatement
 
         pid, cid = uuid.UUID(provider), uuid.UUID(consumer)
-        while True:
+        for _ in range(RELEASE_TRIES):
             current = self.provider(provider)
             row = self._run(self._q_row, (pid, cid)).one()
             if row is None:
@@ -354,8 +408,16 @@ class PlacementStore:
             batch.serial_consistency_level = self._serial
             batch.add(self._u_claim, (usages, current.generation + 1, pid, current.generation))
             batch.add(self._d_alloc, (pid, cid))
-            if self._run(batch, retry=False).was_applied:
-                return True
+            try:
+                if self._run(batch, retry=False).was_applied:
+                    return True
+            except Unavailable:
+                if self._settled_row(pid, cid) is None:
+                    return True
+        raise Conflict(
+            f"resource provider {provider} kept changing while {consumer}'s allocation "
+            "was released: retry"
+        )
 
     def provider_allocations(self, provider: str) -> dict[str, dict[str, int]]:
         pid = provider_id(provider)
@@ -390,6 +452,12 @@ class PlacementStore:
     ) -> None:
         pids = {uuid.UUID(p) for p in providers}
         self._run(self._u_request, (state, pids, attempts, retries, _now(), uuid.UUID(consumer)))
+
+    def note_provider(self, consumer: str, provider: str) -> None:
+        """Add `provider` to where the consumer's record says to look, before a claim
+        there: a scheduler that dies between its claim and its final record leaves no
+        allocation that nothing points to."""
+        self._run(self._u_request_add, ({uuid.UUID(provider)}, _now(), uuid.UUID(consumer)))
 
     def request(self, consumer: str) -> dict[str, Any] | None:
         cid = provider_id(consumer)

@@ -123,6 +123,36 @@ def test_allocations_candidates_and_traits(client: TestClient) -> None:
 
 
 @pytest.mark.cassandra
+def test_a_put_replaces_allocations_and_a_failed_one_keeps_the_old(client: TestClient) -> None:
+    a, b = _provider(client, vcpus=4), _provider(client, vcpus=4)
+    consumer = str(uuid.uuid4())
+
+    def put(allocs: dict[str, int]) -> Any:
+        body = {"allocations": {p: {"resources": {"VCPU": n}} for p, n in allocs.items()}}
+        return client.put(f"{P}/allocations/{consumer}", json=body)
+
+    def used(rp: dict[str, Any]) -> int:
+        usages = client.get(f"{P}/resource_providers/{rp['uuid']}/usages").json()["usages"]
+        return int(usages.get("VCPU", 0))
+
+    assert put({a["uuid"]: 3}).status_code == 204
+    # Growing on the same provider counts what the consumer holds as its own: 3 -> 4
+    # fits in 4, and the usage is 4, not 7.
+    assert put({a["uuid"]: 4}).status_code == 204
+    assert (used(a), used(b)) == (4, 0)
+    # Moving to b frees a.
+    assert put({b["uuid"]: 2}).status_code == 204
+    assert (used(a), used(b)) == (0, 2)
+    # A replacement that cannot fit (5 on b) changes nothing, not even the part that fit.
+    assert put({a["uuid"]: 1, b["uuid"]: 5}).status_code == 409
+    assert (used(a), used(b)) == (0, 2)
+    got = client.get(f"{P}/allocations/{consumer}").json()["allocations"]
+    assert {p: v["resources"] for p, v in got.items()} == {b["uuid"]: {"VCPU": 2}}
+    assert client.delete(f"{P}/allocations/{consumer}").status_code == 204
+    assert (used(a), used(b)) == (0, 0)
+
+
+@pytest.mark.cassandra
 def test_scheduled_request_is_recorded(client: TestClient) -> None:
     _provider(client, vcpus=2, traits=("CUSTOM_API_TEST",))
     r = client.post(

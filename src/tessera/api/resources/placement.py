@@ -260,30 +260,49 @@ def put_allocations(request: Request, consumer: str, body: AllocationsPut) -> Re
     wanted = {provider_id(p): check_amounts(dict(a.resources)) for p, a in body.allocations.items()}
     for pid in wanted:
         store.provider(pid)  # 404 before anything changes
-    _free(store, cid)
+    record = store.request(cid)
+    before = store.consumer_allocations(cid) if record is not None else {}
     merged: dict[str, int] = {}
     for resources in wanted.values():
         for k, v in resources.items():
             merged[k] = merged.get(k, 0) + v
+    # The record names every provider that may hold a row of this consumer before any
+    # claim is made, so a crash half-way leaves nothing that a later PUT or DELETE
+    # cannot find.
     store.record_request(cid, merged, [])
+    store.update_request(cid, "claiming", set(before) | set(wanted), 0, 0)
     done: list[str] = []
     try:
         for pid, resources in wanted.items():
             _claim_on(store, pid, cid, resources)
             done.append(pid)
     except PlacementError:
+        # As Placement does: a failed replacement leaves the consumer's allocations
+        # as they were.
         for pid in done:
-            store.release(pid, cid)
-        store.update_request(cid, "failed", [], len(done) + 1, 0)
+            if pid in before:
+                _claim_on(store, pid, cid, before[pid], force=True)
+            else:
+                store.release(pid, cid)
+        store.update_request(cid, "placed" if before else "failed", before, len(done) + 1, 0)
         raise
+    for pid in set(before) - set(wanted):
+        store.release(pid, cid)
     store.update_request(cid, "placed", done, len(done), 0)
     return Response(status_code=204)
 
 
-def _claim_on(store: PlacementStore, pid: str, cid: str, resources: dict[str, int]) -> None:
+def _claim_on(
+    store: PlacementStore, pid: str, cid: str, resources: dict[str, int], force: bool = False
+) -> None:
+    """Make `cid`'s allocation on `pid` exactly `resources` (what it already holds
+    there counts as free for it). `force` (putting back what a consumer held) skips
+    the room check: it held that before, so it fitted then."""
     for _ in range(CLAIM_TRIES):
         p = store.provider(pid)
-        taken = fits(p.inventories, p.usages, resources)
+        own = store.allocation(pid, cid)
+        usages = {k: v - own.get(k, 0) for k, v in p.usages.items()}
+        taken = dict(resources) if force else fits(p.inventories, usages, resources)
         if taken is None:
             asked = ", ".join(f"{k}:{v}" for k, v in sorted(resources.items()))
             raise Conflict(f"resource provider {pid} has no room for {asked}")
