@@ -144,15 +144,19 @@ class TopologyCache:
             try:
                 if job is None:
                     return
-                for attempt in range(30):
-                    if self._closed:
-                        return
+                # Retried for as long as it takes (never dropped: a dropped
+                # reconcile would leave what a port reaches unloaded until some
+                # unrelated change asked again).
+                attempt = 0
+                while not self._closed:
                     try:
                         job()
                         break
                     except NsdbError as exc:
-                        log.warning("loading from the NSDB failed (%s); retrying", exc)
-                        threading.Event().wait(min(0.1 * 2**attempt, 2.0))
+                        if attempt % 30 == 0:
+                            log.warning("loading from the NSDB failed (%s); retrying", exc)
+                        threading.Event().wait(min(0.1 * 2 ** min(attempt, 5), 2.0))
+                        attempt += 1
             finally:
                 self._jobs.task_done()
 
@@ -278,20 +282,20 @@ class TopologyCache:
             if self.state.is_loaded(key):
                 return key
             self._waiting.add(key)
-            if key in self._extra:
-                return key
             self._extra.add(key)
-        self._schedule()
+        self._schedule()  # even if asked before: cheap, and at most one is queued
         return key
 
     # -- events (notification thread) ------------------------------------------------------
 
     def _on_whole(self, ev: WatchEvent) -> None:
-        self._on_object(ev)
+        self._on_object(ev, None)
 
-    def _on_index(self, ev: IndexEvent) -> None:
+    def _on_index(self, ev: IndexEvent, watch: _Watch | None) -> None:
         ik = (ev.index, ev.key)
         with self._lock:
+            if watch is not None and not watch.active:
+                return
             if ev.change == "listed":
                 self._members[ik] = self._early.pop(ik, set())
             else:
@@ -304,11 +308,13 @@ class TopologyCache:
                     ids.discard(ev.id)
         self._schedule()
 
-    def _on_object(self, ev: WatchEvent) -> None:
+    def _on_object(self, ev: WatchEvent, watch: _Watch | None) -> None:
         key = (ev.kind, ev.id)
         loaded: set[Key] = set()
         bindings = tunnels = False
         with self._lock:
+            if watch is not None and not watch.active:
+                return  # left the closure after the event was sent (checked under the lock)
             change = self.state.put(ev)
             if change is None:
                 return
@@ -336,8 +342,8 @@ class TopologyCache:
             self._schedule()
         self.notify(CacheUpdate(frozenset(tags), frozenset(loaded), bindings, tunnels))
 
-    def _mac_event(self, bridge_id: str) -> Callable[[StateEvent], None]:
-        def callback(ev: StateEvent) -> None:
+    def _mac_event(self, bridge_id: str) -> Callable[[StateEvent, _Watch], None]:
+        def callback(ev: StateEvent, watch: _Watch) -> None:
             try:  # a removal has no value (no port): the key alone says what goes
                 vlan, _, mac_text = ev.key.partition("/")
                 vlan_id, mac = int(vlan), mac_from_str(mac_text)
@@ -345,20 +351,24 @@ class TopologyCache:
             except (ValueError, PacketError):
                 return
             port = entry.port_id if entry is not None else None
-            if self.state.set_mac(bridge_id, vlan_id, mac, port):
+            with self._lock:
+                changed = watch.active and self.state.set_mac(bridge_id, vlan_id, mac, port)
+            if changed:
                 self.notify(CacheUpdate(frozenset({mac_tag(bridge_id, vlan_id, mac)})))
 
         return callback
 
-    def _arp_event(self, router_id: str) -> Callable[[StateEvent], None]:
-        def callback(ev: StateEvent) -> None:
+    def _arp_event(self, router_id: str) -> Callable[[StateEvent, _Watch], None]:
+        def callback(ev: StateEvent, watch: _Watch) -> None:
             try:
                 ip = ip_from_str(ev.key)
                 entry = tables.decode_arp(ev.key, ev.value) if ev.value is not None else None
                 value = None if entry is None else (mac_from_str(entry.mac_addr), entry.expiry)
             except (ValueError, KeyError, PacketError):
                 return
-            if self.state.set_arp(router_id, ip, value):
+            with self._lock:
+                changed = watch.active and self.state.set_arp(router_id, ip, value)
+            if changed:
                 self.notify(CacheUpdate(frozenset({arp_tag(router_id, ip)})))
 
         return callback
@@ -421,12 +431,13 @@ class TopologyCache:
             }
 
 
-def _guard(watch: _Watch, callback: Callable[[Any], None]) -> Callable[[Any], None]:
-    """`callback`, ignoring what is delivered once `watch` left the closure."""
+def _guard(watch: _Watch, callback: Callable[[Any, _Watch], None]) -> Callable[[Any], None]:
+    """`callback` with its watch: the callback checks, under the cache's lock, that the
+    watch is still in the closure (checking here, before the lock, would let an event
+    that raced a reconcile put back what the reconcile had just removed)."""
 
     def guarded(event: Any) -> None:
-        if watch.active:
-            callback(event)
+        callback(event, watch)
 
     return guarded
 

@@ -4,11 +4,12 @@ Which agents a write concerns: those whose loaded topology holds an object the w
 touched. The agent loads the closure of what its bound ports reach (`agent.cache`), so
 the API computes the same closure for every live host from the NSDB, before the write
 (a deleted rule was in some agents' closure) and after it (a new binding brings a host
-in); a host is concerned when either closure meets a touched object. Hosts, tunnel
-zones, port groups and load balancers are watched whole by every agent, so a change to
-one concerns every live agent. The cost is two reads of the topology per waiting write
-(nothing for the others): fine for a lab or a rack, and meant to give way to the NSDB's
-per-host indexes once they exist.
+in); a host is concerned when either closure meets a touched object. The closure is
+the agent's own rule, `agent.reach.reach`, so the two cannot disagree. Hosts and tunnel
+zones are watched whole by every agent, so a change to one concerns every live agent.
+The cost is two reads of the topology per waiting write (nothing for the others): fine
+for a lab or a rack; a cloud-sized API would walk the indexes from the touched objects
+instead.
 
 Then (`tessera.nsdb.realization`): take a request number, write it into each concerned
 host's request table, and wait until each has reported it, has died (its liveness entry
@@ -23,7 +24,6 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +32,14 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tessera.agent.reach import reach
 from tessera.api.instrumented import InstrumentedNsdb
 from tessera.model import (
     Bridge,
     Chain,
-    Conditions,
     DhcpSubnet,
     Host,
+    IpAddrGroup,
     LoadBalancer,
     Mirror,
     Pool,
@@ -52,7 +53,7 @@ from tessera.model import (
     TunnelZone,
     Vip,
 )
-from tessera.nsdb import tables
+from tessera.nsdb import indexes, tables
 from tessera.nsdb.base import Check, Nsdb, Op, StateEvent, Subscription
 from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.realization import REALIZE_COUNTER, REALIZED, decode_report, request_table
@@ -63,15 +64,14 @@ WAIT_HEADER = b"x-tessera-wait"
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 600.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-LB_KINDS = (LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind)
-GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind, PortGroup.kind, *LB_KINDS})
-"""Kinds whose change concerns every live agent: hosts and tunnel zones are watched
-whole; port groups and load balancers are loaded on demand (`agent.reach`) but not
-followed by `closures` below, so asking every agent is the safe over-approximation."""
+GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind})
+"""Kinds whose change concerns every live agent: every agent watches them whole."""
 _CLOSURE_KINDS = (
     Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
-    DhcpSubnet.kind,
+    DhcpSubnet.kind, PortGroup.kind, IpAddrGroup.kind, LoadBalancer.kind, Vip.kind,
+    Pool.kind, PoolMember.kind,
 )  # fmt: skip
+"""Every kind `agent.reach` can name."""
 
 Touched = set[tuple[str, str]]
 _touched: contextvars.ContextVar[Touched | None] = contextvars.ContextVar(
@@ -101,63 +101,21 @@ class RecordingNsdb(InstrumentedNsdb):
 
 
 def closures(nsdb: Nsdb, hosts: Iterable[str]) -> dict[str, set[str]]:
-    """The ids each host's agent loads (besides what every agent watches whole): what
-    its bound ports reach, as `agent.cache` walks it."""
-    objs: dict[str, dict[str, StoredObject]] = {
-        kind: {s.value.id: s.value for s in nsdb.list(kind)} for kind in _CLOSURE_KINDS
+    """The ids each host's agent loads (besides what every agent watches whole): the
+    agent's own rule (`agent.reach`) run over one full read of the NSDB, with the
+    indexes derived from the objects read."""
+    objects = {
+        (kind, s.value.id): s.value for kind in _CLOSURE_KINDS for s in nsdb.list(kind)
     }
-    ports_of: dict[str, list[str]] = defaultdict(list)
-    bound: dict[str, list[str]] = defaultdict(list)
-    for port in objs[Port.kind].values():
-        assert isinstance(port, Port)
-        ports_of[port.device_id].append(port.id)
-        if port.host_id:
-            bound[port.host_id].append(port.id)
-    children: dict[str, list[str]] = defaultdict(list)
-    for route in objs[Route.kind].values():
-        children[getattr(route, "router_id", "")].append(route.id)
-    for subnet in objs[DhcpSubnet.kind].values():
-        children[getattr(subnet, "bridge_id", "")].append(subnet.id)
-    return {host: _closure(objs, ports_of, children, bound.get(host, [])) for host in hosts}
+    members = indexes.expected(objects.values())
 
+    def get(kind: str, id: str) -> StoredObject | None:
+        return objects.get((kind, id))
 
-def _closure(
-    objs: dict[str, dict[str, StoredObject]],
-    ports_of: dict[str, list[str]],
-    children: dict[str, list[str]],
-    start: list[str],
-) -> set[str]:
-    seen: set[str] = set(start)
-    stack = list(start)
+    def listed(name: str, key: str) -> set[str]:
+        return members.get((name, key), set())
 
-    def want(*ids: str | None) -> None:
-        for id in ids:
-            if id and id not in seen:
-                seen.add(id)
-                stack.append(id)
-
-    def want_groups(cond: Conditions) -> None:
-        want(cond.port_group, cond.ip_addr_group_src, cond.ip_addr_group_dst)
-
-    while stack:
-        id = stack.pop()
-        obj = next((objs[k][id] for k in _CLOSURE_KINDS if id in objs[k]), None)
-        if isinstance(obj, Port | Bridge | Router):
-            want(*obj.inbound_mirror_ids, *obj.outbound_mirror_ids)
-            want(obj.inbound_filter_id, obj.outbound_filter_id)
-        if isinstance(obj, Port):
-            want(obj.device_id, obj.peer_id)
-        elif isinstance(obj, Bridge | Router):
-            want(*ports_of.get(obj.id, []), *children.get(obj.id, []))
-        elif isinstance(obj, Chain):
-            want(*obj.rule_ids)
-        elif isinstance(obj, Rule):
-            want(obj.jump_chain_id)
-            want_groups(obj)
-        elif isinstance(obj, Mirror):
-            for cond in obj.conditions:
-                want_groups(cond)
-    return seen
+    return {host: {id for _, id in reach(host, get, listed).objects} for host in hosts}
 
 
 def concerned_hosts(touched: Touched, live: set[str], *views: dict[str, set[str]]) -> set[str]:

@@ -87,3 +87,25 @@ def test_concurrent_waiting_writes_all_end(cloud: Cloud) -> None:
     rules = {r.json()["id"] for r in responses}
     for agent in cloud.agents[:2]:
         assert all(agent.cache.get("rules", r) is not None for r in rules)
+
+
+def test_a_port_group_concerns_only_the_agents_that_reach_its_ports(cloud: Cloud) -> None:
+    """The API finds concerned agents with the agents' own rule (`agent.reach`): a
+    group of a port on `lan` concerns the two agents on `lan`, not the one on `other`."""
+    h1, h2, h3 = cloud.agents
+    port = next(iter(h1.cache.bound_ports()))
+    response = cloud.client.post(
+        "/api/v1/port_groups?wait=true&wait_timeout=20", json={"name": "web"}
+    )
+    assert response.status_code == 201, response.text
+    group = response.json()["id"]
+    # A group that lists no port is in nobody's closure.
+    assert response.headers["x-tessera-realized"] == "0"
+    added = cloud.client.post(
+        f"/api/v1/port_groups/{group}/ports?wait=true&wait_timeout=20", json={"port_id": port}
+    )
+    assert added.status_code in (200, 201), added.text
+    assert added.headers["x-tessera-realized"] == "2"
+    assert h1.cache.get("port_groups", group) is not None
+    assert h2.cache.get("port_groups", group) is not None
+    assert h3.cache.get("port_groups", group) is None

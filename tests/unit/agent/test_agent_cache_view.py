@@ -3,6 +3,8 @@ not copy every other bridge's table (the next miss would pay for all of them).""
 
 from __future__ import annotations
 
+import uuid
+
 from agent_harness import Cloud
 
 
@@ -31,3 +33,25 @@ def test_a_learned_mac_shows_in_the_next_view_and_other_tables_are_not_copied(
 
     assert not cache.learn_mac(br_a.id, 0, 0x020000000099, vm_a.port_id)  # known: no change
     assert cache.view() is after
+
+
+def test_an_event_that_raced_its_watch_out_of_the_closure_changes_nothing(
+    cloud: Cloud,
+) -> None:
+    """The reconcile drops a watch (the object left the closure) while the NSDB was
+    already delivering an event for it: the event must not put the object back."""
+    from tessera.agent.cache import _Watch
+    from tessera.model import Bridge
+    from tessera.nsdb.base import WatchEvent
+
+    h = cloud.host("h1", "198.18.0.1")
+    cloud.settle()
+    cache = h.agent.cache
+    stray = Bridge(id=str(uuid.uuid4()), name="stray")
+    gone = _Watch()
+    gone.active = False
+    cache._on_object(WatchEvent(Bridge.kind, stray.id, "created", stray, 1), gone)
+    assert (Bridge.kind, stray.id) not in cache.held()
+    live = _Watch()
+    cache._on_object(WatchEvent(Bridge.kind, stray.id, "created", stray, 1), live)
+    assert (Bridge.kind, stray.id) in cache.held()
