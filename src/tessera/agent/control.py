@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -113,6 +114,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake: tuple[socket.socket, socket.socket] | None = None
 
     def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +124,9 @@ class ControlServer:
         sock.bind(str(self.socket_path))
         os.chmod(self.socket_path, 0o600)
         sock.listen(8)
-        sock.settimeout(0.5)
+        sock.setblocking(False)
         self._sock = sock
+        self._wake = socket.socketpair()  # stop() wakes the thread at once
         info = {
             "host_id": self.host_id,
             "name": self.name,
@@ -138,23 +141,35 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[1].send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
         for path in (self.socket_path, self.info_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def _serve(self) -> None:
-        assert self._sock is not None
+        assert self._sock is not None and self._wake is not None
+        waker = self._wake[0]
         while not self._stop.is_set():
             try:
+                readable, _, _ = select.select([self._sock, waker], [], [])
+                if self._sock not in readable:
+                    continue
                 conn, _ = self._sock.accept()
-            except TimeoutError:
+            except (BlockingIOError, InterruptedError):
                 continue
-            except OSError:
+            except (OSError, ValueError):
                 return
+            conn.setblocking(True)
             with conn:
                 conn.settimeout(5)
                 try:

@@ -104,9 +104,7 @@ def closures(nsdb: Nsdb, hosts: Iterable[str]) -> dict[str, set[str]]:
     """The ids each host's agent loads (besides what every agent watches whole): the
     agent's own rule (`agent.reach`) run over one full read of the NSDB, with the
     indexes derived from the objects read."""
-    objects = {
-        (kind, s.value.id): s.value for kind in _CLOSURE_KINDS for s in nsdb.list(kind)
-    }
+    objects = {(kind, s.value.id): s.value for kind in _CLOSURE_KINDS for s in nsdb.list(kind)}
     members = indexes.expected(objects.values())
 
     def get(kind: str, id: str) -> StoredObject | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,8 +23,6 @@ from tessera.lab import api, hosts, names, netns, procs, services, state, vms
 from tessera.lab import cassandra as lab_cassandra
 from tessera.lab.errors import LabError
 from tessera.lab.state import HostState, LabState
-
-CLEANUP_TIMEOUT = 60.0  # seconds for one host's `tessera agent --cleanup`
 
 
 def down(name: str) -> bool:
@@ -49,8 +46,10 @@ def down(name: str) -> bool:
             _stop_agents(name, problems)
         _step(problems, lambda: vms.kill_inside(namespaces))
         _step(problems, lambda: _stop_services(name, lab, problems))
-        # Every agent is stopped by now, also those whose pid files were lost.
-        _step(problems, lambda: _remove_datapaths(name, namespaces, problems))
+        # Every agent is stopped by now, also those whose pid files were lost. Their
+        # datapaths need no `tessera agent --cleanup`: deleting a host's namespace
+        # takes its devices and their filters along, and what lives outside it (pins
+        # on the machine's bpffs, control files) goes with the agent's leftovers below.
         for ns in namespaces:
             _step(problems, functools.partial(netns.delete, ns))
         for host_id in _host_ids(name, lab, namespaces):
@@ -74,42 +73,9 @@ def _step(problems: list[str], action: Callable[[], object]) -> None:
 
 def _stop_agents(name: str, problems: list[str]) -> None:
     directory = state.lab_dir(name)
-    for pid_file in sorted(directory.glob("agent-*.pid")) if directory.exists() else []:
-        if not procs.stop(pid_file, hosts.AGENT_STOP_TIMEOUT):
-            problems.append(f"{pid_file.stem} would not stop")
-
-
-def _remove_datapaths(name: str, namespaces: list[str], problems: list[str]) -> None:
-    """`tessera agent --cleanup` in every host namespace, all at once: a stopped agent
-    leaves its datapath forwarding, and removing it is this separate act. (Deleting the
-    namespace would take the devices along, but not the pins on the machine's bpffs.)"""
-    prefix = names.netns_prefix(name)
-    running: list[tuple[str, subprocess.Popen[str]]] = []
-    for ns in namespaces:
-        index = names.host_index(ns[len(prefix) :])
-        if index is None:
-            continue
-        argv = [
-            *netns.nsenter(ns), *procs.tessera_command(), "agent", "--cleanup",
-            "--host-id", names.host_id(name, index),
-        ]  # fmt: skip
-        running.append((names.host_name(index), _popen(argv)))
-    for host, proc in running:
-        try:
-            _, err = proc.communicate(timeout=CLEANUP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            problems.append(f"the datapath of {host} was not removed: {last}")
-
-
-def _popen(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    pid_files = sorted(directory.glob("agent-*.pid")) if directory.exists() else []
+    for pid_file in procs.stop_all(pid_files, hosts.AGENT_STOP_TIMEOUT):
+        problems.append(f"{pid_file.stem} would not stop")
 
 
 def _stop_services(name: str, lab: LabState | None, problems: list[str]) -> None:

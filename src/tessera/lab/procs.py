@@ -162,6 +162,34 @@ def stop(pid_file: Path, timeout: float = 10.0) -> bool:
     return gone
 
 
+def stop_all(pid_files: list[Path], timeout: float = 10.0) -> list[Path]:
+    """`stop` for several processes at once: each is sent SIGTERM before any is waited
+    for, so they shut down side by side. The pid files of those that would not die."""
+    running: list[tuple[Path, int, int | None]] = []
+    for pid_file in pid_files:
+        pid = read_pid(pid_file)
+        if pid is None:
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+            continue
+        started = start_time(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        running.append((pid_file, pid, started))
+    deadline = time.monotonic() + timeout
+    stuck = []
+    for pid_file, pid, started in running:
+        if not wait_gone(pid, started, max(0.0, deadline - time.monotonic())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not wait_gone(pid, started, 5.0):
+                stuck.append(pid_file)
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+    return stuck
+
+
 def last_lines(log_file: Path, count: int = 3) -> str:
     """The last non-empty lines of a log, joined on one line (for error messages)."""
     try:

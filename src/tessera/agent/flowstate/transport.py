@@ -24,6 +24,7 @@ is counted by reason in `tessera_agent_flowstate_rejected_total{reason}` (`overs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -115,6 +116,7 @@ class FlowStateReceiver:
         self._rx = threading.Lock()  # one reader of the socket at a time (`pump`)
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
 
     def handle(self, data: bytes, source: str) -> bool:
@@ -162,17 +164,25 @@ class FlowStateReceiver:
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._stop.clear()
+        self._wake = socket.socketpair()  # stop() wakes the thread at once
         self._thread = threading.Thread(target=self._serve, name="flowstate-rx", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[1].send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
 
     def pump(self) -> int:
         """Handle every datagram waiting on the socket, now; returns how many.
@@ -200,13 +210,14 @@ class FlowStateReceiver:
 
     def _serve(self) -> None:
         sock = self._sock
-        assert sock is not None
+        assert sock is not None and self._wake is not None
+        waker = self._wake[0]
         while not self._stop.is_set():
             try:
-                readable, _, _ = select.select([sock], [], [], 0.5)
+                readable, _, _ = select.select([sock, waker], [], [])
             except (OSError, ValueError):  # closed by stop
                 return
-            if readable:
+            if sock in readable:
                 self.pump()
 
 
