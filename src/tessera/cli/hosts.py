@@ -27,7 +27,10 @@ BINDING_COLUMNS: list[Column] = [
 
 host_app = sub_app("Hypervisor hosts (registered by their agents) and their bindings.")
 # Registered at the top level by main: `tessera bind`, `tessera unbind`.
-binding_app = typer.Typer()
+# `tessera bind` and `tessera unbind` sit at the top level: one app each, so that each
+# loads as a single command (`tessera.cli.main.PLUGINS`).
+bind_app = typer.Typer()
+unbind_app = typer.Typer()
 BINDING_PANEL = "Hosts and bindings"
 
 BindHost = Annotated[
@@ -94,7 +97,7 @@ def host_bindings(s: Session, host_id: IdArg) -> None:
     crud.list_objects(s, path, BINDING_COLUMNS, empty="no bindings")
 
 
-@command(binding_app, "bind", panel=BINDING_PANEL)
+@command(bind_app, "bind", panel=BINDING_PANEL)
 def bind(
     s: Session,
     port_id: PortArg,
@@ -109,7 +112,7 @@ def bind(
     s.out.done(f"bound port {pid} to {ifname} on host {host_id}", answer)
 
 
-@command(binding_app, "unbind", panel=BINDING_PANEL)
+@command(unbind_app, "unbind", panel=BINDING_PANEL)
 def unbind(s: Session, port_id: PortArg, host: UnbindHost = None) -> None:
     """Undo a port's binding (on the host it is bound to, unless --host says)."""
     pid = object_id(port_id, "PORT_ID")

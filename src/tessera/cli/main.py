@@ -17,21 +17,6 @@ from typing import Annotated
 import typer
 
 from tessera import __version__
-from tessera.cli.bridges import bridge_app
-from tessera.cli.chains import chain_app
-from tessera.cli.dhcp import dhcp_app
-from tessera.cli.groups import ip_addr_group_app, port_group_app
-from tessera.cli.hosts import BINDING_PANEL, binding_app, host_app
-from tessera.cli.load_balancers import health_monitor_app, load_balancer_app, vip_app
-from tessera.cli.mirrors import mirror_app
-from tessera.cli.place import place_app
-from tessera.cli.pools import pool_app, pool_member_app
-from tessera.cli.ports import port_app
-from tessera.cli.routers import router_app
-from tessera.cli.routes import route_app
-from tessera.cli.rules import rule_app
-from tessera.cli.serve import api_app
-from tessera.cli.tunnel_zones import tunnel_zone_app
 from tessera.clikit.commands import API_HELP, JSON_HELP, QUIET_HELP
 from tessera.clikit.group import Plugin, TesseraGroup
 from tessera.clikit.session import current_session
@@ -40,9 +25,65 @@ _RUN = "Run"
 _NET = "Virtual network"
 _SEC = "Firewall and NAT"
 _LB = "Load balancing"
-_HOSTS = BINDING_PANEL
+_HOSTS = "Hosts and bindings"
 
-#: Commands provided by other packages, loaded lazily (see the module docstring).
+
+def _resource(name: str, target: str, panel: str, help: str) -> Plugin:
+    return Plugin(name, f"tessera.cli.{target}", help, panel, group=name not in _COMMANDS)
+
+
+_COMMANDS = ("bind", "unbind")  # top-level commands, not groups
+
+
+# Every command is loaded when it runs, not before: `tessera bridge list` imports the
+# bridge commands and what they use, not the load balancer's models (a few hundred
+# milliseconds saved on every call of a script). The help here is the sub-app's own
+# (a unit test keeps them equal).
+RESOURCES: tuple[Plugin, ...] = (
+    _resource("api", "serve:api_app", _RUN,
+              "The cluster service: REST API, Prometheus /metrics, OpenAPI /docs."),
+    _resource("bridge", "bridges:bridge_app", _NET,
+              "Virtual L2 switches: learn MACs, flood, serve DHCP."),
+    _resource("router", "routers:router_app", _NET,
+              "Virtual L3 routers: routes, ARP, ICMP errors."),
+    _resource("port", "ports:port_app", _NET,
+              "Ports of bridges and routers: show, change, link, delete."),
+    _resource("route", "routes:route_app", _NET, "Routes of a router."),
+    _resource("dhcp", "dhcp:dhcp_app", _NET,
+              "DHCP served by bridges: subnets and their static hosts."),
+    _resource("chain", "chains:chain_app", _SEC,
+              "Chains: ordered lists of rules, used as inbound/outbound filters."),
+    _resource("rule", "rules:rule_app", _SEC,
+              "Rules of a chain: conditions and an action, evaluated by position."),
+    _resource("port-group", "groups:port_group_app", _SEC,
+              "Port groups: sets of ports matched by rules (--port-group)."),
+    _resource("ip-addr-group", "groups:ip_addr_group_app", _SEC,
+              "IP address groups: sets of addresses matched by rules."),
+    _resource("mirror", "mirrors:mirror_app", _SEC,
+              "Port mirrors: copy matching packets to another port."),
+    _resource("load-balancer", "load_balancers:load_balancer_app", _LB,
+              "Load balancers: a router's VIPs and pools (one per router)."),
+    _resource("pool", "pools:pool_app", _LB,
+              "Pools: the members a VIP spreads its connections over."),
+    _resource("pool-member", "pools:pool_member_app", _LB,
+              "Pool members: the backends (address, TCP port) of a pool."),
+    _resource("vip", "load_balancers:vip_app", _LB,
+              "VIPs: the addresses and TCP ports of a load balancer clients connect to."),
+    _resource("health-monitor", "load_balancers:health_monitor_app", _LB,
+              "Health monitors: how the members of the pools naming one are probed."),
+    _resource("host", "hosts:host_app", _HOSTS,
+              "Hypervisor hosts (registered by their agents) and their bindings."),
+    _resource("tunnel-zone", "tunnel_zones:tunnel_zone_app", _HOSTS,
+              "Tunnel zones: hosts joined by VXLAN over their underlay addresses."),
+    _resource("place", "place:place_app", _HOSTS,
+              "Placement: resource providers, inventories and allocations."),
+    _resource("bind", "hosts:bind_app", _HOSTS,
+              "Bind a virtual port to a local interface (e.g. a VM's tap or veth)."),
+    _resource("unbind", "hosts:unbind_app", _HOSTS,
+              "Undo a port's binding (on the host it is bound to, unless --host says)."),
+)  # fmt: skip
+
+#: Commands provided by other packages (see the module docstring).
 PLUGINS: tuple[Plugin, ...] = (
     Plugin("agent", "tessera.agent.cli:app", "The per-hypervisor agent.", _RUN),
     Plugin("lab", "tessera.lab.cli:app", "The emulated cloud on one machine.", _RUN),
@@ -57,28 +98,6 @@ PLUGINS: tuple[Plugin, ...] = (
     ),
 )
 
-# (name, app, help panel); plural and underscore spellings are accepted too, unlisted.
-RESOURCES: tuple[tuple[str, typer.Typer, str], ...] = (
-    ("bridge", bridge_app, _NET),
-    ("router", router_app, _NET),
-    ("port", port_app, _NET),
-    ("route", route_app, _NET),
-    ("dhcp", dhcp_app, _NET),
-    ("chain", chain_app, _SEC),
-    ("rule", rule_app, _SEC),
-    ("port-group", port_group_app, _SEC),
-    ("ip-addr-group", ip_addr_group_app, _SEC),
-    ("mirror", mirror_app, _SEC),
-    ("load-balancer", load_balancer_app, _LB),
-    ("pool", pool_app, _LB),
-    ("pool-member", pool_member_app, _LB),
-    ("vip", vip_app, _LB),
-    ("health-monitor", health_monitor_app, _LB),
-    ("host", host_app, _HOSTS),
-    ("tunnel-zone", tunnel_zone_app, _HOSTS),
-    ("place", place_app, _HOSTS),
-)
-
 
 def _aliases() -> dict[str, tuple[str, ...]]:
     aliases: dict[str, tuple[str, ...]] = {
@@ -88,7 +107,10 @@ def _aliases() -> dict[str, tuple[str, ...]]:
         "link": ("port", "link"),
         "unlink": ("port", "unlink"),
     }
-    for name, _app, _panel in RESOURCES:
+    for plugin in RESOURCES:
+        name = plugin.name
+        if name == "api" or name in _COMMANDS:
+            continue
         for alias in (name + "s", name.replace("-", "_"), name.replace("-", "_") + "s"):
             if alias != name:
                 aliases[alias] = (name,)
@@ -96,7 +118,7 @@ def _aliases() -> dict[str, tuple[str, ...]]:
 
 
 class RootGroup(TesseraGroup):
-    plugins = PLUGINS
+    plugins = RESOURCES + PLUGINS
     aliases = _aliases()
 
 
@@ -136,10 +158,6 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
-    app.add_typer(api_app, name="api", rich_help_panel=_RUN)
-    for name, sub, panel in RESOURCES:
-        app.add_typer(sub, name=name, rich_help_panel=panel)
-    app.add_typer(binding_app)
     return app
 
 

@@ -43,6 +43,9 @@ class Plugin:
     target: str
     help: str
     panel: str | None = None
+    #: A command group even with one subcommand (`tessera api serve`); else a typer
+    #: app of one command is that command (`tessera trace ...`).
+    group: bool = False
 
     @property
     def module(self) -> str:
@@ -64,7 +67,7 @@ class Plugin:
             raise UserError(f"'tessera {self.name}' is unavailable: {exc}") from None
         app = getattr(module, attribute or "app", None)
         if isinstance(app, typer.Typer):
-            return typer.main.get_command(app)
+            return typer.main.get_group(app) if self.group else typer.main.get_command(app)
         if app is None or not hasattr(app, "make_context"):
             raise UserError(f"'tessera {self.name}': {self.target} is not a typer app")
         return app
@@ -98,6 +101,8 @@ class TesseraGroup(TyperGroup):
         if cmd_name in self.aliases:
             command: Any = self
             for part in self.aliases[cmd_name]:
+                if isinstance(command, LazyCommand):
+                    command = command.plugin.load()
                 command = command.get_command(ctx, part) if command is not None else None
             return command
         for plugin in self.plugins:

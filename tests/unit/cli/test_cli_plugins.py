@@ -13,7 +13,7 @@ from cli_fake_api import FakeApi
 from cli_harness import Run
 
 from tessera import __version__
-from tessera.cli.main import PLUGINS, RootGroup
+from tessera.cli.main import PLUGINS, RESOURCES, RootGroup
 from tessera.clikit.group import Plugin
 
 
@@ -128,7 +128,7 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         Plugin("wrong", "tessera_test_plugin_wrong:app", "Not an app."),
         Plugin("absent", "tessera_test_plugin_absent:app", "Never written."),
     )
-    monkeypatch.setattr(RootGroup, "plugins", plugins)
+    monkeypatch.setattr(RootGroup, "plugins", RESOURCES + plugins)
     for name in (
         "tessera_test_plugin_ok",
         "tessera_test_plugin_single",
@@ -171,3 +171,30 @@ def test_broken_plugins_fail_alone_in_one_line(api: FakeApi, run: Run, plugin_di
 def test_the_registered_plugins_name_the_contract_commands() -> None:
     assert {p.name for p in PLUGINS} >= {"agent", "lab", "trace", "flows"}
     assert all(":" in p.target for p in PLUGINS)
+
+
+def test_each_lazily_loaded_command_is_listed_with_its_own_help() -> None:
+    """`tessera --help` shows a resource's help without importing it: the text in
+    `RESOURCES` must be what the sub-app itself says."""
+    for plugin in RESOURCES:
+        loaded = plugin.load()
+        own = (loaded.help or "").strip().splitlines()[0]
+        assert own == plugin.help, plugin.name
+
+
+def test_a_resource_command_does_not_import_the_others() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tessera.cli.main import build_app\n"
+        "import typer\n"
+        "cmd = typer.main.get_command(build_app())\n"
+        "cmd.main(['bridge', '--help'], standalone_mode=False)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tessera.cli.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "tessera.cli.bridges" in loaded
+    assert "tessera.cli.load_balancers" not in loaded and "tessera.cli.rules" not in loaded
