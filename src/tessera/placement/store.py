@@ -159,6 +159,17 @@ class PlacementStore:
         from cassandra.cluster import NoHostAvailable
         from cassandra.protocol import ErrorMessage
 
+        if isinstance(statement, str):
+            # Plain CQL (resource classes, traits) at the same levels as the prepared
+            # statements: the driver's default (LOCAL_ONE) could read a class or trait
+            # one node has not heard of yet.
+            from cassandra.query import SimpleStatement
+
+            statement = SimpleStatement(
+                statement,
+                consistency_level=self._quorum,
+                serial_consistency_level=self._serial,
+            )
         tries = RETRIES if retry else 1
         for attempt in range(1, tries + 1):
             try:
