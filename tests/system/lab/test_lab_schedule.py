@@ -5,21 +5,38 @@ scheduler chose (the allocation and the port's binding say so) and it reaches a 
 the other host; with every host full it fails in one line and leaves nothing; `vm del`
 frees the allocation.
 
-    lan 10.0.0.0/24:  a 10.0.0.10 (scheduled)  b 10.0.0.20 (on the other host)
+    lan 10.0.1.0/24:  a 10.0.1.10 (scheduled)  b 10.0.1.20 (on the other host)
                       c, d (scheduled)
 
 Each host has VCPU 2 and MEMORY_MB 2048: one VM of `--vcpus 2 --ram 2048` fills it.
+
+The same lab (one Cassandra start, the slow part) then shows flow state kept in
+Cassandra: a NATed TCP stream survives a host losing its local flow state. While the
+stream runs, the agent of the host where it enters (or leaves) is stopped, its
+flow-state file wiped (`lab agent stop --wipe-flow-state`), and started again; it has
+the connection's state back from Cassandra, and the same connection goes on with no
+reset and no byte lost, through the same SNAT binding.
+
+    lan 10.0.0.0/24 -- router r (10.0.0.1 | 203.0.113.1 uplink) -- ext 203.0.113.9/25 (h2)
+      vm1 10.0.0.10 (h1)    SNAT 10.0.0.0/24 -> 203.0.113.150
+
+203.0.113.0/24 exists only inside the VM namespaces. The stream helpers are those of
+test_lab_stateful_xhost (the same streams across a plain agent restart, file kept).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import Lab, lab_up, root_missing
+from lab_helpers import Lab, lab_up, new_chain, root_missing, routed_lan, tessera, update
+from test_lab_stateful_xhost import EXT_IP, SNAT_IP, _blocks, _restart_during_stream
+from test_lab_stateful_xhost import Net as Streams
 
+from support.wait import wait_until
 from tessera.lab import names
 
 pytestmark = [
@@ -85,10 +102,15 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def net() -> Iterator[Net]:
+def lab() -> Iterator[Lab]:
     args = ("--hosts", "2", "--cassandra", "1", "--host-vcpus", "2", "--host-ram", "2048")
-    with lab_up(*args, "--timeout", "300", timeout=UP_TIMEOUT) as lab:
-        yield Net(lab)
+    with lab_up(*args, "--timeout", "300", timeout=UP_TIMEOUT) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def net(lab: Lab) -> Net:
+    return Net(lab)
 
 
 def test_every_host_is_a_resource_provider_and_up_again_changes_nothing(net: Net) -> None:
@@ -120,7 +142,7 @@ def test_a_scheduled_vm_lands_where_placement_chose_and_reaches_the_other_host(
     net: Net,
 ) -> None:
     port_a = net.port()
-    chosen = net.placed("a", port_a, "10.0.0.10/24")
+    chosen = net.placed("a", port_a, "10.0.1.10/24")
     # The allocation is on the provider of the chosen host, of what was asked.
     allocations = net.allocations("a")
     assert list(allocations) == [net.host_id(chosen)], allocations
@@ -135,10 +157,10 @@ def test_a_scheduled_vm_lands_where_placement_chose_and_reaches_the_other_host(
 
     other = "h2" if chosen == "h1" else "h1"
     net.lab.cmd(
-        "vm", "add", "b", "--host", other, "--port", net.port(), "--ip", "10.0.0.20/24",
+        "vm", "add", "b", "--host", other, "--port", net.port(), "--ip", "10.0.1.20/24",
         timeout=90,
     )  # fmt: skip
-    ping = net.lab.exec("a", "ping", "-c", "3", "-W", "2", "10.0.0.20", check=False)
+    ping = net.lab.exec("a", "ping", "-c", "3", "-W", "2", "10.0.1.20", check=False)
     assert ping.returncode == 0 and "3 received" in ping.stdout, ping.stdout + ping.stderr
 
 
@@ -147,11 +169,11 @@ def test_with_every_host_full_schedule_fails_in_one_line_and_leaves_nothing(
 ) -> None:
     chosen_a = net.vm_status("a")["host"]  # type: ignore[index]
     # Only the other host has room left: placement has no choice.
-    chosen_c = net.placed("c", net.port(), "10.0.0.30/24")
+    chosen_c = net.placed("c", net.port(), "10.0.1.30/24")
     assert chosen_c != chosen_a
     before = net.providers()
     port_d = net.port()
-    failed = net.schedule("d", port_d, "10.0.0.40/24", check=False)
+    failed = net.schedule("d", port_d, "10.0.1.40/24", check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
@@ -175,7 +197,7 @@ def test_deleting_a_scheduled_vm_frees_its_allocation(net: Net) -> None:
     assert net.allocations("a") == {}
     assert net.providers()[net.host_id(host_a)]["usages"] == {"VCPU": 0, "MEMORY_MB": 0}
     # The room it left is placement's to give again: to the next scheduled VM.
-    assert net.placed("e", net.port(), "10.0.0.50/24") == host_a
+    assert net.placed("e", net.port(), "10.0.1.50/24") == host_a
 
 
 def test_clear_errors(net: Net) -> None:
@@ -191,3 +213,83 @@ def test_clear_errors(net: Net) -> None:
     assert "--vcpus and --ram are what --schedule asks placement for" in sized.stderr
     assert net.vm_status("x") is None
     assert net.lab.get(f"/ports/{port}").get("host_id") is None
+
+
+# -- flow state in Cassandra (after the scheduling tests, in the same lab) --------------
+
+
+@pytest.fixture(scope="module")
+def streams(lab: Lab) -> Iterator[Streams]:
+    n = Streams(lab)
+    try:
+        _topology(lab)
+        yield n
+    finally:
+        n.stop()
+
+
+def _topology(lab: Lab) -> None:
+    lan, r, _gw, uplink = routed_lan(lab)
+    pool = [{"address_from": SNAT_IP, "address_to": SNAT_IP, "port_from": 20000,
+             "port_to": 29999}]  # fmt: skip
+    pre = new_chain(lab, "pre", {"type": "rev_snat", "in_ports": [uplink]})
+    post = new_chain(
+        lab, "post",
+        {"type": "snat", "out_ports": [uplink], "nw_src_address": "10.0.0.0",
+         "nw_src_length": 24, "nat_targets": pool},
+    )  # fmt: skip
+    update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
+    port = lab.create(f"/bridges/{lan}/ports")["id"]
+    lab.cmd(
+        "vm", "add", "vm1", "--host", "h1", "--port", port,
+        "--ip", "10.0.0.10/24", "--gw", "10.0.0.1", timeout=90,
+    )  # fmt: skip
+    # 203.0.113.9/25: the SNAT address (above .127) is reached through its gateway, the
+    # router.
+    lab.cmd(
+        "vm", "add", "ext", "--host", "h2", "--port", uplink,
+        "--ip", f"{EXT_IP}/25", "--gw", "203.0.113.1", timeout=90,
+    )  # fmt: skip
+
+
+def _cassandra(lab: Lab, host: int) -> dict[str, Any]:
+    out = tessera("conntrack", "--host", names.host_id(lab.name, host), "--json").stdout
+    report: dict[str, Any] = json.loads(out)["cassandra"]
+    return report
+
+
+def test_the_agents_keep_their_flow_state_in_cassandra(streams: Streams) -> None:
+    for host in (1, 2):
+        wait_until(
+            lambda h=host: _cassandra(streams.lab, h).get("active"),
+            timeout=60,
+            what=f"h{host}'s flow state in Cassandra",
+        )
+
+
+@pytest.mark.parametrize("host", [1, 2], ids=["ingress-h1", "egress-h2"])
+def test_a_snat_stream_survives_a_host_losing_its_flow_state(streams: Streams, host: int) -> None:
+    """h1 made the binding: it loads its own rows back at start. h2 was pushed a copy:
+    it reads the reverse binding from Cassandra when the stream's next reply misses it
+    (the forward one it never needs: the stream enters at h1)."""
+    peer, held = _restart_during_stream(
+        streams, "vm1", "ext", EXT_IP, EXT_IP, 9200 + host, host, wipe_flow_state=True,
+        back=None if host == 1 else frozenset({"rev_snat"}),
+    )  # fmt: skip
+    assert peer == SNAT_IP
+    assert {kind for kind, _, _ in held} >= {"fwd_snat", "rev_snat"}, held
+    report = _cassandra(streams.lab, host)
+    if host == 1:
+        assert report["restored"] >= 1, report
+        # The binding restored holds its SNAT port again: h1 leases its block.
+        (nat,) = [json.loads(n) for kind, _, n in held if kind == "fwd_snat"]
+        wait_until(
+            lambda: any(
+                first <= nat["port"] <= last for _ip, first, last in _blocks(streams.lab, 1)
+            ),
+            timeout=15,
+            interval=0.5,
+            what="h1 to lease the restored binding's block again",
+        )
+    else:
+        assert report["found"] >= 1, report
