@@ -32,6 +32,7 @@ from typing import Any
 from tessera.agent import registration
 from tessera.agent.cache import CacheUpdate, TopologyCache
 from tessera.agent.control import ControlServer
+from tessera.agent.flowstate import persist
 from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
@@ -108,7 +109,7 @@ class Agent:
         self.flowstate = FlowStateService(
             host_id, nsdb, self.metrics, self._tunnel_zones, underlay_ip=underlay_ip,
             port=flowstate_port, clock=clock, wall_clock=wall_clock,
-            state_file=state_dir / f"flowstate-{host_id}.json" if state_dir else None,
+            state_file=persist.state_file(state_dir, host_id) if state_dir else None,
             durable=flowstate_durable,
         )  # fmt: skip
         self.flowstate.on_received = self.dp.wakeup

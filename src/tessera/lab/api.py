@@ -22,10 +22,10 @@ TIMEOUT = httpx.Timeout(15.0, connect=2.0)
 
 
 @contextlib.contextmanager
-def client(state: LabState) -> Iterator[ApiClient]:
+def client(state: LabState, timeout: httpx.Timeout = TIMEOUT) -> Iterator[ApiClient]:
     if state.api_url is None:
         raise LabError(f"lab {state.name} has no API yet: run `tessera lab up --name {state.name}`")
-    api = ApiClient(state.api_url, timeout=TIMEOUT)
+    api = ApiClient(state.api_url, timeout=timeout)
     try:
         yield api
     finally:

@@ -57,9 +57,10 @@ def agent_contact_points(lab: LabState) -> str | None:
     return ",".join(node_addresses(lab)) if lab.cassandra_nodes else None
 
 
-def check_count(lab: LabState, wanted: int | None) -> None:
+def check_count(lab: LabState, wanted: int | None, *, new: bool = False) -> None:
     """A ring made whole cannot grow or shrink in place (each node holds its share of
-    the tokens from the start)."""
+    the tokens from the start); nor can a lab made without one be given one later: its
+    API and agents started without it (`new`: the lab is being made now)."""
     if wanted is None:
         return
     if not 0 <= wanted <= MAX_NODES:
@@ -68,6 +69,12 @@ def check_count(lab: LabState, wanted: int | None) -> None:
         raise LabError(
             f"lab {lab.name} runs {lab.cassandra_nodes} Cassandra node(s), which cannot "
             f"grow or shrink: `tessera lab down --name {lab.name}` first"
+        )
+    if wanted and not lab.cassandra_nodes and not new:
+        raise LabError(
+            f"lab {lab.name} runs without Cassandra, and its API and agents started "
+            f"without it: `tessera lab down --name {lab.name}` first, then "
+            f"`tessera lab up --cassandra {wanted}`"
         )
 
 
@@ -93,13 +100,18 @@ def ensure(lab: LabState) -> CassandraCluster:
     try:
         with _owned_by(lab):
             made.start()
-        # The agents' flow-state tables, made once here: agents creating them at once
-        # on different nodes could make two versions of one table.
+        # The agents' flow-state tables and placement's, made once here: agents (or
+        # API nodes) creating them at once on different nodes could make two versions
+        # of one table.
         from tessera.agent.flowstate.durable import create_tables
+        from tessera.placement.schema import ensure_schema
 
         driver, session = client.connect(made.addresses)
         try:
             create_tables(session, made.keyspace)
+            # Placement's too, before any API node opens it (they would race).
+            session.set_keyspace(made.keyspace)
+            ensure_schema(session)
         finally:
             driver.shutdown()
     except CassandraError as exc:

@@ -2,11 +2,14 @@
 
     tessera lab up [--hosts N] [--name LAB] [--datapath ebpf|userspace] [--nsdb URL]
                    [--cluster-nodes N] [--embedded-zookeeper] [--cassandra N]
+                   [--host-vcpus N] [--host-ram MB]
     tessera lab vm add NAME --host hK --port PORT_ID [--mac] [--ip] [--gw] [--dhcp] [--mtu]
+    tessera lab vm add NAME --schedule [--vcpus N] [--ram MB] --port PORT_ID [...]
     tessera lab vm del NAME
     tessera lab exec NAME -- CMD [ARGS...]
     tessera lab status [--json]
-    tessera lab agent stop|start hK        tessera lab nsdb stop|start
+    tessera lab agent stop [--wipe-flow-state] hK     tessera lab agent start hK
+    tessera lab nsdb stop|start
     tessera lab cassandra stop|start nK
     tessera lab down [--name LAB]
 
@@ -131,7 +134,30 @@ def up_command(
             min=0,
             max=lab_cassandra.MAX_NODES,
             show_default=False,
-            help="Also run an N-node Cassandra cluster on 127.0.I.2.. (remembered by the lab).",
+            help="Also run an N-node Cassandra cluster on 127.0.I.2.. (remembered by the lab); "
+            "the hosts then register in placement and keep their flow state there.",
+        ),
+    ] = None,
+    host_vcpus: Annotated[
+        int | None,
+        typer.Option(
+            "--host-vcpus",
+            metavar="N",
+            min=1,
+            show_default=False,
+            help="VCPUs each host reports to placement (default: this machine's CPUs, "
+            "allocation ratio 4; remembered by the lab).",
+        ),
+    ] = None,
+    host_ram: Annotated[
+        int | None,
+        typer.Option(
+            "--host-ram",
+            metavar="MB",
+            min=1,
+            show_default=False,
+            help="MEMORY_MB each host reports to placement (default: this machine's "
+            "memory less 512; remembered by the lab).",
         ),
     ] = None,
 ) -> None:
@@ -146,6 +172,8 @@ def up_command(
         cluster_nodes=cluster_nodes,
         embedded_zookeeper=embedded_zookeeper,
         cassandra_nodes=cassandra,
+        host_vcpus=host_vcpus,
+        host_ram_mb=host_ram,
     )
     typer.echo(f"TESSERA_API={lab.api_url}")
 
@@ -231,10 +259,15 @@ def exec_command(
 @vm_app.command("add")
 def vm_add(
     vm: Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")],
-    host: Annotated[str, typer.Option("--host", metavar="hK", help="The host it runs on.")],
     port: Annotated[
         str, typer.Option("--port", metavar="PORT_ID", help="The virtual port to bind it to.")
     ],
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", metavar="hK", show_default=False, help="The host it runs on (or --schedule)."
+        ),
+    ] = None,
     mac: Annotated[str | None, typer.Option("--mac", help="eth0's MAC address.")] = None,
     ip: Annotated[
         str | None, typer.Option("--ip", metavar="ADDR/LEN", help="A static address.")
@@ -253,20 +286,59 @@ def vm_add(
             help="Leave eth0's tx checksum offload on (off: the kernel sums every packet).",
         ),
     ] = True,
+    schedule: Annotated[
+        bool,
+        typer.Option(
+            "--schedule",
+            help="Let placement choose the host (a lab with Cassandra), for --vcpus and --ram.",
+        ),
+    ] = False,
+    vcpus: Annotated[
+        int | None,
+        typer.Option(
+            "--vcpus",
+            metavar="N",
+            min=1,
+            show_default=False,
+            help=f"VCPUs placement allocates (--schedule; default {vms.DEFAULT_VCPUS}).",
+        ),
+    ] = None,
+    ram: Annotated[
+        int | None,
+        typer.Option(
+            "--ram",
+            metavar="MB",
+            min=1,
+            show_default=False,
+            help=f"MEMORY_MB placement allocates (--schedule; default {vms.DEFAULT_RAM_MB}).",
+        ),
+    ] = None,
     name: NameOption = None,
 ) -> None:
-    """Add a VM: a namespace with eth0, cabled to host hK and bound to the port there."""
+    """Add a VM: a namespace with eth0, cabled to host hK (or the host placement chooses,
+    --schedule) and bound to the port there."""
+    if not schedule and (vcpus is not None or ram is not None):
+        raise LabError("--vcpus and --ram are what --schedule asks placement for: add --schedule")
+    request = (
+        vms.Schedule(vcpus or vms.DEFAULT_VCPUS, ram or vms.DEFAULT_RAM_MB) if schedule else None
+    )
     lab = _lab(name)
     with state.locked():
         lab = state.resolve(lab.name)  # fresh, under the lock
         made, notes = vms.add(
             lab, vm, host, port, mac=mac, ip=ip, gw=gw, use_dhcp=use_dhcp, mtu=mtu,
-            offload=offload,
+            offload=offload, schedule=request,
         )  # fmt: skip
     info = vms.describe(lab, made)
     addresses = ", ".join(info["addresses"]) or "no address"
+    where = made.host
+    if request is not None:
+        where += (
+            f" (chosen by placement for VCPU {request.vcpus}, MEMORY_MB {request.ram_mb}; "
+            f"consumer {made.consumer})"
+        )
     typer.echo(
-        f"VM {vm} on {host}: eth0 {info['mac']} {addresses}, "
+        f"VM {vm} on {where}: eth0 {info['mac']} {addresses}, "
         f"bound to port {port} as {info['interface']}"
     )
     for note in notes:
@@ -278,17 +350,27 @@ def vm_del(
     vm: Annotated[str, typer.Argument(metavar="NAME", help="The VM's name.")],
     name: NameOption = None,
 ) -> None:
-    """Remove a VM and unbind its port."""
+    """Remove a VM, unbind its port and free its placement allocation (--schedule)."""
     lab = _lab(name)
     with state.locked():
         lab = state.resolve(lab.name)
-        unbound = vms.delete(lab, vm)
+        unbound, notes = vms.delete(lab, vm)
     typer.echo(f"VM {vm} removed" + ("" if unbound else " (its port was bound elsewhere or gone)"))
+    for note in notes:
+        typer.echo(f"  {note}")
 
 
 @agent_app.command("stop")
 def agent_stop(
     host: Annotated[str, typer.Argument(metavar="hK", help="The host.")],
+    wipe_flow_state: Annotated[
+        bool,
+        typer.Option(
+            "--wipe-flow-state",
+            help="Also delete the flow-state file the agent saved on stop: the host lost "
+            "its disk, and the agent starts without local connection state.",
+        ),
+    ] = False,
     name: NameOption = None,
 ) -> None:
     """Stop a host's agent (its VMs, bindings and installed flows stay)."""
@@ -297,6 +379,13 @@ def agent_stop(
         typer.echo(f"agent of {host} stopped")
     else:
         typer.echo(f"agent of {host} was not running")
+    if wipe_flow_state:
+        wiped = faults.wipe_flow_state(lab, host)
+        typer.echo(
+            f"its flow-state file wiped ({', '.join(str(p) for p in wiped)})"
+            if wiped
+            else "it had no flow-state file"
+        )
 
 
 @agent_app.command("start")

@@ -1,10 +1,14 @@
-"""Faults on demand: stop and start one host's agent, or the lab's ZooKeeper.
+"""Faults on demand: stop and start one host's agent (and wipe its flow-state file, a
+lost disk), or the lab's ZooKeeper.
 
 What stays in place meanwhile is the point of the exercise: VMs, their cables and
 bindings, the kernel's installed flows (pinned maps), the other agents.
 """
 
 from __future__ import annotations
+
+import contextlib
+from pathlib import Path
 
 from tessera.lab import hosts, services, state
 from tessera.lab.errors import LabError
@@ -56,3 +60,23 @@ def nsdb_start(lab: LabState) -> str:
     _own_zookeeper(lab)
     with state.locked():
         return services.ensure_zookeeper(lab).address
+
+
+def wipe_flow_state(lab: LabState, host_name: str) -> list[Path]:
+    """Delete the flow-state file of a host whose agent is stopped (and the temporary
+    one a save in progress writes): the host lost its disk. Its agent then starts
+    without local connection state; with Cassandra (`--cassandra N`) it loads its rows
+    from there. Returns the files deleted."""
+    host = lab.host(host_name)
+    with state.locked():
+        if hosts.agent_pid(lab, host) is not None:
+            raise LabError(
+                f"the agent of {host_name} runs: it would save its flow state again "
+                f"(`tessera lab agent stop --wipe-flow-state {host_name}`)"
+            )
+        wiped = []
+        for path in hosts.flow_state_files(lab, host):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                wiped.append(path)
+    return wiped

@@ -11,6 +11,7 @@ leaves behind are spelt once, in `tessera.lab.agents`, for the bench and tests t
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tessera.lab import api, names, netns, procs, services
 from tessera.lab import cassandra as lab_cassandra
@@ -83,11 +84,25 @@ def start_agent(state: LabState, host: HostState) -> int:
         datapath=state.datapath,
         underlay_ip=host.underlay_ip,
         tunnel_zone=state.tunnel_zone_id,
-        state_dir=state.dir / "agent",
+        state_dir=agent_state_dir(state),
         cassandra=lab_cassandra.agent_contact_points(state),
     )
     argv = [*netns.nsenter(state.netns(host.name)), *spec.argv()]
     return procs.spawn(argv, pid_file, state.log_file(agent_process(host)), owner=state.dir)
+
+
+def agent_state_dir(state: LabState) -> Path:
+    """The agents' --state-dir (shared: each keeps its files under its host id)."""
+    return state.dir / "agent"
+
+
+def flow_state_files(state: LabState, host: HostState) -> list[Path]:
+    """The files the host's agent saves its connection table in (the table, and the
+    temporary file a save writes before renaming it)."""
+    from tessera.agent.flowstate.persist import state_file
+
+    saved = state_file(agent_state_dir(state), host.host_id)
+    return [saved, saved.with_name(saved.name + ".tmp")]
 
 
 def stop_agent(state: LabState, host: HostState) -> None:

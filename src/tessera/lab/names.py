@@ -132,6 +132,12 @@ def host_id(lab: str, host: int) -> str:
     return str(uuid.uuid5(_HOST_ID_NAMESPACE, f"{lab}/{host_name(host)}"))
 
 
+def placement_aggregate(lab: str) -> str:
+    """The placement aggregate every host of `lab` is a member of (`vm add --schedule`
+    asks for it, so that no provider but the lab's hosts is ever chosen)."""
+    return str(uuid.uuid5(_HOST_ID_NAMESPACE, f"{lab}/placement-aggregate"))
+
+
 def embedded_zk_ports(lab_index: int, node: int) -> tuple[int, int, int]:
     """(client, peer, election) ports of the embedded ZooKeeper member of cluster node
     `node` (1..9) of lab `lab_index`."""

@@ -161,8 +161,12 @@ def ensure_api(state: LabState, timeout: float = API_START_TIMEOUT) -> None:
     health monitor (its config file says which host it probes from)."""
     pid_file, log_file = state.pid_file("api"), state.log_file("api")
     if procs.read_pid(pid_file) is not None and state.api_port is not None:
-        _wait_api(state, timeout)
-        return
+        if _placement_table(state) in _node_config_text(state, 1):
+            _wait_api(state, timeout)
+            return
+        # Started before the lab ran Cassandra, or by a tessera that did not tell it
+        # about it: placement would answer 503. Its port is kept.
+        procs.stop(pid_file)
     port = _choose_api_port(state)
     _choose_neutron_port(state)
     argv = [
@@ -300,11 +304,13 @@ def embedded_members(state: LabState) -> list[dict[str, object]]:
 
 def _write_node_config(state: LabState, index: int) -> Path:
     """Node `index`'s config file; the rest is on the command line. Every node runs the
-    health monitor, probing from host h((index mod N)+1); node 1 (the lab's API) serves
-    the Neutron API; with embedded members, its [zookeeper] table (every node is given
+    health monitor, probing from host h((index mod N)+1); with Cassandra, every node's
+    API serves placement from it; node 1 (the lab's API) serves the Neutron API; with
+    embedded members, its [zookeeper] table (every node is given
     the same peers, in node order)."""
     path = state.dir / f"cluster-c{index}.toml"
     text = f"# written by `tessera lab up`\n{_health_monitor_table(state, index)}"
+    text += _placement_table(state)
     if index == 1 and state.neutron_port is not None:
         text += f'\n[services.neutron]\nenabled = true\nlisten = "127.0.0.1:{state.neutron_port}"\n'
     if state.embedded_zookeeper:
@@ -322,6 +328,26 @@ def _write_node_config(state: LabState, index: int) -> Path:
         )
     path.write_text(text)
     return path
+
+
+def _node_config_text(state: LabState, index: int) -> str:
+    try:
+        return (state.dir / f"cluster-c{index}.toml").read_text()
+    except OSError:
+        return ""
+
+
+def _placement_table(state: LabState) -> str:
+    """Every node's API serves placement from the lab's Cassandra (none without it)."""
+    from tessera.lab import cassandra as lab_cassandra
+
+    if not state.cassandra_nodes:
+        return ""
+    contacts = ", ".join(f'"{a}"' for a in lab_cassandra.node_addresses(state))
+    return (
+        f"\n[services.api]\ncassandra = [{contacts}]\n"
+        f'cassandra_keyspace = "{lab_cassandra.KEYSPACE}"\n'
+    )
 
 
 def _health_monitor_table(state: LabState, index: int) -> str:

@@ -56,6 +56,11 @@ class VmState(BaseModel):
     dhcp: bool = False
     mtu: int | None = None
     offload: bool = True
+    # A VM placed by the scheduler (`vm add --schedule`): its placement consumer (the
+    # allocation `vm del` frees) and what it asked for; None for a VM on a named host.
+    consumer: str | None = None
+    vcpus: int | None = None
+    ram_mb: int | None = None
 
 
 class LabState(BaseModel):
@@ -76,6 +81,10 @@ class LabState(BaseModel):
     embedded_zookeeper: bool = False
     # Cassandra nodes the lab runs (`lab up --cassandra N`; 0: none), on 127.0.I.2.. .
     cassandra_nodes: int = 0
+    # What each host reports to placement (with Cassandra): VCPU and MEMORY_MB totals
+    # (`lab up --host-vcpus/--host-ram`); None: derived from this machine (lab.placement).
+    host_vcpus: int | None = None
+    host_ram_mb: int | None = None
     tunnel_zone_id: str | None = None
     hosts: list[HostState] = Field(default_factory=list)
     vms: dict[str, VmState] = Field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""`tessera lab status`: what runs, which hosts are alive, where the VMs are."""
+"""`tessera lab status`: what runs, which hosts are alive (and, with Cassandra, what
+placement has allocated on each), where the VMs are."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from tessera.client.errors import ApiError, ApiUnreachable
 from tessera.lab import api, hosts, names, procs, services, vms
 from tessera.lab import cassandra as lab_cassandra
+from tessera.lab import placement as lab_placement
 from tessera.lab.state import LabState
 
 
@@ -19,6 +21,8 @@ def gather(lab: LabState) -> dict[str, Any]:
     except (ApiError, ApiUnreachable):
         alive = None
     embedded = lab.embedded_zookeeper
+    # With Cassandra: each host's placement usage (None while placement does not answer).
+    placed = lab_placement.usages(lab) if lab.cassandra_nodes and alive is not None else None
     zk_pid = services.zookeeper(lab).pid if lab.own_nsdb and not embedded else None
     return {
         "name": lab.name,
@@ -63,6 +67,11 @@ def gather(lab: LabState) -> dict[str, Any]:
                 "agent_pid": hosts.agent_pid(lab, h),
                 "alive": None if alive is None else alive.get(h.host_id, False),
                 "log": str(lab.log_file(hosts.agent_process(h))),
+                **(
+                    {"placement": placed.get(h.name) if placed is not None else None}
+                    if lab.cassandra_nodes
+                    else {}
+                ),
             }
             for h in lab.hosts
         ],
@@ -121,6 +130,8 @@ def render(data: dict[str, Any]) -> str:
             [h["name"], _yes_no(h["alive"]), _pid(h["agent_pid"]), h["underlay_ip"], h["host_id"]]
         )
     lines.extend(_table(host_rows))
+    if any("placement" in h for h in data["hosts"]):
+        lines.append("placement (used/capacity)  " + "  ".join(_placed(h) for h in data["hosts"]))
     if data["vms"]:
         lines.append("")
         vm_rows = [["VM", "HOST", "PORT", "MAC", "MTU", "ADDRESSES"]]
@@ -129,7 +140,7 @@ def render(data: dict[str, Any]) -> str:
             vm_rows.append(
                 [
                     vm["name"],
-                    vm["host"],
+                    vm["host"] + (" (scheduled)" if vm.get("placement") else ""),
                     vm["port_id"],
                     vm["mac"] or "(missing)",
                     str(vm["mtu"] or "-"),
@@ -138,6 +149,14 @@ def render(data: dict[str, Any]) -> str:
             )
         lines.extend(_table(vm_rows))
     return "\n".join(lines)
+
+
+def _placed(host: dict[str, Any]) -> str:
+    classes = host.get("placement")
+    if not classes:
+        return f"{host['name']} (not registered, or placement not answering)"
+    usage = ", ".join(f"{k} {v['used']}/{v['capacity']}" for k, v in classes.items())
+    return f"{host['name']} {usage}"
 
 
 def _table(rows: list[list[str]]) -> list[str]:

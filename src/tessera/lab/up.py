@@ -2,9 +2,10 @@
 
 Order: state first (so `down` can undo a half-made lab), then ZooKeeper, the API (with
 `--embedded-zookeeper`: every cluster node at once, each running a member of the NSDB's
-ensemble, node 1 serving the API), the
+ensemble, node 1 serving the API), Cassandra (`--cassandra N`), the
 underlay and host namespaces, the relay that lets agents reach ZooKeeper, the tunnel
-zone, the agents; then it waits until the API reports every host alive. Each step
+zone, the agents; then it waits until the API reports every host alive, and (with
+Cassandra) registers every host in placement. Each step
 leaves a healthy piece alone, so running `up` again repairs exactly what is missing.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from tessera.client.errors import UserError
 from tessera.lab import api, dhcp, hosts, names, services, state, vms
 from tessera.lab import cassandra as lab_cassandra
+from tessera.lab import placement as lab_placement
 from tessera.lab.errors import LabError
 from tessera.lab.state import LabState
 from tessera.nsdb.connect import parse_nsdb_url
@@ -120,6 +122,8 @@ def up(
     cluster_nodes: int | None = None,
     embedded_zookeeper: bool = False,
     cassandra_nodes: int | None = None,
+    host_vcpus: int | None = None,
+    host_ram_mb: int | None = None,
 ) -> LabState:
     check_machine()
     names.check_lab_name(name)
@@ -134,14 +138,29 @@ def up(
         raise LabError(f"--hosts must be 1..{names.MAX_HOSTS}")
     if cluster_nodes is not None and not 1 <= cluster_nodes <= services.MAX_CLUSTER_NODES:
         raise LabError(f"--cluster-nodes must be 1..{services.MAX_CLUSTER_NODES}")
+    for option, value in (("--host-vcpus", host_vcpus), ("--host-ram", host_ram_mb)):
+        if value is not None and value < 1:
+            raise LabError(f"{option} must be at least 1")
     with state.locked():
+        existing = state.load(name)
+        if host_vcpus is not None or host_ram_mb is not None:
+            runs = existing.cassandra_nodes if existing is not None else 0
+            if not (cassandra_nodes if cassandra_nodes is not None else runs):
+                raise LabError(
+                    "--host-vcpus and --host-ram are what each host reports to placement, "
+                    "which needs Cassandra (--cassandra N)"
+                )
         lab = _existing_or_new(name, datapath, nsdb, cluster_nodes, embedded_zookeeper)
         if cluster_nodes is not None and cluster_nodes != lab.cluster_nodes:
             lab.cluster_nodes = cluster_nodes
             lab.save()
-        lab_cassandra.check_count(lab, cassandra_nodes)
+        lab_cassandra.check_count(lab, cassandra_nodes, new=existing is None)
         if cassandra_nodes and cassandra_nodes != lab.cassandra_nodes:
             lab.cassandra_nodes = cassandra_nodes
+            lab.save()
+        if host_vcpus is not None or host_ram_mb is not None:
+            lab.host_vcpus = host_vcpus if host_vcpus is not None else lab.host_vcpus
+            lab.host_ram_mb = host_ram_mb if host_ram_mb is not None else lab.host_ram_mb
             lab.save()
         if host_count is not None and host_count < len(lab.hosts):
             raise LabError(
@@ -226,6 +245,14 @@ def _make(lab: LabState, host_count: int | None, say: Say, timeout: float) -> No
         say(f"agents       started {' '.join(started)} (datapath {lab.datapath})")
     hosts.wait_agents_alive(lab, lab.hosts, timeout)
     say("hosts alive  " + ", ".join(f"{h.name} {h.underlay_ip}" for h in lab.hosts))
+    if lab.cassandra_nodes:
+        changed = lab_placement.register_hosts(lab)
+        say(
+            f"placement    {', '.join(h.name for h in lab.hosts)}"
+            f"{' each' if len(lab.hosts) > 1 else ''} "
+            f"{lab_placement.describe_inventory(lab_placement.inventory(lab))}"
+            + (f" (registered {' '.join(changed)})" if changed else "")
+        )
     repaired = _repair_vms(lab)
     if repaired:
         say(f"VMs repaired {' '.join(repaired)}")

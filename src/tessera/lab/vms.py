@@ -4,7 +4,9 @@
                                                                    bound to the VM's port
 
 `vm add` returns once the host's agent serves the port (so the first ping of a script
-already meets a working datapath) and, with `--dhcp`, once the VM holds a lease.
+already meets a working datapath) and, with `--dhcp`, once the VM holds a lease. With
+`--schedule` the host is the one placement chooses (lab.placement): the VM is made
+there once the allocation is claimed, and a VM that cannot be made gives it back.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import contextlib
 import ipaddress
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tessera.agent.control import agents_dir, request
+from tessera.client.errors import UserError
 from tessera.lab import api, dhcp, hosts, names, netns, procs
+from tessera.lab import placement as lab_placement
 from tessera.lab.errors import LabError
 from tessera.lab.state import HostState, LabState, VmState
 
+DEFAULT_VCPUS = 1  # `vm add --schedule` without --vcpus / --ram
+DEFAULT_RAM_MB = 512
 SERVE_TIMEOUT = 15.0  # the agent notices a binding through an NSDB watch: milliseconds
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 
@@ -56,10 +63,31 @@ def check_options(
     return ip, gw, mac
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """`vm add --schedule`: what placement is asked for (VCPU, MEMORY_MB)."""
+
+    vcpus: int = DEFAULT_VCPUS
+    ram_mb: int = DEFAULT_RAM_MB
+
+
+def check_placement(state: LabState, host: str | None, schedule: Schedule | None) -> None:
+    """A VM runs on the host it names, or on the one placement chooses: one of them."""
+    if schedule is None:
+        if host is None:
+            raise LabError(
+                "name the VM's host with --host hK, or let placement choose one with --schedule"
+            )
+        return
+    if host is not None:
+        raise LabError("--schedule and --host exclude each other: placement chooses the host")
+    lab_placement.check_request(state, schedule.vcpus, schedule.ram_mb)
+
+
 def add(
     state: LabState,
     name: str,
-    host: str,
+    host: str | None,
     port_id: str,
     *,
     mac: str | None = None,
@@ -68,8 +96,10 @@ def add(
     use_dhcp: bool = False,
     mtu: int | None = None,
     offload: bool = True,
+    schedule: Schedule | None = None,
 ) -> tuple[VmState, list[str]]:
-    """Make the VM; returns it and notes for the user (agent stopped, lease summary)."""
+    """Make the VM on `host`, or (`schedule`) on the host placement chooses; returns it
+    and notes for the user (agent stopped, lease summary)."""
     names.check_vm_name(name)
     if name in state.vms:
         other = state.vms[name]
@@ -77,25 +107,41 @@ def add(
             f"VM {name} already exists (on {other.host}, port {other.port_id}); "
             f"`tessera lab vm del {name}` first"
         )
-    host_state = state.host(host)
+    check_placement(state, host, schedule)
+    if host is not None:
+        state.host(host)
     ip, gw, mac = check_options(ip, gw, mac, use_dhcp, mtu)
-    vm = VmState(
-        name=name, host=host, port_id=port_id, mac=mac, ip=ip, gw=gw, dhcp=use_dhcp,
-        mtu=mtu, offload=offload,
-    )  # fmt: skip
     notes: list[str] = []
     with api.client(state) as client:
         api.port(client, port_id)
-        if vm.mac is None:
+        if mac is None:
             # A Neutron port's fixed IP goes by DHCP to its MAC only: take it.
-            vm.mac = api.neutron_port_mac(state, port_id)
-        state.vms[name] = vm
-        state.save()  # before making anything: `down` must find a half-made VM
+            mac = api.neutron_port_mac(state, port_id)
+        consumer = None
+        if schedule is not None:
+            chosen, consumer, _taken = lab_placement.schedule(
+                state, schedule.vcpus, schedule.ram_mb
+            )
+            host = chosen.name
+        assert host is not None
+        vm: VmState | None = None
         try:
+            host_state = state.host(host)
+            vm = VmState(
+                name=name, host=host, port_id=port_id, mac=mac, ip=ip, gw=gw,
+                dhcp=use_dhcp, mtu=mtu, offload=offload, consumer=consumer,
+                vcpus=schedule.vcpus if schedule else None,
+                ram_mb=schedule.ram_mb if schedule else None,
+            )  # fmt: skip
+            state.vms[name] = vm
+            state.save()  # before making anything: `down` must find a half-made VM
             plumb(state, vm)
             api.bind(client, host_state.host_id, port_id, names.vm_link(name))
         except BaseException:
-            _remove(state, vm)
+            if vm is not None:
+                _remove(state, vm)
+            if consumer is not None:  # nothing is left of the VM: nor of its claim
+                lab_placement.free_quietly(state, consumer)
             raise
     if hosts.agent_pid(state, host_state) is None:
         notes.append(f"the agent of {host} is stopped: the port is served once it starts")
@@ -155,9 +201,11 @@ def wait_served(state: LabState, host: HostState, port_id: str) -> None:
     )
 
 
-def delete(state: LabState, name: str) -> bool:
-    """Unbind the VM's port (if still bound to it) and remove the VM; True if the port
-    was unbound."""
+def delete(state: LabState, name: str) -> tuple[bool, list[str]]:
+    """Unbind the VM's port (if still bound to it), remove the VM and free its
+    placement allocation (a scheduled VM); True if the port was unbound, and notes for
+    the user. An allocation placement cannot free now does not keep the VM: a note says
+    how to free it later."""
     vm = state.vms.get(name)
     if vm is None:
         known = ", ".join(sorted(state.vms)) or "none"
@@ -166,7 +214,21 @@ def delete(state: LabState, name: str) -> bool:
     with api.client(state) as client:
         unbound = api.unbind_if_ours(client, host.host_id, vm.port_id, names.vm_link(name))
     _remove(state, vm)
-    return unbound
+    notes = []
+    if vm.consumer is not None:
+        try:
+            freed = lab_placement.free(state, vm.consumer)
+            notes.append(
+                f"its allocation on {vm.host} (consumer {vm.consumer}) freed"
+                if freed
+                else f"it had no allocation left (consumer {vm.consumer})"
+            )
+        except UserError as exc:
+            notes.append(
+                f"its allocation (consumer {vm.consumer}) is not freed: {exc.message}; "
+                f"`tessera place free {vm.consumer}` frees it"
+            )
+    return unbound, notes
 
 
 def _remove(state: LabState, vm: VmState) -> None:
@@ -200,4 +262,10 @@ def describe(state: LabState, vm: VmState) -> dict[str, Any]:
         "addresses": netns.ipv4_addresses(ns, names.VM_IFNAME) if mac else [],
         "dhcp": vm.dhcp,
         "present": mac is not None,
+        # Scheduled VMs (`vm add --schedule`): the placement consumer and what it holds.
+        "placement": (
+            None
+            if vm.consumer is None
+            else {"consumer": vm.consumer, "vcpus": vm.vcpus, "ram_mb": vm.ram_mb}
+        ),
     }

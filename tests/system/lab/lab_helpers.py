@@ -222,14 +222,14 @@ def _is_lab_process(pid: int, lab: Lab) -> bool:
 
 
 @contextlib.contextmanager
-def lab_up(*args: str) -> Iterator[Lab]:
+def lab_up(*args: str, timeout: float = 180) -> Iterator[Lab]:
     """A lab brought up for a test module (`tessera lab up ARGS`), then taken down and
     checked to have left nothing behind, whatever the tests did."""
     require_agent()
     before = Snapshot.take()
     lab = Lab()
     try:
-        lab.up(*args)
+        lab.up(*args, timeout=timeout)
         yield lab
     finally:
         lab.down()

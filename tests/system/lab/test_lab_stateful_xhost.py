@@ -369,23 +369,37 @@ def _about(lab: Lab, host: int, port: int) -> set[tuple[str, str, str]]:
 
 
 def _restart_during_stream(
-    net: Net, sender_vm: str, receiver_vm: str, bind: str, target: str, port: int, host: int
+    net: Net,
+    sender_vm: str,
+    receiver_vm: str,
+    bind: str,
+    target: str,
+    port: int,
+    host: int,
+    *,
+    wipe_flow_state: bool = False,
+    back: frozenset[str] | None = None,
 ) -> tuple[str, set[tuple[str, str, str]]]:
-    """Stream from `sender_vm` to `target` while h`host`'s agent is stopped and started;
-    returns the address the receiver saw the stream from and what the agent held about
-    the connection before the stop: held again after the start (checked while the
-    stream still runs)."""
+    """Stream from `sender_vm` to `target` while h`host`'s agent is stopped and started
+    (`wipe_flow_state`: its flow-state file deleted in between, so that it starts
+    without local state); returns the address the receiver saw the stream from and
+    what the agent held about the connection before the stop: held again after the
+    start (checked while the stream still runs), or of it the entries of the kinds in
+    `back`."""
     receiver = net.spawn(receiver_vm, RECEIVER, bind, str(port), "60")
     net.listening(receiver_vm, port)
     sender = net.spawn(sender_vm, SENDER, target, str(port), str(STREAM_SECONDS))
     time.sleep(2.0)
     assert sender.poll() is None, sender.communicate()
     held = _about(net.lab, host, port)
-    assert "stopped" in net.lab.cmd("agent", "stop", f"h{host}").stdout
+    wipe = ["--wipe-flow-state"] if wipe_flow_state else []
+    stopped = net.lab.cmd("agent", "stop", *wipe, f"h{host}").stdout
+    assert "stopped" in stopped and (not wipe or "flow-state file wiped" in stopped), stopped
     time.sleep(1.0)
     net.lab.cmd("agent", "start", f"h{host}")
+    wanted = {e for e in held if back is None or e[0] in back}
     restored = wait_until(
-        lambda: held <= _about(net.lab, host, port),
+        lambda: wanted <= _about(net.lab, host, port),
         timeout=10,
         interval=0.5,
         what=f"h{host}'s agent to hold the connection's state again",

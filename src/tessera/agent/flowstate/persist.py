@@ -32,6 +32,12 @@ SAVE_INTERVAL = 10.0  # seconds between periodic saves
 FILE_NAME = "flowstate.json"
 
 
+def state_file(state_dir: Path, host_id: str) -> Path:
+    """Where the agent of `host_id` keeps its table under its --state-dir (hosts may
+    share one: the lab's do). A save writes `<name>.tmp` first."""
+    return state_dir / f"flowstate-{host_id}.json"
+
+
 def save(path: Path, table: ConnTable, now: float, wall_now: float) -> int:
     """Write the table; returns the number of entries written."""
     items: list[dict[str, Any]] = []
