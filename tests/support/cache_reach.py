@@ -1,16 +1,20 @@
 """A random-topology driver for the demand-loading tests: applies NSDB changes of the
 kinds that move the closure (create/delete, link/unlink, bind/unbind, filters, rules,
-routes, groups) and computes what a fresh load of one host's reachable part holds."""
+routes, groups, chains of devices grown one link at a time so that the depth limit
+matters, a simulation asking for an object) and computes what a fresh load of one
+host's reachable part holds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from hypothesis import strategies as st
 
 from support.wait import wait_until
 from tessera.agent.cache import WHOLE_KINDS, TopologyCache
-from tessera.agent.reach import Key, reach
+from tessera.agent.reach import AGENT_MAX_DEPTH, Key, reach
 from tessera.model import (
     Bridge,
     Chain,
@@ -30,26 +34,52 @@ from tessera.nsdb.errors import NsdbError
 
 KINDS = (Bridge, Router, Port, Chain, Rule, Route, DhcpSubnet, PortGroup, IpAddrGroup)
 OPS = (
-    "bridge", "router", "port", "port", "port", "link", "unlink", "bind", "bind", "unbind",
+    "bridge", "router", "port", "port", "port", "link", "unlink", "bind", "bind", "bind", "unbind",
     "chain", "rule", "filter", "route", "subnet", "group", "delete_port", "delete_device",
-    "delete_rule",
+    "delete_rule", "extend", "extend", "extend", "extend", "extend", "want", "want",
 )  # fmt: skip
 
 
-def fresh_load(nsdb: Nsdb, host_id: str) -> tuple[dict[Key, StoredObject], set[str]]:
-    """What a cache started now would hold (whole-watched kinds aside) and the devices
-    it would show complete, from a full read of the NSDB: indexes derived from the
-    objects themselves, so a wrong index shows too."""
+Load = tuple[dict[Key, StoredObject], set[str], frozenset[str]]
+Store = tuple[dict[Key, StoredObject], dict[indexes.IndexKey, set[str]]]
+
+
+def read_store(nsdb: Nsdb) -> Store:
+    """Every object of the closure's kinds, and the indexes derived from the objects
+    themselves (so that a wrong index shows too)."""
     objects = {(cls.kind, s.value.id): s.value for cls in KINDS for s in nsdb.list(cls.kind)}
-    members = indexes.expected(objects.values())
-    got = reach(host_id, lambda k, i: objects.get((k, i)), lambda n, k: members.get((n, k), set()))
-    return {k: objects[k] for k in got.objects if k in objects}, got.complete
+    return objects, indexes.expected(objects.values())
 
 
-def cache_load(cache: TopologyCache) -> tuple[dict[Key, StoredObject], set[str]]:
+def fresh_load(
+    store: Store | Nsdb,
+    host_id: str,
+    max_depth: int | None = AGENT_MAX_DEPTH,
+    extra: Iterable[Key] = (),
+) -> Load:
+    """What a cache started now (and asked for `extra`) would hold, whole-watched kinds
+    aside, the devices it would show complete and the routers it would hold as fronts,
+    from a full read of the NSDB."""
+    objects, members = store if isinstance(store, tuple) else read_store(store)
+    got = reach(
+        host_id,
+        lambda k, i: objects.get((k, i)),
+        lambda n, k: members.get((n, k), set()),
+        extra,
+        max_depth=max_depth,
+    )
+    held = {k: objects[k] for k in got.objects if k in objects}
+    return held, got.complete, frozenset(f for f in got.fronts if (Router.kind, f) in held)
+
+
+def cache_load(cache: TopologyCache) -> Load:
     held = {k: v for k, v in cache.held().items() if k[0] not in WHOLE_KINDS}
     with cache.state.lock:
-        return held, set(cache.state.complete)
+        return (
+            held,
+            set(cache.state.complete),
+            cache.state.fronts & {id for kind, id in held if kind == Router.kind},
+        )
 
 
 class World:
@@ -59,6 +89,7 @@ class World:
         self.nsdb = nsdb
         self.hosts = hosts
         self.ids: dict[str, list[str]] = {c.kind: [] for c in KINDS}
+        self.order: dict[str, int] = {}  # creation order
         self.net = 0
 
     def _pick(self, kind: str, n: int) -> str | None:
@@ -76,6 +107,36 @@ class World:
     def _create(self, obj: StoredObject) -> None:
         self.nsdb.create(obj)
         self.ids[obj.kind].append(obj.id)
+        self.order[obj.id] = len(self.order)
+
+    def seed(self) -> None:
+        """A bridge with a port bound to the first host (a VM there): a root that the
+        script's chains grow from (it may unbind or delete it)."""
+        bridge = Bridge(name="seed")
+        self._create(bridge)
+        port = Port(device_id=bridge.id, type="Bridge", host_id=self.hosts[0], interface_name="vm")
+        self._create(port)
+
+    def _devices(self) -> list[tuple[str, str]]:
+        return [("Bridge", d) for d in self.ids["bridges"]] + [
+            ("Router", d) for d in self.ids["routers"]
+        ]
+
+    def _port(self, type_: str, device: str) -> Port:
+        if type_ == "Bridge":
+            return Port(device_id=device, type="Bridge")
+        self.net += 1
+        net = f"10.{self.net // 250}.{self.net % 250}"
+        return Port(
+            device_id=device, type="Router", port_address=f"{net}.1",
+            network_address=f"{net}.0", network_length=24,
+        )  # fmt: skip
+
+    def wanted(self, a: int, b: int) -> tuple[str, str] | None:
+        """What a simulation might ask for: a device or a port."""
+        kind = ("bridges", "routers", "ports")[a % 3]
+        id = self._pick(kind, b)
+        return None if id is None else (kind, id)
 
     def apply(self, op: str, a: int, b: int) -> None:
         nsdb = self.nsdb
@@ -84,31 +145,44 @@ class World:
         elif op == "router":
             self._create(Router(name=f"r{a}"))
         elif op == "port":
-            devices = [("Bridge", d) for d in self.ids["bridges"]]
-            devices += [("Router", d) for d in self.ids["routers"]]
+            devices = self._devices()
             if not devices:
                 return
-            type_, device = devices[a % len(devices)]
+            self._create(self._port(*devices[a % len(devices)]))
+        elif op == "extend":
+            # A new device of the other type, linked to one that exists (the newest
+            # one, half the time): chains bridge - router - bridge - ... longer than
+            # the depth limit, and branches off them.
+            devices = self._devices()
+            if not devices:
+                return
+            newest = max(devices, key=lambda d: self.order[d[1]])
+            type_, at = newest if b % 2 else devices[a % len(devices)]
+            new: Bridge | Router = Router(name=f"r{a}")
             if type_ == "Router":
-                self.net += 1
-                net = f"10.{self.net // 250}.{self.net % 250}"
-                port = Port(
-                    device_id=device, type="Router", port_address=f"{net}.1",
-                    network_address=f"{net}.0", network_length=24,
-                )  # fmt: skip
-            else:
-                port = Port(device_id=device, type="Bridge")
-            self._create(port)
-        elif op in ("link", "unlink", "bind", "unbind", "delete_port"):
+                new = Bridge(name=f"b{a}")
+            self._create(new)
+            here = self._port(type_, at)
+            there = self._port("Router" if type_ == "Bridge" else "Bridge", new.id)
+            here = here.model_copy(update={"peer_id": there.id})
+            there = there.model_copy(update={"peer_id": here.id})
+            nsdb.commit([Create(here), Create(there)])
+            self.ids["ports"] += [here.id, there.id]
+        elif op == "bind":
+            # A free port (no peer, no host), to this host two times in three.
+            known = (self._get("ports", id) for id in self.ids["ports"])
+            free = [p for p in known if p is not None and not p.peer_id and not p.host_id]
+            if free:
+                port = free[a % len(free)]
+                host = self.hosts[0] if b % 3 else self.hosts[1]
+                nsdb.update(port.model_copy(update={"host_id": host, "interface_name": "tap"}))
+        elif op in ("link", "unlink", "unbind", "delete_port"):
             port = self._get("ports", self._pick("ports", a))
             if port is None:
                 return
             if op == "delete_port":
                 nsdb.delete("ports", port.id)
                 self.ids["ports"].remove(port.id)
-            elif op == "bind" and port.peer_id is None:
-                host = self.hosts[b % len(self.hosts)]
-                nsdb.update(port.model_copy(update={"host_id": host, "interface_name": "tap"}))
             elif op == "unbind" and port.host_id is not None:
                 nsdb.update(port.model_copy(update={"host_id": None, "interface_name": None}))
             elif op == "unlink" and port.peer_id is not None:
@@ -205,25 +279,48 @@ steps = st.lists(
 )
 
 
-def check_script(nsdb: Nsdb, script: list[tuple[str, int, int]], timeout: float = 10.0) -> None:
+def check_script(
+    nsdb: Nsdb,
+    script: list[tuple[str, int, int]],
+    timeout: float = 10.0,
+    max_depth: int | None = AGENT_MAX_DEPTH,
+) -> None:
     me, other = new_id(), new_id()
-    cache = TopologyCache(nsdb, me, lambda update: None)
+    cache = TopologyCache(nsdb, me, lambda update: None, max_depth=max_depth)
     cache.start()
     world = World(nsdb, [me, other])
     try:
+        world.seed()
         for op, a, b in script:
-            world.apply(op, a, b)
-            expected = fresh_load(nsdb, me)
+            if op == "want":
+                key = world.wanted(a, b)
+                if key is not None:
+                    cache.want(*key)
+            else:
+                world.apply(op, a, b)
+            expected: list[Load] = []
             wait_until(
-                lambda: cache_load(cache) == expected,  # noqa: B023 (used at once)
+                partial(_settled, cache, read_store(nsdb), me, max_depth, expected),
                 timeout,
                 interval=0.005,
                 what=f"the cache to equal a fresh load after {op}",
             )
             # Nothing else is watched either: no leaked subscription.
-            assert cache.wanted() == set(expected[0]) | _missing(cache, expected[0])
+            held = expected[0][0]
+            assert cache.wanted() == set(held) | _missing(cache, held)
     finally:
         cache.close()
+
+
+def _settled(
+    cache: TopologyCache, store: Store, me: str, max_depth: int | None, out: list[Load]
+) -> bool:
+    """Whether the cache equals a fresh load (left in `out`) with what it was asked for
+    now: a binding change clears that."""
+    with cache.state.lock:
+        extra = set(cache._extra)
+    out[:] = [fresh_load(store, me, max_depth, extra)]
+    return cache_load(cache) == out[0]
 
 
 def _missing(cache: TopologyCache, held: dict[Any, Any]) -> set[Any]:

@@ -409,4 +409,5 @@ class Agent:
             "misses": int(self.metrics.misses._value.get()),
             "parked": len(self.upcall.parked),
             "adopting": len(self.adopter.pending),
+            "topology": self.cache.loaded(),
         }

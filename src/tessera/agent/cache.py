@@ -11,15 +11,21 @@ then, through `reach`, one object watch per object of the closure and one index 
 parent whose children it needs (a device's ports, a router's routes and load balancers, a
 bridge's DHCP subnets, the port groups of a port), plus the learned MAC/ARP table of each
 device. Only hosts and tunnel zones, which grow with hypervisors, are watched whole.
-After every delivery the loader recomputes the closure over what it holds
-(`_reconcile`): keys that entered it are subscribed, keys that left it are cancelled
-and their objects dropped, so the cache grows and shrinks with bindings and links and,
-once quiet, holds exactly what a fresh load of the reachable part would.
+The closure stops `max_depth` peer links from the host's own devices (`reach`: a
+tenant's router and its networks, not the other tenants behind a shared external
+network); what lies further is loaded when a simulation meets it missing and asks
+(`want`), and is kept until this host's bindings change. After every delivery the
+loader recomputes the closure over what it holds (`_reconcile`): keys that entered it
+are subscribed, keys that left it are cancelled and their objects dropped, so the cache
+grows and shrinks with bindings and links and, once quiet, holds exactly what a fresh
+load of the reachable part would.
 
 Completeness. The simulation cannot tell a router without routes from a router whose
 routes are not loaded yet, so a device enters the view only once it is complete
 (`reach`); once shown, it stays while a child just added is on its way (that child
-simply arrives a moment later, as if it had been created later).
+simply arrives a moment later, as if it had been created later). A router held as a
+front (`reach`) is shown marked as one: the simulation lets it answer ARP and drop
+what is not addressed to it, and asks for the whole router before routing through it.
 
 Threads. Watch callbacks run on the NSDB client's notification thread and are the only
 writers of NSDB state; subscribing (which may wait for ZooKeeper) happens on a loader
@@ -40,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.agent.cache_state import KIND_ALIASES, CacheState, Key, View
-from tessera.agent.reach import DEVICE_KIND, links, reach
+from tessera.agent.reach import AGENT_MAX_DEPTH, DEVICE_KIND, links, reach
 from tessera.agent.tags import tags_of_change
 from tessera.model import Bridge, Host, Port, Router, StoredObject, TunnelZone
 from tessera.nsdb import indexes, tables
@@ -87,10 +93,19 @@ class _Plan:
 class TopologyCache:
     """Loads what this host needs into a `CacheState` and reports every change."""
 
-    def __init__(self, nsdb: Nsdb, host_id: str, notify: Callable[[CacheUpdate], None]) -> None:
+    def __init__(
+        self,
+        nsdb: Nsdb,
+        host_id: str,
+        notify: Callable[[CacheUpdate], None],
+        max_depth: int | None = AGENT_MAX_DEPTH,
+    ) -> None:
+        """`max_depth`: the peer links loaded eagerly from this host's own devices
+        (`reach`; None: all)."""
         self.nsdb = nsdb
         self.host_id = host_id
         self.notify = notify
+        self.max_depth = max_depth
         self.state = CacheState(host_id)
         self._lock = self.state.lock
         self._objects: dict[Key, _Watch] = {}
@@ -177,7 +192,9 @@ class TopologyCache:
             self._scheduled = False
             if self._closed:
                 return
-            got = reach(self.host_id, self._held, self._listed, self._extra)
+            got = reach(
+                self.host_id, self._held, self._listed, self._extra, max_depth=self.max_depth
+            )
             plan = _Plan()
             for key in [k for k in self._objects if k not in got.objects]:
                 plan.cancel.append(self._objects.pop(key))
@@ -206,6 +223,7 @@ class TopologyCache:
             }
             newly = self.state.set_complete(complete)
             tags |= newly
+            tags |= self.state.set_fronts(got.fronts)
             loaded = {k for k in self._waiting if self.state.is_loaded(k)}
             loaded |= {(self._device_kind(d), d) for d in newly}
             self._waiting -= loaded
@@ -381,7 +399,13 @@ class TopologyCache:
         return self.state.learn_mac(bridge_id, vlan_id, mac, port_id)
 
     def learn_arp(self, router_id: str, ip: int, mac: int, expiry: float) -> set[str]:
-        return self.state.learn_arp(router_id, ip, mac, expiry)
+        """As `learn_mac`; not kept for a router held only as a front (its table is not
+        watched here: the NSDB gets the entry, and this host reads it once it loads the
+        router whole)."""
+        with self._lock:
+            if (Router.kind, router_id) not in self._tables:
+                return set()
+            return self.state.learn_arp(router_id, ip, mac, expiry)
 
     @property
     def generation(self) -> int:
@@ -420,6 +444,16 @@ class TopologyCache:
     def watched_indexes(self) -> set[indexes.IndexKey]:
         with self._lock:
             return set(self._indexes)
+
+    def loaded(self) -> dict[str, int]:
+        """How much is held: objects (hosts and tunnel zones too), devices shown whole,
+        routers held as fronts (the agent's status reports it)."""
+        with self._lock:
+            return {
+                "objects": sum(len(self.state.of(kind)) for kind in self.state.kinds()),
+                "devices": len(self.state.complete),
+                "fronts": len(self.state.fronts),
+            }
 
     def held(self) -> dict[Key, StoredObject]:
         """Every object held, by key (tests compare it with a fresh load)."""

@@ -77,6 +77,7 @@ class View:
     objects: tuple[StoredObject, ...]
     macs: MappingProxyType[str, MappingProxyType[tuple[int, int], str]]
     arps: MappingProxyType[str, MappingProxyType[int, tuple[int, float]]]
+    fronts: frozenset[str] = frozenset()  # routers among `objects` held as fronts
 
 
 class CacheState:
@@ -92,6 +93,9 @@ class CacheState:
         # Devices whose children are all in (`tessera.agent.reach`): the loader writes it
         # (it knows what it asked for); views and reads consult it.
         self.complete: set[str] = set()
+        # Routers held as fronts (`reach`): shown, marked, so that the simulation asks
+        # for the whole router before routing through one.
+        self.fronts: frozenset[str] = frozenset()
         self._generation = 0
         self._topology_generation = 0
         self._view: View | None = None
@@ -155,6 +159,17 @@ class CacheState:
             self.complete = set(complete)
             self._changed(topology=True)
             return added
+
+    def set_fronts(self, fronts: set[str]) -> set[str]:
+        """The routers now held as fronts; returns those that became or stopped being
+        one (their tags: flows through them read what a front shows)."""
+        with self.lock:
+            if fronts == self.fronts:
+                return set()
+            changed = set(fronts ^ self.fronts)
+            self.fronts = frozenset(fronts)
+            self._changed(topology=True)
+            return changed
 
     def forget_tables(self, device_id: str) -> None:
         """Drop a device's learned MAC and ARP tables (it left the closure)."""
@@ -239,7 +254,12 @@ class CacheState:
             self._view_objects[1],
             self._frozen("mac", self._macs),
             self._frozen("arp", self._arps),
+            self._view_fronts(),
         )
+
+    def _view_fronts(self) -> frozenset[str]:
+        held = self.of(Router.kind)
+        return frozenset(r for r in self.fronts if r in held and r not in self.complete)
 
     def _frozen(
         self, kind: str, tables_: dict[str, dict[Any, Any]]
@@ -255,8 +275,9 @@ class CacheState:
     def _view_topology(self) -> tuple[StoredObject, ...]:
         complete = self.complete
         objects: list[StoredObject] = []
+        shown = complete | self._view_fronts()
         for kind in (Bridge.kind, Router.kind):
-            objects.extend(d for d in self.of(kind).values() if d.id in complete)
+            objects.extend(d for d in self.of(kind).values() if d.id in shown)
         ports = self.of(Port.kind)
         relevant: dict[str, StoredObject] = {}
         for p in ports.values():

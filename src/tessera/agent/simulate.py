@@ -49,7 +49,9 @@ class SnapshotSimulator:
     def snapshot(self) -> Snapshot:
         view = self.cache.view()
         if self._base is None or view.topology_generation != self._topology_generation:
-            self._base = Snapshot.from_objects(view.objects, previous=self._base)
+            self._base = Snapshot.from_objects(
+                view.objects, previous=self._base, fronts=view.fronts
+            )
             self._topology_generation = view.topology_generation
             self._generation = -1
             self.compiles += 1

@@ -113,7 +113,17 @@ def closures(nsdb: Nsdb, hosts: Iterable[str]) -> dict[str, set[str]]:
     def listed(name: str, key: str) -> set[str]:
         return members.get((name, key), set())
 
-    return {host: {id for _, id in reach(host, get, listed).objects} for host in hosts}
+    # Without the agent's depth limit (`reach.AGENT_MAX_DEPTH`), on purpose: beyond it an
+    # agent holds what its simulations asked for, which depends on its traffic, not on
+    # the NSDB. Every such object lies on a path of links from the host's ports, all of
+    # which the unlimited closure follows, so it over-approximates any agent's holding:
+    # a write may wait for an agent that never loaded what it touched (which answers at
+    # once), never miss one that did. (An object an agent loaded on demand and whose
+    # path was cut since is held until its bindings change, but no packet of that host
+    # reaches it any more: nothing to wait for.)
+    return {
+        host: {id for _, id in reach(host, get, listed, max_depth=None).objects} for host in hosts
+    }
 
 
 def concerned_hosts(touched: Touched, live: set[str], *views: dict[str, set[str]]) -> set[str]:

@@ -3,7 +3,9 @@
 In order, as MidoNet's router does:
 1. a router that is down drops, answering ICMP administratively prohibited from the
    ingress port (see `icmp.prohibited`); ARP is handled before any filter (`arp.py`);
-   anything but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC;
+   anything but IPv4 is dropped, and so is a frame not sent to the ingress port's MAC
+   (a router an agent holds only as a front, `RouterSnap.front`, gets this far: what
+   passes needs its routes, and raises `NotYetLoaded` for the whole router);
 2. the router's inbound filter (a `reject` answers ICMP administratively prohibited; a
    `drop` of a first fragment answers "fragmentation needed", see below), then its load
    balancer: a VIP connection's packet is DNATed to its member (`loadbalancer.inbound`);
@@ -42,6 +44,7 @@ from tessera.simulation import arp, icmp, loadbalancer
 from tessera.simulation.actions import DeviceAction, ToPort
 from tessera.simulation.chain import apply_chain
 from tessera.simulation.context import Simulation
+from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.port import reject
 from tessera.simulation.result import TraceNode
 from tessera.simulation.topology import PortSnap, RouterSnap, RouteSnap, RouteTable
@@ -89,6 +92,9 @@ def process(
     if m.eth_dst != in_port.mac:
         sim.drop("frame not addressed to the router port's MAC", node)
         return None
+    if router.front:
+        # Held without its routes (`RouterSnap.front`): what is routed needs them all.
+        raise NotYetLoaded("router", router.id)
     if router.inbound_filter is not None:
         verdict = apply_chain(
             sim, router.inbound_filter, m, in_port.id, None, node, "inbound filter", router.id

@@ -16,7 +16,10 @@ A partial snapshot (an agent loads what its ports can reach) is fine: an object 
 packet's path needs and the snapshot lacks raises `NotYetLoaded`. What cannot be
 detected is a device loaded without all of its children, so a loader must load a bridge
 with all its ports and DHCP subnets, a router with all its ports and routes, and a
-chain with all its rules.
+chain with all its rules — or say that a router is a front (`fronts`: its inbound
+filter and mirrors and the ports it is reached by, no routes), which the simulation
+lets answer ARP and drop frames not addressed to it, and asks for whole before
+routing through it.
 """
 
 from __future__ import annotations
@@ -189,6 +192,10 @@ class RouterSnap:
     routes: RouteTable
     inbound_mirrors: tuple[str, ...] = ()
     outbound_mirrors: tuple[str, ...] = ()
+    # Held as a front (`tessera.agent.reach`): the router, its inbound filter and
+    # mirrors, and the ports it was reached by, no routes. Enough to answer ARP and
+    # drop what is not addressed to it; routing through it asks for the whole router.
+    front: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +321,10 @@ class Snapshot:
         *,
         previous: Snapshot | None = None,
         flow_state: FlowStateView | None = None,
+        fronts: Iterable[str] = (),
     ) -> Snapshot:
         """Compile model objects (any kinds mixed; hosts and tunnel zones are ignored).
+        `fronts`: routers given without their routes and other ports (`RouterSnap.front`).
 
         With `previous` (the snapshot this one replaces), chains whose chain, rules and
         groups are unchanged are taken from it instead of compiled again: compiling rules
@@ -341,8 +350,9 @@ class Snapshot:
             b.id: _compile_bridge(b, ports_of.get(b.id, []), ports, subnets_of.get(b.id, []))
             for b in by_kind.get(Bridge, [])
         }
+        front = frozenset(fronts)
         routers = {
-            r.id: _compile_router(r, ports_of.get(r.id, []), routes_of.get(r.id, []))
+            r.id: _compile_router(r, ports_of.get(r.id, []), routes_of.get(r.id, []), r.id in front)
             for r in by_kind.get(Router, [])
         }
         port_groups = {g.id: frozenset(g.port_ids) for g in by_kind.get(PortGroup, [])}
@@ -510,7 +520,9 @@ def _compile_subnet(s: DhcpSubnet, arp_known: Mapping[int, tuple[int, str]]) -> 
     )
 
 
-def _compile_router(r: Router, own: list[PortSnap], routes: list[Route]) -> RouterSnap:
+def _compile_router(
+    r: Router, own: list[PortSnap], routes: list[Route], front: bool = False
+) -> RouterSnap:
     own = sorted(own, key=lambda p: p.id)
     table = RouteTable.build(_compile_route(x) for x in routes)
     return RouterSnap(
@@ -524,6 +536,7 @@ def _compile_router(r: Router, own: list[PortSnap], routes: list[Route]) -> Rout
         routes=table,
         inbound_mirrors=tuple(r.inbound_mirror_ids),
         outbound_mirrors=tuple(r.outbound_mirror_ids),
+        front=front,
     )
 
 

@@ -12,29 +12,34 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from support import shared_external
 from support.cache_reach import check_script, steps
 from support.wait import wait_until
 from tessera.agent.cache import TopologyCache
+from tessera.agent.reach import AGENT_MAX_DEPTH, reach
 from tessera.model import Bridge, Port, Route, Router, StoredObject, new_id
 from tessera.nsdb.base import Create, Nsdb
 from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def memory_nsdb() -> Iterator[Nsdb]:
+    """One store for all the examples of a test (hypothesis runs them in one call)."""
     nsdb = MemoryNsdb(MemoryStore())
     yield nsdb
     nsdb.close()
 
 
+@pytest.mark.parametrize("max_depth", [AGENT_MAX_DEPTH, 1, None])
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=steps)
 def test_the_cache_equals_a_fresh_load_after_every_change(
-    memory_nsdb: Nsdb, script: list[tuple[str, int, int]]
+    memory_nsdb: Nsdb, max_depth: int | None, script: list[tuple[str, int, int]]
 ) -> None:
     # Every example adds to the same store: the earlier ones are the unrelated rest
-    # of the cloud, which must never leak in.
-    check_script(memory_nsdb, script)
+    # of the cloud, which must never leak in. At the agent's depth limit, at a smaller
+    # one (more boundaries in small random topologies) and without one (wait.py's).
+    check_script(memory_nsdb, script, max_depth=max_depth)
 
 
 # --- cost: what one agent pays does not grow with the cloud ------------------------------
@@ -84,9 +89,10 @@ def _cloud(cloud_ports: int) -> tuple[MemoryNsdb, str]:
     return nsdb, me
 
 
-def _cost(nsdb: Nsdb, me: str) -> tuple[int, float, int]:
-    """(bytes the loaded cache holds, CPU seconds to load it, objects held). CPU time,
-    not wall time: this machine's other work must not decide the comparison."""
+def _cost(nsdb: Nsdb, me: str, complete: int = 4, fronts: int = 0) -> tuple[int, float, int]:
+    """(bytes the loaded cache holds, CPU seconds to load it, objects held), once it
+    shows `complete` devices and holds `fronts` routers as fronts. CPU time, not wall
+    time: this machine's other work must not decide the comparison."""
     # The store shares this process (it is ZooKeeper's part): keep the collector from
     # scanning it, as it would not scan ZooKeeper's heap.
     gc.collect()
@@ -97,7 +103,13 @@ def _cost(nsdb: Nsdb, me: str) -> tuple[int, float, int]:
     try:
         cache.start()
         wait_until(
-            lambda: cache.ports_ready() and cache.idle() and len(cache.state.complete) == 4,
+            lambda: (
+                cache.ports_ready()
+                and cache.idle()
+                and len(cache.state.complete) == complete
+                and len(cache.view().fronts) == fronts
+                and cache.wanted() <= cache.held().keys()
+            ),
             10,
             interval=0.002,
         )
@@ -124,3 +136,71 @@ def test_an_agent_costs_the_same_in_a_cloud_of_10000_ports_as_in_one_of_100() ->
     assert small[2] == large[2] == 22  # the same objects: its two tenants' only
     assert large[0] <= 1.2 * small[0], (small, large)
     assert large[1] <= 1.2 * small[1] + 0.002, (small, large)
+
+
+# --- the same with every tenant router's gateway on one shared external bridge ----------
+
+
+def _shared_cloud(vms_per_tenant: int) -> tuple[MemoryNsdb, str]:
+    """Two tenants of 5 VMs bound to our host and 25 tenants of `vms_per_tenant` VMs of
+    other hosts, every tenant's router with its gateway on one external bridge (as
+    Neutron's `router:external` network is translated)."""
+    nsdb = MemoryNsdb(MemoryStore())
+    me = new_id()
+    ext = shared_external.external_bridge()
+    nsdb.commit([Create(ext)])
+    for k in (1, 2):
+        nsdb.commit([Create(o) for o in shared_external.tenant(k, ext, 5, me).objects])
+    for k in range(3, 28):
+        made = shared_external.tenant(k, ext, vms_per_tenant)
+        nsdb.commit([Create(o) for o in made.objects])
+    return nsdb, me
+
+
+def test_with_a_shared_external_bridge_an_agent_costs_the_same_in_10000_ports_as_in_100() -> None:
+    """The external bridge links every tenant: without the depth limit the agent loaded
+    every tenant's network behind it (10,414 objects and 13 s of CPU for the large
+    cloud, measured before the limit). Now its own tenants, the external bridge and the
+    other routers' fronts: 195 objects in both."""
+    costs = []
+    for vms in (4, 400):  # 100 and 10,000 ports of other tenants
+        nsdb, me = _shared_cloud(vms)
+        try:
+            runs = [_cost(nsdb, me, complete=5, fronts=25) for _ in range(7)]
+        finally:
+            nsdb.close()
+        assert len({r[2] for r in runs}) == 1
+        costs.append((min(r[0] for r in runs), min(r[1] for r in runs), runs[0][2]))
+    small, large = costs
+    # Own: 2 x 19 objects + 3 more VM ports each; ext; 6 per front (router, inbound
+    # chain and its 2 rules, gateway port, ext's port to it).
+    assert small[2] == large[2] == 2 * 22 + 1 + 25 * 6
+    assert large[0] <= 1.2 * small[0], (small, large)
+    assert large[1] <= 1.2 * small[1] + 0.002, (small, large)
+
+
+def test_with_a_shared_external_bridge_other_tenants_cost_an_agent_their_fronts_only() -> None:
+    """More tenants on the external bridge do cost something: the bridge has a port per
+    router, and a broadcast on it reaches every router (`agent.reach`, fronts). 6
+    objects per other tenant, whatever its size, against all 21 of a 4-VM tenant (and
+    every VM's) without the limit. The closure as `reach` computes it, which the cache
+    equals (the property test above): loading 15,000 objects takes the cache tens of
+    seconds here."""
+    me = new_id()
+    held = {}
+    for tenants in (25, 2500):  # 100 and 10,000 ports of other tenants
+        ext, made = shared_external.cloud(tenants + 1, me, vms=4)
+        objects = [ext, *(o for t in made for o in t.objects)]
+        get, members = shared_external.lookups(objects)
+        for depth in (AGENT_MAX_DEPTH, None):
+            got = reach(
+                me,
+                lambda kind, id: get.get((kind, id)),  # noqa: B023 (used at once)
+                lambda name, key: members.get((name, key), set()),  # noqa: B023
+                max_depth=depth,
+            )
+            held[(tenants, depth)] = len(got.objects)
+        assert held[(tenants, None)] == len(objects)
+    own = held[(25, AGENT_MAX_DEPTH)] - 25 * 6
+    assert held[(2500, AGENT_MAX_DEPTH)] == own + 2500 * 6
+    assert held[(2500, None)] == 1 + 2501 * 21
