@@ -8,6 +8,7 @@ is left anywhere: tests are deterministic and take milliseconds.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,11 +172,16 @@ class Cloud:
         self.admin.close()
 
     # -- running --
-    def settle(self, rounds: int = 200) -> None:
-        """Run every agent until nothing is left to do anywhere."""
+    def settle(self, rounds: int = 200, seconds: float = 10.0) -> None:
+        """Run every agent until nothing is left to do anywhere: at least `rounds`
+        rounds, and for up to `seconds` while a state writer still has queued writes
+        (it retries after a failed one on its own, real-time backoff)."""
         quiet = 0
-        for _ in range(rounds):
-            busy = False
+        deadline = time.monotonic() + seconds
+        done = 0
+        while done < rounds or time.monotonic() < deadline:
+            done += 1
+            busy = writing = False
             for host in self.hosts:
                 host.nsdb.notifier.run_sync(lambda: None, timeout=5)
                 host.agent.cache._jobs.join()
@@ -186,9 +192,13 @@ class Cloud:
                     busy = True
                     host.agent.run_once(0)
                 if host.agent.writer is not None and host.agent.writer.pending():
-                    busy = True
+                    busy = writing = True
             if busy:
                 quiet = 0
+                if done >= rounds and not writing:
+                    break  # busy with something else than waiting writes: give up
+                if writing:
+                    time.sleep(0.005)
             else:
                 quiet += 1
                 if quiet >= 2:
