@@ -36,8 +36,7 @@ from typing import Any
 from scale_zk import cpu_seconds, rss_bytes
 
 from tessera.agent.agent import Agent
-from tessera.agent.reach import reach
-from tessera.api.wait import LB_KINDS
+from tessera.agent.reach import AGENT_MAX_DEPTH, reach
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import (
     Bridge,
@@ -45,7 +44,10 @@ from tessera.model import (
     DhcpSubnet,
     Host,
     IpAddrGroup,
+    LoadBalancer,
     Mirror,
+    Pool,
+    PoolMember,
     Port,
     PortGroup,
     Route,
@@ -53,6 +55,7 @@ from tessera.model import (
     Rule,
     StoredObject,
     TunnelZone,
+    Vip,
 )
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
@@ -60,8 +63,9 @@ WHOLE_KINDS = (Host.kind, TunnelZone.kind)
 """Kinds every agent holds entirely (`TopologyCache.start`); the rest it loads on
 demand, as far as its bound ports reach (`tessera.agent.reach`)."""
 ON_DEMAND_KINDS = (
-    Port.kind, PortGroup.kind, *LB_KINDS, Bridge.kind, Router.kind, Chain.kind, Rule.kind,
-    Route.kind, DhcpSubnet.kind, Mirror.kind, IpAddrGroup.kind,
+    Port.kind, PortGroup.kind, LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind,
+    Bridge.kind, Router.kind, Chain.kind, Rule.kind, Route.kind, DhcpSubnet.kind,
+    Mirror.kind, IpAddrGroup.kind,
 )  # fmt: skip
 START_ATTEMPTS = 3
 REPLY_TIMEOUT = 1800.0  # a command's answer (starting 50 agents on a machine at load 100...)
@@ -176,7 +180,8 @@ def check_caches(nsdb: ZookeeperNsdb, agents: Sequence[Agent]) -> dict[str, list
     reachable = {
         a.host_id: {
             id for _kind, id in reach(
-                a.host_id, lambda k, i: objects.get((k, i)), members
+                a.host_id, lambda k, i: objects.get((k, i)), members,
+                max_depth=AGENT_MAX_DEPTH,
             ).objects
         }
         for a in agents
