@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_helpers import Lab, lab_up, new_chain, root_missing, routed_lan, tessera, update
-from test_lab_stateful_xhost import EXT_IP, SNAT_IP, _blocks, _restart_during_stream
+from lab_helpers import Lab, lab_up, new_chain, root_missing, routed_lan, update
+from test_lab_stateful_xhost import EXT_IP, SNAT_IP, _blocks, _report, _restart_during_stream
 from test_lab_stateful_xhost import Net as Streams
 
 from support.wait import wait_until
@@ -253,8 +253,7 @@ def _topology(lab: Lab) -> None:
 
 
 def _cassandra(lab: Lab, host: int) -> dict[str, Any]:
-    out = tessera("conntrack", "--host", names.host_id(lab.name, host), "--json").stdout
-    report: dict[str, Any] = json.loads(out)["cassandra"]
+    report: dict[str, Any] = _report(lab, host)["cassandra"]
     return report
 
 
