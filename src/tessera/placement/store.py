@@ -363,17 +363,25 @@ class PlacementStore:
         row = self._run(self._q_row, (uuid.UUID(provider), uuid.UUID(consumer))).one()
         return dict(row.resources or {}) if row is not None else {}
 
-    def claim(self, provider: Provider, consumer: str, taken: dict[str, int]) -> bool:
+    def claim(
+        self,
+        provider: Provider,
+        consumer: str,
+        taken: dict[str, int],
+        previous: dict[str, int] | None = None,
+    ) -> bool:
         """Make `consumer`'s allocation on `provider` exactly `taken` (replacing one it
         had there) if the provider is still at the generation it was read at: True if
         written, False if another change won. `taken` must fit in `provider` as read,
         less the consumer's own allocation there (the caller checked it); the condition
         makes that check still true when the write lands. The allocation row is read
-        after `provider` was: had it changed since, so would the generation."""
+        after `provider` was: had it changed since, so would the generation. A caller
+        that read it so already passes it as `previous`."""
         from cassandra.query import BatchStatement
 
         pid, cid = uuid.UUID(provider.uuid), uuid.UUID(consumer)
-        previous = self.allocation(provider.uuid, consumer)
+        if previous is None:
+            previous = self.allocation(provider.uuid, consumer)
         usages = dict(provider.usages)
         for name, amount in previous.items():
             usages[name] = max(0, usages.get(name, 0) - amount)

@@ -306,7 +306,7 @@ def _claim_on(
         if taken is None:
             asked = ", ".join(f"{k}:{v}" for k, v in sorted(resources.items()))
             raise Conflict(f"resource provider {pid} has no room for {asked}")
-        if store.claim(p, cid, taken):
+        if store.claim(p, cid, taken, previous=own):
             return
     raise Conflict(f"resource provider {pid} kept changing: retry the request")
 
