@@ -1,15 +1,13 @@
 """`?wait=true`: a write answers once every agent it concerns has applied it.
 
 Which agents a write concerns: those whose loaded topology holds an object the write
-touched. The agent loads the closure of what its bound ports reach (`agent.cache`), so
-the API computes the same closure for every live host from the NSDB, before the write
-(a deleted rule was in some agents' closure) and after it (a new binding brings a host
-in); a host is concerned when either closure meets a touched object. The closure is
-the agent's own rule, `agent.reach.reach`, so the two cannot disagree. Hosts and tunnel
+touched, before the write (a deleted rule was in some agents' closure) or after it (a
+new binding brings a host in). The agent loads the closure of what its bound ports reach
+(`agent.reach`); the API walks that rule backwards from the touched objects
+(`agent.reach_back`) over its own copy of the topology (`api.reach_feed`, kept by
+watches): the hosts met are concerned. "Before" is the copy with the touched objects as
+they were when the write committed them (recorded by `RecordingNsdb`). Hosts and tunnel
 zones are watched whole by every agent, so a change to one concerns every live agent.
-The cost is two reads of the topology per waiting write (nothing for the others): fine
-for a lab or a rack; a cloud-sized API would walk the indexes from the touched objects
-instead.
 
 Then (`tessera.nsdb.realization`): take a request number, write it into each concerned
 host's request table, and wait until each has reported it, has died (its liveness entry
@@ -24,36 +22,18 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tessera.agent.reach import reach
 from tessera.api.instrumented import InstrumentedNsdb
-from tessera.model import (
-    Bridge,
-    Chain,
-    DhcpSubnet,
-    Host,
-    IpAddrGroup,
-    LoadBalancer,
-    Mirror,
-    Pool,
-    PoolMember,
-    Port,
-    PortGroup,
-    Route,
-    Router,
-    Rule,
-    StoredObject,
-    TunnelZone,
-    Vip,
-)
-from tessera.nsdb import indexes, tables
+from tessera.api.reach_feed import ReachFeed
+from tessera.model import Host, StoredObject, TunnelZone
+from tessera.nsdb import tables
 from tessera.nsdb.base import Check, Nsdb, Op, StateEvent, Subscription
 from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.realization import REALIZE_COUNTER, REALIZED, decode_report, request_table
@@ -66,72 +46,60 @@ MAX_TIMEOUT = 600.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind})
 """Kinds whose change concerns every live agent: every agent watches them whole."""
-_CLOSURE_KINDS = (
-    Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
-    DhcpSubnet.kind, PortGroup.kind, IpAddrGroup.kind, LoadBalancer.kind, Vip.kind,
-    Pool.kind, PoolMember.kind,
-)  # fmt: skip
-"""Every kind `agent.reach` can name."""
 
-Touched = set[tuple[str, str]]
-_touched: contextvars.ContextVar[Touched | None] = contextvars.ContextVar(
-    "tessera_wait_touched", default=None
+Key = tuple[str, str]
+Touched = set[Key]
+
+
+@dataclass
+class Recording:
+    """What a waiting request's commits wrote: the objects, and each one as the API's
+    copy held it before the request's first commit of it (None: absent)."""
+
+    lookup: Callable[[Key], StoredObject | None]
+    touched: Touched = field(default_factory=set)
+    before: dict[Key, StoredObject | None] = field(default_factory=dict)
+
+
+_recording: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
+    "tessera_wait_recording", default=None
 )
 
 
 class RecordingNsdb(InstrumentedNsdb):
     """The API's NSDB client: also notes, for a request that will wait, which objects
-    its commits wrote (the request's context carries the set to fill)."""
+    its commits wrote and what they were before (the request's context carries the
+    `Recording` to fill)."""
 
     def commit(self, ops: Sequence[Op]) -> list[int]:
+        rec = _recording.get()
+        if rec is None:
+            return super().commit(ops)
+        keys = [_op_key(op) for op in ops if not isinstance(op, Check)]
+        for key in keys:
+            if key not in rec.before:
+                rec.before[key] = rec.lookup(key)
         versions = super().commit(ops)
-        touched = _touched.get()
-        if touched is not None:
-            for op in ops:
-                if isinstance(op, Check):
-                    continue
-                if hasattr(op, "obj"):
-                    touched.add((op.obj.kind, op.obj.id))
-                else:
-                    touched.add((op.kind, op.id))
+        rec.touched.update(keys)
         return versions
+
+
+def _op_key(op: Op) -> Key:
+    obj = getattr(op, "obj", None)
+    if obj is not None:
+        return (obj.kind, obj.id)
+    return (op.kind, op.id)  # type: ignore[union-attr]
 
 
 # --- which hosts a change concerns -----------------------------------------------------
 
 
-def closures(nsdb: Nsdb, hosts: Iterable[str]) -> dict[str, set[str]]:
-    """The ids each host's agent loads (besides what every agent watches whole): the
-    agent's own rule (`agent.reach`) run over one full read of the NSDB, with the
-    indexes derived from the objects read."""
-    objects = {(kind, s.value.id): s.value for kind in _CLOSURE_KINDS for s in nsdb.list(kind)}
-    members = indexes.expected(objects.values())
-
-    def get(kind: str, id: str) -> StoredObject | None:
-        return objects.get((kind, id))
-
-    def listed(name: str, key: str) -> set[str]:
-        return members.get((name, key), set())
-
-    # Without the agent's depth limit (`reach.AGENT_MAX_DEPTH`), on purpose: beyond it an
-    # agent holds what its simulations asked for, which depends on its traffic, not on
-    # the NSDB. Every such object lies on a path of links from the host's ports, all of
-    # which the unlimited closure follows, so it over-approximates any agent's holding:
-    # a write may wait for an agent that never loaded what it touched (which answers at
-    # once), never miss one that did. (An object an agent loaded on demand and whose
-    # path was cut since is held until its bindings change, but no packet of that host
-    # reaches it any more: nothing to wait for.)
-    return {
-        host: {id for _, id in reach(host, get, listed, max_depth=None).objects} for host in hosts
-    }
-
-
-def concerned_hosts(touched: Touched, live: set[str], *views: dict[str, set[str]]) -> set[str]:
-    """The live hosts a change to `touched` concerns, by their closures in `views`."""
-    if any(kind in GLOBAL_KINDS for kind, _ in touched):
+def concerned_hosts(feed: ReachFeed, rec: Recording, live: set[str]) -> set[str]:
+    """The live hosts a waiting write concerns (module doc)."""
+    if any(kind in GLOBAL_KINDS for kind, _ in rec.touched):
         return set(live)
-    ids = {id for _, id in touched}
-    return {h for h in live if any(view.get(h, set()) & ids for view in views)}
+    hosts = feed.hosts(rec.touched) | feed.hosts(rec.touched, rec.before)
+    return hosts & live
 
 
 # --- waiting for the agents -------------------------------------------------------------
@@ -148,6 +116,7 @@ class RealizationWaiter:
 
     def __init__(self, nsdb: Nsdb) -> None:
         self.nsdb = nsdb
+        self.feed = ReachFeed(nsdb)
         self._cond = threading.Condition()
         self._reports: dict[str, int] = {}
         self._alive: set[str] = set()
@@ -158,19 +127,22 @@ class RealizationWaiter:
             subs, self._subs = self._subs or [], None
         for sub in subs:
             sub.cancel()
+        self.feed.close()
 
-    def snapshot(self) -> tuple[set[str], dict[str, set[str]]]:
-        """The live hosts and their closures now (taken before a write)."""
-        live = set(self.nsdb.state_get(tables.HOST_LIVENESS))
-        return live, closures(self.nsdb, live)
+    def prepare(self) -> Recording:
+        """Before a waiting write: the API's copy of the topology holds every commit
+        made so far (its first call loads it); the write's commits are recorded
+        against it. Raises NsdbError."""
+        self.feed.start()
+        self.feed.barrier()
+        return Recording(self.feed.get)
 
-    def realize(
-        self, touched: Touched, before: tuple[set[str], dict[str, set[str]]], timeout: float
-    ) -> Outcome:
+    def realize(self, rec: Recording, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
         self._subscribe()
-        live, after = self.snapshot()
-        concerned = concerned_hosts(touched, live, before[1], after)
+        self.feed.barrier()  # the copy holds the write itself
+        live = set(self.nsdb.state_get(tables.HOST_LIVENESS))
+        concerned = concerned_hosts(self.feed, rec, live)
         if not concerned:
             return Outcome((), ())
         with self._cond:
@@ -319,7 +291,7 @@ class WaitMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            before = await run_in_threadpool(self.waiter.snapshot)
+            rec = await run_in_threadpool(self.waiter.prepare)
         except NsdbError as exc:
             await _answer(send, 503, {"message": f"cannot wait: the NSDB failed: {exc}"})
             return
@@ -328,16 +300,15 @@ class WaitMiddleware:
         async def hold(message: Message) -> None:
             held.append(message)
 
-        touched: Touched = set()
-        token = _touched.set(touched)
+        token = _recording.set(rec)
         try:
             await self.app(scope, receive, hold)
         finally:
-            _touched.reset(token)
+            _recording.reset(token)
         status = next((m["status"] for m in held if m["type"] == "http.response.start"), 500)
-        if 200 <= status < 300 and touched:
+        if 200 <= status < 300 and rec.touched:
             try:
-                outcome = await run_in_threadpool(self.waiter.realize, touched, before, timeout)
+                outcome = await run_in_threadpool(self.waiter.realize, rec, timeout)
             except NsdbError as exc:
                 await _answer(
                     send, 503,

@@ -64,3 +64,9 @@ def decode_request(key: str) -> int | None:
         return int(key)
     except ValueError:
         return None
+
+
+BARRIER_TABLE = "realize_barrier"
+"""key: an API process's id; value empty. Ephemeral: an entry its own watch is sure to
+be sent, so that subscribing to the table tells when the client's notifications queued
+before have all been delivered (`tessera.api.reach_feed`)."""
