@@ -69,6 +69,10 @@ ON_DEMAND_KINDS = (
 )  # fmt: skip
 START_ATTEMPTS = 3
 REPLY_TIMEOUT = 1800.0  # a command's answer (starting 50 agents on a machine at load 100...)
+START_WAVE = 2
+"""Agent processes starting at once: a start is CPU-bound (sessions, first loads), and
+twenty processes starting together on two cores starved their ZooKeeper sessions
+(pings late, sessions lost: "ZooKeeper unreachable" at 1,000 agents)."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,8 @@ class AgentPool:
         t0 = time.monotonic()
         try:
             for i, group in enumerate(self.groups):
+                if i >= START_WAVE:  # at most START_WAVE processes starting at once
+                    self.pids.append(self._reply(i - START_WAVE)["pid"])
                 ours, theirs = ctx.Pipe()
                 proc = ctx.Process(
                     target=worker_main, args=(theirs, hosts, root, group), daemon=True
@@ -355,7 +361,7 @@ class AgentPool:
                 self.procs.append(proc)
                 for spec in group:
                     self.worker_of[spec.host_id] = i
-            for i in range(len(self.groups)):
+            for i in range(len(self.pids), len(self.groups)):
                 self.pids.append(self._reply(i)["pid"])
         except BaseException:
             self.stop(wait=0.0)  # those still starting would not answer soon

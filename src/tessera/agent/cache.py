@@ -241,9 +241,6 @@ class TopologyCache:
         the retried reconcile makes them again."""
         nsdb = self.nsdb
         calls: list[tuple[_Watch, Callable[[], Subscription], Callable[[], None]]] = []
-        for key, w in plan.objects:
-            make = _bind(nsdb.watch_object, *key, _guard(w, self._on_object))
-            calls.append((w, make, _unplan(self._objects, key, w)))
         for ik, w in plan.indexes:
             make = _bind(nsdb.watch_index, *ik, _guard(w, self._on_index))
             calls.append((w, make, _unplan(self._indexes, ik, w)))
@@ -255,6 +252,13 @@ class TopologyCache:
                 table, cb = tables.mac_table(id), self._mac_event(id)
             make = _bind(nsdb.watch_state, table, _guard(w, cb))
             calls.append((w, make, _unplan(self._tables, dk, w)))
+        try:
+            self._subscribe_objects(plan.objects)
+        except NsdbError:
+            with self._lock:
+                for _, _, undo in calls:
+                    undo()
+            raise
         for i, (w, make, _) in enumerate(calls):
             if not w.active:
                 continue
@@ -265,6 +269,30 @@ class TopologyCache:
                     for _, _, undo in calls[i:]:
                         undo()
                 raise
+            with self._lock:
+                keep = w.active
+                if keep:
+                    w.sub = sub
+            if not keep:
+                sub.cancel()
+
+    def _subscribe_objects(self, planned: list[tuple[Key, _Watch]]) -> None:
+        """The planned object watches, made together (their first reads in one round
+        trip): a tenant's objects load in one wait, not one each. A failure un-plans
+        them all and the rest of the plan (`_subscribe`)."""
+        with self._lock:
+            todo = [(key, w) for key, w in planned if w.active]
+        if not todo:
+            return
+        requests = [(*key, _guard(w, self._on_object)) for key, w in todo]
+        try:
+            subs = self.nsdb.watch_objects(requests)
+        except NsdbError:
+            with self._lock:
+                for key, w in planned:
+                    _unplan(self._objects, key, w)()
+            raise
+        for (_key, w), sub in zip(todo, subs, strict=True):
             with self._lock:
                 keep = w.active
                 if keep:

@@ -58,6 +58,11 @@ class InstrumentedNsdb(Nsdb):
     ) -> Subscription:
         return self._timed("watch", lambda: self.inner.watch_object(kind, id, callback))
 
+    def watch_objects(
+        self, requests: Sequence[tuple[str, str, Callable[[WatchEvent], None]]]
+    ) -> builtins.list[Subscription]:
+        return self._timed("watch", lambda: self.inner.watch_objects(requests))
+
     def index_list(self, index: str, key: str) -> builtins.list[str]:
         return self._timed("index_list", lambda: self.inner.index_list(index, key))
 

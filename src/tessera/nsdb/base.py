@@ -155,6 +155,22 @@ class Nsdb(abc.ABC):
     ) -> Subscription:
         """Changes of one object; its current state first ("added") if it exists."""
 
+    def watch_objects(
+        self, requests: Sequence[tuple[str, str, Callable[[WatchEvent], None]]]
+    ) -> builtins.list[Subscription]:
+        """`watch_object` for each (kind, id, callback), all or none: on an error the
+        ones made are cancelled. A backend may load them together (ZooKeeper: one round
+        trip for all, which is what an agent loading a tenant waits for)."""
+        subs: builtins.list[Subscription] = []
+        try:
+            for kind, id, callback in requests:
+                subs.append(self.watch_object(kind, id, callback))
+        except BaseException:
+            for sub in subs:
+                sub.cancel()
+            raise
+        return subs
+
     # -- indexes (`tessera.nsdb.indexes`) --
     @abc.abstractmethod
     def index_list(self, index: str, key: str) -> builtins.list[str]:

@@ -89,6 +89,31 @@ def test_watch_object_that_does_not_exist_yet(nsdb_factory: Any) -> None:
     assert events[0].value == b
 
 
+def test_watch_objects_loads_many_at_once_each_with_its_own_events(nsdb_factory: Any) -> None:
+    """Existing, missing and repeated objects in one call (one round trip on ZooKeeper):
+    each subscription gets what `watch_object` would, and cancels alone."""
+    watcher, writer = nsdb_factory(), nsdb_factory()
+    present = [bridge(f"p{i}") for i in range(5)]
+    writer.commit([Create(b) for b in present])
+    later = bridge("later")
+    logs = [EventLog() for _ in range(len(present) + 2)]
+    requests = [("bridges", b.id, log) for b, log in zip(present, logs, strict=False)]
+    requests.append(("bridges", later.id, logs[-2]))
+    requests.append(("bridges", present[0].id, logs[-1]))  # the same object twice
+    subs = watcher.watch_objects(requests)
+    assert len(subs) == len(requests)
+    for b, log in zip(present, logs, strict=False):
+        assert _changes(log.wait_count(1)) == [("added", b.id, 1)]
+    assert _changes(logs[-1].wait_count(1)) == [("added", present[0].id, 1)]
+    writer.create(later)
+    assert _changes(logs[-2].wait_count(1)) == [("added", later.id, 1)]
+    subs[0].cancel()
+    writer.update(present[0], 1)
+    assert _changes(logs[-1].wait_count(2))[1] == ("changed", present[0].id, 2)
+    assert len(logs[0].snapshot()) == 1  # cancelled: the shared object's change not sent
+    assert watcher.watch_objects([]) == []
+
+
 def test_cancel_stops_delivery(nsdb_factory: Any) -> None:
     watcher, writer = nsdb_factory(), nsdb_factory()
     b = bridge()

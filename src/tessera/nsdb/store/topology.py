@@ -313,7 +313,8 @@ class TopologyStore:
                 tx.create(host)
                 return host
             new = replace(old, name=name, addresses=addresses, alive=True)
-            tx.put(new)
+            if new != old:  # a restart changes nothing: no write, no event for every agent
+                tx.put(new)
             return new  # type: ignore[return-value]
 
         try:

@@ -229,14 +229,14 @@ class NodeMirror(Mirror[E]):
         super().__init__(nsdb, decode, make_event)
         self.path = path
         self.name = name
-        self._watch = self.watcher(self.resync)
+        self.watch = self.watcher(self.resync)
 
     def resync(self) -> None:
         zk, nsdb = self.nsdb._zk, self.nsdb
         for _ in range(10):
-            result = nsdb._run(lambda: zk.get_async(self.path, watch=self._watch))
+            result = nsdb._run(lambda: zk.get_async(self.path, watch=self.watch))
             if isinstance(result, NoNodeError):
-                stat = nsdb._run(lambda: zk.exists_async(self.path, watch=self._watch))
+                stat = nsdb._run(lambda: zk.exists_async(self.path, watch=self.watch))
                 if isinstance(stat, Exception):
                     raise stat
                 if stat is not None:
