@@ -332,7 +332,7 @@ def growth_phase(zk: BenchZk, opts: Options, log: Any) -> list[Row]:
                     "s", note="not applied" if t is None else f"applied {t:.1f} s after written"),
                 Row(section, f"API-path port create+bind {label}", "", None,
                     round(store_bind * 1000, 1), "ms",
-                    note="TopologyStore: the bind lists every port (interface uniqueness)"),
+                    note="TopologyStore create+bind, one transaction"),
             ]  # fmt: skip
         pool.stop()
         if opts.objects > objects:

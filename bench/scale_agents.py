@@ -96,7 +96,11 @@ class _Host:
         self.spec = spec
         # Generous timeouts: hundreds of sessions starting at once on a shared machine
         # make ZooKeeper answer in seconds, which is load, not failure.
-        self.nsdb = ZookeeperNsdb(hosts, root, op_timeout=15.0, connect_timeout=60.0)
+        # A session timeout of 30 s, not 10: a thousand agents share two cores here, and
+        # a starved process's late pings (not a dead agent) would lose the session.
+        self.nsdb = ZookeeperNsdb(
+            hosts, root, session_timeout=30.0, op_timeout=15.0, connect_timeout=60.0
+        )
         self.agent = Agent(
             spec.host_id, self.nsdb, FakeDatapath(), name=spec.name, underlay_ip=spec.underlay,
             write_state=False,

@@ -416,23 +416,6 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         sub.cancelled = True
         self.notifier.submit(lambda: self._detach(key, sub))
 
-    def _resync_many(self, mirrors: Sequence[Mirror[Any]]) -> None:
-        """Load new mirrors: the objects' reads pipelined; a missing object (an `exists`
-        watch to set) and other mirrors by their own resync."""
-        nodes = [m for m in mirrors if isinstance(m, NodeMirror)]
-        zk = self._zk
-        results = self._run_many([partial(zk.get_async, m.path, watch=m.watch) for m in nodes])
-        for mirror, result in zip(nodes, results, strict=True):
-            if isinstance(result, NoNodeError):
-                mirror.resync()
-            elif isinstance(result, Exception):
-                raise result
-            else:
-                mirror.apply(mirror.name, result[0], result[1])
-        for other in mirrors:
-            if not isinstance(other, NodeMirror):
-                other.resync()
-
     def _detach(self, key: str, sub: Sub[Any]) -> None:
         mirror = self._mirrors.get(key)
         if mirror is None or sub.mirror is not mirror:
