@@ -59,11 +59,11 @@ from tessera.model import (
 )
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
-WHOLE_KINDS = (Host.kind, TunnelZone.kind)
+WHOLE_KINDS = (TunnelZone.kind,)
 """Kinds every agent holds entirely (`TopologyCache.start`); the rest it loads on
 demand, as far as its bound ports reach (`tessera.agent.reach`)."""
 ON_DEMAND_KINDS = (
-    Port.kind, PortGroup.kind, LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind,
+    Host.kind, Port.kind, PortGroup.kind, LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind,
     Bridge.kind, Router.kind, Chain.kind, Rule.kind, Route.kind, DhcpSubnet.kind,
     Mirror.kind, IpAddrGroup.kind,
 )  # fmt: skip

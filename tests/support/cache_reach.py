@@ -19,6 +19,7 @@ from tessera.model import (
     Bridge,
     Chain,
     DhcpSubnet,
+    Host,
     IpAddrGroup,
     Port,
     PortGroup,
@@ -32,7 +33,7 @@ from tessera.nsdb import indexes
 from tessera.nsdb.base import Create, Nsdb, Update
 from tessera.nsdb.errors import NsdbError
 
-KINDS = (Bridge, Router, Port, Chain, Rule, Route, DhcpSubnet, PortGroup, IpAddrGroup)
+KINDS = (Host, Bridge, Router, Port, Chain, Rule, Route, DhcpSubnet, PortGroup, IpAddrGroup)
 OPS = (
     "bridge", "router", "port", "port", "port", "link", "unlink", "bind", "bind", "bind", "unbind",
     "chain", "rule", "filter", "route", "subnet", "group", "delete_port", "delete_device",

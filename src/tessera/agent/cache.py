@@ -60,7 +60,7 @@ __all__ = ["CacheUpdate", "Key", "TopologyCache", "View"]
 
 log = logging.getLogger(__name__)
 
-WHOLE_KINDS = (Host.kind, TunnelZone.kind)
+WHOLE_KINDS = (TunnelZone.kind,)
 """Watched whole: they grow with hypervisors, and any host may be a peer's."""
 
 

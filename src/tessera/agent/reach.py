@@ -15,9 +15,12 @@ their pools, VIPs and members) or DHCP subnets, found through the per-parent ind
 for a chain, its rules, and for a rule its jump chain and the port and address groups
 it names; for a mirror, its target port (the object only: a copy goes straight out) and
 the groups its conditions name; for a stateful port group, its members' ports (objects
-only: their connections' state goes to the hosts they are bound to). Hosts and tunnel
-zones are not in it: the agent watches those whole (they grow with hypervisors, not
-with ports).
+only: their connections' state goes to the hosts they are bound to). The Host of this
+host, and of every host a port of the closure is bound to (the object only: where its
+tunnel ends), are in it too; tunnel zones are not: the agent watches those whole.
+Watching every Host instead made every VM port bound anywhere wake every agent (a bind
+rewrites its host's object to serialise binds there) and a fleet of N agents starting
+cost N^2 notifications.
 
 Depth. The devices of the bound ports are at depth 0 and a device one peer link further
 is one deeper; devices deeper than `max_depth` are not loaded eagerly (None: no limit).
@@ -68,6 +71,7 @@ from tessera.model import (
     Chain,
     Conditions,
     DhcpSubnet,
+    Host,
     IpAddrGroup,
     LoadBalancer,
     Mirror,
@@ -161,6 +165,7 @@ class _Walk:
         self.seen: set[Key] = set()
 
     def run(self, host_id: str, extra: Iterable[Key]) -> Reach:
+        self.obj(Host.kind, host_id)
         for port in sorted(self.listed(ix.HOST_PORTS, host_id) or ()):
             self.port(port, 0)
         edge = self.limit or 0
@@ -191,6 +196,15 @@ class _Walk:
         self.out.objects.add((kind, id))
         return self.get(kind, id)
 
+    def port_obj(self, id: str) -> Port | None:
+        """A port, and the Host it is bound to (where a tunnel to it ends)."""
+        port = self.obj(Port.kind, id)
+        if not isinstance(port, Port):
+            return None
+        if port.host_id:
+            self.obj(Host.kind, port.host_id)
+        return port
+
     def listed(self, index: ix.Index, key: str) -> set[str] | frozenset[str] | None:
         self.out.indexes.add((index.name, key))
         return self.members(index.name, key)
@@ -211,8 +225,8 @@ class _Walk:
         if done is not None and done <= depth:
             return
         self.port_depth[id] = depth
-        port = self.obj(Port.kind, id)
-        if not isinstance(port, Port):
+        port = self.port_obj(id)
+        if port is None:
             return
         heapq.heappush(self.queue, (depth, DEVICE_KIND[port.type], port.device_id))
         self.filters(port.inbound_filter_id, port.outbound_filter_id)
@@ -230,8 +244,8 @@ class _Walk:
         if id in self.boundary:
             return
         self.boundary.add(id)
-        port = self.obj(Port.kind, id)
-        if not isinstance(port, Port):
+        port = self.port_obj(id)
+        if port is None:
             return
         self.filters(port.inbound_filter_id)
         self.mirrors(*port.inbound_mirror_ids)
@@ -321,7 +335,7 @@ class _Walk:
             return
         mirror = self.obj(Mirror.kind, id)
         if isinstance(mirror, Mirror):
-            self.obj(Port.kind, mirror.to_port_id)
+            self.port_obj(mirror.to_port_id)
             for cond in mirror.conditions:
                 self.groups(cond)
 
@@ -333,7 +347,7 @@ class _Walk:
         group = self.obj(PortGroup.kind, id)
         if isinstance(group, PortGroup) and group.stateful:
             for port in group.port_ids:
-                self.obj(Port.kind, port)
+                self.port_obj(port)
 
     def groups(self, cond: Conditions) -> None:
         if cond.port_group:

@@ -16,7 +16,8 @@ group -> member for a stateful one; a route: router -> route; ...). An edge eith
 target port, a stateful group's members, an address group, a router's routes: named,
 not walked further). Only an object that exists is expanded, as in `reach`. A host's
 closure holds `t` when one of its bound ports leads to `t` along expanding edges and at
-most one including edge at the end; so the hosts concerned by `t` are found by walking
+most one including edge at the end (two for a Host: a port named only, a mirror's
+target say, names its host too); so the hosts concerned by `t` are found by walking
 back from `t` and from whatever includes it, along expanding edges only, collecting the
 hosts of the bound ports met. The property test
 (`tests/unit/agent/test_agent_reach_back.py`) holds this equal to running `reach` for
@@ -38,6 +39,7 @@ from tessera.model import (
     Chain,
     Conditions,
     DhcpSubnet,
+    Host,
     IpAddrGroup,
     LoadBalancer,
     Mirror,
@@ -72,6 +74,8 @@ def edges(obj: StoredObject) -> list[Edge]:
         out.extend(_mirrors(k, *obj.inbound_mirror_ids, *obj.outbound_mirror_ids))
         if obj.peer_id:
             out.append(Edge(k, (Port.kind, obj.peer_id), True))
+        if obj.host_id:
+            out.append(Edge(k, (Host.kind, obj.host_id), False))
     elif isinstance(obj, Bridge | Router):
         out.extend(_chains(k, obj.inbound_filter_id, obj.outbound_filter_id))
         out.extend(_mirrors(k, *obj.inbound_mirror_ids, *obj.outbound_mirror_ids))
@@ -175,7 +179,14 @@ class ReverseReach:
         seen: set[Key] = set()
         for t in touched:
             queue.append(t)
-            queue.extend(src for src, _ in view.into(t))
+            named = [src for src, _ in view.into(t)]
+            queue.extend(named)
+            if t[0] == Host.kind:
+                # Every agent holds its own Host, and a Host is named with any port
+                # bound to it, even one only named itself (a mirror's target).
+                found.add(t[1])
+                for port in named:
+                    queue.extend(src for src, _ in view.into(port))
         while queue:
             key = queue.pop()
             if key in seen:

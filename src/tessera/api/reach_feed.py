@@ -28,6 +28,7 @@ from tessera.model import (
     Bridge,
     Chain,
     DhcpSubnet,
+    Host,
     IpAddrGroup,
     LoadBalancer,
     Mirror,
@@ -48,7 +49,7 @@ from tessera.nsdb.realization import BARRIER_TABLE
 log = logging.getLogger(__name__)
 
 CLOSURE_KINDS = (
-    Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
+    Host.kind, Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
     DhcpSubnet.kind, PortGroup.kind, IpAddrGroup.kind, LoadBalancer.kind, Vip.kind,
     Pool.kind, PoolMember.kind,
 )  # fmt: skip

@@ -6,8 +6,8 @@ new binding brings a host in). The agent loads the closure of what its bound por
 (`agent.reach`); the API walks that rule backwards from the touched objects
 (`agent.reach_back`) over its own copy of the topology (`api.reach_feed`, kept by
 watches): the hosts met are concerned. "Before" is the copy with the touched objects as
-they were when the write committed them (recorded by `RecordingNsdb`). Hosts and tunnel
-zones are watched whole by every agent, so a change to one concerns every live agent.
+they were when the write committed them (recorded by `RecordingNsdb`). Tunnel zones are
+watched whole by every agent, so a change to one concerns every live agent.
 
 Then (`tessera.nsdb.realization`): take a request number, write it into each concerned
 host's request table, and wait until each has reported it, has died (its liveness entry
@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera.api.instrumented import InstrumentedNsdb
 from tessera.api.reach_feed import ReachFeed
-from tessera.model import Host, StoredObject, TunnelZone
+from tessera.model import StoredObject, TunnelZone
 from tessera.nsdb import tables
 from tessera.nsdb.base import Check, Nsdb, Op, StateEvent, Subscription
 from tessera.nsdb.errors import NsdbError
@@ -44,7 +44,7 @@ WAIT_HEADER = b"x-tessera-wait"
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 600.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-GLOBAL_KINDS = frozenset({Host.kind, TunnelZone.kind})
+GLOBAL_KINDS = frozenset({TunnelZone.kind})
 """Kinds whose change concerns every live agent: every agent watches them whole."""
 
 Key = tuple[str, str]

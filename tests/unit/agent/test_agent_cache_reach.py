@@ -18,7 +18,7 @@ from support.cache_reach import check_script, steps
 from support.wait import wait_until
 from tessera.agent.cache import TopologyCache
 from tessera.agent.reach import AGENT_MAX_DEPTH, reach
-from tessera.model import Bridge, Port, Route, Router, StoredObject, new_id
+from tessera.model import Bridge, Host, Port, Route, Router, StoredObject, new_id
 from tessera.nsdb.base import Create, Nsdb
 from tessera.nsdb.memory import MemoryNsdb, MemoryStore
 
@@ -82,6 +82,7 @@ def _cloud(cloud_ports: int) -> tuple[MemoryNsdb, str]:
     """A cloud of `cloud_ports` ports of other hosts, plus 10 ports bound to ours."""
     nsdb = MemoryNsdb(MemoryStore())
     me = new_id()
+    nsdb.commit([Create(Host(id=me, name="me"))])
     for _ in range(2):
         nsdb.commit([Create(o) for o in _tenant(me, 5)])
     template = _tenant(new_id(), 4)
@@ -169,8 +170,8 @@ def test_an_agent_costs_the_same_in_a_cloud_of_10000_ports_as_in_one_of_100() ->
         finally:
             nsdb.close()
     small, large = costs
-    # The same objects: its two tenants' only.
-    assert {r[2] for r in small} == {r[2] for r in large} == {22}
+    # The same objects: its two tenants' only, and its own Host.
+    assert {r[2] for r in small} == {r[2] for r in large} == {23}
     _same_cost(small, large)
 
 
@@ -183,6 +184,7 @@ def _shared_cloud(vms_per_tenant: int) -> tuple[MemoryNsdb, str]:
     Neutron's `router:external` network is translated)."""
     nsdb = MemoryNsdb(MemoryStore())
     me = new_id()
+    nsdb.commit([Create(Host(id=me, name="me"))])
     ext = shared_external.external_bridge()
     nsdb.commit([Create(ext)])
     for k in (1, 2):
@@ -206,9 +208,9 @@ def test_with_a_shared_external_bridge_an_agent_costs_the_same_in_10000_ports_as
         finally:
             nsdb.close()
     small, large = costs
-    # Own: 2 x 19 objects + 3 more VM ports each; ext; 6 per front (router, inbound
-    # chain and its 2 rules, gateway port, ext's port to it).
-    assert {r[2] for r in small} == {r[2] for r in large} == {2 * 22 + 1 + 25 * 6}
+    # Own: 2 x 19 objects + 3 more VM ports each; ext; its Host; 6 per front (router,
+    # inbound chain and its 2 rules, gateway port, ext's port to it).
+    assert {r[2] for r in small} == {r[2] for r in large} == {2 * 22 + 1 + 1 + 25 * 6}
     _same_cost(small, large)
 
 
@@ -233,7 +235,8 @@ def test_with_a_shared_external_bridge_other_tenants_cost_an_agent_their_fronts_
                 max_depth=depth,
             )
             held[(tenants, depth)] = len(got.objects)
-        assert held[(tenants, None)] == len(objects)
+        # Unlimited: everything, and the Host of every tenant's VMs (one host each).
+        assert held[(tenants, None)] == len(objects) + tenants + 1
     own = held[(25, AGENT_MAX_DEPTH)] - 25 * 6
     assert held[(2500, AGENT_MAX_DEPTH)] == own + 2500 * 6
-    assert held[(2500, None)] == 1 + 2501 * 21
+    assert held[(2500, None)] == 1 + 2501 * (21 + 1)

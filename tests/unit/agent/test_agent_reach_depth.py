@@ -11,7 +11,7 @@ import pytest
 
 from support.shared_external import Tenant, cloud, lookups
 from tessera.agent.reach import AGENT_MAX_DEPTH, Key, Reach, reach
-from tessera.model import Bridge, Port, Router, StoredObject, new_id
+from tessera.model import Bridge, Host, Port, Router, StoredObject, new_id
 
 
 def _reach(
@@ -58,9 +58,9 @@ def test_an_agent_loads_its_tenant_and_the_external_bridge_not_the_other_tenants
         # The other tenants' routers are fronts, and nothing of their networks is held:
         # no bridge, no VM port, no route, no interface, no outbound or SG chain.
         assert other.ids() & got.objects == _front(other)
-    assert got.objects == mine.ids() | {(Bridge.kind, ext.id)} | {
+    assert got.objects == mine.ids() | {(Bridge.kind, ext.id), (Host.kind, me)} | {
         k for t in tenants[1:] for k in _front(t)
-    }
+    }  # and this host's Host (its VMs are bound to it; fronts have no bound port)
 
 
 def test_without_a_limit_an_agent_loads_the_whole_cloud() -> None:
@@ -69,7 +69,8 @@ def test_without_a_limit_an_agent_loads_the_whole_cloud() -> None:
     ext, tenants = cloud(8, me)
     objects = _objects(ext, tenants)
     got = _reach(me, objects, depth=None)
-    assert got.objects == {(o.kind, o.id) for o in objects}
+    hosts = {(Host.kind, o.host_id) for o in objects if isinstance(o, Port) and o.host_id}
+    assert got.objects == {(o.kind, o.id) for o in objects} | hosts | {(Host.kind, me)}
     assert got.complete == {ext.id} | {t.bridge.id for t in tenants} | {
         t.router.id for t in tenants
     }
