@@ -36,37 +36,21 @@ from typing import Any
 from scale_zk import cpu_seconds, rss_bytes
 
 from tessera.agent.agent import Agent
-from tessera.agent.reach import AGENT_MAX_DEPTH, reach
+from tessera.agent.reach import AGENT_MAX_DEPTH, REACH_KINDS, reach
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import (
     Bridge,
     Chain,
-    DhcpSubnet,
-    Host,
-    IpAddrGroup,
-    LoadBalancer,
-    Mirror,
-    Pool,
-    PoolMember,
     Port,
-    PortGroup,
-    Route,
-    Router,
-    Rule,
     StoredObject,
     TunnelZone,
-    Vip,
 )
 from tessera.nsdb.zookeeper import ZookeeperNsdb
 
 WHOLE_KINDS = (TunnelZone.kind,)
 """Kinds every agent holds entirely (`TopologyCache.start`); the rest it loads on
 demand, as far as its bound ports reach (`tessera.agent.reach`)."""
-ON_DEMAND_KINDS = (
-    Host.kind, Port.kind, PortGroup.kind, LoadBalancer.kind, Vip.kind, Pool.kind, PoolMember.kind,
-    Bridge.kind, Router.kind, Chain.kind, Rule.kind, Route.kind, DhcpSubnet.kind,
-    Mirror.kind, IpAddrGroup.kind,
-)  # fmt: skip
+ON_DEMAND_KINDS = REACH_KINDS
 START_ATTEMPTS = 3
 REPLY_TIMEOUT = 1800.0  # a command's answer (starting 50 agents on a machine at load 100...)
 START_WAVE = 2

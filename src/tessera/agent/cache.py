@@ -61,7 +61,8 @@ __all__ = ["CacheUpdate", "Key", "TopologyCache", "View"]
 log = logging.getLogger(__name__)
 
 WHOLE_KINDS = (TunnelZone.kind,)
-"""Watched whole: they grow with hypervisors, and any host may be a peer's."""
+"""Watched whole: a zone lists its member hosts and their tunnel addresses, and grows
+with hypervisors, not with ports (Host objects are loaded on demand: `agent.reach`)."""
 
 
 @dataclass(frozen=True)
@@ -269,12 +270,7 @@ class TopologyCache:
                     for _, _, undo in calls[i:]:
                         undo()
                 raise
-            with self._lock:
-                keep = w.active
-                if keep:
-                    w.sub = sub
-            if not keep:
-                sub.cancel()
+            self._keep(w, sub)
 
     def _subscribe_objects(self, planned: list[tuple[Key, _Watch]]) -> None:
         """The planned object watches, made together (their first reads in one round
@@ -293,12 +289,17 @@ class TopologyCache:
                     _unplan(self._objects, key, w)()
             raise
         for (_key, w), sub in zip(todo, subs, strict=True):
-            with self._lock:
-                keep = w.active
-                if keep:
-                    w.sub = sub
-            if not keep:
-                sub.cancel()
+            self._keep(w, sub)
+
+    def _keep(self, w: _Watch, sub: Subscription) -> None:
+        """A subscription made for a planned watch: kept, or cancelled if the watch left
+        the plan meanwhile (a reconcile dropped it while the NSDB answered)."""
+        with self._lock:
+            keep = w.active
+            if keep:
+                w.sub = sub
+        if not keep:
+            sub.cancel()
 
     def _held(self, kind: str, id: str) -> StoredObject | None:
         return self.state.of(kind).get(id)

@@ -92,6 +92,13 @@ DEVICE_KIND = {"Bridge": Bridge.kind, "Router": Router.kind}
 Get = Callable[[str, str], StoredObject | None]
 Members = Callable[[str, str], "set[str] | frozenset[str] | None"]  # None: not listed yet
 
+REACH_KINDS = (
+    Host.kind, Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind,
+    Route.kind, DhcpSubnet.kind, PortGroup.kind, IpAddrGroup.kind, LoadBalancer.kind,
+    Vip.kind, Pool.kind, PoolMember.kind,
+)  # fmt: skip
+"""Every kind `reach` can name (a copy of the topology that answers for it holds these)."""
+
 AGENT_MAX_DEPTH = 2
 """Peer links from the host's own devices that its agent loads eagerly (module doc)."""
 

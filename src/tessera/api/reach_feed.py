@@ -22,38 +22,15 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 
-from tessera.agent.reach import Key
+from tessera.agent.reach import REACH_KINDS, Key
 from tessera.agent.reach_back import Overlay, ReverseReach
-from tessera.model import (
-    Bridge,
-    Chain,
-    DhcpSubnet,
-    Host,
-    IpAddrGroup,
-    LoadBalancer,
-    Mirror,
-    Pool,
-    PoolMember,
-    Port,
-    PortGroup,
-    Route,
-    Router,
-    Rule,
-    StoredObject,
-    Vip,
-)
+from tessera.model import StoredObject
 from tessera.nsdb.base import Nsdb, StateEvent, Subscription, WatchEvent
 from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.realization import BARRIER_TABLE
 
 log = logging.getLogger(__name__)
 
-CLOSURE_KINDS = (
-    Host.kind, Port.kind, Bridge.kind, Router.kind, Chain.kind, Rule.kind, Mirror.kind, Route.kind,
-    DhcpSubnet.kind, PortGroup.kind, IpAddrGroup.kind, LoadBalancer.kind, Vip.kind,
-    Pool.kind, PoolMember.kind,
-)  # fmt: skip
-"""Every kind `agent.reach` can name."""
 
 BARRIER_TIMEOUT = 2.0
 
@@ -76,7 +53,7 @@ class ReachFeed:
             self.nsdb.state_set(BARRIER_TABLE, self.key, "", ephemeral=True)
             subs: list[Subscription] = []
             try:
-                for kind in CLOSURE_KINDS:
+                for kind in REACH_KINDS:
                     subs.append(self.nsdb.watch_kind(kind, self._on_event))
                 self.barrier()
             except BaseException:
