@@ -140,9 +140,6 @@ class ReverseReach:
         # edge: a port's peer link is implied by both ends).
         self._into: dict[Key, dict[Key, list[int]]] = {}
 
-    def __len__(self) -> int:
-        return len(self.objects)
-
     def get(self, key: Key) -> StoredObject | None:
         return self.objects.get(key)
 

@@ -94,10 +94,6 @@ class ReachFeed:
         with self._lock:
             return self._rr.hosts(touched, overlay)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._rr)
-
     def _on_event(self, ev: WatchEvent) -> None:
         with self._lock:
             if ev.change == "deleted" or ev.value is None:
