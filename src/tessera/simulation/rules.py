@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 from tessera.model import Conditions, Rule
@@ -79,18 +80,20 @@ class _Unset:
 _UNSET = _Unset()
 
 
-def _function(name: str, params: str, body: list[str], expressions: list[str]) -> list[str]:
+def _function(name: str, params: str, body: list[str], fields: set[str]) -> list[str]:
     """Source of a function whose expressions read each packet field at most once.
 
     The first use of a field calls its getter (which puts it in the mask) exactly where
     a plain `m.field` would have; later uses take the local copy, the field being in the
-    mask already. Cheaper than a getter per use, and the mask is the same.
+    mask already. Cheaper than a getter per use, and the mask is the same. `fields`: the
+    fields the body's expressions read (`_fields`).
     """
-    fields: set[str] = set()
-    for text in expressions:
-        fields.update(_FIELD.findall(text.replace(_L3, _L3_EXPR).replace(_TP, _TP_EXPR)))
     names = [f"v_{f}" for f in sorted(fields)] + ["l3", "tp"]
     return [f"def {name}({params}, _U=_UNSET):", f"    {' = '.join(names)} = _U", *body]
+
+
+def _fields(expression: str) -> frozenset[str]:
+    return frozenset(_FIELD.findall(expression.replace(_L3, _L3_EXPR).replace(_TP, _TP_EXPR)))
 
 
 def _cached(expression: str) -> str:
@@ -124,12 +127,24 @@ class CompiledRule:
     flow_action: str | None = None  # NAT rules: what follows the translation
     # The rule's own function, compiled on first use: only traces test rules one by one.
     _fn: list[RuleFn] = field(default_factory=list, compare=False, repr=False)
+    _inline: list[tuple[str, frozenset[str]]] = field(
+        default_factory=list, compare=False, repr=False
+    )
+
+    def inline(self) -> tuple[str, frozenset[str]]:
+        """The expression reading each field once (`_cached`) and the fields it reads,
+        made once per rule: a chain recompiled after a change regenerates its blocks'
+        source."""
+        if not self._inline:
+            self._inline.append((_cached(self.expression), _fields(self.expression)))
+        return self._inline[0]
 
     def matches(self, m: FlowMatch, in_port: str, out_port: str | None, ct: ForwardFn) -> bool:
         if not self._fn:
             namespace = {**_BASE_NAMESPACE, **self.constants}
-            body = [f"    return bool({_cached(self.expression)})"]
-            source = _function("_matches", "m, in_port, out_port, ct", body, [self.expression])
+            text, fields = self.inline()
+            source = _function("_matches", "m, in_port, out_port, ct", [f"    return bool({text})"],
+                               set(fields))  # fmt: skip
             exec("\n".join(source) + "\n", namespace)  # integers and constant names only
             self._fn.append(namespace["_matches"])
         return self._fn[0](m, in_port, out_port, ct)
@@ -315,18 +330,73 @@ def _add_conditions(
         words.append("return flow")
 
 
-def compile_first_match(rules: Sequence[CompiledRule]) -> FirstMatchFn:
-    """One function testing the chain's rules in order."""
+BLOCK_RULES = 32
+"""Rules per generated function. Python compiles a long function in time that grows
+with it (300 rules: ~40 ms), and a chain is recompiled on every change to it: in blocks,
+a change recompiles only the blocks whose source changed (adding a rule at the end: the
+last one), the others' code is taken from the chain's previous compilation."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    offset: int  # index of its first rule in the chain
+    source: str
+    code: CodeType
+
+
+def compile_first_match(
+    rules: Sequence[CompiledRule], previous: FirstMatchFn | None = None
+) -> FirstMatchFn:
+    """One function testing the chain's rules in order. `previous`: the function this
+    chain had, whose blocks' code is reused where the source is unchanged."""
+    reuse = {b.source: b.code for b in getattr(previous, _BLOCKS_ATTR, ())}
+    blocks: list[_Block] = []
+    fns: list[tuple[int, int, FirstMatchFn]] = []
+    for offset in range(0, max(len(rules), 1), BLOCK_RULES):
+        part = rules[offset : offset + BLOCK_RULES]
+        source = _block_source(part)
+        code = reuse.get(source) or compile(source, "<chain rules>", "exec")
+        namespace = dict(_BASE_NAMESPACE)
+        for rule in part:
+            namespace.update(rule.constants)
+        exec(code, namespace)  # see the module doc
+        blocks.append(_Block(offset, source, code))
+        fns.append((offset, offset + len(part), namespace["_first_match"]))
+    fn = fns[0][2] if len(fns) == 1 else _chained(tuple(fns))
+    setattr(fn, _BLOCKS_ATTR, tuple(blocks))  # the function's own: read back as `previous`
+    return fn
+
+
+_BLOCKS_ATTR = "_tessera_blocks"
+
+
+def _block_source(rules: Sequence[CompiledRule]) -> str:
+    """A block's function: indexes are the block's own, so that a block holding the
+    same rules at the same positions has the same source."""
     body: list[str] = []
-    expressions: list[str] = []
-    namespace = dict(_BASE_NAMESPACE)
+    fields: set[str] = set()
     for i, rule in enumerate(rules):
-        namespace.update(rule.constants)
-        expressions.append(rule.expression)
-        body.append(f"    if start <= {i} and ({_cached(rule.expression)}):")
+        text, read = rule.inline()
+        fields |= read
+        body.append(f"    if start <= {i} and ({text}):")
         body.append(f"        return {i}")
     body.append("    return -1")
-    source = _function("_first_match", "m, in_port, out_port, start, ct", body, expressions)
-    exec("\n".join(source) + "\n", namespace)  # see the module doc
-    fn: FirstMatchFn = namespace["_first_match"]
-    return fn
+    params = "m, in_port, out_port, start, ct"
+    return "\n".join(_function("_first_match", params, body, fields)) + "\n"
+
+
+def _chained(blocks: tuple[tuple[int, int, FirstMatchFn], ...]) -> FirstMatchFn:
+    """first_match over blocks in order (each reads its own fields again: a field
+    read twice is in the mask once)."""
+
+    def first_match(
+        m: FlowMatch, in_port: str, out_port: str | None, start: int, ct: ForwardFn
+    ) -> int:
+        for offset, end, block in blocks:
+            if start < end:
+                i = block(m, in_port, out_port, start - offset, ct)
+                if i >= 0:
+                    return offset + i
+        return -1
+
+    return first_match

@@ -580,12 +580,24 @@ def _compile_chain(
     compiled: list[CompiledRule] = []
     missing: list[str] = []
     tags = {c.id}
+    # A rule unchanged at the same position, naming no group, compiles the same.
+    was: tuple[Rule | None, ...] = previous.source[1] if previous is not None else ()
+    reuse = {cr.position: cr for cr in previous.rules} if previous is not None else {}
     for position, rule_id in enumerate(c.rule_ids, start=1):
         rule = rules.get(rule_id)
         if rule is None:
             missing.append(rule_id)
             continue
-        cr = compile_rule(rule, position, port_groups, ip_groups)
+        cr_old = reuse.get(position)
+        if (
+            cr_old is not None
+            and not cr_old.group_tags
+            and position <= len(was)
+            and was[position - 1] == rule
+        ):
+            cr = cr_old
+        else:
+            cr = compile_rule(rule, position, port_groups, ip_groups)
         compiled.append(cr)
         tags.add(rule.id)
         tags.update(cr.group_tags)
@@ -593,7 +605,9 @@ def _compile_chain(
         id=c.id,
         name=c.name,
         rules=tuple(compiled),
-        first_match=compile_first_match(compiled),
+        first_match=compile_first_match(
+            compiled, previous.first_match if previous is not None else None
+        ),
         tags=frozenset(tags),
         missing_rules=tuple(missing),
         source=source,
