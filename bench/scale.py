@@ -232,6 +232,7 @@ def _wait_samples(
     plain: list[float] = []
     waited: list[float] = []
     concerned_counts: list[int] = []
+    phases: list[dict[str, float]] = []  # Server-Timing of each waited sample
     late = failed = 0
     try:
         with TestClient(create_app(api_nsdb)) as client:
@@ -258,6 +259,7 @@ def _wait_samples(
                     continue
                 waited.append(dt)
                 concerned_counts.append(int(r.headers.get("x-tessera-realized", "0")))
+                phases.append(_server_timing(r.headers.get("server-timing", "")))
                 rule = r.json()["id"]
                 asked = pool.workers_of(sorted(tenant.hosts))
                 holders = {h for a in pool.ask("holds", ("rules", rule), asked) if a for h in a}
@@ -273,7 +275,37 @@ def _wait_samples(
         Row(section, "API rule --wait -> all concerned applied p99", "no wait", _ms(plain, 99),
             _ms(waited, 99), "ms", goal=goal,
             note=f"{late} answers before a concerned cache held the rule, {failed} failed"),
+        *_phase_rows(section, waited, phases),
     ]  # fmt: skip
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    """{phase: ms} from a `Server-Timing` header (`name;dur=ms, ...`)."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        try:
+            out[name] = float(rest)
+        except ValueError:
+            continue
+    return out
+
+
+def _phase_rows(section: str, waited: list[float], phases: list[dict[str, float]]) -> list[Row]:
+    """Where a waiting write's time goes (the API's `Server-Timing`), and the slowest
+    sample's own breakdown: the p99 is a handful of samples."""
+    if not phases:
+        return []
+    names = list(dict.fromkeys(n for p in phases for n in p))
+    slowest = phases[max(range(len(waited)), key=waited.__getitem__)]
+    rows = []
+    for name in names:
+        values = [p[name] / 1000 for p in phases if name in p]
+        rows.append(
+            Row(section, f"--wait phase '{name}' p50", "", None, _ms(values, 50), "ms",
+                note=f"p99 {_ms(values, 99):.1f} ms; slowest sample {slowest.get(name, 0):.1f} ms")
+        )  # fmt: skip
+    return rows
 
 
 # --- one agent while the cloud grows; the NSDB at size -------------------------------------

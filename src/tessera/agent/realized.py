@@ -52,6 +52,7 @@ class RealizationReporter:
         self._wall_clock = wall_clock
         self._cond = threading.Condition()
         self._requested = 0
+        self._since: float | None = None  # monotonic: the oldest unreported request came
         self.reported = 0
         # Written by the reporter under the condition, read bare by the upcall thread
         # (an int read is atomic): the drain it asks for.
@@ -93,6 +94,8 @@ class RealizationReporter:
         with self._cond:
             if seq > self._requested:
                 self._requested = seq
+                if self._since is None:
+                    self._since = time.monotonic()
                 self._cond.notify_all()
 
     # -- the reporter thread ---------------------------------------------------------------
@@ -105,17 +108,20 @@ class RealizationReporter:
                 if self._stopping:
                     return
                 target = self._requested
+                since = self._since if self._since is not None else time.monotonic()
             try:
                 if not self._settle():
                     continue  # stopping, or a step timed out: the next round tries again
-                self.nsdb.state_set(
-                    REALIZED, self.host_id, Report(target, self._wall_clock()).encode()
-                )
+                report = Report(target, self._wall_clock(), time.monotonic() - since)
+                self.nsdb.state_set(REALIZED, self.host_id, report.encode())
             except NsdbError as exc:
                 log.warning("could not report realization %d: %s", target, exc)
                 self._pause(RETRY)
                 continue
-            self.reported = max(self.reported, target)
+            with self._cond:
+                self.reported = max(self.reported, target)
+                if self._requested <= self.reported:
+                    self._since = None
 
     def _settle(self) -> bool:
         for _ in range(SETTLE_ROUNDS):

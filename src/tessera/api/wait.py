@@ -109,6 +109,20 @@ def concerned_hosts(feed: ReachFeed, rec: Recording, live: set[str]) -> set[str]
 class Outcome:
     concerned: tuple[str, ...]
     pending: tuple[str, ...]  # concerned, alive, and not applied when the wait ended
+    timing: tuple[tuple[str, float], ...] = ()  # (phase, seconds), for `Server-Timing`
+
+
+class _Laps:
+    """Where a wait's time went, phase by phase (answered as `Server-Timing`)."""
+
+    def __init__(self) -> None:
+        self.laps: list[tuple[str, float]] = []
+        self._t = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps.append((name, now - self._t))
+        self._t = now
 
 
 class RealizationWaiter:
@@ -119,6 +133,7 @@ class RealizationWaiter:
         self.feed = ReachFeed(nsdb)
         self._cond = threading.Condition()
         self._reports: dict[str, int] = {}
+        self._took: dict[str, float] = {}  # host -> its last report's own time
         self._alive: set[str] = set()
         self._subs: list[Subscription] | None = None
 
@@ -134,32 +149,39 @@ class RealizationWaiter:
         made so far (its first call loads it); the write's commits are recorded
         against it. Raises NsdbError."""
         self.feed.start()
+        self._subscribe()
         self.feed.barrier()
         return Recording(self.feed.get)
 
     def realize(self, rec: Recording, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
-        self._subscribe()
-        self.feed.barrier()  # the copy holds the write itself
-        live = set(self.nsdb.state_get(tables.HOST_LIVENESS))
-        concerned = concerned_hosts(self.feed, rec, live)
-        if not concerned:
-            return Outcome((), ())
+        laps = _Laps()
+        # The copy holds the write itself; the liveness and report watches (subscribed
+        # by `prepare`, on the same notification thread) hold everything before it too.
+        self.feed.barrier()
+        laps.lap("barrier")
         with self._cond:
-            self._alive |= live
+            live = set(self._alive)
+        concerned = concerned_hosts(self.feed, rec, live)
+        laps.lap("walk")
+        if not concerned:
+            return Outcome((), (), tuple(laps.laps))
         seq = self.nsdb.next_id(REALIZE_COUNTER)
         written: list[str] = []
         try:
             for host in sorted(concerned):
                 self.nsdb.state_set(request_table(host), str(seq), "", ephemeral=True)
                 written.append(host)
-            self._prime()
+            laps.lap("request")
             with self._cond:
                 self._cond.wait_for(
                     lambda: not self._pending(concerned, seq),
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
                 pending = self._pending(concerned, seq)
+                slowest = max((self._took.get(h, 0.0) for h in concerned - pending), default=0.0)
+            laps.lap("agents")
+            laps.laps.append(("agent", slowest))  # the slowest agent's own part of it
             if pending:  # a death the watch has not delivered yet is not a timeout
                 pending &= set(self.nsdb.state_get(tables.HOST_LIVENESS))
         finally:
@@ -168,7 +190,8 @@ class RealizationWaiter:
                     self.nsdb.state_delete(request_table(host), str(seq))
                 except NsdbError as exc:  # ephemeral: it goes with this session anyway
                     log.debug("could not remove wait request %d of %s: %s", seq, host, exc)
-        return Outcome(tuple(sorted(concerned)), tuple(sorted(pending)))
+        laps.lap("cleanup")
+        return Outcome(tuple(sorted(concerned)), tuple(sorted(pending)), tuple(laps.laps))
 
     def names(self, hosts: Iterable[str]) -> dict[str, str]:
         """Host names for messages (from the liveness entries; best effort)."""
@@ -193,18 +216,15 @@ class RealizationWaiter:
         with self._cond:
             self._subs.extend(subs)
 
-    def _prime(self) -> None:
-        """Reports already written (the watch delivers them too, a little later)."""
-        for host, value in self.nsdb.state_get(REALIZED).items():
-            self._record(host, value)
-
     def _record(self, host: str, value: str | None) -> None:
         report = decode_report(value) if value is not None else None
         with self._cond:
             if report is None:
                 self._reports.pop(host, None)
+                self._took.pop(host, None)
             elif report.seq > self._reports.get(host, 0):
                 self._reports[host] = report.seq
+                self._took[host] = report.took
             self._cond.notify_all()
 
     def _on_report(self, ev: StateEvent) -> None:
@@ -290,6 +310,7 @@ class WaitMiddleware:
         if timeout is None:
             await self.app(scope, receive, send)
             return
+        t0 = time.monotonic()
         try:
             rec = await run_in_threadpool(self.waiter.prepare)
         except NsdbError as exc:
@@ -300,11 +321,13 @@ class WaitMiddleware:
         async def hold(message: Message) -> None:
             held.append(message)
 
+        t1 = time.monotonic()
         token = _recording.set(rec)
         try:
             await self.app(scope, receive, hold)
         finally:
             _recording.reset(token)
+        before = (("prepare", t1 - t0), ("write", time.monotonic() - t1))
         status = next((m["status"] for m in held if m["type"] == "http.response.start"), 500)
         if 200 <= status < 300 and rec.touched:
             try:
@@ -331,8 +354,17 @@ class WaitMiddleware:
                 )  # fmt: skip
                 return
             _add_header(held, b"x-tessera-realized", str(len(outcome.concerned)).encode())
+            _add_header(held, b"server-timing", server_timing(before + outcome.timing))
         for message in held:
             await send(message)
+
+
+def server_timing(laps: Iterable[tuple[str, float]]) -> bytes:
+    """`Server-Timing` (W3C): where a waiting write's time went, in milliseconds —
+    prepare (the API's topology copy current), write, barrier (the copy holds the
+    write), walk (which agents it concerns), request, agents (until the last report;
+    `agent` is the slowest reporter's own part), cleanup."""
+    return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in laps).encode()
 
 
 def _add_header(held: list[Message], name: bytes, value: bytes) -> None:

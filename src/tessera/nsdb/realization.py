@@ -44,16 +44,17 @@ class Report:
 
     seq: int
     at: float  # Unix time of the report, for operators
+    took: float = 0.0  # seconds from the request's delivery to the report (`Server-Timing`)
 
     def encode(self) -> str:
-        return json.dumps({"seq": self.seq, "at": self.at})
+        return json.dumps({"seq": self.seq, "at": self.at, "took": round(self.took, 6)})
 
 
 def decode_report(value: str) -> Report | None:
     """The report, or None for an entry that is not one (never trusted blindly)."""
     try:
         data: Any = json.loads(value)
-        return Report(int(data["seq"]), float(data.get("at", 0.0)))
+        return Report(int(data["seq"]), float(data.get("at", 0.0)), float(data.get("took", 0.0)))
     except (ValueError, TypeError, KeyError):
         return None
 

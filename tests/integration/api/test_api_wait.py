@@ -74,6 +74,14 @@ def test_the_answer_comes_once_the_concerned_caches_hold_it(cloud: Cloud) -> Non
     assert h2.cache.get("rules", rule) is not None
     assert response.headers["x-tessera-realized"] == "2"
     assert h3.host_id not in cloud.admin.nsdb.state_get(REALIZED)
+    timing = dict(
+        part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")
+    )
+    assert list(timing) == [
+        "prepare", "write", "barrier", "walk", "request", "agents", "agent", "cleanup"
+    ]  # fmt: skip
+    assert all(float(ms) >= 0 for ms in timing.values())
+    assert float(timing["agent"]) > 0  # the agents' reports carry their own time
 
     gone = cloud.client.delete(f"/api/v1/rules/{rule}?wait=true&wait_timeout=20")
     assert gone.status_code == 204, gone.text

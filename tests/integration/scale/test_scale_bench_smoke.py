@@ -40,6 +40,7 @@ def test_the_quick_run_prints_every_figure(tmp_path: Path) -> None:
     waited = rows["API rule --wait -> all concerned applied p99"]
     assert waited["tessera"] is not None and waited["tessera"] > 0
     assert waited["note"].startswith("0 answers before"), waited["note"]
+    assert rows["--wait phase 'agents' p50"]["tessera"] > 0
     growth = [r for m, r in rows.items() if m.startswith("agent RSS at ")]
     assert len(growth) == 2 and all(r["tessera"] > 0 for r in growth)
     assert any(m.startswith("znodes at ") for m in rows)
