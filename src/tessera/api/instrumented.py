@@ -83,6 +83,14 @@ class InstrumentedNsdb(Nsdb):
     def state_delete(self, table: str, key: str) -> None:
         self._timed("state_delete", lambda: self.inner.state_delete(table, key))
 
+    def state_set_many(
+        self, entries: Sequence[tuple[str, str, str]], ephemeral: bool = True
+    ) -> None:
+        self._timed("state_set", lambda: self.inner.state_set_many(entries, ephemeral))
+
+    def state_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        self._timed("state_delete", lambda: self.inner.state_delete_many(entries))
+
     def state_get(self, table: str) -> dict[str, str]:
         return self._timed("state_get", lambda: self.inner.state_get(table))
 

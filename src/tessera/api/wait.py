@@ -167,11 +167,9 @@ class RealizationWaiter:
         if not concerned:
             return Outcome((), (), tuple(laps.laps))
         seq = self.nsdb.next_id(REALIZE_COUNTER)
-        written: list[str] = []
+        requests = [(request_table(host), str(seq)) for host in sorted(concerned)]
         try:
-            for host in sorted(concerned):
-                self.nsdb.state_set(request_table(host), str(seq), "", ephemeral=True)
-                written.append(host)
+            self.nsdb.state_set_many([(t, k, "") for t, k in requests], ephemeral=True)
             laps.lap("request")
             with self._cond:
                 self._cond.wait_for(
@@ -185,11 +183,10 @@ class RealizationWaiter:
             if pending:  # a death the watch has not delivered yet is not a timeout
                 pending &= set(self.nsdb.state_get(tables.HOST_LIVENESS))
         finally:
-            for host in written:
-                try:
-                    self.nsdb.state_delete(request_table(host), str(seq))
-                except NsdbError as exc:  # ephemeral: it goes with this session anyway
-                    log.debug("could not remove wait request %d of %s: %s", seq, host, exc)
+            try:  # some may not have been written (an error): deleting those is a no-op
+                self.nsdb.state_delete_many(requests)
+            except NsdbError as exc:  # ephemeral: they go with this session anyway
+                log.debug("could not remove wait request %d: %s", seq, exc)
         laps.lap("cleanup")
         return Outcome(tuple(sorted(concerned)), tuple(sorted(pending)), tuple(laps.laps))
 

@@ -204,6 +204,20 @@ class Nsdb(abc.ABC):
     def state_delete(self, table: str, key: str) -> None:
         """Remove an entry; absent entries are ignored."""
 
+    def state_set_many(
+        self, entries: Sequence[tuple[str, str, str]], ephemeral: bool = True
+    ) -> None:
+        """`state_set` of each (table, key, value). Not atomic: on an error some may be
+        set. A backend may send them together (ZooKeeper: one round trip for entries
+        that are new, as the requests of a waiting write are)."""
+        for table, key, value in entries:
+            self.state_set(table, key, value, ephemeral)
+
+    def state_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        """`state_delete` of each (table, key), together where the backend can."""
+        for table, key in entries:
+            self.state_delete(table, key)
+
     @abc.abstractmethod
     def state_get(self, table: str) -> dict[str, str]:
         """The table's entries (an absent table is empty)."""

@@ -121,3 +121,34 @@ def test_session_expiry_drops_then_restores_the_owners_entries(nsdb_factory: Any
     own_log.wait_for(lambda evs: ("added", "h2", "alive") in _changes(evs))
     owner.close()
     wait_until(lambda: other.state_get("hosts") == {})
+
+
+def test_taking_an_entry_back_makes_it_ours_again(nsdb_factory: Any) -> None:
+    """An owner overwriting its own entry (the one-round-trip path) after another
+    session took it over must take it back, not write into the other's znode."""
+    first, second, reader = nsdb_factory(), nsdb_factory(), nsdb_factory()
+    first.state_set("t", "k", "first")
+    first.state_set("t", "k", "first again")  # ours: overwritten in place
+    second.state_set("t", "k", "second")
+    first.state_set("t", "k", "first, back")
+    second.close()
+    assert reader.state_get("t") == {"k": "first, back"}
+    first.close()
+    assert reader.state_get("t") == {}
+
+
+def test_many_entries_set_and_deleted_together(nsdb_factory: Any) -> None:
+    owner, reader = nsdb_factory(), nsdb_factory()
+    owner.state_set("a", "old", "before")
+    owner.state_set_many([("a", "new", "1"), ("a", "old", "2"), ("b/c", "x", "3")])
+    owner.state_set_many([("p", "kept", "4")], ephemeral=False)
+    assert reader.state_get("a") == {"new": "1", "old": "2"}
+    assert reader.state_get("b/c") == {"x": "3"}
+    owner.state_delete_many([("a", "new"), ("a", "never-there"), ("b/c", "x")])
+    assert reader.state_get("a") == {"old": "2"}
+    assert reader.state_get("b/c") == {}
+    owner.state_set_many([])
+    owner.state_delete_many([])
+    owner.close()
+    assert reader.state_get("a") == {}
+    assert reader.state_get("p") == {"kept": "4"}

@@ -553,6 +553,15 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         path = f"{self._table_dir(table)}/{escape_component(key)}"
         data = value.encode("utf-8")
         zk = self._zk
+        if ephemeral and self._owns(table, key):
+            # Overwriting our own entry (an agent's report, its liveness): one round
+            # trip. The answer says whose the znode is; if no longer ours, or gone, the
+            # general way below makes it ours.
+            stat = self._run(partial(zk.set_async, path, data, -1))
+            if isinstance(stat, ZnodeStat) and stat.ephemeralOwner == self._current_session():
+                with self._lock:
+                    self._ephemerals[(table, key)] = value
+                return
         for _ in range(20):
             result = self._run(
                 lambda: zk.create_async(path, data, ephemeral=ephemeral, makepath=True)
@@ -593,6 +602,53 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 self._ephemerals[(table, key)] = value
             else:
                 self._ephemerals.pop((table, key), None)
+
+    def _owns(self, table: str, key: str) -> bool:
+        with self._lock:
+            return (table, key) in self._ephemerals
+
+    def state_set_many(
+        self, entries: Sequence[tuple[str, str, str]], ephemeral: bool = True
+    ) -> None:
+        """New entries in one round trip (creates pipelined); one that exists already
+        is set the general way."""
+        zk = self._zk
+        paths = [f"{self._table_dir(t)}/{escape_component(k)}" for t, k, _ in entries]
+        results = self._run_many(
+            [
+                partial(zk.create_async, path, v.encode("utf-8"), ephemeral=ephemeral,
+                        makepath=True)
+                for path, (_, _, v) in zip(paths, entries, strict=True)
+            ]
+        )  # fmt: skip
+        failure: Exception | None = None
+        for (table, key, value), result in zip(entries, results, strict=True):
+            if isinstance(result, NodeExistsError):
+                self.state_set(table, key, value, ephemeral)
+            elif isinstance(result, Exception):
+                failure = failure or result
+            else:
+                with self._lock:
+                    if ephemeral:
+                        self._ephemerals[(table, key)] = value
+                    else:
+                        self._ephemerals.pop((table, key), None)
+        if failure is not None:
+            raise failure
+
+    def state_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        results = self._run_many(
+            [
+                partial(self._zk.delete_async, f"{self._table_dir(t)}/{escape_component(k)}")
+                for t, k in entries
+            ]
+        )
+        with self._lock:
+            for entry in entries:
+                self._ephemerals.pop(entry, None)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoNodeError):
+                raise result
 
     def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
         path = f"{self._table_dir(table)}/{escape_component(key)}"
