@@ -234,8 +234,14 @@ def _wait_samples(
     concerned_counts: list[int] = []
     phases: list[dict[str, float]] = []  # Server-Timing of each waited sample
     late = failed = 0
+    app = create_app(api_nsdb)
+    # As the API service does when it starts: the copy of the topology --wait walks is
+    # loaded in the background; samples start once it is (a running API's steady state).
+    t0 = time.monotonic()
+    app.state.waiter.warm().join(SAMPLE_TIMEOUT)
+    warm = time.monotonic() - t0
     try:
-        with TestClient(create_app(api_nsdb)) as client:
+        with TestClient(app) as client:
             for i in range(samples):
                 if i and i % 20 == 0:
                     log(f"{section}: {i} --wait samples")
@@ -266,10 +272,14 @@ def _wait_samples(
                 if not tenant.hosts <= holders:
                     late += 1
     finally:
+        app.state.waiter.close()
         api_nsdb.close()
     concerned = sorted(concerned_counts)[len(concerned_counts) // 2] if concerned_counts else 0
     goal = "p99 < 1000 ms at 1,000 agents" if n >= 1000 else "p99 < 1000 ms (at 1,000)"
     return [
+        Row(section, "API start: its copy of the topology for --wait loaded", "", None,
+            round(warm * 1000, 1), "ms", note="in the background; a waiting write before "
+            "it is done waits for it"),
         Row(section, "API rule --wait -> all concerned applied p50", "no wait", _ms(plain, 50),
             _ms(waited, 50), "ms", note=f"{len(waited)} samples, {concerned} agents concerned"),
         Row(section, "API rule --wait -> all concerned applied p99", "no wait", _ms(plain, 99),

@@ -88,10 +88,12 @@ class ApiService:
             env.cluster.info["api"] = self.url
 
     def run(self, ctx: ServiceContext) -> None:
+        self.app.state.waiter.warm()  # --wait's first answer should not load the cloud
         serve_until_stopped(self.app, self.sock, ctx, "api")
 
     def close(self) -> None:
         self.sock.close()
+        self.app.state.waiter.close()
 
 
 def api_serve_config(

@@ -136,22 +136,41 @@ class RealizationWaiter:
         self._took: dict[str, float] = {}  # host -> its last report's own time
         self._alive: set[str] = set()
         self._subs: list[Subscription] | None = None
+        self._sub_lock = threading.Lock()
 
     def close(self) -> None:
-        with self._cond:
+        with self._sub_lock, self._cond:
             subs, self._subs = self._subs or [], None
         for sub in subs:
             sub.cancel()
         self.feed.close()
 
+    def warm(self) -> threading.Thread:
+        """Load the API's copy of the topology now, in the background, rather than on
+        the first waiting write (which then waits for it: seconds in a large cloud). A
+        failure is only logged: that first write tries again."""
+
+        def load() -> None:
+            try:
+                self._start()
+            except NsdbError as exc:
+                log.info("could not load the topology for --wait yet: %s", exc)
+
+        thread = threading.Thread(target=load, name="api-wait-warm", daemon=True)
+        thread.start()
+        return thread
+
     def prepare(self) -> Recording:
         """Before a waiting write: the API's copy of the topology holds every commit
         made so far (its first call loads it); the write's commits are recorded
         against it. Raises NsdbError."""
-        self.feed.start()
-        self._subscribe()
+        self._start()
         self.feed.barrier()
         return Recording(self.feed.get)
+
+    def _start(self) -> None:
+        self.feed.start()
+        self._subscribe()
 
     def realize(self, rec: Recording, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
@@ -202,16 +221,18 @@ class RealizationWaiter:
         return {h for h in concerned if h in self._alive and self._reports.get(h, 0) < seq}
 
     def _subscribe(self) -> None:
-        with self._cond:
+        """Once (a concurrent caller waits for it; a failure leaves it to the next)."""
+        with self._sub_lock:
             if self._subs is not None:
                 return
-            self._subs = []
-        subs = [
-            self.nsdb.watch_state(REALIZED, self._on_report),
-            self.nsdb.watch_state(tables.HOST_LIVENESS, self._on_liveness),
-        ]
-        with self._cond:
-            self._subs.extend(subs)
+            subs = [self.nsdb.watch_state(REALIZED, self._on_report)]
+            try:
+                subs.append(self.nsdb.watch_state(tables.HOST_LIVENESS, self._on_liveness))
+            except BaseException:
+                subs[0].cancel()
+                raise
+            with self._cond:
+                self._subs = subs
 
     def _record(self, host: str, value: str | None) -> None:
         report = decode_report(value) if value is not None else None

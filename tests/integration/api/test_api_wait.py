@@ -22,6 +22,7 @@ from tessera.agent.agent import Agent
 from tessera.api.app import create_app
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import Bridge, Chain, Port
+from tessera.nsdb.errors import NsdbError
 from tessera.nsdb.realization import REALIZED
 from tessera.nsdb.store.topology import TopologyStore
 
@@ -117,3 +118,28 @@ def test_a_port_group_concerns_only_the_agents_that_reach_its_ports(cloud: Cloud
     assert h1.cache.get("port_groups", group) is not None
     assert h2.cache.get("port_groups", group) is not None
     assert h3.cache.get("port_groups", group) is None
+
+
+def test_warming_loads_the_copy_before_any_waiting_write(nsdb_factory: Any) -> None:
+    """The API service warms its waiter when it starts, so the first waiting write does
+    not load the whole topology; a warm-up that cannot reach the NSDB only logs."""
+    admin = TopologyStore(nsdb_factory())
+    chain = admin.create(Chain(name="fw"))
+    app = create_app(nsdb_factory())
+    waiter = app.state.waiter
+    assert waiter.feed.get((Chain.kind, chain.id)) is None
+    waiter.warm().join(20)
+    assert waiter.feed.get((Chain.kind, chain.id)) == chain
+    later = admin.create(Chain(name="later"))
+    with TestClient(app) as client:  # the copy follows what comes after
+        r = client.post(f"/api/v1/chains/{later.id}/rules?wait=true", json={"type": "drop"})
+        assert r.status_code == 201, r.text
+    assert waiter.feed.get((Chain.kind, later.id)) is not None
+    waiter.close()
+
+    closed = nsdb_factory()
+    closed.close()
+    dead = create_app(closed).state.waiter
+    dead.warm().join(20)  # no exception escapes the thread; the next write retries
+    with pytest.raises(NsdbError):
+        dead.prepare()
