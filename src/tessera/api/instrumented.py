@@ -44,6 +44,9 @@ class InstrumentedNsdb(Nsdb):
     def get(self, kind: str, id: str) -> Stored[StoredObject]:
         return self._timed("get", lambda: self.inner.get(kind, id))
 
+    def get_many(self, kind: str, ids: Sequence[str]) -> builtins.list[Stored[StoredObject] | None]:
+        return self._timed("get", lambda: self.inner.get_many(kind, ids))
+
     def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:
         return self._timed("list", lambda: self.inner.list(kind))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from tessera.model import StoredObject
+from tessera.nsdb.errors import NotFound
 
 T = TypeVar("T", bound=StoredObject)
 Change = Literal["added", "changed", "deleted"]
@@ -120,6 +121,18 @@ class Nsdb(abc.ABC):
     @abc.abstractmethod
     def get(self, kind: str, id: str) -> Stored[StoredObject]:
         """The object and its version; `NotFound` if absent."""
+
+    def get_many(self, kind: str, ids: Sequence[str]) -> builtins.list[Stored[StoredObject] | None]:
+        """`get` of each id, None for an absent one. A backend may read them together
+        (ZooKeeper: one round trip): a transaction checking one host's ports reads them
+        all at once (`Transaction.indexed`)."""
+        out: builtins.list[Stored[StoredObject] | None] = []
+        for id in ids:
+            try:
+                out.append(self.get(kind, id))
+            except NotFound:
+                out.append(None)
+        return out
 
     @abc.abstractmethod
     def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:

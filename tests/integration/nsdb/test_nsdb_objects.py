@@ -30,6 +30,20 @@ def test_every_write_bumps_the_version(nsdb: Nsdb) -> None:
     assert (stored.value.name, stored.version) == ("three", 3)  # type: ignore[attr-defined]
 
 
+def test_get_many_reads_each_and_none_for_the_absent(nsdb: Nsdb) -> None:
+    a, b, gone = bridge("a"), bridge("b"), bridge("gone")
+    nsdb.create(a)
+    nsdb.create(b)
+    nsdb.update(b.model_copy(update={"name": "b2"}))
+    got = nsdb.get_many("bridges", [b.id, gone.id, a.id])
+    assert [(s.value.name, s.version) if s else None for s in got] == [  # type: ignore[attr-defined]
+        ("b2", 2),
+        None,
+        ("a", 1),
+    ]
+    assert nsdb.get_many("bridges", []) == []
+
+
 def test_missing_objects_raise_not_found(nsdb: Nsdb) -> None:
     b = bridge()
     with pytest.raises(NotFound, match=b.id):

@@ -13,7 +13,7 @@ import builtins
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -64,6 +64,18 @@ class Transaction:
             slot = by_id[id] = _Slot(stored.value, stored.version, original=stored.value)
         return slot
 
+    def _prefetch(self, kind: str, ids: Iterable[str]) -> None:
+        """Read the objects this transaction has not seen yet, together."""
+        by_id = self._slots.setdefault(kind, {})
+        if kind in self._listed:
+            return
+        todo = sorted(id for id in ids if id not in by_id)
+        if not todo:
+            return
+        for id, stored in zip(todo, self.nsdb.get_many(kind, todo), strict=True):
+            if stored is not None:
+                by_id[id] = _Slot(stored.value, stored.version, original=stored.value)
+
     def find(self, kind: str, id: str) -> StoredObject | None:
         slot = self._slot(kind, id)
         return slot.value if slot is not None else None
@@ -97,6 +109,7 @@ class Transaction:
         this transaction wrote are judged by their new value, not the stored index."""
         assert index.kind == cls.kind
         ids = set(self.nsdb.index_list(index.name, key))
+        self._prefetch(cls.kind, ids)
         ids.update(id for id, slot in self._slots.get(cls.kind, {}).items() if slot.dirty)
         out = []
         for id in sorted(ids):

@@ -73,6 +73,21 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         data, stat = result
         return Stored(decode_object(kind, data), stat.version + 1)
 
+    def get_many(self, kind: str, ids: Sequence[str]) -> builtins.list[Stored[StoredObject] | None]:
+        results = self._run_many(
+            [partial(self._zk.get_async, self._obj_path(kind, id)) for id in ids]
+        )
+        out: builtins.list[Stored[StoredObject] | None] = []
+        for result in results:
+            if isinstance(result, NoNodeError):
+                out.append(None)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                data, stat = result
+                out.append(Stored(decode_object(kind, data), stat.version + 1))
+        return out
+
     def list(self, kind: str) -> builtins.list[Stored[StoredObject]]:
         directory = self._kind_dir(kind)
         children = self._run(lambda: self._zk.get_children_async(directory))
