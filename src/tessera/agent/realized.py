@@ -63,7 +63,7 @@ class RealizationReporter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._sub = self.nsdb.watch_state(request_table(self.host_id), self._on_request)
+        self._sub = self.nsdb.watch_state_keys(request_table(self.host_id), self._on_request)
         self._thread = threading.Thread(target=self._run, name="agent-realized", daemon=True)
         self._thread.start()
 
@@ -147,7 +147,7 @@ class RealizationReporter:
         """Whether the notification thread ran everything queued before this call: a
         new subscription's first delivery is queued behind it."""
         delivered = threading.Event()
-        sub = self.nsdb.watch_state(request_table(self.host_id), lambda _ev: delivered.set())
+        sub = self.nsdb.watch_state_keys(request_table(self.host_id), lambda _ev: delivered.set())
         try:
             # The request that woke us is in the table, unless the API's session ended
             # meanwhile: then nothing is delivered, and the wait ends by timeout (with

@@ -239,6 +239,12 @@ class Nsdb(abc.ABC):
     def watch_state(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
         """Entries added/changed/deleted; current entries first as "added"."""
 
+    def watch_state_keys(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
+        """`watch_state` for a watcher that needs only which keys are present (the
+        events' values may be None): a backend may then skip reading each entry
+        (ZooKeeper: one listing per change instead of a listing and a read)."""
+        return self.watch_state(table, callback)
+
     # -- misc --
     @abc.abstractmethod
     def next_id(self, counter: str) -> int:

@@ -152,3 +152,28 @@ def test_many_entries_set_and_deleted_together(nsdb_factory: Any) -> None:
     owner.close()
     assert reader.state_get("a") == {}
     assert reader.state_get("p") == {"kept": "4"}
+
+
+def test_watch_state_keys_reports_which_keys_come_and_go(nsdb_factory: Any) -> None:
+    """A keys watch (the agent's request table) sees every key present first, then each
+    key added or deleted; a backend may leave the values out. Beside a full watch of
+    the same table on the same client, each gets its own kind of events."""
+    watcher, writer = nsdb_factory(), nsdb_factory()
+    writer.state_set("realize_request/h", "1", "")
+    keys, full = EventLog(), EventLog()
+    watcher.watch_state_keys("realize_request/h", keys)
+    watcher.watch_state("realize_request/h", full)
+    keys.wait_count(1)
+    full.wait_count(1)
+    writer.state_set("realize_request/h", "2", "x")
+    keys.wait_count(2)
+    writer.state_delete("realize_request/h", "1")
+    writer.state_set("realize_request/other", "9", "")  # another table: not reported
+    events = keys.wait_count(3)
+    assert [(e.change, e.key) for e in events] == [("added", "1"), ("added", "2"), ("deleted", "1")]
+    assert all(e.value in (None, "", "x") for e in events)
+    assert _changes(full.wait_count(3)) == [
+        ("added", "1", ""),
+        ("added", "2", "x"),
+        ("deleted", "1", None),
+    ]

@@ -50,7 +50,14 @@ from tessera.nsdb.codec import (
 )
 from tessera.nsdb.errors import AlreadyExists, Conflict, NotFound, NsdbError, Unavailable
 from tessera.nsdb.zookeeper.election import ZookeeperElection
-from tessera.nsdb.zookeeper.mirrors import DirMirror, ListedDirMirror, Mirror, NodeMirror, Sub
+from tessera.nsdb.zookeeper.mirrors import (
+    DirMirror,
+    KeysDirMirror,
+    ListedDirMirror,
+    Mirror,
+    NodeMirror,
+    Sub,
+)
 from tessera.nsdb.zookeeper.session import ZkSession
 
 E = TypeVar("E")
@@ -717,6 +724,19 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             lambda: DirMirror(
                 self, directory, lambda data: data.decode("utf-8"), event, recreate_is_change=True
             ),
+            callback,
+        )
+
+    def watch_state_keys(self, table: str, callback: Callable[[StateEvent], None]) -> Subscription:
+        directory = self._table_dir(table)
+        self._check_open()
+
+        def event(name: str, change: Change, value: str | None, version: int) -> StateEvent:
+            return StateEvent(table, name, change, None)
+
+        return self._attach(
+            "keys:" + directory,
+            lambda: KeysDirMirror(self, directory, lambda data: None, event),
             callback,
         )
 

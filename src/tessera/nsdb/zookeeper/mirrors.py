@@ -194,10 +194,30 @@ class DirMirror(Mirror[E]):
         self.refresh(names)
 
 
-class ListedDirMirror(DirMirror[E]):
-    """A `DirMirror` that tells each new subscriber when it has every child present at
-    attach time (an index watch's "listed" event): a loader waits for it to know that a
-    parent's children are all in, without a separate listing that could race."""
+class KeysDirMirror(DirMirror[E]):
+    """Only the names of a directory's children, for directories whose children carry
+    no data that changes (an index key's members): a change is one listing, which
+    re-arms the one watch; no child is read or watched. Half the round trips of a
+    `DirMirror` per change, and one watch instead of one per child."""
+
+    def refresh_dir(self) -> None:
+        names = self._list()
+        present = set(names)
+        for gone in [n for n in self.known if n not in present]:
+            self.apply(gone, None, None)
+        for name in names:
+            if name not in self.known:
+                self.known[name] = Known(0, 0, None)
+                self.emit(name, "added", None, 0)
+
+    def resync(self) -> None:
+        self.refresh_dir()
+
+
+class ListedDirMirror(KeysDirMirror[E]):
+    """A `KeysDirMirror` that tells each new subscriber when it has every child present
+    at attach time (an index watch's "listed" event): a loader waits for it to know that
+    a parent's children are all in, without a separate listing that could race."""
 
     def __init__(
         self,
