@@ -376,8 +376,10 @@ class TopologyCache:
                 was = isinstance(old, Port) and old.host_id == self.host_id
                 now = isinstance(new, Port) and new.host_id == self.host_id
                 bindings = was or now
-                if bindings and (was != now):
-                    self._extra.clear()  # the roots changed: the closure says it all
+                if was and not now:
+                    # A root left: what a simulation asked for may have been reached
+                    # through it, so only the closure stays. A new root only adds.
+                    self._extra.clear()
             elif isinstance(current, Host | TunnelZone):
                 tunnels = True
                 tags |= _host_tags(old, new)

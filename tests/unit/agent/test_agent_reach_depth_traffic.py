@@ -162,3 +162,29 @@ def test_an_arp_flood_on_the_external_bridge_loads_no_other_router(cloud: Cloud)
     assert [holds(h1, t) for t in others] == ["front"] * len(others)
     assert set(h1.agent.cache.held()) == held
     assert not [p for p in h1.agent.upcall.parked.values() if p.waiting_for]
+
+
+def test_a_local_bind_keeps_what_was_loaded_on_demand_and_an_unbind_lets_it_go(
+    cloud: Cloud,
+) -> None:
+    """A new VM on h1 only adds to what h1's ports reach: r2, loaded on demand for VM1's
+    traffic, stays (dropping it would cost the next packet to FIP2 another load). A VM
+    leaving h1 may have been the way to it: then only the closure is kept."""
+    h1, h2 = cloud.host("h1", "198.18.0.1"), cloud.host("h2", "198.18.0.2")
+    ext = cloud.bridge("ext")
+    t1, t2 = tenant(cloud, ext, 1, h1), tenant(cloud, ext, 2, h2)
+    cloud.settle()
+    assert t1.vm is not None and t2.vm is not None
+    out = udp(t1.vm, mac_from_str(rp_mac(1)), ip_from_str(t2.fip), 40000, 53)
+    assert deliver(cloud, t1.vm, t2, out)
+    assert holds(h1, t2) == "loaded"
+
+    second = cloud.vm(h1, t1.bridge, "tap9", "02:00:00:00:01:09", "10.0.1.9")
+    cloud.settle()
+    assert second.port_id in h1.agent.cache.bound_ports()
+    assert holds(h1, t2) == "loaded"
+
+    cloud.topo.unbind(h1.host_id, second.port_id)
+    cloud.settle()
+    assert second.port_id not in h1.agent.cache.bound_ports()
+    assert holds(h1, t2) == "front"
