@@ -127,7 +127,8 @@ class CompiledRule:
     flow_action: str | None = None  # NAT rules: what follows the translation
     # The rule's own function, compiled on first use: only traces test rules one by one.
     _fn: list[RuleFn] = field(default_factory=list, compare=False, repr=False)
-    _inline: list[tuple[str, frozenset[str]]] = field(
+    # Not `_inline`: mypyc would name it `__inline`, a C compiler keyword.
+    _inline_src: list[tuple[str, frozenset[str]]] = field(
         default_factory=list, compare=False, repr=False
     )
 
@@ -135,9 +136,9 @@ class CompiledRule:
         """The expression reading each field once (`_cached`) and the fields it reads,
         made once per rule: a chain recompiled after a change regenerates its blocks'
         source."""
-        if not self._inline:
-            self._inline.append((_cached(self.expression), _fields(self.expression)))
-        return self._inline[0]
+        if not self._inline_src:
+            self._inline_src.append((_cached(self.expression), _fields(self.expression)))
+        return self._inline_src[0]
 
     def matches(self, m: FlowMatch, in_port: str, out_port: str | None, ct: ForwardFn) -> bool:
         if not self._fn:

@@ -231,10 +231,10 @@ def _generate(
         return
     try:
         _travel(child, gm, out.peer_id, hops, node)
-    except LimitExceeded as exc:
-        sim.limit = exc.limit
+    except LimitExceeded as limit:  # a name per exception type: mypyc types names
+        sim.limit = limit.limit
         if node is not None:
-            node.add("drop", None, f"generated {kind} dropped: {exc}")
+            node.add("drop", None, f"generated {kind} dropped: {limit}")
         return
     sim.absorb(child, eth, kind)
 
