@@ -369,6 +369,7 @@ class WaitMiddleware:
                         f"{timeout:g}s: {listed}",
                         "hosts": list(outcome.pending),
                     },
+                    [(b"server-timing", server_timing(before + outcome.timing))],
                 )  # fmt: skip
                 return
             _add_header(held, b"x-tessera-realized", str(len(outcome.concerned)).encode())
@@ -391,7 +392,9 @@ def _add_header(held: list[Message], name: bytes, value: bytes) -> None:
             message["headers"] = [*message.get("headers", []), (name, value)]
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _answer(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     data = json.dumps(body).encode()
     await send(
         {
@@ -400,6 +403,7 @@ async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(data)).encode()),
+                *headers,
             ],
         }
     )

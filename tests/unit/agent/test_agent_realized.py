@@ -91,6 +91,9 @@ def test_a_stuck_agent_times_out_with_504_and_the_write_stays(setup: Setup) -> N
     assert status == 504
     assert body["hosts"] == [setup.h2.host_id]
     assert "h2" in body["message"] and "committed" in body["message"]
+    # Where the wait went, for whoever looks into the late agent.
+    phases = [p.split(";")[0].strip() for p in body["_headers"]["server-timing"].split(",")]
+    assert phases[:2] == ["prepare", "write"] and "agents" in phases
     rules = setup.client.get(f"/api/v1/chains/{setup.chain}/rules").json()
     assert len(rules) == 1  # committed all the same
     h1 = decode_report(setup.cloud.admin.state_get(REALIZED)[setup.h1.host_id])
