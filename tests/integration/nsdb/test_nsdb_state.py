@@ -167,6 +167,7 @@ def test_watch_state_keys_reports_which_keys_come_and_go(nsdb_factory: Any) -> N
     full.wait_count(1)
     writer.state_set("realize_request/h", "2", "x")
     keys.wait_count(2)
+    full.wait_count(2)  # both seen "2" before "1" goes: keys apart, order is per key
     writer.state_delete("realize_request/h", "1")
     writer.state_set("realize_request/other", "9", "")  # another table: not reported
     events = keys.wait_count(3)
