@@ -572,7 +572,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
     # -- state tables --
 
     def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
-        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        path = self._entry_path(table, key)
         data = value.encode("utf-8")
         zk = self._zk
         if ephemeral and self._owns(table, key):
@@ -581,8 +581,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             # general way below makes it ours.
             stat = self._run(partial(zk.set_async, path, data, -1))
             if isinstance(stat, ZnodeStat) and stat.ephemeralOwner == self._current_session():
-                with self._lock:
-                    self._ephemerals[(table, key)] = value
+                self._written(table, key, value, ephemeral)
                 return
         for _ in range(20):
             result = self._run(
@@ -619,11 +618,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             break
         else:
             raise Conflict(f"state entry {table}/{key} kept changing; gave up")
-        with self._lock:
-            if ephemeral:
-                self._ephemerals[(table, key)] = value
-            else:
-                self._ephemerals.pop((table, key), None)
+        self._written(table, key, value, ephemeral)
 
     def _owns(self, table: str, key: str) -> bool:
         with self._lock:
@@ -635,7 +630,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
         """New entries in one round trip (creates pipelined); one that exists already
         is set the general way."""
         zk = self._zk
-        paths = [f"{self._table_dir(t)}/{escape_component(k)}" for t, k, _ in entries]
+        paths = [self._entry_path(t, k) for t, k, _ in entries]
         results = self._run_many(
             [
                 partial(zk.create_async, path, v.encode("utf-8"), ephemeral=ephemeral,
@@ -650,20 +645,13 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             elif isinstance(result, Exception):
                 failure = failure or result
             else:
-                with self._lock:
-                    if ephemeral:
-                        self._ephemerals[(table, key)] = value
-                    else:
-                        self._ephemerals.pop((table, key), None)
+                self._written(table, key, value, ephemeral)
         if failure is not None:
             raise failure
 
     def state_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
         results = self._run_many(
-            [
-                partial(self._zk.delete_async, f"{self._table_dir(t)}/{escape_component(k)}")
-                for t, k in entries
-            ]
+            [partial(self._zk.delete_async, self._entry_path(t, k)) for t, k in entries]
         )
         with self._lock:
             for entry in entries:
@@ -673,7 +661,7 @@ class ZookeeperNsdb(ZkSession, Nsdb):
                 raise result
 
     def state_create(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
-        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        path = self._entry_path(table, key)
         data = value.encode("utf-8")
         zk = self._zk
         result = self._run(lambda: zk.create_async(path, data, ephemeral=ephemeral, makepath=True))
@@ -681,12 +669,10 @@ class ZookeeperNsdb(ZkSession, Nsdb):
             raise AlreadyExists(f"state entry {table}/{key} already exists")
         if isinstance(result, Exception):
             raise result
-        if ephemeral:
-            with self._lock:
-                self._ephemerals[(table, key)] = value
+        self._written(table, key, value, ephemeral)
 
     def state_delete(self, table: str, key: str) -> None:
-        path = f"{self._table_dir(table)}/{escape_component(key)}"
+        path = self._entry_path(table, key)
         result = self._run(lambda: self._zk.delete_async(path))
         if isinstance(result, Exception) and not isinstance(result, NoNodeError):
             raise result

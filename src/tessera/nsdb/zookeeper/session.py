@@ -360,6 +360,19 @@ class ZkSession:
     def _table_dir(self, table: str) -> str:
         return f"{self._state}/{escape_component(table)}"
 
+    def _entry_path(self, table: str, key: str) -> str:
+        return f"{self._table_dir(table)}/{escape_component(key)}"
+
+    def _written(self, table: str, key: str, value: str, ephemeral: bool) -> None:
+        """Note an entry this client has just written: an ephemeral one is re-created
+        after a session expiry (`_recreate_ephemerals`) and overwritten in one round
+        trip; a persistent one is no longer ours to re-create."""
+        with self._lock:
+            if ephemeral:
+                self._ephemerals[(table, key)] = value
+            else:
+                self._ephemerals.pop((table, key), None)
+
     # -- recovery --
 
     def _recreate_ephemerals(self) -> None:
@@ -367,7 +380,7 @@ class ZkSession:
         with self._lock:
             owned = dict(self._ephemerals)
         for (table, key), value in owned.items():
-            path = f"{self._table_dir(table)}/{escape_component(key)}"
+            path = self._entry_path(table, key)
             result = self._run(
                 partial(
                     self._zk.create_async,
