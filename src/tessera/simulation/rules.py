@@ -24,7 +24,7 @@ condition held: they call `ct()`, the simulation's answer to "is this a forward 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
@@ -80,7 +80,7 @@ class _Unset:
 _UNSET = _Unset()
 
 
-def _function(name: str, params: str, body: list[str], fields: set[str]) -> list[str]:
+def _function(name: str, params: str, body: list[str], fields: Iterable[str]) -> list[str]:
     """Source of a function whose expressions read each packet field at most once.
 
     The first use of a field calls its getter (which puts it in the mask) exactly where
@@ -144,8 +144,8 @@ class CompiledRule:
         if not self._fn:
             namespace = {**_BASE_NAMESPACE, **self.constants}
             text, fields = self.inline()
-            source = _function("_matches", "m, in_port, out_port, ct", [f"    return bool({text})"],
-                               set(fields))  # fmt: skip
+            body = [f"    return bool({text})"]
+            source = _function("_matches", "m, in_port, out_port, ct", body, fields)
             exec("\n".join(source) + "\n", namespace)  # integers and constant names only
             self._fn.append(namespace["_matches"])
         return self._fn[0](m, in_port, out_port, ct)
@@ -340,7 +340,6 @@ last one), the others' code is taken from the chain's previous compilation."""
 
 @dataclass(frozen=True, slots=True)
 class _Block:
-    offset: int  # index of its first rule in the chain
     source: str
     code: CodeType
 
@@ -361,7 +360,7 @@ def compile_first_match(
         for rule in part:
             namespace.update(rule.constants)
         exec(code, namespace)  # see the module doc
-        blocks.append(_Block(offset, source, code))
+        blocks.append(_Block(source, code))
         fns.append((offset, offset + len(part), namespace["_first_match"]))
     fn = fns[0][2] if len(fns) == 1 else _chained(tuple(fns))
     setattr(fn, _BLOCKS_ATTR, tuple(blocks))  # the function's own: read back as `previous`
