@@ -36,6 +36,7 @@ from tessera.agent.flowstate import persist
 from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
+from tessera.agent.kernel_ct import KernelConn, KernelConntrack
 from tessera.agent.lifecycle import Adopter, sweep
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
@@ -43,10 +44,12 @@ from tessera.agent.realized import RealizationReporter
 from tessera.agent.translate import PortLocation
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.agent.writer import StateWriter
-from tessera.datapath.base import Datapath, InstalledFlow, Match, action_to_json
+from tessera.datapath.base import Datapath, DatapathError, InstalledFlow, Match, action_to_json
 from tessera.model import PortGroup, TunnelZone
 from tessera.nsdb.base import Nsdb
 from tessera.nsdb.store.topology import TopologyStore
+from tessera.simulation.flowstate import FlowStateEntry
+from tessera.simulation.topology import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -113,23 +116,36 @@ class Agent:
             durable=flowstate_durable,
         )  # fmt: skip
         self.flowstate.on_received = self.dp.wakeup
+        # Connections tracked by the datapath itself (docs/agent.md "Connection state").
+        self.kernel_ct = KernelConntrack(datapath)
+        table = self.flowstate.table
+        table.mirror = self.kernel_ct.mirror
+        removed = table.on_remove
+
+        def on_remove(entry: FlowStateEntry) -> None:
+            if removed is not None:
+                removed(entry)
+            self.kernel_ct.removed(entry)
+
+        table.on_remove = on_remove
         if simulator is None:
             from tessera.agent.simulate import SnapshotSimulator
 
             simulator = SnapshotSimulator(self.cache, self.flowstate.view, self.flowstate.snat)
+            simulator.on_compile = self._sync_zones
         self.simulator = simulator
         self.writer = StateWriter(nsdb) if write_state else None
         self.upcall = UpcallHandler(
             datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
             self.locate, clock, wall_clock, flowstate=self.flowstate,
-            group_ports=self._group_ports,
+            group_ports=self._group_ports, kernel_ct=self.kernel_ct,
         )  # fmt: skip
         self.adopter = Adopter(
             datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,
             clock,
         )  # fmt: skip
         handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "flows": self.flows_report, "status": self.status, "conntrack": self.flowstate.report
+            "flows": self.flows_report, "status": self.status, "conntrack": self.conntrack_report
         }  # fmt: skip
         self.control = (
             ControlServer(host_id, name, handlers, control_dir) if control_dir is not None else None
@@ -150,6 +166,7 @@ class Agent:
         (the message says what)."""
         self.dp.start()
         self.ports.adopt()
+        self.kernel_ct.adopt()
         self.adopter.adopt()
         registration.register(self.store, self.host_id, self.name, self.underlay_ip)
         if self.tunnel_zone is not None and self.underlay_ip is not None:
@@ -321,21 +338,54 @@ class Agent:
         """Connections expire by their kernel flows' last use, read like flows' own, and
         sooner once those flows saw a TCP FIN or RST."""
 
+        conns = self.dp.ct_entries()  # the datapath's own table, read once
+
         def last_used(match: object) -> float | None:
+            if isinstance(match, KernelConn):
+                conn = conns.get(match.conn)
+                return conn[0] if conn is not None else None
             inst = installed.get(match) if isinstance(match, Match) else None
             return inst.stats.last_used if inst is not None else None
 
         def tcp_flags(match: object) -> int:
+            if isinstance(match, KernelConn):
+                conn = conns.get(match.conn)
+                return conn[1] if conn is not None else 0
             inst = installed.get(match) if isinstance(match, Match) else None
             return inst.stats.tcp_flags if inst is not None else 0
 
         tags = self.flowstate.sweep(now, last_used, tcp_flags)
         if tags:
             self.upcall.invalidate(tags)
+        self.kernel_ct.sweep(now, conns)
+
+    def conntrack_report(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`tessera conntrack`: the agent's entries, then the connections the datapath
+        committed itself."""
+        report = self.flowstate.report(request)
+        try:
+            conns = self.dp.ct_entries()
+        except (DatapathError, OSError) as exc:
+            log.warning("cannot read the datapath's connections: %s", exc)
+            return report
+        report["entries"].extend(self.kernel_ct.report(self.clock(), conns))
+        return report
+
+    def _sync_zones(self, snap: Snapshot) -> None:
+        """Give local ports the conntrack zones of their devices in `snap` (a topology
+        just compiled, before any simulation reads it), and hand the datapath the
+        connections the agent holds for devices that just got one."""
+        numbers = {port_id: a.number for port_id, a in self.ports.attached().items()}
+        new = self.kernel_ct.sync(snap, numbers)
+        if new:
+            self.flowstate.table.mirror_devices(new)
 
     def _sync_ports(self) -> set[str]:
         changed = self.ports.sync(self.cache.bound_ports())
         self.metrics.ports.set(len(self.ports.attached()))
+        snapshot = getattr(self.simulator, "snapshot", None)
+        if changed and snapshot is not None:
+            self._sync_zones(snapshot())
         return changed
 
     def locate(self, port_id: str) -> PortLocation | None:

@@ -137,7 +137,7 @@ def conntrack(
             str(e.get("state", "")),
             f"{e.get('idle', 0.0):.1f}s",
             f"{e.get('expires_in', 0.0):.1f}s",
-            str(e.get("flows", 0)),
+            "datapath" if e.get("datapath") else str(e.get("flows", 0)),
         )
     console = Console(width=200)
     console.print(table)

@@ -26,9 +26,12 @@ from tessera.agent.ports import PortManager
 from tessera.agent.synth import frame_for
 from tessera.agent.upcall import Simulator, UpcallHandler
 from tessera.datapath.base import Datapath, DatapathError, InstalledFlow, Match
+from tessera.packet.match import FIELD_NAMES, FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 
 log = logging.getLogger(__name__)
+
+_CT_STATE = FIELD_NAMES.index("ct_state")
 
 ADOPT_TIMEOUT = 30.0  # an adopted flow not verified by then is removed
 ADOPT_BATCH = 256  # adopted flows re-simulated per tick
@@ -162,8 +165,11 @@ class Adopter:
             if self.cache.ports_ready() and not self.ports.pending():
                 return False  # every binding is known and attached: none explains it
             return None  # its binding may not be loaded (or attached) yet
+        frame = frame_for(match)
         try:
-            result = self.sim.simulate(frame_for(match), port_id, wall_now)
+            # The datapath's answer the flow is keyed on (0 unless it tracks connections).
+            fm = FlowMatch.from_frame(port_id, frame, match.values[_CT_STATE])
+            result = self.sim.simulate(frame, port_id, wall_now, match=fm)
         except NotYetLoaded as exc:
             if exc.kind == NAT_BLOCK and self.upcall.flowstate is not None:
                 self.upcall.flowstate.snat.lease_for(exc.id)  # simulated again next round
@@ -176,12 +182,17 @@ class Adopter:
         # What the flow's packets taught the bridges and routers is learned again: the
         # previous agent's learned entries left the NSDB with its session.
         self.upcall.learn(result)
-        if result.flow_state:  # state the restart lost (or never saved): made again
+        commits = self.upcall.commits_for(result) if result.ct_kernel else None
+        if result.flow_state and commits is None:
+            # State the restart lost (or never saved): made again. Not for a flow that
+            # commits connections in the datapath: its packet here is made up (ports
+            # 0), and the datapath's table, pinned, kept the real ones.
             self.upcall.track(result)
-        desired = self.upcall.desired_flow(result, port, port_id)
+        desired = self.upcall.desired_flow(result, port, port_id, commits)
         if desired is None:
             return False
-        self.upcall.attach(result, match)
+        if commits is None:
+            self.upcall.attach(result, match)
         if desired.match == match and desired.flow.actions == inst.flow.actions:
             self.flows.add(DesiredFlow(desired.flow, desired.tags, desired.expiry, self.clock()))
             self.kept += 1

@@ -128,8 +128,12 @@ def _predict(
     frame = reply_frame(sent[0])
     if frame is None:
         return "unsupported"
+    ct_state = 0
+    kct = handler.kernel_ct
+    if kct is not None:  # the ct_state the datapath will give the real reply
+        ct_state = kct.reply_state(result, kct.port_zone.get(number, 0))
     try:
-        match = FlowMatch.from_frame(reply_port_id, frame)
+        match = FlowMatch.from_frame(reply_port_id, frame, ct_state)
     except PacketError:
         return "unsupported"
     key = key_of(number, match)

@@ -11,6 +11,8 @@ table view, which follows the table as it changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tessera.agent.cache import TopologyCache
 from tessera.packet.match import FlowMatch
 from tessera.simulation import simulate
@@ -45,6 +47,9 @@ class SnapshotSimulator:
         self._base: Snapshot | None = None
         self._snap: Snapshot | None = None
         self.compiles = 0
+        # Told of each newly compiled topology before any simulation reads it (the
+        # agent gives its ports their datapath conntrack zones from it).
+        self.on_compile: Callable[[Snapshot], None] | None = None
 
     def snapshot(self) -> Snapshot:
         view = self.cache.view()
@@ -55,6 +60,8 @@ class SnapshotSimulator:
             self._topology_generation = view.topology_generation
             self._generation = -1
             self.compiles += 1
+            if self.on_compile is not None:
+                self.on_compile(self._base)
         if self._snap is None or view.generation != self._generation:
             self._snap = self._base.with_state(view.macs, view.arps, self.flow_state)
             self._generation = view.generation

@@ -26,6 +26,10 @@ def frame_for(match: Match) -> bytes:
         payload = Arp(v["ip_proto"] or 1, v["eth_src"], v["ip_src"], 0, v["ip_dst"])
     elif eth_type == ETH_TYPE_IPV4:
         proto = v["ip_proto"]
+        if not proto and v["ct_state"]:
+            # A flow keyed on the datapath's connection answer, not on the protocol:
+            # only a packet with a connection gets that answer, so make one (TCP).
+            proto = _TCP
         l4: Icmp | Tcp | Udp | bytes
         if v["ip_frag"] == 2:
             l4 = b"\x00" * 8

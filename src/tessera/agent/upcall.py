@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +43,7 @@ from tessera.agent.cache import Key, TopologyCache
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowstate.snat import NAT_BLOCK
 from tessera.agent.flowtable import DesiredFlow, FlowTable
+from tessera.agent.kernel_ct import KernelConntrack
 from tessera.agent.lograte import RateLimitedLog
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
@@ -51,6 +52,7 @@ from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import (
     Action,
+    CtCommit,
     Datapath,
     DatapathError,
     Drop,
@@ -64,7 +66,7 @@ from tessera.datapath.frames import run_actions
 from tessera.nsdb import tables
 from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.errors import PacketError
-from tessera.packet.match import Field, FlowMatch
+from tessera.packet.match import CT_REPLY, Field, FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.flowstate import ConnKey, NatKey
 from tessera.simulation.result import (
@@ -73,6 +75,7 @@ from tessera.simulation.result import (
     SimulationResult,
     Verdict,
 )
+from tessera.simulation.stateful import KERNEL_TUPLE
 from tessera.simulation.tags import arp_tag
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ ARP_TIMEOUT = 3.0  # then the address is declared unresolvable (ICMP host unreac
 MAX_PARKED = 1024  # distinct flows waiting
 MAX_PACKETS_PER_FLOW = 64  # packets kept per waiting flow; more are dropped
 _IN_PORT = Field.IN_PORT  # an enum member lookup costs a descriptor call per use
+_CT_STATE = Field.CT_STATE
 
 
 class Simulator(Protocol):
@@ -137,12 +141,15 @@ class UpcallHandler:
         *,
         flowstate: FlowStateService | None = None,
         group_ports: Callable[[str], Iterable[str]] | None = None,
+        kernel_ct: KernelConntrack | None = None,
     ) -> None:
         """`flowstate` holds and shares the connection state simulations create (None:
         none is kept); `group_ports(id)` lists a port group's members, whose hosts get
-        the state of connections keyed by that (stateful) group."""
+        the state of connections keyed by that (stateful) group; `kernel_ct` commits
+        new connections in the datapath where it can (`agent.kernel_ct`)."""
         self.dp = datapath
         self.flowstate = flowstate
+        self.kernel_ct = kernel_ct
         self.group_ports = group_ports
         self.flows = flows
         self.ports = ports
@@ -187,7 +194,7 @@ class UpcallHandler:
             self.dropped += 1  # a port detached while its packet was queued
             return
         try:
-            match = FlowMatch.from_frame(port_id, miss.frame)
+            match = FlowMatch.from_frame(port_id, miss.frame, miss.ct_state)
         except PacketError:
             self.dropped += 1
             return
@@ -287,6 +294,11 @@ class UpcallHandler:
                 self.invalidate(received)
         try:
             match, p.match = p.match, None  # a match is read by one simulation only
+            if match is None and first.ct_state:  # a re-run: the datapath's answer again
+                match = FlowMatch.from_frame(p.port_id, first.frame, first.ct_state)
+            if match is not None and self.kernel_ct is not None:
+                # A peer's state the datapath had not yet when the packet missed.
+                match = self.kernel_ct.refresh(first.port, match, first.frame)
             result = self.sim.simulate(
                 first.frame, p.port_id, self.wall_clock(), p.arp_failed, match=match
             )
@@ -344,6 +356,11 @@ class UpcallHandler:
 
     def apply(self, p: Parked, result: SimulationResult) -> None:
         self.learn(result)
+        # New connections the datapath commits itself (the flow's CtCommit actions), so
+        # that the flow serves the next ones without the agent. This first one the agent
+        # tracks too (its table, `tessera conntrack`, the datapath's copy): but the flow
+        # does not keep it alive, the datapath's use of it does (`agent.kernel_ct`).
+        commits = self.commits_for(result) if result.ct_kernel else None
         if result.flow_state:
             self.track(result)
         for pkt in result.emitted:
@@ -359,7 +376,9 @@ class UpcallHandler:
             p.retry_at = now + ARP_RETRY
             self._park(p)
             return
-        desired = None if p.punted else self.desired_flow(result, p.misses[0].port, p.port_id)
+        desired = None
+        if not p.punted:
+            desired = self.desired_flow(result, p.misses[0].port, p.port_id, commits)
         if desired is not None:
             try:
                 self.dp.install(desired.flow)
@@ -372,7 +391,8 @@ class UpcallHandler:
                 for miss in p.misses:
                     self.dp.reinject(miss)
                 self._installed(desired)
-                self.attach(result, desired.match)
+                if commits is None:
+                    self.attach(result, desired.match)
                 return
         actions, _tags = self._actions(result)
         for miss in p.misses:
@@ -380,14 +400,21 @@ class UpcallHandler:
                 self.dp.execute(miss.frame, actions)
 
     def desired_flow(
-        self, result: SimulationResult, in_port: int, in_port_id: str
+        self,
+        result: SimulationResult,
+        in_port: int,
+        in_port_id: str,
+        commits: Sequence[CtCommit] | None = None,
     ) -> DesiredFlow | None:
         """The flow to install for a result, None if it must not be cached: the
         simulation said so, or the packet is held, or it made packets of its own (a
-        flow would swallow the next packets' replies)."""
+        flow would swallow the next packets' replies). `commits` go first: the
+        connection is tracked before its packet leaves."""
         if not result.cacheable or result.verdict is Verdict.HOLD or result.emitted:
             return None
         actions, extra_tags = self._actions(result)
+        if commits:
+            actions = [*commits, *actions]
         result.match.record(_IN_PORT)
         match = Match.from_flow_match(result.match, in_port)
         flow = Flow(match, tuple(actions) if actions else (Drop(),))
@@ -408,6 +435,27 @@ class UpcallHandler:
         return t.actions, t.tags
 
     # -- connection state -------------------------------------------------------------------
+
+    def commits_for(self, result: SimulationResult) -> list[CtCommit] | None:
+        """For a result decided on the datapath's ct_state: the `CtCommit` actions of a
+        new connection the datapath may track itself, else None.
+
+        A reply's flow stays keyed on ct_state (the datapath said "a reply": it holds
+        the connection). A new connection's flow does only when it commits the
+        connection, so that a wildcard "new" flow never *drops*, or forwards without
+        committing: a reply whose state a peer sent may come before the state (the
+        peer's message still in the agent's queue, so the datapath says "new"); on a
+        committing flow it is forwarded, as its own decision would forward it, and on
+        any other flow keyed on the 5-tuple it misses, and the agent reads the state
+        first (`KernelConntrack.refresh`). Otherwise the 5-tuple joins the mask."""
+        if result.match.peek(_CT_STATE)[0] & CT_REPLY:
+            return None
+        commits = None
+        if self.kernel_ct is not None and self.flowstate is not None and result.flow_state:
+            commits = self.kernel_ct.commits(result, bool(self._state_hosts(result)))
+        if commits is None:
+            result.match.record(KERNEL_TUPLE)
+        return commits
 
     def track(self, result: SimulationResult) -> None:
         """Install the state the packet creates, send it to the hosts that will see the

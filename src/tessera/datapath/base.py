@@ -34,6 +34,9 @@ _MAC_FIELDS = frozenset({"eth_src", "eth_dst"})
 _IP_FIELDS = frozenset({"ip_src", "ip_dst"})
 _INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
 PacketKey: TypeAlias = tuple[int, ...]
+# A tracked connection: (zone, ip_proto, ip_src, ip_dst, sport, dport), an ICMP echo's
+# identifier as both ports (`tessera.datapath.conntrack`).
+CtTuple: TypeAlias = tuple[int, int, int, int, int, int]
 
 
 @functools.cache
@@ -51,7 +54,7 @@ def masked_getter(mask: int) -> Callable[[PacketKey], PacketKey]:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A megaflow: `mask` (bits of `tessera.packet.Field`) and the 14 field values in
+    """A megaflow: `mask` (bits of `tessera.packet.Field`) and the 15 field values in
     `FIELD_NAMES` order, zero wherever the mask is clear. `in_port` is a local port
     number, not a virtual port id."""
 
@@ -156,12 +159,13 @@ def _parse_value(name: str, value: Any) -> int:
     return int(value)
 
 
-def packet_key(in_port: int, frame: bytes) -> PacketKey:
-    """Every match field of a frame, as the kernel program extracts them.
+def packet_key(in_port: int, frame: bytes, ct_state: int = 0) -> PacketKey:
+    """Every match field of a frame, as the kernel program extracts them (`ct_state`
+    is not in the frame: the caller looked it up).
 
     Raises `tessera.packet.PacketError` for a frame the parser refuses.
     """
-    return key_of(in_port, FlowMatch.from_frame(None, frame))
+    return key_of(in_port, FlowMatch.from_frame(None, frame, ct_state))
 
 
 def key_of(in_port: int, match: FlowMatch) -> PacketKey:
@@ -316,6 +320,22 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class CtCommit:
+    """Commit the packet's connection, as it arrived, to conntrack zone `zone`: its
+    replies, entering a port of that zone, then carry `CT_REPLY` in their key
+    (`tessera.datapath.conntrack`). Changes nothing in the packet."""
+
+    zone: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.zone < 1 << 32:
+            raise ValueError(f"conntrack zone {self.zone} is out of 1..2^32-1")
+
+    def __str__(self) -> str:
+        return f"ct_commit(zone={self.zone})"
+
+
+@dataclass(frozen=True, slots=True)
 class ToUserspace:
     """Every packet of the flow goes to the agent, as a miss would."""
 
@@ -325,7 +345,7 @@ class ToUserspace:
 
 Action: TypeAlias = (
     SetEthSrc | SetEthDst | DecTtl | SetIpSrc | SetIpDst | SetTpSrc | SetTpDst
-    | Output | OutputTunnel | Drop | ToUserspace
+    | Output | OutputTunnel | Drop | ToUserspace | CtCommit
 )  # fmt: skip
 NatAction: TypeAlias = SetIpSrc | SetIpDst | SetTpSrc | SetTpDst
 
@@ -348,6 +368,8 @@ def action_to_json(action: Action) -> dict[str, Any]:
         return {"type": "tunnel", "vni": action.vni, "remote_ip": ip_to_str(action.remote_ip)}
     if isinstance(action, Drop):
         return {"type": "drop"}
+    if isinstance(action, CtCommit):
+        return {"type": "ct_commit", "zone": action.zone}
     return {"type": "userspace"}
 
 
@@ -375,6 +397,8 @@ def action_from_json(data: dict[str, Any]) -> Action:
         return Drop()
     if kind == "userspace":
         return ToUserspace()
+    if kind == "ct_commit":
+        return CtCommit(int(data["zone"]))
     raise ValueError(f"unknown datapath action {kind!r}")
 
 
@@ -420,6 +444,8 @@ class Miss:
     port: int
     frame: bytes
     received: float = field(default=0.0, compare=False)  # time.monotonic()
+    # The CT_* bits the datapath's connection table gave the packet (its key's ct_state).
+    ct_state: int = 0
     # What the backend needs to write this very packet back (offload state): opaque.
     meta: object = field(default=None, compare=False, repr=False)
 
@@ -508,3 +534,26 @@ class Datapath(abc.ABC):
 
     def wakeup(self) -> None:  # noqa: B027 - optional
         """Make a pending `recv_misses` return early (for shutdown)."""
+
+    # -- connection tracking (`tessera.datapath.conntrack`) --
+    @abc.abstractmethod
+    def set_port_zone(self, port: int, zone: int) -> None:
+        """Look up the replies of port `port`'s packets in conntrack zone `zone` (0: no
+        lookup; the packets' ct_state is then 0)."""
+
+    @abc.abstractmethod
+    def port_zones(self) -> dict[int, int]:
+        """Ports with a conntrack zone (after a restart: those a previous agent set)."""
+
+    @abc.abstractmethod
+    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
+        """Track `conn` as if a `CtCommit` had just carried its packet (last used now)."""
+
+    @abc.abstractmethod
+    def ct_delete(self, conn: CtTuple) -> bool:
+        """Stop tracking `conn`; False if it was not tracked."""
+
+    @abc.abstractmethod
+    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
+        """Every tracked connection: (`time.monotonic()` of its last packet either way,
+        the OR of the TCP flags seen either way)."""

@@ -34,6 +34,7 @@ from tessera.datapath.afpacket import interface_mtu
 from tessera.datapath.base import (
     MAX_MISSES_PER_WAKE,
     Action,
+    CtTuple,
     Datapath,
     DatapathError,
     Flow,
@@ -269,6 +270,8 @@ class EbpfDatapath(Datapath):
             # device may live on (or its ifindex be reused): no flow may redirect there.
             maps.flows.delete_outputs_to(ifx)
             maps.ports.delete(ifx)
+        with contextlib.suppress(OSError, ValueError):
+            maps.port_zones.set(port, 0)
         if binding.tunnel_key:
             maps.vni_ports.delete(binding.tunnel_key)
         with contextlib.suppress(LoadError):
@@ -277,6 +280,32 @@ class EbpfDatapath(Datapath):
     def ports(self) -> dict[int, PortBinding]:
         with self._lock:
             return dict(self._ports)
+
+    # -- connection tracking --
+
+    def set_port_zone(self, port: int, zone: int) -> None:
+        try:
+            self.fastpath.maps.port_zones.set(port, zone)
+        except (OSError, ValueError) as exc:
+            raise DatapathError(f"cannot set the conntrack zone of port {port}: {exc}") from None
+
+    def port_zones(self) -> dict[int, int]:
+        return self.fastpath.maps.port_zones.items()
+
+    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
+        try:
+            self.fastpath.maps.conntrack.commit(conn, time.monotonic_ns(), tcp_flags)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DatapathError(f"cannot track connection {conn}: {exc}") from None
+
+    def ct_delete(self, conn: CtTuple) -> bool:
+        return self.fastpath.maps.conntrack.delete(conn)
+
+    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
+        return {
+            conn: (last / 1e9, flags)
+            for conn, (last, flags) in self.fastpath.maps.conntrack.items().items()
+        }
 
     # -- flows --
 
@@ -371,14 +400,14 @@ class EbpfDatapath(Datapath):
                     return
                 if got is None:
                     continue
-                port, frame, vnet, csum_not_ready = got
+                port, frame, vnet, csum_not_ready, ct_state = got
                 if csum_not_ready and not vnet.gso_type:
                     # Finish the checksum now: then the same bytes serve a reinject and
                     # a packet-out from userspace alike.
                     with contextlib.suppress(PacketError):
                         frame, vnet = complete_l4_checksum(frame), NO_VNET
                 n += 1
-                yield Miss(port, frame, meta=vnet)
+                yield Miss(port, frame, meta=vnet, ct_state=ct_state)
         finally:
             if n and self.warm_poll > 0:
                 # After the caller handled the last one (a generator resumes only then).

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tessera.datapath.base import (
     MAX_MISSES_PER_WAKE,
     Action,
+    CtTuple,
     Datapath,
     DatapathError,
     Flow,
@@ -95,9 +96,26 @@ class FakeDatapath(Datapath):
     def remove_port(self, port: int) -> None:
         if self._ports.pop(port, None) is not None:
             self.table.delete_outputs_to(port)
+        self.table.conntrack.set_zone(port, 0)
 
     def ports(self) -> dict[int, PortBinding]:
         return dict(self._ports)
+
+    # -- connection tracking --
+    def set_port_zone(self, port: int, zone: int) -> None:
+        self.table.conntrack.set_zone(port, zone)
+
+    def port_zones(self) -> dict[int, int]:
+        return dict(self.table.conntrack.zones)
+
+    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
+        self.table.conntrack.commit(conn, tcp_flags, self.clock())
+
+    def ct_delete(self, conn: CtTuple) -> bool:
+        return self.table.conntrack.delete(conn)
+
+    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
+        return self.table.conntrack.entries()
 
     # -- flows --
     def install(self, flow: Flow) -> None:
@@ -160,18 +178,18 @@ class FakeDatapath(Datapath):
             return len(self._misses)
 
     def _process(self, port: int, frame: bytes, *, reinjected: bool) -> None:
-        result = self.table.forward(port, frame, self.clock())
+        result, ct_state = self.table.forward(port, frame, self.clock())
         if result is None:
             if not reinjected:
-                self._queue_miss(port, frame)
+                self._queue_miss(port, frame, ct_state)
             return
         self._emit(result.outputs)
         if result.to_userspace and not reinjected:
-            self._queue_miss(port, frame)
+            self._queue_miss(port, frame, ct_state)
 
-    def _queue_miss(self, port: int, frame: bytes) -> None:
+    def _queue_miss(self, port: int, frame: bytes, ct_state: int = 0) -> None:
         with self._cond:
-            self._misses.append(Miss(port, frame, self.clock()))
+            self._misses.append(Miss(port, frame, self.clock(), ct_state=ct_state))
             self._cond.notify_all()
 
     def _emit(self, outputs: list[tuple[Output | OutputTunnel, bytes]]) -> None:

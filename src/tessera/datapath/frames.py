@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from tessera.datapath.base import (
     Action,
+    CtCommit,
     DecTtl,
     Drop,
     NatAction,
@@ -45,6 +46,7 @@ class Execution:
     outputs: list[tuple[Output | OutputTunnel, bytes]] = field(default_factory=list)
     to_userspace: bool = False  # stop: the agent must see this packet
     dropped: bool = False
+    commits: list[int] = field(default_factory=list)  # zones of the CtCommit actions run
 
 
 def ipv4_offset(frame: bytes | bytearray) -> int | None:
@@ -222,6 +224,8 @@ def run_actions(frame: bytes, actions: Sequence[Action]) -> Execution:
         elif isinstance(action, ToUserspace):
             result.to_userspace = True
             return result
+        elif isinstance(action, CtCommit):
+            result.commits.append(action.zone)
     if not result.outputs:
         result.dropped = True
     return result

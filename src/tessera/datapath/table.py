@@ -22,6 +22,7 @@ from tessera.datapath.base import (
     masked_getter,
     packet_key,
 )
+from tessera.datapath.conntrack import ConnTable, ct_state_of
 from tessera.datapath.frames import Execution, run_actions, tcp_flags
 from tessera.packet.errors import PacketError
 
@@ -53,6 +54,7 @@ class MegaflowTable:
         self._lock = threading.Lock()
         self._flows: dict[Match, Entry] = {}
         self._tables: tuple[_Table, ...] = ()
+        self.conntrack = ConnTable()
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -103,17 +105,30 @@ class MegaflowTable:
                 return entry
         return None
 
-    def forward(self, port: int, frame: bytes, now: float) -> Execution | None:
-        """Run the flow `frame` hits (counting the hit); None on a miss, including a
-        frame too malformed to have a key."""
+    def forward(self, port: int, frame: bytes, now: float) -> tuple[Execution | None, int]:
+        """Run the flow `frame` hits (counting the hit): (what it did, None on a miss,
+        including a frame too malformed to have a key; the packet's ct_state, which a
+        miss hands to the agent). Connection tracking as the kernel program does it:
+        looked up before the flow, committed by the flow's `CtCommit` actions."""
         try:
-            entry = self.lookup(packet_key(port, frame))
+            key = packet_key(port, frame)
         except PacketError:
-            return None
+            return None, 0
+        flags = tcp_flags(frame)
+        ct_state = 0
+        zone = self.conntrack.zones.get(port, 0)
+        if zone:
+            ct_state = ct_state_of(key, zone, self.conntrack, flags, now)
+            if ct_state:
+                key = (*key[:-1], ct_state)
+        entry = self.lookup(key)
         if entry is None:
-            return None
-        entry.hit(len(frame), now, tcp_flags(frame))
-        return run_actions(frame, entry.flow.actions)
+            return None, ct_state
+        entry.hit(len(frame), now, flags)
+        result = run_actions(frame, entry.flow.actions)
+        for commit_zone in result.commits:
+            self.conntrack.commit_packet(key, commit_zone, flags, now)
+        return result, ct_state
 
     def stats(self, match: Match) -> FlowStats | None:
         entry = self._flows.get(match)

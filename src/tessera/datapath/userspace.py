@@ -31,6 +31,7 @@ from tessera.datapath.afpacket import PacketSocket, interface_mtu
 from tessera.datapath.base import (
     MAX_MISSES_PER_WAKE,
     Action,
+    CtTuple,
     Datapath,
     DatapathError,
     Flow,
@@ -177,6 +178,7 @@ class UserspaceDatapath(Datapath):
             self._set_vni(entry, None)
         # After the port is gone from the table: install() refuses new flows to it.
         self.table.delete_outputs_to(port)
+        self.table.conntrack.set_zone(port, 0)
         if self._epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(entry.sock.fileno())
@@ -185,6 +187,22 @@ class UserspaceDatapath(Datapath):
     def ports(self) -> dict[int, PortBinding]:
         with self._lock:
             return {n: p.binding for n, p in self._ports.items()}
+
+    # -- connection tracking --
+    def set_port_zone(self, port: int, zone: int) -> None:
+        self.table.conntrack.set_zone(port, zone)
+
+    def port_zones(self) -> dict[int, int]:
+        return dict(self.table.conntrack.zones)
+
+    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
+        self.table.conntrack.commit(conn, tcp_flags, time.monotonic())
+
+    def ct_delete(self, conn: CtTuple) -> bool:
+        return self.table.conntrack.delete(conn)
+
+    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
+        return self.table.conntrack.entries()
 
     # -- flows --
 
@@ -295,21 +313,21 @@ class UserspaceDatapath(Datapath):
             self._send_port(entry, frame)
 
     def _forward(self, port: int, frame: bytes, *, reinjected: bool, in_mtu: int = 1500) -> None:
-        result = self.table.forward(port, frame, time.monotonic())
+        result, ct_state = self.table.forward(port, frame, time.monotonic())
         if result is None:
             if not reinjected:
-                self._queue_miss(port, frame)
+                self._queue_miss(port, frame, ct_state)
             return
         self._send(result.outputs, in_mtu)
         if result.to_userspace and not reinjected:
-            self._queue_miss(port, frame)
+            self._queue_miss(port, frame, ct_state)
 
-    def _queue_miss(self, port: int, frame: bytes) -> None:
+    def _queue_miss(self, port: int, frame: bytes, ct_state: int = 0) -> None:
         with self._cond:
             if len(self._misses) >= _MISS_QUEUE:
                 self.dropped_misses += 1
                 return
-            self._misses.append(Miss(port, frame, time.monotonic()))
+            self._misses.append(Miss(port, frame, time.monotonic(), ct_state=ct_state))
             self._cond.notify_all()
 
     def _send(self, outputs: list[tuple[Output | OutputTunnel, bytes]], in_mtu: int) -> None:

@@ -70,6 +70,7 @@ class Field(IntFlag):
     TP_SRC = 1 << 11
     TP_DST = 1 << 12
     ICMP_ID = 1 << 13
+    CT_STATE = 1 << 14
 
 
 class IpFrag(IntEnum):
@@ -80,7 +81,7 @@ class IpFrag(IntEnum):
 
 FIELD_NAMES: tuple[str, ...] = (
     "in_port", "eth_src", "eth_dst", "vlan_id", "eth_type", "ip_src", "ip_dst", "ip_proto",
-    "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst", "icmp_id",
+    "ip_tos", "ip_ttl", "ip_frag", "tp_src", "tp_dst", "icmp_id", "ct_state",
 )  # fmt: skip
 ALL_FIELDS = Field((1 << len(FIELD_NAMES)) - 1)
 _ALL_BITS = int(ALL_FIELDS)
@@ -88,7 +89,10 @@ _ALL_BITS = int(ALL_FIELDS)
 # Plain ints: IntFlag arithmetic is ten times slower and getters run on every packet.
 _IN_PORT, _ETH_SRC, _ETH_DST, _VLAN_ID, _ETH_TYPE = 1, 2, 4, 8, 16
 _IP_SRC, _IP_DST, _IP_PROTO, _IP_TOS, _IP_TTL, _IP_FRAG = 32, 64, 128, 256, 512, 1024
-_TP_SRC, _TP_DST, _ICMP_ID = 2048, 4096, 8192
+_TP_SRC, _TP_DST, _ICMP_ID, _CT_STATE = 2048, 4096, 8192, 16384
+# ct_state bits (the datapath's, `tessera.datapath.conntrack`): the packet's port has a
+# conntrack zone and the packet a connection; the reversed tuple is committed there.
+CT_TRACKED, CT_REPLY = 0x01, 0x02
 # What a read records: the field and the fields without which its value means nothing.
 _NEED_IP = _ETH_TYPE
 _NEED_TP = _ETH_TYPE | _IP_PROTO | _IP_FRAG
@@ -143,7 +147,7 @@ class FlowMatch:
     __slots__ = (  # noqa: RUF023 - key order, as FIELD_NAMES
         "_in_port", "_eth_src", "_eth_dst", "_vlan_id", "_eth_type", "_ip_src", "_ip_dst",
         "_ip_proto", "_ip_tos", "_ip_ttl", "_ip_frag", "_tp_src", "_tp_dst", "_icmp_id",
-        "_cell", "_modified", "_orig", "_icmp_data",
+        "_ct_state", "_cell", "_modified", "_orig", "_icmp_data",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +166,7 @@ class FlowMatch:
         tp_src: int = 0,
         tp_dst: int = 0,
         icmp_id: int = 0,
+        ct_state: int = 0,
     ) -> None:
         self._in_port = in_port
         self._eth_src = eth_src
@@ -177,6 +182,9 @@ class FlowMatch:
         self._tp_src = tp_src
         self._tp_dst = tp_dst
         self._icmp_id = icmp_id  # of an ICMP echo request or reply; 0 otherwise
+        # What the datapath's connection table said of the packet (CT_* bits of
+        # tessera.datapath.conntrack): not in the frame, the datapath hands it over.
+        self._ct_state = ct_state
         self._cell = _MaskCell()
         self._modified = 0
         # Values on arrival, saved by the first write; None while nothing was written.
@@ -187,7 +195,7 @@ class FlowMatch:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_frame(cls, in_port: str | None, frame: bytes) -> FlowMatch:
+    def from_frame(cls, in_port: str | None, frame: bytes, ct_state: int = 0) -> FlowMatch:
         """Extract the fields straight from bytes, without building header objects.
 
         It validates exactly the headers it reads, so it gives the same match as
@@ -248,7 +256,7 @@ class FlowMatch:
             proto = op & 0xFF
         return cls(
             in_port, (src_hi << 32) | src_lo, (dst_hi << 32) | dst_lo, vlan_id, eth_type,
-            ip_src, ip_dst, proto, tos, ttl, frag, tp_src, tp_dst, icmp_id,
+            ip_src, ip_dst, proto, tos, ttl, frag, tp_src, tp_dst, icmp_id, ct_state,
         )  # fmt: skip
 
     @classmethod
@@ -401,6 +409,15 @@ class FlowMatch:
         return self._icmp_id
 
     @property
+    def ct_state(self) -> int:
+        """What the datapath's connection table said of the packet as it arrived
+        (`tessera.datapath.conntrack`: tracked at all, a reply of a tracked connection);
+        0 when the datapath had no say. Never rewritten: a flow keyed on it lets the
+        kernel tell a new connection from an answer without the agent."""
+        self._cell.bits |= _CT_STATE
+        return self._ct_state
+
+    @property
     def icmp_data(self) -> bytes | None:
         """The packet an ICMP error quotes, as NAT rewrote it on this branch (MidoNet's
         IcmpData); None while nothing rewrote it. Set with `set_icmp_data`; copies of
@@ -411,6 +428,13 @@ class FlowMatch:
         """Rewrite the quoted packet. No flow key holds it: whoever reads or writes it
         marks the simulation uncacheable (`simulation.related`)."""
         self._icmp_data = data
+
+    def peek(self, fields: Field | int) -> Key:
+        """Values of `fields` now (rewrites included), in FIELD_NAMES order, recording
+        nothing: for a decision the datapath takes itself, which the flow keys on
+        another field (`ct_state`, for a connection the datapath tracks)."""
+        values = self._values()
+        return tuple([values[i] for i in mask_indexes(int(fields))])
 
     def arrival(self, fields: Field | int) -> Key:
         """Values the packet arrived with for `fields` (FIELD_NAMES order), recorded.
@@ -565,7 +589,7 @@ class FlowMatch:
         return (
             self._in_port, self._eth_src, self._eth_dst, self._vlan_id, self._eth_type,
             self._ip_src, self._ip_dst, self._ip_proto, self._ip_tos, self._ip_ttl,
-            self._ip_frag, self._tp_src, self._tp_dst, self._icmp_id,
+            self._ip_frag, self._tp_src, self._tp_dst, self._icmp_id, self._ct_state,
         )  # fmt: skip
 
     # -- plain-object behaviour --------------------------------------------------------

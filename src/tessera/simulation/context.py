@@ -132,6 +132,7 @@ class Simulation:
         "chain_memo",
         "consumed",
         "ct_forward",
+        "ct_kernel",
         "ct_match",
         "drops",
         "emitted",
@@ -208,6 +209,8 @@ class Simulation:
         self.allocator = allocator
         self.ct_match: FlowMatch | None = None
         self.ct_forward: bool | None = None
+        # The answer came from the datapath's ct_state (`stateful.is_forward`).
+        self.ct_kernel = False
         self.generated = False
         self.stateful = False
         self.state_refs: dict[ConnKey | NatKey, None] = {}
@@ -435,6 +438,7 @@ class Simulation:
             devices_visited=visits,
             rules_evaluated=rules,
             mirrored=mirrored,
+            ct_kernel=self.ct_kernel,
         )
 
 

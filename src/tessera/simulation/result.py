@@ -276,6 +276,10 @@ class SimulationResult:
     # Copies mirrors make of the packet (FORWARD, DROP and CONSUMED alike): sent along
     # with `outputs`, by the flow when it is cached.
     mirrored: tuple[MirrorCopy, ...] = ()
+    # The connection decision came from the datapath's ct_state (`stateful.is_forward`):
+    # the match keys on ct_state, not on the 5-tuple. Whoever installs the flow commits
+    # `flow_state`'s connections in the datapath, or records `stateful.KERNEL_TUPLE`.
+    ct_kernel: bool = False
 
     @property
     def cacheable(self) -> bool:

@@ -10,6 +10,13 @@ written here.
 - `is_forward`: asked by `match_forward_flow`/`match_return_flow` conditions, answered
   once per simulation from the packet's headers on arrival and its ingress device; a
   packet the network generated (an ICMP error) counts as a return flow, as in MidoNet.
+  When the datapath tracks connections itself (`tessera.datapath.conntrack`: the
+  ingress port has a zone, the agent's number for that same device) it has answered
+  already, in the packet's `ct_state`: the answer is read from there, and the flow is
+  keyed on `ct_state` instead of the 5-tuple (`Simulation.ct_kernel`), so one flow
+  serves every connection. The agent then commits new connections in the datapath
+  (`CtCommit`) or, where it cannot, keys the flow on the 5-tuple after all
+  (`KERNEL_TUPLE`).
 - `track`: at each output of a forward flow that was asked about, the connection as it
   leaves (after NAT) on the egress device becomes a `ConntrackEntry`.
 - `nat` / `reverse_nat`: the `dnat`/`snat` and `rev_dnat`/`rev_snat` rules. A rule whose
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING
 from tessera.packet.addr import ip_to_str
 from tessera.packet.ethernet import ETH_TYPE_IPV4
 from tessera.packet.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from tessera.packet.match import Field, FlowMatch
+from tessera.packet.match import CT_REPLY, CT_TRACKED, Field, FlowMatch
 from tessera.simulation import related
 from tessera.simulation.flowstate import (
     ConnKey,
@@ -58,10 +65,15 @@ if TYPE_CHECKING:  # the simulation calls in here; only its type is needed
     from tessera.simulation.context import Simulation
 
 _ECHO = (0, 8)
+_TRACK = Field.IP_PROTO | Field.IP_SRC | Field.IP_DST | Field.TP_SRC | Field.TP_DST | Field.ICMP_ID
 _NAT_PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_ICMP)
 _PROTO = Field.ETH_TYPE | Field.IP_PROTO
 _ADDRS = Field.IP_SRC | Field.IP_DST
 _PORTS = Field.TP_SRC | Field.TP_DST
+# What a decision on the connection reads when the datapath did not answer it: the
+# fields a flow keyed without `ct_state` must match (the agent records them on a
+# result whose new connections it cannot commit in the datapath).
+KERNEL_TUPLE = _PROTO | _ADDRS | _PORTS | Field.ICMP_ID | Field.IP_FRAG
 
 
 def _arrival_key(m: FlowMatch) -> tuple[int, int, int, int, int] | None:
@@ -96,6 +108,19 @@ def is_forward(sim: Simulation, node: TraceNode | None = None) -> bool:
     in_port = m.in_port
     assert in_port is not None
     port = sim.snap.port(in_port)
+    ct_state = m.ct_state
+    if ct_state & CT_TRACKED:
+        # The datapath looked the reversed tuple up in the zone of this port's device.
+        device = sim.snap.conn_device(port)
+        if device != port.device_id:
+            sim.tags.add(device)
+        found = bool(ct_state & CT_REPLY)
+        sim.ct_forward = not found
+        sim.ct_kernel = True
+        if node is not None:
+            what = "return flow" if found else "forward flow"
+            node.add("conntrack", None, f"{what} (the datapath's connection table)")
+        return not found
     tuple5 = _arrival_key(m)
     if tuple5 is None and related.arrived_as_error(m):
         return related.is_forward_error(sim, port, node)
@@ -127,17 +152,31 @@ def track(sim: Simulation, m: FlowMatch, port_id: str) -> ConnKey | None:
     """The connection a forward flow creates by leaving at `port_id` (None if none)."""
     if not sim.ct_forward or sim.generated:
         return None
-    proto = m.ip_proto
-    if proto == PROTO_ICMP:
-        if m.tp_src not in _ECHO:
+    if sim.ct_kernel:
+        # Read without recording: the flow is keyed on ct_state, and the agent commits
+        # the connection in the datapath (or records KERNEL_TUPLE where it cannot).
+        src, dst, proto, tp_src, tp_dst, ident = m.peek(_TRACK)  # FIELD_NAMES order
+        if proto == PROTO_ICMP:
+            if tp_src not in _ECHO:
+                return None
+            sport = dport = ident
+        elif proto in (PROTO_TCP, PROTO_UDP):
+            sport, dport = tp_src, tp_dst
+        else:
             return None
-        sport = dport = m.icmp_id
-    elif proto in (PROTO_TCP, PROTO_UDP):
-        sport, dport = m.tp_src, m.tp_dst
     else:
-        return None
+        proto = m.ip_proto
+        if proto == PROTO_ICMP:
+            if m.tp_src not in _ECHO:
+                return None
+            sport = dport = m.icmp_id
+        elif proto in (PROTO_TCP, PROTO_UDP):
+            sport, dport = m.tp_src, m.tp_dst
+        else:
+            return None
+        src, dst = m.ip_src, m.ip_dst
     device = sim.snap.conn_device(sim.snap.port(port_id))
-    key = ConnKey(proto, m.ip_src, m.ip_dst, sport, dport, device)
+    key = ConnKey(proto, src, dst, sport, dport, device)
     sim.tags.add(conntrack_tag(key))
     sim.new_state[ConntrackEntry(key)] = None
     return key

@@ -75,6 +75,9 @@ class Seen:
 
     outputs: list[tuple[Where, bytes]] = field(default_factory=list)
     misses: list[tuple[int, bytes]] = field(default_factory=list)
+    # The ct_state each miss carried, in order (not part of equality: most tests
+    # compare frames, the conntrack contract compares these).
+    ct_states: list[int] = field(default_factory=list)
 
     def count(self) -> int:
         return len(self.outputs) + len(self.misses)
@@ -134,9 +137,14 @@ class Harness(abc.ABC):
         return self.collect(expect)
 
     def reset(self) -> None:
-        """No flows, nothing pending: the state every test starts from."""
+        """No flows, no conntrack zones or entries, nothing pending: the state every
+        test starts from."""
         for match in list(self.dp.dump()):
             self.dp.delete(match)
+        for port in self.dp.port_zones():
+            self.dp.set_port_zone(port, 0)
+        for conn in self.dp.ct_entries():
+            self.dp.ct_delete(conn)
         self.drain()
 
     @abc.abstractmethod
@@ -175,7 +183,9 @@ class FakeHarness(Harness):
             else:
                 assert s.vni is not None and s.remote_ip is not None
                 out.outputs.append((in_tunnel(s.vni, s.remote_ip), s.frame))
-        out.misses = [(m.port, m.frame) for m in self.fake.recv_misses(0)]
+        misses = self.fake.recv_misses(0)
+        out.misses = [(m.port, m.frame) for m in misses]
+        out.ct_states = [m.ct_state for m in misses]
         return out
 
     def close(self) -> None:
@@ -260,7 +270,9 @@ class KernelHarness(Harness):
                 inner = decap(payload)
                 if inner is not None:
                     out.outputs.append((in_tunnel(inner[0]), inner[1]))
-        out.misses += [(m.port, m.frame) for m in self.dp.recv_misses(0)]
+        for m in self.dp.recv_misses(0):
+            out.misses.append((m.port, m.frame))
+            out.ct_states.append(m.ct_state)
 
     def drain(self) -> Seen:
         out = Seen()

@@ -84,24 +84,35 @@ def test_a_tcp_connection_through_a_conntrack_firewall_misses_once(cloud: Cloud)
             ("10.0.0.13", 80, "10.0.0.12", 40000, flags)
         ]
     assert misses(h) == before + 1
-    # The predicted flow keeps the connection's entry alive, like a missed reply's.
+    # The datapath tracks the connection (its replies are replies there), and the agent
+    # holds it too, alive while the datapath uses it.
     key = ConnKey(6, c.ip, s.ip, 40000, 80, br_id)
     fs = h.agent.flowstate
-    reply_flows = [m for m in h.flows() if m.in_port == h.number(s.port_id)]
-    assert len([m for m in reply_flows if fs.table.carries(m)]) == 1
+    zone = h.agent.kernel_ct.zone(br_id)
+    assert (zone, 6, c.ip, s.ip, 40000, 80) in h.dp.ct_entries()
     assert fs.table.lookup(key) is not None
-    # It was decided with the entry: a new connection from s is still dropped.
+    # It was decided on the datapath's answer: a new connection from s is still dropped.
     cloud.send(s, tcp(s, c.mac, c.ip, 81, 40001, SYN))
     assert cloud.received(c) == []
+    # And the flows serve c's next connections whole: no miss at all.
+    before = misses(h)
+    cloud.send(c, tcp(c, s.mac, s.ip, 40002, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    cloud.send(s, tcp(s, c.mac, c.ip, 80, 40002, SYN_ACK))
+    assert len(cloud.received(c)) == 1
+    assert misses(h) == before
 
 
 def test_a_udp_reply_and_a_ping_reply_are_predicted(cloud: Cloud) -> None:
     h = cloud.host("h1", "198.18.0.1")
     c, s = firewalled(cloud, h)
+    start = misses(h)
     for frame in (udp(c, s.mac, s.ip, 40000, 53), c.ping_to(s.mac, s.ip)):
         cloud.send(c, frame)
         assert len(cloud.received(s)) == 1
-    assert predictions(h, "installed") == 2
+    # The flows of the UDP exchange are keyed on the datapath's answer ("new from c",
+    # "a reply"), not on the ports: the ping rides on them, its reply too.
+    assert predictions(h, "installed") == 1 and misses(h) == start + 1
     before = misses(h)
     echo_reply = IPv4(s.ip, c.ip, 1, Icmp(0, 0, 7, 1, b"ping"))
     for frame in (udp(s, c.mac, c.ip, 53, 40000),

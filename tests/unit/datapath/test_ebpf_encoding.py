@@ -93,7 +93,7 @@ def test_struct_twins_lay_out_every_field_like_the_ctypes_mirrors() -> None:
     macs = (b"\x02\x11\x22\x33\x44\x55", b"\x06\x66\x77\x88\x99\xaa")
     ints = dict(in_port=0x01020304, vlan_id=0x0506, eth_type=0x0708, ip_src=0x090A0B0C,
                 ip_dst=0x0D0E0F10, ip_proto=0x11, ip_tos=0x12, ip_ttl=0x13, ip_frag=0x14,
-                tp_src=0x1516, tp_dst=0x1718, icmp_id=0x191A)  # fmt: skip
+                tp_src=0x1516, tp_dst=0x1718, icmp_id=0x191A, ct_state=0x1B)  # fmt: skip
     key = FlowKey(eth_src=Mac.from_buffer_copy(macs[0]), eth_dst=Mac.from_buffer_copy(macs[1]))
     for name, value in ints.items():
         setattr(key, name, value)

@@ -43,6 +43,7 @@ RECORDS = {
     "tp_src": Field.TP_SRC | TP_NEEDS,
     "tp_dst": Field.TP_DST | TP_NEEDS,
     "icmp_id": Field.ICMP_ID | Field.TP_SRC | TP_NEEDS,
+    "ct_state": Field.CT_STATE,
 }
 SETTABLE = ["eth_src", "eth_dst", "vlan_id", "ip_src", "ip_dst", "ip_tos", "ip_ttl", "tp_src",
             "tp_dst"]  # fmt: skip
@@ -69,6 +70,7 @@ def test_fields_of_a_tcp_frame() -> None:
         "tp_src": 43210,
         "tp_dst": 22,
         "icmp_id": 0,
+        "ct_state": 0,
     }
     assert m.mask == Field(0)
 
@@ -297,7 +299,7 @@ def test_equality_and_repr() -> None:
 def test_the_icmp_echo_id_is_a_key_field_read_like_a_port() -> None:
     m = FlowMatch.from_frame(PORT, ICMP_ECHO)
     assert FlowMatch.from_packet(PORT, Ethernet.parse(ICMP_ECHO)).icmp_id == 0x1234
-    assert m.masked_key(ALL_FIELDS)[-1] == 0x1234 and m.mask == Field(0)
+    assert m.masked_key(ALL_FIELDS)[13] == 0x1234 and m.mask == Field(0)
     copy = m.copy()
     assert copy.icmp_id == 0x1234
     # The id means nothing without the type: both join the one shared mask.

@@ -172,6 +172,10 @@ class ConnTable:
         self._released_tags: set[str] = set()
         self._closing: list[Tracked] = []  # copies closed by a flow deleted meanwhile
         self.on_remove = on_remove
+        # Connection entries written to the datapath's own table too (`agent.kernel_ct`):
+        # called for each new one (lock held; must not call back in), it answers the
+        # pseudo flow that keeps the entry alive while the datapath uses it, or None.
+        self.mirror: Callable[[ConnKey], Hashable | None] | None = None
         if on_miss is None:
             self.view = FlowStateView(self._conns.keys(), MappingProxyType(self._bindings))
         else:
@@ -226,6 +230,10 @@ class ConnTable:
             tracked = Tracked(
                 entry, now, now, timeout, kept | set(flows), tcp_flags, origin, set(shared)
             )
+            if self.mirror is not None and isinstance(key, ConnKey):
+                pseudo = self.mirror(key)
+                if pseudo is not None:
+                    tracked.flows.add(pseudo)
             self._entries[key] = tracked
             self._index(key, tracked.flows)
             if isinstance(entry, NatEntry):
@@ -233,6 +241,23 @@ class ConnTable:
             else:
                 self._conns[entry.key] = None
             return {tracked.tag()}
+
+    def mirror_devices(self, devices: Collection[str]) -> int:
+        """Hand the connection entries of `devices` to `mirror` (their device just got a
+        datapath zone); how many it took."""
+        mirror = self.mirror
+        if mirror is None or not devices:
+            return 0
+        n = 0
+        with self._lock:
+            for key, tracked in self._entries.items():
+                if isinstance(key, ConnKey) and key.device in devices:
+                    pseudo = mirror(key)
+                    if pseudo is not None and pseudo not in tracked.flows:
+                        tracked.flows.add(pseudo)
+                        self._index(key, (pseudo,))
+                        n += 1
+        return n
 
     def remove(self, key: StateKey) -> set[str]:
         """Forget the entry of `key`; the tags to invalidate (none if absent)."""

@@ -22,6 +22,7 @@ from typing import Final, TypeAlias
 
 from tessera.datapath.base import (
     Action,
+    CtCommit,
     DecTtl,
     Drop,
     Output,
@@ -73,6 +74,7 @@ _SET_IP_SRC: Final = int(ActionType.SET_IP_SRC)
 _SET_IP_DST: Final = int(ActionType.SET_IP_DST)
 _SET_TP_SRC: Final = int(ActionType.SET_TP_SRC)
 _SET_TP_DST: Final = int(ActionType.SET_TP_DST)
+_CT_COMMIT: Final = int(ActionType.CT_COMMIT)
 _DROP_SLOT: Final = _SLOT(_DROP, 0, 0, 0, 0, 0, _NO_MAC, 0)
 _TO_USERSPACE_SLOT: Final = _SLOT(_TO_USERSPACE, 0, 0, 0, 0, 0, _NO_MAC, 0)
 _OUTPUT_TYPES: Final = (Output, OutputTunnel)
@@ -143,6 +145,8 @@ def _pack(actions: Sequence[Action], devices: Mapping[int, Device]) -> bytes:
                     slots.append(_DROP_SLOT)
                 case ToUserspace():
                     slots.append(_TO_USERSPACE_SLOT)
+                case CtCommit(zone=zone):
+                    slots.append(_SLOT(_CT_COMMIT, 0, 0, zone, 0, 0, _NO_MAC, 0))
                 case _:
                     raise TypeError(f"not a datapath action: {a!r}")
     except (struct.error, OverflowError) as exc:  # a field out of its C type's range
@@ -213,6 +217,8 @@ def decode(slots: bytes, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
                 out.append(Drop())
             elif typ == _TO_USERSPACE:
                 out.append(ToUserspace())
+            elif typ == _CT_COMMIT:
+                out.append(CtCommit(ifindex))
             else:  # FLOOD left unresolved, NONE, or unknown
                 return None
     except ValueError:  # a value the action refuses (a TTL decrement of 0, VNI 0 ...)

@@ -28,11 +28,25 @@
 #define VNI_MAX_ENTRIES 4096
 #define FLOOD_MAX_OUTPUTS 64  /* outputs of one flood set */
 #define FLOOD_MAX_SETS 4096   /* flood sets alive at once */
+#define CT_MAX_ENTRIES 65536  /* tracked connections (LRU: the oldest go first) */
 
 /* ip_frag values */
 #define FLOW_FRAG_NONE 0
 #define FLOW_FRAG_FIRST 1
 #define FLOW_FRAG_LATER 2
+
+/*
+ * ct_state bits: what the `conntrack` map said of the packet as it arrived.
+ * CT_TRACKED: its port has a zone and the packet has a connection (IPv4
+ * TCP or UDP that is not a later fragment, or an ICMP echo request/reply,
+ * whose identifier stands for both ports); CT_REPLY: the reversed tuple is
+ * committed in that zone, i.e. the packet answers a tracked connection.
+ * 0 means the kernel has no say (no zone, or nothing to track).
+ */
+#define CT_TRACKED 0x01
+#define CT_REPLY 0x02
+/* On a miss, ct_state rides in the port tag's priority bits (TCI 13-15). */
+#define CT_TAG_SHIFT 13
 
 /*
  * What the simulation may have read of a packet (its FlowMatch).
@@ -57,7 +71,8 @@ struct flow_key {
 	__u16 tp_src;     /* 32 */
 	__u16 tp_dst;     /* 34 */
 	__u16 icmp_id;    /* 36: ICMP echo identifier */
-	__u16 _pad0;      /* 38: always 0 */
+	__u8 ct_state;    /* 38: CT_* bits, looked up in `conntrack` */
+	__u8 _pad0;       /* 39: always 0 */
 };
 
 #define FLOW_KEY_WORDS (sizeof(struct flow_key) / sizeof(__u32))
@@ -90,6 +105,9 @@ enum flow_action_type {
 	ACT_SET_IP_DST = 10,  /* ip */
 	ACT_SET_TP_SRC = 11,  /* port; TCP/UDP source port, ICMP echo identifier */
 	ACT_SET_TP_DST = 12,  /* port; TCP/UDP destination port */
+	/* Commit the packet's connection, as it arrived, in zone `ifindex`:
+	 * its reply then has CT_REPLY where that zone is looked up. */
+	ACT_CT_COMMIT = 13,
 };
 
 /* OUTPUT_LOCAL: ifindex is the host side of a veth whose peer lives in
@@ -143,6 +161,28 @@ struct flood_set {
 struct port_info {
 	__u32 port_no; /* the in_port of flows entering here, 1..4095 */
 	__u32 flags;   /* reserved, 0 */
+};
+
+/*
+ * Key of `conntrack`: a connection as its first packet left through a zone
+ * (the agent's number for the device that tracks it).  Ports in host order;
+ * an ICMP echo has its identifier as both ports.  20 bytes.
+ */
+struct ct_key {
+	__u32 zone;    /*  0 */
+	__u32 src;     /*  4 */
+	__u32 dst;     /*  8 */
+	__u16 sport;   /* 12 */
+	__u16 dport;   /* 14 */
+	__u8 proto;    /* 16 */
+	__u8 _pad[3];  /* 17: always 0 */
+};
+
+/* Value of `conntrack`. */
+struct ct_value {
+	__u64 last_used; /* 0: bpf_ktime_get_ns() of the last packet either way */
+	__u32 tcp_flags; /* 8: OR of the TCP flags seen either way (FIN, RST ...) */
+	__u32 _pad;      /* 12 */
 };
 
 /* Value of `vni_ports` (key: VNI = the destination port's tunnel key). */

@@ -22,6 +22,12 @@ from typing import Any, Final
 
 __all__ = [
     "ACT_F_PEER",
+    "CT_MAX_ENTRIES",
+    "CT_REPLY",
+    "CT_TAG_SHIFT",
+    "CT_TRACKED",
+    "CtKey",
+    "CtValue",
     "FLOW_FRAG_FIRST",
     "FLOW_FRAG_LATER",
     "FLOW_FRAG_NONE",
@@ -60,6 +66,11 @@ PORT_MAX_ENTRIES: Final = 4096
 VNI_MAX_ENTRIES: Final = 4096
 FLOOD_MAX_OUTPUTS: Final = 64
 FLOOD_MAX_SETS: Final = 4096
+CT_MAX_ENTRIES: Final = 65536
+
+CT_TRACKED: Final = 0x01
+CT_REPLY: Final = 0x02
+CT_TAG_SHIFT: Final = 13
 
 FLOW_FRAG_NONE: Final = 0
 FLOW_FRAG_FIRST: Final = 1
@@ -85,6 +96,7 @@ class ActionType(enum.IntEnum):
     SET_IP_DST = 10
     SET_TP_SRC = 11  # port: TCP/UDP source port, ICMP echo identifier
     SET_TP_DST = 12
+    CT_COMMIT = 13  # ifindex holds the conntrack zone
 
 
 class Stat(enum.IntEnum):
@@ -169,7 +181,8 @@ class FlowKey(_Struct):
         ("tp_src", u16),
         ("tp_dst", u16),
         ("icmp_id", u16),  # ICMP echo identifier, 0 for anything else
-        ("_pad0", u16),  # always 0 (a hole would make equal keys hash differently)
+        ("ct_state", u8),  # CT_* bits the conntrack map gave the packet
+        ("_pad0", u8),  # always 0 (a hole would make equal keys hash differently)
     ]
 
     @classmethod
@@ -246,6 +259,7 @@ _FULL: Final[dict[str, Any]] = {
     "tp_src": 0xFFFF,
     "tp_dst": 0xFFFF,
     "icmp_id": 0xFFFF,
+    "ct_state": 0xFF,
 }
 
 _KEY_SIZE: Final = ctypes.sizeof(FlowKey)
@@ -308,6 +322,22 @@ class VniPort(_Struct):
     _fields_ = [("ifindex", u32), ("flags", u32)]
 
 
+class CtKey(_Struct):
+    _fields_ = [
+        ("zone", u32),
+        ("src", u32),
+        ("dst", u32),
+        ("sport", u16),
+        ("dport", u16),
+        ("proto", u8),
+        ("_pad", u8 * 3),
+    ]
+
+
+class CtValue(_Struct):
+    _fields_ = [("last_used", u64), ("tcp_flags", u32), ("_pad", u32)]
+
+
 class DpConfig(_Struct):
     _fields_ = [
         ("miss_ifindex", u32),
@@ -322,7 +352,7 @@ class DpConfig(_Struct):
 # difference is tens of microseconds per install (docs/performance.md). Native byte
 # order and no implicit padding, like the mirrors; sizes are checked here, every field
 # offset by tests/unit/datapath_ebpf/test_ebpf_loader.py.
-FLOW_KEY_PACK: Final = struct.Struct("=I6s6sHHIIBBBBHHH2x")  # struct flow_key
+FLOW_KEY_PACK: Final = struct.Struct("=I6s6sHHIIBBBBHHHBx")  # struct flow_key
 LOOKUP_INDEX_PACK: Final = struct.Struct("=I")  # flow_lookup_key before its key
 FLOW_VALUE_HEAD_PACK: Final = struct.Struct("=QQQII")  # flow_value before its actions
 FLOW_ACTION_PACK: Final = struct.Struct("=BBBxIII6sH")  # struct flow_action
@@ -348,6 +378,8 @@ STRUCTS: Final[dict[str, type[ctypes.Structure]]] = {
     "port_info": PortInfo,
     "vni_port": VniPort,
     "dp_config": DpConfig,
+    "ct_key": CtKey,
+    "ct_value": CtValue,
 }
 
 

@@ -13,6 +13,13 @@
  *                 the destination port; deliver it.  No flow lookup: the
  *                 sending host already simulated the whole path.
  *
+ * Connection tracking: a port with a zone (`port_zones`, by port number)
+ * has each packet's reversed tuple looked up in `conntrack` before the flow
+ * lookup, and the answer is part of the flow key (ct_state).  A flow that
+ * starts connections commits them (ACT_CT_COMMIT), so a new connection
+ * through a flow that exists already costs no miss, and its replies find
+ * CT_REPLY without the agent.
+ *
  * Layouts live in flow.h.  Packet bytes are read with direct packet access
  * and written only through helpers, so no packet pointer is live across a
  * helper that may move the data.
@@ -92,6 +99,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dp_config);
 } config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PORT_MAX_ENTRIES);
+	__type(key, __u32);   /* port number */
+	__type(value, __u32); /* conntrack zone of the port's device, 0 = none */
+} port_zones SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_MAX_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} conntrack SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -273,6 +294,93 @@ static __always_inline void extract_key(struct __sk_buff *skb, __u32 in_port,
 	}
 }
 
+/* The connection of a packet with key *k, in `zone`: as it arrived, or
+ * reversed (as its reply carries it).  0 when it has none to track: only
+ * IPv4 TCP or UDP that is not a later fragment, and ICMP echoes, whose
+ * identifier stands for both ports. */
+static __always_inline int ct_tuple(const struct flow_key *k, __u32 zone, int reversed,
+				    struct ct_key *ck)
+{
+	__u16 sport, dport;
+
+	if (k->eth_type != ETH_P_IP || k->ip_frag == FLOW_FRAG_LATER)
+		return 0;
+	if (k->ip_proto == IPPROTO_TCP || k->ip_proto == IPPROTO_UDP) {
+		sport = k->tp_src;
+		dport = k->tp_dst;
+	} else if (k->ip_proto == IPPROTO_ICMP && (k->tp_src == 0 || k->tp_src == 8)) {
+		sport = dport = k->icmp_id;
+	} else {
+		return 0;
+	}
+	__builtin_memset(ck, 0, sizeof(*ck));
+	ck->zone = zone;
+	ck->proto = k->ip_proto;
+	ck->src = reversed ? k->ip_dst : k->ip_src;
+	ck->dst = reversed ? k->ip_src : k->ip_dst;
+	ck->sport = reversed ? dport : sport;
+	ck->dport = reversed ? sport : dport;
+	return 1;
+}
+
+/* An entry hit by a packet: used now, its TCP flags noted. */
+static __always_inline void ct_touch(struct ct_value *cv, __u32 tcp_flags)
+{
+	cv->last_used = bpf_ktime_get_ns();
+	if (tcp_flags && (cv->tcp_flags & tcp_flags) != tcp_flags)
+		__sync_fetch_and_or(&cv->tcp_flags, tcp_flags);
+}
+
+/*
+ * The ct_state of a packet (0: its port has no zone, or it has no
+ * connection): is it a reply of a connection committed in its port's zone?
+ *
+ * ct_state_of() and ct_commit() are global functions on purpose: the
+ * verifier checks each once, and their results are unknown values to the
+ * caller.  Inlined, every outcome of the tuple's branches would be a path
+ * of its own through the action loop, beyond its budget of 1M instructions.
+ */
+__attribute__((noinline)) int ct_state_of(const struct flow_key *key, __u32 tcp_flags)
+{
+	struct ct_key ck;
+
+	if (!key)
+		return 0;
+
+	__u32 port = key->in_port;
+	__u32 *zone = bpf_map_lookup_elem(&port_zones, &port);
+
+	if (!zone || !*zone || !ct_tuple(key, *zone, 1, &ck))
+		return 0;
+
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
+
+	if (!cv)
+		return CT_TRACKED;
+	ct_touch(cv, tcp_flags);
+	return CT_TRACKED | CT_REPLY;
+}
+
+/* ACT_CT_COMMIT: the packet's connection, as it arrived, in `zone`. */
+__attribute__((noinline)) int ct_commit(const struct flow_key *key, __u32 zone, __u32 tcp_flags)
+{
+	struct ct_key ck;
+
+	if (!key || !zone || !ct_tuple(key, zone, 0, &ck))
+		return 0;
+
+	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
+
+	if (cv) {
+		ct_touch(cv, tcp_flags);
+		return 0;
+	}
+
+	struct ct_value nv = {.last_used = bpf_ktime_get_ns(), .tcp_flags = tcp_flags};
+
+	return bpf_map_update_elem(&conntrack, &ck, &nv, BPF_NOEXIST) ? -1 : 0;
+}
+
 /* Tuple-space search: for each active mask, in slot order, mask the key and
  * look it up under that slot.  The first hit wins. */
 static __always_inline struct flow_value *flow_lookup(const struct flow_key *key)
@@ -314,7 +422,7 @@ static __always_inline struct flow_value *flow_lookup(const struct flow_key *key
  * device.  The tag is written in band for untagged frames (so the kernel
  * moves it to metadata on the other end, and BPF_PROG_TEST_RUN can see it);
  * a tenant tag in metadata is pushed in band by bpf_skb_vlan_push. */
-static __always_inline int send_miss(struct __sk_buff *skb, __u32 in_port)
+static __always_inline int send_miss(struct __sk_buff *skb, __u32 in_port, __u8 ct_state)
 {
 	struct dp_config *cfg = get_config();
 	__u32 ifindex = cfg ? cfg->miss_ifindex : 0;
@@ -322,14 +430,16 @@ static __always_inline int send_miss(struct __sk_buff *skb, __u32 in_port)
 	if (!ifindex || in_port == 0 || in_port > VLAN_VID_MASK)
 		goto fail;
 
+	__u16 tci = in_port | ((__u16)(ct_state & 0x7) << CT_TAG_SHIFT);
+
 	if (skb->vlan_present) {
-		if (bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), in_port))
+		if (bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), tci))
 			goto fail;
 	} else {
 		__u8 macs[2 * ETH_ALEN];
 		struct vlan_hdr_ tag = {
 			.tci = bpf_htons(ETH_P_8021Q), /* TPID */
-			.encap_proto = bpf_htons(in_port), /* TCI */
+			.encap_proto = bpf_htons(tci), /* TCI */
 		};
 
 		if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
@@ -348,13 +458,13 @@ fail:
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int miss(struct __sk_buff *skb, __u32 in_port, int mode)
+static __always_inline int miss(struct __sk_buff *skb, __u32 in_port, __u8 ct_state, int mode)
 {
 	if (mode == MODE_INJECT) {
 		stat_inc(STAT_INJECT_MISS);
 		return TC_ACT_SHOT;
 	}
-	return send_miss(skb, in_port);
+	return send_miss(skb, in_port, ct_state);
 }
 
 /* Decrement the IPv4 TTL by n and fix the header checksum.  Returns 1 when
@@ -579,7 +689,7 @@ __attribute__((noinline)) int flood(struct __sk_buff *skb, __u32 set_id, int las
  * rewrite or output, and answers ICMP time exceeded; a flow that
  * decrements the TTL of a packet without one is broken and drops it. */
 static __always_inline int ttl_verdict(struct __sk_buff *skb, const struct flow_value *fv,
-				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       const struct parse_info *pi, const struct flow_key *key,
 				       int mode)
 {
 	__u32 n = fv->n_actions;
@@ -597,8 +707,8 @@ static __always_inline int ttl_verdict(struct __sk_buff *skb, const struct flow_
 		stat_inc(STAT_ACTION_ERROR);
 		return TC_ACT_SHOT;
 	}
-	if (dec >= ttl)
-		return miss(skb, in_port, mode);
+	if (dec >= key->ip_ttl)
+		return miss(skb, key->in_port, key->ct_state, mode);
 	return 0;
 }
 
@@ -606,11 +716,11 @@ static __always_inline int ttl_verdict(struct __sk_buff *skb, const struct flow_
  * plain redirect; earlier outputs clone.  Falling off the end drops the
  * original (its copies are already on their way). */
 static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value *fv,
-				       const struct parse_info *pi, __u8 ttl, __u32 in_port,
+				       const struct parse_info *pi, const struct flow_key *key,
 				       int mode)
 {
 	__u32 n = fv->n_actions;
-	int verdict = ttl_verdict(skb, fv, pi, ttl, in_port, mode);
+	int verdict = ttl_verdict(skb, fv, pi, key, mode);
 
 	if (verdict)
 		return verdict;
@@ -667,11 +777,14 @@ static __always_inline int run_actions(struct __sk_buff *skb, struct flow_value 
 			if (nat_rewrite(skb, pi->l3_off, ACT_SET_TP_DST, a->port))
 				goto error;
 			break;
+		case ACT_CT_COMMIT:
+			ct_commit(key, a->ifindex, pi->tcp_flags);
+			break;
 		case ACT_DROP:
 			stat_inc(STAT_DROP);
 			return TC_ACT_SHOT;
 		case ACT_TO_USERSPACE:
-			return miss(skb, in_port, mode);
+			return miss(skb, key->in_port, key->ct_state, mode);
 		default:
 			break;
 		}
@@ -690,11 +803,12 @@ static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mod
 	struct parse_info pi;
 
 	extract_key(skb, in_port, &key, &pi);
+	key.ct_state = ct_state_of(&key, pi.tcp_flags);
 
 	struct flow_value *fv = flow_lookup(&key);
 
 	if (!fv)
-		return miss(skb, in_port, mode);
+		return miss(skb, in_port, key.ct_state, mode);
 
 	/* Bytes as on the wire: a tag the kernel moved to metadata counts. */
 	__u32 len = skb->len + (skb->vlan_present ? VLAN_HLEN : 0);
@@ -707,7 +821,7 @@ static __always_inline int process(struct __sk_buff *skb, __u32 in_port, int mod
 	if (pi.tcp_flags && (fv->tcp_flags & pi.tcp_flags) != pi.tcp_flags)
 		__sync_fetch_and_or(&fv->tcp_flags, pi.tcp_flags);
 	stat_inc(mode == MODE_INJECT ? STAT_INJECT_HIT : STAT_HIT);
-	return run_actions(skb, fv, &pi, key.ip_ttl, in_port, mode);
+	return run_actions(skb, fv, &pi, &key, mode);
 }
 
 static __always_inline int do_port_ingress(struct __sk_buff *skb)

@@ -33,6 +33,7 @@ from tessera.datapath.afpacket import (
     read_auxdata,
 )
 from tessera.datapath.base import MAX_PORT_NO
+from tessera.datapath.ebpf.layout import CT_TAG_SHIFT
 from tessera.datapath.ebpf.netns import run_in_netns
 
 __all__ = ["NO_VNET", "Miss", "MissChannel", "VnetHdr"]
@@ -91,6 +92,7 @@ class Miss:
     frame: bytes  # without the port tag; a tenant tag, if any, in band
     vnet: VnetHdr
     csum_not_ready: bool  # TP_STATUS_CSUMNOTREADY: L4 checksum still partial
+    ct_state: int = 0  # the key's ct_state, in the port tag's priority bits
 
 
 class MissChannel:
@@ -128,9 +130,10 @@ class MissChannel:
             if got is not None:
                 return Miss(*got)
 
-    def recv_fields(self) -> tuple[int, bytes, VnetHdr, bool] | None:
-        """One queued frame as Miss's fields (port, frame, vnet, csum_not_ready); None
-        for a frame that is not a miss. Raises BlockingIOError when none is queued."""
+    def recv_fields(self) -> tuple[int, bytes, VnetHdr, bool, int] | None:
+        """One queued frame as Miss's fields (port, frame, vnet, csum_not_ready,
+        ct_state); None for a frame that is not a miss. Raises BlockingIOError when
+        none is queued."""
         n, anc, _flags, addr = self.sock.recvmsg_into((self._buf,), AUXDATA_SPACE)
         if addr[2] == PACKET_OUTGOING or n < _VNET.size + 14:
             return None
@@ -140,17 +143,19 @@ class MissChannel:
         body = _VNET.size
         if tci is not None:
             port = tci & 0x0FFF
+            ct_state = tci >> CT_TAG_SHIFT
             frame = bytes(self._view[body:n])
         elif n >= body + 18 and _U16.unpack_from(self._buf, body + 12)[0] == ETH_P_8021Q:
             # Tag left in band (vlan offload off): pop it ourselves.
-            port = _U16.unpack_from(self._buf, body + 14)[0] & 0x0FFF
+            tci = _U16.unpack_from(self._buf, body + 14)[0]
+            port, ct_state = tci & 0x0FFF, tci >> CT_TAG_SHIFT
             frame = bytes(self._view[body : body + 12]) + bytes(self._view[body + 16 : n])
             vnet = vnet.shifted(-4)
         else:
             return None
         if port == 0:
             return None
-        return port, frame, vnet, bool(status & TP_STATUS_CSUMNOTREADY)
+        return port, frame, vnet, bool(status & TP_STATUS_CSUMNOTREADY), ct_state
 
     def inject(self, port: int, frame: bytes, vnet: VnetHdr | None = None) -> None:
         """Write ``frame`` back for the ``inject`` program, as if it had

@@ -15,11 +15,14 @@ from typing import Any, Generic, TypeVar
 
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import (
+    CT_MAX_ENTRIES,
     FLOOD_MAX_SETS,
     FLOW_MAX_ENTRIES,
     PORT_MAX_ENTRIES,
     STAT_MAX,
     VNI_MAX_ENTRIES,
+    CtKey,
+    CtValue,
     DpConfig,
     FloodSet,
     FlowLookupKey,
@@ -34,7 +37,7 @@ __all__ = ["MAP_SPECS", "BpfMap", "MapSpec", "map_spec_mismatches", "spec_mismat
 _ENOTSUPP = 524  # kernel-internal "operation not supported" leaking to users
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes.c_uint32)
-V = TypeVar("V", bound=ctypes.Structure | ctypes.Array[ctypes.c_uint64])
+V = TypeVar("V", bound=ctypes.Structure | ctypes.Array[ctypes.c_uint64] | ctypes.c_uint32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,14 @@ MAP_SPECS: dict[str, MapSpec] = {
         MapSpec("vni_ports", bpf.BPF_MAP_TYPE_HASH, 4, ctypes.sizeof(VniPort), VNI_MAX_ENTRIES),
         MapSpec("config", bpf.BPF_MAP_TYPE_ARRAY, 4, ctypes.sizeof(DpConfig), 1),
         MapSpec("stats", bpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, STAT_MAX),
+        MapSpec("port_zones", bpf.BPF_MAP_TYPE_ARRAY, 4, 4, PORT_MAX_ENTRIES),
+        MapSpec(
+            "conntrack",
+            bpf.BPF_MAP_TYPE_LRU_HASH,
+            ctypes.sizeof(CtKey),
+            ctypes.sizeof(CtValue),
+            CT_MAX_ENTRIES,
+        ),
     )
 }
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import (
+    CtKey,
+    CtValue,
     DpConfig,
     FloodSet,
     FlowLookupKey,
@@ -17,6 +19,7 @@ from tessera.datapath.ebpf.layout import (
     VniPort,
 )
 from tessera.datapath.ebpf.maps.bpfmap import MAP_SPECS, BpfMap, spec_mismatch
+from tessera.datapath.ebpf.maps.conntrack import ConntrackMap, PortZoneMap
 from tessera.datapath.ebpf.maps.floodsets import FloodSetTable
 from tessera.datapath.ebpf.maps.flows import FlowMap
 from tessera.datapath.ebpf.maps.masks import MaskTable
@@ -39,6 +42,10 @@ class FastPathMaps:
         self.vni_ports = VniPortMap(BpfMap(fds["vni_ports"], "vni_ports", ctypes.c_uint32, VniPort))
         self.config = ConfigMap(BpfMap(fds["config"], "config", ctypes.c_uint32, DpConfig))
         self.stats = StatsMap(fds["stats"])
+        self.port_zones = PortZoneMap(
+            BpfMap(fds["port_zones"], "port_zones", ctypes.c_uint32, ctypes.c_uint32)
+        )
+        self.conntrack = ConntrackMap(BpfMap(fds["conntrack"], "conntrack", CtKey, CtValue))
 
     @classmethod
     def open(cls, map_dir: str | os.PathLike[str]) -> FastPathMaps:

@@ -1,0 +1,276 @@
+"""The agent's side of connection tracking in the datapath (`tessera.datapath.conntrack`).
+
+A new connection through a stateful rule used to cost a miss, whatever flows were
+installed: the simulation's decision ("a reply of a tracked connection, or not") was
+keyed on the connection's 5-tuple. The datapath now answers that question itself, per
+packet, in the key's `ct_state`; this module keeps its answers the simulation's:
+
+- **Zones.** A connection is tracked per device (MidoNet's key: a port's bridge or
+  router, or its stateful port group). Every local port gets the zone of its device:
+  a number derived from the device id (`zone_of`), the same after a restart, so the
+  pinned table stays valid. Two devices of this host with one number (a 32-bit hash
+  collision) leave the second without a zone: its connections are decided the old way.
+- **Commits.** A result whose decision came from `ct_state` (`SimulationResult.ct_kernel`)
+  and whose new connections stay on this host (no peer must see them, no NAT changed
+  their tuple, their device has a zone here) gets `CtCommit` actions: its flow then
+  serves every new connection, each committed by the datapath without the agent.
+  Otherwise the flow is keyed on the 5-tuple after all (`stateful.KERNEL_TUPLE`) and the
+  agent tracks the connection as before.
+- **Mirror.** Connections the agent's own table holds (a peer's, whose replies enter
+  here; one it could not commit in the datapath) are written to the datapath too, so
+  that `ct_state` never contradicts the table, and age by the datapath's last use of
+  them (a pseudo flow, `KernelConn`, in the table's flows of the entry).
+- **Expiry.** Connections only the datapath holds expire in `sweep`, by the idle
+  timeouts of the agent's own entries (shorter after a FIN or RST).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.agent.flowstate.entry import DEFAULT_TIMEOUT, TIMEOUTS, closing_timeout, tcp_state
+from tessera.agent.flowstate.report import key_json
+from tessera.datapath.base import CtCommit, CtTuple, Datapath, DatapathError
+from tessera.packet.ipv4 import PROTO_ICMP, PROTO_TCP
+from tessera.packet.match import CT_REPLY, CT_TRACKED, Field, FlowMatch
+from tessera.simulation.flowstate import ConnKey, ConntrackEntry, FlowStateEntry
+from tessera.simulation.result import SimulationResult
+from tessera.simulation.topology import Snapshot
+
+log = logging.getLogger(__name__)
+
+_CT_STATE = Field.CT_STATE
+_IN_PORT = Field.IN_PORT
+_TUPLE = Field.IP_SRC | Field.IP_DST | Field.IP_PROTO | Field.TP_SRC | Field.TP_DST | Field.ICMP_ID
+
+
+def zone_of(device_id: str) -> int:
+    """The conntrack zone of a device: never 0 (no zone), the same on every start."""
+    return zlib.crc32(device_id.encode()) or 1
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConn:
+    """A connection held in the datapath, as a pseudo flow of the agent's entry: the
+    entry is alive while the datapath sees the connection's packets."""
+
+    conn: CtTuple
+
+
+class KernelConntrack:
+    def __init__(self, datapath: Datapath) -> None:
+        self.dp = datapath
+        self.port_zone: dict[int, int] = {}  # what the datapath holds, zones != 0
+        self.device_zone: dict[str, int] = {}  # devices of local ports (0: collision)
+        self.mirrored: dict[CtTuple, ConnKey] = {}  # the agent's entries, in the datapath
+        self._conn_of: dict[ConnKey, CtTuple] = {}
+        self.expired = 0  # datapath-only connections removed by `sweep`
+
+    def adopt(self) -> None:
+        """The zones a previous agent left (the datapath's own table stays valid)."""
+        self.port_zone = dict(self.dp.port_zones())
+
+    # -- zones ----------------------------------------------------------------------------
+
+    def sync(self, snap: Snapshot, ports: Mapping[str, int]) -> list[str]:
+        """Give each local port (`ports`: port id -> number) the zone of its device in
+        `snap`; returns the devices that got a zone just now (their connections in the
+        agent's table are to be mirrored: `mirror_all`)."""
+        device_zone: dict[str, int] = {}
+        taken: dict[int, str] = {}
+        want: dict[int, int] = {}
+        for port_id, number in sorted(ports.items()):
+            port = snap.ports.get(port_id)
+            if port is None:
+                continue  # not loaded yet: no zone, decided the old way
+            device = snap.conn_device(port)
+            zone = device_zone.get(device)
+            if zone is None:
+                zone = zone_of(device)
+                if zone in taken:
+                    log.warning(
+                        "devices %s and %s share conntrack zone %d here: connections "
+                        "of %s are tracked by the agent only", taken[zone], device, zone,
+                        device,
+                    )  # fmt: skip
+                    zone = 0
+                else:
+                    taken[zone] = device
+                device_zone[device] = zone
+            if zone:
+                want[number] = zone
+        for number, zone in want.items():
+            if self.port_zone.get(number) != zone:
+                self._set(number, zone)
+        for number in [n for n in self.port_zone if n not in want]:
+            self._set(number, 0)
+        new = [d for d, z in device_zone.items() if z and self.device_zone.get(d) != z]
+        self.device_zone = device_zone
+        return new
+
+    def _set(self, number: int, zone: int) -> None:
+        try:
+            self.dp.set_port_zone(number, zone)
+        except DatapathError as exc:
+            log.warning("%s", exc)
+            self.port_zone.pop(number, None)
+            return
+        if zone:
+            self.port_zone[number] = zone
+        else:
+            self.port_zone.pop(number, None)
+
+    def zone(self, device: str) -> int:
+        return self.device_zone.get(device, 0)
+
+    # -- the simulation's results ---------------------------------------------------------
+
+    def commits(self, result: SimulationResult, shared: bool) -> list[CtCommit] | None:
+        """The `CtCommit` actions that track `result`'s new connections in the datapath,
+        None when the agent must track them itself (and key the flow on the 5-tuple):
+        a peer must see them (`shared`), NAT changed their tuple, one is no plain
+        connection, or its device has no zone here."""
+        if shared or not result.flow_state:
+            return None
+        arrived = result.match.original()
+        proto, src, dst = arrived["ip_proto"], arrived["ip_src"], arrived["ip_dst"]
+        if proto == PROTO_ICMP:
+            ports = (arrived["icmp_id"], arrived["icmp_id"])
+        else:
+            ports = (arrived["tp_src"], arrived["tp_dst"])
+        zones: dict[int, None] = {}
+        for entry in result.flow_state:
+            if not isinstance(entry, ConntrackEntry):
+                return None
+            k = entry.key
+            zone = self.device_zone.get(k.device, 0)
+            if not zone or (k.proto, k.src, k.dst, k.sport, k.dport) != (proto, src, dst, *ports):
+                return None
+            zones[zone] = None
+        return [CtCommit(z) for z in zones]
+
+    def reply_state(self, result: SimulationResult, port_zone: int) -> int:
+        """The ct_state the reply to `result`'s packet will have, entering a port of
+        `port_zone` (for predicting its flow): a reply if `result` tracks its connection
+        in that zone."""
+        if not port_zone:
+            return 0
+        for entry in result.flow_state:
+            if isinstance(entry, ConntrackEntry) and self.zone(entry.key.device) == port_zone:
+                return CT_TRACKED | CT_REPLY
+        return CT_TRACKED
+
+    def refresh(self, port: int, match: FlowMatch, frame: bytes) -> FlowMatch:
+        """`match` (of a packet that missed on local port `port`, not yet read), or the
+        same packet with `CT_REPLY` if the datapath said "new" but now holds the
+        connection it answers: state a peer sent, that the agent installed after the
+        packet was looked up."""
+        if match.peek(_CT_STATE)[0] != CT_TRACKED:
+            return match
+        zone = self.port_zone.get(port)
+        if not zone:
+            return match
+        src, dst, proto, tp_src, tp_dst, ident = match.peek(_TUPLE)
+        sport, dport = (ident, ident) if proto == PROTO_ICMP else (tp_src, tp_dst)
+        if (zone, proto, dst, src, dport, sport) not in self.mirrored:
+            return match
+        return FlowMatch.from_frame(match.peek(_IN_PORT)[0], frame, CT_TRACKED | CT_REPLY)
+
+    # -- the agent's own entries ----------------------------------------------------------
+
+    def mirror(self, key: ConnKey) -> KernelConn | None:
+        """Write the agent's entry `key` to the datapath (if its device has a zone here);
+        the pseudo flow that keeps the entry alive while the datapath uses it."""
+        zone = self.device_zone.get(key.device, 0)
+        if not zone:
+            return None
+        conn = (zone, key.proto, key.src, key.dst, key.sport, key.dport)
+        try:
+            self.dp.ct_commit(conn)
+        except DatapathError as exc:
+            log.warning("%s", exc)
+            return None
+        old = self._conn_of.get(key)
+        if old is not None and old != conn:  # its device moved to another zone
+            self.mirrored.pop(old, None)
+        self.mirrored[conn] = key
+        self._conn_of[key] = conn
+        return KernelConn(conn)
+
+    def removed(self, entry: FlowStateEntry) -> None:
+        """The agent's table dropped `entry`: so does the datapath."""
+        if not isinstance(entry, ConntrackEntry):
+            return
+        conn = self._conn_of.pop(entry.key, None)
+        if conn is None:
+            return
+        self.mirrored.pop(conn, None)
+        try:
+            self.dp.ct_delete(conn)
+        except (DatapathError, OSError) as exc:
+            log.debug("conntrack entry %s not removed: %s", conn, exc)
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    def sweep(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> int:
+        """Remove the datapath's own connections idle past their timeout; how many."""
+        gone = 0
+        for conn, (last, flags) in entries.items():
+            if conn in self.mirrored:
+                continue  # the agent's table decides
+            if now - last > _timeout(conn[1], flags):
+                try:
+                    gone += self.dp.ct_delete(conn)
+                except (DatapathError, OSError) as exc:
+                    log.debug("conntrack entry %s not removed: %s", conn, exc)
+        self.expired += gone
+        return gone
+
+    def report(
+        self, now: float, entries: Mapping[CtTuple, tuple[float, int]]
+    ) -> list[dict[str, Any]]:
+        """`tessera conntrack` rows (`flowstate.report`'s shape) of the connections only
+        the datapath holds: those it committed itself."""
+        device_of = {z: d for d, z in self.device_zone.items() if z}
+        rows: list[dict[str, Any]] = []
+        for conn, (last, flags) in sorted(entries.items(), key=lambda item: item[1][0]):
+            if conn in self.mirrored:
+                continue  # listed with the agent's entries
+            zone, proto, src, dst, sport, dport = conn
+            device = device_of.get(zone, f"zone {zone}")
+            key = ConnKey(proto, src, dst, sport, dport, device)
+            timeout = _timeout(proto, flags)
+            idle = max(0.0, now - last)
+            rows.append(
+                {
+                    "kind": "conntrack",
+                    "zone": device,
+                    "forward": key_json(key),
+                    "return": key_json(key.reversed()),
+                    "nat": None,
+                    "state": tcp_state(proto, flags),
+                    "tcp_flags": flags,
+                    "origin": None,
+                    "shared_with": [],
+                    "timeout": timeout,
+                    "idle": idle,
+                    "expires_in": max(0.0, timeout - idle),
+                    "flows": 0,
+                    "datapath": True,  # committed by a flow: the agent never saw it
+                }
+            )
+        return rows
+
+
+def _timeout(proto: int, tcp_flags: int) -> float:
+    """The idle timeout of a connection, as the agent's entries have it."""
+    timeout = TIMEOUTS.get(proto, DEFAULT_TIMEOUT)
+    if proto == PROTO_TCP:
+        short = closing_timeout(tcp_flags)
+        if short is not None:
+            timeout = min(timeout, short)
+    return timeout

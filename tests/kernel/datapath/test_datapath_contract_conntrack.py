@@ -1,0 +1,151 @@
+"""The datapath contract for connection tracking (`tessera.datapath.conntrack`), on
+every backend: the fake, the userspace one and the eBPF program on real veths.
+
+What the agent relies on: a port's zone decides whether its packets are looked up; the
+lookup's answer is the key's `ct_state` (so flows can be keyed on it, and a miss hands
+it to the agent); `CtCommit` tracks the packet's connection as it arrived, so that its
+replies find `CT_REPLY`; the agent can add and remove entries itself, and reads when
+each was last used and which TCP flags went by. Expected values are written out here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kdp_harness import Harness, at_port, seen
+from test_datapath_contract import IP1, IP2, MAC1, MAC2
+
+from tessera.datapath.base import CtCommit, Flow, Match, Output
+from tessera.datapath.conntrack import CT_REPLY, CT_TRACKED
+from tessera.packet import (
+    ETH_TYPE_IPV4,
+    PROTO_ICMP,
+    PROTO_TCP,
+    Ethernet,
+    Icmp,
+    IPv4,
+    Tcp,
+)
+
+pytestmark = pytest.mark.root
+
+ZONE = 7
+SYN, ACK, FIN = 0x02, 0x10, 0x01
+NEW = CT_TRACKED
+REPLY = CT_TRACKED | CT_REPLY
+
+
+def tcp(sport: int = 4000, dport: int = 80, *, back: bool = False, flags: int = SYN) -> bytes:
+    """A segment of the connection IP1:sport -> IP2:dport (`back`: its reply)."""
+    if back:
+        ip = IPv4(IP2, IP1, PROTO_TCP, Tcp(dport, sport, seq=1, ack=1, flags=flags))
+        return Ethernet(MAC1, MAC2, ETH_TYPE_IPV4, ip).build()
+    ip = IPv4(IP1, IP2, PROTO_TCP, Tcp(sport, dport, seq=1, ack=0, flags=flags))
+    return Ethernet(MAC2, MAC1, ETH_TYPE_IPV4, ip).build()
+
+
+def echo(ident: int, *, reply: bool = False) -> bytes:
+    if reply:
+        ip = IPv4(IP2, IP1, PROTO_ICMP, Icmp(0, 0, ident=ident, seq=1))
+        return Ethernet(MAC1, MAC2, ETH_TYPE_IPV4, ip).build()
+    ip = IPv4(IP1, IP2, PROTO_ICMP, Icmp(8, 0, ident=ident, seq=1))
+    return Ethernet(MAC2, MAC1, ETH_TYPE_IPV4, ip).build()
+
+
+def miss_state(harness: Harness, port: int, frame: bytes) -> int:
+    """Send `frame` into `port` with no flow for it: the ct_state its miss carried."""
+    got = harness.exchange(port, frame, expect=1)
+    assert got == seen(misses=[(port, frame)])
+    return got.ct_states[0]
+
+
+def tracked(port: int, ct_state: int) -> Match:
+    return Match.of(in_port=port, eth_type=ETH_TYPE_IPV4, ct_state=ct_state)
+
+
+def test_a_port_without_a_zone_is_never_looked_up(harness: Harness) -> None:
+    assert miss_state(harness, 1, tcp()) == 0
+    harness.dp.ct_commit((ZONE, PROTO_TCP, IP1, IP2, 4000, 80))
+    assert miss_state(harness, 2, tcp(back=True)) == 0  # the entry is there, no zone
+
+
+def test_a_committed_connection_makes_its_replies_replies(harness: Harness) -> None:
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.set_port_zone(2, ZONE)
+    assert dp.port_zones() == {1: ZONE, 2: ZONE}
+    assert miss_state(harness, 1, tcp()) == NEW
+    assert miss_state(harness, 2, tcp(back=True)) == NEW  # nothing committed yet
+
+    # One flow for every new connection from port 1: commit, then forward.
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), Output(2))))
+    assert harness.exchange(1, tcp(), expect=1) == seen([(at_port(2), tcp())])
+    assert harness.exchange(1, tcp(4001), expect=1) == seen([(at_port(2), tcp(4001))])
+    entries = dp.ct_entries()
+    assert set(entries) == {
+        (ZONE, PROTO_TCP, IP1, IP2, 4000, 80),
+        (ZONE, PROTO_TCP, IP1, IP2, 4001, 80),
+    }
+    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN
+
+    # Their replies are replies; an answer to a connection never made is not.
+    assert miss_state(harness, 2, tcp(back=True, flags=SYN | ACK)) == REPLY
+    assert miss_state(harness, 2, tcp(4002, back=True, flags=SYN | ACK)) == NEW
+    # The reply's flags joined the entry's.
+    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | ACK
+
+    # A flow keyed on CT_REPLY carries replies only.
+    dp.install(Flow(tracked(2, REPLY), (Output(1),)))
+    reply = tcp(4001, back=True, flags=ACK)
+    assert harness.exchange(2, reply, expect=1) == seen([(at_port(1), reply)])
+    assert miss_state(harness, 2, tcp(4003, back=True)) == NEW
+
+
+def test_entries_the_agent_writes_and_removes(harness: Harness) -> None:
+    dp = harness.dp
+    dp.set_port_zone(2, ZONE)
+    before = time.monotonic()
+    dp.ct_commit((ZONE, PROTO_TCP, IP1, IP2, 5000, 443), FIN)
+    last_used, flags = dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 5000, 443)]
+    assert flags == FIN and before - 0.5 <= last_used <= time.monotonic() + 0.5
+    assert miss_state(harness, 2, tcp(5000, 443, back=True)) == REPLY
+    assert dp.ct_delete((ZONE, PROTO_TCP, IP1, IP2, 5000, 443))
+    assert not dp.ct_delete((ZONE, PROTO_TCP, IP1, IP2, 5000, 443))
+    assert miss_state(harness, 2, tcp(5000, 443, back=True)) == NEW
+    # Another zone's entry is not this port's.
+    dp.ct_commit((ZONE + 1, PROTO_TCP, IP1, IP2, 5000, 443))
+    assert miss_state(harness, 2, tcp(5000, 443, back=True)) == NEW
+
+
+def test_an_echo_is_tracked_by_its_identifier(harness: Harness) -> None:
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.set_port_zone(2, ZONE)
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), Output(2))))
+    assert harness.exchange(1, echo(0x1234), expect=1).count() == 1
+    assert (ZONE, PROTO_ICMP, IP1, IP2, 0x1234, 0x1234) in dp.ct_entries()
+    assert miss_state(harness, 2, echo(0x1234, reply=True)) == REPLY
+    assert miss_state(harness, 2, echo(0x1235, reply=True)) == NEW
+
+
+def test_what_has_no_connection_is_not_tracked(harness: Harness) -> None:
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    later = IPv4(IP1, IP2, 17, b"x" * 16, frag_offset=8)
+    frames = [
+        Ethernet(MAC2, MAC1, ETH_TYPE_IPV4, later).build(),  # a later fragment
+        Ethernet(MAC2, MAC1, ETH_TYPE_IPV4, IPv4(IP1, IP2, PROTO_ICMP, Icmp(3, 3))).build(),
+    ]
+    for frame in frames:
+        assert miss_state(harness, 1, frame) == 0
+
+
+def test_a_removed_port_loses_its_zone(harness: Harness) -> None:
+    harness.dp.set_port_zone(3, ZONE)
+    assert harness.dp.port_zones() == {3: ZONE}
+    harness.remove_port(3)
+    try:
+        assert harness.dp.port_zones() == {}
+    finally:
+        harness.add_port(3)

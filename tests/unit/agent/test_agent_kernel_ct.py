@@ -1,0 +1,216 @@
+"""Connection tracking in the datapath, through the agent (`tessera.agent.kernel_ct`), on
+fake datapaths that track connections as the kernel program does.
+
+What it buys: a conntrack firewall's flows are keyed on the datapath's answer (new, or a
+reply) instead of the 5-tuple, so after the first connection the next ones cost no miss
+at all. What must not change: the firewall's decisions, connections a peer must see (or
+NAT rewrote) tracked by the agent as before, and every tracked connection visible and
+expiring like the agent's own.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent_harness import Cloud, Host, Vm
+from test_agent_stateful import _free_udp_port, chain, udp
+
+from tessera.agent.agent import SWEEP
+from tessera.agent.flowstate.entry import TCP_RST_TIMEOUT, TIMEOUTS
+from tessera.agent.kernel_ct import zone_of
+from tessera.datapath.base import CtCommit, Miss
+from tessera.model import Bridge, Port
+from tessera.packet import ETH_TYPE_IPV4, Ethernet, IPv4, Tcp
+from tessera.simulation.flowstate import ConnKey, ConntrackEntry
+
+SYN, SYN_ACK, RST = 0x02, 0x12, 0x04
+
+
+def misses(h: Host) -> float:
+    return h.agent.metrics.registry.get_sample_value("tessera_agent_misses_total") or 0.0
+
+
+def tcp(src: Vm, dst: Vm, sport: int, dport: int, flags: int) -> bytes:
+    packet = IPv4(src.ip, dst.ip, 6, Tcp(sport, dport, seq=1, flags=flags))
+    return Ethernet(dst.mac, src.mac, ETH_TYPE_IPV4, packet).build()
+
+
+def firewalled(cloud: Cloud, h: Host, far: Host | None = None) -> tuple[Bridge, Vm, Vm]:
+    """Client c (on `h`) and server s (on `far`, else on `h`) on one bridge; c's port
+    tracks what c starts and lets only the replies back in. Both have spoken."""
+    br = cloud.bridge()
+    c = cloud.vm(h, br, "tap-c", "02:00:00:00:00:0c", "10.0.0.12")
+    s = cloud.vm(far or h, br, "tap-s", "02:00:00:00:00:0d", "10.0.0.13")
+    out = chain(cloud, "from c", {"type": "accept", "match_forward_flow": True})
+    back = chain(cloud, "to c", {"type": "accept", "match_return_flow": True}, {"type": "drop"})
+    cloud.topo.update(Port, c.port_id, {"inbound_filter_id": out.id, "outbound_filter_id": back.id})
+    cloud.settle()
+    for vm, other in ((s, c), (c, s)):
+        cloud.send(vm, vm.arp_request(other.ip))
+        cloud.received(other)
+    return br, c, s
+
+
+def test_ports_get_the_zone_of_their_device(cloud: Cloud) -> None:
+    h = cloud.host("h1", "198.18.0.1")
+    br, c, s = firewalled(cloud, h)
+    other = cloud.bridge("other")
+    o = cloud.vm(h, other, "tap-o", "02:00:00:00:00:0e", "10.0.1.14")
+    cloud.settle()
+    zones = h.dp.port_zones()
+    assert zones[h.number(c.port_id)] == zones[h.number(s.port_id)] == zone_of(br.id)
+    assert zones[h.number(o.port_id)] == zone_of(other.id) != zone_of(br.id)
+    assert zone_of(br.id) == zone_of(br.id) != 0  # the same after a restart
+
+
+def test_the_next_connections_through_the_firewall_cost_no_miss(cloud: Cloud) -> None:
+    h = cloud.host("h1", "198.18.0.1")
+    br, c, s = firewalled(cloud, h)
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    # One flow for c's new connections: keyed on "new", it commits them first.
+    forward = [
+        f for m, f in h.dp.dump().items() if m.in_port == h.number(c.port_id) and m.fields().get(
+            "ct_state") == 1
+    ]  # fmt: skip
+    assert len(forward) == 1
+    assert forward[0].flow.actions[0] == CtCommit(zone_of(br.id))
+    assert "tp_src" not in forward[0].flow.match.fields()
+    before = misses(h)
+    for sport in range(40001, 40011):
+        cloud.send(c, tcp(c, s, sport, 80, SYN))
+        assert len(cloud.received(s)) == 1
+        cloud.send(s, tcp(s, c, 80, sport, SYN_ACK))
+        assert len(cloud.received(c)) == 1
+    assert misses(h) == before
+    zone = zone_of(br.id)
+    tracked = {conn[4] for conn in h.dp.ct_entries() if conn[0] == zone}
+    assert tracked == set(range(40000, 40011))
+    # The firewall still holds: s cannot start a connection to c.
+    cloud.send(s, tcp(s, c, 80, 50000, SYN))
+    assert cloud.received(c) == []
+    # `tessera conntrack` lists the connections only the datapath saw.
+    rows = h.agent.conntrack_report()["entries"]
+    in_datapath = [r for r in rows if r.get("datapath")]
+    assert len(in_datapath) == 10 and in_datapath[0]["zone"] == br.id
+    assert in_datapath[0]["state"] == "established"
+
+
+def test_connections_only_the_datapath_holds_expire_like_the_agent_s(cloud: Cloud) -> None:
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    cloud.send(c, udp(c, s.mac, s.ip, 40000, 53))
+    cloud.send(c, tcp(c, s, 40001, 80, SYN))
+    cloud.send(c, tcp(c, s, 40002, 80, RST))
+    cloud.received(s)
+    conns = {conn[4]: conn for conn in h.dp.ct_entries()}
+    assert set(conns) == {40000, 40001, 40002}
+    cloud.tick(TCP_RST_TIMEOUT + SWEEP)
+    assert {conn[4] for conn in h.dp.ct_entries()} == {40000, 40001}  # the reset one went
+    cloud.tick(TIMEOUTS[17] + SWEEP)
+    # The UDP one is the agent's own (the first connection of its flow): it expired by
+    # the datapath's last use of it, and the datapath's copy with it.
+    assert {conn[4] for conn in h.dp.ct_entries()} == {40001}
+    assert h.agent.flowstate.table.lookup(ConnKey(17, c.ip, s.ip, 40000, 53, _br.id)) is None
+
+
+def test_a_connection_a_peer_must_see_is_tracked_by_the_agent(cloud: Cloud) -> None:
+    port = _free_udp_port()  # the agents exchange flow state over real UDP
+    h1 = cloud.host("h1", "127.0.0.21", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.22", flowstate_port=port)
+    br, c, s = firewalled(cloud, h1, far=h2)
+    cloud.send(c, udp(c, s.mac, s.ip, 40000, 53))
+    assert len(cloud.received(s)) == 1
+    # Its replies enter on h2: the flow is keyed on the connection, the state pushed.
+    (flow,) = [
+        m
+        for m in h1.flows()
+        if m.in_port == h1.number(c.port_id) and m.fields().get("eth_type") == ETH_TYPE_IPV4
+    ]
+    assert flow.fields()["tp_src"] == 40000
+    assert not any(isinstance(a, CtCommit) for a in h1.dp.dump()[flow].flow.actions)
+    key = ConnKey(17, c.ip, s.ip, 40000, 53, br.id)
+    assert h1.agent.flowstate.table.lookup(key) == ConntrackEntry(key)
+    # h1's datapath has the agent's entry too: c's port is in that zone.
+    assert (zone_of(br.id), 17, c.ip, s.ip, 40000, 53) in h1.dp.ct_entries()
+    # h2 got the entry (and its datapath, where s's port is in that zone): the reply
+    # comes back through h2 and the firewall on c's port lets it in.
+    deadline = time.monotonic() + 5
+    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+        time.sleep(0.005)
+    h2.agent.run_once(0)
+    assert (zone_of(br.id), 17, c.ip, s.ip, 40000, 53) in h2.dp.ct_entries()
+    cloud.send(s, udp(s, c.mac, c.ip, 53, 40000))
+    assert len(cloud.received(c)) == 1
+
+
+def test_a_peer_s_entry_reaches_the_datapath_and_leaves_with_it(cloud: Cloud) -> None:
+    h = cloud.host("h1", "198.18.0.1")
+    br, c, s = firewalled(cloud, h)
+    key = ConnKey(17, s.ip, c.ip, 5353, 5353, br.id)
+    fs = h.agent.flowstate
+    fs.table.add(ConntrackEntry(key), cloud.clock(), origin="some-peer")
+    conn = (zone_of(br.id), 17, s.ip, c.ip, 5353, 5353)
+    assert conn in h.dp.ct_entries()
+    # c's answer is a reply in the datapath, so the firewall lets it... out: c's port
+    # only limits what enters c; what matters is that the decision came from there.
+    cloud.send(c, udp(c, s.mac, s.ip, 5353, 5353))
+    assert len(cloud.received(s)) == 1
+    fs.table.remove(key)
+    assert conn not in h.dp.ct_entries()
+
+
+def test_a_new_connection_the_firewall_drops_stays_keyed_on_its_ports(cloud: Cloud) -> None:
+    """Only a flow that commits is keyed on "new" alone: a drop is keyed on the ports,
+    so a reply whose state arrives late never meets it (it misses, see below)."""
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    cloud.send(s, tcp(s, c, 80, 50000, SYN))
+    assert cloud.received(c) == []
+    (drop,) = [
+        f
+        for m, f in h.dp.dump().items()
+        if m.in_port == h.number(s.port_id) and m.fields().get("eth_type") == ETH_TYPE_IPV4
+    ]
+    assert drop.flow.match.fields()["tp_src"] == 80 and drop.flow.match.fields()["ct_state"] == 1
+
+
+def test_a_reply_whose_state_came_after_its_lookup_is_a_reply(cloud: Cloud) -> None:
+    """A peer's entry installed between the datapath's lookup ("new") and the agent's
+    simulation: the agent answers with the state it holds, as before the datapath
+    tracked connections."""
+    h = cloud.host("h1", "198.18.0.1")
+    br, c, s = firewalled(cloud, h)
+    # c's port lets in replies only: s -> c is a reply of c's connection, which a peer
+    # (say the host c's connection entered by) sent.
+    key = ConnKey(6, c.ip, s.ip, 40000, 80, br.id)
+    h.agent.flowstate.table.add(ConntrackEntry(key), cloud.clock(), origin="some-peer")
+    late = tcp(s, c, 80, 40000, SYN_ACK)
+    h.agent.upcall.handle([Miss(h.number(s.port_id), late, cloud.clock(), ct_state=1)])
+    assert cloud.received(c) == [late]
+
+
+def test_a_restarted_agent_keeps_the_committing_flows_and_the_connections(cloud: Cloud) -> None:
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    cloud.send(s, tcp(s, c, 80, 40000, SYN_ACK))
+    assert len(cloud.received(c)) == 1
+    flows = set(h.dp.dump())
+    dp = h.dp
+    cloud.stop(h)
+    h2 = cloud.start_agent("h1", h.host_id, h.underlay, dp)
+    c.host = s.host = h2
+    for _ in range(10):
+        cloud.tick(0.25)
+    assert h2.agent.adopter.done and h2.agent.adopter.removed == 0
+    assert flows <= set(dp.dump())
+    # No made-up connection from the re-simulation (its packet had ports 0).
+    assert all(conn[4] for conn in dp.ct_entries())
+    before = misses(h2)
+    cloud.send(c, tcp(c, s, 40001, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    cloud.send(s, tcp(s, c, 80, 40001, SYN_ACK))
+    assert len(cloud.received(c)) == 1
+    assert misses(h2) == before
