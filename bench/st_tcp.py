@@ -65,7 +65,12 @@ while True:
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        s.bind(("", sport + launched))
+        try:
+            s.bind(("", sport + launched))
+        except OSError:  # a port another socket of the namespace holds: the next one
+            s.close()
+            launched += 1
+            continue
         launched += 1
         err = s.connect_ex((dst, port))
         if err not in (0, errno.EINPROGRESS):

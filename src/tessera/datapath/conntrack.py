@@ -29,12 +29,13 @@ them equal):
 from __future__ import annotations
 
 import threading
+import time
 from typing import Final
 
 from tessera.datapath.base import CtTuple, PacketKey
 from tessera.packet.match import CT_REPLY, CT_TRACKED
 
-__all__ = ["CT_REPLY", "CT_TRACKED", "ConnTable", "ct_state_of", "ct_tuple"]
+__all__ = ["CT_REPLY", "CT_TRACKED", "ConnTable", "PythonConntrack", "ct_state_of", "ct_tuple"]
 
 _IPV4: Final = 0x0800
 _TCP, _UDP, _ICMP = 6, 17, 1
@@ -133,3 +134,29 @@ class ConnTable:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PythonConntrack:
+    """The connection-tracking methods of `tessera.datapath.base.Datapath` for a
+    datapath whose table is a `ConnTable` in Python (the fake and userspace ones)."""
+
+    conntrack: ConnTable
+
+    def ct_clock(self) -> float:
+        """The clock of the table's last-used times (the datapath's own)."""
+        return time.monotonic()
+
+    def set_port_zone(self, port: int, zone: int) -> None:
+        self.conntrack.set_zone(port, zone)
+
+    def port_zones(self) -> dict[int, int]:
+        return dict(self.conntrack.zones)
+
+    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
+        self.conntrack.commit(conn, tcp_flags, self.ct_clock())
+
+    def ct_delete(self, conn: CtTuple) -> bool:
+        return self.conntrack.delete(conn)
+
+    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
+        return self.conntrack.entries()

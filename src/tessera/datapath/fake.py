@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from tessera.datapath.base import (
     MAX_MISSES_PER_WAKE,
     Action,
-    CtTuple,
     Datapath,
     DatapathError,
     Flow,
@@ -33,6 +32,7 @@ from tessera.datapath.base import (
     OutputTunnel,
     PortBinding,
 )
+from tessera.datapath.conntrack import PythonConntrack
 from tessera.datapath.frames import run_actions
 from tessera.datapath.table import MegaflowTable
 
@@ -59,7 +59,7 @@ class FakeFabric:
             host.receive_tunnel(vni, frame)
 
 
-class FakeDatapath(Datapath):
+class FakeDatapath(PythonConntrack, Datapath):
     kind = "fake"
 
     def __init__(
@@ -70,6 +70,7 @@ class FakeDatapath(Datapath):
     ) -> None:
         self.clock = clock
         self.table = MegaflowTable()
+        self.conntrack = self.table.conntrack
         self._ports: dict[int, PortBinding] = {}
         self._misses: deque[Miss] = deque()
         self._cond = threading.Condition()
@@ -80,6 +81,9 @@ class FakeDatapath(Datapath):
         self.fabric = fabric
         if fabric is not None and underlay_ip is not None:
             fabric.hosts[underlay_ip] = self
+
+    def ct_clock(self) -> float:
+        return self.clock()
 
     # -- lifecycle --
     def start(self) -> None:
@@ -100,22 +104,6 @@ class FakeDatapath(Datapath):
 
     def ports(self) -> dict[int, PortBinding]:
         return dict(self._ports)
-
-    # -- connection tracking --
-    def set_port_zone(self, port: int, zone: int) -> None:
-        self.table.conntrack.set_zone(port, zone)
-
-    def port_zones(self) -> dict[int, int]:
-        return dict(self.table.conntrack.zones)
-
-    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
-        self.table.conntrack.commit(conn, tcp_flags, self.clock())
-
-    def ct_delete(self, conn: CtTuple) -> bool:
-        return self.table.conntrack.delete(conn)
-
-    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
-        return self.table.conntrack.entries()
 
     # -- flows --
     def install(self, flow: Flow) -> None:

@@ -31,7 +31,6 @@ from tessera.datapath.afpacket import PacketSocket, interface_mtu
 from tessera.datapath.base import (
     MAX_MISSES_PER_WAKE,
     Action,
-    CtTuple,
     Datapath,
     DatapathError,
     Flow,
@@ -43,6 +42,7 @@ from tessera.datapath.base import (
     OutputTunnel,
     PortBinding,
 )
+from tessera.datapath.conntrack import PythonConntrack
 from tessera.datapath.frames import run_actions
 from tessera.datapath.segment import prepare
 from tessera.datapath.table import MegaflowTable
@@ -63,7 +63,7 @@ class _Port:
     mtu: int
 
 
-class UserspaceDatapath(Datapath):
+class UserspaceDatapath(PythonConntrack, Datapath):
     kind = "userspace"
 
     def __init__(
@@ -76,6 +76,7 @@ class UserspaceDatapath(Datapath):
         self.tunnel_port = tunnel_port
         self.tunnel_mtu = min(1500, underlay_mtu - OVERHEAD)
         self.table = MegaflowTable()
+        self.conntrack = self.table.conntrack
         self._ports: dict[int, _Port] = {}
         self._by_fd: dict[int, _Port] = {}
         self._vni: dict[int, _Port] = {}
@@ -187,22 +188,6 @@ class UserspaceDatapath(Datapath):
     def ports(self) -> dict[int, PortBinding]:
         with self._lock:
             return {n: p.binding for n, p in self._ports.items()}
-
-    # -- connection tracking --
-    def set_port_zone(self, port: int, zone: int) -> None:
-        self.table.conntrack.set_zone(port, zone)
-
-    def port_zones(self) -> dict[int, int]:
-        return dict(self.table.conntrack.zones)
-
-    def ct_commit(self, conn: CtTuple, tcp_flags: int = 0) -> None:
-        self.table.conntrack.commit(conn, tcp_flags, time.monotonic())
-
-    def ct_delete(self, conn: CtTuple) -> bool:
-        return self.table.conntrack.delete(conn)
-
-    def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
-        return self.table.conntrack.entries()
 
     # -- flows --
 
