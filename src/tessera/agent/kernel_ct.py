@@ -79,7 +79,7 @@ class KernelConntrack:
     def sync(self, snap: Snapshot, ports: Mapping[str, int]) -> list[str]:
         """Give each local port (`ports`: port id -> number) the zone of its device in
         `snap`; returns the devices that got a zone just now (their connections in the
-        agent's table are to be mirrored: `mirror_all`)."""
+        agent's table are to be written to the datapath: `ConnTable.mirror_devices`)."""
         device_zone: dict[str, int] = {}
         taken: dict[int, str] = {}
         want: dict[int, int] = {}

@@ -360,9 +360,10 @@ class UpcallHandler:
         # that the flow serves the next ones without the agent. This first one the agent
         # tracks too (its table, `tessera conntrack`, the datapath's copy): but the flow
         # does not keep it alive, the datapath's use of it does (`agent.kernel_ct`).
-        commits = self.commits_for(result) if result.ct_kernel else None
+        hosts = self._state_hosts(result) if result.flow_state else []
+        commits = self.commits_for(result, hosts) if result.ct_kernel else None
         if result.flow_state:
-            self.track(result)
+            self.track(result, hosts)
         for pkt in result.emitted:
             target = egress(pkt.port_id, self.locate, set())
             if target is not None:
@@ -436,7 +437,9 @@ class UpcallHandler:
 
     # -- connection state -------------------------------------------------------------------
 
-    def commits_for(self, result: SimulationResult) -> list[CtCommit] | None:
+    def commits_for(
+        self, result: SimulationResult, hosts: Sequence[str] | None = None
+    ) -> list[CtCommit] | None:
         """For a result decided on the datapath's ct_state: the `CtCommit` actions of a
         new connection the datapath may track itself, else None.
 
@@ -447,25 +450,29 @@ class UpcallHandler:
         peer's message still in the agent's queue, so the datapath says "new"); on a
         committing flow it is forwarded, as its own decision would forward it, and on
         any other flow keyed on the 5-tuple it misses, and the agent reads the state
-        first (`KernelConntrack.refresh`). Otherwise the 5-tuple joins the mask."""
+        first (`KernelConntrack.refresh`). Otherwise the 5-tuple joins the mask.
+        `hosts`: `_state_hosts(result)`, if the caller has it."""
         if result.match.peek(_CT_STATE)[0] & CT_REPLY:
             return None
         commits = None
         if self.kernel_ct is not None and self.flowstate is not None and result.flow_state:
-            commits = self.kernel_ct.commits(result, bool(self._state_hosts(result)))
+            if hosts is None:
+                hosts = self._state_hosts(result)
+            commits = self.kernel_ct.commits(result, bool(hosts))
         if commits is None:
             result.match.record(KERNEL_TUPLE)
         return commits
 
-    def track(self, result: SimulationResult) -> None:
+    def track(self, result: SimulationResult, hosts: Sequence[str] | None = None) -> None:
         """Install the state the packet creates, send it to the hosts that will see the
-        replies, and invalidate the flows decided without it — all before the packet is
-        forwarded, so a reply finds the state wherever it enters."""
+        replies (`hosts`: `_state_hosts(result)`, if the caller has it), and invalidate
+        the flows decided without it — all before the packet is forwarded, so a reply
+        finds the state wherever it enters."""
         fs = self.flowstate
         if fs is None:
             return
         tags = fs.track(result.flow_state)
-        addresses = self._state_hosts(result)
+        addresses = self._state_hosts(result) if hosts is None else hosts
         if addresses:
             fs.share(addresses, result.flow_state)
         if tags:
