@@ -37,6 +37,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A provider's generation is a Cassandra bigint: a larger number could never match one,
+# and the driver refuses to send it (a 500 before this bound made it a 422). 2**53, not
+# 2**63 - 1: JSON clients compare numbers as doubles, and the bigint's limit rounds up.
+Generation = Annotated[int, Field(ge=0, le=2**53)]
+
+
 class ProviderCreate(_Body):
     name: str = Field(min_length=1, max_length=200)
     uuid: str | None = None
@@ -44,21 +50,21 @@ class ProviderCreate(_Body):
 
 class ProviderUpdate(_Body):
     name: str = Field(min_length=1, max_length=200)
-    resource_provider_generation: int | None = None
+    resource_provider_generation: Generation | None = None
 
 
 class InventoriesPut(_Body):
-    resource_provider_generation: int
+    resource_provider_generation: Generation
     inventories: dict[str, dict[str, Any]]
 
 
 class TraitsPut(_Body):
-    resource_provider_generation: int
+    resource_provider_generation: Generation
     traits: list[str]
 
 
 class AggregatesPut(_Body):
-    resource_provider_generation: int
+    resource_provider_generation: Generation
     aggregates: list[str]
 
 
