@@ -34,8 +34,9 @@ from typing import Any
 
 from tessera.agent.flowstate.entry import DEFAULT_TIMEOUT, TIMEOUTS, closing_timeout, tcp_state
 from tessera.agent.flowstate.report import key_json
-from tessera.datapath.base import CtCommit, CtTuple, Datapath, DatapathError
-from tessera.packet.ipv4 import PROTO_ICMP, PROTO_TCP
+from tessera.datapath.base import CtCommit, CtTuple, Datapath, DatapathError, key_of
+from tessera.datapath.conntrack import ct_tuple
+from tessera.packet.ipv4 import PROTO_TCP
 from tessera.packet.match import CT_REPLY, CT_TRACKED, Field, FlowMatch
 from tessera.simulation.flowstate import ConnKey, ConntrackEntry, FlowStateEntry
 from tessera.simulation.result import SimulationResult
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 _CT_STATE = Field.CT_STATE
 _IN_PORT = Field.IN_PORT
-_TUPLE = Field.IP_SRC | Field.IP_DST | Field.IP_PROTO | Field.TP_SRC | Field.TP_DST | Field.ICMP_ID
 
 
 def zone_of(device_id: str) -> int:
@@ -136,19 +136,15 @@ class KernelConntrack:
         connection, or its device has no zone here."""
         if shared or not result.flow_state:
             return None
-        arrived = result.match.original()
-        proto, src, dst = arrived["ip_proto"], arrived["ip_src"], arrived["ip_dst"]
-        if proto == PROTO_ICMP:
-            ports = (arrived["icmp_id"], arrived["icmp_id"])
-        else:
-            ports = (arrived["tp_src"], arrived["tp_dst"])
+        arrived = key_of(0, result.match)  # what the datapath commits: the arrival tuple
         zones: dict[int, None] = {}
         for entry in result.flow_state:
             if not isinstance(entry, ConntrackEntry):
                 return None
             k = entry.key
             zone = self.device_zone.get(k.device, 0)
-            if not zone or (k.proto, k.src, k.dst, k.sport, k.dport) != (proto, src, dst, *ports):
+            conn = (zone, k.proto, k.src, k.dst, k.sport, k.dport)
+            if not zone or ct_tuple(arrived, zone) != conn:
                 return None
             zones[zone] = None
         return [CtCommit(z) for z in zones]
@@ -172,11 +168,7 @@ class KernelConntrack:
         if match.peek(_CT_STATE)[0] != CT_TRACKED:
             return match
         zone = self.port_zone.get(port)
-        if not zone:
-            return match
-        src, dst, proto, tp_src, tp_dst, ident = match.peek(_TUPLE)
-        sport, dport = (ident, ident) if proto == PROTO_ICMP else (tp_src, tp_dst)
-        if (zone, proto, dst, src, dport, sport) not in self.mirrored:
+        if not zone or ct_tuple(key_of(port, match), zone, reversed_=True) not in self.mirrored:
             return match
         return FlowMatch.from_frame(match.peek(_IN_PORT)[0], frame, CT_TRACKED | CT_REPLY)
 
