@@ -298,6 +298,31 @@ def test_walk_falls_back_without_batch_lookups(
     assert maps.ports.items() == {}
 
 
+def test_conntrack_entries_read_back_as_written_across_chunks(
+    maps: FastPathMaps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packed read (`struct` over the batch chunks) gives each field back, over more
+    than one 512-entry chunk, and the same with a kernel that has no batch lookups."""
+    written = {
+        (7 + i % 3, 6 if i % 2 else 17, 0x0A000000 + i, 0xC0A80001, 1024 + i, 80 + i % 5): (
+            10**12 + i,
+            i % 64,
+        )
+        for i in range(1300)
+    }
+    for conn, (last, flags) in written.items():
+        maps.conntrack.commit(conn, last, flags)
+    assert maps.conntrack.items() == written
+
+    def no_batch(*_a: object, **_k: object) -> tuple[int, bool]:
+        raise bpf.BpfError(errno.EINVAL, bpf.BPF_MAP_LOOKUP_BATCH)
+
+    monkeypatch.setattr(bpf, "map_lookup_batch", no_batch)
+    assert maps.conntrack.items() == written
+    assert maps.conntrack.clear() == len(written)
+    assert maps.conntrack.items() == {}
+
+
 # --- flood sets ---------------------------------------------------------------------
 
 

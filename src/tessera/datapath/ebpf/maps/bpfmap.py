@@ -231,10 +231,41 @@ class BpfMap(Generic[K, V]):
         return [k for k, _ in self.items()]
 
     def _items_batched(self) -> list[tuple[K, V]]:
+        out: list[tuple[K, V]] = []
+        for keys, values, n in self._chunks():
+            out.extend(zip(self._elements(keys, n), self._elements(values, n), strict=True))
+        return out
+
+    def items_bytes(self) -> tuple[bytes, bytes]:
+        """Every entry as two packed buffers (keys, values: the kernel's layout, one
+        after another): for callers that decode with
+        `struct.iter_unpack`, some twenty times faster than building a ctypes object per
+        field of tens of thousands of entries (the agent's conntrack sweep)."""
+        try:
+            chunks = [
+                (bytes(keys)[: n * ctypes.sizeof(self.key_type)],
+                 bytes(values)[: n * ctypes.sizeof(self.value_type)], n)
+                for keys, values, n in self._chunks()
+            ]  # fmt: skip
+        except bpf.BpfError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
+                raise
+            pairs = self.items()
+            return (
+                b"".join(bytes(k) for k, _ in pairs),  # type: ignore[call-overload]
+                b"".join(bytes(v) for _, v in pairs),  # type: ignore[call-overload]
+            )
+        return (
+            b"".join(k for k, _, _ in chunks),
+            b"".join(v for _, v, _ in chunks),
+        )
+
+    def _chunks(self) -> list[tuple[ctypes.Array[Any], ctypes.Array[Any], int]]:
+        """The map in BPF_MAP_LOOKUP_BATCH chunks: (keys, values, entries filled)."""
         chunk = 512
         token = ctypes.create_string_buffer(max(ctypes.sizeof(self.key_type), 8))
         in_token: ctypes.Array[ctypes.c_char] | None = None
-        out: list[tuple[K, V]] = []
+        out: list[tuple[ctypes.Array[Any], ctypes.Array[Any], int]] = []
         # Bounded: each round returns at least one entry or ends the walk.
         for _ in range(self.info().max_entries + 8):
             keys = (self.key_type * chunk)()
@@ -248,7 +279,7 @@ class BpfMap(Generic[K, V]):
                     chunk *= 4
                     continue
                 raise
-            out.extend(zip(self._elements(keys, n), self._elements(values, n), strict=True))
+            out.append((keys, values, n))
             if done:
                 break
             in_token = token
