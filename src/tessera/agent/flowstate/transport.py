@@ -115,6 +115,7 @@ class FlowStateReceiver:
         self._lock = threading.Lock()  # the guard: `handle` may be called from tests too
         self._rx = threading.Lock()  # one reader of the socket at a time (`pump`)
         self._sock: socket.socket | None = None
+        self._ready: select.poll | None = None  # POLLIN of _sock, for `pump`
         self._stop = threading.Event()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
@@ -162,6 +163,9 @@ class FlowStateReceiver:
             raise
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        ready = select.poll()
+        ready.register(sock, select.POLLIN)
+        self._ready = ready
         self._sock = sock
         self._stop.clear()
         self._wake = socket.socketpair()  # stop() wakes the thread at once
@@ -179,6 +183,7 @@ class FlowStateReceiver:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self._ready = None
         if self._wake is not None:
             for end in self._wake:
                 end.close()
@@ -193,12 +198,14 @@ class FlowStateReceiver:
         (two cores, a busy host). Reading it on the simulating thread closes that race;
         `_rx` also makes it wait for a datagram the thread has already taken.
         """
-        sock = self._sock
-        if sock is None:
+        sock, ready = self._sock, self._ready
+        if sock is None or ready is None:
             return 0
         count = 0
         with self._rx:
-            while True:
+            # Asked with poll(2) first: nothing waiting is the usual answer, and a raised
+            # EAGAIN costs a cold miss path 10-20 µs.
+            while ready.poll(0):
                 try:
                     data, (source, _port) = sock.recvfrom(MAX_MESSAGE + 1)
                 except (BlockingIOError, InterruptedError):
@@ -207,6 +214,7 @@ class FlowStateReceiver:
                     return count
                 count += 1
                 self.handle(data, source)
+            return count
 
     def _serve(self) -> None:
         sock = self._sock
