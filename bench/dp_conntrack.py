@@ -56,7 +56,10 @@ def firewall(ab: AgentBed) -> None:
     port = ab.http.get(f"/ports/{ab.port_ids['tap-a']}")
     port["inbound_filter_id"] = ids["track"]
     port["outbound_filter_id"] = ids["returns"]
-    ab.http.put(f"/ports/{port['id']}", port)
+    # Measured from when the agents apply it: connections in flight as the firewall
+    # takes effect were started without it (not committed), and their replies are then
+    # new connections towards A, dropped (a 1 s SYN retransmission in the first round).
+    ab.http.put(f"/ports/{port['id']}?wait=true&wait_timeout=10", port)
 
 
 def conntrack_rows(
@@ -92,7 +95,12 @@ def conntrack_rows(
         rates.append(got.per_second)
         failed += got.failed
         made += got.ok + got.failed
-        log(f"conntrack: round {i + 1}/{rounds}: {got.per_second:,.0f} connections/s")
+        slowest = max(got.times, default=0.0) * 1e3
+        log(
+            f"conntrack: round {i + 1}/{rounds}: {got.per_second:,.0f} connections/s, "
+            f"slowest connect {slowest:.1f} ms"
+            + (f" (source ports slower than 0.5 s: {got.slow_ports})" if got.slow_ports else "")
+        )
     per_conn = (int(ab.status(h1)["misses"]) - before) / made if made else 0.0
     pinger = Pinger(bed.va)
     first: list[float] = []

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import BenchError, Lab, Netns
@@ -158,6 +158,7 @@ class Connects:
     failed: int
     elapsed: float
     times: list[float]  # connect (SYN -> SYN-ACK seen) of each successful connection, s
+    slow_ports: list[int] = field(default_factory=list)  # source ports slower than 0.5 s (C)
 
     @property
     def per_second(self) -> float:
@@ -253,4 +254,5 @@ def connects(
         sum(int(d["failed"]) for d in docs),
         end - start,
         [t for d in docs for t in d["times"]],
+        [int(port) for d in docs for port in d.get("slow_ports", [])],
     )

@@ -27,6 +27,7 @@
 
 struct slot {
 	int fd;
+	int sport;
 	double start;
 };
 
@@ -81,6 +82,7 @@ int main(int argc, char **argv)
 	struct linger lin = {1, 0};
 	int one = 1;
 	long launched = 0, ok = 0, failed = 0;
+	int slow[64], nslow = 0; /* source ports of connections slower than 0.5 s */
 	double t0 = now(), end = t0 + seconds, last = t0;
 	for (;;) {
 		double t = now();
@@ -105,7 +107,7 @@ int main(int argc, char **argv)
 				continue;
 			}
 			int i = free_slots[--nfree];
-			slots[i] = (struct slot){fd, start};
+			slots[i] = (struct slot){fd, (int)(sport + launched - 1), start};
 			struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = i};
 			epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 			if (gap > 0)
@@ -123,6 +125,8 @@ int main(int argc, char **argv)
 			socklen_t len = sizeof(err);
 			getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 			if (!err) {
+				if (done - s->start > 0.5 && nslow < 64)
+					slow[nslow++] = s->sport;
 				times[ok++] = done - s->start;
 				last = done;
 			} else {
@@ -149,6 +153,9 @@ int main(int argc, char **argv)
 	       ok, failed, t0, last - t0);
 	for (long i = 0; i < ok; i++)
 		printf(i ? ", %.9f" : "%.9f", times[i]);
+	printf("], \"slow_ports\": [");
+	for (int i = 0; i < nslow; i++)
+		printf(i ? ", %d" : "%d", slow[i]);
 	printf("]}\n");
 	return 0;
 }
