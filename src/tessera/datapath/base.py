@@ -97,13 +97,18 @@ class Match:
         values = [0] * len(FIELD_NAMES)
         for i in mask_indexes(mask):
             values[i] = in_port if i == 0 else original[i]
-        # Valid by construction (values only inside the mask), and on the miss path:
-        # skip the checks of __post_init__.
+        # Valid by construction (values only inside the mask), and on the miss path.
+        return cls.trusted(mask, tuple(values))
+
+    @classmethod
+    def trusted(cls, mask: int, values: PacketKey) -> Match:
+        """A match its caller built valid (known fields, values only inside the mask),
+        without the checks of __post_init__: for the miss path and the sweep's decoding
+        of every installed flow, where they cost more than the rest."""
         match = object.__new__(cls)
-        key = tuple(values)
         object.__setattr__(match, "mask", mask)
-        object.__setattr__(match, "values", key)
-        object.__setattr__(match, "_hash", hash((mask, key)))
+        object.__setattr__(match, "values", values)
+        object.__setattr__(match, "_hash", hash((mask, values)))
         return match
 
     @classmethod

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
 from tessera.datapath import links
 from tessera.datapath.afpacket import interface_mtu
@@ -100,20 +101,33 @@ def _kernel_mask(mask: int) -> bytes:
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
-    mask_bits = 0
-    values = [0] * len(FIELD_NAMES)
+    """The match of a kernel (key, mask): `packed_key` backwards. Cut with `struct` and
+    the mask's field bits cached: the sweep decodes every installed flow."""
+    bits = _mask_bits(bytes(mask))
+    v = _unpack_key(bytes(key))
+    return Match.trusted(
+        bits,
+        tuple(
+            (int.from_bytes(x, "big") if i in _MAC_INDEXES else x) if bits >> i & 1 else 0
+            for i, x in enumerate(v)
+        ),
+    )
+
+
+_unpack_key = FLOW_KEY_PACK.unpack
+_MAC_INDEXES: Final = frozenset(FIELD_NAMES.index(n) for n in _MAC_FIELDS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mask_bits(raw: bytes) -> int:
+    """The `Match.mask` bits of a kernel mask: a field is in it when any of its bits is."""
+    mask = FlowKey.from_buffer_copy(raw)
+    bits = 0
     for i, name in enumerate(FIELD_NAMES):
         m = getattr(mask, name)
-        if name in _MAC_FIELDS:
-            if not any(m):
-                continue
-            values[i] = int.from_bytes(bytes(getattr(key, name)), "big")
-        else:
-            if not m:
-                continue
-            values[i] = int(getattr(key, name))
-        mask_bits |= 1 << i
-    return Match(mask_bits, tuple(values))
+        if any(m) if name in _MAC_FIELDS else m:
+            bits |= 1 << i
+    return bits
 
 
 def remove_datapath(pin_dir: str | os.PathLike[str], vxlan_ifname: str | None) -> list[str]:
@@ -328,11 +342,19 @@ class EbpfDatapath(Datapath):
         key, mask = to_kernel(match)
         return self.fastpath.maps.flows.delete(key, mask)
 
-    def _installed(self, entry: FlowEntry) -> InstalledFlow | None:
+    def _installed(
+        self, entry: FlowEntry, decoded: dict[bytes, tuple[Action, ...] | None] | None = None
+    ) -> InstalledFlow | None:
+        """`decoded`: actions already decoded from the same slots, during one dump."""
         if entry.mask is None:
             return None
         match = from_kernel(entry.key, entry.mask)
-        actions = entry.actions(self._port_of_ifindex)
+        if decoded is None:
+            actions = entry.actions(self._port_of_ifindex)
+        elif entry.slots in decoded:
+            actions = decoded[entry.slots]
+        else:
+            actions = decoded[entry.slots] = entry.actions(self._port_of_ifindex)
         if actions is None:
             actions = (ToUserspace(),)  # unusable as is: the agent replaces or removes it
         last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
@@ -343,8 +365,9 @@ class EbpfDatapath(Datapath):
         """Installed flows; an entry whose mask slot is not active (left by a crash in
         the middle of an update) is unreachable for packets and skipped."""
         out: dict[Match, InstalledFlow] = {}
+        decoded: dict[bytes, tuple[Action, ...] | None] = {}  # many flows share actions
         for entry in self.fastpath.maps.flows.entries():
-            installed = self._installed(entry)
+            installed = self._installed(entry, decoded)
             if installed is not None:
                 out[installed.flow.match] = installed
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from tessera.datapath.ebpf.actions import (
     outputs_to,
 )
 from tessera.datapath.ebpf.layout import (
+    FLOW_ACTION_PACK,
     FLOW_KEY_PACK,
     FLOW_MAX_ACTIONS,
     FLOW_MAX_MASKS,
@@ -39,6 +41,12 @@ _VALUE_HEAD = FLOW_VALUE_HEAD_PACK.pack
 _HEAD_SIZE: Final = FLOW_VALUE_HEAD_PACK.size
 _KEY_SIZE: Final = FLOW_KEY_PACK.size
 _EMPTY_SLOTS: Final = bytes(SLOT_SIZE * FLOW_MAX_ACTIONS)
+_INDEX_SIZE: Final = LOOKUP_INDEX_PACK.size
+_LOOKUP_SIZE: Final = ctypes.sizeof(FlowLookupKey)
+_VALUE_SIZE: Final = ctypes.sizeof(FlowValue)
+_INDEX_UNPACK = LOOKUP_INDEX_PACK.unpack_from
+_HEAD_UNPACK = FLOW_VALUE_HEAD_PACK.unpack_from
+_ACTION_UNPACK = FLOW_ACTION_PACK.unpack_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +272,48 @@ class FlowMap:
 
     def entries(self) -> list[FlowEntry]:
         """Every flow; also releases idle mask slots whose grace has passed (the agent
-        dumps the flows every few seconds, so no idle slot lingers much longer)."""
+        dumps the flows every few seconds, so no idle slot lingers much longer).
+
+        Read as packed bytes and cut with `struct` (not a ctypes object per field): the
+        agent's sweep reads every flow on the thread that answers misses, and at
+        thousands of flows the ctypes walk held misses back for a third of a second."""
         with self._lock:
             self.masks.reap()
-        return [self._entry(k, v) for k, v in self.map.items()]
+        keys, values = self.map.items_bytes()
+        ks, vs = _LOOKUP_SIZE, _VALUE_SIZE
+        masks: dict[int, FlowKey | None] = {}
+        out: list[FlowEntry] = []
+        for i in range(len(keys) // ks):
+            k = keys[i * ks : (i + 1) * ks]
+            (mask_index,) = _INDEX_UNPACK(k)
+            packets, nbytes, last_used, n_actions, tcp_flags = _HEAD_UNPACK(values, i * vs)
+            n = min(n_actions, FLOW_MAX_ACTIONS)
+            start = i * vs + _HEAD_SIZE
+            slots = values[start : start + n * SLOT_SIZE]
+            set_id = None
+            if 0 < n_actions <= FLOW_MAX_ACTIONS:  # FLOOD is only ever the last slot
+                last = _ACTION_UNPACK(slots, (n - 1) * SLOT_SIZE)
+                if last[0] == ActionType.FLOOD:
+                    set_id = last[3]  # its ifindex field names the set
+                    outputs = self.floods.outputs(set_id)
+                    if outputs is not None:  # else: left as the FLOOD slot, unresolved
+                        slots = slots[:-SLOT_SIZE] + outputs
+            if mask_index not in masks:
+                masks[mask_index] = self.masks.mask_at(mask_index)
+            out.append(
+                FlowEntry(
+                    mask_index=mask_index,
+                    mask=masks[mask_index],
+                    key=FlowKey.from_buffer_copy(k, _INDEX_SIZE),
+                    slots=slots,
+                    packets=packets,
+                    bytes=nbytes,
+                    last_used_ns=last_used,
+                    tcp_flags=tcp_flags,
+                    flood_set=set_id,
+                )
+            )
+        return out
 
     def __iter__(self) -> Iterator[FlowEntry]:
         return iter(self.entries())
