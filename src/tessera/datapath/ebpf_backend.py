@@ -48,11 +48,11 @@ from tessera.datapath.base import (
     ToUserspace,
     mask_indexes,
 )
-from tessera.datapath.ebpf.actions import Device, encode
+from tessera.datapath.ebpf.actions import Device, decode, encode
 from tessera.datapath.ebpf.bpf import prog_info
-from tessera.datapath.ebpf.layout import FLOW_KEY_PACK, KEY_FIELDS, FlowKey
+from tessera.datapath.ebpf.layout import FLOW_KEY_PACK, KEY_FIELDS, LOOKUP_INDEX_PACK, FlowKey
 from tessera.datapath.ebpf.loader import EbpfFastPath, LoadError
-from tessera.datapath.ebpf.maps import FloodSetsFull, FlowEntry, FlowTooLarge, MaskTableFull
+from tessera.datapath.ebpf.maps import FloodSetsFull, FlowTooLarge, MaskTableFull
 from tessera.datapath.ebpf.upcall import NO_VNET, MissChannel, VnetHdr
 from tessera.datapath.frames import run_actions
 from tessera.datapath.segment import prepare
@@ -101,10 +101,15 @@ def _kernel_mask(mask: int) -> bytes:
 
 
 def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
-    """The match of a kernel (key, mask): `packed_key` backwards. Cut with `struct` and
-    the mask's field bits cached: the sweep decodes every installed flow."""
-    bits = _mask_bits(bytes(mask))
-    v = _unpack_key(bytes(key))
+    """The match of a kernel (key, mask): `packed_key` backwards."""
+    return match_of(bytes(key), bytes(mask))
+
+
+def match_of(key: bytes, mask: bytes) -> Match:
+    """`from_kernel` of ``struct flow_key`` bytes. Cut with `struct`, the mask's field
+    bits cached: the sweep decodes every installed flow."""
+    bits = _mask_bits(mask)
+    v = _unpack_key(key)
     return Match.trusted(
         bits,
         tuple(
@@ -115,6 +120,7 @@ def from_kernel(key: FlowKey, mask: FlowKey) -> Match:
 
 
 _unpack_key = FLOW_KEY_PACK.unpack
+_LOOKUP_INDEX_SIZE: Final = LOOKUP_INDEX_PACK.size
 _MAC_INDEXES: Final = frozenset(FIELD_NAMES.index(n) for n in _MAC_FIELDS)
 
 
@@ -168,6 +174,10 @@ class EbpfDatapath(Datapath):
         self._ports: dict[int, PortBinding] = {}
         self._device: dict[int, Device] = {}  # port -> (ifindex, bpf_redirect_peer)
         self._port_of_ifindex: dict[int, int] = {}
+        # `dump`'s decoded flows by their lookup key bytes: (mask, action slots, flow),
+        # valid while the ports' devices are `_dump_devices`.
+        self._dump_cache: dict[bytes, tuple[bytes, bytes, Flow]] = {}
+        self._dump_devices: frozenset[tuple[int, int]] = frozenset()
         self._channel: MissChannel | None = None
         self._tx: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -342,34 +352,43 @@ class EbpfDatapath(Datapath):
         key, mask = to_kernel(match)
         return self.fastpath.maps.flows.delete(key, mask)
 
-    def _installed(
-        self, entry: FlowEntry, decoded: dict[bytes, tuple[Action, ...] | None] | None = None
-    ) -> InstalledFlow | None:
-        """`decoded`: actions already decoded from the same slots, during one dump."""
-        if entry.mask is None:
-            return None
-        match = from_kernel(entry.key, entry.mask)
-        if decoded is None:
-            actions = entry.actions(self._port_of_ifindex)
-        elif entry.slots in decoded:
-            actions = decoded[entry.slots]
-        else:
-            actions = decoded[entry.slots] = entry.actions(self._port_of_ifindex)
-        if actions is None:
-            actions = (ToUserspace(),)  # unusable as is: the agent replaces or removes it
-        last = entry.last_used_ns / 1e9 if entry.last_used_ns else None
-        stats = FlowStats(entry.packets, entry.bytes, last, entry.tcp_flags)
-        return InstalledFlow(Flow(match, actions), stats)
-
     def dump(self) -> dict[Match, InstalledFlow]:
         """Installed flows; an entry whose mask slot is not active (left by a crash in
-        the middle of an update) is unreachable for packets and skipped."""
+        the middle of an update) is unreachable for packets and skipped.
+
+        The agent's sweep calls this every two seconds on the thread that answers
+        misses, and most flows are the same as last time: a flow whose key, mask and
+        action bytes are unchanged reuses the `Flow` decoded then (only its counters
+        are read again), as long as the ports' devices are the same."""
+        flows = self.fastpath.maps.flows
+        with self._lock:
+            ports = dict(self._port_of_ifindex)
+        devices = frozenset(ports.items())
+        cache = self._dump_cache if devices == self._dump_devices else {}
+        fresh: dict[bytes, tuple[bytes, bytes, Flow]] = {}
+        masks: dict[int, bytes | None] = {}
+        decoded: dict[bytes, tuple[Action, ...]] = {}  # many flows share their actions
         out: dict[Match, InstalledFlow] = {}
-        decoded: dict[bytes, tuple[Action, ...] | None] = {}  # many flows share actions
-        for entry in self.fastpath.maps.flows.entries():
-            installed = self._installed(entry, decoded)
-            if installed is not None:
-                out[installed.flow.match] = installed
+        for lookup, index, slots, packets, nbytes, last_used, flags, _set in flows.raw():
+            if index not in masks:
+                kmask = flows.masks.mask_at(index)
+                masks[index] = None if kmask is None else bytes(kmask)
+            mask = masks[index]
+            if mask is None:
+                continue
+            hit = cache.get(lookup)
+            if hit is not None and hit[0] == mask and hit[1] == slots:
+                flow = hit[2]
+            else:
+                actions = decoded.get(slots)
+                if actions is None:
+                    # unusable as is (a port gone): the agent replaces or removes it
+                    actions = decoded[slots] = decode(slots, ports) or (ToUserspace(),)
+                flow = Flow(match_of(lookup[_LOOKUP_INDEX_SIZE:], mask), actions)
+            fresh[lookup] = (mask, slots, flow)
+            last = last_used / 1e9 if last_used else None
+            out[flow.match] = InstalledFlow(flow, FlowStats(packets, nbytes, last, flags))
+        self._dump_cache, self._dump_devices = fresh, devices
         return out
 
     def stats(self, match: Match) -> FlowStats | None:

@@ -366,6 +366,39 @@ def test_the_agents_sweep_makes_the_kernel_hold_exactly_the_desired_flows(
     assert dp.dump() == {} and len(floods) == 0 and floods.map.collect_keys() == []
 
 
+def test_a_dump_reads_counters_again_and_decodes_only_what_changed(
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
+) -> None:
+    """`dump` reuses the flows it decoded last time (the sweep's dump every 2 s): fresh
+    counters every time, and never a stale decoding when actions, masks or the ports'
+    devices changed."""
+    host, dp = _flood_host(netns, obj_cache, 3)
+    made.append((host, dp))
+    a = Match.of(in_port=1, eth_dst=mac_from_str(MAC2))
+    b = Match.of(in_port=1, ip_dst=ip_from_str("10.0.0.9"))
+    dp.install(Flow(a, (Output(2),)))
+    dp.install(Flow(b, (Output(2),)))
+    first = dp.dump()
+    assert first[a].stats.packets == 0 and first[a].flow.actions == (Output(2),)
+    _set_counters(dp, a, 5)
+    second = dp.dump()
+    assert second[a].stats.packets == 5 and second[a].stats.last_used is not None
+    assert second[a].flow is first[a].flow  # unchanged: not decoded again
+    dp.install(Flow(a, (Output(3),)))  # same key and mask, other actions
+    assert dp.dump()[a].flow.actions == (Output(3),)
+    dp.delete(b)
+    wider = Match.of(in_port=1)  # another mask: a key the same bytes could not confuse
+    dp.install(Flow(wider, (Output(2),)))
+    assert {m: i.flow.actions for m, i in dp.dump().items()} == {
+        a: (Output(3),), wider: (Output(2),),
+    }  # fmt: skip
+    # The same device under another port number: the same action bytes, read anew.
+    host.call(lambda: dp.remove_port(2))
+    host.call(lambda: dp.add_port(7, "p2"))
+    dp.install(Flow(wider, (Output(7),)))
+    assert dp.dump()[wider].flow.actions == (Output(7),)
+
+
 def test_the_cost_of_a_sweep_grows_linearly(
     netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:

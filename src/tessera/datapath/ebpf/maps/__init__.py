@@ -23,7 +23,7 @@ from tessera.datapath.ebpf.maps.bpfmap import (
 )
 from tessera.datapath.ebpf.maps.fastpath import FastPathMaps
 from tessera.datapath.ebpf.maps.floodsets import FloodSetsFull, FloodSetTable
-from tessera.datapath.ebpf.maps.flows import FlowEntry, FlowMap
+from tessera.datapath.ebpf.maps.flows import FlowEntry, FlowMap, RawFlow
 from tessera.datapath.ebpf.maps.masks import MASK_GRACE, MaskTable, MaskTableFull
 from tessera.datapath.ebpf.maps.small import (
     ConfigMap,
@@ -43,6 +43,7 @@ __all__ = [
     "FloodSetsFull",
     "FlowEntry",
     "FlowMap",
+    "RawFlow",
     "FlowTooLarge",
     "MapSpec",
     "MaskTable",

@@ -7,7 +7,7 @@ import errno
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from tessera.datapath.base import Action
 from tessera.datapath.ebpf import bpf
@@ -35,7 +35,7 @@ from tessera.datapath.ebpf.maps.bpfmap import BpfMap
 from tessera.datapath.ebpf.maps.floodsets import FloodSetTable
 from tessera.datapath.ebpf.maps.masks import MaskTable
 
-__all__ = ["FlowEntry", "FlowMap"]
+__all__ = ["FlowEntry", "FlowMap", "RawFlow"]
 
 _VALUE_HEAD = FLOW_VALUE_HEAD_PACK.pack
 _HEAD_SIZE: Final = FLOW_VALUE_HEAD_PACK.size
@@ -47,6 +47,20 @@ _VALUE_SIZE: Final = ctypes.sizeof(FlowValue)
 _INDEX_UNPACK = LOOKUP_INDEX_PACK.unpack_from
 _HEAD_UNPACK = FLOW_VALUE_HEAD_PACK.unpack_from
 _ACTION_UNPACK = FLOW_ACTION_PACK.unpack_from
+
+
+class RawFlow(NamedTuple):
+    """A flow as `FlowMap.raw` reads it: `lookup` is its ``struct flow_lookup_key``
+    (mask index, then the masked key), `slots` as in `FlowEntry`."""
+
+    lookup: bytes
+    mask_index: int
+    slots: bytes
+    packets: int
+    bytes: int
+    last_used_ns: int
+    tcp_flags: int
+    flood_set: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,20 +286,40 @@ class FlowMap:
 
     def entries(self) -> list[FlowEntry]:
         """Every flow; also releases idle mask slots whose grace has passed (the agent
-        dumps the flows every few seconds, so no idle slot lingers much longer).
+        dumps the flows every few seconds, so no idle slot lingers much longer)."""
+        masks: dict[int, FlowKey | None] = {}
+        out: list[FlowEntry] = []
+        for lookup, index, slots, packets, nbytes, last_used, flags, set_id in self.raw():
+            if index not in masks:
+                masks[index] = self.masks.mask_at(index)
+            out.append(
+                FlowEntry(
+                    mask_index=index,
+                    mask=masks[index],
+                    key=FlowKey.from_buffer_copy(lookup, _INDEX_SIZE),
+                    slots=slots,
+                    packets=packets,
+                    bytes=nbytes,
+                    last_used_ns=last_used,
+                    tcp_flags=flags,
+                    flood_set=set_id,
+                )
+            )
+        return out
 
-        Read as packed bytes and cut with `struct` (not a ctypes object per field): the
-        agent's sweep reads every flow on the thread that answers misses, and at
-        thousands of flows the ctypes walk held misses back for a third of a second."""
+    def raw(self) -> list[RawFlow]:
+        """Every flow as packed bytes cut with `struct`, not a ctypes object per field:
+        the agent's sweep reads every flow on the thread that answers misses (at
+        thousands of flows the ctypes walk held misses back for a third of a second).
+        Releases idle mask slots, as `entries` does."""
         with self._lock:
             self.masks.reap()
         keys, values = self.map.items_bytes()
         ks, vs = _LOOKUP_SIZE, _VALUE_SIZE
-        masks: dict[int, FlowKey | None] = {}
-        out: list[FlowEntry] = []
+        out: list[RawFlow] = []
         for i in range(len(keys) // ks):
-            k = keys[i * ks : (i + 1) * ks]
-            (mask_index,) = _INDEX_UNPACK(k)
+            lookup = keys[i * ks : (i + 1) * ks]
+            (mask_index,) = _INDEX_UNPACK(lookup)
             packets, nbytes, last_used, n_actions, tcp_flags = _HEAD_UNPACK(values, i * vs)
             n = min(n_actions, FLOW_MAX_ACTIONS)
             start = i * vs + _HEAD_SIZE
@@ -298,20 +332,8 @@ class FlowMap:
                     outputs = self.floods.outputs(set_id)
                     if outputs is not None:  # else: left as the FLOOD slot, unresolved
                         slots = slots[:-SLOT_SIZE] + outputs
-            if mask_index not in masks:
-                masks[mask_index] = self.masks.mask_at(mask_index)
             out.append(
-                FlowEntry(
-                    mask_index=mask_index,
-                    mask=masks[mask_index],
-                    key=FlowKey.from_buffer_copy(k, _INDEX_SIZE),
-                    slots=slots,
-                    packets=packets,
-                    bytes=nbytes,
-                    last_used_ns=last_used,
-                    tcp_flags=tcp_flags,
-                    flood_set=set_id,
-                )
+                RawFlow(lookup, mask_index, slots, packets, nbytes, last_used, tcp_flags, set_id)
             )
         return out
 
