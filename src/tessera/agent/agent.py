@@ -37,7 +37,7 @@ from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
 from tessera.agent.kernel_ct import KernelConn, KernelConntrack
-from tessera.agent.lifecycle import Adopter, sweep
+from tessera.agent.lifecycle import SWEEP_STEP, Adopter, Sweep
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
 from tessera.agent.realized import RealizationReporter
@@ -153,6 +153,8 @@ class Agent:
         self._next_tick = 0.0
         self._stateful_peers: tuple[int, dict[str, list[str]]] = (-1, {})
         self._next_sweep = 0.0
+        # The sweep in progress and the dump it judges (see run_once).
+        self._sweep: tuple[Sweep, dict[Match, InstalledFlow]] | None = None
         self._prepare_at: float | None = None
         self._stale_ports_checked = False
         self._stop = threading.Event()
@@ -243,6 +245,8 @@ class Agent:
         self.realized.flushed(flush)
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
+        if self._sweep is not None:
+            timeout = 0.0  # a sweep in progress: its next step after whatever is queued
         handled = self.upcall.handle(self.dp.recv_misses(timeout), self._between_misses)
         self._between_misses()
         now = self.clock()
@@ -262,13 +266,22 @@ class Agent:
                 self._sync_ports()
                 self.ports.detach_stale()
                 self._stale_ports_checked = True
-        if now >= self._next_sweep:
+        if self._sweep is None and now >= self._next_sweep:
             self._next_sweep = now + SWEEP
             # One dump serves both sweeps: with a flow per connection, reading every
-            # flow (and decoding its actions) is the sweep's main cost.
+            # flow is the sweep's main cost.
             installed = self.dp.dump()
-            sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed))
-            self._sweep_flowstate(now, installed)
+            self._sweep = (
+                Sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed)),
+                installed,
+            )
+        if self._sweep is not None:
+            # A step per iteration, misses between steps (`lifecycle.Sweep`); a small
+            # table is swept whole in its first step.
+            pass_, installed = self._sweep
+            if pass_.step(SWEEP_STEP):
+                self._sweep = None
+                self._sweep_flowstate(self.clock(), installed)
 
     def _between_misses(self) -> None:
         """What must not wait behind a batch of misses: topology changes (invalidations,

@@ -44,6 +44,91 @@ class SweepResult:
     removed: int = 0
 
 
+SWEEP_STEP = 512  # desired flows one step of a sweep judges (the agent: between misses)
+
+
+class Sweep:
+    """One pass of expiry and reconciliation against one dump of the datapath
+    (`installed`, consumed; read here when not given), a step at a time.
+
+    Why steps: the agent sweeps on the thread that answers misses, and at tens of
+    thousands of flows a whole pass (~15 µs a flow) would hold misses back for a
+    second every two. Between two steps flows come and go, so a step judges only
+    desired flows that are still the table's own (one replaced or removed since the
+    pass began was decided by whoever did that), and the last step removes only what is
+    still desired by nobody (a flow installed since the dump is desired)."""
+
+    def __init__(
+        self,
+        dp: Datapath,
+        flows: FlowTable,
+        now: float,
+        metrics: AgentMetrics,
+        keep: Callable[[Match], bool] = lambda m: False,
+        installed: dict[Match, InstalledFlow] | None = None,
+    ) -> None:
+        self.dp = dp
+        self.flows = flows
+        self.now = now
+        self.metrics = metrics
+        self.keep = keep
+        self.installed = dp.dump() if installed is None else installed
+        self.result = SweepResult()
+        self.done = False
+        self._pending = flows.snapshot()
+        self._next = 0
+
+    def step(self, budget: int | None = SWEEP_STEP) -> bool:
+        """Judge up to `budget` more desired flows (None: all); after the last one,
+        remove what nobody desires. True once the pass is complete."""
+        if self.done:
+            return True
+        total = len(self._pending)
+        end = total if budget is None else min(total, self._next + budget)
+        for i in range(self._next, end):
+            self._judge(self._pending[i])
+        self._next = end
+        if end < total:
+            return False
+        self._pending = []
+        self._remove_undesired()
+        if self.result.expired:
+            self.metrics.expired.inc(self.result.expired)
+        if self.result.removed:
+            self.metrics.reconciled_removed.inc(self.result.removed)
+        self.done = True
+        return True
+
+    def _judge(self, desired: DesiredFlow) -> None:
+        inst = self.installed.pop(desired.match, None)
+        if self.flows.get(desired.match) is not desired:
+            return  # replaced or removed since the pass began
+        last = desired.created
+        if inst is not None and inst.stats.last_used is not None:
+            last = max(last, inst.stats.last_used)
+        if self.now - last > desired.idle_timeout:
+            log.debug("flow %s expired (idle %.1fs)", desired.match, self.now - last)
+            self.flows.remove(desired.match)
+            self.dp.delete(desired.match)
+            self.result.expired += 1
+            return
+        if inst is None or inst.flow.actions != desired.flow.actions:
+            log.debug("repairing flow %s (installed: %s)", desired.match, inst)
+            try:
+                self.dp.install(desired.flow)
+                self.result.repaired += 1
+            except DatapathError as exc:
+                log.warning("repairing flow %s failed: %s", desired.match, exc)
+
+    def _remove_undesired(self) -> None:
+        for match in list(self.installed):  # whatever remains was desired by nobody
+            if match in self.flows:
+                continue  # installed since the dump
+            if not self.keep(match) and self.dp.delete(match):
+                log.debug("removed flow %s: desired by nobody", match)
+                self.result.removed += 1
+
+
 def sweep(
     dp: Datapath,
     flows: FlowTable,
@@ -52,38 +137,10 @@ def sweep(
     keep: Callable[[Match], bool] = lambda m: False,
     installed: dict[Match, InstalledFlow] | None = None,
 ) -> SweepResult:
-    """One pass of expiry and reconciliation against one dump of the datapath
-    (`installed`, consumed; read here when not given)."""
-    result = SweepResult()
-    if installed is None:
-        installed = dp.dump()
-    for desired in flows.snapshot():
-        inst = installed.pop(desired.match, None)
-        last = desired.created
-        if inst is not None and inst.stats.last_used is not None:
-            last = max(last, inst.stats.last_used)
-        if now - last > desired.idle_timeout:
-            log.debug("flow %s expired (idle %.1fs)", desired.match, now - last)
-            flows.remove(desired.match)
-            dp.delete(desired.match)
-            result.expired += 1
-            continue
-        if inst is None or inst.flow.actions != desired.flow.actions:
-            log.debug("repairing flow %s (installed: %s)", desired.match, inst)
-            try:
-                dp.install(desired.flow)
-                result.repaired += 1
-            except DatapathError as exc:
-                log.warning("repairing flow %s failed: %s", desired.match, exc)
-    for match in list(installed):  # whatever remains is desired by nobody
-        if not keep(match) and dp.delete(match):
-            log.debug("removed flow %s: desired by nobody", match)
-            result.removed += 1
-    if result.expired:
-        metrics.expired.inc(result.expired)
-    if result.removed:
-        metrics.reconciled_removed.inc(result.removed)
-    return result
+    """One whole pass of `Sweep` at once (`installed` consumed; read when not given)."""
+    pass_ = Sweep(dp, flows, now, metrics, keep, installed)
+    pass_.step(None)
+    return pass_.result
 
 
 class Adopter:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from agent_harness import Cloud, Host, Vm
 
+from tessera.agent.agent import SWEEP
 from tessera.agent.cache import TopologyCache
-from tessera.agent.flowtable import IDLE_TIMEOUTS
-from tessera.agent.lifecycle import ADOPT_TIMEOUT
+from tessera.agent.flowtable import IDLE_TIMEOUTS, DesiredFlow, FlowTable
+from tessera.agent.lifecycle import ADOPT_TIMEOUT, SWEEP_STEP, Sweep
+from tessera.agent.metrics import AgentMetrics
 from tessera.datapath.base import Flow, Match, Output, packet_key
 from tessera.datapath.fake import FakeDatapath
 from tessera.model import Chain, Port, Rule
@@ -144,3 +146,101 @@ def test_a_port_unbound_while_no_agent_ran_is_detached_after_restart(cloud: Clou
         cloud.tick(0.25)
     assert [b.ifname for b in dp.ports().values()] == ["tap1"]
     assert h2.agent.ports.number_of(vm1.port_id) is not None
+
+
+# --- the sweep in steps (`lifecycle.Sweep`): flows change between two steps ----------
+
+
+def _desired(port: int, out: int, created: float = 0.0) -> DesiredFlow:
+    return DesiredFlow(Flow(Match.of(in_port=port), (Output(out),)), frozenset(), created=created)
+
+
+def _fake(now: float) -> FakeDatapath:
+    dp = FakeDatapath(clock=lambda: now)
+    for port in (1, 2, 3):
+        dp.add_port(port, f"tap{port}")
+    return dp
+
+
+def test_a_sweep_in_steps_judges_each_flow_once_and_what_changed_meanwhile_right() -> None:
+    now = 1000.0
+    dp = _fake(now)
+    table = FlowTable()
+    flows = [_desired(p, 1, created=now) for p in range(2, 12)]  # ten fresh flows
+    for d in flows:
+        dp.install(d.flow)
+        table.add(d)
+    lost, replaced, removed = flows[7], flows[8], flows[9]
+    dp.delete(lost.match)  # the datapath lost one: repaired
+    undesired = Flow(Match.of(in_port=40), (Output(1),))
+    dp.install(undesired)  # nobody desires it: removed at the end
+    metrics = AgentMetrics()
+
+    pass_ = Sweep(dp, table, now, metrics)
+    assert pass_.step(4) is False and pass_.step(2) is False  # six judged
+
+    # Between steps the agent handles misses and invalidations:
+    newer = DesiredFlow(Flow(replaced.match, (Output(3),)), frozenset(), created=now)
+    table.add(newer)
+    dp.install(newer.flow)  # replaced after the dump: the dump's copy is stale
+    table.remove(removed.match)
+    dp.delete(removed.match)  # invalidated after the dump
+    late = _desired(50, 2, created=now)
+    table.add(late)
+    dp.install(late.flow)  # installed after the dump: not in it, desired
+
+    assert pass_.step(3) is False
+    assert pass_.step(3) is True and pass_.done
+    assert (pass_.result.repaired, pass_.result.removed, pass_.result.expired) == (1, 1, 0)
+    installed = {m: i.flow.actions for m, i in dp.dump().items()}
+    assert installed == {
+        **{d.match: d.flow.actions for d in flows[:7]},
+        lost.match: lost.flow.actions,  # repaired
+        replaced.match: (Output(3),),  # the newer flow, not "repaired" back
+        late.match: late.flow.actions,  # kept
+    }
+    assert pass_.step(3) is True  # done stays done
+
+
+def test_a_sweep_in_steps_expires_by_the_dump_and_counts_once() -> None:
+    now = 1000.0
+    dp = _fake(now)
+    table = FlowTable()
+    old = [_desired(p, 1, created=now - 10 * IDLE_TIMEOUTS[ExpiryClass.NORMAL]) for p in (2, 3)]
+    fresh = _desired(4, 1, created=now)
+    for d in (*old, fresh):
+        dp.install(d.flow)
+        table.add(d)
+    metrics = AgentMetrics()
+    pass_ = Sweep(dp, table, now, metrics)
+    assert pass_.step(1) is False  # one expired; counted only when the pass ends
+    assert metrics.expired._value.get() == 0
+    assert pass_.step(None) is True
+    assert pass_.result.expired == 2 and metrics.expired._value.get() == 2
+    assert set(dp.dump()) == {fresh.match} and set(table.snapshot()) == {fresh}
+
+
+def test_the_agent_sweeps_a_large_table_in_steps_between_misses(cloud: Cloud) -> None:
+    """The agent's loop runs one step of SWEEP_STEP flows per iteration, the misses
+    queued meanwhile between two steps."""
+    h, _, _ = _pair(cloud)
+    n = 2 * SWEEP_STEP + 10
+    agent = h.agent
+    before = len(agent.flows)  # vm1's and vm2's, installed: judged first, nothing to do
+    for p in range(n):  # desired but lost by the datapath: each repaired by the sweep
+        agent.flows.add(
+            DesiredFlow(
+                Flow(Match.of(in_port=100, ip_dst=0x0A010000 + p), (Output(1),)),
+                frozenset(),
+                created=cloud.clock(),
+            )
+        )
+    cloud.clock.advance(SWEEP + 0.01)
+    agent.run_once(0)
+    assert agent._sweep is not None  # first step done, the pass goes on
+    missing = [d for d in agent.flows.snapshot() if d.match not in h.dp.dump()]
+    assert len(missing) == n - (SWEEP_STEP - before)
+    agent.run_once(0)
+    agent.run_once(0)
+    assert agent._sweep is None
+    assert all(d.match in h.dp.dump() for d in agent.flows.snapshot())
