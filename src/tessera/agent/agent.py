@@ -279,7 +279,12 @@ class Agent:
             # A step per iteration, misses between steps (`lifecycle.Sweep`); a small
             # table is swept whole in its first step.
             pass_, installed = self._sweep
-            if pass_.step(SWEEP_STEP):
+            try:
+                done = pass_.step(SWEEP_STEP)
+            except Exception:
+                self._sweep = None  # dropped, not retried in a loop: the next one is due
+                raise
+            if done:
                 self._sweep = None
                 self._sweep_flowstate(self.clock(), installed)
 
