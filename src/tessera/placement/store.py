@@ -394,8 +394,14 @@ class PlacementStore:
         try:
             return bool(self._run(batch, retry=False).was_applied)
         except Unavailable:
-            # Timed out, coordinator lost, or CAS_WRITE_UNKNOWN: settle it.
-            if self._settled_generation(provider.uuid) != provider.generation + 1:
+            # Timed out, coordinator lost, or CAS_WRITE_UNKNOWN: settle it. At the read
+            # generation nothing landed. Above it, ours may have landed and another
+            # claim after it (two schedulers on one provider): the consumer's row, read
+            # at SERIAL, tells. Taking "not generation + 1" for "not ours" placed a
+            # consumer twice when a node died mid-claim (tests/integration/placement/
+            # test_discrete_and_failure.py).
+            settled = self._settled_generation(provider.uuid)
+            if settled is None or settled <= provider.generation:
                 return False
             return self._settled_row(pid, cid) == taken
 

@@ -44,7 +44,8 @@ class ScriptedSession:
     """One provider and its allocation rows. `outcome` says what the next conditional
     write does: "apply", "lost" (another change won), "landed-unknown" (applied, then
     the error), "dropped-unknown" (not applied, then the error), "rival-unknown" (a
-    rival change took the generation, then the error)."""
+    rival change took the generation, then the error), "landed-rival-unknown" (applied,
+    then a rival's claim on top of it, then the error)."""
 
     def __init__(self) -> None:
         self.pid = uuid.uuid4()
@@ -80,10 +81,10 @@ class ScriptedSession:
 
     def _conditional(self, effect: Any) -> Result:
         outcome, self.outcome = self.outcome, "apply"
-        if outcome in ("apply", "landed-unknown"):
+        if outcome in ("apply", "landed-unknown", "landed-rival-unknown"):
             effect()
             self.generation += 1
-        if outcome in ("lost", "rival-unknown"):
+        if outcome in ("lost", "rival-unknown", "landed-rival-unknown"):
             self.generation += 1
         if outcome.endswith("-unknown"):
             raise CAS_UNKNOWN
@@ -113,6 +114,10 @@ def claim_with(session: ScriptedSession, outcome: str, taken: dict[str, int]) ->
         ("landed-unknown", True),
         ("dropped-unknown", False),
         ("rival-unknown", False),
+        # Ours landed and another scheduler claimed on top before the doubt was
+        # settled: ours, though the generation is two steps on (taken for "not ours",
+        # the consumer was placed a second time elsewhere).
+        ("landed-rival-unknown", True),
     ],
 )
 def test_a_claim_is_settled_by_what_landed(outcome: str, claimed: bool) -> None:
