@@ -265,23 +265,21 @@ class FlowMap:
         return None if v is None else self._entry(lk, v)
 
     def _entry(self, lk: FlowLookupKey, v: FlowValue) -> FlowEntry:
-        n = min(int(v.n_actions), FLOW_MAX_ACTIONS)
-        slots = bytes(v)[_HEAD_SIZE : _HEAD_SIZE + n * SLOT_SIZE]
-        set_id = _flood_id(v)
-        if set_id is not None:
-            outputs = self.floods.outputs(set_id)
-            if outputs is not None:  # else: left as the FLOOD slot, visibly unresolved
-                slots = slots[:-SLOT_SIZE] + outputs
+        raw = self._raw(bytes(lk), bytes(v), 0)
+        return self._entry_of(raw, self.masks.mask_at(raw.mask_index))
+
+    @staticmethod
+    def _entry_of(raw: RawFlow, mask: FlowKey | None) -> FlowEntry:
         return FlowEntry(
-            mask_index=int(lk.mask_index),
-            mask=self.masks.mask_at(lk.mask_index),
-            key=FlowKey.from_buffer_copy(bytes(lk.key)),
-            slots=slots,
-            packets=int(v.packets),
-            bytes=int(v.bytes),
-            last_used_ns=int(v.last_used),
-            tcp_flags=int(v.tcp_flags),
-            flood_set=set_id,
+            mask_index=raw.mask_index,
+            mask=mask,
+            key=FlowKey.from_buffer_copy(raw.lookup, _INDEX_SIZE),
+            slots=raw.slots,
+            packets=raw.packets,
+            bytes=raw.bytes,
+            last_used_ns=raw.last_used_ns,
+            tcp_flags=raw.tcp_flags,
+            flood_set=raw.flood_set,
         )
 
     def entries(self) -> list[FlowEntry]:
@@ -289,22 +287,10 @@ class FlowMap:
         dumps the flows every few seconds, so no idle slot lingers much longer)."""
         masks: dict[int, FlowKey | None] = {}
         out: list[FlowEntry] = []
-        for lookup, index, slots, packets, nbytes, last_used, flags, set_id in self.raw():
-            if index not in masks:
-                masks[index] = self.masks.mask_at(index)
-            out.append(
-                FlowEntry(
-                    mask_index=index,
-                    mask=masks[index],
-                    key=FlowKey.from_buffer_copy(lookup, _INDEX_SIZE),
-                    slots=slots,
-                    packets=packets,
-                    bytes=nbytes,
-                    last_used_ns=last_used,
-                    tcp_flags=flags,
-                    flood_set=set_id,
-                )
-            )
+        for raw in self.raw():
+            if raw.mask_index not in masks:
+                masks[raw.mask_index] = self.masks.mask_at(raw.mask_index)
+            out.append(self._entry_of(raw, masks[raw.mask_index]))
         return out
 
     def raw(self) -> list[RawFlow]:
@@ -316,26 +302,27 @@ class FlowMap:
             self.masks.reap()
         keys, values = self.map.items_bytes()
         ks, vs = _LOOKUP_SIZE, _VALUE_SIZE
-        out: list[RawFlow] = []
-        for i in range(len(keys) // ks):
-            lookup = keys[i * ks : (i + 1) * ks]
-            (mask_index,) = _INDEX_UNPACK(lookup)
-            packets, nbytes, last_used, n_actions, tcp_flags = _HEAD_UNPACK(values, i * vs)
-            n = min(n_actions, FLOW_MAX_ACTIONS)
-            start = i * vs + _HEAD_SIZE
-            slots = values[start : start + n * SLOT_SIZE]
-            set_id = None
-            if 0 < n_actions <= FLOW_MAX_ACTIONS:  # FLOOD is only ever the last slot
-                last = _ACTION_UNPACK(slots, (n - 1) * SLOT_SIZE)
-                if last[0] == ActionType.FLOOD:
-                    set_id = last[3]  # its ifindex field names the set
-                    outputs = self.floods.outputs(set_id)
-                    if outputs is not None:  # else: left as the FLOOD slot, unresolved
-                        slots = slots[:-SLOT_SIZE] + outputs
-            out.append(
-                RawFlow(lookup, mask_index, slots, packets, nbytes, last_used, tcp_flags, set_id)
-            )
-        return out
+        return [
+            self._raw(keys[i * ks : (i + 1) * ks], values, i * vs) for i in range(len(keys) // ks)
+        ]
+
+    def _raw(self, lookup: bytes, values: bytes, at: int) -> RawFlow:
+        """The flow of ``struct flow_lookup_key`` `lookup` whose ``struct flow_value``
+        starts at `at` in `values`; a flood set's outputs in place of its FLOOD slot."""
+        (mask_index,) = _INDEX_UNPACK(lookup)
+        packets, nbytes, last_used, n_actions, tcp_flags = _HEAD_UNPACK(values, at)
+        n = min(n_actions, FLOW_MAX_ACTIONS)
+        start = at + _HEAD_SIZE
+        slots = values[start : start + n * SLOT_SIZE]
+        set_id = None
+        if 0 < n_actions <= FLOW_MAX_ACTIONS:  # FLOOD is only ever the last slot
+            last = _ACTION_UNPACK(slots, (n - 1) * SLOT_SIZE)
+            if last[0] == ActionType.FLOOD:
+                set_id = last[3]  # its ifindex field names the set
+                outputs = self.floods.outputs(set_id)
+                if outputs is not None:  # else: left as the FLOOD slot, visibly unresolved
+                    slots = slots[:-SLOT_SIZE] + outputs
+        return RawFlow(lookup, mask_index, slots, packets, nbytes, last_used, tcp_flags, set_id)
 
     def __iter__(self) -> Iterator[FlowEntry]:
         return iter(self.entries())
