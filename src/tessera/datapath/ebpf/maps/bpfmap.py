@@ -239,7 +239,7 @@ class BpfMap(Generic[K, V]):
     def items_bytes(self) -> tuple[bytes, bytes]:
         """Every entry as two packed buffers (keys, values: the kernel's layout, one
         after another), for callers that cut them with `struct`: the agent's sweep
-        reads 65,536 connections three times faster so than through a ctypes object
+        reads 65,536 connections three times faster this way than through a ctypes object
         per field."""
         try:
             chunks = [
