@@ -38,6 +38,12 @@ class AgentMetrics:
             "tessera_agent_packets_emitted", "Packets the agent generated and sent", registry=r
         )
         self.flows = Gauge("tessera_agent_flows", "Flows currently desired", registry=r)
+        self.sweep_seconds = Gauge(
+            "tessera_agent_sweep_seconds",
+            "Miss-thread time the last sweep of flows and connections took (it spaces the "
+            "next: at most 5 % of the thread)",
+            registry=r,
+        )
         self.ports = Gauge("tessera_agent_ports", "Local ports attached", registry=r)
         self.held = Gauge(
             "tessera_agent_packets_held", "Packets waiting for a device or an ARP entry", registry=r

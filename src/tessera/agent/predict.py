@@ -1,7 +1,9 @@
 """Predicted reply flows: a new connection's reply flow installed with its forward flow.
 
-With connection tracking every new connection misses twice: its first packet where it
-enters, and its first reply where that enters. When the reply will enter on a port of
+Every new connection misses twice: its first packet where it enters, and its first
+reply where that enters — with connection tracking each connection, without it each
+new pair of endpoints (a stateless flow is keyed on addresses, not on ports), and again
+after every change that invalidates their flows. When the reply will enter on a port of
 this host, the second miss is predictable: right after the forward packet's flow is
 installed, the agent builds the reply as it will look —
 the forward packet as it leaves (its flow's actions run on it, so after NAT), with the
@@ -19,6 +21,10 @@ packet it was simulated from. A real reply that differs in a field the simulatio
 (another TTL below a router's floor, a MAC the guess got wrong) does not match, and
 misses as today. TCP flags are not a match field, so a SYN-ACK and the ACKs after it
 are one flow.
+
+Which packets: any that created connection state (the reply is what the state is
+for), and without state an IPv4 echo request or TCP SYN (`asks_reply`): a reply is all
+but certain, and a plain bridge or router path predicts as cleanly as a tracked one.
 
 What is never predicted (counted by reason in `tessera_agent_reply_predictions`):
 - `remote`: the reply enters on another host (it decides its own flows there);
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 
 _TCP, _UDP, _ICMP = 6, 17, 1
 _ECHO_REQUEST, _ECHO_REPLY = 8, 0
+_SYN = 0x02
 
 
 def reply_frame(out: bytes) -> bytes | None:
@@ -85,14 +92,35 @@ def reply_frame(out: bytes) -> bytes | None:
     return bytes(f)
 
 
+def asks_reply(frame: bytes) -> bool:
+    """Whether `frame` is a plain IPv4 echo request or TCP SYN: a packet whose reply is
+    all but certain, worth a prediction when no connection state says so. Not UDP: a
+    stateless UDP flow is as often one way (a stream, a flood) as not, and a prediction
+    costs a simulation."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return False
+    ihl = (frame[14] & 0x0F) * 4
+    l4 = 14 + ihl
+    if ihl < 20 or len(frame) < l4 + 8 or int.from_bytes(frame[20:22], "big") & 0x3FFF:
+        return False  # a short header or a fragment
+    proto = frame[23]
+    if proto == _ICMP:
+        return frame[l4] == _ECHO_REQUEST
+    # SYN without ACK
+    return proto == _TCP and len(frame) >= l4 + 20 and frame[l4 + 13] & 0x12 == _SYN
+
+
 def predict_reply(
     handler: UpcallHandler, miss: Miss, in_port_id: str, result: SimulationResult,
     forward: DesiredFlow,
 ) -> None:  # fmt: skip
     """After `forward` (the flow of `result`, simulated from `miss`) is installed: if
     the result created connection state whose reply enters on a port of this host,
-    install the reply's flow too. Never raises: a failed prediction costs a miss."""
-    if not result.flow_state or result.verdict is not Verdict.FORWARD:
+    install the reply's flow too; without connection state, only when the packet
+    asks for a reply (`asks_reply`). Never raises: a failed prediction costs a miss."""
+    if result.verdict is not Verdict.FORWARD:
+        return
+    if not result.flow_state and not asks_reply(miss.frame):
         return
     counter = handler.metrics.reply_predictions
     try:

@@ -3,10 +3,12 @@ and a restart that adopts installed flows instead of flushing them."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from agent_harness import Cloud, Host, Vm
 
-from tessera.agent.agent import SWEEP
+from tessera.agent.agent import SWEEP, SWEEP_MAX, SWEEP_SHARE, sweep_interval
 from tessera.agent.cache import TopologyCache
 from tessera.agent.flowtable import IDLE_TIMEOUTS, DesiredFlow, FlowTable
 from tessera.agent.lifecycle import ADOPT_TIMEOUT, SWEEP_STEP, Sweep
@@ -244,3 +246,48 @@ def test_the_agent_sweeps_a_large_table_in_steps_between_misses(cloud: Cloud) ->
     agent.run_once(0)
     assert agent._sweep is None
     assert all(d.match in h.dp.dump() for d in agent.flows.snapshot())
+
+
+def test_sweep_interval_keeps_the_sweep_to_its_share_of_the_thread() -> None:
+    assert sweep_interval(0.0) == SWEEP  # a small table: every SWEEP seconds
+    assert sweep_interval(0.3) == pytest.approx(0.3 / SWEEP_SHARE)
+    assert sweep_interval(60.0) == SWEEP_MAX  # expiry and repair are never later than this
+
+
+def test_a_costly_sweep_spaces_the_next_and_a_cheap_one_does_not(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spacing follows the CPU time the pass took (here a dump made slow),
+    counted from the pass's start; once passes are cheap again, SWEEP it is."""
+    h, vm1, vm2 = _pair(cloud)
+    agent = h.agent
+    real_dump = h.dp.dump
+
+    def slow_dump() -> dict[Match, object]:
+        spent = time.thread_time() + 0.25
+        while time.thread_time() < spent:  # CPU time, as a large table's dump takes
+            pass
+        return real_dump()
+
+    monkeypatch.setattr(h.dp, "dump", slow_dump)
+    cloud.clock.advance(SWEEP + 0.01)
+    began = cloud.clock()
+    agent.run_once(0)
+    assert agent._sweep is None  # a small table: swept whole in one step
+    cost = agent.metrics.sweep_seconds._value.get()
+    assert cost >= 0.25
+    assert agent._next_sweep == pytest.approx(began + sweep_interval(cost))
+    assert agent._next_sweep >= began + 0.25 / SWEEP_SHARE
+    monkeypatch.setattr(h.dp, "dump", real_dump)
+    # Not due at SWEEP any more: a flow the datapath lost waits for the spaced pass.
+    match = _flow_of(h, vm1, vm1.frame(vm2))
+    assert match is not None
+    h.dp.delete(match)
+    cloud.clock.advance(SWEEP)
+    agent.run_once(0)
+    assert match not in h.dp.dump()
+    cloud.clock.advance(agent._next_sweep - cloud.clock())
+    began = cloud.clock()
+    agent.run_once(0)
+    assert match in h.dp.dump()  # repaired by the spaced pass, a cheap one
+    assert agent._next_sweep == pytest.approx(began + SWEEP)

@@ -20,7 +20,7 @@ from test_agent_stateful import (
     udp_of,
 )
 
-from tessera.agent.predict import reply_frame
+from tessera.agent.predict import asks_reply, reply_frame
 from tessera.model import Port
 from tessera.packet import ETH_TYPE_IPV4, Ethernet, Icmp, IPv4, Tcp
 from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str
@@ -120,6 +120,66 @@ def test_a_udp_reply_and_a_ping_reply_are_predicted(cloud: Cloud) -> None:
         cloud.send(s, frame)
         assert len(cloud.received(c)) == 1
     assert misses(h) == before
+
+
+def plain(cloud: Cloud, h: Host) -> tuple[Vm, Vm]:
+    """Client c and server s on one bridge on `h`, no filter at all; s has spoken."""
+    br = cloud.bridge()
+    c = cloud.vm(h, br, "tap-c", "02:00:00:00:00:0c", "10.0.0.12")
+    s = cloud.vm(h, br, "tap-s", "02:00:00:00:00:0d", "10.0.0.13")
+    cloud.settle()
+    cloud.send(s, s.arp_request(c.ip))
+    cloud.received(c)
+    return c, s
+
+
+def all_predictions(h: Host) -> float:
+    results = ("installed", "remote", "unsupported", "covered", "unclean", "not_loaded")
+    return sum(predictions(h, r) for r in (*results, "error"))
+
+
+@pytest.mark.parametrize("kind", ["ping", "syn"])
+def test_without_connection_state_a_ping_or_a_syn_still_misses_once(
+    cloud: Cloud, kind: str
+) -> None:
+    """No firewall, no state: the echo request or SYN asks for a reply all the same,
+    and that reply rides on the predicted flow."""
+    h = cloud.host("h1", "198.18.0.1")
+    c, s = plain(cloud, h)
+    before = misses(h)
+    if kind == "ping":
+        out = c.ping_to(s.mac, s.ip)
+        back = Ethernet(c.mac, s.mac, ETH_TYPE_IPV4,
+                        IPv4(s.ip, c.ip, 1, Icmp(0, 0, 7, 1, b"ping"))).build()  # fmt: skip
+    else:
+        out = tcp(c, s.mac, s.ip, 40000, 80, SYN)
+        back = tcp(s, c.mac, c.ip, 80, 40000, SYN_ACK)
+    cloud.send(c, out)
+    assert len(cloud.received(s)) == 1
+    assert predictions(h, "installed") == 1 and misses(h) == before + 1
+    cloud.send(s, back)
+    assert cloud.received(c) == [back]
+    assert misses(h) == before + 1
+
+
+def test_without_connection_state_udp_and_replies_are_not_predicted(cloud: Cloud) -> None:
+    """A stateless UDP packet may well be one way (a stream, a flood), and a SYN-ACK or
+    an echo reply is itself the answer: no prediction is even tried."""
+    h = cloud.host("h1", "198.18.0.1")
+    c, s = plain(cloud, h)
+    echo_reply = IPv4(c.ip, s.ip, 1, Icmp(0, 0, 7, 1, b"pong"))
+    for frame in (
+        udp(c, s.mac, s.ip, 40000, 53),
+        tcp(c, s.mac, s.ip, 40000, 80, SYN_ACK),
+        Ethernet(s.mac, c.mac, ETH_TYPE_IPV4, echo_reply).build(),
+    ):
+        cloud.send(c, frame)
+        assert len(cloud.received(s)) == 1
+    assert all_predictions(h) == 0
+    before = misses(h)
+    cloud.send(s, udp(s, c.mac, c.ip, 53, 40000))
+    assert len(cloud.received(c)) == 1
+    assert misses(h) == before + 1
 
 
 def test_the_predicted_reply_of_dynamic_snat_is_translated_back(cloud: Cloud) -> None:
@@ -235,3 +295,19 @@ def test_reply_frame_swaps_addresses_and_keeps_checksums_valid() -> None:
     expect = Ethernet(0x020000000001, 0x020000000002, ETH_TYPE_IPV4, answer).build()
     assert echo == expect
     assert reply_frame(a.arp_request(ip_from_str("10.0.0.2"))) is None
+
+
+def test_asks_reply_knows_an_echo_request_and_a_syn_only() -> None:
+    a = Vm("p", 0x020000000001, ip_from_str("10.0.0.1"), None)  # type: ignore[arg-type]
+    b_mac, b_ip = 0x020000000002, ip_from_str("10.0.0.2")
+    assert asks_reply(a.ping_to(b_mac, b_ip))
+    assert asks_reply(tcp(a, b_mac, b_ip, 1234, 80, SYN))
+    assert not asks_reply(tcp(a, b_mac, b_ip, 1234, 80, SYN_ACK))
+    assert not asks_reply(tcp(a, b_mac, b_ip, 1234, 80, ACK))
+    assert not asks_reply(udp(a, b_mac, b_ip, 1234, 53))
+    assert not asks_reply(a.arp_request(b_ip))
+    syn = tcp(a, b_mac, b_ip, 1234, 80, SYN)
+    assert not asks_reply(syn[:40])  # cut short inside the TCP header
+    fragment = bytearray(syn)
+    fragment[20] |= 0x20  # more fragments
+    assert not asks_reply(bytes(fragment))
