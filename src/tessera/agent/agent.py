@@ -25,7 +25,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ SWITCH_INTERVAL = 0.0005  # seconds: see run_forever
 @functools.lru_cache(maxsize=4096)
 def _ip_int(address: str) -> int:
     return int(ipaddress.IPv4Address(address))
+
+
+_NO_DUMP = object()  # a dump whose steps ended without the flows
 
 
 def sweep_interval(cost: float) -> float:
@@ -166,8 +169,10 @@ class Agent:
         self._next_tick = 0.0
         self._stateful_peers: tuple[int, dict[str, list[str]]] = (-1, {})
         self._next_sweep = 0.0
-        # The sweep in progress and the dump it judges (see run_once); when it began,
-        # and the thread time its steps took so far (which spaces the next one).
+        # The sweep in progress: the dump being read (a part per loop iteration), then
+        # the pass judging it (see run_once); when it began, and the CPU time its steps
+        # took so far (which spaces the next one).
+        self._dumping: Iterator[dict[Match, InstalledFlow] | None] | None = None
         self._sweep: tuple[Sweep, dict[Match, InstalledFlow]] | None = None
         self._sweep_began = 0.0
         self._sweep_cost = 0.0
@@ -261,7 +266,7 @@ class Agent:
         self.realized.flushed(flush)
         if self._prepare_at is not None:
             timeout = min(timeout, max(0.0, self._prepare_at - self.clock()))
-        if self._sweep is not None:
+        if self._sweep is not None or self._dumping is not None:
             timeout = 0.0  # a sweep in progress: its next step after whatever is queued
         handled = self.upcall.handle(self.dp.recv_misses(timeout), self._between_misses)
         self._between_misses()
@@ -282,21 +287,52 @@ class Agent:
                 self._sync_ports()
                 self.ports.detach_stale()
                 self._stale_ports_checked = True
-        sweeping = self._sweep is not None or now >= self._next_sweep
-        started = time.thread_time() if sweeping else 0.0  # CPU time: not others' turns
-        if self._sweep is None and now >= self._next_sweep:
+        sweeping = self._sweep is not None or self._dumping is not None
+        if not sweeping and now >= self._next_sweep:
             self._next_sweep = now + SWEEP
             self._sweep_began, self._sweep_cost = now, 0.0
             # One dump serves both sweeps: with a flow per connection, reading every
-            # flow is the sweep's main cost.
-            installed = self.dp.dump()
+            # flow is the sweep's main cost; it is read a part per iteration, misses
+            # between (`Datapath.dump_in_steps`).
+            self._dumping = self.dp.dump_in_steps()
+            sweeping = True
+        if not sweeping:
+            return
+        started = time.thread_time()  # CPU time: not others' turns
+        try:
+            self._sweep_step(now)
+        finally:
+            self._sweep_cost += time.thread_time() - started
+        if self._sweep is None and self._dumping is None:
+            self._next_sweep = self._sweep_began + sweep_interval(self._sweep_cost)
+            self.metrics.sweep_seconds.set(self._sweep_cost)
+
+    def _sweep_step(self, now: float) -> None:
+        """One step of the sweep in progress: a part of the dump, or once it is read,
+        SWEEP_STEP desired flows judged against it."""
+        if self._dumping is not None:
+            try:
+                part = next(self._dumping, _NO_DUMP)
+            except Exception:
+                self._dumping = None  # dropped, not retried in a loop: the next one is due
+                raise
+            if part is None:
+                return  # more parts to read
+            self._dumping = None
+            if part is _NO_DUMP:
+                log.warning("the datapath's dump ended without its flows; sweep skipped")
+                return
+            assert isinstance(part, dict)
+            # A flow installed since the dump began may have been missed by the read:
+            # the pass does not take its absence for a loss (`Sweep(read_from=...)`).
             self._sweep = (
-                Sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds, dict(installed)),
-                installed,
-            )
+                Sweep(self.dp, self.flows, now, self.metrics, self.adopter.holds,
+                      dict(part), read_from=self._sweep_began),
+                part,
+            )  # fmt: skip
         if self._sweep is not None:
             # A step per iteration, misses between steps (`lifecycle.Sweep`); a small
-            # table is swept whole in its first step.
+            # table is swept whole in its first step, in the iteration that read it.
             pass_, installed = self._sweep
             try:
                 done = pass_.step(SWEEP_STEP)
@@ -305,11 +341,8 @@ class Agent:
             except Exception:
                 self._sweep = None  # dropped, not retried in a loop: the next one is due
                 raise
-            self._sweep_cost += time.thread_time() - started
             if done:
                 self._sweep = None
-                self._next_sweep = self._sweep_began + sweep_interval(self._sweep_cost)
-                self.metrics.sweep_seconds.set(self._sweep_cost)
 
     def _between_misses(self) -> None:
         """What must not wait behind a batch of misses: topology changes (invalidations,

@@ -66,8 +66,14 @@ class Sweep:
         metrics: AgentMetrics,
         keep: Callable[[Match], bool] = lambda m: False,
         installed: dict[Match, InstalledFlow] | None = None,
+        read_from: float | None = None,
     ) -> None:
+        """`read_from`: when the reading of `installed` began, if it was read in parts
+        with misses between (`Datapath.dump_in_steps`): a flow desired since then may
+        have been installed where the read had already passed, so its absence is not
+        a loss to repair."""
         self.dp = dp
+        self.read_from = read_from
         self.flows = flows
         self.now = now
         self.metrics = metrics
@@ -103,6 +109,8 @@ class Sweep:
         inst = self.installed.pop(desired.match, None)
         if self.flows.get(desired.match) is not desired:
             return  # replaced or removed since the pass began
+        if inst is None and self.read_from is not None and desired.created > self.read_from:
+            return  # installed after the read began: maybe where it had already passed
         last = desired.created
         if inst is not None and inst.stats.last_used is not None:
             last = max(last, inst.stats.last_used)

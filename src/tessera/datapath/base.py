@@ -18,7 +18,7 @@ import abc
 import functools
 import ipaddress
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -513,6 +513,13 @@ class Datapath(abc.ABC):
     @abc.abstractmethod
     def dump(self) -> dict[Match, InstalledFlow]:
         """Every installed flow with its counters."""
+
+    def dump_in_steps(self) -> Iterator[dict[Match, InstalledFlow] | None]:
+        """`dump` read a part per step: None after each part but the last, then the
+        whole dump. The agent reads one part between two misses, so that a large table
+        does not hold them back. A flow installed or removed while the steps go on may
+        or may not be in it. Here: one step (a table in memory is read at once)."""
+        yield self.dump()
 
     @abc.abstractmethod
     def stats(self, match: Match) -> FlowStats | None:

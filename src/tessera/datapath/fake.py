@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from tessera.datapath.base import (
@@ -35,6 +35,8 @@ from tessera.datapath.base import (
 from tessera.datapath.conntrack import PythonConntrack
 from tessera.datapath.frames import run_actions
 from tessera.datapath.table import MegaflowTable
+
+DUMP_PART = 512  # flows per step of `dump_in_steps` (the eBPF map's batch)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,15 @@ class FakeDatapath(PythonConntrack, Datapath):
 
     def dump(self) -> dict[Match, InstalledFlow]:
         return self.table.dump()
+
+    def dump_in_steps(self) -> Iterator[dict[Match, InstalledFlow] | None]:
+        """In parts of `DUMP_PART` flows, as the eBPF datapath reads its map: the table
+        as it was at the first step, so a flow installed during the steps is missing
+        from it, the case a stepped read must allow for."""
+        flows = self.table.dump()
+        for _ in range((len(flows) - 1) // DUMP_PART):
+            yield None
+        yield flows
 
     def stats(self, match: Match) -> FlowStats | None:
         return self.table.stats(match)

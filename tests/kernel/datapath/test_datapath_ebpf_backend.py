@@ -399,6 +399,27 @@ def test_a_dump_reads_counters_again_and_decodes_only_what_changed(
     assert dp.dump()[wider].flow.actions == (Output(7),)
 
 
+def test_a_dump_in_steps_reads_a_map_batch_per_step_and_ends_with_the_whole_dump(
+    netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
+) -> None:
+    """The agent reads a part per loop iteration (misses between): more than one
+    batch of flows takes more than one step, and the last step is `dump()` itself; a
+    flow installed during the steps may be in it or not, never an error."""
+    host, dp = _flood_host(netns, obj_cache, 2)
+    made.append((host, dp))
+    n = 1300  # three batches of 512 at least
+    for i in range(n):
+        dp.install(Flow(Match.of(in_port=1, eth_dst=0x020000000000 + i), (Output(2),)))
+    steps = dp.dump_in_steps()
+    assert next(steps) is None  # one part read, more to come
+    dp.install(Flow(Match.of(in_port=1, eth_dst=0x02000000FFFF), (Output(2),)))
+    parts = list(steps)
+    assert len(parts) >= 2 and all(p is None for p in parts[:-1])
+    last = parts[-1]
+    assert last is not None and n <= len(last) <= n + 1
+    assert last.keys() <= dp.dump().keys() and len(dp.dump()) == n + 1
+
+
 def test_the_cost_of_a_sweep_grows_linearly(
     netns: SandboxFactory, made: list[tuple[Sandbox | None, Datapath]], obj_cache: Path
 ) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -241,31 +242,41 @@ class BpfMap(Generic[K, V]):
         after another), for callers that cut them with `struct`: the agent's sweep
         reads 65,536 connections three times faster this way than through a ctypes object
         per field."""
+        chunks = list(self.parts_bytes())
+        return b"".join(k for k, _ in chunks), b"".join(v for _, v in chunks)
+
+    def parts_bytes(self) -> Iterator[tuple[bytes, bytes]]:
+        """`items_bytes` a part at a time (one BPF_MAP_LOOKUP_BATCH each, 512 entries
+        or one bucket): a caller that does other work between two parts (the agent's
+        sweep, between misses) never holds it back for a whole table. Entries written
+        or deleted between two parts may or may not be seen, as with any walk of a
+        live hash map."""
+        key_size, value_size = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
+        walk = self._iter_chunks()
         try:
-            chunks = [
-                (bytes(keys)[: n * ctypes.sizeof(self.key_type)],
-                 bytes(values)[: n * ctypes.sizeof(self.value_type)], n)
-                for keys, values, n in self._chunks()
-            ]  # fmt: skip
+            first = next(walk, None)
         except bpf.BpfError as e:
             if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
                 raise
-            pairs = self.items()
-            return (
+            pairs = self.items()  # no batch operations on this kernel: one part
+            yield (
                 b"".join(bytes(k) for k, _ in pairs),  # type: ignore[call-overload]
                 b"".join(bytes(v) for _, v in pairs),  # type: ignore[call-overload]
             )
-        return (
-            b"".join(k for k, _, _ in chunks),
-            b"".join(v for _, v, _ in chunks),
-        )
+            return
+        if first is None:
+            return
+        for keys, values, n in itertools.chain((first,), walk):
+            yield bytes(keys)[: n * key_size], bytes(values)[: n * value_size]
 
     def _chunks(self) -> list[tuple[ctypes.Array[Any], ctypes.Array[Any], int]]:
         """The map in BPF_MAP_LOOKUP_BATCH chunks: (keys, values, entries filled)."""
+        return list(self._iter_chunks())
+
+    def _iter_chunks(self) -> Iterator[tuple[ctypes.Array[Any], ctypes.Array[Any], int]]:
         chunk = 512
         token = ctypes.create_string_buffer(max(ctypes.sizeof(self.key_type), 8))
         in_token: ctypes.Array[ctypes.c_char] | None = None
-        out: list[tuple[ctypes.Array[Any], ctypes.Array[Any], int]] = []
         # Bounded: each round returns at least one entry or ends the walk.
         for _ in range(self.info().max_entries + 8):
             keys = (self.key_type * chunk)()
@@ -279,11 +290,10 @@ class BpfMap(Generic[K, V]):
                     chunk *= 4
                     continue
                 raise
-            out.append((keys, values, n))
+            yield keys, values, n
             if done:
                 break
             in_token = token
-        return out
 
     @staticmethod
     def _elements(arr: ctypes.Array[Any], n: int) -> list[Any]:

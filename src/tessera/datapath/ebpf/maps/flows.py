@@ -298,13 +298,19 @@ class FlowMap:
         the agent's sweep reads every flow on the thread that answers misses (at
         thousands of flows the ctypes walk held misses back for a third of a second).
         Releases idle mask slots, as `entries` does."""
+        return [flow for part in self.raw_parts() for flow in part]
+
+    def raw_parts(self) -> Iterator[list[RawFlow]]:
+        """`raw` a part at a time (`BpfMap.parts_bytes`): the sweep reads a part
+        between two misses."""
         with self._lock:
             self.masks.reap()
-        keys, values = self.map.items_bytes()
         ks, vs = _LOOKUP_SIZE, _VALUE_SIZE
-        return [
-            self._raw(keys[i * ks : (i + 1) * ks], values, i * vs) for i in range(len(keys) // ks)
-        ]
+        for keys, values in self.map.parts_bytes():
+            yield [
+                self._raw(keys[i * ks : (i + 1) * ks], values, i * vs)
+                for i in range(len(keys) // ks)
+            ]
 
     def _raw(self, lookup: bytes, values: bytes, at: int) -> RawFlow:
         """The flow of ``struct flow_lookup_key`` `lookup` whose ``struct flow_value``
