@@ -569,3 +569,7 @@ class Datapath(abc.ABC):
     def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
         """Every tracked connection: (`time.monotonic()` of its last packet either way,
         the OR of the TCP flags seen either way)."""
+
+    def ct_entries_in_steps(self) -> Iterator[dict[CtTuple, tuple[float, int]] | None]:
+        """`ct_entries` read a part per step, as `dump_in_steps`. Here: one step."""
+        yield self.ct_entries()

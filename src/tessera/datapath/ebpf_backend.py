@@ -326,10 +326,22 @@ class EbpfDatapath(Datapath):
         return self.fastpath.maps.conntrack.delete(conn)
 
     def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
-        return {
-            conn: (last / 1e9, flags)
-            for conn, (last, flags) in self.fastpath.maps.conntrack.items().items()
-        }
+        for out in self.ct_entries_in_steps():
+            if out is not None:
+                return out
+        raise AssertionError("ct_entries_in_steps ends with the entries")  # pragma: no cover
+
+    def ct_entries_in_steps(self) -> Iterator[dict[CtTuple, tuple[float, int]] | None]:
+        """A map batch (512 connections) per step: the table holds up to 65,536."""
+        out: dict[CtTuple, tuple[float, int]] = {}
+        first = True
+        for part in self.fastpath.maps.conntrack.items_parts():
+            if not first:
+                yield None
+            first = False
+            for conn, (last, flags) in part.items():
+                out[conn] = (last / 1e9, flags)
+        yield out
 
     # -- flows --
 

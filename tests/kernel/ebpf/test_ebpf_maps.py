@@ -313,12 +313,15 @@ def test_conntrack_entries_read_back_as_written_across_chunks(
     for conn, (last, flags) in written.items():
         maps.conntrack.commit(conn, last, flags)
     assert maps.conntrack.items() == written
+    parts = list(maps.conntrack.items_parts())  # the agent's sweep: a part per step
+    assert len(parts) >= 3 and {k: v for p in parts for k, v in p.items()} == written
 
     def no_batch(*_a: object, **_k: object) -> tuple[int, bool]:
         raise bpf.BpfError(errno.EINVAL, bpf.BPF_MAP_LOOKUP_BATCH)
 
     monkeypatch.setattr(bpf, "map_lookup_batch", no_batch)
     assert maps.conntrack.items() == written
+    assert list(maps.conntrack.items_parts()) == [written]  # one part, read one by one
     assert maps.conntrack.clear() == len(written)
     assert maps.conntrack.items() == {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Iterator
 
 from tessera.datapath.base import MAX_PORT_NO, CtTuple
 from tessera.datapath.ebpf import bpf
@@ -74,13 +75,21 @@ class ConntrackMap:
         """Every entry. Decoded with `struct` from the packed chunks: the table holds up
         to 65,536 connections and the agent reads it on every sweep (0.2 s through
         ctypes fields at that size, a stall of the miss path each time)."""
-        keys, values = self.map.items_bytes()
-        return {
-            (zone, proto, src, dst, sport, dport): (last, flags)
-            for (zone, src, dst, sport, dport, proto), (last, flags) in zip(
-                _KEY.iter_unpack(keys), _VALUE.iter_unpack(values), strict=True
-            )
-        }
+        out: dict[CtTuple, tuple[int, int]] = {}
+        for part in self.items_parts():
+            out.update(part)
+        return out
+
+    def items_parts(self) -> Iterator[dict[CtTuple, tuple[int, int]]]:
+        """`items` a map batch at a time (`BpfMap.parts_bytes`): the agent's sweep
+        reads a part between two misses."""
+        for keys, values in self.map.parts_bytes():
+            yield {
+                (zone, proto, src, dst, sport, dport): (last, flags)
+                for (zone, src, dst, sport, dport, proto), (last, flags) in zip(
+                    _KEY.iter_unpack(keys), _VALUE.iter_unpack(values), strict=True
+                )
+            }
 
     def clear(self) -> int:
         n = 0
