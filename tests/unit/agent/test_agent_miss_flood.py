@@ -110,11 +110,16 @@ class Flood(threading.Thread):
         while not self.stop.is_set() and self.sent < FLOOD_LIMIT:
             if time.monotonic() > deadline:
                 return
-            if self.dp.pending_misses() >= BACKLOG:
+            room = BACKLOG - self.dp.pending_misses()
+            if room <= 0:
                 time.sleep(0.0005)
                 continue
-            self.dp.receive(self.port, _flood_frame(self.vm, self.sent))
-            self.sent += 1
+            # In bursts: this thread gets the GIL for a switch interval at a time, among
+            # the agent's, the test's and the flow-state receiver's; one frame per turn
+            # let the backlog drain under the agent round after round.
+            for _ in range(min(room, 64)):
+                self.dp.receive(self.port, _flood_frame(self.vm, self.sent))
+                self.sent += 1
 
 
 def _wait(cond: Callable[[], object], timeout: float, what: str, every: float = 0.0002) -> None:
@@ -233,6 +238,11 @@ def test_a_peer_s_flow_state_is_taken_in_within_50_ms_during_a_miss_flood(
     cloud.settle()
     dp = h1.dp
     h1.agent.run_in_thread()
+    # One entry before the flood: the first message's one-time costs (the sockets'
+    # first use, the decoder's first run) are not what the bound is about.
+    warm = ConnKey(PROTO_TCP, 0x0A00_0001, 0xCB00_710A, 39999, 80, br.id)
+    assert h2.agent.flowstate.share([h1.underlay], [ConntrackEntry(warm)]) == 1
+    _wait(partial(_has, h1, warm), 5, "the first state to arrive")
     flood = Flood(cloud, vm1)
     flood.start()
     latencies: list[float] = []
