@@ -40,6 +40,7 @@ from tessera.agent.flowstate.service import FlowStateService
 from tessera.agent.flowtable import FlowTable
 from tessera.agent.kernel_ct import KernelConn, KernelConntrack
 from tessera.agent.lifecycle import SWEEP_STEP, Adopter, Sweep
+from tessera.agent.lograte import RateLimitedLog
 from tessera.agent.metrics import AgentMetrics
 from tessera.agent.ports import PortManager
 from tessera.agent.realized import RealizationReporter
@@ -69,6 +70,7 @@ SWEEP = 2.0  # expiry and reconciliation against the datapath, at most this ofte
 # this share of the thread's CPU time (a flood of new flows measured 10-14 % at every 2 s), but
 # never further apart than SWEEP_MAX: expiry and repair are that much later at worst.
 SWEEP_SHARE = 0.05
+CT_FULL = 0.9  # the datapath's connection table this full is worth a warning
 SWEEP_MAX = 15.0
 # After a topology change, the simulation's snapshot is compiled once no further change
 # has come for this long: a burst of changes compiles once, not once per change, and the
@@ -181,6 +183,7 @@ class Agent:
         # The sweep in progress, a step per loop iteration (`_sweep_pass`); when it
         # began, and the CPU time its steps took so far (which spaces the next one).
         self._sweep: Iterator[None] | None = None
+        self._log = RateLimitedLog(log, self.clock)
         self._sweep_began = 0.0
         self._sweep_cost = 0.0
         self._prepare_at: float | None = None
@@ -437,6 +440,23 @@ class Agent:
         if tags:
             self.upcall.invalidate(tags)
         self.kernel_ct.sweep(now, conns)
+        self._check_ct_capacity(len(conns))
+
+    def _check_ct_capacity(self, held: int) -> None:
+        """A full connection table evicts silently (the least recently used entry goes,
+        and that connection's next packet is "new": a firewall that lets only replies
+        in drops it), so say so: the gauges, and a warning at most once a minute while
+        it is at least `CT_FULL` full."""
+        capacity = self.dp.ct_capacity()
+        self.metrics.datapath_connections.set(held)
+        self.metrics.datapath_connections_capacity.set(capacity)
+        if capacity and held >= CT_FULL * capacity:
+            self._log.warning(
+                ("conntrack", "full"),
+                "the datapath's connection table is %d%% full (%d of %d): the connections "
+                "used longest ago are evicted, and their next packet is new again",
+                100 * held // capacity, held, capacity,
+            )  # fmt: skip
 
     def conntrack_report(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
         """`tessera conntrack`: the agent's entries, then the connections the datapath

@@ -79,6 +79,16 @@ class AgentMetrics:
         )
 
         # Connection state (agent.flowstate): the table, the flow-state exchange, SNAT.
+        self.datapath_connections = Gauge(
+            "tessera_agent_datapath_connections",
+            "Connections in the datapath's own table, as read by the last sweep",
+            registry=r,
+        )
+        self.datapath_connections_capacity = Gauge(
+            "tessera_agent_datapath_connections_capacity",
+            "Connections the datapath's table holds before it evicts the least recently used",
+            registry=r,
+        )
         self.conntrack_entries = Gauge(
             "tessera_agent_conntrack_entries", "Connection and NAT entries held", registry=r
         )

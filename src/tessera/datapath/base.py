@@ -570,6 +570,11 @@ class Datapath(abc.ABC):
         """Every tracked connection: (`time.monotonic()` of its last packet either way,
         the OR of the TCP flags seen either way)."""
 
+    @abc.abstractmethod
+    def ct_capacity(self) -> int:
+        """How many connections the table holds; beyond that the one used longest ago
+        is evicted (its next packet is "new" again)."""
+
     def ct_entries_in_steps(self) -> Iterator[dict[CtTuple, tuple[float, int]] | None]:
         """`ct_entries` read a part per step, as `dump_in_steps`. Here: one step."""
         yield self.ct_entries()

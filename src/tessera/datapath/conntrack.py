@@ -146,6 +146,9 @@ class PythonConntrack:
         """The clock of the table's last-used times (the datapath's own)."""
         return time.monotonic()
 
+    def ct_capacity(self) -> int:
+        return self.conntrack.max_entries
+
     def set_port_zone(self, port: int, zone: int) -> None:
         self.conntrack.set_zone(port, zone)
 

@@ -325,6 +325,9 @@ class EbpfDatapath(Datapath):
     def ct_delete(self, conn: CtTuple) -> bool:
         return self.fastpath.maps.conntrack.delete(conn)
 
+    def ct_capacity(self) -> int:
+        return self.fastpath.maps.conntrack.map.info().max_entries
+
     def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
         for out in self.ct_entries_in_steps():
             if out is not None:

@@ -118,6 +118,17 @@ def test_entries_the_agent_writes_and_removes(harness: Harness) -> None:
     assert miss_state(harness, 2, tcp(5000, 443, back=True)) == NEW
 
 
+def test_every_backend_holds_as_many_connections(harness: Harness) -> None:
+    """One capacity (the eBPF map's max_entries, the Python tables' bound), read in
+    steps or at once alike."""
+    dp = harness.dp
+    assert dp.ct_capacity() == 65536
+    dp.ct_commit((ZONE, PROTO_TCP, IP1, IP2, 5001, 443))
+    steps = list(dp.ct_entries_in_steps())
+    assert steps[-1] == dp.ct_entries() and all(p is None for p in steps[:-1])
+    assert (ZONE, PROTO_TCP, IP1, IP2, 5001, 443) in dp.ct_entries()
+
+
 def test_an_echo_is_tracked_by_its_identifier(harness: Harness) -> None:
     dp = harness.dp
     dp.set_port_zone(1, ZONE)

@@ -5,6 +5,7 @@ through the control socket."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 import uuid
@@ -15,6 +16,7 @@ import pytest
 from agent_harness import Cloud
 from typer.testing import CliRunner
 
+from tessera.agent.agent import SWEEP, SWEEP_MAX
 from tessera.agent.control import RUN_DIR_ENV, ControlServer
 from tessera.agent.flows_cli import conntrack_app
 from tessera.agent.flowstate.entry import PROTO_TCP
@@ -247,3 +249,26 @@ def test_a_restarted_agent_holds_its_restored_snat_ports_again(
     other = new.snat.allocate((ext, ext), ports, conn(2))
     assert other is not None and other != public
     new.stop()
+
+
+def test_a_nearly_full_datapath_connection_table_is_shown_and_warned_of(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table evicts silently at capacity, so the sweep reports how full it is (two
+    gauges) and warns from 90 % on (rate-limited)."""
+    h = cloud.host("h1", "198.18.0.1")
+    h.dp.conntrack.max_entries = 20
+    for i in range(17):
+        h.dp.ct_commit((7, PROTO_TCP, ip("10.0.0.1"), ip("10.0.0.2"), 40000 + i, 80))
+    cloud.tick(SWEEP + 0.01)
+    metrics = h.agent.metrics
+    assert metrics.datapath_connections._value.get() == 17
+    assert metrics.datapath_connections_capacity._value.get() == 20
+    assert "connection table" not in caplog.text  # 85 %: not yet
+    h.dp.ct_commit((7, PROTO_TCP, ip("10.0.0.1"), ip("10.0.0.2"), 40100, 80))
+    with caplog.at_level(logging.WARNING, logger="tessera.agent.agent"):
+        cloud.tick(SWEEP_MAX + 0.01)
+        cloud.tick(SWEEP_MAX + 0.01)  # within the minute: said once
+    assert metrics.datapath_connections._value.get() == 18
+    warnings = [r for r in caplog.records if "connection table is 90% full" in r.getMessage()]
+    assert len(warnings) == 1 and "18 of 20" in warnings[0].getMessage()
