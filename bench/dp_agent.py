@@ -51,8 +51,8 @@ from tessera.lab.agents import (
 from tessera.nsdb.zkserver import ZookeeperError, ZookeeperServer
 
 AGENT_METRICS = (
-    "first-packet RTT, one host (2 misses on h1), p50",
-    "first-packet RTT, one host (2 misses on h1), p99",
+    "first-packet RTT, one host (a miss on h1, its reply predicted), p50",
+    "first-packet RTT, one host (a miss on h1, its reply predicted), p99",
     "first-packet RTT, two hosts (miss on h1 + on h2), p50",
     "first-packet RTT, two hosts (miss on h1 + on h2), p99",
     "misses handled per second, one agent",
@@ -296,9 +296,10 @@ def invalidation_and_first_packet(
        accept-all rule; the next sample deletes it), time until every recorded flow is
        gone from both agents' maps (polled straight from the pinned maps);
     2. after a 5 ms settle, ping B twice and C twice: each first reply needed two
-       simulated misses (the request at A's port, the reply at B's or C's port, the
-       latter on h2), each second one is the steady RTT of the same moment; these
-       pings also leave the flows installed for the next sample's change.
+       simulations (the request at A's port, the reply at B's or C's port: on h1 the
+       reply's flow is predicted with the request's, on h2 the reply misses there),
+       each second one is the steady RTT of the same moment; these pings also leave
+       the flows installed for the next sample's change.
     A sample whose flows did not all vanish within 2 s gives no first-packet figure
     (its next packets would not miss)."""
     pinger = Pinger(ab.bed.va)
