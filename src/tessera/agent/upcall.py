@@ -548,12 +548,14 @@ class UpcallHandler:
     def invalidate(self, tags: Iterable[str]) -> int:
         removed = self.flows.invalidate(tags)
         table = self.flowstate.table if self.flowstate is not None else None
-        for d in removed:
-            if table is not None and table.carries(d.match):
-                # What the kernel saw last (a FIN, an RST, the last use) would go with
-                # the flow: the connection's entries take it first.
-                table.flow_removed(d.match, self.dp.stats(d.match))
-            self.dp.delete(d.match)
+        if table is not None:
+            for d in removed:
+                if table.carries(d.match):
+                    # What the kernel saw last (a FIN, an RST, the last use) would go
+                    # with the flow: the connection's entries take it first.
+                    table.flow_removed(d.match, self.dp.stats(d.match))
+        # At once (batch calls on the eBPF datapath): a change may invalidate thousands.
+        self.dp.delete_many([d.match for d in removed])
         if removed:
             log.debug("invalidated %d flows (%s)", len(removed), " ".join(sorted(tags)[:8]))
             self.metrics.invalidated.inc(len(removed))

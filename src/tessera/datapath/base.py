@@ -510,6 +510,11 @@ class Datapath(abc.ABC):
     def delete(self, match: Match) -> bool:
         """Remove a flow; False if it was not installed."""
 
+    def delete_many(self, matches: Sequence[Match]) -> int:
+        """`delete` of each; how many were installed. A rule change may invalidate
+        thousands of flows at once: the eBPF datapath deletes them in batch calls."""
+        return sum(self.delete(m) for m in matches)
+
     @abc.abstractmethod
     def dump(self) -> dict[Match, InstalledFlow]:
         """Every installed flow with its counters."""

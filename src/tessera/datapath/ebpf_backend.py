@@ -367,6 +367,9 @@ class EbpfDatapath(Datapath):
         key, mask = to_kernel(match)
         return self.fastpath.maps.flows.delete(key, mask)
 
+    def delete_many(self, matches: Sequence[Match]) -> int:
+        return self.fastpath.maps.flows.delete_many_packed([packed_key(m) for m in matches])
+
     def dump(self) -> dict[Match, InstalledFlow]:
         """Installed flows; an entry whose mask slot is not active (left by a crash in
         the middle of an update) is unreachable for packets and skipped.

@@ -10,6 +10,7 @@ in tests/unit/datapath/test_ebpf_encoding.py.
 
 from __future__ import annotations
 
+import errno
 import secrets
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from tessera.datapath.base import (
     SetEthDst,
     SetEthSrc,
 )
+from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.loader import BPFFS, ensure_bpffs
 from tessera.datapath.ebpf.maps import FlowMap
 from tessera.datapath.ebpf_backend import EbpfDatapath, to_kernel
@@ -364,6 +366,41 @@ def test_the_agents_sweep_makes_the_kernel_hold_exactly_the_desired_flows(
     assert dp.dump().keys() == dumped.keys()
     assert sweep(dp, FlowTable(), now, AgentMetrics()).removed == 4
     assert dp.dump() == {} and len(floods) == 0 and floods.map.collect_keys() == []
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
+def test_many_flows_go_at_once_with_their_masks_and_flood_sets(
+    netns: SandboxFactory,
+    made: list[tuple[Sandbox | None, Datapath]],
+    obj_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: bool,
+) -> None:
+    """`delete_many` (an invalidation of thousands of flows): batch calls that go on
+    past an absent flow, releasing masks and flood sets as `delete` does; a kernel
+    without batch deletes gets one call per flow."""
+    host, dp = _flood_host(netns, obj_cache, 8)
+    made.append((host, dp))
+    if not batch:
+        monkeypatch.setattr(bpf, "map_delete_batch", lambda *_a, **_k: (0, errno.EINVAL))
+    floods = dp.fastpath.maps.flows.floods
+    masks = dp.fastpath.maps.flows.masks
+    plain = [Match.of(in_port=1, eth_dst=0x020000000000 + i) for i in range(2500)]
+    wide = Match.of(in_port=2, ip_dst=ip_from_str("10.0.0.9"))
+    for m in plain:
+        dp.install(Flow(m, (Output(2),)))
+    dp.install(Flow(wide, _flood_actions(8, 13)))
+    kept = Match.of(in_port=3)
+    dp.install(Flow(kept, (Output(1),)))
+    absent = Match.of(in_port=1, eth_dst=0x02000000FFFF)
+    assert len(floods) == 1
+    gone = [*plain[:1200], absent, *plain[1200:], wide, absent]
+    assert dp.delete_many(gone) == len(plain) + 1
+    assert set(dp.dump()) == {kept}
+    assert len(floods) == 0 and floods.map.collect_keys() == []
+    idx = masks.index_of(to_kernel(wide)[1])  # its mask: no flow holds it (reaped later)
+    assert idx is None or masks.refcount(idx) == 0
+    assert dp.delete_many([]) == 0 and dp.delete_many([absent]) == 0
 
 
 def test_a_dump_reads_counters_again_and_decodes_only_what_changed(

@@ -56,6 +56,7 @@ BPF_OBJ_GET: Final = 7
 BPF_PROG_TEST_RUN: Final = 10
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
 BPF_MAP_LOOKUP_BATCH: Final = 24
+BPF_MAP_DELETE_BATCH: Final = 27
 
 _CMD_NAMES: Final = {
     BPF_MAP_CREATE: "BPF_MAP_CREATE",
@@ -68,6 +69,7 @@ _CMD_NAMES: Final = {
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
     BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
     BPF_MAP_LOOKUP_BATCH: "BPF_MAP_LOOKUP_BATCH",
+    BPF_MAP_DELETE_BATCH: "BPF_MAP_DELETE_BATCH",
 }
 
 # update flags
@@ -367,6 +369,22 @@ def map_lookup_batch(
             return int(attr.count), True
         raise BpfError(err, BPF_MAP_LOOKUP_BATCH, what)
     return int(attr.count), False
+
+
+def map_delete_batch(fd: int, keys: bytes, count: int, what: str = "") -> tuple[int, int]:
+    """Delete the ``count`` keys laid out one after another in ``keys``, in one
+    syscall; the kernel stops at the first it cannot delete. Returns (keys deleted
+    before the stop, its errno, 0 if none): ENOENT for a key that was absent, the
+    caller goes on after it.
+
+    A rule change that invalidates thousands of flows deletes them on the thread that
+    answers misses: one syscall for a batch instead of one per flow."""
+    buf = ctypes.create_string_buffer(keys, len(keys))
+    attr = _BatchAttr(keys=_addr(buf), count=count, map_fd=fd)
+    ret = _syscall(_NR, BPF_MAP_DELETE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        return int(attr.count), ctypes.get_errno()
+    return int(attr.count), 0
 
 
 # --- objects -----------------------------------------------------------------

@@ -9,7 +9,7 @@ import ctypes
 import errno
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,6 +36,7 @@ from tessera.datapath.ebpf.layout import (
 __all__ = ["MAP_SPECS", "BpfMap", "MapSpec", "map_spec_mismatches", "spec_mismatch", "u32_key"]
 
 _ENOTSUPP = 524  # kernel-internal "operation not supported" leaking to users
+_DELETE_BATCH = 1024  # keys per BPF_MAP_DELETE_BATCH call
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes.c_uint32)
 V = TypeVar("V", bound=ctypes.Structure | ctypes.Array[ctypes.c_uint64] | ctypes.c_uint32)
@@ -212,6 +213,35 @@ class BpfMap(Generic[K, V]):
 
     def delete(self, key: K) -> bool:
         return bpf.map_delete(self.fd, key, self.name)
+
+    def delete_many_bytes(self, keys: Sequence[bytes]) -> list[bool]:
+        """Delete every key (each the kernel's layout of a key), in BPF_MAP_DELETE_BATCH
+        calls; which ones were there. A key that was absent stops a batch, which goes
+        on after it; a kernel without batch deletes gets one call per key."""
+        size = ctypes.sizeof(self.key_type)
+        if any(len(k) != size for k in keys):
+            raise ValueError(f"{self.name}: keys must be {size} bytes")
+        done = [False] * len(keys)
+        i = 0
+        while i < len(keys):
+            chunk = keys[i : i + _DELETE_BATCH]
+            raw = b"".join(chunk)
+            n, err = bpf.map_delete_batch(self.fd, raw, len(chunk), self.name)
+            for j in range(i, i + n):
+                done[j] = True
+            i += n
+            if err == 0:
+                continue
+            if err == errno.ENOENT:
+                i += 1  # absent: not deleted, the batch goes on after it
+            elif err in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP) and n == 0:
+                for j in range(i, len(keys)):  # no batch deletes here
+                    done[j] = bpf.map_delete(self.fd, self.key_type.from_buffer_copy(keys[j]),
+                                             self.name)  # fmt: skip
+                return done
+            else:
+                raise bpf.BpfError(err, bpf.BPF_MAP_DELETE_BATCH, self.name)
+        return done
 
     def items(self) -> list[tuple[K, V]]:
         """Every entry, collected before returning so callers may delete freely.

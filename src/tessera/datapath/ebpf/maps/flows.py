@@ -235,6 +235,28 @@ class FlowMap:
                 self.floods.unref(set_id)
             return True
 
+    def delete_many_packed(self, flows: Sequence[tuple[bytes, bytes]]) -> int:
+        """`delete` of many (key, mask) pairs, as ``struct flow_key`` bytes (the key
+        zero outside its mask: `packed_key`), in batch calls; how many were there."""
+        with self._lock:
+            lookups: list[bytes] = []
+            for key, mask in flows:
+                idx = self.masks.index_of(mask)
+                if idx is not None:
+                    lookups.append(LOOKUP_INDEX_PACK.pack(idx) + key)
+            deleted = 0
+            for lk, gone in zip(lookups, self.map.delete_many_bytes(lookups), strict=True):
+                if not gone:
+                    continue
+                deleted += 1
+                (idx,) = _INDEX_UNPACK(lk)
+                self.masks.unref(idx)
+                set_id = self._flood_of.pop(lk, None)
+                if set_id is not None:
+                    self.floods.unref(set_id)
+            self.masks.reap()
+            return deleted
+
     def delete_outputs_to(self, ifindex: int) -> int:
         """Delete every flow that outputs to device `ifindex`, inline or through its
         flood set, in one walk of the map (a port is going); how many."""

@@ -51,7 +51,7 @@ class MaskTable:
             if self._list.active & (1 << i):
                 self._index.setdefault(bytes(self._list.masks[i]), i)
 
-    def index_of(self, mask: FlowKey) -> int | None:
+    def index_of(self, mask: FlowKey | bytes) -> int | None:
         return self._index.get(bytes(mask))
 
     def mask_at(self, index: int) -> FlowKey | None:
