@@ -297,7 +297,12 @@ class UpcallHandler:
             if match is None and first.ct_state:  # a re-run: the datapath's answer again
                 match = FlowMatch.from_frame(p.port_id, first.frame, first.ct_state)
             if match is not None and self.kernel_ct is not None:
-                # A peer's state the datapath had not yet when the packet missed.
+                # A peer's state the datapath had not yet when the packet missed. Read
+                # against the topology this simulation will see: compiling it gives the
+                # ports their zones and writes the connections of devices that just got
+                # one (a stateful group this host learned of a moment ago), so the
+                # datapath's "new" is corrected by them too (a no-op when compiled).
+                self.sim.prepare()
                 match = self.kernel_ct.refresh(first.port, match, first.frame)
             result = self.sim.simulate(
                 first.frame, p.port_id, self.wall_clock(), p.arp_failed, match=match

@@ -284,6 +284,50 @@ def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: 
     assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
 
 
+def test_a_reply_on_a_member_that_joined_before_the_last_compile_is_not_dropped(
+    cloud: Cloud,
+) -> None:
+    """The same, with h2 holding a compiled topology from before o2 joined the group
+    (its cache has the membership; the compile waits for the next packet or idle
+    moment): o2's datapath zone is still its bridge's, where the group's connection is
+    not, so the datapath calls the reply new. The miss path compiles before it reads
+    the agent's state (zones follow, the connection is written): a reply, forwarded."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.33", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.34", flowstate_port=port)
+    br = cloud.bridge()
+    x = cloud.vm(h1, br, "tap-x", "02:00:00:00:00:0c", "10.0.0.12")
+    o1 = cloud.vm(h1, br, "tap-o1", "02:00:00:00:00:0d", "10.0.0.13")
+    o2 = cloud.vm(h2, br, "tap-o2", "02:00:00:00:00:0e", "10.0.0.14")
+    group = cloud.topo.create(PortGroup(name="edge", stateful=True))
+    cloud.topo.add_port_group_port(group.id, o1.port_id)
+    from_x = chain(cloud, "from x", {"type": "accept", "match_forward_flow": True})
+    to_x = chain(cloud, "to x", {"type": "accept", "match_return_flow": True}, {"type": "drop"})
+    cloud.topo.update(
+        Port, x.port_id, {"inbound_filter_id": from_x.id, "outbound_filter_id": to_x.id}
+    )
+    cloud.settle()
+    cloud.send(o1, udp(o1, 0xFFFF_FFFF_FFFF, o1.ip, 7, 7))  # o1's MAC known
+    h2.agent.simulator.prepare()  # h2 compiled: o2 is its bridge's, zone and all
+    cloud.topo.add_port_group_port(group.id, o2.port_id)
+    cloud.settle()  # h2's cache has the membership; nothing compiles it yet
+    members = getattr(h2.agent.cache.get("port_groups", group.id), "port_ids", [])
+    assert o2.port_id in members and group.id not in h2.agent.kernel_ct.device_zone
+    cloud.send(x, udp(x, o1.mac, o1.ip, 40000, 53))
+    assert len(cloud.received(o1)) == 1
+    key = ConnKey(17, x.ip, o1.ip, 40000, 53, group.id)
+    deadline = time.monotonic() + 5
+    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert key in h2.agent.flowstate.view.conntrack
+    assert group.id not in h2.agent.kernel_ct.device_zone  # still the old compile
+    reply = Ethernet(x.mac, o2.mac, ETH_TYPE_IPV4,
+                     IPv4(o1.ip, x.ip, 17, Udp(53, 40000, b"answer"))).build()  # fmt: skip
+    cloud.send(o2, reply)
+    (back,) = cloud.received(x)
+    assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
+
+
 def test_snat_port_exhaustion_is_a_clean_counted_drop(cloud: Cloud, caplog: Any) -> None:
     e = Edge(cloud)
     one_port = [{"address_from": "203.0.113.1", "address_to": "203.0.113.1",

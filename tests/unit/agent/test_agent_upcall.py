@@ -21,6 +21,9 @@ class Gate:
         self.closed = True
         self.calls = 0
 
+    def prepare(self) -> None:
+        self.inner.prepare()  # type: ignore[attr-defined]
+
     def simulate(
         self,
         frame: bytes,
