@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from agent_harness import Cloud, Host, Vm
@@ -244,10 +245,20 @@ def test_snat_state_reaches_the_egress_host_before_the_reply_can_arrive(cloud: C
     assert h2.agent.flowstate.snat.leases() == [] and len(h1.agent.flowstate.snat.leases()) == 1
 
 
-def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: Cloud) -> None:
-    """x (h1) is firewalled (replies only); its connection leaves by member o1 of a
-    stateful group (h1), and the reply comes back by the other member o2 on h2: h2 knows
-    the connection only because h1 sent it to the hosts of the group's members."""
+@dataclass
+class GroupEdge:
+    """x on h1, firewalled (replies only); o1 (h1) and o2 (h2) on x's bridge, which
+    `members` of them in stateful group `group`."""
+
+    h1: Host
+    h2: Host
+    x: Vm
+    o1: Vm
+    o2: Vm
+    group: PortGroup
+
+
+def _group_edge(cloud: Cloud, members: tuple[str, ...]) -> GroupEdge:
     port = _free_udp_port()
     h1 = cloud.host("h1", "127.0.0.31", flowstate_port=port)
     h2 = cloud.host("h2", "127.0.0.32", flowstate_port=port)
@@ -256,8 +267,8 @@ def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: 
     o1 = cloud.vm(h1, br, "tap-o1", "02:00:00:00:00:0d", "10.0.0.13")
     o2 = cloud.vm(h2, br, "tap-o2", "02:00:00:00:00:0e", "10.0.0.14")
     group = cloud.topo.create(PortGroup(name="edge", stateful=True))
-    for member in (o1, o2):
-        cloud.topo.add_port_group_port(group.id, member.port_id)
+    for name in members:
+        cloud.topo.add_port_group_port(group.id, {"o1": o1, "o2": o2}[name].port_id)
     from_x = chain(cloud, "from x", {"type": "accept", "match_forward_flow": True})
     to_x = chain(cloud, "to x", {"type": "accept", "match_return_flow": True}, {"type": "drop"})
     cloud.topo.update(
@@ -266,22 +277,34 @@ def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: 
     cloud.settle()
     # o1's MAC is known (o1 spoke), so x's packet leaves by o1 only.
     cloud.send(o1, udp(o1, 0xFFFF_FFFF_FFFF, o1.ip, 7, 7))
-    # (A reply sent now would be flooded to o1 too, and its tracking would make x's
+    return GroupEdge(h1, h2, x, o1, o2, group)
+
+
+def _connect_and_reply(cloud: Cloud, e: GroupEdge) -> None:
+    """x opens a connection by o1; its state reaches h2; o2 answers: x gets it."""
+    # (A reply sent earlier would be flooded to o1 too, and its tracking would make x's
     # packet a return flow: the connection starts from x first.)
-    cloud.send(x, udp(x, o1.mac, o1.ip, 40000, 53))
-    (out,) = cloud.received(o1)
+    cloud.send(e.x, udp(e.x, e.o1.mac, e.o1.ip, 40000, 53))
+    (out,) = cloud.received(e.o1)
     assert udp_of(out) == ("10.0.0.12", 40000, "10.0.0.13", 53)
-    key = ConnKey(17, x.ip, o1.ip, 40000, 53, group.id)  # keyed by the group
+    key = ConnKey(17, e.x.ip, e.o1.ip, 40000, 53, e.group.id)  # keyed by the group
     deadline = time.monotonic() + 5
-    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+    while key not in e.h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert key in h2.agent.flowstate.view.conntrack
-    h2.agent.run_once(0)  # the received entry's tags
-    reply = Ethernet(x.mac, o2.mac, ETH_TYPE_IPV4,
-                     IPv4(o1.ip, x.ip, 17, Udp(53, 40000, b"answer"))).build()  # fmt: skip
-    cloud.send(o2, reply)
-    (back,) = cloud.received(x)
+    assert key in e.h2.agent.flowstate.view.conntrack
+    e.h2.agent.run_once(0)  # the received entry's tags
+    reply = Ethernet(e.x.mac, e.o2.mac, ETH_TYPE_IPV4,
+                     IPv4(e.o1.ip, e.x.ip, 17, Udp(53, 40000, b"answer"))).build()  # fmt: skip
+    cloud.send(e.o2, reply)
+    (back,) = cloud.received(e.x)
     assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
+
+
+def test_a_stateful_port_group_shares_state_with_the_other_member_s_host(cloud: Cloud) -> None:
+    """x (h1) is firewalled (replies only); its connection leaves by member o1 of a
+    stateful group (h1), and the reply comes back by the other member o2 on h2: h2 knows
+    the connection only because h1 sent it to the hosts of the group's members."""
+    _connect_and_reply(cloud, _group_edge(cloud, ("o1", "o2")))
 
 
 def test_a_reply_on_a_member_that_joined_before_the_last_compile_is_not_dropped(
@@ -292,40 +315,13 @@ def test_a_reply_on_a_member_that_joined_before_the_last_compile_is_not_dropped(
     moment): o2's datapath zone is still its bridge's, where the group's connection is
     not, so the datapath calls the reply new. The miss path compiles before it reads
     the agent's state (zones follow, the connection is written): a reply, forwarded."""
-    port = _free_udp_port()
-    h1 = cloud.host("h1", "127.0.0.33", flowstate_port=port)
-    h2 = cloud.host("h2", "127.0.0.34", flowstate_port=port)
-    br = cloud.bridge()
-    x = cloud.vm(h1, br, "tap-x", "02:00:00:00:00:0c", "10.0.0.12")
-    o1 = cloud.vm(h1, br, "tap-o1", "02:00:00:00:00:0d", "10.0.0.13")
-    o2 = cloud.vm(h2, br, "tap-o2", "02:00:00:00:00:0e", "10.0.0.14")
-    group = cloud.topo.create(PortGroup(name="edge", stateful=True))
-    cloud.topo.add_port_group_port(group.id, o1.port_id)
-    from_x = chain(cloud, "from x", {"type": "accept", "match_forward_flow": True})
-    to_x = chain(cloud, "to x", {"type": "accept", "match_return_flow": True}, {"type": "drop"})
-    cloud.topo.update(
-        Port, x.port_id, {"inbound_filter_id": from_x.id, "outbound_filter_id": to_x.id}
-    )
-    cloud.settle()
-    cloud.send(o1, udp(o1, 0xFFFF_FFFF_FFFF, o1.ip, 7, 7))  # o1's MAC known
-    h2.agent.simulator.prepare()  # h2 compiled: o2 is its bridge's, zone and all
-    cloud.topo.add_port_group_port(group.id, o2.port_id)
+    e = _group_edge(cloud, ("o1",))
+    e.h2.agent.simulator.prepare()  # h2 compiled: o2 is its bridge's, zone and all
+    cloud.topo.add_port_group_port(e.group.id, e.o2.port_id)
     cloud.settle()  # h2's cache has the membership; nothing compiles it yet
-    members = getattr(h2.agent.cache.get("port_groups", group.id), "port_ids", [])
-    assert o2.port_id in members and group.id not in h2.agent.kernel_ct.device_zone
-    cloud.send(x, udp(x, o1.mac, o1.ip, 40000, 53))
-    assert len(cloud.received(o1)) == 1
-    key = ConnKey(17, x.ip, o1.ip, 40000, 53, group.id)
-    deadline = time.monotonic() + 5
-    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert key in h2.agent.flowstate.view.conntrack
-    assert group.id not in h2.agent.kernel_ct.device_zone  # still the old compile
-    reply = Ethernet(x.mac, o2.mac, ETH_TYPE_IPV4,
-                     IPv4(o1.ip, x.ip, 17, Udp(53, 40000, b"answer"))).build()  # fmt: skip
-    cloud.send(o2, reply)
-    (back,) = cloud.received(x)
-    assert udp_of(back) == ("10.0.0.13", 53, "10.0.0.12", 40000)
+    members = getattr(e.h2.agent.cache.get("port_groups", e.group.id), "port_ids", [])
+    assert e.o2.port_id in members and e.group.id not in e.h2.agent.kernel_ct.device_zone
+    _connect_and_reply(cloud, e)
 
 
 def test_snat_port_exhaustion_is_a_clean_counted_drop(cloud: Cloud, caplog: Any) -> None:
