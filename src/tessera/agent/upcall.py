@@ -66,7 +66,7 @@ from tessera.datapath.frames import run_actions
 from tessera.nsdb import tables
 from tessera.packet.addr import ip_to_str, mac_to_str
 from tessera.packet.errors import PacketError
-from tessera.packet.match import CT_REPLY, Field, FlowMatch
+from tessera.packet.match import CT_REPLY, CT_TRACKED, Field, FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.flowstate import ConnKey, NatKey
 from tessera.simulation.result import (
@@ -296,12 +296,16 @@ class UpcallHandler:
             match, p.match = p.match, None  # a match is read by one simulation only
             if match is None and first.ct_state:  # a re-run: the datapath's answer again
                 match = FlowMatch.from_frame(p.port_id, first.frame, first.ct_state)
-            if match is not None and self.kernel_ct is not None:
-                # A peer's state the datapath had not yet when the packet missed. Read
-                # against the topology this simulation will see: compiling it gives the
-                # ports their zones and writes the connections of devices that just got
-                # one (a stateful group this host learned of a moment ago), so the
-                # datapath's "new" is corrected by them too (a no-op when compiled).
+            if (
+                match is not None
+                and self.kernel_ct is not None
+                and match.peek(_CT_STATE)[0] == CT_TRACKED
+            ):
+                # The datapath said "new": a peer's state it had not yet when the packet
+                # missed may say "a reply". Read against the topology this simulation
+                # will see: compiling it gives the ports their zones and writes the
+                # connections of devices that just got one (a stateful group this host
+                # learned of a moment ago); a no-op when compiled.
                 self.sim.prepare()
                 match = self.kernel_ct.refresh(first.port, match, first.frame)
             result = self.sim.simulate(
@@ -552,6 +556,8 @@ class UpcallHandler:
 
     def invalidate(self, tags: Iterable[str]) -> int:
         removed = self.flows.invalidate(tags)
+        if not removed:
+            return 0
         table = self.flowstate.table if self.flowstate is not None else None
         if table is not None:
             for d in removed:
@@ -561,7 +567,6 @@ class UpcallHandler:
                     table.flow_removed(d.match, self.dp.stats(d.match))
         # At once (batch calls on the eBPF datapath): a change may invalidate thousands.
         self.dp.delete_many([d.match for d in removed])
-        if removed:
-            log.debug("invalidated %d flows (%s)", len(removed), " ".join(sorted(tags)[:8]))
-            self.metrics.invalidated.inc(len(removed))
+        log.debug("invalidated %d flows (%s)", len(removed), " ".join(sorted(tags)[:8]))
+        self.metrics.invalidated.inc(len(removed))
         return len(removed)
