@@ -54,6 +54,7 @@ from tessera.datapath.base import (
     InstalledFlow,
     Match,
     action_to_json,
+    stepped,
 )
 from tessera.model import PortGroup, TunnelZone
 from tessera.nsdb.base import Nsdb
@@ -70,8 +71,8 @@ SWEEP = 2.0  # expiry and reconciliation against the datapath, at most this ofte
 # this share of the thread's CPU time (a flood of new flows measured 10-14 % at every 2 s), but
 # never further apart than SWEEP_MAX: expiry and repair are that much later at worst.
 SWEEP_SHARE = 0.05
-CT_FULL = 0.9  # the datapath's connection table this full is worth a warning
 SWEEP_MAX = 15.0
+CT_FULL = 0.9  # the datapath's connection table this full is worth a warning
 # After a topology change, the simulation's snapshot is compiled once no further change
 # has come for this long: a burst of changes compiles once, not once per change, and the
 # next miss does not pay for it (a miss that comes first compiles, as it always could).
@@ -183,9 +184,9 @@ class Agent:
         # The sweep in progress, a step per loop iteration (`_sweep_pass`); when it
         # began, and the CPU time its steps took so far (which spaces the next one).
         self._sweep: Iterator[None] | None = None
-        self._log = RateLimitedLog(log, self.clock)
         self._sweep_began = 0.0
         self._sweep_cost = 0.0
+        self._log = RateLimitedLog(log, self.clock)
         self._prepare_at: float | None = None
         self._stale_ports_checked = False
         self._stop = threading.Event()
@@ -325,12 +326,7 @@ class Agent:
         0.46 s of CPU in one piece; now no step is more than a few milliseconds."""
         # One dump serves both sweeps: with a flow per connection, reading every flow is
         # the sweep's main cost.
-        installed: dict[Match, InstalledFlow] | None = None
-        for part in self.dp.dump_in_steps():
-            if part is None:
-                yield
-            else:
-                installed = part
+        installed = yield from stepped(self.dp.dump_in_steps())
         if installed is None:
             log.warning("the datapath's dump ended without its flows; sweep skipped")
             return
@@ -340,13 +336,8 @@ class Agent:
                       dict(installed), read_from=now)  # fmt: skip
         while not pass_.step(SWEEP_STEP):
             yield
-        conns: dict[CtTuple, tuple[float, int]] = {}
-        for ct_part in self.dp.ct_entries_in_steps():
-            if ct_part is None:
-                yield
-            else:
-                conns = ct_part
-        self._sweep_flowstate(self.clock(), installed, conns)
+        conns = yield from stepped(self.dp.ct_entries_in_steps())
+        self._sweep_flowstate(self.clock(), installed, conns or {})
 
     def _between_misses(self) -> None:
         """What must not wait behind a batch of misses: topology changes (invalidations,

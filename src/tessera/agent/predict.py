@@ -69,12 +69,9 @@ def reply_frame(out: bytes) -> bytes | None:
 
     Swapping the addresses and ports leaves every checksum right (ones' complement
     sums do not depend on order); only the echo type change needs one fixed."""
-    if len(out) < 34 or out[12:14] != b"\x08\x00":
-        return None  # not plain IPv4 (a VLAN tag included)
-    ihl = (out[14] & 0x0F) * 4
-    l4 = 14 + ihl
-    if ihl < 20 or len(out) < l4 + 8 or int.from_bytes(out[20:22], "big") & 0x3FFF:
-        return None  # a short header or a fragment
+    l4 = _l4_offset(out)
+    if l4 is None:
+        return None
     proto = out[23]
     f = bytearray(out)
     f[0:6], f[6:12] = out[6:12], out[0:6]
@@ -97,17 +94,26 @@ def asks_reply(frame: bytes) -> bool:
     all but certain, worth a prediction when no connection state says so. Not UDP: a
     stateless UDP flow is as often one way (a stream, a flood) as not, and a prediction
     costs a simulation."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+    l4 = _l4_offset(frame)
+    if l4 is None:
         return False
-    ihl = (frame[14] & 0x0F) * 4
-    l4 = 14 + ihl
-    if ihl < 20 or len(frame) < l4 + 8 or int.from_bytes(frame[20:22], "big") & 0x3FFF:
-        return False  # a short header or a fragment
     proto = frame[23]
     if proto == _ICMP:
         return frame[l4] == _ECHO_REQUEST
     # SYN without ACK
     return proto == _TCP and len(frame) >= l4 + 20 and frame[l4 + 13] & 0x12 == _SYN
+
+
+def _l4_offset(frame: bytes) -> int | None:
+    """Where the L4 header of a plain (untagged) IPv4 frame starts, with at least 8
+    bytes of it there; None for anything else, a fragment included."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None  # not plain IPv4 (a VLAN tag included)
+    ihl = (frame[14] & 0x0F) * 4
+    l4 = 14 + ihl
+    if ihl < 20 or len(frame) < l4 + 8 or int.from_bytes(frame[20:22], "big") & 0x3FFF:
+        return None  # a short header or a fragment
+    return l4
 
 
 def predict_reply(

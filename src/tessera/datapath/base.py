@@ -18,9 +18,9 @@ import abc
 import functools
 import ipaddress
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
 from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch, mask_indexes
@@ -464,6 +464,32 @@ class PortBinding:
 
 class DatapathError(Exception):
     """A datapath operation failed; the message is for humans (one line)."""
+
+
+_R = TypeVar("_R")
+
+
+def stepped(steps: Iterable[_R | None]) -> Generator[None, None, _R | None]:
+    """A `..._in_steps` read inside a caller that steps itself (`yield from`): yields
+    at each boundary between two parts, and returns the read's result."""
+    result = None
+    for part in steps:
+        if part is None:
+            yield
+        else:
+            result = part
+    return result
+
+
+def read_at_once(steps: Iterable[_R | None], what: str) -> _R:
+    """A `..._in_steps` read done whole, for callers that do not step."""
+    result = None
+    for part in steps:
+        if part is not None:
+            result = part
+    if result is None:
+        raise DatapathError(f"reading {what} ended without a result")
+    return result
 
 
 class Datapath(abc.ABC):

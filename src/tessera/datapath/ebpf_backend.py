@@ -47,6 +47,7 @@ from tessera.datapath.base import (
     PortBinding,
     ToUserspace,
     mask_indexes,
+    read_at_once,
 )
 from tessera.datapath.ebpf.actions import Device, decode, encode
 from tessera.datapath.ebpf.bpf import prog_info
@@ -329,10 +330,7 @@ class EbpfDatapath(Datapath):
         return self.fastpath.maps.conntrack.map.info().max_entries
 
     def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
-        for out in self.ct_entries_in_steps():
-            if out is not None:
-                return out
-        raise AssertionError("ct_entries_in_steps ends with the entries")  # pragma: no cover
+        return read_at_once(self.ct_entries_in_steps(), "the connection table")
 
     def ct_entries_in_steps(self) -> Iterator[dict[CtTuple, tuple[float, int]] | None]:
         """A map batch (512 connections) per step: the table holds up to 65,536."""
@@ -378,10 +376,7 @@ class EbpfDatapath(Datapath):
         misses (`dump_in_steps`), and most flows are the same as last time: a flow whose
         key, mask and action bytes are unchanged reuses the `Flow` decoded then (only
         its counters are read again), as long as the ports' devices are the same."""
-        for out in self.dump_in_steps():
-            if out is not None:
-                return out
-        raise AssertionError("dump_in_steps ends with the dump")  # pragma: no cover
+        return read_at_once(self.dump_in_steps(), "the flow table")
 
     def dump_in_steps(self) -> Iterator[dict[Match, InstalledFlow] | None]:
         """`dump` a map batch (512 flows) per step: at 60,000 flows the whole read

@@ -228,12 +228,17 @@ class FlowMap:
             lk = self._lookup_key(idx, key, mask)
             if not self.map.delete(lk):
                 return False
-            self.masks.unref(idx)
+            self._released(bytes(lk), idx)
             self.masks.reap()
-            set_id = self._flood_of.pop(bytes(lk), None)
-            if set_id is not None:
-                self.floods.unref(set_id)
             return True
+
+    def _released(self, lookup: bytes, mask_index: int) -> None:
+        """A flow left the map: drop its references to its mask slot and flood set
+        (the caller reaps idle mask slots, once per batch)."""
+        self.masks.unref(mask_index)
+        set_id = self._flood_of.pop(lookup, None)
+        if set_id is not None:
+            self.floods.unref(set_id)
 
     def delete_many_packed(self, flows: Sequence[tuple[bytes, bytes]]) -> int:
         """`delete` of many (key, mask) pairs, as ``struct flow_key`` bytes (the key
@@ -249,11 +254,7 @@ class FlowMap:
                 if not gone:
                     continue
                 deleted += 1
-                (idx,) = _INDEX_UNPACK(lk)
-                self.masks.unref(idx)
-                set_id = self._flood_of.pop(lk, None)
-                if set_id is not None:
-                    self.floods.unref(set_id)
+                self._released(lk, _INDEX_UNPACK(lk)[0])
             self.masks.reap()
             return deleted
 
@@ -271,10 +272,7 @@ class FlowMap:
                 if not outputs_to(slots, ifindex) or not self.map.delete(lk):
                     continue
                 deleted += 1
-                self.masks.unref(int(lk.mask_index))
-                named = self._flood_of.pop(bytes(lk), None)
-                if named is not None:
-                    self.floods.unref(named)
+                self._released(bytes(lk), int(lk.mask_index))
             self.masks.reap()
             return deleted
 
