@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,11 +129,24 @@ class KernelConntrack:
 
     # -- the simulation's results ---------------------------------------------------------
 
-    def commits(self, result: SimulationResult, shared: bool) -> list[CtCommit] | None:
-        """The `CtCommit` actions that track `result`'s new connections in the datapath,
-        None when the agent must track them itself (and key the flow on the 5-tuple):
-        a peer must see them (`shared`), NAT changed their tuple, one is no plain
-        connection, or its device has no zone here."""
+    def commits(
+        self,
+        result: SimulationResult,
+        shared: bool,
+        local_ports: Sequence[int] = (),
+        remote: bool = False,
+    ) -> list[CtCommit] | None:
+        """The `CtCommit` actions that track `result`'s new connections in this
+        datapath, None when the agent must track them itself (and key the flow on the
+        5-tuple): a peer other than the egress hosts must see them (`shared`: a
+        stateful port group's members), NAT changed their tuple, one is no plain
+        connection, or a local egress port (`local_ports`, by number) has no zone
+        here that they are committed in.
+
+        `remote`: the result's egress ports on other hosts are reached by tunnels that
+        commit there (`OutputTunnel.commit`): a connection whose device has no port
+        here is committed by the far host, in its zone for that device (`zone_of`,
+        the same number on every host), so the list may be empty and not None."""
         if shared or not result.flow_state:
             return None
         arrived = key_of(0, result.match)  # what the datapath commits: the arrival tuple
@@ -142,11 +155,19 @@ class KernelConntrack:
             if not isinstance(entry, ConntrackEntry):
                 return None
             k = entry.key
-            zone = self.device_zone.get(k.device, 0)
+            zone = self.device_zone.get(k.device)
+            if zone is None and remote:
+                zone, here = zone_of(k.device), False  # only on the far host
+            else:
+                zone, here = zone or 0, True
             conn = (zone, k.proto, k.src, k.dst, k.sport, k.dport)
             if not zone or ct_tuple(arrived, zone) != conn:
                 return None
-            zones[zone] = None
+            if here:
+                zones[zone] = None
+        for number in local_ports:
+            if self.port_zone.get(number) not in zones:
+                return None  # its replies would be looked up where nothing is committed
         return [CtCommit(z) for z in zones]
 
     def reply_state(self, result: SimulationResult, port_zone: int) -> int:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tessera.agent.cache import Key, TopologyCache
@@ -51,6 +51,7 @@ from tessera.agent.predict import predict_reply
 from tessera.agent.translate import Locate, egress, translate
 from tessera.agent.writer import StateWriter
 from tessera.datapath.base import (
+    VNI_COMMIT,
     Action,
     CtCommit,
     Datapath,
@@ -59,6 +60,7 @@ from tessera.datapath.base import (
     Flow,
     Match,
     Miss,
+    OutputTunnel,
     PacketKey,
     key_of,
 )
@@ -123,6 +125,22 @@ class Parked:
     retry_at: float = 0.0
     rounds: int = 0
     punted: bool = False  # sent up by an installed flow's actions, not by a miss
+
+
+def _committing(actions: list[Action], result: SimulationResult, locate: Locate) -> list[Action]:
+    """`actions` with the tunnels to `result`'s egress ports asking the far host to
+    commit the connection (a mirror's copy, to another port, does not)."""
+    vnis = set()
+    for out in result.outputs:
+        where = locate(out.port_id)
+        if where is not None and where.remote_ip and where.vni is not None:
+            vnis.add(where.vni)
+    if not vnis:
+        return actions
+    return [
+        replace(a, commit=True) if isinstance(a, OutputTunnel) and a.vni in vnis else a
+        for a in actions
+    ]
 
 
 class UpcallHandler:
@@ -369,9 +387,11 @@ class UpcallHandler:
         # that the flow serves the next ones without the agent. This first one the agent
         # tracks too (its table, `tessera conntrack`, the datapath's copy): but the flow
         # does not keep it alive, the datapath's use of it does (`agent.kernel_ct`).
+        # Not one only a far host commits (an empty list): nothing here would keep it
+        # alive, and its expiry, told to that host, would take the far datapath's copy.
         hosts = self._state_hosts(result) if result.flow_state else []
         commits = self.commits_for(result, hosts) if result.ct_kernel else None
-        if result.flow_state:
+        if result.flow_state and (commits is None or commits):
             self.track(result, hosts)
         for pkt in result.emitted:
             target = egress(pkt.port_id, self.locate, set())
@@ -419,12 +439,13 @@ class UpcallHandler:
         """The flow to install for a result, None if it must not be cached: the
         simulation said so, or the packet is held, or it made packets of its own (a
         flow would swallow the next packets' replies). `commits` go first: the
-        connection is tracked before its packet leaves."""
+        connection is tracked before its packet leaves; when given (even empty), the
+        tunnels to the egress ports commit it on arrival too (`commits_for`)."""
         if not result.cacheable or result.verdict is Verdict.HOLD or result.emitted:
             return None
         actions, extra_tags = self._actions(result)
-        if commits:
-            actions = [*commits, *actions]
+        if commits is not None:
+            actions = [*commits, *_committing(actions, result, self.locate)]
         result.match.record(_IN_PORT)
         match = Match.from_flow_match(result.match, in_port)
         flow = Flow(match, tuple(actions) if actions else (Drop(),))
@@ -467,7 +488,24 @@ class UpcallHandler:
         if self.kernel_ct is not None and self.flowstate is not None and result.flow_state:
             if hosts is None:
                 hosts = self._state_hosts(result)
-            commits = self.kernel_ct.commits(result, bool(hosts))
+            # Egress on another host: its datapath commits what the tunnel brings
+            # (`OutputTunnel.commit`), so the state need not travel, unless another
+            # host must see it too (a stateful group's members).
+            local: list[int] = []
+            remote: set[str] = set()
+            for out in result.outputs:
+                where = self.locate(out.port_id)
+                if where is None:
+                    continue
+                if where.local is not None:
+                    local.append(where.local)
+                elif where.remote_ip and where.vni is not None and where.vni < VNI_COMMIT:
+                    remote.add(ip_to_str(where.remote_ip))
+                else:
+                    break  # a port the tunnel cannot flag: the agent tracks them
+            else:
+                shared = any(h not in remote for h in hosts)
+                commits = self.kernel_ct.commits(result, shared, local, bool(remote))
         if commits is None:
             result.match.record(KERNEL_TUPLE)
         return commits

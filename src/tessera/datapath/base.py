@@ -26,6 +26,9 @@ from tessera.packet.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
 from tessera.packet.match import ALL_FIELDS, FIELD_NAMES, FlowMatch, mask_indexes
 
 MAX_PORT_NO = 4095  # the eBPF miss path carries the port in a 12-bit VLAN id
+# The top bit of the 24-bit VNI asks the receiving host to commit the packet's connection
+# (`OutputTunnel.commit`); a port's tunnel key is below it (`model.devices.Port`).
+VNI_COMMIT = 1 << 23
 # Misses one `recv_misses` call hands over at most: then the agent's loop runs its timers
 # again (invalidations do not wait for it: the agent applies them between two misses).
 MAX_MISSES_PER_WAKE = 256
@@ -230,19 +233,38 @@ class Output:
 @dataclass(frozen=True, slots=True)
 class OutputTunnel:
     """VXLAN to host `remote_ip`; `vni` is the egress virtual port's tunnel key, so the
-    receiving host only delivers."""
+    receiving host only delivers.
+
+    `commit`: the receiving host also tracks the packet's connection, as it arrives, in
+    the conntrack zone of the port it delivers to (`CtCommit` there), so that the
+    replies entering that port are replies to its datapath without either agent: a
+    connection through a conntrack firewall across hosts costs no miss once its flow
+    exists. It travels as the VNI's top bit (`VNI_COMMIT`, `wire_vni`): tunnel keys
+    stay below it."""
 
     vni: int
     remote_ip: int
+    commit: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.vni < 1 << 24:
-            raise ValueError(f"VNI {self.vni} is out of 1..{(1 << 24) - 1}")
+        if not 0 < self.vni < VNI_COMMIT:
+            raise ValueError(f"VNI {self.vni} is out of 1..{VNI_COMMIT - 1}")
         if not 0 < self.remote_ip < 1 << 32:
             raise ValueError(f"remote address {self.remote_ip} is not an IPv4 address")
 
+    @property
+    def wire_vni(self) -> int:
+        """The VNI in the VXLAN header: the tunnel key, and the commit bit."""
+        return self.vni | VNI_COMMIT if self.commit else self.vni
+
     def __str__(self) -> str:
-        return f"tunnel(vni={self.vni},remote={ip_to_str(self.remote_ip)})"
+        commit = ",commit" if self.commit else ""
+        return f"tunnel(vni={self.vni},remote={ip_to_str(self.remote_ip)}{commit})"
+
+
+def split_vni(wire_vni: int) -> tuple[int, bool]:
+    """(tunnel key, commit) of a VNI as received: `OutputTunnel.wire_vni` undone."""
+    return wire_vni & ~VNI_COMMIT, bool(wire_vni & VNI_COMMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +392,12 @@ def action_to_json(action: Action) -> dict[str, Any]:
     if isinstance(action, Output):
         return {"type": "output", "port": action.port}
     if isinstance(action, OutputTunnel):
-        return {"type": "tunnel", "vni": action.vni, "remote_ip": ip_to_str(action.remote_ip)}
+        out: dict[str, Any] = {
+            "type": "tunnel", "vni": action.vni, "remote_ip": ip_to_str(action.remote_ip),
+        }  # fmt: skip
+        if action.commit:
+            out["commit"] = True
+        return out
     if isinstance(action, Drop):
         return {"type": "drop"}
     if isinstance(action, CtCommit):
@@ -397,7 +424,11 @@ def action_from_json(data: dict[str, Any]) -> Action:
     if kind == "output":
         return Output(int(data["port"]))
     if kind == "tunnel":
-        return OutputTunnel(int(data["vni"]), int(ipaddress.IPv4Address(data["remote_ip"])))
+        return OutputTunnel(
+            int(data["vni"]),
+            int(ipaddress.IPv4Address(data["remote_ip"])),
+            bool(data.get("commit", False)),
+        )
     if kind == "drop":
         return Drop()
     if kind == "userspace":

@@ -31,6 +31,7 @@ from tessera.datapath.base import (
     Output,
     OutputTunnel,
     PortBinding,
+    split_vni,
 )
 from tessera.datapath.conntrack import PythonConntrack
 from tessera.datapath.frames import run_actions
@@ -41,7 +42,8 @@ DUMP_PART = 512  # flows per step of `dump_in_steps` (the eBPF map's batch)
 
 @dataclass(frozen=True)
 class Sent:
-    """A frame that left: on a local port, or into a tunnel (vni, remote)."""
+    """A frame that left: on a local port, or into a tunnel (vni as on the wire, with
+    its commit bit; remote)."""
 
     frame: bytes
     port: int | None = None
@@ -162,9 +164,13 @@ class FakeDatapath(PythonConntrack, Datapath):
         self._process(port, frame, reinjected=False)
 
     def receive_tunnel(self, vni: int, frame: bytes) -> None:
-        """A frame arrives by VXLAN: delivered to the port with that tunnel key, unlooked-up."""
+        """A frame arrives by VXLAN: delivered to the port with that tunnel key,
+        unlooked-up; its connection committed there first if the VNI asks for it."""
+        key, commit = split_vni(vni)
         for binding in self._ports.values():
-            if binding.tunnel_key == vni:
+            if binding.tunnel_key == key:
+                if commit:
+                    self.table.tunnel_commit(binding.port, frame, self.clock())
                 self.sent.append(Sent(frame, port=binding.port))
                 return
 
@@ -197,6 +203,6 @@ class FakeDatapath(PythonConntrack, Datapath):
                 if action.port in self._ports:  # a detached port has no VM behind it
                     self.sent.append(Sent(data, port=action.port))
             else:
-                self.sent.append(Sent(data, vni=action.vni, remote_ip=action.remote_ip))
+                self.sent.append(Sent(data, vni=action.wire_vni, remote_ip=action.remote_ip))
                 if self.fabric is not None:
-                    self.fabric.deliver(action.remote_ip, action.vni, data)
+                    self.fabric.deliver(action.remote_ip, action.wire_vni, data)

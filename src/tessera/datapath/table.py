@@ -130,6 +130,19 @@ class MegaflowTable:
             self.conntrack.commit_packet(key, commit_zone, flags, now)
         return result, ct_state
 
+    def tunnel_commit(self, port: int, frame: bytes, now: float) -> None:
+        """A tunnelled frame for local port `port` that its sender asked to commit
+        (`OutputTunnel.commit`): its connection, as it arrives, in the port's zone,
+        as the kernel program's tunnel_rx does it. Nothing without a zone."""
+        zone = self.conntrack.zones.get(port, 0)
+        if not zone:
+            return
+        try:
+            key = packet_key(port, frame)
+        except PacketError:
+            return
+        self.conntrack.commit_packet(key, zone, tcp_flags(frame), now)
+
     def stats(self, match: Match) -> FlowStats | None:
         entry = self._flows.get(match)
         return entry.stats() if entry is not None else None

@@ -41,6 +41,7 @@ from tessera.datapath.base import (
     Output,
     OutputTunnel,
     PortBinding,
+    split_vni,
 )
 from tessera.datapath.conntrack import PythonConntrack
 from tessera.datapath.frames import run_actions
@@ -286,7 +287,8 @@ class UserspaceDatapath(PythonConntrack, Datapath):
             if inner is None:
                 continue
             vni, frame = inner
-            entry = self._vni.get(vni)
+            key, commit = split_vni(vni)
+            entry = self._vni.get(key)
             if entry is None:
                 continue
             # A kernel VXLAN sender may leave the inner checksum to an offload that never
@@ -295,6 +297,8 @@ class UserspaceDatapath(PythonConntrack, Datapath):
                 frame = complete_l4_checksum(frame)
             except PacketError:
                 pass
+            if commit:
+                self.table.tunnel_commit(entry.binding.port, frame, time.monotonic())
             self._send_port(entry, frame)
 
     def _forward(self, port: int, frame: bytes, *, reinjected: bool, in_mtu: int = 1500) -> None:
@@ -325,7 +329,7 @@ class UserspaceDatapath(PythonConntrack, Datapath):
                 for piece in prepare(data, False, self.tunnel_mtu):
                     try:
                         self._tunnel.sendto(
-                            encap(action.vni, piece), (_ip(action.remote_ip), self.tunnel_port)
+                            encap(action.wire_vni, piece), (_ip(action.remote_ip), self.tunnel_port)
                         )
                     except OSError:
                         self.send_errors += 1

@@ -108,7 +108,8 @@ class Port(StoredObject):
     host_id: Uuid | None = None
     interface_name: InterfaceName | None = None
     peer_id: Uuid | None = None
-    tunnel_key: int = Field(default=0, ge=0, lt=1 << 24)
+    # Below 2^23: the VXLAN VNI's top bit asks the receiving host to commit a connection.
+    tunnel_key: int = Field(default=0, ge=0, lt=1 << 23)
     # bridge ports
     vlan_id: VlanId | None = None
     # router ports

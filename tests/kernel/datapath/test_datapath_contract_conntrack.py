@@ -13,10 +13,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from kdp_harness import Harness, at_port, seen
-from test_datapath_contract import IP1, IP2, MAC1, MAC2
+from kdp_harness import REMOTE_IP, Harness, at_port, in_tunnel, port_vni, seen
+from test_datapath_contract import IP1, IP2, MAC1, MAC2, arp_request
 
-from tessera.datapath.base import CtCommit, Flow, Match, Output
+from tessera.datapath.base import (
+    VNI_COMMIT,
+    CtCommit,
+    Flow,
+    Match,
+    Output,
+    OutputTunnel,
+    split_vni,
+)
 from tessera.datapath.conntrack import CT_REPLY, CT_TRACKED
 from tessera.packet import (
     ETH_TYPE_IPV4,
@@ -160,3 +168,45 @@ def test_a_removed_port_loses_its_zone(harness: Harness) -> None:
         assert harness.dp.port_zones() == {}
     finally:
         harness.add_port(3)
+
+
+# -- across hosts: the tunnel asks the far end to commit --------------------------------
+
+
+def test_a_committing_tunnel_sets_the_vni_s_commit_bit(harness: Harness) -> None:
+    """What the far host reads: the port's tunnel key, and the bit (`VNI_COMMIT`)."""
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), OutputTunnel(5001, REMOTE_IP, commit=True))))
+    got = harness.exchange(1, tcp(), expect=1)
+    assert got == seen([(in_tunnel(5001 | VNI_COMMIT), tcp())])
+    assert split_vni(5001 | VNI_COMMIT) == (5001, True)
+    assert (ZONE, PROTO_TCP, IP1, IP2, 4000, 80) in dp.ct_entries()  # here too
+
+
+def test_a_tunnelled_packet_that_asks_is_committed_in_its_port_s_zone(harness: Harness) -> None:
+    """The far end of the above: delivered unlooked-up as always, its connection (as it
+    arrived) committed in the zone of the port it is delivered to, so that the port's
+    replies are replies without the agent; every such packet keeps the entry fresh and
+    adds its TCP flags."""
+    dp = harness.dp
+    dp.set_port_zone(2, ZONE)
+    harness.send_tunnel(port_vni(2) | VNI_COMMIT, tcp())
+    assert harness.collect(1) == seen([(at_port(2), tcp())])
+    entries = dp.ct_entries()
+    assert set(entries) == {(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)}
+    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN
+    assert miss_state(harness, 2, tcp(back=True, flags=SYN | ACK)) == REPLY
+    harness.send_tunnel(port_vni(2) | VNI_COMMIT, tcp(flags=ACK | FIN))
+    assert harness.collect(1).count() == 1
+    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | ACK | FIN
+    # Without the bit, or to a port without a zone: delivered, nothing committed.
+    harness.send_tunnel(port_vni(2), tcp(4001))
+    dp.set_port_zone(3, 0)
+    harness.send_tunnel(port_vni(3) | VNI_COMMIT, tcp(4002))
+    assert harness.collect(2).count() == 2
+    assert set(dp.ct_entries()) == {(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)}
+    # Nothing a packet cannot carry: an ARP frame is delivered, and tracks nothing.
+    harness.send_tunnel(port_vni(2) | VNI_COMMIT, arp_request())
+    assert harness.collect(1).count() == 1
+    assert len(dp.ct_entries()) == 1

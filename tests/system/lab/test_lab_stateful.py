@@ -28,6 +28,7 @@ import pytest
 from lab_helpers import (
     TESSERA,
     Lab,
+    agent_status,
     env,
     lab_up,
     new_chain,
@@ -209,6 +210,32 @@ def test_a_conntrack_firewall_lets_replies_in_and_drops_new_inbound(net: Net) ->
     assert "conntrack" in kinds
     # h2 holds the entries h1 pushed (vm3's host sees the replies).
     assert any(e["kind"] == "conntrack" for e in _conntrack(net.lab, 2))
+
+
+def test_connections_across_hosts_through_the_firewall_cost_no_miss(net: Net) -> None:
+    """vm1's connections to vm3 leave h1 by a flow that commits them on arrival at h2
+    (the VNI's commit bit): after the first one, neither agent sees a miss, and h2's
+    datapath holds each connection vm3's replies are looked up in."""
+    net.server("vm3", "10.0.0.30")
+    ok, seen = net.connect("vm1", "10.0.0.30")  # the flows of new connections and replies
+    assert ok, seen
+    hosts = [names.host_id(net.lab.name, n) for n in (1, 2)]
+    before = [agent_status(h)["misses"] for h in hosts]
+    sources = set()
+    for _ in range(10):
+        ok, seen = net.connect("vm1", "10.0.0.30")  # SYN, SYN-ACK, data, FIN both ways
+        assert ok, seen
+        sources.add(int(seen.split()[0].split(":")[1]))
+    misses = [agent_status(h)["misses"] - b for h, b in zip(hosts, before, strict=True)]
+    # One per connection on h1 before (its SYN, keyed on the 5-tuple, the state pushed
+    # to h2). A few are allowed for ARP revalidation meanwhile.
+    assert sum(misses) <= 3, misses
+    committed = {
+        e["forward"]["src_port"]
+        for e in _conntrack(net.lab, 2)
+        if e.get("datapath") and e["forward"]["dst_port"] == PORT
+    }
+    assert sources <= committed, (sources, committed)
 
 
 def test_dynamic_snat_to_an_external_vm_and_the_replies_back(net: Net) -> None:

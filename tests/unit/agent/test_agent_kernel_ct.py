@@ -18,9 +18,9 @@ from test_agent_stateful import _free_udp_port, chain, udp
 from tessera.agent.agent import SWEEP
 from tessera.agent.flowstate.entry import TCP_RST_TIMEOUT, TIMEOUTS
 from tessera.agent.kernel_ct import zone_of
-from tessera.datapath.base import CtCommit, Miss
-from tessera.model import Bridge, Port
-from tessera.packet import ETH_TYPE_IPV4, Ethernet, IPv4, Tcp
+from tessera.datapath.base import CtCommit, Miss, OutputTunnel
+from tessera.model import Bridge, Port, PortGroup
+from tessera.packet import ETH_TYPE_IPV4, PROTO_TCP, Ethernet, IPv4, Tcp
 from tessera.simulation.flowstate import ConnKey, ConntrackEntry
 
 SYN, SYN_ACK, RST = 0x02, 0x12, 0x04
@@ -114,32 +114,86 @@ def test_connections_only_the_datapath_holds_expire_like_the_agent_s(cloud: Clou
     assert h.agent.flowstate.table.lookup(ConnKey(17, c.ip, s.ip, 40000, 53, _br.id)) is None
 
 
-def test_a_connection_a_peer_must_see_is_tracked_by_the_agent(cloud: Cloud) -> None:
+def test_connections_across_hosts_are_committed_by_both_datapaths(cloud: Cloud) -> None:
+    """c on h1, s on h2: the replies enter on h2, so h2's datapath must know c's
+    connections. The tunnel asks it to commit each one as it arrives
+    (`OutputTunnel.commit`): after the first connection, neither agent sees a miss."""
     port = _free_udp_port()  # the agents exchange flow state over real UDP
     h1 = cloud.host("h1", "127.0.0.21", flowstate_port=port)
     h2 = cloud.host("h2", "127.0.0.22", flowstate_port=port)
     br, c, s = firewalled(cloud, h1, far=h2)
+    zone = zone_of(br.id)
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    # One flow on h1 for c's new connections: keyed on "new", it commits them here (c's
+    # port is in the bridge's zone too) and asks h2 to commit them on arrival.
+    (forward,) = [
+        f
+        for m, f in h1.dp.dump().items()
+        if m.in_port == h1.number(c.port_id) and m.fields().get("ct_state") == 1
+    ]
+    assert "tp_src" not in forward.flow.match.fields()
+    actions = forward.flow.actions
+    assert actions[0] == CtCommit(zone)
+    (tunnel,) = [a for a in actions if isinstance(a, OutputTunnel)]
+    assert tunnel.commit and tunnel.vni == h2.agent.cache.get("ports", s.port_id).tunnel_key
+    # s's answer is a reply in h2's datapath: c's firewall lets it in.
+    assert (zone, PROTO_TCP, c.ip, s.ip, 40000, 80) in h2.dp.ct_entries()
+    cloud.send(s, tcp(s, c, 80, 40000, SYN_ACK))
+    assert len(cloud.received(c)) == 1
+    before = misses(h1), misses(h2)
+    for sport in range(40001, 40011):
+        cloud.send(c, tcp(c, s, sport, 80, SYN))
+        assert len(cloud.received(s)) == 1
+        cloud.send(s, tcp(s, c, 80, sport, SYN_ACK))
+        assert len(cloud.received(c)) == 1
+    assert (misses(h1), misses(h2)) == before
+    tracked = {conn[4] for conn in h2.dp.ct_entries() if conn[0] == zone}
+    assert tracked == set(range(40000, 40011))
+    # The firewall still holds on h2: s cannot start a connection to c.
+    cloud.send(s, tcp(s, c, 80, 50000, SYN))
+    assert cloud.received(c) == []
+    # h2 lists what its datapath committed; they expire there like its own.
+    rows = [r for r in h2.agent.conntrack_report()["entries"] if r.get("datapath")]
+    assert {r["forward"]["src_port"] for r in rows} >= set(range(40001, 40011))
+    cloud.tick(TIMEOUTS[PROTO_TCP] + SWEEP)
+    assert not any(conn[4] in range(40001, 40011) for conn in h2.dp.ct_entries())
+
+
+def test_a_connection_a_third_host_must_see_is_tracked_by_the_agent(cloud: Cloud) -> None:
+    """s's port is in a stateful group with a port on h3, where its replies may enter
+    too: the tunnel to h2 cannot tell h3, so the agent keys the flow on the connection
+    and pushes its state, as before the datapath tracked connections."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.21", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.22", flowstate_port=port)
+    h3 = cloud.host("h3", "127.0.0.23", flowstate_port=port)
+    br, c, s = firewalled(cloud, h1, far=h2)
+    o = cloud.vm(h3, br, "tap-o", "02:00:00:00:00:0e", "10.0.0.14")
+    group = cloud.topo.create(PortGroup(name="edge", stateful=True))
+    for member in (s, o):
+        cloud.topo.add_port_group_port(group.id, member.port_id)
+    cloud.settle()
     cloud.send(c, udp(c, s.mac, s.ip, 40000, 53))
     assert len(cloud.received(s)) == 1
-    # Its replies enter on h2: the flow is keyed on the connection, the state pushed.
     (flow,) = [
         m
         for m in h1.flows()
         if m.in_port == h1.number(c.port_id) and m.fields().get("eth_type") == ETH_TYPE_IPV4
     ]
     assert flow.fields()["tp_src"] == 40000
-    assert not any(isinstance(a, CtCommit) for a in h1.dp.dump()[flow].flow.actions)
-    key = ConnKey(17, c.ip, s.ip, 40000, 53, br.id)
+    actions = h1.dp.dump()[flow].flow.actions
+    assert not any(isinstance(a, CtCommit) for a in actions)
+    assert not any(isinstance(a, OutputTunnel) and a.commit for a in actions)
+    key = ConnKey(17, c.ip, s.ip, 40000, 53, group.id)
     assert h1.agent.flowstate.table.lookup(key) == ConntrackEntry(key)
-    # h1's datapath has the agent's entry too: c's port is in that zone.
-    assert (zone_of(br.id), 17, c.ip, s.ip, 40000, 53) in h1.dp.ct_entries()
-    # h2 got the entry (and its datapath, where s's port is in that zone): the reply
-    # comes back through h2 and the firewall on c's port lets it in.
-    deadline = time.monotonic() + 5
-    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
-        time.sleep(0.005)
-    h2.agent.run_once(0)
-    assert (zone_of(br.id), 17, c.ip, s.ip, 40000, 53) in h2.dp.ct_entries()
+    # Both members' hosts got the entry.
+    for h in (h2, h3):
+        deadline = time.monotonic() + 5
+        while key not in h.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert key in h.agent.flowstate.view.conntrack
+        h.agent.run_once(0)
     cloud.send(s, udp(s, c.mac, c.ip, 53, 40000))
     assert len(cloud.received(c)) == 1
 

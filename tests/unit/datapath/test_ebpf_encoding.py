@@ -60,7 +60,8 @@ def test_actions_encode_decode_round_trip() -> None:
         SetEthDst(0x020000000002),
         DecTtl(2),
         Output(7),
-        OutputTunnel(0xABCDEF, ip_from_str("198.18.0.2")),
+        OutputTunnel(0x2BCDEF, ip_from_str("198.18.0.2")),
+        OutputTunnel(0x7FFFFF, ip_from_str("198.18.0.3"), commit=True),
         ToUserspace(),
         Drop(),
     )

@@ -69,10 +69,10 @@ def test_interface_names_fit_the_kernel_limit() -> None:
         Port(device_id=new_id(), type="Bridge", host_id=new_id(), interface_name="x" * 16)
 
 
-def test_tunnel_keys_fit_a_vxlan_vni() -> None:
-    assert Port(device_id=new_id(), type="Bridge", tunnel_key=(1 << 24) - 1).tunnel_key
+def test_tunnel_keys_fit_a_vxlan_vni_below_its_commit_bit() -> None:
+    assert Port(device_id=new_id(), type="Bridge", tunnel_key=(1 << 23) - 1).tunnel_key
     with pytest.raises(ValidationError):
-        Port(device_id=new_id(), type="Bridge", tunnel_key=1 << 24)
+        Port(device_id=new_id(), type="Bridge", tunnel_key=1 << 23)
 
 
 def test_devices_are_hashable_so_snapshots_can_key_on_them() -> None:

@@ -235,8 +235,8 @@ def largest() -> dict[str, StoredObject]:
         Router(**OWNED, **FILTERS, **MIRRORS),
         Port(
             device_id=rid, type="Router", **FILTERS, **MIRRORS, host_id=rid,
-            interface_name="x" * 15, tunnel_key=(1 << 24) - 1, port_address="192.168.100.100",
-            network_address="192.168.100.100", network_length=24, port_mac="02:7e:55:ff:ff:ff",
+            interface_name="x" * 15, tunnel_key=(1 << 23) - 1, port_address="192.168.100.100",
+            network_address="192.168.100.100", network_length=24, port_mac="02:7e:55:7f:ff:ff",
         ),
         Route(
             router_id=rid, src_network_addr="255.255.255.255", src_network_length=32,

@@ -36,6 +36,7 @@ from tessera.datapath.base import (
     ToUserspace,
 )
 from tessera.datapath.ebpf.layout import (
+    ACT_F_CT_COMMIT,
     ACT_F_PEER,
     FLOOD_MAX_OUTPUTS,
     FLOW_ACTION_PACK,
@@ -125,8 +126,9 @@ def _pack(actions: Sequence[Action], devices: Mapping[int, Device]) -> bytes:
                         ) from None
                     flags = ACT_F_PEER if peer else 0
                     slots.append(_SLOT(_OUTPUT_LOCAL, flags, 0, ifindex, 0, 0, _NO_MAC, 0))
-                case OutputTunnel(vni=vni, remote_ip=ip):
-                    slots.append(_SLOT(_OUTPUT_TUNNEL, 0, 0, 0, vni, ip, _NO_MAC, 0))
+                case OutputTunnel(vni=vni, remote_ip=ip, commit=commit):
+                    flags = ACT_F_CT_COMMIT if commit else 0
+                    slots.append(_SLOT(_OUTPUT_TUNNEL, flags, 0, 0, vni, ip, _NO_MAC, 0))
                 case SetEthSrc(mac=mac):
                     slots.append(_SLOT(_SET_ETH_SRC, 0, 0, 0, 0, 0, mac.to_bytes(6, "big"), 0))
                 case SetEthDst(mac=mac):
@@ -189,7 +191,7 @@ def decode(slots: bytes, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
     """
     out: list[Action] = []
     try:
-        for typ, _flags, ttl_dec, ifindex, vni, ip, mac, tp in FLOW_ACTION_PACK.iter_unpack(slots):
+        for typ, flags, ttl_dec, ifindex, vni, ip, mac, tp in FLOW_ACTION_PACK.iter_unpack(slots):
             if typ == _OUTPUT_LOCAL:
                 port = ports.get(ifindex)
                 if port is None:
@@ -198,7 +200,7 @@ def decode(slots: bytes, ports: Mapping[int, int]) -> tuple[Action, ...] | None:
             elif typ == _OUTPUT_TUNNEL:
                 if ifindex:
                     return None
-                out.append(OutputTunnel(vni, ip))
+                out.append(OutputTunnel(vni, ip, bool(flags & ACT_F_CT_COMMIT)))
             elif typ == _SET_ETH_SRC:
                 out.append(SetEthSrc(int.from_bytes(mac, "big")))
             elif typ == _SET_ETH_DST:

@@ -113,6 +113,11 @@ enum flow_action_type {
 /* OUTPUT_LOCAL: ifindex is the host side of a veth whose peer lives in
  * another namespace; deliver straight into the peer with bpf_redirect_peer. */
 #define ACT_F_PEER 0x01
+/* OUTPUT_TUNNEL: the receiving host commits the packet's connection, as it
+ * arrives, in the zone of the port it delivers to.  On the wire it is the
+ * VNI's top bit; tunnel keys stay below it. */
+#define ACT_F_CT_COMMIT 0x02
+#define VNI_COMMIT (1u << 23)
 
 /* `type` is a one-byte bit-field of the enum (not a __u8) so that the enum is in
  * the object's BTF, where the loader checks layout.py's copy of it. */
@@ -123,7 +128,7 @@ struct flow_action {
 	__u8 _pad0;      /*  3 */
 	__u32 ifindex;   /*  4: OUTPUT_*: target device in the host namespace;
 			  *     FLOOD: the flood set id */
-	__u32 vni;       /*  8: OUTPUT_TUNNEL: 24-bit VXLAN id */
+	__u32 vni;       /*  8: OUTPUT_TUNNEL: the port's tunnel key (< VNI_COMMIT) */
 	__u32 ip;        /* 12: OUTPUT_TUNNEL: the underlay remote; SET_IP_*: the new
 			  *     address; IPv4, host order */
 	__u8 mac[6];     /* 16: SET_ETH_* */

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 __all__ = [
+    "ACT_F_CT_COMMIT",
     "ACT_F_PEER",
     "CT_MAX_ENTRIES",
     "CT_REPLY",
@@ -77,6 +78,7 @@ FLOW_FRAG_FIRST: Final = 1
 FLOW_FRAG_LATER: Final = 2
 
 ACT_F_PEER: Final = 0x01
+ACT_F_CT_COMMIT: Final = 0x02  # OUTPUT_TUNNEL: the far end commits (OutputTunnel.commit)
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 Mac = ctypes.c_uint8 * 6

@@ -11,7 +11,8 @@
  *                 run the same lookup.  A second miss drops (never loops).
  *   tunnel_rx     on the VXLAN device (external/collect_md): the VNI names
  *                 the destination port; deliver it.  No flow lookup: the
- *                 sending host already simulated the whole path.
+ *                 sending host already simulated the whole path.  With the
+ *                 VNI's commit bit, commit its connection there first.
  *
  * Connection tracking: a port with a zone (`port_zones`, by port number)
  * has each packet's reversed tuple looked up in `conntrack` before the flow
@@ -609,7 +610,7 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct flow_a
 {
 	struct bpf_tunnel_key tk = {};
 
-	tk.tunnel_id = a->vni;
+	tk.tunnel_id = a->flags & ACT_F_CT_COMMIT ? a->vni | VNI_COMMIT : a->vni;
 	tk.remote_ipv4 = a->ip; /* the helper wants host order */
 	tk.tunnel_ttl = 64;
 	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
@@ -858,6 +859,31 @@ bad:
 	return TC_ACT_SHOT;
 }
 
+/* A tunnelled packet whose sender asked for it (VNI_COMMIT): its connection,
+ * as it arrives, committed in the zone of local port device `ifindex`, where
+ * its replies will be looked up.  Global for the same reason as ct_commit(). */
+__attribute__((noinline)) int tunnel_commit(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct flow_key key;
+	struct parse_info pi;
+
+	if (!skb)
+		return 0;
+
+	struct port_info *port = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (!port)
+		return 0;
+
+	__u32 port_no = port->port_no;
+	__u32 *zone = bpf_map_lookup_elem(&port_zones, &port_no);
+
+	if (!zone || !*zone)
+		return 0;
+	extract_key(skb, port_no, &key, &pi);
+	return ct_commit(&key, *zone, pi.tcp_flags);
+}
+
 static __always_inline int do_tunnel_rx(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key tk = {};
@@ -865,12 +891,14 @@ static __always_inline int do_tunnel_rx(struct __sk_buff *skb)
 	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0))
 		goto unknown;
 
-	__u32 vni = tk.tunnel_id;
+	__u32 vni = tk.tunnel_id & ~VNI_COMMIT;
 	struct vni_port *vp = bpf_map_lookup_elem(&vni_ports, &vni);
 
 	if (!vp)
 		goto unknown;
 	stat_inc(STAT_TUNNEL_RX);
+	if (tk.tunnel_id & VNI_COMMIT)
+		tunnel_commit(skb, vp->ifindex);
 	if (vp->flags & ACT_F_PEER)
 		return bpf_redirect_peer(vp->ifindex, 0);
 	return bpf_redirect(vp->ifindex, 0);

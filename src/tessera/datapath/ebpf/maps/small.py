@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from tessera.datapath.base import MAX_PORT_NO
+from tessera.datapath.base import MAX_PORT_NO, VNI_COMMIT
 from tessera.datapath.ebpf.layout import ACT_F_PEER, DpConfig, PortInfo, Stat, VniPort
 from tessera.datapath.ebpf.maps.bpfmap import BpfMap, u32_key
 
@@ -61,8 +61,8 @@ class VniPortMap:
         self.map = m
 
     def set(self, vni: int, ifindex: int, *, peer: bool = False) -> None:
-        if not 0 < vni < 1 << 24:
-            raise ValueError(f"VNI {vni} out of 1..2^24-1")
+        if not 0 < vni < VNI_COMMIT:
+            raise ValueError(f"VNI {vni} out of 1..2^23-1 (the top bit asks for a commit)")
         self.map.update(u32_key(vni), VniPort(ifindex=ifindex, flags=ACT_F_PEER if peer else 0))
 
     def get(self, vni: int) -> tuple[int, bool] | None:
