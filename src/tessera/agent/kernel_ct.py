@@ -143,31 +143,34 @@ class KernelConntrack:
         connection, or a local egress port (`local_ports`, by number) has no zone
         here that they are committed in.
 
-        `remote`: the result's egress ports on other hosts are reached by tunnels that
-        commit there (`OutputTunnel.commit`): a connection whose device has no port
-        here is committed by the far host, in its zone for that device (`zone_of`,
-        the same number on every host), so the list may be empty and not None."""
+        A connection is committed where its replies enter: here, in the zone of a local
+        egress port; and with `remote` (the egress ports on other hosts are reached by
+        tunnels that commit there, `OutputTunnel.commit`), by the far host, in its zone
+        for the connection's device (`zone_of`, the same number on every host). The
+        list is then empty, not None, when every egress port is on another host."""
         if shared or not result.flow_state:
             return None
         arrived = key_of(0, result.match)  # what the datapath commits: the arrival tuple
+        here = {self.port_zone.get(n, 0) for n in local_ports}
+        if 0 in here:
+            return None  # a local egress port without a zone: its replies untracked
         zones: dict[int, None] = {}
         for entry in result.flow_state:
             if not isinstance(entry, ConntrackEntry):
                 return None
             k = entry.key
-            zone = self.device_zone.get(k.device)
-            if zone is None and remote:
-                zone, here = zone_of(k.device), False  # only on the far host
-            else:
-                zone, here = zone or 0, True
-            conn = (zone, k.proto, k.src, k.dst, k.sport, k.dport)
-            if not zone or ct_tuple(arrived, zone) != conn:
-                return None
-            if here:
+            zone = zone_of(k.device)
+            if zone in here:
+                if self.device_zone.get(k.device) != zone:
+                    return None  # another device of this host has that number
                 zones[zone] = None
-        for number in local_ports:
-            if self.port_zone.get(number) not in zones:
-                return None  # its replies would be looked up where nothing is committed
+            elif not remote:
+                return None
+            conn = (zone, k.proto, k.src, k.dst, k.sport, k.dport)
+            if ct_tuple(arrived, zone) != conn:
+                return None
+        if not here <= zones.keys():
+            return None  # a local egress port's replies would find nothing committed
         return [CtCommit(z) for z in zones]
 
     def reply_state(self, result: SimulationResult, port_zone: int) -> int:
