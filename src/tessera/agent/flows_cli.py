@@ -55,9 +55,10 @@ def _match_text(match: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in match.items()) or "*"
 
 
-def _action_text(action: dict[str, Any]) -> str:
+def action_text(action: dict[str, Any]) -> str:
     kind = action.get("type", "?")
-    args = ",".join(f"{v}" for k, v in action.items() if k != "type")
+    # A flag reads as its name: tunnel(5,198.18.0.2,commit).
+    args = ",".join(k if v is True else f"{v}" for k, v in action.items() if k != "type")
     return f"{kind}({args})" if args else str(kind)
 
 
@@ -93,7 +94,7 @@ def flows(
     for f in answer.get("flows", []):
         table.add_row(
             _match_text(f["match"]),
-            " ".join(_action_text(a) for a in f["actions"]) or "drop",
+            " ".join(action_text(a) for a in f["actions"]) or "drop",
             str(f["packets"]),
             str(f["bytes"]),
             _ago(f.get("last_used"), now),

@@ -13,8 +13,11 @@ from typer.testing import CliRunner
 
 from tessera.agent import hostid
 from tessera.agent.control import RUN_DIR_ENV, ControlServer, list_endpoints, request
+from tessera.agent.flows_cli import action_text
 from tessera.agent.flows_cli import app as flows_app
 from tessera.client.errors import BadArgument
+from tessera.datapath.base import VNI_COMMIT, OutputTunnel, action_from_json, action_to_json
+from tessera.packet.addr import ip_from_str
 
 
 @pytest.fixture
@@ -116,3 +119,17 @@ def test_two_agents_with_one_name_need_the_host_id(run_dir: Path) -> None:
     finally:
         for s in servers:
             s.stop()
+
+
+def test_a_committing_tunnel_reads_as_such_in_json_and_text() -> None:
+    """`tessera flows` shows the request to commit on arrival; the JSON round-trips."""
+    plain = OutputTunnel(5, ip_from_str("198.18.0.2"))
+    committing = OutputTunnel(5, ip_from_str("198.18.0.2"), commit=True)
+    assert action_to_json(plain) == {"type": "tunnel", "vni": 5, "remote_ip": "198.18.0.2"}
+    assert action_text(action_to_json(committing)) == "tunnel(5,198.18.0.2,commit)"
+    for action in (plain, committing):
+        assert action_from_json(action_to_json(action)) == action
+    assert committing.wire_vni == 5 | VNI_COMMIT and plain.wire_vni == 5
+    assert str(committing) == "tunnel(vni=5,remote=198.18.0.2,commit)"
+    with pytest.raises(ValueError, match="out of"):
+        OutputTunnel(VNI_COMMIT, ip_from_str("198.18.0.2"))
