@@ -73,6 +73,7 @@ SWEEP = 2.0  # expiry and reconciliation against the datapath, at most this ofte
 SWEEP_SHARE = 0.05
 SWEEP_MAX = 15.0
 CT_FULL = 0.9  # the datapath's connection table this full is worth a warning
+CT_DELETE_STEP = 4096  # idle datapath connections one sweep step deletes (4 batch calls)
 # After a topology change, the simulation's snapshot is compiled once no further change
 # has come for this long: a burst of changes compiles once, not once per change, and the
 # next miss does not pay for it (a miss that comes first compiles, as it always could).
@@ -337,7 +338,15 @@ class Agent:
         while not pass_.step(SWEEP_STEP):
             yield
         conns = yield from stepped(self.dp.ct_entries_in_steps())
-        self._sweep_flowstate(self.clock(), installed, conns or {})
+        now = self.clock()
+        self._sweep_flowstate(now, installed, conns or {})
+        # Connections only the datapath holds, idle: after a burst, a table's worth
+        # (65,536) at once, deleted a batch per step.
+        idle = self.kernel_ct.idle(now, conns or {})
+        for i in range(0, len(idle), CT_DELETE_STEP):
+            if i:
+                yield
+            self.kernel_ct.delete(idle[i : i + CT_DELETE_STEP])
 
     def _between_misses(self) -> None:
         """What must not wait behind a batch of misses: topology changes (invalidations,
@@ -430,7 +439,6 @@ class Agent:
         tags = self.flowstate.sweep(now, last_used, tcp_flags)
         if tags:
             self.upcall.invalidate(tags)
-        self.kernel_ct.sweep(now, conns)
         self._check_ct_capacity(len(conns))
 
     def _check_ct_capacity(self, held: int) -> None:

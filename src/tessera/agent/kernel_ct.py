@@ -234,15 +234,27 @@ class KernelConntrack:
 
     def sweep(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> int:
         """Remove the datapath's own connections idle past their timeout; how many."""
-        gone = 0
-        for conn, (last, flags) in entries.items():
-            if conn in self.mirrored:
-                continue  # the agent's table decides
-            if now - last > _timeout(conn[1], flags):
-                try:
-                    gone += self.dp.ct_delete(conn)
-                except (DatapathError, OSError) as exc:
-                    log.debug("conntrack entry %s not removed: %s", conn, exc)
+        return self.delete(self.idle(now, entries))
+
+    def idle(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> list[CtTuple]:
+        """The datapath's own connections idle past their timeout (the agent's
+        mirrored entries are its table's to decide)."""
+        mirrored = self.mirrored
+        return [
+            conn
+            for conn, (last, flags) in entries.items()
+            if conn not in mirrored and now - last > _timeout(conn[1], flags)
+        ]
+
+    def delete(self, conns: Sequence[CtTuple]) -> int:
+        """Remove `conns` from the datapath (batch calls); how many were there."""
+        if not conns:
+            return 0
+        try:
+            gone = self.dp.ct_delete_many(conns)
+        except (DatapathError, OSError) as exc:
+            log.warning("%d idle connections not removed: %s", len(conns), exc)
+            return 0
         self.expired += gone
         return gone
 

@@ -91,8 +91,11 @@ class Sweep:
             return True
         total = len(self._pending)
         end = total if budget is None else min(total, self._next + budget)
+        expired: list[Match] = []
         for i in range(self._next, end):
-            self._judge(self._pending[i])
+            self._judge(self._pending[i], expired)
+        if expired:  # one batch call a step on the eBPF datapath, not one a flow
+            self.dp.delete_many(expired)
         self._next = end
         if end < total:
             return False
@@ -105,7 +108,8 @@ class Sweep:
         self.done = True
         return True
 
-    def _judge(self, desired: DesiredFlow) -> None:
+    def _judge(self, desired: DesiredFlow, expired: list[Match]) -> None:
+        """Expire (into `expired`, for the caller to delete), repair or keep."""
         inst = self.installed.pop(desired.match, None)
         if self.flows.get(desired.match) is not desired:
             return  # replaced or removed since the pass began
@@ -117,7 +121,7 @@ class Sweep:
         if self.now - last > desired.idle_timeout:
             log.debug("flow %s expired (idle %.1fs)", desired.match, self.now - last)
             self.flows.remove(desired.match)
-            self.dp.delete(desired.match)
+            expired.append(desired.match)
             self.result.expired += 1
             return
         if inst is None or inst.flow.actions != desired.flow.actions:
@@ -129,12 +133,11 @@ class Sweep:
                 log.warning("repairing flow %s failed: %s", desired.match, exc)
 
     def _remove_undesired(self) -> None:
-        for match in list(self.installed):  # whatever remains was desired by nobody
-            if match in self.flows:
-                continue  # installed since the dump
-            if not self.keep(match) and self.dp.delete(match):
-                log.debug("removed flow %s: desired by nobody", match)
-                self.result.removed += 1
+        # Whatever remains was desired by nobody, unless installed since the dump.
+        gone = [m for m in self.installed if m not in self.flows and not self.keep(m)]
+        if gone:
+            log.debug("removing %d flows desired by nobody", len(gone))
+            self.result.removed += self.dp.delete_many(gone)
 
 
 def sweep(

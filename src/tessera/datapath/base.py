@@ -627,6 +627,11 @@ class Datapath(abc.ABC):
     def ct_delete(self, conn: CtTuple) -> bool:
         """Stop tracking `conn`; False if it was not tracked."""
 
+    def ct_delete_many(self, conns: Sequence[CtTuple]) -> int:
+        """`ct_delete` of each; how many were tracked. The sweep may expire a whole
+        table's worth at once: the eBPF datapath deletes them in batch calls."""
+        return sum(self.ct_delete(c) for c in conns)
+
     @abc.abstractmethod
     def ct_entries(self) -> dict[CtTuple, tuple[float, int]]:
         """Every tracked connection: (`time.monotonic()` of its last packet either way,

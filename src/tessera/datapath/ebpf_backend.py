@@ -326,6 +326,9 @@ class EbpfDatapath(Datapath):
     def ct_delete(self, conn: CtTuple) -> bool:
         return self.fastpath.maps.conntrack.delete(conn)
 
+    def ct_delete_many(self, conns: Sequence[CtTuple]) -> int:
+        return self.fastpath.maps.conntrack.delete_many(conns)
+
     def ct_capacity(self) -> int:
         return self.fastpath.maps.conntrack.map.info().max_entries
 

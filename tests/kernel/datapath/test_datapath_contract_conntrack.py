@@ -126,6 +126,21 @@ def test_entries_the_agent_writes_and_removes(harness: Harness) -> None:
     assert miss_state(harness, 2, tcp(5000, 443, back=True)) == NEW
 
 
+def test_many_entries_go_at_once(harness: Harness) -> None:
+    """`ct_delete_many` (the sweep's expiry): absent ones are skipped, the rest go,
+    however many (the eBPF datapath: batches of 1,024, an absent key splitting one)."""
+    dp = harness.dp
+    conns = [(ZONE, PROTO_TCP, IP1, IP2, 10000 + i, 443) for i in range(2500)]
+    for conn in conns:
+        dp.ct_commit(conn)
+    kept = (ZONE, PROTO_TCP, IP1, IP2, 9999, 443)
+    dp.ct_commit(kept)
+    absent = [(ZONE, PROTO_TCP, IP1, IP2, 7, 443), (ZONE + 1, PROTO_TCP, IP1, IP2, 10000, 443)]
+    assert dp.ct_delete_many([*conns[:1500], *absent, *conns[1500:]]) == 2500
+    assert set(dp.ct_entries()) == {kept}
+    assert dp.ct_delete_many([]) == 0
+
+
 def test_every_backend_holds_as_many_connections(harness: Harness) -> None:
     """One capacity (the eBPF map's max_entries, the Python tables' bound), read in
     steps or at once alike."""

@@ -4,19 +4,20 @@ and a restart that adopts installed flows instead of flushing them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from agent_harness import Cloud, Host, Vm
 
-from tessera.agent.agent import SWEEP, SWEEP_MAX, SWEEP_SHARE, sweep_interval
+from tessera.agent.agent import CT_DELETE_STEP, SWEEP, SWEEP_MAX, SWEEP_SHARE, sweep_interval
 from tessera.agent.cache import TopologyCache
 from tessera.agent.flowtable import IDLE_TIMEOUTS, DesiredFlow, FlowTable
 from tessera.agent.lifecycle import ADOPT_TIMEOUT, SWEEP_STEP, Sweep
 from tessera.agent.metrics import AgentMetrics
-from tessera.datapath.base import Flow, InstalledFlow, Match, Output, packet_key
+from tessera.datapath.base import CtTuple, Flow, InstalledFlow, Match, Output, packet_key
 from tessera.datapath.fake import DUMP_PART, FakeDatapath
 from tessera.model import Chain, Port, Rule
+from tessera.simulation.flowstate import ConnKey
 from tessera.simulation.result import ExpiryClass
 
 
@@ -331,3 +332,36 @@ def test_a_large_dump_is_read_in_parts_and_a_flow_installed_meanwhile_is_no_loss
     assert installs == [lost]  # repaired; the late flow was not taken for lost
     dumped = h.dp.dump()
     assert lost in dumped and late.match in dumped
+
+
+def test_idle_datapath_connections_go_in_batches_a_step_each(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst, the datapath's own connections expire a table's worth at once:
+    deleted `CT_DELETE_STEP` per loop iteration (batch calls), misses between; the
+    agent's mirrored entries are not the sweep's to delete."""
+    h, _, _ = _pair(cloud)
+    agent = h.agent
+    n = 2 * CT_DELETE_STEP + 10
+    conns = [(7, 17, 0x0A000001, 0x0A000002, 1024 + i, 53) for i in range(n)]
+    for conn in conns:
+        h.dp.ct_commit(conn)
+    mirrored = (7, 17, 0x0A000001, 0x0A000003, 5353, 53)
+    h.dp.ct_commit(mirrored)
+    agent.kernel_ct.mirrored[mirrored] = ConnKey(17, 0x0A000001, 0x0A000003, 5353, 53, "d")
+    calls: list[int] = []
+    real = h.dp.ct_delete_many
+
+    def counting(batch: Sequence[CtTuple]) -> int:
+        calls.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(h.dp, "ct_delete_many", counting)
+    cloud.clock.advance(SWEEP_MAX + 120)  # past UDP's idle timeout, and a sweep due
+    agent.run_once(0)
+    assert calls == [CT_DELETE_STEP] and agent._sweep is not None
+    agent.run_once(0)
+    agent.run_once(0)
+    assert calls == [CT_DELETE_STEP, CT_DELETE_STEP, 10] and agent._sweep is None
+    assert set(h.dp.ct_entries()) == {mirrored}
+    assert agent.kernel_ct.expired == n

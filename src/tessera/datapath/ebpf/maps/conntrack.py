@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from tessera.datapath.base import MAX_PORT_NO, CtTuple
 from tessera.datapath.ebpf import bpf
@@ -70,6 +70,12 @@ class ConntrackMap:
 
     def delete(self, t: CtTuple) -> bool:
         return self.map.delete(_key(t))
+
+    def delete_many(self, ts: Sequence[CtTuple]) -> int:
+        """`delete` of each, packed with `struct` and deleted in batch calls (a sweep
+        after a burst of connections expires tens of thousands); how many were there."""
+        keys = [_KEY.pack(z, src, dst, sp, dp, proto) for z, proto, src, dst, sp, dp in ts]
+        return sum(self.map.delete_many_bytes(keys))
 
     def items(self) -> dict[CtTuple, tuple[int, int]]:
         """Every entry. Decoded with `struct` from the packed chunks: the table holds up
