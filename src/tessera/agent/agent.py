@@ -115,6 +115,7 @@ class Agent:
         state_dir: Path | None = None,
         flowstate_port: int | None = None,
         flowstate_durable: DurableFlowState | None = None,
+        tunnel_commit: bool = True,
     ) -> None:
         self.host_id = host_id
         self.name = name
@@ -167,7 +168,7 @@ class Agent:
         self.upcall = UpcallHandler(
             datapath, self.flows, self.ports, self.cache, simulator, self.writer, self.metrics,
             self.locate, clock, wall_clock, flowstate=self.flowstate,
-            group_ports=self._group_ports, kernel_ct=self.kernel_ct,
+            group_ports=self._group_ports, kernel_ct=self.kernel_ct, tunnel_commit=tunnel_commit,
         )  # fmt: skip
         self.adopter = Adopter(
             datapath, self.flows, self.ports, self.cache, simulator, self.upcall, self.metrics,

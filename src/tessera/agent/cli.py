@@ -93,6 +93,16 @@ def agent(
     cassandra_keyspace: Annotated[
         str, typer.Option("--cassandra-keyspace", help="Keyspace for --flow-state cassandra.")
     ] = "tessera",
+    tunnel_commit: Annotated[
+        bool,
+        typer.Option(
+            "--tunnel-commit/--no-tunnel-commit",
+            help="Ask other hosts' datapaths to track the connections whose replies enter "
+            "there (the VNI's top bit). Turn it off while upgrading a cluster from a "
+            "release whose datapath drops such packets; on again once every host runs this "
+            "one.",
+        ),
+    ] = True,
     cleanup: Annotated[
         bool,
         typer.Option(
@@ -137,6 +147,7 @@ def agent(
         name=name or socket.gethostname(),
         metrics=metrics,
         cassandra=(contact_points, cassandra_keyspace) if flow_state == "cassandra" else None,
+        tunnel_commit=tunnel_commit,
     )
 
 
@@ -166,6 +177,7 @@ def run_agent(
     name: str,
     metrics: str | None,
     cassandra: tuple[list[str], str] | None = None,
+    tunnel_commit: bool = True,
 ) -> None:
     from tessera.agent.agent import Agent
     from tessera.agent.control import run_dir
@@ -212,6 +224,7 @@ def run_agent(
         flowstate_durable=(
             DurableFlowState(host_id, cassandra[0], cassandra[1]) if cassandra else None
         ),
+        tunnel_commit=tunnel_commit,
     )
     stop = threading.Event()
 

@@ -160,14 +160,19 @@ class UpcallHandler:
         flowstate: FlowStateService | None = None,
         group_ports: Callable[[str], Iterable[str]] | None = None,
         kernel_ct: KernelConntrack | None = None,
+        tunnel_commit: bool = True,
     ) -> None:
         """`flowstate` holds and shares the connection state simulations create (None:
         none is kept); `group_ports(id)` lists a port group's members, whose hosts get
         the state of connections keyed by that (stateful) group; `kernel_ct` commits
-        new connections in the datapath where it can (`agent.kernel_ct`)."""
+        new connections in the datapath where it can (`agent.kernel_ct`), and with
+        `tunnel_commit` asks the far datapath to commit those whose replies enter
+        another host (`OutputTunnel.commit`; off while a cluster still has hosts whose
+        datapath would drop such a packet)."""
         self.dp = datapath
         self.flowstate = flowstate
         self.kernel_ct = kernel_ct
+        self.tunnel_commit = tunnel_commit
         self.group_ports = group_ports
         self.flows = flows
         self.ports = ports
@@ -499,10 +504,15 @@ class UpcallHandler:
                     continue
                 if where.local is not None:
                     local.append(where.local)
-                elif where.remote_ip and where.vni is not None and where.vni < VNI_COMMIT:
+                elif (
+                    self.tunnel_commit
+                    and where.remote_ip
+                    and where.vni is not None
+                    and where.vni < VNI_COMMIT
+                ):
                     remote.add(ip_to_str(where.remote_ip))
                 else:
-                    break  # a port the tunnel cannot flag: the agent tracks them
+                    break  # a port the tunnel does not flag: the agent tracks them
             else:
                 shared = any(h not in remote for h in hosts)
                 commits = self.kernel_ct.commits(result, shared, local, bool(remote))

@@ -163,6 +163,33 @@ def test_connections_across_hosts_are_committed_by_both_datapaths(cloud: Cloud) 
     assert not any(conn[4] in range(40001, 40011) for conn in h2.dp.ct_entries())
 
 
+def test_without_tunnel_commits_the_state_is_pushed_as_before(cloud: Cloud) -> None:
+    """`tessera agent --no-tunnel-commit` (a cluster still running hosts whose datapath
+    drops a VNI with the commit bit): the flow keyed on the connection, no commit bit,
+    the state pushed to h2, whose answer then gets through."""
+    port = _free_udp_port()
+    h1 = cloud.host("h1", "127.0.0.21", flowstate_port=port)
+    h2 = cloud.host("h2", "127.0.0.22", flowstate_port=port)
+    h1.agent.upcall.tunnel_commit = False
+    br, c, s = firewalled(cloud, h1, far=h2)
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))
+    assert len(cloud.received(s)) == 1
+    (flow,) = [
+        f
+        for m, f in h1.dp.dump().items()
+        if m.in_port == h1.number(c.port_id) and m.fields().get("eth_type") == ETH_TYPE_IPV4
+    ]
+    assert flow.flow.match.fields()["tp_src"] == 40000
+    assert not any(isinstance(a, OutputTunnel) and a.commit for a in flow.flow.actions)
+    key = ConnKey(6, c.ip, s.ip, 40000, 80, br.id)
+    deadline = time.monotonic() + 5
+    while key not in h2.agent.flowstate.view.conntrack and time.monotonic() < deadline:
+        time.sleep(0.005)
+    h2.agent.run_once(0)
+    cloud.send(s, tcp(s, c, 80, 40000, SYN_ACK))
+    assert len(cloud.received(c)) == 1
+
+
 def test_a_connection_a_third_host_must_see_is_tracked_by_the_agent(cloud: Cloud) -> None:
     """s's port is in a stateful group with a port on h3, where its replies may enter
     too: the tunnel to h2 cannot tell h3, so the agent keys the flow on the connection
