@@ -4,11 +4,15 @@ FIN/RST of the packets it forwards, and the agents end the connection's state.
     lan 10.0.0.0/24: vm1 10.0.0.10 (h1, firewalled: replies only)   vm3 10.0.0.30 (h2)
 
 - vm1 connects to a closed port of vm3: vm3's RST enters on h2 only (it reaches vm1 by
-  VNI), h2 tells h1 (the entry's owner), and the connection's state is gone within
-  seconds on both hosts — not after TCP's ten-minute idle timeout (the refusal itself
-  shows the firewall tracked it: without the entry the RST would have been dropped);
-- vm1 fetches from a server on vm3 that closes: FIN goes through h1's kernel flow, and
-  `tessera conntrack` on h1 shows the connection `closing`.
+  VNI), and the connection's state is gone within seconds on both hosts — not after
+  TCP's ten-minute idle timeout (the refusal itself shows the firewall tracked it:
+  without the entry the RST would have been dropped);
+- vm1 fetches from a server on vm3 that closes: FIN goes through h1's kernel flow and
+  the reply flow on h2, and `tessera conntrack` on h2 shows the connection `closing`.
+
+vm1's connections are tracked where their replies enter, on h2: h1's flow asks h2's
+datapath to commit each one as it arrives (`OutputTunnel.commit`), and h2's datapath
+sees both directions' TCP flags. h1's agent holds no entry for them.
 """
 
 from __future__ import annotations
@@ -83,8 +87,8 @@ def test_a_reset_from_the_far_host_ends_the_connection_on_both_hosts(closing_net
     lab = closing_net.lab
     proc = lab.exec("vm1", sys.executable, "-c", CLIENT, "10.0.0.30", str(CLOSED), "5", check=False)
     assert proc.returncode == 1 and "refused" in proc.stdout.lower(), proc.stdout
-    # The owner learns of the RST from h2 (its own flow saw only the SYN): its entry
-    # is reset and gone within seconds, not TCP's ten idle minutes; h2's copy too.
+    # h2's datapath saw the RST (the reply): the connection is reset and gone within
+    # seconds there, not after TCP's ten idle minutes; h1 never held it.
     seen: list[str] = []
 
     def gone() -> bool:
@@ -101,17 +105,14 @@ def test_a_fin_through_the_kernel_flow_shows_the_connection_closing(closing_net:
     closing_net.server("vm3", "10.0.0.30")
     proc = lab.exec("vm1", sys.executable, "-c", CLIENT, "10.0.0.30", str(PORT), "5", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Both ends closed: the client's FIN passed h1's forward flow, the server's the
-    # reply flow on h2. Each host sees the close; neither entry is established any more.
-    wait_until(
-        lambda: [e["state"] for e in _entries(lab, 1, PORT)] == ["closing"],
-        timeout=10,
-        what="h1's entry to be closing",
-    )
+    # Both ends closed: the client's FIN passed h1's forward flow (and reached h2's
+    # entry with the packet), the server's the reply flow on h2: h2's datapath entry
+    # has both, and is no longer established.
     wait_until(
         lambda: [e["state"] for e in _entries(lab, 2, PORT)] == ["closing"],
         timeout=10,
-        what="h2's copy to be closing",
+        what="h2's entry to be closing",
     )
-    human = tessera("conntrack", "--host", names.host_id(lab.name, 1)).stdout
+    assert _entries(lab, 1, PORT) == []
+    human = tessera("conntrack", "--host", names.host_id(lab.name, 2)).stdout
     assert "closing" in human
