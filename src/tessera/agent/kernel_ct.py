@@ -247,7 +247,11 @@ class KernelConntrack:
         ]
 
     def delete(self, conns: Sequence[CtTuple]) -> int:
-        """Remove `conns` from the datapath (batch calls); how many were there."""
+        """Remove `conns` from the datapath (batch calls); how many were there. One the
+        agent's table took over since `idle` listed it (a peer's entry for that tuple)
+        stays: the sweep deletes in steps, misses between."""
+        mirrored = self.mirrored
+        conns = [c for c in conns if c not in mirrored]
         if not conns:
             return 0
         try:
