@@ -11,17 +11,19 @@ packet, in the key's `ct_state`; this module keeps its answers the simulation's:
   pinned table stays valid. Two devices of this host with one number (a 32-bit hash
   collision) leave the second without a zone: its connections are decided the old way.
 - **Commits.** A result whose decision came from `ct_state` (`SimulationResult.ct_kernel`)
-  and whose new connections stay on this host (no peer must see them, no NAT changed
-  their tuple, their device has a zone here) gets `CtCommit` actions: its flow then
-  serves every new connection, each committed by the datapath without the agent.
-  Otherwise the flow is keyed on the 5-tuple after all (`stateful.KERNEL_TUPLE`) and the
-  agent tracks the connection as before.
+  and whose new connections no third host must see and no NAT rewrote gets them
+  committed where their replies enter: `CtCommit` for a local egress port (in its
+  zone), the commit bit on the tunnel to a remote one (the far datapath commits in its
+  zone for the device, the same number there). Its flow then serves every new
+  connection without the agent. Otherwise the flow is keyed on the 5-tuple after all
+  (`stateful.KERNEL_TUPLE`) and the agent tracks the connection as before.
 - **Mirror.** Connections the agent's own table holds (a peer's, whose replies enter
   here; one it could not commit in the datapath) are written to the datapath too, so
   that `ct_state` never contradicts the table, and age by the datapath's last use of
   them (a pseudo flow, `KernelConn`, in the table's flows of the entry).
-- **Expiry.** Connections only the datapath holds expire in `sweep`, by the idle
-  timeouts of the agent's own entries (shorter after a FIN or RST).
+- **Expiry.** Connections only the datapath holds expire at the agent's sweep (`idle`,
+  then `delete` in batches), by the idle timeouts of the agent's own entries (shorter
+  after a FIN or RST).
 """
 
 from __future__ import annotations
@@ -231,10 +233,6 @@ class KernelConntrack:
             log.debug("conntrack entry %s not removed: %s", conn, exc)
 
     # -- expiry ---------------------------------------------------------------------------
-
-    def sweep(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> int:
-        """Remove the datapath's own connections idle past their timeout; how many."""
-        return self.delete(self.idle(now, entries))
 
     def idle(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> list[CtTuple]:
         """The datapath's own connections idle past their timeout (the agent's
