@@ -68,6 +68,7 @@ from dp_agent import agent_rows
 from dp_miss import drive_misses_here, miss_rows
 from dp_testbed import PREFIX, Testbed
 from dp_throughput import measure_modes, throughput_rows
+from ovn_first_packet import ovn_rows
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -109,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, help="first-packet samples (>= 200 by default)")
     ap.add_argument(
         "--only",
-        default="throughput,miss,agent",
-        help="comma-separated sections to run: throughput, miss, agent (default: all)",
+        default="throughput,miss,agent,ovn",
+        help="comma-separated sections to run: throughput, miss, agent, ovn (OVN's first "
+        "packet on this machine, bench/ovn_first_packet.py; n/a without OVN installed) "
+        "(default: all)",
     )
     ap.add_argument(
         "--from-json", type=Path, metavar="FILE", help="print a saved --json run again, run nothing"
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(machine_line(saved["machine"]))
         return 0
     sections = {x.strip() for x in args.only.split(",") if x.strip()}
-    if sections - {"throughput", "miss", "agent"}:
+    if sections - {"throughput", "miss", "agent", "ovn"}:
         print(f"error: unknown section in --only {args.only!r}", file=sys.stderr)
         return 2
     rounds = args.rounds or (1 if args.quick else 8)
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows += agent_rows(bed, samples, agent_misses, harness_rate, log)
             finally:
                 lab.close()
+            if "ovn" in sections:  # its own namespaces, after the bed's are gone
+                rows += ovn_rows(samples // 2 if not args.quick else samples // 4, log)
     except BENCH_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

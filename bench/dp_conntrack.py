@@ -51,7 +51,7 @@ def na_conntrack_rows(why: str) -> list[Row]:
 
 def firewall(ab: AgentBed) -> None:
     """A's port: connections it starts are tracked; towards it, replies only."""
-    rules = {
+    rules: dict[str, list[dict[str, object]]] = {
         "track": [{"type": "accept", "match_forward_flow": True}],
         "returns": [{"type": "accept", "match_return_flow": True}, {"type": "drop"}],
     }

@@ -554,6 +554,39 @@ def root_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
+def run_ovn(samples: int, log: Callable[[str], None]) -> dict[str, Result]:
+    """The whole measurement in this run's namespaces, removed before it returns."""
+    lab = Lab(f"tsro-{os.getpid()}")
+    try:
+        log(f"namespaces {lab.prefix}-*")
+        ol = OvnLab(lab, log)
+        ol.start_central()
+        ol.underlay()
+        ol.start_chassis(ol.chassis["h1"], ol.chassis["h2"], "u1")
+        ol.start_chassis(ol.chassis["h2"], ol.chassis["h1"], "u2")
+        ol.cable_vms()
+        ol.topology()
+        return measure(ol, samples, log)
+    finally:
+        lab.close()
+
+
+def ovn_rows(samples: int, log: Callable[[str], None]) -> list[Row]:
+    """The OVN rows for ``bench/datapath.py``'s table (its ``ovn`` section): one row
+    per scenario and percentile, or one "n/a" row saying why none were measured (OVN not
+    installed, a failed setup)."""
+    try:
+        preflight()
+        rows = rows_of(run_ovn(samples, log))
+    except BENCH_ERRORS as e:
+        log(f"ovn rows: {e}")
+        return [Row("ovn", "first-packet RTT", "", None, None, "", note=f"n/a: {str(e)[:120]}")]
+    versions = f"{version('ovn-controller')}; {version('ovs-vswitchd')}"
+    for r in rows:
+        r.note += f"; {versions}"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--samples", type=int, default=200, help="samples per row (200)")
@@ -591,21 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     links_before = root_links()
     ticker = Ticker()
     ticker.start()
-    lab = Lab(f"tsro-{os.getpid()}")
     try:
         with signals_raise():
-            try:
-                log(f"namespaces {lab.prefix}-*")
-                ol = OvnLab(lab, log)
-                ol.start_central()
-                ol.underlay()
-                ol.start_chassis(ol.chassis["h1"], ol.chassis["h2"], "u1")
-                ol.start_chassis(ol.chassis["h2"], ol.chassis["h1"], "u2")
-                ol.cable_vms()
-                ol.topology()
-                res = measure(ol, args.samples, log)
-            finally:
-                lab.close()
+            res = run_ovn(args.samples, log)
     except BENCH_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
