@@ -148,6 +148,10 @@ class MegaflowTable:
         return entry.stats() if entry is not None else None
 
     def dump(self) -> dict[Match, InstalledFlow]:
+        return {e.flow.match: InstalledFlow(e.flow, e.stats()) for e in self.entries()}
+
+    def entries(self) -> list[Entry]:
+        """The installed entries now (their counters read later, as a stepped dump
+        reads them)."""
         with self._lock:
-            entries = list(self._flows.values())
-        return {e.flow.match: InstalledFlow(e.flow, e.stats()) for e in entries}
+            return list(self._flows.values())
