@@ -26,6 +26,7 @@ class StateWriter:
         self.nsdb = nsdb
         self.max_pending = max_pending
         self._pending: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._inflight = 0  # a write taken off the queue, not yet done (or put back)
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -41,7 +42,7 @@ class StateWriter:
         """Stop after trying to flush what is queued for up to `flush_timeout` seconds."""
         deadline = time.monotonic() + flush_timeout
         with self._cond:
-            while self._pending and time.monotonic() < deadline:
+            while (self._pending or self._inflight) and time.monotonic() < deadline:
                 self._cond.wait(0.05)
             self._stop = True
             self._cond.notify_all()
@@ -65,8 +66,10 @@ class StateWriter:
             self._cond.notify_all()
 
     def pending(self) -> int:
+        """Writes not done yet: queued, or being tried (a failing one is tried, then
+        queued again: it must not look done in between)."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + self._inflight
 
     def _run(self) -> None:
         backoff = 0.05
@@ -77,6 +80,7 @@ class StateWriter:
                 if self._stop:
                     return
                 (table, key), value = self._pending.popitem(last=False)
+                self._inflight = 1
             try:
                 if value is _DELETE:
                     self.nsdb.state_delete(table, key)
@@ -89,10 +93,12 @@ class StateWriter:
                 with self._cond:
                     self._pending.setdefault((table, key), value)
                     self._pending.move_to_end((table, key), last=False)
+                    self._inflight = 0
                     self._cond.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
             with self._cond:
+                self._inflight = 0
                 self.written += 1
                 self._cond.notify_all()

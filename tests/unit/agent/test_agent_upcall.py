@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 from agent_harness import Cloud, Host, Vm
 
 from tessera.agent.upcall import MAX_PACKETS_PER_FLOW, NOT_YET_TIMEOUT
+from tessera.agent.writer import StateWriter
 from tessera.packet.match import FlowMatch
 from tessera.simulation.errors import NotYetLoaded
 from tessera.simulation.result import SimulationResult
@@ -104,3 +106,26 @@ def test_misses_never_wait_for_nsdb_writes(cloud: Cloud) -> None:
         cloud.backend.set_available(True)
     cloud.settle()
     assert h.agent.writer.pending() == 0
+
+
+def test_a_write_being_tried_still_counts_as_pending() -> None:
+    """The writer thread takes a write off the queue to try it: until it is done (or
+    queued again after a failure) `pending()` counts it (the outage test above read 4
+    of 5 in CI when it looked just then), and `stop` waits for it."""
+    started, release = threading.Event(), threading.Event()
+
+    class SlowNsdb:
+        def state_set(self, table: str, key: str, value: str, ephemeral: bool = True) -> None:
+            started.set()
+            release.wait(5)
+
+    writer = StateWriter(SlowNsdb())  # type: ignore[arg-type]
+    writer.start()
+    try:
+        writer.set("t", "k", "v")
+        assert started.wait(5)
+        assert writer.pending() == 1
+    finally:
+        release.set()
+        writer.stop()
+    assert writer.pending() == 0 and writer.written == 1
