@@ -343,7 +343,10 @@ class Agent:
         self._sweep_flowstate(now, installed, conns or {})
         # Connections only the datapath holds, idle: after a burst, a table's worth
         # (65,536) at once, deleted a batch per step.
-        idle = self.kernel_ct.idle(now, conns or {})
+        capacity = self.dp.ct_capacity()
+        idle = self.kernel_ct.idle(now, conns or {}, capacity)
+        self._check_ct_capacity(self.kernel_ct.answered, capacity)
+        self.metrics.datapath_connections_unanswered.set(self.kernel_ct.unanswered)
         for i in range(0, len(idle), CT_DELETE_STEP):
             if i:
                 yield
@@ -440,14 +443,13 @@ class Agent:
         tags = self.flowstate.sweep(now, last_used, tcp_flags)
         if tags:
             self.upcall.invalidate(tags)
-        self._check_ct_capacity(len(conns))
 
-    def _check_ct_capacity(self, held: int) -> None:
+    def _check_ct_capacity(self, held: int, capacity: int) -> None:
         """A full connection table evicts silently (the least recently used entry goes,
         and that connection's next packet is "new": a firewall that lets only replies
         in drops it), so say so: the gauges, and a warning at most once a minute while
-        it is at least `CT_FULL` full."""
-        capacity = self.dp.ct_capacity()
+        the table of answered connections is at least `CT_FULL` full (unanswered ones
+        have their own, which a burst may fill: they are the ones to go)."""
         self.metrics.datapath_connections.set(held)
         self.metrics.datapath_connections_capacity.set(capacity)
         if capacity and held >= CT_FULL * capacity:

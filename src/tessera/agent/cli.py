@@ -103,6 +103,16 @@ def agent(
             "one.",
         ),
     ] = True,
+    ct_entries: Annotated[
+        int | None,
+        typer.Option(
+            "--ct-entries",
+            envvar="TESSERA_CT_ENTRIES",
+            help="Size of the datapath's connection table (default: keep the current "
+            "table's; a new one holds 262,144). Another size than the current table's "
+            "replaces it, with its connections.",
+        ),
+    ] = None,
     cleanup: Annotated[
         bool,
         typer.Option(
@@ -130,6 +140,13 @@ def agent(
         raise BadArgument("--flow-state cassandra needs --cassandra HOST[,HOST...]")
     if not cassandra_keyspace.isidentifier():
         raise BadArgument(f"--cassandra-keyspace '{cassandra_keyspace}' is not a CQL name")
+    if ct_entries is not None:
+        from tessera.datapath.conntrack import check_ct_entries
+
+        try:
+            check_ct_entries(ct_entries)
+        except ValueError as exc:
+            raise BadArgument(f"--ct-entries: {exc}") from None
     if cleanup:
         _cleanup(host_id, state_dir)
         return
@@ -148,6 +165,7 @@ def agent(
         metrics=metrics,
         cassandra=(contact_points, cassandra_keyspace) if flow_state == "cassandra" else None,
         tunnel_commit=tunnel_commit,
+        ct_entries=ct_entries,
     )
 
 
@@ -178,6 +196,7 @@ def run_agent(
     metrics: str | None,
     cassandra: tuple[list[str], str] | None = None,
     tunnel_commit: bool = True,
+    ct_entries: int | None = None,
 ) -> None:
     from tessera.agent.agent import Agent
     from tessera.agent.control import run_dir
@@ -203,7 +222,7 @@ def run_agent(
         raise UserError(f"cannot open the NSDB {nsdb_url}: {exc}") from None
     try:
         address, underlay_if = choose_underlay(underlay_ip)
-        dp = make_datapath(datapath, host_id, state_dir, address, underlay_if)
+        dp = make_datapath(datapath, host_id, state_dir, address, underlay_if, ct_entries)
     except SetupError as exc:
         _close_quietly(client)
         raise UserError(str(exc)) from None

@@ -23,7 +23,14 @@ packet, in the key's `ct_state`; this module keeps its answers the simulation's:
   them (a pseudo flow, `KernelConn`, in the table's flows of the entry).
 - **Expiry.** Connections only the datapath holds expire at the agent's sweep (`idle`,
   then `delete` in batches), by the idle timeouts of the agent's own entries (shorter
-  after a FIN or RST).
+  after a FIN or RST), and sooner by what only the datapath sees: a connection nobody
+  answered (`UNREPLIED_TIMEOUT`) or that both ends closed (`CLOSED_TIMEOUT`). The
+  table of answered connections is an LRU map: full, it evicts the connection used
+  longest ago, possibly an idle established one whose next reply a firewall then
+  drops. So once it is `PRESSURE` full, closed and reset connections go after
+  `PRESSURE_TIMEOUT` (Linux's conntrack drops such ones early, too). The datapath
+  itself keeps unanswered connections in a table of their own and removes a
+  connection whose originator sent an RST at once.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Any
 from tessera.agent.flowstate.entry import DEFAULT_TIMEOUT, TIMEOUTS, closing_timeout, tcp_state
 from tessera.agent.flowstate.report import key_json
 from tessera.datapath.base import CtCommit, CtTuple, Datapath, DatapathError, key_of
-from tessera.datapath.conntrack import ct_tuple
+from tessera.datapath.conntrack import CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_UNREPLIED, ct_tuple
 from tessera.packet.ipv4 import PROTO_TCP
 from tessera.packet.match import CT_REPLY, CT_TRACKED, Field, FlowMatch
 from tessera.simulation.flowstate import ConnKey, ConntrackEntry, FlowStateEntry
@@ -48,6 +55,19 @@ log = logging.getLogger(__name__)
 
 _CT_STATE = Field.CT_STATE
 _IN_PORT = Field.IN_PORT
+_RST = 0x04
+_CLOSED = CT_F_FIN_ORIG | CT_F_FIN_REPLY
+
+# A connection nobody answered: a scan, a SYN to a silent address, a UDP datagram
+# into the void (Linux: 30 s for UDP, 120 s for SYN_SENT; a SYN retransmitted
+# keeps its entry fresh).
+UNREPLIED_TIMEOUT = 30.0
+# Both ends sent a FIN: what is left are the last ACK and retransmissions.
+CLOSED_TIMEOUT = 10.0
+# The table this full: unanswered, closed and reset connections go once idle this
+# long, before the LRU map evicts established ones.
+PRESSURE = 0.75
+PRESSURE_TIMEOUT = 1.0
 
 
 def zone_of(device_id: str) -> int:
@@ -71,6 +91,7 @@ class KernelConntrack:
         self.mirrored: dict[CtTuple, ConnKey] = {}  # the agent's entries, in the datapath
         self._conn_of: dict[ConnKey, CtTuple] = {}
         self.expired = 0  # datapath-only connections removed by `sweep`
+        self.answered = self.unanswered = 0  # the datapath's, as the last `idle` counted
 
     def adopt(self) -> None:
         """The zones a previous agent left (the datapath's own table stays valid)."""
@@ -234,14 +255,22 @@ class KernelConntrack:
 
     # -- expiry ---------------------------------------------------------------------------
 
-    def idle(self, now: float, entries: Mapping[CtTuple, tuple[float, int]]) -> list[CtTuple]:
+    def idle(
+        self, now: float, entries: Mapping[CtTuple, tuple[float, int]], capacity: int = 0
+    ) -> list[CtTuple]:
         """The datapath's own connections idle past their timeout (the agent's
-        mirrored entries are its table's to decide)."""
+        mirrored entries are its table's to decide); with the table of answered
+        connections (`capacity` entries) `PRESSURE` full, disposable ones past
+        `PRESSURE_TIMEOUT` too. Counts both tables' connections (`answered`,
+        `unanswered`) on the way."""
         mirrored = self.mirrored
+        self.unanswered = sum(1 for _, flags in entries.values() if flags & CT_F_UNREPLIED)
+        self.answered = len(entries) - self.unanswered
+        pressed = bool(capacity) and self.answered >= PRESSURE * capacity
         return [
             conn
             for conn, (last, flags) in entries.items()
-            if conn not in mirrored and now - last > _timeout(conn[1], flags)
+            if conn not in mirrored and now - last > _timeout(conn[1], flags, pressed)
         ]
 
     def delete(self, conns: Sequence[CtTuple]) -> int:
@@ -282,7 +311,7 @@ class KernelConntrack:
                     "forward": key_json(key),
                     "return": key_json(key.reversed()),
                     "nat": None,
-                    "state": tcp_state(proto, flags),
+                    "state": datapath_state(proto, flags),
                     "tcp_flags": flags,
                     "origin": None,
                     "shared_with": [],
@@ -296,11 +325,35 @@ class KernelConntrack:
         return rows
 
 
-def _timeout(proto: int, tcp_flags: int) -> float:
-    """The idle timeout of a connection, as the agent's entries have it."""
+def _timeout(proto: int, flags: int, pressed: bool = False) -> float:
+    """The idle timeout of a connection the datapath committed: the agent's entries'
+    (shorter after a FIN or RST), shorter still when nobody answered it or both ends
+    closed it, and `PRESSURE_TIMEOUT` for those and reset ones when `pressed`."""
     timeout = TIMEOUTS.get(proto, DEFAULT_TIMEOUT)
+    unreplied = bool(flags & CT_F_UNREPLIED)
+    closed = proto == PROTO_TCP and flags & _CLOSED == _CLOSED
+    reset = proto == PROTO_TCP and bool(flags & _RST)
+    if unreplied:
+        timeout = min(timeout, UNREPLIED_TIMEOUT)
     if proto == PROTO_TCP:
-        short = closing_timeout(tcp_flags)
+        short = closing_timeout(flags)
         if short is not None:
             timeout = min(timeout, short)
+    if closed:
+        timeout = min(timeout, CLOSED_TIMEOUT)
+    if pressed and (unreplied or closed or reset):
+        timeout = min(timeout, PRESSURE_TIMEOUT)
     return timeout
+
+
+def datapath_state(proto: int, flags: int) -> str:
+    """`tessera conntrack`'s state of a connection the datapath committed: the agent
+    entries' states, and what only the datapath tells ("unreplied", "closed")."""
+    state = tcp_state(proto, flags)
+    if state == "reset":
+        return state
+    if flags & CT_F_UNREPLIED:
+        return "unreplied"
+    if proto == PROTO_TCP and flags & _CLOSED == _CLOSED:
+        return "closed"
+    return state

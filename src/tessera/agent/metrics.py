@@ -81,12 +81,19 @@ class AgentMetrics:
         # Connection state (agent.flowstate): the table, the flow-state exchange, SNAT.
         self.datapath_connections = Gauge(
             "tessera_agent_datapath_connections",
-            "Connections in the datapath's own table, as read by the last sweep",
+            "Answered connections in the datapath's table, as read by the last sweep",
             registry=r,
         )
         self.datapath_connections_capacity = Gauge(
             "tessera_agent_datapath_connections_capacity",
-            "Connections the datapath's table holds before it evicts the least recently used",
+            "Answered connections the datapath's table holds before it evicts the least "
+            "recently used",
+            registry=r,
+        )
+        self.datapath_connections_unanswered = Gauge(
+            "tessera_agent_datapath_connections_unanswered",
+            "Connections nobody answered yet, in the datapath's table of their own, as "
+            "read by the last sweep",
             registry=r,
         )
         self.conntrack_entries = Gauge(

@@ -54,7 +54,10 @@ def make_datapath(
     state_dir: Path,
     underlay_ip: str | None,
     underlay_if: str | None,
+    ct_entries: int | None = None,
 ) -> Datapath:
+    """`ct_entries`: the connection table's size (None: the eBPF datapath keeps its
+    pinned table's, the userspace one starts with the default)."""
     mtu = 1600
     if underlay_if is not None:
         try:
@@ -69,7 +72,10 @@ def make_datapath(
     if kind == "userspace":
         from tessera.datapath.userspace import UserspaceDatapath
 
-        return UserspaceDatapath(underlay_ip, underlay_mtu=mtu)
+        dp = UserspaceDatapath(underlay_ip, underlay_mtu=mtu)
+        if ct_entries is not None:
+            dp.conntrack.max_entries = ct_entries
+        return dp
     if kind != "ebpf":
         raise SetupError(f"unknown datapath '{kind}' (use {' or '.join(DATAPATHS)})")
     from tessera.datapath.ebpf_backend import DEFAULT_PIN_ROOT, EbpfDatapath
@@ -87,6 +93,7 @@ def make_datapath(
         cache_dir=state_dir / "bpf",
         vxlan_ifname=vxlan,
         underlay_mtu=mtu,
+        ct_entries=ct_entries,
     )
 
 

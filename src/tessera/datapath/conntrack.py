@@ -21,9 +21,20 @@ them equal):
   `CT_REPLY` when the reversed tuple (dst, src, dport, sport) is committed in that zone;
 - `CtCommit(zone)` commits the packet's own tuple, *as it arrived* (a flow rewriting
   addresses or ports before it would commit the wrong one: the agent never installs
-  such a flow);
+  such a flow), into a table of connections nobody answered yet; the first reply (not
+  an RST) moves it to the table of answered ones, so a burst of new connections (a
+  scan, a flood) evicts only its kind from its own bounded table, never an idle
+  established connection;
 - every hit (a commit of a tracked tuple, a reply finding it) marks the entry used now
-  and ORs in the packet's TCP flags, so the agent can expire idle or closed connections.
+  and ORs in the packet's TCP flags, so the agent can expire idle or closed connections;
+  above the flags byte is what only the datapath can tell, the direction
+  (`CT_F_UNREPLIED`: set when committed, cleared by the first reply; `CT_F_FIN_ORIG` /
+  `CT_F_FIN_REPLY`: which side sent a FIN), so the agent expires connections nobody
+  answered, or both ends closed, long before established ones (an entry the agent
+  writes, or an older program committed, has none of them: taken for answered);
+- an RST committed (sent by the side that started the connection) removes the entry at
+  once, and never makes one: a burst of connections closed that way does not fill the
+  table and push out idle established connections.
 """
 
 from __future__ import annotations
@@ -35,12 +46,55 @@ from typing import Final
 from tessera.datapath.base import CtTuple, PacketKey
 from tessera.packet.match import CT_REPLY, CT_TRACKED
 
-__all__ = ["CT_REPLY", "CT_TRACKED", "ConnTable", "PythonConntrack", "ct_state_of", "ct_tuple"]
+__all__ = [
+    "CT_DEFAULT_ENTRIES",
+    "CT_LIMIT",
+    "CT_NEW_ENTRIES",
+    "CT_MIN_ENTRIES",
+    "CT_F_FIN_ORIG",
+    "CT_F_FIN_REPLY",
+    "CT_F_UNREPLIED",
+    "CT_REPLY",
+    "CT_TRACKED",
+    "ConnTable",
+    "PythonConntrack",
+    "check_ct_entries",
+    "ct_state_of",
+    "ct_tuple",
+]
 
 _IPV4: Final = 0x0800
 _TCP, _UDP, _ICMP = 6, 17, 1
 _FRAG_LATER: Final = 2
 _ECHO: Final = (0, 8)
+_FIN: Final = 0x01
+_RST: Final = 0x04
+
+# The connection table's size: by default (flow.h's CT_MAX_ENTRIES; Linux sizes its own
+# table about so on a machine of this kind), and the bounds an agent may ask for
+# (`tessera agent --ct-entries`): the agent reads the whole table on every sweep (in
+# steps, ~1 s of CPU per million connections) and the kernel preallocates it (~100
+# bytes a connection).
+CT_DEFAULT_ENTRIES: Final = 262144
+# Connections nobody answered yet have a table of their own (flow.h's
+# CT_NEW_MAX_ENTRIES): a burst of new ones evicts only its kind.
+CT_NEW_ENTRIES: Final = 65536
+CT_MIN_ENTRIES: Final = 1024
+CT_LIMIT: Final = 4 * 1024 * 1024
+
+# An entry's flags above the TCP flags byte (flow.h's CT_F_*).
+CT_F_UNREPLIED: Final = 0x100
+CT_F_FIN_ORIG: Final = 0x200
+CT_F_FIN_REPLY: Final = 0x400
+
+
+def check_ct_entries(entries: int) -> int:
+    """`entries` if a connection table may have that size, else ValueError."""
+    if not CT_MIN_ENTRIES <= entries <= CT_LIMIT:
+        raise ValueError(
+            f"a connection table of {entries} entries: use {CT_MIN_ENTRIES}..{CT_LIMIT}"
+        )
+    return entries
 
 
 def ct_tuple(key: PacketKey, zone: int, *, reversed_: bool = False) -> CtTuple | None:
@@ -67,22 +121,29 @@ def ct_state_of(key: PacketKey, zone: int, table: ConnTable, tcp_flags: int, now
     probe = ct_tuple(key, zone, reversed_=True)
     if probe is None:
         return 0
-    return CT_TRACKED | CT_REPLY if table.hit(probe, tcp_flags, now) else CT_TRACKED
+    seen = tcp_flags | (CT_F_FIN_REPLY if tcp_flags & _FIN else 0)
+    return CT_TRACKED | CT_REPLY if table.hit(probe, seen, now, reply=True) else CT_TRACKED
 
 
 class ConnTable:
     """Zones by port and committed connections, for the Python datapaths.
 
     Thread-safe (the userspace datapath forwards on its own thread while the agent
-    writes): one lock around the dicts. Bounded like the kernel's LRU map: at
-    `max_entries` the entry used longest ago goes.
+    writes): one lock around the dicts. Two tables bounded like the kernel's LRU maps
+    (at the bound the entry used longest ago goes): connections answered at least once
+    (and those the agent writes), `max_entries`; those nobody answered yet,
+    `new_max_entries`, from which the first reply moves a connection to the first.
     """
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(
+        self, max_entries: int = CT_DEFAULT_ENTRIES, new_max_entries: int = CT_NEW_ENTRIES
+    ) -> None:
         self.max_entries = max_entries
+        self.new_max_entries = new_max_entries
         self._lock = threading.Lock()
         self.zones: dict[int, int] = {}
         self._entries: dict[CtTuple, list[float | int]] = {}  # [last_used, tcp_flags]
+        self._new: dict[CtTuple, list[float | int]] = {}
 
     def zone(self, port: int) -> int:
         return self.zones.get(port, 0)
@@ -96,44 +157,81 @@ class ConnTable:
             else:
                 self.zones.pop(port, None)
 
-    def hit(self, conn: CtTuple, tcp_flags: int, now: float) -> bool:
-        """Whether `conn` is tracked; if so, mark it used now with `tcp_flags`."""
+    def hit(self, conn: CtTuple, tcp_flags: int, now: float, *, reply: bool = False) -> bool:
+        """Whether `conn` is tracked; if so, mark it used now with `tcp_flags`. A
+        `reply` (not an RST) moves an unanswered connection to the answered ones."""
         with self._lock:
             entry = self._entries.get(conn)
+            if entry is not None:
+                entry[0] = now
+                entry[1] = int(entry[1]) | tcp_flags
+                if reply:
+                    entry[1] = int(entry[1]) & ~CT_F_UNREPLIED
+                return True
+            entry = self._new.get(conn)
             if entry is None:
                 return False
             entry[0] = now
             entry[1] = int(entry[1]) | tcp_flags
+            if reply and not tcp_flags & _RST:
+                del self._new[conn]
+                _put(self._entries, self.max_entries, conn, now, int(entry[1]) & ~CT_F_UNREPLIED)
             return True
 
     def commit(self, conn: CtTuple, tcp_flags: int, now: float) -> None:
+        """Track `conn` as answered (the agent's write), used now, `tcp_flags` ORed in."""
         with self._lock:
             entry = self._entries.get(conn)
             if entry is not None:
                 entry[0] = now
                 entry[1] = int(entry[1]) | tcp_flags
                 return
-            if len(self._entries) >= self.max_entries:
-                oldest = min(self._entries, key=lambda c: self._entries[c][0])
-                del self._entries[oldest]
-            self._entries[conn] = [now, tcp_flags]
+            _put(self._entries, self.max_entries, conn, now, tcp_flags)
 
     def commit_packet(self, key: PacketKey, zone: int, tcp_flags: int, now: float) -> None:
-        """`CtCommit(zone)` run on a packet with full key `key`."""
+        """`CtCommit(zone)` run on a packet with full key `key`: a connection not yet
+        tracked starts unanswered; an RST ends it (its entry goes, none is made); a
+        FIN is noted as the originator's."""
         conn = ct_tuple(key, zone)
-        if conn is not None and zone:
-            self.commit(conn, tcp_flags, now)
+        if conn is None or not zone:
+            return
+        if tcp_flags & _RST:
+            self.delete(conn)
+            return
+        flags = tcp_flags | (CT_F_FIN_ORIG if tcp_flags & _FIN else 0)
+        with self._lock:
+            entry = self._entries.get(conn) or self._new.get(conn)
+            if entry is not None:
+                entry[0] = now
+                entry[1] = int(entry[1]) | flags
+                return
+            _put(self._new, self.new_max_entries, conn, now, flags | CT_F_UNREPLIED)
 
     def delete(self, conn: CtTuple) -> bool:
         with self._lock:
-            return self._entries.pop(conn, None) is not None
+            answered = self._entries.pop(conn, None) is not None
+            return self._new.pop(conn, None) is not None or answered
 
     def entries(self) -> dict[CtTuple, tuple[float, int]]:
         with self._lock:
-            return {c: (float(e[0]), int(e[1])) for c, e in self._entries.items()}
+            return {
+                c: (float(e[0]), int(e[1]))
+                for table in (self._new, self._entries)
+                for c, e in table.items()
+            }
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._new)
+
+
+def _put(
+    table: dict[CtTuple, list[float | int]], bound: int, conn: CtTuple, now: float, flags: int
+) -> None:
+    """Add `conn` to `table`, evicting the entry used longest ago at `bound` (LRU)."""
+    if len(table) >= bound:
+        oldest = min(table, key=lambda c: table[c][0])
+        del table[oldest]
+    table[conn] = [now, flags]
 
 
 class PythonConntrack:

@@ -165,10 +165,12 @@ class EbpfDatapath(Datapath):
         vxlan_ifname: str | None = "vxlan0",
         underlay_mtu: int = 1600,
         warm_poll: float | None = None,
+        ct_entries: int | None = None,
     ) -> None:
         """`warm_poll`: seconds the miss thread keeps polling after a miss (see
-        `recv_misses`); None: `WARM_POLL`, or $TESSERA_MISS_WARM_US."""
-        self.fastpath = EbpfFastPath(pin_dir, cache_dir=cache_dir)
+        `recv_misses`); None: `WARM_POLL`, or $TESSERA_MISS_WARM_US. `ct_entries`: the
+        connection table's size (None: keep the pinned table's; `EbpfFastPath`)."""
+        self.fastpath = EbpfFastPath(pin_dir, cache_dir=cache_dir, ct_entries=ct_entries)
         self.vxlan_ifname = vxlan_ifname
         self.tunnel_mtu = min(1500, underlay_mtu - OVERHEAD)
         self._lock = threading.Lock()
@@ -211,6 +213,26 @@ class EbpfDatapath(Datapath):
         self._tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._adopt_ports()
+        if self.fastpath.ct_resized:
+            self._finish_ct_resize()
+
+    def _finish_ct_resize(self) -> None:
+        """The connection table was resized: the programs a previous agent attached
+        still commit into the old one until replaced, so replace them on every adopted
+        port now (not when the topology binds the port again, seconds later), then copy
+        what they committed meanwhile."""
+        with self._lock:
+            ifnames = [b.ifname for b in self._ports.values()]
+        for ifname in ifnames:
+            try:
+                self._attach_once(ifname, "port_ingress")
+            except (LoadError, OSError) as exc:
+                log.warning("cannot attach the resized datapath to %s: %s", ifname, exc)
+        held = self.fastpath.finish_ct_resize()
+        log.info(
+            "connection table resized to %d entries; %d connections kept",
+            self.fastpath.maps.conntrack.map.info().max_entries, held,
+        )  # fmt: skip
 
     def _attach_once(self, ifname: str, program: str) -> None:
         """Attach unless this very program already runs there: replacing a filter
@@ -336,7 +358,8 @@ class EbpfDatapath(Datapath):
         return read_at_once(self.ct_entries_in_steps(), "the connection table")
 
     def ct_entries_in_steps(self) -> Iterator[dict[CtTuple, tuple[float, int]] | None]:
-        """A map batch (512 connections) per step: the table holds up to 65,536."""
+        """A map batch (512 connections) per step: the tables hold hundreds of
+        thousands."""
         out: dict[CtTuple, tuple[float, int]] = {}
         first = True
         for part in self.fastpath.maps.conntrack.items_parts():

@@ -25,7 +25,14 @@ from tessera.datapath.base import (
     OutputTunnel,
     split_vni,
 )
-from tessera.datapath.conntrack import CT_REPLY, CT_TRACKED
+from tessera.datapath.conntrack import (
+    CT_DEFAULT_ENTRIES,
+    CT_F_FIN_ORIG,
+    CT_F_FIN_REPLY,
+    CT_F_UNREPLIED,
+    CT_REPLY,
+    CT_TRACKED,
+)
 from tessera.packet import (
     ETH_TYPE_IPV4,
     PROTO_ICMP,
@@ -39,7 +46,8 @@ from tessera.packet import (
 pytestmark = pytest.mark.root
 
 ZONE = 7
-SYN, ACK, FIN = 0x02, 0x10, 0x01
+SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
+UNREPLIED, FIN_ORIG, FIN_REPLY = CT_F_UNREPLIED, CT_F_FIN_ORIG, CT_F_FIN_REPLY
 NEW = CT_TRACKED
 REPLY = CT_TRACKED | CT_REPLY
 
@@ -95,12 +103,12 @@ def test_a_committed_connection_makes_its_replies_replies(harness: Harness) -> N
         (ZONE, PROTO_TCP, IP1, IP2, 4000, 80),
         (ZONE, PROTO_TCP, IP1, IP2, 4001, 80),
     }
-    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN
+    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | UNREPLIED
 
     # Their replies are replies; an answer to a connection never made is not.
     assert miss_state(harness, 2, tcp(back=True, flags=SYN | ACK)) == REPLY
     assert miss_state(harness, 2, tcp(4002, back=True, flags=SYN | ACK)) == NEW
-    # The reply's flags joined the entry's.
+    # The reply's flags joined the entry's, and the entry knows it was answered.
     assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | ACK
 
     # A flow keyed on CT_REPLY carries replies only.
@@ -145,7 +153,7 @@ def test_every_backend_holds_as_many_connections(harness: Harness) -> None:
     """One capacity (the eBPF map's max_entries, the Python tables' bound), read in
     steps or at once alike."""
     dp = harness.dp
-    assert dp.ct_capacity() == 65536
+    assert dp.ct_capacity() == CT_DEFAULT_ENTRIES
     dp.ct_commit((ZONE, PROTO_TCP, IP1, IP2, 5001, 443))
     steps = list(dp.ct_entries_in_steps())
     assert steps[-1] == dp.ct_entries() and all(p is None for p in steps[:-1])
@@ -210,11 +218,11 @@ def test_a_tunnelled_packet_that_asks_is_committed_in_its_port_s_zone(harness: H
     assert harness.collect(1) == seen([(at_port(2), tcp())])
     entries = dp.ct_entries()
     assert set(entries) == {(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)}
-    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN
+    assert entries[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | UNREPLIED
     assert miss_state(harness, 2, tcp(back=True, flags=SYN | ACK)) == REPLY
     harness.send_tunnel(port_vni(2) | VNI_COMMIT, tcp(flags=ACK | FIN))
     assert harness.collect(1).count() == 1
-    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == SYN | ACK | FIN
+    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4000, 80)][1] == (SYN | ACK | FIN | FIN_ORIG)
     # Without the bit, or to a port without a zone: delivered, nothing committed.
     harness.send_tunnel(port_vni(2), tcp(4001))
     dp.set_port_zone(3, 0)
@@ -225,3 +233,102 @@ def test_a_tunnelled_packet_that_asks_is_committed_in_its_port_s_zone(harness: H
     harness.send_tunnel(port_vni(2) | VNI_COMMIT, arp_request())
     assert harness.collect(1).count() == 1
     assert len(dp.ct_entries()) == 1
+
+
+def test_an_entry_knows_which_side_answered_and_closed(harness: Harness) -> None:
+    """Above the TCP flags byte, what only the datapath can tell: whether a reply found
+    the entry yet, and which side sent a FIN (the sweep expires unanswered and closed
+    connections sooner than established ones)."""
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.set_port_zone(2, ZONE)
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), Output(2))))
+    dp.install(Flow(tracked(2, REPLY), (Output(1),)))
+    conn = (ZONE, PROTO_TCP, IP1, IP2, 4000, 80)
+    harness.exchange(1, tcp(), expect=1)
+    assert dp.ct_entries()[conn][1] == SYN | UNREPLIED  # nobody answered yet
+    harness.exchange(1, tcp(flags=SYN), expect=1)  # a retransmission: still not
+    assert dp.ct_entries()[conn][1] == SYN | UNREPLIED
+    harness.exchange(2, tcp(back=True, flags=SYN | ACK), expect=1)
+    assert dp.ct_entries()[conn][1] == SYN | ACK
+    harness.exchange(2, tcp(back=True, flags=FIN | ACK), expect=1)
+    assert dp.ct_entries()[conn][1] == SYN | ACK | FIN | FIN_REPLY
+    harness.exchange(1, tcp(flags=FIN | ACK), expect=1)
+    assert dp.ct_entries()[conn][1] == SYN | ACK | FIN | FIN_REPLY | FIN_ORIG
+    # An echo answered: replied, no TCP flags.
+    echo_conn = (ZONE, PROTO_ICMP, IP1, IP2, 77, 77)
+    harness.exchange(1, echo(77), expect=1)
+    assert dp.ct_entries()[echo_conn][1] == UNREPLIED
+    harness.exchange(2, echo(77, reply=True), expect=1)
+    assert dp.ct_entries()[echo_conn][1] == 0
+    # What the agent writes itself starts answered (it has its own record).
+    dp.ct_commit((ZONE, PROTO_TCP, IP1, IP2, 6000, 80))
+    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 6000, 80)][1] == 0
+
+
+def test_an_rst_from_the_side_that_started_ends_the_connection(harness: Harness) -> None:
+    """An RST committed (sent by the connection's originator) removes its entry at once
+    and never makes one; the other side's RST is only noted (it comes from outside the
+    firewall, unchecked: the sweep removes the entry seconds later)."""
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.set_port_zone(2, ZONE)
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), Output(2))))
+    dp.install(Flow(tracked(2, REPLY), (Output(1),)))
+    harness.exchange(1, tcp(4000), expect=1)
+    harness.exchange(1, tcp(4001), expect=1)
+    harness.exchange(2, tcp(4000, back=True, flags=SYN | ACK), expect=1)
+    harness.exchange(2, tcp(4001, back=True, flags=SYN | ACK), expect=1)
+    # The originator resets 4000: forwarded, and its entry is gone.
+    assert harness.exchange(1, tcp(4000, flags=RST | ACK), expect=1) == seen(
+        [(at_port(2), tcp(4000, flags=RST | ACK))]
+    )
+    assert set(dp.ct_entries()) == {(ZONE, PROTO_TCP, IP1, IP2, 4001, 80)}
+    assert miss_state(harness, 2, tcp(4000, back=True, flags=ACK)) == NEW
+    # The answering side resets 4001: still a reply, noted, kept.
+    harness.exchange(2, tcp(4001, back=True, flags=RST), expect=1)
+    assert dp.ct_entries()[(ZONE, PROTO_TCP, IP1, IP2, 4001, 80)][1] == SYN | ACK | RST
+    # An RST that starts nothing tracks nothing.
+    harness.exchange(1, tcp(4002, flags=RST), expect=1)
+    assert (ZONE, PROTO_TCP, IP1, IP2, 4002, 80) not in dp.ct_entries()
+    # Across hosts likewise: a tunnelled RST asking to be committed removes the entry.
+    dp.set_port_zone(3, ZONE)
+    harness.send_tunnel(port_vni(3) | VNI_COMMIT, tcp(4100))
+    assert harness.collect(1).count() == 1
+    assert (ZONE, PROTO_TCP, IP1, IP2, 4100, 80) in dp.ct_entries()
+    harness.send_tunnel(port_vni(3) | VNI_COMMIT, tcp(4100, flags=RST))
+    assert harness.collect(1).count() == 1
+    assert (ZONE, PROTO_TCP, IP1, IP2, 4100, 80) not in dp.ct_entries()
+
+
+def test_answered_and_unanswered_connections_are_one_table_to_the_agent(
+    harness: Harness,
+) -> None:
+    """Connections nobody answered live apart (a burst of them evicts only its kind),
+    but read, looked up and deleted as one table: a reply moves a connection across,
+    and `ct_delete_many` finds each wherever it is, also after it moved since the
+    last read."""
+    dp = harness.dp
+    dp.set_port_zone(1, ZONE)
+    dp.set_port_zone(2, ZONE)
+    dp.install(Flow(tracked(1, NEW), (CtCommit(ZONE), Output(2))))
+    dp.install(Flow(tracked(2, REPLY), (Output(1),)))
+    for sport in range(4000, 4010):
+        harness.exchange(1, tcp(sport), expect=1)
+    for sport in range(4000, 4005):
+        harness.exchange(2, tcp(sport, back=True, flags=SYN | ACK), expect=1)
+    agents = [(ZONE, PROTO_TCP, IP1, IP2, 9000 + i, 443) for i in range(5)]
+    for conn in agents:
+        dp.ct_commit(conn)
+    entries = dp.ct_entries()
+    assert len(entries) == 15
+    assert {c[4] for c, (_, f) in entries.items() if f & UNREPLIED} == set(range(4005, 4010))
+    # 4005 and 4006 are answered after the read: deleted all the same.
+    harness.exchange(2, tcp(4005, back=True, flags=SYN | ACK), expect=1)
+    harness.exchange(2, tcp(4006, back=True, flags=SYN | ACK), expect=1)
+    victims = [c for c in entries if c[4] in (4000, 4005, 4006, 4009, 9000)]
+    assert dp.ct_delete_many(victims) == 5
+    assert len(dp.ct_entries()) == 10 and not set(victims) & set(dp.ct_entries())
+    assert dp.ct_delete((ZONE, PROTO_TCP, IP1, IP2, 4008, 80))  # unanswered, one by one
+    assert dp.ct_delete((ZONE, PROTO_TCP, IP1, IP2, 4001, 80))  # answered
+    assert len(dp.ct_entries()) == 8

@@ -14,8 +14,11 @@ from support.ebpf import DEVICES
 from tessera.datapath.base import (
     Output,
 )
+from tessera.datapath.conntrack import CT_DEFAULT_ENTRIES, CT_F_UNREPLIED
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import (
+    CtKey,
+    CtValue,
     FlowKey,
     layout_mismatches,
 )
@@ -28,6 +31,8 @@ from tessera.datapath.ebpf.loader import (
     object_btf,
 )
 from tessera.datapath.ebpf.maps import MAP_SPECS, map_spec_mismatches
+from tessera.datapath.ebpf.maps.bpfmap import BpfMap
+from tessera.datapath.ebpf.maps.conntrack import ConntrackMap
 from tessera.lab.sandbox import SandboxFactory
 
 L2 = FlowKey.mask_of(["in_port", "eth_dst"])
@@ -223,3 +228,65 @@ def test_a_pin_dir_from_before_flood_sets_gets_the_new_map_and_keeps_its_flows(
         fp.maps.flows.install(key, L2, [Output(i) for i in range(1, 21)], DEVICES)
         entry = fp.maps.flows.get(key, L2)
         assert entry is not None and entry.flood_set is not None
+
+
+@pytest.mark.root
+def test_the_connection_table_takes_the_size_asked_for_and_keeps_its_connections(
+    pin_dir: Path, obj_cache: Path
+) -> None:
+    """A new table has the default size, or the one asked for; a pinned one of another
+    size is replaced by one of the new size holding its connections, the programs
+    reloaded to use it; what the old programs commit before they are replaced is
+    copied by `finish_ct_resize` (merged with what the new table saw meanwhile)."""
+    key = FlowKey.make(in_port=1, eth_dst="02:00:00:00:00:0b")
+    older = (7, 6, 1, 2, 1000, 80)
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache) as fp:
+        assert fp.maps.conntrack.map.info().max_entries == CT_DEFAULT_ENTRIES
+    _rm_all(pin_dir)
+    with EbpfFastPath(pin_dir, cache_dir=obj_cache, ct_entries=4096) as fp:
+        assert fp.maps.conntrack.map.info().max_entries == 4096
+        fp.maps.flows.install(key, L2, [Output(5)], DEVICES)
+        for sport in range(1000, 1100):
+            fp.maps.conntrack.commit((7, 6, 1, 2, sport, 80), 10_000 + sport, 0x02)
+        progs, maps = _prog_ids(fp), _map_ids(fp)
+        old = bpf.obj_get(pin_dir / "maps" / "conntrack")  # what old programs write
+    try:
+        # Kept as it is without a size, or with its own.
+        for size in (None, 4096):
+            with EbpfFastPath(pin_dir, cache_dir=obj_cache, ct_entries=size) as fp:
+                assert not fp.ct_resized and _map_ids(fp) == maps and _prog_ids(fp) == progs
+        fp = EbpfFastPath(pin_dir, cache_dir=obj_cache, ct_entries=8192).load()
+        try:
+            assert fp.ct_resized
+            table = fp.maps.conntrack
+            assert table.map.info().max_entries == 8192
+            assert not (pin_dir / "maps" / "conntrack_resized").exists()
+            assert _map_ids(fp)["conntrack"] != maps["conntrack"]
+            assert {n: i for n, i in _map_ids(fp).items() if n != "conntrack"} == {
+                n: i for n, i in maps.items() if n != "conntrack"
+            }
+            assert all(_prog_ids(fp)[p] != progs[p] for p in PROGRAMS)  # use the new one
+            assert len(table.items()) == 100 and table.get(older) == (11_000, 0x02)
+            assert fp.maps.flows.get(key, L2) is not None
+            # Meanwhile: the old programs commit a new connection and see a FIN on an
+            # old one; the new ones see a reply.
+            old_table = ConntrackMap(BpfMap(os.dup(old), "conntrack", CtKey, CtValue))
+            old_table.commit((7, 6, 1, 2, 2000, 80), 20_000, 0x02 | CT_F_UNREPLIED)
+            old_table.commit(older, 30_000, 0x02 | 0x01)
+            old_table.map.close()
+            table.commit((7, 6, 1, 2, 1001, 80), 40_000, 0x12)
+            assert fp.finish_ct_resize() == 101
+            assert not fp.ct_resized and fp.finish_ct_resize() == 0
+            assert table.get((7, 6, 1, 2, 2000, 80)) == (20_000, 0x02 | CT_F_UNREPLIED)
+            assert table.get(older) == (30_000, 0x03)
+            assert table.get((7, 6, 1, 2, 1001, 80)) == (40_000, 0x12)
+        finally:
+            fp.close()
+    finally:
+        os.close(old)
+    with pytest.raises(ValueError, match="use 1024"):
+        EbpfFastPath(pin_dir, cache_dir=obj_cache, ct_entries=10)
+
+
+def _rm_all(pin_dir: Path) -> None:
+    EbpfFastPath(pin_dir).purge()

@@ -17,13 +17,18 @@ from test_agent_stateful import _free_udp_port, chain, udp
 
 from tessera.agent.agent import SWEEP
 from tessera.agent.flowstate.entry import TCP_RST_TIMEOUT, TIMEOUTS
-from tessera.agent.kernel_ct import zone_of
+from tessera.agent.kernel_ct import (
+    CLOSED_TIMEOUT,
+    PRESSURE_TIMEOUT,
+    UNREPLIED_TIMEOUT,
+    zone_of,
+)
 from tessera.datapath.base import CtCommit, Miss, OutputTunnel
 from tessera.model import Bridge, Port, PortGroup
 from tessera.packet import ETH_TYPE_IPV4, PROTO_TCP, Ethernet, IPv4, Tcp
 from tessera.simulation.flowstate import ConnKey, ConntrackEntry
 
-SYN, SYN_ACK, RST = 0x02, 0x12, 0x04
+SYN, SYN_ACK, RST, FIN_ACK = 0x02, 0x12, 0x04, 0x11
 
 
 def misses(h: Host) -> float:
@@ -103,15 +108,107 @@ def test_connections_only_the_datapath_holds_expire_like_the_agent_s(cloud: Clou
     cloud.send(c, tcp(c, s, 40001, 80, SYN))
     cloud.send(c, tcp(c, s, 40002, 80, RST))
     cloud.received(s)
-    conns = {conn[4]: conn for conn in h.dp.ct_entries()}
-    assert set(conns) == {40000, 40001, 40002}
-    cloud.tick(TCP_RST_TIMEOUT + SWEEP)
-    assert {conn[4] for conn in h.dp.ct_entries()} == {40000, 40001}  # the reset one went
+    # An RST that starts nothing tracks nothing.
+    assert {conn[4] for conn in h.dp.ct_entries()} == {40000, 40001}
+    cloud.send(s, tcp(s, c, 80, 40001, SYN_ACK))
     cloud.tick(TIMEOUTS[17] + SWEEP)
     # The UDP one is the agent's own (the first connection of its flow): it expired by
     # the datapath's last use of it, and the datapath's copy with it.
     assert {conn[4] for conn in h.dp.ct_entries()} == {40001}
     assert h.agent.flowstate.table.lookup(ConnKey(17, c.ip, s.ip, 40000, 53, _br.id)) is None
+
+
+def test_unanswered_and_closed_connections_go_before_established_ones(cloud: Cloud) -> None:
+    """What only the datapath sees decides: nobody answered (`UNREPLIED_TIMEOUT`), both
+    ends sent a FIN (`CLOSED_TIMEOUT`), the answering side reset it (`TCP_RST_TIMEOUT`),
+    the starting side reset it (gone at once); an established one keeps its 600 s."""
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))  # the first: the agent's own
+    cloud.send(s, tcp(s, c, 80, 40000, SYN_ACK))
+
+    def connect(sport: int) -> None:
+        cloud.send(c, tcp(c, s, sport, 80, SYN))
+        cloud.send(s, tcp(s, c, 80, sport, SYN_ACK))
+        assert len(cloud.received(c)) == 1
+
+    connect(40001)  # established
+    cloud.send(c, tcp(c, s, 40002, 80, SYN))  # unanswered
+    connect(40003)
+    cloud.send(s, tcp(s, c, 80, 40003, RST))  # reset by the server
+    connect(40004)
+    cloud.send(c, tcp(c, s, 40004, 80, RST | 0x10))  # reset by the client: gone now
+    connect(40005)
+    cloud.send(c, tcp(c, s, 40005, 80, FIN_ACK))
+    cloud.send(s, tcp(s, c, 80, 40005, FIN_ACK))  # closed both ways
+
+    def held() -> set[int]:
+        return {conn[4] for conn in h.dp.ct_entries()}
+
+    assert held() == {40000, 40001, 40002, 40003, 40005}
+    states = {
+        r["forward"]["src_port"]: r["state"]
+        for r in h.agent.conntrack_report()["entries"]
+        if r.get("datapath")
+    }
+    assert states == {40001: "established", 40002: "unreplied", 40003: "reset", 40005: "closed"}
+    cloud.tick(TCP_RST_TIMEOUT + SWEEP)
+    assert held() == {40000, 40001, 40002, 40005}
+    cloud.tick(CLOSED_TIMEOUT - TCP_RST_TIMEOUT + SWEEP)
+    assert held() == {40000, 40001, 40002}
+    cloud.tick(UNREPLIED_TIMEOUT - CLOSED_TIMEOUT + SWEEP)
+    assert held() == {40000, 40001}
+
+
+def test_a_nearly_full_table_sheds_closed_connections_first(cloud: Cloud) -> None:
+    """The table of answered connections is an LRU map: full, it evicts the connection
+    used longest ago, an idle established one as likely as not. From `PRESSURE` full
+    on, closed and reset connections go after `PRESSURE_TIMEOUT` of idleness,
+    established ones stay."""
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    h.dp.conntrack.max_entries = 20
+
+    def connect(sport: int, close: bool = False) -> None:
+        cloud.send(c, tcp(c, s, sport, 80, SYN))
+        cloud.send(s, tcp(s, c, 80, sport, SYN_ACK))
+        if close:
+            cloud.send(c, tcp(c, s, sport, 80, FIN_ACK))
+            cloud.send(s, tcp(s, c, 80, sport, FIN_ACK))
+
+    for sport in (40000, 40001, 40002):
+        connect(sport)
+    for sport in range(41000, 41010):  # 13 of 20: below the pressure
+        connect(sport, close=True)
+    cloud.tick(PRESSURE_TIMEOUT + SWEEP)
+    assert len(h.dp.ct_entries()) == 13
+    for sport in range(41010, 41013):  # 16 of 20: under pressure
+        connect(sport, close=True)
+    cloud.tick(PRESSURE_TIMEOUT + SWEEP)
+    assert {conn[4] for conn in h.dp.ct_entries()} == {40000, 40001, 40002}
+
+
+def test_a_burst_of_unanswered_connections_never_evicts_an_established_one(
+    cloud: Cloud,
+) -> None:
+    """Connections nobody answered have a table of their own: a burst of them (a scan,
+    a flood) larger than it evicts only its kind; the idle established connection's
+    reply still gets through the firewall."""
+    h = cloud.host("h1", "198.18.0.1")
+    _br, c, s = firewalled(cloud, h)
+    h.dp.conntrack.new_max_entries = 10
+    cloud.send(c, tcp(c, s, 40000, 80, SYN))  # the first: the agent's own
+    cloud.send(s, tcp(s, c, 80, 40000, SYN_ACK))
+    cloud.send(c, tcp(c, s, 40001, 80, SYN))
+    cloud.send(s, tcp(s, c, 80, 40001, SYN_ACK))
+    for sport in range(41000, 41050):
+        cloud.send(c, tcp(c, s, sport, 80, SYN))
+    held = {conn[4] for conn in h.dp.ct_entries()}
+    assert {40000, 40001} <= held and len(held) == 12  # the ten latest unanswered
+    before = misses(h)
+    cloud.send(s, tcp(s, c, 80, 40001, 0x10))
+    assert len(cloud.received(c)) == 1
+    assert misses(h) == before  # the datapath answered it from its table
 
 
 def test_connections_across_hosts_are_committed_by_both_datapaths(cloud: Cloud) -> None:

@@ -5,7 +5,14 @@ the kernel contract's (tests/kernel/datapath/test_datapath_contract_conntrack.py
 from __future__ import annotations
 
 from tessera.datapath.base import packet_key
-from tessera.datapath.conntrack import CT_REPLY, CT_TRACKED, ConnTable, ct_state_of, ct_tuple
+from tessera.datapath.conntrack import (
+    CT_F_UNREPLIED,
+    CT_REPLY,
+    CT_TRACKED,
+    ConnTable,
+    ct_state_of,
+    ct_tuple,
+)
 from tessera.packet import ETH_TYPE_IPV4, Arp, Ethernet, Icmp, IPv4, Tcp, Udp, ip_from_str
 
 A, B = ip_from_str("10.0.0.1"), ip_from_str("10.0.0.2")
@@ -41,6 +48,7 @@ def test_the_state_of_a_packet_and_the_entry_it_refreshes() -> None:
     assert ct_state_of(ack, 0, table, 0x12, 1.0) == 0  # no zone: no say
     assert ct_state_of(ack, 7, table, 0x12, 1.0) == CT_TRACKED
     table.commit_packet(syn, 7, 0x02, 1.0)
+    assert table.entries() == {(7, 6, A, B, 1000, 80): (1.0, 0x02 | CT_F_UNREPLIED)}
     assert ct_state_of(ack, 7, table, 0x12, 2.0) == CT_TRACKED | CT_REPLY
     assert ct_state_of(ack, 8, table, 0x12, 2.0) == CT_TRACKED  # another zone
     assert table.entries() == {(7, 6, A, B, 1000, 80): (2.0, 0x12)}

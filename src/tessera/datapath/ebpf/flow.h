@@ -28,7 +28,10 @@
 #define VNI_MAX_ENTRIES 4096
 #define FLOOD_MAX_OUTPUTS 64  /* outputs of one flood set */
 #define FLOOD_MAX_SETS 4096   /* flood sets alive at once */
-#define CT_MAX_ENTRIES 65536  /* tracked connections (LRU: the oldest go first) */
+#define CT_MAX_ENTRIES 262144 /* tracked connections (LRU: the oldest go first);
+				* the default: the loader creates the table the
+				* size the agent asks for */
+#define CT_NEW_MAX_ENTRIES 65536 /* connections nobody answered yet */
 
 /* ip_frag values */
 #define FLOW_FRAG_NONE 0
@@ -47,6 +50,22 @@
 #define CT_REPLY 0x02
 /* On a miss, ct_state rides in the port tag's priority bits (TCI 13-15). */
 #define CT_TAG_SHIFT 13
+
+/*
+ * ct_value.tcp_flags: the TCP header's flags byte of every packet either
+ * way, ORed (bits 0-7), and above it what only the datapath can tell, the
+ * direction: the agent's sweep expires a connection nobody answered, or
+ * that both ends closed, long before an established one (a full LRU table
+ * would otherwise evict the connection used longest ago, whatever it is).
+ */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
+#define CT_F_UNREPLIED 0x100 /* nobody answered: the entries of conntrack_new
+			      * (an entry of an older program has it clear
+			      * wherever it is: taken for answered, the safe
+			      * side) */
+#define CT_F_FIN_ORIG 0x200  /* FIN from the side that started it */
+#define CT_F_FIN_REPLY 0x400 /* FIN from the side that answered */
 
 /*
  * What the simulation may have read of a packet (its FlowMatch).
@@ -169,9 +188,10 @@ struct port_info {
 };
 
 /*
- * Key of `conntrack`: a connection as its first packet left through a zone
- * (the agent's number for the device that tracks it).  Ports in host order;
- * an ICMP echo has its identifier as both ports.  20 bytes.
+ * Key of `conntrack` and `conntrack_new`: a connection as its first packet
+ * left through a zone (the agent's number for the device that tracks it).
+ * Ports in host order; an ICMP echo has its identifier as both ports.
+ * 20 bytes.
  */
 struct ct_key {
 	__u32 zone;    /*  0 */
@@ -183,10 +203,11 @@ struct ct_key {
 	__u8 _pad[3];  /* 17: always 0 */
 };
 
-/* Value of `conntrack`. */
+/* Value of `conntrack` and `conntrack_new`. */
 struct ct_value {
 	__u64 last_used; /* 0: bpf_ktime_get_ns() of the last packet either way */
-	__u32 tcp_flags; /* 8: OR of the TCP flags seen either way (FIN, RST ...) */
+	__u32 tcp_flags; /* 8: OR of the TCP flags seen either way (FIN, RST ...),
+			  *    and the CT_F_* bits */
 	__u32 _pad;      /* 12 */
 };
 

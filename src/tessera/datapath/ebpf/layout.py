@@ -20,10 +20,22 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from tessera.datapath.conntrack import (
+    CT_DEFAULT_ENTRIES,
+    CT_F_FIN_ORIG,
+    CT_F_FIN_REPLY,
+    CT_F_UNREPLIED,
+    CT_NEW_ENTRIES,
+)
+
 __all__ = [
     "ACT_F_CT_COMMIT",
     "ACT_F_PEER",
+    "CT_F_FIN_ORIG",
+    "CT_F_FIN_REPLY",
+    "CT_F_UNREPLIED",
     "CT_MAX_ENTRIES",
+    "CT_NEW_MAX_ENTRIES",
     "CT_REPLY",
     "CT_TAG_SHIFT",
     "CT_TRACKED",
@@ -67,7 +79,8 @@ PORT_MAX_ENTRIES: Final = 4096
 VNI_MAX_ENTRIES: Final = 4096
 FLOOD_MAX_OUTPUTS: Final = 64
 FLOOD_MAX_SETS: Final = 4096
-CT_MAX_ENTRIES: Final = 65536
+CT_MAX_ENTRIES: Final = CT_DEFAULT_ENTRIES
+CT_NEW_MAX_ENTRIES: Final = CT_NEW_ENTRIES
 
 CT_TRACKED: Final = 0x01
 CT_REPLY: Final = 0x02

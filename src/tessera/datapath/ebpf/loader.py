@@ -37,9 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from tessera.datapath.conntrack import check_ct_entries
 from tessera.datapath.ebpf import bpf
-from tessera.datapath.ebpf.layout import layout_mismatches
+from tessera.datapath.ebpf.layout import CtKey, CtValue, layout_mismatches
 from tessera.datapath.ebpf.maps import MAP_SPECS, FastPathMaps, map_spec_mismatches, spec_mismatch
+from tessera.datapath.ebpf.maps.bpfmap import BpfMap
+from tessera.datapath.ebpf.maps.conntrack import ConntrackMap
 from tessera.datapath.ebpf.netns import netns_path, nsenter_prefix, run_in_netns
 
 __all__ = [
@@ -229,7 +232,13 @@ class EbpfFastPath:
         cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
         source_dir: str | os.PathLike[str] = SOURCE_DIR,
         cflags: Sequence[str] = (),
+        ct_entries: int | None = None,
     ) -> None:
+        """`ct_entries`: the connection table's size (None: a pinned table's, else
+        `CT_MAX_ENTRIES`). A pinned table of another size is replaced by one of that
+        size holding its connections (`ct_resized`, then `finish_ct_resize`)."""
+        self.ct_entries = None if ct_entries is None else check_ct_entries(ct_entries)
+        self._ct_previous: ConntrackMap | None = None
         self.pin_dir = Path(pin_dir)
         self.netns = netns
         self.cache_dir = Path(cache_dir)
@@ -253,8 +262,9 @@ class EbpfFastPath:
         prog_dir = self.pin_dir / f"progs-{obj.stem.rsplit('-', 1)[-1]}"
         have_maps = all((self.map_dir / n).exists() for n in MAP_SPECS)
         have_progs = all((prog_dir / p).exists() for p in PROGRAMS)
-        if not (have_maps and have_progs):
-            self._load_object(obj, prog_dir)
+        resize = self._ct_resize_wanted()
+        if not (have_maps and have_progs) or resize:
+            self._load_object(obj, prog_dir, resize=resize)
         self.obj, self.prog_dir = obj, prog_dir
         if self._maps is None:
             try:
@@ -265,7 +275,63 @@ class EbpfFastPath:
         self._remove_stale_prog_dirs()
         return self
 
-    def _load_object(self, obj: Path, prog_dir: Path) -> None:
+    def _ct_resize_wanted(self) -> bool:
+        pin = self.map_dir / "conntrack"
+        if self.ct_entries is None or not pin.exists():
+            return False
+        fd = bpf.obj_get(pin)
+        try:
+            return bpf.map_info(fd).max_entries != self.ct_entries
+        finally:
+            os.close(fd)
+
+    def _new_conntrack(self, resize: bool) -> Path:
+        """Create the connection table the size asked for and pin it: in place of a
+        missing one, or beside the pinned one (`conntrack_resized`, holding a copy of
+        its connections) for the programs to be loaded with, the pinned one kept open
+        until the programs that write it are replaced (`finish_ct_resize`)."""
+        spec = MAP_SPECS["conntrack"]
+        path = self.map_dir / ("conntrack_resized" if resize else "conntrack")
+        _rm_pins(path)  # a resize that failed half-way
+        fd = bpf.map_create(
+            spec.type, spec.key_size, spec.value_size, self.ct_entries or spec.max_entries,
+            spec.flags, "conntrack",
+        )  # fmt: skip
+        table = ConntrackMap(BpfMap(fd, "conntrack", CtKey, CtValue))
+        try:
+            if resize:
+                pinned = BpfMap.open_pinned(self.map_dir / "conntrack", CtKey, CtValue)
+                previous = ConntrackMap(pinned)
+                try:
+                    table.merge_from(previous)
+                except BaseException:
+                    previous.map.close()
+                    raise
+                self._ct_previous = previous
+            bpf.obj_pin(fd, path)
+        finally:
+            table.map.close()
+        return path
+
+    @property
+    def ct_resized(self) -> bool:
+        """The connection table was resized by `load` and the old one's programs may
+        still run (on devices a previous agent attached them to)."""
+        return self._ct_previous is not None
+
+    def finish_ct_resize(self) -> int:
+        """Once every device runs the programs `load` made: copy what the old programs
+        committed since `load` copied the table, and let the old table go. How many
+        connections the old table held."""
+        previous, self._ct_previous = self._ct_previous, None
+        if previous is None:
+            return 0
+        try:
+            return self.maps.conntrack.merge_from(previous)
+        finally:
+            previous.map.close()
+
+    def _load_object(self, obj: Path, prog_dir: Path, *, resize: bool = False) -> None:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         self.map_dir.mkdir(exist_ok=True)
         existing = [n for n in MAP_SPECS if (self.map_dir / n).exists()]
@@ -280,21 +346,26 @@ class EbpfFastPath:
                     f"{why}; refusing to recreate it (that would drop every flow). "
                     f"Migrate it, or remove {self.map_dir} deliberately (EbpfFastPath.purge())."
                 )
+        pins = {name: self.map_dir / name for name in existing}
+        if resize or "conntrack" not in pins:
+            pins["conntrack"] = self._new_conntrack(resize)
         tag = f"{os.getpid()}"
         tmp_progs = self.pin_dir / f"tmp_progs_{tag}"
         tmp_maps = self.pin_dir / f"tmp_maps_{tag}"
         for d in (tmp_progs, tmp_maps):
             _rm_pins(d)
         argv = [_tool("bpftool"), "prog", "loadall", str(obj), str(tmp_progs), "type", "classifier"]
-        for name in existing:
-            argv += ["map", "name", name, "pinned", str(self.map_dir / name)]
-        missing = [n for n in MAP_SPECS if n not in existing]
+        for name, pin in pins.items():
+            argv += ["map", "name", name, "pinned", str(pin)]
+        missing = [n for n in MAP_SPECS if n not in pins]
         if missing:
             argv += ["pinmaps", str(tmp_maps)]
         try:
             _run(argv, "bpftool prog loadall")
             for name in missing:
                 os.rename(tmp_maps / name, self.map_dir / name)
+            if resize:
+                os.rename(pins["conntrack"], self.map_dir / "conntrack")
             _rm_pins(prog_dir)
             os.rename(tmp_progs, prog_dir)
         finally:

@@ -108,12 +108,21 @@ struct {
 	__type(value, __u32); /* conntrack zone of the port's device, 0 = none */
 } port_zones SEC(".maps");
 
+/* Connections answered at least once (and those the agent writes). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CT_MAX_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 } conntrack SEC(".maps");
+
+/* Connections nobody answered yet: their own LRU table (see ct_commit()). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_NEW_MAX_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} conntrack_new SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -354,32 +363,75 @@ __attribute__((noinline)) int ct_state_of(const struct flow_key *key, __u32 tcp_
 	if (!zone || !*zone || !ct_tuple(key, *zone, 1, &ck))
 		return 0;
 
+	__u32 seen = tcp_flags | (tcp_flags & TCP_FLAG_FIN ? CT_F_FIN_REPLY : 0);
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
 
+	if (cv) {
+		if (cv->tcp_flags & CT_F_UNREPLIED) /* written by an older program */
+			__sync_fetch_and_and(&cv->tcp_flags, ~CT_F_UNREPLIED);
+		ct_touch(cv, seen);
+		return CT_TRACKED | CT_REPLY;
+	}
+	cv = bpf_map_lookup_elem(&conntrack_new, &ck);
 	if (!cv)
 		return CT_TRACKED;
-	ct_touch(cv, tcp_flags);
+	if (tcp_flags & TCP_FLAG_RST) { /* refused: answered, never established */
+		ct_touch(cv, seen);
+		return CT_TRACKED | CT_REPLY;
+	}
+	/* Its first answer: the connection moves to the table of answered ones. */
+	struct ct_value nv = {.last_used = bpf_ktime_get_ns(),
+			      .tcp_flags = (cv->tcp_flags | seen) & ~CT_F_UNREPLIED};
+
+	bpf_map_update_elem(&conntrack, &ck, &nv, BPF_NOEXIST);
+	bpf_map_delete_elem(&conntrack_new, &ck);
 	return CT_TRACKED | CT_REPLY;
 }
 
-/* ACT_CT_COMMIT: the packet's connection, as it arrived, in `zone`. */
+/* ACT_CT_COMMIT: the packet's connection, as it arrived, in `zone`.
+ *
+ * A new connection goes to `conntrack_new` and moves to `conntrack` with its
+ * first reply (ct_state_of), so a burst of new connections (a scan, a flood,
+ * thousands of clients at once) evicts only unanswered ones from its own LRU
+ * table, never an idle established connection (Linux's early_drop spares
+ * those too).  An RST from the side that started the connection ends it here
+ * and now: its entry goes (or is never made).  The other side's RST is only
+ * noted (the sweep removes the entry seconds later): replies come from
+ * outside the firewall, and an RST there takes no sequence check here, as
+ * Linux's conntrack would make. */
 __attribute__((noinline)) int ct_commit(const struct flow_key *key, __u32 zone, __u32 tcp_flags)
 {
 	struct ct_key ck;
 
 	if (!key || !zone || !ct_tuple(key, zone, 0, &ck))
 		return 0;
+	if (tcp_flags & TCP_FLAG_FIN)
+		tcp_flags |= CT_F_FIN_ORIG;
 
 	struct ct_value *cv = bpf_map_lookup_elem(&conntrack, &ck);
 
 	if (cv) {
-		ct_touch(cv, tcp_flags);
+		if (tcp_flags & TCP_FLAG_RST)
+			bpf_map_delete_elem(&conntrack, &ck);
+		else
+			ct_touch(cv, tcp_flags);
 		return 0;
 	}
+	cv = bpf_map_lookup_elem(&conntrack_new, &ck);
+	if (cv) {
+		if (tcp_flags & TCP_FLAG_RST)
+			bpf_map_delete_elem(&conntrack_new, &ck);
+		else
+			ct_touch(cv, tcp_flags);
+		return 0;
+	}
+	if (tcp_flags & TCP_FLAG_RST)
+		return 0;
 
-	struct ct_value nv = {.last_used = bpf_ktime_get_ns(), .tcp_flags = tcp_flags};
+	struct ct_value nv = {.last_used = bpf_ktime_get_ns(),
+			      .tcp_flags = tcp_flags | CT_F_UNREPLIED};
 
-	return bpf_map_update_elem(&conntrack, &ck, &nv, BPF_NOEXIST) ? -1 : 0;
+	return bpf_map_update_elem(&conntrack_new, &ck, &nv, BPF_NOEXIST) ? -1 : 0;
 }
 
 /* Tuple-space search: for each active mask, in slot order, mask the key and

@@ -10,13 +10,14 @@ import errno
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from tessera.datapath.ebpf import bpf
 from tessera.datapath.ebpf.layout import (
     CT_MAX_ENTRIES,
+    CT_NEW_MAX_ENTRIES,
     FLOOD_MAX_SETS,
     FLOW_MAX_ENTRIES,
     PORT_MAX_ENTRIES,
@@ -52,6 +53,9 @@ class MapSpec:
     value_size: int
     max_entries: int
     flags: int = 0
+    # max_entries is only the default: the loader creates the map the size the agent
+    # asks for (`EbpfFastPath(ct_entries=...)`), and a pin of any size serves.
+    sized: bool = False
 
 
 MAP_SPECS: dict[str, MapSpec] = {
@@ -85,15 +89,25 @@ MAP_SPECS: dict[str, MapSpec] = {
             ctypes.sizeof(CtKey),
             ctypes.sizeof(CtValue),
             CT_MAX_ENTRIES,
+            sized=True,
+        ),
+        MapSpec(
+            "conntrack_new",
+            bpf.BPF_MAP_TYPE_LRU_HASH,
+            ctypes.sizeof(CtKey),
+            ctypes.sizeof(CtValue),
+            CT_NEW_MAX_ENTRIES,
         ),
     )
 }
 
 
 def spec_mismatch(spec: MapSpec, info: bpf.MapInfo) -> str | None:
-    """Why a pinned map cannot serve as ``spec`` (None when it can)."""
+    """Why a pinned map cannot serve as ``spec`` (None when it can; a `sized` one of
+    any size can)."""
     got = (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
-    want = (spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags)
+    size = info.max_entries if spec.sized else spec.max_entries
+    want = (spec.type, spec.key_size, spec.value_size, size, spec.flags)
     if got == want:
         return None
     return (
@@ -146,7 +160,7 @@ def map_spec_mismatches(btf: Mapping[str, Any]) -> list[str]:
             problems.append(f"map {name}: defined in the object, not in MAP_SPECS")
         elif got is None:
             problems.append(f"map {name}: in MAP_SPECS, not defined in the object")
-        elif got != want:
+        elif got != replace(want, sized=False):
             problems.append(f"map {name}: the object defines {got}, MAP_SPECS says {want}")
     return problems
 

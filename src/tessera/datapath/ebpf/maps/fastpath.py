@@ -45,7 +45,10 @@ class FastPathMaps:
         self.port_zones = PortZoneMap(
             BpfMap(fds["port_zones"], "port_zones", ctypes.c_uint32, ctypes.c_uint32)
         )
-        self.conntrack = ConntrackMap(BpfMap(fds["conntrack"], "conntrack", CtKey, CtValue))
+        self.conntrack = ConntrackMap(
+            BpfMap(fds["conntrack"], "conntrack", CtKey, CtValue),
+            BpfMap(fds["conntrack_new"], "conntrack_new", CtKey, CtValue),
+        )
 
     @classmethod
     def open(cls, map_dir: str | os.PathLike[str]) -> FastPathMaps:
