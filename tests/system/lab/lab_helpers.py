@@ -244,6 +244,28 @@ def new_chain(lab: Lab, name: str, *rules: dict[str, Any]) -> str:
     return chain
 
 
+def replies_only(lab: Lab, vm: str) -> tuple[str, str]:
+    """A conntrack firewall for `vm`'s port, as (inbound, outbound) filter chain ids:
+    what `vm` sends is tracked; towards it only ARP and replies pass."""
+    from_vm = new_chain(lab, f"from {vm}", {"type": "accept", "match_forward_flow": True})
+    to_vm = new_chain(
+        lab, f"to {vm}",
+        {"type": "accept", "dl_type": 0x0806},
+        {"type": "accept", "match_return_flow": True},
+        {"type": "drop"},
+    )  # fmt: skip
+    return from_vm, to_vm
+
+
+def firewall(lab: Lab, vm: str, port: str, *, wait: bool = False) -> None:
+    """Put `replies_only` chains for `vm` on its `port`."""
+    inbound, outbound = replies_only(lab, vm)
+    update(
+        lab, f"/ports/{port}", {"inbound_filter_id": inbound, "outbound_filter_id": outbound},
+        wait=wait,
+    )  # fmt: skip
+
+
 def update(lab: Lab, path: str, fields: dict[str, Any], *, wait: bool = False) -> None:
     """PUT the object at `path` with `fields` changed (the API's PUT takes it whole).
     `wait`: with `?wait=true`, so that the change is in effect on every agent it concerns

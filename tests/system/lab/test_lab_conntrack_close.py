@@ -25,11 +25,10 @@ from typing import Any
 import pytest
 from lab_helpers import (
     Lab,
+    firewall,
     lab_up,
-    new_chain,
     root_missing,
     tessera,
-    update,
 )
 from test_lab_stateful import CLIENT, PORT, Net
 
@@ -60,18 +59,7 @@ def closing_net() -> Iterator[Net]:
                     "vm", "add", name, "--host", host, "--port", ports[name], "--ip", address,
                     timeout=90,
                 )  # fmt: skip
-            from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-            to_vm1 = new_chain(
-                lab, "to vm1",
-                {"type": "accept", "dl_type": 0x0806},
-                {"type": "accept", "match_return_flow": True},
-                {"type": "drop"},
-            )  # fmt: skip
-            update(
-                lab,
-                f"/ports/{ports['vm1']}",
-                {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1},
-            )
+            firewall(lab, "vm1", ports["vm1"])
             yield n
         finally:
             n.stop()

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab_helpers import TESSERA, Lab, env, lab_up, new_chain, root_missing, update
+from lab_helpers import TESSERA, Lab, env, firewall, lab_up, root_missing
 
 from support.wait import wait_until
 from tessera.datapath.ebpf.layout import CtKey, CtValue
@@ -159,19 +159,7 @@ def lab() -> Iterator[Lab]:
             ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]
             lab.cmd("vm", "add", name, "--host", "h1", "--port", ports[name], "--ip", address,
                     timeout=90)  # fmt: skip
-        from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-        to_vm1 = new_chain(
-            lab, "to vm1",
-            {"type": "accept", "dl_type": 0x0806},
-            {"type": "accept", "match_return_flow": True},
-            {"type": "drop"},
-        )  # fmt: skip
-        update(
-            lab,
-            f"/ports/{ports['vm1']}",
-            {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1},
-            wait=True,
-        )
+        firewall(lab, "vm1", ports["vm1"], wait=True)
         yield lab
 
 

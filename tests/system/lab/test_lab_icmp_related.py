@@ -31,6 +31,7 @@ from lab_helpers import (
     env,
     lab_up,
     new_chain,
+    replies_only,
     root_missing,
     routed_lan,
     update,
@@ -170,13 +171,7 @@ def _topology(lab: Lab) -> None:
 
     # vm2's firewall: its connections are tracked; towards it only ARP and what is a
     # reply (or related to one) passes.
-    from_vm2 = new_chain(lab, "from vm2", {"type": "accept", "match_forward_flow": True})
-    to_vm2 = new_chain(
-        lab, "to vm2",
-        {"type": "accept", "dl_type": 0x0806},
-        {"type": "accept", "match_return_flow": True},
-        {"type": "drop"},
-    )  # fmt: skip
+    from_vm2, to_vm2 = replies_only(lab, "vm2")
     ports = {}
     for name, address in (("vm1", "10.0.0.10/24"), ("vm2", "10.0.0.20/24")):
         ports[name] = lab.create(f"/bridges/{lan}/ports")["id"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from lab_helpers import agent_status, lab_up, new_chain, root_missing, update
+from lab_helpers import agent_status, firewall, lab_up, root_missing
 from test_lab_stateful import Net
 
 from tessera.lab import names
@@ -38,18 +38,7 @@ def net() -> Iterator[Net]:
                     "vm", "add", name, "--host", "h1", "--port", ports[name], "--ip", address,
                     timeout=90,
                 )  # fmt: skip
-            from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-            to_vm1 = new_chain(
-                lab, "to vm1",
-                {"type": "accept", "dl_type": 0x0806},
-                {"type": "accept", "match_return_flow": True},
-                {"type": "drop"},
-            )  # fmt: skip
-            update(
-                lab,
-                f"/ports/{ports['vm1']}",
-                {"inbound_filter_id": from_vm1, "outbound_filter_id": to_vm1},
-            )
+            firewall(lab, "vm1", ports["vm1"])
             yield n
         finally:
             n.stop()

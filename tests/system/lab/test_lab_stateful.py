@@ -32,6 +32,7 @@ from lab_helpers import (
     env,
     lab_up,
     new_chain,
+    replies_only,
     root_missing,
     routed_lan,
     tessera,
@@ -157,13 +158,7 @@ def _topology(lab: Lab) -> None:
     update(lab, f"/routers/{r}", {"inbound_filter_id": pre, "outbound_filter_id": post})
 
     # vm1's firewall: its connections are tracked; towards it only ARP and replies pass.
-    from_vm1 = new_chain(lab, "from vm1", {"type": "accept", "match_forward_flow": True})
-    to_vm1 = new_chain(
-        lab, "to vm1",
-        {"type": "accept", "dl_type": 0x0806},
-        {"type": "accept", "match_return_flow": True},
-        {"type": "drop"},
-    )  # fmt: skip
+    from_vm1, to_vm1 = replies_only(lab, "vm1")
     ports = {}
     for name, host, address, gateway in (
         ("vm1", "h1", "10.0.0.10/24", "10.0.0.1"),
