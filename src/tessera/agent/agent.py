@@ -24,6 +24,7 @@ import collections
 import functools
 import ipaddress
 import logging
+import math
 import sys
 import threading
 import time
@@ -358,8 +359,24 @@ class Agent:
         when nothing came, as is usual between two misses."""
         self.process_events()
         received = self.flowstate.drain_tags()  # state peers sent: what it changes
+        received |= self.flowstate.settle_released(self._flow_last_used)
         if received:
             self.upcall.invalidate(received)
+
+    def _flow_last_used(self, match: object) -> float | None:
+        """When a flow carrying a flow-state entry was last used, read from the datapath
+        now (the sweep reads its dump instead). A connection in the datapath's own table
+        (`KernelConn`) counts as in use: one lookup is not offered, and keeping a copy
+        until the sweep is the old behaviour."""
+        if isinstance(match, KernelConn):
+            return math.inf
+        if not isinstance(match, Match):
+            return None
+        try:
+            stats = self.dp.stats(match)
+        except (DatapathError, OSError):
+            return math.inf
+        return stats.last_used if stats is not None else None
 
     def process_events(self) -> int:
         """Apply queued cache updates; returns how many there were."""

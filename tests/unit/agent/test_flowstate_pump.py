@@ -55,3 +55,37 @@ def test_pump_installs_waiting_state_on_the_calling_thread(
         sender.close()
         receiver.stop()
     assert receiver.pump() == 0  # stopped: no socket, no error
+
+
+def test_a_burst_of_state_waits_in_the_socket_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's sweep sends a burst of removals (a datagram per few dozen entries, a
+    thousand and more after a burst of connections) while this host's threads are busy:
+    the socket holds them all until read. With the kernel's default buffer most were
+    dropped, and the copies they withdrew lived on."""
+
+    def never_ready(*_args: object) -> tuple[list[object], list[object], list[object]]:
+        time.sleep(0.05)  # the receiving thread is busy elsewhere
+        return [], [], []
+
+    monkeypatch.setattr(transport.select, "select", never_ready)
+    metrics = AgentMetrics()
+    got: list[Sequence[Update]] = []
+    receiver = FlowStateReceiver(
+        lambda addr, sender: addr == "127.0.0.1" and sender == SENDER,
+        lambda _sender, updates: got.append(updates),
+        metrics,
+        address="127.0.0.1",
+        port=0,
+    )
+    receiver.start()
+    sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=receiver.port)
+    burst = 3000
+    try:
+        for i in range(burst):
+            entry = ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001, 0xCB00710A, 1000 + i, 80, "dev"))
+            assert sender.send(["127.0.0.1"], [("remove", entry, 600.0)]) == 1
+        assert receiver.pump() == burst
+        assert len(got) == burst
+    finally:
+        sender.close()
+        receiver.stop()

@@ -265,6 +265,26 @@ def test_a_removal_from_the_owner_ends_only_its_own_copy_and_never_a_live_one() 
     assert table.release(fwd, owner, now=41.0) == "refused"
 
 
+def test_a_released_copy_whose_flows_are_idle_goes_before_the_sweep() -> None:
+    """`settle_released` judges the copies `release` kept, as the sweep would, at once:
+    idle past the released timeout they go (their tags returned), in use they stay."""
+    owner = "host-a"
+    table = ConnTable(released_timeout=5.0)
+    idle, live = ct(tcp(1)), ct(tcp(2))
+    table.add(idle, now=0.0, origin=owner, flows=["idle-flow"])
+    table.add(live, now=0.0, origin=owner, flows=["live-flow"])
+    used: dict[Hashable, float | None] = {"idle-flow": 3.0, "live-flow": 9.5}
+    assert not table.release_pending
+    assert table.release(idle, owner, now=10.0) == "released"
+    assert table.release(live, owner, now=10.0) == "released"
+    assert table.release_pending
+    assert table.settle_released(10.0, used.get) == {conntrack_tag(idle.key)}
+    assert not table.release_pending
+    assert table.lookup(idle.key) is None and table.lookup(live.key) == live
+    assert table.settle_released(20.0, used.get) == set()  # nothing pending: the sweep's
+    assert table.sweep(20.0, used.get) == {conntrack_tag(live.key)}
+
+
 def test_flags_origin_and_pushed_hosts_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / persist.FILE_NAME
     table = ConnTable()

@@ -35,7 +35,7 @@ from tessera.agent.flowstate.durable import DurableFlowState
 from tessera.agent.flowstate.entry import TCP_FIN, TCP_RST, entry_timeout, is_sticky
 from tessera.agent.flowstate.report import conntrack_report
 from tessera.agent.flowstate.snat import SnatAllocator
-from tessera.agent.flowstate.table import ConnTable, Tracked
+from tessera.agent.flowstate.table import ConnTable, LastUsed, Tracked
 from tessera.agent.flowstate.transport import (
     PORT,
     FlowStateReceiver,
@@ -233,11 +233,11 @@ class FlowStateService:
         tags = apply_updates(self.table, self.metrics, sender, updates, self.clock(), address)
         if tags:
             self._tags.append(tags)
-            # Flows that decided on the old state (a reply flow of a binding just replaced)
-            # must go before their next packet: wake the agent thread, which would
-            # otherwise notice only after its next miss or tick.
-            if self.on_received is not None:
-                self.on_received()
+        # Flows that decided on the old state (a reply flow of a binding just replaced or
+        # withdrawn) must go before their next packet: wake the agent thread, which would
+        # otherwise notice only after its next miss or tick.
+        if (tags or self.table.release_pending) and self.on_received is not None:
+            self.on_received()
 
     def pump(self) -> int:
         """Install the state peers have sent that is still waiting on the socket (see
@@ -325,6 +325,13 @@ class FlowStateService:
     def _removed(self, entry: FlowStateEntry) -> None:
         if isinstance(entry, NatEntry) and entry.key.kind == "rev_snat":
             self.snat.release(entry.key)
+
+    def settle_released(self, last_used: LastUsed) -> set[str]:
+        """`ConnTable.settle_released` (on the agent thread: `last_used` reads the
+        datapath); a cheap check when nothing is pending, as between two misses."""
+        if not self.table.release_pending:
+            return set()
+        return self.table.settle_released(self.clock(), last_used)
 
     def drain_tags(self) -> set[str]:
         """Tags of state received since the last call (the agent thread invalidates)."""

@@ -170,6 +170,8 @@ class ConnTable:
         self._bindings: dict[NatKey, NatBinding] = {}
         self._by_flow: dict[Hashable, set[StateKey]] = {}  # flow match -> keys it carries
         self._released_tags: set[str] = set()
+        # Copies `release` kept for their flows, for `settle_released` to judge at once.
+        self._released_keys: list[StateKey] = []
         self._closing: list[Tracked] = []  # copies closed by a flow deleted meanwhile
         self.on_remove = on_remove
         # Connection entries written to the datapath's own table too (`agent.kernel_ct`):
@@ -303,7 +305,39 @@ class ConnTable:
                 return "dropped"
             tracked.timeout = min(tracked.timeout, self.released_timeout)
             tracked.released = True
+            self._released_keys.append(entry.key)
             return "released"
+
+    @property
+    def release_pending(self) -> bool:
+        """Copies kept by `release` wait for `settle_released`."""
+        return bool(self._released_keys)
+
+    def settle_released(self, now: float, last_used: LastUsed) -> set[str]:
+        """Judge the copies `release` kept for their flows now, as the sweep would: one
+        whose flows are idle past its (released) timeout goes, and its tags are returned
+        to invalidate those flows. The sweep may be seconds away (passes are spaced by
+        their cost, up to 15 s with many flows), and meanwhile an idle reply flow still
+        translates for the old connection: its owner reuses the SNAT port after
+        `snat.REUSE_AFTER`, and the new connection's first reply, answered by that flow in
+        the kernel before the new binding reached the agent here, went to the old client
+        (measured: bursts of first SYNs retransmitted after 1 s). Copies still in use
+        stay for the sweep."""
+        with self._lock:
+            keys, self._released_keys = self._released_keys, []
+            tags: set[str] = set()
+            for key in keys:
+                tracked = self._entries.get(key)
+                if tracked is None or not tracked.released:
+                    continue
+                last = tracked.last_seen
+                for match in tracked.flows:
+                    used = last_used(match)
+                    if used is not None and used > last:
+                        last = used
+                if now - last > tracked.timeout:
+                    tags |= self._drop(key)
+            return tags
 
     def take_released_tags(self) -> set[str]:
         """Tags of copies `release` dropped since the last call."""
