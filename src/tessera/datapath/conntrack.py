@@ -70,8 +70,8 @@ _ECHO: Final = (0, 8)
 _FIN: Final = 0x01
 _RST: Final = 0x04
 
-# The connection table's size: by default (flow.h's CT_MAX_ENTRIES; Linux sizes its own
-# table about so on a machine of this kind), and the bounds an agent may ask for
+# The connection table's size: by default (flow.h's CT_MAX_ENTRIES; Linux's
+# nf_conntrack_max on this machine kind is the same), and the bounds an agent may ask for
 # (`tessera agent --ct-entries`): the agent reads the whole table on every sweep (in
 # steps, ~1 s of CPU per million connections) and the kernel preallocates it (~100
 # bytes a connection).
@@ -122,7 +122,7 @@ def ct_state_of(key: PacketKey, zone: int, table: ConnTable, tcp_flags: int, now
     if probe is None:
         return 0
     seen = tcp_flags | (CT_F_FIN_REPLY if tcp_flags & _FIN else 0)
-    return CT_TRACKED | CT_REPLY if table.hit(probe, seen, now, reply=True) else CT_TRACKED
+    return CT_TRACKED | CT_REPLY if table.hit(probe, seen, now) else CT_TRACKED
 
 
 class ConnTable:
@@ -157,23 +157,22 @@ class ConnTable:
             else:
                 self.zones.pop(port, None)
 
-    def hit(self, conn: CtTuple, tcp_flags: int, now: float, *, reply: bool = False) -> bool:
-        """Whether `conn` is tracked; if so, mark it used now with `tcp_flags`. A
-        `reply` (not an RST) moves an unanswered connection to the answered ones."""
+    def hit(self, conn: CtTuple, tcp_flags: int, now: float) -> bool:
+        """A reply's lookup: whether `conn` is tracked; if so, mark it used now with
+        `tcp_flags`, and answered: a reply that is not an RST moves an unanswered
+        connection to the answered ones."""
         with self._lock:
             entry = self._entries.get(conn)
             if entry is not None:
                 entry[0] = now
-                entry[1] = int(entry[1]) | tcp_flags
-                if reply:
-                    entry[1] = int(entry[1]) & ~CT_F_UNREPLIED
+                entry[1] = (int(entry[1]) | tcp_flags) & ~CT_F_UNREPLIED
                 return True
             entry = self._new.get(conn)
             if entry is None:
                 return False
             entry[0] = now
             entry[1] = int(entry[1]) | tcp_flags
-            if reply and not tcp_flags & _RST:
+            if not tcp_flags & _RST:
                 del self._new[conn]
                 _put(self._entries, self.max_entries, conn, now, int(entry[1]) & ~CT_F_UNREPLIED)
             return True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -20,72 +20,65 @@ from tessera.simulation.flowstate import ConnKey, ConntrackEntry
 SENDER = str(uuid.UUID(int=0x1234))
 
 
-def test_pump_installs_waiting_state_on_the_calling_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    asleep = threading.Event()
+class Busy:
+    """A receiver whose thread never sees its socket readable (a busy host), what it
+    delivered (the delivering thread's name and the updates), and a sender to it."""
 
-    def never_ready(*_args: object) -> tuple[list[object], list[object], list[object]]:
-        asleep.set()
-        time.sleep(0.05)  # the receiving thread never sees the socket readable
-        return [], [], []
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asleep = threading.Event()
 
-    monkeypatch.setattr(transport.select, "select", never_ready)
-    metrics = AgentMetrics()
-    got: list[tuple[str, Sequence[Update]]] = []
-    receiver = FlowStateReceiver(
-        lambda addr, sender: addr == "127.0.0.1" and sender == SENDER,
-        lambda _sender, updates: got.append((threading.current_thread().name, updates)),
-        metrics,
-        address="127.0.0.1",
-        port=0,
-    )
-    receiver.start()
-    sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=receiver.port)
-    try:
-        assert asleep.wait(5)
-        entry = ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001, 0xCB00710A, 40000, 80, "dev"))
-        assert sender.send(["127.0.0.1"], [("add", entry, 600.0)]) == 1
-        assert receiver.pump() == 1
-        assert [(name, [e.key for _op, e, _t in u]) for name, u in got] == [
-            (threading.current_thread().name, [entry.key])
-        ]
-        assert receiver.pump() == 0  # nothing waits any more: one cheap empty read
-    finally:
-        sender.close()
-        receiver.stop()
+        def never_ready(*_args: object) -> tuple[list[object], list[object], list[object]]:
+            self.asleep.set()
+            time.sleep(0.05)
+            return [], [], []
+
+        monkeypatch.setattr(transport.select, "select", never_ready)
+        metrics = AgentMetrics()
+        self.got: list[tuple[str, Sequence[Update]]] = []
+        self.receiver = FlowStateReceiver(
+            lambda addr, sender: addr == "127.0.0.1" and sender == SENDER,
+            lambda _s, updates: self.got.append((threading.current_thread().name, updates)),
+            metrics,
+            address="127.0.0.1",
+            port=0,
+        )
+        self.receiver.start()
+        self.sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=self.receiver.port)
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.stop()
+
+
+@pytest.fixture
+def busy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Busy]:
+    b = Busy(monkeypatch)
+    yield b
+    b.close()
+
+
+def test_pump_installs_waiting_state_on_the_calling_thread(busy: Busy) -> None:
+    receiver, sender, got = busy.receiver, busy.sender, busy.got
+    assert busy.asleep.wait(5)
+    entry = ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001, 0xCB00710A, 40000, 80, "dev"))
+    assert sender.send(["127.0.0.1"], [("add", entry, 600.0)]) == 1
+    assert receiver.pump() == 1
+    assert [(name, [e.key for _op, e, _t in u]) for name, u in got] == [
+        (threading.current_thread().name, [entry.key])
+    ]
+    assert receiver.pump() == 0  # nothing waits any more: one cheap empty read
+    busy.close()
     assert receiver.pump() == 0  # stopped: no socket, no error
 
 
-def test_a_burst_of_state_waits_in_the_socket_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_burst_of_state_waits_in_the_socket_not_lost(busy: Busy) -> None:
     """A peer's sweep sends a burst of removals (a datagram per few dozen entries, a
     thousand and more after a burst of connections) while this host's threads are busy:
     the socket holds them all until read. With the kernel's default buffer most were
     dropped, and the copies they withdrew lived on."""
-
-    def never_ready(*_args: object) -> tuple[list[object], list[object], list[object]]:
-        time.sleep(0.05)  # the receiving thread is busy elsewhere
-        return [], [], []
-
-    monkeypatch.setattr(transport.select, "select", never_ready)
-    metrics = AgentMetrics()
-    got: list[Sequence[Update]] = []
-    receiver = FlowStateReceiver(
-        lambda addr, sender: addr == "127.0.0.1" and sender == SENDER,
-        lambda _sender, updates: got.append(updates),
-        metrics,
-        address="127.0.0.1",
-        port=0,
-    )
-    receiver.start()
-    sender = FlowStateSender(SENDER, metrics, address="127.0.0.1", port=receiver.port)
     burst = 3000
-    try:
-        for i in range(burst):
-            entry = ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001, 0xCB00710A, 1000 + i, 80, "dev"))
-            assert sender.send(["127.0.0.1"], [("remove", entry, 600.0)]) == 1
-        assert receiver.pump() == burst
-        assert len(got) == burst
-    finally:
-        sender.close()
-        receiver.stop()
+    for i in range(burst):
+        entry = ConntrackEntry(ConnKey(PROTO_TCP, 0x0A000001, 0xCB00710A, 1000 + i, 80, "dev"))
+        assert busy.sender.send(["127.0.0.1"], [("remove", entry, 600.0)]) == 1
+    assert busy.receiver.pump() == burst
+    assert len(busy.got) == burst
