@@ -41,7 +41,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tessera.agent.flowstate.entry import DEFAULT_TIMEOUT, TIMEOUTS, closing_timeout, tcp_state
+from tessera.agent.flowstate.entry import (
+    DEFAULT_TIMEOUT,
+    TCP_RST,
+    TIMEOUTS,
+    closing_timeout,
+    tcp_state,
+)
 from tessera.agent.flowstate.report import key_json
 from tessera.datapath.base import CtCommit, CtTuple, Datapath, DatapathError, key_of
 from tessera.datapath.conntrack import CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_UNREPLIED, ct_tuple
@@ -55,7 +61,6 @@ log = logging.getLogger(__name__)
 
 _CT_STATE = Field.CT_STATE
 _IN_PORT = Field.IN_PORT
-_RST = 0x04
 _CLOSED = CT_F_FIN_ORIG | CT_F_FIN_REPLY
 
 # A connection nobody answered: a scan, a SYN to a silent address, a UDP datagram
@@ -332,7 +337,7 @@ def _timeout(proto: int, flags: int, pressed: bool = False) -> float:
     timeout = TIMEOUTS.get(proto, DEFAULT_TIMEOUT)
     unreplied = bool(flags & CT_F_UNREPLIED)
     closed = proto == PROTO_TCP and flags & _CLOSED == _CLOSED
-    reset = proto == PROTO_TCP and bool(flags & _RST)
+    reset = proto == PROTO_TCP and bool(flags & TCP_RST)
     if unreplied:
         timeout = min(timeout, UNREPLIED_TIMEOUT)
     if proto == PROTO_TCP:
